@@ -1,0 +1,33 @@
+//! A worker that writes far more than the host keeps: 256 KiB each to stdout and stderr, and
+//! thousands of log lines. The host must cap the captured log and let the task exit 0.
+wit_bindgen::generate!({ world: "worker", path: "../wit" });
+
+use std::io::Write;
+
+use exports::http_spawn::worker::task::{Guest, Next, Spec};
+use http_spawn::worker::host::{Level, log};
+
+struct Chatty;
+
+impl Guest for Chatty {
+    fn start(_: Spec) -> Result<u32, String> {
+        Ok(0)
+    }
+
+    fn step() -> Next {
+        let line = [b'x'; 1023];
+        for _ in 0..256 {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line);
+            let _ = out.write_all(b"\n");
+            eprintln!("{}", "e".repeat(1023));
+        }
+        for i in 0..10_000 {
+            log(Level::Debug, &format!("chatter {i}"));
+        }
+        println!("the end");
+        Next::Done(0)
+    }
+}
+
+export!(Chatty);

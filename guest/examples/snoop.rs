@@ -1,0 +1,60 @@
+//! Hostile worker: tries to read a file, list a directory, read the environment and the
+//! arguments, and open a socket. It exits 0 when the host granted none of it, and fails naming
+//! whatever it could reach. What it saw goes to stdout, which the host captures.
+wit_bindgen::generate!({ world: "worker", path: "../wit" });
+
+use exports::http_spawn::worker::task::{Guest, Next, Spec};
+
+struct Snoop;
+
+fn probe() -> Vec<String> {
+    let mut leaks = Vec::new();
+    for path in ["/etc/passwd", "/proc/self/environ", "Cargo.toml", "."] {
+        match std::fs::read(path) {
+            Ok(bytes) => leaks.push(format!("read {path}: {} bytes", bytes.len())),
+            Err(e) => println!("read {path}: denied ({e})"),
+        }
+        match std::fs::read_dir(path) {
+            Ok(_) => leaks.push(format!("listed {path}")),
+            Err(e) => println!("list {path}: denied ({e})"),
+        }
+    }
+    let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    if vars.is_empty() {
+        println!("env: empty");
+    } else {
+        leaks.push(format!("env: {}", vars.join(",")));
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if args.is_empty() {
+        println!("args: empty");
+    } else {
+        leaks.push(format!("args: {args:?}"));
+    }
+    match std::net::TcpStream::connect("127.0.0.1:22") {
+        Ok(_) => leaks.push("connected to 127.0.0.1:22".into()),
+        Err(e) => println!("connect: denied ({e})"),
+    }
+    match std::net::UdpSocket::bind("0.0.0.0:0") {
+        Ok(_) => leaks.push("bound a UDP socket".into()),
+        Err(e) => println!("udp: denied ({e})"),
+    }
+    leaks
+}
+
+impl Guest for Snoop {
+    fn start(_: Spec) -> Result<u32, String> {
+        Ok(0)
+    }
+
+    fn step() -> Next {
+        let leaks = probe();
+        if leaks.is_empty() {
+            Next::Done(0)
+        } else {
+            Next::Failed(format!("sandbox leak: {}", leaks.join("; ")))
+        }
+    }
+}
+
+export!(Snoop);

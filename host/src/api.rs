@@ -1,0 +1,402 @@
+//! The HTTP API: the router, its handlers and their request and response bodies.
+//!
+//! `POST /api/tasks` validates, asks admission for a place, records the task and hands it to
+//! the scheduler, and answers `202` at once; nothing here waits on a guest.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::Value;
+use tower_http::trace::TraceLayer;
+
+use crate::capacity::Admission;
+use crate::capture::LogLine;
+use crate::config::{
+    Config, DEFAULT_DURATION_SECS, DEFAULT_MAX_NAME_BYTES, DEFAULT_RETRY_AFTER_SECS,
+};
+use crate::error::ApiError;
+use crate::scheduler::{Scheduler, TaskSpec};
+use crate::table::{Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent, TaskRecord};
+
+/// What a request may ask for.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_body_bytes: usize,
+    pub max_name_bytes: usize,
+    pub max_duration_secs: u32,
+}
+
+impl RequestLimits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_body_bytes: config.max_body_bytes,
+            max_name_bytes: DEFAULT_MAX_NAME_BYTES,
+            max_duration_secs: config.max_duration_secs,
+        }
+    }
+}
+
+/// The handlers' shared state: a cheap handle, cloned per request.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    table: Arc<dyn ProcessTable>,
+    scheduler: Scheduler,
+    admission: Arc<Admission>,
+    pids: PidSource,
+    limits: RequestLimits,
+}
+
+impl AppState {
+    /// State over the given parts.
+    pub fn new(
+        table: Arc<dyn ProcessTable>,
+        scheduler: Scheduler,
+        admission: Arc<Admission>,
+        limits: RequestLimits,
+    ) -> Self {
+        Self(Arc::new(Shared {
+            table,
+            scheduler,
+            admission,
+            pids: PidSource::new(),
+            limits,
+        }))
+    }
+}
+
+/// Hands out pids: this host's random boot id and a counter that never wraps in practice.
+#[derive(Debug)]
+struct PidSource {
+    boot: u32,
+    next: AtomicU64,
+}
+
+impl PidSource {
+    fn new() -> Self {
+        // RandomState is seeded from the OS's randomness, once per process.
+        let boot = RandomState::new().hash_one(std::process::id()) as u32;
+        Self {
+            boot,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> Pid {
+        Pid::new(self.boot, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.0.limits.max_body_bytes;
+    Router::new()
+        .route("/api/tasks", post(spawn_task))
+        .route("/api/tasks/{pid}", get(get_task))
+        .route("/api/tasks/{pid}/logs", get(get_logs))
+        .route("/api/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A validated `POST /api/tasks` body.
+#[derive(Debug, PartialEq)]
+struct Submission {
+    name: String,
+    duration: u32,
+    payload: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Spawned {
+    pid: Pid,
+    name: String,
+    status: Status,
+    message: String,
+}
+
+async fn spawn_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let shared = &state.0;
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+            limit: shared.limits.max_body_bytes,
+        },
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
+    let submission = parse_submission(&body, &shared.limits)?;
+
+    let Some(permit) = shared.admission.try_admit() else {
+        return Err(ApiError::Unavailable {
+            message: format!(
+                "the host is at capacity ({} live tasks); retry later",
+                shared.admission.limit()
+            ),
+            retry_after: DEFAULT_RETRY_AFTER_SECS,
+        });
+    };
+    let pid = shared.pids.next();
+    let Submission {
+        name,
+        duration,
+        payload,
+    } = submission;
+    shared
+        .table
+        .insert(TaskRecord::spawned(pid, name.clone(), duration));
+    let spec = TaskSpec {
+        pid,
+        name: name.clone(),
+        duration,
+        payload,
+    };
+    tracing::info!(pid = %pid, %name, duration, "Task process spawned");
+    if shared.scheduler.submit(spec, permit).is_err() {
+        let end = TaskEnd {
+            status: Status::Failed,
+            outcome: Outcome::InstantiationFailed,
+            exit_code: None,
+            error: Some("the host is shutting down".into()),
+        };
+        let at = std::time::SystemTime::now();
+        shared.table.apply(pid, TaskEvent::Ended { at, fuel: 0, end });
+        return Err(ApiError::Unavailable {
+            message: "the host is shutting down".into(),
+            retry_after: DEFAULT_RETRY_AFTER_SECS,
+        });
+    }
+    let location = format!("/api/tasks/{pid}");
+    let body = Spawned {
+        pid,
+        message: format!("Process {pid} will run for {duration} seconds"),
+        name,
+        status: Status::Spawned,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// Whether the request says its body is JSON: `application/json` or `application/<x>+json`,
+/// parameters such as `charset` allowed.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
+}
+
+fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<Submission, ApiError> {
+    let bad = |message: String| ApiError::BadRequest(message);
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(bad("the body must be a JSON object".into()));
+    };
+    let name = match fields.remove("name") {
+        None | Some(Value::Null) => return Err(bad("name is required".into())),
+        Some(Value::String(name)) => name,
+        Some(_) => return Err(bad("name must be a string".into())),
+    };
+    if name.trim().is_empty() {
+        return Err(bad("name must not be empty".into()));
+    }
+    if name.len() > limits.max_name_bytes {
+        return Err(bad(format!(
+            "name must be at most {} bytes",
+            limits.max_name_bytes
+        )));
+    }
+    let duration = match fields.remove("duration") {
+        None | Some(Value::Null) => DEFAULT_DURATION_SECS,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(secs) if secs <= u64::from(limits.max_duration_secs) => secs as u32,
+            Some(_) => {
+                return Err(bad(format!(
+                    "duration must be at most {} seconds",
+                    limits.max_duration_secs
+                )));
+            }
+            None => return Err(bad(DURATION_TYPE.into())),
+        },
+        Some(_) => return Err(bad(DURATION_TYPE.into())),
+    };
+    let payload = match fields.remove("payload") {
+        None | Some(Value::Null) => None,
+        Some(payload) => Some(payload.to_string()),
+    };
+    Ok(Submission {
+        name,
+        duration,
+        payload,
+    })
+}
+
+const DURATION_TYPE: &str = "duration must be a non-negative integer number of seconds";
+
+fn parse_pid(pid: &str) -> Result<Pid, ApiError> {
+    pid.parse()
+        .map_err(|()| ApiError::NotFound(format!("no task with pid {pid:?}")))
+}
+
+async fn get_task(
+    State(state): State<AppState>,
+    Path(pid): Path<String>,
+) -> Result<Json<TaskRecord>, ApiError> {
+    let id = parse_pid(&pid)?;
+    state
+        .0
+        .table
+        .get(id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))
+}
+
+#[derive(Debug, Serialize)]
+struct Logs {
+    pid: Pid,
+    status: Status,
+    lines: Vec<LogLine>,
+    dropped_bytes: u64,
+}
+
+async fn get_logs(
+    State(state): State<AppState>,
+    Path(pid): Path<String>,
+) -> Result<Json<Logs>, ApiError> {
+    let id = parse_pid(&pid)?;
+    let record = state
+        .0
+        .table
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))?;
+    Ok(Json(Logs {
+        pid: record.pid,
+        status: record.status,
+        lines: record.logs,
+        dropped_bytes: record.logs_dropped_bytes,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct Health {
+    status: &'static str,
+    live: u32,
+    capacity: u32,
+}
+
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        live: state.0.admission.live(),
+        capacity: state.0.admission.limit(),
+    })
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> RequestLimits {
+        RequestLimits {
+            max_body_bytes: 1024,
+            max_name_bytes: 8,
+            max_duration_secs: 60,
+        }
+    }
+
+    fn parse(body: &str) -> Result<Submission, String> {
+        parse_submission(body.as_bytes(), &limits()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn accepts_the_seed_body_and_defaults_the_duration() {
+        assert_eq!(
+            parse(r#"{"name":"report","duration":5}"#),
+            Ok(Submission {
+                name: "report".into(),
+                duration: 5,
+                payload: None
+            })
+        );
+        assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));
+        assert_eq!(
+            parse(r#"{"name":"r","payload":{"a":[1]}}"#).map(|s| s.payload),
+            Ok(Some(r#"{"a":[1]}"#.into()))
+        );
+    }
+
+    #[test]
+    fn rejects_each_bad_field_with_its_reason() {
+        for (body, reason) in [
+            ("{", "invalid JSON"),
+            ("[]", "JSON object"),
+            ("{}", "name is required"),
+            (r#"{"name":7}"#, "name must be a string"),
+            (r#"{"name":"  "}"#, "must not be empty"),
+            (r#"{"name":"much too long"}"#, "at most 8 bytes"),
+            (r#"{"name":"a","duration":-1}"#, "non-negative integer"),
+            (r#"{"name":"a","duration":1.5}"#, "non-negative integer"),
+            (r#"{"name":"a","duration":"5"}"#, "non-negative integer"),
+            (r#"{"name":"a","duration":61}"#, "at most 60 seconds"),
+        ] {
+            let error = parse(body).expect_err(body);
+            assert!(error.contains(reason), "{body}: {error}");
+        }
+    }
+
+    #[test]
+    fn recognises_json_content_types() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().expect("header value"));
+            is_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/jsonx"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}

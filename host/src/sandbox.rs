@@ -1,0 +1,452 @@
+//! The sandbox: one wasmtime `Engine`, the worker component compiled once and pre-linked
+//! (`InstancePre`), and a fresh `Store` per task, built with all of its limits in
+//! [`Sandbox::new_store`] and dropped when the task ends.
+//!
+//! A guest reaches only what is linked here: the `host` interface of `wit/worker.wit`, and WASI
+//! with nothing granted (no preopened directories, no environment, no arguments, no sockets,
+//! stdin empty, stdout and stderr captured). The WASI context is built the first time a guest
+//! touches WASI, so a worker that never does pays nothing for it.
+
+use std::path::PathBuf;
+
+use wasmtime::component::{Component, HasSelf, Linker, Resource};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap,
+};
+use wasmtime_wasi::p2::DynPollable;
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::capture::{Capture, Source};
+use crate::table::{Outcome, Pid, Status, TaskEnd};
+
+wasmtime::component::bindgen!({ world: "worker", path: "../wit" });
+
+pub use exports::http_spawn::worker::task::Next;
+use exports::http_spawn::worker::task::Spec;
+use http_spawn::worker::host::Level;
+
+/// Component instances of a worker: a Rust `wasm32-wasip2` component holds its own module plus
+/// the WASI adapter and the shims that tie them together.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// Linear memories of a worker: its own, and one more for an adapter that keeps a separate one.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables of a worker: its function table and the adapter shims' tables.
+const MAX_TABLES_PER_COMPONENT: u32 = 4;
+/// Elements per table; a Rust worker's function table holds a few hundred.
+const MAX_TABLE_ELEMENTS: usize = 4096;
+
+/// The WASI version whose `poll` the sandbox refuses; it must match wasmtime-wasi's own.
+const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
+
+/// Everything the sandbox needs to know to run tasks.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The worker component (`.wasm`).
+    pub module: PathBuf,
+    /// Fuel each call into the guest may burn: instantiation, `start`, and every `step`.
+    pub fuel_per_step: u64,
+    /// The most linear memory one task may hold, in bytes.
+    pub max_memory_bytes: usize,
+    /// Bytes of captured log kept per task.
+    pub max_log_bytes: usize,
+    /// Live instances the pooling allocator is sized for.
+    pub capacity: u32,
+}
+
+/// Why the sandbox could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot read the worker module {path} ({source}); `make build-guest` builds the default one")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the worker module {path} is not a usable component: {reason}")]
+    Compile { path: PathBuf, reason: String },
+    #[error("the wasm engine could not be configured: {0}")]
+    Engine(String),
+}
+
+/// The guest grew its memory past the task's cap.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: the guest asked for {desired} bytes, the cap is {max} bytes")]
+struct MemoryLimitExceeded {
+    desired: usize,
+    max: usize,
+}
+
+/// The guest tried to block inside WASI, which would hold a host thread.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the guest tried to block in {WASI_IO_POLL} (a sleep or a wait); a worker waits by returning \
+     `next::sleep` from `step`"
+)]
+struct BlockingRefused;
+
+/// The data of one task's store.
+pub struct TaskState {
+    pid: Pid,
+    max_memory_bytes: usize,
+    capture: Capture,
+    /// Built on first use: most workers never touch WASI.
+    wasi: Option<Box<WasiState>>,
+}
+
+struct WasiState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl std::fmt::Debug for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskState")
+            .field("pid", &self.pid)
+            .field("wasi", &self.wasi.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        let capture = &self.capture;
+        let wasi = self.wasi.get_or_insert_with(|| {
+            // Nothing is granted: WasiCtxBuilder starts with no preopens, environment or
+            // arguments, and stdin empty; sockets are switched off outright.
+            let ctx = WasiCtxBuilder::new()
+                .stdout(capture.stdout())
+                .stderr(capture.stderr())
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build();
+            Box::new(WasiState {
+                ctx,
+                table: ResourceTable::new(),
+            })
+        });
+        WasiCtxView {
+            ctx: &mut wasi.ctx,
+            table: &mut wasi.table,
+        }
+    }
+}
+
+impl http_spawn::worker::host::Host for TaskState {
+    fn log(&mut self, level: Level, message: String) {
+        let pid = tracing::field::display(self.pid);
+        let source = match level {
+            Level::Trace => {
+                tracing::trace!(target: "guest", pid = %pid, "{message}");
+                Source::Trace
+            }
+            Level::Debug => {
+                tracing::debug!(target: "guest", pid = %pid, "{message}");
+                Source::Debug
+            }
+            Level::Info => {
+                tracing::info!(target: "guest", pid = %pid, "{message}");
+                Source::Info
+            }
+            Level::Warn => {
+                tracing::warn!(target: "guest", pid = %pid, "{message}");
+                Source::Warn
+            }
+            Level::Error => {
+                tracing::error!(target: "guest", pid = %pid, "{message}");
+                Source::Error
+            }
+        };
+        self.capture.line(source, message);
+    }
+}
+
+impl ResourceLimiter for TaskState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // An error, unlike `Ok(false)`, traps at once with a cause the host can recognise, so a
+        // memory-limit kill is never mistaken for the guest's own bug.
+        if desired > self.max_memory_bytes {
+            return Err(MemoryLimitExceeded {
+                desired,
+                max: self.max_memory_bytes,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES_PER_COMPONENT as usize
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES_PER_COMPONENT as usize
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES_PER_COMPONENT as usize
+    }
+}
+
+/// The engine and the compiled, pre-linked worker.
+pub struct Sandbox {
+    engine: Engine,
+    pre: WorkerPre<TaskState>,
+    config: SandboxConfig,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine, compiles the worker and links it. Fails if the module is missing,
+    /// is not a component of the `worker` world, or imports anything the host does not offer.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let bytes = std::fs::read(&config.module).map_err(|source| SandboxError::Read {
+            path: config.module.clone(),
+            source,
+        })?;
+        let compile_error = |e: wasmtime::Error| SandboxError::Compile {
+            path: config.module.clone(),
+            reason: format!("{e:#}"),
+        };
+        let component = Component::new(&engine, &bytes).map_err(compile_error)?;
+        let linker = linker(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(&component).map_err(compile_error)?;
+        let pre = WorkerPre::new(pre).map_err(compile_error)?;
+        Ok(Self {
+            engine,
+            pre,
+            config,
+        })
+    }
+
+    /// What the sandbox was built with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Where a task's limits are set, and nowhere else: its memory cap and the fuel of its
+    /// first call.
+    fn new_store(&self, pid: Pid) -> Store<TaskState> {
+        let state = TaskState {
+            pid,
+            max_memory_bytes: self.config.max_memory_bytes,
+            capture: Capture::new(self.config.max_log_bytes),
+            wasi: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state);
+        store
+    }
+
+    /// Instantiates the worker for one task, in a store of its own.
+    pub fn instantiate(&self, pid: Pid) -> Result<Process, TaskEnd> {
+        let mut store = self.new_store(pid);
+        let budget = self.config.fuel_per_step;
+        refuel(&mut store, budget);
+        match self.pre.instantiate(&mut store) {
+            Ok(bindings) => {
+                let fuel = spent(&store, budget);
+                Ok(Process {
+                    store,
+                    bindings,
+                    budget,
+                    fuel,
+                })
+            }
+            Err(error) => {
+                let mut end = classify(&error, &store.data().capture, 0);
+                if end.outcome == Outcome::Trap {
+                    end.outcome = Outcome::InstantiationFailed;
+                }
+                Err(end)
+            }
+        }
+    }
+}
+
+/// One task's instance: its store, and the handles to call it.
+pub struct Process {
+    store: Store<TaskState>,
+    bindings: Worker,
+    budget: u64,
+    fuel: u64,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("state", self.store.data())
+            .field("fuel", &self.fuel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Process {
+    /// Calls the guest's `start`; returns the steps it plans.
+    pub fn start(
+        &mut self,
+        pid: Pid,
+        name: &str,
+        duration_secs: u32,
+        payload: Option<&str>,
+    ) -> Result<u32, TaskEnd> {
+        let spec = Spec {
+            pid: pid.to_string(),
+            name: name.to_owned(),
+            duration_secs,
+            payload: payload.map(str::to_owned),
+        };
+        refuel(&mut self.store, self.budget);
+        let result = self
+            .bindings
+            .http_spawn_worker_task()
+            .call_start(&mut self.store, &spec);
+        self.fuel += spent(&self.store, self.budget);
+        match result {
+            Ok(Ok(steps)) => Ok(steps),
+            Ok(Err(message)) => Err(TaskEnd {
+                status: Status::Failed,
+                outcome: Outcome::GuestError,
+                exit_code: None,
+                error: Some(format!("start failed: {message}")),
+            }),
+            Err(error) => Err(classify(&error, &self.store.data().capture, 0)),
+        }
+    }
+
+    /// Runs one step with a fresh fuel budget. `step` is the number of steps completed so far,
+    /// reported if this one fails.
+    pub fn step(&mut self, step: u32) -> Result<Next, TaskEnd> {
+        refuel(&mut self.store, self.budget);
+        let result = self
+            .bindings
+            .http_spawn_worker_task()
+            .call_step(&mut self.store);
+        self.fuel += spent(&self.store, self.budget);
+        result.map_err(|error| classify(&error, &self.store.data().capture, step))
+    }
+
+    /// Fuel burnt so far, instantiation included.
+    pub fn fuel(&self) -> u64 {
+        self.fuel
+    }
+
+    /// The task's log capture.
+    pub fn capture(&self) -> &Capture {
+        &self.store.data().capture
+    }
+}
+
+fn refuel(store: &mut Store<TaskState>, budget: u64) {
+    // Fuel is enabled on every engine this module builds, so this cannot fail.
+    let _ = store.set_fuel(budget);
+}
+
+fn spent(store: &Store<TaskState>, budget: u64) -> u64 {
+    budget.saturating_sub(store.get_fuel().unwrap_or(0))
+}
+
+/// Turns a failed call into a recorded end: what kind of failure, and a message for people.
+fn classify(error: &wasmtime::Error, capture: &Capture, step: u32) -> TaskEnd {
+    let failed = |outcome, message: String| TaskEnd {
+        status: Status::Failed,
+        outcome,
+        exit_code: None,
+        error: Some(message),
+    };
+    if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
+        return failed(Outcome::MemoryLimit, limit.to_string());
+    }
+    if let Some(refused) = error.downcast_ref::<BlockingRefused>() {
+        return failed(Outcome::Trap, refused.to_string());
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => failed(
+            Outcome::OutOfFuel,
+            format!("out of fuel in step {step}: the step did not return within its budget"),
+        ),
+        Some(Trap::StackOverflow) => {
+            failed(Outcome::StackOverflow, format!("stack overflow in step {step}"))
+        }
+        Some(Trap::UnreachableCodeReached) => match capture.panic_message() {
+            Some(message) => failed(Outcome::Panic, format!("guest panicked: {message}")),
+            None => failed(Outcome::Trap, format!("trap in step {step}: {error:#}")),
+        },
+        _ => failed(Outcome::Trap, format!("trap in step {step}: {error:#}")),
+    }
+}
+
+/// The engine configuration: fuel metering, and a pooling allocator sized for `capacity` live
+/// instances whose memory slots are exactly the task memory cap.
+fn engine_config(config: &SandboxConfig) -> Config {
+    let capacity = config.capacity.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(capacity)
+        .total_core_instances(capacity.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(capacity.saturating_mul(MAX_MEMORIES_PER_COMPONENT))
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .total_tables(capacity.saturating_mul(MAX_TABLES_PER_COMPONENT))
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .max_memory_size(config.max_memory_bytes);
+
+    let mut engine = Config::new();
+    engine
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        // Slots sized to the cap, with no guard pages: bounds are checked explicitly, and the
+        // address space of many thousands of slots stays small.
+        .memory_reservation(config.max_memory_bytes as u64)
+        .memory_guard_size(0)
+        .memory_reservation_for_growth(0)
+        .memory_may_move(false);
+    engine
+}
+
+/// The linker every worker is instantiated through: the `host` interface and WASI with nothing
+/// granted, and blocking polls refused.
+fn linker(engine: &Engine) -> wasmtime::Result<Linker<TaskState>> {
+    let mut linker = Linker::new(engine);
+    Worker::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // A blocking poll would hold a scheduler thread (and every task on it) for as long as the
+    // guest liked. Replace both ways to block with a trap that says what to do instead.
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(WASI_IO_POLL)?;
+    poll.func_wrap(
+        "poll",
+        |_, (_,): (Vec<Resource<DynPollable>>,)| -> wasmtime::Result<(Vec<u32>,)> {
+            Err(BlockingRefused.into())
+        },
+    )?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |_, (_,): (Resource<DynPollable>,)| -> wasmtime::Result<()> { Err(BlockingRefused.into()) },
+    )?;
+    Ok(linker)
+}

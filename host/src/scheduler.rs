@@ -1,0 +1,325 @@
+//! The scheduler: a few plain OS threads, each running many tasks, as Erlang's schedulers do.
+//!
+//! A scheduler thread owns its tasks outright: their stores, their permits and a timer heap.
+//! It instantiates a task when it arrives, calls `step`, and when the guest asks to sleep, files
+//! a timer and moves on. Between steps a task costs its store and one heap entry: no thread, no
+//! stack, no future. Steps never run on the async runtime's threads, so a compute-bound step
+//! (bounded by its fuel) cannot starve the HTTP server, and WASI's synchronous host calls run
+//! outside any async context, as they require.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::capacity::Permit;
+use crate::sandbox::{Next, Process, Sandbox};
+use crate::table::{Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent};
+
+/// A scheduler thread runs wasm on its own stack; leave room above wasmtime's default 512 KiB
+/// wasm stack limit for the host frames around it.
+const THREAD_STACK_BYTES: usize = 4 << 20;
+
+/// How many new tasks a scheduler takes in before it looks at its timers again, so a burst of
+/// submissions cannot delay the wake-ups of sleeping tasks without bound.
+const INTAKE_BATCH: usize = 64;
+
+/// What a client asked for, as the scheduler needs it.
+#[derive(Debug)]
+pub struct TaskSpec {
+    pub pid: Pid,
+    pub name: String,
+    pub duration: u32,
+    pub payload: Option<String>,
+}
+
+struct Job {
+    spec: TaskSpec,
+    permit: Permit,
+}
+
+/// The handle the API uses to hand tasks to the scheduler threads.
+#[derive(Debug)]
+pub struct Scheduler {
+    senders: Vec<Sender<Job>>,
+    next: AtomicUsize,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts `threads` scheduler threads running tasks in `sandbox` and recording them in
+    /// `table`.
+    pub fn start(
+        threads: usize,
+        sandbox: Arc<Sandbox>,
+        table: Arc<dyn ProcessTable>,
+    ) -> std::io::Result<Self> {
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for index in 0..threads.max(1) {
+            let (sender, receiver) = mpsc::channel();
+            let thread = SchedulerThread {
+                sandbox: Arc::clone(&sandbox),
+                table: Arc::clone(&table),
+                receiver,
+                tasks: Vec::new(),
+                free: Vec::new(),
+                timers: BinaryHeap::new(),
+                timer_seq: 0,
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("scheduler-{index}"))
+                .stack_size(THREAD_STACK_BYTES)
+                .spawn(move || thread.run())?;
+            senders.push(sender);
+            handles.push(handle);
+        }
+        Ok(Self {
+            senders,
+            next: AtomicUsize::new(0),
+            threads: handles,
+        })
+    }
+
+    /// Hands a task to a scheduler thread, round robin. Gives the spec back if no thread takes
+    /// it, which only happens once the scheduler is shutting down.
+    pub fn submit(&self, spec: TaskSpec, permit: Permit) -> Result<(), TaskSpec> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+        self.senders[index]
+            .send(Job { spec, permit })
+            .map_err(|mpsc::SendError(job)| job.spec)
+    }
+
+    /// Stops taking tasks and waits for every task already taken to end.
+    pub fn join(self) {
+        drop(self.senders);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A live task on its scheduler thread. `process` is declared before `permit` so the store is
+/// dropped, and its pool slot freed, before the task's place is given back to admission.
+struct Task {
+    process: Process,
+    _permit: Permit,
+    pid: Pid,
+    /// Steps completed: wake-ups after a sleep.
+    step: u32,
+    steps: u32,
+}
+
+struct SchedulerThread {
+    sandbox: Arc<Sandbox>,
+    table: Arc<dyn ProcessTable>,
+    receiver: Receiver<Job>,
+    tasks: Vec<Option<Task>>,
+    free: Vec<usize>,
+    /// Wake-ups in time order; the sequence number keeps equal deadlines first-in first-out.
+    timers: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    timer_seq: u64,
+}
+
+impl SchedulerThread {
+    fn run(mut self) {
+        let mut open = true;
+        loop {
+            self.fire_due_timers();
+            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let job = match (open, next_timer) {
+                (false, None) => return,
+                (false, Some(at)) => {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    continue;
+                }
+                (true, None) => self.receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                (true, Some(at)) => self
+                    .receiver
+                    .recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            match job {
+                Ok(job) => {
+                    self.spawn(job);
+                    for _ in 1..INTAKE_BATCH {
+                        match self.receiver.try_recv() {
+                            Ok(job) => self.spawn(job),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                open = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, _, slot))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(task) = self.tasks[slot].as_mut() else {
+                continue;
+            };
+            task.step += 1;
+            let (pid, step, steps) = (task.pid, task.step, task.steps);
+            let fuel = task.process.fuel();
+            tracing::info!(pid = %pid, step, steps, "Worker progress");
+            self.table.apply(pid, TaskEvent::Progress { step, fuel });
+            self.advance(slot);
+        }
+    }
+
+    /// Instantiates and starts a new task, then runs its first step.
+    fn spawn(&mut self, Job { spec, permit }: Job) {
+        let pid = spec.pid;
+        let (sandbox, table) = (&self.sandbox, self.table.as_ref());
+        let started = guarded(|| {
+            let mut process = sandbox.instantiate(pid)?;
+            let steps = process
+                .start(pid, &spec.name, spec.duration, spec.payload.as_deref())
+                // Keep what the guest logged before it failed.
+                .inspect_err(|_| flush_logs(table, pid, &process))?;
+            Ok((process, steps))
+        });
+        match started {
+            Ok((process, steps)) => {
+                self.table.apply(
+                    pid,
+                    TaskEvent::Started {
+                        at: SystemTime::now(),
+                        steps,
+                        fuel: process.fuel(),
+                    },
+                );
+                tracing::info!(pid = %pid, name = %spec.name, steps, "Worker started");
+                flush_logs(self.table.as_ref(), pid, &process);
+                let task = Task {
+                    process,
+                    _permit: permit,
+                    pid,
+                    step: 0,
+                    steps,
+                };
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        self.tasks[slot] = Some(task);
+                        slot
+                    }
+                    None => {
+                        self.tasks.push(Some(task));
+                        self.tasks.len() - 1
+                    }
+                };
+                self.advance(slot);
+            }
+            Err(end) => {
+                drop(permit);
+                record_end(self.table.as_ref(), pid, 0, end);
+            }
+        }
+    }
+
+    /// Runs one step of the task in `slot`, then files its wake-up or ends it.
+    fn advance(&mut self, slot: usize) {
+        let Some(task) = self.tasks[slot].as_mut() else {
+            return;
+        };
+        let step = task.step;
+        let next = guarded(|| task.process.step(step));
+        flush_logs(self.table.as_ref(), task.pid, &task.process);
+        let end = match next {
+            Ok(Next::Sleep(ms)) => {
+                let at = Instant::now() + Duration::from_millis(u64::from(ms));
+                self.timer_seq += 1;
+                self.timers.push(Reverse((at, self.timer_seq, slot)));
+                return;
+            }
+            Ok(Next::Done(code)) => TaskEnd {
+                status: Status::Exited,
+                outcome: Outcome::Exit,
+                exit_code: Some(code),
+                error: None,
+            },
+            Ok(Next::Failed(message)) => TaskEnd {
+                status: Status::Failed,
+                outcome: Outcome::GuestError,
+                exit_code: None,
+                error: Some(message),
+            },
+            Err(end) => end,
+        };
+        self.finish(slot, end);
+    }
+
+    /// Ends the task in `slot`: its last log lines, then its store, then its permit, and only
+    /// then the recorded end, so whoever reads the end sees the capacity already given back.
+    fn finish(&mut self, slot: usize, end: TaskEnd) {
+        let Some(task) = self.tasks[slot].take() else {
+            return;
+        };
+        self.free.push(slot);
+        task.process.capture().flush_partial();
+        flush_logs(self.table.as_ref(), task.pid, &task.process);
+        let (pid, fuel) = (task.pid, task.process.fuel());
+        drop(task);
+        record_end(self.table.as_ref(), pid, fuel, end);
+    }
+}
+
+fn flush_logs(table: &dyn ProcessTable, pid: Pid, process: &Process) {
+    let (lines, dropped_bytes) = process.capture().take();
+    if !lines.is_empty() || dropped_bytes > 0 {
+        table.apply(
+            pid,
+            TaskEvent::Logs {
+                lines,
+                dropped_bytes,
+            },
+        );
+    }
+}
+
+fn record_end(table: &dyn ProcessTable, pid: Pid, fuel: u64, end: TaskEnd) {
+    tracing::info!(
+        pid = %pid,
+        status = end.status.as_str(),
+        outcome = ?end.outcome,
+        exit_code = end.exit_code,
+        error = end.error.as_deref(),
+        fuel,
+        "Worker done, exiting"
+    );
+    let at = SystemTime::now();
+    table.apply(pid, TaskEvent::Ended { at, fuel, end });
+}
+
+/// Runs guest-facing host code so that a bug in it ends one task, recorded, instead of taking
+/// the scheduler thread and every task on it down.
+fn guarded<T>(f: impl FnOnce() -> Result<T, TaskEnd>) -> Result<T, TaskEnd> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(%message, "host panic while running a task");
+        Err(TaskEnd {
+            status: Status::Failed,
+            outcome: Outcome::Trap,
+            exit_code: None,
+            error: Some(format!("host error: {message}")),
+        })
+    })
+}
