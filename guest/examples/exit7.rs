@@ -1,6 +1,9 @@
 //! A worker that sleeps one short step and then exits with code 7.
 wit_bindgen::generate!({ world: "worker", path: "../wit" });
 
+#[path = "shared/knobs.rs"]
+mod knobs;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use exports::http_spawn::worker::task::{Guest, Next, Spec};
@@ -9,12 +12,18 @@ struct Exit7;
 
 static SLEPT: AtomicBool = AtomicBool::new(false);
 
+static GOOD_TASK: AtomicBool = AtomicBool::new(false);
+
 impl Guest for Exit7 {
-    fn start(_: Spec) -> Result<u32, String> {
+    fn start(spec: Spec) -> Result<u32, String> {
+        GOOD_TASK.store(spec.name == knobs::GOOD, Ordering::Relaxed);
         Ok(1)
     }
 
     fn step() -> Next {
+        if GOOD_TASK.load(Ordering::Relaxed) {
+            return Next::Done(0);
+        }
         if SLEPT.swap(true, Ordering::Relaxed) {
             Next::Done(7)
         } else {

@@ -3,6 +3,11 @@
 //! whatever it could reach. What it saw goes to stdout, which the host captures.
 wit_bindgen::generate!({ world: "worker", path: "../wit" });
 
+#[path = "shared/knobs.rs"]
+mod knobs;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use exports::http_spawn::worker::task::{Guest, Next, Spec};
 
 struct Snoop;
@@ -42,12 +47,18 @@ fn probe() -> Vec<String> {
     leaks
 }
 
+static GOOD_TASK: AtomicBool = AtomicBool::new(false);
+
 impl Guest for Snoop {
-    fn start(_: Spec) -> Result<u32, String> {
+    fn start(spec: Spec) -> Result<u32, String> {
+        GOOD_TASK.store(spec.name == knobs::GOOD, Ordering::Relaxed);
         Ok(0)
     }
 
     fn step() -> Next {
+        if GOOD_TASK.load(Ordering::Relaxed) {
+            return Next::Done(0);
+        }
         let leaks = probe();
         if leaks.is_empty() {
             Next::Done(0)

@@ -33,9 +33,14 @@ thread_local! {
 /// grows every instance's memory image, and this worker needs one integer.
 fn requested_exit_code(payload: Option<&str>) -> Result<i32, String> {
     let Some(payload) = payload else { return Ok(0) };
-    let Some(at) = payload.find("\"exit_code\"") else { return Ok(0) };
+    let Some(at) = payload.find("\"exit_code\"") else {
+        return Ok(0);
+    };
     let rest = payload[at + "\"exit_code\"".len()..].trim_start();
-    let rest = rest.strip_prefix(':').ok_or("exit_code needs a value")?.trim_start();
+    let rest = rest
+        .strip_prefix(':')
+        .ok_or("exit_code needs a value")?
+        .trim_start();
     let end = rest
         .find(|c: char| !(c == '-' || c.is_ascii_digit()))
         .unwrap_or(rest.len());

@@ -180,7 +180,9 @@ async fn spawn_task(
             error: Some("the host is shutting down".into()),
         };
         let at = std::time::SystemTime::now();
-        shared.table.apply(pid, TaskEvent::Ended { at, fuel: 0, end });
+        shared
+            .table
+            .apply(pid, TaskEvent::Ended { at, fuel: 0, end });
         return Err(ApiError::Unavailable {
             message: "the host is shutting down".into(),
             retry_after: DEFAULT_RETRY_AFTER_SECS,

@@ -78,7 +78,11 @@ pub fn map_count() -> Option<u64> {
 
 /// How many live instances fit under `max_map_count` when each costs `per_instance` mappings
 /// beyond the `in_use` ones the process holds already. `None` when mappings do not limit it.
-pub fn instances_within_map_count(max_map_count: u64, in_use: u64, per_instance: u64) -> Option<u64> {
+pub fn instances_within_map_count(
+    max_map_count: u64,
+    in_use: u64,
+    per_instance: u64,
+) -> Option<u64> {
     (per_instance > 0).then(|| max_map_count.saturating_sub(in_use + MAP_HEADROOM) / per_instance)
 }
 

@@ -34,8 +34,10 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::scheduler::Scheduler;
 use crate::table::{MemoryTable, ProcessTable};
 
-/// Kernel memory mappings one live task costs with the sandbox's pooling configuration (memory
-/// slots without guard regions and no copy-on-write images), measured by the capacity test.
+/// Kernel memory mappings one task's memory slot costs once used, with the sandbox's pooling
+/// configuration: its accessible part and the inaccessible rest of the slot split the pool's
+/// reservation. Slots keep their protection when freed, so this is per slot ever used, and the
+/// pool has one slot per place of capacity.
 const MAPPINGS_PER_LIVE_TASK: u64 = 2;
 
 /// The value Elasticsearch and others ask for, and enough for this host's default capacity.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use wasmtime::component::{Component, HasSelf, Linker, Resource};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap,
+    Trap, WasmBacktrace,
 };
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -26,13 +26,15 @@ pub use exports::http_spawn::worker::task::Next;
 use exports::http_spawn::worker::task::Spec;
 use http_spawn::worker::host::Level;
 
-/// Component instances of a worker: a Rust `wasm32-wasip2` component holds its own module plus
-/// the WASI adapter and the shims that tie them together.
-const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 8;
-/// Linear memories of a worker: its own, and one more for an adapter that keeps a separate one.
-const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
-/// Tables of a worker: its function table and the adapter shims' tables.
-const MAX_TABLES_PER_COMPONENT: u32 = 4;
+/// Core instances of a worker: a Rust `wasm32-wasip2` component holds three (its module, the
+/// WASI adapter and a shim); one more for other toolchains. Instances are only counted by the
+/// pool, not reserved, so headroom here is free.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 4;
+/// Linear memories of a worker. Every memory slot costs address space and, once used, kernel
+/// mappings, so a worker gets one; a component with more fails to instantiate, recorded.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 1;
+/// Tables of a worker: its function table and the shim's.
+const MAX_TABLES_PER_COMPONENT: u32 = 2;
 /// Elements per table; a Rust worker's function table holds a few hundred.
 const MAX_TABLE_ELEMENTS: usize = 4096;
 
@@ -57,7 +59,9 @@ pub struct SandboxConfig {
 /// Why the sandbox could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("cannot read the worker module {path} ({source}); `make build-guest` builds the default one")]
+    #[error(
+        "cannot read the worker module {path} ({source}); `make build-guest` builds the default one"
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -388,14 +392,24 @@ fn classify(error: &wasmtime::Error, capture: &Capture, step: u32) -> TaskEnd {
             Outcome::OutOfFuel,
             format!("out of fuel in step {step}: the step did not return within its budget"),
         ),
-        Some(Trap::StackOverflow) => {
-            failed(Outcome::StackOverflow, format!("stack overflow in step {step}"))
-        }
+        Some(Trap::StackOverflow) => failed(
+            Outcome::StackOverflow,
+            format!("stack overflow in step {step}"),
+        ),
         Some(Trap::UnreachableCodeReached) => match capture.panic_message() {
             Some(message) => failed(Outcome::Panic, format!("guest panicked: {message}")),
-            None => failed(Outcome::Trap, format!("trap in step {step}: {error:#}")),
+            None => failed(Outcome::Trap, trap_message(error, step)),
         },
-        _ => failed(Outcome::Trap, format!("trap in step {step}: {error:#}")),
+        _ => failed(Outcome::Trap, trap_message(error, step)),
+    }
+}
+
+/// `trap in step N: <cause>`, then the wasm backtrace when wasmtime captured one.
+fn trap_message(error: &wasmtime::Error, step: u32) -> String {
+    let cause = error.root_cause();
+    match error.downcast_ref::<WasmBacktrace>() {
+        Some(backtrace) => format!("trap in step {step}: {cause}\n{backtrace}"),
+        None => format!("trap in step {step}: {cause}"),
     }
 }
 

@@ -137,7 +137,10 @@ impl SchedulerThread {
                     std::thread::sleep(at.saturating_duration_since(Instant::now()));
                     continue;
                 }
-                (true, None) => self.receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                (true, None) => self
+                    .receiver
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
                 (true, Some(at)) => self
                     .receiver
                     .recv_timeout(at.saturating_duration_since(Instant::now())),

@@ -46,7 +46,9 @@ impl FromStr for Pid {
         fn hex(part: &str, max_len: usize) -> Result<u64, ()> {
             let canonical = !part.is_empty()
                 && part.len() <= max_len
-                && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
                 && (part == "0" || !part.starts_with('0') || max_len == 8);
             if !canonical {
                 return Err(());
@@ -145,14 +147,25 @@ pub struct TaskEnd {
 #[derive(Debug)]
 pub enum TaskEvent {
     /// The instance is up and `start` returned; it plans `steps` steps and has burnt `fuel`.
-    Started { at: SystemTime, steps: u32, fuel: u64 },
+    Started {
+        at: SystemTime,
+        steps: u32,
+        fuel: u64,
+    },
     /// The task woke for step `step` (1-based); `fuel` is its total fuel consumed so far.
     Progress { step: u32, fuel: u64 },
     /// Lines the task logged or printed since the last event; `dropped_bytes` is the running
     /// total of what the capture cap discarded.
-    Logs { lines: Vec<LogLine>, dropped_bytes: u64 },
+    Logs {
+        lines: Vec<LogLine>,
+        dropped_bytes: u64,
+    },
     /// The task ended; its store is gone.
-    Ended { at: SystemTime, fuel: u64, end: TaskEnd },
+    Ended {
+        at: SystemTime,
+        fuel: u64,
+        end: TaskEnd,
+    },
 }
 
 /// What the host knows of one task.
@@ -295,7 +308,9 @@ impl MemoryTable {
     fn shard(&self, pid: Pid) -> std::sync::MutexGuard<'_, HashMap<Pid, TaskRecord>> {
         // The sequence number alone spreads consecutive tasks evenly.
         let shard = &self.shards[(pid.seq % SHARDS as u64) as usize];
-        shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -372,7 +387,14 @@ mod tests {
         }
         for &pid in &pids[..3] {
             let at = SystemTime::now();
-            table.apply(pid, TaskEvent::Ended { at, fuel: 1, end: end() });
+            table.apply(
+                pid,
+                TaskEvent::Ended {
+                    at,
+                    fuel: 1,
+                    end: end(),
+                },
+            );
         }
         assert!(table.get(pids[0]).is_none(), "oldest ended task evicted");
         assert_eq!(table.get(pids[1]).map(|r| r.status), Some(Status::Exited));
@@ -386,8 +408,22 @@ mod tests {
         let pid = Pid::new(1, 1);
         table.insert(TaskRecord::spawned(pid, "t".into(), 0));
         let at = SystemTime::now();
-        table.apply(pid, TaskEvent::Ended { at, fuel: 5, end: end() });
-        table.apply(pid, TaskEvent::Started { at, steps: 9, fuel: 1 });
+        table.apply(
+            pid,
+            TaskEvent::Ended {
+                at,
+                fuel: 5,
+                end: end(),
+            },
+        );
+        table.apply(
+            pid,
+            TaskEvent::Started {
+                at,
+                steps: 9,
+                fuel: 1,
+            },
+        );
         let record = table.get(pid).expect("record kept");
         assert_eq!(record.status, Status::Exited);
         assert_eq!(record.steps, 0);

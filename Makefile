@@ -1,0 +1,50 @@
+# http-spawn: `make run` builds everything and starts the host; `make test` runs the whole suite.
+
+CARGO        ?= cargo
+GUEST_TARGET := wasm32-wasip2
+GUEST_DIR    := target/$(GUEST_TARGET)/guest
+LISTEN       ?= 127.0.0.1:8080
+BASE_URL     ?= http://$(LISTEN)
+ARGS         ?=
+
+.PHONY: all build-guest build run test fmt-check clippy k6 k6-smoke bench clean
+
+all: build
+
+# The guest toolchain target, installed once; rustup answers quickly when it is already there.
+$(GUEST_DIR)/.target-installed:
+	rustup target add $(GUEST_TARGET)
+	mkdir -p $(GUEST_DIR) && touch $@
+
+# The default worker and the small test workers (guest/examples), as components.
+build-guest: $(GUEST_DIR)/.target-installed
+	$(CARGO) build -p http-spawn-guest --target $(GUEST_TARGET) --profile guest --lib --examples
+
+build: build-guest
+	$(CARGO) build --release -p http-spawn
+
+run: build
+	./target/release/http-spawn --listen $(LISTEN) $(ARGS)
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy: build-guest
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The whole suite: formatting, lints, a short real k6 run, unit and end-to-end tests.
+test: build-guest fmt-check clippy k6-smoke
+	$(CARGO) test -p http-spawn
+
+# Load-tests a running host (start it with `make run`); START_RATE, PEAK_RATE, RAMP, HOLD tune it.
+k6:
+	BASE_URL=$(BASE_URL) "$$(scripts/ensure-k6.sh)" run k6.js
+
+# A few seconds of k6.js at a low rate against a debug host on a free loopback port: proves the
+# script and the host agree, asserts no timing.
+k6-smoke: build-guest
+	$(CARGO) build -p http-spawn
+	K6="$$(scripts/ensure-k6.sh)" scripts/k6-smoke.sh
+
+clean:
+	$(CARGO) clean

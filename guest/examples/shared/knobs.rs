@@ -1,0 +1,22 @@
+//! What the test workers read from their task: the name `good` asks a hostile worker to behave
+//! (sleep one short step and exit 0), so a test can run a good task beside a bad one on the same
+//! host; numbers in the payload set how far a worker goes, so each limit can be tested obeyed
+//! and violated with the same worker.
+
+#![allow(dead_code, reason = "each worker uses only some of these")]
+
+/// The task name that asks a hostile worker to behave.
+pub const GOOD: &str = "good";
+
+/// The unsigned integer field `key` of a flat JSON payload such as `{"mib": 4}`. Parsed by hand:
+/// a JSON library would grow every instance of these tiny workers.
+pub fn number(payload: Option<&str>, key: &str) -> Option<u64> {
+    let quoted = format!("\"{key}\"");
+    let payload = payload?;
+    let rest = payload[payload.find(&quoted)? + quoted.len()..].trim_start();
+    let rest = rest.strip_prefix(':')?.trim_start();
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}

@@ -1,0 +1,142 @@
+//! Starting a real host on 127.0.0.1:0 for end-to-end tests, and talking to it over HTTP.
+
+#![allow(dead_code, reason = "each test binary uses only some helpers")]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser as _;
+use http_spawn::config::Config;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// How long a test waits for a task to end before it fails; a bound against hangs, never a
+/// timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The worker components `make build-guest` builds.
+pub fn module(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/guest");
+    let path = if name == "default" {
+        root.join("http_spawn_guest.wasm")
+    } else {
+        root.join("examples").join(format!("{name}.wasm"))
+    };
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make build-guest` first",
+        path.display()
+    );
+    path
+}
+
+/// A host serving on a loopback port, stopped when dropped.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    _shutdown: oneshot::Sender<()>,
+}
+
+/// Starts a host running the worker `module` (see [`module`]) with extra command-line `args`.
+pub async fn spawn_app(module_name: &str, args: &[&str]) -> TestApp {
+    let module = module(module_name);
+    let mut argv = vec![
+        "http-spawn".to_owned(),
+        "--module".to_owned(),
+        module.display().to_string(),
+    ];
+    if !args.contains(&"--capacity") {
+        // Small pools keep many test hosts in one process cheap.
+        argv.extend(["--capacity".to_owned(), "2000".to_owned()]);
+    }
+    argv.extend(args.iter().map(|s| (*s).to_owned()));
+    let config = Config::try_parse_from(argv).expect("test configuration parses");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let base = format!("http://{}", listener.local_addr().expect("local address"));
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let state = http_spawn::build(&config).expect("host builds");
+    tokio::spawn(async move {
+        axum::serve(listener, http_spawn::api::router(state))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server runs");
+    });
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        _shutdown: shutdown,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs `body` as JSON to /api/tasks.
+    pub async fn submit(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/tasks"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Submits a task that must be accepted, and returns its pid.
+    pub async fn spawn(&self, body: Value) -> String {
+        let response = self.submit(body).await;
+        assert_eq!(response.status(), 202, "task accepted");
+        let body: Value = response.json().await.expect("JSON body");
+        body["pid"].as_str().expect("pid").to_owned()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// The task's record once it has ended.
+    pub async fn wait_end(&self, pid: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (status, record) = self.get(&format!("/api/tasks/{pid}")).await;
+            assert_eq!(status, 200, "task {pid} known: {record}");
+            if matches!(
+                record["status"].as_str(),
+                Some("exited" | "failed" | "killed")
+            ) {
+                return record;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {pid} did not end: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs one task to its end.
+    pub async fn run(&self, body: Value) -> Value {
+        let pid = self.spawn(body).await;
+        self.wait_end(&pid).await
+    }
+
+    /// Runs a task named `good` (which every test worker treats as "behave") to its end and
+    /// checks it exited 0: the host is up and other tasks are untouched.
+    pub async fn assert_good_task_exits_0(&self) {
+        let record = self.run(json!({"name": "good", "duration": 0})).await;
+        assert_eq!(record["status"], "exited", "{record}");
+        assert_eq!(record["exit_code"], 0, "{record}");
+    }
+}
