@@ -3,9 +3,7 @@
 //! `POST /api/tasks` validates, asks admission for a place, records the task and hands it to
 //! the scheduler, and answers `202` at once; nothing here waits on a guest.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -18,14 +16,13 @@ use serde::Serialize;
 use serde_json::Value;
 use tower_http::trace::TraceLayer;
 
-use crate::capacity::Admission;
 use crate::capture::LogLine;
 use crate::config::{
     Config, DEFAULT_DURATION_SECS, DEFAULT_MAX_NAME_BYTES, DEFAULT_RETRY_AFTER_SECS,
 };
 use crate::error::ApiError;
-use crate::scheduler::{Scheduler, TaskSpec};
-use crate::table::{Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent, TaskRecord};
+use crate::host::{Host, NewTask, Totals};
+use crate::table::{Pid, Status, TaskRecord};
 
 /// What a request may ask for.
 #[derive(Debug, Clone)]
@@ -48,60 +45,18 @@ impl RequestLimits {
 
 /// The handlers' shared state: a cheap handle, cloned per request.
 #[derive(Debug, Clone)]
-pub struct AppState(Arc<Shared>);
-
-#[derive(Debug)]
-struct Shared {
-    table: Arc<dyn ProcessTable>,
-    scheduler: Scheduler,
-    admission: Arc<Admission>,
-    pids: PidSource,
-    limits: RequestLimits,
-}
-
-impl AppState {
-    /// State over the given parts.
-    pub fn new(
-        table: Arc<dyn ProcessTable>,
-        scheduler: Scheduler,
-        admission: Arc<Admission>,
-        limits: RequestLimits,
-    ) -> Self {
-        Self(Arc::new(Shared {
-            table,
-            scheduler,
-            admission,
-            pids: PidSource::new(),
-            limits,
-        }))
-    }
-}
-
-/// Hands out pids: this host's random boot id and a counter that never wraps in practice.
-#[derive(Debug)]
-struct PidSource {
-    boot: u32,
-    next: AtomicU64,
-}
-
-impl PidSource {
-    fn new() -> Self {
-        // RandomState is seeded from the OS's randomness, once per process.
-        let boot = RandomState::new().hash_one(std::process::id()) as u32;
-        Self {
-            boot,
-            next: AtomicU64::new(1),
-        }
-    }
-
-    fn next(&self) -> Pid {
-        Pid::new(self.boot, self.next.fetch_add(1, Ordering::Relaxed))
-    }
+pub struct AppState {
+    host: Arc<Host>,
+    limits: Arc<RequestLimits>,
 }
 
 /// The API's routes.
-pub fn router(state: AppState) -> Router {
-    let max_body_bytes = state.0.limits.max_body_bytes;
+pub fn router(host: Arc<Host>, limits: RequestLimits) -> Router {
+    let max_body_bytes = limits.max_body_bytes;
+    let state = AppState {
+        host,
+        limits: Arc::new(limits),
+    };
     Router::new()
         .route("/api/tasks", post(spawn_task))
         .route("/api/tasks/{pid}", get(get_task))
@@ -112,14 +67,6 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-/// A validated `POST /api/tasks` body.
-#[derive(Debug, PartialEq)]
-struct Submission {
-    name: String,
-    duration: u32,
-    payload: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,60 +82,24 @@ async fn spawn_task(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let shared = &state.0;
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
-            limit: shared.limits.max_body_bytes,
+            limit: state.limits.max_body_bytes,
         },
         _ => ApiError::BadRequest(rejection.body_text()),
     })?;
-    let submission = parse_submission(&body, &shared.limits)?;
-
-    let Some(permit) = shared.admission.try_admit() else {
-        return Err(ApiError::Unavailable {
-            message: format!(
-                "the host is at capacity ({} live tasks); retry later",
-                shared.admission.limit()
-            ),
+    let task = parse_submission(&body, &state.limits)?;
+    let (name, duration) = (task.name.clone(), task.duration);
+    let pid = state
+        .host
+        .spawn(task)
+        .map_err(|error| ApiError::Unavailable {
+            message: error.to_string(),
             retry_after: DEFAULT_RETRY_AFTER_SECS,
-        });
-    };
-    let pid = shared.pids.next();
-    let Submission {
-        name,
-        duration,
-        payload,
-    } = submission;
-    shared
-        .table
-        .insert(TaskRecord::spawned(pid, name.clone(), duration));
-    let spec = TaskSpec {
-        pid,
-        name: name.clone(),
-        duration,
-        payload,
-    };
-    tracing::info!(pid = %pid, %name, duration, "Task process spawned");
-    if shared.scheduler.submit(spec, permit).is_err() {
-        let end = TaskEnd {
-            status: Status::Failed,
-            outcome: Outcome::InstantiationFailed,
-            exit_code: None,
-            error: Some("the host is shutting down".into()),
-        };
-        let at = std::time::SystemTime::now();
-        shared
-            .table
-            .apply(pid, TaskEvent::Ended { at, fuel: 0, end });
-        return Err(ApiError::Unavailable {
-            message: "the host is shutting down".into(),
-            retry_after: DEFAULT_RETRY_AFTER_SECS,
-        });
-    }
-    let location = format!("/api/tasks/{pid}");
+        })?;
     let body = Spawned {
         pid,
         message: format!("Process {pid} will run for {duration} seconds"),
@@ -197,7 +108,7 @@ async fn spawn_task(
     };
     Ok((
         StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
+        [(header::LOCATION, format!("/api/tasks/{pid}"))],
         Json(body),
     )
         .into_response())
@@ -205,7 +116,7 @@ async fn spawn_task(
 
 /// Whether the request says its body is JSON: `application/json` or `application/<x>+json`,
 /// parameters such as `charset` allowed.
-fn is_json(headers: &HeaderMap) -> bool {
+pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -220,7 +131,8 @@ fn is_json(headers: &HeaderMap) -> bool {
     kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
 }
 
-fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<Submission, ApiError> {
+/// Validates a `POST /api/tasks` body: every rule of the API, with a message naming the field.
+pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, ApiError> {
     let bad = |message: String| ApiError::BadRequest(message);
     let value: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
@@ -259,7 +171,7 @@ fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<Submission, A
         None | Some(Value::Null) => None,
         Some(payload) => Some(payload.to_string()),
     };
-    Ok(Submission {
+    Ok(NewTask {
         name,
         duration,
         payload,
@@ -279,8 +191,7 @@ async fn get_task(
 ) -> Result<Json<TaskRecord>, ApiError> {
     let id = parse_pid(&pid)?;
     state
-        .0
-        .table
+        .host
         .get(id)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))
@@ -300,8 +211,7 @@ async fn get_logs(
 ) -> Result<Json<Logs>, ApiError> {
     let id = parse_pid(&pid)?;
     let record = state
-        .0
-        .table
+        .host
         .get(id)
         .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))?;
     Ok(Json(Logs {
@@ -317,13 +227,15 @@ struct Health {
     status: &'static str,
     live: u32,
     capacity: u32,
+    tasks: Totals,
 }
 
 async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok",
-        live: state.0.admission.live(),
-        capacity: state.0.admission.limit(),
+        live: state.host.live(),
+        capacity: state.host.capacity(),
+        tasks: state.host.totals(),
     })
 }
 
@@ -347,7 +259,7 @@ mod tests {
         }
     }
 
-    fn parse(body: &str) -> Result<Submission, String> {
+    fn parse(body: &str) -> Result<NewTask, String> {
         parse_submission(body.as_bytes(), &limits()).map_err(|e| e.to_string())
     }
 
@@ -355,7 +267,7 @@ mod tests {
     fn accepts_the_seed_body_and_defaults_the_duration() {
         assert_eq!(
             parse(r#"{"name":"report","duration":5}"#),
-            Ok(Submission {
+            Ok(NewTask {
                 name: "report".into(),
                 duration: 5,
                 payload: None

@@ -54,6 +54,40 @@ impl Drop for Permit {
     }
 }
 
+/// Kernel memory mappings one task's memory slot costs once used, with the sandbox's pooling
+/// configuration: its accessible part and the inaccessible rest of the slot split the pool's
+/// reservation. Slots keep their protection when freed, so this is per slot ever used, and the
+/// pool has one slot per place of capacity.
+const MAPPINGS_PER_LIVE_TASK: u64 = 2;
+
+/// The value Elasticsearch and others ask for, and enough for this host's default capacity.
+const RECOMMENDED_MAX_MAP_COUNT: u64 = 262_144;
+
+/// The configured capacity, lowered if the kernel's `vm.max_map_count` could not hold that many
+/// live instances; says so, and how to raise it, as Elasticsearch does.
+pub fn effective_capacity(configured: u32) -> u32 {
+    let (Some(max), Some(in_use)) = (max_map_count(), map_count()) else {
+        return configured;
+    };
+    match instances_within_map_count(max, in_use, MAPPINGS_PER_LIVE_TASK) {
+        Some(fits) if fits < u64::from(configured) => {
+            tracing::warn!(
+                vm.max_map_count = max,
+                configured,
+                capacity = fits,
+                "vm.max_map_count is too low for the configured capacity; capacity lowered. \
+                 Raise it with `sudo sysctl -w vm.max_map_count={RECOMMENDED_MAX_MAP_COUNT}` \
+                 (persist it in /etc/sysctl.d/) and restart"
+            );
+            fits as u32
+        }
+        _ => {
+            tracing::info!(vm.max_map_count = max, capacity = configured, "capacity");
+            configured
+        }
+    }
+}
+
 /// Where Linux keeps the per-process limit on memory mappings.
 const MAX_MAP_COUNT_PATH: &str = "/proc/sys/vm/max_map_count";
 

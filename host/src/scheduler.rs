@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -42,12 +42,26 @@ struct Job {
     permit: Permit,
 }
 
+/// How many tasks have ended, and how many of those exited 0.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ended {
+    pub total: u64,
+    pub exited_ok: u64,
+}
+
+#[derive(Debug, Default)]
+struct EndCounters {
+    total: AtomicU64,
+    exited_ok: AtomicU64,
+}
+
 /// The handle the API uses to hand tasks to the scheduler threads.
 #[derive(Debug)]
 pub struct Scheduler {
     senders: Vec<Sender<Job>>,
     next: AtomicUsize,
     threads: Vec<JoinHandle<()>>,
+    ended: Arc<EndCounters>,
 }
 
 impl Scheduler {
@@ -60,11 +74,13 @@ impl Scheduler {
     ) -> std::io::Result<Self> {
         let mut senders = Vec::new();
         let mut handles = Vec::new();
+        let ended = Arc::new(EndCounters::default());
         for index in 0..threads.max(1) {
             let (sender, receiver) = mpsc::channel();
             let thread = SchedulerThread {
                 sandbox: Arc::clone(&sandbox),
                 table: Arc::clone(&table),
+                ended: Arc::clone(&ended),
                 receiver,
                 tasks: Vec::new(),
                 free: Vec::new(),
@@ -82,7 +98,16 @@ impl Scheduler {
             senders,
             next: AtomicUsize::new(0),
             threads: handles,
+            ended,
         })
+    }
+
+    /// Tasks ended so far.
+    pub fn ended(&self) -> Ended {
+        Ended {
+            total: self.ended.total.load(Ordering::Relaxed),
+            exited_ok: self.ended.exited_ok.load(Ordering::Relaxed),
+        }
     }
 
     /// Hands a task to a scheduler thread, round robin. Gives the spec back if no thread takes
@@ -117,6 +142,7 @@ struct Task {
 struct SchedulerThread {
     sandbox: Arc<Sandbox>,
     table: Arc<dyn ProcessTable>,
+    ended: Arc<EndCounters>,
     receiver: Receiver<Job>,
     tasks: Vec<Option<Task>>,
     free: Vec<usize>,
@@ -229,7 +255,7 @@ impl SchedulerThread {
             }
             Err(end) => {
                 drop(permit);
-                record_end(self.table.as_ref(), pid, 0, end);
+                self.record_end(pid, 0, end);
             }
         }
     }
@@ -277,7 +303,25 @@ impl SchedulerThread {
         flush_logs(self.table.as_ref(), task.pid, &task.process);
         let (pid, fuel) = (task.pid, task.process.fuel());
         drop(task);
-        record_end(self.table.as_ref(), pid, fuel, end);
+        self.record_end(pid, fuel, end);
+    }
+
+    fn record_end(&self, pid: Pid, fuel: u64, end: TaskEnd) {
+        tracing::info!(
+            pid = %pid,
+            status = end.status.as_str(),
+            outcome = ?end.outcome,
+            exit_code = end.exit_code,
+            error = end.error.as_deref(),
+            fuel,
+            "Worker done, exiting"
+        );
+        if end.exit_code == Some(0) {
+            self.ended.exited_ok.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ended.total.fetch_add(1, Ordering::Relaxed);
+        let at = SystemTime::now();
+        self.table.apply(pid, TaskEvent::Ended { at, fuel, end });
     }
 }
 
@@ -292,20 +336,6 @@ fn flush_logs(table: &dyn ProcessTable, pid: Pid, process: &Process) {
             },
         );
     }
-}
-
-fn record_end(table: &dyn ProcessTable, pid: Pid, fuel: u64, end: TaskEnd) {
-    tracing::info!(
-        pid = %pid,
-        status = end.status.as_str(),
-        outcome = ?end.outcome,
-        exit_code = end.exit_code,
-        error = end.error.as_deref(),
-        fuel,
-        "Worker done, exiting"
-    );
-    let at = SystemTime::now();
-    table.apply(pid, TaskEvent::Ended { at, fuel, end });
 }
 
 /// Runs guest-facing host code so that a bug in it ends one task, recorded, instead of taking

@@ -246,6 +246,8 @@ async fn a_thousand_concurrent_tasks_all_exit_0() {
     }
     let (_, health) = app.get("/api/health").await;
     assert_eq!(health["live"], 0, "every place given back: {health}");
+    assert_eq!(health["tasks"]["spawned"], 1000, "{health}");
+    assert_eq!(health["tasks"]["exited_ok"], 1000, "{health}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

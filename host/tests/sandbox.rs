@@ -181,14 +181,15 @@ async fn a_missing_or_broken_module_is_a_start_up_error() {
         .expect("parses")
     };
     let missing =
-        http_spawn::build(&config("/nonexistent/worker.wasm")).expect_err("missing module");
+        http_spawn::Host::start(&config("/nonexistent/worker.wasm")).expect_err("missing module");
     assert!(
         missing.to_string().contains("make build-guest"),
         "{missing}"
     );
     let junk = std::env::temp_dir().join(format!("http-spawn-junk-{}.wasm", std::process::id()));
     std::fs::write(&junk, b"\0asm junk").expect("write");
-    let broken = http_spawn::build(&config(&junk.display().to_string())).expect_err("junk module");
+    let broken =
+        http_spawn::Host::start(&config(&junk.display().to_string())).expect_err("junk module");
     assert!(
         broken.to_string().contains("not a usable component"),
         "{broken}"

@@ -56,9 +56,10 @@ pub async fn spawn_app(module_name: &str, args: &[&str]) -> TestApp {
         .expect("bind a loopback port");
     let base = format!("http://{}", listener.local_addr().expect("local address"));
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let state = http_spawn::build(&config).expect("host builds");
+    let host = std::sync::Arc::new(http_spawn::Host::start(&config).expect("host starts"));
+    let app = http_spawn::api::router(host, http_spawn::api::RequestLimits::from_config(&config));
     tokio::spawn(async move {
-        axum::serve(listener, http_spawn::api::router(state))
+        axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })

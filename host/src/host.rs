@@ -1,0 +1,170 @@
+//! The task host without HTTP: admission, pids, the process table and the scheduler, with the
+//! operations the API offers. The HTTP layer and the benchmarks both drive this.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::capacity::{self, Admission};
+use crate::config::Config;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::scheduler::{Scheduler, TaskSpec};
+use crate::table::{
+    MemoryTable, Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent, TaskRecord,
+};
+
+/// A task as a client asks for it, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    pub name: String,
+    pub duration: u32,
+    /// JSON text handed to the guest.
+    pub payload: Option<String>,
+}
+
+/// Why a task was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("the host is at capacity ({limit} live tasks); retry later")]
+    AtCapacity { limit: u32 },
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+/// Counters of what the host has done since it started.
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    pub spawned: u64,
+    pub ended: u64,
+    /// Tasks that exited with code 0.
+    pub exited_ok: u64,
+}
+
+/// The running host.
+#[derive(Debug)]
+pub struct Host {
+    table: Arc<dyn ProcessTable>,
+    scheduler: Scheduler,
+    admission: Arc<Admission>,
+    pids: PidSource,
+    spawned: AtomicU64,
+}
+
+impl Host {
+    /// Compiles the worker, sizes the pool and admission, and starts the scheduler threads.
+    pub fn start(config: &Config) -> anyhow::Result<Self> {
+        let capacity = capacity::effective_capacity(config.capacity);
+        let sandbox = Sandbox::new(SandboxConfig {
+            module: config.module.clone(),
+            fuel_per_step: config.fuel_per_step,
+            max_memory_bytes: config.max_memory_bytes(),
+            max_log_bytes: config.max_log_bytes,
+            capacity,
+        })?;
+        tracing::info!(
+            module = %config.module.display(),
+            capacity,
+            workers = config.workers(),
+            fuel_per_step = config.fuel_per_step,
+            max_memory_mib = config.max_memory_mib,
+            "worker compiled"
+        );
+        let table: Arc<dyn ProcessTable> = Arc::new(MemoryTable::new(config.max_history));
+        let scheduler = Scheduler::start(config.workers(), Arc::new(sandbox), Arc::clone(&table))
+            .context("starting the scheduler threads")?;
+        Ok(Self {
+            table,
+            scheduler,
+            admission: Admission::new(capacity),
+            pids: PidSource::new(),
+            spawned: AtomicU64::new(0),
+        })
+    }
+
+    /// Accepts a task: admits it, records it and hands it to a scheduler thread. Returns its
+    /// pid at once; the task runs in the background.
+    pub fn spawn(&self, task: NewTask) -> Result<Pid, SpawnError> {
+        let permit = self.admission.try_admit().ok_or(SpawnError::AtCapacity {
+            limit: self.admission.limit(),
+        })?;
+        let pid = self.pids.next();
+        let NewTask {
+            name,
+            duration,
+            payload,
+        } = task;
+        tracing::info!(pid = %pid, %name, duration, "Task process spawned");
+        self.table
+            .insert(TaskRecord::spawned(pid, name.clone(), duration));
+        let spec = TaskSpec {
+            pid,
+            name,
+            duration,
+            payload,
+        };
+        if self.scheduler.submit(spec, permit).is_err() {
+            let end = TaskEnd {
+                status: Status::Failed,
+                outcome: Outcome::InstantiationFailed,
+                exit_code: None,
+                error: Some(SpawnError::ShuttingDown.to_string()),
+            };
+            let at = SystemTime::now();
+            self.table.apply(pid, TaskEvent::Ended { at, fuel: 0, end });
+            return Err(SpawnError::ShuttingDown);
+        }
+        self.spawned.fetch_add(1, Ordering::Relaxed);
+        Ok(pid)
+    }
+
+    /// A task's record, if the table still holds it.
+    pub fn get(&self, pid: Pid) -> Option<TaskRecord> {
+        self.table.get(pid)
+    }
+
+    /// Tasks accepted and not yet ended.
+    pub fn live(&self) -> u32 {
+        self.admission.live()
+    }
+
+    /// The most tasks that may be live at once.
+    pub fn capacity(&self) -> u32 {
+        self.admission.limit()
+    }
+
+    /// What the host has done since it started.
+    pub fn totals(&self) -> Totals {
+        let ended = self.scheduler.ended();
+        Totals {
+            spawned: self.spawned.load(Ordering::Relaxed),
+            ended: ended.total,
+            exited_ok: ended.exited_ok,
+        }
+    }
+}
+
+/// Hands out pids: this host's random boot id and a counter that never wraps in practice.
+#[derive(Debug)]
+struct PidSource {
+    boot: u32,
+    next: AtomicU64,
+}
+
+impl PidSource {
+    fn new() -> Self {
+        // RandomState is seeded from the OS's randomness, once per process.
+        let boot = RandomState::new().hash_one(std::process::id()) as u32;
+        Self {
+            boot,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> Pid {
+        Pid::new(self.boot, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
