@@ -30,6 +30,7 @@ const NAMES = [
 
 const tasksSpawned = new Counter('tasks_spawned');
 const tasksRejected = new Counter('tasks_rejected');
+const tasksErrored = new Counter('tasks_errored');
 const taskFailures = new Rate('task_failures');
 const spawnResponseTime = new Trend('spawn_response_time', true);
 
@@ -71,6 +72,8 @@ export default function () {
     tasksSpawned.add(1);
   } else if (res.status === 429 || res.status === 503) {
     tasksRejected.add(1);
+  } else {
+    tasksErrored.add(1);
   }
 }
 
@@ -84,6 +87,7 @@ export function handleSummary(data) {
     `  target            ${BASE_URL}/api/tasks`,
     `  tasks spawned     ${count('tasks_spawned')}`,
     `  tasks rejected    ${count('tasks_rejected')} (429/503: host full)`,
+    `  other errors      ${count('tasks_errored')}`,
     `  failure rate      ${(data.metrics.task_failures.values.rate * 100).toFixed(2)} %`,
     `  response p50      ${ms(trend.med)}`,
     `  response p95      ${ms(trend['p(95)'])}`,
@@ -94,5 +98,10 @@ export function handleSummary(data) {
     .filter(([, m]) => m.thresholds)
     .flatMap(([name, m]) =>
       Object.entries(m.thresholds).map(([t, r]) => `  ${r.ok ? 'ok  ' : 'FAIL'} ${name} ${t}`));
-  return { stdout: lines.concat(['thresholds', ...thresholds, '']).join('\n') };
+  const outputs = { stdout: lines.concat(['thresholds', ...thresholds, '']).join('\n') };
+  // SUMMARY_JSON=path also writes k6's whole summary there, for `make bench`.
+  if (__ENV.SUMMARY_JSON) {
+    outputs[__ENV.SUMMARY_JSON] = JSON.stringify(data);
+  }
+  return outputs;
 }

@@ -54,25 +54,22 @@ impl Drop for Permit {
     }
 }
 
-/// Kernel memory mappings one task's memory slot costs once used, with the sandbox's pooling
-/// configuration: its accessible part and the inaccessible rest of the slot split the pool's
-/// reservation. Slots keep their protection when freed, so this is per slot ever used, and the
-/// pool has one slot per place of capacity.
-const MAPPINGS_PER_LIVE_TASK: u64 = 2;
-
-/// The value Elasticsearch and others ask for, and enough for this host's default capacity.
+/// The value Elasticsearch and others ask for.
 const RECOMMENDED_MAX_MAP_COUNT: u64 = 262_144;
 
 /// The configured capacity, lowered if the kernel's `vm.max_map_count` could not hold that many
-/// live instances; says so, and how to raise it, as Elasticsearch does.
-pub fn effective_capacity(configured: u32) -> u32 {
+/// live instances at `per_task` mappings each (as measured by the sandbox at start); says so,
+/// and how to raise the limit, as Elasticsearch does.
+pub fn effective_capacity(configured: u32, per_task: u64) -> u32 {
     let (Some(max), Some(in_use)) = (max_map_count(), map_count()) else {
         return configured;
     };
-    match instances_within_map_count(max, in_use, MAPPINGS_PER_LIVE_TASK) {
+    match instances_within_map_count(max, in_use, per_task) {
         Some(fits) if fits < u64::from(configured) => {
             tracing::warn!(
                 vm.max_map_count = max,
+                mappings_in_use = in_use,
+                mappings_per_task = per_task,
                 configured,
                 capacity = fits,
                 "vm.max_map_count is too low for the configured capacity; capacity lowered. \
@@ -82,7 +79,13 @@ pub fn effective_capacity(configured: u32) -> u32 {
             fits as u32
         }
         _ => {
-            tracing::info!(vm.max_map_count = max, capacity = configured, "capacity");
+            tracing::info!(
+                vm.max_map_count = max,
+                mappings_in_use = in_use,
+                mappings_per_task = per_task,
+                capacity = configured,
+                "capacity"
+            );
             configured
         }
     }

@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_MEMORY_MIB: u32 = 16;
 pub const DEFAULT_MAX_DURATION_SECS: u32 = 3_600;
 /// The seed's duration when a request names none.
 pub const DEFAULT_DURATION_SECS: u32 = 3;
-pub const DEFAULT_CAPACITY: u32 = 10_000;
+pub const DEFAULT_CAPACITY: u32 = 100_000;
 pub const DEFAULT_MAX_HISTORY: usize = 10_000;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;

@@ -39,6 +39,8 @@ pub enum SpawnError {
 #[derive(Debug, Default, Serialize)]
 pub struct Totals {
     pub spawned: u64,
+    /// Tasks instantiated and started.
+    pub started: u64,
     pub ended: u64,
     /// Tasks that exited with code 0.
     pub exited_ok: u64,
@@ -57,14 +59,15 @@ pub struct Host {
 impl Host {
     /// Compiles the worker, sizes the pool and admission, and starts the scheduler threads.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
-        let capacity = capacity::effective_capacity(config.capacity);
         let sandbox = Sandbox::new(SandboxConfig {
             module: config.module.clone(),
             fuel_per_step: config.fuel_per_step,
             max_memory_bytes: config.max_memory_bytes(),
             max_log_bytes: config.max_log_bytes,
-            capacity,
+            capacity: config.capacity,
         })?;
+        let per_task = sandbox.mappings_per_instance();
+        let capacity = capacity::effective_capacity(config.capacity, per_task);
         tracing::info!(
             module = %config.module.display(),
             capacity,
@@ -138,11 +141,12 @@ impl Host {
 
     /// What the host has done since it started.
     pub fn totals(&self) -> Totals {
-        let ended = self.scheduler.ended();
+        let counts = self.scheduler.counts();
         Totals {
             spawned: self.spawned.load(Ordering::Relaxed),
-            ended: ended.total,
-            exited_ok: ended.exited_ok,
+            started: counts.started,
+            ended: counts.ended,
+            exited_ok: counts.exited_ok,
         }
     }
 }

@@ -42,16 +42,18 @@ struct Job {
     permit: Permit,
 }
 
-/// How many tasks have ended, and how many of those exited 0.
+/// How many tasks have started and ended, and how many of those exited 0.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Ended {
-    pub total: u64,
+pub struct Counts {
+    pub started: u64,
+    pub ended: u64,
     pub exited_ok: u64,
 }
 
 #[derive(Debug, Default)]
-struct EndCounters {
-    total: AtomicU64,
+struct Counters {
+    started: AtomicU64,
+    ended: AtomicU64,
     exited_ok: AtomicU64,
 }
 
@@ -61,7 +63,7 @@ pub struct Scheduler {
     senders: Vec<Sender<Job>>,
     next: AtomicUsize,
     threads: Vec<JoinHandle<()>>,
-    ended: Arc<EndCounters>,
+    counters: Arc<Counters>,
 }
 
 impl Scheduler {
@@ -74,13 +76,13 @@ impl Scheduler {
     ) -> std::io::Result<Self> {
         let mut senders = Vec::new();
         let mut handles = Vec::new();
-        let ended = Arc::new(EndCounters::default());
+        let counters = Arc::new(Counters::default());
         for index in 0..threads.max(1) {
             let (sender, receiver) = mpsc::channel();
             let thread = SchedulerThread {
                 sandbox: Arc::clone(&sandbox),
                 table: Arc::clone(&table),
-                ended: Arc::clone(&ended),
+                counters: Arc::clone(&counters),
                 receiver,
                 tasks: Vec::new(),
                 free: Vec::new(),
@@ -98,15 +100,16 @@ impl Scheduler {
             senders,
             next: AtomicUsize::new(0),
             threads: handles,
-            ended,
+            counters,
         })
     }
 
-    /// Tasks ended so far.
-    pub fn ended(&self) -> Ended {
-        Ended {
-            total: self.ended.total.load(Ordering::Relaxed),
-            exited_ok: self.ended.exited_ok.load(Ordering::Relaxed),
+    /// Tasks started and ended so far.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            started: self.counters.started.load(Ordering::Relaxed),
+            ended: self.counters.ended.load(Ordering::Relaxed),
+            exited_ok: self.counters.exited_ok.load(Ordering::Relaxed),
         }
     }
 
@@ -142,7 +145,7 @@ struct Task {
 struct SchedulerThread {
     sandbox: Arc<Sandbox>,
     table: Arc<dyn ProcessTable>,
-    ended: Arc<EndCounters>,
+    counters: Arc<Counters>,
     receiver: Receiver<Job>,
     tasks: Vec<Option<Task>>,
     free: Vec<usize>,
@@ -233,6 +236,7 @@ impl SchedulerThread {
                     },
                 );
                 tracing::info!(pid = %pid, name = %spec.name, steps, "Worker started");
+                self.counters.started.fetch_add(1, Ordering::Relaxed);
                 flush_logs(self.table.as_ref(), pid, &process);
                 let task = Task {
                     process,
@@ -317,9 +321,9 @@ impl SchedulerThread {
             "Worker done, exiting"
         );
         if end.exit_code == Some(0) {
-            self.ended.exited_ok.fetch_add(1, Ordering::Relaxed);
+            self.counters.exited_ok.fetch_add(1, Ordering::Relaxed);
         }
-        self.ended.total.fetch_add(1, Ordering::Relaxed);
+        self.counters.ended.fetch_add(1, Ordering::Relaxed);
         let at = SystemTime::now();
         self.table.apply(pid, TaskEvent::Ended { at, fuel, end });
     }

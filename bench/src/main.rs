@@ -1,0 +1,902 @@
+//! `make bench`: http-spawn measured side by side with its baselines, in one run, on one
+//! machine. Every figure is a median over repeated batches or a ratio against a baseline
+//! measured in the same run; machines are shared and noisy, so no single absolute time is
+//! meant to be compared across runs.
+//!
+//! Sections (see BENCHMARKS.md for what each target means):
+//! 1. instantiate + run + drop, in-process: ours against a naive embedding, 1 and 2 threads;
+//! 2. live sleeping tasks: RSS and page tables per task, against plain `tokio::spawn`;
+//! 3. HTTP accept rate: the host against a floor server, with a light load generator;
+//! 4. fuel: compute kernels with fuel metering on and off;
+//! 5. the seed's k6 profile at rising arrival rates, and past capacity.
+
+mod loadgen;
+mod naive;
+mod plot;
+mod procfs;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use http_spawn::config::Config;
+use http_spawn::host::NewTask;
+use http_spawn::sandbox::{Next, Sandbox, SandboxConfig};
+use http_spawn::table::Pid;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::loadgen::{Durations, Load};
+
+#[derive(Debug, Parser)]
+#[command(about = "http-spawn benchmarks, side by side with their baselines")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Section>,
+    /// Where results, plots and the report go.
+    #[arg(long, global = true, default_value = "bench-out")]
+    out: PathBuf,
+    /// Smaller counts and shorter runs, for a quick look.
+    #[arg(long, global = true)]
+    quick: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Section {
+    /// Every section (the default).
+    All,
+    /// One live-tasks measurement in this process: prints a JSON line. Used by `all`, which
+    /// runs each in a fresh process so that one measurement's heap does not hide another's.
+    Live {
+        #[arg(long)]
+        mode: LiveMode,
+        #[arg(long)]
+        n: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Serialize, Deserialize, PartialEq)]
+enum LiveMode {
+    Wasm,
+    Tokio,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn guest(name: &str) -> PathBuf {
+    let dir = repo_root().join("target/wasm32-wasip2/guest");
+    if name == "default" {
+        dir.join("http_spawn_guest.wasm")
+    } else {
+        dir.join("examples").join(format!("{name}.wasm"))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command.unwrap_or(Section::All) {
+        Section::Live { mode, n } => {
+            let result = live(mode, n)?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Section::All => all(&args.out, args.quick),
+    }
+}
+
+fn all(out: &Path, quick: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let started = Instant::now();
+    let mut report = Report::default();
+    report.line(&format!(
+        "machine: {} CPUs, {}; RUST_BACKTRACE={}; run {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        procfs::mem_total().unwrap_or_else(|| "memory unknown".into()),
+        std::env::var("RUST_BACKTRACE").unwrap_or_else(|_| "unset".into()),
+        humantime_now(),
+    ));
+    let mut results = serde_json::Map::new();
+    results.insert(
+        "instantiate".into(),
+        section_instantiate(&mut report, quick)?,
+    );
+    results.insert("live".into(), section_live(&mut report, out, quick)?);
+    results.insert("http".into(), section_http(&mut report, quick)?);
+    results.insert("fuel".into(), section_fuel(&mut report, quick)?);
+    results.insert("k6".into(), section_k6(&mut report, out, quick)?);
+    report.line(&format!(
+        "\nbench finished in {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&Value::Object(results))?,
+    )?;
+    std::fs::write(out.join("report.md"), &report.text)?;
+    println!(
+        "\nwrote {}/report.md, results.json and plots",
+        out.display()
+    );
+    Ok(())
+}
+
+fn humantime_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("at unix time {secs}")
+}
+
+/// Collects the printed report so it can also be written to a file.
+#[derive(Debug, Default)]
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn line(&mut self, line: &str) {
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+        self.text.push_str(line);
+        self.text.push('\n');
+    }
+
+    fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
+        self.line(&format!("| {} |", header.join(" | ")));
+        self.line(&format!("|{}", "---|".repeat(header.len())));
+        for row in rows {
+            self.line(&format!("| {} |", row.join(" | ")));
+        }
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Instantiate + run + drop
+
+/// Runs `task` on `threads` threads, `per_batch` times each, `batches` times; returns the median
+/// µs per task per thread and the median tasks/s over all threads.
+fn measure(
+    threads: usize,
+    batches: usize,
+    per_batch: usize,
+    task: &(dyn Fn() + Sync),
+) -> (f64, f64) {
+    let mut per_task_us = Vec::new();
+    let mut rates = Vec::new();
+    for _ in 0..batches {
+        let begun = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    for _ in 0..per_batch {
+                        task();
+                    }
+                });
+            }
+        });
+        let wall = begun.elapsed().as_secs_f64();
+        per_task_us.push(wall * 1e6 / per_batch as f64);
+        rates.push((threads * per_batch) as f64 / wall);
+    }
+    (median(&mut per_task_us), median(&mut rates))
+}
+
+fn our_sandbox(module: &Path, capacity: u32) -> anyhow::Result<Sandbox> {
+    Ok(Sandbox::new(SandboxConfig {
+        module: module.to_owned(),
+        fuel_per_step: u64::MAX / 4,
+        max_memory_bytes: http_spawn::config::DEFAULT_MAX_MEMORY_MIB as usize * 1024 * 1024,
+        max_log_bytes: http_spawn::config::DEFAULT_MAX_LOG_BYTES,
+        capacity,
+    })?)
+}
+
+/// One task on our sandbox, start to end, no sleeping between steps.
+fn run_ours(sandbox: &Sandbox, payload: Option<&str>) -> i32 {
+    let pid = Pid::new(0, 1);
+    let Ok(mut process) = sandbox.instantiate(pid) else {
+        return -1;
+    };
+    if process.start(pid, "bench", 0, payload).is_err() {
+        return -1;
+    }
+    let mut step = 0;
+    loop {
+        match process.step(step) {
+            Ok(Next::Sleep(_)) => step += 1,
+            Ok(Next::Done(code)) => return code,
+            _ => return -1,
+        }
+    }
+}
+
+fn section_instantiate(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
+    report.line("\n## 1. Instantiate + run + drop, in-process (median of batches)\n");
+    let (batches, per_batch) = if quick { (5, 300) } else { (15, 2000) };
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    for worker in ["empty", "default"] {
+        let module = guest(worker);
+        let ours = our_sandbox(&module, 64)?;
+        let naive = naive::Naive::new(&module, true)?;
+        for threads in [1, 2] {
+            let (ours_us, ours_rate) = measure(threads, batches, per_batch, &|| {
+                std::hint::black_box(run_ours(&ours, None));
+            });
+            let (naive_us, naive_rate) = measure(threads, batches, per_batch / 4, &|| {
+                std::hint::black_box(naive.run(None).unwrap_or(-1));
+            });
+            rows.push(vec![
+                worker.to_owned(),
+                threads.to_string(),
+                format!("{ours_us:.1}"),
+                format!("{ours_rate:.0}"),
+                format!("{naive_us:.1}"),
+                format!("{naive_rate:.0}"),
+                format!("{:.1}×", naive_us / ours_us),
+            ]);
+            results.push(json!({
+                "worker": worker, "threads": threads,
+                "ours_us": ours_us, "ours_per_sec": ours_rate,
+                "naive_us": naive_us, "naive_per_sec": naive_rate,
+            }));
+        }
+    }
+    report.table(
+        &[
+            "worker",
+            "threads",
+            "ours µs/task",
+            "ours tasks/s",
+            "naive µs/task",
+            "naive tasks/s",
+            "naive ÷ ours",
+        ],
+        &rows,
+    );
+    Ok(Value::Array(results))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Live sleeping tasks
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LiveResult {
+    mode: LiveMode,
+    n: u32,
+    rss_bytes_per_task: f64,
+    pte_bytes_per_task: f64,
+    secs_to_live: f64,
+    maps_per_task: f64,
+    maps_total: u64,
+}
+
+/// Gets `n` tasks sleeping in this process and measures what they hold.
+fn live(mode: LiveMode, n: u32) -> anyhow::Result<LiveResult> {
+    match mode {
+        LiveMode::Wasm => {
+            let module = guest("default").display().to_string();
+            let capacity = n.to_string();
+            let config = <Config as clap::Parser>::try_parse_from([
+                "http-spawn",
+                "--module",
+                &module,
+                "--capacity",
+                &capacity,
+                "--max-duration-secs",
+                "86400",
+            ])?;
+            let host = http_spawn::Host::start(&config)?;
+            let before = procfs::Status::read()?;
+            let begun = Instant::now();
+            for _ in 0..n {
+                host.spawn(NewTask {
+                    name: "sleeper".into(),
+                    duration: 86_400,
+                    payload: None,
+                })?;
+            }
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while host.totals().started < u64::from(n) {
+                if Instant::now() > deadline {
+                    bail!("only {} of {n} tasks started", host.totals().started);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let secs = begun.elapsed().as_secs_f64();
+            // Past the first wake-up, so every task has slept and stepped once.
+            std::thread::sleep(Duration::from_millis(1200));
+            let after = procfs::Status::read()?;
+            Ok(LiveResult::new(mode, n, &before, &after, secs))
+        }
+        LiveMode::Tokio => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let before = procfs::Status::read()?;
+            let begun = Instant::now();
+            let live = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            runtime.block_on(async {
+                for _ in 0..n {
+                    let live = Arc::clone(&live);
+                    tokio::spawn(async move {
+                        live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_secs(86_400)).await;
+                    });
+                }
+                while live.load(std::sync::atomic::Ordering::Relaxed) < n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            let secs = begun.elapsed().as_secs_f64();
+            let after = procfs::Status::read()?;
+            Ok(LiveResult::new(mode, n, &before, &after, secs))
+        }
+    }
+}
+
+impl LiveResult {
+    fn new(
+        mode: LiveMode,
+        n: u32,
+        before: &procfs::Status,
+        after: &procfs::Status,
+        secs: f64,
+    ) -> Self {
+        let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / f64::from(n);
+        Self {
+            mode,
+            n,
+            rss_bytes_per_task: per(after.rss_bytes, before.rss_bytes),
+            pte_bytes_per_task: per(after.pte_bytes, before.pte_bytes),
+            secs_to_live: secs,
+            maps_per_task: per(after.maps, before.maps),
+            maps_total: after.maps,
+        }
+    }
+}
+
+fn section_live(report: &mut Report, out: &Path, quick: bool) -> anyhow::Result<Value> {
+    report.line("\n## 2. Live sleeping tasks (each count in a fresh process)\n");
+    let counts: &[u32] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 10_000, 100_000, 250_000]
+    };
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    for &n in counts {
+        let mut pair = Vec::new();
+        for mode in [LiveMode::Wasm, LiveMode::Tokio] {
+            let mode_arg = if mode == LiveMode::Wasm {
+                "wasm"
+            } else {
+                "tokio"
+            };
+            let output = Command::new(&exe)
+                .args(["live", "--mode", mode_arg, "--n", &n.to_string()])
+                .stderr(Stdio::inherit())
+                .output()
+                .context("running a live-tasks measurement")?;
+            if !output.status.success() {
+                bail!("live {mode_arg} {n} failed");
+            }
+            let result: LiveResult = serde_json::from_slice(&output.stdout)?;
+            pair.push(result);
+        }
+        let (wasm, tokio) = (&pair[0], &pair[1]);
+        rows.push(vec![
+            n.to_string(),
+            format!("{:.1}", wasm.rss_bytes_per_task / 1024.0),
+            format!("{:.1}", wasm.pte_bytes_per_task / 1024.0),
+            format!(
+                "{:.1}",
+                (wasm.rss_bytes_per_task + wasm.pte_bytes_per_task) / 1024.0
+            ),
+            format!("{:.3}", wasm.maps_per_task),
+            format!("{:.2}", wasm.secs_to_live),
+            format!("{:.2}", tokio.rss_bytes_per_task / 1024.0),
+            format!("{:.2}", tokio.secs_to_live),
+        ]);
+        results.push(json!({"n": n, "wasm": wasm, "tokio": tokio}));
+    }
+    report.table(
+        &[
+            "live tasks",
+            "wasm RSS KiB/task",
+            "wasm PTE KiB/task",
+            "wasm RSS+PTE KiB/task",
+            "wasm maps/task",
+            "wasm s to all live",
+            "tokio RSS KiB/task",
+            "tokio s to all live",
+        ],
+        &rows,
+    );
+    let series = |f: &dyn Fn(&Value) -> f64| -> Vec<(f64, f64)> {
+        results
+            .iter()
+            .map(|r| (r["n"].as_f64().unwrap_or(0.0), f(r)))
+            .collect()
+    };
+    plot::write_svg(
+        &out.join("rss-per-task.svg"),
+        "Memory per live sleeping task",
+        "live tasks",
+        "KiB per task",
+        true,
+        &[
+            (
+                "wasm RSS + PTE",
+                series(&|r| {
+                    (r["wasm"]["rss_bytes_per_task"].as_f64().unwrap_or(0.0)
+                        + r["wasm"]["pte_bytes_per_task"].as_f64().unwrap_or(0.0))
+                        / 1024.0
+                }),
+            ),
+            (
+                "wasm RSS",
+                series(&|r| r["wasm"]["rss_bytes_per_task"].as_f64().unwrap_or(0.0) / 1024.0),
+            ),
+            (
+                "tokio::spawn RSS",
+                series(&|r| r["tokio"]["rss_bytes_per_task"].as_f64().unwrap_or(0.0) / 1024.0),
+            ),
+        ],
+    )?;
+    Ok(Value::Array(results))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. HTTP accept rate
+
+/// A server under test, in its own process, stopped when dropped.
+struct Server {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Server {
+    fn start(kind: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let release = repo_root().join("target/release");
+        let mut command = match kind {
+            "host" => {
+                let mut command = Command::new(release.join("http-spawn"));
+                command.arg("--module").arg(guest("default"));
+                command
+            }
+            _ => Command::new(release.join("floor-server")),
+        };
+        command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting the {kind} server"))?;
+        let server = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while health(addr).is_none() {
+            if Instant::now() > deadline {
+                bail!("the {kind} server did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    fn cpu_secs(&self) -> f64 {
+        procfs::cpu_secs(self.child.id()).unwrap_or(f64::NAN)
+    }
+
+    /// Waits until no task is live (bounded), then returns the server's totals.
+    fn drain(&self, patience: Duration) -> Value {
+        let deadline = Instant::now() + patience;
+        loop {
+            let health = health(self.addr).unwrap_or(Value::Null);
+            if health["live"] == 0 || Instant::now() > deadline {
+                return health;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// GET /api/health, with a plain blocking socket.
+fn health(addr: std::net::SocketAddr) -> Option<Value> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /api/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
+}
+
+struct HttpRun {
+    label: &'static str,
+    durations: Durations,
+    rate: Option<f64>,
+    secs: u64,
+    patience_secs: u64,
+}
+
+fn section_http(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
+    report
+        .line("\n## 3. HTTP accept rate: the host against the floor server, same load generator\n");
+    let secs = if quick { 3 } else { 8 };
+    let runs = [
+        HttpRun {
+            label: "(a) duration 0, closed loop",
+            durations: Durations::Fixed(0),
+            rate: None,
+            secs,
+            patience_secs: 10,
+        },
+        HttpRun {
+            label: "(b) seed durations 1-5 s, closed loop",
+            durations: Durations::Seed,
+            rate: None,
+            secs,
+            patience_secs: 15,
+        },
+        HttpRun {
+            label: "(c) duration 3, 5,000/s paced",
+            durations: Durations::Fixed(3),
+            rate: Some(5000.0),
+            secs: secs.min(5),
+            patience_secs: 10,
+        },
+    ];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    for run in &runs {
+        let mut pair = Vec::new();
+        for kind in ["host", "floor"] {
+            let extra: &[&str] = if kind == "host" {
+                &["--capacity", "200000"]
+            } else {
+                &[]
+            };
+            let server = Server::start(kind, extra)?;
+            let cpu_before = server.cpu_secs();
+            let outcome = runtime.block_on(loadgen::run(Load {
+                addr: server.addr,
+                connections: 64,
+                duration: Duration::from_secs(run.secs),
+                rate: run.rate,
+                durations: run.durations,
+            }));
+            let totals = server.drain(Duration::from_secs(run.patience_secs));
+            let cpu = server.cpu_secs() - cpu_before;
+            let completed_ok = totals["tasks"]["exited_ok"].as_u64().unwrap_or(0);
+            let row = json!({
+                "server": kind,
+                "accepted": outcome.accepted,
+                "rejected": outcome.rejected,
+                "errors": outcome.errors,
+                "accepted_per_sec": outcome.accepted_per_sec(),
+                "p50_ms": outcome.percentile_ms(0.5),
+                "p99_ms": outcome.percentile_ms(0.99),
+                "cpu_us_per_task": cpu * 1e6 / outcome.accepted.max(1) as f64,
+                "completed_ok": completed_ok,
+                "still_live": totals["live"],
+            });
+            pair.push(row);
+        }
+        let ratio = pair[0]["accepted_per_sec"].as_f64().unwrap_or(0.0)
+            / pair[1]["accepted_per_sec"].as_f64().unwrap_or(f64::NAN);
+        for row in &pair {
+            rows.push(vec![
+                run.label.to_owned(),
+                row["server"].as_str().unwrap_or("").to_owned(),
+                format!("{:.0}", row["accepted_per_sec"].as_f64().unwrap_or(0.0)),
+                format!("{:.2}", row["p50_ms"].as_f64().unwrap_or(0.0)),
+                format!("{:.2}", row["p99_ms"].as_f64().unwrap_or(0.0)),
+                format!("{:.1}", row["cpu_us_per_task"].as_f64().unwrap_or(0.0)),
+                format!("{}/{}", row["completed_ok"], row["accepted"]),
+                format!("{}", row["rejected"]),
+                format!("{}", row["errors"]),
+            ]);
+        }
+        rows.push(vec![
+            run.label.to_owned(),
+            "host ÷ floor".into(),
+            format!("{ratio:.2}"),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+        results.push(json!({"run": run.label, "host": pair[0], "floor": pair[1], "ratio": ratio}));
+    }
+    report.table(
+        &[
+            "load",
+            "server",
+            "accepted/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU µs/task",
+            "exit 0 / accepted",
+            "503s",
+            "errors",
+        ],
+        &rows,
+    );
+    Ok(Value::Array(results))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Fuel
+
+fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
+    report.line("\n## 4. Fuel metering: compute kernels, median of runs\n");
+    let module = guest("compute");
+    let fuel_on = naive::Naive::new(&module, true)?;
+    let fuel_off = naive::Naive::new(&module, false)?;
+    let ours = our_sandbox(&module, 8)?;
+    let kernels = [
+        ("integer hash", 0, 20_000_000),
+        ("prime sieve", 1, 4_000_000),
+        ("recursive fib", 2, 30),
+        ("insertion sort", 3, 6_000),
+    ];
+    let runs = if quick { 3 } else { 9 };
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    let mut ratios = Vec::new();
+    for (name, kernel, n) in kernels {
+        let payload = format!("{{\"kernel\":{kernel},\"n\":{n}}}");
+        let time = |f: &dyn Fn() -> i32| {
+            let mut samples: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let begun = Instant::now();
+                    std::hint::black_box(f());
+                    begun.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            median(&mut samples)
+        };
+        let off = time(&|| fuel_off.run(Some(&payload)).unwrap_or(-1));
+        let on = time(&|| fuel_on.run(Some(&payload)).unwrap_or(-1));
+        let ours_ms = time(&|| run_ours(&ours, Some(&payload)));
+        ratios.push(on / off);
+        rows.push(vec![
+            name.to_owned(),
+            format!("{off:.1}"),
+            format!("{on:.1}"),
+            format!("{:.2}×", on / off),
+            format!("{ours_ms:.1}"),
+            format!("{:.2}×", ours_ms / off),
+        ]);
+        results.push(
+            json!({"kernel": name, "fuel_off_ms": off, "fuel_on_ms": on, "ours_ms": ours_ms}),
+        );
+    }
+    report.table(
+        &[
+            "kernel",
+            "fuel off ms",
+            "fuel on ms",
+            "fuel on ÷ off",
+            "ours ms",
+            "ours ÷ fuel off",
+        ],
+        &rows,
+    );
+    let median_ratio = median(&mut ratios);
+    report.line(&format!(
+        "\nmedian fuel overhead across kernels: {median_ratio:.2}×"
+    ));
+    report.line("(ours = the host's engine: fuel on, explicit bounds checks, no signal handlers)");
+    Ok(json!({"kernels": results, "median_fuel_ratio": median_ratio}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. k6
+
+fn k6_binary() -> anyhow::Result<PathBuf> {
+    let output = Command::new(repo_root().join("scripts/ensure-k6.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("finding k6")?;
+    if !output.status.success() {
+        bail!("k6 is not available");
+    }
+    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
+fn k6_run(k6: &Path, server: &Server, rate: u32, out: &Path, hold: &str) -> anyhow::Result<Value> {
+    let summary = out.join(format!("k6-{rate}.json"));
+    let status = Command::new(k6)
+        .arg("run")
+        .arg("--quiet")
+        .arg(repo_root().join("k6.js"))
+        .env("BASE_URL", format!("http://{}", server.addr))
+        .env("START_RATE", (rate / 2).max(1).to_string())
+        .env("PEAK_RATE", rate.to_string())
+        .env("RAMP", "3s")
+        .env("HOLD", hold)
+        .env("COOL", "1s")
+        .env("SUMMARY_JSON", &summary)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let data: Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+    let metric = |name: &str, field: &str| {
+        data["metrics"][name]["values"][field]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let thresholds_ok = data["metrics"]
+        .as_object()
+        .map(|metrics| {
+            metrics.values().all(|m| {
+                m["thresholds"]
+                    .as_object()
+                    .is_none_or(|t| t.values().all(|r| r["ok"].as_bool().unwrap_or(false)))
+            })
+        })
+        .unwrap_or(false);
+    Ok(json!({
+        "rate": rate,
+        "p50_ms": metric("spawn_response_time", "med"),
+        "p95_ms": metric("spawn_response_time", "p(95)"),
+        "p99_ms": metric("spawn_response_time", "p(99)"),
+        "failure_rate": metric("task_failures", "rate"),
+        "spawned": metric("tasks_spawned", "count"),
+        "rejected": metric("tasks_rejected", "count"),
+        "errored": metric("tasks_errored", "count"),
+        "thresholds_ok": thresholds_ok && status.success(),
+    }))
+}
+
+fn section_k6(report: &mut Report, out: &Path, quick: bool) -> anyhow::Result<Value> {
+    report.line("\n## 5. The seed's k6 profile (k6.js) against the host, k6 on the same 2 cores\n");
+    let k6 = k6_binary()?;
+    let rates: &[u32] = if quick {
+        &[500, 2000]
+    } else {
+        &[1000, 2000, 3000, 4000, 6000, 8000]
+    };
+    let hold = if quick { "3s" } else { "8s" };
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    for &rate in rates {
+        let server = Server::start("host", &["--capacity", "200000"])?;
+        let result = k6_run(&k6, &server, rate, out, hold)?;
+        let alive = health(server.addr).is_some();
+        rows.push(k6_row(&result, alive));
+        results.push(result);
+    }
+    report.table(
+        &[
+            "peak rate/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "failures",
+            "spawned",
+            "503s",
+            "errors",
+            "thresholds",
+            "host up after",
+        ],
+        &rows,
+    );
+
+    report.line("\nPast capacity: the host with --capacity 2000 under 2,000/s of 1-5 s tasks (~6,000 would be live):\n");
+    let server = Server::start("host", &["--capacity", "2000"])?;
+    let past = k6_run(&k6, &server, 2000, out, hold)?;
+    let alive = health(server.addr).is_some();
+    let totals = server.drain(Duration::from_secs(10));
+    report.table(
+        &[
+            "peak rate/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "failures",
+            "spawned",
+            "503s",
+            "errors",
+            "thresholds",
+            "host up after",
+        ],
+        &[k6_row(&past, alive)],
+    );
+    report.line(&format!(
+        "accepted tasks that exited 0 afterwards: {} of {}",
+        totals["tasks"]["exited_ok"], totals["tasks"]["spawned"]
+    ));
+
+    let points = |field: &str| -> Vec<(f64, f64)> {
+        results
+            .iter()
+            .map(|r| {
+                (
+                    r["rate"].as_f64().unwrap_or(0.0),
+                    r[field].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect()
+    };
+    plot::write_svg(
+        &out.join("latency-vs-rate.svg"),
+        "k6.js response time against arrival rate",
+        "peak arrival rate (requests/s)",
+        "ms",
+        false,
+        &[
+            ("p50", points("p50_ms")),
+            ("p95", points("p95_ms")),
+            ("p99", points("p99_ms")),
+        ],
+    )?;
+    Ok(json!({"rates": results, "past_capacity": past, "past_capacity_totals": totals}))
+}
+
+fn k6_row(result: &Value, alive: bool) -> Vec<String> {
+    vec![
+        result["rate"].to_string(),
+        format!("{:.2}", result["p50_ms"].as_f64().unwrap_or(0.0)),
+        format!("{:.2}", result["p95_ms"].as_f64().unwrap_or(0.0)),
+        format!("{:.2}", result["p99_ms"].as_f64().unwrap_or(0.0)),
+        format!(
+            "{:.2} %",
+            result["failure_rate"].as_f64().unwrap_or(0.0) * 100.0
+        ),
+        format!("{:.0}", result["spawned"].as_f64().unwrap_or(0.0)),
+        format!("{:.0}", result["rejected"].as_f64().unwrap_or(0.0)),
+        format!("{:.0}", result["errored"].as_f64().unwrap_or(0.0)),
+        if result["thresholds_ok"] == true {
+            "met".into()
+        } else {
+            "missed".into()
+        },
+        if alive { "yes".into() } else { "NO".into() },
+    ]
+}

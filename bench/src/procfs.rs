@@ -1,0 +1,62 @@
+//! What Linux's /proc says about memory and CPU.
+
+/// This process's memory, from /proc/self/status and /proc/self/maps.
+#[derive(Debug, Clone, Copy)]
+pub struct Status {
+    pub rss_bytes: u64,
+    /// Page tables: memory the kernel spends on this process that RSS does not show.
+    pub pte_bytes: u64,
+    pub maps: u64,
+}
+
+impl Status {
+    pub fn read() -> anyhow::Result<Self> {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .map_or(0, |kib| kib * 1024)
+        };
+        let maps = std::fs::read("/proc/self/maps")?
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        Ok(Self {
+            rss_bytes: field("VmRSS:"),
+            pte_bytes: field("VmPTE:"),
+            maps,
+        })
+    }
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks_per_sec())
+}
+
+/// Linux reports CPU time in USER_HZ ticks, 100 a second on every mainstream configuration.
+fn clock_ticks_per_sec() -> f64 {
+    100.0
+}
+
+/// The machine's memory, as /proc/meminfo puts it.
+pub fn mem_total() -> Option<String> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+}
