@@ -56,6 +56,9 @@ enum Section {
         mode: LiveMode,
         #[arg(long)]
         n: u32,
+        /// Keep the tasks live this long after measuring, to inspect the process by hand.
+        #[arg(long, default_value_t = 0)]
+        hold_secs: u64,
     },
 }
 
@@ -81,8 +84,8 @@ fn guest(name: &str) -> PathBuf {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command.unwrap_or(Section::All) {
-        Section::Live { mode, n } => {
-            let result = live(mode, n)?;
+        Section::Live { mode, n, hold_secs } => {
+            let result = live(mode, n, Duration::from_secs(hold_secs))?;
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }
@@ -283,7 +286,7 @@ struct LiveResult {
 }
 
 /// Gets `n` tasks sleeping in this process and measures what they hold.
-fn live(mode: LiveMode, n: u32) -> anyhow::Result<LiveResult> {
+fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
     match mode {
         LiveMode::Wasm => {
             let module = guest("default").display().to_string();
@@ -318,6 +321,8 @@ fn live(mode: LiveMode, n: u32) -> anyhow::Result<LiveResult> {
             // Past the first wake-up, so every task has slept and stepped once.
             std::thread::sleep(Duration::from_millis(1200));
             let after = procfs::Status::read()?;
+            eprintln!("{n} tasks live; holding them {hold:?}");
+            std::thread::sleep(hold);
             Ok(LiveResult::new(mode, n, &before, &after, secs))
         }
         LiveMode::Tokio => {
