@@ -43,6 +43,9 @@ struct Args {
     /// Smaller counts and shorter runs, for a quick look.
     #[arg(long, global = true)]
     quick: bool,
+    /// Run only these sections (1-5), e.g. `--only 1,3`.
+    #[arg(long, global = true, value_delimiter = ',')]
+    only: Vec<u8>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,11 +92,12 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }
-        Section::All => all(&args.out, args.quick),
+        Section::All => all(&args.out, args.quick, &args.only),
     }
 }
 
-fn all(out: &Path, quick: bool) -> anyhow::Result<()> {
+fn all(out: &Path, quick: bool, only: &[u8]) -> anyhow::Result<()> {
+    let wanted = |section: u8| only.is_empty() || only.contains(&section);
     std::fs::create_dir_all(out)?;
     let started = Instant::now();
     let mut report = Report::default();
@@ -105,14 +109,22 @@ fn all(out: &Path, quick: bool) -> anyhow::Result<()> {
         humantime_now(),
     ));
     let mut results = serde_json::Map::new();
-    results.insert(
-        "instantiate".into(),
-        section_instantiate(&mut report, quick)?,
-    );
-    results.insert("live".into(), section_live(&mut report, out, quick)?);
-    results.insert("http".into(), section_http(&mut report, quick)?);
-    results.insert("fuel".into(), section_fuel(&mut report, quick)?);
-    results.insert("k6".into(), section_k6(&mut report, out, quick)?);
+    if wanted(1) {
+        let figures = section_instantiate(&mut report, quick)?;
+        results.insert("instantiate".into(), figures);
+    }
+    if wanted(2) {
+        results.insert("live".into(), section_live(&mut report, out, quick)?);
+    }
+    if wanted(3) {
+        results.insert("http".into(), section_http(&mut report, quick)?);
+    }
+    if wanted(4) {
+        results.insert("fuel".into(), section_fuel(&mut report, quick)?);
+    }
+    if wanted(5) {
+        results.insert("k6".into(), section_k6(&mut report, out, quick)?);
+    }
     report.line(&format!(
         "\nbench finished in {:.0} s",
         started.elapsed().as_secs_f64()
