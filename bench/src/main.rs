@@ -63,6 +63,19 @@ enum Section {
         #[arg(long, default_value_t = 0)]
         hold_secs: u64,
     },
+    /// Load a running server with the bench's generator, for profiling by hand.
+    Load {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Requests per second; unpaced when absent.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Task duration in seconds; the seed's 1-5 s when absent.
+        #[arg(long)]
+        duration: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, Serialize, Deserialize, PartialEq)]
@@ -93,6 +106,34 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Section::All => all(&args.out, args.quick, &args.only),
+        Section::Load {
+            addr,
+            secs,
+            rate,
+            duration,
+        } => {
+            let outcome = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?
+                .block_on(loadgen::run(Load {
+                    addr,
+                    connections: 64,
+                    duration: Duration::from_secs(secs),
+                    rate,
+                    durations: duration.map_or(Durations::Seed, Durations::Fixed),
+                }));
+            println!(
+                "accepted {} ({:.0}/s), rejected {}, errors {}, p50 {:.2} ms, p99 {:.2} ms",
+                outcome.accepted,
+                outcome.accepted_per_sec(),
+                outcome.rejected,
+                outcome.errors,
+                outcome.percentile_ms(0.5),
+                outcome.percentile_ms(0.99)
+            );
+            Ok(())
+        }
     }
 }
 

@@ -489,7 +489,11 @@ fn engine_config(config: &SandboxConfig) -> Config {
         .guard_before_linear_memory(false)
         .memory_may_move(false)
         .memory_init_cow(false)
-        .signals_based_traps(false);
+        .signals_based_traps(false)
+        // Lazy tables read an entry (mapping the shared zero page) before writing it, and the
+        // write then faults again and flushes every thread's TLB. A worker's tables are small;
+        // filling them at instantiation writes first and costs less.
+        .table_lazy_init(false);
     engine
 }
 

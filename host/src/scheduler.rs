@@ -10,10 +10,9 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::capacity::Permit;
@@ -28,6 +27,88 @@ const THREAD_STACK_BYTES: usize = 4 << 20;
 /// submissions cannot delay the wake-ups of sleeping tasks without bound.
 const INTAKE_BATCH: usize = 64;
 
+/// How late a wake-up may be. A scheduler thread sleeps until its next timer plus this slack,
+/// so the wake-ups of tasks whose timers fall within one slack of each other share a single
+/// thread wake-up; and a new task does not wake a thread that will wake within the slack
+/// anyway. Under load this turns a thread wake-up per event (the main cost of a short task)
+/// into at most about one per millisecond per thread, for at most a millisecond of delay.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// A scheduler thread's intake: new tasks, and what the thread is doing, so that submitters
+/// wake it only when it would otherwise sleep long.
+#[derive(Debug)]
+struct Inbox {
+    jobs: Mutex<Vec<Job>>,
+    /// Jobs pushed and not yet taken; read by the thread after it announces its sleep.
+    pending: AtomicUsize,
+    /// While parked: when the thread will wake on its own, in nanoseconds since `epoch`
+    /// (`u64::MAX`: not before it is woken). 0 while it runs.
+    parked_until: AtomicU64,
+    epoch: Instant,
+    closed: AtomicBool,
+    thread: std::sync::OnceLock<Thread>,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Self {
+            jobs: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
+            parked_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            closed: AtomicBool::new(false),
+            thread: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Job>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn push(&self, job: Job) {
+        self.lock().push(job);
+        // SeqCst on both sides: either the thread sees this job after announcing its sleep,
+        // or this sees its announcement and decides whether to wake it.
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let parked_until = self.parked_until.load(Ordering::SeqCst);
+        let soon = self.nanos(Instant::now() + TIMER_SLACK);
+        if parked_until != 0 && parked_until > soon {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    fn take(&self, into: &mut Vec<Job>) {
+        let mut jobs = self.lock();
+        self.pending.fetch_sub(jobs.len(), Ordering::SeqCst);
+        into.append(&mut jobs);
+    }
+
+    /// Sleeps until `until` (or until woken), unless a job arrived meanwhile.
+    fn park(&self, until: Option<Instant>) {
+        let announced = until.map_or(u64::MAX, |at| self.nanos(at).max(1));
+        self.parked_until.store(announced, Ordering::SeqCst);
+        if self.pending.load(Ordering::SeqCst) == 0 && !self.closed.load(Ordering::SeqCst) {
+            match until {
+                Some(at) => std::thread::park_timeout(at.saturating_duration_since(Instant::now())),
+                None => std::thread::park(),
+            }
+        }
+        self.parked_until.store(0, Ordering::SeqCst);
+    }
+}
+
 /// What a client asked for, as the scheduler needs it.
 #[derive(Debug)]
 pub struct TaskSpec {
@@ -37,6 +118,7 @@ pub struct TaskSpec {
     pub payload: Option<String>,
 }
 
+#[derive(Debug)]
 struct Job {
     spec: TaskSpec,
     permit: Permit,
@@ -60,7 +142,7 @@ struct Counters {
 /// The handle the API uses to hand tasks to the scheduler threads.
 #[derive(Debug)]
 pub struct Scheduler {
-    senders: Vec<Sender<Job>>,
+    inboxes: Vec<Arc<Inbox>>,
     next: AtomicUsize,
     threads: Vec<JoinHandle<()>>,
     counters: Arc<Counters>,
@@ -74,16 +156,17 @@ impl Scheduler {
         sandbox: Arc<Sandbox>,
         table: Arc<dyn ProcessTable>,
     ) -> std::io::Result<Self> {
-        let mut senders = Vec::new();
+        let mut inboxes = Vec::new();
         let mut handles = Vec::new();
         let counters = Arc::new(Counters::default());
         for index in 0..threads.max(1) {
-            let (sender, receiver) = mpsc::channel();
+            let inbox = Arc::new(Inbox::new());
             let thread = SchedulerThread {
                 sandbox: Arc::clone(&sandbox),
                 table: Arc::clone(&table),
                 counters: Arc::clone(&counters),
-                receiver,
+                inbox: Arc::clone(&inbox),
+                intake: Vec::new(),
                 tasks: Vec::new(),
                 free: Vec::new(),
                 timers: BinaryHeap::new(),
@@ -93,11 +176,14 @@ impl Scheduler {
                 .name(format!("scheduler-{index}"))
                 .stack_size(THREAD_STACK_BYTES)
                 .spawn(move || thread.run())?;
-            senders.push(sender);
+            let _ = inbox.thread.set(handle.thread().clone());
+            // The thread may have parked before its handle was known; let it look again.
+            inbox.wake();
+            inboxes.push(inbox);
             handles.push(handle);
         }
         Ok(Self {
-            senders,
+            inboxes,
             next: AtomicUsize::new(0),
             threads: handles,
             counters,
@@ -116,15 +202,21 @@ impl Scheduler {
     /// Hands a task to a scheduler thread, round robin. Gives the spec back if no thread takes
     /// it, which only happens once the scheduler is shutting down.
     pub fn submit(&self, spec: TaskSpec, permit: Permit) -> Result<(), TaskSpec> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
-        self.senders[index]
-            .send(Job { spec, permit })
-            .map_err(|mpsc::SendError(job)| job.spec)
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.inboxes.len();
+        let inbox = &self.inboxes[index];
+        if inbox.closed.load(Ordering::SeqCst) {
+            return Err(spec);
+        }
+        inbox.push(Job { spec, permit });
+        Ok(())
     }
 
     /// Stops taking tasks and waits for every task already taken to end.
     pub fn join(self) {
-        drop(self.senders);
+        for inbox in &self.inboxes {
+            inbox.closed.store(true, Ordering::SeqCst);
+            inbox.wake();
+        }
         for thread in self.threads {
             let _ = thread.join();
         }
@@ -146,7 +238,9 @@ struct SchedulerThread {
     sandbox: Arc<Sandbox>,
     table: Arc<dyn ProcessTable>,
     counters: Arc<Counters>,
-    receiver: Receiver<Job>,
+    inbox: Arc<Inbox>,
+    /// New tasks taken from the inbox, not yet started.
+    intake: Vec<Job>,
     tasks: Vec<Option<Task>>,
     free: Vec<usize>,
     /// Wake-ups in time order; the sequence number keeps equal deadlines first-in first-out.
@@ -156,41 +250,35 @@ struct SchedulerThread {
 
 impl SchedulerThread {
     fn run(mut self) {
-        let mut open = true;
         loop {
             self.fire_due_timers();
-            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-            let job = match (open, next_timer) {
-                (false, None) => return,
-                (false, Some(at)) => {
-                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                    continue;
-                }
-                (true, None) => self
-                    .receiver
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-                (true, Some(at)) => self
-                    .receiver
-                    .recv_timeout(at.saturating_duration_since(Instant::now())),
-            };
-            match job {
-                Ok(job) => {
-                    self.spawn(job);
-                    for _ in 1..INTAKE_BATCH {
-                        match self.receiver.try_recv() {
-                            Ok(job) => self.spawn(job),
-                            Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Disconnected) => {
-                                open = false;
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => open = false,
+            if self.intake.is_empty() {
+                self.inbox.take(&mut self.intake);
             }
+            // Oldest first, a batch at a time, so timers are looked at between batches.
+            let batch = self.intake.len().min(INTAKE_BATCH);
+            let jobs: Vec<Job> = self.intake.drain(..batch).collect();
+            let took = !jobs.is_empty();
+            for job in jobs {
+                self.spawn(job);
+            }
+            if took || !self.intake.is_empty() {
+                continue;
+            }
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _, _))| *at + TIMER_SLACK);
+            if next_timer.is_none() && self.inbox.closed.load(Ordering::SeqCst) {
+                // Closed, and every task taken has ended; a job pushed in the closing race
+                // is taken on the next pass.
+                self.inbox.take(&mut self.intake);
+                if self.intake.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            self.inbox.park(next_timer);
         }
     }
 
