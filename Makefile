@@ -46,5 +46,11 @@ k6-smoke: build-guest
 	$(CARGO) build -p http-spawn
 	K6="$$(scripts/ensure-k6.sh)" scripts/k6-smoke.sh
 
+# Every benchmark, side by side with its baselines, in one run (about 6 minutes on 2 cores):
+# prints the tables and writes bench-out/report.md, results.json and SVG plots.
+bench: build-guest
+	$(CARGO) build --release -p http-spawn -p http-spawn-bench
+	./target/release/http-spawn-bench --out bench-out
+
 clean:
 	$(CARGO) clean

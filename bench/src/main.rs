@@ -252,7 +252,8 @@ fn our_sandbox(module: &Path, capacity: u32) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(SandboxConfig {
         module: module.to_owned(),
         fuel_per_step: u64::MAX / 4,
-        max_memory_bytes: http_spawn::config::DEFAULT_MAX_MEMORY_MIB as usize * 1024 * 1024,
+        // Enough for the std-based workers too; the default worker's own cap is smaller.
+        max_memory_bytes: 16 << 20,
         max_log_bytes: http_spawn::config::DEFAULT_MAX_LOG_BYTES,
         capacity,
     })?)

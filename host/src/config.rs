@@ -11,7 +11,12 @@ pub const DEFAULT_MODULE: &str = "target/wasm32-wasip2/guest/http_spawn_guest.wa
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// About 10 ms of guest compute per step on this class of machine.
 pub const DEFAULT_FUEL_PER_STEP: u64 = 20_000_000;
-pub const DEFAULT_MAX_MEMORY_MIB: u32 = 16;
+/// Linear memory per task. The default worker needs 128 KiB; a worker built on Rust's `std`
+/// for wasm32-wasip2 reserves a 1 MiB stack and needs `--max-memory 16MiB` or so. Below 2 MiB,
+/// neighbouring tasks' memory slots share the kernel's page-table pages.
+pub const DEFAULT_MAX_MEMORY: &str = "1MiB";
+/// Linear memory is allotted in wasm pages of 64 KiB.
+pub const WASM_PAGE_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_MAX_DURATION_SECS: u32 = 3_600;
 /// The seed's duration when a request names none.
 pub const DEFAULT_DURATION_SECS: u32 = 3;
@@ -47,10 +52,11 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_FUEL_PER_STEP", default_value_t = DEFAULT_FUEL_PER_STEP)]
     pub fuel_per_step: u64,
 
-    /// Linear memory cap per task, in MiB.
-    #[arg(long, env = "HTTP_SPAWN_MAX_MEMORY_MIB", default_value_t = DEFAULT_MAX_MEMORY_MIB,
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub max_memory_mib: u32,
+    /// Linear memory cap per task: bytes, or with a unit (`512KiB`, `1MiB`, `16MiB`), a whole
+    /// number of 64 KiB wasm pages, at most 4 GiB.
+    #[arg(long, env = "HTTP_SPAWN_MAX_MEMORY", default_value = DEFAULT_MAX_MEMORY,
+          value_parser = parse_memory_size)]
+    pub max_memory: u64,
 
     /// Longest duration a request may ask for, in seconds.
     #[arg(long, env = "HTTP_SPAWN_MAX_DURATION_SECS", default_value_t = DEFAULT_MAX_DURATION_SECS)]
@@ -88,7 +94,54 @@ impl Config {
 
     /// The memory cap per task, in bytes.
     pub fn max_memory_bytes(&self) -> usize {
-        self.max_memory_mib as usize * 1024 * 1024
+        usize::try_from(self.max_memory).unwrap_or(usize::MAX)
+    }
+}
+
+/// Parses a memory size: `65536`, `64KiB`, `1MiB`, `2GiB` (also `K`, `M`, `G`, `KB`…, all
+/// binary), which must be a whole number of wasm pages between one page and 4 GiB.
+pub fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 1MiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}; use KiB, MiB or GiB")),
+    };
+    let bytes = number
+        .checked_mul(scale)
+        .filter(|&bytes| (WASM_PAGE_BYTES..=4 << 30).contains(&bytes))
+        .ok_or_else(|| format!("{text:?} is outside 64KiB..=4GiB"))?;
+    if bytes % WASM_PAGE_BYTES != 0 {
+        return Err(format!(
+            "{text:?} is not a whole number of 64 KiB wasm pages"
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_memory_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_memory_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_memory_size("65536"), Ok(65_536));
+        assert_eq!(parse_memory_size("4GiB"), Ok(4 << 30));
+        for bad in ["", "MiB", "1.5MiB", "100KiB", "0", "5GiB", "1 parsec"] {
+            assert!(parse_memory_size(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
 

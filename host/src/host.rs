@@ -73,7 +73,7 @@ impl Host {
             capacity,
             workers = config.workers(),
             fuel_per_step = config.fuel_per_step,
-            max_memory_mib = config.max_memory_mib,
+            max_memory_bytes = config.max_memory,
             "worker compiled"
         );
         let table: Arc<dyn ProcessTable> = Arc::new(MemoryTable::new(config.max_history));

@@ -18,6 +18,7 @@ use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::capture::{Capture, Source};
+use crate::config::WASM_PAGE_BYTES;
 use crate::table::{Outcome, Pid, Status, TaskEnd};
 
 wasmtime::component::bindgen!({ world: "worker", path: "../wit" });
@@ -74,6 +75,8 @@ pub enum SandboxError {
     },
     #[error("the worker module {path} is not a usable component: {reason}")]
     Compile { path: PathBuf, reason: String },
+    #[error("the worker module {path} cannot be instantiated: {reason}")]
+    Instantiate { path: PathBuf, reason: String },
     #[error("the wasm engine could not be configured: {0}")]
     Engine(String),
 }
@@ -237,20 +240,41 @@ impl Sandbox {
             path: config.module.clone(),
             source,
         })?;
-        let compile_error = |e: wasmtime::Error| SandboxError::Compile {
-            path: config.module.clone(),
-            reason: format!("{e:#}"),
+        let compile_error = |e: wasmtime::Error| {
+            let mut reason = format!("{e:#}");
+            if reason.contains("minimum byte size") {
+                reason.push_str("; raise --max-memory");
+            }
+            SandboxError::Compile {
+                path: config.module.clone(),
+                reason,
+            }
         };
         warm_up_pool(&engine, &config).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let component = Component::new(&engine, &bytes).map_err(compile_error)?;
         let linker = linker(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(compile_error)?;
         let pre = WorkerPre::new(pre).map_err(compile_error)?;
-        Ok(Self {
+        let sandbox = Self {
             engine,
             pre,
             config,
-        })
+        };
+        // Fail at start, not on every task, when the worker cannot even be instantiated: most
+        // often a memory it declares larger than the cap.
+        if let Err(end) = sandbox.instantiate(Pid::new(0, 0)) {
+            let reason = end.error.unwrap_or_default();
+            let hint = if end.outcome == Outcome::MemoryLimit {
+                "; raise --max-memory"
+            } else {
+                ""
+            };
+            return Err(SandboxError::Instantiate {
+                path: sandbox.config.module.clone(),
+                reason: format!("{reason}{hint}"),
+            });
+        }
+        Ok(sandbox)
     }
 
     /// What the sandbox was built with.
@@ -489,11 +513,7 @@ fn engine_config(config: &SandboxConfig) -> Config {
         .guard_before_linear_memory(false)
         .memory_may_move(false)
         .memory_init_cow(false)
-        .signals_based_traps(false)
-        // Lazy tables read an entry (mapping the shared zero page) before writing it, and the
-        // write then faults again and flushes every thread's TLB. A worker's tables are small;
-        // filling them at instantiation writes first and costs less.
-        .table_lazy_init(false);
+        .signals_based_traps(false);
     engine
 }
 
@@ -506,7 +526,7 @@ fn warm_up_pool(engine: &Engine, config: &SandboxConfig) -> wasmtime::Result<()>
         .capacity
         .max(1)
         .saturating_mul(MAX_MEMORIES_PER_COMPONENT) as usize;
-    let pages = (config.max_memory_bytes / WASM_PAGE_BYTES) as u64;
+    let pages = config.max_memory_bytes as u64 / WASM_PAGE_BYTES;
     let module = wasmtime::Module::new(engine, memory_only_module(pages))?;
     let mut store = Store::new(
         engine,
@@ -536,8 +556,6 @@ fn release_freed_heap() {
         libc::malloc_trim(0);
     }
 }
-
-const WASM_PAGE_BYTES: usize = 64 * 1024;
 
 /// The binary of `(module (memory <pages>))`.
 fn memory_only_module(pages: u64) -> Vec<u8> {

@@ -8,7 +8,7 @@
 //! outside any async context, as they require.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -89,10 +89,10 @@ impl Inbox {
         }
     }
 
-    fn take(&self, into: &mut Vec<Job>) {
+    fn take(&self, into: &mut VecDeque<Job>) {
         let mut jobs = self.lock();
         self.pending.fetch_sub(jobs.len(), Ordering::SeqCst);
-        into.append(&mut jobs);
+        into.extend(jobs.drain(..));
     }
 
     /// Sleeps until `until` (or until woken), unless a job arrived meanwhile.
@@ -166,7 +166,7 @@ impl Scheduler {
                 table: Arc::clone(&table),
                 counters: Arc::clone(&counters),
                 inbox: Arc::clone(&inbox),
-                intake: Vec::new(),
+                intake: VecDeque::new(),
                 tasks: Vec::new(),
                 free: Vec::new(),
                 timers: BinaryHeap::new(),
@@ -239,8 +239,8 @@ struct SchedulerThread {
     table: Arc<dyn ProcessTable>,
     counters: Arc<Counters>,
     inbox: Arc<Inbox>,
-    /// New tasks taken from the inbox, not yet started.
-    intake: Vec<Job>,
+    /// New tasks taken from the inbox, not yet started, oldest first.
+    intake: VecDeque<Job>,
     tasks: Vec<Option<Task>>,
     free: Vec<usize>,
     /// Wake-ups in time order; the sequence number keeps equal deadlines first-in first-out.
@@ -256,11 +256,13 @@ impl SchedulerThread {
                 self.inbox.take(&mut self.intake);
             }
             // Oldest first, a batch at a time, so timers are looked at between batches.
-            let batch = self.intake.len().min(INTAKE_BATCH);
-            let jobs: Vec<Job> = self.intake.drain(..batch).collect();
-            let took = !jobs.is_empty();
-            for job in jobs {
+            let mut took = false;
+            for _ in 0..INTAKE_BATCH {
+                let Some(job) = self.intake.pop_front() else {
+                    break;
+                };
                 self.spawn(job);
+                took = true;
             }
             if took || !self.intake.is_empty() {
                 continue;

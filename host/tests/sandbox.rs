@@ -57,7 +57,7 @@ async fn fuel_obeyed_and_violated() {
 async fn memory_cap_obeyed_and_violated() {
     let app = spawn_app(
         "membomb",
-        &["--max-memory-mib", "16", "--fuel-per-step", "500000000"],
+        &["--max-memory", "16MiB", "--fuel-per-step", "500000000"],
     )
     .await;
     let record = hostile(&app, json!({"mib": 4})).await;
@@ -195,4 +195,23 @@ async fn a_missing_or_broken_module_is_a_start_up_error() {
         "{broken}"
     );
     let _ = std::fs::remove_file(junk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_too_big_for_the_memory_cap_is_a_start_up_error() {
+    use clap::Parser as _;
+    let module = common::module("exit7").display().to_string();
+    let config = http_spawn::config::Config::try_parse_from([
+        "http-spawn",
+        "--module",
+        &module,
+        "--max-memory",
+        "1MiB",
+        "--capacity",
+        "4",
+    ])
+    .expect("parses");
+    let error = http_spawn::Host::start(&config).expect_err("a std worker needs more than 1 MiB");
+    let message = format!("{error:#}");
+    assert!(message.contains("raise --max-memory"), "{message}");
 }

@@ -45,6 +45,10 @@ pub async fn spawn_app(module_name: &str, args: &[&str]) -> TestApp {
         "--module".to_owned(),
         module.display().to_string(),
     ];
+    if module_name != "default" && !args.contains(&"--max-memory") {
+        // The example workers use Rust's std, whose 1 MiB stack outgrows the default cap.
+        argv.extend(["--max-memory".to_owned(), "16MiB".to_owned()]);
+    }
     if !args.contains(&"--capacity") {
         // Small pools keep many test hosts in one process cheap.
         argv.extend(["--capacity".to_owned(), "2000".to_owned()]);
