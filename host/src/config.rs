@@ -98,6 +98,10 @@ impl Config {
     }
 }
 
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 /// Parses a memory size: `65536`, `64KiB`, `1MiB`, `2GiB` (also `K`, `M`, `G`, `KB`…, all
 /// binary), which must be a whole number of wasm pages between one page and 4 GiB.
 pub fn parse_memory_size(text: &str) -> Result<u64, String> {
@@ -143,8 +147,4 @@ mod tests {
             assert!(parse_memory_size(bad).is_err(), "{bad:?} accepted");
         }
     }
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
