@@ -214,7 +214,11 @@ impl Report {
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -859,7 +863,7 @@ fn section_k6(report: &mut Report, out: &Path, quick: bool) -> anyhow::Result<Va
     let rates: &[u32] = if quick {
         &[500, 2000]
     } else {
-        &[1000, 2000, 3000, 4000, 6000, 8000]
+        &[1000, 2000, 4000, 6000, 8000, 10_000, 12_000]
     };
     let hold = if quick { "3s" } else { "8s" };
     let mut rows = Vec::new();
