@@ -853,6 +853,8 @@ fn k6_run(k6: &Path, server: &Server, rate: u32, out: &Path, hold: &str) -> anyh
         "spawned": metric("tasks_spawned", "count"),
         "rejected": metric("tasks_rejected", "count"),
         "errored": metric("tasks_errored", "count"),
+        "achieved_per_sec": metric("http_reqs", "rate"),
+        "dropped": metric("dropped_iterations", "count"),
         "thresholds_ok": thresholds_ok && status.success(),
     }))
 }
@@ -875,42 +877,14 @@ fn section_k6(report: &mut Report, out: &Path, quick: bool) -> anyhow::Result<Va
         rows.push(k6_row(&result, alive));
         results.push(result);
     }
-    report.table(
-        &[
-            "peak rate/s",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "failures",
-            "spawned",
-            "503s",
-            "errors",
-            "thresholds",
-            "host up after",
-        ],
-        &rows,
-    );
+    report.table(&K6_HEADER, &rows);
 
     report.line("\nPast capacity: the host with --capacity 2000 under 2,000/s of 1-5 s tasks (~6,000 would be live):\n");
     let server = Server::start("host", &["--capacity", "2000"])?;
     let past = k6_run(&k6, &server, 2000, out, hold)?;
     let alive = health(server.addr).is_some();
     let totals = server.drain(Duration::from_secs(10));
-    report.table(
-        &[
-            "peak rate/s",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "failures",
-            "spawned",
-            "503s",
-            "errors",
-            "thresholds",
-            "host up after",
-        ],
-        &[k6_row(&past, alive)],
-    );
+    report.table(&K6_HEADER, &[k6_row(&past, alive)]);
     report.line(&format!(
         "accepted tasks that exited 0 afterwards: {} of {}",
         totals["tasks"]["exited_ok"], totals["tasks"]["spawned"]
@@ -942,9 +916,26 @@ fn section_k6(report: &mut Report, out: &Path, quick: bool) -> anyhow::Result<Va
     Ok(json!({"rates": results, "past_capacity": past, "past_capacity_totals": totals}))
 }
 
+const K6_HEADER: [&str; 12] = [
+    "peak rate/s",
+    "k6 sent/s (whole run)",
+    "k6 dropped",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "failures",
+    "spawned",
+    "503s",
+    "errors",
+    "thresholds",
+    "host up after",
+];
+
 fn k6_row(result: &Value, alive: bool) -> Vec<String> {
     vec![
         result["rate"].to_string(),
+        format!("{:.0}", result["achieved_per_sec"].as_f64().unwrap_or(0.0)),
+        format!("{:.0}", result["dropped"].as_f64().unwrap_or(0.0)),
         format!("{:.2}", result["p50_ms"].as_f64().unwrap_or(0.0)),
         format!("{:.2}", result["p95_ms"].as_f64().unwrap_or(0.0)),
         format!("{:.2}", result["p99_ms"].as_f64().unwrap_or(0.0)),
