@@ -21,7 +21,7 @@ use crate::config::{
     Config, DEFAULT_DURATION_SECS, DEFAULT_MAX_NAME_BYTES, DEFAULT_RETRY_AFTER_SECS,
 };
 use crate::error::ApiError;
-use crate::host::{Host, NewTask, Totals};
+use crate::host::{Host, KillError, NewTask, Totals};
 use crate::table::{Pid, Status, TaskRecord};
 
 /// What a request may ask for.
@@ -59,7 +59,7 @@ pub fn router(host: Arc<Host>, limits: RequestLimits) -> Router {
     };
     Router::new()
         .route("/api/tasks", post(spawn_task))
-        .route("/api/tasks/{pid}", get(get_task))
+        .route("/api/tasks/{pid}", get(get_task).delete(kill_task))
         .route("/api/tasks/{pid}/logs", get(get_logs))
         .route("/api/health", get(health))
         .fallback(not_found)
@@ -195,6 +195,36 @@ async fn get_task(
         .get(id)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))
+}
+
+/// How long `DELETE` waits for the kill to be recorded before it answers `202` instead.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `DELETE /api/tasks/{pid}`: kills the task; answers its record once the kill is recorded
+/// (`200`), or `202` if a running step has not returned yet.
+async fn kill_task(
+    State(state): State<AppState>,
+    Path(pid): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_pid(&pid)?;
+    state.host.kill(id).map_err(|error| match error {
+        KillError::NotFound(_) => ApiError::NotFound(error.to_string()),
+        KillError::AlreadyEnded { .. } => ApiError::Conflict(error.to_string()),
+    })?;
+    let deadline = tokio::time::Instant::now() + KILL_WAIT;
+    loop {
+        let record = state
+            .host
+            .get(id)
+            .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))?;
+        if record.status.is_terminal() {
+            return Ok((StatusCode::OK, Json(record)).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok((StatusCode::ACCEPTED, Json(record)).into_response());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
 }
 
 #[derive(Debug, Serialize)]

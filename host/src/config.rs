@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_HISTORY: usize = 10_000;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_NAME_BYTES: usize = 256;
+/// How long running tasks get to end on SIGTERM or ctrl-c before they are killed.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// How long a client refused for capacity is asked to wait.
 pub const DEFAULT_RETRY_AFTER_SECS: u32 = 1;
 
@@ -75,6 +77,11 @@ pub struct Config {
     /// Bytes of log and output kept per task.
     #[arg(long, env = "HTTP_SPAWN_MAX_LOG_BYTES", default_value_t = DEFAULT_MAX_LOG_BYTES)]
     pub max_log_bytes: usize,
+
+    /// On SIGTERM or ctrl-c: seconds running tasks get to end before they are killed. New
+    /// submissions get 503 meanwhile.
+    #[arg(long, env = "HTTP_SPAWN_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace_secs: u64,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HTTP_SPAWN_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]

@@ -4,7 +4,10 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often a shutdown looks whether the running tasks have ended.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -33,6 +36,15 @@ pub enum SpawnError {
     AtCapacity { limit: u32 },
     #[error("the host is shutting down")]
     ShuttingDown,
+}
+
+/// Why a task could not be killed.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    #[error("no task with pid {0}")]
+    NotFound(Pid),
+    #[error("task {pid} has already ended ({status})")]
+    AlreadyEnded { pid: Pid, status: &'static str },
 }
 
 /// Counters of what the host has done since it started.
@@ -122,6 +134,38 @@ impl Host {
         }
         self.spawned.fetch_add(1, Ordering::Relaxed);
         Ok(pid)
+    }
+
+    /// Asks for a task to be killed: at once if it is queued or sleeping, when its step returns
+    /// if it is running one. Its end is recorded as `killed`.
+    pub fn kill(&self, pid: Pid) -> Result<(), KillError> {
+        let record = self.table.get(pid).ok_or(KillError::NotFound(pid))?;
+        if record.status.is_terminal() {
+            return Err(KillError::AlreadyEnded {
+                pid,
+                status: record.status.as_str(),
+            });
+        }
+        tracing::info!(pid = %pid, "Killing task");
+        self.scheduler.kill(pid);
+        Ok(())
+    }
+
+    /// Shuts down: refuses new tasks at once, gives running ones `grace` to end, kills the
+    /// rest, and returns once every task's end is recorded and the scheduler threads are gone.
+    pub fn shutdown(&self, grace: Duration) {
+        self.scheduler.close();
+        let deadline = Instant::now() + grace;
+        while self.live() > 0 && Instant::now() < deadline {
+            std::thread::sleep(SHUTDOWN_POLL);
+        }
+        let remaining = self.live();
+        if remaining > 0 {
+            tracing::warn!(remaining, "grace period over; killing the remaining tasks");
+            self.scheduler.kill_all();
+        }
+        self.scheduler.join();
+        tracing::info!(totals = ?self.totals(), "every task has ended");
     }
 
     /// A task's record, if the table still holds it.

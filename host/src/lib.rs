@@ -31,16 +31,37 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 pub use crate::host::Host;
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves, then shuts down gracefully: new
+/// tasks get `503` while running ones get `--shutdown-grace-secs` to end, the rest are killed,
+/// every end is recorded, and only then does the HTTP server stop.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let host = Arc::new(Host::start(&config)?);
-    let app = api::router(host, api::RequestLimits::from_config(&config));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let app = api::router(Arc::clone(&host), api::RequestLimits::from_config(&config));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    shutdown.await;
+    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
+    tracing::info!(
+        ?grace,
+        live = host.live(),
+        "shutting down: refusing new tasks"
+    );
+    tokio::task::spawn_blocking(move || host.shutdown(grace))
         .await
+        .context("shutting the scheduler down")?;
+    let _ = stop.send(());
+    server
+        .await
+        .context("the HTTP server task")?
         .context("serving HTTP")
 }

@@ -8,7 +8,7 @@
 //! outside any async context, as they require.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,7 +38,7 @@ const TIMER_SLACK: Duration = Duration::from_millis(1);
 /// wake it only when it would otherwise sleep long.
 #[derive(Debug)]
 struct Inbox {
-    jobs: Mutex<Vec<Job>>,
+    commands: Mutex<Vec<Command>>,
     /// Jobs pushed and not yet taken; read by the thread after it announces its sleep.
     pending: AtomicUsize,
     /// While parked: when the thread will wake on its own, in nanoseconds since `epoch`
@@ -52,7 +52,7 @@ struct Inbox {
 impl Inbox {
     fn new() -> Self {
         Self {
-            jobs: Mutex::new(Vec::new()),
+            commands: Mutex::new(Vec::new()),
             pending: AtomicUsize::new(0),
             parked_until: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -61,8 +61,8 @@ impl Inbox {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Job>> {
-        self.jobs
+    fn lock(&self) -> MutexGuard<'_, Vec<Command>> {
+        self.commands
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -71,16 +71,48 @@ impl Inbox {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
-    fn push(&self, job: Job) {
-        self.lock().push(job);
-        // SeqCst on both sides: either the thread sees this job after announcing its sleep,
-        // or this sees its announcement and decides whether to wake it.
+    /// Queues a new task, while the inbox is open; gives it back once it is closed. It wakes
+    /// the thread only if the thread would otherwise sleep past the slack.
+    fn spawn(&self, job: Job) -> Result<(), Job> {
+        {
+            // `closed` is read and written under the lock, so a task is either refused here or
+            // seen by the thread before it exits.
+            let mut commands = self.lock();
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(job);
+            }
+            commands.push(Command::Spawn(job));
+        }
+        self.notify(false);
+        Ok(())
+    }
+
+    /// Queues a kill, which wakes the thread at once.
+    fn kill(&self, command: Command) {
+        self.lock().push(command);
+        self.notify(true);
+    }
+
+    fn notify(&self, urgent: bool) {
+        // SeqCst on both sides: either the thread sees the command after announcing its
+        // sleep, or this sees its announcement and decides whether to wake it.
         self.pending.fetch_add(1, Ordering::SeqCst);
         let parked_until = self.parked_until.load(Ordering::SeqCst);
         let soon = self.nanos(Instant::now() + TIMER_SLACK);
-        if parked_until != 0 && parked_until > soon {
+        if parked_until != 0 && (urgent || parked_until > soon) {
             self.wake();
         }
+    }
+
+    fn close(&self) {
+        let _commands = self.lock();
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the thread may exit: closed, and nothing left to take.
+    fn finished(&self) -> bool {
+        let commands = self.lock();
+        self.closed.load(Ordering::SeqCst) && commands.is_empty()
     }
 
     fn wake(&self) {
@@ -89,10 +121,10 @@ impl Inbox {
         }
     }
 
-    fn take(&self, into: &mut VecDeque<Job>) {
-        let mut jobs = self.lock();
-        self.pending.fetch_sub(jobs.len(), Ordering::SeqCst);
-        into.extend(jobs.drain(..));
+    fn take(&self, into: &mut VecDeque<Command>) {
+        let mut commands = self.lock();
+        self.pending.fetch_sub(commands.len(), Ordering::SeqCst);
+        into.extend(commands.drain(..));
     }
 
     /// Sleeps until `until` (or until woken), unless a job arrived meanwhile.
@@ -116,6 +148,16 @@ pub struct TaskSpec {
     pub name: String,
     pub duration: u32,
     pub payload: Option<String>,
+}
+
+/// What a scheduler thread is asked to do, in order.
+#[derive(Debug)]
+enum Command {
+    Spawn(Job),
+    /// Kill this task if it is one of this thread's.
+    Kill(Pid),
+    /// Kill every task this thread holds (the end of a graceful shutdown).
+    KillAll,
 }
 
 #[derive(Debug)]
@@ -144,7 +186,7 @@ struct Counters {
 pub struct Scheduler {
     inboxes: Vec<Arc<Inbox>>,
     next: AtomicUsize,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     counters: Arc<Counters>,
 }
 
@@ -167,6 +209,7 @@ impl Scheduler {
                 counters: Arc::clone(&counters),
                 inbox: Arc::clone(&inbox),
                 intake: VecDeque::new(),
+                slots: HashMap::new(),
                 tasks: Vec::new(),
                 free: Vec::new(),
                 timers: BinaryHeap::new(),
@@ -185,7 +228,7 @@ impl Scheduler {
         Ok(Self {
             inboxes,
             next: AtomicUsize::new(0),
-            threads: handles,
+            threads: Mutex::new(handles),
             counters,
         })
     }
@@ -203,21 +246,44 @@ impl Scheduler {
     /// it, which only happens once the scheduler is shutting down.
     pub fn submit(&self, spec: TaskSpec, permit: Permit) -> Result<(), TaskSpec> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.inboxes.len();
-        let inbox = &self.inboxes[index];
-        if inbox.closed.load(Ordering::SeqCst) {
-            return Err(spec);
+        self.inboxes[index]
+            .spawn(Job { spec, permit })
+            .map_err(|job| job.spec)
+    }
+
+    /// Asks every scheduler thread to kill `pid`; the one that holds it ends it, recorded as
+    /// killed. A task in the middle of a step is killed when the step returns.
+    pub fn kill(&self, pid: Pid) {
+        for inbox in &self.inboxes {
+            inbox.kill(Command::Kill(pid));
         }
-        inbox.push(Job { spec, permit });
-        Ok(())
+    }
+
+    /// Stops taking new tasks; those already taken run on.
+    pub fn close(&self) {
+        for inbox in &self.inboxes {
+            inbox.close();
+            inbox.wake();
+        }
+    }
+
+    /// Kills every task, queued or running.
+    pub fn kill_all(&self) {
+        for inbox in &self.inboxes {
+            inbox.kill(Command::KillAll);
+        }
     }
 
     /// Stops taking tasks and waits for every task already taken to end.
-    pub fn join(self) {
-        for inbox in &self.inboxes {
-            inbox.closed.store(true, Ordering::SeqCst);
-            inbox.wake();
-        }
-        for thread in self.threads {
+    pub fn join(&self) {
+        self.close();
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for thread in threads {
             let _ = thread.join();
         }
     }
@@ -232,6 +298,9 @@ struct Task {
     /// Steps completed: wake-ups after a sleep.
     step: u32,
     steps: u32,
+    /// The sequence number of this task's pending timer; a timer left behind by a task that
+    /// was killed, whose slot another task took since, does not match.
+    wake: u64,
 }
 
 struct SchedulerThread {
@@ -239,8 +308,10 @@ struct SchedulerThread {
     table: Arc<dyn ProcessTable>,
     counters: Arc<Counters>,
     inbox: Arc<Inbox>,
-    /// New tasks taken from the inbox, not yet started, oldest first.
-    intake: VecDeque<Job>,
+    /// Commands taken from the inbox, not yet carried out, oldest first.
+    intake: VecDeque<Command>,
+    /// Where each live task of this thread sits in `tasks`.
+    slots: HashMap<Pid, usize>,
     tasks: Vec<Option<Task>>,
     free: Vec<usize>,
     /// Wake-ups in time order; the sequence number keeps equal deadlines first-in first-out.
@@ -258,10 +329,14 @@ impl SchedulerThread {
             // Oldest first, a batch at a time, so timers are looked at between batches.
             let mut took = false;
             for _ in 0..INTAKE_BATCH {
-                let Some(job) = self.intake.pop_front() else {
+                let Some(command) = self.intake.pop_front() else {
                     break;
                 };
-                self.spawn(job);
+                match command {
+                    Command::Spawn(job) => self.spawn(job),
+                    Command::Kill(pid) => self.kill(pid),
+                    Command::KillAll => self.kill_all(),
+                }
                 took = true;
             }
             if took || !self.intake.is_empty() {
@@ -271,14 +346,9 @@ impl SchedulerThread {
                 .timers
                 .peek()
                 .map(|Reverse((at, _, _))| *at + TIMER_SLACK);
-            if next_timer.is_none() && self.inbox.closed.load(Ordering::SeqCst) {
-                // Closed, and every task taken has ended; a job pushed in the closing race
-                // is taken on the next pass.
-                self.inbox.take(&mut self.intake);
-                if self.intake.is_empty() {
-                    return;
-                }
-                continue;
+            if next_timer.is_none() && self.inbox.finished() {
+                // Closed, nothing queued, and every task taken has ended.
+                return;
             }
             self.inbox.park(next_timer);
         }
@@ -286,12 +356,12 @@ impl SchedulerThread {
 
     fn fire_due_timers(&mut self) {
         let now = Instant::now();
-        while let Some(&Reverse((at, _, slot))) = self.timers.peek() {
+        while let Some(&Reverse((at, seq, slot))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            let Some(task) = self.tasks[slot].as_mut() else {
+            let Some(task) = self.tasks[slot].as_mut().filter(|task| task.wake == seq) else {
                 continue;
             };
             task.step += 1;
@@ -334,6 +404,7 @@ impl SchedulerThread {
                     pid,
                     step: 0,
                     steps,
+                    wake: 0,
                 };
                 let slot = match self.free.pop() {
                     Some(slot) => {
@@ -345,6 +416,7 @@ impl SchedulerThread {
                         self.tasks.len() - 1
                     }
                 };
+                self.slots.insert(pid, slot);
                 self.advance(slot);
             }
             Err(end) => {
@@ -366,6 +438,7 @@ impl SchedulerThread {
             Ok(Next::Sleep(ms)) => {
                 let at = Instant::now() + Duration::from_millis(u64::from(ms));
                 self.timer_seq += 1;
+                task.wake = self.timer_seq;
                 self.timers.push(Reverse((at, self.timer_seq, slot)));
                 return;
             }
@@ -392,12 +465,50 @@ impl SchedulerThread {
         let Some(task) = self.tasks[slot].take() else {
             return;
         };
+        self.slots.remove(&task.pid);
         self.free.push(slot);
         task.process.capture().flush_partial();
         flush_logs(self.table.as_ref(), task.pid, &task.process);
         let (pid, fuel) = (task.pid, task.process.fuel());
         drop(task);
         self.record_end(pid, fuel, end);
+    }
+
+    /// Kills `pid` if this thread holds it, queued or live.
+    fn kill(&mut self, pid: Pid) {
+        if let Some(slot) = self.slots.get(&pid).copied() {
+            self.finish(slot, killed());
+            return;
+        }
+        let queued = self
+            .intake
+            .iter()
+            .position(|command| matches!(command, Command::Spawn(job) if job.spec.pid == pid));
+        if let Some(Command::Spawn(job)) = queued.and_then(|index| self.intake.remove(index)) {
+            drop(job.permit);
+            self.record_end(pid, 0, killed());
+        }
+    }
+
+    fn kill_all(&mut self) {
+        let queued: Vec<Job> = self
+            .intake
+            .drain(..)
+            .filter_map(|command| match command {
+                Command::Spawn(job) => Some(job),
+                Command::Kill(_) | Command::KillAll => None,
+            })
+            .collect();
+        for job in queued {
+            let pid = job.spec.pid;
+            drop(job.permit);
+            self.record_end(pid, 0, killed());
+        }
+        let live: Vec<usize> = self.slots.values().copied().collect();
+        for slot in live {
+            self.finish(slot, killed());
+        }
+        self.timers.clear();
     }
 
     fn record_end(&self, pid: Pid, fuel: u64, end: TaskEnd) {
@@ -429,6 +540,15 @@ fn flush_logs(table: &dyn ProcessTable, pid: Pid, process: &Process) {
                 dropped_bytes,
             },
         );
+    }
+}
+
+fn killed() -> TaskEnd {
+    TaskEnd {
+        status: Status::Killed,
+        outcome: Outcome::Killed,
+        exit_code: None,
+        error: Some("killed".into()),
     }
 }
 

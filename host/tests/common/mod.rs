@@ -34,6 +34,7 @@ pub fn module(name: &str) -> PathBuf {
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
+    pub host: std::sync::Arc<http_spawn::Host>,
     _shutdown: oneshot::Sender<()>,
 }
 
@@ -61,7 +62,10 @@ pub async fn spawn_app(module_name: &str, args: &[&str]) -> TestApp {
     let base = format!("http://{}", listener.local_addr().expect("local address"));
     let (shutdown, stopped) = oneshot::channel::<()>();
     let host = std::sync::Arc::new(http_spawn::Host::start(&config).expect("host starts"));
-    let app = http_spawn::api::router(host, http_spawn::api::RequestLimits::from_config(&config));
+    let app = http_spawn::api::router(
+        std::sync::Arc::clone(&host),
+        http_spawn::api::RequestLimits::from_config(&config),
+    );
     tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -73,6 +77,7 @@ pub async fn spawn_app(module_name: &str, args: &[&str]) -> TestApp {
     TestApp {
         base,
         client: reqwest::Client::new(),
+        host,
         _shutdown: shutdown,
     }
 }
@@ -109,6 +114,34 @@ impl TestApp {
             .expect("request sent");
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON body"))
+    }
+
+    /// DELETE /api/tasks/{pid}: the status code and body.
+    pub async fn kill(&self, pid: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .delete(self.url(&format!("/api/tasks/{pid}")))
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// Waits until the task is running.
+    pub async fn wait_running(&self, pid: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (_, record) = self.get(&format!("/api/tasks/{pid}")).await;
+            if record["status"] == "running" {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never ran: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The task's record once it has ended.

@@ -1,0 +1,172 @@
+//! Killing tasks and shutting down, end to end over HTTP: every accepted task ends with
+//! exactly one recorded end, whatever arrives when.
+
+mod common;
+
+use std::time::Duration;
+
+use common::spawn_app;
+use futures::future::join_all;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_task_is_killed_at_once_and_its_place_given_back() {
+    let app = spawn_app("default", &["--capacity", "1"]).await;
+    let pid = app.spawn(json!({"name": "long", "duration": 3600})).await;
+    app.wait_running(&pid).await;
+    assert_eq!(
+        app.submit(json!({"name": "refused"})).await.status(),
+        503,
+        "host full"
+    );
+
+    let (status, record) = app.kill(&pid).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["status"], "killed");
+    assert_eq!(record["outcome"], "killed");
+    assert!(record["ended_at"].is_string());
+
+    // The store is gone and its place free: the one place serves a new task.
+    assert_eq!(app.host.live(), 0);
+    let next = app.run(json!({"name": "next", "duration": 0})).await;
+    assert_eq!(next["exit_code"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_ended_task_is_409_and_an_unknown_one_404() {
+    let app = spawn_app("default", &[]).await;
+    let record = app.run(json!({"name": "quick", "duration": 0})).await;
+    let pid = record["pid"].as_str().expect("pid");
+    let (status, answer) = app.kill(pid).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .expect("error")
+            .contains("already ended")
+    );
+    let (_, again) = app.get(&format!("/api/tasks/{pid}")).await;
+    assert_eq!(again["status"], "exited", "the recorded end is kept");
+
+    for unknown in ["00000000-1", "nonsense"] {
+        let (status, _) = app.kill(unknown).await;
+        assert_eq!(status, 404, "{unknown}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_submits_and_kills_at_once_each_task_ends_exactly_once() {
+    let app = spawn_app("default", &[]).await;
+    let pids = join_all((0..300).map(|i| {
+        let app = &app;
+        async move {
+            app.spawn(json!({"name": format!("t{i}"), "duration": i % 3}))
+                .await
+        }
+    }))
+    .await;
+    // Kill every other task while they start, sleep and exit.
+    let kills = join_all(pids.iter().step_by(2).map(|pid| app.kill(pid))).await;
+    for (status, answer) in &kills {
+        assert!(matches!(status, 200 | 202 | 409), "{status}: {answer}");
+    }
+    let ends = join_all(pids.iter().map(|pid| app.wait_end(pid))).await;
+    for (index, record) in ends.iter().enumerate() {
+        let expected: &[&str] = if index % 2 == 0 {
+            &["killed", "exited"]
+        } else {
+            &["exited"]
+        };
+        let status = record["status"].as_str().expect("status");
+        assert!(expected.contains(&status), "{record}");
+    }
+    let totals = app.host.totals();
+    assert_eq!(totals.spawned, 300);
+    assert_eq!(
+        totals.ended, 300,
+        "each task ended exactly once: {totals:?}"
+    );
+    assert_eq!(app.host.live(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_tasks_lets_short_ones_finish_and_kills_the_rest() {
+    let app = spawn_app("default", &[]).await;
+    let short = app.spawn(json!({"name": "short", "duration": 1})).await;
+    let long = app.spawn(json!({"name": "long", "duration": 3600})).await;
+    app.wait_running(&long).await;
+
+    let host = std::sync::Arc::clone(&app.host);
+    let shutdown = tokio::task::spawn_blocking(move || host.shutdown(Duration::from_secs(3)));
+    // New submissions are refused while the running tasks drain.
+    let mut refused = false;
+    for _ in 0..100 {
+        let response = app.submit(json!({"name": "late"})).await;
+        if response.status() == 503 {
+            assert!(response.headers().contains_key("retry-after"));
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused, "a submission during shutdown is refused");
+    shutdown.await.expect("shutdown completes");
+
+    let (_, short) = app.get(&format!("/api/tasks/{short}")).await;
+    assert_eq!(
+        short["status"], "exited",
+        "finished within the grace: {short}"
+    );
+    let (_, long) = app.get(&format!("/api/tasks/{long}")).await;
+    assert_eq!(long["status"], "killed", "killed after the grace: {long}");
+    let totals = app.host.totals();
+    assert_eq!(
+        totals.ended, totals.spawned,
+        "every accepted task has an end: {totals:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_until_its_shutdown_signal_then_returns() {
+    use clap::Parser as _;
+    let module = common::module("default").display().to_string();
+    let config = http_spawn::config::Config::try_parse_from([
+        "http-spawn",
+        "--module",
+        &module,
+        "--capacity",
+        "100",
+        "--shutdown-grace-secs",
+        "1",
+    ])
+    .expect("parses");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http_spawn::run(listener, config, async {
+        let _ = signalled.await;
+    }));
+    let client = reqwest::Client::new();
+    let mut accepted = None;
+    for _ in 0..200 {
+        let sent = client
+            .post(format!("{base}/api/tasks"))
+            .json(&json!({"name": "long", "duration": 3600}))
+            .send()
+            .await;
+        if let Ok(response) = sent {
+            accepted = Some(response.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(accepted, Some(202));
+    let _ = signal.send(());
+    let ended = tokio::time::timeout(common::PATIENCE, server)
+        .await
+        .expect("run returns after the grace")
+        .expect("the server task did not panic");
+    assert!(ended.is_ok(), "{ended:?}");
+}
