@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower_http::trace::TraceLayer;
 
@@ -22,7 +22,7 @@ use crate::config::{
 };
 use crate::error::ApiError;
 use crate::host::{Host, KillError, NewTask, Totals};
-use crate::table::{Pid, Status, TaskRecord};
+use crate::table::{ListQuery, Page, Pid, Status, TaskRecord};
 
 /// What a request may ask for.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ pub fn router(host: Arc<Host>, limits: RequestLimits) -> Router {
         limits: Arc::new(limits),
     };
     Router::new()
-        .route("/api/tasks", post(spawn_task))
+        .route("/api/tasks", post(spawn_task).get(list_tasks))
         .route("/api/tasks/{pid}", get(get_task).delete(kill_task))
         .route("/api/tasks/{pid}/logs", get(get_logs))
         .route("/api/health", get(health))
@@ -195,6 +195,52 @@ async fn get_task(
         .get(id)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))
+}
+
+/// Tasks per page when the client names no `limit`, and the most it may ask for.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// `GET /api/tasks` query parameters.
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    status: Option<Status>,
+    name: Option<String>,
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/tasks?status=&name=&before=&limit=`: tasks newest first; `next` is the cursor
+/// for the following page.
+async fn list_tasks(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
+    let Query(params) = params.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "{}; status is one of spawned, running, exited, failed, killed, limit is 1 to {MAX_PAGE}",
+            rejection.body_text()
+        ))
+    })?;
+    let before = params
+        .before
+        .map(|pid| {
+            pid.parse::<Pid>()
+                .map_err(|()| ApiError::BadRequest(format!("before: {pid:?} is not a pid")))
+        })
+        .transpose()?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(Json(state.host.list(&ListQuery {
+        status: params.status,
+        name: params.name,
+        before,
+        limit,
+    })))
 }
 
 /// How long `DELETE` waits for the kill to be recorded before it answers `202` instead.

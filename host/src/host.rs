@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::scheduler::{Scheduler, TaskSpec};
 use crate::table::{
-    MemoryTable, Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent, TaskRecord,
+    ListQuery, MemoryTable, Outcome, Page, Pid, ProcessTable, Status, TaskEnd, TaskEvent,
+    TaskRecord,
 };
 
 /// A task as a client asks for it, already validated.
@@ -166,6 +167,11 @@ impl Host {
         }
         self.scheduler.join();
         tracing::info!(totals = ?self.totals(), "every task has ended");
+    }
+
+    /// Tasks matching `query`, newest first, a page at a time.
+    pub fn list(&self, query: &ListQuery) -> Page {
+        self.table.list(query)
     }
 
     /// A task's record, if the table still holds it.

@@ -19,7 +19,7 @@ use crate::capture::LogLine;
 ///
 /// The boot id keeps pids of different hosts (or of one host across restarts) apart, so that a
 /// table shared by several hosts can answer for any of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pid {
     boot: u32,
     seq: u64,
@@ -73,7 +73,7 @@ impl Serialize for Pid {
 }
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Accepted, not yet instantiated.
@@ -267,6 +267,24 @@ fn rfc3339_opt<S: Serializer>(at: &Option<SystemTime>, serializer: S) -> Result<
     }
 }
 
+/// Which records a listing wants: newest first, optionally filtered, a page at a time.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub name: Option<String>,
+    /// Only tasks older than this one (the previous page's cursor).
+    pub before: Option<Pid>,
+    pub limit: usize,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub tasks: Vec<TaskRecord>,
+    /// Pass as `before` for the next page; absent on the last.
+    pub next: Option<Pid>,
+}
+
 /// The process table's interface: the only way the rest of the host reads or writes task state.
 pub trait ProcessTable: Send + Sync + 'static {
     /// Records a task just accepted. Its pid is new.
@@ -275,6 +293,8 @@ pub trait ProcessTable: Send + Sync + 'static {
     fn apply(&self, pid: Pid, event: TaskEvent);
     /// A copy of a task's record, if the table still holds it.
     fn get(&self, pid: Pid) -> Option<TaskRecord>;
+    /// Records matching `query`, newest first.
+    fn list(&self, query: &ListQuery) -> Page;
 }
 
 impl fmt::Debug for dyn ProcessTable {
@@ -342,6 +362,42 @@ impl ProcessTable for MemoryTable {
     fn get(&self, pid: Pid) -> Option<TaskRecord> {
         self.shard(pid).get(&pid).cloned()
     }
+
+    fn list(&self, query: &ListQuery) -> Page {
+        let wanted = |record: &TaskRecord| {
+            query.before.is_none_or(|before| record.pid < before)
+                && query.status.is_none_or(|status| record.status == status)
+                && query.name.as_deref().is_none_or(|name| record.name == name)
+        };
+        // A scan of every shard: fine for the bounded table (live tasks plus history); a
+        // durable table would answer from an index.
+        let mut matches: Vec<(Pid, &Mutex<HashMap<Pid, TaskRecord>>)> = Vec::new();
+        for shard in &self.shards {
+            let records = shard.lock().unwrap_or_else(|p| p.into_inner());
+            matches.extend(
+                records
+                    .values()
+                    .filter(|r| wanted(r))
+                    .map(|r| (r.pid, shard)),
+            );
+        }
+        matches.sort_unstable_by_key(|&(pid, _)| std::cmp::Reverse(pid));
+        let more = matches.len() > query.limit;
+        let tasks: Vec<TaskRecord> = matches
+            .iter()
+            .take(query.limit)
+            .filter_map(|&(pid, shard)| {
+                let records = shard.lock().unwrap_or_else(|p| p.into_inner());
+                records.get(&pid).cloned()
+            })
+            .collect();
+        let next = if more {
+            tasks.last().map(|r| r.pid)
+        } else {
+            None
+        };
+        Page { tasks, next }
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +456,57 @@ mod tests {
         assert_eq!(table.get(pids[1]).map(|r| r.status), Some(Status::Exited));
         assert_eq!(table.get(pids[2]).map(|r| r.status), Some(Status::Exited));
         assert_eq!(table.get(pids[3]).map(|r| r.status), Some(Status::Spawned));
+    }
+
+    #[test]
+    fn lists_newest_first_filtered_a_page_at_a_time() {
+        let table = MemoryTable::new(100);
+        for seq in 1..=5 {
+            let name = if seq % 2 == 0 { "even" } else { "odd" };
+            table.insert(TaskRecord::spawned(Pid::new(1, seq), name.into(), 0));
+        }
+        let at = SystemTime::now();
+        table.apply(
+            Pid::new(1, 4),
+            TaskEvent::Ended {
+                at,
+                fuel: 0,
+                end: end(),
+            },
+        );
+        let seqs = |page: &Page| page.tasks.iter().map(|r| r.pid.seq).collect::<Vec<_>>();
+
+        let first = table.list(&ListQuery {
+            limit: 2,
+            ..ListQuery::default()
+        });
+        assert_eq!(seqs(&first), [5, 4]);
+        assert_eq!(first.next, Some(Pid::new(1, 4)));
+        let second = table.list(&ListQuery {
+            limit: 2,
+            before: first.next,
+            ..ListQuery::default()
+        });
+        assert_eq!(seqs(&second), [3, 2]);
+        let last = table.list(&ListQuery {
+            limit: 2,
+            before: second.next,
+            ..ListQuery::default()
+        });
+        assert_eq!((seqs(&last), last.next), (vec![1], None));
+
+        let odd = table.list(&ListQuery {
+            limit: 10,
+            name: Some("odd".into()),
+            ..ListQuery::default()
+        });
+        assert_eq!(seqs(&odd), [5, 3, 1]);
+        let exited = ListQuery {
+            limit: 10,
+            status: Some(Status::Exited),
+            ..ListQuery::default()
+        };
+        assert_eq!(seqs(&table.list(&exited)), [4]);
     }
 
     #[test]

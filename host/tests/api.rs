@@ -279,3 +279,54 @@ async fn ended_history_is_bounded() {
     assert_eq!(app.get(&format!("/api/tasks/{}", pids[0])).await.0, 404);
     assert_eq!(app.get(&format!("/api/tasks/{}", pids[2])).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_listed_newest_first_filtered_and_paged() {
+    let app = spawn_app("default", &[]).await;
+    let mut pids = Vec::new();
+    for i in 0..5 {
+        let name = if i % 2 == 0 { "even" } else { "odd" };
+        let duration = if i == 4 { 3600 } else { 0 };
+        pids.push(app.spawn(json!({"name": name, "duration": duration})).await);
+    }
+    for pid in &pids[..4] {
+        app.wait_end(pid).await;
+    }
+    let listed = |page: &Value| -> Vec<String> {
+        page["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .map(|t| t["pid"].as_str().expect("pid").to_owned())
+            .collect()
+    };
+    let newest_first: Vec<String> = pids.iter().rev().cloned().collect();
+
+    let (status, page) = app.get("/api/tasks?limit=2").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(listed(&page), newest_first[..2]);
+    let next = page["next"].as_str().expect("a next page");
+    let (_, page) = app.get(&format!("/api/tasks?limit=2&before={next}")).await;
+    assert_eq!(listed(&page), newest_first[2..4]);
+    let next = page["next"].as_str().expect("a last page");
+    let (_, page) = app.get(&format!("/api/tasks?limit=2&before={next}")).await;
+    assert_eq!(listed(&page), newest_first[4..]);
+    assert_eq!(page["next"], Value::Null);
+
+    let (_, page) = app.get("/api/tasks?name=odd").await;
+    assert_eq!(listed(&page), [pids[3].clone(), pids[1].clone()]);
+    let (_, page) = app.get("/api/tasks?status=running").await;
+    assert_eq!(listed(&page), [pids[4].clone()]);
+
+    for bad in [
+        "status=sleepy",
+        "limit=0",
+        "limit=100000",
+        "limit=x",
+        "before=nope",
+    ] {
+        let (status, answer) = app.get(&format!("/api/tasks?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+        assert!(!error_of(&answer).is_empty());
+    }
+}
