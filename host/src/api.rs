@@ -3,17 +3,23 @@
 //! `POST /api/tasks` validates, asks admission for a place, records the task and hands it to
 //! the scheduler, and answers `202` at once; nothing here waits on a guest.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
 use tower_http::trace::TraceLayer;
 
 use crate::capture::LogLine;
@@ -21,6 +27,7 @@ use crate::config::{
     Config, DEFAULT_DURATION_SECS, DEFAULT_MAX_NAME_BYTES, DEFAULT_RETRY_AFTER_SECS,
 };
 use crate::error::ApiError;
+use crate::events::{Subscription, exit_data};
 use crate::host::{Host, KillError, NewTask, Totals};
 use crate::table::{ListQuery, Page, Pid, Status, TaskRecord};
 
@@ -61,6 +68,8 @@ pub fn router(host: Arc<Host>, limits: RequestLimits) -> Router {
         .route("/api/tasks", post(spawn_task).get(list_tasks))
         .route("/api/tasks/{pid}", get(get_task).delete(kill_task))
         .route("/api/tasks/{pid}/logs", get(get_logs))
+        .route("/api/tasks/{pid}/events", get(task_events))
+        .route("/api/events", get(all_events))
         .route("/api/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -296,6 +305,93 @@ async fn get_logs(
         lines: record.logs,
         dropped_bytes: record.logs_dropped_bytes,
     }))
+}
+
+/// An open event stream's state.
+struct EventStream {
+    subscription: Subscription,
+    /// Only this task's events, and end after its exit; all tasks' otherwise.
+    pid: Option<Pid>,
+    /// Events to send before anything from the channel.
+    queued: VecDeque<Event>,
+    done: bool,
+}
+
+fn sse(kind: &str, data: &str) -> Event {
+    Event::default().event(kind).data(data)
+}
+
+fn event_stream(stream: EventStream) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(stream, |mut stream| async move {
+        if let Some(event) = stream.queued.pop_front() {
+            return Some((Ok(event), stream));
+        }
+        if stream.done {
+            return None;
+        }
+        loop {
+            match stream.subscription.receiver.recv().await {
+                Ok(published) if stream.pid.is_none_or(|pid| pid == published.pid) => {
+                    stream.done = stream.pid.is_some() && published.kind == "exit";
+                    return Some((Ok(sse(published.kind, &published.data)), stream));
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(skipped)) => {
+                    let data = json!({"skipped": skipped}).to_string();
+                    return Some((Ok(sse("lagged", &data)), stream));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+fn subscribe(state: &AppState) -> Result<Subscription, ApiError> {
+    state.host.subscribe().ok_or_else(|| {
+        ApiError::TooManyRequests("too many event streams are open; retry later".into())
+    })
+}
+
+/// `GET /api/tasks/{pid}/events`: the task's state now, then its events as they happen,
+/// ending with its exit. For an ended task: its state and its exit, then the stream closes.
+async fn task_events(
+    State(state): State<AppState>,
+    Path(pid): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = parse_pid(&pid)?;
+    // Subscribe first, then read the record: nothing can happen unseen in between.
+    let subscription = subscribe(&state)?;
+    let record = state
+        .host
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))?;
+    let snapshot =
+        serde_json::to_string(&record).map_err(|error| ApiError::Internal(error.to_string()))?;
+    let mut queued = VecDeque::from([sse("state", &snapshot)]);
+    let done = record.status.is_terminal();
+    if done {
+        queued.push_back(sse("exit", &exit_data(&record).to_string()));
+    }
+    let stream = EventStream {
+        subscription,
+        pid: Some(id),
+        queued,
+        done,
+    };
+    Ok(Sse::new(event_stream(stream)).keep_alive(KeepAlive::default()))
+}
+
+/// `GET /api/events`: every task's events as they happen, until the client goes away.
+async fn all_events(
+    State(state): State<AppState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let stream = EventStream {
+        subscription: subscribe(&state)?,
+        pid: None,
+        queued: VecDeque::new(),
+        done: false,
+    };
+    Ok(Sse::new(event_stream(stream)).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Debug, Serialize)]

@@ -27,6 +27,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_NAME_BYTES: usize = 256;
 /// How long running tasks get to end on SIGTERM or ctrl-c before they are killed.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Live event streams (SSE) open at once; more get 429.
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
 /// How long a client refused for capacity is asked to wait.
 pub const DEFAULT_RETRY_AFTER_SECS: u32 = 1;
 
@@ -82,6 +84,10 @@ pub struct Config {
     /// submissions get 503 meanwhile.
     #[arg(long, env = "HTTP_SPAWN_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+
+    /// Event streams (`/api/events`, `/api/tasks/{pid}/events`) open at once; more get 429.
+    #[arg(long, env = "HTTP_SPAWN_MAX_SUBSCRIBERS", default_value_t = DEFAULT_MAX_SUBSCRIBERS)]
+    pub max_subscribers: usize,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HTTP_SPAWN_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]

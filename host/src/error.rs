@@ -6,6 +6,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// How long a client refused an event stream is asked to wait.
+const SUBSCRIBER_RETRY_AFTER_SECS: u32 = 5;
+
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -23,6 +26,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("request body must be JSON, sent with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// Too many of something the client holds open (event streams).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The host is full or stopping; the client may retry after this many seconds.
     #[error("{message}")]
     Unavailable { message: String, retry_after: u32 },
@@ -41,16 +47,22 @@ impl IntoResponse for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if let Self::Unavailable { retry_after, .. } = self {
+        let retry_after = match self {
+            Self::Unavailable { retry_after, .. } => Some(retry_after),
+            Self::TooManyRequests(_) => Some(SUBSCRIBER_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

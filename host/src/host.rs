@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::capacity::{self, Admission};
 use crate::config::Config;
+use crate::events::{EventBus, Notifying, Subscription};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::scheduler::{Scheduler, TaskSpec};
 use crate::table::{
@@ -63,6 +64,7 @@ pub struct Totals {
 #[derive(Debug)]
 pub struct Host {
     table: Arc<dyn ProcessTable>,
+    events: Arc<EventBus>,
     scheduler: Scheduler,
     admission: Arc<Admission>,
     pids: PidSource,
@@ -89,11 +91,16 @@ impl Host {
             max_memory_bytes = config.max_memory,
             "worker compiled"
         );
-        let table: Arc<dyn ProcessTable> = Arc::new(MemoryTable::new(config.max_history));
+        let events = Arc::new(EventBus::new(config.max_subscribers));
+        let table: Arc<dyn ProcessTable> = Arc::new(Notifying::new(
+            MemoryTable::new(config.max_history),
+            Arc::clone(&events),
+        ));
         let scheduler = Scheduler::start(config.workers(), Arc::new(sandbox), Arc::clone(&table))
             .context("starting the scheduler threads")?;
         Ok(Self {
             table,
+            events,
             scheduler,
             admission: Admission::new(capacity),
             pids: PidSource::new(),
@@ -167,6 +174,11 @@ impl Host {
         }
         self.scheduler.join();
         tracing::info!(totals = ?self.totals(), "every task has ended");
+    }
+
+    /// Subscribes to every task event from now on, if the subscriber limit allows.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        self.events.subscribe()
     }
 
     /// Tasks matching `query`, newest first, a page at a time.

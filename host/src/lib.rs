@@ -17,6 +17,7 @@ pub mod capacity;
 pub mod capture;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod host;
 pub mod sandbox;
 pub mod scheduler;

@@ -368,7 +368,8 @@ impl SchedulerThread {
             let (pid, step, steps) = (task.pid, task.step, task.steps);
             let fuel = task.process.fuel();
             tracing::info!(pid = %pid, step, steps, "Worker progress");
-            self.table.apply(pid, TaskEvent::Progress { step, fuel });
+            self.table
+                .apply(pid, TaskEvent::Progress { step, steps, fuel });
             self.advance(slot);
         }
     }

@@ -152,8 +152,9 @@ pub enum TaskEvent {
         steps: u32,
         fuel: u64,
     },
-    /// The task woke for step `step` (1-based); `fuel` is its total fuel consumed so far.
-    Progress { step: u32, fuel: u64 },
+    /// The task woke for step `step` (1-based) of the `steps` it planned; `fuel` is its total
+    /// fuel consumed so far.
+    Progress { step: u32, steps: u32, fuel: u64 },
     /// Lines the task logged or printed since the last event; `dropped_bytes` is the running
     /// total of what the capture cap discarded.
     Logs {
@@ -233,7 +234,7 @@ impl TaskRecord {
                 self.steps = steps;
                 self.fuel_consumed = fuel;
             }
-            TaskEvent::Progress { step, fuel } => {
+            TaskEvent::Progress { step, fuel, .. } => {
                 self.step = step;
                 self.fuel_consumed = fuel;
             }

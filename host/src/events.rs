@@ -1,0 +1,188 @@
+//! Live task events for Server-Sent Events subscribers.
+//!
+//! [`Notifying`] wraps a process table: every record it inserts and every event it applies is
+//! also published on a broadcast channel, as JSON, but only while someone listens. Publishing
+//! never waits: a subscriber that falls behind the channel's buffer skips ahead (and is told how
+//! many events it missed), so a slow client can slow neither tasks nor the host.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::table::{ListQuery, Page, Pid, ProcessTable, TaskEvent, TaskRecord};
+
+/// Events buffered per subscriber before it starts skipping.
+const CHANNEL_CAPACITY: usize = 4096;
+
+/// One published event.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub pid: Pid,
+    /// `spawned`, `started`, `progress`, `log` or `exit`.
+    pub kind: &'static str,
+    /// The event as JSON, serialised once for every subscriber.
+    pub data: Arc<str>,
+}
+
+/// The broadcast side, with a bound on subscribers.
+#[derive(Debug)]
+pub struct EventBus {
+    sender: broadcast::Sender<Published>,
+    subscribers: Arc<AtomicUsize>,
+    max_subscribers: usize,
+}
+
+/// A subscription; dropping it frees its place.
+#[derive(Debug)]
+pub struct Subscription {
+    pub receiver: broadcast::Receiver<Published>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl EventBus {
+    /// A bus that admits at most `max_subscribers` at once.
+    pub fn new(max_subscribers: usize) -> Self {
+        let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
+        Self {
+            sender,
+            subscribers: Arc::default(),
+            max_subscribers,
+        }
+    }
+
+    /// Subscribes to every event from now on, if a place is free.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        self.subscribers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_subscribers).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Subscription {
+            receiver: self.sender.subscribe(),
+            count: Arc::clone(&self.subscribers),
+        })
+    }
+
+    fn listening(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
+    fn publish(&self, pid: Pid, kind: &'static str, data: Value) {
+        let data: Arc<str> = data.to_string().into();
+        // An error only means nobody listens any more.
+        let _ = self.sender.send(Published { pid, kind, data });
+    }
+}
+
+/// The JSON of a task's terminal event, from its record.
+pub fn exit_data(record: &TaskRecord) -> Value {
+    json!({
+        "pid": record.pid,
+        "status": record.status,
+        "outcome": record.outcome,
+        "exit_code": record.exit_code,
+        "error": record.error,
+        "at": record.ended_at.map(|at| humantime::format_rfc3339_millis(at).to_string()),
+    })
+}
+
+fn at(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// A process table that publishes what it records.
+#[derive(Debug)]
+pub struct Notifying<T> {
+    table: T,
+    bus: Arc<EventBus>,
+}
+
+impl<T: ProcessTable + std::fmt::Debug> Notifying<T> {
+    /// `table`, publishing on `bus`.
+    pub fn new(table: T, bus: Arc<EventBus>) -> Self {
+        Self { table, bus }
+    }
+}
+
+#[derive(Serialize)]
+struct Spawned<'a> {
+    pid: Pid,
+    name: &'a str,
+    duration: u32,
+    at: String,
+}
+
+impl<T: ProcessTable + std::fmt::Debug> ProcessTable for Notifying<T> {
+    fn insert(&self, record: TaskRecord) {
+        if self.bus.listening() {
+            let data = Spawned {
+                pid: record.pid,
+                name: &record.name,
+                duration: record.duration,
+                at: at(record.spawned_at),
+            };
+            self.bus.publish(record.pid, "spawned", json!(data));
+        }
+        self.table.insert(record);
+    }
+
+    fn apply(&self, pid: Pid, event: TaskEvent) {
+        if !self.bus.listening() {
+            return self.table.apply(pid, event);
+        }
+        match &event {
+            TaskEvent::Started {
+                at: when, steps, ..
+            } => self.bus.publish(
+                pid,
+                "started",
+                json!({"pid": pid, "steps": steps, "at": at(*when)}),
+            ),
+            TaskEvent::Progress { step, steps, .. } => self.bus.publish(
+                pid,
+                "progress",
+                json!({"pid": pid, "step": step, "steps": steps}),
+            ),
+            TaskEvent::Logs { lines, .. } => {
+                for line in lines {
+                    self.bus.publish(
+                        pid,
+                        "log",
+                        json!({"pid": pid, "source": line.source, "message": line.message, "at": at(line.at)}),
+                    );
+                }
+            }
+            TaskEvent::Ended { at: when, end, .. } => self.bus.publish(
+                pid,
+                "exit",
+                json!({
+                    "pid": pid,
+                    "status": end.status,
+                    "outcome": end.outcome,
+                    "exit_code": end.exit_code,
+                    "error": end.error,
+                    "at": at(*when),
+                }),
+            ),
+        }
+        self.table.apply(pid, event);
+    }
+
+    fn get(&self, pid: Pid) -> Option<TaskRecord> {
+        self.table.get(pid)
+    }
+
+    fn list(&self, query: &ListQuery) -> Page {
+        self.table.list(query)
+    }
+}
