@@ -25,7 +25,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use http_spawn::config::Config;
 use http_spawn::host::NewTask;
-use http_spawn::sandbox::{Next, Sandbox, SandboxConfig};
+use http_spawn::sandbox::{Next, Sandbox, SandboxConfig, TaskLimits};
 use http_spawn::table::Pid;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -266,7 +266,7 @@ fn our_sandbox(module: &Path, capacity: u32) -> anyhow::Result<Sandbox> {
 /// One task on our sandbox, start to end, no sleeping between steps.
 fn run_ours(sandbox: &Sandbox, payload: Option<&str>) -> i32 {
     let pid = Pid::new(0, 1);
-    let Ok(mut process) = sandbox.instantiate(pid) else {
+    let Ok(mut process) = sandbox.instantiate(pid, TaskLimits::unlimited()) else {
         return -1;
     };
     if process.start(pid, "bench", 0, payload).is_err() {
@@ -366,6 +366,7 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
                     name: "sleeper".into(),
                     duration: 86_400,
                     payload: None,
+                    deadline: None,
                 })?;
             }
             let deadline = Instant::now() + Duration::from_secs(600);

@@ -37,6 +37,7 @@ pub struct RequestLimits {
     pub max_body_bytes: usize,
     pub max_name_bytes: usize,
     pub max_duration_secs: u32,
+    pub max_deadline_secs: u32,
 }
 
 impl RequestLimits {
@@ -46,6 +47,9 @@ impl RequestLimits {
             max_body_bytes: config.max_body_bytes,
             max_name_bytes: DEFAULT_MAX_NAME_BYTES,
             max_duration_secs: config.max_duration_secs,
+            max_deadline_secs: config
+                .max_duration_secs
+                .saturating_add(config.deadline_grace_secs),
         }
     }
 }
@@ -176,6 +180,20 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         },
         Some(_) => return Err(bad(DURATION_TYPE.into())),
     };
+    let deadline = match fields.remove("deadline") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(secs) if secs <= u64::from(limits.max_deadline_secs) => Some(secs as u32),
+            Some(_) => {
+                return Err(bad(format!(
+                    "deadline must be at most {} seconds",
+                    limits.max_deadline_secs
+                )));
+            }
+            None => return Err(bad(DEADLINE_TYPE.into())),
+        },
+        Some(_) => return Err(bad(DEADLINE_TYPE.into())),
+    };
     let payload = match fields.remove("payload") {
         None | Some(Value::Null) => None,
         Some(payload) => Some(payload.to_string()),
@@ -184,10 +202,12 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         name,
         duration,
         payload,
+        deadline,
     })
 }
 
 const DURATION_TYPE: &str = "duration must be a non-negative integer number of seconds";
+const DEADLINE_TYPE: &str = "deadline must be a non-negative integer number of seconds";
 
 fn parse_pid(pid: &str) -> Result<Pid, ApiError> {
     pid.parse()
@@ -428,6 +448,7 @@ mod tests {
             max_body_bytes: 1024,
             max_name_bytes: 8,
             max_duration_secs: 60,
+            max_deadline_secs: 90,
         }
     }
 
@@ -442,7 +463,8 @@ mod tests {
             Ok(NewTask {
                 name: "report".into(),
                 duration: 5,
-                payload: None
+                payload: None,
+                deadline: None,
             })
         );
         assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));
@@ -465,6 +487,14 @@ mod tests {
             (r#"{"name":"a","duration":1.5}"#, "non-negative integer"),
             (r#"{"name":"a","duration":"5"}"#, "non-negative integer"),
             (r#"{"name":"a","duration":61}"#, "at most 60 seconds"),
+            (
+                r#"{"name":"a","deadline":-2}"#,
+                "deadline must be a non-negative",
+            ),
+            (
+                r#"{"name":"a","deadline":91}"#,
+                "deadline must be at most 90",
+            ),
         ] {
             let error = parse(body).expect_err(body);
             assert!(error.contains(reason), "{body}: {error}");

@@ -27,6 +27,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_NAME_BYTES: usize = 256;
 /// How long running tasks get to end on SIGTERM or ctrl-c before they are killed.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// What a task's wall-clock limit adds to its duration when the request names none.
+pub const DEFAULT_DEADLINE_GRACE_SECS: u32 = 30;
 /// Live event streams (SSE) open at once; more get 429.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
 /// How long a client refused for capacity is asked to wait.
@@ -84,6 +86,11 @@ pub struct Config {
     /// submissions get 503 meanwhile.
     #[arg(long, env = "HTTP_SPAWN_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+
+    /// A task's default wall-clock limit is its duration plus this; a request may ask for a
+    /// limit of at most --max-duration-secs plus this.
+    #[arg(long, env = "HTTP_SPAWN_DEADLINE_GRACE_SECS", default_value_t = DEFAULT_DEADLINE_GRACE_SECS)]
+    pub deadline_grace_secs: u32,
 
     /// Event streams (`/api/events`, `/api/tasks/{pid}/events`) open at once; more get 429.
     #[arg(long, env = "HTTP_SPAWN_MAX_SUBSCRIBERS", default_value_t = DEFAULT_MAX_SUBSCRIBERS)]

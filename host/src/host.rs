@@ -29,6 +29,8 @@ pub struct NewTask {
     pub duration: u32,
     /// JSON text handed to the guest.
     pub payload: Option<String>,
+    /// Wall-clock limit in seconds from start; the duration plus the grace when absent.
+    pub deadline: Option<u32>,
 }
 
 /// Why a task was not accepted.
@@ -69,6 +71,7 @@ pub struct Host {
     admission: Arc<Admission>,
     pids: PidSource,
     spawned: AtomicU64,
+    deadline_grace_secs: u32,
 }
 
 impl Host {
@@ -105,6 +108,7 @@ impl Host {
             admission: Admission::new(capacity),
             pids: PidSource::new(),
             spawned: AtomicU64::new(0),
+            deadline_grace_secs: config.deadline_grace_secs,
         })
     }
 
@@ -119,7 +123,11 @@ impl Host {
             name,
             duration,
             payload,
+            deadline,
         } = task;
+        let deadline = Duration::from_secs(u64::from(
+            deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs)),
+        ));
         tracing::info!(pid = %pid, %name, duration, "Task process spawned");
         self.table
             .insert(TaskRecord::spawned(pid, name.clone(), duration));
@@ -128,6 +136,7 @@ impl Host {
             name,
             duration,
             payload,
+            deadline,
         };
         if self.scheduler.submit(spec, permit).is_err() {
             let end = TaskEnd {

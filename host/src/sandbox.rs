@@ -8,11 +8,14 @@
 //! touches WASI, so a worker that never does pays nothing for it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter,
-    Store, Trap, WasmBacktrace,
+    Store, StoreContextMut, Trap, UpdateDeadline, WasmBacktrace,
 };
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -89,6 +92,15 @@ struct MemoryLimitExceeded {
     max: usize,
 }
 
+/// Why the host stopped a running call.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    #[error("killed")]
+    Killed,
+    #[error("deadline exceeded while a step ran")]
+    Deadline,
+}
+
 /// The guest tried to block inside WASI, which would hold a host thread.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -100,6 +112,11 @@ struct BlockingRefused;
 /// The data of one task's store.
 pub struct TaskState {
     pid: Pid,
+    /// When the task's wall-clock limit runs out.
+    deadline: Instant,
+    /// Set by a kill to the sequence number of the task it is for; read at every epoch tick
+    /// while a step runs, so a compute-bound step is stopped within a tick.
+    interrupt: Arc<AtomicU64>,
     max_memory_bytes: usize,
     capture: Capture,
     /// Built on first use: most workers never touch WASI.
@@ -215,8 +232,14 @@ impl ResourceLimiter for TaskState {
     }
 }
 
+/// How often the engine's epoch advances: the latency of a kill or a deadline for a running
+/// step, and the interval at which a running step's limits are checked.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+
 /// The engine and the compiled, pre-linked worker.
 pub struct Sandbox {
+    /// Keeps the epoch ticker alive; it stops once the sandbox is gone.
+    _ticker: Arc<()>,
     engine: Engine,
     pre: WorkerPre<TaskState>,
     config: SandboxConfig,
@@ -255,14 +278,18 @@ impl Sandbox {
         let linker = linker(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(compile_error)?;
         let pre = WorkerPre::new(pre).map_err(compile_error)?;
+        let ticker = Arc::new(());
+        start_epoch_ticker(engine.clone(), Arc::downgrade(&ticker))
+            .map_err(|e| SandboxError::Engine(format!("starting the epoch ticker: {e}")))?;
         let sandbox = Self {
+            _ticker: ticker,
             engine,
             pre,
             config,
         };
         // Fail at start, not on every task, when the worker cannot even be instantiated: most
         // often a memory it declares larger than the cap.
-        if let Err(end) = sandbox.instantiate(Pid::new(0, 0)) {
+        if let Err(end) = sandbox.instantiate(Pid::new(0, 0), TaskLimits::unlimited()) {
             let reason = end.error.unwrap_or_default();
             let hint = if end.outcome == Outcome::MemoryLimit {
                 "; raise --max-memory"
@@ -292,7 +319,10 @@ impl Sandbox {
             return 0;
         };
         let live: Vec<_> = (0..probes)
-            .filter_map(|seq| self.instantiate(Pid::new(0, seq)).ok())
+            .filter_map(|seq| {
+                self.instantiate(Pid::new(0, seq), TaskLimits::unlimited())
+                    .ok()
+            })
             .collect();
         let after = crate::capacity::map_count().unwrap_or(before);
         let measured = live.len() as u64;
@@ -305,21 +335,24 @@ impl Sandbox {
 
     /// Where a task's limits are set, and nowhere else: its memory cap and the fuel of its
     /// first call.
-    fn new_store(&self, pid: Pid) -> Store<TaskState> {
+    fn new_store(&self, pid: Pid, limits: TaskLimits) -> Store<TaskState> {
         let state = TaskState {
             pid,
+            deadline: limits.deadline,
+            interrupt: limits.interrupt,
             max_memory_bytes: self.config.max_memory_bytes,
             capture: Capture::new(self.config.max_log_bytes),
             wasi: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
+        store.epoch_deadline_callback(on_epoch_tick);
         store
     }
 
     /// Instantiates the worker for one task, in a store of its own.
-    pub fn instantiate(&self, pid: Pid) -> Result<Process, TaskEnd> {
-        let mut store = self.new_store(pid);
+    pub fn instantiate(&self, pid: Pid, limits: TaskLimits) -> Result<Process, TaskEnd> {
+        let mut store = self.new_store(pid, limits);
         let budget = self.config.fuel_per_step;
         refuel(&mut store, budget);
         match self.pre.instantiate(&mut store) {
@@ -339,6 +372,24 @@ impl Sandbox {
                 }
                 Err(end)
             }
+        }
+    }
+}
+
+/// The per-task limits that are not the sandbox's: when the task must end, and the flag a
+/// kill raises.
+#[derive(Debug, Clone)]
+pub struct TaskLimits {
+    pub deadline: Instant,
+    pub interrupt: Arc<AtomicU64>,
+}
+
+impl TaskLimits {
+    /// No deadline to speak of and no kill: for probes and benchmarks.
+    pub fn unlimited() -> Self {
+        Self {
+            deadline: Instant::now() + Duration::from_secs(86_400 * 365),
+            interrupt: Arc::default(),
         }
     }
 }
@@ -416,9 +467,37 @@ impl Process {
     }
 }
 
+/// Advances the engine's epoch every tick while the sandbox lives.
+fn start_epoch_ticker(engine: Engine, alive: Weak<()>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while alive.strong_count() > 0 {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(drop)
+}
+
+/// Prepares the store for a call into the guest: a fresh fuel budget, and an epoch deadline one
+/// tick away so that kills and the wall-clock limit are checked while the call runs.
 fn refuel(store: &mut Store<TaskState>, budget: u64) {
     // Fuel is enabled on every engine this module builds, so this cannot fail.
     let _ = store.set_fuel(budget);
+    store.set_epoch_deadline(1);
+}
+
+/// Called at every epoch tick while a task's guest code runs.
+fn on_epoch_tick(store: StoreContextMut<'_, TaskState>) -> wasmtime::Result<UpdateDeadline> {
+    let state = store.data();
+    if state.interrupt.load(Ordering::Relaxed) == state.pid.seq() {
+        return Err(Interrupted::Killed.into());
+    }
+    if Instant::now() >= state.deadline {
+        return Err(Interrupted::Deadline.into());
+    }
+    Ok(UpdateDeadline::Continue(1))
 }
 
 fn spent(store: &Store<TaskState>, budget: u64) -> u64 {
@@ -435,6 +514,11 @@ fn classify(error: &wasmtime::Error, capture: &Capture, step: u32) -> TaskEnd {
     };
     if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
         return failed(Outcome::MemoryLimit, limit.to_string());
+    }
+    match error.downcast_ref::<Interrupted>() {
+        Some(Interrupted::Killed) => return killed(),
+        Some(Interrupted::Deadline) => return deadline_exceeded(step),
+        None => {}
     }
     if let Some(refused) = error.downcast_ref::<BlockingRefused>() {
         return failed(Outcome::Trap, refused.to_string());
@@ -453,6 +537,26 @@ fn classify(error: &wasmtime::Error, capture: &Capture, step: u32) -> TaskEnd {
             None => failed(Outcome::Trap, trap_message(error, step)),
         },
         _ => failed(Outcome::Trap, trap_message(error, step)),
+    }
+}
+
+/// The end of a killed task.
+pub fn killed() -> TaskEnd {
+    TaskEnd {
+        status: Status::Killed,
+        outcome: Outcome::Killed,
+        exit_code: None,
+        error: Some("killed".into()),
+    }
+}
+
+/// The end of a task past its wall-clock limit, during or between steps.
+pub fn deadline_exceeded(step: u32) -> TaskEnd {
+    TaskEnd {
+        status: Status::Failed,
+        outcome: Outcome::DeadlineExceeded,
+        exit_code: None,
+        error: Some(format!("deadline exceeded at step {step}")),
     }
 }
 
@@ -513,7 +617,8 @@ fn engine_config(config: &SandboxConfig) -> Config {
         .guard_before_linear_memory(false)
         .memory_may_move(false)
         .memory_init_cow(false)
-        .signals_based_traps(false);
+        .signals_based_traps(false)
+        .epoch_interruption(true);
     engine
 }
 
@@ -581,6 +686,7 @@ fn memory_only_module(pages: u64) -> Vec<u8> {
 
 fn refuel_any<T>(store: &mut Store<T>) {
     let _ = store.set_fuel(u64::MAX);
+    store.set_epoch_deadline(u64::MAX / 2);
 }
 
 /// The linker every worker is instantiated through: the `host` interface and WASI with nothing

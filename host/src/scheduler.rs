@@ -16,7 +16,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::capacity::Permit;
-use crate::sandbox::{Next, Process, Sandbox};
+use crate::sandbox::{Next, Process, Sandbox, TaskLimits, deadline_exceeded, killed};
 use crate::table::{Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent};
 
 /// A scheduler thread runs wasm on its own stack; leave room above wasmtime's default 512 KiB
@@ -47,6 +47,8 @@ struct Inbox {
     epoch: Instant,
     closed: AtomicBool,
     thread: std::sync::OnceLock<Thread>,
+    /// The sequence number of a task to stop in the middle of a step (see `TaskLimits`).
+    interrupt: Arc<AtomicU64>,
 }
 
 impl Inbox {
@@ -58,6 +60,7 @@ impl Inbox {
             epoch: Instant::now(),
             closed: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
+            interrupt: Arc::default(),
         }
     }
 
@@ -148,6 +151,8 @@ pub struct TaskSpec {
     pub name: String,
     pub duration: u32,
     pub payload: Option<String>,
+    /// The task's wall-clock limit, counted from when it starts.
+    pub deadline: Duration,
 }
 
 /// What a scheduler thread is asked to do, in order.
@@ -255,6 +260,9 @@ impl Scheduler {
     /// killed. A task in the middle of a step is killed when the step returns.
     pub fn kill(&self, pid: Pid) {
         for inbox in &self.inboxes {
+            // Stops the task within an epoch tick if it is in a step right now; the command
+            // kills it if it is queued or asleep.
+            inbox.interrupt.store(pid.seq(), Ordering::Relaxed);
             inbox.kill(Command::Kill(pid));
         }
     }
@@ -301,6 +309,8 @@ struct Task {
     /// The sequence number of this task's pending timer; a timer left behind by a task that
     /// was killed, whose slot another task took since, does not match.
     wake: u64,
+    /// When the task's wall-clock limit runs out.
+    deadline: Instant,
 }
 
 struct SchedulerThread {
@@ -364,6 +374,11 @@ impl SchedulerThread {
             let Some(task) = self.tasks[slot].as_mut().filter(|task| task.wake == seq) else {
                 continue;
             };
+            if now >= task.deadline {
+                let end = deadline_exceeded(task.step);
+                self.finish(slot, end);
+                continue;
+            }
             task.step += 1;
             let (pid, step, steps) = (task.pid, task.step, task.steps);
             let fuel = task.process.fuel();
@@ -378,8 +393,14 @@ impl SchedulerThread {
     fn spawn(&mut self, Job { spec, permit }: Job) {
         let pid = spec.pid;
         let (sandbox, table) = (&self.sandbox, self.table.as_ref());
+        let deadline = Instant::now() + spec.deadline;
+        let self_interrupt = Arc::clone(&self.inbox.interrupt);
         let started = guarded(|| {
-            let mut process = sandbox.instantiate(pid)?;
+            let limits = TaskLimits {
+                deadline,
+                interrupt: Arc::clone(&self_interrupt),
+            };
+            let mut process = sandbox.instantiate(pid, limits)?;
             let steps = process
                 .start(pid, &spec.name, spec.duration, spec.payload.as_deref())
                 // Keep what the guest logged before it failed.
@@ -406,6 +427,7 @@ impl SchedulerThread {
                     step: 0,
                     steps,
                     wake: 0,
+                    deadline,
                 };
                 let slot = match self.free.pop() {
                     Some(slot) => {
@@ -437,7 +459,8 @@ impl SchedulerThread {
         flush_logs(self.table.as_ref(), task.pid, &task.process);
         let end = match next {
             Ok(Next::Sleep(ms)) => {
-                let at = Instant::now() + Duration::from_millis(u64::from(ms));
+                // A sleep past the deadline wakes at the deadline, to end there.
+                let at = (Instant::now() + Duration::from_millis(u64::from(ms))).min(task.deadline);
                 self.timer_seq += 1;
                 task.wake = self.timer_seq;
                 self.timers.push(Reverse((at, self.timer_seq, slot)));
@@ -541,15 +564,6 @@ fn flush_logs(table: &dyn ProcessTable, pid: Pid, process: &Process) {
                 dropped_bytes,
             },
         );
-    }
-}
-
-fn killed() -> TaskEnd {
-    TaskEnd {
-        status: Status::Killed,
-        outcome: Outcome::Killed,
-        exit_code: None,
-        error: Some("killed".into()),
     }
 }
 

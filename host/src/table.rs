@@ -30,6 +30,11 @@ impl Pid {
     pub fn new(boot: u32, seq: u64) -> Self {
         Self { boot, seq }
     }
+
+    /// The sequence number, unique among this host's pids.
+    pub fn seq(self) -> u64 {
+        self.seq
+    }
 }
 
 impl fmt::Display for Pid {
@@ -126,6 +131,8 @@ pub enum Outcome {
     Trap,
     /// The worker could not be instantiated for this task.
     InstantiationFailed,
+    /// The task ran past its wall-clock limit.
+    DeadlineExceeded,
     /// The host stopped the task.
     Killed,
 }

@@ -170,3 +170,49 @@ async fn run_serves_until_its_shutdown_signal_then_returns() {
         .expect("the server task did not panic");
     assert!(ended.is_ok(), "{ended:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_bound_task_is_killed_mid_step() {
+    // Fuel enough for minutes of spinning: only the kill can stop this step.
+    let app = spawn_app("spin", &["--fuel-per-step", "1000000000000"]).await;
+    let pid = app.spawn(json!({"name": "bad", "duration": 0})).await;
+    app.wait_running(&pid).await;
+    let (status, record) = app.kill(&pid).await;
+    assert_eq!(status, 200, "killed within the wait: {record}");
+    assert_eq!(record["status"], "killed", "{record}");
+    assert_eq!(record["outcome"], "killed", "{record}");
+    app.assert_good_task_exits_0().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_obeyed_and_violated() {
+    let app = spawn_app("default", &[]).await;
+    let kept = app
+        .run(json!({"name": "kept", "duration": 1, "deadline": 10}))
+        .await;
+    assert_eq!(kept["status"], "exited", "{kept}");
+
+    let sleeper = app
+        .run(json!({"name": "late", "duration": 600, "deadline": 1}))
+        .await;
+    assert_eq!(sleeper["status"], "failed", "{sleeper}");
+    assert_eq!(sleeper["outcome"], "deadline_exceeded", "{sleeper}");
+    assert!(
+        sleeper["error"]
+            .as_str()
+            .expect("error")
+            .contains("deadline"),
+        "{sleeper}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_stops_a_guest_stuck_in_a_loop() {
+    let app = spawn_app("spin", &["--fuel-per-step", "1000000000000"]).await;
+    let record = app
+        .run(json!({"name": "bad", "duration": 0, "deadline": 1}))
+        .await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["outcome"], "deadline_exceeded", "{record}");
+    app.assert_good_task_exits_0().await;
+}

@@ -91,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_name_bytes: DEFAULT_MAX_NAME_BYTES,
             max_duration_secs: 3600,
+            max_deadline_secs: 3600,
         }),
     };
     let app = Router::new()
