@@ -252,7 +252,7 @@ fn measure(
     (median(&mut per_task_us), median(&mut rates))
 }
 
-fn our_sandbox(module: &Path, capacity: u32) -> anyhow::Result<Sandbox> {
+fn our_sandbox(module: &Path, capacity: u32, epoch_interruption: bool) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(SandboxConfig {
         module: module.to_owned(),
         fuel_per_step: u64::MAX / 4,
@@ -260,6 +260,7 @@ fn our_sandbox(module: &Path, capacity: u32) -> anyhow::Result<Sandbox> {
         max_memory_bytes: 16 << 20,
         max_log_bytes: http_spawn::config::DEFAULT_MAX_LOG_BYTES,
         capacity,
+        epoch_interruption,
     })?)
 }
 
@@ -289,7 +290,7 @@ fn section_instantiate(report: &mut Report, quick: bool) -> anyhow::Result<Value
     let mut results = Vec::new();
     for worker in ["empty", "default"] {
         let module = guest(worker);
-        let ours = our_sandbox(&module, 64)?;
+        let ours = our_sandbox(&module, 64, true)?;
         let naive = naive::Naive::new(&module, true)?;
         for threads in [1, 2] {
             let (ours_us, ours_rate) = measure(threads, batches, per_batch, &|| {
@@ -741,7 +742,8 @@ fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
     let module = guest("compute");
     let fuel_on = naive::Naive::new(&module, true)?;
     let fuel_off = naive::Naive::new(&module, false)?;
-    let ours = our_sandbox(&module, 8)?;
+    let ours = our_sandbox(&module, 8, true)?;
+    let ours_no_epoch = our_sandbox(&module, 8, false)?;
     let kernels = [
         ("integer hash", 0, 20_000_000),
         ("prime sieve", 1, 4_000_000),
@@ -767,18 +769,25 @@ fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         let off = time(&|| fuel_off.run(Some(&payload)).unwrap_or(-1));
         let on = time(&|| fuel_on.run(Some(&payload)).unwrap_or(-1));
         let ours_ms = time(&|| run_ours(&ours, Some(&payload)));
+        let no_epoch_ms = time(&|| run_ours(&ours_no_epoch, Some(&payload)));
         ratios.push(on / off);
         rows.push(vec![
             name.to_owned(),
             format!("{off:.1}"),
             format!("{on:.1}"),
             format!("{:.2}×", on / off),
+            format!("{no_epoch_ms:.1}"),
+            format!("{:.2}×", no_epoch_ms / off),
             format!("{ours_ms:.1}"),
             format!("{:.2}×", ours_ms / off),
         ]);
-        results.push(
-            json!({"kernel": name, "fuel_off_ms": off, "fuel_on_ms": on, "ours_ms": ours_ms}),
-        );
+        results.push(json!({
+            "kernel": name,
+            "fuel_off_ms": off,
+            "fuel_on_ms": on,
+            "ours_no_epoch_ms": no_epoch_ms,
+            "ours_ms": ours_ms,
+        }));
     }
     report.table(
         &[
@@ -786,6 +795,8 @@ fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
             "fuel off ms",
             "fuel on ms",
             "fuel on ÷ off",
+            "ours, no epochs, ms",
+            "÷ fuel off",
             "ours ms",
             "ours ÷ fuel off",
         ],
@@ -795,7 +806,10 @@ fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
     report.line(&format!(
         "\nmedian fuel overhead across kernels: {median_ratio:.2}×"
     ));
-    report.line("(ours = the host's engine: fuel on, explicit bounds checks, no signal handlers)");
+    report.line(
+        "(ours = the host's engine: fuel, epoch interruption, explicit bounds checks, no signal \
+         handlers; \"no epochs\" = the same with --epoch-interruption false)",
+    );
     Ok(json!({"kernels": results, "median_fuel_ratio": median_ratio}))
 }
 

@@ -87,6 +87,13 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
 
+    /// Check running steps every 2 ms for kills and deadlines (epoch interruption). With
+    /// `false`, a kill or deadline lands when the step returns (within its fuel budget) and
+    /// loop-heavy guest code runs faster; see BENCHMARKS.md.
+    #[arg(long, env = "HTTP_SPAWN_EPOCH_INTERRUPTION", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub epoch_interruption: bool,
+
     /// A task's default wall-clock limit is its duration plus this; a request may ask for a
     /// limit of at most --max-duration-secs plus this.
     #[arg(long, env = "HTTP_SPAWN_DEADLINE_GRACE_SECS", default_value_t = DEFAULT_DEADLINE_GRACE_SECS)]

@@ -83,6 +83,7 @@ impl Host {
             max_memory_bytes: config.max_memory_bytes(),
             max_log_bytes: config.max_log_bytes,
             capacity: config.capacity,
+            epoch_interruption: config.epoch_interruption,
         })?;
         let per_task = sandbox.mappings_per_instance();
         let capacity = capacity::effective_capacity(config.capacity, per_task);

@@ -64,6 +64,10 @@ pub struct SandboxConfig {
     pub max_log_bytes: usize,
     /// Live instances the pooling allocator is sized for.
     pub capacity: u32,
+    /// Whether running steps are checked every epoch tick for kills and deadlines. Without
+    /// it a kill or a deadline takes effect when the step returns, at the latest when its fuel
+    /// runs out; with it, within a tick, for some cost on loop-heavy guest code.
+    pub epoch_interruption: bool,
 }
 
 /// Why the sandbox could not be set up.
@@ -279,8 +283,10 @@ impl Sandbox {
         let pre = linker.instantiate_pre(&component).map_err(compile_error)?;
         let pre = WorkerPre::new(pre).map_err(compile_error)?;
         let ticker = Arc::new(());
-        start_epoch_ticker(engine.clone(), Arc::downgrade(&ticker))
-            .map_err(|e| SandboxError::Engine(format!("starting the epoch ticker: {e}")))?;
+        if config.epoch_interruption {
+            start_epoch_ticker(engine.clone(), Arc::downgrade(&ticker))
+                .map_err(|e| SandboxError::Engine(format!("starting the epoch ticker: {e}")))?;
+        }
         let sandbox = Self {
             _ticker: ticker,
             engine,
@@ -618,7 +624,7 @@ fn engine_config(config: &SandboxConfig) -> Config {
         .memory_may_move(false)
         .memory_init_cow(false)
         .signals_based_traps(false)
-        .epoch_interruption(true);
+        .epoch_interruption(config.epoch_interruption);
     engine
 }
 
