@@ -45,7 +45,9 @@ unsafe impl GlobalAlloc for Arena {
         // SAFETY: single-threaded (see `Sync`), and no reference to `used` outlives this call.
         let used = unsafe { &mut *self.used.get() };
         let start = (self.base() + *used).next_multiple_of(layout.align());
-        let end = start + layout.size();
+        let Some(end) = start.checked_add(layout.size()) else {
+            return null_mut();
+        };
         if end > self.base() + ARENA_BYTES {
             return null_mut();
         }
@@ -66,7 +68,9 @@ unsafe impl GlobalAlloc for Arena {
         let used = unsafe { &mut *self.used.get() };
         // The last block grows or shrinks in place.
         if ptr as usize + layout.size() == self.base() + *used
-            && ptr as usize + new_size <= self.base() + ARENA_BYTES
+            && (ptr as usize)
+                .checked_add(new_size)
+                .is_some_and(|end| end <= self.base() + ARENA_BYTES)
         {
             *used = ptr as usize + new_size - self.base();
             return ptr;
@@ -134,13 +138,17 @@ pub unsafe extern "C" fn cabi_realloc(
     if new_len == 0 {
         return align as *mut u8;
     }
-    // SAFETY: the canonical ABI guarantees a power-of-two alignment and a previous block.
+    let (Ok(layout), Ok(old)) = (
+        Layout::from_size_align(new_len, align),
+        Layout::from_size_align(old_len, align),
+    ) else {
+        core::arch::wasm32::unreachable();
+    };
+    // SAFETY: the canonical ABI hands back a block this function returned, with its size.
     let block = unsafe {
-        let layout = Layout::from_size_align_unchecked(new_len, align);
         if old_ptr.is_null() {
             ARENA.alloc(layout)
         } else {
-            let old = Layout::from_size_align_unchecked(old_len, align);
             ARENA.realloc(old_ptr, old, new_len)
         }
     };

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -209,16 +209,20 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
 const DURATION_TYPE: &str = "duration must be a non-negative integer number of seconds";
 const DEADLINE_TYPE: &str = "deadline must be a non-negative integer number of seconds";
 
-fn parse_pid(pid: &str) -> Result<Pid, ApiError> {
-    pid.parse()
-        .map_err(|()| ApiError::NotFound(format!("no task with pid {pid:?}")))
+/// The `{pid}` of a task path: a path that is not even text names no task.
+fn task_path(path: Result<Path<String>, PathRejection>) -> Result<(String, Pid), ApiError> {
+    let Path(pid) = path.map_err(|_| ApiError::NotFound("no task at that path".into()))?;
+    let id = pid
+        .parse()
+        .map_err(|()| ApiError::NotFound(format!("no task with pid {pid:?}")))?;
+    Ok((pid, id))
 }
 
 async fn get_task(
     State(state): State<AppState>,
-    Path(pid): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskRecord>, ApiError> {
-    let id = parse_pid(&pid)?;
+    let (pid, id) = task_path(path)?;
     state
         .host
         .get(id)
@@ -279,25 +283,29 @@ const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// (`200`), or `202` if a running step has not returned yet.
 async fn kill_task(
     State(state): State<AppState>,
-    Path(pid): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = parse_pid(&pid)?;
+    let (pid, id) = task_path(path)?;
     state.host.kill(id).map_err(|error| match error {
         KillError::NotFound(_) => ApiError::NotFound(error.to_string()),
         KillError::AlreadyEnded { .. } => ApiError::Conflict(error.to_string()),
     })?;
     let deadline = tokio::time::Instant::now() + KILL_WAIT;
+    let mut last = None;
     loop {
-        let record = state
-            .host
-            .get(id)
-            .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))?;
-        if record.status.is_terminal() {
-            return Ok((StatusCode::OK, Json(record)).into_response());
+        // A record evicted from the history meanwhile has ended: answer with the last seen.
+        let Some(record) = state.host.get(id).or_else(|| last.take()) else {
+            return Err(ApiError::NotFound(format!("no task with pid {pid:?}")));
+        };
+        if record.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+            let status = if record.status.is_terminal() {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            return Ok((status, Json(record)).into_response());
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok((StatusCode::ACCEPTED, Json(record)).into_response());
-        }
+        last = Some(record);
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
@@ -312,9 +320,9 @@ struct Logs {
 
 async fn get_logs(
     State(state): State<AppState>,
-    Path(pid): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Logs>, ApiError> {
-    let id = parse_pid(&pid)?;
+    let (pid, id) = task_path(path)?;
     let record = state
         .host
         .get(id)
@@ -330,6 +338,7 @@ async fn get_logs(
 /// An open event stream's state.
 struct EventStream {
     subscription: Subscription,
+    host: Arc<Host>,
     /// Only this task's events, and end after its exit; all tasks' otherwise.
     pid: Option<Pid>,
     /// Events to send before anything from the channel.
@@ -350,13 +359,27 @@ fn event_stream(stream: EventStream) -> impl Stream<Item = Result<Event, Infalli
             return None;
         }
         loop {
-            match stream.subscription.receiver.recv().await {
+            let received = tokio::select! {
+                received = stream.subscription.receiver.recv() => received,
+                // The host is shutting down: end the stream so the server can stop.
+                _ = stream.subscription.closed.wait_for(|closed| *closed) => return None,
+            };
+            match received {
                 Ok(published) if stream.pid.is_none_or(|pid| pid == published.pid) => {
                     stream.done = stream.pid.is_some() && published.kind == "exit";
                     return Some((Ok(sse(published.kind, &published.data)), stream));
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(skipped)) => {
+                    // The skipped events may have held this task's exit: look at its record.
+                    if let Some(record) = stream.pid.and_then(|pid| stream.host.get(pid))
+                        && record.status.is_terminal()
+                    {
+                        stream
+                            .queued
+                            .push_back(sse("exit", &exit_data(&record).to_string()));
+                        stream.done = true;
+                    }
                     let data = json!({"skipped": skipped}).to_string();
                     return Some((Ok(sse("lagged", &data)), stream));
                 }
@@ -376,9 +399,9 @@ fn subscribe(state: &AppState) -> Result<Subscription, ApiError> {
 /// ending with its exit. For an ended task: its state and its exit, then the stream closes.
 async fn task_events(
     State(state): State<AppState>,
-    Path(pid): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = parse_pid(&pid)?;
+    let (pid, id) = task_path(path)?;
     // Subscribe first, then read the record: nothing can happen unseen in between.
     let subscription = subscribe(&state)?;
     let record = state
@@ -394,6 +417,7 @@ async fn task_events(
     }
     let stream = EventStream {
         subscription,
+        host: Arc::clone(&state.host),
         pid: Some(id),
         queued,
         done,
@@ -407,6 +431,7 @@ async fn all_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let stream = EventStream {
         subscription: subscribe(&state)?,
+        host: Arc::clone(&state.host),
         pid: None,
         queued: VecDeque::new(),
         done: false,

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::table::{ListQuery, Page, Pid, ProcessTable, TaskEvent, TaskRecord};
 
@@ -32,6 +32,8 @@ pub struct Published {
 #[derive(Debug)]
 pub struct EventBus {
     sender: broadcast::Sender<Published>,
+    /// Flips to true when the host shuts down, ending every stream.
+    closed: watch::Sender<bool>,
     subscribers: Arc<AtomicUsize>,
     max_subscribers: usize,
 }
@@ -40,6 +42,8 @@ pub struct EventBus {
 #[derive(Debug)]
 pub struct Subscription {
     pub receiver: broadcast::Receiver<Published>,
+    /// Changes to true when the host shuts down.
+    pub closed: watch::Receiver<bool>,
     count: Arc<AtomicUsize>,
 }
 
@@ -55,6 +59,7 @@ impl EventBus {
         let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
         Self {
             sender,
+            closed: watch::Sender::new(false),
             subscribers: Arc::default(),
             max_subscribers,
         }
@@ -69,8 +74,14 @@ impl EventBus {
             .ok()?;
         Some(Subscription {
             receiver: self.sender.subscribe(),
+            closed: self.closed.subscribe(),
             count: Arc::clone(&self.subscribers),
         })
+    }
+
+    /// Ends every stream, so that open ones do not hold the HTTP server's shutdown.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     fn listening(&self) -> bool {
@@ -137,33 +148,10 @@ impl<T: ProcessTable + std::fmt::Debug> ProcessTable for Notifying<T> {
     }
 
     fn apply(&self, pid: Pid, event: TaskEvent) {
-        if !self.bus.listening() {
-            return self.table.apply(pid, event);
-        }
-        match &event {
-            TaskEvent::Started {
-                at: when, steps, ..
-            } => self.bus.publish(
-                pid,
-                "started",
-                json!({"pid": pid, "steps": steps, "at": at(*when)}),
-            ),
-            TaskEvent::Progress { step, steps, .. } => self.bus.publish(
-                pid,
-                "progress",
-                json!({"pid": pid, "step": step, "steps": steps}),
-            ),
-            TaskEvent::Logs { lines, .. } => {
-                for line in lines {
-                    self.bus.publish(
-                        pid,
-                        "log",
-                        json!({"pid": pid, "source": line.source, "message": line.message, "at": at(line.at)}),
-                    );
-                }
-            }
-            TaskEvent::Ended { at: when, end, .. } => self.bus.publish(
-                pid,
+        // Applied first, published after: a subscriber reads the record after subscribing, so
+        // it either sees the change in the record or receives the event, never neither.
+        let published: Vec<(&'static str, Value)> = match &event {
+            TaskEvent::Ended { at: when, end, .. } => vec![(
                 "exit",
                 json!({
                     "pid": pid,
@@ -173,9 +161,37 @@ impl<T: ProcessTable + std::fmt::Debug> ProcessTable for Notifying<T> {
                     "error": end.error,
                     "at": at(*when),
                 }),
-            ),
-        }
+            )],
+            _ if !self.bus.listening() => Vec::new(),
+            TaskEvent::Started {
+                at: when, steps, ..
+            } => vec![(
+                "started",
+                json!({"pid": pid, "steps": steps, "at": at(*when)}),
+            )],
+            TaskEvent::Progress { step, steps, .. } => vec![(
+                "progress",
+                json!({"pid": pid, "step": step, "steps": steps}),
+            )],
+            TaskEvent::Logs { lines, .. } => lines
+                .iter()
+                .map(|line| {
+                    let data = json!({
+                        "pid": pid,
+                        "source": line.source,
+                        "message": line.message,
+                        "at": at(line.at),
+                    });
+                    ("log", data)
+                })
+                .collect(),
+        };
         self.table.apply(pid, event);
+        if self.bus.listening() {
+            for (kind, data) in published {
+                self.bus.publish(pid, kind, data);
+            }
+        }
     }
 
     fn get(&self, pid: Pid) -> Option<TaskRecord> {

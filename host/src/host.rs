@@ -173,6 +173,7 @@ impl Host {
     /// rest, and returns once every task's end is recorded and the scheduler threads are gone.
     pub fn shutdown(&self, grace: Duration) {
         self.scheduler.close();
+        self.events.close();
         let deadline = Instant::now() + grace;
         while self.live() > 0 && Instant::now() < deadline {
             std::thread::sleep(SHUTDOWN_POLL);

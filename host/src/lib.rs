@@ -61,8 +61,18 @@ pub async fn run(
         .await
         .context("shutting the scheduler down")?;
     let _ = stop.send(());
-    server
-        .await
-        .context("the HTTP server task")?
-        .context("serving HTTP")
+    // Connections still open (a client mid-request) get a moment; then the process exits and
+    // the kernel closes them.
+    match tokio::time::timeout(SERVER_DRAIN, server).await {
+        Ok(served) => served
+            .context("the HTTP server task")?
+            .context("serving HTTP"),
+        Err(_) => {
+            tracing::warn!("connections still open after shutdown; closing them");
+            Ok(())
+        }
+    }
 }
+
+/// How long the HTTP server may take to close its connections once every task has ended.
+const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);

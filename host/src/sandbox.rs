@@ -7,9 +7,9 @@
 //! stdin empty, stdout and stderr captured). The WASI context is built the first time a guest
 //! touches WASI, so a worker that never does pays nothing for it.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource};
@@ -118,9 +118,9 @@ pub struct TaskState {
     pid: Pid,
     /// When the task's wall-clock limit runs out.
     deadline: Instant,
-    /// Set by a kill to the sequence number of the task it is for; read at every epoch tick
-    /// while a step runs, so a compute-bound step is stopped within a tick.
-    interrupt: Arc<AtomicU64>,
+    /// Sequence numbers of tasks being killed; read at every epoch tick while a step runs, so a
+    /// compute-bound step is stopped within a tick.
+    kills: Kills,
     max_memory_bytes: usize,
     capture: Capture,
     /// Built on first use: most workers never touch WASI.
@@ -345,7 +345,7 @@ impl Sandbox {
         let state = TaskState {
             pid,
             deadline: limits.deadline,
-            interrupt: limits.interrupt,
+            kills: limits.kills,
             max_memory_bytes: self.config.max_memory_bytes,
             capture: Capture::new(self.config.max_log_bytes),
             wasi: None,
@@ -382,12 +382,39 @@ impl Sandbox {
     }
 }
 
-/// The per-task limits that are not the sandbox's: when the task must end, and the flag a
-/// kill raises.
+/// The tasks being killed, by pid sequence number: shared by the host (which adds a task when
+/// it is asked to kill it) and the scheduler threads (which remove it when the task ends).
+#[derive(Debug, Clone, Default)]
+pub struct Kills(Arc<Mutex<HashSet<u64>>>);
+
+impl Kills {
+    fn lock(&self) -> MutexGuard<'_, HashSet<u64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks `pid` for killing.
+    pub fn add(&self, pid: Pid) {
+        self.lock().insert(pid.seq());
+    }
+
+    /// Forgets `pid`, whose end is recorded.
+    pub fn remove(&self, pid: Pid) {
+        self.lock().remove(&pid.seq());
+    }
+
+    fn contains(&self, pid: Pid) -> bool {
+        self.lock().contains(&pid.seq())
+    }
+}
+
+/// The per-task limits that are not the sandbox's: when the task must end, and where kills
+/// are posted.
 #[derive(Debug, Clone)]
 pub struct TaskLimits {
     pub deadline: Instant,
-    pub interrupt: Arc<AtomicU64>,
+    pub kills: Kills,
 }
 
 impl TaskLimits {
@@ -395,7 +422,7 @@ impl TaskLimits {
     pub fn unlimited() -> Self {
         Self {
             deadline: Instant::now() + Duration::from_secs(86_400 * 365),
-            interrupt: Arc::default(),
+            kills: Kills::default(),
         }
     }
 }
@@ -497,7 +524,7 @@ fn refuel(store: &mut Store<TaskState>, budget: u64) {
 /// Called at every epoch tick while a task's guest code runs.
 fn on_epoch_tick(store: StoreContextMut<'_, TaskState>) -> wasmtime::Result<UpdateDeadline> {
     let state = store.data();
-    if state.interrupt.load(Ordering::Relaxed) == state.pid.seq() {
+    if state.kills.contains(state.pid) {
         return Err(Interrupted::Killed.into());
     }
     if Instant::now() >= state.deadline {

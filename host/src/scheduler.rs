@@ -16,7 +16,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::capacity::Permit;
-use crate::sandbox::{Next, Process, Sandbox, TaskLimits, deadline_exceeded, killed};
+use crate::sandbox::{Kills, Next, Process, Sandbox, TaskLimits, deadline_exceeded, killed};
 use crate::table::{Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent};
 
 /// A scheduler thread runs wasm on its own stack; leave room above wasmtime's default 512 KiB
@@ -47,8 +47,8 @@ struct Inbox {
     epoch: Instant,
     closed: AtomicBool,
     thread: std::sync::OnceLock<Thread>,
-    /// The sequence number of a task to stop in the middle of a step (see `TaskLimits`).
-    interrupt: Arc<AtomicU64>,
+    /// Kills, taken ahead of any backlog of new tasks.
+    urgent: Mutex<Vec<Command>>,
 }
 
 impl Inbox {
@@ -60,7 +60,7 @@ impl Inbox {
             epoch: Instant::now(),
             closed: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
-            interrupt: Arc::default(),
+            urgent: Mutex::new(Vec::new()),
         }
     }
 
@@ -90,10 +90,22 @@ impl Inbox {
         Ok(())
     }
 
-    /// Queues a kill, which wakes the thread at once.
+    /// Queues a kill, which the thread takes before any new task and which wakes it at once.
     fn kill(&self, command: Command) {
-        self.lock().push(command);
+        self.urgent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(command);
         self.notify(true);
+    }
+
+    fn take_urgent(&self) -> Vec<Command> {
+        let mut urgent = self
+            .urgent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.pending.fetch_sub(urgent.len(), Ordering::SeqCst);
+        std::mem::take(&mut *urgent)
     }
 
     fn notify(&self, urgent: bool) {
@@ -115,7 +127,9 @@ impl Inbox {
     /// Whether the thread may exit: closed, and nothing left to take.
     fn finished(&self) -> bool {
         let commands = self.lock();
-        self.closed.load(Ordering::SeqCst) && commands.is_empty()
+        self.closed.load(Ordering::SeqCst)
+            && commands.is_empty()
+            && self.pending.load(Ordering::SeqCst) == 0
     }
 
     fn wake(&self) {
@@ -134,7 +148,8 @@ impl Inbox {
     fn park(&self, until: Option<Instant>) {
         let announced = until.map_or(u64::MAX, |at| self.nanos(at).max(1));
         self.parked_until.store(announced, Ordering::SeqCst);
-        if self.pending.load(Ordering::SeqCst) == 0 && !self.closed.load(Ordering::SeqCst) {
+        // A close wakes the thread, so it may park even when closed: it still has timers.
+        if self.pending.load(Ordering::SeqCst) == 0 {
             match until {
                 Some(at) => std::thread::park_timeout(at.saturating_duration_since(Instant::now())),
                 None => std::thread::park(),
@@ -193,6 +208,7 @@ pub struct Scheduler {
     next: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     counters: Arc<Counters>,
+    kills: Kills,
 }
 
 impl Scheduler {
@@ -206,12 +222,14 @@ impl Scheduler {
         let mut inboxes = Vec::new();
         let mut handles = Vec::new();
         let counters = Arc::new(Counters::default());
+        let kills = Kills::default();
         for index in 0..threads.max(1) {
             let inbox = Arc::new(Inbox::new());
             let thread = SchedulerThread {
                 sandbox: Arc::clone(&sandbox),
                 table: Arc::clone(&table),
                 counters: Arc::clone(&counters),
+                kills: kills.clone(),
                 inbox: Arc::clone(&inbox),
                 intake: VecDeque::new(),
                 slots: HashMap::new(),
@@ -235,6 +253,7 @@ impl Scheduler {
             next: AtomicUsize::new(0),
             threads: Mutex::new(handles),
             counters,
+            kills,
         })
     }
 
@@ -259,10 +278,10 @@ impl Scheduler {
     /// Asks every scheduler thread to kill `pid`; the one that holds it ends it, recorded as
     /// killed. A task in the middle of a step is killed when the step returns.
     pub fn kill(&self, pid: Pid) {
+        // Stops the task within an epoch tick if it is in a step right now (or as soon as it
+        // starts one); the command kills it if it is queued or asleep.
+        self.kills.add(pid);
         for inbox in &self.inboxes {
-            // Stops the task within an epoch tick if it is in a step right now; the command
-            // kills it if it is queued or asleep.
-            inbox.interrupt.store(pid.seq(), Ordering::Relaxed);
             inbox.kill(Command::Kill(pid));
         }
     }
@@ -316,6 +335,7 @@ struct Task {
 struct SchedulerThread {
     sandbox: Arc<Sandbox>,
     table: Arc<dyn ProcessTable>,
+    kills: Kills,
     counters: Arc<Counters>,
     inbox: Arc<Inbox>,
     /// Commands taken from the inbox, not yet carried out, oldest first.
@@ -332,6 +352,17 @@ struct SchedulerThread {
 impl SchedulerThread {
     fn run(mut self) {
         loop {
+            for command in self.inbox.take_urgent() {
+                match command {
+                    Command::Kill(pid) => self.kill(pid),
+                    Command::KillAll => self.kill_all(),
+                    Command::Spawn(job) => self.spawn(job),
+                }
+            }
+            if self.slots.is_empty() {
+                // Only timers of tasks killed before they woke; nothing to wake for.
+                self.timers.clear();
+            }
             self.fire_due_timers();
             if self.intake.is_empty() {
                 self.inbox.take(&mut self.intake);
@@ -394,12 +425,9 @@ impl SchedulerThread {
         let pid = spec.pid;
         let (sandbox, table) = (&self.sandbox, self.table.as_ref());
         let deadline = Instant::now() + spec.deadline;
-        let self_interrupt = Arc::clone(&self.inbox.interrupt);
+        let kills = self.kills.clone();
         let started = guarded(|| {
-            let limits = TaskLimits {
-                deadline,
-                interrupt: Arc::clone(&self_interrupt),
-            };
+            let limits = TaskLimits { deadline, kills };
             let mut process = sandbox.instantiate(pid, limits)?;
             let steps = process
                 .start(pid, &spec.name, spec.duration, spec.payload.as_deref())
@@ -549,6 +577,7 @@ impl SchedulerThread {
             self.counters.exited_ok.fetch_add(1, Ordering::Relaxed);
         }
         self.counters.ended.fetch_add(1, Ordering::Relaxed);
+        self.kills.remove(pid);
         let at = SystemTime::now();
         self.table.apply(pid, TaskEvent::Ended { at, fuel, end });
     }

@@ -163,12 +163,20 @@ async fn run_serves_until_its_shutdown_signal_then_returns() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(accepted, Some(202));
+    // An open event stream must not hold the shutdown.
+    let stream = client
+        .get(format!("{base}/api/events"))
+        .send()
+        .await
+        .expect("stream opened");
+    assert_eq!(stream.status(), 200);
     let _ = signal.send(());
     let ended = tokio::time::timeout(common::PATIENCE, server)
         .await
         .expect("run returns after the grace")
         .expect("the server task did not panic");
     assert!(ended.is_ok(), "{ended:?}");
+    drop(stream);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
