@@ -5,8 +5,22 @@
 
 #![allow(dead_code, reason = "each worker uses only some of these")]
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 /// The task name that asks a hostile worker to behave.
 pub const GOOD: &str = "good";
+
+static GOOD_TASK: AtomicBool = AtomicBool::new(false);
+
+/// Remembers, at `start`, whether this task is the good one.
+pub fn remember(name: &str) {
+    GOOD_TASK.store(name == GOOD, Ordering::Relaxed);
+}
+
+/// Whether this task was asked to behave.
+pub fn is_good() -> bool {
+    GOOD_TASK.load(Ordering::Relaxed)
+}
 
 /// The unsigned integer field `key` of a flat JSON payload such as `{"mib": 4}`. Parsed by hand:
 /// a JSON library would grow every instance of these tiny workers.
