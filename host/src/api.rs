@@ -28,7 +28,7 @@ use crate::config::{
 };
 use crate::error::ApiError;
 use crate::events::{Subscription, exit_data};
-use crate::host::{Host, KillError, NewTask, Totals};
+use crate::host::{Host, KillError, NewTask, SpawnError, Totals};
 use crate::table::{ListQuery, Page, Pid, Status, TaskRecord};
 
 /// What a request may ask for.
@@ -106,13 +106,16 @@ async fn spawn_task(
     })?;
     let task = parse_submission(&body, &state.limits)?;
     let (name, duration) = (task.name.clone(), task.duration);
-    let pid = state
-        .host
-        .spawn(task)
-        .map_err(|error| ApiError::Unavailable {
+    let pid = state.host.spawn(task).map_err(|error| match error {
+        SpawnError::Full { .. } => ApiError::Full {
             message: error.to_string(),
             retry_after: DEFAULT_RETRY_AFTER_SECS,
-        })?;
+        },
+        SpawnError::ShuttingDown => ApiError::Unavailable {
+            message: error.to_string(),
+            retry_after: DEFAULT_RETRY_AFTER_SECS,
+        },
+    })?;
     let body = Spawned {
         pid,
         message: format!("Process {pid} will run for {duration} seconds"),
@@ -444,6 +447,7 @@ struct Health {
     status: &'static str,
     live: u32,
     capacity: u32,
+    queued: usize,
     tasks: Totals,
 }
 
@@ -452,6 +456,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         status: "ok",
         live: state.host.live(),
         capacity: state.host.capacity(),
+        queued: state.host.queued(),
         tasks: state.host.totals(),
     })
 }

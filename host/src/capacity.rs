@@ -1,56 +1,166 @@
-//! Admission: how many tasks may be live at once, decided before anything is instantiated.
+//! Admission: how many tasks may be live at once, and how many may wait for a place, decided
+//! before anything is instantiated.
 //!
-//! A task holds a [`Permit`] from the moment it is accepted until its store is dropped. When
-//! every permit is out, the API refuses new tasks with `503` and `Retry-After` instead of
-//! accepting work the pooling allocator could not hold.
+//! A live task holds a [`Permit`] from the moment it is admitted until its store is dropped.
+//! When every permit is out, new tasks wait in a bounded first-in first-out queue (their status
+//! stays `spawned`); when a live task ends, its permit passes straight to the oldest waiting
+//! task. Past the queue, the API refuses with `429` and `Retry-After` instead of accepting work
+//! the pooling allocator could not hold.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-/// Live-task accounting, shared by the API and the scheduler threads.
-#[derive(Debug)]
-pub struct Admission {
-    live: AtomicU32,
-    limit: u32,
+use crate::scheduler::TaskSpec;
+use crate::table::Pid;
+
+/// Where a task taken off the queue goes: to a scheduler thread, with its permit.
+pub type Dispatch = Box<dyn Fn(TaskSpec, Permit) + Send + Sync>;
+
+#[derive(Debug, Default)]
+struct State {
+    live: u32,
+    queue: VecDeque<TaskSpec>,
+    closed: bool,
 }
 
-/// One live task's place. Dropping it gives the place back.
+/// Live and waiting tasks, shared by the API and the scheduler threads.
+pub struct Admission {
+    state: Mutex<State>,
+    limit: u32,
+    queue_limit: usize,
+    dispatch: OnceLock<Dispatch>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("limit", &self.limit)
+            .field("queue_limit", &self.queue_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One live task's place. Dropping it hands the place to the oldest waiting task, or frees it.
 #[derive(Debug)]
 pub struct Permit(Arc<Admission>);
 
+/// What admission decided for a new task.
+#[derive(Debug)]
+pub enum Admitted {
+    /// A place is free: run it now.
+    Now(TaskSpec, Permit),
+    /// It waits in the queue; it will be dispatched when a place frees.
+    Queued,
+}
+
+/// Why a task was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Every place is taken and the queue is full.
+    Full,
+    /// The host is shutting down.
+    Closed,
+}
+
 impl Admission {
-    /// Admission for at most `limit` live tasks.
-    pub fn new(limit: u32) -> Arc<Self> {
+    /// Admission for at most `limit` live tasks and `queue_limit` waiting ones.
+    pub fn new(limit: u32, queue_limit: usize) -> Arc<Self> {
         Arc::new(Self {
-            live: AtomicU32::new(0),
+            state: Mutex::default(),
             limit,
+            queue_limit,
+            dispatch: OnceLock::new(),
         })
     }
 
-    /// A permit if a place is free.
-    pub fn try_admit(self: &Arc<Self>) -> Option<Permit> {
-        self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
-                (live < self.limit).then_some(live + 1)
-            })
-            .ok()
-            .map(|_| Permit(Arc::clone(self)))
+    /// Sets where queued tasks go when a place frees; once, at start.
+    pub fn set_dispatch(&self, dispatch: Dispatch) {
+        let _ = self.dispatch.set(dispatch);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Admits `spec` now, queues it, or refuses it. `record` runs before the task can start,
+    /// under the admission lock for a queued task, so its record exists before anything can
+    /// happen to it.
+    pub fn admit(
+        self: &Arc<Self>,
+        spec: TaskSpec,
+        record: impl FnOnce(&TaskSpec),
+    ) -> Result<Admitted, Refused> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Refused::Closed);
+        }
+        if state.live < self.limit {
+            state.live += 1;
+            drop(state);
+            record(&spec);
+            return Ok(Admitted::Now(spec, Permit(Arc::clone(self))));
+        }
+        if state.queue.len() < self.queue_limit {
+            record(&spec);
+            state.queue.push_back(spec);
+            return Ok(Admitted::Queued);
+        }
+        Err(Refused::Full)
+    }
+
+    /// Takes `pid` out of the queue, if it waits there.
+    pub fn unqueue(&self, pid: Pid) -> Option<TaskSpec> {
+        let mut state = self.lock();
+        let index = state.queue.iter().position(|spec| spec.pid == pid)?;
+        state.queue.remove(index)
+    }
+
+    /// Refuses every new task from now on, and hands back the waiting ones.
+    pub fn close(&self) -> Vec<TaskSpec> {
+        let mut state = self.lock();
+        state.closed = true;
+        state.queue.drain(..).collect()
     }
 
     /// Tasks holding a permit now.
     pub fn live(&self) -> u32 {
-        self.live.load(Ordering::Acquire)
+        self.lock().live
+    }
+
+    /// Tasks waiting for a place.
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
     }
 
     /// The most tasks that may be live at once.
     pub fn limit(&self) -> u32 {
         self.limit
     }
+
+    /// The most tasks that may wait.
+    pub fn queue_limit(&self) -> usize {
+        self.queue_limit
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::AcqRel);
+        let next = {
+            let mut state = self.0.lock();
+            match state.queue.pop_front() {
+                // The place passes on: `live` stays as it is.
+                Some(next) if !state.closed => Some(next),
+                _ => {
+                    state.live -= 1;
+                    None
+                }
+            }
+        };
+        if let (Some(spec), Some(dispatch)) = (next, self.0.dispatch.get()) {
+            dispatch(spec, Permit(Arc::clone(&self.0)));
+        }
     }
 }
 
@@ -127,15 +237,62 @@ pub fn instances_within_map_count(
 mod tests {
     use super::*;
 
+    use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+
+    fn spec(seq: u64) -> TaskSpec {
+        TaskSpec {
+            pid: Pid::new(1, seq),
+            name: "t".into(),
+            duration: 0,
+            payload: None,
+            deadline: Duration::ZERO,
+        }
+    }
+
     #[test]
-    fn admits_up_to_the_limit_and_reuses_places() {
-        let admission = Admission::new(2);
-        let first = admission.try_admit().expect("first place");
-        let _second = admission.try_admit().expect("second place");
-        assert!(admission.try_admit().is_none(), "third refused");
-        assert_eq!(admission.live(), 2);
+    fn admits_then_queues_then_refuses_and_passes_places_on_in_order() {
+        let admission = Admission::new(1, 2);
+        let started = Arc::new(StdMutex::new(Vec::new()));
+        let sink = Arc::clone(&started);
+        admission.set_dispatch(Box::new(move |spec, permit| {
+            sink.lock().expect("lock").push((spec.pid.seq(), permit));
+        }));
+        let Ok(Admitted::Now(_, first)) = admission.admit(spec(1), |_| {}) else {
+            panic!("the first task runs at once");
+        };
+        assert!(matches!(
+            admission.admit(spec(2), |_| {}),
+            Ok(Admitted::Queued)
+        ));
+        assert!(matches!(
+            admission.admit(spec(3), |_| {}),
+            Ok(Admitted::Queued)
+        ));
+        assert_eq!(admission.admit(spec(4), |_| {}).err(), Some(Refused::Full));
+        assert_eq!((admission.live(), admission.queued()), (1, 2));
+
         drop(first);
-        assert!(admission.try_admit().is_some(), "a freed place is reused");
+        let seqs = |started: &StdMutex<Vec<(u64, Permit)>>| {
+            started
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(seq, _)| *seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&started), [2], "the oldest waiting task got the place");
+        assert_eq!((admission.live(), admission.queued()), (1, 1));
+
+        assert!(admission.unqueue(Pid::new(1, 3)).is_some());
+        let permits: Vec<_> = started.lock().expect("lock").drain(..).collect();
+        drop(permits);
+        assert_eq!((admission.live(), admission.queued()), (0, 0));
+        assert!(admission.close().is_empty());
+        assert_eq!(
+            admission.admit(spec(5), |_| {}).err(),
+            Some(Refused::Closed)
+        );
     }
 
     #[test]

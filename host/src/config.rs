@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_NAME_BYTES: usize = 256;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// What a task's wall-clock limit adds to its duration when the request names none.
 pub const DEFAULT_DEADLINE_GRACE_SECS: u32 = 30;
+/// Tasks that may wait for a place when every place is taken; more get 429.
+pub const DEFAULT_MAX_QUEUE: usize = 10_000;
 /// Live event streams (SSE) open at once; more get 429.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
 /// How long a client refused for capacity is asked to wait.
@@ -68,11 +70,15 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_MAX_DURATION_SECS", default_value_t = DEFAULT_MAX_DURATION_SECS)]
     pub max_duration_secs: u32,
 
-    /// Most tasks live at once; further requests get 503. Lowered at start if the kernel's
+    /// Most tasks live at once; further ones wait in the queue (--max-queue). Lowered at start if the kernel's
     /// vm.max_map_count could not hold that many instances.
     #[arg(long, env = "HTTP_SPAWN_CAPACITY", default_value_t = DEFAULT_CAPACITY,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub capacity: u32,
+
+    /// Accepted tasks that may wait for a place, first in first out; past it, 429.
+    #[arg(long, env = "HTTP_SPAWN_MAX_QUEUE", default_value_t = DEFAULT_MAX_QUEUE)]
+    pub max_queue: usize,
 
     /// Ended tasks kept for GET /api/tasks/{pid}.
     #[arg(long, env = "HTTP_SPAWN_MAX_HISTORY", default_value_t = DEFAULT_MAX_HISTORY)]

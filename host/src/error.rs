@@ -29,6 +29,9 @@ pub enum ApiError {
     /// Too many of something the client holds open (event streams).
     #[error("{0}")]
     TooManyRequests(String),
+    /// Every place is taken and the wait queue is full.
+    #[error("{message}")]
+    Full { message: String, retry_after: u32 },
     /// The host is full or stopping; the client may retry after this many seconds.
     #[error("{message}")]
     Unavailable { message: String, retry_after: u32 },
@@ -47,7 +50,7 @@ impl IntoResponse for ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests(_) | Self::Full { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -55,7 +58,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
         let retry_after = match self {
-            Self::Unavailable { retry_after, .. } => Some(retry_after),
+            Self::Unavailable { retry_after, .. } | Self::Full { retry_after, .. } => {
+                Some(retry_after)
+            }
             Self::TooManyRequests(_) => Some(SUBSCRIBER_RETRY_AFTER_SECS),
             _ => None,
         };

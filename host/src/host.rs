@@ -12,9 +12,10 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::capacity::{self, Admission};
+use crate::capacity::{self, Admission, Admitted, Refused};
 use crate::config::Config;
 use crate::events::{EventBus, Notifying, Subscription};
+use crate::sandbox::killed;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::scheduler::{Scheduler, TaskSpec};
 use crate::table::{
@@ -36,8 +37,8 @@ pub struct NewTask {
 /// Why a task was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("the host is at capacity ({limit} live tasks); retry later")]
-    AtCapacity { limit: u32 },
+    #[error("the host is full ({live} live tasks and {queued} waiting); retry later")]
+    Full { live: u32, queued: usize },
     #[error("the host is shutting down")]
     ShuttingDown,
 }
@@ -67,10 +68,12 @@ pub struct Totals {
 pub struct Host {
     table: Arc<dyn ProcessTable>,
     events: Arc<EventBus>,
-    scheduler: Scheduler,
+    scheduler: Arc<Scheduler>,
     admission: Arc<Admission>,
     pids: PidSource,
     spawned: AtomicU64,
+    /// Tasks whose end the host recorded itself (killed while waiting, refused at shutdown).
+    ended_here: Arc<AtomicU64>,
     deadline_grace_secs: u32,
 }
 
@@ -100,25 +103,42 @@ impl Host {
             MemoryTable::new(config.max_history),
             Arc::clone(&events),
         ));
-        let scheduler = Scheduler::start(config.workers(), Arc::new(sandbox), Arc::clone(&table))
-            .context("starting the scheduler threads")?;
+        let scheduler = Arc::new(
+            Scheduler::start(config.workers(), Arc::new(sandbox), Arc::clone(&table))
+                .context("starting the scheduler threads")?,
+        );
+        let admission = Admission::new(capacity, config.max_queue);
+        let ended_here = Arc::new(AtomicU64::new(0));
+        {
+            // A waiting task that gets a place goes to a scheduler thread. Admission closes
+            // before the scheduler does, so this submit is never refused in practice; if it
+            // were, the task's end is still recorded.
+            let (scheduler, table, ended_here) = (
+                Arc::clone(&scheduler),
+                Arc::clone(&table),
+                Arc::clone(&ended_here),
+            );
+            admission.set_dispatch(Box::new(move |spec, permit| {
+                if let Err(spec) = scheduler.submit(spec, permit) {
+                    record_end(table.as_ref(), &ended_here, spec.pid, shutting_down());
+                }
+            }));
+        }
         Ok(Self {
             table,
             events,
             scheduler,
-            admission: Admission::new(capacity),
+            admission,
             pids: PidSource::new(),
             spawned: AtomicU64::new(0),
+            ended_here,
             deadline_grace_secs: config.deadline_grace_secs,
         })
     }
 
-    /// Accepts a task: admits it, records it and hands it to a scheduler thread. Returns its
-    /// pid at once; the task runs in the background.
+    /// Accepts a task: admits it (or queues it), records it and hands it to a scheduler
+    /// thread. Returns its pid at once; the task runs in the background.
     pub fn spawn(&self, task: NewTask) -> Result<Pid, SpawnError> {
-        let permit = self.admission.try_admit().ok_or(SpawnError::AtCapacity {
-            limit: self.admission.limit(),
-        })?;
         let pid = self.pids.next();
         let NewTask {
             name,
@@ -129,9 +149,6 @@ impl Host {
         let deadline = Duration::from_secs(u64::from(
             deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs)),
         ));
-        tracing::info!(pid = %pid, %name, duration, "Task process spawned");
-        self.table
-            .insert(TaskRecord::spawned(pid, name.clone(), duration));
         let spec = TaskSpec {
             pid,
             name,
@@ -139,16 +156,26 @@ impl Host {
             payload,
             deadline,
         };
-        if self.scheduler.submit(spec, permit).is_err() {
-            let end = TaskEnd {
-                status: Status::Failed,
-                outcome: Outcome::InstantiationFailed,
-                exit_code: None,
-                error: Some(SpawnError::ShuttingDown.to_string()),
-            };
-            let at = SystemTime::now();
-            self.table.apply(pid, TaskEvent::Ended { at, fuel: 0, end });
-            return Err(SpawnError::ShuttingDown);
+        let record = |spec: &TaskSpec| {
+            tracing::info!(pid = %pid, name = %spec.name, duration, "Task process spawned");
+            self.table
+                .insert(TaskRecord::spawned(pid, spec.name.clone(), duration));
+        };
+        match self.admission.admit(spec, record) {
+            Ok(Admitted::Now(spec, permit)) => {
+                if self.scheduler.submit(spec, permit).is_err() {
+                    record_end(self.table.as_ref(), &self.ended_here, pid, shutting_down());
+                    return Err(SpawnError::ShuttingDown);
+                }
+            }
+            Ok(Admitted::Queued) => tracing::info!(pid = %pid, "Task queued: every place taken"),
+            Err(Refused::Full) => {
+                return Err(SpawnError::Full {
+                    live: self.admission.limit(),
+                    queued: self.admission.queue_limit(),
+                });
+            }
+            Err(Refused::Closed) => return Err(SpawnError::ShuttingDown),
         }
         self.spawned.fetch_add(1, Ordering::Relaxed);
         Ok(pid)
@@ -165,13 +192,20 @@ impl Host {
             });
         }
         tracing::info!(pid = %pid, "Killing task");
-        self.scheduler.kill(pid);
+        match self.admission.unqueue(pid) {
+            Some(_) => record_end(self.table.as_ref(), &self.ended_here, pid, killed()),
+            None => self.scheduler.kill(pid),
+        }
         Ok(())
     }
 
     /// Shuts down: refuses new tasks at once, gives running ones `grace` to end, kills the
     /// rest, and returns once every task's end is recorded and the scheduler threads are gone.
     pub fn shutdown(&self, grace: Duration) {
+        // Admission first: from here no waiting task is handed to the scheduler.
+        for waiting in self.admission.close() {
+            record_end(self.table.as_ref(), &self.ended_here, waiting.pid, killed());
+        }
         self.scheduler.close();
         self.events.close();
         let deadline = Instant::now() + grace;
@@ -212,15 +246,37 @@ impl Host {
         self.admission.limit()
     }
 
+    /// Tasks accepted and waiting for a place.
+    pub fn queued(&self) -> usize {
+        self.admission.queued()
+    }
+
     /// What the host has done since it started.
     pub fn totals(&self) -> Totals {
         let counts = self.scheduler.counts();
         Totals {
             spawned: self.spawned.load(Ordering::Relaxed),
             started: counts.started,
-            ended: counts.ended,
+            ended: counts.ended + self.ended_here.load(Ordering::Relaxed),
             exited_ok: counts.exited_ok,
         }
+    }
+}
+
+/// Records the end of a task the scheduler never took.
+fn record_end(table: &dyn ProcessTable, ended_here: &AtomicU64, pid: Pid, end: TaskEnd) {
+    tracing::info!(pid = %pid, status = end.status.as_str(), "Worker done, exiting");
+    ended_here.fetch_add(1, Ordering::Relaxed);
+    let at = SystemTime::now();
+    table.apply(pid, TaskEvent::Ended { at, fuel: 0, end });
+}
+
+fn shutting_down() -> TaskEnd {
+    TaskEnd {
+        status: Status::Failed,
+        outcome: Outcome::InstantiationFailed,
+        exit_code: None,
+        error: Some(SpawnError::ShuttingDown.to_string()),
     }
 }
 

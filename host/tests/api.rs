@@ -252,14 +252,14 @@ async fn a_thousand_concurrent_tasks_all_exit_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_obeyed_and_violated() {
-    let app = spawn_app("default", &["--capacity", "2"]).await;
+    let app = spawn_app("default", &["--capacity", "2", "--max-queue", "0"]).await;
     let first = app.spawn(json!({"name": "a", "duration": 1})).await;
     let _second = app.spawn(json!({"name": "b", "duration": 1})).await;
     let response = app.submit(json!({"name": "c", "duration": 1})).await;
-    assert_eq!(response.status(), 503);
+    assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "1");
     let answer: Value = response.json().await.expect("JSON");
-    assert!(error_of(&answer).contains("capacity"), "{answer}");
+    assert!(error_of(&answer).contains("full"), "{answer}");
     app.wait_end(&first).await;
     let third = app.spawn(json!({"name": "c", "duration": 0})).await;
     assert_eq!(app.wait_end(&third).await["exit_code"], 0);

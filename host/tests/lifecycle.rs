@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use common::spawn_app;
 use futures::future::join_all;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_task_is_killed_at_once_and_its_place_given_back() {
-    let app = spawn_app("default", &["--capacity", "1"]).await;
+    let app = spawn_app("default", &["--capacity", "1", "--max-queue", "0"]).await;
     let pid = app.spawn(json!({"name": "long", "duration": 3600})).await;
     app.wait_running(&pid).await;
     assert_eq!(
         app.submit(json!({"name": "refused"})).await.status(),
-        503,
+        429,
         "host full"
     );
 
@@ -223,4 +223,78 @@ async fn a_deadline_stops_a_guest_stuck_in_a_loop() {
     assert_eq!(record["status"], "failed", "{record}");
     assert_eq!(record["outcome"], "deadline_exceeded", "{record}");
     app.assert_good_task_exits_0().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_beyond_capacity_wait_in_order_and_past_the_queue_get_429() {
+    let app = spawn_app("default", &["--capacity", "1", "--max-queue", "2"]).await;
+    let first = app.spawn(json!({"name": "first", "duration": 1})).await;
+    let second = app.spawn(json!({"name": "second", "duration": 0})).await;
+    let third = app.spawn(json!({"name": "third", "duration": 0})).await;
+    let refused = app.submit(json!({"name": "fourth"})).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let (_, health) = app.get("/api/health").await;
+    assert_eq!(
+        (health["live"].as_u64(), health["queued"].as_u64()),
+        (Some(1), Some(2)),
+        "{health}"
+    );
+    let (_, waiting) = app.get(&format!("/api/tasks/{second}")).await;
+    assert_eq!(
+        waiting["status"], "spawned",
+        "waits without an instance: {waiting}"
+    );
+
+    let ends = [
+        app.wait_end(&first).await,
+        app.wait_end(&second).await,
+        app.wait_end(&third).await,
+    ];
+    for end in &ends {
+        assert_eq!(end["exit_code"], 0, "{end}");
+    }
+    let started = |record: &Value| record["started_at"].as_str().expect("started").to_owned();
+    assert!(
+        started(&ends[0]) <= started(&ends[1]) && started(&ends[1]) <= started(&ends[2]),
+        "in order: {ends:?}"
+    );
+    assert!(
+        ends[1]["started_at"].as_str() >= ends[0]["ended_at"].as_str(),
+        "the second waited for the first's place"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_task_can_be_killed_and_shutdown_ends_the_queue() {
+    let app = spawn_app("default", &["--capacity", "1", "--max-queue", "5"]).await;
+    let running = app
+        .spawn(json!({"name": "running", "duration": 3600}))
+        .await;
+    app.wait_running(&running).await;
+    let waiting = app.spawn(json!({"name": "waiting", "duration": 0})).await;
+    let (status, record) = app.kill(&waiting).await;
+    assert_eq!(
+        (status, record["status"].as_str()),
+        (200, Some("killed")),
+        "{record}"
+    );
+    assert_eq!(record["started_at"], Value::Null, "it never ran");
+
+    let left = app
+        .spawn(json!({"name": "left waiting", "duration": 0}))
+        .await;
+    let host = std::sync::Arc::clone(&app.host);
+    tokio::task::spawn_blocking(move || host.shutdown(Duration::from_millis(200)))
+        .await
+        .expect("shutdown completes");
+    for pid in [&running, &left] {
+        let (_, record) = app.get(&format!("/api/tasks/{pid}")).await;
+        assert_eq!(record["status"], "killed", "{record}");
+    }
+    let totals = app.host.totals();
+    assert_eq!(
+        totals.ended, totals.spawned,
+        "every accepted task has one end: {totals:?}"
+    );
 }
