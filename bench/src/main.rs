@@ -368,6 +368,7 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
                     duration: 86_400,
                     payload: None,
                     deadline: None,
+                    max_attempts: 1,
                 })?;
             }
             let deadline = Instant::now() + Duration::from_secs(600);

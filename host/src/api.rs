@@ -197,6 +197,27 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         },
         Some(_) => return Err(bad(DEADLINE_TYPE.into())),
     };
+    let max_attempts = match (fields.remove("restart"), fields.remove("max_attempts")) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => 1,
+        (Some(Value::String(policy)), attempts) if policy == "on-failure" => match attempts {
+            None | Some(Value::Null) => DEFAULT_MAX_ATTEMPTS,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(n @ 2..=MAX_ATTEMPTS) => n as u32,
+                _ => return Err(bad(MAX_ATTEMPTS_RANGE.into())),
+            },
+            Some(_) => return Err(bad(MAX_ATTEMPTS_RANGE.into())),
+        },
+        (Some(Value::String(policy)), None | Some(Value::Null)) if policy == "never" => 1,
+        (Some(Value::String(policy)), Some(_)) if policy == "never" => {
+            return Err(bad("max_attempts goes with restart: \"on-failure\"".into()));
+        }
+        (None | Some(Value::Null), Some(_)) => {
+            return Err(bad("max_attempts goes with restart: \"on-failure\"".into()));
+        }
+        (Some(_), _) => {
+            return Err(bad("restart must be \"never\" or \"on-failure\"".into()));
+        }
+    };
     let payload = match fields.remove("payload") {
         None | Some(Value::Null) => None,
         Some(payload) => Some(payload.to_string()),
@@ -206,11 +227,16 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         duration,
         payload,
         deadline,
+        max_attempts,
     })
 }
 
 const DURATION_TYPE: &str = "duration must be a non-negative integer number of seconds";
 const DEADLINE_TYPE: &str = "deadline must be a non-negative integer number of seconds";
+/// Attempts in all for `restart: "on-failure"` when the request names none, and the most.
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+const MAX_ATTEMPTS: u64 = 10;
+const MAX_ATTEMPTS_RANGE: &str = "max_attempts must be an integer from 2 to 10";
 
 /// The `{pid}` of a task path: a path that is not even text names no task.
 fn task_path(path: Result<Path<String>, PathRejection>) -> Result<(String, Pid), ApiError> {
@@ -495,6 +521,7 @@ mod tests {
                 duration: 5,
                 payload: None,
                 deadline: None,
+                max_attempts: 1,
             })
         );
         assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));

@@ -247,6 +247,8 @@ mod tests {
             duration: 0,
             payload: None,
             deadline: Duration::ZERO,
+            max_attempts: 1,
+            attempt: 1,
         }
     }
 

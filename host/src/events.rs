@@ -163,6 +163,22 @@ impl<T: ProcessTable + std::fmt::Debug> ProcessTable for Notifying<T> {
                 }),
             )],
             _ if !self.bus.listening() => Vec::new(),
+            TaskEvent::Restarting {
+                at: when,
+                end,
+                next_attempt,
+                ..
+            } => vec![(
+                "restart",
+                json!({
+                    "pid": pid,
+                    "outcome": end.outcome,
+                    "exit_code": end.exit_code,
+                    "error": end.error,
+                    "next_attempt": next_attempt,
+                    "at": at(*when),
+                }),
+            )],
             TaskEvent::Started {
                 at: when, steps, ..
             } => vec![(

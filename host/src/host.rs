@@ -32,6 +32,8 @@ pub struct NewTask {
     pub payload: Option<String>,
     /// Wall-clock limit in seconds from start; the duration plus the grace when absent.
     pub deadline: Option<u32>,
+    /// How many times it may run in all (1: never restarted; see `TaskSpec::max_attempts`).
+    pub max_attempts: u32,
 }
 
 /// Why a task was not accepted.
@@ -145,6 +147,7 @@ impl Host {
             duration,
             payload,
             deadline,
+            max_attempts,
         } = task;
         let deadline = Duration::from_secs(u64::from(
             deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs)),
@@ -155,6 +158,8 @@ impl Host {
             duration,
             payload,
             deadline,
+            max_attempts: max_attempts.max(1),
+            attempt: 1,
         };
         let record = |spec: &TaskSpec| {
             tracing::info!(pid = %pid, name = %spec.name, duration, "Task process spawned");

@@ -166,8 +166,29 @@ pub struct TaskSpec {
     pub name: String,
     pub duration: u32,
     pub payload: Option<String>,
-    /// The task's wall-clock limit, counted from when it starts.
+    /// The task's wall-clock limit, counted from when each attempt starts.
     pub deadline: Duration,
+    /// How many times the task may run in all: 1 never restarts it; more restarts it after a
+    /// failure (a trap, a limit, `failed`, or a non-zero exit code), never after exit 0 or a
+    /// kill, with exponential backoff and jitter between attempts.
+    pub max_attempts: u32,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+}
+
+/// The first wait before a restart; it doubles with every attempt, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long to wait before attempt `attempt + 1`: exponential, with ±25 % jitter so tasks that
+/// failed together do not all come back together.
+fn backoff(pid: Pid, attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let exponential = FIRST_BACKOFF
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    let noise = RandomState::new().hash_one((pid, attempt)) % 1000;
+    exponential.mul_f64(0.75 + noise as f64 / 2000.0)
 }
 
 /// What a scheduler thread is asked to do, in order.
@@ -233,6 +254,7 @@ impl Scheduler {
                 inbox: Arc::clone(&inbox),
                 intake: VecDeque::new(),
                 slots: HashMap::new(),
+                restarts: Vec::new(),
                 tasks: Vec::new(),
                 free: Vec::new(),
                 timers: BinaryHeap::new(),
@@ -320,7 +342,9 @@ impl Scheduler {
 /// dropped, and its pool slot freed, before the task's place is given back to admission.
 struct Task {
     process: Process,
-    _permit: Permit,
+    permit: Permit,
+    /// Kept only when the task may be restarted.
+    respawn: Option<Box<TaskSpec>>,
     pid: Pid,
     /// Steps completed: wake-ups after a sleep.
     step: u32,
@@ -342,6 +366,8 @@ struct SchedulerThread {
     intake: VecDeque<Command>,
     /// Where each live task of this thread sits in `tasks`.
     slots: HashMap<Pid, usize>,
+    /// Tasks waiting out their backoff before the next attempt, with when it is due.
+    restarts: Vec<(Instant, Job)>,
     tasks: Vec<Option<Task>>,
     free: Vec<usize>,
     /// Wake-ups in time order; the sequence number keeps equal deadlines first-in first-out.
@@ -363,6 +389,7 @@ impl SchedulerThread {
                 // Only timers of tasks killed before they woke; nothing to wake for.
                 self.timers.clear();
             }
+            self.restart_due();
             self.fire_due_timers();
             if self.intake.is_empty() {
                 self.inbox.take(&mut self.intake);
@@ -383,10 +410,15 @@ impl SchedulerThread {
             if took || !self.intake.is_empty() {
                 continue;
             }
+            let next_restart = self.restarts.iter().map(|(at, _)| *at).min();
             let next_timer = self
                 .timers
                 .peek()
-                .map(|Reverse((at, _, _))| *at + TIMER_SLACK);
+                .map(|Reverse((at, _, _))| *at)
+                .into_iter()
+                .chain(next_restart)
+                .min()
+                .map(|at| at + TIMER_SLACK);
             if next_timer.is_none() && self.inbox.finished() {
                 // Closed, nothing queued, and every task taken has ended.
                 return;
@@ -445,12 +477,19 @@ impl SchedulerThread {
                         fuel: process.fuel(),
                     },
                 );
-                tracing::info!(pid = %pid, name = %spec.name, steps, "Worker started");
+                tracing::info!(
+                    pid = %pid,
+                    name = %spec.name,
+                    steps,
+                    attempt = spec.attempt,
+                    "Worker started"
+                );
                 self.counters.started.fetch_add(1, Ordering::Relaxed);
                 flush_logs(self.table.as_ref(), pid, &process);
                 let task = Task {
                     process,
-                    _permit: permit,
+                    permit,
+                    respawn: (spec.attempt < spec.max_attempts).then(|| Box::new(spec)),
                     pid,
                     step: 0,
                     steps,
@@ -471,8 +510,8 @@ impl SchedulerThread {
                 self.advance(slot);
             }
             Err(end) => {
-                drop(permit);
-                self.record_end(pid, 0, end);
+                let job = Job { spec, permit };
+                self.end_or_restart(job, 0, end);
             }
         }
     }
@@ -522,8 +561,73 @@ impl SchedulerThread {
         task.process.capture().flush_partial();
         flush_logs(self.table.as_ref(), task.pid, &task.process);
         let (pid, fuel) = (task.pid, task.process.fuel());
-        drop(task);
-        self.record_end(pid, fuel, end);
+        let Task {
+            process,
+            permit,
+            respawn,
+            ..
+        } = task;
+        drop(process);
+        match respawn {
+            Some(spec) => self.end_or_restart(
+                Job {
+                    spec: *spec,
+                    permit,
+                },
+                fuel,
+                end,
+            ),
+            None => {
+                drop(permit);
+                self.record_end(pid, fuel, end);
+            }
+        }
+    }
+
+    /// Ends an attempt: restarts the task later if its policy allows (keeping its place),
+    /// or records its end and gives its place back.
+    fn end_or_restart(&mut self, mut job: Job, fuel: u64, end: TaskEnd) {
+        let pid = job.spec.pid;
+        let failed = end.status == Status::Failed
+            || (end.status == Status::Exited && end.exit_code != Some(0));
+        let closing = self.inbox.closed.load(Ordering::SeqCst);
+        if !failed || closing || job.spec.attempt >= job.spec.max_attempts {
+            drop(job.permit);
+            return self.record_end(pid, fuel, end);
+        }
+        let wait = backoff(pid, job.spec.attempt);
+        tracing::info!(
+            pid = %pid,
+            attempt = job.spec.attempt,
+            outcome = ?end.outcome,
+            ?wait,
+            "Worker failed, restarting"
+        );
+        let at = SystemTime::now();
+        job.spec.attempt += 1;
+        let next_attempt = job.spec.attempt;
+        self.table.apply(
+            pid,
+            TaskEvent::Restarting {
+                at,
+                fuel,
+                end,
+                next_attempt,
+            },
+        );
+        self.restarts.push((Instant::now() + wait, job));
+    }
+
+    /// Starts the tasks whose backoff is over.
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.restarts)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.restarts = waiting;
+        for (_, job) in due {
+            self.spawn(job);
+        }
     }
 
     /// Kills `pid` if this thread holds it, queued or live.
@@ -539,6 +643,16 @@ impl SchedulerThread {
         if let Some(Command::Spawn(job)) = queued.and_then(|index| self.intake.remove(index)) {
             drop(job.permit);
             self.record_end(pid, 0, killed());
+            return;
+        }
+        if let Some(index) = self
+            .restarts
+            .iter()
+            .position(|(_, job)| job.spec.pid == pid)
+        {
+            let (_, job) = self.restarts.remove(index);
+            drop(job.permit);
+            self.record_end(pid, 0, killed());
         }
     }
 
@@ -551,7 +665,10 @@ impl SchedulerThread {
                 Command::Kill(_) | Command::KillAll => None,
             })
             .collect();
-        for job in queued {
+        let restarting = std::mem::take(&mut self.restarts)
+            .into_iter()
+            .map(|(_, job)| job);
+        for job in queued.into_iter().chain(restarting) {
             let pid = job.spec.pid;
             drop(job.permit);
             self.record_end(pid, 0, killed());

@@ -168,12 +168,31 @@ pub enum TaskEvent {
         lines: Vec<LogLine>,
         dropped_bytes: u64,
     },
+    /// An attempt ended in failure and the task will run again as `next_attempt`.
+    Restarting {
+        at: SystemTime,
+        fuel: u64,
+        end: TaskEnd,
+        next_attempt: u32,
+    },
     /// The task ended; its store is gone.
     Ended {
         at: SystemTime,
         fuel: u64,
         end: TaskEnd,
     },
+}
+
+/// How one attempt of a restartable task ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub status: Status,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub ended_at: SystemTime,
 }
 
 /// What the host knows of one task.
@@ -197,8 +216,13 @@ pub struct TaskRecord {
     pub started_at: Option<SystemTime>,
     #[serde(serialize_with = "rfc3339_opt")]
     pub ended_at: Option<SystemTime>,
-    /// Fuel consumed over all steps, instantiation included.
+    /// Fuel consumed over all steps, instantiation included (of the current attempt).
     pub fuel_consumed: u64,
+    /// The attempt running or last run, from 1.
+    pub attempt: u32,
+    /// How each attempt of a task with a restart policy ended, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
     /// The captured log: guest `log` calls, stdout and stderr, capped per task.
     #[serde(skip)]
     pub logs: Vec<LogLine>,
@@ -223,6 +247,8 @@ impl TaskRecord {
             started_at: None,
             ended_at: None,
             fuel_consumed: 0,
+            attempt: 1,
+            attempts: Vec::new(),
             logs: Vec::new(),
             logs_dropped_bytes: 0,
         }
@@ -252,7 +278,36 @@ impl TaskRecord {
                 self.logs.append(&mut lines);
                 self.logs_dropped_bytes = dropped_bytes;
             }
+            TaskEvent::Restarting {
+                at,
+                fuel,
+                end,
+                next_attempt,
+            } => {
+                self.attempts.push(Attempt {
+                    attempt: self.attempt,
+                    status: end.status,
+                    outcome: end.outcome,
+                    exit_code: end.exit_code,
+                    error: end.error,
+                    ended_at: at,
+                });
+                self.attempt = next_attempt;
+                self.status = Status::Spawned;
+                self.step = 0;
+                self.fuel_consumed = fuel;
+            }
             TaskEvent::Ended { at, fuel, end } => {
+                if !self.attempts.is_empty() {
+                    self.attempts.push(Attempt {
+                        attempt: self.attempt,
+                        status: end.status,
+                        outcome: end.outcome,
+                        exit_code: end.exit_code,
+                        error: end.error.clone(),
+                        ended_at: at,
+                    });
+                }
                 self.status = end.status;
                 self.outcome = Some(end.outcome);
                 self.exit_code = end.exit_code;

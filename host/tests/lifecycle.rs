@@ -298,3 +298,78 @@ async fn a_waiting_task_can_be_killed_and_shutdown_ends_the_queue() {
         "every accepted task has one end: {totals:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_failure_restarts_each_attempt_in_a_fresh_store_and_records_it() {
+    let app = spawn_app("exit7", &[]).await;
+    let record = app
+        .run(json!({"name": "flaky", "duration": 0, "restart": "on-failure", "max_attempts": 3}))
+        .await;
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["exit_code"], 7);
+    assert_eq!(record["attempt"], 3, "{record}");
+    let attempts = record["attempts"].as_array().expect("attempts");
+    let numbered: Vec<(u64, i64)> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().expect("n"),
+                a["exit_code"].as_i64().expect("code"),
+            )
+        })
+        .collect();
+    assert_eq!(numbered, [(1, 7), (2, 7), (3, 7)], "{record}");
+    // Each attempt started its own instance: the worker slept its one step every time.
+    assert_eq!(app.host.totals().started, 3);
+    assert_eq!(app.host.totals().ended, 1, "one task, one end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_exit_is_never_restarted() {
+    let app = spawn_app("default", &[]).await;
+    let record = app
+        .run(json!({"name": "fine", "duration": 0, "restart": "on-failure", "max_attempts": 5}))
+        .await;
+    assert_eq!(record["status"], "exited");
+    assert_eq!(record["exit_code"], 0);
+    assert_eq!(record["attempt"], 1, "{record}");
+    assert!(record.get("attempts").is_none(), "{record}");
+    assert_eq!(app.host.totals().started, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waiting_to_restart_can_be_killed() {
+    let app = spawn_app("spin", &["--fuel-per-step", "1000000"]).await;
+    let pid = app
+        .spawn(json!({"name": "bad", "duration": 0, "restart": "on-failure", "max_attempts": 10}))
+        .await;
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let (_, record) = app.get(&format!("/api/tasks/{pid}")).await;
+        if record["attempt"].as_u64() >= Some(3) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never restarted: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, record) = app.kill(&pid).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["status"], "killed", "{record}");
+    let attempts = record["attempts"].as_array().expect("attempts");
+    assert!(
+        attempts
+            .iter()
+            .take(2)
+            .all(|a| a["outcome"] == "out_of_fuel"),
+        "{record}"
+    );
+    assert_eq!(
+        attempts.last().map(|a| &a["outcome"]),
+        Some(&json!("killed")),
+        "{record}"
+    );
+    assert_eq!(app.host.live(), 0, "the place is given back");
+}
