@@ -5,51 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, TestApp, spawn_app};
-use serde_json::{Value, json};
+use common::{PATIENCE, TestApp, read_events, spawn_app};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
-
-/// Reads SSE events (name, data) from `response` until the stream ends, `stop` says so, or
-/// patience runs out.
-async fn read_events(
-    mut response: reqwest::Response,
-    stop: impl Fn(&str, &Value) -> bool,
-) -> Vec<(String, Value)> {
-    let mut events = Vec::new();
-    let mut buffer = String::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let mut name = String::new();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(rest) = line.strip_prefix("event:") {
-                    name = rest.trim().to_owned();
-                } else if let Some(rest) = line.strip_prefix("data:") {
-                    data.push_str(rest.trim_start());
-                }
-            }
-            if name.is_empty() {
-                continue; // a keep-alive comment
-            }
-            let data: Value = serde_json::from_str(&data).expect("event data is JSON");
-            let done = stop(&name, &data);
-            events.push((name, data));
-            if done {
-                return events;
-            }
-        }
-        let chunk = tokio::time::timeout_at(deadline, response.chunk())
-            .await
-            .expect("events arrive within patience")
-            .expect("stream readable");
-        match chunk {
-            Some(bytes) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
-            None => return events,
-        }
-    }
-}
 
 async fn open(app: &TestApp, path: &str) -> reqwest::Response {
     app.client

@@ -55,8 +55,22 @@ async fn killing_an_ended_task_is_409_and_an_unknown_one_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_submits_and_kills_at_once_each_task_ends_exactly_once() {
+async fn many_submits_kills_and_subscriptions_at_once_each_task_ends_exactly_once() {
     let app = spawn_app("default", &[]).await;
+    // Watch every event while it all happens: each task must end exactly once there too.
+    let stream = app
+        .client
+        .get(app.url("/api/events"))
+        .send()
+        .await
+        .expect("stream opened");
+    let exits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&exits);
+    let watcher = tokio::spawn(common::read_events(stream, move |name, _| {
+        // A lagging reader missed events: it stops, and only the no-duplicates check holds.
+        name == "lagged"
+            || (name == "exit" && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 300)
+    }));
     let pids = join_all((0..300).map(|i| {
         let app = &app;
         async move {
@@ -87,6 +101,23 @@ async fn many_submits_and_kills_at_once_each_task_ends_exactly_once() {
         "each task ended exactly once: {totals:?}"
     );
     assert_eq!(app.host.live(), 0);
+
+    let events = watcher.await.expect("the watcher finished");
+    let mut exits_by_pid = std::collections::HashMap::<String, usize>::new();
+    for (name, data) in &events {
+        if name == "exit" {
+            *exits_by_pid
+                .entry(data["pid"].as_str().expect("pid").to_owned())
+                .or_default() += 1;
+        }
+    }
+    if !events.iter().any(|(name, _)| name == "lagged") {
+        assert_eq!(exits_by_pid.len(), 300, "an exit event for every task");
+    }
+    assert!(
+        exits_by_pid.values().all(|&n| n == 1),
+        "no task ended twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
