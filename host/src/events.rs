@@ -150,18 +150,10 @@ impl<T: ProcessTable + std::fmt::Debug> ProcessTable for Notifying<T> {
     fn apply(&self, pid: Pid, event: TaskEvent) {
         // Applied first, published after: a subscriber reads the record after subscribing, so
         // it either sees the change in the record or receives the event, never neither.
+        let ended = matches!(event, TaskEvent::Ended { .. });
         let published: Vec<(&'static str, Value)> = match &event {
-            TaskEvent::Ended { at: when, end, .. } => vec![(
-                "exit",
-                json!({
-                    "pid": pid,
-                    "status": end.status,
-                    "outcome": end.outcome,
-                    "exit_code": end.exit_code,
-                    "error": end.error,
-                    "at": at(*when),
-                }),
-            )],
+            // Built from the record after it is applied, and only if someone listens.
+            TaskEvent::Ended { .. } => Vec::new(),
             _ if !self.bus.listening() => Vec::new(),
             TaskEvent::Restarting {
                 at: when,
@@ -206,6 +198,9 @@ impl<T: ProcessTable + std::fmt::Debug> ProcessTable for Notifying<T> {
         if self.bus.listening() {
             for (kind, data) in published {
                 self.bus.publish(pid, kind, data);
+            }
+            if ended && let Some(record) = self.table.get(pid) {
+                self.bus.publish(pid, "exit", exit_data(&record));
             }
         }
     }
