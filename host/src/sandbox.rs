@@ -310,11 +310,6 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// What the sandbox was built with.
-    pub fn config(&self) -> &SandboxConfig {
-        &self.config
-    }
-
     /// Kernel memory mappings one live instance of the worker costs, measured: instantiates a
     /// few at once and counts `/proc/self/maps`. Rounded to the nearest whole mapping, so the
     /// odd mapping the allocator makes meanwhile is not charged to every task. 0 where the

@@ -195,6 +195,19 @@ pub struct Attempt {
     pub ended_at: SystemTime,
 }
 
+impl Attempt {
+    fn of(attempt: u32, end: &TaskEnd, ended_at: SystemTime) -> Self {
+        Self {
+            attempt,
+            status: end.status,
+            outcome: end.outcome,
+            exit_code: end.exit_code,
+            error: end.error.clone(),
+            ended_at,
+        }
+    }
+}
+
 /// What the host knows of one task.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskRecord {
@@ -284,14 +297,7 @@ impl TaskRecord {
                 end,
                 next_attempt,
             } => {
-                self.attempts.push(Attempt {
-                    attempt: self.attempt,
-                    status: end.status,
-                    outcome: end.outcome,
-                    exit_code: end.exit_code,
-                    error: end.error,
-                    ended_at: at,
-                });
+                self.attempts.push(Attempt::of(self.attempt, &end, at));
                 self.attempt = next_attempt;
                 self.status = Status::Spawned;
                 self.step = 0;
@@ -299,14 +305,7 @@ impl TaskRecord {
             }
             TaskEvent::Ended { at, fuel, end } => {
                 if !self.attempts.is_empty() {
-                    self.attempts.push(Attempt {
-                        attempt: self.attempt,
-                        status: end.status,
-                        outcome: end.outcome,
-                        exit_code: end.exit_code,
-                        error: end.error.clone(),
-                        ended_at: at,
-                    });
+                    self.attempts.push(Attempt::of(self.attempt, &end, at));
                 }
                 self.status = end.status;
                 self.outcome = Some(end.outcome);

@@ -159,18 +159,11 @@ async fn shutdown_refuses_new_tasks_lets_short_ones_finish_and_kills_the_rest() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_until_its_shutdown_signal_then_returns() {
-    use clap::Parser as _;
     let module = common::module("default").display().to_string();
-    let config = http_spawn::config::Config::try_parse_from([
-        "http-spawn",
-        "--module",
+    let config = common::config(
         &module,
-        "--capacity",
-        "100",
-        "--shutdown-grace-secs",
-        "1",
-    ])
-    .expect("parses");
+        &["--capacity", "100", "--shutdown-grace-secs", "1"],
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

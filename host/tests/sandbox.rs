@@ -169,17 +169,7 @@ async fn a_blocking_wasi_sleep_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_broken_module_is_a_start_up_error() {
-    use clap::Parser as _;
-    let config = |module: &str| {
-        http_spawn::config::Config::try_parse_from([
-            "http-spawn",
-            "--module",
-            module,
-            "--capacity",
-            "4",
-        ])
-        .expect("parses")
-    };
+    let config = |module: &str| common::config(module, &["--capacity", "4"]);
     let missing =
         http_spawn::Host::start(&config("/nonexistent/worker.wasm")).expect_err("missing module");
     assert!(
@@ -199,18 +189,8 @@ async fn a_missing_or_broken_module_is_a_start_up_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_too_big_for_the_memory_cap_is_a_start_up_error() {
-    use clap::Parser as _;
     let module = common::module("exit7").display().to_string();
-    let config = http_spawn::config::Config::try_parse_from([
-        "http-spawn",
-        "--module",
-        &module,
-        "--max-memory",
-        "1MiB",
-        "--capacity",
-        "4",
-    ])
-    .expect("parses");
+    let config = common::config(&module, &["--max-memory", "1MiB", "--capacity", "4"]);
     let error = http_spawn::Host::start(&config).expect_err("a std worker needs more than 1 MiB");
     let message = format!("{error:#}");
     assert!(message.contains("raise --max-memory"), "{message}");

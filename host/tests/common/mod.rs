@@ -38,24 +38,27 @@ pub struct TestApp {
     _shutdown: oneshot::Sender<()>,
 }
 
+/// The host's configuration for the worker at `module` (a path) with command-line `args`, as
+/// `http-spawn` would parse it.
+pub fn config(module: &str, args: &[&str]) -> Config {
+    let argv = ["http-spawn", "--module", module]
+        .into_iter()
+        .chain(args.iter().copied());
+    Config::try_parse_from(argv).expect("test configuration parses")
+}
+
 /// Starts a host running the worker `module` (see [`module`]) with extra command-line `args`.
 pub async fn spawn_app(module_name: &str, args: &[&str]) -> TestApp {
-    let module = module(module_name);
-    let mut argv = vec![
-        "http-spawn".to_owned(),
-        "--module".to_owned(),
-        module.display().to_string(),
-    ];
+    let mut args = args.to_vec();
     if module_name != "default" && !args.contains(&"--max-memory") {
         // The example workers use Rust's std, whose 1 MiB stack outgrows the default cap.
-        argv.extend(["--max-memory".to_owned(), "16MiB".to_owned()]);
+        args.extend(["--max-memory", "16MiB"]);
     }
     if !args.contains(&"--capacity") {
         // Small pools keep many test hosts in one process cheap.
-        argv.extend(["--capacity".to_owned(), "2000".to_owned()]);
+        args.extend(["--capacity", "2000"]);
     }
-    argv.extend(args.iter().map(|s| (*s).to_owned()));
-    let config = Config::try_parse_from(argv).expect("test configuration parses");
+    let config = config(&module(module_name).display().to_string(), &args);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
