@@ -75,6 +75,7 @@ pub fn router(host: Arc<Host>, limits: RequestLimits) -> Router {
         .route("/api/tasks/{pid}/events", get(task_events))
         .route("/api/events", get(all_events))
         .route("/api/health", get(health))
+        .route("/", get(dashboard))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -485,6 +486,19 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         queued: state.host.queued(),
         tasks: state.host.totals(),
     })
+}
+
+/// The live dashboard: one self-contained page, embedded in the binary so it works offline.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD_HTML,
+    )
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
