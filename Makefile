@@ -19,12 +19,13 @@ $(GUEST_DIR)/.target-installed:
 # The default worker and the small test workers (guest/examples), as components.
 build-guest: $(GUEST_DIR)/.target-installed
 	$(CARGO) build -p http-spawn-guest --target $(GUEST_TARGET) --profile guest --lib --examples
+	$(CARGO) build -p http-spawn-report --target $(GUEST_TARGET) --profile guest --lib
 
 build: build-guest
 	$(CARGO) build --release -p http-spawn
 
 run: build
-	./target/release/http-spawn --listen $(LISTEN) $(ARGS)
+	./target/release/http-spawn --config http-spawn.toml --listen $(LISTEN) $(ARGS)
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

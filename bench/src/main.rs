@@ -25,7 +25,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use http_spawn::config::Config;
 use http_spawn::host::NewTask;
-use http_spawn::sandbox::{Next, Sandbox, SandboxConfig, TaskLimits};
+use http_spawn::sandbox::{Module, Next, Sandbox, SandboxConfig, TaskLimits, WorkerLimits};
 use http_spawn::table::Pid;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -252,22 +252,34 @@ fn measure(
     (median(&mut per_task_us), median(&mut rates))
 }
 
-fn our_sandbox(module: &Path, capacity: u32, epoch_interruption: bool) -> anyhow::Result<Sandbox> {
-    Ok(Sandbox::new(SandboxConfig {
-        module: module.to_owned(),
-        fuel_per_step: u64::MAX / 4,
-        // Enough for the std-based workers too; the default worker's own cap is smaller.
-        max_memory_bytes: 16 << 20,
+/// Our sandbox with `module` loaded; the sandbox keeps the epoch ticker going.
+fn our_sandbox(
+    module: &Path,
+    capacity: u32,
+    epoch_interruption: bool,
+) -> anyhow::Result<(Sandbox, Module)> {
+    // Enough for the std-based workers too; the default worker's own cap is smaller.
+    let max_memory_bytes = 16 << 20;
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_memory_bytes,
         max_log_bytes: http_spawn::config::DEFAULT_MAX_LOG_BYTES,
         capacity,
         epoch_interruption,
-    })?)
+        cache_dir: None,
+    })?;
+    let bytes = std::fs::read(module)?;
+    let limits = WorkerLimits {
+        fuel_per_step: u64::MAX / 4,
+        max_memory_bytes,
+    };
+    let module = sandbox.load(&bytes, limits)?;
+    Ok((sandbox, module))
 }
 
 /// One task on our sandbox, start to end, no sleeping between steps.
-fn run_ours(sandbox: &Sandbox, payload: Option<&str>) -> i32 {
+fn run_ours(module: &Module, payload: Option<&str>) -> i32 {
     let pid = Pid::new(0, 1);
-    let Ok(mut process) = sandbox.instantiate(pid, TaskLimits::unlimited()) else {
+    let Ok(mut process) = module.instantiate(pid, TaskLimits::unlimited()) else {
         return -1;
     };
     if process.start(pid, "bench", 0, payload).is_err() {
@@ -294,7 +306,7 @@ fn section_instantiate(report: &mut Report, quick: bool) -> anyhow::Result<Value
         let naive = naive::Naive::new(&module, true)?;
         for threads in [1, 2] {
             let (ours_us, ours_rate) = measure(threads, batches, per_batch, &|| {
-                std::hint::black_box(run_ours(&ours, None));
+                std::hint::black_box(run_ours(&ours.1, None));
             });
             let (naive_us, naive_rate) = measure(threads, batches, per_batch / 4, &|| {
                 std::hint::black_box(naive.run(None).unwrap_or(-1));
@@ -350,7 +362,7 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
         LiveMode::Wasm => {
             let module = guest("default").display().to_string();
             let capacity = n.to_string();
-            let config = <Config as clap::Parser>::try_parse_from([
+            let config = Config::from_args([
                 "http-spawn",
                 "--module",
                 &module,
@@ -368,7 +380,8 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
                     duration: 86_400,
                     payload: None,
                     deadline: None,
-                    max_attempts: 1,
+                    max_attempts: None,
+                    worker: None,
                 })?;
             }
             let deadline = Instant::now() + Duration::from_secs(600);
@@ -769,8 +782,8 @@ fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         };
         let off = time(&|| fuel_off.run(Some(&payload)).unwrap_or(-1));
         let on = time(&|| fuel_on.run(Some(&payload)).unwrap_or(-1));
-        let ours_ms = time(&|| run_ours(&ours, Some(&payload)));
-        let no_epoch_ms = time(&|| run_ours(&ours_no_epoch, Some(&payload)));
+        let ours_ms = time(&|| run_ours(&ours.1, Some(&payload)));
+        let no_epoch_ms = time(&|| run_ours(&ours_no_epoch.1, Some(&payload)));
         ratios.push(on / off);
         rows.push(vec![
             name.to_owned(),

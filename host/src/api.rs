@@ -8,48 +8,63 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use tower_http::trace::TraceLayer;
 
 use crate::capture::LogLine;
 use crate::config::{
-    Config, DEFAULT_DURATION_SECS, DEFAULT_MAX_NAME_BYTES, DEFAULT_RETRY_AFTER_SECS,
+    Config, DEFAULT_DURATION_SECS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NAME_BYTES,
+    DEFAULT_RETRY_AFTER_SECS, MAX_ATTEMPTS_LIMIT, is_worker_name,
 };
 use crate::error::ApiError;
 use crate::events::{Subscription, exit_data};
 use crate::host::{Host, KillError, NewTask, SpawnError, Totals};
+use crate::sandbox::LoadError;
 use crate::table::{ListQuery, Page, Pid, Status, TaskRecord};
+use crate::workers::{InstallError, RollbackError, Source, WorkerInfo};
 
 /// What a request may ask for.
 #[derive(Debug, Clone)]
 pub struct RequestLimits {
     pub max_body_bytes: usize,
+    /// Largest module an upload may carry.
+    pub max_module_bytes: usize,
     pub max_name_bytes: usize,
     pub max_duration_secs: u32,
     pub max_deadline_secs: u32,
 }
 
 impl RequestLimits {
-    /// The limits `config` sets.
+    /// The limits `config` sets. Durations are bounded here by the most any worker allows;
+    /// the host holds each task to its own worker's limit.
     pub fn from_config(config: &Config) -> Self {
+        let max_duration_secs = config
+            .workers
+            .iter()
+            .map(|worker| worker.max_duration_secs)
+            .chain([config.max_duration_secs])
+            .max()
+            .unwrap_or(config.max_duration_secs);
         Self {
             max_body_bytes: config.max_body_bytes,
+            max_module_bytes: config.max_module_bytes,
             max_name_bytes: DEFAULT_MAX_NAME_BYTES,
-            max_duration_secs: config.max_duration_secs,
-            max_deadline_secs: config
-                .max_duration_secs
-                .saturating_add(config.deadline_grace_secs),
+            max_duration_secs,
+            max_deadline_secs: max_duration_secs.saturating_add(config.deadline_grace_secs),
         }
     }
 }
@@ -59,16 +74,31 @@ impl RequestLimits {
 pub struct AppState {
     host: Arc<Host>,
     limits: Arc<RequestLimits>,
+    /// The SHA-256 of the admin token; `None` switches the admin endpoints off.
+    admin: Option<Arc<AdminToken>>,
 }
 
-/// The API's routes.
-pub fn router(host: Arc<Host>, limits: RequestLimits) -> Router {
+/// The API's routes. `admin_token`, when set, opens the admin endpoints to requests that
+/// carry it as a bearer token.
+pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>) -> Router {
     let max_body_bytes = limits.max_body_bytes;
+    let max_module_bytes = limits.max_module_bytes;
     let state = AppState {
         host,
         limits: Arc::new(limits),
+        admin: admin_token.map(|token| Arc::new(AdminToken::new(token))),
     };
+    let admin = Router::new()
+        .route(
+            "/api/workers/{name}",
+            put(install_worker).layer(DefaultBodyLimit::max(max_module_bytes)),
+        )
+        .route("/api/workers/{name}/rollback", post(rollback_worker))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
+        .merge(admin)
+        .route("/api/workers", get(list_workers))
+        .route("/api/workers/{name}", get(get_worker))
         .route("/api/tasks", post(spawn_task).get(list_tasks))
         .route("/api/tasks/{pid}", get(get_task).delete(kill_task))
         .route("/api/tasks/{pid}/logs", get(get_logs))
@@ -116,6 +146,9 @@ async fn spawn_task(
             message: error.to_string(),
             retry_after: DEFAULT_RETRY_AFTER_SECS,
         },
+        SpawnError::UnknownWorker { .. } | SpawnError::TooLong { .. } => {
+            ApiError::BadRequest(error.to_string())
+        }
     })?;
     let body = Spawned {
         pid,
@@ -199,16 +232,17 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         Some(_) => return Err(bad(DEADLINE_TYPE.into())),
     };
     let max_attempts = match (fields.remove("restart"), fields.remove("max_attempts")) {
-        (None | Some(Value::Null), None | Some(Value::Null)) => 1,
+        // The worker's own policy.
+        (None | Some(Value::Null), None | Some(Value::Null)) => None,
         (Some(Value::String(policy)), attempts) if policy == "on-failure" => match attempts {
-            None | Some(Value::Null) => DEFAULT_MAX_ATTEMPTS,
+            None | Some(Value::Null) => Some(DEFAULT_MAX_ATTEMPTS),
             Some(Value::Number(n)) => match n.as_u64() {
-                Some(n @ 2..=MAX_ATTEMPTS) => n as u32,
+                Some(n) if (2..=u64::from(MAX_ATTEMPTS_LIMIT)).contains(&n) => Some(n as u32),
                 _ => return Err(bad(MAX_ATTEMPTS_RANGE.into())),
             },
             Some(_) => return Err(bad(MAX_ATTEMPTS_RANGE.into())),
         },
-        (Some(Value::String(policy)), None | Some(Value::Null)) if policy == "never" => 1,
+        (Some(Value::String(policy)), None | Some(Value::Null)) if policy == "never" => Some(1),
         (Some(Value::String(policy)), Some(_)) if policy == "never" => {
             return Err(bad("max_attempts goes with restart: \"on-failure\"".into()));
         }
@@ -219,12 +253,18 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
             return Err(bad("restart must be \"never\" or \"on-failure\"".into()));
         }
     };
+    let worker = match fields.remove("worker") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(worker)) if is_worker_name(&worker) => Some(worker),
+        Some(_) => return Err(bad(WORKER_TYPE.into())),
+    };
     let payload = match fields.remove("payload") {
         None | Some(Value::Null) => None,
         Some(payload) => Some(payload.to_string()),
     };
     Ok(NewTask {
         name,
+        worker,
         duration,
         payload,
         deadline,
@@ -234,9 +274,7 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
 
 const DURATION_TYPE: &str = "duration must be a non-negative integer number of seconds";
 const DEADLINE_TYPE: &str = "deadline must be a non-negative integer number of seconds";
-/// Attempts in all for `restart: "on-failure"` when the request names none, and the most.
-const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-const MAX_ATTEMPTS: u64 = 10;
+const WORKER_TYPE: &str = "worker must be a worker's name (A-Z, a-z, 0-9, '_', '-')";
 const MAX_ATTEMPTS_RANGE: &str = "max_attempts must be an integer from 2 to 10";
 
 /// The `{pid}` of a task path: a path that is not even text names no task.
@@ -269,6 +307,7 @@ const MAX_PAGE: usize = 1000;
 struct ListParams {
     status: Option<Status>,
     name: Option<String>,
+    worker: Option<String>,
     before: Option<String>,
     limit: Option<usize>,
 }
@@ -301,6 +340,7 @@ async fn list_tasks(
     Ok(Json(state.host.list(&ListQuery {
         status: params.status,
         name: params.name,
+        worker: params.worker,
         before,
         limit,
     })))
@@ -488,6 +528,174 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
+/// The admin token, kept only as its SHA-256 so that comparing takes the same time whatever
+/// the guess, its length included.
+#[derive(Debug)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    fn new(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Whether `presented` is the token, in time independent of where they differ.
+    fn matches(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let difference = self
+            .0
+            .iter()
+            .zip(presented)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(difference) == 0
+    }
+}
+
+/// Lets a request through to an admin endpoint only with the right bearer token: `403` when
+/// no token is configured or the token is wrong, `401` when none is presented. Runs before the
+/// body is read, so an unauthorised upload costs nothing.
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(token) = &state.admin else {
+        return Err(ApiError::Forbidden(
+            "admin endpoints are disabled: start the host with HTTP_SPAWN_ADMIN_TOKEN (or \
+             --admin-token) to enable them"
+                .into(),
+        ));
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    match presented {
+        None => Err(ApiError::Unauthorized(
+            "this endpoint needs the admin token: Authorization: Bearer <token>".into(),
+        )),
+        Some(presented) if token.matches(presented) => Ok(next.run(request).await),
+        Some(_) => Err(ApiError::Forbidden("wrong admin token".into())),
+    }
+}
+
+fn worker_path(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(name)| name)
+        .map_err(|_| ApiError::NotFound("no worker at that path".into()))
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerList {
+    workers: Vec<WorkerInfo>,
+}
+
+/// `GET /api/workers`: every worker with its current and previous module versions.
+async fn list_workers(State(state): State<AppState>) -> Json<WorkerList> {
+    Json(WorkerList {
+        workers: state.host.workers().list(),
+    })
+}
+
+/// `GET /api/workers/{name}`.
+async fn get_worker(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    let name = worker_path(path)?;
+    let workers = state.host.workers();
+    workers
+        .get(Some(&name))
+        .map(|worker| Json(worker.info()))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no worker named {name:?}; the workers are: {}",
+                workers.names()
+            ))
+        })
+}
+
+#[derive(Debug, Serialize)]
+struct InstalledBody {
+    /// False when the upload is the version already current.
+    changed: bool,
+    worker: WorkerInfo,
+}
+
+/// `PUT /api/workers/{name}` (admin): a new module version for the worker's new tasks,
+/// published only once it compiled, fits the `worker` world and passed a smoke run.
+async fn install_worker(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<InstalledBody>, ApiError> {
+    let name = worker_path(path)?;
+    if !is_wasm(&headers) {
+        return Err(ApiError::UnsupportedBody(
+            "the body must be a WebAssembly component, sent with Content-Type: \
+             application/wasm"
+                .into(),
+        ));
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+            limit: state.limits.max_module_bytes,
+        },
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
+    let workers = Arc::clone(state.host.workers());
+    // Compiling takes a while: off the async threads.
+    let installed =
+        tokio::task::spawn_blocking(move || workers.install(&name, &body, Source::Upload))
+            .await
+            .map_err(|error| ApiError::Internal(format!("install task failed: {error}")))?;
+    match installed {
+        Ok(installed) => Ok(Json(InstalledBody {
+            changed: installed.changed,
+            worker: installed.worker,
+        })),
+        Err(error @ InstallError::Unknown { .. }) => Err(ApiError::NotFound(error.to_string())),
+        Err(InstallError::Refused(error @ LoadError::NotComponent(_))) => {
+            Err(ApiError::BadRequest(error.to_string()))
+        }
+        Err(InstallError::Refused(error)) => Err(ApiError::Unprocessable(error.to_string())),
+    }
+}
+
+/// Whether the request says its body is wasm: `application/wasm`, or the generic
+/// `application/octet-stream` that `curl --data-binary` users reach for.
+fn is_wasm(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .is_some_and(|mime| {
+            mime.eq_ignore_ascii_case("application/wasm")
+                || mime.eq_ignore_ascii_case("application/octet-stream")
+        })
+}
+
+/// `POST /api/workers/{name}/rollback` (admin): the previous version becomes current again.
+async fn rollback_worker(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    let name = worker_path(path)?;
+    state
+        .host
+        .workers()
+        .rollback(&name)
+        .map(Json)
+        .map_err(|error| match error {
+            RollbackError::Unknown { .. } => ApiError::NotFound(error.to_string()),
+            RollbackError::NoPrevious(_) => ApiError::Conflict(error.to_string()),
+        })
+}
+
 /// The live dashboard: one self-contained page, embedded in the binary so it works offline.
 const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 
@@ -516,6 +724,7 @@ mod tests {
     fn limits() -> RequestLimits {
         RequestLimits {
             max_body_bytes: 1024,
+            max_module_bytes: 1024,
             max_name_bytes: 8,
             max_duration_secs: 60,
             max_deadline_secs: 90,
@@ -532,10 +741,11 @@ mod tests {
             parse(r#"{"name":"report","duration":5}"#),
             Ok(NewTask {
                 name: "report".into(),
+                worker: None,
                 duration: 5,
                 payload: None,
                 deadline: None,
-                max_attempts: 1,
+                max_attempts: None,
             })
         );
         assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));

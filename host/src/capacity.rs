@@ -13,25 +13,36 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use crate::scheduler::TaskSpec;
 use crate::table::Pid;
 
-/// Where a task taken off the queue goes: to a scheduler thread, with its permit.
-pub type Dispatch = Box<dyn Fn(TaskSpec, Permit) + Send + Sync>;
+/// What waits in the queue: anything that knows its pid (the host queues [`TaskSpec`]s).
+pub trait Queued: Send + 'static {
+    fn pid(&self) -> Pid;
+}
 
-#[derive(Debug, Default)]
-struct State {
+impl Queued for TaskSpec {
+    fn pid(&self) -> Pid {
+        self.pid
+    }
+}
+
+/// Where a task taken off the queue goes: to a scheduler thread, with its permit.
+pub type Dispatch<T = TaskSpec> = Box<dyn Fn(T, Permit<T>) + Send + Sync>;
+
+#[derive(Debug)]
+struct State<T> {
     live: u32,
-    queue: VecDeque<TaskSpec>,
+    queue: VecDeque<T>,
     closed: bool,
 }
 
 /// Live and waiting tasks, shared by the API and the scheduler threads.
-pub struct Admission {
-    state: Mutex<State>,
+pub struct Admission<T: Queued = TaskSpec> {
+    state: Mutex<State<T>>,
     limit: u32,
     queue_limit: usize,
-    dispatch: OnceLock<Dispatch>,
+    dispatch: OnceLock<Dispatch<T>>,
 }
 
-impl std::fmt::Debug for Admission {
+impl<T: Queued> std::fmt::Debug for Admission<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
             .field("limit", &self.limit)
@@ -42,13 +53,13 @@ impl std::fmt::Debug for Admission {
 
 /// One live task's place. Dropping it hands the place to the oldest waiting task, or frees it.
 #[derive(Debug)]
-pub struct Permit(Arc<Admission>);
+pub struct Permit<T: Queued = TaskSpec>(Arc<Admission<T>>);
 
 /// What admission decided for a new task.
 #[derive(Debug)]
-pub enum Admitted {
+pub enum Admitted<T: Queued = TaskSpec> {
     /// A place is free: run it now.
-    Now(TaskSpec, Permit),
+    Now(T, Permit<T>),
     /// It waits in the queue; it will be dispatched when a place frees.
     Queued,
 }
@@ -62,11 +73,15 @@ pub enum Refused {
     Closed,
 }
 
-impl Admission {
+impl<T: Queued> Admission<T> {
     /// Admission for at most `limit` live tasks and `queue_limit` waiting ones.
     pub fn new(limit: u32, queue_limit: usize) -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                live: 0,
+                queue: VecDeque::new(),
+                closed: false,
+            }),
             limit,
             queue_limit,
             dispatch: OnceLock::new(),
@@ -74,11 +89,11 @@ impl Admission {
     }
 
     /// Sets where queued tasks go when a place frees; once, at start.
-    pub fn set_dispatch(&self, dispatch: Dispatch) {
+    pub fn set_dispatch(&self, dispatch: Dispatch<T>) {
         let _ = self.dispatch.set(dispatch);
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -89,9 +104,9 @@ impl Admission {
     /// happen to it.
     pub fn admit(
         self: &Arc<Self>,
-        spec: TaskSpec,
-        record: impl FnOnce(&TaskSpec),
-    ) -> Result<Admitted, Refused> {
+        spec: T,
+        record: impl FnOnce(&T),
+    ) -> Result<Admitted<T>, Refused> {
         let mut state = self.lock();
         if state.closed {
             return Err(Refused::Closed);
@@ -111,14 +126,14 @@ impl Admission {
     }
 
     /// Takes `pid` out of the queue, if it waits there.
-    pub fn unqueue(&self, pid: Pid) -> Option<TaskSpec> {
+    pub fn unqueue(&self, pid: Pid) -> Option<T> {
         let mut state = self.lock();
-        let index = state.queue.iter().position(|spec| spec.pid == pid)?;
+        let index = state.queue.iter().position(|spec| spec.pid() == pid)?;
         state.queue.remove(index)
     }
 
     /// Refuses every new task from now on, and hands back the waiting ones.
-    pub fn close(&self) -> Vec<TaskSpec> {
+    pub fn close(&self) -> Vec<T> {
         let mut state = self.lock();
         state.closed = true;
         state.queue.drain(..).collect()
@@ -145,7 +160,7 @@ impl Admission {
     }
 }
 
-impl Drop for Permit {
+impl<T: Queued> Drop for Permit<T> {
     fn drop(&mut self) {
         let next = {
             let mut state = self.0.lock();
@@ -238,23 +253,28 @@ mod tests {
     use super::*;
 
     use std::sync::Mutex as StdMutex;
-    use std::time::Duration;
 
-    fn spec(seq: u64) -> TaskSpec {
-        TaskSpec {
+    /// A queued task as these tests need it: just its pid.
+    #[derive(Debug)]
+    struct Spec {
+        pid: Pid,
+    }
+
+    impl Queued for Spec {
+        fn pid(&self) -> Pid {
+            self.pid
+        }
+    }
+
+    fn spec(seq: u64) -> Spec {
+        Spec {
             pid: Pid::new(1, seq),
-            name: "t".into(),
-            duration: 0,
-            payload: None,
-            deadline: Duration::ZERO,
-            max_attempts: 1,
-            attempt: 1,
         }
     }
 
     #[test]
     fn admits_then_queues_then_refuses_and_passes_places_on_in_order() {
-        let admission = Admission::new(1, 2);
+        let admission = Admission::<Spec>::new(1, 2);
         let started = Arc::new(StdMutex::new(Vec::new()));
         let sink = Arc::clone(&started);
         admission.set_dispatch(Box::new(move |spec, permit| {
@@ -275,7 +295,7 @@ mod tests {
         assert_eq!((admission.live(), admission.queued()), (1, 2));
 
         drop(first);
-        let seqs = |started: &StdMutex<Vec<(u64, Permit)>>| {
+        let seqs = |started: &StdMutex<Vec<(u64, Permit<Spec>)>>| {
             started
                 .lock()
                 .expect("lock")

@@ -1,10 +1,21 @@
 //! The host's configuration: one clap struct, every option also settable as `HTTP_SPAWN_*` in
-//! the environment, parsed once in `main` and passed down.
+//! the environment, and optionally a registry file (`--config http-spawn.toml`) declaring the
+//! server and the named workers. Parsed once in `main` and passed down.
+//!
+//! Precedence: a flag or environment variable given explicitly beats the file, which beats the
+//! built-in default. The per-worker limit flags (`--fuel-per-step`, `--max-memory`,
+//! `--max-duration-secs`) are the defaults of every worker; given explicitly, they override
+//! every worker's own value, and `--module` overrides the default worker's module.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use serde::Deserialize;
+
+use crate::workers::DEFAULT_WORKER;
 
 /// The module `make build-guest` produces, relative to the repository root.
 pub const DEFAULT_MODULE: &str = "target/wasm32-wasip2/guest/http_spawn_guest.wasm";
@@ -35,6 +46,16 @@ pub const DEFAULT_MAX_QUEUE: usize = 10_000;
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
 /// How long a client refused for capacity is asked to wait.
 pub const DEFAULT_RETRY_AFTER_SECS: u32 = 1;
+/// Largest worker module an upload may carry.
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 * 1024 * 1024;
+/// How often module files are checked for changes.
+pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
+/// The restart policy's default number of attempts, when a worker or request turns it on.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The most attempts a restart policy may ask for.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 10;
+/// The `--cache-dir` value that turns the compiled-module cache off.
+pub const CACHE_OFF: &str = "off";
 
 /// A WebAssembly-sandboxed task host: every task runs in its own wasmtime instance.
 #[derive(Debug, Clone, Parser)]
@@ -44,13 +65,17 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// The worker component every task runs.
+    /// A registry file (TOML) declaring the server and named workers; see http-spawn.toml.
+    #[arg(long, env = "HTTP_SPAWN_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The default worker's component: what tasks run when they name no worker.
     #[arg(long, env = "HTTP_SPAWN_MODULE", default_value = DEFAULT_MODULE)]
     pub module: PathBuf,
 
     /// Scheduler threads running guest code [default: the number of CPUs].
-    #[arg(long, env = "HTTP_SPAWN_WORKERS")]
-    pub workers: Option<usize>,
+    #[arg(long, alias = "workers", env = "HTTP_SPAWN_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 
     /// Threads serving HTTP [default: the number of CPUs].
     #[arg(long, env = "HTTP_SPAWN_HTTP_THREADS")]
@@ -112,22 +137,366 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HTTP_SPAWN_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+
+    /// Bearer token for the admin endpoints (worker swap and rollback). Without one they are
+    /// disabled. Prefer the environment variable: a flag shows in the process list.
+    #[arg(long, env = "HTTP_SPAWN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Largest worker module an upload may carry, in bytes.
+    #[arg(long, env = "HTTP_SPAWN_MAX_MODULE_BYTES", default_value_t = DEFAULT_MAX_MODULE_BYTES)]
+    pub max_module_bytes: usize,
+
+    /// Where compiled modules are kept between runs [default: $XDG_CACHE_HOME/http-spawn or
+    /// ~/.cache/http-spawn]; `off` compiles every time.
+    #[arg(long, env = "HTTP_SPAWN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// How often module files are checked for changes, in milliseconds; 0 stops watching.
+    #[arg(long, env = "HTTP_SPAWN_WATCH_INTERVAL_MS", default_value_t = DEFAULT_WATCH_INTERVAL_MS)]
+    pub watch_interval_ms: u64,
+
+    /// The named workers, resolved from the file and the flags by [`Config::from_args`].
+    #[arg(skip)]
+    pub workers: Vec<WorkerConfig>,
+}
+
+/// One named worker and the limits its tasks run under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    pub name: String,
+    /// The component file, loaded at start and watched for changes.
+    pub module: PathBuf,
+    pub fuel_per_step: u64,
+    /// Linear memory cap per task, in bytes.
+    pub max_memory: u64,
+    pub max_duration_secs: u32,
+    /// Attempts a task gets when its request names no restart policy: 1 never restarts.
+    pub max_attempts: u32,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    #[error("cannot read the registry file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the registry file {path} is not valid: {message}")]
+    File { path: PathBuf, message: String },
 }
 
 impl Config {
+    /// Parses the command line (and the environment), reads the registry file it names, and
+    /// resolves the workers.
+    pub fn from_args<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        let file = match &config.config {
+            Some(path) => Some(RegistryFile::read(path)?),
+            None => None,
+        };
+        config.merge(file, &matches);
+        Ok(config)
+    }
+
+    /// Applies the file under the flags, and resolves the workers.
+    fn merge(&mut self, file: Option<(PathBuf, RegistryFile)>, matches: &ArgMatches) {
+        let explicit = |id: &str| {
+            matches
+                .value_source(id)
+                .is_some_and(|source| source != ValueSource::DefaultValue)
+        };
+        let (base, file) = match file {
+            Some((path, file)) => {
+                let base = path.parent().map(Path::to_owned).unwrap_or_default();
+                (base, file)
+            }
+            None => (PathBuf::new(), RegistryFile::default()),
+        };
+        let server = file.server;
+        macro_rules! from_file {
+            ($field:ident, $id:literal) => {
+                if let Some(value) = server.$field
+                    && !explicit($id)
+                {
+                    self.$field = value.into();
+                }
+            };
+        }
+        from_file!(listen, "listen");
+        from_file!(worker_threads, "worker_threads");
+        from_file!(http_threads, "http_threads");
+        from_file!(capacity, "capacity");
+        from_file!(max_queue, "max_queue");
+        from_file!(max_history, "max_history");
+        from_file!(watch_interval_ms, "watch_interval_ms");
+        if let Some(dir) = server.cache_dir
+            && !explicit("cache_dir")
+        {
+            self.cache_dir = Some(base.join(dir));
+        }
+
+        let default = WorkerConfig {
+            name: DEFAULT_WORKER.to_owned(),
+            module: self.module.clone(),
+            fuel_per_step: self.fuel_per_step,
+            max_memory: self.max_memory,
+            max_duration_secs: self.max_duration_secs,
+            max_attempts: 1,
+        };
+        let mut workers: BTreeMap<String, WorkerConfig> = file
+            .workers
+            .into_iter()
+            .map(|(WorkerName(name), worker)| {
+                let resolved = WorkerConfig {
+                    name: name.clone(),
+                    module: base.join(worker.module),
+                    fuel_per_step: worker.fuel_per_step.unwrap_or(default.fuel_per_step),
+                    max_memory: worker.max_memory.map_or(default.max_memory, |m| m.0),
+                    max_duration_secs: worker
+                        .max_duration_secs
+                        .unwrap_or(default.max_duration_secs),
+                    max_attempts: worker.max_attempts,
+                };
+                (name, resolved)
+            })
+            .collect();
+        let default_worker = workers
+            .entry(DEFAULT_WORKER.to_owned())
+            .or_insert_with(|| default.clone());
+        if explicit("module") {
+            default_worker.module = default.module.clone();
+        }
+        for worker in workers.values_mut() {
+            if explicit("fuel_per_step") {
+                worker.fuel_per_step = default.fuel_per_step;
+            }
+            if explicit("max_memory") {
+                worker.max_memory = default.max_memory;
+            }
+            if explicit("max_duration_secs") {
+                worker.max_duration_secs = default.max_duration_secs;
+            }
+        }
+        self.workers = workers.into_values().collect();
+    }
+
+    /// The largest memory cap of any worker: the size of every slot in the instance pool.
+    pub fn pool_slot_bytes(&self) -> usize {
+        let largest = self
+            .workers
+            .iter()
+            .map(|worker| worker.max_memory)
+            .chain([self.max_memory])
+            .max()
+            .unwrap_or(self.max_memory);
+        usize::try_from(largest).unwrap_or(usize::MAX)
+    }
+
+    /// Where the compiled-module cache lives, if anywhere.
+    pub fn module_cache_dir(&self) -> Option<PathBuf> {
+        match &self.cache_dir {
+            Some(dir) if dir.as_os_str() == CACHE_OFF => None,
+            Some(dir) => Some(dir.clone()),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+                .map(|dir| dir.join("http-spawn")),
+        }
+    }
+
     /// The scheduler threads to start.
-    pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(cpus).max(1)
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(cpus).max(1)
     }
 
     /// The HTTP runtime's worker threads.
     pub fn http_threads(&self) -> usize {
         self.http_threads.unwrap_or_else(cpus).max(1)
     }
+}
 
-    /// The memory cap per task, in bytes.
-    pub fn max_memory_bytes(&self) -> usize {
-        usize::try_from(self.max_memory).unwrap_or(usize::MAX)
+/// The registry file: `[server]` and `[workers.<name>]` tables. Unknown keys are errors, so a
+/// typo is reported, with its line, instead of silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(default)]
+    server: ServerFile,
+    #[serde(default)]
+    workers: BTreeMap<WorkerName, WorkerFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    listen: Option<SocketAddr>,
+    worker_threads: Option<usize>,
+    http_threads: Option<usize>,
+    capacity: Option<Capacity>,
+    max_queue: Option<usize>,
+    max_history: Option<usize>,
+    cache_dir: Option<PathBuf>,
+    watch_interval_ms: Option<u64>,
+}
+
+/// A `[workers.<name>]` table.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawWorkerFile")]
+struct WorkerFile {
+    module: PathBuf,
+    fuel_per_step: Option<u64>,
+    max_memory: Option<MemorySize>,
+    max_duration_secs: Option<u32>,
+    /// 1 when the worker's tasks are never restarted.
+    max_attempts: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkerFile {
+    module: PathBuf,
+    fuel_per_step: Option<u64>,
+    max_memory: Option<MemorySize>,
+    max_duration_secs: Option<u32>,
+    #[serde(default)]
+    restart: Restart,
+    max_attempts: Option<Attempts>,
+}
+
+impl TryFrom<RawWorkerFile> for WorkerFile {
+    type Error = String;
+
+    fn try_from(raw: RawWorkerFile) -> Result<Self, String> {
+        let max_attempts = match (raw.restart, raw.max_attempts) {
+            (Restart::Never, Some(_)) => {
+                return Err("max_attempts needs restart = \"on-failure\"".into());
+            }
+            (Restart::Never, None) => 1,
+            (Restart::OnFailure, attempts) => attempts.map_or(DEFAULT_MAX_ATTEMPTS, |a| a.0),
+        };
+        Ok(Self {
+            module: raw.module,
+            fuel_per_step: raw.fuel_per_step,
+            max_memory: raw.max_memory,
+            max_duration_secs: raw.max_duration_secs,
+            max_attempts,
+        })
+    }
+}
+
+/// A worker's name: what requests and URLs use, so it is kept to `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct WorkerName(String);
+
+impl<'de> Deserialize<'de> for WorkerName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        if is_worker_name(&name) {
+            Ok(Self(name))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "worker name {name:?} must be 1 to 64 of A-Z, a-z, 0-9, '_' and '-'"
+            )))
+        }
+    }
+}
+
+/// Whether `name` may name a worker.
+pub fn is_worker_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A memory size in the file: a number of bytes, or a string such as `"16MiB"`.
+#[derive(Debug)]
+struct MemorySize(u64);
+
+impl<'de> Deserialize<'de> for MemorySize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Bytes(bytes) => bytes.to_string(),
+            Raw::Text(text) => text,
+        };
+        parse_memory_size(&text)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A capacity in the file: at least 1.
+#[derive(Debug)]
+struct Capacity(u32);
+
+impl From<Capacity> for u32 {
+    fn from(capacity: Capacity) -> Self {
+        capacity.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Capacity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match u32::deserialize(deserializer)? {
+            0 => Err(serde::de::Error::custom("capacity must be at least 1")),
+            n => Ok(Self(n)),
+        }
+    }
+}
+
+/// `max_attempts` in the file: 2 to [`MAX_ATTEMPTS_LIMIT`].
+#[derive(Debug, Clone, Copy)]
+struct Attempts(u32);
+
+impl<'de> Deserialize<'de> for Attempts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = u32::deserialize(deserializer)?;
+        if (2..=MAX_ATTEMPTS_LIMIT).contains(&n) {
+            Ok(Self(n))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "max_attempts must be between 2 and {MAX_ATTEMPTS_LIMIT}"
+            )))
+        }
+    }
+}
+
+/// A worker's restart policy in the file.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Restart {
+    #[default]
+    Never,
+    OnFailure,
+}
+
+impl RegistryFile {
+    fn read(path: &Path) -> Result<(PathBuf, Self), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: Self = toml::from_str(&text).map_err(|error| ConfigError::File {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+        Ok((path.to_owned(), file))
     }
 }
 
@@ -178,6 +547,106 @@ mod tests {
         assert_eq!(parse_memory_size("4GiB"), Ok(4 << 30));
         for bad in ["", "MiB", "1.5MiB", "100KiB", "0", "5GiB", "1 parsec"] {
             assert!(parse_memory_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// Parses `args` with the registry file `text`, written to a scratch file.
+    fn with_file(text: &str, args: &[&str]) -> Result<Config, ConfigError> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("http-spawn-config-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let path = dir.join("http-spawn.toml");
+        std::fs::write(&path, text).expect("write");
+        let path = path.display().to_string();
+        let argv = ["http-spawn", "--config", &path]
+            .into_iter()
+            .chain(args.iter().copied());
+        let config = Config::from_args(argv);
+        let _ = std::fs::remove_dir_all(dir);
+        config
+    }
+
+    const FILE: &str = r#"
+[server]
+capacity = 5
+
+[workers.report]
+module = "report.wasm"
+fuel_per_step = 1000
+restart = "on-failure"
+"#;
+
+    #[test]
+    fn the_file_sets_what_flags_do_not() {
+        let config = with_file(FILE, &[]).expect("valid");
+        assert_eq!(config.capacity, 5);
+        let names: Vec<&str> = config.workers.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["default", "report"],
+            "the default worker is always there"
+        );
+        let report = &config.workers[1];
+        assert_eq!(report.fuel_per_step, 1000);
+        assert_eq!(report.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert!(report.module.ends_with("report.wasm") && report.module.is_absolute());
+        assert_eq!(config.workers[0].fuel_per_step, DEFAULT_FUEL_PER_STEP);
+    }
+
+    #[test]
+    fn explicit_flags_beat_the_file() {
+        let config = with_file(
+            FILE,
+            &[
+                "--capacity",
+                "7",
+                "--fuel-per-step",
+                "9",
+                "--module",
+                "x.wasm",
+            ],
+        )
+        .expect("valid");
+        assert_eq!(config.capacity, 7);
+        assert!(config.workers.iter().all(|w| w.fuel_per_step == 9));
+        assert_eq!(config.workers[0].module, PathBuf::from("x.wasm"));
+    }
+
+    #[test]
+    fn a_broken_file_names_the_line() {
+        for (text, line, reason) in [
+            ("[server]\ncapacity = 0\n", "line 2", "at least 1"),
+            ("[server]\nlisten = 8080\n", "line 2", ""),
+            (
+                "[workers.a]\nmodule = \"a.wasm\"\nmax_memory = \"3 parsecs\"\n",
+                "line 3",
+                "unit",
+            ),
+            (
+                "[workers.a]\nmodule = \"a.wasm\"\nfuel = 5\n",
+                "line 3",
+                "unknown field",
+            ),
+            (
+                "\n[workers.\"a b\"]\nmodule = \"a.wasm\"\n",
+                "line 2",
+                "worker name",
+            ),
+            (
+                "[workers.a]\nmodule = \"a.wasm\"\nmax_attempts = 3\n",
+                "line 1",
+                "on-failure",
+            ),
+            ("[workers.a\n", "line 1", ""),
+        ] {
+            let error = with_file(text, &[]).expect_err(text).to_string();
+            assert!(error.contains(line), "{text:?}: {line:?} not in {error}");
+            assert!(
+                error.contains(reason),
+                "{text:?}: {reason:?} not in {error}"
+            );
         }
     }
 }

@@ -26,6 +26,18 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("request body must be JSON, sent with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// The body is not of a type this endpoint takes: the message names the right one.
+    #[error("{0}")]
+    UnsupportedBody(String),
+    /// The request needs credentials it did not carry.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The credentials are wrong, or the endpoint is switched off.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is well-formed but its content was refused: the message says why.
+    #[error("{0}")]
+    Unprocessable(String),
     /// Too many of something the client holds open (event streams).
     #[error("{0}")]
     TooManyRequests(String),
@@ -48,7 +60,12 @@ impl IntoResponse for ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType | Self::UnsupportedBody(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyRequests(_) | Self::Full { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(detail) => {
@@ -57,6 +74,12 @@ impl IntoResponse for ApiError {
             }
         };
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if matches!(self, Self::Unauthorized(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"http-spawn admin\""),
+            );
+        }
         let retry_after = match self {
             Self::Unavailable { retry_after, .. } | Self::Full { retry_after, .. } => {
                 Some(retry_after)

@@ -22,18 +22,22 @@ use crate::table::{
     ListQuery, MemoryTable, Outcome, Page, Pid, ProcessTable, Status, TaskEnd, TaskEvent,
     TaskRecord,
 };
+use crate::workers::Registry;
 
 /// A task as a client asks for it, already validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTask {
     pub name: String,
+    /// The worker to run; the default one when absent.
+    pub worker: Option<String>,
     pub duration: u32,
     /// JSON text handed to the guest.
     pub payload: Option<String>,
     /// Wall-clock limit in seconds from start; the duration plus the grace when absent.
     pub deadline: Option<u32>,
-    /// How many times it may run in all (1: never restarted; see `TaskSpec::max_attempts`).
-    pub max_attempts: u32,
+    /// How many times it may run in all (1: never restarted; see `TaskSpec::max_attempts`);
+    /// the worker's policy when absent.
+    pub max_attempts: Option<u32>,
 }
 
 /// Why a task was not accepted.
@@ -43,6 +47,14 @@ pub enum SpawnError {
     Full { live: u32, queued: usize },
     #[error("the host is shutting down")]
     ShuttingDown,
+    #[error("no worker named {name:?}; the workers are: {known}")]
+    UnknownWorker { name: String, known: String },
+    #[error("{what} must be at most {max} seconds for worker {worker:?}")]
+    TooLong {
+        what: &'static str,
+        worker: String,
+        max: u32,
+    },
 }
 
 /// Why a task could not be killed.
@@ -77,28 +89,34 @@ pub struct Host {
     /// Tasks whose end the host recorded itself (killed while waiting, refused at shutdown).
     ended_here: Arc<AtomicU64>,
     deadline_grace_secs: u32,
+    workers: Arc<Registry>,
 }
 
 impl Host {
-    /// Compiles the worker, sizes the pool and admission, and starts the scheduler threads.
+    /// Loads the workers, sizes the pool and admission, and starts the scheduler threads.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
-        let sandbox = Sandbox::new(SandboxConfig {
-            module: config.module.clone(),
-            fuel_per_step: config.fuel_per_step,
-            max_memory_bytes: config.max_memory_bytes(),
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+            max_memory_bytes: config.pool_slot_bytes(),
             max_log_bytes: config.max_log_bytes,
             capacity: config.capacity,
             epoch_interruption: config.epoch_interruption,
-        })?;
-        let per_task = sandbox.mappings_per_instance();
+            cache_dir: config.module_cache_dir(),
+        })?);
+        let workers = Arc::new(Registry::start(Arc::clone(&sandbox), &config.workers)?);
+        if config.watch_interval_ms > 0 {
+            workers
+                .watch(Duration::from_millis(config.watch_interval_ms))
+                .context("starting the module watcher")?;
+        }
+        let per_task = workers.get(None).map_or(0, |worker| {
+            sandbox.mappings_per_instance(&worker.current().module)
+        });
         let capacity = capacity::effective_capacity(config.capacity, per_task);
         tracing::info!(
-            module = %config.module.display(),
             capacity,
-            workers = config.workers(),
-            fuel_per_step = config.fuel_per_step,
-            max_memory_bytes = config.max_memory,
-            "worker compiled"
+            worker_threads = config.worker_threads(),
+            workers = %workers.names(),
+            "host ready"
         );
         let events = Arc::new(EventBus::new(config.max_subscribers));
         let table: Arc<dyn ProcessTable> = Arc::new(Notifying::new(
@@ -106,7 +124,7 @@ impl Host {
             Arc::clone(&events),
         ));
         let scheduler = Arc::new(
-            Scheduler::start(config.workers(), Arc::new(sandbox), Arc::clone(&table))
+            Scheduler::start(config.worker_threads(), Arc::clone(&table))
                 .context("starting the scheduler threads")?,
         );
         let admission = Admission::new(capacity, config.max_queue);
@@ -135,36 +153,72 @@ impl Host {
             spawned: AtomicU64::new(0),
             ended_here,
             deadline_grace_secs: config.deadline_grace_secs,
+            workers,
         })
+    }
+
+    /// The worker registry.
+    pub fn workers(&self) -> &Arc<Registry> {
+        &self.workers
     }
 
     /// Accepts a task: admits it (or queues it), records it and hands it to a scheduler
     /// thread. Returns its pid at once; the task runs in the background.
     pub fn spawn(&self, task: NewTask) -> Result<Pid, SpawnError> {
-        let pid = self.pids.next();
         let NewTask {
             name,
+            worker,
             duration,
             payload,
             deadline,
             max_attempts,
         } = task;
+        let worker =
+            self.workers
+                .get(worker.as_deref())
+                .ok_or_else(|| SpawnError::UnknownWorker {
+                    name: worker.unwrap_or_default(),
+                    known: self.workers.names(),
+                })?;
+        let settings = &worker.settings;
+        let too_long = |what, max| SpawnError::TooLong {
+            what,
+            worker: settings.name.clone(),
+            max,
+        };
+        if duration > settings.max_duration_secs {
+            return Err(too_long("duration", settings.max_duration_secs));
+        }
+        let max_deadline = settings
+            .max_duration_secs
+            .saturating_add(self.deadline_grace_secs);
+        if deadline.is_some_and(|deadline| deadline > max_deadline) {
+            return Err(too_long("deadline", max_deadline));
+        }
         let deadline = Duration::from_secs(u64::from(
             deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs)),
         ));
+        let pid = self.pids.next();
         let spec = TaskSpec {
             pid,
             name,
+            version: worker.current(),
             duration,
             payload,
             deadline,
-            max_attempts: max_attempts.max(1),
+            max_attempts: max_attempts.unwrap_or(settings.max_attempts).max(1),
             attempt: 1,
         };
         let record = |spec: &TaskSpec| {
-            tracing::info!(pid = %pid, name = %spec.name, duration, "Task process spawned");
-            self.table
-                .insert(TaskRecord::spawned(pid, spec.name.clone(), duration));
+            tracing::info!(pid = %pid, worker = %spec.version.worker, version = %spec.version.id,
+                name = %spec.name, duration, "Task process spawned");
+            self.table.insert(TaskRecord::spawned(
+                pid,
+                spec.name.clone(),
+                duration,
+                Arc::clone(&spec.version.worker),
+                Arc::clone(&spec.version.id),
+            ));
         };
         match self.admission.admit(spec, record) {
             Ok(Admitted::Now(spec, permit)) => {

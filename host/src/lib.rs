@@ -13,6 +13,7 @@
 //! ```
 
 pub mod api;
+pub mod cache;
 pub mod capacity;
 pub mod capture;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod host;
 pub mod sandbox;
 pub mod scheduler;
 pub mod table;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,7 +43,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let host = Arc::new(Host::start(&config)?);
-    let app = api::router(Arc::clone(&host), api::RequestLimits::from_config(&config));
+    let app = api::router(
+        Arc::clone(&host),
+        api::RequestLimits::from_config(&config),
+        config.admin_token.as_deref(),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -2,12 +2,18 @@
 //! or SIGTERM.
 
 use anyhow::Context as _;
-use clap::Parser as _;
-use http_spawn::config::Config;
+use http_spawn::config::{Config, ConfigError};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = match Config::from_args(std::env::args_os()) {
+        Ok(config) => config,
+        Err(ConfigError::Args(error)) => error.exit(),
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

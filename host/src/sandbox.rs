@@ -20,6 +20,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::cache::{Digest, ModuleCache};
 use crate::capture::{Capture, Source};
 use crate::config::WASM_PAGE_BYTES;
 use crate::table::{Outcome, Pid, Status, TaskEnd};
@@ -51,14 +52,44 @@ const PROBE_INSTANCES: u32 = 64;
 /// The WASI version whose `poll` the sandbox refuses; it must match wasmtime-wasi's own.
 const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
 
+/// Instances the pool holds beyond the host's capacity: room for a new module's smoke run
+/// while every task place is taken. Loads are serialised, so one is enough.
+const SPARE_INSTANCES: u32 = 1;
+
+/// What a worker may import, by interface name without its version: the host's own interface,
+/// and the WASI interfaces that Rust's `std` pulls in, all linked with nothing granted. Sockets
+/// and everything else are refused before a module is published, not failed at run time.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "http-spawn:worker/host",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+];
+
+/// The pid and name a module's smoke run is started with.
+const SMOKE_TASK_NAME: &str = "http-spawn-smoke-test";
+
 /// Everything the sandbox needs to know to run tasks.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// The worker component (`.wasm`).
-    pub module: PathBuf,
-    /// Fuel each call into the guest may burn: instantiation, `start`, and every `step`.
-    pub fuel_per_step: u64,
-    /// The most linear memory one task may hold, in bytes.
+    /// The largest memory cap of any worker: the size of every slot in the pool.
     pub max_memory_bytes: usize,
     /// Bytes of captured log kept per task.
     pub max_log_bytes: usize,
@@ -68,24 +99,45 @@ pub struct SandboxConfig {
     /// it a kill or a deadline takes effect when the step returns, at the latest when its fuel
     /// runs out; with it, within a tick, for some cost on loop-heavy guest code.
     pub epoch_interruption: bool,
+    /// Where compiled modules are kept between runs; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The limits one worker's tasks run under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// Fuel each call into the guest may burn: instantiation, `start`, and every `step`.
+    pub fuel_per_step: u64,
+    /// The most linear memory one task may hold, in bytes; at most the pool's slot size.
+    pub max_memory_bytes: usize,
 }
 
 /// Why the sandbox could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error(
-        "cannot read the worker module {path} ({source}); `make build-guest` builds the default one"
-    )]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the worker module {path} is not a usable component: {reason}")]
-    Compile { path: PathBuf, reason: String },
-    #[error("the worker module {path} cannot be instantiated: {reason}")]
-    Instantiate { path: PathBuf, reason: String },
     #[error("the wasm engine could not be configured: {0}")]
     Engine(String),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+}
+
+/// Why a module was refused as a worker. Nothing of a refused module is ever published.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a usable WebAssembly component: {0}")]
+    NotComponent(String),
+    #[error(
+        "the component imports {import}, which workers may not use; a worker may import only \
+         `http-spawn:worker/host` and WASI's cli, clocks, filesystem, io and random interfaces \
+         (with nothing granted)"
+    )]
+    ForbiddenImport { import: String },
+    #[error("the component needs more memory than the worker may have: {0}")]
+    MemoryCap(String),
+    #[error("the component does not fit the `worker` world of wit/worker.wit: {0}")]
+    WrongWorld(String),
+    #[error("the component failed its smoke run (instantiate and `start`): {0}")]
+    SmokeFailed(String),
 }
 
 /// The guest grew its memory past the task's cap.
@@ -240,12 +292,13 @@ impl ResourceLimiter for TaskState {
 /// step, and the interval at which a running step's limits are checked.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// The engine and the compiled, pre-linked worker.
+/// The engine, the linker every worker goes through, and the compiled-module cache.
 pub struct Sandbox {
     /// Keeps the epoch ticker alive; it stops once the sandbox is gone.
     _ticker: Arc<()>,
     engine: Engine,
-    pre: WorkerPre<TaskState>,
+    linker: Linker<TaskState>,
+    cache: Option<ModuleCache>,
     config: SandboxConfig,
 }
 
@@ -257,71 +310,138 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
+/// Where a loaded module's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Compiled by this process.
+    Compiled,
+    /// Loaded from the compiled-module cache: no compilation.
+    Cache,
+}
+
+/// A worker component, compiled, checked against the `worker` world, smoke-run and pre-linked:
+/// ready to be instantiated for any number of tasks.
+pub struct Module {
+    engine: Engine,
+    pre: WorkerPre<TaskState>,
+    limits: WorkerLimits,
+    max_log_bytes: usize,
+    digest: Digest,
+    origin: Origin,
+    size: usize,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("digest", &self.digest.short())
+            .field("origin", &self.origin)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Sandbox {
-    /// Builds the engine, compiles the worker and links it. Fails if the module is missing,
-    /// is not a component of the `worker` world, or imports anything the host does not offer.
+    /// Builds the engine with its pool, the linker and the epoch ticker, and opens the cache.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
-        let engine = Engine::new(&engine_config(&config))
-            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let bytes = std::fs::read(&config.module).map_err(|source| SandboxError::Read {
-            path: config.module.clone(),
-            source,
-        })?;
-        let compile_error = |e: wasmtime::Error| {
-            let mut reason = format!("{e:#}");
-            if reason.contains("minimum byte size") {
-                reason.push_str("; raise --max-memory");
-            }
-            SandboxError::Compile {
-                path: config.module.clone(),
-                reason,
-            }
+        let engine_error = |e: wasmtime::Error| SandboxError::Engine(format!("{e:#}"));
+        let engine = Engine::new(&engine_config(&config)).map_err(engine_error)?;
+        warm_up_pool(&engine, &config).map_err(engine_error)?;
+        let linker = linker(&engine).map_err(engine_error)?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ModuleCache::open(dir, &engine)?),
+            None => None,
         };
-        warm_up_pool(&engine, &config).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let component = Component::new(&engine, &bytes).map_err(compile_error)?;
-        let linker = linker(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let pre = linker.instantiate_pre(&component).map_err(compile_error)?;
-        let pre = WorkerPre::new(pre).map_err(compile_error)?;
         let ticker = Arc::new(());
         if config.epoch_interruption {
             start_epoch_ticker(engine.clone(), Arc::downgrade(&ticker))
                 .map_err(|e| SandboxError::Engine(format!("starting the epoch ticker: {e}")))?;
         }
-        let sandbox = Self {
+        Ok(Self {
             _ticker: ticker,
             engine,
-            pre,
+            linker,
+            cache,
             config,
-        };
-        // Fail at start, not on every task, when the worker cannot even be instantiated: most
-        // often a memory it declares larger than the cap.
-        if let Err(end) = sandbox.instantiate(Pid::new(0, 0), TaskLimits::unlimited()) {
-            let reason = end.error.unwrap_or_default();
-            let hint = if end.outcome == Outcome::MemoryLimit {
-                "; raise --max-memory"
-            } else {
-                ""
-            };
-            return Err(SandboxError::Instantiate {
-                path: sandbox.config.module.clone(),
-                reason: format!("{reason}{hint}"),
-            });
-        }
-        Ok(sandbox)
+        })
     }
 
-    /// Kernel memory mappings one live instance of the worker costs, measured: instantiates a
+    /// Turns the bytes of a component into a worker module, or says why it cannot be one: its
+    /// imports held to [`ALLOWED_IMPORTS`], compiled (or taken from the cache), type-checked
+    /// against the `worker` world, then instantiated and started once with `limits`. Slow (it
+    /// may compile): call it off the async runtime.
+    pub fn load(&self, bytes: &[u8], limits: WorkerLimits) -> Result<Module, LoadError> {
+        if limits.max_memory_bytes > self.config.max_memory_bytes {
+            return Err(LoadError::MemoryCap(format!(
+                "its memory cap of {} bytes is above the pool's slot size of {} bytes",
+                limits.max_memory_bytes, self.config.max_memory_bytes
+            )));
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotComponent(
+                "it does not start with the wasm magic number \\0asm".into(),
+            ));
+        }
+        check_imports(bytes)?;
+        let digest = Digest::of(bytes);
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.load(&self.engine, &digest));
+        let (component, origin) = match cached {
+            Some(component) => (component, Origin::Cache),
+            None => {
+                let component = Component::new(&self.engine, bytes).map_err(|e| {
+                    let reason = format!("{e:#}");
+                    if reason.contains("minimum byte size") {
+                        LoadError::MemoryCap(format!(
+                            "{reason}; raise the worker's max_memory (--max-memory)"
+                        ))
+                    } else {
+                        LoadError::NotComponent(reason)
+                    }
+                })?;
+                (component, Origin::Compiled)
+            }
+        };
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld(format!("{e:#}"));
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = WorkerPre::new(pre).map_err(wrong_world)?;
+        let module = Module {
+            engine: self.engine.clone(),
+            pre,
+            limits,
+            max_log_bytes: self.config.max_log_bytes,
+            digest,
+            origin,
+            size: bytes.len(),
+        };
+        module.smoke_run()?;
+        if origin == Origin::Compiled
+            && let Some(cache) = &self.cache
+        {
+            cache.store(&digest, &component);
+        }
+        Ok(module)
+    }
+
+    /// Kernel memory mappings one live instance of `module` costs, measured: instantiates a
     /// few at once and counts `/proc/self/maps`. Rounded to the nearest whole mapping, so the
     /// odd mapping the allocator makes meanwhile is not charged to every task. 0 where the
     /// count cannot be read.
-    pub fn mappings_per_instance(&self) -> u64 {
+    pub fn mappings_per_instance(&self, module: &Module) -> u64 {
         let probes = PROBE_INSTANCES.min(self.config.capacity) as u64;
         let Some(before) = crate::capacity::map_count() else {
             return 0;
         };
         let live: Vec<_> = (0..probes)
             .filter_map(|seq| {
-                self.instantiate(Pid::new(0, seq), TaskLimits::unlimited())
+                module
+                    .instantiate(Pid::new(0, seq), TaskLimits::unlimited())
                     .ok()
             })
             .collect();
@@ -333,6 +453,65 @@ impl Sandbox {
         }
         (after.saturating_sub(before) + measured / 2) / measured
     }
+}
+
+/// Reads the component's own imports, before anything is compiled, and refuses a module that is
+/// not a component or that imports anything beyond [`ALLOWED_IMPORTS`]. Imports of the modules
+/// nested inside are the component's business: they can only be satisfied from within it.
+fn check_imports(bytes: &[u8]) -> Result<(), LoadError> {
+    use wasmparser::{Encoding, Parser, Payload};
+    let malformed = |e: wasmparser::BinaryReaderError| LoadError::NotComponent(e.to_string());
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(malformed)? {
+            Payload::Version { encoding, .. } if depth == 0 && encoding != Encoding::Component => {
+                return Err(LoadError::NotComponent(
+                    "this is a core wasm module; a worker is a component (build for \
+                     wasm32-wasip2, or wrap the module with `wasm-tools component new`)"
+                        .into(),
+                ));
+            }
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(imports) if depth == 0 => {
+                for import in imports {
+                    let name = import.map_err(malformed)?.name.name;
+                    let interface = name
+                        .split_once('@')
+                        .map_or(name, |(interface, _)| interface);
+                    if !ALLOWED_IMPORTS.contains(&interface) {
+                        return Err(LoadError::ForbiddenImport {
+                            import: name.to_owned(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Module {
+    /// The SHA-256 of the component's bytes.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Whether this module was compiled or taken from the cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The component's size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The limits its tasks run under.
+    pub fn limits(&self) -> WorkerLimits {
+        self.limits
+    }
 
     /// Where a task's limits are set, and nowhere else: its memory cap and the fuel of its
     /// first call.
@@ -341,8 +520,8 @@ impl Sandbox {
             pid,
             deadline: limits.deadline,
             kills: limits.kills,
-            max_memory_bytes: self.config.max_memory_bytes,
-            capture: Capture::new(self.config.max_log_bytes),
+            max_memory_bytes: self.limits.max_memory_bytes,
+            capture: Capture::new(self.max_log_bytes),
             wasi: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -354,7 +533,7 @@ impl Sandbox {
     /// Instantiates the worker for one task, in a store of its own.
     pub fn instantiate(&self, pid: Pid, limits: TaskLimits) -> Result<Process, TaskEnd> {
         let mut store = self.new_store(pid, limits);
-        let budget = self.config.fuel_per_step;
+        let budget = self.limits.fuel_per_step;
         refuel(&mut store, budget);
         match self.pre.instantiate(&mut store) {
             Ok(bindings) => {
@@ -374,6 +553,26 @@ impl Sandbox {
                 Err(end)
             }
         }
+    }
+
+    /// Instantiates the module and calls `start` once, as for a task of duration 0, so a
+    /// module that cannot even do that is refused before any task meets it.
+    fn smoke_run(&self) -> Result<(), LoadError> {
+        let pid = Pid::new(0, 0);
+        let refused = |end: TaskEnd| {
+            let mut reason = end.error.unwrap_or_else(|| end.outcome.as_str().to_owned());
+            if end.outcome == Outcome::MemoryLimit || reason.contains("minimum byte size") {
+                reason.push_str("; raise the worker's max_memory (--max-memory)");
+            }
+            LoadError::SmokeFailed(reason)
+        };
+        let mut process = self
+            .instantiate(pid, TaskLimits::unlimited())
+            .map_err(refused)?;
+        process
+            .start(pid, SMOKE_TASK_NAME, 0, None)
+            .map(drop)
+            .map_err(refused)
     }
 }
 
@@ -612,7 +811,7 @@ fn trap_message(error: &wasmtime::Error, step: u32) -> String {
 /// mitigations for heap and table accesses off, which wasmtime requires without signal
 /// handlers. Isolation rests on the bounds checks, which wasmtime emits for every access.
 fn engine_config(config: &SandboxConfig) -> Config {
-    let capacity = config.capacity.max(1);
+    let capacity = config.capacity.max(1).saturating_add(SPARE_INSTANCES);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(capacity)
         .total_core_instances(capacity.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
@@ -658,6 +857,7 @@ fn warm_up_pool(engine: &Engine, config: &SandboxConfig) -> wasmtime::Result<()>
     let slots = config
         .capacity
         .max(1)
+        .saturating_add(SPARE_INSTANCES)
         .saturating_mul(MAX_MEMORIES_PER_COMPONENT) as usize;
     let pages = config.max_memory_bytes as u64 / WASM_PAGE_BYTES;
     let module = wasmtime::Module::new(engine, memory_only_module(pages))?;

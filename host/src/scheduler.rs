@@ -16,8 +16,9 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::capacity::Permit;
-use crate::sandbox::{Kills, Next, Process, Sandbox, TaskLimits, deadline_exceeded, killed};
+use crate::sandbox::{Kills, Next, Process, TaskLimits, deadline_exceeded, killed};
 use crate::table::{Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent};
+use crate::workers::Version;
 
 /// A scheduler thread runs wasm on its own stack; leave room above wasmtime's default 512 KiB
 /// wasm stack limit for the host frames around it.
@@ -164,6 +165,9 @@ impl Inbox {
 pub struct TaskSpec {
     pub pid: Pid,
     pub name: String,
+    /// The worker and module version the task runs, every attempt of it: a swap never
+    /// reaches a task already accepted.
+    pub version: Arc<Version>,
     pub duration: u32,
     pub payload: Option<String>,
     /// The task's wall-clock limit, counted from when each attempt starts.
@@ -233,13 +237,8 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts `threads` scheduler threads running tasks in `sandbox` and recording them in
-    /// `table`.
-    pub fn start(
-        threads: usize,
-        sandbox: Arc<Sandbox>,
-        table: Arc<dyn ProcessTable>,
-    ) -> std::io::Result<Self> {
+    /// Starts `threads` scheduler threads running tasks and recording them in `table`.
+    pub fn start(threads: usize, table: Arc<dyn ProcessTable>) -> std::io::Result<Self> {
         let mut inboxes = Vec::new();
         let mut handles = Vec::new();
         let counters = Arc::new(Counters::default());
@@ -247,7 +246,6 @@ impl Scheduler {
         for index in 0..threads.max(1) {
             let inbox = Arc::new(Inbox::new());
             let thread = SchedulerThread {
-                sandbox: Arc::clone(&sandbox),
                 table: Arc::clone(&table),
                 counters: Arc::clone(&counters),
                 kills: kills.clone(),
@@ -357,7 +355,6 @@ struct Task {
 }
 
 struct SchedulerThread {
-    sandbox: Arc<Sandbox>,
     table: Arc<dyn ProcessTable>,
     kills: Kills,
     counters: Arc<Counters>,
@@ -455,12 +452,12 @@ impl SchedulerThread {
     /// Instantiates and starts a new task, then runs its first step.
     fn spawn(&mut self, Job { spec, permit }: Job) {
         let pid = spec.pid;
-        let (sandbox, table) = (&self.sandbox, self.table.as_ref());
+        let table = self.table.as_ref();
         let deadline = Instant::now() + spec.deadline;
         let kills = self.kills.clone();
         let started = guarded(|| {
             let limits = TaskLimits { deadline, kills };
-            let mut process = sandbox.instantiate(pid, limits)?;
+            let mut process = spec.version.module.instantiate(pid, limits)?;
             let steps = process
                 .start(pid, &spec.name, spec.duration, spec.payload.as_deref())
                 // Keep what the guest logged before it failed.

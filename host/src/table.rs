@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
@@ -137,6 +137,24 @@ pub enum Outcome {
     Killed,
 }
 
+impl Outcome {
+    /// The name the API and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exit => "exit",
+            Self::GuestError => "guest_error",
+            Self::OutOfFuel => "out_of_fuel",
+            Self::MemoryLimit => "memory_limit",
+            Self::StackOverflow => "stack_overflow",
+            Self::Panic => "panic",
+            Self::Trap => "trap",
+            Self::InstantiationFailed => "instantiation_failed",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Killed => "killed",
+        }
+    }
+}
+
 /// How a task ended: what the scheduler reports and the table records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskEnd {
@@ -213,6 +231,11 @@ impl Attempt {
 pub struct TaskRecord {
     pub pid: Pid,
     pub name: String,
+    /// The worker the task runs, by name.
+    pub worker: Arc<str>,
+    /// The worker's module version the task runs (the start of its SHA-256), fixed at spawn:
+    /// a swap of the worker never changes what a task already accepted runs.
+    pub version: Arc<str>,
     pub status: Status,
     /// The duration the client asked for, in seconds.
     pub duration: u32,
@@ -245,10 +268,18 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     /// The record of a task just accepted.
-    pub fn spawned(pid: Pid, name: String, duration: u32) -> Self {
+    pub fn spawned(
+        pid: Pid,
+        name: String,
+        duration: u32,
+        worker: Arc<str>,
+        version: Arc<str>,
+    ) -> Self {
         Self {
             pid,
             name,
+            worker,
+            version,
             status: Status::Spawned,
             duration,
             step: 0,
@@ -318,7 +349,7 @@ impl TaskRecord {
     }
 }
 
-fn rfc3339<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_rfc3339_millis(*at))
 }
 
@@ -334,6 +365,7 @@ fn rfc3339_opt<S: Serializer>(at: &Option<SystemTime>, serializer: S) -> Result<
 pub struct ListQuery {
     pub status: Option<Status>,
     pub name: Option<String>,
+    pub worker: Option<String>,
     /// Only tasks older than this one (the previous page's cursor).
     pub before: Option<Pid>,
     pub limit: usize,
@@ -430,6 +462,10 @@ impl ProcessTable for MemoryTable {
             query.before.is_none_or(|before| record.pid < before)
                 && query.status.is_none_or(|status| record.status == status)
                 && query.name.as_deref().is_none_or(|name| record.name == name)
+                && query
+                    .worker
+                    .as_deref()
+                    .is_none_or(|worker| *record.worker == *worker)
         };
         // A scan of every shard: fine for the bounded table (live tasks plus history); a
         // durable table would answer from an index.
@@ -501,7 +537,13 @@ mod tests {
         let table = MemoryTable::new(2);
         let pids: Vec<Pid> = (0..4).map(|seq| Pid::new(1, seq)).collect();
         for &pid in &pids {
-            table.insert(TaskRecord::spawned(pid, "t".into(), 0));
+            table.insert(TaskRecord::spawned(
+                pid,
+                "t".into(),
+                0,
+                "w".into(),
+                "v".into(),
+            ));
         }
         for &pid in &pids[..3] {
             let at = SystemTime::now();
@@ -525,7 +567,13 @@ mod tests {
         let table = MemoryTable::new(100);
         for seq in 1..=5 {
             let name = if seq % 2 == 0 { "even" } else { "odd" };
-            table.insert(TaskRecord::spawned(Pid::new(1, seq), name.into(), 0));
+            table.insert(TaskRecord::spawned(
+                Pid::new(1, seq),
+                name.into(),
+                0,
+                "w".into(),
+                "v".into(),
+            ));
         }
         let at = SystemTime::now();
         table.apply(
@@ -575,7 +623,13 @@ mod tests {
     fn an_ended_task_ignores_later_events() {
         let table = MemoryTable::new(8);
         let pid = Pid::new(1, 1);
-        table.insert(TaskRecord::spawned(pid, "t".into(), 0));
+        table.insert(TaskRecord::spawned(
+            pid,
+            "t".into(),
+            0,
+            "w".into(),
+            "v".into(),
+        ));
         let at = SystemTime::now();
         table.apply(
             pid,

@@ -16,7 +16,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use http_spawn::api::{RequestLimits, is_json, parse_submission};
-use http_spawn::config::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_NAME_BYTES};
+use http_spawn::config::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_MODULE_BYTES, DEFAULT_MAX_NAME_BYTES,
+};
 use http_spawn::error::ApiError;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
@@ -89,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         counts: Arc::default(),
         limits: Arc::new(RequestLimits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             max_name_bytes: DEFAULT_MAX_NAME_BYTES,
             max_duration_secs: 3600,
             max_deadline_secs: 3600,

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser as _;
 use http_spawn::config::Config;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -19,6 +18,8 @@ pub fn module(name: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/guest");
     let path = if name == "default" {
         root.join("http_spawn_guest.wasm")
+    } else if name == "report" {
+        root.join("http_spawn_report.wasm")
     } else {
         root.join("examples").join(format!("{name}.wasm"))
     };
@@ -40,17 +41,43 @@ pub struct TestApp {
 
 /// The host's configuration for the worker at `module` (a path) with command-line `args`, as
 /// `http-spawn` would parse it.
+/// Unless `args` name one, the compiled-module cache is one shared by the tests, under
+/// cargo's scratch directory, never the user's own.
 pub fn config(module: &str, args: &[&str]) -> Config {
-    let argv = ["http-spawn", "--module", module]
-        .into_iter()
-        .chain(args.iter().copied());
-    Config::try_parse_from(argv).expect("test configuration parses")
+    parse(&[&["--module", module], args].concat())
+}
+
+/// The host's configuration from the registry file at `path`, with command-line `args`.
+pub fn registry_config(path: &std::path::Path, args: &[&str]) -> Config {
+    let path = path.display().to_string();
+    parse(&[&["--config", path.as_str()], args].concat())
+}
+
+fn parse(args: &[&str]) -> Config {
+    let cache = format!("{}/module-cache", env!("CARGO_TARGET_TMPDIR"));
+    let mut argv = vec!["http-spawn"];
+    if !args.contains(&"--cache-dir") {
+        argv.extend(["--cache-dir", &cache]);
+    }
+    argv.extend(args.iter().copied());
+    Config::from_args(argv).expect("test configuration parses")
+}
+
+/// A new empty directory for one test, under cargo's scratch directory.
+pub fn temp_dir(label: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{label}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a test directory");
+    dir
 }
 
 /// Starts a host running the worker `module` (see [`module`]) with extra command-line `args`.
 pub async fn spawn_app(module_name: &str, args: &[&str]) -> TestApp {
     let mut args = args.to_vec();
-    if module_name != "default" && !args.contains(&"--max-memory") {
+    if !["default", "report"].contains(&module_name) && !args.contains(&"--max-memory") {
         // The example workers use Rust's std, whose 1 MiB stack outgrows the default cap.
         args.extend(["--max-memory", "16MiB"]);
     }
@@ -59,6 +86,11 @@ pub async fn spawn_app(module_name: &str, args: &[&str]) -> TestApp {
         args.extend(["--capacity", "2000"]);
     }
     let config = config(&module(module_name).display().to_string(), &args);
+    start_app(config).await
+}
+
+/// Starts a host with `config` on a loopback port.
+pub async fn start_app(config: Config) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
@@ -68,6 +100,7 @@ pub async fn spawn_app(module_name: &str, args: &[&str]) -> TestApp {
     let app = http_spawn::api::router(
         std::sync::Arc::clone(&host),
         http_spawn::api::RequestLimits::from_config(&config),
+        config.admin_token.as_deref(),
     );
     tokio::spawn(async move {
         axum::serve(listener, app)

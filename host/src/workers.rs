@@ -1,0 +1,489 @@
+//! The worker registry: named workers, each with the module version new tasks get, the one
+//! before it, and the limits its tasks run under.
+//!
+//! A new version (an upload, or a change to the module file on disk) goes through the whole of
+//! [`Sandbox::load`] before it is published; until then, and if it fails, the old version keeps
+//! serving. Publishing swaps one pointer: tasks hold the version they were spawned with for
+//! their whole life, so a swap never touches a task already accepted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::WorkerConfig;
+use crate::sandbox::{LoadError, Module, Origin, Sandbox, WorkerLimits};
+
+/// The worker tasks get when a request names none.
+pub const DEFAULT_WORKER: &str = "default";
+
+/// Where a version came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Read from the worker's module file, at start or when the file changed.
+    File(PathBuf),
+    /// Uploaded with `PUT /api/workers/{name}`.
+    Upload,
+}
+
+/// One module version of a worker, ready to run tasks.
+#[derive(Debug)]
+pub struct Version {
+    /// The worker's name.
+    pub worker: Arc<str>,
+    pub module: Module,
+    /// The start of the module's SHA-256, as records show it.
+    pub id: Arc<str>,
+    pub source: Source,
+    pub installed_at: SystemTime,
+}
+
+/// A named worker.
+#[derive(Debug)]
+pub struct Worker {
+    pub name: Arc<str>,
+    pub settings: WorkerConfig,
+    state: Mutex<WorkerState>,
+}
+
+#[derive(Debug)]
+struct WorkerState {
+    current: Arc<Version>,
+    previous: Option<Arc<Version>>,
+    last_error: Option<Failure>,
+    /// The module file as last seen on disk and as last loaded, to notice changes.
+    file: FileStamps,
+}
+
+#[derive(Debug, Default)]
+struct FileStamps {
+    loaded: Option<FileStamp>,
+    pending: Option<FileStamp>,
+}
+
+/// What changes when a file is rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: SystemTime,
+    len: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            modified: meta.modified().ok()?,
+            len: meta.len(),
+        })
+    }
+}
+
+/// The last new version that was refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    #[serde(serialize_with = "crate::table::rfc3339")]
+    pub at: SystemTime,
+    pub source: &'static str,
+    pub error: String,
+}
+
+impl Worker {
+    fn lock(&self) -> MutexGuard<'_, WorkerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The version new tasks get.
+    pub fn current(&self) -> Arc<Version> {
+        Arc::clone(&self.lock().current)
+    }
+
+    /// What `GET /api/workers` shows of this worker.
+    pub fn info(&self) -> WorkerInfo {
+        let state = self.lock();
+        WorkerInfo {
+            name: Arc::clone(&self.name),
+            default: &*self.name == DEFAULT_WORKER,
+            module: self.settings.module.clone(),
+            fuel_per_step: self.settings.fuel_per_step,
+            max_memory_bytes: self.settings.max_memory,
+            max_duration_secs: self.settings.max_duration_secs,
+            restart: if self.settings.max_attempts > 1 {
+                "on-failure"
+            } else {
+                "never"
+            },
+            max_attempts: self.settings.max_attempts,
+            current: VersionInfo::of(&state.current),
+            previous: state.previous.as_deref().map(VersionInfo::of),
+            last_error: state.last_error.clone(),
+        }
+    }
+
+    /// Publishes `version`; the current one becomes the previous.
+    fn publish(&self, version: Version) {
+        let mut state = self.lock();
+        let version = Arc::new(version);
+        let old = std::mem::replace(&mut state.current, version);
+        state.previous = Some(old);
+        state.last_error = None;
+    }
+
+    fn refuse(&self, source: &Source, error: &LoadError) {
+        self.lock().last_error = Some(Failure {
+            at: SystemTime::now(),
+            source: source_name(source),
+            error: error.to_string(),
+        });
+    }
+}
+
+fn source_name(source: &Source) -> &'static str {
+    match source {
+        Source::File(_) => "file",
+        Source::Upload => "upload",
+    }
+}
+
+/// A worker as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerInfo {
+    pub name: Arc<str>,
+    /// Whether tasks that name no worker get this one.
+    pub default: bool,
+    /// The module file it loads at start and watches.
+    pub module: PathBuf,
+    pub fuel_per_step: u64,
+    pub max_memory_bytes: u64,
+    pub max_duration_secs: u32,
+    /// The restart policy of its tasks when a request names none.
+    pub restart: &'static str,
+    pub max_attempts: u32,
+    pub current: VersionInfo,
+    pub previous: Option<VersionInfo>,
+    /// The last new version refused, until one is accepted.
+    pub last_error: Option<Failure>,
+}
+
+/// A module version as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    /// The start of its SHA-256: what task records show.
+    pub version: Arc<str>,
+    /// Its full SHA-256.
+    pub sha256: String,
+    pub size_bytes: usize,
+    /// `file` or `upload`.
+    pub source: &'static str,
+    /// `compiled`, or `cache` when its compiled code came from the module cache.
+    pub origin: Origin,
+    #[serde(serialize_with = "crate::table::rfc3339")]
+    pub installed_at: SystemTime,
+}
+
+impl VersionInfo {
+    fn of(version: &Version) -> Self {
+        Self {
+            version: Arc::clone(&version.id),
+            sha256: version.module.digest().hex(),
+            size_bytes: version.module.size(),
+            source: source_name(&version.source),
+            origin: version.module.origin(),
+            installed_at: version.installed_at,
+        }
+    }
+}
+
+/// Why a worker could not be started at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "no {DEFAULT_WORKER:?} worker is configured (build the configuration with Config::from_args)"
+    )]
+    NoDefault,
+    #[error("worker {worker:?}: cannot read its module {path} ({source}){hint}")]
+    Read {
+        worker: String,
+        path: PathBuf,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("worker {worker:?}: the module {path} was refused: {source}")]
+    Load {
+        worker: String,
+        path: PathBuf,
+        source: LoadError,
+    },
+}
+
+/// Why a new version was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("no worker named {name:?}; the workers are: {known}")]
+    Unknown { name: String, known: String },
+    #[error(transparent)]
+    Refused(#[from] LoadError),
+}
+
+/// Why a rollback did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("no worker named {name:?}; the workers are: {known}")]
+    Unknown { name: String, known: String },
+    #[error("worker {0:?} has no previous version to roll back to")]
+    NoPrevious(String),
+}
+
+/// The outcome of an install.
+#[derive(Debug)]
+pub struct Installed {
+    pub worker: WorkerInfo,
+    /// False when the module is the version already current: nothing changed.
+    pub changed: bool,
+}
+
+/// The named workers.
+#[derive(Debug)]
+pub struct Registry {
+    sandbox: Arc<Sandbox>,
+    workers: BTreeMap<Arc<str>, Arc<Worker>>,
+    /// One load at a time: loads compile on a blocking thread, and the pool keeps a single
+    /// spare instance for smoke runs.
+    installing: Mutex<()>,
+}
+
+impl Registry {
+    /// Loads every configured worker's module. Fails, naming the worker, if any cannot serve.
+    pub fn start(sandbox: Arc<Sandbox>, configs: &[WorkerConfig]) -> Result<Self, StartError> {
+        let mut workers = BTreeMap::new();
+        for config in configs {
+            let stamp = FileStamp::of(&config.module);
+            let bytes = std::fs::read(&config.module).map_err(|source| StartError::Read {
+                worker: config.name.clone(),
+                path: config.module.clone(),
+                source,
+                hint: if config.name == DEFAULT_WORKER {
+                    "; `make build-guest` builds the default one"
+                } else {
+                    ""
+                },
+            })?;
+            let module =
+                sandbox
+                    .load(&bytes, limits_of(config))
+                    .map_err(|source| StartError::Load {
+                        worker: config.name.clone(),
+                        path: config.module.clone(),
+                        source,
+                    })?;
+            let name: Arc<str> = config.name.as_str().into();
+            let version = version(&name, module, Source::File(config.module.clone()));
+            tracing::info!(
+                worker = %config.name,
+                version = %version.id,
+                origin = ?version.module.origin(),
+                module = %config.module.display(),
+                "worker loaded"
+            );
+            let worker = Worker {
+                name: Arc::clone(&name),
+                settings: config.clone(),
+                state: Mutex::new(WorkerState {
+                    current: Arc::new(version),
+                    previous: None,
+                    last_error: None,
+                    file: FileStamps {
+                        loaded: stamp,
+                        pending: None,
+                    },
+                }),
+            };
+            workers.insert(name, Arc::new(worker));
+        }
+        if !workers.contains_key(DEFAULT_WORKER) {
+            return Err(StartError::NoDefault);
+        }
+        Ok(Self {
+            sandbox,
+            workers,
+            installing: Mutex::new(()),
+        })
+    }
+
+    /// The worker called `name`, or the default one.
+    pub fn get(&self, name: Option<&str>) -> Option<&Arc<Worker>> {
+        self.workers.get(name.unwrap_or(DEFAULT_WORKER))
+    }
+
+    /// The workers' names, for error messages.
+    pub fn names(&self) -> String {
+        self.workers
+            .keys()
+            .map(|name| name.as_ref())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Every worker, by name.
+    pub fn list(&self) -> Vec<WorkerInfo> {
+        self.workers.values().map(|worker| worker.info()).collect()
+    }
+
+    /// The longest duration any worker allows.
+    pub fn max_duration_secs(&self) -> u32 {
+        self.workers
+            .values()
+            .map(|worker| worker.settings.max_duration_secs)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Checks `bytes` as a new version of worker `name` and, if it passes, makes it the version
+    /// new tasks get. Slow (it may compile): call it off the async runtime.
+    pub fn install(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        source: Source,
+    ) -> Result<Installed, InstallError> {
+        let worker = self
+            .workers
+            .get(name)
+            .ok_or_else(|| InstallError::Unknown {
+                name: name.to_owned(),
+                known: self.names(),
+            })?;
+        let _one_at_a_time = self
+            .installing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let digest = crate::cache::Digest::of(bytes);
+        if *worker.current().module.digest() == digest {
+            return Ok(Installed {
+                worker: worker.info(),
+                changed: false,
+            });
+        }
+        let module = match self.sandbox.load(bytes, limits_of(&worker.settings)) {
+            Ok(module) => module,
+            Err(error) => {
+                tracing::warn!(worker = %name, source = source_name(&source), %error,
+                    "new worker version refused; the current one keeps serving");
+                worker.refuse(&source, &error);
+                return Err(error.into());
+            }
+        };
+        let version = version(&worker.name, module, source);
+        tracing::info!(
+            worker = %name,
+            version = %version.id,
+            source = source_name(&version.source),
+            origin = ?version.module.origin(),
+            "worker version installed"
+        );
+        worker.publish(version);
+        Ok(Installed {
+            worker: worker.info(),
+            changed: true,
+        })
+    }
+
+    /// Makes the previous version current again; the current one becomes the previous, so a
+    /// second rollback undoes the first.
+    pub fn rollback(&self, name: &str) -> Result<WorkerInfo, RollbackError> {
+        let worker = self
+            .workers
+            .get(name)
+            .ok_or_else(|| RollbackError::Unknown {
+                name: name.to_owned(),
+                known: self.names(),
+            })?;
+        {
+            let mut state = worker.lock();
+            let previous = state
+                .previous
+                .take()
+                .ok_or_else(|| RollbackError::NoPrevious(name.to_owned()))?;
+            let current = std::mem::replace(&mut state.current, previous);
+            state.previous = Some(current);
+            tracing::info!(worker = %name, version = %state.current.id, "worker rolled back");
+        }
+        Ok(worker.info())
+    }
+
+    /// Looks at every worker's module file once, and installs those that changed and have
+    /// settled (the same size and time for two looks in a row, so a file being written is
+    /// not read half-way).
+    pub fn poll_files(&self) {
+        for (name, worker) in &self.workers {
+            let path = &worker.settings.module;
+            let stamp = FileStamp::of(path);
+            let settled = {
+                let mut state = worker.lock();
+                if stamp.is_none() || stamp == state.file.loaded {
+                    state.file.pending = None;
+                    continue;
+                }
+                if stamp != state.file.pending {
+                    state.file.pending = stamp;
+                    continue;
+                }
+                state.file.loaded = stamp;
+                state.file.pending = None;
+                true
+            };
+            if !settled {
+                continue;
+            }
+            let bytes = match std::fs::read(path) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::warn!(worker = %name, path = %path.display(), %error,
+                        "cannot read the changed module file");
+                    continue;
+                }
+            };
+            tracing::info!(worker = %name, path = %path.display(), "module file changed");
+            // The outcome is logged and shown in the worker's `last_error`.
+            let _ = self.install(name, &bytes, Source::File(path.clone()));
+        }
+    }
+
+    /// Starts a thread that calls [`Registry::poll_files`] every `interval` while the registry
+    /// lives.
+    pub fn watch(self: &Arc<Self>, interval: Duration) -> std::io::Result<()> {
+        let registry: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("module-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    match registry.upgrade() {
+                        Some(registry) => registry.poll_files(),
+                        None => return,
+                    }
+                }
+            })
+            .map(drop)
+    }
+}
+
+fn limits_of(config: &WorkerConfig) -> WorkerLimits {
+    WorkerLimits {
+        fuel_per_step: config.fuel_per_step,
+        max_memory_bytes: usize::try_from(config.max_memory).unwrap_or(usize::MAX),
+    }
+}
+
+fn version(worker: &Arc<str>, module: Module, source: Source) -> Version {
+    Version {
+        worker: Arc::clone(worker),
+        id: module.digest().short().into(),
+        module,
+        source,
+        installed_at: SystemTime::now(),
+    }
+}
