@@ -272,7 +272,7 @@ fn our_sandbox(
         fuel_per_step: u64::MAX / 4,
         max_memory_bytes,
     };
-    let module = sandbox.load(&bytes, limits)?;
+    let module = sandbox.load(&"bench".into(), &bytes, limits)?;
     Ok((sandbox, module))
 }
 

@@ -7,7 +7,9 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
+use axum::extract::MatchedPath;
 use axum::extract::Request;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -15,7 +17,6 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::capture::LogLine;
 use crate::config::{
@@ -88,39 +92,160 @@ pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>)
         limits: Arc::new(limits),
         admin: admin_token.map(|token| Arc::new(AdminToken::new(token))),
     };
-    let admin = Router::new()
-        .route(
-            "/api/workers/{name}",
-            put(install_worker).layer(DefaultBodyLimit::max(max_module_bytes)),
-        )
-        .route("/api/workers/{name}/rollback", post(rollback_worker))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    Router::new()
-        .merge(admin)
-        .route("/api/workers", get(list_workers))
-        .route("/api/workers/{name}", get(get_worker))
-        .route("/api/tasks", post(spawn_task).get(list_tasks))
-        .route("/api/tasks/{pid}", get(get_task).delete(kill_task))
-        .route("/api/tasks/{pid}/logs", get(get_logs))
-        .route("/api/tasks/{pid}/events", get(task_events))
-        .route("/api/events", get(all_events))
-        .route("/api/health", get(health))
-        .route("/", get(dashboard))
+    let (router, openapi) = api_routes(&state, max_module_bytes).split_for_parts();
+    router
+        .layer(Extension(Arc::new(openapi)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "http-spawn",
+        description = "A WebAssembly-sandboxed task host: every task runs in its own wasmtime \
+                       instance, driven step by step.",
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&AdminBearer),
+)]
+struct ApiDoc;
+
+/// Declares the admin endpoints' bearer token in the document.
+struct AdminBearer;
+
+impl utoipa::Modify for AdminBearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Every route, registered together with its OpenAPI description so that the two cannot
+/// drift apart: a handler is routed only through `routes!`, which also documents it.
+fn api_routes(state: &AppState, max_module_bytes: usize) -> OpenApiRouter<AppState> {
+    let (schemas, paths, install) = routes!(install_worker);
+    let install = install.layer(DefaultBodyLimit::max(max_module_bytes));
+    let admin = OpenApiRouter::new()
+        .routes((schemas, paths, install))
+        .routes(routes!(rollback_worker))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(admin)
+        .routes(routes!(spawn_task, list_tasks))
+        .routes(routes!(get_task, kill_task))
+        .routes(routes!(get_logs))
+        .routes(routes!(task_events))
+        .routes(routes!(all_events))
+        .routes(routes!(health))
+        .routes(routes!(list_workers))
+        .routes(routes!(get_worker))
+        .routes(routes!(metrics))
+        .routes(routes!(dashboard))
+        .routes(routes!(openapi_document))
+}
+
+/// This API's OpenAPI 3 document, generated from the handlers themselves.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "observability",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json",
+        body = Object)))]
+async fn openapi_document(
+    Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<Arc<utoipa::openapi::OpenApi>> {
+    Json(document)
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ErrorBody {
+    /// What went wrong, for people.
+    error: String,
+}
+
+/// Counts every answered request by method, matched route (never the raw path, whose pids
+/// would make a metric per task) and status.
+async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let begun = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.host.metrics().http_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        begun.elapsed(),
+    );
+    response
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "observability",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain",
+        body = String)))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.host.render_metrics(),
+    )
+}
+
+/// A task as a client submits it (`POST /api/tasks`).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "describes the body `parse_submission` reads, for the document"
+)]
+struct TaskRequest {
+    /// 1 to 256 bytes.
+    #[schema(example = "generate-report")]
+    name: String,
+    /// The worker to run; the `default` worker when absent.
+    worker: Option<String>,
+    /// Seconds, at most the worker's `max_duration_secs`; 3 when absent.
+    #[schema(example = 5)]
+    duration: Option<u32>,
+    /// Wall-clock limit in seconds from start; the duration plus the grace when absent.
+    deadline: Option<u32>,
+    /// `never` or `on-failure`; the worker's policy when absent.
+    restart: Option<String>,
+    /// With `on-failure`: attempts in all, 2 to 10 (default 3).
+    max_attempts: Option<u32>,
+    /// Any JSON, handed to the worker as JSON text.
+    payload: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Spawned {
+    #[schema(value_type = String)]
     pid: Pid,
     name: String,
     status: Status,
     message: String,
 }
 
+/// Accepts a task and answers at once; the task runs in its own instance.
+#[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = TaskRequest,
+    responses(
+        (status = 202, description = "Accepted; `Location` names the task", body = Spawned),
+        (status = 400, description = "A bad field, or an unknown worker", body = ErrorBody),
+        (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
+        (status = 415, description = "Body not sent as application/json", body = ErrorBody),
+        (status = 429, description = "Every place and the queue are full", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody)))]
 async fn spawn_task(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -286,6 +411,10 @@ fn task_path(path: Result<Path<String>, PathRejection>) -> Result<(String, Pid),
     Ok((pid, id))
 }
 
+/// A task's record.
+#[utoipa::path(get, path = "/api/tasks/{pid}", tag = "tasks",
+    params(("pid" = String, Path, description = "The task's pid")),
+    responses((status = 200, body = TaskRecord), (status = 404, description = "No such task", body = ErrorBody)))]
 async fn get_task(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -303,17 +432,27 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
 /// `GET /api/tasks` query parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Only tasks in this state.
     status: Option<Status>,
+    /// Only tasks with this name.
     name: Option<String>,
+    /// Only tasks of this worker.
     worker: Option<String>,
+    /// Only tasks older than this pid: the previous page's `next`.
     before: Option<String>,
+    /// At most this many, 1 to 1000 (default 100).
     limit: Option<usize>,
 }
 
 /// `GET /api/tasks?status=&name=&before=&limit=`: tasks newest first; `next` is the cursor
 /// for the following page.
+/// Tasks, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(ListParams),
+    responses((status = 200, body = Page),
+        (status = 400, description = "A bad query parameter", body = ErrorBody)))]
 async fn list_tasks(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -351,6 +490,14 @@ const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `DELETE /api/tasks/{pid}`: kills the task; answers its record once the kill is recorded
 /// (`200`), or `202` if a running step has not returned yet.
+/// Kills a task.
+#[utoipa::path(delete, path = "/api/tasks/{pid}", tag = "tasks",
+    params(("pid" = String, Path, description = "The task's pid")),
+    responses(
+        (status = 200, description = "Killed; the record shows it", body = TaskRecord),
+        (status = 202, description = "A running step has not returned yet", body = TaskRecord),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task has already ended", body = ErrorBody)))]
 async fn kill_task(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -380,14 +527,19 @@ async fn kill_task(
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Logs {
+    #[schema(value_type = String)]
     pid: Pid,
     status: Status,
     lines: Vec<LogLine>,
     dropped_bytes: u64,
 }
 
+/// What a task logged and printed, capped per task.
+#[utoipa::path(get, path = "/api/tasks/{pid}/logs", tag = "tasks",
+    params(("pid" = String, Path, description = "The task's pid")),
+    responses((status = 200, body = Logs), (status = 404, description = "No such task", body = ErrorBody)))]
 async fn get_logs(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -467,6 +619,15 @@ fn subscribe(state: &AppState) -> Result<Subscription, ApiError> {
 
 /// `GET /api/tasks/{pid}/events`: the task's state now, then its events as they happen,
 /// ending with its exit. For an ended task: its state and its exit, then the stream closes.
+/// One task's events as Server-Sent Events: `state`, then `started`, `progress`, `log`,
+/// `restart`, `exit`; the stream ends after `exit`.
+#[utoipa::path(get, path = "/api/tasks/{pid}/events", tag = "events",
+    params(("pid" = String, Path, description = "The task's pid")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream",
+            body = String),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 429, description = "Too many event streams are open", body = ErrorBody)))]
 async fn task_events(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -496,6 +657,12 @@ async fn task_events(
 }
 
 /// `GET /api/events`: every task's events as they happen, until the client goes away.
+/// Every task's events as Server-Sent Events (`spawned` too), until the client leaves.
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream",
+            body = String),
+        (status = 429, description = "Too many event streams are open", body = ErrorBody)))]
 async fn all_events(
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -509,7 +676,7 @@ async fn all_events(
     Ok(Sse::new(event_stream(stream)).keep_alive(KeepAlive::default()))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Health {
     status: &'static str,
     live: u32,
@@ -518,6 +685,9 @@ struct Health {
     tasks: Totals,
 }
 
+/// Live tasks, capacity and totals.
+#[utoipa::path(get, path = "/api/health", tag = "observability",
+    responses((status = 200, body = Health)))]
 async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok",
@@ -587,12 +757,14 @@ fn worker_path(path: Result<Path<String>, PathRejection>) -> Result<String, ApiE
         .map_err(|_| ApiError::NotFound("no worker at that path".into()))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct WorkerList {
     workers: Vec<WorkerInfo>,
 }
 
 /// `GET /api/workers`: every worker with its current and previous module versions.
+#[utoipa::path(get, path = "/api/workers", tag = "workers",
+    responses((status = 200, body = WorkerList)))]
 async fn list_workers(State(state): State<AppState>) -> Json<WorkerList> {
     Json(WorkerList {
         workers: state.host.workers().list(),
@@ -600,6 +772,9 @@ async fn list_workers(State(state): State<AppState>) -> Json<WorkerList> {
 }
 
 /// `GET /api/workers/{name}`.
+#[utoipa::path(get, path = "/api/workers/{name}", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name")),
+    responses((status = 200, body = WorkerInfo), (status = 404, description = "No such worker", body = ErrorBody)))]
 async fn get_worker(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -617,7 +792,7 @@ async fn get_worker(
         })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct InstalledBody {
     /// False when the upload is the version already current.
     changed: bool,
@@ -626,6 +801,20 @@ struct InstalledBody {
 
 /// `PUT /api/workers/{name}` (admin): a new module version for the worker's new tasks,
 /// published only once it compiled, fits the `worker` world and passed a smoke run.
+#[utoipa::path(put, path = "/api/workers/{name}", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name")),
+    request_body(content = Vec<u8>, content_type = "application/wasm",
+        description = "A WebAssembly component of the `worker` world"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Installed, or unchanged", body = InstalledBody),
+        (status = 400, description = "Not a component", body = ErrorBody),
+        (status = 401, description = "No admin token presented", body = ErrorBody),
+        (status = 403, description = "Wrong token, or admin endpoints disabled", body = ErrorBody),
+        (status = 404, description = "No such worker", body = ErrorBody),
+        (status = 413, description = "Over --max-module-bytes", body = ErrorBody),
+        (status = 415, description = "Not sent as application/wasm", body = ErrorBody),
+        (status = 422, description = "Refused by its checks", body = ErrorBody)))]
 async fn install_worker(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -680,6 +869,15 @@ fn is_wasm(headers: &HeaderMap) -> bool {
 }
 
 /// `POST /api/workers/{name}/rollback` (admin): the previous version becomes current again.
+#[utoipa::path(post, path = "/api/workers/{name}/rollback", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Rolled back", body = WorkerInfo),
+        (status = 401, description = "No admin token presented", body = ErrorBody),
+        (status = 403, description = "Wrong token, or admin endpoints disabled", body = ErrorBody),
+        (status = 404, description = "No such worker", body = ErrorBody),
+        (status = 409, description = "No previous version", body = ErrorBody)))]
 async fn rollback_worker(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -699,6 +897,10 @@ async fn rollback_worker(
 /// The live dashboard: one self-contained page, embedded in the binary so it works offline.
 const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 
+/// The live dashboard.
+#[utoipa::path(get, path = "/", tag = "observability",
+    responses((status = 200, description = "The dashboard page", content_type = "text/html",
+        body = String)))]
 async fn dashboard() -> impl IntoResponse {
     (
         [

@@ -156,9 +156,21 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_WATCH_INTERVAL_MS", default_value_t = DEFAULT_WATCH_INTERVAL_MS)]
     pub watch_interval_ms: u64,
 
+    /// How log lines are written: `text` for people, `json` (one object per line, with `pid`,
+    /// `worker` and `step` on every task line) for log pipelines. `RUST_LOG` filters either.
+    #[arg(long, env = "HTTP_SPAWN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// The named workers, resolved from the file and the flags by [`Config::from_args`].
     #[arg(skip)]
     pub workers: Vec<WorkerConfig>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// One named worker and the limits its tasks run under.

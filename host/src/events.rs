@@ -66,6 +66,11 @@ impl EventBus {
     }
 
     /// Subscribes to every event from now on, if a place is free.
+    /// Streams open now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
     pub fn subscribe(&self) -> Option<Subscription> {
         self.subscribers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -99,6 +104,8 @@ impl EventBus {
 pub fn exit_data(record: &TaskRecord) -> Value {
     json!({
         "pid": record.pid,
+        "name": record.name,
+        "worker": record.worker,
         "status": record.status,
         "outcome": record.outcome,
         "exit_code": record.exit_code,
@@ -129,6 +136,8 @@ impl<T: ProcessTable + std::fmt::Debug> Notifying<T> {
 struct Spawned<'a> {
     pid: Pid,
     name: &'a str,
+    worker: &'a str,
+    version: &'a str,
     duration: u32,
     at: String,
 }
@@ -139,6 +148,8 @@ impl<T: ProcessTable + std::fmt::Debug> ProcessTable for Notifying<T> {
             let data = Spawned {
                 pid: record.pid,
                 name: &record.name,
+                worker: &record.worker,
+                version: &record.version,
                 duration: record.duration,
                 at: at(record.spawned_at),
             };

@@ -4,23 +4,24 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How often a shutdown looks whether the running tasks have ended.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
 
 use anyhow::Context as _;
-use serde::Serialize;
 
 use crate::capacity::{self, Admission, Admitted, Refused};
 use crate::config::Config;
 use crate::events::{EventBus, Notifying, Subscription};
+use crate::ledger::Ledger;
+pub use crate::ledger::Totals;
+use crate::metrics::{self, Metrics};
 use crate::sandbox::killed;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::scheduler::{Scheduler, TaskSpec};
 use crate::table::{
-    ListQuery, MemoryTable, Outcome, Page, Pid, ProcessTable, Status, TaskEnd, TaskEvent,
-    TaskRecord,
+    ListQuery, MemoryTable, Outcome, Page, Pid, ProcessTable, Status, TaskEnd, TaskRecord,
 };
 use crate::workers::Registry;
 
@@ -66,29 +67,16 @@ pub enum KillError {
     AlreadyEnded { pid: Pid, status: &'static str },
 }
 
-/// Counters of what the host has done since it started.
-#[derive(Debug, Default, Serialize)]
-pub struct Totals {
-    pub spawned: u64,
-    /// Tasks instantiated and started.
-    pub started: u64,
-    pub ended: u64,
-    /// Tasks that exited with code 0.
-    pub exited_ok: u64,
-}
-
 /// The running host.
 #[derive(Debug)]
 pub struct Host {
-    table: Arc<dyn ProcessTable>,
+    ledger: Arc<Ledger>,
     events: Arc<EventBus>,
     scheduler: Arc<Scheduler>,
     admission: Arc<Admission>,
     pids: PidSource,
-    spawned: AtomicU64,
-    /// Tasks whose end the host recorded itself (killed while waiting, refused at shutdown).
-    ended_here: Arc<AtomicU64>,
     deadline_grace_secs: u32,
+    sandbox: Arc<Sandbox>,
     workers: Arc<Registry>,
 }
 
@@ -102,7 +90,12 @@ impl Host {
             epoch_interruption: config.epoch_interruption,
             cache_dir: config.module_cache_dir(),
         })?);
-        let workers = Arc::new(Registry::start(Arc::clone(&sandbox), &config.workers)?);
+        let metrics = Metrics::new();
+        let workers = Arc::new(Registry::start(
+            Arc::clone(&sandbox),
+            &config.workers,
+            Arc::clone(&metrics),
+        )?);
         if config.watch_interval_ms > 0 {
             workers
                 .watch(Duration::from_millis(config.watch_interval_ms))
@@ -123,38 +116,65 @@ impl Host {
             MemoryTable::new(config.max_history),
             Arc::clone(&events),
         ));
+        let ledger = Arc::new(Ledger::new(table, metrics));
         let scheduler = Arc::new(
-            Scheduler::start(config.worker_threads(), Arc::clone(&table))
+            Scheduler::start(config.worker_threads(), Arc::clone(&ledger))
                 .context("starting the scheduler threads")?,
         );
         let admission = Admission::new(capacity, config.max_queue);
-        let ended_here = Arc::new(AtomicU64::new(0));
         {
             // A waiting task that gets a place goes to a scheduler thread. Admission closes
             // before the scheduler does, so this submit is never refused in practice; if it
             // were, the task's end is still recorded.
-            let (scheduler, table, ended_here) = (
-                Arc::clone(&scheduler),
-                Arc::clone(&table),
-                Arc::clone(&ended_here),
-            );
+            let (scheduler, ledger) = (Arc::clone(&scheduler), Arc::clone(&ledger));
             admission.set_dispatch(Box::new(move |spec, permit| {
                 if let Err(spec) = scheduler.submit(spec, permit) {
-                    record_end(table.as_ref(), &ended_here, spec.pid, shutting_down());
+                    record_end(&ledger, &spec, shutting_down());
                 }
             }));
         }
         Ok(Self {
-            table,
+            ledger,
             events,
             scheduler,
             admission,
             pids: PidSource::new(),
-            spawned: AtomicU64::new(0),
-            ended_here,
             deadline_grace_secs: config.deadline_grace_secs,
+            sandbox,
             workers,
         })
+    }
+
+    /// The host's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.ledger.metrics()
+    }
+
+    /// The Prometheus exposition of the metrics, with the gauges read now.
+    pub fn render_metrics(&self) -> String {
+        let metrics = self.ledger.metrics();
+        metrics.gauge(metrics::TASKS_RUNNING, f64::from(self.live()));
+        metrics.gauge(metrics::TASKS_QUEUED, self.queued() as f64);
+        metrics.gauge(metrics::CAPACITY, f64::from(self.capacity()));
+        metrics.gauge(metrics::EVENT_SUBSCRIBERS, self.events.subscribers() as f64);
+        if let Some(pool) = self.sandbox.pool_metrics() {
+            metrics.gauge(
+                metrics::POOL_COMPONENT_INSTANCES,
+                pool.component_instances() as f64,
+            );
+            metrics.gauge(metrics::POOL_CORE_INSTANCES, pool.core_instances() as f64);
+            metrics.gauge(metrics::POOL_MEMORIES, pool.memories() as f64);
+            metrics.gauge(metrics::POOL_TABLES, pool.tables() as f64);
+            metrics.gauge(
+                metrics::POOL_UNUSED_WARM_MEMORIES,
+                f64::from(pool.unused_warm_memories()),
+            );
+            metrics.gauge(
+                metrics::POOL_UNUSED_MEMORY_RESIDENT,
+                pool.unused_memory_bytes_resident() as f64,
+            );
+        }
+        metrics.render()
     }
 
     /// The worker registry.
@@ -208,11 +228,12 @@ impl Host {
             deadline,
             max_attempts: max_attempts.unwrap_or(settings.max_attempts).max(1),
             attempt: 1,
+            ready_at: Instant::now(),
         };
         let record = |spec: &TaskSpec| {
-            tracing::info!(pid = %pid, worker = %spec.version.worker, version = %spec.version.id,
-                name = %spec.name, duration, "Task process spawned");
-            self.table.insert(TaskRecord::spawned(
+            tracing::info!(pid = %pid, worker = %spec.version.worker, step = 0,
+                version = %spec.version.id, name = %spec.name, duration, "Task process spawned");
+            self.ledger.spawned(TaskRecord::spawned(
                 pid,
                 spec.name.clone(),
                 duration,
@@ -222,12 +243,15 @@ impl Host {
         };
         match self.admission.admit(spec, record) {
             Ok(Admitted::Now(spec, permit)) => {
-                if self.scheduler.submit(spec, permit).is_err() {
-                    record_end(self.table.as_ref(), &self.ended_here, pid, shutting_down());
+                if let Err(spec) = self.scheduler.submit(spec, permit) {
+                    record_end(&self.ledger, &spec, shutting_down());
                     return Err(SpawnError::ShuttingDown);
                 }
             }
-            Ok(Admitted::Queued) => tracing::info!(pid = %pid, "Task queued: every place taken"),
+            Ok(Admitted::Queued) => {
+                tracing::info!(pid = %pid, worker = %worker.name, step = 0,
+                    "Task queued: every place taken");
+            }
             Err(Refused::Full) => {
                 return Err(SpawnError::Full {
                     live: self.admission.limit(),
@@ -236,23 +260,26 @@ impl Host {
             }
             Err(Refused::Closed) => return Err(SpawnError::ShuttingDown),
         }
-        self.spawned.fetch_add(1, Ordering::Relaxed);
         Ok(pid)
     }
 
     /// Asks for a task to be killed: at once if it is queued or sleeping, when its step returns
     /// if it is running one. Its end is recorded as `killed`.
     pub fn kill(&self, pid: Pid) -> Result<(), KillError> {
-        let record = self.table.get(pid).ok_or(KillError::NotFound(pid))?;
+        let record = self
+            .ledger
+            .table()
+            .get(pid)
+            .ok_or(KillError::NotFound(pid))?;
         if record.status.is_terminal() {
             return Err(KillError::AlreadyEnded {
                 pid,
                 status: record.status.as_str(),
             });
         }
-        tracing::info!(pid = %pid, "Killing task");
+        tracing::info!(pid = %pid, worker = %record.worker, step = record.step, "Killing task");
         match self.admission.unqueue(pid) {
-            Some(_) => record_end(self.table.as_ref(), &self.ended_here, pid, killed()),
+            Some(spec) => record_end(&self.ledger, &spec, killed()),
             None => self.scheduler.kill(pid),
         }
         Ok(())
@@ -263,7 +290,7 @@ impl Host {
     pub fn shutdown(&self, grace: Duration) {
         // Admission first: from here no waiting task is handed to the scheduler.
         for waiting in self.admission.close() {
-            record_end(self.table.as_ref(), &self.ended_here, waiting.pid, killed());
+            record_end(&self.ledger, &waiting, killed());
         }
         self.scheduler.close();
         self.events.close();
@@ -287,12 +314,12 @@ impl Host {
 
     /// Tasks matching `query`, newest first, a page at a time.
     pub fn list(&self, query: &ListQuery) -> Page {
-        self.table.list(query)
+        self.ledger.table().list(query)
     }
 
     /// A task's record, if the table still holds it.
     pub fn get(&self, pid: Pid) -> Option<TaskRecord> {
-        self.table.get(pid)
+        self.ledger.table().get(pid)
     }
 
     /// Tasks accepted and not yet ended.
@@ -312,22 +339,13 @@ impl Host {
 
     /// What the host has done since it started.
     pub fn totals(&self) -> Totals {
-        let counts = self.scheduler.counts();
-        Totals {
-            spawned: self.spawned.load(Ordering::Relaxed),
-            started: counts.started,
-            ended: counts.ended + self.ended_here.load(Ordering::Relaxed),
-            exited_ok: counts.exited_ok,
-        }
+        self.ledger.totals()
     }
 }
 
 /// Records the end of a task the scheduler never took.
-fn record_end(table: &dyn ProcessTable, ended_here: &AtomicU64, pid: Pid, end: TaskEnd) {
-    tracing::info!(pid = %pid, status = end.status.as_str(), "Worker done, exiting");
-    ended_here.fetch_add(1, Ordering::Relaxed);
-    let at = SystemTime::now();
-    table.apply(pid, TaskEvent::Ended { at, fuel: 0, end });
+fn record_end(ledger: &Ledger, spec: &TaskSpec, end: TaskEnd) {
+    ledger.ended(spec.pid, &spec.version.worker, 0, 0, end, None);
 }
 
 fn shutting_down() -> TaskEnd {

@@ -20,6 +20,8 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod ledger;
+pub mod metrics;
 pub mod sandbox;
 pub mod scheduler;
 pub mod table;

@@ -2,7 +2,7 @@
 //! or SIGTERM.
 
 use anyhow::Context as _;
-use http_spawn::config::{Config, ConfigError};
+use http_spawn::config::{Config, ConfigError, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
@@ -14,11 +14,13 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        // Fields at the top level of each object, next to `timestamp`, `level` and `message`.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads())
         .enable_all()

@@ -168,6 +168,9 @@ struct BlockingRefused;
 /// The data of one task's store.
 pub struct TaskState {
     pid: Pid,
+    /// The worker's name and the step running, for log lines.
+    worker: Arc<str>,
+    step: u32,
     /// When the task's wall-clock limit runs out.
     deadline: Instant,
     /// Sequence numbers of tasks being killed; read at every epoch tick while a step runs, so a
@@ -220,26 +223,26 @@ impl WasiView for TaskState {
 
 impl http_spawn::worker::host::Host for TaskState {
     fn log(&mut self, level: Level, message: String) {
-        let pid = tracing::field::display(self.pid);
+        let (pid, worker, step) = (self.pid, &*self.worker, self.step);
         let source = match level {
             Level::Trace => {
-                tracing::trace!(target: "guest", pid = %pid, "{message}");
+                tracing::trace!(target: "guest", %pid, worker, step, "{message}");
                 Source::Trace
             }
             Level::Debug => {
-                tracing::debug!(target: "guest", pid = %pid, "{message}");
+                tracing::debug!(target: "guest", %pid, worker, step, "{message}");
                 Source::Debug
             }
             Level::Info => {
-                tracing::info!(target: "guest", pid = %pid, "{message}");
+                tracing::info!(target: "guest", %pid, worker, step, "{message}");
                 Source::Info
             }
             Level::Warn => {
-                tracing::warn!(target: "guest", pid = %pid, "{message}");
+                tracing::warn!(target: "guest", %pid, worker, step, "{message}");
                 Source::Warn
             }
             Level::Error => {
-                tracing::error!(target: "guest", pid = %pid, "{message}");
+                tracing::error!(target: "guest", %pid, worker, step, "{message}");
                 Source::Error
             }
         };
@@ -311,7 +314,7 @@ impl std::fmt::Debug for Sandbox {
 }
 
 /// Where a loaded module's compiled code came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// Compiled by this process.
@@ -323,6 +326,7 @@ pub enum Origin {
 /// A worker component, compiled, checked against the `worker` world, smoke-run and pre-linked:
 /// ready to be instantiated for any number of tasks.
 pub struct Module {
+    worker: Arc<str>,
     engine: Engine,
     pre: WorkerPre<TaskState>,
     limits: WorkerLimits,
@@ -371,7 +375,12 @@ impl Sandbox {
     /// imports held to [`ALLOWED_IMPORTS`], compiled (or taken from the cache), type-checked
     /// against the `worker` world, then instantiated and started once with `limits`. Slow (it
     /// may compile): call it off the async runtime.
-    pub fn load(&self, bytes: &[u8], limits: WorkerLimits) -> Result<Module, LoadError> {
+    pub fn load(
+        &self,
+        worker: &Arc<str>,
+        bytes: &[u8],
+        limits: WorkerLimits,
+    ) -> Result<Module, LoadError> {
         if limits.max_memory_bytes > self.config.max_memory_bytes {
             return Err(LoadError::MemoryCap(format!(
                 "its memory cap of {} bytes is above the pool's slot size of {} bytes",
@@ -412,6 +421,7 @@ impl Sandbox {
             .map_err(wrong_world)?;
         let pre = WorkerPre::new(pre).map_err(wrong_world)?;
         let module = Module {
+            worker: Arc::clone(worker),
             engine: self.engine.clone(),
             pre,
             limits,
@@ -427,6 +437,11 @@ impl Sandbox {
             cache.store(&digest, &component);
         }
         Ok(module)
+    }
+
+    /// The pooling allocator's counts of slots in use and kept warm.
+    pub fn pool_metrics(&self) -> Option<wasmtime::PoolingAllocatorMetrics> {
+        self.engine.pooling_allocator_metrics()
     }
 
     /// Kernel memory mappings one live instance of `module` costs, measured: instantiates a
@@ -518,6 +533,8 @@ impl Module {
     fn new_store(&self, pid: Pid, limits: TaskLimits) -> Store<TaskState> {
         let state = TaskState {
             pid,
+            worker: Arc::clone(&self.worker),
+            step: 0,
             deadline: limits.deadline,
             kills: limits.kills,
             max_memory_bytes: self.limits.max_memory_bytes,
@@ -674,6 +691,7 @@ impl Process {
     /// Runs one step with a fresh fuel budget. `step` is the number of steps completed so far,
     /// reported if this one fails.
     pub fn step(&mut self, step: u32) -> Result<Next, TaskEnd> {
+        self.store.data_mut().step = step;
         refuel(&mut self.store, self.budget);
         let result = self
             .bindings

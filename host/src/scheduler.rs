@@ -13,9 +13,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{JoinHandle, Thread};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::capacity::Permit;
+use crate::ledger::Ledger;
 use crate::sandbox::{Kills, Next, Process, TaskLimits, deadline_exceeded, killed};
 use crate::table::{Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent};
 use crate::workers::Version;
@@ -77,13 +78,13 @@ impl Inbox {
 
     /// Queues a new task, while the inbox is open; gives it back once it is closed. It wakes
     /// the thread only if the thread would otherwise sleep past the slack.
-    fn spawn(&self, job: Job) -> Result<(), Job> {
+    fn spawn(&self, job: Job) -> Result<(), Box<Job>> {
         {
             // `closed` is read and written under the lock, so a task is either refused here or
             // seen by the thread before it exits.
             let mut commands = self.lock();
             if self.closed.load(Ordering::SeqCst) {
-                return Err(job);
+                return Err(Box::new(job));
             }
             commands.push(Command::Spawn(job));
         }
@@ -178,6 +179,9 @@ pub struct TaskSpec {
     pub max_attempts: u32,
     /// Which attempt this is, from 1.
     pub attempt: u32,
+    /// When the task was accepted, or its restart was due: where its spawn-to-start time
+    /// counts from.
+    pub ready_at: Instant,
 }
 
 /// The first wait before a restart; it doubles with every attempt, up to [`MAX_BACKOFF`].
@@ -211,43 +215,25 @@ struct Job {
     permit: Permit,
 }
 
-/// How many tasks have started and ended, and how many of those exited 0.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Counts {
-    pub started: u64,
-    pub ended: u64,
-    pub exited_ok: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    started: AtomicU64,
-    ended: AtomicU64,
-    exited_ok: AtomicU64,
-}
-
 /// The handle the API uses to hand tasks to the scheduler threads.
 #[derive(Debug)]
 pub struct Scheduler {
     inboxes: Vec<Arc<Inbox>>,
     next: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    counters: Arc<Counters>,
     kills: Kills,
 }
 
 impl Scheduler {
-    /// Starts `threads` scheduler threads running tasks and recording them in `table`.
-    pub fn start(threads: usize, table: Arc<dyn ProcessTable>) -> std::io::Result<Self> {
+    /// Starts `threads` scheduler threads running tasks and recording them in `ledger`.
+    pub fn start(threads: usize, ledger: Arc<Ledger>) -> std::io::Result<Self> {
         let mut inboxes = Vec::new();
         let mut handles = Vec::new();
-        let counters = Arc::new(Counters::default());
         let kills = Kills::default();
         for index in 0..threads.max(1) {
             let inbox = Arc::new(Inbox::new());
             let thread = SchedulerThread {
-                table: Arc::clone(&table),
-                counters: Arc::clone(&counters),
+                ledger: Arc::clone(&ledger),
                 kills: kills.clone(),
                 inbox: Arc::clone(&inbox),
                 intake: VecDeque::new(),
@@ -272,18 +258,8 @@ impl Scheduler {
             inboxes,
             next: AtomicUsize::new(0),
             threads: Mutex::new(handles),
-            counters,
             kills,
         })
-    }
-
-    /// Tasks started and ended so far.
-    pub fn counts(&self) -> Counts {
-        Counts {
-            started: self.counters.started.load(Ordering::Relaxed),
-            ended: self.counters.ended.load(Ordering::Relaxed),
-            exited_ok: self.counters.exited_ok.load(Ordering::Relaxed),
-        }
     }
 
     /// Hands a task to a scheduler thread, round robin. Gives the spec back if no thread takes
@@ -344,6 +320,9 @@ struct Task {
     /// Kept only when the task may be restarted.
     respawn: Option<Box<TaskSpec>>,
     pid: Pid,
+    worker: Arc<str>,
+    /// When this attempt started.
+    started: Instant,
     /// Steps completed: wake-ups after a sleep.
     step: u32,
     steps: u32,
@@ -355,9 +334,8 @@ struct Task {
 }
 
 struct SchedulerThread {
-    table: Arc<dyn ProcessTable>,
+    ledger: Arc<Ledger>,
     kills: Kills,
-    counters: Arc<Counters>,
     inbox: Arc<Inbox>,
     /// Commands taken from the inbox, not yet carried out, oldest first.
     intake: VecDeque<Command>,
@@ -442,8 +420,9 @@ impl SchedulerThread {
             task.step += 1;
             let (pid, step, steps) = (task.pid, task.step, task.steps);
             let fuel = task.process.fuel();
-            tracing::info!(pid = %pid, step, steps, "Worker progress");
-            self.table
+            tracing::info!(pid = %pid, worker = %task.worker, step, steps, "Worker progress");
+            self.ledger
+                .table()
                 .apply(pid, TaskEvent::Progress { step, steps, fuel });
             self.advance(slot);
         }
@@ -452,8 +431,9 @@ impl SchedulerThread {
     /// Instantiates and starts a new task, then runs its first step.
     fn spawn(&mut self, Job { spec, permit }: Job) {
         let pid = spec.pid;
-        let table = self.table.as_ref();
-        let deadline = Instant::now() + spec.deadline;
+        let table = self.ledger.table();
+        let begun = Instant::now();
+        let deadline = begun + spec.deadline;
         let kills = self.kills.clone();
         let started = guarded(|| {
             let limits = TaskLimits { deadline, kills };
@@ -466,28 +446,33 @@ impl SchedulerThread {
         });
         match started {
             Ok((process, steps)) => {
-                self.table.apply(
+                let worker = Arc::clone(&spec.version.worker);
+                let now = Instant::now();
+                self.ledger.started(
                     pid,
-                    TaskEvent::Started {
-                        at: SystemTime::now(),
-                        steps,
-                        fuel: process.fuel(),
-                    },
+                    &worker,
+                    steps,
+                    process.fuel(),
+                    now - begun,
+                    now.saturating_duration_since(spec.ready_at),
                 );
                 tracing::info!(
                     pid = %pid,
+                    worker = %worker,
+                    step = 0,
                     name = %spec.name,
                     steps,
                     attempt = spec.attempt,
                     "Worker started"
                 );
-                self.counters.started.fetch_add(1, Ordering::Relaxed);
-                flush_logs(self.table.as_ref(), pid, &process);
+                flush_logs(self.ledger.table(), pid, &process);
                 let task = Task {
                     process,
                     permit,
                     respawn: (spec.attempt < spec.max_attempts).then(|| Box::new(spec)),
                     pid,
+                    worker,
+                    started: begun,
                     step: 0,
                     steps,
                     wake: 0,
@@ -508,7 +493,7 @@ impl SchedulerThread {
             }
             Err(end) => {
                 let job = Job { spec, permit };
-                self.end_or_restart(job, 0, end);
+                self.end_or_restart(job, 0, 0, end, None);
             }
         }
     }
@@ -520,7 +505,7 @@ impl SchedulerThread {
         };
         let step = task.step;
         let next = guarded(|| task.process.step(step));
-        flush_logs(self.table.as_ref(), task.pid, &task.process);
+        flush_logs(self.ledger.table(), task.pid, &task.process);
         let end = match next {
             Ok(Next::Sleep(ms)) => {
                 // A sleep past the deadline wakes at the deadline, to end there.
@@ -556,12 +541,14 @@ impl SchedulerThread {
         self.slots.remove(&task.pid);
         self.free.push(slot);
         task.process.capture().flush_partial();
-        flush_logs(self.table.as_ref(), task.pid, &task.process);
-        let (pid, fuel) = (task.pid, task.process.fuel());
+        flush_logs(self.ledger.table(), task.pid, &task.process);
+        let (pid, step, fuel) = (task.pid, task.step, task.process.fuel());
+        let ran = task.started.elapsed();
         let Task {
             process,
             permit,
             respawn,
+            worker,
             ..
         } = task;
         drop(process);
@@ -571,48 +558,54 @@ impl SchedulerThread {
                     spec: *spec,
                     permit,
                 },
+                step,
                 fuel,
                 end,
+                Some(ran),
             ),
             None => {
                 drop(permit);
-                self.record_end(pid, fuel, end);
+                self.record_end(pid, &worker, step, fuel, end, Some(ran));
             }
         }
     }
 
     /// Ends an attempt: restarts the task later if its policy allows (keeping its place),
     /// or records its end and gives its place back.
-    fn end_or_restart(&mut self, mut job: Job, fuel: u64, end: TaskEnd) {
+    /// The attempt ended at `step`; `ran` is how long it ran, if it started.
+    fn end_or_restart(
+        &mut self,
+        mut job: Job,
+        step: u32,
+        fuel: u64,
+        end: TaskEnd,
+        ran: Option<Duration>,
+    ) {
         let pid = job.spec.pid;
         let failed = end.status == Status::Failed
             || (end.status == Status::Exited && end.exit_code != Some(0));
         let closing = self.inbox.closed.load(Ordering::SeqCst);
         if !failed || closing || job.spec.attempt >= job.spec.max_attempts {
             drop(job.permit);
-            return self.record_end(pid, fuel, end);
+            return self.record_end(pid, &job.spec.version.worker, step, fuel, end, ran);
         }
         let wait = backoff(pid, job.spec.attempt);
         tracing::info!(
             pid = %pid,
+            worker = %job.spec.version.worker,
+            step,
             attempt = job.spec.attempt,
-            outcome = ?end.outcome,
+            outcome = end.outcome.as_str(),
             ?wait,
             "Worker failed, restarting"
         );
-        let at = SystemTime::now();
         job.spec.attempt += 1;
         let next_attempt = job.spec.attempt;
-        self.table.apply(
-            pid,
-            TaskEvent::Restarting {
-                at,
-                fuel,
-                end,
-                next_attempt,
-            },
-        );
-        self.restarts.push((Instant::now() + wait, job));
+        let worker = &job.spec.version.worker;
+        self.ledger.restarting(pid, worker, fuel, end, next_attempt);
+        let due = Instant::now() + wait;
+        job.spec.ready_at = due;
+        self.restarts.push((due, job));
     }
 
     /// Starts the tasks whose backoff is over.
@@ -639,7 +632,7 @@ impl SchedulerThread {
             .position(|command| matches!(command, Command::Spawn(job) if job.spec.pid == pid));
         if let Some(Command::Spawn(job)) = queued.and_then(|index| self.intake.remove(index)) {
             drop(job.permit);
-            self.record_end(pid, 0, killed());
+            self.record_end(pid, &job.spec.version.worker, 0, 0, killed(), None);
             return;
         }
         if let Some(index) = self
@@ -649,7 +642,7 @@ impl SchedulerThread {
         {
             let (_, job) = self.restarts.remove(index);
             drop(job.permit);
-            self.record_end(pid, 0, killed());
+            self.record_end(pid, &job.spec.version.worker, 0, 0, killed(), None);
         }
     }
 
@@ -668,7 +661,7 @@ impl SchedulerThread {
         for job in queued.into_iter().chain(restarting) {
             let pid = job.spec.pid;
             drop(job.permit);
-            self.record_end(pid, 0, killed());
+            self.record_end(pid, &job.spec.version.worker, 0, 0, killed(), None);
         }
         let live: Vec<usize> = self.slots.values().copied().collect();
         for slot in live {
@@ -677,23 +670,17 @@ impl SchedulerThread {
         self.timers.clear();
     }
 
-    fn record_end(&self, pid: Pid, fuel: u64, end: TaskEnd) {
-        tracing::info!(
-            pid = %pid,
-            status = end.status.as_str(),
-            outcome = ?end.outcome,
-            exit_code = end.exit_code,
-            error = end.error.as_deref(),
-            fuel,
-            "Worker done, exiting"
-        );
-        if end.exit_code == Some(0) {
-            self.counters.exited_ok.fetch_add(1, Ordering::Relaxed);
-        }
-        self.counters.ended.fetch_add(1, Ordering::Relaxed);
+    fn record_end(
+        &self,
+        pid: Pid,
+        worker: &Arc<str>,
+        step: u32,
+        fuel: u64,
+        end: TaskEnd,
+        ran: Option<Duration>,
+    ) {
         self.kills.remove(pid);
-        let at = SystemTime::now();
-        self.table.apply(pid, TaskEvent::Ended { at, fuel, end });
+        self.ledger.ended(pid, worker, step, fuel, end, ran);
     }
 }
 

@@ -78,7 +78,7 @@ impl Serialize for Pid {
 }
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Accepted, not yet instantiated.
@@ -112,7 +112,7 @@ impl Status {
 }
 
 /// Why a task ended, finer than its [`Status`]: what an operator filters and alerts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The guest returned `done` with an exit code.
@@ -202,7 +202,7 @@ pub enum TaskEvent {
 }
 
 /// How one attempt of a restartable task ended.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub attempt: u32,
     pub status: Status,
@@ -210,6 +210,7 @@ pub struct Attempt {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub ended_at: SystemTime,
 }
 
@@ -227,14 +228,17 @@ impl Attempt {
 }
 
 /// What the host knows of one task.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TaskRecord {
+    #[schema(value_type = String, example = "6f1c2a9e-1")]
     pub pid: Pid,
     pub name: String,
     /// The worker the task runs, by name.
+    #[schema(value_type = String)]
     pub worker: Arc<str>,
     /// The worker's module version the task runs (the start of its SHA-256), fixed at spawn:
     /// a swap of the worker never changes what a task already accepted runs.
+    #[schema(value_type = String)]
     pub version: Arc<str>,
     pub status: Status,
     /// The duration the client asked for, in seconds.
@@ -247,10 +251,13 @@ pub struct TaskRecord {
     pub outcome: Option<Outcome>,
     pub error: Option<String>,
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub spawned_at: SystemTime,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<SystemTime>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub ended_at: Option<SystemTime>,
     /// Fuel consumed over all steps, instantiation included (of the current attempt).
     pub fuel_consumed: u64,
@@ -372,10 +379,11 @@ pub struct ListQuery {
 }
 
 /// One page of a listing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page {
     pub tasks: Vec<TaskRecord>,
     /// Pass as `before` for the next page; absent on the last.
+    #[schema(value_type = Option<String>)]
     pub next: Option<Pid>,
 }
 

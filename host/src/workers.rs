@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::WorkerConfig;
+use crate::metrics::Metrics;
 use crate::sandbox::{LoadError, Module, Origin, Sandbox, WorkerLimits};
 
 /// The worker tasks get when a request names none.
@@ -81,9 +82,10 @@ impl FileStamp {
 }
 
 /// The last new version that was refused.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Failure {
     #[serde(serialize_with = "crate::table::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: SystemTime,
     pub source: &'static str,
     pub error: String,
@@ -149,12 +151,14 @@ fn source_name(source: &Source) -> &'static str {
 }
 
 /// A worker as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
+    #[schema(value_type = String)]
     pub name: Arc<str>,
     /// Whether tasks that name no worker get this one.
     pub default: bool,
     /// The module file it loads at start and watches.
+    #[schema(value_type = String)]
     pub module: PathBuf,
     pub fuel_per_step: u64,
     pub max_memory_bytes: u64,
@@ -169,9 +173,10 @@ pub struct WorkerInfo {
 }
 
 /// A module version as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     /// The start of its SHA-256: what task records show.
+    #[schema(value_type = String)]
     pub version: Arc<str>,
     /// Its full SHA-256.
     pub sha256: String,
@@ -181,6 +186,7 @@ pub struct VersionInfo {
     /// `compiled`, or `cache` when its compiled code came from the module cache.
     pub origin: Origin,
     #[serde(serialize_with = "crate::table::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub installed_at: SystemTime,
 }
 
@@ -249,6 +255,7 @@ pub struct Installed {
 #[derive(Debug)]
 pub struct Registry {
     sandbox: Arc<Sandbox>,
+    metrics: Arc<Metrics>,
     workers: BTreeMap<Arc<str>, Arc<Worker>>,
     /// One load at a time: loads compile on a blocking thread, and the pool keeps a single
     /// spare instance for smoke runs.
@@ -257,7 +264,11 @@ pub struct Registry {
 
 impl Registry {
     /// Loads every configured worker's module. Fails, naming the worker, if any cannot serve.
-    pub fn start(sandbox: Arc<Sandbox>, configs: &[WorkerConfig]) -> Result<Self, StartError> {
+    pub fn start(
+        sandbox: Arc<Sandbox>,
+        configs: &[WorkerConfig],
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartError> {
         let mut workers = BTreeMap::new();
         for config in configs {
             let stamp = FileStamp::of(&config.module);
@@ -271,15 +282,15 @@ impl Registry {
                     ""
                 },
             })?;
-            let module =
-                sandbox
-                    .load(&bytes, limits_of(config))
-                    .map_err(|source| StartError::Load {
-                        worker: config.name.clone(),
-                        path: config.module.clone(),
-                        source,
-                    })?;
             let name: Arc<str> = config.name.as_str().into();
+            let module = sandbox
+                .load(&name, &bytes, limits_of(config))
+                .map_err(|source| StartError::Load {
+                    worker: config.name.clone(),
+                    path: config.module.clone(),
+                    source,
+                })?;
+            metrics.module_loaded(&name, origin_name(module.origin()));
             let version = version(&name, module, Source::File(config.module.clone()));
             tracing::info!(
                 worker = %config.name,
@@ -308,6 +319,7 @@ impl Registry {
         }
         Ok(Self {
             sandbox,
+            metrics,
             workers,
             installing: Mutex::new(()),
         })
@@ -361,21 +373,32 @@ impl Registry {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let digest = crate::cache::Digest::of(bytes);
+        let source_label = source_name(&source);
         if *worker.current().module.digest() == digest {
+            self.metrics
+                .install(&worker.name, source_label, "unchanged");
             return Ok(Installed {
                 worker: worker.info(),
                 changed: false,
             });
         }
-        let module = match self.sandbox.load(bytes, limits_of(&worker.settings)) {
+        let module = match self
+            .sandbox
+            .load(&worker.name, bytes, limits_of(&worker.settings))
+        {
             Ok(module) => module,
             Err(error) => {
                 tracing::warn!(worker = %name, source = source_name(&source), %error,
                     "new worker version refused; the current one keeps serving");
                 worker.refuse(&source, &error);
+                self.metrics.install(&worker.name, source_label, "refused");
                 return Err(error.into());
             }
         };
+        self.metrics
+            .module_loaded(&worker.name, origin_name(module.origin()));
+        self.metrics
+            .install(&worker.name, source_label, "installed");
         let version = version(&worker.name, module, source);
         tracing::info!(
             worker = %name,
@@ -468,6 +491,13 @@ impl Registry {
                 }
             })
             .map(drop)
+    }
+}
+
+fn origin_name(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Compiled => "compiled",
+        Origin::Cache => "cache",
     }
 }
 

@@ -31,12 +31,26 @@ pub fn module(name: &str) -> PathBuf {
     path
 }
 
-/// A host serving on a loopback port, stopped when dropped.
+/// A host serving on a loopback port, stopped when dropped; its HTTP helpers are
+/// [`Remote`]'s.
 pub struct TestApp {
-    pub base: String,
-    pub client: reqwest::Client,
+    remote: Remote,
     pub host: std::sync::Arc<http_spawn::Host>,
     _shutdown: oneshot::Sender<()>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Remote;
+
+    fn deref(&self) -> &Remote {
+        &self.remote
+    }
+}
+
+/// A host's HTTP API, wherever it runs.
+pub struct Remote {
+    pub base: String,
+    pub client: reqwest::Client,
 }
 
 /// The host's configuration for the worker at `module` (a path) with command-line `args`, as
@@ -111,14 +125,21 @@ pub async fn start_app(config: Config) -> TestApp {
             .expect("server runs");
     });
     TestApp {
-        base,
-        client: reqwest::Client::new(),
+        remote: Remote::new(base),
         host,
         _shutdown: shutdown,
     }
 }
 
-impl TestApp {
+impl Remote {
+    /// The API at `base`, such as `http://127.0.0.1:8080`.
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -1,0 +1,350 @@
+//! Prometheus metrics: every metric's name, type and help text in [`METRICS`], recorded through
+//! the `metrics` crate's API into a Prometheus recorder that this host owns (not the process
+//! global one, so that several hosts in one process, as in the tests, keep their own counts),
+//! and rendered by `metrics-exporter-prometheus` at `GET /metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Key, Label, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+use crate::table::TaskEnd;
+
+/// What a metric is, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric: its name, kind, unit and help text.
+#[derive(Debug)]
+pub struct Spec {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+}
+
+const fn spec(name: &'static str, kind: Kind, unit: Option<Unit>, help: &'static str) -> Spec {
+    Spec {
+        name,
+        kind,
+        unit,
+        help,
+    }
+}
+
+pub const TASKS_SPAWNED: &str = "http_spawn_tasks_spawned_total";
+pub const TASKS_STARTED: &str = "http_spawn_tasks_started_total";
+pub const TASKS_ENDED: &str = "http_spawn_tasks_ended_total";
+pub const TASK_RESTARTS: &str = "http_spawn_task_restarts_total";
+pub const MEMORY_LIMIT_KILLS: &str = "http_spawn_memory_limit_kills_total";
+pub const FUEL_CONSUMED: &str = "http_spawn_fuel_consumed_total";
+pub const TASKS_RUNNING: &str = "http_spawn_tasks_running";
+pub const TASKS_QUEUED: &str = "http_spawn_tasks_queued";
+pub const CAPACITY: &str = "http_spawn_capacity";
+pub const TASK_DURATION: &str = "http_spawn_task_duration_seconds";
+pub const SPAWN_TO_START: &str = "http_spawn_spawn_to_start_seconds";
+pub const INSTANTIATION: &str = "http_spawn_instantiation_seconds";
+pub const POOL_COMPONENT_INSTANCES: &str = "http_spawn_pool_component_instances";
+pub const POOL_CORE_INSTANCES: &str = "http_spawn_pool_core_instances";
+pub const POOL_MEMORIES: &str = "http_spawn_pool_memories";
+pub const POOL_TABLES: &str = "http_spawn_pool_tables";
+pub const POOL_UNUSED_WARM_MEMORIES: &str = "http_spawn_pool_unused_warm_memories";
+pub const POOL_UNUSED_MEMORY_RESIDENT: &str = "http_spawn_pool_unused_memory_resident_bytes";
+pub const MODULE_LOADS: &str = "http_spawn_module_loads_total";
+pub const WORKER_INSTALLS: &str = "http_spawn_worker_installs_total";
+pub const EVENT_SUBSCRIBERS: &str = "http_spawn_event_subscribers";
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+
+/// Every metric the host exports.
+pub const METRICS: &[Spec] = &[
+    spec(
+        TASKS_SPAWNED,
+        Kind::Counter,
+        None,
+        "Tasks accepted, by worker.",
+    ),
+    spec(
+        TASKS_STARTED,
+        Kind::Counter,
+        None,
+        "Task attempts instantiated and started, by worker.",
+    ),
+    spec(
+        TASKS_ENDED,
+        Kind::Counter,
+        None,
+        "Tasks ended, by worker, status and outcome (exit, out_of_fuel, killed, ...).",
+    ),
+    spec(
+        TASK_RESTARTS,
+        Kind::Counter,
+        None,
+        "Failed attempts restarted under a task's restart policy, by worker and outcome.",
+    ),
+    spec(
+        MEMORY_LIMIT_KILLS,
+        Kind::Counter,
+        None,
+        "Attempts stopped for growing their memory past the cap, by worker.",
+    ),
+    spec(
+        FUEL_CONSUMED,
+        Kind::Counter,
+        None,
+        "Fuel (about one wasm instruction each) burnt by ended attempts, by worker.",
+    ),
+    spec(
+        TASKS_RUNNING,
+        Kind::Gauge,
+        None,
+        "Tasks holding a place: instantiated, or about to be.",
+    ),
+    spec(
+        TASKS_QUEUED,
+        Kind::Gauge,
+        None,
+        "Accepted tasks waiting for a place.",
+    ),
+    spec(
+        CAPACITY,
+        Kind::Gauge,
+        None,
+        "The most tasks that may hold a place at once.",
+    ),
+    spec(
+        TASK_DURATION,
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Wall-clock time from an attempt's start to the task's end, by worker and outcome.",
+    ),
+    spec(
+        SPAWN_TO_START,
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Time from acceptance (or a restart's backoff) to the guest's start returning, queueing \
+         included, by worker.",
+    ),
+    spec(
+        INSTANTIATION,
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Time to instantiate a worker and call its start, by worker.",
+    ),
+    spec(
+        POOL_COMPONENT_INSTANCES,
+        Kind::Gauge,
+        None,
+        "Component instances live in the pooling allocator.",
+    ),
+    spec(
+        POOL_CORE_INSTANCES,
+        Kind::Gauge,
+        None,
+        "Core instances live in the pooling allocator.",
+    ),
+    spec(
+        POOL_MEMORIES,
+        Kind::Gauge,
+        None,
+        "Linear memory slots in use in the pooling allocator.",
+    ),
+    spec(
+        POOL_TABLES,
+        Kind::Gauge,
+        None,
+        "Table slots in use in the pooling allocator.",
+    ),
+    spec(
+        POOL_UNUSED_WARM_MEMORIES,
+        Kind::Gauge,
+        None,
+        "Memory slots free but used before (their pages may still be resident).",
+    ),
+    spec(
+        POOL_UNUSED_MEMORY_RESIDENT,
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "Bytes kept resident in free memory slots.",
+    ),
+    spec(
+        MODULE_LOADS,
+        Kind::Counter,
+        None,
+        "Worker modules loaded, by worker and origin: compiled, or taken from the cache.",
+    ),
+    spec(
+        WORKER_INSTALLS,
+        Kind::Counter,
+        None,
+        "New worker versions offered, by worker, source (upload, file) and result (installed, \
+         unchanged, refused).",
+    ),
+    spec(EVENT_SUBSCRIBERS, Kind::Gauge, None, "Open event streams."),
+    spec(
+        HTTP_REQUESTS,
+        Kind::Counter,
+        None,
+        "HTTP requests, by method, matched route and status code.",
+    ),
+    spec(
+        HTTP_REQUEST_DURATION,
+        Kind::Histogram,
+        Some(Unit::Seconds),
+        "Time to answer an HTTP request (to the response head), by method and matched route.",
+    ),
+];
+
+/// Buckets for task and latency histograms, in seconds.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// The host's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn label(key: &'static str, value: impl Into<SharedString>) -> Label {
+    Label::new(key, value)
+}
+
+fn worker(name: &Arc<str>) -> Label {
+    label("worker", SharedString::from_shared(Arc::clone(name)))
+}
+
+impl Metrics {
+    /// A recorder with every metric described and the histograms' buckets set.
+    pub fn new() -> Arc<Self> {
+        let mut builder = PrometheusBuilder::new();
+        for spec in METRICS.iter().filter(|spec| spec.kind == Kind::Histogram) {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(spec.name.to_owned()), SECONDS_BUCKETS)
+                .unwrap_or_else(|_| unreachable!("the buckets are not empty"));
+        }
+        let recorder = builder.build_recorder();
+        for spec in METRICS {
+            let (name, help) = (spec.name.into(), SharedString::const_str(spec.help));
+            match spec.kind {
+                Kind::Counter => recorder.describe_counter(name, spec.unit, help),
+                Kind::Gauge => recorder.describe_gauge(name, spec.unit, help),
+                Kind::Histogram => recorder.describe_histogram(name, spec.unit, help),
+            }
+        }
+        Arc::new(Self { recorder })
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>, by: u64) {
+        let key = Key::from_parts(name, labels);
+        self.recorder
+            .register_counter(&key, &METADATA)
+            .increment(by);
+    }
+
+    fn histogram(&self, name: &'static str, labels: Vec<Label>, value: Duration) {
+        let key = Key::from_parts(name, labels);
+        self.recorder
+            .register_histogram(&key, &METADATA)
+            .record(value.as_secs_f64());
+    }
+
+    /// Sets a gauge with no labels.
+    pub fn gauge(&self, name: &'static str, value: f64) {
+        let key = Key::from_static_name(name);
+        self.recorder.register_gauge(&key, &METADATA).set(value);
+    }
+
+    /// A task was accepted.
+    pub fn spawned(&self, name: &Arc<str>) {
+        self.counter(TASKS_SPAWNED, vec![worker(name)], 1);
+    }
+
+    /// An attempt was instantiated and started: `instantiation` after its instantiation began,
+    /// `since_spawn` after the task was accepted or its restart was due.
+    pub fn started(&self, name: &Arc<str>, instantiation: Duration, since_spawn: Duration) {
+        self.counter(TASKS_STARTED, vec![worker(name)], 1);
+        self.histogram(INSTANTIATION, vec![worker(name)], instantiation);
+        self.histogram(SPAWN_TO_START, vec![worker(name)], since_spawn);
+    }
+
+    /// An attempt ended and will be restarted.
+    pub fn restarted(&self, name: &Arc<str>, end: &TaskEnd, fuel: u64) {
+        self.attempt_ended(name, end, fuel);
+        let labels = vec![worker(name), label("outcome", end.outcome.as_str())];
+        self.counter(TASK_RESTARTS, labels, 1);
+    }
+
+    /// A task ended; `ran` is how long its last attempt ran, if it started.
+    pub fn ended(&self, name: &Arc<str>, end: &TaskEnd, fuel: u64, ran: Option<Duration>) {
+        self.attempt_ended(name, end, fuel);
+        let labels = vec![
+            worker(name),
+            label("status", end.status.as_str()),
+            label("outcome", end.outcome.as_str()),
+        ];
+        self.counter(TASKS_ENDED, labels, 1);
+        if let Some(ran) = ran {
+            let labels = vec![worker(name), label("outcome", end.outcome.as_str())];
+            self.histogram(TASK_DURATION, labels, ran);
+        }
+    }
+
+    fn attempt_ended(&self, name: &Arc<str>, end: &TaskEnd, fuel: u64) {
+        if fuel > 0 {
+            self.counter(FUEL_CONSUMED, vec![worker(name)], fuel);
+        }
+        if end.outcome == crate::table::Outcome::MemoryLimit {
+            self.counter(MEMORY_LIMIT_KILLS, vec![worker(name)], 1);
+        }
+    }
+
+    /// A worker module was loaded, compiled or from the cache.
+    pub fn module_loaded(&self, name: &Arc<str>, origin: &'static str) {
+        self.counter(MODULE_LOADS, vec![worker(name), label("origin", origin)], 1);
+    }
+
+    /// A new version of a worker was offered.
+    pub fn install(&self, name: &Arc<str>, source: &'static str, result: &'static str) {
+        let labels = vec![
+            worker(name),
+            label("source", source),
+            label("result", result),
+        ];
+        self.counter(WORKER_INSTALLS, labels, 1);
+    }
+
+    /// An HTTP request was answered.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let labels = vec![
+            label("method", method.to_owned()),
+            label("path", route.to_owned()),
+            label("status", status.to_string()),
+        ];
+        self.counter(HTTP_REQUESTS, labels, 1);
+        let labels = vec![
+            label("method", method.to_owned()),
+            label("path", route.to_owned()),
+        ];
+        self.histogram(HTTP_REQUEST_DURATION, labels, took);
+    }
+
+    /// The Prometheus text exposition of everything recorded so far.
+    pub fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+}

@@ -1,0 +1,366 @@
+//! Observability over HTTP: Prometheus metrics that count exactly what happened, an OpenAPI
+//! document that describes every route the host serves, and structured JSON logs from the real
+//! binary.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::BufRead as _;
+use std::time::Duration;
+
+use common::{PATIENCE, TestApp, module, start_app, temp_dir};
+use serde_json::{Value, json};
+
+/// `GET /metrics` as a map from `name{labels}` to value.
+async fn scrape(app: &TestApp) -> HashMap<String, f64> {
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = response.text().await.expect("text");
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(metrics: &HashMap<String, f64>, key: &str) -> f64 {
+    *metrics
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} missing from /metrics: {metrics:#?}"))
+}
+
+/// A host with three workers: the default one, one that spins and one that eats memory.
+async fn three_workers() -> TestApp {
+    let dir = temp_dir("metrics");
+    let registry = dir.join("http-spawn.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            r#"
+[workers.default]
+module = "{default}"
+
+[workers.spin]
+module = "{spin}"
+max_memory = "16MiB"
+fuel_per_step = 2_000_000
+
+[workers.membomb]
+module = "{membomb}"
+max_memory = "16MiB"
+fuel_per_step = 500_000_000
+"#,
+            default = module("default").display(),
+            spin = module("spin").display(),
+            membomb = module("membomb").display(),
+        ),
+    )
+    .expect("write the registry");
+    start_app(common::registry_config(&registry, &["--capacity", "64"])).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_the_tasks_that_ran() {
+    let app = three_workers().await;
+    for _ in 0..2 {
+        let record = app.run(json!({"name": "good", "duration": 0})).await;
+        assert_eq!(record["exit_code"], 0, "{record}");
+    }
+    let record = app.run(json!({"name": "spin", "worker": "spin"})).await;
+    assert_eq!(record["outcome"], "out_of_fuel", "{record}");
+    let record = app
+        .run(json!({"name": "bomb", "worker": "membomb", "payload": {"mib": 64}}))
+        .await;
+    assert_eq!(record["outcome"], "memory_limit", "{record}");
+    let long = app.spawn(json!({"name": "long", "duration": 60})).await;
+    app.wait_running(&long).await;
+    let (status, record) = app.kill(&long).await;
+    assert_eq!(status, 200, "{record}");
+    let refused = app.submit(json!({"name": "x", "worker": "nobody"})).await;
+    assert_eq!(refused.status(), 400);
+
+    let metrics = scrape(&app).await;
+    for (key, expected) in [
+        (r#"http_spawn_tasks_spawned_total{worker="default"}"#, 3.0),
+        (r#"http_spawn_tasks_spawned_total{worker="spin"}"#, 1.0),
+        (r#"http_spawn_tasks_spawned_total{worker="membomb"}"#, 1.0),
+        (r#"http_spawn_tasks_started_total{worker="default"}"#, 3.0),
+        (r#"http_spawn_tasks_started_total{worker="spin"}"#, 1.0),
+        (
+            r#"http_spawn_tasks_ended_total{worker="default",status="exited",outcome="exit"}"#,
+            2.0,
+        ),
+        (
+            r#"http_spawn_tasks_ended_total{worker="default",status="killed",outcome="killed"}"#,
+            1.0,
+        ),
+        (
+            r#"http_spawn_tasks_ended_total{worker="spin",status="failed",outcome="out_of_fuel"}"#,
+            1.0,
+        ),
+        (
+            r#"http_spawn_tasks_ended_total{worker="membomb",status="failed",outcome="memory_limit"}"#,
+            1.0,
+        ),
+        (
+            r#"http_spawn_memory_limit_kills_total{worker="membomb"}"#,
+            1.0,
+        ),
+        (
+            r#"http_spawn_task_duration_seconds_count{worker="default",outcome="exit"}"#,
+            2.0,
+        ),
+        (
+            r#"http_spawn_task_duration_seconds_count{worker="spin",outcome="out_of_fuel"}"#,
+            1.0,
+        ),
+        (
+            r#"http_spawn_instantiation_seconds_count{worker="default"}"#,
+            3.0,
+        ),
+        (
+            r#"http_spawn_spawn_to_start_seconds_count{worker="default"}"#,
+            3.0,
+        ),
+        ("http_spawn_tasks_running", 0.0),
+        ("http_spawn_tasks_queued", 0.0),
+        ("http_spawn_capacity", 64.0),
+        ("http_spawn_pool_component_instances", 0.0),
+        (
+            r#"http_requests_total{method="POST",path="/api/tasks",status="202"}"#,
+            5.0,
+        ),
+        (
+            r#"http_requests_total{method="POST",path="/api/tasks",status="400"}"#,
+            1.0,
+        ),
+        (
+            r#"http_requests_total{method="DELETE",path="/api/tasks/{pid}",status="200"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(value(&metrics, key), expected, "{key}");
+    }
+    assert!(
+        !metrics
+            .keys()
+            .any(|key| key.contains(r#"status="exited",outcome="out_of_fuel""#)),
+        "no ended task counted twice"
+    );
+    // The spinning step burnt its whole budget, and nothing else did it.
+    assert!(value(&metrics, r#"http_spawn_fuel_consumed_total{worker="spin"}"#) >= 2_000_000.0);
+    let loads: f64 = ["compiled", "cache"]
+        .iter()
+        .filter_map(|origin| {
+            metrics
+                .get(&format!(
+                    r#"http_spawn_module_loads_total{{worker="default",origin="{origin}"}}"#
+                ))
+                .copied()
+        })
+        .sum();
+    assert_eq!(loads, 1.0, "the default worker loaded once");
+}
+
+/// Replaces each `{parameter}` in an OpenAPI path with a value that exists on this host.
+fn concrete(path: &str, pid: &str) -> String {
+    path.replace("{pid}", pid).replace("{name}", "default")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route_served() {
+    let app = common::spawn_app("default", &[]).await;
+    let ended = app.run(json!({"name": "ended", "duration": 0})).await;
+    let pid = ended["pid"].as_str().expect("pid").to_owned();
+
+    let (status, document) = app.get("/api/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(
+        document["openapi"]
+            .as_str()
+            .expect("version")
+            .starts_with("3.")
+    );
+    let paths = document["paths"].as_object().expect("paths");
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_some() {
+                operations.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+
+    // Every route the README documents is in the document...
+    for (method, path) in [
+        ("POST", "/api/tasks"),
+        ("GET", "/api/tasks"),
+        ("GET", "/api/tasks/{pid}"),
+        ("DELETE", "/api/tasks/{pid}"),
+        ("GET", "/api/tasks/{pid}/logs"),
+        ("GET", "/api/tasks/{pid}/events"),
+        ("GET", "/api/events"),
+        ("GET", "/api/health"),
+        ("GET", "/api/workers"),
+        ("GET", "/api/workers/{name}"),
+        ("PUT", "/api/workers/{name}"),
+        ("POST", "/api/workers/{name}/rollback"),
+        ("GET", "/metrics"),
+        ("GET", "/api/openapi.json"),
+        ("GET", "/"),
+    ] {
+        assert!(
+            operations.contains(&(method.to_owned(), path.to_owned())),
+            "{method} {path} is not in the OpenAPI document"
+        );
+    }
+    // ...and everything in the document is served: never the "no route" 404 or a 405.
+    for (method, path) in &operations {
+        let url = app.url(&concrete(path, &pid));
+        let request = match method.as_str() {
+            "GET" => app.client.get(&url),
+            "DELETE" => app.client.delete(&url),
+            "PUT" => app
+                .client
+                .put(&url)
+                .header("content-type", "application/wasm"),
+            "POST" if path == "/api/tasks" => app
+                .client
+                .post(&url)
+                .json(&json!({"name": "doc", "duration": 0})),
+            _ => app.client.post(&url),
+        };
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        assert!(
+            status != 404 && status != 405,
+            "{method} {path}: {status} {:?}",
+            response.text().await
+        );
+        let documented = &paths[path.as_str()][method.to_lowercase()]["responses"];
+        assert!(
+            documented.get(status.to_string()).is_some(),
+            "{method} {path} answered {status}, which its document does not list: {documented}"
+        );
+    }
+    // The check above means something: an unknown path is the fallback's 404.
+    let (status, body) = app.get("/api/nowhere").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().expect("error").contains("no route"));
+    for schema in [
+        "TaskRecord",
+        "Page",
+        "WorkerInfo",
+        "Health",
+        "ErrorBody",
+        "Outcome",
+    ] {
+        assert!(
+            document["components"]["schemas"].get(schema).is_some(),
+            "schema {schema} missing"
+        );
+    }
+}
+
+/// Reads the binary's stdout lines on a thread, handing them over as they come.
+fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if send.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receive
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_pid_worker_and_step_on_every_task_line() {
+    let cache = temp_dir("json-logs");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_http-spawn"))
+        .args([
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--capacity",
+            "16",
+        ])
+        .arg("--module")
+        .arg(module("default"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let lines = lines_of(child.stdout.take().expect("stdout"));
+    let _reaper = Reaper(child);
+    let next = |lines: &std::sync::mpsc::Receiver<String>| -> Value {
+        let line = lines.recv_timeout(PATIENCE).expect("a log line in time");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+
+    let address = loop {
+        let line = next(&lines);
+        if line["message"] == "listening" {
+            break line["address"].as_str().expect("address").to_owned();
+        }
+    };
+    let app = common::Remote::new(format!("http://{address}"));
+    let record = app.run(json!({"name": "logged", "duration": 1})).await;
+    assert_eq!(record["exit_code"], 0, "{record}");
+    let pid = record["pid"].as_str().expect("pid").to_owned();
+
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m| m == "Worker done, exiting") {
+        let line = next(&lines);
+        if line["pid"] != pid.as_str() {
+            continue;
+        }
+        for field in ["timestamp", "level", "worker", "step"] {
+            assert!(line.get(field).is_some(), "{field} missing: {line}");
+        }
+        assert_eq!(line["worker"], "default", "{line}");
+        seen.push(line["message"].as_str().expect("message").to_owned());
+    }
+    for message in [
+        "Task process spawned",
+        "Worker started",
+        "Worker progress",
+        "logged finished",
+        "Worker done, exiting",
+    ] {
+        assert!(
+            seen.iter().any(|m| m == message),
+            "{message:?} not logged: {seen:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let _ = std::fs::remove_dir_all(cache);
+}
