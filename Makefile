@@ -7,7 +7,7 @@ LISTEN       ?= 127.0.0.1:8080
 BASE_URL     ?= http://$(LISTEN)
 ARGS         ?=
 
-.PHONY: all build-guest build run test fmt-check clippy k6 k6-smoke bench clean
+.PHONY: all build-guest build run test fmt-check clippy k6 k6-smoke browser-test bench clean
 
 all: build
 
@@ -33,8 +33,9 @@ fmt-check:
 clippy: build-guest
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The whole suite: formatting, lints, a short real k6 run, unit and end-to-end tests.
-test: build-guest fmt-check clippy k6-smoke
+# The whole suite: formatting, lints, a short real k6 run, the dashboard in headless Chromium,
+# unit and end-to-end tests.
+test: build-guest fmt-check clippy k6-smoke browser-test
 	$(CARGO) test -p http-spawn
 
 # Load-tests a running host (start it with `make run`); START_RATE, PEAK_RATE, RAMP, HOLD tune it.
@@ -46,6 +47,12 @@ k6:
 k6-smoke: build-guest
 	$(CARGO) build -p http-spawn
 	K6="$$(scripts/ensure-k6.sh)" scripts/k6-smoke.sh
+
+# The dashboard end to end in headless Chromium (Debian's, installed when missing) against a
+# debug host; the screenshot lands in target/browser/dashboard.png.
+browser-test: build-guest
+	$(CARGO) build -p http-spawn
+	scripts/browser-test.sh
 
 # Every benchmark, side by side with its baselines, in one run (about 6 minutes on 2 cores):
 # prints the tables and writes bench-out/report.md, results.json and SVG plots.

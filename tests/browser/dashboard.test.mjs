@@ -1,0 +1,262 @@
+// End-to-end test of the dashboard: a real host at BASE_URL, its page at `/` in headless Chromium
+// (Debian's, driven by playwright-core). Run by scripts/browser-test.sh, or by hand:
+//   BASE_URL=http://127.0.0.1:8080 node tests/browser/dashboard.test.mjs
+// The host must run with http-spawn.toml's workers (`default` and `report`: four steps a second).
+// Bounded: every wait has a timeout and the whole run gives up after 75 s. Exits non-zero on
+// any failed check, any uncaught page error and any console error.
+
+import assert from "node:assert/strict";
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const BASE_URL = (process.env.BASE_URL ?? "").replace(/\/+$/, "");
+const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR || "target/browser";
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const WAIT_MS = 15_000;
+const OVERALL_MS = 75_000;
+// Without the background-networking flags Chromium keeps dialling out, which this closed
+// network refuses.
+const CHROMIUM_ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+
+if (!BASE_URL) {
+  console.error("BASE_URL is not set (for example http://127.0.0.1:8080)");
+  process.exit(2);
+}
+
+let browser;
+const overall = setTimeout(async () => {
+  console.error(`not ok - the whole run took over ${OVERALL_MS / 1000} s`);
+  await Promise.race([browser?.close(), new Promise((done) => setTimeout(done, 3000))]);
+  process.exit(1);
+}, OVERALL_MS);
+
+const PID = /^[0-9a-f]{8}-[0-9a-f]+$/;
+const testid = (id) => `[data-testid="${id}"]`;
+const runningRow = (pid) => `${testid("running-row")}[data-pid="${pid}"]`;
+const exitRow = (pid) => `${testid("exit-row")}[data-pid="${pid}"]`;
+
+/** Console errors to let pass while an expected HTTP error is shown (Chromium logs those). */
+const allowedConsole = [];
+const pageErrors = [];
+let passed = 0;
+
+async function check(name, body) {
+  try {
+    await body();
+  } catch (error) {
+    console.error(`not ok - ${name}\n${error.stack ?? error}`);
+    if (pageErrors.length) console.error(`# page errors so far:\n${pageErrors.join("\n")}`);
+    throw Object.assign(error, { reported: true });
+  }
+  passed += 1;
+  console.log(`ok - ${name}`);
+}
+
+/** Fills the form and submits it; the pid the page shows, or its error text. */
+async function submit(page, { name, duration, payload = "", worker = "default" }) {
+  await page.locator(testid("task-name")).fill(name);
+  await page.locator(testid("task-worker")).selectOption(worker);
+  await page.locator(testid("task-duration")).fill(String(duration));
+  await page.locator(testid("task-payload")).fill(payload);
+  const result = page.locator(testid("submit-result"));
+  await result.evaluate((el) => { el.textContent = ""; delete el.dataset.kind; });
+  await page.locator(testid("submit-button")).click();
+  await page.waitForSelector(`${testid("submit-result")}[data-kind]`);
+  return { pid: await result.getAttribute("data-pid"), text: await result.textContent() };
+}
+
+async function main() {
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: WAIT_MS });
+  const page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
+  page.setDefaultTimeout(WAIT_MS);
+  page.on("pageerror", (error) => pageErrors.push(`page error: ${error.message}`));
+  page.on("console", (message) => {
+    if (message.type() === "error" && !allowedConsole.some((re) => re.test(message.text()))) {
+      pageErrors.push(`console error: ${message.text()}`);
+    }
+  });
+
+  await page.goto(`${BASE_URL}/`);
+  await page.waitForSelector(`${testid("link-status")}[data-state="live"]`);
+  // Records every step each progress bar shows, and marks this document: a reload would lose both.
+  await page.evaluate(() => {
+    window.stepsSeen = {};
+    const record = () => {
+      for (const bar of document.querySelectorAll('[data-testid="progress-bar"]')) {
+        const pid = bar.closest('[data-testid="running-row"]').dataset.pid;
+        const seen = (window.stepsSeen[pid] ??= []);
+        const step = Number(bar.dataset.step);
+        if (seen.at(-1) !== step) seen.push(step);
+      }
+    };
+    new MutationObserver(record).observe(document.querySelector('[data-testid="running-body"]'),
+      { subtree: true, childList: true, attributes: true, attributeFilter: ["data-step"] });
+  });
+
+  let workers;
+  await check("the worker select lists the host's workers, the default one chosen", async () => {
+    workers = (await page.evaluate(() => fetch("/api/workers").then((res) => res.json()))).workers;
+    const names = workers.map((w) => w.name);
+    assert.ok(names.includes("default") && names.includes("report"), `workers: ${names}`);
+    const select = page.locator(testid("task-worker"));
+    await page.waitForFunction((n) => document.querySelector('[data-testid="task-worker"]').options.length === n,
+      names.length);
+    assert.deepEqual(await select.locator("option").evaluateAll((options) => options.map((o) => o.value)), names);
+    assert.equal(await select.inputValue(), workers.find((w) => w.default).name);
+  });
+
+  await check("the workers card shows each worker's current version", async () => {
+    for (const w of workers) {
+      const item = page.locator(`${testid("worker-item")}[data-worker="${w.name}"]`);
+      assert.equal(await item.locator(testid("worker-version")).textContent(), w.current.version);
+    }
+  });
+
+  let first;
+  await check("a task submitted from the form shows its pid", async () => {
+    const answer = await submit(page, { name: "from-browser", duration: 3, payload: '{"exit_code": 0}' });
+    assert.match(answer.pid ?? "", PID, answer.text);
+    assert.ok(answer.text.includes(answer.pid), answer.text);
+    first = answer.pid;
+  });
+
+  await check("its progress bar advances from the event stream", async () => {
+    const bar = page.locator(`${runningRow(first)} ${testid("progress-bar")}`);
+    await bar.waitFor();
+    assert.equal(await bar.getAttribute("data-steps"), "3");
+    await page.waitForFunction((pid) => (window.stepsSeen[pid] ?? []).some((step) => step >= 2), first);
+    const seen = await page.evaluate((pid) => window.stepsSeen[pid], first);
+    assert.ok(seen[0] <= 1, `first step shown: ${seen}`);
+    assert.deepEqual([...seen].sort((a, b) => a - b), seen, `steps go forward: ${seen}`);
+  });
+
+  await check("a refused submission shows the host's error", async () => {
+    allowedConsole.push(/status of 400/);
+    const answer = await submit(page, { name: "too-long", duration: 10_000_000 });
+    assert.equal(answer.pid, null);
+    assert.match(answer.text, /^400 .*duration/);
+    allowedConsole.pop();
+  });
+
+  await check("the kill button kills a long task", async () => {
+    const answer = await submit(page, { name: "long-from-browser", duration: 60 });
+    assert.match(answer.pid ?? "", PID, answer.text);
+    const row = page.locator(runningRow(answer.pid));
+    await row.locator(`${testid("progress-bar")}[data-step="1"]`).waitFor();
+    await row.locator(testid("kill-button")).click();
+    await row.waitFor({ state: "detached" });
+    const exit = page.locator(exitRow(answer.pid));
+    assert.equal(await exit.getAttribute("data-status"), "killed");
+    assert.match(await page.locator(testid("kill-result")).textContent(), /Killed/);
+  });
+
+  await check("the first task's exit row says exited with code 0", async () => {
+    const exit = page.locator(`${exitRow(first)}[data-status="exited"]`);
+    await exit.waitFor();
+    assert.equal(await exit.locator(testid("exit-code")).textContent(), "0");
+    assert.equal(await exit.locator(testid("exit-worker")).textContent(), "default");
+    assert.equal(await page.locator(runningRow(first)).count(), 0);
+    assert.ok(await page.evaluate(() => window.stepsSeen !== undefined), "the page was reloaded");
+  });
+
+  await check("task-provided text is shown as text, never as markup", async () => {
+    const name = `<img src=x onerror="window.injected = 1">`;
+    const pid = await page.evaluate(async (name) => {
+      const res = await fetch("/api/tasks", {
+        method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ name, duration: 0 }),
+      });
+      return (await res.json()).pid;
+    }, name);
+    const exit = page.locator(exitRow(pid));
+    await exit.waitFor();
+    assert.equal(await exit.locator(testid("exit-name")).textContent(), name);
+    assert.equal(await exit.locator(testid("exit-worker")).textContent(), "default");
+    assert.equal(await page.locator(`${testid("exit-body")} img`).count(), 0);
+    assert.equal(await page.evaluate(() => window.injected), undefined);
+  });
+
+  let report;
+  await check("a task submitted to the report worker runs there, its bar advancing", async () => {
+    const answer = await submit(page, { name: "report-from-browser", duration: 2, worker: "report" });
+    assert.match(answer.pid ?? "", PID, answer.text);
+    report = answer.pid;
+    const row = page.locator(runningRow(report));
+    await row.waitFor();
+    assert.equal(await row.locator(testid("running-worker")).textContent(), "report");
+    const version = workers.find((w) => w.name === "report").current.version;
+    assert.match(await row.locator(testid("running-worker")).getAttribute("title"), new RegExp(version));
+    // Four quarter-second steps a second: 8 steps for 2 seconds.
+    await row.locator(`${testid("progress-bar")}[data-steps="8"]`).waitFor();
+    await page.waitForFunction((pid) => (window.stepsSeen[pid] ?? []).some((step) => step >= 4), report);
+    const seen = await page.evaluate((pid) => window.stepsSeen[pid], report);
+    assert.deepEqual([...seen].sort((a, b) => a - b), seen, `steps go forward: ${seen}`);
+    assert.ok(new Set(seen).size >= 3, `the bar advanced step by step: ${seen}`);
+  });
+
+  await check("the report task's exit row says worker report, exited with code 0", async () => {
+    const exit = page.locator(`${exitRow(report)}[data-status="exited"]`);
+    await exit.waitFor();
+    assert.equal(await exit.locator(testid("exit-worker")).textContent(), "report");
+    assert.equal(await exit.locator(testid("exit-name")).textContent(), "report-from-browser");
+    assert.equal(await exit.locator(testid("exit-code")).textContent(), "0");
+    assert.equal(await page.locator(runningRow(report)).count(), 0);
+  });
+
+  await check("the totals and rates update", async () => {
+    const count = (id) => page.locator(testid(id)).evaluate((el) => Number(el.textContent.replace(/\D/g, "")));
+    await page.waitForFunction(() => Number(document.querySelector('[data-testid="total-ended"]')
+      .textContent.replace(/\D/g, "")) >= 4);
+    assert.ok((await count("total-spawned")) >= 4);
+    assert.ok((await count("total-started")) >= 4);
+    assert.notEqual(await page.locator(testid("spawn-rate")).textContent(), "–");
+    assert.notEqual(await page.locator(testid("sparkline-spawn")).getAttribute("points"), "");
+  });
+
+  // A few tasks of different lengths, for a screenshot that shows the page at work.
+  await page.evaluate(async () => {
+    const tasks = [["export", 20], ["resize-images", 12], ["q3-report", 10, undefined, "report"],
+      ["nightly-report", 8, undefined, "report"], ["refused", 1, { exit_code: 3 }]];
+    for (const [name, duration, payload, worker] of tasks) {
+      await fetch("/api/tasks", {
+        method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name, duration, payload, worker }),
+      });
+    }
+  });
+  await page.waitForSelector(`${testid("exit-row")}[data-status="exited"] .code-bad`);
+  await page.waitForTimeout(1500);
+
+  await check("no page error and no console error", async () => {
+    assert.deepEqual(pageErrors, []);
+  });
+
+  await check("a full-page screenshot is saved", async () => {
+    await mkdir(SCREENSHOT_DIR, { recursive: true });
+    const file = path.join(SCREENSHOT_DIR, "dashboard.png");
+    // Rows skip rendering while out of view (content-visibility), and a full-page capture does
+    // not scroll: make the viewport as tall as the page, and let two frames paint it.
+    const height = await page.evaluate(() => document.documentElement.scrollHeight);
+    await page.setViewportSize({ width: 1360, height: Math.max(900, height) });
+    await page.evaluate(() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done))));
+    assert.ok(await page.locator(testid("exit-row")).first().isVisible());
+    await page.screenshot({ path: file, fullPage: true });
+    console.log(`# screenshot: ${path.resolve(file)}`);
+  });
+}
+
+let failed = 0;
+try {
+  await main();
+} catch (error) {
+  failed = 1;
+  if (!error?.reported) console.error(`not ok - ${error?.stack ?? error}`);
+} finally {
+  clearTimeout(overall);
+  await browser?.close();
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
