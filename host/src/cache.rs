@@ -5,9 +5,11 @@
 //! everything that makes compiled code usable by an engine (wasmtime's version, the engine's
 //! settings and the CPU features it compiled for), so a changed module or a changed engine is
 //! simply a miss. Artifacts are written to a temporary file and linked into place, never
-//! overwritten. Loading compiled code runs it without validation, so only this directory's own
-//! artifacts are ever loaded, and only from a directory that this user owns and nobody else
-//! may write to.
+//! overwritten. Loading compiled code runs it without validation, so an artifact is loaded only
+//! if nobody but this user could have put it there: the directory is resolved to its real path
+//! at start, it and every directory above it must be this user's or root's and closed to other
+//! writers (or root's sticky `/tmp`), and the artifact itself must be a regular file of this
+//! user's, opened without following symlinks and read whole before wasmtime sees it.
 
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
@@ -90,11 +92,16 @@ pub struct ModuleCache {
 impl ModuleCache {
     /// Opens (creating it if need be) the cache at `dir` for artifacts of `engine`.
     pub fn open(dir: &Path, engine: &Engine) -> Result<Self, CacheError> {
-        create_private_dir(dir).map_err(|source| CacheError::Create {
+        let create = |source| CacheError::Create {
             path: dir.to_owned(),
             source,
-        })?;
+        };
+        create_private_dir(dir).map_err(create)?;
+        let dir = &dir.canonicalize().map_err(create)?;
         check_private(dir)?;
+        for ancestor in dir.ancestors().skip(1) {
+            check_ancestor(ancestor)?;
+        }
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let mut engine = hex(&hasher.0.finalize());
@@ -114,13 +121,19 @@ impl ModuleCache {
     /// The compiled component for `digest`, if this cache holds one this engine can run.
     pub fn load(&self, engine: &Engine, digest: &Digest) -> Option<Component> {
         let path = self.path(digest);
-        if !path.is_file() {
-            return None;
-        }
-        // SAFETY: the file is an artifact this cache wrote itself (`store` below), in a
-        // directory `open` checked only this user can write to; its name pins the engine it
-        // was compiled for, and wasmtime checks that again before it maps any code.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        let bytes = match read_own_file(&path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "ignoring a cached module");
+                return None;
+            }
+        };
+        // SAFETY: the bytes are an artifact this cache wrote itself (`store` below): a regular
+        // file of this user's, in a directory that `open` checked only this user (or root) can
+        // write to, all the way up. Its name pins the engine it was compiled for, and wasmtime
+        // checks that again before it maps any code.
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(component) => Some(component),
             Err(error) => {
                 tracing::warn!(path = %path.display(), error = format!("{error:#}"),
@@ -212,6 +225,79 @@ fn check_private(_dir: &Path) -> Result<(), CacheError> {
     Ok(())
 }
 
+/// Refuses a directory above the cache through which someone else could swap the cache for
+/// theirs: it must be root's or this user's, and closed to other writers unless it is root's
+/// and sticky (as `/tmp` is), where nobody can rename another user's entries.
+#[cfg(unix)]
+fn check_ancestor(dir: &Path) -> Result<(), CacheError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let refuse = |reason: String| CacheError::Unsafe {
+        path: dir.to_owned(),
+        reason,
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| refuse(e.to_string()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let (owner, mode) = (meta.uid(), meta.mode());
+    if owner != 0 && owner != me {
+        return Err(refuse(format!(
+            "a directory above the cache belongs to uid {owner}"
+        )));
+    }
+    let sticky_root = owner == 0 && mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky_root {
+        return Err(refuse(format!(
+            "others may write to a directory above the cache (mode {:o})",
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_ancestor(_dir: &Path) -> Result<(), CacheError> {
+    Ok(())
+}
+
+/// The whole content of `path` if it is a regular file of this user's that nobody else may
+/// write, opened without following a symlink; `None` if there is no such file.
+#[cfg(unix)]
+fn read_own_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "not a regular file of this user's closed to others (uid {}, mode {:o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(Some(bytes))
+}
+
+#[cfg(not(unix))]
+fn read_own_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +310,67 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(digest.short(), "ba7816bf8f01");
+    }
+
+    /// A scratch directory for one test, under the system's temporary directory.
+    fn scratch(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("http-spawn-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn loads_only_its_own_regular_artifacts() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = scratch("cache-artifacts");
+        let engine = Engine::default();
+        let cache = ModuleCache::open(&dir, &engine).expect("a private cache");
+        // The smallest component: the header alone.
+        let bytes = b"\0asm\x0d\0\x01\0";
+        let component = Component::new(&engine, bytes).expect("the empty component");
+        let digest = Digest::of(bytes);
+        assert!(cache.load(&engine, &digest).is_none(), "nothing cached yet");
+        cache.store(&digest, &component);
+        assert!(
+            cache.load(&engine, &digest).is_some(),
+            "its own artifact loads"
+        );
+
+        let artifact = cache.path(&digest);
+        let elsewhere = dir.with_extension("planted");
+        std::fs::rename(&artifact, &elsewhere).expect("move");
+        std::os::unix::fs::symlink(&elsewhere, &artifact).expect("symlink");
+        let through_link = cache.load(&engine, &digest);
+        std::fs::remove_file(&artifact).expect("unlink");
+        std::fs::rename(&elsewhere, &artifact).expect("move back");
+        std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let writable = cache.load(&engine, &digest);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            through_link.is_none(),
+            "a symlinked artifact is not followed"
+        );
+        assert!(
+            writable.is_none(),
+            "an artifact others may write is not loaded"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_a_cache_under_a_directory_others_may_write() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let open_parent = scratch("cache-open-parent");
+        std::fs::create_dir_all(&open_parent).expect("mkdir");
+        std::fs::set_permissions(&open_parent, std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let refused = ModuleCache::open(&open_parent.join("cache"), &Engine::default());
+        let _ = std::fs::remove_dir_all(&open_parent);
+        assert!(
+            matches!(refused, Err(CacheError::Unsafe { .. })),
+            "{refused:?}"
+        );
     }
 
     #[cfg(unix)]

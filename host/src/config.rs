@@ -54,6 +54,8 @@ pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The most attempts a restart policy may ask for.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 10;
+/// The shortest admin token accepted: anything shorter is guessable.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 /// The `--cache-dir` value that turns the compiled-module cache off.
 pub const CACHE_OFF: &str = "off";
 
@@ -199,6 +201,11 @@ pub enum ConfigError {
     },
     #[error("the registry file {path} is not valid: {message}")]
     File { path: PathBuf, message: String },
+    #[error(
+        "the admin token must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (for example `openssl \
+         rand -hex 16`)"
+    )]
+    WeakToken,
 }
 
 impl Config {
@@ -216,6 +223,11 @@ impl Config {
             None => None,
         };
         config.merge(file, &matches);
+        if let Some(token) = &config.admin_token
+            && token.len() < MIN_ADMIN_TOKEN_BYTES
+        {
+            return Err(ConfigError::WeakToken);
+        }
         Ok(config)
     }
 
@@ -253,7 +265,11 @@ impl Config {
         if let Some(dir) = server.cache_dir
             && !explicit("cache_dir")
         {
-            self.cache_dir = Some(base.join(dir));
+            self.cache_dir = Some(if dir.as_os_str() == CACHE_OFF {
+                dir
+            } else {
+                base.join(dir)
+            });
         }
 
         let default = WorkerConfig {
@@ -624,6 +640,26 @@ restart = "on-failure"
         assert_eq!(config.capacity, 7);
         assert!(config.workers.iter().all(|w| w.fuel_per_step == 9));
         assert_eq!(config.workers[0].module, PathBuf::from("x.wasm"));
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused() {
+        let parse = |token: &str| Config::from_args(["http-spawn", "--admin-token", token]);
+        assert!(matches!(parse(""), Err(ConfigError::WeakToken)));
+        assert!(matches!(parse("s3cret"), Err(ConfigError::WeakToken)));
+        assert!(parse("0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn cache_off_in_the_file_turns_the_cache_off() {
+        let config = with_file("[server]\ncache_dir = \"off\"\n", &[]).expect("valid");
+        assert_eq!(config.module_cache_dir(), None);
+        let config = with_file("[server]\ncache_dir = \"cache\"\n", &[]).expect("valid");
+        assert!(
+            config
+                .module_cache_dir()
+                .is_some_and(|dir| dir.ends_with("cache") && dir.is_absolute())
+        );
     }
 
     #[test]

@@ -65,12 +65,12 @@ impl EventBus {
         }
     }
 
-    /// Subscribes to every event from now on, if a place is free.
     /// Streams open now.
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)
     }
 
+    /// Subscribes to every event from now on, if a place is free.
     pub fn subscribe(&self) -> Option<Subscription> {
         self.subscribers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {

@@ -209,6 +209,28 @@ const SECONDS_BUCKETS: &[f64] = &[
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
+/// How often histogram samples are folded into their buckets between scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Folds the recorder's pending histogram samples into buckets every [`UPKEEP_INTERVAL`] while
+/// the metrics live: without it, samples pile up in memory until the next scrape.
+fn start_upkeep(metrics: std::sync::Weak<Metrics>) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                match metrics.upgrade() {
+                    Some(metrics) => metrics.recorder.handle().run_upkeep(),
+                    None => return,
+                }
+            }
+        });
+    if let Err(error) = started {
+        tracing::warn!(%error, "no metrics upkeep thread; histograms are folded at each scrape");
+    }
+}
+
 /// The host's metrics.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -246,7 +268,9 @@ impl Metrics {
                 Kind::Histogram => recorder.describe_histogram(name, spec.unit, help),
             }
         }
-        Arc::new(Self { recorder })
+        let metrics = Arc::new(Self { recorder });
+        start_upkeep(Arc::downgrade(&metrics));
+        metrics
     }
 
     fn counter(&self, name: &'static str, labels: Vec<Label>, by: u64) {
@@ -328,18 +352,26 @@ impl Metrics {
         self.counter(WORKER_INSTALLS, labels, 1);
     }
 
-    /// An HTTP request was answered.
+    /// An HTTP request was answered. Methods outside the standard ones are counted as
+    /// `other`: a client may send any token as a method, and each would be a new series.
     pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let method = match method {
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "PATCH" => "PATCH",
+            "OPTIONS" => "OPTIONS",
+            _ => "other",
+        };
         let labels = vec![
-            label("method", method.to_owned()),
+            label("method", method),
             label("path", route.to_owned()),
             label("status", status.to_string()),
         ];
         self.counter(HTTP_REQUESTS, labels, 1);
-        let labels = vec![
-            label("method", method.to_owned()),
-            label("path", route.to_owned()),
-        ];
+        let labels = vec![label("method", method), label("path", route.to_owned())];
         self.histogram(HTTP_REQUEST_DURATION, labels, took);
     }
 

@@ -83,6 +83,9 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:random/insecure-seed",
 ];
 
+/// The longest a module's smoke run may take, with epoch interruption on.
+const SMOKE_RUN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The pid and name a module's smoke run is started with.
 const SMOKE_TASK_NAME: &str = "http-spawn-smoke-test";
 
@@ -132,6 +135,8 @@ pub enum LoadError {
          (with nothing granted)"
     )]
     ForbiddenImport { import: String },
+    #[error("the component does not validate or compile: {0}")]
+    Invalid(String),
     #[error("the component needs more memory than the worker may have: {0}")]
     MemoryCap(String),
     #[error("the component does not fit the `worker` world of wit/worker.wit: {0}")]
@@ -224,29 +229,49 @@ impl WasiView for TaskState {
 impl http_spawn::worker::host::Host for TaskState {
     fn log(&mut self, level: Level, message: String) {
         let (pid, worker, step) = (self.pid, &*self.worker, self.step);
+        // The host's own log gets the line on one line: a guest must not forge host lines.
+        let line = one_line(&message);
         let source = match level {
             Level::Trace => {
-                tracing::trace!(target: "guest", %pid, worker, step, "{message}");
+                tracing::trace!(target: "guest", %pid, worker, step, "{line}");
                 Source::Trace
             }
             Level::Debug => {
-                tracing::debug!(target: "guest", %pid, worker, step, "{message}");
+                tracing::debug!(target: "guest", %pid, worker, step, "{line}");
                 Source::Debug
             }
             Level::Info => {
-                tracing::info!(target: "guest", %pid, worker, step, "{message}");
+                tracing::info!(target: "guest", %pid, worker, step, "{line}");
                 Source::Info
             }
             Level::Warn => {
-                tracing::warn!(target: "guest", %pid, worker, step, "{message}");
+                tracing::warn!(target: "guest", %pid, worker, step, "{line}");
                 Source::Warn
             }
             Level::Error => {
-                tracing::error!(target: "guest", %pid, worker, step, "{message}");
+                tracing::error!(target: "guest", %pid, worker, step, "{line}");
                 Source::Error
             }
         };
         self.capture.line(source, message);
+    }
+}
+
+/// `text` with control characters (newlines included) escaped; borrowed when there are none.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
     }
 }
 
@@ -408,7 +433,7 @@ impl Sandbox {
                             "{reason}; raise the worker's max_memory (--max-memory)"
                         ))
                     } else {
-                        LoadError::NotComponent(reason)
+                        LoadError::Invalid(reason)
                     }
                 })?;
                 (component, Origin::Compiled)
@@ -583,9 +608,13 @@ impl Module {
             }
             LoadError::SmokeFailed(reason)
         };
-        let mut process = self
-            .instantiate(pid, TaskLimits::unlimited())
-            .map_err(refused)?;
+        // Bounded in time as well as by fuel, where epoch interruption is on: a module whose
+        // `start` never returns must not hold up the next install for long.
+        let limits = TaskLimits {
+            deadline: Instant::now() + SMOKE_RUN_DEADLINE,
+            kills: Kills::default(),
+        };
+        let mut process = self.instantiate(pid, limits).map_err(refused)?;
         process
             .start(pid, SMOKE_TASK_NAME, 0, None)
             .map(drop)
@@ -615,7 +644,8 @@ impl Kills {
         self.lock().remove(&pid.seq());
     }
 
-    fn contains(&self, pid: Pid) -> bool {
+    /// Whether `pid` is marked for killing.
+    pub fn contains(&self, pid: Pid) -> bool {
         self.lock().contains(&pid.seq())
     }
 }

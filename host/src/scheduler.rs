@@ -431,6 +431,11 @@ impl SchedulerThread {
     /// Instantiates and starts a new task, then runs its first step.
     fn spawn(&mut self, Job { spec, permit }: Job) {
         let pid = spec.pid;
+        if self.kills.contains(pid) {
+            // Killed before it reached this thread: the kill command found nothing to end.
+            drop(permit);
+            return self.record_end(pid, &spec.version.worker, 0, 0, killed(), None);
+        }
         let table = self.ledger.table();
         let begun = Instant::now();
         let deadline = begun + spec.deadline;

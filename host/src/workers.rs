@@ -64,19 +64,32 @@ struct FileStamps {
     pending: Option<FileStamp>,
 }
 
-/// What changes when a file is rewritten.
+/// What changes when a file is rewritten or replaced: its size and times, and, where there
+/// are such things, its inode and change time, which `cp -p`, `rsync -t` or `mv` of a file with
+/// an old modification time still change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
     modified: SystemTime,
     len: u64,
+    inode: (u64, u64),
+    changed: (i64, i64),
 }
 
 impl FileStamp {
     fn of(path: &Path) -> Option<Self> {
         let meta = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let (inode, changed) = {
+            use std::os::unix::fs::MetadataExt as _;
+            ((meta.dev(), meta.ino()), (meta.ctime(), meta.ctime_nsec()))
+        };
+        #[cfg(not(unix))]
+        let (inode, changed) = ((0, 0), (0, 0));
         Some(Self {
             modified: meta.modified().ok()?,
             len: meta.len(),
+            inode,
+            changed,
         })
     }
 }
@@ -382,10 +395,16 @@ impl Registry {
                 changed: false,
             });
         }
-        let module = match self
-            .sandbox
-            .load(&worker.name, bytes, limits_of(&worker.settings))
-        {
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.sandbox
+                .load(&worker.name, bytes, limits_of(&worker.settings))
+        }))
+        .unwrap_or_else(|_| {
+            Err(LoadError::SmokeFailed(
+                "the host failed while checking the module (a bug; see the host's log)".into(),
+            ))
+        });
+        let module = match loaded {
             Ok(module) => module,
             Err(error) => {
                 tracing::warn!(worker = %name, source = source_name(&source), %error,
@@ -424,6 +443,12 @@ impl Registry {
                 name: name.to_owned(),
                 known: self.names(),
             })?;
+        // After any install in progress: one compiling now would otherwise publish over the
+        // rollback a moment later.
+        let _one_at_a_time = self
+            .installing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         {
             let mut state = worker.lock();
             let previous = state

@@ -90,6 +90,17 @@ async fn metrics_count_exactly_the_tasks_that_ran() {
     assert_eq!(status, 200, "{record}");
     let refused = app.submit(json!({"name": "x", "worker": "nobody"})).await;
     assert_eq!(refused.status(), 400);
+    // Made-up methods are one series, not one each.
+    for method in ["BREW", "WHEN"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method token");
+        let response = app
+            .client
+            .request(method, app.url("/api/health"))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 405);
+    }
 
     let metrics = scrape(&app).await;
     for (key, expected) in [
@@ -149,6 +160,10 @@ async fn metrics_count_exactly_the_tasks_that_ran() {
         (
             r#"http_requests_total{method="DELETE",path="/api/tasks/{pid}",status="200"}"#,
             1.0,
+        ),
+        (
+            r#"http_requests_total{method="other",path="/api/health",status="405"}"#,
+            2.0,
         ),
     ] {
         assert_eq!(value(&metrics, key), expected, "{key}");
