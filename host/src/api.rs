@@ -846,7 +846,7 @@ async fn install_worker(
             changed: installed.changed,
             worker: installed.worker,
         })),
-        Err(error @ InstallError::Unknown { .. }) => Err(ApiError::NotFound(error.to_string())),
+        Err(InstallError::Unknown(error)) => Err(ApiError::NotFound(error.to_string())),
         Err(InstallError::Refused(error @ LoadError::NotComponent(_))) => {
             Err(ApiError::BadRequest(error.to_string()))
         }
@@ -889,7 +889,7 @@ async fn rollback_worker(
         .rollback(&name)
         .map(Json)
         .map_err(|error| match error {
-            RollbackError::Unknown { .. } => ApiError::NotFound(error.to_string()),
+            RollbackError::Unknown(_) => ApiError::NotFound(error.to_string()),
             RollbackError::NoPrevious(_) => ApiError::Conflict(error.to_string()),
         })
 }

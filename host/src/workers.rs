@@ -238,11 +238,19 @@ pub enum StartError {
     },
 }
 
+/// A request named a worker the registry does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("no worker named {name:?}; the workers are: {known}")]
+pub struct UnknownWorker {
+    pub name: String,
+    pub known: String,
+}
+
 /// Why a new version was not installed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("no worker named {name:?}; the workers are: {known}")]
-    Unknown { name: String, known: String },
+    #[error(transparent)]
+    Unknown(#[from] UnknownWorker),
     #[error(transparent)]
     Refused(#[from] LoadError),
 }
@@ -250,8 +258,8 @@ pub enum InstallError {
 /// Why a rollback did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
-    #[error("no worker named {name:?}; the workers are: {known}")]
-    Unknown { name: String, known: String },
+    #[error(transparent)]
+    Unknown(#[from] UnknownWorker),
     #[error("worker {0:?} has no previous version to roll back to")]
     NoPrevious(String),
 }
@@ -366,6 +374,20 @@ impl Registry {
             .unwrap_or(0)
     }
 
+    /// Worker `name`, with the right to change its versions: one change at a time, so that a
+    /// rollback cannot be overtaken by an install that was compiling meanwhile.
+    fn to_change(&self, name: &str) -> Result<(&Arc<Worker>, MutexGuard<'_, ()>), UnknownWorker> {
+        let worker = self.workers.get(name).ok_or_else(|| UnknownWorker {
+            name: name.to_owned(),
+            known: self.names(),
+        })?;
+        let turn = self
+            .installing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok((worker, turn))
+    }
+
     /// Checks `bytes` as a new version of worker `name` and, if it passes, makes it the version
     /// new tasks get. Slow (it may compile): call it off the async runtime.
     pub fn install(
@@ -374,17 +396,7 @@ impl Registry {
         bytes: &[u8],
         source: Source,
     ) -> Result<Installed, InstallError> {
-        let worker = self
-            .workers
-            .get(name)
-            .ok_or_else(|| InstallError::Unknown {
-                name: name.to_owned(),
-                known: self.names(),
-            })?;
-        let _one_at_a_time = self
-            .installing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (worker, _one_at_a_time) = self.to_change(name)?;
         let digest = crate::cache::Digest::of(bytes);
         let source_label = source_name(&source);
         if *worker.current().module.digest() == digest {
@@ -436,19 +448,7 @@ impl Registry {
     /// Makes the previous version current again; the current one becomes the previous, so a
     /// second rollback undoes the first.
     pub fn rollback(&self, name: &str) -> Result<WorkerInfo, RollbackError> {
-        let worker = self
-            .workers
-            .get(name)
-            .ok_or_else(|| RollbackError::Unknown {
-                name: name.to_owned(),
-                known: self.names(),
-            })?;
-        // After any install in progress: one compiling now would otherwise publish over the
-        // rollback a moment later.
-        let _one_at_a_time = self
-            .installing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (worker, _one_at_a_time) = self.to_change(name)?;
         {
             let mut state = worker.lock();
             let previous = state
