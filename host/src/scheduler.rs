@@ -440,13 +440,18 @@ impl SchedulerThread {
         let begun = Instant::now();
         let deadline = begun + spec.deadline;
         let kills = self.kills.clone();
+        // What a failed `start` burnt, which goes with the store.
+        let mut spent = 0;
         let started = guarded(|| {
             let limits = TaskLimits { deadline, kills };
             let mut process = spec.version.module.instantiate(pid, limits)?;
             let steps = process
                 .start(pid, &spec.name, spec.duration, spec.payload.as_deref())
-                // Keep what the guest logged before it failed.
-                .inspect_err(|_| flush_logs(table, pid, &process))?;
+                .inspect_err(|_| {
+                    spent = process.fuel();
+                    // Keep what the guest logged before it failed.
+                    flush_logs(table, pid, &process);
+                })?;
             Ok((process, steps))
         });
         match started {
@@ -498,7 +503,7 @@ impl SchedulerThread {
             }
             Err(end) => {
                 let job = Job { spec, permit };
-                self.end_or_restart(job, 0, 0, end, None);
+                self.end_or_restart(job, 0, spent, end, Some(begun.elapsed()));
             }
         }
     }

@@ -416,6 +416,10 @@ max_attempts = 2
     let record = app.run(bad.clone()).await;
     assert_eq!(record["outcome"], "guest_error", "{record}");
     assert_eq!(record["attempt"], 2, "{record}");
+    assert!(
+        record["fuel_consumed"].as_u64() > Some(0),
+        "a failed start's fuel is recorded: {record}"
+    );
     let mut once = bad;
     once["restart"] = json!("never");
     let record = app.run(once).await;
