@@ -397,3 +397,37 @@ async fn a_task_waiting_to_restart_can_be_killed() {
     );
     assert_eq!(app.host.live(), 0, "the place is given back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_that_overtakes_its_spawn_still_kills() {
+    // One scheduler thread, kept busy by a compute step, so that a new task's spawn can still
+    // wait in the thread's inbox when its kill arrives and finds nothing to end.
+    let dir = common::temp_dir("overtaken-kill");
+    let registry = dir.join("http-spawn.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            "[workers.default]\nmodule = \"{}\"\n\n[workers.spin]\nmodule = \"{}\"\n\
+             max_memory = \"16MiB\"\nfuel_per_step = 4_000_000_000\n",
+            common::module("default").display(),
+            common::module("spin").display(),
+        ),
+    )
+    .expect("write the registry");
+    let config = common::registry_config(&registry, &["--worker-threads", "1"]);
+    let app = common::start_app(config).await;
+    for _ in 0..3 {
+        let busy = json!({"name": "busy", "worker": "spin", "payload": {"iterations": 20_000_000}});
+        let busy = app.spawn(busy).await;
+        let victim = app.spawn(json!({"name": "victim", "duration": 30})).await;
+        let (status, record) = app.kill(&victim).await;
+        assert!(status == 200 || status == 202, "{status} {record}");
+        let record = app.wait_end(&victim).await;
+        assert_eq!(
+            record["status"], "killed",
+            "the kill was not lost: {record}"
+        );
+        assert_eq!(app.wait_end(&busy).await["exit_code"], 0);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
