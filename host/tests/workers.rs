@@ -431,3 +431,47 @@ max_attempts = 2
     assert!(tasks.iter().all(|t| t["worker"] == "report"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_with_the_same_size_and_time_is_still_noticed() {
+    let dir = temp_dir("watch-same-stamp");
+    let watched = dir.join("worker.wasm");
+    let original = bytes_of("default");
+    std::fs::write(&watched, &original).expect("write");
+    let registry = dir.join("http-spawn.toml");
+    std::fs::write(&registry, "[workers.default]\nmodule = \"worker.wasm\"\n").expect("write");
+    let app = start_app(common::registry_config(
+        &registry,
+        &["--watch-interval-ms", "25"],
+    ))
+    .await;
+    let serving = version_of(&app, "default").await;
+
+    // The same module but one letter of its `producers` section: as valid, as long, another
+    // digest. It lands with the old file's modification time, as `cp -p` or `rsync -t` do.
+    let at = original
+        .windows(5)
+        .position(|w| w == b"rustc")
+        .expect("the producers section names rustc");
+    let mut twin = original.clone();
+    twin[at] = b'R';
+    let modified = std::fs::metadata(&watched)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let temp = dir.join("worker.wasm.new");
+    std::fs::write(&temp, &twin).expect("write");
+    std::fs::File::options()
+        .write(true)
+        .open(&temp)
+        .and_then(|file| file.set_modified(modified))
+        .expect("set the old mtime");
+    std::fs::rename(&temp, &watched).expect("rename");
+
+    let info = wait_worker(&app, "default", |info| {
+        info["current"]["version"] != serving.as_str()
+    })
+    .await;
+    assert_eq!(info["current"]["source"], "file", "{info}");
+    assert_eq!(info["current"]["size_bytes"], original.len(), "{info}");
+    let _ = std::fs::remove_dir_all(dir);
+}
