@@ -163,6 +163,24 @@ async fn openapi_document(
     Json(document)
 }
 
+/// What an admin endpoint answers a request that may not use it, or that names no worker.
+#[derive(utoipa::IntoResponses)]
+#[allow(
+    dead_code,
+    reason = "describes answers `require_admin` and the handlers give"
+)]
+enum AdminRefusal {
+    /// No admin token presented.
+    #[response(status = 401)]
+    NoToken(ErrorBody),
+    /// Wrong token, or admin endpoints disabled.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such worker.
+    #[response(status = 404)]
+    UnknownWorker(ErrorBody),
+}
+
 /// The body of every error answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ErrorBody {
@@ -809,9 +827,7 @@ struct InstalledBody {
     responses(
         (status = 200, description = "Installed, or unchanged", body = InstalledBody),
         (status = 400, description = "Not a component", body = ErrorBody),
-        (status = 401, description = "No admin token presented", body = ErrorBody),
-        (status = 403, description = "Wrong token, or admin endpoints disabled", body = ErrorBody),
-        (status = 404, description = "No such worker", body = ErrorBody),
+        AdminRefusal,
         (status = 413, description = "Over --max-module-bytes", body = ErrorBody),
         (status = 415, description = "Not sent as application/wasm", body = ErrorBody),
         (status = 422, description = "Refused by its checks", body = ErrorBody)))]
@@ -874,9 +890,7 @@ fn is_wasm(headers: &HeaderMap) -> bool {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Rolled back", body = WorkerInfo),
-        (status = 401, description = "No admin token presented", body = ErrorBody),
-        (status = 403, description = "Wrong token, or admin endpoints disabled", body = ErrorBody),
-        (status = 404, description = "No such worker", body = ErrorBody),
+        AdminRefusal,
         (status = 409, description = "No previous version", body = ErrorBody)))]
 async fn rollback_worker(
     State(state): State<AppState>,
