@@ -8,21 +8,11 @@ cd "$(dirname "$0")/.."
 
 scripts/ensure-chromium.sh
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-log=$(mktemp)
-RUST_LOG=warn ./target/debug/http-spawn --config http-spawn.toml --listen "127.0.0.1:$port" --capacity 1000 \
-  --cache-dir "$PWD/target/module-cache" >"$log" 2>&1 &
-host=$!
-trap 'kill $host 2>/dev/null || true; wait $host 2>/dev/null || true; rm -f "$log"' EXIT
-
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$port/api/health" >/dev/null && break
-  kill -0 $host 2>/dev/null || { cat "$log"; exit 1; }
-  sleep 0.1
-done
+. scripts/debug-host.sh
+start_debug_host --config http-spawn.toml --capacity 1000
 
 status=0
-BASE_URL="http://127.0.0.1:$port" SCREENSHOT_DIR="${SCREENSHOT_DIR:-$PWD/target/browser}" \
+BASE_URL="$BASE_URL" SCREENSHOT_DIR="${SCREENSHOT_DIR:-$PWD/target/browser}" \
   timeout 90 node tests/browser/dashboard.test.mjs || status=$?
-[ "$status" -eq 0 ] || { echo "host log:" >&2; tail -n 50 "$log" >&2; }
+[ "$status" -eq 0 ] || { echo "host log:" >&2; tail -n 50 "$HOST_LOG" >&2; }
 exit "$status"
