@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -548,11 +549,6 @@ impl Module {
         self.size
     }
 
-    /// The limits its tasks run under.
-    pub fn limits(&self) -> WorkerLimits {
-        self.limits
-    }
-
     /// Where a task's limits are set, and nowhere else: its memory cap and the fuel of its
     /// first call.
     fn new_store(&self, pid: Pid, limits: TaskLimits) -> Store<TaskState> {
@@ -623,30 +619,51 @@ impl Module {
 }
 
 /// The tasks being killed, by pid sequence number: shared by the host (which adds a task when
-/// it is asked to kill it) and the scheduler threads (which remove it when the task ends).
+/// it is asked to kill it) and the scheduler threads (which remove it when the task ends). It
+/// is read at every spawn, every task end and every epoch tick of a running step, and nearly
+/// always empty, so an empty set is answered from a counter without taking the lock.
 #[derive(Debug, Clone, Default)]
-pub struct Kills(Arc<Mutex<HashSet<u64>>>);
+pub struct Kills(Arc<KillSet>);
+
+#[derive(Debug, Default)]
+struct KillSet {
+    pids: Mutex<HashSet<u64>>,
+    /// `pids.len()`, written under the lock.
+    len: AtomicUsize,
+}
 
 impl Kills {
     fn lock(&self) -> MutexGuard<'_, HashSet<u64>> {
         self.0
+            .pids
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn empty(&self) -> bool {
+        self.0.len.load(Ordering::Acquire) == 0
+    }
+
     /// Marks `pid` for killing.
     pub fn add(&self, pid: Pid) {
-        self.lock().insert(pid.seq());
+        let mut pids = self.lock();
+        pids.insert(pid.seq());
+        self.0.len.store(pids.len(), Ordering::Release);
     }
 
     /// Forgets `pid`, whose end is recorded.
     pub fn remove(&self, pid: Pid) {
-        self.lock().remove(&pid.seq());
+        if self.empty() {
+            return;
+        }
+        let mut pids = self.lock();
+        pids.remove(&pid.seq());
+        self.0.len.store(pids.len(), Ordering::Release);
     }
 
     /// Whether `pid` is marked for killing.
     pub fn contains(&self, pid: Pid) -> bool {
-        self.lock().contains(&pid.seq())
+        !self.empty() && self.lock().contains(&pid.seq())
     }
 }
 

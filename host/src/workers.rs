@@ -365,15 +365,6 @@ impl Registry {
         self.workers.values().map(|worker| worker.info()).collect()
     }
 
-    /// The longest duration any worker allows.
-    pub fn max_duration_secs(&self) -> u32 {
-        self.workers
-            .values()
-            .map(|worker| worker.settings.max_duration_secs)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Worker `name`, with the right to change its versions: one change at a time, so that a
     /// rollback cannot be overtaken by an install that was compiling meanwhile.
     fn to_change(&self, name: &str) -> Result<(&Arc<Worker>, MutexGuard<'_, ()>), UnknownWorker> {
