@@ -4,7 +4,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How often a shutdown looks whether the running tasks have ended.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use crate::capacity::{self, Admission, Admitted, Refused};
 use crate::config::Config;
 use crate::events::{EventBus, Notifying, Subscription};
-use crate::ledger::Ledger;
 pub use crate::ledger::Totals;
+use crate::ledger::{Ending, Ledger};
 use crate::metrics::{self, Metrics};
 use crate::sandbox::killed;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -345,7 +345,8 @@ impl Host {
 
 /// Records the end of a task the scheduler never took.
 fn record_end(ledger: &Ledger, spec: &TaskSpec, end: TaskEnd) {
-    ledger.ended(spec.pid, &spec.version.worker, 0, 0, end, None);
+    let at = SystemTime::now();
+    ledger.ended(spec.pid, &spec.version.worker, Ending::unstarted(end), at);
 }
 
 fn shutting_down() -> TaskEnd {

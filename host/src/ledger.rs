@@ -24,6 +24,30 @@ pub struct Totals {
     pub exited_ok: u64,
 }
 
+/// How a task's last attempt ended.
+#[derive(Debug)]
+pub struct Ending {
+    /// Steps it completed.
+    pub step: u32,
+    /// Fuel it burnt.
+    pub fuel: u64,
+    pub end: TaskEnd,
+    /// How long it ran, if it started.
+    pub ran: Option<Duration>,
+}
+
+impl Ending {
+    /// The end of a task that never started (killed while waiting, refused at shutdown).
+    pub fn unstarted(end: TaskEnd) -> Self {
+        Self {
+            step: 0,
+            fuel: 0,
+            end,
+            ran: None,
+        }
+    }
+}
+
 /// Records what happens to tasks.
 #[derive(Debug)]
 pub struct Ledger {
@@ -102,16 +126,15 @@ impl Ledger {
         self.table.apply(pid, event);
     }
 
-    /// The task ended at `step`; `ran` is how long its last attempt ran, if one started.
-    pub fn ended(
-        &self,
-        pid: Pid,
-        worker: &Arc<str>,
-        step: u32,
-        fuel: u64,
-        end: TaskEnd,
-        ran: Option<Duration>,
-    ) {
+    /// The task ended `at`, which the caller reads before it gives the task's place back, so
+    /// that a task that waited for the place never seems to start before this one ended.
+    pub fn ended(&self, pid: Pid, worker: &Arc<str>, ending: Ending, at: SystemTime) {
+        let Ending {
+            step,
+            fuel,
+            end,
+            ran,
+        } = ending;
         tracing::info!(
             pid = %pid,
             worker = %worker,
@@ -128,7 +151,6 @@ impl Ledger {
             self.exited_ok.fetch_add(1, Ordering::Relaxed);
         }
         self.ended.fetch_add(1, Ordering::Relaxed);
-        let at = SystemTime::now();
         self.table.apply(pid, TaskEvent::Ended { at, fuel, end });
     }
 

@@ -13,10 +13,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{JoinHandle, Thread};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::capacity::Permit;
-use crate::ledger::Ledger;
+use crate::ledger::{Ending, Ledger};
 use crate::sandbox::{Kills, Next, Process, TaskLimits, deadline_exceeded, killed};
 use crate::table::{Outcome, Pid, ProcessTable, Status, TaskEnd, TaskEvent};
 use crate::workers::Version;
@@ -433,8 +433,8 @@ impl SchedulerThread {
         let pid = spec.pid;
         if self.kills.contains(pid) {
             // Killed before it reached this thread: the kill command found nothing to end.
-            drop(permit);
-            return self.record_end(pid, &spec.version.worker, 0, 0, killed(), None);
+            let ending = Ending::unstarted(killed());
+            return self.record_end(permit, pid, &spec.version.worker, ending);
         }
         let table = self.ledger.table();
         let begun = Instant::now();
@@ -574,8 +574,14 @@ impl SchedulerThread {
                 Some(ran),
             ),
             None => {
-                drop(permit);
-                self.record_end(pid, &worker, step, fuel, end, Some(ran));
+                let ran = Some(ran);
+                let ending = Ending {
+                    step,
+                    fuel,
+                    end,
+                    ran,
+                };
+                self.record_end(permit, pid, &worker, ending);
             }
         }
     }
@@ -596,8 +602,13 @@ impl SchedulerThread {
             || (end.status == Status::Exited && end.exit_code != Some(0));
         let closing = self.inbox.closed.load(Ordering::SeqCst);
         if !failed || closing || job.spec.attempt >= job.spec.max_attempts {
-            drop(job.permit);
-            return self.record_end(pid, &job.spec.version.worker, step, fuel, end, ran);
+            let ending = Ending {
+                step,
+                fuel,
+                end,
+                ran,
+            };
+            return self.record_end(job.permit, pid, &job.spec.version.worker, ending);
         }
         let wait = backoff(pid, job.spec.attempt);
         tracing::info!(
@@ -641,8 +652,8 @@ impl SchedulerThread {
             .iter()
             .position(|command| matches!(command, Command::Spawn(job) if job.spec.pid == pid));
         if let Some(Command::Spawn(job)) = queued.and_then(|index| self.intake.remove(index)) {
-            drop(job.permit);
-            self.record_end(pid, &job.spec.version.worker, 0, 0, killed(), None);
+            let ending = Ending::unstarted(killed());
+            self.record_end(job.permit, pid, &job.spec.version.worker, ending);
             return;
         }
         if let Some(index) = self
@@ -651,8 +662,8 @@ impl SchedulerThread {
             .position(|(_, job)| job.spec.pid == pid)
         {
             let (_, job) = self.restarts.remove(index);
-            drop(job.permit);
-            self.record_end(pid, &job.spec.version.worker, 0, 0, killed(), None);
+            let ending = Ending::unstarted(killed());
+            self.record_end(job.permit, pid, &job.spec.version.worker, ending);
         }
     }
 
@@ -670,8 +681,8 @@ impl SchedulerThread {
             .map(|(_, job)| job);
         for job in queued.into_iter().chain(restarting) {
             let pid = job.spec.pid;
-            drop(job.permit);
-            self.record_end(pid, &job.spec.version.worker, 0, 0, killed(), None);
+            let ending = Ending::unstarted(killed());
+            self.record_end(job.permit, pid, &job.spec.version.worker, ending);
         }
         let live: Vec<usize> = self.slots.values().copied().collect();
         for slot in live {
@@ -680,17 +691,13 @@ impl SchedulerThread {
         self.timers.clear();
     }
 
-    fn record_end(
-        &self,
-        pid: Pid,
-        worker: &Arc<str>,
-        step: u32,
-        fuel: u64,
-        end: TaskEnd,
-        ran: Option<Duration>,
-    ) {
+    /// Records the end of a task whose store is gone: its end time first, then its place
+    /// given back, then the end recorded, so whoever reads the end sees the place free.
+    fn record_end(&self, permit: Permit, pid: Pid, worker: &Arc<str>, ending: Ending) {
+        let at = SystemTime::now();
+        drop(permit);
         self.kills.remove(pid);
-        self.ledger.ended(pid, worker, step, fuel, end, ran);
+        self.ledger.ended(pid, worker, ending, at);
     }
 }
 
