@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::BufRead as _;
-use std::time::Duration;
 
 use common::{PATIENCE, TestApp, module, start_app, temp_dir};
 use serde_json::{Value, json};
@@ -376,6 +375,5 @@ async fn json_logs_carry_pid_worker_and_step_on_every_task_line() {
             "{message:?} not logged: {seen:?}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(1)).await;
     let _ = std::fs::remove_dir_all(cache);
 }
