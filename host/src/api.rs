@@ -56,13 +56,7 @@ impl RequestLimits {
     /// The limits `config` sets. Durations are bounded here by the most any worker allows;
     /// the host holds each task to its own worker's limit.
     pub fn from_config(config: &Config) -> Self {
-        let max_duration_secs = config
-            .workers
-            .iter()
-            .map(|worker| worker.max_duration_secs)
-            .chain([config.max_duration_secs])
-            .max()
-            .unwrap_or(config.max_duration_secs);
+        let max_duration_secs = config.longest_duration_secs();
         Self {
             max_body_bytes: config.max_body_bytes,
             max_module_bytes: config.max_module_bytes,
@@ -346,34 +340,17 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
             limits.max_name_bytes
         )));
     }
-    let duration = match fields.remove("duration") {
-        None | Some(Value::Null) => DEFAULT_DURATION_SECS,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(secs) if secs <= u64::from(limits.max_duration_secs) => secs as u32,
-            Some(_) => {
-                return Err(bad(format!(
-                    "duration must be at most {} seconds",
-                    limits.max_duration_secs
-                )));
-            }
-            None => return Err(bad(DURATION_TYPE.into())),
-        },
-        Some(_) => return Err(bad(DURATION_TYPE.into())),
-    };
-    let deadline = match fields.remove("deadline") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(secs) if secs <= u64::from(limits.max_deadline_secs) => Some(secs as u32),
-            Some(_) => {
-                return Err(bad(format!(
-                    "deadline must be at most {} seconds",
-                    limits.max_deadline_secs
-                )));
-            }
-            None => return Err(bad(DEADLINE_TYPE.into())),
-        },
-        Some(_) => return Err(bad(DEADLINE_TYPE.into())),
-    };
+    let duration = seconds(
+        "duration",
+        fields.remove("duration"),
+        limits.max_duration_secs,
+    )?
+    .unwrap_or(DEFAULT_DURATION_SECS);
+    let deadline = seconds(
+        "deadline",
+        fields.remove("deadline"),
+        limits.max_deadline_secs,
+    )?;
     let max_attempts = match (fields.remove("restart"), fields.remove("max_attempts")) {
         // The worker's own policy.
         (None | Some(Value::Null), None | Some(Value::Null)) => None,
@@ -415,8 +392,26 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
     })
 }
 
-const DURATION_TYPE: &str = "duration must be a non-negative integer number of seconds";
-const DEADLINE_TYPE: &str = "deadline must be a non-negative integer number of seconds";
+/// The optional whole number of seconds in `field`, at most `max`.
+fn seconds(field: &str, value: Option<Value>, max: u32) -> Result<Option<u32>, ApiError> {
+    let secs = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(_) => None,
+    }
+    .ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{field} must be a non-negative integer number of seconds"
+        ))
+    })?;
+    match u32::try_from(secs) {
+        Ok(secs) if secs <= max => Ok(Some(secs)),
+        _ => Err(ApiError::BadRequest(format!(
+            "{field} must be at most {max} seconds"
+        ))),
+    }
+}
+
 const WORKER_TYPE: &str = "worker must be a worker's name (A-Z, a-z, 0-9, '_', '-')";
 const MAX_ATTEMPTS_RANGE: &str = "max_attempts must be an integer from 2 to 10";
 

@@ -317,6 +317,16 @@ impl Config {
         self.workers = workers.into_values().collect();
     }
 
+    /// The longest duration any worker allows.
+    pub fn longest_duration_secs(&self) -> u32 {
+        self.workers
+            .iter()
+            .map(|worker| worker.max_duration_secs)
+            .chain([self.max_duration_secs])
+            .max()
+            .unwrap_or(self.max_duration_secs)
+    }
+
     /// The largest memory cap of any worker: the size of every slot in the instance pool.
     pub fn pool_slot_bytes(&self) -> usize {
         let largest = self

@@ -231,13 +231,13 @@ impl Host {
             ready_at: Instant::now(),
         };
         let record = |spec: &TaskSpec| {
-            tracing::info!(pid = %pid, worker = %spec.version.worker, step = 0,
+            tracing::info!(pid = %pid, worker = %spec.version.worker(), step = 0,
                 version = %spec.version.id, name = %spec.name, duration, "Task process spawned");
             self.ledger.spawned(TaskRecord::spawned(
                 pid,
                 spec.name.clone(),
                 duration,
-                Arc::clone(&spec.version.worker),
+                Arc::clone(spec.version.worker()),
                 Arc::clone(&spec.version.id),
             ));
         };
@@ -346,7 +346,7 @@ impl Host {
 /// Records the end of a task the scheduler never took.
 fn record_end(ledger: &Ledger, spec: &TaskSpec, end: TaskEnd) {
     let at = SystemTime::now();
-    ledger.ended(spec.pid, &spec.version.worker, Ending::unstarted(end), at);
+    ledger.ended(spec.pid, spec.version.worker(), Ending::unstarted(end), at);
 }
 
 fn shutting_down() -> TaskEnd {

@@ -534,6 +534,11 @@ fn check_imports(bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 impl Module {
+    /// The name of the worker it was loaded for.
+    pub fn worker(&self) -> &Arc<str> {
+        &self.worker
+    }
+
     /// The SHA-256 of the component's bytes.
     pub fn digest(&self) -> &Digest {
         &self.digest

@@ -434,7 +434,7 @@ impl SchedulerThread {
         if self.kills.contains(pid) {
             // Killed before it reached this thread: the kill command found nothing to end.
             let ending = Ending::unstarted(killed());
-            return self.record_end(permit, pid, &spec.version.worker, ending);
+            return self.record_end(permit, pid, spec.version.worker(), ending);
         }
         let table = self.ledger.table();
         let begun = Instant::now();
@@ -456,7 +456,7 @@ impl SchedulerThread {
         });
         match started {
             Ok((process, steps)) => {
-                let worker = Arc::clone(&spec.version.worker);
+                let worker = Arc::clone(spec.version.worker());
                 let now = Instant::now();
                 self.ledger.started(
                     pid,
@@ -608,12 +608,12 @@ impl SchedulerThread {
                 end,
                 ran,
             };
-            return self.record_end(job.permit, pid, &job.spec.version.worker, ending);
+            return self.record_end(job.permit, pid, job.spec.version.worker(), ending);
         }
         let wait = backoff(pid, job.spec.attempt);
         tracing::info!(
             pid = %pid,
-            worker = %job.spec.version.worker,
+            worker = %job.spec.version.worker(),
             step,
             attempt = job.spec.attempt,
             outcome = end.outcome.as_str(),
@@ -622,7 +622,7 @@ impl SchedulerThread {
         );
         job.spec.attempt += 1;
         let next_attempt = job.spec.attempt;
-        let worker = &job.spec.version.worker;
+        let worker = job.spec.version.worker();
         self.ledger.restarting(pid, worker, fuel, end, next_attempt);
         let due = Instant::now() + wait;
         job.spec.ready_at = due;
@@ -653,7 +653,7 @@ impl SchedulerThread {
             .position(|command| matches!(command, Command::Spawn(job) if job.spec.pid == pid));
         if let Some(Command::Spawn(job)) = queued.and_then(|index| self.intake.remove(index)) {
             let ending = Ending::unstarted(killed());
-            self.record_end(job.permit, pid, &job.spec.version.worker, ending);
+            self.record_end(job.permit, pid, job.spec.version.worker(), ending);
             return;
         }
         if let Some(index) = self
@@ -663,7 +663,7 @@ impl SchedulerThread {
         {
             let (_, job) = self.restarts.remove(index);
             let ending = Ending::unstarted(killed());
-            self.record_end(job.permit, pid, &job.spec.version.worker, ending);
+            self.record_end(job.permit, pid, job.spec.version.worker(), ending);
         }
     }
 
@@ -682,7 +682,7 @@ impl SchedulerThread {
         for job in queued.into_iter().chain(restarting) {
             let pid = job.spec.pid;
             let ending = Ending::unstarted(killed());
-            self.record_end(job.permit, pid, &job.spec.version.worker, ending);
+            self.record_end(job.permit, pid, job.spec.version.worker(), ending);
         }
         let live: Vec<usize> = self.slots.values().copied().collect();
         for slot in live {

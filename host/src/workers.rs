@@ -32,8 +32,6 @@ pub enum Source {
 /// One module version of a worker, ready to run tasks.
 #[derive(Debug)]
 pub struct Version {
-    /// The worker's name.
-    pub worker: Arc<str>,
     pub module: Module,
     /// The start of the module's SHA-256, as records show it.
     pub id: Arc<str>,
@@ -102,6 +100,13 @@ pub struct Failure {
     pub at: SystemTime,
     pub source: &'static str,
     pub error: String,
+}
+
+impl Version {
+    /// The name of the worker this is a version of.
+    pub fn worker(&self) -> &Arc<str> {
+        self.module.worker()
+    }
 }
 
 impl Worker {
@@ -312,7 +317,7 @@ impl Registry {
                     source,
                 })?;
             metrics.module_loaded(&name, origin_name(module.origin()));
-            let version = version(&name, module, Source::File(config.module.clone()));
+            let version = version(module, Source::File(config.module.clone()));
             tracing::info!(
                 worker = %config.name,
                 version = %version.id,
@@ -421,7 +426,7 @@ impl Registry {
             .module_loaded(&worker.name, origin_name(module.origin()));
         self.metrics
             .install(&worker.name, source_label, "installed");
-        let version = version(&worker.name, module, source);
+        let version = version(module, source);
         tracing::info!(
             worker = %name,
             version = %version.id,
@@ -524,9 +529,8 @@ fn limits_of(config: &WorkerConfig) -> WorkerLimits {
     }
 }
 
-fn version(worker: &Arc<str>, module: Module, source: Source) -> Version {
+fn version(module: Module, source: Source) -> Version {
     Version {
-        worker: Arc::clone(worker),
         id: module.digest().short().into(),
         module,
         source,
