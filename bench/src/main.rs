@@ -23,10 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use http_spawn::config::Config;
-use http_spawn::host::NewTask;
-use http_spawn::sandbox::{Module, Next, Sandbox, SandboxConfig, TaskLimits, WorkerLimits};
-use http_spawn::table::Pid;
+use http_spawn::{Config, Embedded, EmbeddedConfig, NewTask};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -252,47 +249,22 @@ fn measure(
     (median(&mut per_task_us), median(&mut rates))
 }
 
-/// Our sandbox with `module` loaded; the sandbox keeps the epoch ticker going.
-fn our_sandbox(
-    module: &Path,
-    capacity: u32,
-    epoch_interruption: bool,
-) -> anyhow::Result<(Sandbox, Module)> {
-    // Enough for the std-based workers too; the default worker's own cap is smaller.
-    let max_memory_bytes = 16 << 20;
-    let sandbox = Sandbox::new(SandboxConfig {
-        max_memory_bytes,
-        max_log_bytes: http_spawn::config::DEFAULT_MAX_LOG_BYTES,
+/// Our sandbox with `module` loaded, as a worker with all the fuel it wants.
+fn our_sandbox(module: &Path, capacity: u32, epoch_interruption: bool) -> anyhow::Result<Embedded> {
+    let config = EmbeddedConfig {
         capacity,
-        epoch_interruption,
-        cache_dir: None,
-    })?;
-    let bytes = std::fs::read(module)?;
-    let limits = WorkerLimits {
+        // Enough for the std-based workers too; the default worker's own cap is smaller.
+        max_memory_bytes: 16 << 20,
         fuel_per_step: u64::MAX / 4,
-        max_memory_bytes,
+        epoch_interruption,
+        max_log_bytes: 16 * 1024,
     };
-    let module = sandbox.load(&"bench".into(), &bytes, limits)?;
-    Ok((sandbox, module))
+    Ok(Embedded::load(&std::fs::read(module)?, &config)?)
 }
 
 /// One task on our sandbox, start to end, no sleeping between steps.
-fn run_ours(module: &Module, payload: Option<&str>) -> i32 {
-    let pid = Pid::new(0, 1);
-    let Ok(mut process) = module.instantiate(pid, TaskLimits::unlimited()) else {
-        return -1;
-    };
-    if process.start(pid, "bench", 0, payload).is_err() {
-        return -1;
-    }
-    let mut step = 0;
-    loop {
-        match process.step(step) {
-            Ok(Next::Sleep(_)) => step += 1,
-            Ok(Next::Done(code)) => return code,
-            _ => return -1,
-        }
-    }
+fn run_ours(ours: &Embedded, payload: Option<&str>) -> i32 {
+    ours.run(payload).unwrap_or(-1)
 }
 
 fn section_instantiate(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
@@ -306,7 +278,7 @@ fn section_instantiate(report: &mut Report, quick: bool) -> anyhow::Result<Value
         let naive = naive::Naive::new(&module, true)?;
         for threads in [1, 2] {
             let (ours_us, ours_rate) = measure(threads, batches, per_batch, &|| {
-                std::hint::black_box(run_ours(&ours.1, None));
+                std::hint::black_box(run_ours(&ours, None));
             });
             let (naive_us, naive_rate) = measure(threads, batches, per_batch / 4, &|| {
                 std::hint::black_box(naive.run(None).unwrap_or(-1));
@@ -380,7 +352,7 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
                     duration: 86_400,
                     payload: None,
                     deadline: None,
-                    max_attempts: None,
+                    restart: None,
                     worker: None,
                 })?;
             }
@@ -782,8 +754,8 @@ fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         };
         let off = time(&|| fuel_off.run(Some(&payload)).unwrap_or(-1));
         let on = time(&|| fuel_on.run(Some(&payload)).unwrap_or(-1));
-        let ours_ms = time(&|| run_ours(&ours.1, Some(&payload)));
-        let no_epoch_ms = time(&|| run_ours(&ours_no_epoch.1, Some(&payload)));
+        let ours_ms = time(&|| run_ours(&ours, Some(&payload)));
+        let no_epoch_ms = time(&|| run_ours(&ours_no_epoch, Some(&payload)));
         ratios.push(on / off);
         rows.push(vec![
             name.to_owned(),

@@ -1,19 +1,18 @@
 //! Live task events for Server-Sent Events subscribers.
 //!
-//! [`Notifying`] wraps a process table: every record it inserts and every event it applies is
-//! also published on a broadcast channel, as JSON, but only while someone listens. Publishing
-//! never waits: a subscriber that falls behind the channel's buffer skips ahead (and is told how
-//! many events it missed), so a slow client can slow neither tasks nor the host.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::SystemTime;
+//! The ledger publishes every change here once the store has it, as JSON, but only while
+//! someone listens. Publishing never waits: a subscriber that falls behind the channel's buffer
+//! skips ahead (and is told how many events it missed), so a slow client can slow neither tasks
+//! nor the host.
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{broadcast, watch};
 
-use crate::table::{ListQuery, Page, Pid, ProcessTable, TaskEvent, TaskRecord};
+use crate::model::time::format as at;
+use crate::model::{Pid, TaskEvent, TaskRecord};
 
 /// Events buffered per subscriber before it starts skipping.
 const CHANNEL_CAPACITY: usize = 4096;
@@ -22,7 +21,7 @@ const CHANNEL_CAPACITY: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct Published {
     pub pid: Pid,
-    /// `spawned`, `started`, `progress`, `log` or `exit`.
+    /// `spawned`, `started`, `progress`, `log`, `restart` or `exit`.
     pub kind: &'static str,
     /// The event as JSON, serialised once for every subscriber.
     pub data: Arc<str>,
@@ -89,7 +88,8 @@ impl EventBus {
         self.closed.send_replace(true);
     }
 
-    fn listening(&self) -> bool {
+    /// Whether anyone listens: events are built only then.
+    pub fn listening(&self) -> bool {
         self.sender.receiver_count() > 0
     }
 
@@ -97,6 +97,72 @@ impl EventBus {
         let data: Arc<str> = data.to_string().into();
         // An error only means nobody listens any more.
         let _ = self.sender.send(Published { pid, kind, data });
+    }
+
+    /// Publishes a task just accepted.
+    pub fn spawned(&self, record: &TaskRecord) {
+        let data = Spawned {
+            pid: record.pid,
+            name: &record.name,
+            worker: &record.worker,
+            version: &record.version,
+            duration: record.duration,
+            at: at(record.spawned_at),
+        };
+        self.publish(record.pid, "spawned", json!(data));
+    }
+
+    /// Publishes `event` of task `pid`, recorded already. An end is published as `exit` from
+    /// the record it ended, by [`EventBus::exit`].
+    pub fn event(&self, pid: Pid, event: &TaskEvent) {
+        match event {
+            TaskEvent::Ended { .. } => {}
+            TaskEvent::Restarting {
+                at: when,
+                end,
+                next_attempt,
+                ..
+            } => self.publish(
+                pid,
+                "restart",
+                json!({
+                    "pid": pid,
+                    "outcome": end.outcome,
+                    "exit_code": end.exit_code,
+                    "error": end.error,
+                    "next_attempt": next_attempt,
+                    "at": at(*when),
+                }),
+            ),
+            TaskEvent::Started {
+                at: when, steps, ..
+            } => self.publish(
+                pid,
+                "started",
+                json!({"pid": pid, "steps": steps, "at": at(*when)}),
+            ),
+            TaskEvent::Progress { step, steps, .. } => self.publish(
+                pid,
+                "progress",
+                json!({"pid": pid, "step": step, "steps": steps}),
+            ),
+            TaskEvent::Logs { lines, .. } => {
+                for line in lines {
+                    let data = json!({
+                        "pid": pid,
+                        "source": line.source,
+                        "message": line.message,
+                        "at": at(line.at),
+                    });
+                    self.publish(pid, "log", data);
+                }
+            }
+        }
+    }
+
+    /// Publishes the end of the task whose record is `record`.
+    pub fn exit(&self, record: &TaskRecord) {
+        self.publish(record.pid, "exit", exit_data(record));
     }
 }
 
@@ -110,26 +176,8 @@ pub fn exit_data(record: &TaskRecord) -> Value {
         "outcome": record.outcome,
         "exit_code": record.exit_code,
         "error": record.error,
-        "at": record.ended_at.map(|at| humantime::format_rfc3339_millis(at).to_string()),
+        "at": record.ended_at.map(at),
     })
-}
-
-fn at(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-/// A process table that publishes what it records.
-#[derive(Debug)]
-pub struct Notifying<T> {
-    table: T,
-    bus: Arc<EventBus>,
-}
-
-impl<T: ProcessTable + std::fmt::Debug> Notifying<T> {
-    /// `table`, publishing on `bus`.
-    pub fn new(table: T, bus: Arc<EventBus>) -> Self {
-        Self { table, bus }
-    }
 }
 
 #[derive(Serialize)]
@@ -140,87 +188,4 @@ struct Spawned<'a> {
     version: &'a str,
     duration: u32,
     at: String,
-}
-
-impl<T: ProcessTable + std::fmt::Debug> ProcessTable for Notifying<T> {
-    fn insert(&self, record: TaskRecord) {
-        if self.bus.listening() {
-            let data = Spawned {
-                pid: record.pid,
-                name: &record.name,
-                worker: &record.worker,
-                version: &record.version,
-                duration: record.duration,
-                at: at(record.spawned_at),
-            };
-            self.bus.publish(record.pid, "spawned", json!(data));
-        }
-        self.table.insert(record);
-    }
-
-    fn apply(&self, pid: Pid, event: TaskEvent) {
-        // Applied first, published after: a subscriber reads the record after subscribing, so
-        // it either sees the change in the record or receives the event, never neither.
-        let ended = matches!(event, TaskEvent::Ended { .. });
-        let published: Vec<(&'static str, Value)> = match &event {
-            // Built from the record after it is applied, and only if someone listens.
-            TaskEvent::Ended { .. } => Vec::new(),
-            _ if !self.bus.listening() => Vec::new(),
-            TaskEvent::Restarting {
-                at: when,
-                end,
-                next_attempt,
-                ..
-            } => vec![(
-                "restart",
-                json!({
-                    "pid": pid,
-                    "outcome": end.outcome,
-                    "exit_code": end.exit_code,
-                    "error": end.error,
-                    "next_attempt": next_attempt,
-                    "at": at(*when),
-                }),
-            )],
-            TaskEvent::Started {
-                at: when, steps, ..
-            } => vec![(
-                "started",
-                json!({"pid": pid, "steps": steps, "at": at(*when)}),
-            )],
-            TaskEvent::Progress { step, steps, .. } => vec![(
-                "progress",
-                json!({"pid": pid, "step": step, "steps": steps}),
-            )],
-            TaskEvent::Logs { lines, .. } => lines
-                .iter()
-                .map(|line| {
-                    let data = json!({
-                        "pid": pid,
-                        "source": line.source,
-                        "message": line.message,
-                        "at": at(line.at),
-                    });
-                    ("log", data)
-                })
-                .collect(),
-        };
-        self.table.apply(pid, event);
-        if self.bus.listening() {
-            for (kind, data) in published {
-                self.bus.publish(pid, kind, data);
-            }
-            if ended && let Some(record) = self.table.get(pid) {
-                self.bus.publish(pid, "exit", exit_data(&record));
-            }
-        }
-    }
-
-    fn get(&self, pid: Pid) -> Option<TaskRecord> {
-        self.table.get(pid)
-    }
-
-    fn list(&self, query: &ListQuery) -> Page {
-        self.table.list(query)
-    }
 }

@@ -1,45 +1,21 @@
-//! The task host without HTTP: admission, pids, the process table and the scheduler, with the
-//! operations the API offers. The HTTP layer and the benchmarks both drive this.
+//! The task host without HTTP: the operations the API offers (spawn, kill, get, list, logs,
+//! subscribe, shutdown) over the runtime, the registry, the scheduler and the store. The HTTP
+//! layer and the benchmarks both drive this.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
-
-/// How often a shutdown looks whether the running tasks have ended.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::capacity::{self, Admission, Admitted, Refused};
 use crate::config::Config;
-use crate::events::{EventBus, Notifying, Subscription};
-pub use crate::ledger::Totals;
-use crate::ledger::{Ending, Ledger};
+use crate::events::{EventBus, Subscription};
+use crate::ledger::{EndWatch, Ledger, Totals};
 use crate::metrics::{self, Metrics};
-use crate::sandbox::killed;
-use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::scheduler::{Scheduler, TaskSpec};
-use crate::table::{
-    ListQuery, MemoryTable, Outcome, Page, Pid, ProcessTable, Status, TaskEnd, TaskRecord,
-};
-use crate::workers::Registry;
-
-/// A task as a client asks for it, already validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewTask {
-    pub name: String,
-    /// The worker to run; the default one when absent.
-    pub worker: Option<String>,
-    pub duration: u32,
-    /// JSON text handed to the guest.
-    pub payload: Option<String>,
-    /// Wall-clock limit in seconds from start; the duration plus the grace when absent.
-    pub deadline: Option<u32>,
-    /// How many times it may run in all (1: never restarted; see `TaskSpec::max_attempts`);
-    /// the worker's policy when absent.
-    pub max_attempts: Option<u32>,
-}
+use crate::model::{NewTask, Pid, Pids, TaskLogs, TaskRecord};
+use crate::registry::{Registry, UnknownWorker};
+use crate::runtime::{Sandbox, SandboxConfig};
+use crate::sched::{Job, NotPlaced, Placed, Scheduler};
+use crate::store::{ListQuery, MemoryStore, Page, Store, StoreError};
 
 /// Why a task was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +24,16 @@ pub enum SpawnError {
     Full { live: u32, queued: usize },
     #[error("the host is shutting down")]
     ShuttingDown,
-    #[error("no worker named {name:?}; the workers are: {known}")]
-    UnknownWorker { name: String, known: String },
+    #[error(transparent)]
+    UnknownWorker(#[from] UnknownWorker),
     #[error("{what} must be at most {max} seconds for worker {worker:?}")]
     TooLong {
         what: &'static str,
         worker: String,
         max: u32,
     },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why a task could not be killed.
@@ -65,16 +43,18 @@ pub enum KillError {
     NotFound(Pid),
     #[error("task {pid} has already ended ({status})")]
     AlreadyEnded { pid: Pid, status: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The running host.
 #[derive(Debug)]
 pub struct Host {
+    store: Arc<dyn Store>,
     ledger: Arc<Ledger>,
     events: Arc<EventBus>,
-    scheduler: Arc<Scheduler>,
-    admission: Arc<Admission>,
-    pids: PidSource,
+    scheduler: Scheduler,
+    pids: Pids,
     deadline_grace_secs: u32,
     sandbox: Arc<Sandbox>,
     workers: Arc<Registry>,
@@ -104,7 +84,7 @@ impl Host {
         let per_task = workers.get(None).map_or(0, |worker| {
             sandbox.mappings_per_instance(&worker.current().module)
         });
-        let capacity = capacity::effective_capacity(config.capacity, per_task);
+        let capacity = crate::sys::effective_capacity(config.capacity, per_task);
         tracing::info!(
             capacity,
             worker_threads = config.worker_threads(),
@@ -112,33 +92,25 @@ impl Host {
             "host ready"
         );
         let events = Arc::new(EventBus::new(config.max_subscribers));
-        let table: Arc<dyn ProcessTable> = Arc::new(Notifying::new(
-            MemoryTable::new(config.max_history),
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.max_history));
+        let ledger = Arc::new(Ledger::new(
+            Arc::clone(&store),
             Arc::clone(&events),
+            metrics,
         ));
-        let ledger = Arc::new(Ledger::new(table, metrics));
-        let scheduler = Arc::new(
-            Scheduler::start(config.worker_threads(), Arc::clone(&ledger))
-                .context("starting the scheduler threads")?,
-        );
-        let admission = Admission::new(capacity, config.max_queue);
-        {
-            // A waiting task that gets a place goes to a scheduler thread. Admission closes
-            // before the scheduler does, so this submit is never refused in practice; if it
-            // were, the task's end is still recorded.
-            let (scheduler, ledger) = (Arc::clone(&scheduler), Arc::clone(&ledger));
-            admission.set_dispatch(Box::new(move |spec, permit| {
-                if let Err(spec) = scheduler.submit(spec, permit) {
-                    record_end(&ledger, &spec, shutting_down());
-                }
-            }));
-        }
+        let scheduler = Scheduler::start(
+            config.worker_threads(),
+            capacity,
+            config.max_queue,
+            Arc::clone(&ledger),
+        )
+        .context("starting the scheduler threads")?;
         Ok(Self {
+            store,
             ledger,
             events,
             scheduler,
-            admission,
-            pids: PidSource::new(),
+            pids: Pids::new(),
             deadline_grace_secs: config.deadline_grace_secs,
             sandbox,
             workers,
@@ -182,7 +154,7 @@ impl Host {
         &self.workers
     }
 
-    /// Accepts a task: admits it (or queues it), records it and hands it to a scheduler
+    /// Accepts a task: admits it (or queues it), records it and hands it to its scheduler
     /// thread. Returns its pid at once; the task runs in the background.
     pub fn spawn(&self, task: NewTask) -> Result<Pid, SpawnError> {
         let NewTask {
@@ -191,15 +163,9 @@ impl Host {
             duration,
             payload,
             deadline,
-            max_attempts,
+            restart,
         } = task;
-        let worker =
-            self.workers
-                .get(worker.as_deref())
-                .ok_or_else(|| SpawnError::UnknownWorker {
-                    name: worker.unwrap_or_default(),
-                    known: self.workers.names(),
-                })?;
+        let worker = self.workers.get(worker.as_deref())?;
         let settings = &worker.settings;
         let too_long = |what, max| SpawnError::TooLong {
             what,
@@ -219,58 +185,48 @@ impl Host {
             deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs)),
         ));
         let pid = self.pids.next();
-        let spec = TaskSpec {
+        let job = Job {
             pid,
             name,
             version: worker.current(),
             duration,
             payload,
             deadline,
-            max_attempts: max_attempts.unwrap_or(settings.max_attempts).max(1),
+            max_attempts: restart.unwrap_or(settings.restart).max_attempts(),
             attempt: 1,
             ready_at: Instant::now(),
         };
-        let record = |spec: &TaskSpec| {
-            tracing::info!(pid = %pid, worker = %spec.version.worker(), step = 0,
-                version = %spec.version.id, name = %spec.name, duration, "Task process spawned");
-            self.ledger.spawned(TaskRecord::spawned(
+        let record = |job: &Job| {
+            tracing::info!(pid = %pid, worker = %job.version.worker(), step = 0,
+                version = %job.version.id, name = %job.name, duration, "Task process spawned");
+            self.ledger.accepted(TaskRecord::spawned(
                 pid,
-                spec.name.clone(),
+                job.name.clone(),
                 duration,
-                Arc::clone(spec.version.worker()),
-                Arc::clone(&spec.version.id),
-            ));
+                Arc::clone(job.version.worker()),
+                Arc::clone(&job.version.id),
+            ))
         };
-        match self.admission.admit(spec, record) {
-            Ok(Admitted::Now(spec, permit)) => {
-                if let Err(spec) = self.scheduler.submit(spec, permit) {
-                    record_end(&self.ledger, &spec, shutting_down());
-                    return Err(SpawnError::ShuttingDown);
-                }
-            }
-            Ok(Admitted::Queued) => {
+        match self.scheduler.admit(job, record) {
+            Ok(Placed::Running) => Ok(pid),
+            Ok(Placed::Queued) => {
                 tracing::info!(pid = %pid, worker = %worker.name, step = 0,
                     "Task queued: every place taken");
+                Ok(pid)
             }
-            Err(Refused::Full) => {
-                return Err(SpawnError::Full {
-                    live: self.admission.limit(),
-                    queued: self.admission.queue_limit(),
-                });
-            }
-            Err(Refused::Closed) => return Err(SpawnError::ShuttingDown),
+            Err(NotPlaced::Full) => Err(SpawnError::Full {
+                live: self.scheduler.capacity(),
+                queued: self.scheduler.queue_limit(),
+            }),
+            Err(NotPlaced::Closed) => Err(SpawnError::ShuttingDown),
+            Err(NotPlaced::NotRecorded(error)) => Err(SpawnError::Store(error)),
         }
-        Ok(pid)
     }
 
-    /// Asks for a task to be killed: at once if it is queued or sleeping, when its step returns
-    /// if it is running one. Its end is recorded as `killed`.
+    /// Asks for a task to be killed: at once if it is queued or sleeping, within an epoch
+    /// tick if it is running a step. Its end is recorded as `killed`.
     pub fn kill(&self, pid: Pid) -> Result<(), KillError> {
-        let record = self
-            .ledger
-            .table()
-            .get(pid)
-            .ok_or(KillError::NotFound(pid))?;
+        let record = self.store.get(pid)?.ok_or(KillError::NotFound(pid))?;
         if record.status.is_terminal() {
             return Err(KillError::AlreadyEnded {
                 pid,
@@ -278,32 +234,30 @@ impl Host {
             });
         }
         tracing::info!(pid = %pid, worker = %record.worker, step = record.step, "Killing task");
-        match self.admission.unqueue(pid) {
-            Some(spec) => record_end(&self.ledger, &spec, killed()),
-            None => self.scheduler.kill(pid),
+        self.scheduler.kill(pid);
+        // A task that ended after the look above never reads the kill: take it back, so the
+        // kill set empties again. Its end is recorded before the kill is forgotten on its
+        // thread, so one of the two looks sees the other.
+        if self
+            .store
+            .get(pid)?
+            .is_none_or(|record| record.status.is_terminal())
+        {
+            self.scheduler.forget_kill(pid);
         }
         Ok(())
+    }
+
+    /// Resolves once task `pid`'s end is recorded from now on; see [`Ledger::watch_end`].
+    pub fn watch_end(&self, pid: Pid) -> EndWatch {
+        self.ledger.watch_end(pid)
     }
 
     /// Shuts down: refuses new tasks at once, gives running ones `grace` to end, kills the
     /// rest, and returns once every task's end is recorded and the scheduler threads are gone.
     pub fn shutdown(&self, grace: Duration) {
-        // Admission first: from here no waiting task is handed to the scheduler.
-        for waiting in self.admission.close() {
-            record_end(&self.ledger, &waiting, killed());
-        }
-        self.scheduler.close();
         self.events.close();
-        let deadline = Instant::now() + grace;
-        while self.live() > 0 && Instant::now() < deadline {
-            std::thread::sleep(SHUTDOWN_POLL);
-        }
-        let remaining = self.live();
-        if remaining > 0 {
-            tracing::warn!(remaining, "grace period over; killing the remaining tasks");
-            self.scheduler.kill_all();
-        }
-        self.scheduler.join();
+        self.scheduler.shutdown(grace);
         tracing::info!(totals = ?self.totals(), "every task has ended");
     }
 
@@ -313,69 +267,37 @@ impl Host {
     }
 
     /// Tasks matching `query`, newest first, a page at a time.
-    pub fn list(&self, query: &ListQuery) -> Page {
-        self.ledger.table().list(query)
+    pub fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        self.store.list(query)
     }
 
-    /// A task's record, if the table still holds it.
-    pub fn get(&self, pid: Pid) -> Option<TaskRecord> {
-        self.ledger.table().get(pid)
+    /// A task's record, if the store still holds it.
+    pub fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
+        self.store.get(pid)
+    }
+
+    /// A task's captured log, if the store still holds the task.
+    pub fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
+        self.store.logs(pid)
     }
 
     /// Tasks accepted and not yet ended.
     pub fn live(&self) -> u32 {
-        self.admission.live()
+        self.scheduler.live()
     }
 
     /// The most tasks that may be live at once.
     pub fn capacity(&self) -> u32 {
-        self.admission.limit()
+        self.scheduler.capacity()
     }
 
     /// Tasks accepted and waiting for a place.
     pub fn queued(&self) -> usize {
-        self.admission.queued()
+        self.scheduler.queued()
     }
 
     /// What the host has done since it started.
     pub fn totals(&self) -> Totals {
         self.ledger.totals()
-    }
-}
-
-/// Records the end of a task the scheduler never took.
-fn record_end(ledger: &Ledger, spec: &TaskSpec, end: TaskEnd) {
-    let at = SystemTime::now();
-    ledger.ended(spec.pid, spec.version.worker(), Ending::unstarted(end), at);
-}
-
-fn shutting_down() -> TaskEnd {
-    TaskEnd {
-        status: Status::Failed,
-        outcome: Outcome::InstantiationFailed,
-        exit_code: None,
-        error: Some(SpawnError::ShuttingDown.to_string()),
-    }
-}
-
-/// Hands out pids: this host's random boot id and a counter that never wraps in practice.
-#[derive(Debug)]
-struct PidSource {
-    boot: u32,
-    next: AtomicU64,
-}
-
-impl PidSource {
-    fn new() -> Self {
-        // RandomState is seeded from the OS's randomness, once per process.
-        let boot = RandomState::new().hash_one(std::process::id()) as u32;
-        Self {
-            boot,
-            next: AtomicU64::new(1),
-        }
-    }
-
-    fn next(&self) -> Pid {
-        Pid::new(self.boot, self.next.fetch_add(1, Ordering::Relaxed))
     }
 }

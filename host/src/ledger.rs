@@ -1,15 +1,20 @@
-//! The one place a task's start, restarts and end are recorded: in the process table, in the
-//! host's running totals and in the metrics, whichever path the task took: a scheduler thread,
-//! a kill while it waited in the queue, or a shutdown.
+//! The one place a task's life is recorded, whichever path it takes (a scheduler thread, a kill
+//! while it waited in the queue, a shutdown): its acceptance, start, progress, log lines,
+//! restarts and end go to the store, the host's running totals and the metrics, and once the
+//! store has them, to the event streams and to whoever waits for the task's end.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use tokio::sync::oneshot;
 
+use crate::events::EventBus;
 use crate::metrics::Metrics;
-use crate::table::{Pid, ProcessTable, TaskEnd, TaskEvent, TaskRecord};
+use crate::model::{LogLine, Pid, TaskEnd, TaskEvent, TaskRecord};
+use crate::store::{Change, Store, StoreError};
 
 /// Counters of what the host has done since it started.
 #[derive(Debug, Default, Clone, Copy, Serialize, utoipa::ToSchema)]
@@ -48,11 +53,17 @@ impl Ending {
     }
 }
 
+/// Log lines a task produced since they were last recorded, with the running total of bytes
+/// its capture cap discarded.
+pub type FreshLogs = (Vec<LogLine>, u64);
+
 /// Records what happens to tasks.
 #[derive(Debug)]
 pub struct Ledger {
-    table: Arc<dyn ProcessTable>,
+    store: Arc<dyn Store>,
+    events: Arc<EventBus>,
     metrics: Arc<Metrics>,
+    waiters: EndWaiters,
     spawned: AtomicU64,
     started: AtomicU64,
     ended: AtomicU64,
@@ -60,10 +71,12 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(table: Arc<dyn ProcessTable>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<dyn Store>, events: Arc<EventBus>, metrics: Arc<Metrics>) -> Self {
         Self {
-            table,
+            store,
+            events,
             metrics,
+            waiters: EndWaiters::default(),
             spawned: AtomicU64::new(0),
             started: AtomicU64::new(0),
             ended: AtomicU64::new(0),
@@ -71,21 +84,35 @@ impl Ledger {
         }
     }
 
-    /// The process table, for the events that are only the table's business (progress, logs).
-    pub fn table(&self) -> &dyn ProcessTable {
-        self.table.as_ref()
-    }
-
     /// The host's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// A task was accepted.
-    pub fn spawned(&self, record: TaskRecord) {
-        self.metrics.spawned(&record.worker);
+    /// Writes `batch` and publishes it. A write that fails is logged: the task itself goes on.
+    fn commit(&self, pid: Pid, batch: Vec<Change>) -> Result<(), StoreError> {
+        if let Err(error) = self.store.commit(&batch) {
+            tracing::error!(pid = %pid, %error, "a task's change was not recorded");
+            return Err(error);
+        }
+        if self.events.listening() {
+            for change in &batch {
+                match change {
+                    Change::Accepted(record) => self.events.spawned(record),
+                    Change::Event(pid, event) => self.events.event(*pid, event),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A task was accepted. Fails, and nothing is recorded, if the store cannot take it.
+    pub fn accepted(&self, record: TaskRecord) -> Result<(), StoreError> {
+        let (pid, worker) = (record.pid, Arc::clone(&record.worker));
+        self.commit(pid, vec![Change::Accepted(record)])?;
+        self.metrics.spawned(&worker);
         self.spawned.fetch_add(1, Ordering::Relaxed);
-        self.table.insert(record);
+        Ok(())
     }
 
     /// An attempt is up: instantiated in `instantiation`, `since_spawn` after it was accepted
@@ -102,8 +129,21 @@ impl Ledger {
         self.metrics.started(worker, instantiation, since_spawn);
         self.started.fetch_add(1, Ordering::Relaxed);
         let at = SystemTime::now();
-        self.table
-            .apply(pid, TaskEvent::Started { at, steps, fuel });
+        let event = TaskEvent::Started { at, steps, fuel };
+        let _ = self.commit(pid, vec![Change::Event(pid, event)]);
+    }
+
+    /// The task woke for step `step` of `steps`, having burnt `fuel` in all.
+    pub fn progress(&self, pid: Pid, step: u32, steps: u32, fuel: u64) {
+        let event = TaskEvent::Progress { step, steps, fuel };
+        let _ = self.commit(pid, vec![Change::Event(pid, event)]);
+    }
+
+    /// The task logged or printed `logs` since they were last recorded.
+    pub fn logs(&self, pid: Pid, logs: FreshLogs) {
+        if let Some(change) = logs_change(pid, logs) {
+            let _ = self.commit(pid, vec![change]);
+        }
     }
 
     /// An attempt failed and the task will run again as `next_attempt`.
@@ -123,12 +163,20 @@ impl Ledger {
             end,
             next_attempt,
         };
-        self.table.apply(pid, event);
+        let _ = self.commit(pid, vec![Change::Event(pid, event)]);
     }
 
     /// The task ended `at`, which the caller reads before it gives the task's place back, so
-    /// that a task that waited for the place never seems to start before this one ended.
-    pub fn ended(&self, pid: Pid, worker: &Arc<str>, ending: Ending, at: SystemTime) {
+    /// that a task that waited for the place never seems to start before this one ended. Its
+    /// last log lines are recorded with its end, in one write.
+    pub fn ended(
+        &self,
+        pid: Pid,
+        worker: &Arc<str>,
+        ending: Ending,
+        at: SystemTime,
+        last_logs: Option<FreshLogs>,
+    ) {
         let Ending {
             step,
             fuel,
@@ -151,7 +199,24 @@ impl Ledger {
             self.exited_ok.fetch_add(1, Ordering::Relaxed);
         }
         self.ended.fetch_add(1, Ordering::Relaxed);
-        self.table.apply(pid, TaskEvent::Ended { at, fuel, end });
+        let mut batch: Vec<Change> = last_logs
+            .and_then(|logs| logs_change(pid, logs))
+            .into_iter()
+            .collect();
+        batch.push(Change::Event(pid, TaskEvent::Ended { at, fuel, end }));
+        if self.commit(pid, batch).is_ok()
+            && self.events.listening()
+            && let Ok(Some(record)) = self.store.get(pid)
+        {
+            self.events.exit(&record);
+        }
+        self.waiters.ended(pid);
+    }
+
+    /// Resolves once task `pid`'s end is recorded from now on. Ask before looking whether it
+    /// has ended, so that an end in between is not missed.
+    pub fn watch_end(self: &Arc<Self>, pid: Pid) -> EndWatch {
+        self.waiters.watch(pid, Arc::clone(self))
     }
 
     /// What the host has done since it started.
@@ -162,5 +227,101 @@ impl Ledger {
             ended: self.ended.load(Ordering::Relaxed),
             exited_ok: self.exited_ok.load(Ordering::Relaxed),
         }
+    }
+}
+
+fn logs_change(pid: Pid, (lines, dropped_bytes): FreshLogs) -> Option<Change> {
+    let fresh = !lines.is_empty() || dropped_bytes > 0;
+    fresh.then_some(Change::Event(
+        pid,
+        TaskEvent::Logs {
+            lines,
+            dropped_bytes,
+        },
+    ))
+}
+
+/// The waits for each task's end, each with its id.
+type Waiting = HashMap<Pid, Vec<(u64, oneshot::Sender<()>)>>;
+
+/// Who waits for which task's end. Nearly always empty: an end then costs one atomic read.
+#[derive(Debug, Default)]
+struct EndWaiters {
+    waiting: Mutex<Waiting>,
+    /// Waiters registered, kept under the lock.
+    count: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl EndWaiters {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn watch(&self, pid: Pid, ledger: Arc<Ledger>) -> EndWatch {
+        let (sender, receiver) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = self.lock();
+        waiting.entry(pid).or_default().push((id, sender));
+        self.count.fetch_add(1, Ordering::Release);
+        EndWatch {
+            pid,
+            id,
+            receiver,
+            ledger,
+        }
+    }
+
+    fn ended(&self, pid: Pid) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut waiting = self.lock();
+        if let Some(senders) = waiting.remove(&pid) {
+            self.count.fetch_sub(senders.len(), Ordering::Release);
+            for (_, sender) in senders {
+                let _ = sender.send(());
+            }
+        }
+    }
+
+    fn forget(&self, pid: Pid, id: u64) {
+        let mut waiting = self.lock();
+        if let Some(senders) = waiting.get_mut(&pid) {
+            let before = senders.len();
+            senders.retain(|(other, _)| *other != id);
+            self.count
+                .fetch_sub(before - senders.len(), Ordering::Release);
+            if senders.is_empty() {
+                waiting.remove(&pid);
+            }
+        }
+    }
+}
+
+/// A wait for one task's end; dropping it stops waiting.
+#[derive(Debug)]
+pub struct EndWatch {
+    pid: Pid,
+    id: u64,
+    receiver: oneshot::Receiver<()>,
+    ledger: Arc<Ledger>,
+}
+
+impl EndWatch {
+    /// Resolves when the task's end is recorded, or at `deadline`: whether it ended.
+    pub async fn ended_by(&mut self, deadline: tokio::time::Instant) -> bool {
+        matches!(
+            tokio::time::timeout_at(deadline, &mut self.receiver).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+impl Drop for EndWatch {
+    fn drop(&mut self) {
+        self.ledger.waiters.forget(self.pid, self.id);
     }
 }

@@ -5,82 +5,43 @@
 //! its own fuel budget, under a memory cap, and its store dropped when it ends. A guest that
 //! traps, loops or eats memory ends only itself.
 //!
-//! ```text
-//! client ──POST /api/tasks──▶ api (validate, admit, record) ──▶ scheduler thread
-//!        ◀── 202 {pid} ──────┘                                   │ instantiate, start
-//!                                                                │ step ─▶ sleep(ms) ─▶ timer
-//! client ──GET /api/tasks/{pid}──▶ process table ◀── events ─────┘ … ─▶ done(code): drop store
-//! ```
+//! The parts, from the bottom up; each uses only those above it in this list:
+//!
+//! | module | owns |
+//! |---|---|
+//! | `model` | the vocabulary: pid, task, its end and restart policy, events, record, log lines, time |
+//! | `sys` | what the kernel allows: memory mappings |
+//! | `config` | the flags, the environment and the registry file |
+//! | `metrics` | every metric's name and help, and the Prometheus exposition |
+//! | `runtime` | wasmtime and nothing else does: engine, import policy, modules, processes, cache |
+//! | `store` | the task store's interface, and the in-memory store |
+//! | `events` | the broadcast of task events to SSE subscribers |
+//! | `ledger` | the one place a task's life is recorded: store, totals, metrics, events |
+//! | `registry` | named workers, their versions, swaps, rollbacks and file watching |
+//! | `sched` | admission, placement of tasks on scheduler threads, and those threads |
+//! | `host` | the host without HTTP: spawn, kill, get, list, logs, subscribe, shut down |
+//! | `api` | the HTTP API, by resource |
+//! | `app` | the host and its router built from one `Config`, and serving them |
 
-pub mod api;
-pub mod cache;
-pub mod capacity;
-pub mod capture;
-pub mod config;
-pub mod error;
-pub mod events;
-pub mod host;
-pub mod ledger;
-pub mod metrics;
-pub mod sandbox;
-pub mod scheduler;
-pub mod table;
-pub mod workers;
+mod api;
+mod app;
+mod config;
+mod events;
+mod host;
+mod ledger;
+mod metrics;
+mod model;
+mod registry;
+mod runtime;
+mod sched;
+mod store;
+mod sys;
 
-use std::future::Future;
-use std::sync::Arc;
-
-use anyhow::Context as _;
-use tokio::net::TcpListener;
-
-use crate::config::Config;
-pub use crate::host::Host;
-
-/// Serves the API on `listener` until `shutdown` resolves, then shuts down gracefully: new
-/// tasks get `503` while running ones get `--shutdown-grace-secs` to end, the rest are killed,
-/// every end is recorded, and only then does the HTTP server stop.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let host = Arc::new(Host::start(&config)?);
-    let app = api::router(
-        Arc::clone(&host),
-        api::RequestLimits::from_config(&config),
-        config.admin_token.as_deref(),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    shutdown.await;
-    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
-    tracing::info!(
-        ?grace,
-        live = host.live(),
-        "shutting down: refusing new tasks"
-    );
-    tokio::task::spawn_blocking(move || host.shutdown(grace))
-        .await
-        .context("shutting the scheduler down")?;
-    let _ = stop.send(());
-    // Connections still open (a client mid-request) get a moment; then the process exits and
-    // the kernel closes them.
-    match tokio::time::timeout(SERVER_DRAIN, server).await {
-        Ok(served) => served
-            .context("the HTTP server task")?
-            .context("serving HTTP"),
-        Err(_) => {
-            tracing::warn!("connections still open after shutdown; closing them");
-            Ok(())
-        }
-    }
-}
-
-/// How long the HTTP server may take to close its connections once every task has ended.
-const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+pub use api::{ApiError, RequestLimits, is_json, parse_submission};
+pub use app::{App, run};
+pub use config::{Config, ConfigError, LogFormat};
+pub use host::{Host, KillError, SpawnError};
+pub use ledger::Totals;
+pub use model::{NewTask, Outcome, Pid, RestartPolicy, Status, TaskEnd, TaskRecord};
+pub use runtime::{Embedded, EmbeddedConfig, EmbeddedError};
+pub use store::StoreError;

@@ -2,7 +2,7 @@
 //! or SIGTERM.
 
 use anyhow::Context as _;
-use http_spawn::config::{Config, ConfigError, LogFormat};
+use http_spawn::{Config, ConfigError, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics::{Key, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
-use crate::table::TaskEnd;
+use crate::model::{Outcome, TaskEnd};
 
 /// What a metric is, for its `# TYPE` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,7 +332,7 @@ impl Metrics {
         if fuel > 0 {
             self.counter(FUEL_CONSUMED, vec![worker(name)], fuel);
         }
-        if end.outcome == crate::table::Outcome::MemoryLimit {
+        if end.outcome == Outcome::MemoryLimit {
             self.counter(MEMORY_LIMIT_KILLS, vec![worker(name)], 1);
         }
     }

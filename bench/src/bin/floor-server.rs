@@ -15,11 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
-use http_spawn::api::{RequestLimits, is_json, parse_submission};
-use http_spawn::config::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_MODULE_BYTES, DEFAULT_MAX_NAME_BYTES,
-};
-use http_spawn::error::ApiError;
+use http_spawn::{ApiError, Config, RequestLimits, is_json, parse_submission};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
@@ -87,20 +83,17 @@ async fn health(State(floor): State<Floor>) -> Json<serde_json::Value> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The host's own limits, from its defaults.
+    let limits = RequestLimits::from_config(&Config::from_args(["http-spawn"])?);
+    let max_body_bytes = limits.max_body_bytes;
     let floor = Floor {
         counts: Arc::default(),
-        limits: Arc::new(RequestLimits {
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
-            max_name_bytes: DEFAULT_MAX_NAME_BYTES,
-            max_duration_secs: 3600,
-            max_deadline_secs: 3600,
-        }),
+        limits: Arc::new(limits),
     };
     let app = Router::new()
         .route("/api/tasks", post(spawn_task))
         .route("/api/health", get(health))
-        .layer(DefaultBodyLimit::max(DEFAULT_MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(floor);
     tokio::runtime::Builder::new_multi_thread()

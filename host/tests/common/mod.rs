@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http_spawn::config::Config;
+use http_spawn::{App, Config};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -110,14 +110,11 @@ pub async fn start_app(config: Config) -> TestApp {
         .expect("bind a loopback port");
     let base = format!("http://{}", listener.local_addr().expect("local address"));
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let host = std::sync::Arc::new(http_spawn::Host::start(&config).expect("host starts"));
-    let app = http_spawn::api::router(
-        std::sync::Arc::clone(&host),
-        http_spawn::api::RequestLimits::from_config(&config),
-        config.admin_token.as_deref(),
-    );
+    let app = App::build(&config).expect("host starts");
+    let host = std::sync::Arc::clone(app.host());
+    let router = app.router();
     tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(listener, router)
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })

@@ -13,16 +13,14 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::WorkerConfig;
+use crate::config::{DEFAULT_WORKER, WorkerConfig};
 use crate::metrics::Metrics;
-use crate::sandbox::{LoadError, Module, Origin, Sandbox, WorkerLimits};
-
-/// The worker tasks get when a request names none.
-pub const DEFAULT_WORKER: &str = "default";
+use crate::model::time;
+use crate::runtime::{Digest, LoadError, Module, Origin, Sandbox, WorkerLimits};
 
 /// Where a version came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub enum VersionSource {
     /// Read from the worker's module file, at start or when the file changed.
     File(PathBuf),
     /// Uploaded with `PUT /api/workers/{name}`.
@@ -35,7 +33,7 @@ pub struct Version {
     pub module: Module,
     /// The start of the module's SHA-256, as records show it.
     pub id: Arc<str>,
-    pub source: Source,
+    pub source: VersionSource,
     pub installed_at: SystemTime,
 }
 
@@ -95,7 +93,7 @@ impl FileStamp {
 /// The last new version that was refused.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Failure {
-    #[serde(serialize_with = "crate::table::rfc3339")]
+    #[serde(serialize_with = "time::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub at: SystemTime,
     pub source: &'static str,
@@ -131,12 +129,8 @@ impl Worker {
             fuel_per_step: self.settings.fuel_per_step,
             max_memory_bytes: self.settings.max_memory,
             max_duration_secs: self.settings.max_duration_secs,
-            restart: if self.settings.max_attempts > 1 {
-                "on-failure"
-            } else {
-                "never"
-            },
-            max_attempts: self.settings.max_attempts,
+            restart: self.settings.restart.as_str(),
+            max_attempts: self.settings.restart.max_attempts(),
             current: VersionInfo::of(&state.current),
             previous: state.previous.as_deref().map(VersionInfo::of),
             last_error: state.last_error.clone(),
@@ -152,7 +146,7 @@ impl Worker {
         state.last_error = None;
     }
 
-    fn refuse(&self, source: &Source, error: &LoadError) {
+    fn refuse(&self, source: &VersionSource, error: &LoadError) {
         self.lock().last_error = Some(Failure {
             at: SystemTime::now(),
             source: source_name(source),
@@ -161,10 +155,10 @@ impl Worker {
     }
 }
 
-fn source_name(source: &Source) -> &'static str {
+fn source_name(source: &VersionSource) -> &'static str {
     match source {
-        Source::File(_) => "file",
-        Source::Upload => "upload",
+        VersionSource::File(_) => "file",
+        VersionSource::Upload => "upload",
     }
 }
 
@@ -203,7 +197,7 @@ pub struct VersionInfo {
     pub source: &'static str,
     /// `compiled`, or `cache` when its compiled code came from the module cache.
     pub origin: Origin,
-    #[serde(serialize_with = "crate::table::rfc3339")]
+    #[serde(serialize_with = "time::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub installed_at: SystemTime,
 }
@@ -317,7 +311,7 @@ impl Registry {
                     source,
                 })?;
             metrics.module_loaded(&name, origin_name(module.origin()));
-            let version = version(module, Source::File(config.module.clone()));
+            let version = version(module, VersionSource::File(config.module.clone()));
             tracing::info!(
                 worker = %config.name,
                 version = %version.id,
@@ -351,12 +345,16 @@ impl Registry {
         })
     }
 
-    /// The worker called `name`, or the default one.
-    pub fn get(&self, name: Option<&str>) -> Option<&Arc<Worker>> {
-        self.workers.get(name.unwrap_or(DEFAULT_WORKER))
+    /// The worker called `name`, or the default one; or an error naming the workers there are.
+    pub fn get(&self, name: Option<&str>) -> Result<&Arc<Worker>, UnknownWorker> {
+        let name = name.unwrap_or(DEFAULT_WORKER);
+        self.workers.get(name).ok_or_else(|| UnknownWorker {
+            name: name.to_owned(),
+            known: self.names(),
+        })
     }
 
-    /// The workers' names, for error messages.
+    /// The workers' names, for logs and error messages.
     pub fn names(&self) -> String {
         self.workers
             .keys()
@@ -373,10 +371,7 @@ impl Registry {
     /// Worker `name`, with the right to change its versions: one change at a time, so that a
     /// rollback cannot be overtaken by an install that was compiling meanwhile.
     fn to_change(&self, name: &str) -> Result<(&Arc<Worker>, MutexGuard<'_, ()>), UnknownWorker> {
-        let worker = self.workers.get(name).ok_or_else(|| UnknownWorker {
-            name: name.to_owned(),
-            known: self.names(),
-        })?;
+        let worker = self.get(Some(name))?;
         let turn = self
             .installing
             .lock()
@@ -390,10 +385,10 @@ impl Registry {
         &self,
         name: &str,
         bytes: &[u8],
-        source: Source,
+        source: VersionSource,
     ) -> Result<Installed, InstallError> {
         let (worker, _one_at_a_time) = self.to_change(name)?;
-        let digest = crate::cache::Digest::of(bytes);
+        let digest = Digest::of(bytes);
         let source_label = source_name(&source);
         if *worker.current().module.digest() == digest {
             self.metrics
@@ -492,7 +487,7 @@ impl Registry {
             };
             tracing::info!(worker = %name, path = %path.display(), "module file changed");
             // The outcome is logged and shown in the worker's `last_error`.
-            let _ = self.install(name, &bytes, Source::File(path.clone()));
+            let _ = self.install(name, &bytes, VersionSource::File(path.clone()));
         }
     }
 
@@ -529,7 +524,7 @@ fn limits_of(config: &WorkerConfig) -> WorkerLimits {
     }
 }
 
-fn version(module: Module, source: Source) -> Version {
+fn version(module: Module, source: VersionSource) -> Version {
     Version {
         id: module.digest().short().into(),
         module,

@@ -9,37 +9,11 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use serde::{Serialize, Serializer};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-/// Where a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    Trace,
-    Debug,
-    Info,
-    Warn,
-    Error,
-    Stdout,
-    Stderr,
-}
-
-/// One captured line.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct LogLine {
-    #[serde(serialize_with = "rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub at: SystemTime,
-    pub source: Source,
-    pub message: String,
-}
-
-fn rfc3339<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_millis(*at))
-}
+use crate::model::{LogLine, LogSource};
 
 /// A rust guest's panic hook writes `panicked at <place>:` and then the message to stderr;
 /// the host keeps this much of stderr's tail to report the message even when the log is full.
@@ -53,11 +27,27 @@ const MAX_LINE_BYTES: usize = 8192;
 struct Inner {
     /// Lines not yet handed to the process table.
     fresh: Vec<LogLine>,
-    /// Partial lines of stdout and stderr, waiting for their newline.
+    /// Partial lines of stdout and stderr, waiting for their newline, by [`Stream`].
     pending: [Vec<u8>; 2],
     kept_bytes: usize,
     dropped_bytes: u64,
     stderr_tail: Vec<u8>,
+}
+
+/// One of the two output streams a guest writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stream {
+    fn source(self) -> LogSource {
+        match self {
+            Self::Stdout => LogSource::Stdout,
+            Self::Stderr => LogSource::Stderr,
+        }
+    }
 }
 
 /// The capture of one task, shared by its store and the WASI streams handed to the guest.
@@ -83,7 +73,7 @@ impl Capture {
     }
 
     /// Records a line the guest logged.
-    pub fn line(&self, source: Source, message: String) {
+    pub fn line(&self, source: LogSource, message: String) {
         self.lock().push(self.max_bytes, source, message);
     }
 
@@ -96,11 +86,11 @@ impl Capture {
     /// Ends any partial stdout or stderr line, as when the task ends.
     pub fn flush_partial(&self) {
         let mut inner = self.lock();
-        for (index, source) in [(0, Source::Stdout), (1, Source::Stderr)] {
-            let rest = std::mem::take(&mut inner.pending[index]);
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let rest = std::mem::take(&mut inner.pending[stream as usize]);
             if !rest.is_empty() {
                 let message = String::from_utf8_lossy(&rest).into_owned();
-                inner.push(self.max_bytes, source, message);
+                inner.push(self.max_bytes, stream.source(), message);
             }
         }
     }
@@ -128,7 +118,7 @@ impl Capture {
     pub fn stdout(&self) -> CaptureStream {
         CaptureStream {
             capture: self.clone(),
-            stream: 0,
+            stream: Stream::Stdout,
         }
     }
 
@@ -136,23 +126,20 @@ impl Capture {
     pub fn stderr(&self) -> CaptureStream {
         CaptureStream {
             capture: self.clone(),
-            stream: 1,
+            stream: Stream::Stderr,
         }
     }
 
-    fn write(&self, stream: usize, mut bytes: &[u8]) {
+    fn write(&self, stream: Stream, mut bytes: &[u8]) {
         let mut inner = self.lock();
-        if stream == 1 {
+        if stream == Stream::Stderr {
             let tail = &mut inner.stderr_tail;
             tail.extend_from_slice(&bytes[bytes.len().saturating_sub(STDERR_TAIL_BYTES)..]);
             let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
             tail.drain(..excess);
         }
-        let source = if stream == 0 {
-            Source::Stdout
-        } else {
-            Source::Stderr
-        };
+        let source = stream.source();
+        let stream = stream as usize;
         while !bytes.is_empty() {
             let room = MAX_LINE_BYTES - inner.pending[stream].len();
             let (line_end, consumed) = match bytes.iter().position(|&b| b == b'\n') {
@@ -175,7 +162,7 @@ impl Capture {
 }
 
 impl Inner {
-    fn push(&mut self, max_bytes: usize, source: Source, message: String) {
+    fn push(&mut self, max_bytes: usize, source: LogSource, message: String) {
         if self.kept_bytes + message.len() > max_bytes {
             self.dropped_bytes += message.len() as u64;
             return;
@@ -193,7 +180,7 @@ impl Inner {
 #[derive(Debug)]
 pub struct CaptureStream {
     capture: Capture,
-    stream: usize,
+    stream: Stream,
 }
 
 /// How much the guest may write per `check-write`; any positive figure works, as writes never
@@ -268,9 +255,9 @@ mod tests {
     #[test]
     fn splits_lines_and_caps_bytes() {
         let capture = Capture::new(10);
-        capture.write(0, b"hello\nwor");
-        capture.write(0, b"ld\nthis line is dropped\n");
-        capture.line(Source::Info, "tail".into());
+        capture.write(Stream::Stdout, b"hello\nwor");
+        capture.write(Stream::Stdout, b"ld\nthis line is dropped\n");
+        capture.line(LogSource::Info, "tail".into());
         let (lines, dropped) = capture.take();
         let messages: Vec<_> = lines.iter().map(|l| l.message.as_str()).collect();
         assert_eq!(messages, ["hello", "world"]);
@@ -280,7 +267,7 @@ mod tests {
     #[test]
     fn a_line_without_newline_is_split_and_flushed() {
         let capture = Capture::new(usize::MAX);
-        capture.write(1, &vec![b'x'; MAX_LINE_BYTES + 5]);
+        capture.write(Stream::Stderr, &vec![b'x'; MAX_LINE_BYTES + 5]);
         capture.flush_partial();
         let (lines, _) = capture.take();
         let lengths: Vec<_> = lines.iter().map(|l| l.message.len()).collect();
@@ -291,7 +278,7 @@ mod tests {
     fn finds_a_rust_panic_message_in_stderr() {
         let capture = Capture::new(0);
         capture.write(
-            1,
+            Stream::Stderr,
             b"\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nboom\nnote: run with RUST_BACKTRACE\n",
         );
         assert_eq!(

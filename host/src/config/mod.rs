@@ -13,9 +13,15 @@ use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
-use serde::Deserialize;
 
-use crate::workers::DEFAULT_WORKER;
+mod file;
+
+use file::{RegistryFile, WorkerName};
+
+use crate::model::{RestartPolicy, parse_memory_size};
+
+/// The worker tasks get when a request names none; always configured.
+pub const DEFAULT_WORKER: &str = "default";
 
 /// The module `make build-guest` produces, relative to the repository root.
 pub const DEFAULT_MODULE: &str = "target/wasm32-wasip2/guest/http_spawn_guest.wasm";
@@ -26,16 +32,11 @@ pub const DEFAULT_FUEL_PER_STEP: u64 = 20_000_000;
 /// for wasm32-wasip2 reserves a 1 MiB stack and needs `--max-memory 16MiB` or so. Below 2 MiB,
 /// neighbouring tasks' memory slots share the kernel's page-table pages.
 pub const DEFAULT_MAX_MEMORY: &str = "1MiB";
-/// Linear memory is allotted in wasm pages of 64 KiB.
-pub const WASM_PAGE_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_MAX_DURATION_SECS: u32 = 3_600;
-/// The seed's duration when a request names none.
-pub const DEFAULT_DURATION_SECS: u32 = 3;
 pub const DEFAULT_CAPACITY: u32 = 100_000;
 pub const DEFAULT_MAX_HISTORY: usize = 10_000;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-pub const DEFAULT_MAX_NAME_BYTES: usize = 256;
 /// How long running tasks get to end on SIGTERM or ctrl-c before they are killed.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// What a task's wall-clock limit adds to its duration when the request names none.
@@ -44,16 +45,10 @@ pub const DEFAULT_DEADLINE_GRACE_SECS: u32 = 30;
 pub const DEFAULT_MAX_QUEUE: usize = 10_000;
 /// Live event streams (SSE) open at once; more get 429.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
-/// How long a client refused for capacity is asked to wait.
-pub const DEFAULT_RETRY_AFTER_SECS: u32 = 1;
 /// Largest worker module an upload may carry.
 pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 * 1024 * 1024;
 /// How often module files are checked for changes.
 pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
-/// The restart policy's default number of attempts, when a worker or request turns it on.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-/// The most attempts a restart policy may ask for.
-pub const MAX_ATTEMPTS_LIMIT: u32 = 10;
 /// The shortest admin token accepted: anything shorter is guessable.
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 /// The `--cache-dir` value that turns the compiled-module cache off.
@@ -76,7 +71,7 @@ pub struct Config {
     pub module: PathBuf,
 
     /// Scheduler threads running guest code [default: the number of CPUs].
-    #[arg(long, alias = "workers", env = "HTTP_SPAWN_WORKER_THREADS")]
+    #[arg(long, env = "HTTP_SPAWN_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 
     /// Threads serving HTTP [default: the number of CPUs].
@@ -185,8 +180,8 @@ pub struct WorkerConfig {
     /// Linear memory cap per task, in bytes.
     pub max_memory: u64,
     pub max_duration_secs: u32,
-    /// Attempts a task gets when its request names no restart policy: 1 never restarts.
-    pub max_attempts: u32,
+    /// The restart policy of its tasks when a request names none.
+    pub restart: RestartPolicy,
 }
 
 /// Why the configuration could not be read.
@@ -278,7 +273,7 @@ impl Config {
             fuel_per_step: self.fuel_per_step,
             max_memory: self.max_memory,
             max_duration_secs: self.max_duration_secs,
-            max_attempts: 1,
+            restart: RestartPolicy::Never,
         };
         let mut workers: BTreeMap<String, WorkerConfig> = file
             .workers
@@ -292,7 +287,7 @@ impl Config {
                     max_duration_secs: worker
                         .max_duration_secs
                         .unwrap_or(default.max_duration_secs),
-                    max_attempts: worker.max_attempts,
+                    restart: worker.restart,
                 };
                 (name, resolved)
             })
@@ -363,92 +358,6 @@ impl Config {
     }
 }
 
-/// The registry file: `[server]` and `[workers.<name>]` tables. Unknown keys are errors, so a
-/// typo is reported, with its line, instead of silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegistryFile {
-    #[serde(default)]
-    server: ServerFile,
-    #[serde(default)]
-    workers: BTreeMap<WorkerName, WorkerFile>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerFile {
-    listen: Option<SocketAddr>,
-    worker_threads: Option<usize>,
-    http_threads: Option<usize>,
-    capacity: Option<Capacity>,
-    max_queue: Option<usize>,
-    max_history: Option<usize>,
-    cache_dir: Option<PathBuf>,
-    watch_interval_ms: Option<u64>,
-}
-
-/// A `[workers.<name>]` table.
-#[derive(Debug, Deserialize)]
-#[serde(try_from = "RawWorkerFile")]
-struct WorkerFile {
-    module: PathBuf,
-    fuel_per_step: Option<u64>,
-    max_memory: Option<MemorySize>,
-    max_duration_secs: Option<u32>,
-    /// 1 when the worker's tasks are never restarted.
-    max_attempts: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWorkerFile {
-    module: PathBuf,
-    fuel_per_step: Option<u64>,
-    max_memory: Option<MemorySize>,
-    max_duration_secs: Option<u32>,
-    #[serde(default)]
-    restart: Restart,
-    max_attempts: Option<Attempts>,
-}
-
-impl TryFrom<RawWorkerFile> for WorkerFile {
-    type Error = String;
-
-    fn try_from(raw: RawWorkerFile) -> Result<Self, String> {
-        let max_attempts = match (raw.restart, raw.max_attempts) {
-            (Restart::Never, Some(_)) => {
-                return Err("max_attempts needs restart = \"on-failure\"".into());
-            }
-            (Restart::Never, None) => 1,
-            (Restart::OnFailure, attempts) => attempts.map_or(DEFAULT_MAX_ATTEMPTS, |a| a.0),
-        };
-        Ok(Self {
-            module: raw.module,
-            fuel_per_step: raw.fuel_per_step,
-            max_memory: raw.max_memory,
-            max_duration_secs: raw.max_duration_secs,
-            max_attempts,
-        })
-    }
-}
-
-/// A worker's name: what requests and URLs use, so it is kept to `[A-Za-z0-9_-]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct WorkerName(String);
-
-impl<'de> Deserialize<'de> for WorkerName {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        if is_worker_name(&name) {
-            Ok(Self(name))
-        } else {
-            Err(serde::de::Error::custom(format!(
-                "worker name {name:?} must be 1 to 64 of A-Z, a-z, 0-9, '_' and '-'"
-            )))
-        }
-    }
-}
-
 /// Whether `name` may name a worker.
 pub fn is_worker_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -457,136 +366,13 @@ pub fn is_worker_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// A memory size in the file: a number of bytes, or a string such as `"16MiB"`.
-#[derive(Debug)]
-struct MemorySize(u64);
-
-impl<'de> Deserialize<'de> for MemorySize {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        let text = match Raw::deserialize(deserializer)? {
-            Raw::Bytes(bytes) => bytes.to_string(),
-            Raw::Text(text) => text,
-        };
-        parse_memory_size(&text)
-            .map(Self)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A capacity in the file: at least 1.
-#[derive(Debug)]
-struct Capacity(u32);
-
-impl From<Capacity> for u32 {
-    fn from(capacity: Capacity) -> Self {
-        capacity.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Capacity {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match u32::deserialize(deserializer)? {
-            0 => Err(serde::de::Error::custom("capacity must be at least 1")),
-            n => Ok(Self(n)),
-        }
-    }
-}
-
-/// `max_attempts` in the file: 2 to [`MAX_ATTEMPTS_LIMIT`].
-#[derive(Debug, Clone, Copy)]
-struct Attempts(u32);
-
-impl<'de> Deserialize<'de> for Attempts {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let n = u32::deserialize(deserializer)?;
-        if (2..=MAX_ATTEMPTS_LIMIT).contains(&n) {
-            Ok(Self(n))
-        } else {
-            Err(serde::de::Error::custom(format!(
-                "max_attempts must be between 2 and {MAX_ATTEMPTS_LIMIT}"
-            )))
-        }
-    }
-}
-
-/// A worker's restart policy in the file.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum Restart {
-    #[default]
-    Never,
-    OnFailure,
-}
-
-impl RegistryFile {
-    fn read(path: &Path) -> Result<(PathBuf, Self), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let file: Self = toml::from_str(&text).map_err(|error| ConfigError::File {
-            path: path.to_owned(),
-            message: error.to_string(),
-        })?;
-        Ok((path.to_owned(), file))
-    }
-}
-
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-/// Parses a memory size: `65536`, `64KiB`, `1MiB`, `2GiB` (also `K`, `M`, `G`, `KB`…, all
-/// binary), which must be a whole number of wasm pages between one page and 4 GiB.
-pub fn parse_memory_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as 1MiB"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown unit {other:?}; use KiB, MiB or GiB")),
-    };
-    let bytes = number
-        .checked_mul(scale)
-        .filter(|&bytes| (WASM_PAGE_BYTES..=4 << 30).contains(&bytes))
-        .ok_or_else(|| format!("{text:?} is outside 64KiB..=4GiB"))?;
-    if bytes % WASM_PAGE_BYTES != 0 {
-        return Err(format!(
-            "{text:?} is not a whole number of 64 KiB wasm pages"
-        ));
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_memory_size("512KiB"), Ok(512 << 10));
-        assert_eq!(parse_memory_size("16M"), Ok(16 << 20));
-        assert_eq!(parse_memory_size("65536"), Ok(65_536));
-        assert_eq!(parse_memory_size("4GiB"), Ok(4 << 30));
-        for bad in ["", "MiB", "1.5MiB", "100KiB", "0", "5GiB", "1 parsec"] {
-            assert!(parse_memory_size(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     /// Parses `args` with the registry file `text`, written to a scratch file.
     fn with_file(text: &str, args: &[&str]) -> Result<Config, ConfigError> {
@@ -628,7 +414,10 @@ restart = "on-failure"
         );
         let report = &config.workers[1];
         assert_eq!(report.fuel_per_step, 1000);
-        assert_eq!(report.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(
+            report.restart.max_attempts(),
+            RestartPolicy::DEFAULT_MAX_ATTEMPTS
+        );
         assert!(report.module.ends_with("report.wasm") && report.module.is_absolute());
         assert_eq!(config.workers[0].fuel_per_step, DEFAULT_FUEL_PER_STEP);
     }

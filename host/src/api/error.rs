@@ -4,10 +4,23 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
+
+use crate::store::StoreError;
 
 /// How long a client refused an event stream is asked to wait.
 const SUBSCRIBER_RETRY_AFTER_SECS: u32 = 5;
+/// How long a client refused for capacity, a shutdown or a store that cannot write is asked
+/// to wait.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// The body of every error answer, for the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    error: String,
+}
 
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
@@ -93,5 +106,16 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// A store that cannot answer now: the client may retry.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        tracing::warn!(%error, "the task store refused a request");
+        Self::Unavailable {
+            message: error.to_string(),
+            retry_after: RETRY_AFTER_SECS,
+        }
     }
 }

@@ -1,0 +1,137 @@
+//! Server-Sent Events: one task's (`/api/tasks/{pid}/events`) or every task's (`/api/events`).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::tasks::task_path;
+use crate::events::{Subscription, exit_data};
+use crate::host::Host;
+use crate::model::Pid;
+
+/// An open event stream's state.
+struct EventStream {
+    subscription: Subscription,
+    host: Arc<Host>,
+    /// Only this task's events, and end after its exit; all tasks' otherwise.
+    pid: Option<Pid>,
+    /// Events to send before anything from the channel.
+    queued: VecDeque<Event>,
+    done: bool,
+}
+
+fn sse(kind: &str, data: &str) -> Event {
+    Event::default().event(kind).data(data)
+}
+
+fn event_stream(stream: EventStream) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(stream, |mut stream| async move {
+        if let Some(event) = stream.queued.pop_front() {
+            return Some((Ok(event), stream));
+        }
+        if stream.done {
+            return None;
+        }
+        loop {
+            let received = tokio::select! {
+                received = stream.subscription.receiver.recv() => received,
+                // The host is shutting down: end the stream so the server can stop.
+                _ = stream.subscription.closed.wait_for(|closed| *closed) => return None,
+            };
+            match received {
+                Ok(published) if stream.pid.is_none_or(|pid| pid == published.pid) => {
+                    stream.done = stream.pid.is_some() && published.kind == "exit";
+                    return Some((Ok(sse(published.kind, &published.data)), stream));
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(skipped)) => {
+                    // The skipped events may have held this task's exit: look at its record.
+                    if let Some(record) = stream
+                        .pid
+                        .and_then(|pid| stream.host.get(pid).ok().flatten())
+                        && record.status.is_terminal()
+                    {
+                        stream
+                            .queued
+                            .push_back(sse("exit", &exit_data(&record).to_string()));
+                        stream.done = true;
+                    }
+                    let data = json!({"skipped": skipped}).to_string();
+                    return Some((Ok(sse("lagged", &data)), stream));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+fn subscribe(state: &AppState) -> Result<Subscription, ApiError> {
+    state.host.subscribe().ok_or_else(|| {
+        ApiError::TooManyRequests("too many event streams are open; retry later".into())
+    })
+}
+
+/// One task's events as Server-Sent Events: `state`, then `started`, `progress`, `log`,
+/// `restart`, `exit`; the stream ends after `exit`.
+#[utoipa::path(get, path = "/api/tasks/{pid}/events", tag = "events",
+    params(("pid" = String, Path, description = "The task's pid")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream",
+            body = String),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 429, description = "Too many event streams are open", body = ErrorBody)))]
+pub(super) async fn task_events(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let (pid, id) = task_path(path)?;
+    // Subscribe first, then read the record: nothing can happen unseen in between.
+    let subscription = subscribe(&state)?;
+    let record = state
+        .host
+        .get(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))?;
+    let snapshot =
+        serde_json::to_string(&record).map_err(|error| ApiError::Internal(error.to_string()))?;
+    let mut queued = VecDeque::from([sse("state", &snapshot)]);
+    let done = record.status.is_terminal();
+    if done {
+        queued.push_back(sse("exit", &exit_data(&record).to_string()));
+    }
+    let stream = EventStream {
+        subscription,
+        host: Arc::clone(&state.host),
+        pid: Some(id),
+        queued,
+        done,
+    };
+    Ok(Sse::new(event_stream(stream)).keep_alive(KeepAlive::default()))
+}
+
+/// Every task's events as Server-Sent Events (`spawned` too), until the client leaves.
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream",
+            body = String),
+        (status = 429, description = "Too many event streams are open", body = ErrorBody)))]
+pub(super) async fn all_events(
+    State(state): State<AppState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let stream = EventStream {
+        subscription: subscribe(&state)?,
+        host: Arc::clone(&state.host),
+        pid: None,
+        queued: VecDeque::new(),
+        done: false,
+    };
+    Ok(Sse::new(event_stream(stream)).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,156 @@
+//! The HTTP API, at the top of the host: the router and its state here, the handlers by
+//! resource in the files beside it (`tasks`, `events`, `workers`, `observability`), the admin
+//! guard in `admin` and the one mapping of errors to answers in `error`.
+//!
+//! `POST /api/tasks` validates, asks admission for a place, records the task and hands it to
+//! the scheduler, and answers `202` at once; nothing here waits on a guest.
+
+mod admin;
+mod error;
+mod events;
+mod observability;
+mod tasks;
+mod workers;
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::ApiError;
+pub use tasks::{is_json, parse_submission};
+
+use crate::config::Config;
+use crate::host::Host;
+use admin::{AdminBearer, AdminToken, require_admin};
+use error::ErrorBody;
+
+/// The longest name a task may have, in bytes.
+const MAX_NAME_BYTES: usize = 256;
+
+/// What a request may ask for.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_body_bytes: usize,
+    /// Largest module an upload may carry.
+    pub max_module_bytes: usize,
+    pub max_name_bytes: usize,
+    pub max_duration_secs: u32,
+    pub max_deadline_secs: u32,
+}
+
+impl RequestLimits {
+    /// The limits `config` sets. Durations are bounded here by the most any worker allows;
+    /// the host holds each task to its own worker's limit.
+    pub fn from_config(config: &Config) -> Self {
+        let max_duration_secs = config.longest_duration_secs();
+        Self {
+            max_body_bytes: config.max_body_bytes,
+            max_module_bytes: config.max_module_bytes,
+            max_name_bytes: MAX_NAME_BYTES,
+            max_duration_secs,
+            max_deadline_secs: max_duration_secs.saturating_add(config.deadline_grace_secs),
+        }
+    }
+}
+
+/// The handlers' shared state: a cheap handle, cloned per request.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    host: Arc<Host>,
+    limits: Arc<RequestLimits>,
+    /// The SHA-256 of the admin token; `None` switches the admin endpoints off.
+    admin: Option<Arc<AdminToken>>,
+}
+
+/// The API's routes. `admin_token`, when set, opens the admin endpoints to requests that
+/// carry it as a bearer token.
+pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>) -> Router {
+    let max_body_bytes = limits.max_body_bytes;
+    let max_module_bytes = limits.max_module_bytes;
+    let state = AppState {
+        host,
+        limits: Arc::new(limits),
+        admin: admin_token.map(|token| Arc::new(AdminToken::new(token))),
+    };
+    let (router, openapi) = api_routes(&state, max_module_bytes).split_for_parts();
+    router
+        .layer(Extension(Arc::new(openapi)))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "http-spawn",
+        description = "A WebAssembly-sandboxed task host: every task runs in its own wasmtime \
+                       instance, driven step by step.",
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&AdminBearer),
+)]
+struct ApiDoc;
+
+/// Every route, registered together with its OpenAPI description so that the two cannot
+/// drift apart: a handler is routed only through `routes!`, which also documents it.
+fn api_routes(state: &AppState, max_module_bytes: usize) -> OpenApiRouter<AppState> {
+    let (schemas, paths, install) = routes!(workers::install_worker);
+    let install = install.layer(DefaultBodyLimit::max(max_module_bytes));
+    let admin = OpenApiRouter::new()
+        .routes((schemas, paths, install))
+        .routes(routes!(workers::rollback_worker))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(admin)
+        .routes(routes!(tasks::spawn_task, tasks::list_tasks))
+        .routes(routes!(tasks::get_task, tasks::kill_task))
+        .routes(routes!(tasks::get_logs))
+        .routes(routes!(events::task_events))
+        .routes(routes!(events::all_events))
+        .routes(routes!(observability::health))
+        .routes(routes!(workers::list_workers))
+        .routes(routes!(workers::get_worker))
+        .routes(routes!(observability::metrics))
+        .routes(routes!(observability::dashboard))
+        .routes(routes!(observability::openapi_document))
+}
+
+/// Counts every answered request by method, matched route (never the raw path, whose pids
+/// would make a metric per task) and status.
+async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let begun = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.host.metrics().http_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        begun.elapsed(),
+    );
+    response
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}

@@ -1,0 +1,76 @@
+//! What operators look at: health, Prometheus metrics, the live dashboard and this API's own
+//! OpenAPI document.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde::Serialize;
+
+use super::AppState;
+use crate::ledger::Totals;
+
+/// This API's OpenAPI 3 document, generated from the handlers themselves.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "observability",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json",
+        body = Object)))]
+pub(super) async fn openapi_document(
+    Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<Arc<utoipa::openapi::OpenApi>> {
+    Json(document)
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "observability",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain",
+        body = String)))]
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.host.render_metrics(),
+    )
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Health {
+    status: &'static str,
+    live: u32,
+    capacity: u32,
+    queued: usize,
+    tasks: Totals,
+}
+
+/// Live tasks, capacity and totals.
+#[utoipa::path(get, path = "/api/health", tag = "observability",
+    responses((status = 200, body = Health)))]
+pub(super) async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        live: state.host.live(),
+        capacity: state.host.capacity(),
+        queued: state.host.queued(),
+        tasks: state.host.totals(),
+    })
+}
+
+/// The live dashboard: one self-contained page, embedded in the binary so it works offline.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+
+/// The live dashboard.
+#[utoipa::path(get, path = "/", tag = "observability",
+    responses((status = 200, description = "The dashboard page", content_type = "text/html",
+        body = String)))]
+pub(super) async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD_HTML,
+    )
+}

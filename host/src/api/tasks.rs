@@ -1,0 +1,456 @@
+//! `/api/tasks`: submit, list, read, kill, and read a task's logs.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS};
+use super::{AppState, RequestLimits};
+use crate::config::is_worker_name;
+use crate::host::{KillError, SpawnError};
+use crate::model::{LogLine, NewTask, Pid, RestartPolicy, Status, TaskRecord};
+use crate::store::{Cursor, ListQuery, Page};
+
+/// The seed's duration when a request names none.
+const DEFAULT_DURATION_SECS: u32 = 3;
+
+/// A task as a client submits it (`POST /api/tasks`).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "describes the body `parse_submission` reads, for the document"
+)]
+pub(super) struct TaskRequest {
+    /// 1 to 256 bytes.
+    #[schema(example = "generate-report")]
+    name: String,
+    /// The worker to run; the `default` worker when absent.
+    worker: Option<String>,
+    /// Seconds, at most the worker's `max_duration_secs`; 3 when absent.
+    #[schema(example = 5)]
+    duration: Option<u32>,
+    /// Wall-clock limit in seconds from start; the duration plus the grace when absent.
+    deadline: Option<u32>,
+    /// `never` or `on-failure`; the worker's policy when absent.
+    restart: Option<String>,
+    /// With `on-failure`: attempts in all, 2 to 10 (default 3).
+    max_attempts: Option<u32>,
+    /// Any JSON, handed to the worker as JSON text.
+    payload: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Spawned {
+    #[schema(value_type = String)]
+    pid: Pid,
+    name: String,
+    status: Status,
+    message: String,
+}
+
+/// Accepts a task and answers at once; the task runs in its own instance.
+#[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = TaskRequest,
+    responses(
+        (status = 202, description = "Accepted; `Location` names the task", body = Spawned),
+        (status = 400, description = "A bad field, or an unknown worker", body = ErrorBody),
+        (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
+        (status = 415, description = "Body not sent as application/json", body = ErrorBody),
+        (status = 429, description = "Every place and the queue are full", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the store cannot take it", body = ErrorBody)))]
+pub(super) async fn spawn_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+            limit: state.limits.max_body_bytes,
+        },
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
+    let task = parse_submission(&body, &state.limits)?;
+    let (name, duration) = (task.name.clone(), task.duration);
+    let pid = state.host.spawn(task).map_err(|error| match error {
+        SpawnError::Full { .. } => ApiError::Full {
+            message: error.to_string(),
+            retry_after: RETRY_AFTER_SECS,
+        },
+        SpawnError::ShuttingDown => ApiError::Unavailable {
+            message: error.to_string(),
+            retry_after: RETRY_AFTER_SECS,
+        },
+        SpawnError::UnknownWorker(_) | SpawnError::TooLong { .. } => {
+            ApiError::BadRequest(error.to_string())
+        }
+        SpawnError::Store(error) => error.into(),
+    })?;
+    let body = Spawned {
+        pid,
+        message: format!("Process {pid} will run for {duration} seconds"),
+        name,
+        status: Status::Spawned,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/api/tasks/{pid}"))],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// Whether the request says its body is JSON: `application/json` or `application/<x>+json`,
+/// parameters such as `charset` allowed.
+pub fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
+}
+
+/// Validates a `POST /api/tasks` body: every rule of the API, with a message naming the field.
+pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, ApiError> {
+    let bad = |message: String| ApiError::BadRequest(message);
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(bad("the body must be a JSON object".into()));
+    };
+    let name = match fields.remove("name") {
+        None | Some(Value::Null) => return Err(bad("name is required".into())),
+        Some(Value::String(name)) => name,
+        Some(_) => return Err(bad("name must be a string".into())),
+    };
+    if name.trim().is_empty() {
+        return Err(bad("name must not be empty".into()));
+    }
+    if name.len() > limits.max_name_bytes {
+        return Err(bad(format!(
+            "name must be at most {} bytes",
+            limits.max_name_bytes
+        )));
+    }
+    let duration = seconds(
+        "duration",
+        fields.remove("duration"),
+        limits.max_duration_secs,
+    )?
+    .unwrap_or(DEFAULT_DURATION_SECS);
+    let deadline = seconds(
+        "deadline",
+        fields.remove("deadline"),
+        limits.max_deadline_secs,
+    )?;
+    let restart = match fields.remove("restart") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(policy)) => Some(policy),
+        // Not a policy's name: refused as an unknown policy.
+        Some(other) => Some(other.to_string()),
+    };
+    let max_attempts = match fields.remove("max_attempts") {
+        None | Some(Value::Null) => None,
+        // Not a whole number: refused as out of range.
+        Some(value) => Some(value.as_u64().unwrap_or(0)),
+    };
+    let restart = RestartPolicy::parse(restart.as_deref(), max_attempts)
+        .map_err(|error| bad(error.to_string()))?;
+    let worker = match fields.remove("worker") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(worker)) if is_worker_name(&worker) => Some(worker),
+        Some(_) => return Err(bad(WORKER_TYPE.into())),
+    };
+    let payload = match fields.remove("payload") {
+        None | Some(Value::Null) => None,
+        Some(payload) => Some(payload.to_string()),
+    };
+    Ok(NewTask {
+        name,
+        worker,
+        duration,
+        payload,
+        deadline,
+        restart,
+    })
+}
+
+/// The optional whole number of seconds in `field`, at most `max`.
+fn seconds(field: &str, value: Option<Value>, max: u32) -> Result<Option<u32>, ApiError> {
+    let secs = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(_) => None,
+    }
+    .ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{field} must be a non-negative integer number of seconds"
+        ))
+    })?;
+    match u32::try_from(secs) {
+        Ok(secs) if secs <= max => Ok(Some(secs)),
+        _ => Err(ApiError::BadRequest(format!(
+            "{field} must be at most {max} seconds"
+        ))),
+    }
+}
+
+const WORKER_TYPE: &str = "worker must be a worker's name (A-Z, a-z, 0-9, '_', '-')";
+
+/// The `{pid}` of a task path: a path that is not even text names no task.
+pub(super) fn task_path(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(String, Pid), ApiError> {
+    let Path(pid) = path.map_err(|_| ApiError::NotFound("no task at that path".into()))?;
+    let id = pid
+        .parse()
+        .map_err(|()| ApiError::NotFound(format!("no task with pid {pid:?}")))?;
+    Ok((pid, id))
+}
+
+/// A task's record.
+#[utoipa::path(get, path = "/api/tasks/{pid}", tag = "tasks",
+    params(("pid" = String, Path, description = "The task's pid")),
+    responses((status = 200, body = TaskRecord), (status = 404, description = "No such task", body = ErrorBody)))]
+pub(super) async fn get_task(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<TaskRecord>, ApiError> {
+    let (pid, id) = task_path(path)?;
+    state.host.get(id)?.map(Json).ok_or_else(|| unknown(&pid))
+}
+
+fn unknown(pid: &str) -> ApiError {
+    ApiError::NotFound(format!("no task with pid {pid:?}"))
+}
+
+/// Tasks per page when the client names no `limit`, and the most it may ask for.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// `GET /api/tasks` query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListParams {
+    /// Only tasks in this state.
+    status: Option<Status>,
+    /// Only tasks with this name.
+    name: Option<String>,
+    /// Only tasks of this worker.
+    worker: Option<String>,
+    /// Only tasks accepted before this one: the previous page's `next`, or a task's pid.
+    before: Option<String>,
+    /// At most this many, 1 to 1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// Tasks, newest first, a page at a time; `next` is the cursor for the following page.
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(ListParams),
+    responses((status = 200, body = Page),
+        (status = 400, description = "A bad query parameter", body = ErrorBody)))]
+pub(super) async fn list_tasks(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
+    let Query(params) = params.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "{}; status is one of spawned, running, exited, failed, killed, limit is 1 to {MAX_PAGE}",
+            rejection.body_text()
+        ))
+    })?;
+    let before = match params.before {
+        None => None,
+        Some(before) => Some(cursor(&state, &before)?),
+    };
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(Json(state.host.list(&ListQuery {
+        status: params.status,
+        name: params.name,
+        worker: params.worker,
+        before,
+        limit,
+    })?))
+}
+
+/// Where `before` points: a page's `next`, or the place of the task with that pid.
+fn cursor(state: &AppState, before: &str) -> Result<Cursor, ApiError> {
+    if let Ok(cursor) = before.parse::<Cursor>() {
+        return Ok(cursor);
+    }
+    let pid: Pid = before.parse().map_err(|()| {
+        ApiError::BadRequest(format!(
+            "before: {before:?} is neither a page's next nor a pid"
+        ))
+    })?;
+    let record = state
+        .host
+        .get(pid)?
+        .ok_or_else(|| ApiError::BadRequest(format!("before: no task with pid {before:?}")))?;
+    Ok(Cursor::of(&record))
+}
+
+/// How long `DELETE` waits for the kill to be recorded before it answers `202` instead.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// Kills a task: answers its record once the kill is recorded (`200`), or `202` if a running
+/// step has not stopped within 2 s.
+#[utoipa::path(delete, path = "/api/tasks/{pid}", tag = "tasks",
+    params(("pid" = String, Path, description = "The task's pid")),
+    responses(
+        (status = 200, description = "Killed; the record shows it", body = TaskRecord),
+        (status = 202, description = "A running step has not returned yet", body = TaskRecord),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task has already ended", body = ErrorBody)))]
+pub(super) async fn kill_task(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (pid, id) = task_path(path)?;
+    // Listen for the end before asking for it, so that it cannot pass unheard.
+    let mut end = state.host.watch_end(id);
+    state.host.kill(id).map_err(|error| match error {
+        KillError::NotFound(_) => ApiError::NotFound(error.to_string()),
+        KillError::AlreadyEnded { .. } => ApiError::Conflict(error.to_string()),
+        KillError::Store(error) => error.into(),
+    })?;
+    // A record evicted from the history meanwhile has ended: answer with the one seen now.
+    let seen = state.host.get(id)?;
+    end.ended_by(tokio::time::Instant::now() + KILL_WAIT).await;
+    let record = state.host.get(id)?.or(seen).ok_or_else(|| unknown(&pid))?;
+    let status = if record.status.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(record)).into_response())
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Logs {
+    #[schema(value_type = String)]
+    pid: Pid,
+    status: Status,
+    lines: Vec<LogLine>,
+    dropped_bytes: u64,
+}
+
+/// What a task logged and printed, capped per task.
+#[utoipa::path(get, path = "/api/tasks/{pid}/logs", tag = "tasks",
+    params(("pid" = String, Path, description = "The task's pid")),
+    responses((status = 200, body = Logs), (status = 404, description = "No such task", body = ErrorBody)))]
+pub(super) async fn get_logs(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Logs>, ApiError> {
+    let (pid, id) = task_path(path)?;
+    // The record before the logs: a task that shows as ended shows every line it logged.
+    let record = state.host.get(id)?.ok_or_else(|| unknown(&pid))?;
+    let logs = state.host.logs(id)?.ok_or_else(|| unknown(&pid))?;
+    Ok(Json(Logs {
+        pid: record.pid,
+        status: record.status,
+        lines: logs.lines,
+        dropped_bytes: logs.dropped_bytes,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> RequestLimits {
+        RequestLimits {
+            max_body_bytes: 1024,
+            max_module_bytes: 1024,
+            max_name_bytes: 8,
+            max_duration_secs: 60,
+            max_deadline_secs: 90,
+        }
+    }
+
+    fn parse(body: &str) -> Result<NewTask, String> {
+        parse_submission(body.as_bytes(), &limits()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn accepts_the_seed_body_and_defaults_the_duration() {
+        assert_eq!(
+            parse(r#"{"name":"report","duration":5}"#),
+            Ok(NewTask {
+                name: "report".into(),
+                worker: None,
+                duration: 5,
+                payload: None,
+                deadline: None,
+                restart: None,
+            })
+        );
+        assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));
+        assert_eq!(
+            parse(r#"{"name":"r","payload":{"a":[1]}}"#).map(|s| s.payload),
+            Ok(Some(r#"{"a":[1]}"#.into()))
+        );
+    }
+
+    #[test]
+    fn rejects_each_bad_field_with_its_reason() {
+        for (body, reason) in [
+            ("{", "invalid JSON"),
+            ("[]", "JSON object"),
+            ("{}", "name is required"),
+            (r#"{"name":7}"#, "name must be a string"),
+            (r#"{"name":"  "}"#, "must not be empty"),
+            (r#"{"name":"much too long"}"#, "at most 8 bytes"),
+            (r#"{"name":"a","duration":-1}"#, "non-negative integer"),
+            (r#"{"name":"a","duration":1.5}"#, "non-negative integer"),
+            (r#"{"name":"a","duration":"5"}"#, "non-negative integer"),
+            (r#"{"name":"a","duration":61}"#, "at most 60 seconds"),
+            (
+                r#"{"name":"a","deadline":-2}"#,
+                "deadline must be a non-negative",
+            ),
+            (
+                r#"{"name":"a","deadline":91}"#,
+                "deadline must be at most 90",
+            ),
+        ] {
+            let error = parse(body).expect_err(body);
+            assert!(error.contains(reason), "{body}: {error}");
+        }
+    }
+
+    #[test]
+    fn recognises_json_content_types() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().expect("header value"));
+            is_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/jsonx"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,150 @@
+//! `/api/workers`: the registry's workers, and (admin) a new version or a rollback.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Serialize;
+
+use super::AppState;
+use super::admin::AdminRefusal;
+use super::error::{ApiError, ErrorBody};
+use crate::registry::{InstallError, RollbackError, VersionSource, WorkerInfo};
+use crate::runtime::LoadError;
+
+fn worker_path(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(name)| name)
+        .map_err(|_| ApiError::NotFound("no worker at that path".into()))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct WorkerList {
+    workers: Vec<WorkerInfo>,
+}
+
+/// `GET /api/workers`: every worker with its current and previous module versions.
+#[utoipa::path(get, path = "/api/workers", tag = "workers",
+    responses((status = 200, body = WorkerList)))]
+pub(super) async fn list_workers(State(state): State<AppState>) -> Json<WorkerList> {
+    Json(WorkerList {
+        workers: state.host.workers().list(),
+    })
+}
+
+/// `GET /api/workers/{name}`.
+#[utoipa::path(get, path = "/api/workers/{name}", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name")),
+    responses((status = 200, body = WorkerInfo), (status = 404, description = "No such worker", body = ErrorBody)))]
+pub(super) async fn get_worker(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    let name = worker_path(path)?;
+    state
+        .host
+        .workers()
+        .get(Some(&name))
+        .map(|worker| Json(worker.info()))
+        .map_err(|unknown| ApiError::NotFound(unknown.to_string()))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct InstalledBody {
+    /// False when the upload is the version already current.
+    changed: bool,
+    worker: WorkerInfo,
+}
+
+/// `PUT /api/workers/{name}` (admin): a new module version for the worker's new tasks,
+/// published only once it compiled, fits the `worker` world and passed a smoke run.
+#[utoipa::path(put, path = "/api/workers/{name}", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name")),
+    request_body(content = Vec<u8>, content_type = "application/wasm",
+        description = "A WebAssembly component of the `worker` world"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Installed, or unchanged", body = InstalledBody),
+        (status = 400, description = "Not a component", body = ErrorBody),
+        AdminRefusal,
+        (status = 413, description = "Over --max-module-bytes", body = ErrorBody),
+        (status = 415, description = "Not sent as application/wasm", body = ErrorBody),
+        (status = 422, description = "Refused by its checks", body = ErrorBody)))]
+pub(super) async fn install_worker(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<InstalledBody>, ApiError> {
+    let name = worker_path(path)?;
+    if !is_wasm(&headers) {
+        return Err(ApiError::UnsupportedBody(
+            "the body must be a WebAssembly component, sent with Content-Type: \
+             application/wasm"
+                .into(),
+        ));
+    }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+            limit: state.limits.max_module_bytes,
+        },
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
+    let workers = Arc::clone(state.host.workers());
+    // Compiling takes a while: off the async threads.
+    let installed =
+        tokio::task::spawn_blocking(move || workers.install(&name, &body, VersionSource::Upload))
+            .await
+            .map_err(|error| ApiError::Internal(format!("install task failed: {error}")))?;
+    match installed {
+        Ok(installed) => Ok(Json(InstalledBody {
+            changed: installed.changed,
+            worker: installed.worker,
+        })),
+        Err(InstallError::Unknown(error)) => Err(ApiError::NotFound(error.to_string())),
+        Err(InstallError::Refused(error @ LoadError::NotComponent(_))) => {
+            Err(ApiError::BadRequest(error.to_string()))
+        }
+        Err(InstallError::Refused(error)) => Err(ApiError::Unprocessable(error.to_string())),
+    }
+}
+
+/// Whether the request says its body is wasm: `application/wasm`, or the generic
+/// `application/octet-stream` that `curl --data-binary` users reach for.
+fn is_wasm(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .is_some_and(|mime| {
+            mime.eq_ignore_ascii_case("application/wasm")
+                || mime.eq_ignore_ascii_case("application/octet-stream")
+        })
+}
+
+/// `POST /api/workers/{name}/rollback` (admin): the previous version becomes current again.
+#[utoipa::path(post, path = "/api/workers/{name}/rollback", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Rolled back", body = WorkerInfo),
+        AdminRefusal,
+        (status = 409, description = "No previous version", body = ErrorBody)))]
+pub(super) async fn rollback_worker(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    let name = worker_path(path)?;
+    state
+        .host
+        .workers()
+        .rollback(&name)
+        .map(Json)
+        .map_err(|error| match error {
+            RollbackError::Unknown(_) => ApiError::NotFound(error.to_string()),
+            RollbackError::NoPrevious(_) => ApiError::Conflict(error.to_string()),
+        })
+}

@@ -1,0 +1,146 @@
+//! The registry file (`--config http-spawn.toml`): `[server]` settings and `[workers.<name>]`
+//! tables, read strictly, with every error naming its line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{ConfigError, is_worker_name};
+use crate::model::{RestartPolicy, parse_memory_size};
+
+/// The registry file: `[server]` and `[workers.<name>]` tables. Unknown keys are errors, so a
+/// typo is reported, with its line, instead of silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RegistryFile {
+    #[serde(default)]
+    pub(super) server: ServerFile,
+    #[serde(default)]
+    pub(super) workers: BTreeMap<WorkerName, WorkerFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServerFile {
+    pub(super) listen: Option<SocketAddr>,
+    pub(super) worker_threads: Option<usize>,
+    pub(super) http_threads: Option<usize>,
+    pub(super) capacity: Option<Capacity>,
+    pub(super) max_queue: Option<usize>,
+    pub(super) max_history: Option<usize>,
+    pub(super) cache_dir: Option<PathBuf>,
+    pub(super) watch_interval_ms: Option<u64>,
+}
+
+/// A `[workers.<name>]` table.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawWorkerFile")]
+pub(super) struct WorkerFile {
+    pub(super) module: PathBuf,
+    pub(super) fuel_per_step: Option<u64>,
+    pub(super) max_memory: Option<MemorySize>,
+    pub(super) max_duration_secs: Option<u32>,
+    pub(super) restart: RestartPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkerFile {
+    module: PathBuf,
+    fuel_per_step: Option<u64>,
+    max_memory: Option<MemorySize>,
+    max_duration_secs: Option<u32>,
+    restart: Option<String>,
+    max_attempts: Option<u64>,
+}
+
+impl TryFrom<RawWorkerFile> for WorkerFile {
+    type Error = String;
+
+    fn try_from(raw: RawWorkerFile) -> Result<Self, String> {
+        let restart = RestartPolicy::parse(raw.restart.as_deref(), raw.max_attempts)
+            .map_err(|error| error.to_string())?
+            .unwrap_or(RestartPolicy::Never);
+        Ok(Self {
+            module: raw.module,
+            fuel_per_step: raw.fuel_per_step,
+            max_memory: raw.max_memory,
+            max_duration_secs: raw.max_duration_secs,
+            restart,
+        })
+    }
+}
+
+/// A worker's name: what requests and URLs use, so it is kept to `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct WorkerName(pub(super) String);
+
+impl<'de> Deserialize<'de> for WorkerName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        if is_worker_name(&name) {
+            Ok(Self(name))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "worker name {name:?} must be 1 to 64 of A-Z, a-z, 0-9, '_' and '-'"
+            )))
+        }
+    }
+}
+
+/// A memory size in the file: a number of bytes, or a string such as `"16MiB"`.
+#[derive(Debug)]
+pub(super) struct MemorySize(pub(super) u64);
+
+impl<'de> Deserialize<'de> for MemorySize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Bytes(bytes) => bytes.to_string(),
+            Raw::Text(text) => text,
+        };
+        parse_memory_size(&text)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A capacity in the file: at least 1.
+#[derive(Debug)]
+pub(super) struct Capacity(u32);
+
+impl From<Capacity> for u32 {
+    fn from(capacity: Capacity) -> Self {
+        capacity.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Capacity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match u32::deserialize(deserializer)? {
+            0 => Err(serde::de::Error::custom("capacity must be at least 1")),
+            n => Ok(Self(n)),
+        }
+    }
+}
+
+impl RegistryFile {
+    pub(super) fn read(path: &Path) -> Result<(PathBuf, Self), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: Self = toml::from_str(&text).map_err(|error| ConfigError::File {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+        Ok((path.to_owned(), file))
+    }
+}

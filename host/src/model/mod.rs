@@ -1,0 +1,17 @@
+//! The vocabulary every other part of the host speaks, and which depends on none of them: a
+//! task's pid, what a client asks for, how a task ends, the events of its life and the record
+//! they fold into, its log lines, and how times and sizes are written.
+
+mod log;
+mod pid;
+mod record;
+mod task;
+pub(crate) mod time;
+mod units;
+
+pub use log::{LogLine, LogSource, TaskLogs};
+pub use pid::Pid;
+pub(crate) use pid::Pids;
+pub use record::{TaskEvent, TaskRecord};
+pub use task::{NewTask, Outcome, RestartPolicy, Status, TaskEnd};
+pub use units::{WASM_PAGE_BYTES, parse_memory_size};

@@ -1,0 +1,119 @@
+//! A task's process id, and where a host gets new ones.
+
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Serialize, Serializer};
+
+/// A task's process id: its host's boot id and a sequence number that never repeats while the
+/// host runs. Written `<boot:8 hex>-<seq:hex>`, which is URL-safe.
+///
+/// The boot id keeps pids of different hosts (or of one host across restarts) apart, so that a
+/// store shared by several hosts can answer for any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid {
+    boot: u32,
+    seq: u64,
+}
+
+impl Pid {
+    /// The pid of the `seq`-th task of the host whose boot id is `boot`.
+    pub fn new(boot: u32, seq: u64) -> Self {
+        Self { boot, seq }
+    }
+
+    /// The sequence number, unique among this host's pids.
+    pub fn seq(self) -> u64 {
+        self.seq
+    }
+}
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}-{:x}", self.boot, self.seq)
+    }
+}
+
+impl FromStr for Pid {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Only the canonical form parses, so each pid has exactly one spelling.
+        fn hex(part: &str, max_len: usize) -> Result<u64, ()> {
+            let canonical = !part.is_empty()
+                && part.len() <= max_len
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && (part == "0" || !part.starts_with('0') || max_len == 8);
+            if !canonical {
+                return Err(());
+            }
+            u64::from_str_radix(part, 16).map_err(|_| ())
+        }
+        let (boot, seq) = s.split_once('-').ok_or(())?;
+        if boot.len() != 8 {
+            return Err(());
+        }
+        Ok(Self {
+            boot: u32::try_from(hex(boot, 8)?).map_err(|_| ())?,
+            seq: hex(seq, 16)?,
+        })
+    }
+}
+
+impl Serialize for Pid {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Hands out pids: this host's random boot id and a counter that never wraps in practice.
+#[derive(Debug)]
+pub(crate) struct Pids {
+    boot: u32,
+    next: AtomicU64,
+}
+
+impl Pids {
+    pub(crate) fn new() -> Self {
+        // RandomState is seeded from the OS's randomness, once per process.
+        let boot = RandomState::new().hash_one(std::process::id()) as u32;
+        Self {
+            boot,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next(&self) -> Pid {
+        Pid::new(self.boot, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_round_trips_and_rejects_non_canonical_forms() {
+        let pid = Pid::new(0xdead_beef, 0x1f);
+        assert_eq!(pid.to_string(), "deadbeef-1f");
+        assert_eq!("deadbeef-1f".parse::<Pid>(), Ok(pid));
+        for bad in [
+            "",
+            "-",
+            "deadbeef",
+            "deadbeef-",
+            "DEADBEEF-1f",
+            "1-1f",
+            "deadbeef-01f",
+            "deadbeef-+1",
+            "123456789-1",
+            "x-1",
+        ] {
+            assert!(bad.parse::<Pid>().is_err(), "{bad:?} parsed");
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The events of a task's life, and the record they fold into.
+//!
+//! Everything that happens to a task reaches the store as a [`TaskEvent`], applied in order to
+//! its [`TaskRecord`] by [`TaskRecord::apply`]: the one projection every store shares.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::log::LogLine;
+use super::pid::Pid;
+use super::task::{Outcome, Status, TaskEnd};
+use super::time;
+
+/// Something that happened to a task, in the order it happened.
+#[derive(Debug)]
+pub enum TaskEvent {
+    /// The instance is up and `start` returned; it plans `steps` steps and has burnt `fuel`.
+    Started {
+        at: SystemTime,
+        steps: u32,
+        fuel: u64,
+    },
+    /// The task woke for step `step` (1-based) of the `steps` it planned; `fuel` is its total
+    /// fuel consumed so far.
+    Progress { step: u32, steps: u32, fuel: u64 },
+    /// Lines the task logged or printed since the last event; `dropped_bytes` is the running
+    /// total of what the capture cap discarded.
+    Logs {
+        lines: Vec<LogLine>,
+        dropped_bytes: u64,
+    },
+    /// An attempt ended in failure and the task will run again as `next_attempt`.
+    Restarting {
+        at: SystemTime,
+        fuel: u64,
+        end: TaskEnd,
+        next_attempt: u32,
+    },
+    /// The task ended; its store is gone.
+    Ended {
+        at: SystemTime,
+        fuel: u64,
+        end: TaskEnd,
+    },
+}
+
+/// How one attempt of a restartable task ended.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub status: Status,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    #[serde(serialize_with = "time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub ended_at: SystemTime,
+}
+
+impl Attempt {
+    fn of(attempt: u32, end: &TaskEnd, ended_at: SystemTime) -> Self {
+        Self {
+            attempt,
+            status: end.status,
+            outcome: end.outcome,
+            exit_code: end.exit_code,
+            error: end.error.clone(),
+            ended_at,
+        }
+    }
+}
+
+/// What the host knows of one task.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TaskRecord {
+    #[schema(value_type = String, example = "6f1c2a9e-1")]
+    pub pid: Pid,
+    pub name: String,
+    /// The worker the task runs, by name.
+    #[schema(value_type = String)]
+    pub worker: Arc<str>,
+    /// The worker's module version the task runs (the start of its SHA-256), fixed at spawn:
+    /// a swap of the worker never changes what a task already accepted runs.
+    #[schema(value_type = String)]
+    pub version: Arc<str>,
+    pub status: Status,
+    /// The duration the client asked for, in seconds.
+    pub duration: u32,
+    /// Steps completed (wake-ups after a sleep).
+    pub step: u32,
+    /// Steps the guest planned (0 when it could not tell).
+    pub steps: u32,
+    pub exit_code: Option<i32>,
+    pub outcome: Option<Outcome>,
+    pub error: Option<String>,
+    #[serde(serialize_with = "time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub spawned_at: SystemTime,
+    #[serde(serialize_with = "time::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<SystemTime>,
+    #[serde(serialize_with = "time::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub ended_at: Option<SystemTime>,
+    /// Fuel consumed over all steps, instantiation included (of the current attempt).
+    pub fuel_consumed: u64,
+    /// The attempt running or last run, from 1.
+    pub attempt: u32,
+    /// How each attempt of a task with a restart policy ended, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// Bytes of log the cap discarded. The lines themselves are kept apart, as [`TaskLogs`]
+    /// (`GET /api/tasks/{pid}/logs`), so reading a record never copies its log.
+    ///
+    /// [`TaskLogs`]: super::TaskLogs
+    pub logs_dropped_bytes: u64,
+}
+
+impl TaskRecord {
+    /// The record of a task just accepted.
+    pub fn spawned(
+        pid: Pid,
+        name: String,
+        duration: u32,
+        worker: Arc<str>,
+        version: Arc<str>,
+    ) -> Self {
+        Self {
+            pid,
+            name,
+            worker,
+            version,
+            status: Status::Spawned,
+            duration,
+            step: 0,
+            steps: 0,
+            exit_code: None,
+            outcome: None,
+            error: None,
+            spawned_at: SystemTime::now(),
+            started_at: None,
+            ended_at: None,
+            fuel_consumed: 0,
+            attempt: 1,
+            attempts: Vec::new(),
+            logs_dropped_bytes: 0,
+        }
+    }
+
+    /// Folds one event into the record. Events after the end are ignored: an ended task is
+    /// never resurrected, whatever arrives late.
+    pub fn apply(&mut self, event: &TaskEvent) {
+        if self.status.is_terminal() {
+            return;
+        }
+        match event {
+            TaskEvent::Started { at, steps, fuel } => {
+                self.status = Status::Running;
+                self.started_at = Some(*at);
+                self.steps = *steps;
+                self.fuel_consumed = *fuel;
+            }
+            TaskEvent::Progress { step, fuel, .. } => {
+                self.step = *step;
+                self.fuel_consumed = *fuel;
+            }
+            TaskEvent::Logs { dropped_bytes, .. } => {
+                self.logs_dropped_bytes = *dropped_bytes;
+            }
+            TaskEvent::Restarting {
+                at,
+                fuel,
+                end,
+                next_attempt,
+            } => {
+                self.attempts.push(Attempt::of(self.attempt, end, *at));
+                self.attempt = *next_attempt;
+                self.status = Status::Spawned;
+                self.step = 0;
+                self.fuel_consumed = *fuel;
+            }
+            TaskEvent::Ended { at, fuel, end } => {
+                if !self.attempts.is_empty() {
+                    self.attempts.push(Attempt::of(self.attempt, end, *at));
+                }
+                self.status = end.status;
+                self.outcome = Some(end.outcome);
+                self.exit_code = end.exit_code;
+                self.error.clone_from(&end.error);
+                self.ended_at = Some(*at);
+                self.fuel_consumed = *fuel;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_task_ignores_later_events() {
+        let mut record = TaskRecord::spawned(Pid::new(1, 1), "t".into(), 0, "w".into(), "v".into());
+        let at = SystemTime::now();
+        record.apply(&TaskEvent::Ended {
+            at,
+            fuel: 5,
+            end: TaskEnd::exited(0),
+        });
+        record.apply(&TaskEvent::Started {
+            at,
+            steps: 9,
+            fuel: 1,
+        });
+        assert_eq!(record.status, Status::Exited);
+        assert_eq!(record.steps, 0);
+    }
+}

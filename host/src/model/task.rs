@@ -1,0 +1,277 @@
+//! A task as a client asks for it, how it may be restarted, and how it ends.
+
+use serde::Serialize;
+
+/// A task as a client asks for it, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    pub name: String,
+    /// The worker to run; the default one when absent.
+    pub worker: Option<String>,
+    pub duration: u32,
+    /// JSON text handed to the guest.
+    pub payload: Option<String>,
+    /// Wall-clock limit in seconds from start; the duration plus the grace when absent.
+    pub deadline: Option<u32>,
+    /// Whether a failed attempt runs again; the worker's policy when absent.
+    pub restart: Option<RestartPolicy>,
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Accepted, not yet instantiated.
+    Spawned,
+    /// Instantiated; between or inside steps.
+    Running,
+    /// The guest finished with an exit code (which may be non-zero).
+    Exited,
+    /// The task ended without an exit code: a trap, a limit, or the guest's own `failed`.
+    Failed,
+    /// Stopped by the host or an operator.
+    Killed,
+}
+
+impl Status {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spawned => "spawned",
+            Self::Running => "running",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+            Self::Killed => "killed",
+        }
+    }
+
+    /// Whether the task has ended and will change no more.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Exited | Self::Failed | Self::Killed)
+    }
+}
+
+/// Why a task ended, finer than its [`Status`]: what an operator filters and alerts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The guest returned `done` with an exit code.
+    Exit,
+    /// The guest returned `failed`, or its `start` returned an error.
+    GuestError,
+    /// A step used up its fuel budget.
+    OutOfFuel,
+    /// The guest tried to grow its memory past the cap.
+    MemoryLimit,
+    /// The guest overflowed its wasm stack.
+    StackOverflow,
+    /// The guest panicked (a Rust guest's panic message reached its stderr before it trapped).
+    Panic,
+    /// Any other trap, or a host call the sandbox refused.
+    Trap,
+    /// The worker could not be instantiated for this task.
+    InstantiationFailed,
+    /// The task ran past its wall-clock limit.
+    DeadlineExceeded,
+    /// The host stopped the task.
+    Killed,
+}
+
+impl Outcome {
+    /// The name the API and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exit => "exit",
+            Self::GuestError => "guest_error",
+            Self::OutOfFuel => "out_of_fuel",
+            Self::MemoryLimit => "memory_limit",
+            Self::StackOverflow => "stack_overflow",
+            Self::Panic => "panic",
+            Self::Trap => "trap",
+            Self::InstantiationFailed => "instantiation_failed",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Killed => "killed",
+        }
+    }
+}
+
+/// How a task (or one attempt of it) ended: what the scheduler reports and the store records.
+/// Built only through the constructors below, so each kind of end reads the same wherever it
+/// happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEnd {
+    /// `exited`, `failed` or `killed`.
+    pub status: Status,
+    /// Why, in a word.
+    pub outcome: Outcome,
+    /// The guest's exit code, when it gave one.
+    pub exit_code: Option<i32>,
+    /// What went wrong, for people.
+    pub error: Option<String>,
+}
+
+impl TaskEnd {
+    /// The guest returned `done(code)`.
+    pub fn exited(code: i32) -> Self {
+        Self {
+            status: Status::Exited,
+            outcome: Outcome::Exit,
+            exit_code: Some(code),
+            error: None,
+        }
+    }
+
+    /// The task failed with `outcome`, for the reason `message`.
+    pub fn failed(outcome: Outcome, message: String) -> Self {
+        Self {
+            status: Status::Failed,
+            outcome,
+            exit_code: None,
+            error: Some(message),
+        }
+    }
+
+    /// The guest said it failed: `failed(message)` from a step, or an error from `start`.
+    pub fn guest_error(message: String) -> Self {
+        Self::failed(Outcome::GuestError, message)
+    }
+
+    /// The host or an operator stopped the task.
+    pub fn killed() -> Self {
+        Self {
+            status: Status::Killed,
+            outcome: Outcome::Killed,
+            exit_code: None,
+            error: Some("killed".into()),
+        }
+    }
+
+    /// The task ran past its wall-clock limit, during or between steps, at `step`.
+    pub fn deadline_exceeded(step: u32) -> Self {
+        Self::failed(
+            Outcome::DeadlineExceeded,
+            format!("deadline exceeded at step {step}"),
+        )
+    }
+
+    /// Host code running for the task failed (a bug): the task ends, the host goes on.
+    pub fn host_error(message: &str) -> Self {
+        Self::failed(Outcome::Trap, format!("host error: {message}"))
+    }
+
+    /// The task was accepted as the host began to shut down, and never started.
+    pub fn shut_down_before_start() -> Self {
+        Self::failed(
+            Outcome::InstantiationFailed,
+            "the host is shutting down".into(),
+        )
+    }
+
+    /// Whether a restart policy retries after this end: any failure or non-zero exit code;
+    /// never exit 0 or a kill.
+    pub fn is_failure(&self) -> bool {
+        self.status == Status::Failed
+            || (self.status == Status::Exited && self.exit_code != Some(0))
+    }
+}
+
+/// Whether a failed attempt runs again, Erlang-style: `never`, or `on-failure` with a number
+/// of attempts in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Never,
+    OnFailure { max_attempts: u32 },
+}
+
+/// Why a restart policy was refused; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartError {
+    #[error("restart must be \"never\" or \"on-failure\"")]
+    UnknownPolicy,
+    #[error(
+        "max_attempts must be an integer from 2 to {}",
+        RestartPolicy::MAX_ATTEMPTS
+    )]
+    Attempts,
+    #[error("max_attempts goes with restart: \"on-failure\"")]
+    AttemptsWithoutRestart,
+}
+
+impl RestartPolicy {
+    /// Attempts in all under `on-failure` when none are named.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+    /// The most attempts a policy may ask for.
+    pub const MAX_ATTEMPTS: u32 = 10;
+
+    /// The policy named by `restart` (`"never"` or `"on-failure"`) and `max_attempts`, as a
+    /// request body or the registry file gives them; `None` when neither is given.
+    pub fn parse(
+        restart: Option<&str>,
+        max_attempts: Option<u64>,
+    ) -> Result<Option<Self>, RestartError> {
+        match (restart, max_attempts) {
+            (None, None) => Ok(None),
+            (Some("never"), None) => Ok(Some(Self::Never)),
+            (Some("on-failure"), None) => Ok(Some(Self::OnFailure {
+                max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            })),
+            (Some("on-failure"), Some(n)) => match u32::try_from(n) {
+                Ok(n) if (2..=Self::MAX_ATTEMPTS).contains(&n) => {
+                    Ok(Some(Self::OnFailure { max_attempts: n }))
+                }
+                _ => Err(RestartError::Attempts),
+            },
+            (None | Some("never"), Some(_)) => Err(RestartError::AttemptsWithoutRestart),
+            (Some(_), _) => Err(RestartError::UnknownPolicy),
+        }
+    }
+
+    /// How many times a task may run in all: 1 never restarts it.
+    pub fn max_attempts(self) -> u32 {
+        match self {
+            Self::Never => 1,
+            Self::OnFailure { max_attempts } => max_attempts,
+        }
+    }
+
+    /// The name the API and the registry file use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::OnFailure { .. } => "on-failure",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_parse_with_their_reasons() {
+        let on_failure = |max_attempts| Ok(Some(RestartPolicy::OnFailure { max_attempts }));
+        assert_eq!(RestartPolicy::parse(None, None), Ok(None));
+        assert_eq!(
+            RestartPolicy::parse(Some("never"), None),
+            Ok(Some(RestartPolicy::Never))
+        );
+        assert_eq!(
+            RestartPolicy::parse(Some("on-failure"), None),
+            on_failure(3)
+        );
+        assert_eq!(
+            RestartPolicy::parse(Some("on-failure"), Some(10)),
+            on_failure(10)
+        );
+        for (restart, attempts, error) in [
+            (Some("on-failure"), Some(1), RestartError::Attempts),
+            (Some("on-failure"), Some(11), RestartError::Attempts),
+            (Some("on-failure"), Some(u64::MAX), RestartError::Attempts),
+            (None, Some(3), RestartError::AttemptsWithoutRestart),
+            (Some("never"), Some(3), RestartError::AttemptsWithoutRestart),
+            (Some("always"), None, RestartError::UnknownPolicy),
+        ] {
+            assert_eq!(RestartPolicy::parse(restart, attempts), Err(error));
+        }
+    }
+}

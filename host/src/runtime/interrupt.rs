@@ -1,0 +1,58 @@
+//! Kills that reach a task while one of its steps runs.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::model::Pid;
+
+/// The tasks of one scheduler thread that were asked to die and have not ended yet: written by
+/// whoever asks for a kill, read at every epoch tick of a running step (so a compute-bound step
+/// is stopped within a tick) and before a task is instantiated. One set per scheduler thread,
+/// since a kill goes only to the thread that owns the task. Nearly always empty, so an empty set
+/// is answered from a counter without taking the lock.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupts(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    pids: Mutex<HashSet<Pid>>,
+    /// `pids.len()`, written under the lock.
+    len: AtomicUsize,
+}
+
+impl Interrupts {
+    fn lock(&self) -> MutexGuard<'_, HashSet<Pid>> {
+        self.0
+            .pids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut HashSet<Pid>)) {
+        let mut pids = self.lock();
+        change(&mut pids);
+        self.0.len.store(pids.len(), Ordering::Release);
+    }
+
+    /// Asks for `pid` to be stopped.
+    pub fn add(&self, pid: Pid) {
+        self.update(|pids| {
+            pids.insert(pid);
+        });
+    }
+
+    /// Forgets `pid`, whose end is recorded.
+    pub fn remove(&self, pid: Pid) {
+        if self.0.len.load(Ordering::Acquire) > 0 {
+            self.update(|pids| {
+                pids.remove(&pid);
+            });
+        }
+    }
+
+    /// Whether `pid` is to be stopped.
+    pub fn contains(&self, pid: Pid) -> bool {
+        self.0.len.load(Ordering::Acquire) > 0 && self.lock().contains(&pid)
+    }
+}

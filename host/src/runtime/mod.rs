@@ -1,0 +1,233 @@
+//! The runtime: everything that touches wasmtime, and nothing else does. One `Engine` with its
+//! pooling allocator ([`engine`]), what a guest may import and the linker it goes through
+//! ([`policy`]), worker components compiled once and pre-linked ([`module`]), and one task's
+//! store and calls ([`process`]), whose limits are all set in one place, `Module::new_store`.
+//!
+//! A guest reaches only what is linked here: the `host` interface of `wit/worker.wit`, and WASI
+//! with nothing granted (no preopened directories, no environment, no arguments, no sockets,
+//! stdin empty, stdout and stderr captured). The WASI context is built the first time a guest
+//! touches WASI, so a worker that never does pays nothing for it.
+
+mod bindings;
+mod cache;
+mod capture;
+mod embedded;
+mod engine;
+mod interrupt;
+mod module;
+mod policy;
+mod process;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+pub use bindings::exports::http_spawn::worker::task::Next;
+pub use cache::{CacheError, Digest};
+pub use embedded::{Embedded, EmbeddedConfig, EmbeddedError};
+pub use interrupt::Interrupts;
+pub use module::{Module, Origin};
+pub use process::{Process, TaskLimits};
+
+use crate::model::Pid;
+use cache::ModuleCache;
+use process::TaskState;
+
+/// Instances the start-up probe keeps live at once to measure their cost in kernel mappings.
+const PROBE_INSTANCES: u32 = 64;
+
+/// Everything the sandbox needs to know to run tasks.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The largest memory cap of any worker: the size of every slot in the pool.
+    pub max_memory_bytes: usize,
+    /// Bytes of captured log kept per task.
+    pub max_log_bytes: usize,
+    /// Live instances the pooling allocator is sized for.
+    pub capacity: u32,
+    /// Whether running steps are checked every epoch tick for kills and deadlines. Without
+    /// it a kill or a deadline takes effect when the step returns, at the latest when its fuel
+    /// runs out; with it, within a tick, for some cost on loop-heavy guest code.
+    pub epoch_interruption: bool,
+    /// Where compiled modules are kept between runs; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The limits one worker's tasks run under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// Fuel each call into the guest may burn: instantiation, `start`, and every `step`.
+    pub fuel_per_step: u64,
+    /// The most linear memory one task may hold, in bytes; at most the pool's slot size.
+    pub max_memory_bytes: usize,
+}
+
+/// Why the sandbox could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the wasm engine could not be configured: {0}")]
+    Engine(String),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// Why a module was refused as a worker. Nothing of a refused module is ever published.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a usable WebAssembly component: {0}")]
+    NotComponent(String),
+    #[error(
+        "the component imports {import}, which workers may not use; a worker may import only \
+         `http-spawn:worker/host` and WASI's cli, clocks, filesystem, io and random interfaces \
+         (with nothing granted)"
+    )]
+    ForbiddenImport { import: String },
+    #[error("the component does not validate or compile: {0}")]
+    Invalid(String),
+    #[error("the component needs more memory than the worker may have: {0}")]
+    MemoryCap(String),
+    #[error("the component does not fit the `worker` world of wit/worker.wit: {0}")]
+    WrongWorld(String),
+    #[error("the component failed its smoke run (instantiate and `start`): {0}")]
+    SmokeFailed(String),
+}
+
+/// The engine, the linker every worker goes through, and the compiled-module cache.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    cache: Option<ModuleCache>,
+    config: SandboxConfig,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine with its pool, the linker and the epoch ticker, and opens the cache.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let engine_error = |e: wasmtime::Error| SandboxError::Engine(format!("{e:#}"));
+        let engine = Engine::new(&engine::engine_config(&config)).map_err(engine_error)?;
+        engine::warm_up_pool(&engine, &config).map_err(engine_error)?;
+        let linker = policy::linker(&engine).map_err(engine_error)?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ModuleCache::open(dir, &engine)?),
+            None => None,
+        };
+        if config.epoch_interruption {
+            engine::start_epoch_ticker(engine.weak())
+                .map_err(|e| SandboxError::Engine(format!("starting the epoch ticker: {e}")))?;
+        }
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            config,
+        })
+    }
+
+    /// Turns the bytes of a component into a worker module, or says why it cannot be one: its
+    /// imports held to the allow-list of `policy`, compiled (or taken from the cache), type-checked
+    /// against the `worker` world, then instantiated and started once with `limits`. Slow (it
+    /// may compile): call it off the async runtime.
+    pub fn load(
+        &self,
+        worker: &Arc<str>,
+        bytes: &[u8],
+        limits: WorkerLimits,
+    ) -> Result<Module, LoadError> {
+        if limits.max_memory_bytes > self.config.max_memory_bytes {
+            return Err(LoadError::MemoryCap(format!(
+                "its memory cap of {} bytes is above the pool's slot size of {} bytes",
+                limits.max_memory_bytes, self.config.max_memory_bytes
+            )));
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotComponent(
+                "it does not start with the wasm magic number \\0asm".into(),
+            ));
+        }
+        policy::check_imports(bytes)?;
+        let digest = Digest::of(bytes);
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.load(&self.engine, &digest));
+        let (component, origin) = match cached {
+            Some(component) => (component, Origin::Cache),
+            None => {
+                let component = Component::new(&self.engine, bytes).map_err(|e| {
+                    let reason = format!("{e:#}");
+                    if reason.contains("minimum byte size") {
+                        LoadError::MemoryCap(format!(
+                            "{reason}; raise the worker's max_memory (--max-memory)"
+                        ))
+                    } else {
+                        LoadError::Invalid(reason)
+                    }
+                })?;
+                (component, Origin::Compiled)
+            }
+        };
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld(format!("{e:#}"));
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = bindings::WorkerPre::new(pre).map_err(wrong_world)?;
+        let module = Module {
+            worker: Arc::clone(worker),
+            engine: self.engine.clone(),
+            pre,
+            limits,
+            max_log_bytes: self.config.max_log_bytes,
+            digest,
+            origin,
+            size: bytes.len(),
+        };
+        module.smoke_run()?;
+        if origin == Origin::Compiled
+            && let Some(cache) = &self.cache
+        {
+            cache.store(&digest, &component);
+        }
+        Ok(module)
+    }
+
+    /// The pooling allocator's counts of slots in use and kept warm.
+    pub fn pool_metrics(&self) -> Option<wasmtime::PoolingAllocatorMetrics> {
+        self.engine.pooling_allocator_metrics()
+    }
+
+    /// Kernel memory mappings one live instance of `module` costs, measured: instantiates a
+    /// few at once and counts `/proc/self/maps`. Rounded to the nearest whole mapping, so the
+    /// odd mapping the allocator makes meanwhile is not charged to every task. 0 where the
+    /// count cannot be read.
+    pub fn mappings_per_instance(&self, module: &Module) -> u64 {
+        let probes = PROBE_INSTANCES.min(self.config.capacity) as u64;
+        let Some(before) = crate::sys::map_count() else {
+            return 0;
+        };
+        let live: Vec<_> = (0..probes)
+            .filter_map(|seq| {
+                module
+                    .instantiate(Pid::new(0, seq), TaskLimits::unlimited())
+                    .ok()
+            })
+            .collect();
+        let after = crate::sys::map_count().unwrap_or(before);
+        let measured = live.len() as u64;
+        drop(live);
+        if measured == 0 {
+            return 0;
+        }
+        (after.saturating_sub(before) + measured / 2) / measured
+    }
+}

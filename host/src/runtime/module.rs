@@ -1,0 +1,144 @@
+//! A worker component made ready to run: compiled, type-checked against the `worker` world,
+//! pre-linked and smoke-run once; then instantiated, in a store of its own, for every task.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Engine, Store};
+
+use super::bindings::WorkerPre;
+use super::cache::Digest;
+use super::capture::Capture;
+use super::interrupt::Interrupts;
+use super::process::{Process, TaskLimits, TaskState, classify, on_epoch_tick, refuel, spent};
+use super::{LoadError, WorkerLimits};
+use crate::model::{Outcome, Pid, TaskEnd};
+
+/// The longest a module's smoke run may take, with epoch interruption on.
+const SMOKE_RUN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The pid and name a module's smoke run is started with.
+const SMOKE_TASK_NAME: &str = "http-spawn-smoke-test";
+
+/// Where a loaded module's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Compiled by this process.
+    Compiled,
+    /// Loaded from the compiled-module cache: no compilation.
+    Cache,
+}
+
+/// A worker component, compiled, checked against the `worker` world, smoke-run and pre-linked:
+/// ready to be instantiated for any number of tasks.
+pub struct Module {
+    pub(super) worker: Arc<str>,
+    pub(super) engine: Engine,
+    pub(super) pre: WorkerPre<TaskState>,
+    pub(super) limits: WorkerLimits,
+    pub(super) max_log_bytes: usize,
+    pub(super) digest: Digest,
+    pub(super) origin: Origin,
+    pub(super) size: usize,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("digest", &self.digest.short())
+            .field("origin", &self.origin)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Module {
+    /// The name of the worker it was loaded for.
+    pub fn worker(&self) -> &Arc<str> {
+        &self.worker
+    }
+
+    /// The SHA-256 of the component's bytes.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Whether this module was compiled or taken from the cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The component's size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Where a task's limits are set, and nowhere else: its memory cap and the fuel of its
+    /// first call.
+    fn new_store(&self, pid: Pid, limits: TaskLimits) -> Store<TaskState> {
+        let state = TaskState {
+            pid,
+            worker: Arc::clone(&self.worker),
+            step: 0,
+            deadline: limits.deadline,
+            interrupts: limits.interrupts,
+            max_memory_bytes: self.limits.max_memory_bytes,
+            capture: Capture::new(self.max_log_bytes),
+            wasi: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state);
+        store.epoch_deadline_callback(on_epoch_tick);
+        store
+    }
+
+    /// Instantiates the worker for one task, in a store of its own.
+    pub fn instantiate(&self, pid: Pid, limits: TaskLimits) -> Result<Process, TaskEnd> {
+        let mut store = self.new_store(pid, limits);
+        let budget = self.limits.fuel_per_step;
+        refuel(&mut store, budget);
+        match self.pre.instantiate(&mut store) {
+            Ok(bindings) => {
+                let fuel = spent(&store, budget);
+                Ok(Process {
+                    store,
+                    bindings,
+                    budget,
+                    fuel,
+                })
+            }
+            Err(error) => {
+                let mut end = classify(&error, &store.data().capture, 0);
+                if end.outcome == Outcome::Trap {
+                    end.outcome = Outcome::InstantiationFailed;
+                }
+                Err(end)
+            }
+        }
+    }
+
+    /// Instantiates the module and calls `start` once, as for a task of duration 0, so a
+    /// module that cannot even do that is refused before any task meets it.
+    pub(super) fn smoke_run(&self) -> Result<(), LoadError> {
+        let pid = Pid::new(0, 0);
+        let refused = |end: TaskEnd| {
+            let mut reason = end.error.unwrap_or_else(|| end.outcome.as_str().to_owned());
+            if end.outcome == Outcome::MemoryLimit || reason.contains("minimum byte size") {
+                reason.push_str("; raise the worker's max_memory (--max-memory)");
+            }
+            LoadError::SmokeFailed(reason)
+        };
+        // Bounded in time as well as by fuel, where epoch interruption is on: a module whose
+        // `start` never returns must not hold up the next install for long.
+        let limits = TaskLimits {
+            deadline: Instant::now() + SMOKE_RUN_DEADLINE,
+            interrupts: Interrupts::default(),
+        };
+        let mut process = self.instantiate(pid, limits).map_err(refused)?;
+        process
+            .start(pid, SMOKE_TASK_NAME, 0, None)
+            .map(drop)
+            .map_err(refused)
+    }
+}

@@ -1,0 +1,359 @@
+//! One task's instance: its store and everything in it ([`TaskState`]), the calls into the
+//! guest with a fresh fuel budget each, and the classification of a failed call into a
+//! recorded end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{ResourceLimiter, Store, StoreContextMut, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::Worker as Bindings;
+use super::bindings::exports::http_spawn::worker::task::{Next, Spec};
+use super::bindings::http_spawn::worker::host::{Host as HostImports, Level};
+use super::capture::Capture;
+use super::engine::{
+    MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLE_ELEMENTS,
+    MAX_TABLES_PER_COMPONENT,
+};
+use super::interrupt::Interrupts;
+use super::policy::BlockingRefused;
+use crate::model::{LogSource, Outcome, Pid, TaskEnd};
+
+/// The guest grew its memory past the task's cap.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: the guest asked for {desired} bytes, the cap is {max} bytes")]
+struct MemoryLimitExceeded {
+    desired: usize,
+    max: usize,
+}
+
+/// Why the host stopped a running call.
+#[derive(Debug, thiserror::Error)]
+enum Interrupted {
+    #[error("killed")]
+    Killed,
+    #[error("deadline exceeded while a step ran")]
+    Deadline,
+}
+
+/// The data of one task's store: the one place a task's identity, progress and limits live
+/// while it runs.
+pub struct TaskState {
+    pub(super) pid: Pid,
+    /// The worker's name, for log lines.
+    pub(super) worker: Arc<str>,
+    /// Steps completed: wake-ups after a sleep. Also what log lines and failures name.
+    pub(super) step: u32,
+    /// When the task's wall-clock limit runs out.
+    pub(super) deadline: Instant,
+    /// Kills posted to the task's scheduler thread; read at every epoch tick while a step runs.
+    pub(super) interrupts: Interrupts,
+    pub(super) max_memory_bytes: usize,
+    pub(super) capture: Capture,
+    /// Built on first use: most workers never touch WASI.
+    pub(super) wasi: Option<Box<WasiState>>,
+}
+
+pub(super) struct WasiState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl std::fmt::Debug for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskState")
+            .field("pid", &self.pid)
+            .field("wasi", &self.wasi.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        let capture = &self.capture;
+        let wasi = self.wasi.get_or_insert_with(|| {
+            // Nothing is granted: WasiCtxBuilder starts with no preopens, environment or
+            // arguments, and stdin empty; sockets are switched off outright.
+            let ctx = WasiCtxBuilder::new()
+                .stdout(capture.stdout())
+                .stderr(capture.stderr())
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build();
+            Box::new(WasiState {
+                ctx,
+                table: ResourceTable::new(),
+            })
+        });
+        WasiCtxView {
+            ctx: &mut wasi.ctx,
+            table: &mut wasi.table,
+        }
+    }
+}
+
+impl HostImports for TaskState {
+    fn log(&mut self, level: Level, message: String) {
+        let (pid, worker, step) = (self.pid, &*self.worker, self.step);
+        // The host's own log gets the line on one line: a guest must not forge host lines.
+        let line = one_line(&message);
+        let source = match level {
+            Level::Trace => {
+                tracing::trace!(target: "guest", %pid, worker, step, "{line}");
+                LogSource::Trace
+            }
+            Level::Debug => {
+                tracing::debug!(target: "guest", %pid, worker, step, "{line}");
+                LogSource::Debug
+            }
+            Level::Info => {
+                tracing::info!(target: "guest", %pid, worker, step, "{line}");
+                LogSource::Info
+            }
+            Level::Warn => {
+                tracing::warn!(target: "guest", %pid, worker, step, "{line}");
+                LogSource::Warn
+            }
+            Level::Error => {
+                tracing::error!(target: "guest", %pid, worker, step, "{line}");
+                LogSource::Error
+            }
+        };
+        self.capture.line(source, message);
+    }
+}
+
+/// `text` with control characters (newlines included) escaped; borrowed when there are none.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
+impl ResourceLimiter for TaskState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // An error, unlike `Ok(false)`, traps at once with a cause the host can recognise, so a
+        // memory-limit kill is never mistaken for the guest's own bug.
+        if desired > self.max_memory_bytes {
+            return Err(MemoryLimitExceeded {
+                desired,
+                max: self.max_memory_bytes,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES_PER_COMPONENT as usize
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES_PER_COMPONENT as usize
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES_PER_COMPONENT as usize
+    }
+}
+
+/// The per-task limits that are not the worker's: when the task must end, and where kills for
+/// it are posted.
+#[derive(Debug, Clone)]
+pub struct TaskLimits {
+    pub deadline: Instant,
+    pub interrupts: Interrupts,
+}
+
+impl TaskLimits {
+    /// No deadline to speak of and no kill: for probes and benchmarks.
+    pub fn unlimited() -> Self {
+        Self {
+            deadline: Instant::now() + Duration::from_secs(86_400 * 365),
+            interrupts: Interrupts::default(),
+        }
+    }
+}
+
+/// One task's instance: its store, and the handles to call it.
+pub struct Process {
+    pub(super) store: Store<TaskState>,
+    pub(super) bindings: Bindings,
+    pub(super) budget: u64,
+    pub(super) fuel: u64,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("state", self.store.data())
+            .field("fuel", &self.fuel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Process {
+    /// Calls the guest's `start`; returns the steps it plans.
+    pub fn start(
+        &mut self,
+        pid: Pid,
+        name: &str,
+        duration_secs: u32,
+        payload: Option<&str>,
+    ) -> Result<u32, TaskEnd> {
+        let spec = Spec {
+            pid: pid.to_string(),
+            name: name.to_owned(),
+            duration_secs,
+            payload: payload.map(str::to_owned),
+        };
+        refuel(&mut self.store, self.budget);
+        let result = self
+            .bindings
+            .http_spawn_worker_task()
+            .call_start(&mut self.store, &spec);
+        self.fuel += spent(&self.store, self.budget);
+        match result {
+            Ok(Ok(steps)) => Ok(steps),
+            Ok(Err(message)) => Err(TaskEnd::guest_error(format!("start failed: {message}"))),
+            Err(error) => Err(classify(&error, &self.store.data().capture, 0)),
+        }
+    }
+
+    /// Counts a wake-up after a sleep: one more step completed. Returns the count.
+    pub fn woke(&mut self) -> u32 {
+        let state = self.store.data_mut();
+        state.step += 1;
+        state.step
+    }
+
+    /// Steps completed so far.
+    pub fn steps_done(&self) -> u32 {
+        self.store.data().step
+    }
+
+    /// When the task's wall-clock limit runs out.
+    pub fn deadline(&self) -> Instant {
+        self.store.data().deadline
+    }
+
+    /// The name of the worker it runs.
+    pub fn worker(&self) -> &Arc<str> {
+        &self.store.data().worker
+    }
+
+    /// Runs the next step with a fresh fuel budget.
+    pub fn step(&mut self) -> Result<Next, TaskEnd> {
+        let step = self.store.data().step;
+        refuel(&mut self.store, self.budget);
+        let result = self
+            .bindings
+            .http_spawn_worker_task()
+            .call_step(&mut self.store);
+        self.fuel += spent(&self.store, self.budget);
+        result.map_err(|error| classify(&error, &self.store.data().capture, step))
+    }
+
+    /// Fuel burnt so far, instantiation included.
+    pub fn fuel(&self) -> u64 {
+        self.fuel
+    }
+
+    /// The task's log capture.
+    pub fn capture(&self) -> &Capture {
+        &self.store.data().capture
+    }
+}
+
+/// Prepares the store for a call into the guest: a fresh fuel budget, and an epoch deadline one
+/// tick away so that kills and the wall-clock limit are checked while the call runs.
+pub(super) fn refuel(store: &mut Store<TaskState>, budget: u64) {
+    // Fuel is enabled on every engine this module builds, so this cannot fail.
+    let _ = store.set_fuel(budget);
+    store.set_epoch_deadline(1);
+}
+
+/// Called at every epoch tick while a task's guest code runs.
+pub(super) fn on_epoch_tick(
+    store: StoreContextMut<'_, TaskState>,
+) -> wasmtime::Result<UpdateDeadline> {
+    let state = store.data();
+    if state.interrupts.contains(state.pid) {
+        return Err(Interrupted::Killed.into());
+    }
+    if Instant::now() >= state.deadline {
+        return Err(Interrupted::Deadline.into());
+    }
+    Ok(UpdateDeadline::Continue(1))
+}
+
+pub(super) fn spent(store: &Store<TaskState>, budget: u64) -> u64 {
+    budget.saturating_sub(store.get_fuel().unwrap_or(0))
+}
+
+/// Turns a failed call into a recorded end: what kind of failure, and a message for people.
+pub(super) fn classify(error: &wasmtime::Error, capture: &Capture, step: u32) -> TaskEnd {
+    let failed = TaskEnd::failed;
+    if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
+        return failed(Outcome::MemoryLimit, limit.to_string());
+    }
+    match error.downcast_ref::<Interrupted>() {
+        Some(Interrupted::Killed) => return TaskEnd::killed(),
+        Some(Interrupted::Deadline) => return TaskEnd::deadline_exceeded(step),
+        None => {}
+    }
+    if let Some(refused) = error.downcast_ref::<BlockingRefused>() {
+        return failed(Outcome::Trap, refused.to_string());
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => failed(
+            Outcome::OutOfFuel,
+            format!("out of fuel in step {step}: the step did not return within its budget"),
+        ),
+        Some(Trap::StackOverflow) => failed(
+            Outcome::StackOverflow,
+            format!("stack overflow in step {step}"),
+        ),
+        Some(Trap::UnreachableCodeReached) => match capture.panic_message() {
+            Some(message) => failed(Outcome::Panic, format!("guest panicked: {message}")),
+            None => failed(Outcome::Trap, trap_message(error, step)),
+        },
+        _ => failed(Outcome::Trap, trap_message(error, step)),
+    }
+}
+
+/// `trap in step N: <cause>`, then the wasm backtrace when wasmtime captured one.
+fn trap_message(error: &wasmtime::Error, step: u32) -> String {
+    let cause = error.root_cause();
+    match error.downcast_ref::<WasmBacktrace>() {
+        Some(backtrace) => format!("trap in step {step}: {cause}\n{backtrace}"),
+        None => format!("trap in step {step}: {cause}"),
+    }
+}

@@ -1,0 +1,283 @@
+//! The scheduler: a few plain OS threads, each running many tasks, as Erlang's schedulers do,
+//! behind admission.
+//!
+//! A task is admitted (a place, or a place in the wait queue), then placed on one scheduler
+//! thread by its pid, and stays there for its whole life, restarts included: a kill therefore
+//! goes to that one thread, never to all. The thread owns its tasks outright: their stores,
+//! their places and a timer heap. It instantiates a task when it arrives, calls `step`, and
+//! when the guest asks to sleep, files a timer and moves on. Between steps a task costs its
+//! store and one heap entry: no thread, no stack, no future. Steps never run on the async
+//! runtime's threads, so a compute-bound step (bounded by its fuel) cannot starve the HTTP
+//! server, and WASI's synchronous host calls run outside any async context, as they require.
+//!
+//! - [`admission`]: places and the wait queue;
+//! - `inbox`: how commands reach a thread, and how it sleeps;
+//! - `thread`: the loop that runs tasks, timers and restarts.
+
+mod admission;
+mod inbox;
+mod thread;
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use admission::{Admission, Admitted, Permit, Queued, Refused};
+use inbox::{Command, Inbox};
+use thread::SchedulerThread;
+
+use crate::ledger::{Ending, Ledger};
+use crate::model::{Pid, TaskEnd};
+use crate::registry::Version;
+use crate::runtime::Interrupts;
+
+/// A scheduler thread runs wasm on its own stack; leave room above wasmtime's default 512 KiB
+/// wasm stack limit for the host frames around it.
+const THREAD_STACK_BYTES: usize = 4 << 20;
+
+/// A task as a scheduler thread runs it: what the client asked for, resolved.
+#[derive(Debug)]
+pub struct Job {
+    pub pid: Pid,
+    pub name: String,
+    /// The worker and module version the task runs, every attempt of it: a swap never
+    /// reaches a task already accepted.
+    pub version: Arc<Version>,
+    pub duration: u32,
+    pub payload: Option<String>,
+    /// The task's wall-clock limit, counted from when each attempt starts.
+    pub deadline: Duration,
+    /// How many times the task may run in all: 1 never restarts it; more restarts it after a
+    /// failure (see [`TaskEnd::is_failure`](crate::model::TaskEnd::is_failure)) with
+    /// exponential backoff and jitter between attempts.
+    pub max_attempts: u32,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    /// When the task was accepted, or its restart was due: where its spawn-to-start time
+    /// counts from.
+    pub ready_at: Instant,
+}
+
+impl Queued for Job {
+    fn pid(&self) -> Pid {
+        self.pid
+    }
+}
+
+/// One scheduler thread as the others see it: where its commands go, and where kills of its
+/// running steps are posted.
+#[derive(Debug)]
+struct Lane {
+    inbox: Inbox,
+    interrupts: Interrupts,
+}
+
+/// The scheduler threads, admission and the ledger: shared by the host and by the threads
+/// themselves, which hand a freed place to the next waiting task.
+#[derive(Debug)]
+struct Lanes {
+    lanes: Vec<Lane>,
+    admission: Arc<Admission<Job>>,
+    ledger: Arc<Ledger>,
+}
+
+impl Lanes {
+    /// The thread that owns `pid`, for its whole life.
+    fn of(&self, pid: Pid) -> &Lane {
+        // Pids are handed out in sequence, so this spreads tasks round robin.
+        &self.lanes[(pid.seq() % self.lanes.len() as u64) as usize]
+    }
+
+    /// Hands `job` to its thread. A thread takes no more tasks only once the scheduler shuts
+    /// down; a job refused then ends there, recorded, and its place is given back.
+    fn run(&self, job: Job, permit: Permit<Job>) -> bool {
+        match self.of(job.pid).inbox.run(job, permit) {
+            Ok(()) => true,
+            Err(job) => {
+                self.record_unstarted(&job, TaskEnd::shut_down_before_start());
+                false
+            }
+        }
+    }
+
+    /// Gives a place back, handing it to the oldest waiting task if there is one.
+    fn release(&self, permit: Permit<Job>) {
+        if let Some((next, permit)) = permit.release() {
+            self.run(next, permit);
+        }
+    }
+
+    /// Records the end of a task that never reached a thread.
+    fn record_unstarted(&self, job: &Job, end: TaskEnd) {
+        let at = SystemTime::now();
+        let ending = Ending::unstarted(end);
+        self.ledger
+            .ended(job.pid, job.version.worker(), ending, at, None);
+    }
+}
+
+/// Where an admitted task went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// To its scheduler thread, to start now.
+    Running,
+    /// Into the wait queue: every place is taken.
+    Queued,
+}
+
+/// Why a task was not admitted.
+#[derive(Debug)]
+pub enum NotPlaced<E> {
+    /// Every place is taken and the queue is full.
+    Full,
+    /// The scheduler is shutting down.
+    Closed,
+    /// The task could not be recorded.
+    NotRecorded(E),
+}
+
+/// The handle the host uses to admit tasks and hand them to the scheduler threads.
+#[derive(Debug)]
+pub struct Scheduler {
+    lanes: Arc<Lanes>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Scheduler {
+    /// Starts `threads` scheduler threads, behind admission for `capacity` live tasks and
+    /// `max_queue` waiting ones, recording what happens in `ledger`.
+    pub fn start(
+        threads: usize,
+        capacity: u32,
+        max_queue: usize,
+        ledger: Arc<Ledger>,
+    ) -> std::io::Result<Self> {
+        let lanes = Arc::new(Lanes {
+            lanes: (0..threads.max(1))
+                .map(|_| Lane {
+                    inbox: Inbox::new(),
+                    interrupts: Interrupts::default(),
+                })
+                .collect(),
+            admission: Admission::new(capacity, max_queue),
+            ledger,
+        });
+        let mut handles = Vec::new();
+        for index in 0..lanes.lanes.len() {
+            let thread = SchedulerThread::new(index, Arc::clone(&lanes));
+            let handle = std::thread::Builder::new()
+                .name(format!("scheduler-{index}"))
+                .stack_size(THREAD_STACK_BYTES)
+                .spawn(move || thread.run())?;
+            let inbox = &lanes.lanes[index].inbox;
+            let _ = inbox.thread.set(handle.thread().clone());
+            // The thread may have parked before its handle was known; let it look again.
+            inbox.wake();
+            handles.push(handle);
+        }
+        Ok(Self {
+            lanes,
+            threads: Mutex::new(handles),
+        })
+    }
+
+    /// Admits `job`: hands it to its thread if a place is free, or queues it. `record` runs
+    /// before the task can start (see [`Admission::admit`]); if it fails, the task is not
+    /// admitted.
+    pub fn admit<E>(
+        &self,
+        job: Job,
+        record: impl FnOnce(&Job) -> Result<(), E>,
+    ) -> Result<Placed, NotPlaced<E>> {
+        match self.lanes.admission.admit(job, record) {
+            Ok(Admitted::Now(job, permit)) => {
+                if self.lanes.run(job, permit) {
+                    Ok(Placed::Running)
+                } else {
+                    Err(NotPlaced::Closed)
+                }
+            }
+            Ok(Admitted::Queued) => Ok(Placed::Queued),
+            Err(Refused::Full) => Err(NotPlaced::Full),
+            Err(Refused::Closed) => Err(NotPlaced::Closed),
+            Err(Refused::NotRecorded(error, permit)) => {
+                if let Some(permit) = permit {
+                    self.lanes.release(permit);
+                }
+                Err(NotPlaced::NotRecorded(error))
+            }
+        }
+    }
+
+    /// Kills `pid`: at once if it waits in the queue or sleeps, within an epoch tick if a step
+    /// of it runs (when the step returns, without epoch interruption). Its end is recorded as
+    /// `killed`. Only the task's own thread is asked.
+    pub fn kill(&self, pid: Pid) {
+        if let Some(job) = self.lanes.admission.unqueue(pid) {
+            self.lanes.record_unstarted(&job, TaskEnd::killed());
+            return;
+        }
+        let lane = self.lanes.of(pid);
+        // Stops a running step at its next epoch tick, and a task whose spawn is still on
+        // its way to the thread before it is instantiated; the command ends it if it sleeps.
+        lane.interrupts.add(pid);
+        lane.inbox.kill(Command::Kill(pid));
+    }
+
+    /// Forgets a kill of `pid`, which had ended before the kill was posted.
+    pub fn forget_kill(&self, pid: Pid) {
+        self.lanes.of(pid).interrupts.remove(pid);
+    }
+
+    /// Shuts down: refuses new tasks at once, ends the waiting ones as killed, gives running
+    /// ones `grace` to end, kills the rest, and returns once every task's end is recorded and
+    /// the threads are gone.
+    pub fn shutdown(&self, grace: Duration) {
+        // Admission first: from here no waiting task is handed to a thread.
+        for waiting in self.lanes.admission.close() {
+            self.lanes.record_unstarted(&waiting, TaskEnd::killed());
+        }
+        for lane in &self.lanes.lanes {
+            lane.inbox.close();
+            lane.inbox.wake();
+        }
+        if !self.lanes.admission.wait_idle(Instant::now() + grace) {
+            tracing::warn!(
+                remaining = self.live(),
+                "grace period over; killing the remaining tasks"
+            );
+            for lane in &self.lanes.lanes {
+                lane.inbox.kill(Command::KillAll);
+            }
+        }
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+
+    /// Tasks holding a place now: running, sleeping or waiting out a restart's backoff.
+    pub fn live(&self) -> u32 {
+        self.lanes.admission.live()
+    }
+
+    /// The most tasks that may be live at once.
+    pub fn capacity(&self) -> u32 {
+        self.lanes.admission.limit()
+    }
+
+    /// Tasks waiting for a place.
+    pub fn queued(&self) -> usize {
+        self.lanes.admission.queued()
+    }
+
+    /// The most tasks that may wait.
+    pub fn queue_limit(&self) -> usize {
+        self.lanes.admission.queue_limit()
+    }
+}

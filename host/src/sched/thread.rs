@@ -1,0 +1,442 @@
+//! One scheduler thread: the loop that takes commands, instantiates tasks, runs their steps,
+//! fires their timers, restarts failed attempts after their backoff, and records their ends.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::admission::Permit;
+use super::inbox::{Command, TIMER_SLACK};
+use super::{Job, Lane, Lanes};
+use crate::ledger::{Ending, FreshLogs, Ledger};
+use crate::model::{Pid, TaskEnd};
+use crate::runtime::{Next, Process, TaskLimits};
+
+/// How many new tasks a scheduler takes in before it looks at its timers again, so a burst of
+/// submissions cannot delay the wake-ups of sleeping tasks without bound.
+const INTAKE_BATCH: usize = 64;
+
+/// The first wait before a restart; it doubles with every attempt, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long to wait before attempt `attempt + 1`: exponential, with ±25 % jitter so tasks that
+/// failed together do not all come back together.
+fn backoff(pid: Pid, attempt: u32) -> Duration {
+    let exponential = FIRST_BACKOFF
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    let noise = RandomState::new().hash_one((pid, attempt)) % 1000;
+    exponential.mul_f64(0.75 + noise as f64 / 2000.0)
+}
+
+/// A task alive on its scheduler thread. `process` is declared before `permit` so the store is
+/// dropped, and its pool slot freed, before the task's place is given back to admission. Its
+/// step count, deadline and worker live in the process, and only there.
+struct Live {
+    process: Process,
+    permit: Permit<Job>,
+    /// Kept only when the task may be restarted.
+    respawn: Option<Box<Job>>,
+    pid: Pid,
+    /// When this attempt started.
+    started: Instant,
+    steps: u32,
+    /// The sequence number of this task's pending timer; a timer left behind by a task that
+    /// was killed, whose slot another task took since, does not match.
+    wake: u64,
+}
+
+pub(super) struct SchedulerThread {
+    lanes: Arc<Lanes>,
+    /// This thread's place in `lanes`.
+    index: usize,
+    /// Commands taken from the inbox, not yet carried out, oldest first.
+    intake: VecDeque<Command>,
+    /// Where each live task of this thread sits in `tasks`.
+    slots: HashMap<Pid, usize>,
+    /// Tasks waiting out their backoff before the next attempt, with when it is due.
+    restarts: Vec<(Instant, Job, Permit<Job>)>,
+    tasks: Vec<Option<Live>>,
+    free: Vec<usize>,
+    /// Wake-ups in time order; the sequence number keeps equal deadlines first-in first-out.
+    timers: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    timer_seq: u64,
+}
+
+impl SchedulerThread {
+    pub(super) fn new(index: usize, lanes: Arc<Lanes>) -> Self {
+        Self {
+            lanes,
+            index,
+            intake: VecDeque::new(),
+            slots: HashMap::new(),
+            restarts: Vec::new(),
+            tasks: Vec::new(),
+            free: Vec::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+        }
+    }
+
+    fn lane(&self) -> &Lane {
+        &self.lanes.lanes[self.index]
+    }
+
+    fn ledger(&self) -> &Ledger {
+        &self.lanes.ledger
+    }
+
+    fn carry_out(&mut self, command: Command) {
+        match command {
+            Command::Run(job, permit) => self.spawn(job, permit),
+            Command::Kill(pid) => self.kill(pid),
+            Command::KillAll => self.kill_all(),
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        loop {
+            for command in self.lane().inbox.take_urgent() {
+                self.carry_out(command);
+            }
+            if self.slots.is_empty() {
+                // Only timers of tasks killed before they woke; nothing to wake for.
+                self.timers.clear();
+            }
+            self.restart_due();
+            self.fire_due_timers();
+            if self.intake.is_empty() {
+                self.lanes.lanes[self.index].inbox.take(&mut self.intake);
+            }
+            // Oldest first, a batch at a time, so timers are looked at between batches.
+            let mut took = false;
+            for _ in 0..INTAKE_BATCH {
+                let Some(command) = self.intake.pop_front() else {
+                    break;
+                };
+                self.carry_out(command);
+                took = true;
+            }
+            if took || !self.intake.is_empty() {
+                continue;
+            }
+            let next_restart = self.restarts.iter().map(|(at, _, _)| *at).min();
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _, _))| *at)
+                .into_iter()
+                .chain(next_restart)
+                .min()
+                .map(|at| at + TIMER_SLACK);
+            if next_timer.is_none() && self.lane().inbox.finished() {
+                // Closed, nothing queued, and every task taken has ended.
+                return;
+            }
+            self.lane().inbox.park(next_timer);
+        }
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, seq, slot))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(task) = self.tasks[slot].as_mut().filter(|task| task.wake == seq) else {
+                continue;
+            };
+            if now >= task.process.deadline() {
+                let end = TaskEnd::deadline_exceeded(task.process.steps_done());
+                self.finish(slot, end);
+                continue;
+            }
+            let step = task.process.woke();
+            let (pid, steps, fuel) = (task.pid, task.steps, task.process.fuel());
+            tracing::info!(pid = %pid, worker = %task.process.worker(), step, steps, "Worker progress");
+            self.lanes.ledger.progress(pid, step, steps, fuel);
+            self.advance(slot);
+        }
+    }
+
+    /// Instantiates and starts a new task, then runs its first step.
+    fn spawn(&mut self, job: Job, permit: Permit<Job>) {
+        let pid = job.pid;
+        let interrupts = self.lane().interrupts.clone();
+        if interrupts.contains(pid) {
+            // Killed before it reached this thread: the kill command found nothing to end.
+            let ending = Ending::unstarted(TaskEnd::killed());
+            return self.record_end(permit, pid, job.version.worker(), ending, None);
+        }
+        let begun = Instant::now();
+        let deadline = begun + job.deadline;
+        // What a failed `start` burnt and logged, which go with the store.
+        let mut spent = (0, None);
+        let started = guarded(|| {
+            let limits = TaskLimits {
+                deadline,
+                interrupts,
+            };
+            let mut process = job.version.module.instantiate(pid, limits)?;
+            let steps = process
+                .start(pid, &job.name, job.duration, job.payload.as_deref())
+                .inspect_err(|_| spent = (process.fuel(), Some(process.capture().take())))?;
+            Ok((process, steps))
+        });
+        let (process, steps) = match started {
+            Ok(started) => started,
+            Err(end) => {
+                let (fuel, logs) = spent;
+                let ran = Some(begun.elapsed());
+                return self.end_or_restart(job, permit, 0, fuel, end, ran, logs);
+            }
+        };
+        let worker = Arc::clone(job.version.worker());
+        let now = Instant::now();
+        self.ledger().started(
+            pid,
+            &worker,
+            steps,
+            process.fuel(),
+            now - begun,
+            now.saturating_duration_since(job.ready_at),
+        );
+        tracing::info!(
+            pid = %pid,
+            worker = %worker,
+            step = 0,
+            name = %job.name,
+            steps,
+            attempt = job.attempt,
+            "Worker started"
+        );
+        self.ledger().logs(pid, process.capture().take());
+        let task = Live {
+            process,
+            permit,
+            respawn: (job.attempt < job.max_attempts).then(|| Box::new(job)),
+            pid,
+            started: begun,
+            steps,
+            wake: 0,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.tasks[slot] = Some(task);
+                slot
+            }
+            None => {
+                self.tasks.push(Some(task));
+                self.tasks.len() - 1
+            }
+        };
+        self.slots.insert(pid, slot);
+        self.advance(slot);
+    }
+
+    /// Runs one step of the task in `slot`, then files its wake-up or ends it.
+    fn advance(&mut self, slot: usize) {
+        let Some(task) = self.tasks[slot].as_mut() else {
+            return;
+        };
+        let next = guarded(|| task.process.step());
+        self.lanes
+            .ledger
+            .logs(task.pid, task.process.capture().take());
+        let end = match next {
+            Ok(Next::Sleep(ms)) => {
+                // A sleep past the deadline wakes at the deadline, to end there.
+                let at = (Instant::now() + Duration::from_millis(u64::from(ms)))
+                    .min(task.process.deadline());
+                self.timer_seq += 1;
+                task.wake = self.timer_seq;
+                self.timers.push(Reverse((at, self.timer_seq, slot)));
+                return;
+            }
+            Ok(Next::Done(code)) => TaskEnd::exited(code),
+            Ok(Next::Failed(message)) => TaskEnd::guest_error(message),
+            Err(end) => end,
+        };
+        self.finish(slot, end);
+    }
+
+    /// Ends the task in `slot`: its store first, then its place, and only then the recorded
+    /// end (with its last log lines), so whoever reads the end sees the place given back.
+    fn finish(&mut self, slot: usize, end: TaskEnd) {
+        let Some(task) = self.tasks[slot].take() else {
+            return;
+        };
+        self.slots.remove(&task.pid);
+        self.free.push(slot);
+        let capture = task.process.capture();
+        capture.flush_partial();
+        let logs = Some(capture.take());
+        let (step, fuel) = (task.process.steps_done(), task.process.fuel());
+        let worker = Arc::clone(task.process.worker());
+        let ran = Some(task.started.elapsed());
+        let Live {
+            process,
+            permit,
+            respawn,
+            pid,
+            ..
+        } = task;
+        drop(process);
+        match respawn {
+            Some(job) => self.end_or_restart(*job, permit, step, fuel, end, ran, logs),
+            None => {
+                let ending = Ending {
+                    step,
+                    fuel,
+                    end,
+                    ran,
+                };
+                self.record_end(permit, pid, &worker, ending, logs);
+            }
+        }
+    }
+
+    /// Ends an attempt that stopped at `step` after running for `ran` (if it started): restarts
+    /// the task later if its policy allows (keeping its place), or records its end and gives
+    /// its place back.
+    #[allow(clippy::too_many_arguments, reason = "one attempt's whole account")]
+    fn end_or_restart(
+        &mut self,
+        mut job: Job,
+        permit: Permit<Job>,
+        step: u32,
+        fuel: u64,
+        end: TaskEnd,
+        ran: Option<Duration>,
+        logs: Option<FreshLogs>,
+    ) {
+        let pid = job.pid;
+        let closing = self.lane().inbox.is_closed();
+        if !end.is_failure() || closing || job.attempt >= job.max_attempts {
+            let ending = Ending {
+                step,
+                fuel,
+                end,
+                ran,
+            };
+            let worker = Arc::clone(job.version.worker());
+            return self.record_end(permit, pid, &worker, ending, logs);
+        }
+        let wait = backoff(pid, job.attempt);
+        tracing::info!(
+            pid = %pid,
+            worker = %job.version.worker(),
+            step,
+            attempt = job.attempt,
+            outcome = end.outcome.as_str(),
+            ?wait,
+            "Worker failed, restarting"
+        );
+        if let Some(logs) = logs {
+            self.ledger().logs(pid, logs);
+        }
+        job.attempt += 1;
+        self.ledger()
+            .restarting(pid, job.version.worker(), fuel, end, job.attempt);
+        let due = Instant::now() + wait;
+        job.ready_at = due;
+        self.restarts.push((due, job, permit));
+    }
+
+    /// Starts the tasks whose backoff is over.
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.restarts)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.restarts = waiting;
+        for (_, job, permit) in due {
+            self.spawn(job, permit);
+        }
+    }
+
+    /// Kills `pid`, which this thread holds live, about to start, or waiting out a backoff.
+    fn kill(&mut self, pid: Pid) {
+        if let Some(slot) = self.slots.get(&pid).copied() {
+            self.finish(slot, TaskEnd::killed());
+            return;
+        }
+        let queued = self
+            .intake
+            .iter()
+            .position(|command| matches!(command, Command::Run(job, _) if job.pid == pid));
+        if let Some(Command::Run(job, permit)) = queued.and_then(|index| self.intake.remove(index))
+        {
+            return self.end_unstarted(job, permit, TaskEnd::killed());
+        }
+        if let Some(index) = self.restarts.iter().position(|(_, job, _)| job.pid == pid) {
+            let (_, job, permit) = self.restarts.remove(index);
+            self.end_unstarted(job, permit, TaskEnd::killed());
+        }
+    }
+
+    fn kill_all(&mut self) {
+        let queued: Vec<(Job, Permit<Job>)> = self
+            .intake
+            .drain(..)
+            .filter_map(|command| match command {
+                Command::Run(job, permit) => Some((job, permit)),
+                Command::Kill(_) | Command::KillAll => None,
+            })
+            .collect();
+        let restarting = std::mem::take(&mut self.restarts)
+            .into_iter()
+            .map(|(_, job, permit)| (job, permit));
+        for (job, permit) in queued.into_iter().chain(restarting) {
+            self.end_unstarted(job, permit, TaskEnd::killed());
+        }
+        let live: Vec<usize> = self.slots.values().copied().collect();
+        for slot in live {
+            self.finish(slot, TaskEnd::killed());
+        }
+        self.timers.clear();
+    }
+
+    fn end_unstarted(&self, job: Job, permit: Permit<Job>, end: TaskEnd) {
+        let ending = Ending::unstarted(end);
+        self.record_end(permit, job.pid, job.version.worker(), ending, None);
+    }
+
+    /// Records the end of a task whose store is gone: its end time first, then its place
+    /// given back (to the next waiting task, if any), then the end recorded, so whoever reads
+    /// the end sees the place free, then any kill of it forgotten.
+    fn record_end(
+        &self,
+        permit: Permit<Job>,
+        pid: Pid,
+        worker: &Arc<str>,
+        ending: Ending,
+        logs: Option<FreshLogs>,
+    ) {
+        let at = SystemTime::now();
+        self.lanes.release(permit);
+        self.ledger().ended(pid, worker, ending, at, logs);
+        // After the end is recorded: a kill that looks for the end after posting itself then
+        // either sees the end or is taken back here (see `Host::kill`).
+        self.lane().interrupts.remove(pid);
+    }
+}
+
+/// Runs guest-facing host code so that a bug in it ends one task, recorded, instead of taking
+/// the scheduler thread and every task on it down.
+fn guarded<T>(f: impl FnOnce() -> Result<T, TaskEnd>) -> Result<T, TaskEnd> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(%message, "host panic while running a task");
+        Err(TaskEnd::host_error(&message))
+    })
+}

@@ -1,0 +1,283 @@
+//! The in-memory store: every live task and the newest `max_history` ended ones, in this
+//! process only. A restart forgets them all.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{Change, Cursor, ListQuery, Page, Store, StoreError};
+use crate::model::{Pid, TaskEvent, TaskLogs, TaskRecord};
+
+/// Shards spread the scheduler threads' updates over several locks.
+const SHARDS: usize = 16;
+
+/// A task as the memory store holds it: its record, and its log lines beside it.
+#[derive(Debug)]
+struct Entry {
+    record: TaskRecord,
+    logs: TaskLogs,
+}
+
+/// The in-memory store.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: [Mutex<HashMap<Pid, Entry>>; SHARDS],
+    /// Every task held, in listing order. A record is in its shard before it is here, and
+    /// leaves here before it leaves its shard, so a listing finds every task it orders.
+    order: Mutex<BTreeSet<Cursor>>,
+    /// Ended tasks, oldest end first: the next to evict.
+    ended: Mutex<VecDeque<Cursor>>,
+    max_history: usize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MemoryStore {
+    /// An empty store that keeps at most `max_history` ended tasks.
+    pub fn new(max_history: usize) -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            order: Mutex::new(BTreeSet::new()),
+            ended: Mutex::new(VecDeque::new()),
+            max_history,
+        }
+    }
+
+    fn shard(&self, pid: Pid) -> MutexGuard<'_, HashMap<Pid, Entry>> {
+        // The sequence number alone spreads consecutive tasks evenly.
+        lock(&self.shards[(pid.seq() % SHARDS as u64) as usize])
+    }
+
+    fn accept(&self, record: &TaskRecord) {
+        let cursor = Cursor::of(record);
+        let entry = Entry {
+            record: record.clone(),
+            logs: TaskLogs::default(),
+        };
+        self.shard(record.pid).insert(record.pid, entry);
+        lock(&self.order).insert(cursor);
+    }
+
+    fn apply(&self, pid: Pid, event: &TaskEvent) {
+        let ended = {
+            let mut shard = self.shard(pid);
+            let Some(entry) = shard.get_mut(&pid) else {
+                return;
+            };
+            let was_live = !entry.record.status.is_terminal();
+            entry.record.apply(event);
+            if let TaskEvent::Logs {
+                lines,
+                dropped_bytes,
+            } = event
+                && was_live
+            {
+                entry.logs.lines.extend_from_slice(lines);
+                entry.logs.dropped_bytes = *dropped_bytes;
+            }
+            (was_live && entry.record.status.is_terminal()).then(|| Cursor::of(&entry.record))
+        };
+        if let Some(cursor) = ended {
+            self.ended(cursor);
+        }
+    }
+
+    /// Keeps the ended task at `cursor`, and forgets the oldest ended one past the history.
+    fn ended(&self, cursor: Cursor) {
+        let evicted = {
+            let mut ended = lock(&self.ended);
+            ended.push_back(cursor);
+            (ended.len() > self.max_history)
+                .then(|| ended.pop_front())
+                .flatten()
+        };
+        if let Some(old) = evicted {
+            lock(&self.order).remove(&old);
+            self.shard(old.pid).remove(&old.pid);
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn commit(&self, batch: &[Change]) -> Result<(), StoreError> {
+        for change in batch {
+            match change {
+                Change::Accepted(record) => self.accept(record),
+                Change::Event(pid, event) => self.apply(*pid, event),
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.shard(pid).get(&pid).map(|entry| entry.record.clone()))
+    }
+
+    fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
+        Ok(self.shard(pid).get(&pid).map(|entry| entry.logs.clone()))
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let order = lock(&self.order);
+        let older = match query.before {
+            Some(before) => order.range(..before),
+            None => order.range(..),
+        };
+        let mut tasks = Vec::new();
+        let mut more = false;
+        for cursor in older.rev() {
+            let shard = self.shard(cursor.pid);
+            let Some(entry) = shard.get(&cursor.pid) else {
+                continue;
+            };
+            if !query.wants(&entry.record) {
+                continue;
+            }
+            if tasks.len() == query.limit {
+                more = true;
+                break;
+            }
+            tasks.push(entry.record.clone());
+        }
+        let next = if more {
+            tasks.last().map(Cursor::of)
+        } else {
+            None
+        };
+        Ok(Page { tasks, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::model::{Status, TaskEnd};
+
+    fn record(seq: u64, name: &str) -> TaskRecord {
+        let mut record =
+            TaskRecord::spawned(Pid::new(1, seq), name.into(), 0, "w".into(), "v".into());
+        // Accepted a second apart, so that time order is unambiguous.
+        record.spawned_at = SystemTime::UNIX_EPOCH + Duration::from_secs(seq);
+        record
+    }
+
+    fn end(store: &MemoryStore, pid: Pid) {
+        let event = TaskEvent::Ended {
+            at: SystemTime::now(),
+            fuel: 1,
+            end: TaskEnd::exited(0),
+        };
+        store
+            .commit(&[Change::Event(pid, event)])
+            .expect("memory never fails");
+    }
+
+    #[test]
+    fn history_keeps_live_tasks_and_the_newest_ended_ones() {
+        let store = MemoryStore::new(2);
+        let pids: Vec<Pid> = (0..4).map(|seq| Pid::new(1, seq)).collect();
+        for seq in 0..4 {
+            store
+                .commit(&[Change::Accepted(record(seq, "t"))])
+                .expect("commit");
+        }
+        for &pid in &pids[..3] {
+            end(&store, pid);
+        }
+        let status = |pid| store.get(pid).expect("get").map(|r| r.status);
+        assert_eq!(status(pids[0]), None, "oldest ended task evicted");
+        assert_eq!(status(pids[1]), Some(Status::Exited));
+        assert_eq!(status(pids[2]), Some(Status::Exited));
+        assert_eq!(status(pids[3]), Some(Status::Spawned));
+        let all = store
+            .list(&ListQuery {
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .expect("list");
+        assert_eq!(all.tasks.len(), 3, "an evicted task is not listed");
+    }
+
+    #[test]
+    fn lists_newest_first_filtered_a_page_at_a_time() {
+        let store = MemoryStore::new(100);
+        // Accepted in the order 5, 4, 3, 2, 1 although their pids count up: time decides.
+        for seq in 1..=5 {
+            let name = if seq % 2 == 0 { "even" } else { "odd" };
+            let mut record = record(seq, name);
+            record.spawned_at = SystemTime::UNIX_EPOCH + Duration::from_secs(10 - seq);
+            store.commit(&[Change::Accepted(record)]).expect("commit");
+        }
+        end(&store, Pid::new(1, 4));
+        let seqs = |page: &Page| page.tasks.iter().map(|r| r.pid.seq()).collect::<Vec<_>>();
+        let list = |query: ListQuery| store.list(&query).expect("list");
+
+        let first = list(ListQuery {
+            limit: 2,
+            ..ListQuery::default()
+        });
+        assert_eq!(seqs(&first), [1, 2]);
+        let second = list(ListQuery {
+            limit: 2,
+            before: first.next,
+            ..ListQuery::default()
+        });
+        assert_eq!(seqs(&second), [3, 4]);
+        let last = list(ListQuery {
+            limit: 2,
+            before: second.next,
+            ..ListQuery::default()
+        });
+        assert_eq!((seqs(&last), last.next), (vec![5], None));
+
+        let odd = list(ListQuery {
+            limit: 10,
+            name: Some("odd".into()),
+            ..ListQuery::default()
+        });
+        assert_eq!(seqs(&odd), [1, 3, 5]);
+        let exited = list(ListQuery {
+            limit: 10,
+            status: Some(Status::Exited),
+            ..ListQuery::default()
+        });
+        assert_eq!(seqs(&exited), [4]);
+    }
+
+    #[test]
+    fn logs_are_kept_apart_and_stop_at_the_end() {
+        let store = MemoryStore::new(8);
+        let pid = Pid::new(1, 1);
+        store
+            .commit(&[Change::Accepted(record(1, "t"))])
+            .expect("commit");
+        let line = crate::model::LogLine {
+            at: SystemTime::now(),
+            source: crate::model::LogSource::Info,
+            message: "hello".into(),
+        };
+        let logs = |lines: Vec<crate::model::LogLine>| TaskEvent::Logs {
+            lines,
+            dropped_bytes: 3,
+        };
+        store
+            .commit(&[Change::Event(pid, logs(vec![line.clone()]))])
+            .expect("commit");
+        end(&store, pid);
+        store
+            .commit(&[Change::Event(pid, logs(vec![line]))])
+            .expect("commit");
+        let kept = store.logs(pid).expect("logs").expect("known");
+        assert_eq!(kept.lines.len(), 1, "nothing is added after the end");
+        assert_eq!(kept.dropped_bytes, 3);
+        assert_eq!(
+            store.get(pid).expect("get").map(|r| r.logs_dropped_bytes),
+            Some(3)
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! The task store: what the host knows of every task, behind an interface of its own.
+//!
+//! Every write is a [`Change`]: a task accepted, or an event of its life. A store takes changes
+//! in batches and writes each batch whole or not at all, so a store that waits for a disk or a
+//! network can commit many changes at once; the ledger decides who waits for which commit, and
+//! never makes a scheduler thread wait on one. Records are read without their log lines, which
+//! are kept apart ([`TaskLogs`]), and lists run newest first by acceptance time, not by pid, so
+//! that pids of several boots or hosts list in the order they were accepted.
+//!
+//! [`MemoryStore`] keeps everything in this process; a durable store (SQLite) or a shared one
+//! (PostgreSQL) implements [`Store`] with SQL of its own.
+
+mod memory;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+
+use crate::model::{Pid, Status, TaskEvent, TaskLogs, TaskRecord};
+
+pub use memory::MemoryStore;
+
+/// One write to the store.
+#[derive(Debug)]
+pub enum Change {
+    /// A task was accepted; its pid is new.
+    Accepted(TaskRecord),
+    /// Something happened to a task (see [`TaskRecord::apply`]).
+    Event(Pid, TaskEvent),
+}
+
+/// Why the store could not answer or write.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or written now; the write or read may succeed later.
+    #[error("the task store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where a task stands in a listing: when it was accepted, then its pid, so that tasks accepted
+/// in the same instant still have one order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// Nanoseconds since the Unix epoch.
+    at: u64,
+    pid: Pid,
+}
+
+impl Cursor {
+    /// The place of a task accepted `at`.
+    pub fn new(at: SystemTime, pid: Pid) -> Self {
+        let at = at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        });
+        Self { at, pid }
+    }
+
+    /// The place of `record` in a listing.
+    pub fn of(record: &TaskRecord) -> Self {
+        Self::new(record.spawned_at, record.pid)
+    }
+}
+
+/// Written `<pid>.<nanoseconds in hex>`: opaque to clients, who pass it back as `before`.
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:x}", self.pid, self.at)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (pid, at) = s.split_once('.').ok_or(())?;
+        let canonical = !at.is_empty()
+            && at.len() <= 16
+            && (at == "0" || !at.starts_with('0'))
+            && at
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !canonical {
+            return Err(());
+        }
+        Ok(Self {
+            at: u64::from_str_radix(at, 16).map_err(|_| ())?,
+            pid: pid.parse()?,
+        })
+    }
+}
+
+impl Serialize for Cursor {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Which records a listing wants: newest first, optionally filtered, a page at a time.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub name: Option<String>,
+    pub worker: Option<String>,
+    /// Only tasks accepted before this place (the previous page's `next`).
+    pub before: Option<Cursor>,
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// Whether `record` passes the filters (not the cursor).
+    pub fn wants(&self, record: &TaskRecord) -> bool {
+        self.status.is_none_or(|status| record.status == status)
+            && self.name.as_deref().is_none_or(|name| record.name == name)
+            && self
+                .worker
+                .as_deref()
+                .is_none_or(|worker| *record.worker == *worker)
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Page {
+    pub tasks: Vec<TaskRecord>,
+    /// Pass as `before` for the next page; absent on the last.
+    #[schema(value_type = Option<String>)]
+    pub next: Option<Cursor>,
+}
+
+/// The store's interface: the only way the rest of the host reads or writes task state.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Writes `batch` in order, whole or not at all.
+    fn commit(&self, batch: &[Change]) -> Result<(), StoreError>;
+    /// A task's record, without its log lines, if the store still holds it.
+    fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError>;
+    /// A task's captured log, if the store still holds the task.
+    fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError>;
+    /// Records matching `query`, newest first.
+    fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_only_its_own_form_parses() {
+        let cursor = Cursor::new(
+            UNIX_EPOCH + std::time::Duration::from_nanos(0x1f),
+            Pid::new(7, 2),
+        );
+        assert_eq!(cursor.to_string(), "00000007-2.1f");
+        assert_eq!("00000007-2.1f".parse::<Cursor>(), Ok(cursor));
+        for bad in [
+            "00000007-2",
+            "00000007-2.",
+            "00000007-2.01f",
+            "x.1f",
+            "00000007-2.1F",
+        ] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?} parsed");
+        }
+    }
+}
