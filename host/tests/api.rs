@@ -330,3 +330,27 @@ async fn tasks_are_listed_newest_first_filtered_and_paged() {
         assert!(!error_of(&answer).is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_starts_before_a_task_named_by_its_pid() {
+    let app = spawn_app("default", &[]).await;
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        pids.push(app.spawn(json!({"name": "paged", "duration": 0})).await);
+    }
+    let (status, page) = app.get(&format!("/api/tasks?before={}", pids[2])).await;
+    assert_eq!(status, 200, "{page}");
+    let listed: Vec<&str> = page["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["pid"].as_str().expect("pid"))
+        .collect();
+    assert_eq!(listed, [pids[1].as_str(), pids[0].as_str()]);
+
+    // A pid the host never gave out names no place in the listing.
+    let unknown = format!("{}-fffff", &pids[0][..8]);
+    let (status, answer) = app.get(&format!("/api/tasks?before={unknown}")).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(error_of(&answer).contains("no task with pid"), "{answer}");
+}

@@ -8,10 +8,7 @@ use wasmtime_wasi::p2::DynPollable;
 
 use super::LoadError;
 use super::bindings::Worker as Bindings;
-use super::process::TaskState;
-
-/// The WASI version whose `poll` the sandbox refuses; it must match wasmtime-wasi's own.
-const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
+use super::process::{BlockingRefused, TaskState, WASI_IO_POLL};
 
 /// What a worker may import, by interface name without its version: the host's own interface,
 /// and the WASI interfaces that Rust's `std` pulls in, all linked with nothing granted. Sockets
@@ -39,14 +36,6 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:random/insecure",
     "wasi:random/insecure-seed",
 ];
-
-/// The guest tried to block inside WASI, which would hold a host thread.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the guest tried to block in {WASI_IO_POLL} (a sleep or a wait); a worker waits by returning \
-     `next::sleep` from `step`"
-)]
-pub(super) struct BlockingRefused;
 
 /// Reads the component's own imports, before anything is compiled, and refuses a module that is
 /// not a component or that imports anything beyond [`ALLOWED_IMPORTS`]. Imports of the modules

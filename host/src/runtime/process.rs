@@ -17,7 +17,6 @@ use super::engine::{
     MAX_TABLES_PER_COMPONENT,
 };
 use super::interrupt::Interrupts;
-use super::policy::BlockingRefused;
 use crate::model::{LogSource, Outcome, Pid, TaskEnd};
 
 /// The guest grew its memory past the task's cap.
@@ -27,6 +26,17 @@ struct MemoryLimitExceeded {
     desired: usize,
     max: usize,
 }
+
+/// The WASI version whose `poll` the sandbox refuses; it must match wasmtime-wasi's own.
+pub(super) const WASI_IO_POLL: &str = "wasi:io/poll@0.2.12";
+
+/// The guest tried to block inside WASI, which would hold a host thread.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the guest tried to block in {WASI_IO_POLL} (a sleep or a wait); a worker waits by returning \
+     `next::sleep` from `step`"
+)]
+pub(super) struct BlockingRefused;
 
 /// Why the host stopped a running call.
 #[derive(Debug, thiserror::Error)]
