@@ -1,7 +1,7 @@
 //! Live task events for Server-Sent Events subscribers.
 //!
-//! The ledger publishes every change here once the store has it, as JSON, but only while
-//! someone listens. Publishing never waits: a subscriber that falls behind the channel's buffer
+//! The ledger publishes every change here once the store has it, as JSON built just before,
+//! but only while someone listens. Publishing never waits: a subscriber that falls behind the channel's buffer
 //! skips ahead (and is told how many events it missed), so a slow client can slow neither tasks
 //! nor the host.
 
@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::model::time::format as at;
 use crate::model::{Pid, TaskEvent, TaskRecord};
+use crate::store::Change;
 
 /// Events buffered per subscriber before it starts skipping.
 const CHANNEL_CAPACITY: usize = 4096;
@@ -93,37 +94,33 @@ impl EventBus {
         self.sender.receiver_count() > 0
     }
 
-    fn publish(&self, pid: Pid, kind: &'static str, data: Value) {
-        let data: Arc<str> = data.to_string().into();
-        // An error only means nobody listens any more.
-        let _ = self.sender.send(Published { pid, kind, data });
-    }
-
-    /// Publishes a task just accepted.
-    pub fn spawned(&self, record: &TaskRecord) {
-        let data = Spawned {
-            pid: record.pid,
-            name: &record.name,
-            worker: &record.worker,
-            version: &record.version,
-            duration: record.duration,
-            at: at(record.spawned_at),
-        };
-        self.publish(record.pid, "spawned", json!(data));
-    }
-
-    /// Publishes `event` of task `pid`, recorded already. An end is published as `exit` from
-    /// the record it ended, by [`EventBus::exit`].
-    pub fn event(&self, pid: Pid, event: &TaskEvent) {
-        match event {
-            TaskEvent::Ended { .. } => {}
-            TaskEvent::Restarting {
-                at: when,
-                end,
-                next_attempt,
-                ..
-            } => self.publish(
+    /// The events `change` publishes, built as JSON; call only while someone listens. An end
+    /// is published as `exit` from the record it ended, by [`EventBus::exit`].
+    pub fn prepare(&self, change: &Change) -> Vec<Published> {
+        let one = |pid, kind, data: Value| vec![published(pid, kind, &data)];
+        match change {
+            Change::Accepted(record) => {
+                let data = Spawned {
+                    pid: record.pid,
+                    name: &record.name,
+                    worker: &record.worker,
+                    version: &record.version,
+                    duration: record.duration,
+                    at: at(record.spawned_at),
+                };
+                one(record.pid, "spawned", json!(data))
+            }
+            Change::Event(_, TaskEvent::Ended { .. }) => Vec::new(),
+            Change::Event(
                 pid,
+                TaskEvent::Restarting {
+                    at: when,
+                    end,
+                    next_attempt,
+                    ..
+                },
+            ) => one(
+                *pid,
                 "restart",
                 json!({
                     "pid": pid,
@@ -134,35 +131,55 @@ impl EventBus {
                     "at": at(*when),
                 }),
             ),
-            TaskEvent::Started {
-                at: when, steps, ..
-            } => self.publish(
+            Change::Event(
                 pid,
+                TaskEvent::Started {
+                    at: when, steps, ..
+                },
+            ) => one(
+                *pid,
                 "started",
                 json!({"pid": pid, "steps": steps, "at": at(*when)}),
             ),
-            TaskEvent::Progress { step, steps, .. } => self.publish(
-                pid,
+            Change::Event(pid, TaskEvent::Progress { step, steps, .. }) => one(
+                *pid,
                 "progress",
                 json!({"pid": pid, "step": step, "steps": steps}),
             ),
-            TaskEvent::Logs { lines, .. } => {
-                for line in lines {
+            Change::Event(pid, TaskEvent::Logs { lines, .. }) => lines
+                .iter()
+                .map(|line| {
                     let data = json!({
                         "pid": pid,
                         "source": line.source,
                         "message": line.message,
                         "at": at(line.at),
                     });
-                    self.publish(pid, "log", data);
-                }
-            }
+                    published(*pid, "log", &data)
+                })
+                .collect(),
+        }
+    }
+
+    /// Sends events prepared before their change was recorded.
+    pub fn send(&self, events: Vec<Published>) {
+        for event in events {
+            // An error only means nobody listens any more.
+            let _ = self.sender.send(event);
         }
     }
 
     /// Publishes the end of the task whose record is `record`.
     pub fn exit(&self, record: &TaskRecord) {
-        self.publish(record.pid, "exit", exit_data(record));
+        self.send(vec![published(record.pid, "exit", &exit_data(record))]);
+    }
+}
+
+fn published(pid: Pid, kind: &'static str, data: &Value) -> Published {
+    Published {
+        pid,
+        kind,
+        data: data.to_string().into(),
     }
 }
 

@@ -256,8 +256,11 @@ impl Host {
     /// Shuts down: refuses new tasks at once, gives running ones `grace` to end, kills the
     /// rest, and returns once every task's end is recorded and the scheduler threads are gone.
     pub fn shutdown(&self, grace: Duration) {
+        self.scheduler.close();
+        // After the waiting tasks' ends are published, before the grace period: open streams
+        // must not hold up the HTTP server's shutdown.
         self.events.close();
-        self.scheduler.shutdown(grace);
+        self.scheduler.finish(grace);
         tracing::info!(totals = ?self.totals(), "every task has ended");
     }
 

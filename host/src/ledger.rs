@@ -91,18 +91,20 @@ impl Ledger {
 
     /// Writes `batch` and publishes it. A write that fails is logged: the task itself goes on.
     fn commit(&self, pid: Pid, batch: Vec<Change>) -> Result<(), StoreError> {
-        if let Err(error) = self.store.commit(&batch) {
+        // Built before the store takes the changes, sent only once it has them.
+        let published = if self.events.listening() {
+            batch
+                .iter()
+                .flat_map(|change| self.events.prepare(change))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let Err(error) = self.store.commit(batch) {
             tracing::error!(pid = %pid, %error, "a task's change was not recorded");
             return Err(error);
         }
-        if self.events.listening() {
-            for change in &batch {
-                match change {
-                    Change::Accepted(record) => self.events.spawned(record),
-                    Change::Event(pid, event) => self.events.event(*pid, event),
-                }
-            }
-        }
+        self.events.send(published);
         Ok(())
     }
 

@@ -365,7 +365,8 @@ pub(super) async fn get_logs(
     let (pid, id) = task_path(path)?;
     // The record before the logs: a task that shows as ended shows every line it logged.
     let record = state.host.get(id)?.ok_or_else(|| unknown(&pid))?;
-    let logs = state.host.logs(id)?.ok_or_else(|| unknown(&pid))?;
+    // Evicted in between: it ended, and its lines went with it.
+    let logs = state.host.logs(id)?.unwrap_or_default();
     Ok(Json(Logs {
         pid: record.pid,
         status: record.status,

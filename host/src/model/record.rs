@@ -151,23 +151,23 @@ impl TaskRecord {
 
     /// Folds one event into the record. Events after the end are ignored: an ended task is
     /// never resurrected, whatever arrives late.
-    pub fn apply(&mut self, event: &TaskEvent) {
+    pub fn apply(&mut self, event: TaskEvent) {
         if self.status.is_terminal() {
             return;
         }
         match event {
             TaskEvent::Started { at, steps, fuel } => {
                 self.status = Status::Running;
-                self.started_at = Some(*at);
-                self.steps = *steps;
-                self.fuel_consumed = *fuel;
+                self.started_at = Some(at);
+                self.steps = steps;
+                self.fuel_consumed = fuel;
             }
             TaskEvent::Progress { step, fuel, .. } => {
-                self.step = *step;
-                self.fuel_consumed = *fuel;
+                self.step = step;
+                self.fuel_consumed = fuel;
             }
             TaskEvent::Logs { dropped_bytes, .. } => {
-                self.logs_dropped_bytes = *dropped_bytes;
+                self.logs_dropped_bytes = dropped_bytes;
             }
             TaskEvent::Restarting {
                 at,
@@ -175,22 +175,22 @@ impl TaskRecord {
                 end,
                 next_attempt,
             } => {
-                self.attempts.push(Attempt::of(self.attempt, end, *at));
-                self.attempt = *next_attempt;
+                self.attempts.push(Attempt::of(self.attempt, &end, at));
+                self.attempt = next_attempt;
                 self.status = Status::Spawned;
                 self.step = 0;
-                self.fuel_consumed = *fuel;
+                self.fuel_consumed = fuel;
             }
             TaskEvent::Ended { at, fuel, end } => {
                 if !self.attempts.is_empty() {
-                    self.attempts.push(Attempt::of(self.attempt, end, *at));
+                    self.attempts.push(Attempt::of(self.attempt, &end, at));
                 }
                 self.status = end.status;
                 self.outcome = Some(end.outcome);
                 self.exit_code = end.exit_code;
-                self.error.clone_from(&end.error);
-                self.ended_at = Some(*at);
-                self.fuel_consumed = *fuel;
+                self.error = end.error;
+                self.ended_at = Some(at);
+                self.fuel_consumed = fuel;
             }
         }
     }
@@ -204,12 +204,12 @@ mod tests {
     fn an_ended_task_ignores_later_events() {
         let mut record = TaskRecord::spawned(Pid::new(1, 1), "t".into(), 0, "w".into(), "v".into());
         let at = SystemTime::now();
-        record.apply(&TaskEvent::Ended {
+        record.apply(TaskEvent::Ended {
             at,
             fuel: 5,
             end: TaskEnd::exited(0),
         });
-        record.apply(&TaskEvent::Started {
+        record.apply(TaskEvent::Started {
             at,
             steps: 9,
             fuel: 1,

@@ -17,7 +17,9 @@ pub struct Interrupts(Arc<Inner>);
 #[derive(Debug, Default)]
 struct Inner {
     pids: Mutex<HashSet<Pid>>,
-    /// `pids.len()`, written under the lock.
+    /// `pids.len()`, written under the lock. Sequentially consistent: a kill writes the set
+    /// and then reads the store, a task's end writes the store and then reads the set, and
+    /// one of the two must see the other's write.
     len: AtomicUsize,
 }
 
@@ -32,7 +34,7 @@ impl Interrupts {
     fn update(&self, change: impl FnOnce(&mut HashSet<Pid>)) {
         let mut pids = self.lock();
         change(&mut pids);
-        self.0.len.store(pids.len(), Ordering::Release);
+        self.0.len.store(pids.len(), Ordering::SeqCst);
     }
 
     /// Asks for `pid` to be stopped.
@@ -44,7 +46,7 @@ impl Interrupts {
 
     /// Forgets `pid`, whose end is recorded.
     pub fn remove(&self, pid: Pid) {
-        if self.0.len.load(Ordering::Acquire) > 0 {
+        if self.0.len.load(Ordering::SeqCst) > 0 {
             self.update(|pids| {
                 pids.remove(&pid);
             });
@@ -53,6 +55,6 @@ impl Interrupts {
 
     /// Whether `pid` is to be stopped.
     pub fn contains(&self, pid: Pid) -> bool {
-        self.0.len.load(Ordering::Acquire) > 0 && self.lock().contains(&pid)
+        self.0.len.load(Ordering::SeqCst) > 0 && self.lock().contains(&pid)
     }
 }

@@ -107,12 +107,13 @@ impl Lanes {
         }
     }
 
-    /// Records the end of a task that never reached a thread.
+    /// Records the end of a task that never reached a thread, and forgets any kill of it.
     fn record_unstarted(&self, job: &Job, end: TaskEnd) {
         let at = SystemTime::now();
         let ending = Ending::unstarted(end);
         self.ledger
             .ended(job.pid, job.version.worker(), ending, at, None);
+        self.of(job.pid).interrupts.remove(job.pid);
     }
 }
 
@@ -229,10 +230,8 @@ impl Scheduler {
         self.lanes.of(pid).interrupts.remove(pid);
     }
 
-    /// Shuts down: refuses new tasks at once, ends the waiting ones as killed, gives running
-    /// ones `grace` to end, kills the rest, and returns once every task's end is recorded and
-    /// the threads are gone.
-    pub fn shutdown(&self, grace: Duration) {
+    /// Begins a shutdown: refuses new tasks at once and ends the waiting ones as killed.
+    pub fn close(&self) {
         // Admission first: from here no waiting task is handed to a thread.
         for waiting in self.lanes.admission.close() {
             self.lanes.record_unstarted(&waiting, TaskEnd::killed());
@@ -241,6 +240,11 @@ impl Scheduler {
             lane.inbox.close();
             lane.inbox.wake();
         }
+    }
+
+    /// Ends a shutdown begun by [`Scheduler::close`]: gives running tasks `grace` to end,
+    /// kills the rest, and returns once every task's end is recorded and the threads are gone.
+    pub fn finish(&self, grace: Duration) {
         if !self.lanes.admission.wait_idle(Instant::now() + grace) {
             tracing::warn!(
                 remaining = self.live(),

@@ -10,6 +10,9 @@ use crate::model::{Pid, TaskEvent, TaskLogs, TaskRecord};
 /// Shards spread the scheduler threads' updates over several locks.
 const SHARDS: usize = 16;
 
+/// Places in the listing order a listing copies out at a time.
+const LIST_CHUNK: usize = 512;
+
 /// A task as the memory store holds it: its record, and its log lines beside it.
 #[derive(Debug)]
 struct Entry {
@@ -51,34 +54,41 @@ impl MemoryStore {
         lock(&self.shards[(pid.seq() % SHARDS as u64) as usize])
     }
 
-    fn accept(&self, record: &TaskRecord) {
-        let cursor = Cursor::of(record);
+    fn accept(&self, record: TaskRecord) {
+        let (pid, cursor) = (record.pid, Cursor::of(&record));
         let entry = Entry {
-            record: record.clone(),
+            record,
             logs: TaskLogs::default(),
         };
-        self.shard(record.pid).insert(record.pid, entry);
+        self.shard(pid).insert(pid, entry);
         lock(&self.order).insert(cursor);
     }
 
-    fn apply(&self, pid: Pid, event: &TaskEvent) {
+    fn apply(&self, pid: Pid, event: TaskEvent) {
         let ended = {
             let mut shard = self.shard(pid);
             let Some(entry) = shard.get_mut(&pid) else {
                 return;
             };
-            let was_live = !entry.record.status.is_terminal();
-            entry.record.apply(event);
-            if let TaskEvent::Logs {
-                lines,
-                dropped_bytes,
-            } = event
-                && was_live
-            {
-                entry.logs.lines.extend_from_slice(lines);
-                entry.logs.dropped_bytes = *dropped_bytes;
+            if entry.record.status.is_terminal() {
+                return;
             }
-            (was_live && entry.record.status.is_terminal()).then(|| Cursor::of(&entry.record))
+            match event {
+                TaskEvent::Logs {
+                    mut lines,
+                    dropped_bytes,
+                } => {
+                    entry.logs.lines.append(&mut lines);
+                    entry.logs.dropped_bytes = dropped_bytes;
+                    entry.record.logs_dropped_bytes = dropped_bytes;
+                }
+                event => entry.record.apply(event),
+            }
+            entry
+                .record
+                .status
+                .is_terminal()
+                .then(|| Cursor::of(&entry.record))
         };
         if let Some(cursor) = ended {
             self.ended(cursor);
@@ -102,11 +112,11 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn commit(&self, batch: &[Change]) -> Result<(), StoreError> {
+    fn commit(&self, batch: Vec<Change>) -> Result<(), StoreError> {
         for change in batch {
             match change {
                 Change::Accepted(record) => self.accept(record),
-                Change::Event(pid, event) => self.apply(*pid, event),
+                Change::Event(pid, event) => self.apply(pid, event),
             }
         }
         Ok(())
@@ -121,26 +131,38 @@ impl Store for MemoryStore {
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        let order = lock(&self.order);
-        let older = match query.before {
-            Some(before) => order.range(..before),
-            None => order.range(..),
-        };
         let mut tasks = Vec::new();
         let mut more = false;
-        for cursor in older.rev() {
-            let shard = self.shard(cursor.pid);
-            let Some(entry) = shard.get(&cursor.pid) else {
-                continue;
+        let mut below = query.before;
+        // A chunk of the order at a time, its lock let go before any shard is looked at, so
+        // that a long, filtered listing never holds up tasks being accepted or evicted.
+        'scan: loop {
+            let chunk: Vec<Cursor> = {
+                let order = lock(&self.order);
+                let older = match below {
+                    Some(below) => order.range(..below),
+                    None => order.range(..),
+                };
+                older.rev().take(LIST_CHUNK).copied().collect()
             };
-            if !query.wants(&entry.record) {
-                continue;
-            }
-            if tasks.len() == query.limit {
-                more = true;
+            let Some(&last) = chunk.last() else {
                 break;
+            };
+            for cursor in chunk {
+                let shard = self.shard(cursor.pid);
+                let Some(entry) = shard.get(&cursor.pid) else {
+                    continue;
+                };
+                if !query.wants(&entry.record) {
+                    continue;
+                }
+                if tasks.len() == query.limit {
+                    more = true;
+                    break 'scan;
+                }
+                tasks.push(entry.record.clone());
             }
-            tasks.push(entry.record.clone());
+            below = Some(last);
         }
         let next = if more {
             tasks.last().map(Cursor::of)
@@ -183,7 +205,7 @@ mod tests {
         let pids: Vec<Pid> = (0..4).map(|seq| Pid::new(1, seq)).collect();
         for seq in 0..4 {
             store
-                .commit(&[Change::Accepted(record(seq, "t"))])
+                .commit(vec![Change::Accepted(record(seq, "t"))])
                 .expect("commit");
         }
         for &pid in &pids[..3] {
@@ -211,7 +233,9 @@ mod tests {
             let name = if seq % 2 == 0 { "even" } else { "odd" };
             let mut record = record(seq, name);
             record.spawned_at = SystemTime::UNIX_EPOCH + Duration::from_secs(10 - seq);
-            store.commit(&[Change::Accepted(record)]).expect("commit");
+            store
+                .commit(vec![Change::Accepted(record)])
+                .expect("commit");
         }
         end(&store, Pid::new(1, 4));
         let seqs = |page: &Page| page.tasks.iter().map(|r| r.pid.seq()).collect::<Vec<_>>();

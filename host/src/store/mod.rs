@@ -1,11 +1,11 @@
 //! The task store: what the host knows of every task, behind an interface of its own.
 //!
 //! Every write is a [`Change`]: a task accepted, or an event of its life. A store takes changes
-//! in batches and writes each batch whole or not at all, so a store that waits for a disk or a
-//! network can commit many changes at once; the ledger decides who waits for which commit, and
-//! never makes a scheduler thread wait on one. Records are read without their log lines, which
-//! are kept apart ([`TaskLogs`]), and lists run newest first by acceptance time, not by pid, so
-//! that pids of several boots or hosts list in the order they were accepted.
+//! in batches, so that a store that waits for a disk or a network can commit many changes at
+//! once, and can fail. The ledger is the store's one writer; with the in-memory store it writes
+//! inline, on whichever thread recorded the change. Records are read without their log lines,
+//! which are kept apart ([`TaskLogs`]), and lists run newest first by acceptance time, not by
+//! pid, so that pids of several boots or hosts list in the order they were accepted.
 //!
 //! [`MemoryStore`] keeps everything in this process; a durable store (SQLite) or a shared one
 //! (PostgreSQL) implements [`Store`] with SQL of its own.
@@ -131,8 +131,8 @@ pub struct Page {
 
 /// The store's interface: the only way the rest of the host reads or writes task state.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// Writes `batch` in order, whole or not at all.
-    fn commit(&self, batch: &[Change]) -> Result<(), StoreError>;
+    /// Writes `batch` in order. A store that can fail writes it whole or not at all.
+    fn commit(&self, batch: Vec<Change>) -> Result<(), StoreError>;
     /// A task's record, without its log lines, if the store still holds it.
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError>;
     /// A task's captured log, if the store still holds the task.
