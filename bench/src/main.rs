@@ -342,19 +342,26 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
                 &capacity,
                 "--max-duration-secs",
                 "86400",
+                "--store",
+                "memory",
             ])?;
             let host = http_spawn::Host::start(&config)?;
             let before = procfs::Status::read()?;
             let begun = Instant::now();
             for _ in 0..n {
-                host.spawn(NewTask {
-                    name: "sleeper".into(),
-                    duration: 86_400,
-                    payload: None,
-                    deadline: None,
-                    restart: None,
-                    worker: None,
-                })?;
+                host.spawn(
+                    NewTask {
+                        name: "sleeper".into(),
+                        duration: 86_400,
+                        payload: None,
+                        deadline: None,
+                        restart: None,
+                        on_host_loss: None,
+                        worker: None,
+                    },
+                    None,
+                )?
+                .wait()?;
             }
             let deadline = Instant::now() + Duration::from_secs(600);
             while host.totals().started < u64::from(n) {
@@ -529,6 +536,10 @@ impl Server {
             "host" => {
                 let mut command = Command::new(release.join("http-spawn"));
                 command.arg("--module").arg(guest("default"));
+                if !extra.contains(&"--store") {
+                    // The in-memory store, unless a section measures another.
+                    command.args(["--store", "memory"]);
+                }
                 command
             }
             _ => Command::new(release.join("floor-server")),

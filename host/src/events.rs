@@ -99,7 +99,7 @@ impl EventBus {
     pub fn prepare(&self, change: &Change) -> Vec<Published> {
         let one = |pid, kind, data: Value| vec![published(pid, kind, &data)];
         match change {
-            Change::Accepted(record) => {
+            Change::Accepted { record, .. } => {
                 let data = Spawned {
                     pid: record.pid,
                     name: &record.name,
@@ -110,7 +110,10 @@ impl EventBus {
                 };
                 one(record.pid, "spawned", json!(data))
             }
-            Change::Event(_, TaskEvent::Ended { .. }) => Vec::new(),
+            Change::Event(_, TaskEvent::Ended { .. })
+            | Change::Prune { .. }
+            | Change::Module { .. }
+            | Change::Worker { .. } => Vec::new(),
             Change::Event(
                 pid,
                 TaskEvent::Restarting {

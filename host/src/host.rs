@@ -2,20 +2,29 @@
 //! subscribe, shutdown) over the runtime, the registry, the scheduler and the store. The HTTP
 //! layer and the benchmarks both drive this.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
+use tokio::sync::oneshot;
 
-use crate::config::Config;
+use crate::config::{Config, StoreLocation};
 use crate::events::{EventBus, Subscription};
-use crate::ledger::{EndWatch, Ledger, Totals};
+use crate::ledger::{EndWatch, Ending, Ledger, Totals};
 use crate::metrics::{self, Metrics};
-use crate::model::{NewTask, Pid, Pids, TaskLogs, TaskRecord};
+use crate::model::{
+    NewTask, OnHostLoss, Pid, Pids, Status, TaskEnd, TaskLogs, TaskRecord, TaskSpec,
+};
 use crate::registry::{Registry, UnknownWorker};
 use crate::runtime::{Sandbox, SandboxConfig};
-use crate::sched::{Job, NotPlaced, Placed, Scheduler};
-use crate::store::{ListQuery, MemoryStore, Page, Store, StoreError};
+use crate::sched::{Job, Placed, Refused, Scheduler};
+use crate::store::{
+    Change, IdempotencyKey, ListQuery, MemoryStore, Page, SqliteStore, Store, StoreError,
+};
+
+/// How often ended tasks past the history and expired idempotency keys are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a task was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,13 @@ pub enum SpawnError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "the Idempotency-Key was used before with a different request body (for task {0}); \
+         use a new key for a new request"
+    )]
+    KeyReused(Pid),
+    #[error("a request with this Idempotency-Key is in progress; retry once it is answered")]
+    KeyInFlight,
 }
 
 /// Why a task could not be killed.
@@ -56,13 +72,53 @@ pub struct Host {
     scheduler: Scheduler,
     pids: Pids,
     deadline_grace_secs: u32,
+    idempotency_ttl: Duration,
+    /// Idempotency keys whose first request is being answered.
+    keys_in_flight: Arc<Mutex<HashSet<String>>>,
     sandbox: Arc<Sandbox>,
     workers: Arc<Registry>,
 }
 
+/// A task being accepted: its pid, and the store's answer to come.
+#[derive(Debug)]
+pub struct Accepting {
+    pid: Pid,
+    recorded: Option<oneshot::Receiver<Result<(), StoreError>>>,
+}
+
+impl Accepting {
+    /// The task's pid once its acceptance is recorded (on disk, with a durable store): what a
+    /// `202` may promise.
+    pub async fn recorded(self) -> Result<Pid, SpawnError> {
+        match self.recorded {
+            None => Ok(self.pid),
+            Some(receiver) => match receiver.await {
+                Ok(Ok(())) => Ok(self.pid),
+                Ok(Err(error)) => Err(error.into()),
+                Err(_) => Err(SpawnError::ShuttingDown),
+            },
+        }
+    }
+
+    /// [`Accepting::recorded`], waiting on this thread: outside an async runtime.
+    pub fn wait(self) -> Result<Pid, SpawnError> {
+        match self.recorded {
+            None => Ok(self.pid),
+            Some(receiver) => match receiver.blocking_recv() {
+                Ok(Ok(())) => Ok(self.pid),
+                Ok(Err(error)) => Err(error.into()),
+                Err(_) => Err(SpawnError::ShuttingDown),
+            },
+        }
+    }
+}
+
 impl Host {
-    /// Loads the workers, sizes the pool and admission, and starts the scheduler threads.
+    /// Opens the store, loads the workers, sizes the pool and admission, starts the scheduler
+    /// threads, and runs again every task the store holds unfinished (a host lost before it
+    /// ended them), before anything else is accepted.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
+        let store = open_store(config)?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
             max_memory_bytes: config.pool_slot_bytes(),
             max_log_bytes: config.max_log_bytes,
@@ -75,6 +131,7 @@ impl Host {
             Arc::clone(&sandbox),
             &config.workers,
             Arc::clone(&metrics),
+            Arc::clone(&store),
         )?);
         if config.watch_interval_ms > 0 {
             workers
@@ -92,7 +149,6 @@ impl Host {
             "host ready"
         );
         let events = Arc::new(EventBus::new(config.max_subscribers));
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(config.max_history));
         let ledger = Arc::new(Ledger::new(
             Arc::clone(&store),
             Arc::clone(&events),
@@ -105,16 +161,121 @@ impl Host {
             Arc::clone(&ledger),
         )
         .context("starting the scheduler threads")?;
-        Ok(Self {
+        let pids = Pids::new();
+        let last = store.last_seq(pids.boot())?;
+        let host = Self {
             store,
             ledger,
             events,
             scheduler,
-            pids: Pids::new(),
+            pids: pids.after(last),
             deadline_grace_secs: config.deadline_grace_secs,
+            idempotency_ttl: config.idempotency_ttl,
+            keys_in_flight: Arc::default(),
             sandbox,
             workers,
-        })
+        };
+        host.recover()?;
+        start_pruner(
+            Arc::downgrade(&host.store),
+            config.max_history,
+            config.history_ttl,
+            config.idempotency_ttl,
+        )?;
+        Ok(host)
+    }
+
+    /// Runs again, in the order they were accepted, the tasks the store holds unfinished.
+    fn recover(&self) -> anyhow::Result<()> {
+        let begun = Instant::now();
+        let unfinished = self
+            .store
+            .unfinished()
+            .context("reading the unfinished tasks from the store")?;
+        if unfinished.is_empty() {
+            return Ok(());
+        }
+        let (mut rerun, mut failed, mut waiting) = (0u64, 0u64, 0u64);
+        for (record, spec) in unfinished {
+            match self.recover_task(record, spec) {
+                Recovered::Rerun => rerun += 1,
+                Recovered::Failed => failed += 1,
+                Recovered::Waiting => waiting += 1,
+            }
+        }
+        tracing::warn!(
+            rerun, failed, waiting,
+            took = ?begun.elapsed(),
+            "recovered the tasks a lost host left unfinished: those that were running run again \
+             from the start (or ended failed, host_lost, where on_host_loss is fail); those \
+             waiting wait again, in order"
+        );
+        Ok(())
+    }
+
+    fn recover_task(&self, record: TaskRecord, spec: TaskSpec) -> Recovered {
+        let pid = record.pid;
+        let worker = Arc::clone(&record.worker);
+        // An attempt that had started was lost with the host.
+        let lost = record.status == Status::Running;
+        let end_unstarted = |end: TaskEnd| {
+            let ending = Ending::unstarted(end, record.attempt);
+            self.ledger
+                .ended(pid, &worker, ending, SystemTime::now(), None);
+        };
+        let version = match self.workers.version_of(&worker, &spec.module_sha256) {
+            Ok(version) => version,
+            Err(error) => {
+                tracing::error!(pid = %pid, worker = %worker, %error,
+                    "a recovered task's module version cannot be loaded");
+                end_unstarted(TaskEnd::failed(
+                    crate::model::Outcome::InstantiationFailed,
+                    format!(
+                        "after the host was lost, its module version could not be loaded: {error}"
+                    ),
+                ));
+                return Recovered::Failed;
+            }
+        };
+        if lost && spec.on_host_loss == OnHostLoss::Fail {
+            end_unstarted(TaskEnd::host_lost(record.attempt));
+            return Recovered::Failed;
+        }
+        let mut attempt = record.attempt;
+        let mut ready_at = Instant::now();
+        if lost {
+            attempt += 1;
+            let end = TaskEnd::host_lost(record.attempt);
+            self.ledger.restarting(
+                pid,
+                &worker,
+                record.fuel_consumed,
+                end,
+                attempt,
+                SystemTime::now(),
+            );
+        } else if let Some(due) = spec.ready_at {
+            // A restart waiting out its backoff waits out what is left of it.
+            ready_at += due.duration_since(SystemTime::now()).unwrap_or_default();
+        }
+        let job = Job {
+            pid,
+            name: record.name,
+            version,
+            duration: record.duration,
+            payload: spec.payload,
+            deadline: Duration::from_secs(u64::from(spec.deadline_secs)),
+            // A host loss never costs a task one of its restarts after failures.
+            max_attempts: spec.max_attempts.max(attempt),
+            attempt,
+            ready_at,
+        };
+        self.scheduler.readmit(job);
+        if lost {
+            Recovered::Rerun
+        } else {
+            Recovered::Waiting
+        }
     }
 
     /// The host's metrics.
@@ -154,9 +315,16 @@ impl Host {
         &self.workers
     }
 
-    /// Accepts a task: admits it (or queues it), records it and hands it to its scheduler
-    /// thread. Returns its pid at once; the task runs in the background.
-    pub fn spawn(&self, task: NewTask) -> Result<Pid, SpawnError> {
+    /// Accepts a task: promises it a place (or a place in the queue), records it, and once
+    /// it is recorded hands it to its scheduler thread. The returned [`Accepting`] resolves
+    /// once the store has it; the task runs in the background. A request that carries an
+    /// idempotency key already used for the same body gets the first task's pid again and
+    /// starts nothing.
+    pub fn spawn(
+        &self,
+        task: NewTask,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Accepting, SpawnError> {
         let NewTask {
             name,
             worker,
@@ -164,6 +332,7 @@ impl Host {
             payload,
             deadline,
             restart,
+            on_host_loss,
         } = task;
         let worker = self.workers.get(worker.as_deref())?;
         let settings = &worker.settings;
@@ -181,46 +350,100 @@ impl Host {
         if deadline.is_some_and(|deadline| deadline > max_deadline) {
             return Err(too_long("deadline", max_deadline));
         }
-        let deadline = Duration::from_secs(u64::from(
-            deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs)),
-        ));
+        let deadline_secs = deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs));
+        let in_flight = match &key {
+            Some(key) => {
+                if let Some(pid) = self.remembered(key)? {
+                    return Ok(Accepting {
+                        pid,
+                        recorded: None,
+                    });
+                }
+                Some(KeyInFlight::take(&self.keys_in_flight, &key.key)?)
+            }
+            None => None,
+        };
+        if !self.store.healthy() {
+            return Err(StoreError::Unavailable(
+                "the task store cannot write now; retry later".into(),
+            )
+            .into());
+        }
+        let promise = self.scheduler.promise().map_err(|refused| match refused {
+            Refused::Full => SpawnError::Full {
+                live: self.scheduler.capacity(),
+                queued: self.scheduler.queue_limit(),
+            },
+            Refused::Closed => SpawnError::ShuttingDown,
+        })?;
         let pid = self.pids.next();
+        let version = worker.current();
+        let max_attempts = restart.unwrap_or(settings.restart).max_attempts();
+        let spec = TaskSpec {
+            module_sha256: version.module.digest().hex(),
+            payload: payload.clone(),
+            deadline_secs,
+            max_attempts,
+            on_host_loss: on_host_loss.unwrap_or(settings.on_host_loss),
+            ready_at: None,
+        };
+        let record = TaskRecord::spawned(
+            pid,
+            name.clone(),
+            duration,
+            Arc::clone(version.worker()),
+            Arc::clone(&version.id),
+        );
+        tracing::info!(pid = %pid, worker = %worker.name, step = 0, version = %version.id,
+            name = %name, duration, "Task process spawned");
         let job = Job {
             pid,
             name,
-            version: worker.current(),
+            version,
             duration,
             payload,
-            deadline,
-            max_attempts: restart.unwrap_or(settings.restart).max_attempts(),
+            deadline: Duration::from_secs(u64::from(deadline_secs)),
+            max_attempts,
             attempt: 1,
             ready_at: Instant::now(),
         };
-        let record = |job: &Job| {
-            tracing::info!(pid = %pid, worker = %job.version.worker(), step = 0,
-                version = %job.version.id, name = %job.name, duration, "Task process spawned");
-            self.ledger.accepted(TaskRecord::spawned(
-                pid,
-                job.name.clone(),
-                duration,
-                Arc::clone(job.version.worker()),
-                Arc::clone(&job.version.id),
-            ))
-        };
-        match self.scheduler.admit(job, record) {
-            Ok(Placed::Running) => Ok(pid),
-            Ok(Placed::Queued) => {
-                tracing::info!(pid = %pid, worker = %worker.name, step = 0,
-                    "Task queued: every place taken");
-                Ok(pid)
+        let (sender, receiver) = oneshot::channel();
+        let scheduler = self.scheduler.clone();
+        self.ledger.accepted(record, spec, key, move |recorded| {
+            drop(in_flight);
+            match &recorded {
+                Ok(()) => {
+                    if scheduler.place(promise, job) == Placed::Queued {
+                        tracing::info!(pid = %pid, step = 0, "Task queued: every place taken");
+                    }
+                }
+                Err(_) => scheduler.break_promise(promise),
             }
-            Err(NotPlaced::Full) => Err(SpawnError::Full {
-                live: self.scheduler.capacity(),
-                queued: self.scheduler.queue_limit(),
-            }),
-            Err(NotPlaced::Closed) => Err(SpawnError::ShuttingDown),
-            Err(NotPlaced::NotRecorded(error)) => Err(SpawnError::Store(error)),
+            let _ = sender.send(recorded);
+        });
+        Ok(Accepting {
+            pid,
+            recorded: Some(receiver),
+        })
+    }
+
+    /// The pid an idempotency key was first used for, if it was used with the same body and
+    /// is still remembered; an error if it was used with another body.
+    fn remembered(&self, key: &IdempotencyKey) -> Result<Option<Pid>, SpawnError> {
+        let Some(remembered) = self.store.remembered(&key.key)? else {
+            return Ok(None);
+        };
+        let expired = remembered
+            .at
+            .elapsed()
+            .is_ok_and(|age| age > self.idempotency_ttl);
+        if expired {
+            return Ok(None);
         }
+        if remembered.body_sha256 != key.body_sha256 {
+            return Err(SpawnError::KeyReused(remembered.pid));
+        }
+        Ok(Some(remembered.pid))
     }
 
     /// Asks for a task to be killed: at once if it is queued or sleeping, within an epoch
@@ -302,5 +525,95 @@ impl Host {
     /// What the host has done since it started.
     pub fn totals(&self) -> Totals {
         self.ledger.totals()
+    }
+}
+
+/// What became of a task found unfinished at start.
+enum Recovered {
+    /// Its attempt was lost with the host; it runs again.
+    Rerun,
+    /// It ends: `on_host_loss` is `fail`, or its module is gone.
+    Failed,
+    /// It had not started (or waited out a backoff); it waits again.
+    Waiting,
+}
+
+/// Opens the store `config` names.
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.store_location() {
+        StoreLocation::Memory => {
+            tracing::warn!(
+                "the task store is in memory: tasks, logs and uploaded worker versions are \
+                 forgotten at a restart, and tasks accepted but not ended are lost in a crash"
+            );
+            Arc::new(MemoryStore::new(config.max_history))
+        }
+        StoreLocation::Sqlite(path) => {
+            let store = SqliteStore::open(&path, config.store_sync)?;
+            tracing::info!(path = %path.display(), sync = ?config.store_sync, "task store opened");
+            Arc::new(store)
+        }
+    })
+}
+
+/// Prunes the store every [`PRUNE_INTERVAL`] while it lives: ended tasks past `max_history`
+/// or older than `history_ttl`, and idempotency keys older than `idempotency_ttl`.
+fn start_pruner(
+    store: Weak<dyn Store>,
+    max_history: usize,
+    history_ttl: Duration,
+    idempotency_ttl: Duration,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("store-prune".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(PRUNE_INTERVAL);
+                let Some(store) = store.upgrade() else {
+                    return;
+                };
+                let now = SystemTime::now();
+                let prune = Change::Prune {
+                    max_history,
+                    ended_before: now
+                        .checked_sub(history_ttl)
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                    keys_before: now
+                        .checked_sub(idempotency_ttl)
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                };
+                if let Err(error) = store.wait(vec![prune]) {
+                    tracing::debug!(%error, "pruning the store failed; it is tried again");
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// An idempotency key held while its first request is answered; let go when dropped.
+struct KeyInFlight {
+    keys: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl KeyInFlight {
+    fn take(keys: &Arc<Mutex<HashSet<String>>>, key: &str) -> Result<Self, SpawnError> {
+        let mut held = keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !held.insert(key.to_owned()) {
+            return Err(SpawnError::KeyInFlight);
+        }
+        Ok(Self {
+            keys: Arc::clone(keys),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for KeyInFlight {
+    fn drop(&mut self) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.key);
     }
 }

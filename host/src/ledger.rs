@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::events::EventBus;
+use crate::events::{EventBus, Published};
 use crate::metrics::Metrics;
-use crate::model::{LogLine, Pid, TaskEnd, TaskEvent, TaskRecord};
-use crate::store::{Change, Store, StoreError};
+use crate::model::{LogLine, Pid, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
+use crate::store::{Change, Done, IdempotencyKey, Store, StoreError};
 
 /// Counters of what the host has done since it started.
 #[derive(Debug, Default, Clone, Copy, Serialize, utoipa::ToSchema)]
@@ -39,16 +39,20 @@ pub struct Ending {
     pub end: TaskEnd,
     /// How long it ran, if it started.
     pub ran: Option<Duration>,
+    /// Which attempt it was, from 1.
+    pub attempt: u32,
 }
 
 impl Ending {
-    /// The end of a task that never started (killed while waiting, refused at shutdown).
-    pub fn unstarted(end: TaskEnd) -> Self {
+    /// The end of attempt `attempt` of a task that never started it (killed while waiting,
+    /// refused at shutdown).
+    pub fn unstarted(end: TaskEnd, attempt: u32) -> Self {
         Self {
             step: 0,
             fuel: 0,
             end,
             ran: None,
+            attempt,
         }
     }
 }
@@ -57,13 +61,21 @@ impl Ending {
 /// its capture cap discarded.
 pub type FreshLogs = (Vec<LogLine>, u64);
 
+/// What runs once a write is done, told whether it succeeded.
+type AfterWrite = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
+
 /// Records what happens to tasks.
 #[derive(Debug)]
 pub struct Ledger {
     store: Arc<dyn Store>,
     events: Arc<EventBus>,
     metrics: Arc<Metrics>,
-    waiters: EndWaiters,
+    waiters: Arc<EndWaiters>,
+    counts: Arc<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
     spawned: AtomicU64,
     started: AtomicU64,
     ended: AtomicU64,
@@ -76,11 +88,8 @@ impl Ledger {
             store,
             events,
             metrics,
-            waiters: EndWaiters::default(),
-            spawned: AtomicU64::new(0),
-            started: AtomicU64::new(0),
-            ended: AtomicU64::new(0),
-            exited_ok: AtomicU64::new(0),
+            waiters: Arc::default(),
+            counts: Arc::default(),
         }
     }
 
@@ -89,10 +98,11 @@ impl Ledger {
         &self.metrics
     }
 
-    /// Writes `batch` and publishes it. A write that fails is logged: the task itself goes on.
-    fn commit(&self, pid: Pid, batch: Vec<Change>) -> Result<(), StoreError> {
+    /// Hands `batch` to the store; once it is written, publishes it and runs `then`. A write
+    /// that fails is logged (the store keeps a task's changes and tries them again).
+    fn write(&self, pid: Pid, batch: Vec<Change>, then: Option<AfterWrite>) {
         // Built before the store takes the changes, sent only once it has them.
-        let published = if self.events.listening() {
+        let published: Vec<Published> = if self.events.listening() {
             batch
                 .iter()
                 .flat_map(|change| self.events.prepare(change))
@@ -100,21 +110,48 @@ impl Ledger {
         } else {
             Vec::new()
         };
-        if let Err(error) = self.store.commit(batch) {
-            tracing::error!(pid = %pid, %error, "a task's change was not recorded");
-            return Err(error);
+        if published.is_empty() && then.is_none() {
+            return self.store.submit(batch, None);
         }
-        self.events.send(published);
-        Ok(())
+        let events = Arc::clone(&self.events);
+        let done: Done = Box::new(move |result| {
+            match &result {
+                Ok(()) => events.send(published),
+                Err(error) => {
+                    tracing::error!(pid = %pid, %error, "a task's change was not recorded")
+                }
+            }
+            if let Some(then) = then {
+                then(&result);
+            }
+        });
+        self.store.submit(batch, Some(done));
     }
 
-    /// A task was accepted. Fails, and nothing is recorded, if the store cannot take it.
-    pub fn accepted(&self, record: TaskRecord) -> Result<(), StoreError> {
+    /// A task was accepted: once the store has it, counts it and calls `then` with whether it
+    /// was recorded. `spec` is what the task needs to run again after a crash; `key`, the
+    /// idempotency key its request carried.
+    pub fn accepted(
+        &self,
+        record: TaskRecord,
+        spec: TaskSpec,
+        key: Option<IdempotencyKey>,
+        then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) {
         let (pid, worker) = (record.pid, Arc::clone(&record.worker));
-        self.commit(pid, vec![Change::Accepted(record)])?;
-        self.metrics.spawned(&worker);
-        self.spawned.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let (metrics, counts) = (Arc::clone(&self.metrics), Arc::clone(&self.counts));
+        let batch = vec![Change::Accepted { record, spec, key }];
+        self.write(
+            pid,
+            batch,
+            Some(Box::new(move |result| {
+                if result.is_ok() {
+                    metrics.spawned(&worker);
+                    counts.spawned.fetch_add(1, Ordering::Relaxed);
+                }
+                then(result.clone());
+            })),
+        );
     }
 
     /// An attempt is up: instantiated in `instantiation`, `since_spawn` after it was accepted
@@ -129,26 +166,27 @@ impl Ledger {
         since_spawn: Duration,
     ) {
         self.metrics.started(worker, instantiation, since_spawn);
-        self.started.fetch_add(1, Ordering::Relaxed);
+        self.counts.started.fetch_add(1, Ordering::Relaxed);
         let at = SystemTime::now();
         let event = TaskEvent::Started { at, steps, fuel };
-        let _ = self.commit(pid, vec![Change::Event(pid, event)]);
+        self.write(pid, vec![Change::Event(pid, event)], None);
     }
 
     /// The task woke for step `step` of `steps`, having burnt `fuel` in all.
     pub fn progress(&self, pid: Pid, step: u32, steps: u32, fuel: u64) {
         let event = TaskEvent::Progress { step, steps, fuel };
-        let _ = self.commit(pid, vec![Change::Event(pid, event)]);
+        self.write(pid, vec![Change::Event(pid, event)], None);
     }
 
     /// The task logged or printed `logs` since they were last recorded.
     pub fn logs(&self, pid: Pid, logs: FreshLogs) {
         if let Some(change) = logs_change(pid, logs) {
-            let _ = self.commit(pid, vec![change]);
+            self.write(pid, vec![change], None);
         }
     }
 
-    /// An attempt failed and the task will run again as `next_attempt`.
+    /// An attempt failed (or its host was lost) and the task will run again as
+    /// `next_attempt`, from `ready_at`.
     pub fn restarting(
         &self,
         pid: Pid,
@@ -156,6 +194,7 @@ impl Ledger {
         fuel: u64,
         end: TaskEnd,
         next_attempt: u32,
+        ready_at: SystemTime,
     ) {
         self.metrics.restarted(worker, &end, fuel);
         let at = SystemTime::now();
@@ -164,13 +203,14 @@ impl Ledger {
             fuel,
             end,
             next_attempt,
+            ready_at,
         };
-        let _ = self.commit(pid, vec![Change::Event(pid, event)]);
+        self.write(pid, vec![Change::Event(pid, event)], None);
     }
 
-    /// The task ended `at`, which the caller reads before it gives the task's place back, so
-    /// that a task that waited for the place never seems to start before this one ended. Its
-    /// last log lines are recorded with its end, in one write.
+    /// Attempt `attempt` ended the task `at`, which the caller reads before it gives the
+    /// task's place back, so that a task that waited for the place never seems to start
+    /// before this one ended. Its last log lines are recorded with its end, in one write.
     pub fn ended(
         &self,
         pid: Pid,
@@ -184,6 +224,7 @@ impl Ledger {
             fuel,
             end,
             ran,
+            attempt,
         } = ending;
         tracing::info!(
             pid = %pid,
@@ -198,36 +239,50 @@ impl Ledger {
         );
         self.metrics.ended(worker, &end, fuel, ran);
         if end.exit_code == Some(0) {
-            self.exited_ok.fetch_add(1, Ordering::Relaxed);
+            self.counts.exited_ok.fetch_add(1, Ordering::Relaxed);
         }
-        self.ended.fetch_add(1, Ordering::Relaxed);
+        self.counts.ended.fetch_add(1, Ordering::Relaxed);
         let mut batch: Vec<Change> = last_logs
             .and_then(|logs| logs_change(pid, logs))
             .into_iter()
             .collect();
-        batch.push(Change::Event(pid, TaskEvent::Ended { at, fuel, end }));
-        if self.commit(pid, batch).is_ok()
-            && self.events.listening()
-            && let Ok(Some(record)) = self.store.get(pid)
-        {
-            self.events.exit(&record);
-        }
-        self.waiters.ended(pid);
+        let event = TaskEvent::Ended {
+            at,
+            fuel,
+            end,
+            attempt,
+        };
+        batch.push(Change::Event(pid, event));
+        let (store, events, waiters) = (
+            Arc::clone(&self.store),
+            Arc::clone(&self.events),
+            Arc::clone(&self.waiters),
+        );
+        let published = Box::new(move |result: &Result<(), StoreError>| {
+            if result.is_ok()
+                && events.listening()
+                && let Ok(Some(record)) = store.get(pid)
+            {
+                events.exit(&record);
+            }
+            waiters.ended(pid);
+        });
+        self.write(pid, batch, Some(published));
     }
 
     /// Resolves once task `pid`'s end is recorded from now on. Ask before looking whether it
     /// has ended, so that an end in between is not missed.
-    pub fn watch_end(self: &Arc<Self>, pid: Pid) -> EndWatch {
-        self.waiters.watch(pid, Arc::clone(self))
+    pub fn watch_end(&self, pid: Pid) -> EndWatch {
+        self.waiters.watch(pid)
     }
 
     /// What the host has done since it started.
     pub fn totals(&self) -> Totals {
         Totals {
-            spawned: self.spawned.load(Ordering::Relaxed),
-            started: self.started.load(Ordering::Relaxed),
-            ended: self.ended.load(Ordering::Relaxed),
-            exited_ok: self.exited_ok.load(Ordering::Relaxed),
+            spawned: self.counts.spawned.load(Ordering::Relaxed),
+            started: self.counts.started.load(Ordering::Relaxed),
+            ended: self.counts.ended.load(Ordering::Relaxed),
+            exited_ok: self.counts.exited_ok.load(Ordering::Relaxed),
         }
     }
 }
@@ -262,7 +317,7 @@ impl EndWaiters {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn watch(&self, pid: Pid, ledger: Arc<Ledger>) -> EndWatch {
+    fn watch(self: &Arc<Self>, pid: Pid) -> EndWatch {
         let (sender, receiver) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut waiting = self.lock();
@@ -272,7 +327,7 @@ impl EndWaiters {
             pid,
             id,
             receiver,
-            ledger,
+            waiters: Arc::clone(self),
         }
     }
 
@@ -309,7 +364,7 @@ pub struct EndWatch {
     pid: Pid,
     id: u64,
     receiver: oneshot::Receiver<()>,
-    ledger: Arc<Ledger>,
+    waiters: Arc<EndWaiters>,
 }
 
 impl EndWatch {
@@ -324,6 +379,6 @@ impl EndWatch {
 
 impl Drop for EndWatch {
     fn drop(&mut self) {
-        self.ledger.waiters.forget(self.pid, self.id);
+        self.waiters.forget(self.pid, self.id);
     }
 }

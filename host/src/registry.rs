@@ -17,6 +17,7 @@ use crate::config::{DEFAULT_WORKER, WorkerConfig};
 use crate::metrics::Metrics;
 use crate::model::time;
 use crate::runtime::{Digest, LoadError, Module, Origin, Sandbox, WorkerLimits};
+use crate::store::{Change, Store, StoreError, StoredVersion, WorkerVersions};
 
 /// Where a version came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,9 @@ struct WorkerState {
 struct FileStamps {
     loaded: Option<FileStamp>,
     pending: Option<FileStamp>,
+    /// The SHA-256 of the file as last loaded, kept in the store: a file changed while the
+    /// host was down is noticed at start.
+    sha256: String,
 }
 
 /// What changes when a file is rewritten or replaced: its size and times, and, where there
@@ -235,6 +239,8 @@ pub enum StartError {
         path: PathBuf,
         source: LoadError,
     },
+    #[error("worker {worker:?}: its versions cannot be kept in the store: {source}")]
+    Store { worker: String, source: StoreError },
 }
 
 /// A request named a worker the registry does not have.
@@ -252,6 +258,8 @@ pub enum InstallError {
     Unknown(#[from] UnknownWorker),
     #[error(transparent)]
     Refused(#[from] LoadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why a rollback did not happen.
@@ -261,6 +269,8 @@ pub enum RollbackError {
     Unknown(#[from] UnknownWorker),
     #[error("worker {0:?} has no previous version to roll back to")]
     NoPrevious(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The outcome of an install.
@@ -276,6 +286,8 @@ pub struct Installed {
 pub struct Registry {
     sandbox: Arc<Sandbox>,
     metrics: Arc<Metrics>,
+    /// Where versions are kept across restarts.
+    store: Arc<dyn Store>,
     workers: BTreeMap<Arc<str>, Arc<Worker>>,
     /// One load at a time: loads compile on a blocking thread, and the pool keeps a single
     /// spare instance for smoke runs.
@@ -288,61 +300,207 @@ impl Registry {
         sandbox: Arc<Sandbox>,
         configs: &[WorkerConfig],
         metrics: Arc<Metrics>,
+        store: Arc<dyn Store>,
     ) -> Result<Self, StartError> {
-        let mut workers = BTreeMap::new();
+        let mut registry = Self {
+            sandbox,
+            metrics,
+            store,
+            workers: BTreeMap::new(),
+            installing: Mutex::new(()),
+        };
         for config in configs {
-            let stamp = FileStamp::of(&config.module);
-            let bytes = std::fs::read(&config.module).map_err(|source| StartError::Read {
+            let worker = registry.start_worker(config)?;
+            registry
+                .workers
+                .insert(Arc::clone(&worker.name), Arc::new(worker));
+        }
+        if !registry.workers.contains_key(DEFAULT_WORKER) {
+            return Err(StartError::NoDefault);
+        }
+        for worker in registry.workers.values() {
+            registry.save(worker).map_err(|source| StartError::Store {
+                worker: worker.name.to_string(),
+                source,
+            })?;
+        }
+        Ok(registry)
+    }
+
+    /// A worker at start: from its module file, unless the store says otherwise. While the
+    /// file is the one last loaded, the store's versions stand (an upload, a rollback); a file
+    /// changed while the host was down becomes current, the stored current its previous.
+    fn start_worker(&self, config: &WorkerConfig) -> Result<Worker, StartError> {
+        let stamp = FileStamp::of(&config.module);
+        let bytes = std::fs::read(&config.module).map_err(|source| StartError::Read {
+            worker: config.name.clone(),
+            path: config.module.clone(),
+            source,
+            hint: if config.name == DEFAULT_WORKER {
+                "; `make build-guest` builds the default one"
+            } else {
+                ""
+            },
+        })?;
+        let name: Arc<str> = config.name.as_str().into();
+        let file_sha256 = Digest::of(&bytes).hex();
+        let stored = self
+            .store
+            .worker(&name)
+            .map_err(|source| StartError::Store {
+                worker: config.name.clone(),
+                source,
+            })?;
+        let from_store = |version: &StoredVersion| self.stored_version(&name, config, version);
+        let (current, previous) = match &stored {
+            Some(stored) if stored.file_sha256 == file_sha256 => {
+                match from_store(&stored.current) {
+                    Some(current) => (current, stored.previous.as_ref().and_then(from_store)),
+                    None => (self.file_version(&name, config, &bytes)?, None),
+                }
+            }
+            Some(stored) => (
+                self.file_version(&name, config, &bytes)?,
+                from_store(&stored.current),
+            ),
+            None => (self.file_version(&name, config, &bytes)?, None),
+        };
+        tracing::info!(
+            worker = %config.name,
+            version = %current.id,
+            origin = ?current.module.origin(),
+            source = source_name(&current.source),
+            previous = previous.as_ref().map(|previous| previous.id.to_string()),
+            "worker loaded"
+        );
+        Ok(Worker {
+            name,
+            settings: config.clone(),
+            state: Mutex::new(WorkerState {
+                current: Arc::new(current),
+                previous: previous.map(Arc::new),
+                last_error: None,
+                file: FileStamps {
+                    loaded: stamp,
+                    pending: None,
+                    sha256: file_sha256,
+                },
+            }),
+        })
+    }
+
+    fn file_version(
+        &self,
+        name: &Arc<str>,
+        config: &WorkerConfig,
+        bytes: &[u8],
+    ) -> Result<Version, StartError> {
+        let module = self
+            .sandbox
+            .load(name, bytes, limits_of(config))
+            .map_err(|source| StartError::Load {
                 worker: config.name.clone(),
                 path: config.module.clone(),
                 source,
-                hint: if config.name == DEFAULT_WORKER {
-                    "; `make build-guest` builds the default one"
-                } else {
-                    ""
-                },
             })?;
-            let name: Arc<str> = config.name.as_str().into();
-            let module = sandbox
-                .load(&name, &bytes, limits_of(config))
-                .map_err(|source| StartError::Load {
-                    worker: config.name.clone(),
-                    path: config.module.clone(),
-                    source,
-                })?;
-            metrics.module_loaded(&name, origin_name(module.origin()));
-            let version = version(module, VersionSource::File(config.module.clone()));
-            tracing::info!(
-                worker = %config.name,
-                version = %version.id,
-                origin = ?version.module.origin(),
-                module = %config.module.display(),
-                "worker loaded"
-            );
-            let worker = Worker {
-                name: Arc::clone(&name),
-                settings: config.clone(),
-                state: Mutex::new(WorkerState {
-                    current: Arc::new(version),
-                    previous: None,
-                    last_error: None,
-                    file: FileStamps {
-                        loaded: stamp,
-                        pending: None,
-                    },
-                }),
-            };
-            workers.insert(name, Arc::new(worker));
-        }
-        if !workers.contains_key(DEFAULT_WORKER) {
-            return Err(StartError::NoDefault);
-        }
-        Ok(Self {
-            sandbox,
-            metrics,
-            workers,
-            installing: Mutex::new(()),
+        self.metrics
+            .module_loaded(name, origin_name(module.origin()));
+        self.store_module(&module, bytes)
+            .map_err(|source| StartError::Store {
+                worker: config.name.clone(),
+                source,
+            })?;
+        Ok(version(module, VersionSource::File(config.module.clone())))
+    }
+
+    /// A version the store keeps, loaded again; `None`, with a warning, if it cannot be.
+    fn stored_version(
+        &self,
+        name: &Arc<str>,
+        config: &WorkerConfig,
+        stored: &StoredVersion,
+    ) -> Option<Version> {
+        let module = match self.load_stored(name, config, &stored.sha256) {
+            Ok(module) => module,
+            Err(error) => {
+                tracing::warn!(worker = %name, sha256 = %stored.sha256, %error,
+                    "a stored worker version cannot be loaded; it is dropped");
+                return None;
+            }
+        };
+        let source = if stored.source == "upload" {
+            VersionSource::Upload
+        } else {
+            VersionSource::File(config.module.clone())
+        };
+        Some(Version {
+            id: module.digest().short().into(),
+            module,
+            source,
+            installed_at: stored.installed_at,
         })
+    }
+
+    fn load_stored(
+        &self,
+        name: &Arc<str>,
+        config: &WorkerConfig,
+        sha256: &str,
+    ) -> Result<Module, String> {
+        let bytes = self
+            .store
+            .module(sha256)
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| "the store does not keep its bytes".to_owned())?;
+        let module = self
+            .sandbox
+            .load(name, &bytes, limits_of(config))
+            .map_err(|error| error.to_string())?;
+        self.metrics
+            .module_loaded(name, origin_name(module.origin()));
+        Ok(module)
+    }
+
+    /// The version of worker `worker` whose module's SHA-256 is `sha256`, for a task accepted
+    /// before the host was lost: the current or previous one, or one loaded from the store.
+    pub fn version_of(&self, worker: &str, sha256: &str) -> Result<Arc<Version>, String> {
+        let worker = self.get(Some(worker)).map_err(|error| error.to_string())?;
+        {
+            let state = worker.lock();
+            for version in [Some(&state.current), state.previous.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if version.module.digest().hex() == sha256 {
+                    return Ok(Arc::clone(version));
+                }
+            }
+        }
+        let module = self.load_stored(&worker.name, &worker.settings, sha256)?;
+        Ok(Arc::new(version(module, VersionSource::Upload)))
+    }
+
+    fn store_module(&self, module: &Module, bytes: &[u8]) -> Result<(), StoreError> {
+        self.store.wait(vec![Change::Module {
+            sha256: module.digest().hex(),
+            bytes: bytes.to_vec(),
+        }])
+    }
+
+    /// Writes `worker`'s versions to the store, and waits for them to be there.
+    fn save(&self, worker: &Worker) -> Result<(), StoreError> {
+        let versions = {
+            let state = worker.lock();
+            WorkerVersions {
+                current: stored(&state.current),
+                previous: state.previous.as_deref().map(stored),
+                file_sha256: state.file.sha256.clone(),
+            }
+        };
+        self.store.wait(vec![Change::Worker {
+            name: worker.name.to_string(),
+            versions,
+        }])
     }
 
     /// The worker called `name`, or the default one; or an error naming the workers there are.
@@ -419,8 +577,12 @@ impl Registry {
         };
         self.metrics
             .module_loaded(&worker.name, origin_name(module.origin()));
+        self.store_module(&module, bytes)?;
         self.metrics
             .install(&worker.name, source_label, "installed");
+        if let VersionSource::File(_) = &source {
+            worker.lock().file.sha256 = digest.hex();
+        }
         let version = version(module, source);
         tracing::info!(
             worker = %name,
@@ -430,6 +592,7 @@ impl Registry {
             "worker version installed"
         );
         worker.publish(version);
+        self.save(worker)?;
         Ok(Installed {
             worker: worker.info(),
             changed: true,
@@ -450,6 +613,7 @@ impl Registry {
             state.previous = Some(current);
             tracing::info!(worker = %name, version = %state.current.id, "worker rolled back");
         }
+        self.save(worker)?;
         Ok(worker.info())
     }
 
@@ -530,5 +694,13 @@ fn version(module: Module, source: VersionSource) -> Version {
         module,
         source,
         installed_at: SystemTime::now(),
+    }
+}
+
+fn stored(version: &Version) -> StoredVersion {
+    StoredVersion {
+        sha256: version.module.digest().hex(),
+        source: source_name(&version.source).to_owned(),
+        installed_at: version.installed_at,
     }
 }

@@ -328,6 +328,8 @@ async fn json_logs_carry_pid_worker_and_step_on_every_task_line() {
         .arg(module("default"))
         .arg("--cache-dir")
         .arg(&cache)
+        .arg("--store")
+        .arg(format!("sqlite:{}", cache.join("tasks.db").display()))
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

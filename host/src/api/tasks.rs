@@ -15,8 +15,9 @@ use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS};
 use super::{AppState, RequestLimits};
 use crate::config::is_worker_name;
 use crate::host::{KillError, SpawnError};
-use crate::model::{LogLine, NewTask, Pid, RestartPolicy, Status, TaskRecord};
-use crate::store::{Cursor, ListQuery, Page};
+use crate::model::{LogLine, NewTask, OnHostLoss, Pid, RestartPolicy, Status, TaskRecord};
+use crate::runtime::Digest;
+use crate::store::{Cursor, IdempotencyKey, ListQuery, Page};
 
 /// The seed's duration when a request names none.
 const DEFAULT_DURATION_SECS: u32 = 3;
@@ -42,6 +43,9 @@ pub(super) struct TaskRequest {
     restart: Option<String>,
     /// With `on-failure`: attempts in all, 2 to 10 (default 3).
     max_attempts: Option<u32>,
+    /// `restart` (run it again from the start) or `fail`: what becomes of it if the host is
+    /// lost while it runs; the worker's policy when absent.
+    on_host_loss: Option<String>,
     /// Any JSON, handed to the worker as JSON text.
     payload: Option<serde_json::Value>,
 }
@@ -61,7 +65,9 @@ pub(super) struct Spawned {
         (status = 202, description = "Accepted; `Location` names the task", body = Spawned),
         (status = 400, description = "A bad field, or an unknown worker", body = ErrorBody),
         (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
+        (status = 409, description = "A request with the same Idempotency-Key is in progress", body = ErrorBody),
         (status = 415, description = "Body not sent as application/json", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another body", body = ErrorBody),
         (status = 429, description = "Every place and the queue are full", body = ErrorBody),
         (status = 503, description = "Shutting down, or the store cannot take it", body = ErrorBody)))]
 pub(super) async fn spawn_task(
@@ -78,9 +84,14 @@ pub(super) async fn spawn_task(
         },
         _ => ApiError::BadRequest(rejection.body_text()),
     })?;
+    let key = idempotency_key(&headers, &body)?;
     let task = parse_submission(&body, &state.limits)?;
     let (name, duration) = (task.name.clone(), task.duration);
-    let pid = state.host.spawn(task).map_err(|error| match error {
+    let spawned = match state.host.spawn(task, key) {
+        Ok(accepting) => accepting.recorded().await,
+        Err(error) => Err(error),
+    };
+    let pid = spawned.map_err(|error| match error {
         SpawnError::Full { .. } => ApiError::Full {
             message: error.to_string(),
             retry_after: RETRY_AFTER_SECS,
@@ -93,6 +104,8 @@ pub(super) async fn spawn_task(
             ApiError::BadRequest(error.to_string())
         }
         SpawnError::Store(error) => error.into(),
+        SpawnError::KeyReused(_) => ApiError::Unprocessable(error.to_string()),
+        SpawnError::KeyInFlight => ApiError::Conflict(error.to_string()),
     })?;
     let body = Spawned {
         pid,
@@ -106,6 +119,34 @@ pub(super) async fn spawn_task(
         Json(body),
     )
         .into_response())
+}
+
+/// The longest `Idempotency-Key` accepted, in bytes.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// The request's `Idempotency-Key`, with the SHA-256 of its body: at most 255 bytes of visible
+/// ASCII.
+fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| {
+            (1..=MAX_IDEMPOTENCY_KEY_BYTES).contains(&key.len())
+                && key.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes of visible \
+                 ASCII"
+            ))
+        })?;
+    Ok(Some(IdempotencyKey {
+        key: key.to_owned(),
+        body_sha256: Digest::of(body).hex(),
+    }))
 }
 
 /// Whether the request says its body is JSON: `application/json` or `application/<x>+json`,
@@ -171,6 +212,15 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
     };
     let restart = RestartPolicy::parse(restart.as_deref(), max_attempts)
         .map_err(|error| bad(error.to_string()))?;
+    let on_host_loss = match fields.remove("on_host_loss") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(policy)) if OnHostLoss::parse(&policy).is_some() => {
+            OnHostLoss::parse(&policy)
+        }
+        Some(_) => {
+            return Err(bad("on_host_loss must be \"restart\" or \"fail\"".into()));
+        }
+    };
     let worker = match fields.remove("worker") {
         None | Some(Value::Null) => None,
         Some(Value::String(worker)) if is_worker_name(&worker) => Some(worker),
@@ -187,6 +237,7 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         payload,
         deadline,
         restart,
+        on_host_loss,
     })
 }
 
@@ -404,6 +455,7 @@ mod tests {
                 payload: None,
                 deadline: None,
                 restart: None,
+                on_host_loss: None,
             })
         );
         assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));

@@ -108,6 +108,7 @@ pub(super) async fn install_worker(
             Err(ApiError::BadRequest(error.to_string()))
         }
         Err(InstallError::Refused(error)) => Err(ApiError::Unprocessable(error.to_string())),
+        Err(InstallError::Store(error)) => Err(error.into()),
     }
 }
 
@@ -138,13 +139,14 @@ pub(super) async fn rollback_worker(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<WorkerInfo>, ApiError> {
     let name = worker_path(path)?;
-    state
-        .host
-        .workers()
-        .rollback(&name)
-        .map(Json)
-        .map_err(|error| match error {
-            RollbackError::Unknown(_) => ApiError::NotFound(error.to_string()),
-            RollbackError::NoPrevious(_) => ApiError::Conflict(error.to_string()),
-        })
+    let workers = Arc::clone(state.host.workers());
+    // The store keeps the change before it is answered: off the async threads.
+    let rolled_back = tokio::task::spawn_blocking(move || workers.rollback(&name))
+        .await
+        .map_err(|error| ApiError::Internal(format!("rollback task failed: {error}")))?;
+    rolled_back.map(Json).map_err(|error| match error {
+        RollbackError::Unknown(_) => ApiError::NotFound(error.to_string()),
+        RollbackError::NoPrevious(_) => ApiError::Conflict(error.to_string()),
+        RollbackError::Store(error) => error.into(),
+    })
 }

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::StoreLocation;
 use super::{ConfigError, is_worker_name};
-use crate::model::{RestartPolicy, parse_memory_size};
+use crate::model::{OnHostLoss, RestartPolicy, parse_memory_size};
 
 /// The registry file: `[server]` and `[workers.<name>]` tables. Unknown keys are errors, so a
 /// typo is reported, with its line, instead of silently ignored.
@@ -31,6 +32,7 @@ pub(super) struct ServerFile {
     pub(super) max_queue: Option<usize>,
     pub(super) max_history: Option<usize>,
     pub(super) cache_dir: Option<PathBuf>,
+    pub(super) store: Option<StoreName>,
     pub(super) watch_interval_ms: Option<u64>,
 }
 
@@ -43,6 +45,7 @@ pub(super) struct WorkerFile {
     pub(super) max_memory: Option<MemorySize>,
     pub(super) max_duration_secs: Option<u32>,
     pub(super) restart: RestartPolicy,
+    pub(super) on_host_loss: OnHostLoss,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +56,7 @@ struct RawWorkerFile {
     max_memory: Option<MemorySize>,
     max_duration_secs: Option<u32>,
     restart: Option<String>,
+    on_host_loss: Option<String>,
     max_attempts: Option<u64>,
 }
 
@@ -69,6 +73,12 @@ impl TryFrom<RawWorkerFile> for WorkerFile {
             max_memory: raw.max_memory,
             max_duration_secs: raw.max_duration_secs,
             restart,
+            on_host_loss: match raw.on_host_loss.as_deref() {
+                None => OnHostLoss::Restart,
+                Some(name) => {
+                    OnHostLoss::parse(name).ok_or("on_host_loss must be \"restart\" or \"fail\"")?
+                }
+            },
         })
     }
 }
@@ -142,5 +152,18 @@ impl RegistryFile {
             message: error.to_string(),
         })?;
         Ok((path.to_owned(), file))
+    }
+}
+
+/// `store` in the file: `sqlite:PATH` (relative to the file) or `memory`.
+#[derive(Debug)]
+pub(super) struct StoreName(pub(super) StoreLocation);
+
+impl<'de> Deserialize<'de> for StoreName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        StoreLocation::parse(&text)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
     }
 }

@@ -18,7 +18,10 @@ mod file;
 
 use file::{RegistryFile, WorkerName};
 
-use crate::model::{RestartPolicy, parse_memory_size};
+use std::time::Duration;
+
+use crate::model::{OnHostLoss, RestartPolicy, parse_memory_size};
+use crate::store::StoreSync;
 
 /// The worker tasks get when a request names none; always configured.
 pub const DEFAULT_WORKER: &str = "default";
@@ -51,6 +54,12 @@ pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
 /// The shortest admin token accepted: anything shorter is guessable.
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+/// How long ended tasks are kept at most.
+pub const DEFAULT_HISTORY_TTL: &str = "7d";
+/// How long an idempotency key is remembered.
+pub const DEFAULT_IDEMPOTENCY_TTL: &str = "24h";
+/// The `--store` value that keeps nothing across restarts.
+pub const STORE_MEMORY: &str = "memory";
 /// The `--cache-dir` value that turns the compiled-module cache off.
 pub const CACHE_OFF: &str = "off";
 
@@ -158,6 +167,27 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Where tasks, their logs and worker versions are kept: `sqlite:PATH` (durable) or
+    /// `memory` (forgotten at a restart) [default: sqlite:$XDG_DATA_HOME/http-spawn/tasks.db,
+    /// or ~/.local/share/http-spawn/tasks.db].
+    #[arg(long, env = "HTTP_SPAWN_STORE", value_parser = StoreLocation::parse)]
+    pub store: Option<StoreLocation>,
+
+    /// What a commit of the SQLite store waits for: `full`, the disk (every 202 survives a
+    /// power cut), or `normal` (survives a crash of the host, not of the machine).
+    #[arg(long, env = "HTTP_SPAWN_STORE_SYNC", value_enum, default_value_t = StoreSync::Full)]
+    pub store_sync: StoreSync,
+
+    /// How long ended tasks are kept at most (also bounded by --max-history), e.g. `7d`.
+    #[arg(long, env = "HTTP_SPAWN_HISTORY_TTL", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_HISTORY_TTL)]
+    pub history_ttl: Duration,
+
+    /// How long an `Idempotency-Key` is remembered, e.g. `24h`.
+    #[arg(long, env = "HTTP_SPAWN_IDEMPOTENCY_TTL", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_IDEMPOTENCY_TTL)]
+    pub idempotency_ttl: Duration,
+
     /// The named workers, resolved from the file and the flags by [`Config::from_args`].
     #[arg(skip)]
     pub workers: Vec<WorkerConfig>,
@@ -182,6 +212,32 @@ pub struct WorkerConfig {
     pub max_duration_secs: u32,
     /// The restart policy of its tasks when a request names none.
     pub restart: RestartPolicy,
+    /// What becomes of its tasks when the host is lost, when a request names nothing.
+    pub on_host_loss: OnHostLoss,
+}
+
+/// Where the host keeps what it knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// In this process only.
+    Memory,
+    /// In a SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl StoreLocation {
+    /// `memory`, or `sqlite:PATH`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == STORE_MEMORY {
+            return Ok(Self::Memory);
+        }
+        match text.strip_prefix("sqlite:") {
+            Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
+            _ => Err(format!(
+                "{text:?} is not a store: use `sqlite:PATH` or `{STORE_MEMORY}`"
+            )),
+        }
+    }
 }
 
 /// Why the configuration could not be read.
@@ -257,6 +313,14 @@ impl Config {
         from_file!(max_queue, "max_queue");
         from_file!(max_history, "max_history");
         from_file!(watch_interval_ms, "watch_interval_ms");
+        if let Some(file::StoreName(store)) = server.store
+            && !explicit("store")
+        {
+            self.store = Some(match store {
+                StoreLocation::Sqlite(path) => StoreLocation::Sqlite(base.join(path)),
+                memory => memory,
+            });
+        }
         if let Some(dir) = server.cache_dir
             && !explicit("cache_dir")
         {
@@ -274,6 +338,7 @@ impl Config {
             max_memory: self.max_memory,
             max_duration_secs: self.max_duration_secs,
             restart: RestartPolicy::Never,
+            on_host_loss: OnHostLoss::Restart,
         };
         let mut workers: BTreeMap<String, WorkerConfig> = file
             .workers
@@ -288,6 +353,7 @@ impl Config {
                         .max_duration_secs
                         .unwrap_or(default.max_duration_secs),
                     restart: worker.restart,
+                    on_host_loss: worker.on_host_loss,
                 };
                 (name, resolved)
             })
@@ -345,6 +411,20 @@ impl Config {
                 .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
                 .map(|dir| dir.join("http-spawn")),
         }
+    }
+
+    /// Where the store lives: `--store`, or the SQLite file under the user's data directory.
+    pub fn store_location(&self) -> StoreLocation {
+        self.store.clone().unwrap_or_else(|| {
+            let data = std::env::var_os("XDG_DATA_HOME")
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/share"))
+                })
+                .unwrap_or_else(|| PathBuf::from("."));
+            StoreLocation::Sqlite(data.join("http-spawn").join("tasks.db"))
+        })
     }
 
     /// The scheduler threads to start.

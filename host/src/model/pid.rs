@@ -24,6 +24,11 @@ impl Pid {
         Self { boot, seq }
     }
 
+    /// The boot id of the host that gave it out.
+    pub fn boot(self) -> u32 {
+        self.boot
+    }
+
     /// The sequence number, unique among this host's pids.
     pub fn seq(self) -> u64 {
         self.seq
@@ -85,6 +90,18 @@ impl Pids {
             boot,
             next: AtomicU64::new(1),
         }
+    }
+
+    /// This host's boot id.
+    pub(crate) fn boot(&self) -> u32 {
+        self.boot
+    }
+
+    /// Hands out sequence numbers after `seq`: a store that already holds pids of a boot with
+    /// the same id (one chance in four billion) never sees one twice.
+    pub(crate) fn after(self, seq: u64) -> Self {
+        self.next.store(seq + 1, Ordering::Relaxed);
+        self
     }
 
     pub(crate) fn next(&self) -> Pid {

@@ -31,18 +31,22 @@ pub enum TaskEvent {
         lines: Vec<LogLine>,
         dropped_bytes: u64,
     },
-    /// An attempt ended in failure and the task will run again as `next_attempt`.
+    /// An attempt ended in failure (or with its host lost) and the task will run again as
+    /// `next_attempt`, from `ready_at`.
     Restarting {
         at: SystemTime,
         fuel: u64,
         end: TaskEnd,
         next_attempt: u32,
+        ready_at: SystemTime,
     },
-    /// The task ended; its store is gone.
+    /// Attempt `attempt` ended the task; its store is gone. An end of any other attempt is
+    /// stale and changes nothing.
     Ended {
         at: SystemTime,
         fuel: u64,
         end: TaskEnd,
+        attempt: u32,
     },
 }
 
@@ -174,6 +178,7 @@ impl TaskRecord {
                 fuel,
                 end,
                 next_attempt,
+                ..
             } => {
                 self.attempts.push(Attempt::of(self.attempt, &end, at));
                 self.attempt = next_attempt;
@@ -181,7 +186,8 @@ impl TaskRecord {
                 self.step = 0;
                 self.fuel_consumed = fuel;
             }
-            TaskEvent::Ended { at, fuel, end } => {
+            TaskEvent::Ended { attempt, .. } if attempt != self.attempt => {}
+            TaskEvent::Ended { at, fuel, end, .. } => {
                 if !self.attempts.is_empty() {
                     self.attempts.push(Attempt::of(self.attempt, &end, at));
                 }
@@ -208,6 +214,7 @@ mod tests {
             at,
             fuel: 5,
             end: TaskEnd::exited(0),
+            attempt: 1,
         });
         record.apply(TaskEvent::Started {
             at,

@@ -15,6 +15,52 @@ pub struct NewTask {
     pub deadline: Option<u32>,
     /// Whether a failed attempt runs again; the worker's policy when absent.
     pub restart: Option<RestartPolicy>,
+    /// What becomes of the task if the host is lost while it runs; the worker's when absent.
+    pub on_host_loss: Option<OnHostLoss>,
+}
+
+/// What a task needs, beyond its record, to run again after the host was lost: kept by a
+/// durable store with the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSpec {
+    /// The SHA-256 of the module version it runs, in hex.
+    pub module_sha256: String,
+    pub payload: Option<String>,
+    /// Its wall-clock limit, counted from each attempt's start.
+    pub deadline_secs: u32,
+    pub max_attempts: u32,
+    pub on_host_loss: OnHostLoss,
+    /// When a restart waiting out its backoff is due.
+    pub ready_at: Option<std::time::SystemTime>,
+}
+
+/// What becomes of a task whose host is lost (a crash, a kill -9, a power cut) while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnHostLoss {
+    /// It runs again from the start, as a new attempt: at least once.
+    #[default]
+    Restart,
+    /// It ends `failed`, with the outcome `host_lost`: at most once.
+    Fail,
+}
+
+impl OnHostLoss {
+    /// The name the API, the registry file and the store use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::Fail => "fail",
+        }
+    }
+
+    /// The policy called `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "restart" => Some(Self::Restart),
+            "fail" => Some(Self::Fail),
+            _ => None,
+        }
+    }
 }
 
 /// Where a task is in its life.
@@ -75,9 +121,33 @@ pub enum Outcome {
     DeadlineExceeded,
     /// The host stopped the task.
     Killed,
+    /// The host running the attempt was lost (a crash, a kill -9, a power cut).
+    HostLost,
 }
 
 impl Outcome {
+    /// Every outcome, for parsing.
+    const ALL: [Self; 11] = [
+        Self::Exit,
+        Self::GuestError,
+        Self::OutOfFuel,
+        Self::MemoryLimit,
+        Self::StackOverflow,
+        Self::Panic,
+        Self::Trap,
+        Self::InstantiationFailed,
+        Self::DeadlineExceeded,
+        Self::Killed,
+        Self::HostLost,
+    ];
+
+    /// The outcome called `name`, as [`Outcome::as_str`] writes it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == name)
+    }
+
     /// The name the API and the metrics use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,6 +161,7 @@ impl Outcome {
             Self::InstantiationFailed => "instantiation_failed",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Killed => "killed",
+            Self::HostLost => "host_lost",
         }
     }
 }
@@ -157,6 +228,14 @@ impl TaskEnd {
     /// Host code running for the task failed (a bug): the task ends, the host goes on.
     pub fn host_error(message: &str) -> Self {
         Self::failed(Outcome::Trap, format!("host error: {message}"))
+    }
+
+    /// The host running attempt `attempt` was lost.
+    pub fn host_lost(attempt: u32) -> Self {
+        Self::failed(
+            Outcome::HostLost,
+            format!("the host was lost while attempt {attempt} ran"),
+        )
     }
 
     /// The task was accepted as the host began to shut down, and never started.

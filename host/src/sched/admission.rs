@@ -23,6 +23,8 @@ pub trait Queued: Send + 'static {
 struct State<T> {
     live: u32,
     queue: VecDeque<T>,
+    /// Places in the queue promised to tasks whose acceptance is being recorded.
+    promised: usize,
     closed: bool,
 }
 
@@ -42,7 +44,21 @@ pub struct Admission<T> {
 #[derive(Debug)]
 pub struct Permit<T>(Option<Arc<Admission<T>>>);
 
-/// What admission decided for a new task.
+/// What admission decided for a new task, before it is recorded: a place, or a place in the
+/// queue. Dropping it gives back what it holds.
+#[derive(Debug)]
+pub enum Reservation<T> {
+    /// A place is free: the task may run as soon as it is recorded.
+    Place(Permit<T>),
+    /// Every place is taken: the task waits in the queue once it is recorded.
+    Queue(QueueSlot<T>),
+}
+
+/// A place in the wait queue, promised before the task is recorded. Dropping it gives it back.
+#[derive(Debug)]
+pub struct QueueSlot<T>(Option<Arc<Admission<T>>>);
+
+/// Where a recorded task went.
 #[derive(Debug)]
 pub enum Admitted<T> {
     /// A place is free: run it now.
@@ -52,15 +68,12 @@ pub enum Admitted<T> {
 }
 
 /// Why a task was not admitted.
-#[derive(Debug)]
-pub enum Refused<T, E> {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
     /// Every place is taken and the queue is full.
     Full,
     /// The host is shutting down.
     Closed,
-    /// Recording the task failed; it holds no place. The place it took for a moment comes back
-    /// as a permit to release, since a task may have queued behind it meanwhile.
-    NotRecorded(E, Option<Permit<T>>),
 }
 
 impl<T: Queued> Admission<T> {
@@ -70,6 +83,7 @@ impl<T: Queued> Admission<T> {
             state: Mutex::new(State {
                 live: 0,
                 queue: VecDeque::new(),
+                promised: 0,
                 closed: false,
             }),
             idle: Condvar::new(),
@@ -84,33 +98,52 @@ impl<T: Queued> Admission<T> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Admits `item` now, queues it, or refuses it. `record` runs before the task can start
-    /// (under the admission lock for a queued task), so its record exists before anything can
-    /// happen to it; if it fails, the task is not admitted.
-    pub fn admit<E>(
-        self: &Arc<Self>,
-        item: T,
-        record: impl FnOnce(&T) -> Result<(), E>,
-    ) -> Result<Admitted<T>, Refused<T, E>> {
+    /// Promises a new task a place, or a place in the queue, or refuses it; the task is
+    /// recorded next, and then placed with [`Admission::fill`] (or its reservation dropped if
+    /// it could not be recorded).
+    pub fn reserve(self: &Arc<Self>) -> Result<Reservation<T>, Refused> {
         let mut state = self.lock();
         if state.closed {
             return Err(Refused::Closed);
         }
         if state.live < self.limit {
             state.live += 1;
-            drop(state);
-            let permit = Permit(Some(Arc::clone(self)));
-            return match record(&item) {
-                Ok(()) => Ok(Admitted::Now(item, permit)),
-                Err(error) => Err(Refused::NotRecorded(error, Some(permit))),
-            };
+            return Ok(Reservation::Place(Permit(Some(Arc::clone(self)))));
         }
-        if state.queue.len() < self.queue_limit {
-            record(&item).map_err(|error| Refused::NotRecorded(error, None))?;
-            state.queue.push_back(item);
-            return Ok(Admitted::Queued);
+        if state.queue.len() + state.promised < self.queue_limit {
+            state.promised += 1;
+            return Ok(Reservation::Queue(QueueSlot(Some(Arc::clone(self)))));
         }
         Err(Refused::Full)
+    }
+
+    /// Puts a recorded task in the queue place promised to it, or gives it a place if one has
+    /// freed meanwhile and nobody waits for it. Gives it back once admission is closed.
+    pub fn fill(self: &Arc<Self>, mut slot: QueueSlot<T>, item: T) -> Result<Admitted<T>, T> {
+        slot.0 = None;
+        let mut state = self.lock();
+        state.promised -= 1;
+        if state.closed {
+            return Err(item);
+        }
+        if state.live < self.limit && state.queue.is_empty() {
+            state.live += 1;
+            return Ok(Admitted::Now(item, Permit(Some(Arc::clone(self)))));
+        }
+        state.queue.push_back(item);
+        Ok(Admitted::Queued)
+    }
+
+    /// Admits a task recovered from the store at start: like any other, except that the
+    /// queue takes it even past its limit, since its acceptance was answered long ago.
+    pub fn readmit(self: &Arc<Self>, item: T) -> Admitted<T> {
+        let mut state = self.lock();
+        if state.live < self.limit && state.queue.is_empty() {
+            state.live += 1;
+            return Admitted::Now(item, Permit(Some(Arc::clone(self))));
+        }
+        state.queue.push_back(item);
+        Admitted::Queued
     }
 
     /// Takes `pid` out of the queue, if it waits there.
@@ -196,6 +229,18 @@ impl<T: Queued> Permit<T> {
     }
 }
 
+impl<T> Drop for QueueSlot<T> {
+    fn drop(&mut self) {
+        if let Some(admission) = self.0.take() {
+            let mut state = admission
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.promised -= 1;
+        }
+    }
+}
+
 impl<T> Drop for Permit<T> {
     fn drop(&mut self) {
         if let Some(admission) = self.0.take() {
@@ -230,19 +275,25 @@ mod tests {
         }
     }
 
-    fn ok(_: &Spec) -> Result<(), ()> {
-        Ok(())
+    /// Reserves and fills at once, as for a task recorded in no time.
+    fn admit(admission: &Arc<Admission<Spec>>, spec: Spec) -> Result<Admitted<Spec>, Refused> {
+        match admission.reserve()? {
+            Reservation::Place(permit) => Ok(Admitted::Now(spec, permit)),
+            Reservation::Queue(slot) => Ok(admission
+                .fill(slot, spec)
+                .unwrap_or_else(|_| panic!("admission closed meanwhile"))),
+        }
     }
 
     #[test]
     fn admits_then_queues_then_refuses_and_passes_places_on_in_order() {
         let admission = Admission::<Spec>::new(1, 2);
-        let Ok(Admitted::Now(_, first)) = admission.admit(spec(1), ok) else {
+        let Ok(Admitted::Now(_, first)) = admit(&admission, spec(1)) else {
             panic!("the first task runs at once");
         };
-        assert!(matches!(admission.admit(spec(2), ok), Ok(Admitted::Queued)));
-        assert!(matches!(admission.admit(spec(3), ok), Ok(Admitted::Queued)));
-        assert!(matches!(admission.admit(spec(4), ok), Err(Refused::Full)));
+        assert!(matches!(admit(&admission, spec(2)), Ok(Admitted::Queued)));
+        assert!(matches!(admit(&admission, spec(3)), Ok(Admitted::Queued)));
+        assert!(matches!(admit(&admission, spec(4)), Err(Refused::Full)));
         assert_eq!((admission.live(), admission.queued()), (1, 2));
 
         let (next, second) = first.release().expect("a task waits");
@@ -254,17 +305,37 @@ mod tests {
         assert_eq!((admission.live(), admission.queued()), (0, 0));
         assert!(admission.wait_idle(Instant::now()));
         assert!(admission.close().is_empty());
-        assert!(matches!(admission.admit(spec(5), ok), Err(Refused::Closed)));
+        assert!(matches!(admit(&admission, spec(5)), Err(Refused::Closed)));
     }
 
     #[test]
-    fn a_task_that_cannot_be_recorded_takes_no_place() {
+    fn a_promise_not_kept_is_given_back() {
         let admission = Admission::<Spec>::new(1, 1);
-        let refused = admission.admit(spec(1), |_| Err("disk full"));
-        let Err(Refused::NotRecorded("disk full", Some(permit))) = refused else {
-            panic!("refused with its place to give back");
+        let place = admission.reserve().expect("a place");
+        let slot = admission.reserve().expect("a queue place");
+        assert!(matches!(admission.reserve(), Err(Refused::Full)));
+        drop(slot);
+        drop(place);
+        assert_eq!((admission.live(), admission.queued()), (0, 0));
+        let Ok(Reservation::Place(_)) = admission.reserve() else {
+            panic!("the place is free again");
         };
-        assert!(permit.release().is_none());
-        assert_eq!(admission.live(), 0);
+    }
+
+    #[test]
+    fn a_queue_place_filled_after_a_place_freed_runs_at_once() {
+        let admission = Admission::<Spec>::new(1, 1);
+        let Ok(Reservation::Place(permit)) = admission.reserve() else {
+            panic!("a place");
+        };
+        let Ok(Reservation::Queue(slot)) = admission.reserve() else {
+            panic!("a queue place");
+        };
+        assert!(permit.release().is_none(), "nobody waits in the queue yet");
+        assert!(matches!(
+            admission.fill(slot, spec(2)),
+            Ok(Admitted::Now(..))
+        ));
+        assert_eq!(admission.queued(), 0);
     }
 }

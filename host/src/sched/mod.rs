@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use admission::{Admission, Admitted, Permit, Queued, Refused};
+pub use admission::Refused;
+use admission::{Admission, Admitted, Permit, Queued, Reservation};
 use inbox::{Command, Inbox};
 use thread::SchedulerThread;
 
@@ -110,38 +111,35 @@ impl Lanes {
     /// Records the end of a task that never reached a thread, and forgets any kill of it.
     fn record_unstarted(&self, job: &Job, end: TaskEnd) {
         let at = SystemTime::now();
-        let ending = Ending::unstarted(end);
+        let ending = Ending::unstarted(end, job.attempt);
         self.ledger
             .ended(job.pid, job.version.worker(), ending, at, None);
         self.of(job.pid).interrupts.remove(job.pid);
     }
 }
 
-/// Where an admitted task went.
+/// Where a recorded task went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placed {
     /// To its scheduler thread, to start now.
     Running,
     /// Into the wait queue: every place is taken.
     Queued,
+    /// Nowhere: the host began to shut down meanwhile, and the task's end is recorded.
+    Ended,
 }
 
-/// Why a task was not admitted.
+/// A place, or a place in the wait queue, promised to a task before it is recorded; dropping
+/// it gives it back.
 #[derive(Debug)]
-pub enum NotPlaced<E> {
-    /// Every place is taken and the queue is full.
-    Full,
-    /// The scheduler is shutting down.
-    Closed,
-    /// The task could not be recorded.
-    NotRecorded(E),
-}
+pub struct Promise(Reservation<Job>);
 
-/// The handle the host uses to admit tasks and hand them to the scheduler threads.
-#[derive(Debug)]
+/// The handle the host uses to admit tasks and hand them to the scheduler threads; cheap to
+/// clone.
+#[derive(Debug, Clone)]
 pub struct Scheduler {
     lanes: Arc<Lanes>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Scheduler {
@@ -178,35 +176,53 @@ impl Scheduler {
         }
         Ok(Self {
             lanes,
-            threads: Mutex::new(handles),
+            threads: Arc::new(Mutex::new(handles)),
         })
     }
 
-    /// Admits `job`: hands it to its thread if a place is free, or queues it. `record` runs
-    /// before the task can start (see [`Admission::admit`]); if it fails, the task is not
-    /// admitted.
-    pub fn admit<E>(
-        &self,
-        job: Job,
-        record: impl FnOnce(&Job) -> Result<(), E>,
-    ) -> Result<Placed, NotPlaced<E>> {
-        match self.lanes.admission.admit(job, record) {
+    /// Promises a new task a place, or a place in the queue, before it is recorded; or
+    /// refuses it: the host is full, or shutting down.
+    pub fn promise(&self) -> Result<Promise, Refused> {
+        self.lanes.admission.reserve().map(Promise)
+    }
+
+    /// Places a task once it is recorded, where `promise` said: on its thread, or in the
+    /// queue.
+    pub fn place(&self, promise: Promise, job: Job) -> Placed {
+        let admitted = match promise.0 {
+            Reservation::Place(permit) => Ok(Admitted::Now(job, permit)),
+            Reservation::Queue(slot) => self.lanes.admission.fill(slot, job),
+        };
+        match admitted {
             Ok(Admitted::Now(job, permit)) => {
                 if self.lanes.run(job, permit) {
-                    Ok(Placed::Running)
+                    Placed::Running
                 } else {
-                    Err(NotPlaced::Closed)
+                    Placed::Ended
                 }
             }
-            Ok(Admitted::Queued) => Ok(Placed::Queued),
-            Err(Refused::Full) => Err(NotPlaced::Full),
-            Err(Refused::Closed) => Err(NotPlaced::Closed),
-            Err(Refused::NotRecorded(error, permit)) => {
-                if let Some(permit) = permit {
-                    self.lanes.release(permit);
-                }
-                Err(NotPlaced::NotRecorded(error))
+            Ok(Admitted::Queued) => Placed::Queued,
+            Err(job) => {
+                self.lanes
+                    .record_unstarted(&job, TaskEnd::shut_down_before_start());
+                Placed::Ended
             }
+        }
+    }
+
+    /// Gives back a promise whose task could not be recorded: a place passes to the oldest
+    /// waiting task.
+    pub fn break_promise(&self, promise: Promise) {
+        if let Reservation::Place(permit) = promise.0 {
+            self.lanes.release(permit);
+        }
+    }
+
+    /// Places a task found unfinished in the store at start, in the order they were
+    /// accepted: the queue takes it even past its limit.
+    pub fn readmit(&self, job: Job) {
+        if let Admitted::Now(job, permit) = self.lanes.admission.readmit(job) {
+            self.lanes.run(job, permit);
         }
     }
 

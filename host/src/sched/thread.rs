@@ -44,6 +44,8 @@ struct Live {
     pid: Pid,
     /// When this attempt started.
     started: Instant,
+    /// Which attempt this is, from 1.
+    attempt: u32,
     steps: u32,
     /// The sequence number of this task's pending timer; a timer left behind by a task that
     /// was killed, whose slot another task took since, does not match.
@@ -170,8 +172,12 @@ impl SchedulerThread {
         let interrupts = self.lane().interrupts.clone();
         if interrupts.contains(pid) {
             // Killed before it reached this thread: the kill command found nothing to end.
-            let ending = Ending::unstarted(TaskEnd::killed());
-            return self.record_end(permit, pid, job.version.worker(), ending, None);
+            return self.end_unstarted(job, permit, TaskEnd::killed());
+        }
+        if job.ready_at > Instant::now() {
+            // A restart recovered from the store, its backoff not over yet.
+            self.restarts.push((job.ready_at, job, permit));
+            return;
         }
         let begun = Instant::now();
         let deadline = begun + job.deadline;
@@ -216,12 +222,14 @@ impl SchedulerThread {
             "Worker started"
         );
         self.ledger().logs(pid, process.capture().take());
+        let attempt = job.attempt;
         let task = Live {
             process,
             permit,
             respawn: (job.attempt < job.max_attempts).then(|| Box::new(job)),
             pid,
             started: begun,
+            attempt,
             steps,
             wake: 0,
         };
@@ -284,6 +292,7 @@ impl SchedulerThread {
             permit,
             respawn,
             pid,
+            attempt,
             ..
         } = task;
         drop(process);
@@ -295,6 +304,7 @@ impl SchedulerThread {
                     fuel,
                     end,
                     ran,
+                    attempt,
                 };
                 self.record_end(permit, pid, &worker, ending, logs);
             }
@@ -323,6 +333,7 @@ impl SchedulerThread {
                 fuel,
                 end,
                 ran,
+                attempt: job.attempt,
             };
             let worker = Arc::clone(job.version.worker());
             return self.record_end(permit, pid, &worker, ending, logs);
@@ -341,8 +352,9 @@ impl SchedulerThread {
             self.ledger().logs(pid, logs);
         }
         job.attempt += 1;
+        let ready_at = SystemTime::now() + wait;
         self.ledger()
-            .restarting(pid, job.version.worker(), fuel, end, job.attempt);
+            .restarting(pid, job.version.worker(), fuel, end, job.attempt, ready_at);
         let due = Instant::now() + wait;
         job.ready_at = due;
         self.restarts.push((due, job, permit));
@@ -403,7 +415,7 @@ impl SchedulerThread {
     }
 
     fn end_unstarted(&self, job: Job, permit: Permit<Job>, end: TaskEnd) {
-        let ending = Ending::unstarted(end);
+        let ending = Ending::unstarted(end, job.attempt);
         self.record_end(permit, job.pid, job.version.worker(), ending, None);
     }
 

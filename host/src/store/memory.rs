@@ -1,10 +1,10 @@
 //! The in-memory store: every live task and the newest `max_history` ended ones, in this
-//! process only. A restart forgets them all.
+//! process only. A restart forgets them all, worker versions uploaded included.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Change, Cursor, ListQuery, Page, Store, StoreError};
+use super::{Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError};
 use crate::model::{Pid, TaskEvent, TaskLogs, TaskRecord};
 
 /// Shards spread the scheduler threads' updates over several locks.
@@ -20,16 +20,24 @@ struct Entry {
     logs: TaskLogs,
 }
 
+/// One shard: its tasks by pid, and the same tasks in listing order, under one lock.
+#[derive(Debug, Default)]
+struct Shard {
+    entries: HashMap<Pid, Entry>,
+    order: BTreeSet<Cursor>,
+}
+
 /// The in-memory store.
 #[derive(Debug)]
 pub struct MemoryStore {
-    shards: [Mutex<HashMap<Pid, Entry>>; SHARDS],
-    /// Every task held, in listing order. A record is in its shard before it is here, and
-    /// leaves here before it leaves its shard, so a listing finds every task it orders.
-    order: Mutex<BTreeSet<Cursor>>,
+    /// Tasks spread by pid, so that accepting, updating and evicting a task takes only its
+    /// own shard's lock; a listing merges the shards' orders.
+    shards: [Mutex<Shard>; SHARDS],
     /// Ended tasks, oldest end first: the next to evict.
     ended: Mutex<VecDeque<Cursor>>,
     max_history: usize,
+    /// Idempotency keys, until they are pruned.
+    keys: Mutex<HashMap<String, Remembered>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -42,14 +50,39 @@ impl MemoryStore {
     /// An empty store that keeps at most `max_history` ended tasks.
     pub fn new(max_history: usize) -> Self {
         Self {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            order: Mutex::new(BTreeSet::new()),
+            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
             ended: Mutex::new(VecDeque::new()),
             max_history,
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
-    fn shard(&self, pid: Pid) -> MutexGuard<'_, HashMap<Pid, Entry>> {
+    fn commit(&self, batch: Vec<Change>) {
+        for change in batch {
+            match change {
+                Change::Accepted { record, key, .. } => {
+                    if let Some(key) = key {
+                        let remembered = Remembered {
+                            body_sha256: key.body_sha256,
+                            pid: record.pid,
+                            at: record.spawned_at,
+                        };
+                        lock(&self.keys).insert(key.key, remembered);
+                    }
+                    self.accept(record);
+                }
+                Change::Event(pid, event) => self.apply(pid, event),
+                // History is bounded as tasks end; only keys age out here.
+                Change::Prune { keys_before, .. } => {
+                    lock(&self.keys).retain(|_, remembered| remembered.at >= keys_before);
+                }
+                // Nothing outlives the process here, so there is nothing to keep them for.
+                Change::Module { .. } | Change::Worker { .. } => {}
+            }
+        }
+    }
+
+    fn shard(&self, pid: Pid) -> MutexGuard<'_, Shard> {
         // The sequence number alone spreads consecutive tasks evenly.
         lock(&self.shards[(pid.seq() % SHARDS as u64) as usize])
     }
@@ -60,14 +93,15 @@ impl MemoryStore {
             record,
             logs: TaskLogs::default(),
         };
-        self.shard(pid).insert(pid, entry);
-        lock(&self.order).insert(cursor);
+        let mut shard = self.shard(pid);
+        shard.entries.insert(pid, entry);
+        shard.order.insert(cursor);
     }
 
     fn apply(&self, pid: Pid, event: TaskEvent) {
         let ended = {
             let mut shard = self.shard(pid);
-            let Some(entry) = shard.get_mut(&pid) else {
+            let Some(entry) = shard.entries.get_mut(&pid) else {
                 return;
             };
             if entry.record.status.is_terminal() {
@@ -105,52 +139,65 @@ impl MemoryStore {
                 .flatten()
         };
         if let Some(old) = evicted {
-            lock(&self.order).remove(&old);
-            self.shard(old.pid).remove(&old.pid);
+            let mut shard = self.shard(old.pid);
+            shard.entries.remove(&old.pid);
+            shard.order.remove(&old);
         }
     }
 }
 
 impl Store for MemoryStore {
-    fn commit(&self, batch: Vec<Change>) -> Result<(), StoreError> {
-        for change in batch {
-            match change {
-                Change::Accepted(record) => self.accept(record),
-                Change::Event(pid, event) => self.apply(pid, event),
-            }
+    fn submit(&self, batch: Vec<Change>, done: Option<Done>) {
+        self.commit(batch);
+        if let Some(done) = done {
+            done(Ok(()));
         }
-        Ok(())
+    }
+
+    fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
+        Ok(lock(&self.keys).get(key).cloned())
     }
 
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
-        Ok(self.shard(pid).get(&pid).map(|entry| entry.record.clone()))
+        Ok(self
+            .shard(pid)
+            .entries
+            .get(&pid)
+            .map(|entry| entry.record.clone()))
     }
 
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
-        Ok(self.shard(pid).get(&pid).map(|entry| entry.logs.clone()))
+        Ok(self
+            .shard(pid)
+            .entries
+            .get(&pid)
+            .map(|entry| entry.logs.clone()))
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let mut tasks = Vec::new();
         let mut more = false;
         let mut below = query.before;
-        // A chunk of the order at a time, its lock let go before any shard is looked at, so
-        // that a long, filtered listing never holds up tasks being accepted or evicted.
+        // The next chunk of the listing order is among each shard's next chunk: copy those
+        // out a shard at a time, merge them, then read the records.
         'scan: loop {
-            let chunk: Vec<Cursor> = {
-                let order = lock(&self.order);
+            let mut chunk: Vec<Cursor> = Vec::new();
+            for shard in &self.shards {
+                let shard = lock(shard);
                 let older = match below {
-                    Some(below) => order.range(..below),
-                    None => order.range(..),
+                    Some(below) => shard.order.range(..below),
+                    None => shard.order.range(..),
                 };
-                older.rev().take(LIST_CHUNK).copied().collect()
-            };
+                chunk.extend(older.rev().take(LIST_CHUNK));
+            }
+            chunk.sort_unstable_by(|a, b| b.cmp(a));
+            chunk.truncate(LIST_CHUNK);
             let Some(&last) = chunk.last() else {
                 break;
             };
             for cursor in chunk {
                 let shard = self.shard(cursor.pid);
-                let Some(entry) = shard.get(&cursor.pid) else {
+                let Some(entry) = shard.entries.get(&cursor.pid) else {
                     continue;
                 };
                 if !query.wants(&entry.record) {
@@ -178,7 +225,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::model::{Status, TaskEnd};
+    use crate::model::{OnHostLoss, Status, TaskEnd, TaskSpec};
 
     fn record(seq: u64, name: &str) -> TaskRecord {
         let mut record =
@@ -188,15 +235,30 @@ mod tests {
         record
     }
 
+    fn accepted(record: TaskRecord) -> Change {
+        let spec = TaskSpec {
+            module_sha256: String::new(),
+            payload: None,
+            deadline_secs: 0,
+            max_attempts: 1,
+            on_host_loss: OnHostLoss::Restart,
+            ready_at: None,
+        };
+        Change::Accepted {
+            record,
+            spec,
+            key: None,
+        }
+    }
+
     fn end(store: &MemoryStore, pid: Pid) {
         let event = TaskEvent::Ended {
             at: SystemTime::now(),
             fuel: 1,
             end: TaskEnd::exited(0),
+            attempt: 1,
         };
-        store
-            .commit(&[Change::Event(pid, event)])
-            .expect("memory never fails");
+        store.commit(vec![Change::Event(pid, event)]);
     }
 
     #[test]
@@ -204,9 +266,7 @@ mod tests {
         let store = MemoryStore::new(2);
         let pids: Vec<Pid> = (0..4).map(|seq| Pid::new(1, seq)).collect();
         for seq in 0..4 {
-            store
-                .commit(vec![Change::Accepted(record(seq, "t"))])
-                .expect("commit");
+            store.commit(vec![accepted(record(seq, "t"))]);
         }
         for &pid in &pids[..3] {
             end(&store, pid);
@@ -233,9 +293,7 @@ mod tests {
             let name = if seq % 2 == 0 { "even" } else { "odd" };
             let mut record = record(seq, name);
             record.spawned_at = SystemTime::UNIX_EPOCH + Duration::from_secs(10 - seq);
-            store
-                .commit(vec![Change::Accepted(record)])
-                .expect("commit");
+            store.commit(vec![accepted(record)]);
         }
         end(&store, Pid::new(1, 4));
         let seqs = |page: &Page| page.tasks.iter().map(|r| r.pid.seq()).collect::<Vec<_>>();
@@ -277,9 +335,7 @@ mod tests {
     fn logs_are_kept_apart_and_stop_at_the_end() {
         let store = MemoryStore::new(8);
         let pid = Pid::new(1, 1);
-        store
-            .commit(&[Change::Accepted(record(1, "t"))])
-            .expect("commit");
+        store.commit(vec![accepted(record(1, "t"))]);
         let line = crate::model::LogLine {
             at: SystemTime::now(),
             source: crate::model::LogSource::Info,
@@ -289,13 +345,9 @@ mod tests {
             lines,
             dropped_bytes: 3,
         };
-        store
-            .commit(&[Change::Event(pid, logs(vec![line.clone()]))])
-            .expect("commit");
+        store.commit(vec![Change::Event(pid, logs(vec![line.clone()]))]);
         end(&store, pid);
-        store
-            .commit(&[Change::Event(pid, logs(vec![line]))])
-            .expect("commit");
+        store.commit(vec![Change::Event(pid, logs(vec![line]))]);
         let kept = store.logs(pid).expect("logs").expect("known");
         assert_eq!(kept.lines.len(), 1, "nothing is added after the end");
         assert_eq!(kept.dropped_bytes, 3);

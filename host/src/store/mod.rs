@@ -11,6 +11,7 @@
 //! (PostgreSQL) implements [`Store`] with SQL of its own.
 
 mod memory;
+mod sqlite;
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,17 +19,75 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
-use crate::model::{Pid, Status, TaskEvent, TaskLogs, TaskRecord};
+use crate::model::{Pid, Status, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
 
 pub use memory::MemoryStore;
+pub use sqlite::{SqliteStore, StoreSync};
 
 /// One write to the store.
 #[derive(Debug)]
 pub enum Change {
-    /// A task was accepted; its pid is new.
-    Accepted(TaskRecord),
+    /// A task was accepted; its pid is new. `spec` is what it needs to run again after a
+    /// crash; `key`, the idempotency key its request carried.
+    Accepted {
+        record: TaskRecord,
+        spec: TaskSpec,
+        key: Option<IdempotencyKey>,
+    },
     /// Something happened to a task (see [`TaskRecord::apply`]).
     Event(Pid, TaskEvent),
+    /// Forget ended tasks past `max_history` or ended before `ended_before`, a batch at a
+    /// time, and idempotency keys given before `keys_before`.
+    Prune {
+        max_history: usize,
+        ended_before: SystemTime,
+        keys_before: SystemTime,
+    },
+    /// A module's bytes, kept by their SHA-256 (hex).
+    Module { sha256: String, bytes: Vec<u8> },
+    /// A worker's versions now; `file_sha256` is its module file's as last loaded.
+    Worker {
+        name: String,
+        versions: WorkerVersions,
+    },
+}
+
+/// Called once a submitted batch is written, or could not be.
+pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// An idempotency key a request carried, and the body it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// The SHA-256 of the request body, in hex.
+    pub body_sha256: String,
+}
+
+/// What the store remembers of an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered {
+    pub body_sha256: String,
+    pub pid: Pid,
+    pub at: SystemTime,
+}
+
+/// One module version of a worker as the store keeps it: its bytes are in the store, by
+/// their SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    pub sha256: String,
+    /// `file` or `upload`.
+    pub source: String,
+    pub installed_at: SystemTime,
+}
+
+/// A worker's current and previous version, and its module file's SHA-256 as last loaded, as
+/// the store keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerVersions {
+    pub current: StoredVersion,
+    pub previous: Option<StoredVersion>,
+    pub file_sha256: String,
 }
 
 /// Why the store could not answer or write.
@@ -129,16 +188,58 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
-/// The store's interface: the only way the rest of the host reads or writes task state.
+/// The store's interface: the only way the rest of the host reads or writes what it knows of
+/// tasks and worker versions.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// Writes `batch` in order. A store that can fail writes it whole or not at all.
-    fn commit(&self, batch: Vec<Change>) -> Result<(), StoreError>;
+    /// Writes `batch`, in order after every batch submitted before it, whole or not at all,
+    /// then calls `done`. Never waits for a disk or a network: a store that does hands the
+    /// batch to a writer of its own and calls `done` from there.
+    fn submit(&self, batch: Vec<Change>, done: Option<Done>);
+
+    /// Writes `batch` and waits until it is written: for start-up and worker installs, never
+    /// for a scheduler thread.
+    fn wait(&self, batch: Vec<Change>) -> Result<(), StoreError> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let done: Done = Box::new(move |result| {
+            let _ = sender.send(result);
+        });
+        self.submit(batch, Some(done));
+        receiver
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the store stopped writing".into()))?
+    }
+
+    /// Whether the last write succeeded: while it did not, new tasks are refused at once.
+    fn healthy(&self) -> bool {
+        true
+    }
+
     /// A task's record, without its log lines, if the store still holds it.
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError>;
     /// A task's captured log, if the store still holds the task.
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError>;
     /// Records matching `query`, newest first.
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+    /// What an idempotency key was first used for, if the store still remembers it.
+    fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError>;
+
+    /// The tasks accepted and not ended, in the order they were accepted, with what each
+    /// needs to run again: what a host finds at start after it was lost.
+    fn unfinished(&self) -> Result<Vec<(TaskRecord, TaskSpec)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The highest sequence number the store holds among pids of boot `boot`.
+    fn last_seq(&self, _boot: u32) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// A module's bytes, by their SHA-256 (hex), if the store keeps them.
+    fn module(&self, _sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    /// A worker's versions, if the store keeps them.
+    fn worker(&self, _name: &str) -> Result<Option<WorkerVersions>, StoreError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

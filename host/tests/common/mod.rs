@@ -55,8 +55,8 @@ pub struct Remote {
 
 /// The host's configuration for the worker at `module` (a path) with command-line `args`, as
 /// `http-spawn` would parse it.
-/// Unless `args` name one, the compiled-module cache is one shared by the tests, under
-/// cargo's scratch directory, never the user's own.
+/// Unless `args` name them, the compiled-module cache is one shared by the tests, under
+/// cargo's scratch directory, never the user's own, and the store is in memory.
 pub fn config(module: &str, args: &[&str]) -> Config {
     parse(&[&["--module", module], args].concat())
 }
@@ -72,6 +72,11 @@ fn parse(args: &[&str]) -> Config {
     let mut argv = vec!["http-spawn"];
     if !args.contains(&"--cache-dir") {
         argv.extend(["--cache-dir", &cache]);
+    }
+    if !args.contains(&"--store") {
+        // Many hosts share a test process: each keeps its tasks in memory unless the test
+        // names a store.
+        argv.extend(["--store", "memory"]);
     }
     argv.extend(args.iter().copied());
     Config::from_args(argv).expect("test configuration parses")

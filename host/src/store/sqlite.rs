@@ -1,0 +1,996 @@
+//! The durable store: one SQLite file in WAL mode, written by one writer thread that commits
+//! every pending batch in one transaction (group commit) and then tells each submitter, read
+//! through connections of its own by everyone else.
+//!
+//! - A batch is written whole or not at all. When a commit fails (a full disk, an I/O error),
+//!   the acceptances in it are refused (their submitters answer `503`), and the other changes
+//!   are kept and tried again until the store takes them: running tasks go on, and the host
+//!   recovers by itself.
+//! - The file is held by one host at a time, with an exclusive `flock` on `<file>.lock`.
+//! - The schema carries its version in `PRAGMA user_version`; an older one is migrated
+//!   forward at start, a newer one is refused.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+
+use super::{
+    Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoredVersion,
+    WorkerVersions,
+};
+use crate::model::{
+    Attempt, LogLine, LogSource, OnHostLoss, Outcome, Pid, Status, TaskEnd, TaskEvent, TaskLogs,
+    TaskRecord, TaskSpec,
+};
+
+/// The schema this host writes. Version 1 is the first.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE tasks (
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    spawned_at INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    version TEXT NOT NULL,
+    module_sha256 TEXT NOT NULL,
+    duration INTEGER NOT NULL,
+    payload TEXT,
+    deadline_secs INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    on_host_loss TEXT NOT NULL,
+    status TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    outcome TEXT,
+    error TEXT,
+    started_at INTEGER,
+    ended_at INTEGER,
+    fuel INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    attempts TEXT NOT NULL DEFAULT '[]',
+    logs_dropped_bytes INTEGER NOT NULL DEFAULT 0,
+    ready_at INTEGER,
+    PRIMARY KEY (boot, seq)
+);
+CREATE INDEX tasks_by_time ON tasks (spawned_at, boot, seq);
+CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
+CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);
+CREATE INDEX tasks_by_worker ON tasks (worker, spawned_at, boot, seq);
+CREATE INDEX tasks_by_end ON tasks (ended_at) WHERE ended_at IS NOT NULL;
+CREATE TABLE logs (
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX logs_by_task ON logs (boot, seq);
+CREATE TABLE modules (
+    sha256 TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE workers (
+    name TEXT PRIMARY KEY,
+    current TEXT NOT NULL,
+    current_source TEXT NOT NULL,
+    current_installed_at INTEGER NOT NULL,
+    previous TEXT,
+    previous_source TEXT,
+    previous_installed_at INTEGER,
+    file_sha256 TEXT NOT NULL
+);
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    body_sha256 TEXT NOT NULL,
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX idempotency_by_age ON idempotency (created_at);
+";
+
+/// Connections kept for reading, each behind its own lock.
+const READERS: usize = 4;
+
+/// How long a failed commit waits before the writer tries its changes again.
+const RETRY_WAIT: Duration = Duration::from_millis(200);
+
+/// Ended tasks deleted per prune, so a large prune never holds the writer long.
+const PRUNE_BATCH: i64 = 1000;
+
+/// How much `--store-sync` makes a commit wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreSync {
+    /// Every commit reaches the disk before it counts: it survives a power cut.
+    Full,
+    /// A commit survives a crash of the host, not of the machine.
+    Normal,
+}
+
+/// Writes waiting for the writer thread.
+struct Pending {
+    batch: Vec<Change>,
+    done: Option<Done>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// False from a failed commit until one succeeds.
+    healthy: AtomicBool,
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held for the life of the store: the file is this host's alone.
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the store could not be opened; each names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create the store's directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the store {path} is in use by another running host (it holds {lock}); stop that host, \
+         or give this one another --store"
+    )]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("cannot open the store {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error(
+        "the store {path} is not a SQLite database or is corrupt ({reason}); move it aside to \
+         start with an empty store, or restore it from a backup"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "the store {path} has schema version {found}, newer than this host's {SCHEMA_VERSION}: \
+         it was written by a newer http-spawn; run that version, or give this one another --store"
+    )]
+    Newer { path: PathBuf, found: i64 },
+}
+
+fn nanos(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+    })
+}
+
+fn time(nanos: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path`, migrates its schema forward, and starts its
+    /// writer.
+    pub fn open(path: &Path, sync: StoreSync) -> Result<Self, OpenError> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let lock = lock_file(path)?;
+        let unreadable = |error: rusqlite::Error| classify_open_error(path, &error);
+        let mut writer = Connection::open(path).map_err(unreadable)?;
+        configure(&writer, sync).map_err(unreadable)?;
+        migrate(path, &mut writer)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let reader = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                reader.busy_timeout(Duration::from_secs(5))?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<Result<Vec<_>, rusqlite::Error>>()
+            .map_err(unreadable)?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            healthy: AtomicBool::new(true),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || write_loop(&shared, &mut writer))
+                .map_err(|error| OpenError::Unreadable {
+                    path: path.to_owned(),
+                    reason: format!("starting the writer thread: {error}"),
+                })?
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            shared,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            writer: Mutex::new(Some(thread)),
+            _lock: lock,
+        })
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..self.readers.len() {
+            if let Ok(reader) = self.readers[(start + offset) % self.readers.len()].try_lock() {
+                return reader;
+            }
+        }
+        self.readers[start % self.readers.len()]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        {
+            let mut queue = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            queue.closed = true;
+        }
+        self.shared.wake.notify_all();
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Takes `<path>.lock` for this process, or says who holds it.
+fn lock_file(path: &Path) -> Result<File, OpenError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| OpenError::Unreadable {
+            path: lock_path.clone(),
+            reason: error.to_string(),
+        })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd as _;
+        // SAFETY: flock takes a file descriptor this function owns, open for as long as the
+        // call; it neither keeps nor frees it.
+        let held = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if held != 0 {
+            return Err(OpenError::Locked {
+                path: path.to_owned(),
+                lock: lock_path,
+            });
+        }
+    }
+    Ok(file)
+}
+
+fn classify_open_error(path: &Path, error: &rusqlite::Error) -> OpenError {
+    use rusqlite::ErrorCode;
+    match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => OpenError::Corrupt {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        },
+        _ => OpenError::Unreadable {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        },
+    }
+}
+
+fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
+    connection.busy_timeout(Duration::from_secs(5))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match sync {
+        StoreSync::Full => "FULL",
+        StoreSync::Normal => "NORMAL",
+    };
+    connection.pragma_update(None, "synchronous", synchronous)?;
+    connection.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(())
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], or refuses a newer one.
+fn migrate(path: &Path, connection: &mut Connection) -> Result<(), OpenError> {
+    let fail = |error: rusqlite::Error| classify_open_error(path, &error);
+    let found: i64 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(fail)?;
+    if found > SCHEMA_VERSION {
+        return Err(OpenError::Newer {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    if found < 1 {
+        let tx = connection.transaction().map_err(fail)?;
+        tx.execute_batch(SCHEMA).map_err(fail)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        tracing::info!(path = %path.display(), version = SCHEMA_VERSION, "task store created");
+    }
+    Ok(())
+}
+
+/// The writer thread: takes every pending batch, commits them in one transaction, then tells
+/// their submitters; until the store is dropped.
+fn write_loop(shared: &Shared, connection: &mut Connection) {
+    let mut retry: Vec<Pending> = Vec::new();
+    loop {
+        let mut taken: Vec<Pending> = std::mem::take(&mut retry);
+        {
+            let mut queue = shared
+                .queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            while taken.is_empty() && queue.pending.is_empty() && !queue.closed {
+                queue = shared
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            taken.extend(queue.pending.drain(..));
+            if taken.is_empty() && queue.closed {
+                return;
+            }
+        }
+        match commit(connection, &taken) {
+            Ok(()) => {
+                if !shared.healthy.swap(true, Ordering::AcqRel) {
+                    tracing::info!("the task store takes writes again");
+                }
+                for pending in taken {
+                    if let Some(done) = pending.done {
+                        done(Ok(()));
+                    }
+                }
+            }
+            Err(error) => {
+                if shared.healthy.swap(false, Ordering::AcqRel) {
+                    tracing::error!(%error, "the task store cannot write; new tasks are refused \
+                        until it can, and the other changes are kept and tried again");
+                }
+                let error = unavailable(error);
+                for pending in taken {
+                    let accepts = pending
+                        .batch
+                        .iter()
+                        .any(|change| matches!(change, Change::Accepted { .. }));
+                    if accepts || matches!(pending.batch.first(), Some(Change::Prune { .. })) {
+                        if let Some(done) = pending.done {
+                            done(Err(error.clone()));
+                        }
+                    } else {
+                        retry.push(pending);
+                    }
+                }
+                let closed = shared
+                    .queue
+                    .lock()
+                    .map(|queue| queue.closed)
+                    .unwrap_or(true);
+                if closed {
+                    tracing::error!(
+                        kept = retry.len(),
+                        "the host stops with changes the store could not take"
+                    );
+                    return;
+                }
+                std::thread::sleep(RETRY_WAIT);
+            }
+        }
+    }
+}
+
+fn commit(connection: &mut Connection, taken: &[Pending]) -> rusqlite::Result<()> {
+    let tx = connection.transaction()?;
+    // Progress is written lazily: within one commit, only each task's last one.
+    let mut last_progress: HashMap<Pid, (usize, usize)> = HashMap::new();
+    for (p, pending) in taken.iter().enumerate() {
+        for (c, change) in pending.batch.iter().enumerate() {
+            if let Change::Event(pid, TaskEvent::Progress { .. }) = change {
+                last_progress.insert(*pid, (p, c));
+            }
+        }
+    }
+    for (p, pending) in taken.iter().enumerate() {
+        for (c, change) in pending.batch.iter().enumerate() {
+            if let Change::Event(pid, TaskEvent::Progress { .. }) = change
+                && last_progress.get(pid) != Some(&(p, c))
+            {
+                continue;
+            }
+            write(&tx, change)?;
+        }
+    }
+    tx.commit()
+}
+
+fn key(pid: Pid) -> (i64, i64) {
+    (i64::from(pid.boot()), pid.seq() as i64)
+}
+
+/// The record's status and fields that only the current attempt may change are written only
+/// while the task has not ended (`ended_at IS NULL`), so a late write never reopens an end.
+fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
+    match change {
+        Change::Accepted {
+            record,
+            spec,
+            key: idempotency,
+        } => {
+            let (boot, seq) = key(record.pid);
+            tx.prepare_cached(
+                "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
+                    duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                boot,
+                seq,
+                nanos(record.spawned_at),
+                record.name,
+                &*record.worker,
+                &*record.version,
+                spec.module_sha256,
+                record.duration,
+                spec.payload,
+                spec.deadline_secs,
+                spec.max_attempts,
+                spec.on_host_loss.as_str(),
+                record.status.as_str(),
+                record.attempt,
+            ])?;
+            if let Some(idempotency) = idempotency {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO idempotency (key, body_sha256, boot, seq, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    idempotency.key,
+                    idempotency.body_sha256,
+                    boot,
+                    seq,
+                    nanos(record.spawned_at)
+                ])?;
+            }
+        }
+        Change::Event(pid, event) => write_event(tx, *pid, event)?,
+        Change::Prune {
+            max_history,
+            ended_before,
+            keys_before,
+        } => prune(tx, *max_history, *ended_before, *keys_before)?,
+        Change::Module { sha256, bytes } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO modules (sha256, bytes) VALUES (?1, ?2)")?
+                .execute(params![sha256, bytes])?;
+        }
+        Change::Worker { name, versions } => {
+            let previous = versions.previous.as_ref();
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO workers (name, current, current_source,
+                    current_installed_at, previous, previous_source, previous_installed_at,
+                    file_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                name,
+                versions.current.sha256,
+                versions.current.source,
+                nanos(versions.current.installed_at),
+                previous.map(|v| &v.sha256),
+                previous.map(|v| &v.source),
+                previous.map(|v| nanos(v.installed_at)),
+                versions.file_sha256,
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn write_event(
+    tx: &rusqlite::Transaction<'_>,
+    pid: Pid,
+    event: &TaskEvent,
+) -> rusqlite::Result<()> {
+    let (boot, seq) = key(pid);
+    match event {
+        TaskEvent::Started { at, steps, fuel } => {
+            tx.prepare_cached(
+                "UPDATE tasks SET status = 'running', started_at = ?3, steps = ?4, fuel = ?5,
+                    ready_at = NULL
+                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+            )?
+            .execute(params![boot, seq, nanos(*at), steps, *fuel as i64])?;
+        }
+        TaskEvent::Progress { step, fuel, .. } => {
+            tx.prepare_cached(
+                "UPDATE tasks SET step = ?3, fuel = ?4
+                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+            )?
+            .execute(params![boot, seq, step, *fuel as i64])?;
+        }
+        TaskEvent::Logs {
+            lines,
+            dropped_bytes,
+        } => {
+            let live: bool = tx
+                .prepare_cached("SELECT ended_at IS NULL FROM tasks WHERE boot = ?1 AND seq = ?2")?
+                .query_row(params![boot, seq], |row| row.get(0))
+                .optional()?
+                .unwrap_or(false);
+            if !live {
+                return Ok(());
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO logs (boot, seq, at, source, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for line in lines {
+                insert.execute(params![
+                    boot,
+                    seq,
+                    nanos(line.at),
+                    source_name(line.source),
+                    line.message
+                ])?;
+            }
+            tx.prepare_cached(
+                "UPDATE tasks SET logs_dropped_bytes = ?3 WHERE boot = ?1 AND seq = ?2",
+            )?
+            .execute(params![boot, seq, *dropped_bytes as i64])?;
+        }
+        TaskEvent::Restarting {
+            at,
+            fuel,
+            end,
+            next_attempt,
+            ready_at,
+        } => {
+            let attempt = next_attempt.saturating_sub(1);
+            let entry = attempt_json(attempt, end, *at);
+            tx.prepare_cached(
+                "UPDATE tasks SET status = 'spawned', step = 0, fuel = ?3, attempt = ?4,
+                    attempts = json_insert(attempts, '$[#]', json(?5)), ready_at = ?6
+                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?7",
+            )?
+            .execute(params![
+                boot,
+                seq,
+                *fuel as i64,
+                next_attempt,
+                entry,
+                nanos(*ready_at),
+                attempt
+            ])?;
+        }
+        TaskEvent::Ended {
+            at,
+            fuel,
+            end,
+            attempt,
+        } => {
+            let entry = attempt_json(0, end, *at);
+            tx.prepare_cached(
+                "UPDATE tasks SET status = ?3, outcome = ?4, exit_code = ?5, error = ?6,
+                    ended_at = ?7, fuel = ?8, ready_at = NULL,
+                    attempts = CASE WHEN json_array_length(attempts) > 0
+                        THEN json_insert(attempts, '$[#]',
+                            json_set(json(?9), '$.attempt', attempt))
+                        ELSE attempts END
+                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?10",
+            )?
+            .execute(params![
+                boot,
+                seq,
+                end.status.as_str(),
+                end.outcome.as_str(),
+                end.exit_code,
+                end.error,
+                nanos(*at),
+                *fuel as i64,
+                entry,
+                attempt,
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn attempt_json(attempt: u32, end: &TaskEnd, at: SystemTime) -> String {
+    serde_json::json!({
+        "attempt": attempt,
+        "status": end.status.as_str(),
+        "outcome": end.outcome.as_str(),
+        "exit_code": end.exit_code,
+        "error": end.error,
+        "ended_at": nanos(at),
+    })
+    .to_string()
+}
+
+/// Deletes the oldest ended tasks past `max_history`, and those that ended before
+/// `ended_before`, a batch at a time, and the idempotency keys created before `keys_before`.
+fn prune(
+    tx: &rusqlite::Transaction<'_>,
+    max_history: usize,
+    ended_before: SystemTime,
+    keys_before: SystemTime,
+) -> rusqlite::Result<()> {
+    let ended: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM tasks WHERE ended_at IS NOT NULL")?
+        .query_row([], |row| row.get(0))?;
+    let excess = (ended - i64::try_from(max_history).unwrap_or(i64::MAX)).clamp(0, PRUNE_BATCH);
+    tx.prepare_cached("CREATE TEMP TABLE IF NOT EXISTS doomed (boot INTEGER, seq INTEGER)")?
+        .execute([])?;
+    tx.prepare_cached(
+        "INSERT INTO doomed SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
+         AND (rowid IN (SELECT rowid FROM tasks WHERE ended_at IS NOT NULL
+                        ORDER BY ended_at LIMIT ?1)
+              OR ended_at < ?2)
+         LIMIT ?3",
+    )?
+    .execute(params![excess, nanos(ended_before), PRUNE_BATCH])?;
+    tx.prepare_cached("DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
+        .execute([])?;
+    tx.prepare_cached("DELETE FROM tasks WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
+        .execute([])?;
+    tx.prepare_cached("DELETE FROM doomed")?.execute([])?;
+    tx.prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
+        .execute(params![nanos(keys_before)])?;
+    Ok(())
+}
+
+fn source_name(source: LogSource) -> &'static str {
+    match source {
+        LogSource::Trace => "trace",
+        LogSource::Debug => "debug",
+        LogSource::Info => "info",
+        LogSource::Warn => "warn",
+        LogSource::Error => "error",
+        LogSource::Stdout => "stdout",
+        LogSource::Stderr => "stderr",
+    }
+}
+
+fn source_of(name: &str) -> LogSource {
+    match name {
+        "trace" => LogSource::Trace,
+        "debug" => LogSource::Debug,
+        "warn" => LogSource::Warn,
+        "error" => LogSource::Error,
+        "stdout" => LogSource::Stdout,
+        "stderr" => LogSource::Stderr,
+        _ => LogSource::Info,
+    }
+}
+
+fn status_of(name: &str) -> Status {
+    match name {
+        "running" => Status::Running,
+        "exited" => Status::Exited,
+        "failed" => Status::Failed,
+        "killed" => Status::Killed,
+        _ => Status::Spawned,
+    }
+}
+
+const RECORD_COLUMNS: &str = "boot, seq, spawned_at, name, worker, version, status, duration,
+    step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts,
+    logs_dropped_bytes";
+
+fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let boot: i64 = row.get(0)?;
+    let seq: i64 = row.get(1)?;
+    let pid = Pid::new(boot as u32, seq as u64);
+    let worker: String = row.get(4)?;
+    let version: String = row.get(5)?;
+    let mut record =
+        TaskRecord::spawned(pid, row.get(3)?, row.get(7)?, worker.into(), version.into());
+    record.spawned_at = time(row.get(2)?);
+    record.status = status_of(&row.get::<_, String>(6)?);
+    record.step = row.get(8)?;
+    record.steps = row.get(9)?;
+    record.exit_code = row.get(10)?;
+    record.outcome = row
+        .get::<_, Option<String>>(11)?
+        .as_deref()
+        .and_then(Outcome::parse);
+    record.error = row.get(12)?;
+    record.started_at = row.get::<_, Option<i64>>(13)?.map(time);
+    record.ended_at = row.get::<_, Option<i64>>(14)?.map(time);
+    record.fuel_consumed = row.get::<_, i64>(15)? as u64;
+    record.attempt = row.get(16)?;
+    record.attempts = attempts_of(&row.get::<_, String>(17)?);
+    record.logs_dropped_bytes = row.get::<_, i64>(18)? as u64;
+    Ok(record)
+}
+
+fn attempts_of(json: &str) -> Vec<Attempt> {
+    let Ok(serde_json::Value::Array(entries)) = serde_json::from_str(json) else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            Some(Attempt {
+                attempt: u32::try_from(entry["attempt"].as_u64()?).ok()?,
+                status: status_of(entry["status"].as_str()?),
+                outcome: Outcome::parse(entry["outcome"].as_str()?)?,
+                exit_code: entry["exit_code"]
+                    .as_i64()
+                    .and_then(|code| i32::try_from(code).ok()),
+                error: entry["error"].as_str().map(str::to_owned),
+                ended_at: time(entry["ended_at"].as_i64()?),
+            })
+        })
+        .collect()
+}
+
+fn spec_of(row: &Row<'_>, offset: usize) -> rusqlite::Result<TaskSpec> {
+    Ok(TaskSpec {
+        module_sha256: row.get(offset)?,
+        payload: row.get(offset + 1)?,
+        deadline_secs: row.get(offset + 2)?,
+        max_attempts: row.get(offset + 3)?,
+        on_host_loss: OnHostLoss::parse(&row.get::<_, String>(offset + 4)?)
+            .unwrap_or(OnHostLoss::Restart),
+        ready_at: row.get::<_, Option<i64>>(offset + 5)?.map(time),
+    })
+}
+
+impl Store for SqliteStore {
+    fn submit(&self, batch: Vec<Change>, done: Option<Done>) {
+        {
+            let mut queue = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            queue.pending.push_back(Pending { batch, done });
+        }
+        self.shared.wake.notify_one();
+    }
+
+    fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
+        let (boot, seq) = key(pid);
+        let reader = self.reader();
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = ?1 AND seq = ?2");
+        reader
+            .prepare_cached(&sql)
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![boot, seq], record_of)
+                    .optional()
+            })
+            .map_err(unavailable)
+    }
+
+    fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
+        let (boot, seq) = key(pid);
+        let reader = self.reader();
+        let read = || -> rusqlite::Result<Option<TaskLogs>> {
+            let Some(dropped_bytes) = reader
+                .prepare_cached(
+                    "SELECT logs_dropped_bytes FROM tasks WHERE boot = ?1 AND seq = ?2",
+                )?
+                .query_row(params![boot, seq], |row| row.get::<_, i64>(0))
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut statement = reader.prepare_cached(
+                "SELECT at, source, message FROM logs WHERE boot = ?1 AND seq = ?2 ORDER BY rowid",
+            )?;
+            let lines = statement
+                .query_map(params![boot, seq], |row| {
+                    Ok(LogLine {
+                        at: time(row.get(0)?),
+                        source: source_of(&row.get::<_, String>(1)?),
+                        message: row.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(TaskLogs {
+                lines,
+                dropped_bytes: dropped_bytes as u64,
+            }))
+        };
+        read().map_err(unavailable)
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let mut sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
+            args.push(value);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(status) = query.status {
+            arg(
+                &mut sql,
+                " AND status = ?",
+                status.as_str().to_owned().into(),
+            );
+        }
+        if let Some(name) = &query.name {
+            arg(&mut sql, " AND name = ?", name.clone().into());
+        }
+        if let Some(worker) = &query.worker {
+            arg(&mut sql, " AND worker = ?", worker.clone().into());
+        }
+        if let Some(before) = query.before {
+            let (boot, seq) = key(before.pid);
+            arg(
+                &mut sql,
+                " AND (spawned_at, boot, seq) < (?",
+                (before.at as i64).into(),
+            );
+            arg(&mut sql, ", ?", boot.into());
+            arg(&mut sql, ", ?)", seq.into());
+        }
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        arg(
+            &mut sql,
+            " ORDER BY spawned_at DESC, boot DESC, seq DESC LIMIT ?",
+            (limit.saturating_add(1)).into(),
+        );
+        let reader = self.reader();
+        let mut tasks = reader
+            .prepare_cached(&sql)
+            .and_then(|mut statement| {
+                statement
+                    .query_map(rusqlite::params_from_iter(args), record_of)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(unavailable)?;
+        let more = tasks.len() > query.limit;
+        tasks.truncate(query.limit);
+        let next = if more {
+            tasks.last().map(Cursor::of)
+        } else {
+            None
+        };
+        Ok(Page { tasks, next })
+    }
+
+    fn unfinished(&self) -> Result<Vec<(TaskRecord, TaskSpec)>, StoreError> {
+        let reader = self.reader();
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS}, module_sha256, payload, deadline_secs, max_attempts,
+                on_host_loss, ready_at
+             FROM tasks WHERE ended_at IS NULL ORDER BY spawned_at, boot, seq"
+        );
+        reader
+            .prepare(&sql)
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| Ok((record_of(row)?, spec_of(row, 19)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(unavailable)
+    }
+
+    fn last_seq(&self, boot: u32) -> Result<u64, StoreError> {
+        let reader = self.reader();
+        reader
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM tasks WHERE boot = ?1",
+                params![i64::from(boot)],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|seq| seq as u64)
+            .map_err(unavailable)
+    }
+
+    fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
+        let reader = self.reader();
+        reader
+            .query_row(
+                "SELECT body_sha256, boot, seq, created_at FROM idempotency WHERE key = ?1",
+                params![key],
+                |row| {
+                    Ok(Remembered {
+                        body_sha256: row.get(0)?,
+                        pid: Pid::new(row.get::<_, i64>(1)? as u32, row.get::<_, i64>(2)? as u64),
+                        at: time(row.get(3)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+    }
+
+    fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let reader = self.reader();
+        reader
+            .query_row(
+                "SELECT bytes FROM modules WHERE sha256 = ?1",
+                params![sha256],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
+    }
+
+    fn worker(&self, name: &str) -> Result<Option<WorkerVersions>, StoreError> {
+        let reader = self.reader();
+        reader
+            .query_row(
+                "SELECT current, current_source, current_installed_at, previous, previous_source,
+                    previous_installed_at, file_sha256 FROM workers WHERE name = ?1",
+                params![name],
+                |row| {
+                    let previous = match row.get::<_, Option<String>>(3)? {
+                        Some(sha256) => Some(StoredVersion {
+                            sha256,
+                            source: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                            installed_at: time(row.get::<_, Option<i64>>(5)?.unwrap_or(0)),
+                        }),
+                        None => None,
+                    };
+                    Ok(WorkerVersions {
+                        current: StoredVersion {
+                            sha256: row.get(0)?,
+                            source: row.get(1)?,
+                            installed_at: time(row.get(2)?),
+                        },
+                        previous,
+                        file_sha256: row.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+    }
+}
