@@ -40,7 +40,7 @@ struct Args {
     /// Smaller counts and shorter runs, for a quick look.
     #[arg(long, global = true)]
     quick: bool,
-    /// Run only these sections (1-5), e.g. `--only 1,3`.
+    /// Run only these sections (1-6), e.g. `--only 1,3`.
     #[arg(long, global = true, value_delimiter = ',')]
     only: Vec<u8>,
 }
@@ -162,6 +162,9 @@ fn all(out: &Path, quick: bool, only: &[u8]) -> anyhow::Result<()> {
     }
     if wanted(5) {
         results.insert("k6".into(), section_k6(&mut report, out, quick)?);
+    }
+    if wanted(6) {
+        results.insert("store".into(), section_store(&mut report, quick)?);
     }
     report.line(&format!(
         "\nbench finished in {:.0} s",
@@ -555,7 +558,8 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting the {kind} server"))?;
         let server = Self { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Long enough for a host to recover a store of 100,000 unfinished tasks.
+        let deadline = Instant::now() + Duration::from_secs(600);
         while health(addr).is_none() {
             if Instant::now() > deadline {
                 bail!("the {kind} server did not come up");
@@ -597,18 +601,31 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// GET /api/health, with a plain blocking socket.
 fn health(addr: std::net::SocketAddr) -> Option<Value> {
+    serde_json::from_str(&get(addr, "/api/health")?).ok()
+}
+
+/// The body of GET `path`, with a plain blocking socket.
+fn get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET /api/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    let body = response.split_once("\r\n\r\n")?.1;
-    serde_json::from_str(body).ok()
+    Some(response.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// A metric's value in a Prometheus exposition (the first series of that name).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(name) && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 struct HttpRun {
@@ -729,6 +746,158 @@ fn section_http(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         &rows,
     );
     Ok(Value::Array(results))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Durability
+
+fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
+    report.line("\n## 6. Durability: the stores side by side, seed durations 1-5 s, closed loop\n");
+    let secs = if quick { 3 } else { 8 };
+    let dir = std::env::temp_dir().join(format!("http-spawn-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let sqlite = |name: &str| format!("sqlite:{}", dir.join(name).display());
+    let (normal, full) = (sqlite("normal.db"), sqlite("full.db"));
+    let stores: [(&str, &str, Vec<&str>); 4] = [
+        ("floor", "floor", vec![]),
+        ("memory", "host", vec!["--store", "memory"]),
+        (
+            "sqlite, normal",
+            "host",
+            vec!["--store", &normal, "--store-sync", "normal"],
+        ),
+        (
+            "sqlite, full",
+            "host",
+            vec!["--store", &full, "--store-sync", "full"],
+        ),
+    ];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    let mut memory: Option<(f64, f64)> = None;
+    for (label, kind, args) in &stores {
+        let mut extra = args.clone();
+        if *kind == "host" {
+            extra.extend(["--capacity", "200000"]);
+        }
+        let server = Server::start(kind, &extra)?;
+        let cpu_before = server.cpu_secs();
+        let outcome = runtime.block_on(loadgen::run(Load {
+            addr: server.addr,
+            connections: 64,
+            duration: Duration::from_secs(secs),
+            rate: None,
+            durations: Durations::Seed,
+        }));
+        let metrics = get(server.addr, "/metrics").unwrap_or_default();
+        let totals = server.drain(Duration::from_secs(15));
+        let cpu = server.cpu_secs() - cpu_before;
+        let rate = outcome.accepted_per_sec();
+        let cpu_us = cpu * 1e6 / outcome.accepted.max(1) as f64;
+        if *label == "memory" {
+            memory = Some((rate, cpu_us));
+        }
+        let commits = metric(&metrics, "http_spawn_store_commits_total");
+        let batches = metric(&metrics, "http_spawn_store_batches_total");
+        let run_secs = secs as f64;
+        let (vs_memory, extra_cpu) = match memory {
+            Some((memory_rate, memory_cpu)) if *kind == "host" => (
+                format!("{:.2}×", rate / memory_rate),
+                format!("{:+.1}", cpu_us - memory_cpu),
+            ),
+            _ => (String::new(), String::new()),
+        };
+        rows.push(vec![
+            (*label).to_owned(),
+            format!("{rate:.0}"),
+            format!("{:.2}", outcome.percentile_ms(0.5)),
+            format!("{:.2}", outcome.percentile_ms(0.99)),
+            format!("{cpu_us:.1}"),
+            vs_memory,
+            extra_cpu,
+            if commits.is_nan() {
+                String::new()
+            } else {
+                format!("{:.0}", commits / run_secs)
+            },
+            if commits.is_nan() {
+                String::new()
+            } else {
+                format!("{:.1}", outcome.accepted as f64 / commits.max(1.0))
+            },
+            format!("{}/{}", totals["tasks"]["exited_ok"], outcome.accepted),
+        ]);
+        results.push(json!({
+            "store": label, "accepted_per_sec": rate, "cpu_us_per_task": cpu_us,
+            "p50_ms": outcome.percentile_ms(0.5), "p99_ms": outcome.percentile_ms(0.99),
+            "commits": commits, "batches": batches, "accepted": outcome.accepted,
+            "completed_ok": totals["tasks"]["exited_ok"],
+        }));
+    }
+    report.table(
+        &[
+            "store",
+            "accepted/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU µs/task",
+            "÷ memory",
+            "CPU µs vs memory",
+            "commits/s (whole run)",
+            "tasks per commit",
+            "exit 0 / accepted",
+        ],
+        &rows,
+    );
+    let recovery = recovery(&runtime, &dir, if quick { 10_000 } else { 100_000 })?;
+    report.line(&format!(
+        "\nRecovery: {} unfinished tasks (sleeping, `sqlite, full`) in the store of a host killed \
+         with SIGKILL; the host started again on it answered after {:.1} s, with {} live again.",
+        recovery["unfinished"],
+        recovery["secs"].as_f64().unwrap_or(f64::NAN),
+        recovery["live_after"]
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({"stores": results, "recovery": recovery}))
+}
+
+/// Fills a SQLite store with about `n` long sleeping tasks, kills its host, and times how long
+/// a new host takes on it until it answers, every task recovered.
+fn recovery(runtime: &tokio::runtime::Runtime, dir: &Path, n: u32) -> anyhow::Result<Value> {
+    let store = format!("sqlite:{}", dir.join("recovery.db").display());
+    let capacity = n.to_string();
+    let args = [
+        "--store",
+        store.as_str(),
+        "--capacity",
+        &capacity,
+        "--max-queue",
+        "0",
+    ];
+    let server = Server::start("host", &args)?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut live = 0;
+    while live < u64::from(n) && Instant::now() < deadline {
+        runtime.block_on(loadgen::run(Load {
+            addr: server.addr,
+            connections: 64,
+            duration: Duration::from_secs(2),
+            rate: None,
+            durations: Durations::Fixed(3600),
+        }));
+        live = health(server.addr).map_or(0, |health| health["live"].as_u64().unwrap_or(0));
+    }
+    drop(server);
+    let begun = Instant::now();
+    let server = Server::start("host", &args)?;
+    let secs = begun.elapsed().as_secs_f64();
+    let live_after = health(server.addr).map_or(0, |health| health["live"].as_u64().unwrap_or(0));
+    Ok(json!({"unfinished": live, "secs": secs, "live_after": live_after}))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use crate::events::{EventBus, Subscription};
 use crate::ledger::{EndWatch, Ending, Ledger, Totals};
 use crate::metrics::{self, Metrics};
 use crate::model::{
-    NewTask, OnHostLoss, Pid, Pids, Status, TaskEnd, TaskLogs, TaskRecord, TaskSpec,
+    NewTask, OnHostLoss, Outcome, Pid, Pids, Status, TaskEnd, TaskLogs, TaskRecord, TaskSpec,
 };
 use crate::registry::{Registry, UnknownWorker};
 use crate::runtime::{Sandbox, SandboxConfig};
@@ -221,15 +221,19 @@ impl Host {
         let end_unstarted = |end: TaskEnd| {
             let ending = Ending::unstarted(end, record.attempt);
             self.ledger
-                .ended(pid, &worker, ending, SystemTime::now(), None);
+                .ended(pid, &worker, ending, SystemTime::now(), None, || {});
         };
+        if lost && spec.on_host_loss == OnHostLoss::Fail {
+            end_unstarted(TaskEnd::host_lost(record.attempt));
+            return Recovered::Failed;
+        }
         let version = match self.workers.version_of(&worker, &spec.module_sha256) {
             Ok(version) => version,
             Err(error) => {
                 tracing::error!(pid = %pid, worker = %worker, %error,
                     "a recovered task's module version cannot be loaded");
                 end_unstarted(TaskEnd::failed(
-                    crate::model::Outcome::InstantiationFailed,
+                    Outcome::InstantiationFailed,
                     format!(
                         "after the host was lost, its module version could not be loaded: {error}"
                     ),
@@ -237,14 +241,16 @@ impl Host {
                 return Recovered::Failed;
             }
         };
-        if lost && spec.on_host_loss == OnHostLoss::Fail {
-            end_unstarted(TaskEnd::host_lost(record.attempt));
-            return Recovered::Failed;
-        }
         let mut attempt = record.attempt;
         let mut ready_at = Instant::now();
+        let mut host_losses = record
+            .attempts
+            .iter()
+            .filter(|attempt| attempt.outcome == Outcome::HostLost)
+            .count() as u32;
         if lost {
             attempt += 1;
+            host_losses += 1;
             let end = TaskEnd::host_lost(record.attempt);
             self.ledger.restarting(
                 pid,
@@ -266,7 +272,7 @@ impl Host {
             payload: spec.payload,
             deadline: Duration::from_secs(u64::from(spec.deadline_secs)),
             // A host loss never costs a task one of its restarts after failures.
-            max_attempts: spec.max_attempts.max(attempt),
+            max_attempts: spec.max_attempts + host_losses,
             attempt,
             ready_at,
         };
@@ -290,6 +296,13 @@ impl Host {
         metrics.gauge(metrics::TASKS_QUEUED, self.queued() as f64);
         metrics.gauge(metrics::CAPACITY, f64::from(self.capacity()));
         metrics.gauge(metrics::EVENT_SUBSCRIBERS, self.events.subscribers() as f64);
+        let stats = self.store.stats();
+        metrics.total(metrics::STORE_COMMITS, stats.commits);
+        metrics.total(metrics::STORE_BATCHES, stats.batches);
+        metrics.gauge(
+            metrics::STORE_HEALTHY,
+            if self.store.healthy() { 1.0 } else { 0.0 },
+        );
         if let Some(pool) = self.sandbox.pool_metrics() {
             metrics.gauge(
                 metrics::POOL_COMPONENT_INSTANCES,
@@ -353,13 +366,16 @@ impl Host {
         let deadline_secs = deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs));
         let in_flight = match &key {
             Some(key) => {
+                // Held before the store is asked: a first request commits its key before it
+                // lets go, so a repeat after it finds the key remembered.
+                let held = KeyInFlight::take(&self.keys_in_flight, &key.key)?;
                 if let Some(pid) = self.remembered(key)? {
                     return Ok(Accepting {
                         pid,
                         recorded: None,
                     });
                 }
-                Some(KeyInFlight::take(&self.keys_in_flight, &key.key)?)
+                Some(held)
             }
             None => None,
         };
@@ -484,6 +500,10 @@ impl Host {
         // must not hold up the HTTP server's shutdown.
         self.events.close();
         self.scheduler.finish(grace);
+        // Every end is submitted by now; wait until the store has them all.
+        if let Err(error) = self.store.wait(Vec::new()) {
+            tracing::error!(%error, "the store could not take the last ends");
+        }
         tracing::info!(totals = ?self.totals(), "every task has ended");
     }
 

@@ -210,7 +210,8 @@ impl Ledger {
 
     /// Attempt `attempt` ended the task `at`, which the caller reads before it gives the
     /// task's place back, so that a task that waited for the place never seems to start
-    /// before this one ended. Its last log lines are recorded with its end, in one write.
+    /// before this one ended. Its last log lines are recorded with its end, in one write;
+    /// `then` runs once the store has the end.
     pub fn ended(
         &self,
         pid: Pid,
@@ -218,6 +219,7 @@ impl Ledger {
         ending: Ending,
         at: SystemTime,
         last_logs: Option<FreshLogs>,
+        then: impl FnOnce() + Send + 'static,
     ) {
         let Ending {
             step,
@@ -266,6 +268,7 @@ impl Ledger {
                 events.exit(&record);
             }
             waiters.ended(pid);
+            then();
         });
         self.write(pid, batch, Some(published));
     }

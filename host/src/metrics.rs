@@ -58,6 +58,9 @@ pub const POOL_UNUSED_MEMORY_RESIDENT: &str = "http_spawn_pool_unused_memory_res
 pub const MODULE_LOADS: &str = "http_spawn_module_loads_total";
 pub const WORKER_INSTALLS: &str = "http_spawn_worker_installs_total";
 pub const EVENT_SUBSCRIBERS: &str = "http_spawn_event_subscribers";
+pub const STORE_COMMITS: &str = "http_spawn_store_commits_total";
+pub const STORE_BATCHES: &str = "http_spawn_store_batches_total";
+pub const STORE_HEALTHY: &str = "http_spawn_store_healthy";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 
@@ -187,6 +190,24 @@ pub const METRICS: &[Spec] = &[
     ),
     spec(EVENT_SUBSCRIBERS, Kind::Gauge, None, "Open event streams."),
     spec(
+        STORE_COMMITS,
+        Kind::Counter,
+        None,
+        "Transactions the store committed (each takes every batch waiting for it).",
+    ),
+    spec(
+        STORE_BATCHES,
+        Kind::Counter,
+        None,
+        "Batches of changes the store wrote: an acceptance, an event, a task's end.",
+    ),
+    spec(
+        STORE_HEALTHY,
+        Kind::Gauge,
+        None,
+        "1 while the store takes writes; 0 after a failed commit, until one succeeds.",
+    ),
+    spec(
         HTTP_REQUESTS,
         Kind::Counter,
         None,
@@ -291,6 +312,14 @@ impl Metrics {
     pub fn gauge(&self, name: &'static str, value: f64) {
         let key = Key::from_static_name(name);
         self.recorder.register_gauge(&key, &METADATA).set(value);
+    }
+
+    /// Sets a counter kept elsewhere (by the store) to its total now.
+    pub fn total(&self, name: &'static str, value: u64) {
+        let key = Key::from_static_name(name);
+        self.recorder
+            .register_counter(&key, &METADATA)
+            .absolute(value);
     }
 
     /// A task was accepted.

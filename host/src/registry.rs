@@ -489,16 +489,32 @@ impl Registry {
 
     /// Writes `worker`'s versions to the store, and waits for them to be there.
     fn save(&self, worker: &Worker) -> Result<(), StoreError> {
-        let versions = {
+        let (current, previous, file_sha256) = {
             let state = worker.lock();
-            WorkerVersions {
-                current: stored(&state.current),
-                previous: state.previous.as_deref().map(stored),
-                file_sha256: state.file.sha256.clone(),
-            }
+            (
+                Arc::clone(&state.current),
+                state.previous.clone(),
+                state.file.sha256.clone(),
+            )
+        };
+        self.save_versions(&worker.name, &current, previous.as_deref(), &file_sha256)
+    }
+
+    /// Writes a worker's versions to the store, and waits for them to be there.
+    fn save_versions(
+        &self,
+        name: &str,
+        current: &Version,
+        previous: Option<&Version>,
+        file_sha256: &str,
+    ) -> Result<(), StoreError> {
+        let versions = WorkerVersions {
+            current: stored(current),
+            previous: previous.map(stored),
+            file_sha256: file_sha256.to_owned(),
         };
         self.store.wait(vec![Change::Worker {
-            name: worker.name.to_string(),
+            name: name.to_owned(),
             versions,
         }])
     }
@@ -580,10 +596,14 @@ impl Registry {
         self.store_module(&module, bytes)?;
         self.metrics
             .install(&worker.name, source_label, "installed");
-        if let VersionSource::File(_) = &source {
-            worker.lock().file.sha256 = digest.hex();
-        }
+        let file_sha256 = match &source {
+            VersionSource::File(_) => digest.hex(),
+            VersionSource::Upload => worker.lock().file.sha256.clone(),
+        };
         let version = version(module, source);
+        // In the store before it serves: a version that serves survives a restart.
+        let current = worker.current();
+        self.save_versions(&worker.name, &version, Some(&current), &file_sha256)?;
         tracing::info!(
             worker = %name,
             version = %version.id,
@@ -591,8 +611,8 @@ impl Registry {
             origin = ?version.module.origin(),
             "worker version installed"
         );
+        worker.lock().file.sha256 = file_sha256;
         worker.publish(version);
-        self.save(worker)?;
         Ok(Installed {
             worker: worker.info(),
             changed: true,
@@ -603,17 +623,26 @@ impl Registry {
     /// second rollback undoes the first.
     pub fn rollback(&self, name: &str) -> Result<WorkerInfo, RollbackError> {
         let (worker, _one_at_a_time) = self.to_change(name)?;
-        {
-            let mut state = worker.lock();
+        let (current, previous, file_sha256) = {
+            let state = worker.lock();
             let previous = state
                 .previous
-                .take()
+                .clone()
                 .ok_or_else(|| RollbackError::NoPrevious(name.to_owned()))?;
-            let current = std::mem::replace(&mut state.current, previous);
+            (
+                Arc::clone(&state.current),
+                previous,
+                state.file.sha256.clone(),
+            )
+        };
+        // In the store before it serves, as an install.
+        self.save_versions(&worker.name, &previous, Some(&current), &file_sha256)?;
+        {
+            let mut state = worker.lock();
+            state.current = previous;
             state.previous = Some(current);
             tracing::info!(worker = %name, version = %state.current.id, "worker rolled back");
         }
-        self.save(worker)?;
         Ok(worker.info())
     }
 

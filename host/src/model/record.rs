@@ -160,6 +160,9 @@ impl TaskRecord {
             return;
         }
         match event {
+            // Ends and restarts of an attempt other than the current one are stale.
+            TaskEvent::Ended { attempt, .. } if attempt != self.attempt => {}
+            TaskEvent::Restarting { next_attempt, .. } if next_attempt != self.attempt + 1 => {}
             TaskEvent::Started { at, steps, fuel } => {
                 self.status = Status::Running;
                 self.started_at = Some(at);
@@ -186,7 +189,6 @@ impl TaskRecord {
                 self.step = 0;
                 self.fuel_consumed = fuel;
             }
-            TaskEvent::Ended { attempt, .. } if attempt != self.attempt => {}
             TaskEvent::Ended { at, fuel, end, .. } => {
                 if !self.attempts.is_empty() {
                     self.attempts.push(Attempt::of(self.attempt, &end, at));

@@ -112,9 +112,11 @@ impl Lanes {
     fn record_unstarted(&self, job: &Job, end: TaskEnd) {
         let at = SystemTime::now();
         let ending = Ending::unstarted(end, job.attempt);
+        let (pid, interrupts) = (job.pid, self.of(job.pid).interrupts.clone());
         self.ledger
-            .ended(job.pid, job.version.worker(), ending, at, None);
-        self.of(job.pid).interrupts.remove(job.pid);
+            .ended(pid, job.version.worker(), ending, at, None, move || {
+                interrupts.remove(pid);
+            });
     }
 }
 

@@ -432,10 +432,12 @@ impl SchedulerThread {
     ) {
         let at = SystemTime::now();
         self.lanes.release(permit);
-        self.ledger().ended(pid, worker, ending, at, logs);
-        // After the end is recorded: a kill that looks for the end after posting itself then
-        // either sees the end or is taken back here (see `Host::kill`).
-        self.lane().interrupts.remove(pid);
+        // Once the end is in the store: a kill that looks for the end after posting itself
+        // then either sees the end or is taken back here (see `Host::kill`).
+        let interrupts = self.lane().interrupts.clone();
+        self.ledger().ended(pid, worker, ending, at, logs, move || {
+            interrupts.remove(pid)
+        });
     }
 }
 

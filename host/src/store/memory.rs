@@ -2,9 +2,11 @@
 //! process only. A restart forgets them all, worker versions uploaded included.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
-use super::{Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError};
+use super::{Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats};
 use crate::model::{Pid, TaskEvent, TaskLogs, TaskRecord};
 
 /// Shards spread the scheduler threads' updates over several locks.
@@ -33,11 +35,13 @@ pub struct MemoryStore {
     /// Tasks spread by pid, so that accepting, updating and evicting a task takes only its
     /// own shard's lock; a listing merges the shards' orders.
     shards: [Mutex<Shard>; SHARDS],
-    /// Ended tasks, oldest end first: the next to evict.
-    ended: Mutex<VecDeque<Cursor>>,
+    /// Ended tasks with their end, oldest end first: the next to evict.
+    ended: Mutex<VecDeque<(SystemTime, Cursor)>>,
     max_history: usize,
     /// Idempotency keys, until they are pruned.
     keys: Mutex<HashMap<String, Remembered>>,
+    /// Batches written, each in place.
+    batches: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,6 +58,7 @@ impl MemoryStore {
             ended: Mutex::new(VecDeque::new()),
             max_history,
             keys: Mutex::new(HashMap::new()),
+            batches: AtomicU64::new(0),
         }
     }
 
@@ -72,9 +77,14 @@ impl MemoryStore {
                     self.accept(record);
                 }
                 Change::Event(pid, event) => self.apply(pid, event),
-                // History is bounded as tasks end; only keys age out here.
-                Change::Prune { keys_before, .. } => {
+                // History is bounded by count as tasks end; by age here.
+                Change::Prune {
+                    ended_before,
+                    keys_before,
+                    ..
+                } => {
                     lock(&self.keys).retain(|_, remembered| remembered.at >= keys_before);
+                    self.forget_ended_before(ended_before);
                 }
                 // Nothing outlives the process here, so there is nothing to keep them for.
                 Change::Module { .. } | Change::Worker { .. } => {}
@@ -120,37 +130,68 @@ impl MemoryStore {
             }
             entry
                 .record
-                .status
-                .is_terminal()
-                .then(|| Cursor::of(&entry.record))
+                .ended_at
+                .filter(|_| entry.record.status.is_terminal())
+                .map(|at| (at, Cursor::of(&entry.record)))
         };
-        if let Some(cursor) = ended {
-            self.ended(cursor);
+        if let Some((at, cursor)) = ended {
+            self.ended(at, cursor);
         }
     }
 
-    /// Keeps the ended task at `cursor`, and forgets the oldest ended one past the history.
-    fn ended(&self, cursor: Cursor) {
+    /// Keeps the task at `cursor`, ended `at`, and forgets the oldest ended one past the
+    /// history.
+    fn ended(&self, at: SystemTime, cursor: Cursor) {
         let evicted = {
             let mut ended = lock(&self.ended);
-            ended.push_back(cursor);
+            ended.push_back((at, cursor));
             (ended.len() > self.max_history)
                 .then(|| ended.pop_front())
                 .flatten()
         };
-        if let Some(old) = evicted {
-            let mut shard = self.shard(old.pid);
-            shard.entries.remove(&old.pid);
-            shard.order.remove(&old);
+        if let Some((_, old)) = evicted {
+            self.forget(old);
         }
+    }
+
+    /// Forgets the tasks that ended before `before`.
+    fn forget_ended_before(&self, before: SystemTime) {
+        loop {
+            let old = {
+                let mut ended = lock(&self.ended);
+                match ended.front() {
+                    Some(&(at, _)) if at < before => ended.pop_front(),
+                    _ => None,
+                }
+            };
+            match old {
+                Some((_, old)) => self.forget(old),
+                None => return,
+            }
+        }
+    }
+
+    fn forget(&self, old: Cursor) {
+        let mut shard = self.shard(old.pid);
+        shard.entries.remove(&old.pid);
+        shard.order.remove(&old);
     }
 }
 
 impl Store for MemoryStore {
     fn submit(&self, batch: Vec<Change>, done: Option<Done>) {
         self.commit(batch);
+        self.batches.fetch_add(1, Ordering::Relaxed);
         if let Some(done) = done {
             done(Ok(()));
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        let batches = self.batches.load(Ordering::Relaxed);
+        StoreStats {
+            commits: batches,
+            batches,
         }
     }
 

@@ -52,6 +52,15 @@ pub enum Change {
     },
 }
 
+/// What a store has written since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed; a store that writes in place counts each batch.
+    pub commits: u64,
+    /// Batches written.
+    pub batches: u64,
+}
+
 /// Called once a submitted batch is written, or could not be.
 pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
@@ -212,6 +221,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Whether the last write succeeded: while it did not, new tasks are refused at once.
     fn healthy(&self) -> bool {
         true
+    }
+
+    /// Commits and batches written since the store was opened.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
     }
 
     /// A task's record, without its log lines, if the store still holds it.

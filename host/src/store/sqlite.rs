@@ -13,15 +13,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::{
-    Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoredVersion,
-    WorkerVersions,
+    Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats,
+    StoredVersion, WorkerVersions,
 };
 use crate::model::{
     Attempt, LogLine, LogSource, OnHostLoss, Outcome, Pid, Status, TaskEnd, TaskEvent, TaskLogs,
@@ -132,6 +132,8 @@ struct Shared {
     wake: Condvar,
     /// False from a failed commit until one succeeds.
     healthy: AtomicBool,
+    commits: AtomicU64,
+    batches: AtomicU64,
 }
 
 /// The SQLite store.
@@ -224,6 +226,8 @@ impl SqliteStore {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             healthy: AtomicBool::new(true),
+            commits: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
         });
         let thread = {
             let shared = Arc::clone(&shared);
@@ -274,7 +278,10 @@ impl Drop for SqliteStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        if let Some(writer) = writer {
+        // The last handle may go with a callback the writer runs: it cannot wait for itself.
+        if let Some(writer) = writer
+            && writer.thread().id() != std::thread::current().id()
+        {
             let _ = writer.join();
         }
     }
@@ -365,7 +372,7 @@ fn write_loop(shared: &Shared, connection: &mut Connection) {
     let mut retry: Vec<Pending> = Vec::new();
     loop {
         let mut taken: Vec<Pending> = std::mem::take(&mut retry);
-        {
+        let closed = {
             let mut queue = shared
                 .queue
                 .lock()
@@ -380,53 +387,107 @@ fn write_loop(shared: &Shared, connection: &mut Connection) {
             if taken.is_empty() && queue.closed {
                 return;
             }
-        }
-        match commit(connection, &taken) {
+            queue.closed
+        };
+        let error = match commit(connection, &taken) {
             Ok(()) => {
-                if !shared.healthy.swap(true, Ordering::AcqRel) {
-                    tracing::info!("the task store takes writes again");
-                }
-                for pending in taken {
-                    if let Some(done) = pending.done {
-                        done(Ok(()));
+                committed(shared, taken);
+                continue;
+            }
+            Err(error) => error,
+        };
+        if !transient(&error) {
+            // A change the store refuses for what it is, not for the disk: write each batch
+            // alone, so that one bad change cannot hold up the others.
+            tracing::error!(%error, "a commit failed; writing its batches one at a time");
+            for pending in taken {
+                match commit(connection, std::slice::from_ref(&pending)) {
+                    Ok(()) => committed(shared, vec![pending]),
+                    Err(error) => {
+                        tracing::error!(%error, changes = ?pending.batch, "changes refused");
+                        finish(pending, Err(unavailable(error)));
                     }
                 }
             }
-            Err(error) => {
-                if shared.healthy.swap(false, Ordering::AcqRel) {
-                    tracing::error!(%error, "the task store cannot write; new tasks are refused \
-                        until it can, and the other changes are kept and tried again");
-                }
-                let error = unavailable(error);
-                for pending in taken {
-                    let accepts = pending
-                        .batch
-                        .iter()
-                        .any(|change| matches!(change, Change::Accepted { .. }));
-                    if accepts || matches!(pending.batch.first(), Some(Change::Prune { .. })) {
-                        if let Some(done) = pending.done {
-                            done(Err(error.clone()));
-                        }
-                    } else {
-                        retry.push(pending);
-                    }
-                }
-                let closed = shared
-                    .queue
-                    .lock()
-                    .map(|queue| queue.closed)
-                    .unwrap_or(true);
-                if closed {
-                    tracing::error!(
-                        kept = retry.len(),
-                        "the host stops with changes the store could not take"
-                    );
-                    return;
-                }
-                std::thread::sleep(RETRY_WAIT);
+            continue;
+        }
+        if shared.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(%error, "the task store cannot write; new tasks are refused until \
+                it can, and the changes of running tasks are kept and tried again");
+        }
+        let error = unavailable(error);
+        for pending in taken {
+            if keeps(&pending) {
+                retry.push(pending);
+            } else {
+                finish(pending, Err(error.clone()));
             }
+        }
+        if closed {
+            tracing::error!(
+                kept = retry.len(),
+                "the host stops with changes the store could not take"
+            );
+            return;
+        }
+        std::thread::sleep(RETRY_WAIT);
+    }
+}
+
+/// Counts a commit and tells its submitters.
+fn committed(shared: &Shared, taken: Vec<Pending>) {
+    shared.commits.fetch_add(1, Ordering::Relaxed);
+    shared
+        .batches
+        .fetch_add(taken.len() as u64, Ordering::Relaxed);
+    if !shared.healthy.swap(true, Ordering::AcqRel) {
+        tracing::info!("the task store takes writes again");
+    }
+    for pending in taken {
+        finish(pending, Ok(()));
+    }
+}
+
+/// Tells a batch's submitter how its write went. A callback that panics is a bug of the
+/// host's, which must not take the writer, and every later write, with it.
+fn finish(pending: Pending, result: Result<(), StoreError>) {
+    if let Some(done) = pending.done {
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result)));
+        if called.is_err() {
+            tracing::error!("a store callback panicked");
         }
     }
+}
+
+/// Whether a failed commit may succeed later as it is: the disk is full, an I/O error, the
+/// file busy.
+fn transient(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+        )
+    )
+}
+
+/// Whether a batch that could not be written is kept to try again: the changes of a running
+/// task's life, which must not be lost, except progress, which is written lazily anyway.
+/// Anything a submitter waits for (an acceptance, a worker version, a prune) fails at once.
+fn keeps(pending: &Pending) -> bool {
+    pending
+        .batch
+        .iter()
+        .all(|change| matches!(change, Change::Event(..)))
+        && !pending
+            .batch
+            .iter()
+            .all(|change| matches!(change, Change::Event(_, TaskEvent::Progress { .. })))
 }
 
 fn commit(connection: &mut Connection, taken: &[Pending]) -> rusqlite::Result<()> {
@@ -800,6 +861,13 @@ impl Store for SqliteStore {
 
     fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            batches: self.shared.batches.load(Ordering::Relaxed),
+        }
     }
 
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
