@@ -126,8 +126,26 @@ async fn logs(remote: &Remote, pid: &str) -> Vec<String> {
 async fn a_restart_keeps_history_logs_and_worker_versions() {
     let dir = temp_dir("durable-restart");
     let host = Binary::start(&dir, &[]).ready().await;
-    let pid = host.spawn(json!({"name": "before", "duration": 1})).await;
+    let pid = host.spawn(json!({"name": "before", "duration": 2})).await;
+    // Progress is kept in memory while the task runs, and shows all the same.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, record) = host.get(&format!("/api/tasks/{pid}")).await;
+        if record["step"].as_u64().is_some_and(|step| step >= 1) {
+            assert_eq!(record["status"], "running", "{record}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let ended = host.wait_end(&pid).await;
+    assert_eq!(
+        ended["step"], 2,
+        "the last step is written with the end: {ended}"
+    );
     let logged = logs(&host, &pid).await;
     assert!(!logged.is_empty(), "the task logged");
 

@@ -253,11 +253,12 @@ impl SchedulerThread {
             return;
         };
         let next = guarded(|| task.process.step());
-        self.lanes
-            .ledger
-            .logs(task.pid, task.process.capture().take());
         let end = match next {
             Ok(Next::Sleep(ms)) => {
+                // Lines of a step that ends the task go with its end, in one write.
+                self.lanes
+                    .ledger
+                    .logs(task.pid, task.process.capture().take());
                 // A sleep past the deadline wakes at the deadline, to end there.
                 let at = (Instant::now() + Duration::from_millis(u64::from(ms)))
                     .min(task.process.deadline());

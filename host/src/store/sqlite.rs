@@ -136,9 +136,87 @@ struct Shared {
     batches: AtomicU64,
 }
 
+/// The progress of running tasks, kept in memory and written with their next change that
+/// matters (a restart, an end) rather than at every step: a task run again after a crash
+/// starts from the beginning anyway, and a step a second per task would otherwise be most of
+/// what the store writes.
+#[derive(Debug, Default)]
+struct Progress(Mutex<HashMap<Pid, (u32, u64)>>);
+
+impl Progress {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Pid, (u32, u64)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `batch`'s progress here, and writes a task's last progress into the batch just
+    /// before its end.
+    fn take_from(&self, batch: &mut Vec<Change>) {
+        let touches = batch.iter().any(|change| {
+            matches!(
+                change,
+                Change::Event(
+                    _,
+                    TaskEvent::Progress { .. }
+                        | TaskEvent::Ended { .. }
+                        | TaskEvent::Restarting { .. }
+                )
+            )
+        });
+        if !touches {
+            return;
+        }
+        let mut live = self.lock();
+        let mut kept = Vec::with_capacity(batch.len() + 1);
+        for change in batch.drain(..) {
+            match change {
+                Change::Event(pid, TaskEvent::Progress { step, fuel, .. }) => {
+                    live.insert(pid, (step, fuel));
+                }
+                Change::Event(pid, event @ TaskEvent::Ended { .. }) => {
+                    if let Some((step, fuel)) = live.remove(&pid) {
+                        let progress = TaskEvent::Progress {
+                            step,
+                            steps: 0,
+                            fuel,
+                        };
+                        kept.push(Change::Event(pid, progress));
+                    }
+                    kept.push(Change::Event(pid, event));
+                }
+                Change::Event(pid, event @ TaskEvent::Restarting { .. }) => {
+                    live.remove(&pid);
+                    kept.push(Change::Event(pid, event));
+                }
+                change => kept.push(change),
+            }
+        }
+        *batch = kept;
+    }
+
+    /// Shows the progress kept here in `records` of tasks still running.
+    fn show(&self, records: &mut [TaskRecord]) {
+        let live = self.lock();
+        if live.is_empty() {
+            return;
+        }
+        for record in records
+            .iter_mut()
+            .filter(|record| record.status == Status::Running)
+        {
+            if let Some(&(step, fuel)) = live.get(&record.pid) {
+                record.step = step;
+                record.fuel_consumed = fuel;
+            }
+        }
+    }
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
+    progress: Progress,
     shared: Arc<Shared>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
@@ -241,6 +319,7 @@ impl SqliteStore {
         };
         Ok(Self {
             path: path.to_owned(),
+            progress: Progress::default(),
             shared,
             readers,
             next_reader: AtomicUsize::new(0),
@@ -340,6 +419,10 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     };
     connection.pragma_update(None, "synchronous", synchronous)?;
     connection.pragma_update(None, "foreign_keys", "OFF")?;
+    // Room for the indexes of a large history: pages read from the file rather than the
+    // cache were a good part of a commit.
+    connection.pragma_update(None, "cache_size", -65_536)?;
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
 
@@ -477,39 +560,19 @@ fn transient(error: &rusqlite::Error) -> bool {
 }
 
 /// Whether a batch that could not be written is kept to try again: the changes of a running
-/// task's life, which must not be lost, except progress, which is written lazily anyway.
-/// Anything a submitter waits for (an acceptance, a worker version, a prune) fails at once.
+/// task's life, which must not be lost. Anything a submitter waits for (an acceptance, a
+/// worker version, a prune) fails at once.
 fn keeps(pending: &Pending) -> bool {
     pending
         .batch
         .iter()
         .all(|change| matches!(change, Change::Event(..)))
-        && !pending
-            .batch
-            .iter()
-            .all(|change| matches!(change, Change::Event(_, TaskEvent::Progress { .. })))
 }
 
 fn commit(connection: &mut Connection, taken: &[Pending]) -> rusqlite::Result<()> {
     let tx = connection.transaction()?;
-    // Progress is written lazily: within one commit, only each task's last one.
-    let mut last_progress: HashMap<Pid, (usize, usize)> = HashMap::new();
-    for (p, pending) in taken.iter().enumerate() {
-        for (c, change) in pending.batch.iter().enumerate() {
-            if let Change::Event(pid, TaskEvent::Progress { .. }) = change {
-                last_progress.insert(*pid, (p, c));
-            }
-        }
-    }
-    for (p, pending) in taken.iter().enumerate() {
-        for (c, change) in pending.batch.iter().enumerate() {
-            if let Change::Event(pid, TaskEvent::Progress { .. }) = change
-                && last_progress.get(pid) != Some(&(p, c))
-            {
-                continue;
-            }
-            write(&tx, change)?;
-        }
+    for change in taken.iter().flat_map(|pending| &pending.batch) {
+        write(&tx, change)?;
     }
     tx.commit()
 }
@@ -847,7 +910,11 @@ fn spec_of(row: &Row<'_>, offset: usize) -> rusqlite::Result<TaskSpec> {
 }
 
 impl Store for SqliteStore {
-    fn submit(&self, batch: Vec<Change>, done: Option<Done>) {
+    fn submit(&self, mut batch: Vec<Change>, done: Option<Done>) {
+        self.progress.take_from(&mut batch);
+        if batch.is_empty() && done.is_none() {
+            return;
+        }
         {
             let mut queue = self
                 .shared
@@ -874,14 +941,18 @@ impl Store for SqliteStore {
         let (boot, seq) = key(pid);
         let reader = self.reader();
         let sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = ?1 AND seq = ?2");
-        reader
+        let record = reader
             .prepare_cached(&sql)
             .and_then(|mut statement| {
                 statement
                     .query_row(params![boot, seq], record_of)
                     .optional()
             })
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(record.map(|mut record| {
+            self.progress.show(std::slice::from_mut(&mut record));
+            record
+        }))
     }
 
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
@@ -964,6 +1035,7 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         let more = tasks.len() > query.limit;
         tasks.truncate(query.limit);
+        self.progress.show(&mut tasks);
         let next = if more {
             tasks.last().map(Cursor::of)
         } else {
