@@ -419,9 +419,7 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     };
     connection.pragma_update(None, "synchronous", synchronous)?;
     connection.pragma_update(None, "foreign_keys", "OFF")?;
-    // Room for the indexes of a large history: pages read from the file rather than the
-    // cache were a good part of a commit.
-    connection.pragma_update(None, "cache_size", -65_536)?;
+    // The prune's scratch table stays in memory.
     connection.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
