@@ -61,6 +61,9 @@ pub(super) struct Spawned {
 
 /// Accepts a task and answers at once; the task runs in its own instance.
 #[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = TaskRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 bytes of visible ASCII: a repeat with the same body answers the \
+            first pid and starts nothing")),
     responses(
         (status = 202, description = "Accepted; `Location` names the task", body = Spawned),
         (status = 400, description = "A bad field, or an unknown worker", body = ErrorBody),

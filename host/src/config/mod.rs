@@ -475,6 +475,7 @@ mod tests {
     const FILE: &str = r#"
 [server]
 capacity = 5
+store = "sqlite:tasks.db"
 
 [workers.report]
 module = "report.wasm"
@@ -486,6 +487,11 @@ restart = "on-failure"
     fn the_file_sets_what_flags_do_not() {
         let config = with_file(FILE, &[]).expect("valid");
         assert_eq!(config.capacity, 5);
+        assert!(
+            matches!(config.store_location(), StoreLocation::Sqlite(path)
+                if path.ends_with("tasks.db") && path.is_absolute()),
+            "the store's path is relative to the file"
+        );
         let names: Vec<&str> = config.workers.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(
             names,

@@ -92,12 +92,6 @@ impl<T: Queued> Admission<T> {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Promises a new task a place, or a place in the queue, or refuses it; the task is
     /// recorded next, and then placed with [`Admission::fill`] (or its reservation dropped if
     /// it could not be recorded).
@@ -213,6 +207,12 @@ impl<T: Queued> Admission<T> {
 }
 
 impl<T> Admission<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn free(&self, state: &mut State<T>) {
         state.live -= 1;
         if state.live == 0 {
@@ -232,11 +232,7 @@ impl<T: Queued> Permit<T> {
 impl<T> Drop for QueueSlot<T> {
     fn drop(&mut self) {
         if let Some(admission) = self.0.take() {
-            let mut state = admission
-                .state
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            state.promised -= 1;
+            admission.lock().promised -= 1;
         }
     }
 }
@@ -244,11 +240,7 @@ impl<T> Drop for QueueSlot<T> {
 impl<T> Drop for Permit<T> {
     fn drop(&mut self) {
         if let Some(admission) = self.0.take() {
-            let mut state = admission
-                .state
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            admission.free(&mut state);
+            admission.free(&mut admission.lock());
         }
     }
 }
