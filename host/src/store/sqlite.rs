@@ -683,16 +683,11 @@ fn write_event(
             lines,
             dropped_bytes,
         } => {
-            let live: bool = tx
-                .prepare_cached("SELECT ended_at IS NULL FROM tasks WHERE boot = ?1 AND seq = ?2")?
-                .query_row(params![boot, seq], |row| row.get(0))
-                .optional()?
-                .unwrap_or(false);
-            if !live {
-                return Ok(());
-            }
+            // Only while the task has not ended: nothing is added to an ended task's log.
             let mut insert = tx.prepare_cached(
-                "INSERT INTO logs (boot, seq, at, source, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO logs (boot, seq, at, source, message)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS
+                    (SELECT 1 FROM tasks WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL)",
             )?;
             for line in lines {
                 insert.execute(params![
@@ -703,10 +698,13 @@ fn write_event(
                     line.message
                 ])?;
             }
-            tx.prepare_cached(
-                "UPDATE tasks SET logs_dropped_bytes = ?3 WHERE boot = ?1 AND seq = ?2",
-            )?
-            .execute(params![boot, seq, *dropped_bytes as i64])?;
+            if *dropped_bytes > 0 {
+                tx.prepare_cached(
+                    "UPDATE tasks SET logs_dropped_bytes = ?3
+                     WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+                )?
+                .execute(params![boot, seq, *dropped_bytes as i64])?;
+            }
         }
         TaskEvent::Restarting {
             at,
