@@ -23,6 +23,9 @@ use crate::store::{
     Change, IdempotencyKey, ListQuery, MemoryStore, Page, SqliteStore, Store, StoreError,
 };
 
+/// Host losses after which a task ends `failed`/`host_lost` instead of running again.
+const MAX_HOST_LOSSES: u32 = 3;
+
 /// How often ended tasks past the history and expired idempotency keys are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -223,7 +226,17 @@ impl Host {
             self.ledger
                 .ended(pid, &worker, ending, SystemTime::now(), None, || {});
         };
-        if lost && spec.on_host_loss == OnHostLoss::Fail {
+        let mut host_losses = record
+            .attempts
+            .iter()
+            .filter(|attempt| attempt.outcome == Outcome::HostLost)
+            .count() as u32;
+        if lost {
+            host_losses += 1;
+        }
+        // A task whose attempts keep going down with their host may be what brings it down:
+        // it is not run again without end.
+        if lost && (spec.on_host_loss == OnHostLoss::Fail || host_losses >= MAX_HOST_LOSSES) {
             end_unstarted(TaskEnd::host_lost(record.attempt));
             return Recovered::Failed;
         }
@@ -243,14 +256,8 @@ impl Host {
         };
         let mut attempt = record.attempt;
         let mut ready_at = Instant::now();
-        let mut host_losses = record
-            .attempts
-            .iter()
-            .filter(|attempt| attempt.outcome == Outcome::HostLost)
-            .count() as u32;
         if lost {
             attempt += 1;
-            host_losses += 1;
             let end = TaskEnd::host_lost(record.attempt);
             self.ledger.restarting(
                 pid,

@@ -484,3 +484,28 @@ async fn waiting_tasks_keep_their_order_and_history_is_pruned() {
     assert_eq!(status, 404, "the oldest end is forgotten");
     host.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_host_keeps_dying_is_not_run_again_without_end() {
+    let dir = temp_dir("durable-losses");
+    let mut host = Binary::start(&dir, &[]).ready().await;
+    let pid = host.spawn(json!({"name": "doomed", "duration": 600})).await;
+    host.wait_running(&pid).await;
+    // The first two losses run it again.
+    for loss in 1..=2 {
+        host.crash();
+        host = Binary::start(&dir, &[]).ready().await;
+        let (_, record) = host.get(&format!("/api/tasks/{pid}")).await;
+        assert_eq!(record["attempt"], loss + 1, "{record}");
+        host.wait_running(&pid).await;
+    }
+    // The third ends it.
+    host.crash();
+    let host = Binary::start(&dir, &[]).ready().await;
+    let record = host.wait_end(&pid).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["outcome"], "host_lost", "{record}");
+    let attempts = record["attempts"].as_array().map_or(0, Vec::len);
+    assert_eq!(attempts, 3, "every loss is recorded: {record}");
+    host.stop();
+}
