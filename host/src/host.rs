@@ -93,25 +93,32 @@ impl Accepting {
     /// The task's pid once its acceptance is recorded (on disk, with a durable store): what a
     /// `202` may promise.
     pub async fn recorded(self) -> Result<Pid, SpawnError> {
-        match self.recorded {
-            None => Ok(self.pid),
-            Some(receiver) => match receiver.await {
-                Ok(Ok(())) => Ok(self.pid),
-                Ok(Err(error)) => Err(error.into()),
-                Err(_) => Err(SpawnError::ShuttingDown),
-            },
-        }
+        let answer = match self.recorded {
+            None => Ok(Ok(())),
+            Some(receiver) => receiver.await,
+        };
+        Self::pid_if(self.pid, answer)
     }
 
     /// [`Accepting::recorded`], waiting on this thread: outside an async runtime.
     pub fn wait(self) -> Result<Pid, SpawnError> {
-        match self.recorded {
-            None => Ok(self.pid),
-            Some(receiver) => match receiver.blocking_recv() {
-                Ok(Ok(())) => Ok(self.pid),
-                Ok(Err(error)) => Err(error.into()),
-                Err(_) => Err(SpawnError::ShuttingDown),
-            },
+        let answer = match self.recorded {
+            None => Ok(Ok(())),
+            Some(receiver) => receiver.blocking_recv(),
+        };
+        Self::pid_if(self.pid, answer)
+    }
+
+    /// The pid, if the store's answer says the acceptance is recorded. No answer at all means
+    /// the store stopped writing: the host is shutting down.
+    fn pid_if(
+        pid: Pid,
+        answer: Result<Result<(), StoreError>, oneshot::error::RecvError>,
+    ) -> Result<Pid, SpawnError> {
+        match answer {
+            Ok(Ok(())) => Ok(pid),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(SpawnError::ShuttingDown),
         }
     }
 }
@@ -482,8 +489,8 @@ impl Host {
         tracing::info!(pid = %pid, worker = %record.worker, step = record.step, "Killing task");
         self.scheduler.kill(pid);
         // A task that ended after the look above never reads the kill: take it back, so the
-        // kill set empties again. Its end is recorded before the kill is forgotten on its
-        // thread, so one of the two looks sees the other.
+        // kill set empties again. Its thread forgets the kill only once the store has the end,
+        // so one of the two looks sees the other.
         if self
             .store
             .get(pid)?

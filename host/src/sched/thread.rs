@@ -198,8 +198,14 @@ impl SchedulerThread {
             Ok(started) => started,
             Err(end) => {
                 let (fuel, logs) = spent;
-                let ran = Some(begun.elapsed());
-                return self.end_or_restart(job, permit, 0, fuel, end, ran, logs);
+                let ending = Ending {
+                    step: 0,
+                    fuel,
+                    end,
+                    ran: Some(begun.elapsed()),
+                    attempt: job.attempt,
+                };
+                return self.end_or_restart(job, permit, ending, logs);
             }
         };
         let worker = Arc::clone(job.version.worker());
@@ -297,48 +303,37 @@ impl SchedulerThread {
             ..
         } = task;
         drop(process);
+        let ending = Ending {
+            step,
+            fuel,
+            end,
+            ran,
+            attempt,
+        };
         match respawn {
-            Some(job) => self.end_or_restart(*job, permit, step, fuel, end, ran, logs),
-            None => {
-                let ending = Ending {
-                    step,
-                    fuel,
-                    end,
-                    ran,
-                    attempt,
-                };
-                self.record_end(permit, pid, &worker, ending, logs);
-            }
+            Some(job) => self.end_or_restart(*job, permit, ending, logs),
+            None => self.record_end(permit, pid, &worker, ending, logs),
         }
     }
 
-    /// Ends an attempt that stopped at `step` after running for `ran` (if it started): restarts
-    /// the task later if its policy allows (keeping its place), or records its end and gives
-    /// its place back.
-    #[allow(clippy::too_many_arguments, reason = "one attempt's whole account")]
+    /// Ends an attempt of `job`: restarts the task later if its policy allows (keeping its
+    /// place), or records its end and gives its place back.
     fn end_or_restart(
         &mut self,
         mut job: Job,
         permit: Permit<Job>,
-        step: u32,
-        fuel: u64,
-        end: TaskEnd,
-        ran: Option<Duration>,
+        ending: Ending,
         logs: Option<FreshLogs>,
     ) {
         let pid = job.pid;
         let closing = self.lane().inbox.is_closed();
-        if !end.is_failure() || closing || job.attempt >= job.max_attempts {
-            let ending = Ending {
-                step,
-                fuel,
-                end,
-                ran,
-                attempt: job.attempt,
-            };
+        if !ending.end.is_failure() || closing || job.attempt >= job.max_attempts {
             let worker = Arc::clone(job.version.worker());
             return self.record_end(permit, pid, &worker, ending, logs);
         }
+        let Ending {
+            step, fuel, end, ..
+        } = ending;
         let wait = backoff(pid, job.attempt);
         tracing::info!(
             pid = %pid,
