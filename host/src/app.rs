@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, RequestLimits};
 use crate::config::Config;
 use crate::host::Host;
+use crate::server::{self, ServerLimits};
 
 /// How long the HTTP server may take to close its connections once every task has ended.
 const SERVER_DRAIN: Duration = Duration::from_secs(5);
@@ -22,6 +23,7 @@ pub struct App {
     host: Arc<Host>,
     router: Router,
     shutdown_grace: Duration,
+    limits: ServerLimits,
 }
 
 impl App {
@@ -38,6 +40,11 @@ impl App {
             host,
             router,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+            limits: ServerLimits {
+                max_connections: crate::sys::effective_max_connections(config.max_connections),
+                read_timeout: Duration::from_secs(config.read_timeout_secs),
+                max_header_bytes: config.max_header_bytes,
+            },
         })
     }
 
@@ -49,6 +56,23 @@ impl App {
     /// The API's routes, to serve.
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// Serves the API on `listener`, with the connection limits of the config, until `stop`
+    /// resolves; the host's tasks are left as they are. For callers that manage the host
+    /// themselves (the tests); [`App::serve`] is the whole graceful shutdown.
+    pub fn serve_http(
+        &self,
+        listener: TcpListener,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        server::serve(
+            listener,
+            self.router(),
+            self.limits,
+            Arc::clone(self.host.metrics()),
+            stop,
+        )
     }
 
     /// Serves the API on `listener` until `shutdown` resolves, then shuts down gracefully: new
@@ -63,15 +87,13 @@ impl App {
             host,
             router,
             shutdown_grace: grace,
+            limits,
         } = self;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let metrics = Arc::clone(host.metrics());
+        let server = tokio::spawn(server::serve(listener, router, limits, metrics, async {
+            let _ = stopped.await;
+        }));
         shutdown.await;
         tracing::info!(
             ?grace,
@@ -85,9 +107,7 @@ impl App {
         // Connections still open (a client mid-request) get a moment; then the process exits
         // and the kernel closes them.
         match tokio::time::timeout(SERVER_DRAIN, server).await {
-            Ok(served) => served
-                .context("the HTTP server task")?
-                .context("serving HTTP"),
+            Ok(served) => served.context("the HTTP server task"),
             Err(_) => {
                 tracing::warn!("connections still open after shutdown; closing them");
                 Ok(())

@@ -34,6 +34,7 @@ mod model;
 mod registry;
 mod runtime;
 mod sched;
+mod server;
 mod store;
 mod sys;
 

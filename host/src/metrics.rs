@@ -63,6 +63,8 @@ pub const STORE_BATCHES: &str = "http_spawn_store_batches_total";
 pub const STORE_HEALTHY: &str = "http_spawn_store_healthy";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+pub const HTTP_CONNECTIONS: &str = "http_connections_open";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
 
 /// Every metric the host exports.
 pub const METRICS: &[Spec] = &[
@@ -218,6 +220,18 @@ pub const METRICS: &[Spec] = &[
         Kind::Histogram,
         Some(Unit::Seconds),
         "Time to answer an HTTP request (to the response head), by method and matched route.",
+    ),
+    spec(
+        HTTP_CONNECTIONS,
+        Kind::Gauge,
+        None,
+        "HTTP connections open (at most --max-connections).",
+    ),
+    spec(
+        HTTP_CONNECTIONS_REFUSED,
+        Kind::Counter,
+        None,
+        "HTTP connections refused with 503 because --max-connections were open.",
     ),
 ];
 
@@ -402,6 +416,16 @@ impl Metrics {
         self.counter(HTTP_REQUESTS, labels, 1);
         let labels = vec![label("method", method), label("path", route.to_owned())];
         self.histogram(HTTP_REQUEST_DURATION, labels, took);
+    }
+
+    /// `open` HTTP connections are open now.
+    pub fn http_connections(&self, open: usize) {
+        self.gauge(HTTP_CONNECTIONS, open as f64);
+    }
+
+    /// A connection over `--max-connections` was refused.
+    pub fn http_connection_refused(&self) {
+        self.counter(HTTP_CONNECTIONS_REFUSED, Vec::new(), 1);
     }
 
     /// The Prometheus text exposition of everything recorded so far.

@@ -70,6 +70,56 @@ pub fn instances_within_map_count(
     (per_instance > 0).then(|| max_map_count.saturating_sub(in_use + MAP_HEADROOM) / per_instance)
 }
 
+/// File descriptors kept for everything but client connections: the store's files, the event
+/// loop, module files being read, connections being refused.
+const FD_RESERVE: u64 = 256;
+
+/// Raises this process's soft limit on open files to its hard limit, as Go's runtime and most
+/// servers do (the soft limit is often 1024, a relic of `select`), and returns the soft limit
+/// now in force, if it can be read.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given, which lives on this stack frame.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit.rlim_cur = raised.rlim_cur;
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+/// The configured cap on open HTTP connections, lowered if the open-file limit could not hold
+/// that many beside what the host itself keeps open; says so, and how to raise the limit.
+pub fn effective_max_connections(configured: usize) -> usize {
+    let Some(open_files) = raise_open_file_limit() else {
+        return configured;
+    };
+    let fits = usize::try_from(open_files.saturating_sub(FD_RESERVE).max(1)).unwrap_or(usize::MAX);
+    if fits < configured {
+        tracing::warn!(
+            open_files,
+            configured,
+            max_connections = fits,
+            "the open-file limit is too low for --max-connections; lowered. Raise it with \
+             `ulimit -n` (or LimitNOFILE= in a systemd unit) and restart"
+        );
+        fits
+    } else {
+        configured
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("request headers are larger than {limit} bytes")]
+    HeaderTooLarge { limit: usize },
     #[error("request body must be JSON, sent with Content-Type: application/json")]
     UnsupportedMediaType,
     /// The body is not of a type this endpoint takes: the message names the right one.
@@ -73,6 +75,7 @@ impl IntoResponse for ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType | Self::UnsupportedBody(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }

@@ -8,11 +8,13 @@
 mod admin;
 mod error;
 mod events;
+mod limits;
 mod observability;
 mod tasks;
 mod workers;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::Router;
@@ -20,6 +22,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -45,6 +48,12 @@ pub struct RequestLimits {
     pub max_name_bytes: usize,
     pub max_duration_secs: u32,
     pub max_deadline_secs: u32,
+    /// Largest request head; past it, 431.
+    pub max_header_bytes: usize,
+    /// Most of a refused request's body read and thrown away.
+    pub max_discard_bytes: usize,
+    /// Longest pause while a body is sent.
+    pub read_timeout: Duration,
 }
 
 impl RequestLimits {
@@ -58,6 +67,9 @@ impl RequestLimits {
             max_name_bytes: MAX_NAME_BYTES,
             max_duration_secs,
             max_deadline_secs: max_duration_secs.saturating_add(config.deadline_grace_secs),
+            max_header_bytes: config.max_header_bytes,
+            max_discard_bytes: config.max_discard_bytes,
+            read_timeout: Duration::from_secs(config.read_timeout_secs),
         }
     }
 }
@@ -76,6 +88,11 @@ pub struct AppState {
 pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>) -> Router {
     let max_body_bytes = limits.max_body_bytes;
     let max_module_bytes = limits.max_module_bytes;
+    let bounds = limits::RequestBounds {
+        max_header_bytes: limits.max_header_bytes,
+        max_discard_bytes: limits.max_discard_bytes,
+        read_timeout: limits.read_timeout,
+    };
     let state = AppState {
         host,
         limits: Arc::new(limits),
@@ -88,6 +105,11 @@ pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
+        .layer(middleware::from_fn_with_state(
+            bounds,
+            limits::hold_to_limits,
+        ))
+        .layer(RequestBodyTimeoutLayer::new(bounds.read_timeout))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

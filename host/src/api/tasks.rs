@@ -440,6 +440,9 @@ mod tests {
             max_name_bytes: 8,
             max_duration_secs: 60,
             max_deadline_secs: 90,
+            max_header_bytes: 1024,
+            max_discard_bytes: 1024,
+            read_timeout: std::time::Duration::from_secs(1),
         }
     }
 

@@ -31,6 +31,7 @@ pub(super) struct ServerFile {
     pub(super) capacity: Option<Capacity>,
     pub(super) max_queue: Option<usize>,
     pub(super) max_history: Option<usize>,
+    pub(super) max_connections: Option<MaxConnections>,
     pub(super) cache_dir: Option<PathBuf>,
     pub(super) store: Option<StoreName>,
     pub(super) watch_interval_ms: Option<u64>,
@@ -136,6 +137,27 @@ impl<'de> Deserialize<'de> for Capacity {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match u32::deserialize(deserializer)? {
             0 => Err(serde::de::Error::custom("capacity must be at least 1")),
+            n => Ok(Self(n)),
+        }
+    }
+}
+
+/// `max_connections`: at least one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MaxConnections(u32);
+
+impl From<MaxConnections> for usize {
+    fn from(max: MaxConnections) -> Self {
+        max.0 as usize
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxConnections {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match u32::deserialize(deserializer)? {
+            0 => Err(serde::de::Error::custom(
+                "max_connections must be at least 1",
+            )),
             n => Ok(Self(n)),
         }
     }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use clap::builder::TypedValueParser as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
@@ -40,6 +41,16 @@ pub const DEFAULT_CAPACITY: u32 = 100_000;
 pub const DEFAULT_MAX_HISTORY: usize = 10_000;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// HTTP connections open at once; lowered at start to what the file-descriptor limit allows.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How long a client may take to send a request's head, or pause while sending its body.
+pub const DEFAULT_READ_TIMEOUT_SECS: u64 = 10;
+/// Largest request head (request line and headers) accepted; past it, 431. Servers people
+/// trust refuse somewhere between 8 and 16 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How much of a refused request's unread body the host reads and throws away so that a
+/// client writing its whole body before reading gets the answer instead of a reset.
+pub const DEFAULT_MAX_DISCARD_BYTES: usize = 16 * 1024 * 1024;
 /// How long running tasks get to end on SIGTERM or ctrl-c before they are killed.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// What a task's wall-clock limit adds to its duration when the request names none.
@@ -143,6 +154,30 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HTTP_SPAWN_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+
+    /// HTTP connections open at once. Past it, a new connection is answered 503 with
+    /// Retry-After and closed. Lowered at start to fit the open-file limit.
+    #[arg(long, env = "HTTP_SPAWN_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_connections: usize,
+
+    /// Seconds a client has to send a request's headers (from connecting, or from the end of
+    /// its previous request: idle connections close after it too), and the longest it may
+    /// pause while sending a body.
+    #[arg(long, env = "HTTP_SPAWN_READ_TIMEOUT_SECS", default_value_t = DEFAULT_READ_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub read_timeout_secs: u64,
+
+    /// Largest request head (request line and headers), in bytes; past it, 431.
+    #[arg(long, env = "HTTP_SPAWN_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES,
+          value_parser = clap::value_parser!(u32).range(1024..=1_048_576).map(|n| n as usize))]
+    pub max_header_bytes: usize,
+
+    /// Bytes of a refused request's unread body read and thrown away so that the answer (413,
+    /// 415, ...) reaches a client that writes its whole body before reading; past it, the
+    /// connection is closed.
+    #[arg(long, env = "HTTP_SPAWN_MAX_DISCARD_BYTES", default_value_t = DEFAULT_MAX_DISCARD_BYTES)]
+    pub max_discard_bytes: usize,
 
     /// Bearer token for the admin endpoints (worker swap and rollback). Without one they are
     /// disabled. Prefer the environment variable: a flag shows in the process list.
@@ -312,6 +347,7 @@ impl Config {
         from_file!(capacity, "capacity");
         from_file!(max_queue, "max_queue");
         from_file!(max_history, "max_history");
+        from_file!(max_connections, "max_connections");
         from_file!(watch_interval_ms, "watch_interval_ms");
         if let Some(file::StoreName(store)) = server.store
             && !explicit("store")

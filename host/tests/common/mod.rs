@@ -117,15 +117,9 @@ pub async fn start_app(config: Config) -> TestApp {
     let (shutdown, stopped) = oneshot::channel::<()>();
     let app = App::build(&config).expect("host starts");
     let host = std::sync::Arc::clone(app.host());
-    let router = app.router();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server runs");
-    });
+    tokio::spawn(app.serve_http(listener, async {
+        let _ = stopped.await;
+    }));
     TestApp {
         remote: Remote::new(base),
         host,
