@@ -31,6 +31,8 @@ mod host;
 mod ledger;
 mod metrics;
 mod model;
+#[cfg(test)]
+mod proptests;
 mod registry;
 mod runtime;
 mod sched;

@@ -165,8 +165,14 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     let Some((kind, subtype)) = essence.split_once('/') else {
         return false;
     };
+    // A subtype is one token: `application/x/y+json` or `application/a b+json` is no type.
+    let token = subtype
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     let subtype = subtype.to_ascii_lowercase();
-    kind.eq_ignore_ascii_case("application") && (subtype == "json" || subtype.ends_with("+json"))
+    kind.eq_ignore_ascii_case("application")
+        && token
+        && (subtype == "json" || subtype.ends_with("+json"))
 }
 
 /// Validates a `POST /api/tasks` body: every rule of the API, with a message naming the field.
@@ -510,6 +516,214 @@ mod tests {
         assert!(with("application/merge-patch+json"));
         assert!(!with("text/plain"));
         assert!(!with("application/jsonx"));
+        assert!(!with("application/x/problem+json"));
+        assert!(!with("application/a b+json"));
         assert!(!is_json(&HeaderMap::new()));
+    }
+}
+
+/// Property tests (#12) of the parsers only this file can reach: the `Idempotency-Key`
+/// header, the list query and the task path. The other parsers' are in `crate::proptests`.
+#[cfg(test)]
+mod proptests {
+    use axum::http::{HeaderValue, Uri};
+    use proptest::collection::vec;
+    use proptest::option;
+    use proptest::prelude::*;
+    use proptest::sample::{Index, select};
+    use sha2::{Digest as _, Sha256};
+
+    use super::*;
+
+    /// Every byte a header value may hold: visible ASCII, space, tab, and bytes past ASCII.
+    fn header_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![0x20u8..=0x7e, Just(b'\t'), 0x80u8..=0xff]
+    }
+
+    const STATUSES: &[Status] = &[
+        Status::Spawned,
+        Status::Running,
+        Status::Exited,
+        Status::Failed,
+        Status::Killed,
+    ];
+
+    /// `text` as a query value: every byte but the unreserved ones percent-encoded.
+    fn encoded(text: &str) -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    /// The list query `/api/tasks?<query>` as the handler reads it.
+    fn list_query(query: &str) -> Option<Result<ListParams, QueryRejection>> {
+        let uri: Uri = format!("/api/tasks?{query}").parse().ok()?;
+        Some(Query::<ListParams>::try_from_uri(&uri).map(|Query(params)| params))
+    }
+
+    type Fields = (
+        Option<Status>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<usize>,
+    );
+
+    fn fields(params: ListParams) -> Fields {
+        (
+            params.status,
+            params.name,
+            params.worker,
+            params.before,
+            params.limit,
+        )
+    }
+
+    /// `fields` written as a query, in the order `fields` lists them, rotated by `turn`.
+    fn written(fields: &[(&str, Option<String>)], turn: Option<Index>) -> String {
+        let mut pairs: Vec<String> = fields
+            .iter()
+            .filter_map(|(key, value)| Some(format!("{key}={}", encoded(value.as_deref()?))))
+            .collect();
+        if let Some(turn) = turn.filter(|_| !pairs.is_empty()) {
+            let turn = turn.index(pairs.len());
+            pairs.rotate_left(turn);
+        }
+        pairs.join("&")
+    }
+
+    /// The query's fields written back, so that they read the same again.
+    fn rewritten(fields: &Fields) -> String {
+        let (status, name, worker, before, limit) = fields;
+        written(
+            &[
+                ("status", status.map(|s| s.as_str().to_owned())),
+                ("name", name.clone()),
+                ("worker", worker.clone()),
+                ("before", before.clone()),
+                ("limit", limit.map(|n| n.to_string())),
+            ],
+            None,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Exactly 1 to 255 bytes of visible ASCII is a key, read as sent and tied to the
+        /// body's SHA-256; anything else a header can carry is refused as a bad request.
+        #[test]
+        fn an_idempotency_key_is_1_to_255_visible_ascii_bytes(
+            key in prop_oneof![
+                vec(header_byte(), 0..300),
+                vec(0x21u8..=0x7e, 0..=300),
+                vec(0x21u8..=0x7e, 250..=260),
+            ],
+            body in vec(any::<u8>(), 0..64),
+        ) {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "idempotency-key",
+                HeaderValue::from_bytes(&key).expect("a header value"),
+            );
+            let valid = (1..=MAX_IDEMPOTENCY_KEY_BYTES).contains(&key.len())
+                && key.iter().all(|b| (0x21..=0x7e).contains(b));
+            match idempotency_key(&headers, &body) {
+                Ok(Some(read)) => {
+                    prop_assert!(valid, "accepted {key:?}");
+                    prop_assert_eq!(read.key.as_bytes(), &key[..]);
+                    prop_assert_eq!(read.body_sha256, format!("{:x}", Sha256::digest(&body)));
+                }
+                Err(ApiError::BadRequest(message)) => {
+                    prop_assert!(!valid, "refused {key:?}");
+                    prop_assert!(message.contains("Idempotency-Key"), "{message}");
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
+
+        /// A list query reads each field as sent, in any order, or is refused when `status`
+        /// is not a state's name or `limit` not a count.
+        #[test]
+        fn a_list_query_reads_its_fields_as_sent(
+            status in option::of(prop_oneof![
+                select(STATUSES).prop_map(|s| s.as_str().to_owned()),
+                any::<String>(),
+            ]),
+            name in option::of(any::<String>()),
+            worker in option::of(any::<String>()),
+            before in option::of(any::<String>()),
+            limit in option::of(prop_oneof![
+                any::<usize>().prop_map(|n| n.to_string()),
+                "[0-9+-]{0,4}",
+                any::<String>(),
+            ]),
+            turn in any::<Index>(),
+        ) {
+            let query = written(
+                &[
+                    ("status", status.clone()),
+                    ("name", name.clone()),
+                    ("worker", worker.clone()),
+                    ("before", before.clone()),
+                    ("limit", limit.clone()),
+                ],
+                Some(turn),
+            );
+            let read_status = status
+                .as_deref()
+                .map(|text| STATUSES.iter().copied().find(|s| s.as_str() == text).ok_or(()))
+                .transpose();
+            let read_limit = limit.as_deref().map(str::parse::<usize>).transpose();
+            let read = list_query(&query).expect("an encoded query is a URI");
+            match (read_status, read_limit) {
+                (Ok(status), Ok(limit)) => {
+                    let read = read.map_err(|e| TestCaseError::fail(format!("{query}: {e}")))?;
+                    prop_assert_eq!(fields(read), (status, name, worker, before, limit));
+                }
+                _ => prop_assert!(read.is_err(), "{query}"),
+            }
+        }
+
+        /// Any query string: never a panic, and what is read reads the same once written
+        /// back.
+        #[test]
+        fn any_list_query_is_read_or_refused(
+            query in prop_oneof![
+                "((status|name|worker|before|limit|x)(=[a-z0-9%+&=]{0,6})?&?){0,5}",
+                "[ -~]{0,40}",
+                any::<String>().prop_map(|text| encoded(&text)),
+            ]
+        ) {
+            if let Some(Ok(read)) = list_query(&query) {
+                let read = fields(read);
+                let again = list_query(&rewritten(&read)).expect("an encoded query is a URI");
+                prop_assert_eq!(again.map(fields).ok(), Some(read), "{}", query);
+            }
+        }
+
+        /// A task's path names the task whose pid it spells; any other path is a 404.
+        #[test]
+        fn a_task_path_is_a_pids_spelling_or_not_found(
+            text in prop_oneof![
+                any::<String>(),
+                (any::<u32>(), any::<u64>()).prop_map(|(boot, seq)| Pid::new(boot, seq).to_string()),
+                "[0-9a-fA-F]{8}-[0-9a-f]{0,3}",
+            ]
+        ) {
+            match task_path(Ok(Path(text.clone()))) {
+                Ok((raw, pid)) => {
+                    prop_assert_eq!(&raw, &text);
+                    prop_assert_eq!(pid.to_string(), text);
+                }
+                Err(ApiError::NotFound(_)) => prop_assert!(text.parse::<Pid>().is_err()),
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
     }
 }

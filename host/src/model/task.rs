@@ -35,7 +35,8 @@ pub struct TaskSpec {
 }
 
 /// What becomes of a task whose host is lost (a crash, a kill -9, a power cut) while it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
 pub enum OnHostLoss {
     /// It runs again from the start, as a new attempt: at least once.
     #[default]
@@ -127,7 +128,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for parsing.
-    const ALL: [Self; 11] = [
+    pub(crate) const ALL: [Self; 11] = [
         Self::Exit,
         Self::GuestError,
         Self::OutOfFuel,
