@@ -7,7 +7,7 @@ LISTEN       ?= 127.0.0.1:8080
 BASE_URL     ?= http://$(LISTEN)
 ARGS         ?=
 
-.PHONY: all build-guest build run test fmt-check clippy k6 k6-smoke browser-test bench clean
+.PHONY: all build-guest build run test fmt-check clippy k6 k6-smoke browser-test fuzz-api bench clean
 
 all: build
 
@@ -34,8 +34,8 @@ clippy: build-guest
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The whole suite: formatting, lints, a short real k6 run, the dashboard in headless Chromium,
-# unit and end-to-end tests.
-test: build-guest fmt-check clippy k6-smoke browser-test
+# a minute of API fuzzing, unit and end-to-end tests (the HTTP limits, a hostile mix, crashes).
+test: build-guest fmt-check clippy k6-smoke browser-test fuzz-api
 	$(CARGO) test -p http-spawn
 
 # Load-tests a running host (start it with `make run`); START_RATE, PEAK_RATE, RAMP, HOLD tune it.
@@ -53,6 +53,14 @@ k6-smoke: build-guest
 browser-test: build-guest
 	$(CARGO) build -p http-spawn
 	scripts/browser-test.sh
+
+# The API fuzzed by schemathesis (from PyPI, installed when missing) against a debug host's own
+# OpenAPI document: every operation, stateful links, every check; no 5xx, no answer the document
+# does not describe, no hang. About a minute; FUZZ_BUDGET=long for about six.
+FUZZ_BUDGET ?= short
+fuzz-api: build-guest
+	$(CARGO) build -p http-spawn
+	scripts/fuzz-api.sh $(FUZZ_BUDGET)
 
 # Every benchmark, side by side with its baselines, in one run (about 6 minutes on 2 cores):
 # prints the tables and writes bench-out/report.md, results.json and SVG plots.

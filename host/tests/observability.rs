@@ -288,6 +288,69 @@ async fn the_openapi_document_describes_every_route_served() {
     }
 }
 
+/// What schemathesis (`make fuzz-api`) found the document missing, pinned here so that a
+/// plain `cargo test` notices it missing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_what_the_fuzzer_found() {
+    let app = common::spawn_app("default", &[]).await;
+    let (status, document) = app.get("/api/openapi.json").await;
+    assert_eq!(status, 200);
+    let paths = document["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("path item") {
+            let responses = operation["responses"].as_object().expect("responses");
+            // Any route may meet the head limit and a host that cannot answer.
+            for status in ["431", "503"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path} does not list {status}"
+                );
+            }
+            for status in ["429", "503"] {
+                if let Some(response) = responses.get(status) {
+                    assert!(
+                        response["headers"].get("Retry-After").is_some(),
+                        "{method} {path}: {status} without Retry-After"
+                    );
+                }
+            }
+        }
+    }
+    // An upload is raw bytes, not a JSON array of numbers, under either type it is taken as.
+    let upload = &paths["/api/workers/{name}"]["put"]["requestBody"]["content"];
+    for media_type in ["application/wasm", "application/octet-stream"] {
+        let schema = &upload[media_type]["schema"]["$ref"];
+        assert_eq!(
+            schema, "#/components/schemas/ModuleBytes",
+            "{media_type}: {upload}"
+        );
+    }
+    assert_eq!(
+        document["components"]["schemas"]["ModuleBytes"]["format"],
+        "binary"
+    );
+    // Each event of a stream is described, not the stream as one string.
+    for path in ["/api/events", "/api/tasks/{pid}/events"] {
+        let schema = &paths[path]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+            ["$ref"];
+        assert_eq!(schema, "#/components/schemas/StreamEvent", "{path}");
+    }
+    // The bounds the handlers enforce.
+    let limit = paths["/api/tasks"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|parameter| parameter["name"] == "limit")
+        .expect("limit");
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&json!(1), &json!(1000))
+    );
+    let accepted = &paths["/api/tasks"]["post"]["responses"]["202"];
+    assert!(accepted["headers"].get("Location").is_some(), "{accepted}");
+    assert!(accepted["links"].get("GetTask").is_some(), "{accepted}");
+}
+
 /// Reads the binary's stdout lines on a thread, handing them over as they come.
 fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
     let (send, receive) = std::sync::mpsc::channel();

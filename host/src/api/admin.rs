@@ -32,7 +32,8 @@ impl utoipa::Modify for AdminBearer {
 )]
 pub(super) enum AdminRefusal {
     /// No admin token presented.
-    #[response(status = 401)]
+    #[response(status = 401, headers(
+        ("WWW-Authenticate" = String, description = "The scheme to use: `Bearer`")))]
     NoToken(ErrorBody),
     /// Wrong token, or admin endpoints disabled.
     #[response(status = 403)]

@@ -22,6 +22,25 @@ pub struct ErrorBody {
     error: String,
 }
 
+/// What any route may answer whatever its handler does, for the document: the head is
+/// checked before routing, and a host out of connections or with a store that cannot answer
+/// refuses any request.
+#[derive(utoipa::IntoResponses)]
+#[allow(
+    dead_code,
+    reason = "describes answers `ApiError`, the limits and the server give, for the document"
+)]
+pub(super) enum AnyRoute {
+    /// The request's head is over --max-header-bytes.
+    #[response(status = 431)]
+    HeadTooLarge(ErrorBody),
+    /// The host cannot answer now: its store cannot, it is shutting down, or it holds
+    /// --max-connections connections.
+    #[response(status = 503, headers(
+        ("Retry-After" = u32, description = "Seconds to wait before trying again")))]
+    Unavailable(ErrorBody),
+}
+
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
-use super::error::{ApiError, ErrorBody};
+use super::error::{AnyRoute, ApiError, ErrorBody};
 use super::tasks::task_path;
 use crate::events::{Subscription, exit_data};
 use crate::host::Host;
@@ -27,6 +27,39 @@ struct EventStream {
     /// Events to send before anything from the channel.
     queued: VecDeque<Event>,
     done: bool,
+}
+
+/// One event of a stream as it goes over the wire, for the document: its kind (the SSE
+/// `event:` field) and its fields as JSON text (`data:`).
+#[derive(utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "describes the events `sse` writes, for the document"
+)]
+pub(super) struct StreamEvent {
+    event: EventKind,
+    /// The event's fields as a JSON object: for `state`, the task's record.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// What an event says happened; `lagged` tells a subscriber that fell behind how many it
+/// skipped.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(
+    dead_code,
+    reason = "describes the events `sse` writes, for the document"
+)]
+pub(super) enum EventKind {
+    State,
+    Spawned,
+    Started,
+    Progress,
+    Log,
+    Restart,
+    Exit,
+    Lagged,
 }
 
 fn sse(kind: &str, data: &str) -> Event {
@@ -85,10 +118,12 @@ fn subscribe(state: &AppState) -> Result<Subscription, ApiError> {
 #[utoipa::path(get, path = "/api/tasks/{pid}/events", tag = "events",
     params(("pid" = String, Path, description = "The task's pid")),
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream",
-            body = String),
+        (status = 200, description = "An event stream; each event is one `StreamEvent`",
+            content_type = "text/event-stream", body = StreamEvent),
         (status = 404, description = "No such task", body = ErrorBody),
-        (status = 429, description = "Too many event streams are open", body = ErrorBody)))]
+        (status = 429, description = "Too many event streams are open", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
+        AnyRoute))]
 pub(super) async fn task_events(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -120,9 +155,11 @@ pub(super) async fn task_events(
 /// Every task's events as Server-Sent Events (`spawned` too), until the client leaves.
 #[utoipa::path(get, path = "/api/events", tag = "events",
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream",
-            body = String),
-        (status = 429, description = "Too many event streams are open", body = ErrorBody)))]
+        (status = 200, description = "An event stream; each event is one `StreamEvent`",
+            content_type = "text/event-stream", body = StreamEvent),
+        (status = 429, description = "Too many event streams are open", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
+        AnyRoute))]
 pub(super) async fn all_events(
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {

@@ -10,12 +10,13 @@ use axum::{Extension, Json};
 use serde::Serialize;
 
 use super::AppState;
+use super::error::AnyRoute;
 use crate::ledger::Totals;
 
 /// This API's OpenAPI 3 document, generated from the handlers themselves.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "observability",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json",
-        body = Object)))]
+        body = Object), AnyRoute))]
 pub(super) async fn openapi_document(
     Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
 ) -> Json<Arc<utoipa::openapi::OpenApi>> {
@@ -25,7 +26,7 @@ pub(super) async fn openapi_document(
 /// `GET /metrics`: Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "observability",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain",
-        body = String)))]
+        body = String), AnyRoute))]
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -47,7 +48,7 @@ pub(super) struct Health {
 
 /// Live tasks, capacity and totals.
 #[utoipa::path(get, path = "/api/health", tag = "observability",
-    responses((status = 200, body = Health)))]
+    responses((status = 200, body = Health), AnyRoute))]
 pub(super) async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok",
@@ -64,7 +65,7 @@ const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 /// The live dashboard.
 #[utoipa::path(get, path = "/", tag = "observability",
     responses((status = 200, description = "The dashboard page", content_type = "text/html",
-        body = String)))]
+        body = String), AnyRoute))]
 pub(super) async fn dashboard() -> impl IntoResponse {
     (
         [

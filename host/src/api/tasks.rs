@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS};
+use super::error::{AnyRoute, ApiError, ErrorBody, RETRY_AFTER_SECS};
 use super::{AppState, RequestLimits};
 use crate::config::is_worker_name;
 use crate::host::{KillError, SpawnError};
@@ -29,10 +29,11 @@ const DEFAULT_DURATION_SECS: u32 = 3;
     reason = "describes the body `parse_submission` reads, for the document"
 )]
 pub(super) struct TaskRequest {
-    /// 1 to 256 bytes.
-    #[schema(example = "generate-report")]
+    /// 1 to 256 bytes, not only white space.
+    #[schema(example = "generate-report", min_length = 1, max_length = 256)]
     name: String,
     /// The worker to run; the `default` worker when absent.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     worker: Option<String>,
     /// Seconds, at most the worker's `max_duration_secs`; 3 when absent.
     #[schema(example = 5)]
@@ -40,14 +41,29 @@ pub(super) struct TaskRequest {
     /// Wall-clock limit in seconds from start; the duration plus the grace when absent.
     deadline: Option<u32>,
     /// `never` or `on-failure`; the worker's policy when absent.
+    #[schema(value_type = Option<RestartName>)]
     restart: Option<String>,
     /// With `on-failure`: attempts in all, 2 to 10 (default 3).
+    #[schema(minimum = 2, maximum = 10)]
     max_attempts: Option<u32>,
     /// `restart` (run it again from the start) or `fail`: what becomes of it if the host is
     /// lost while it runs; the worker's policy when absent.
+    #[schema(value_type = Option<OnHostLoss>)]
     on_host_loss: Option<String>,
     /// Any JSON, handed to the worker as JSON text.
     payload: Option<serde_json::Value>,
+}
+
+/// The restart policies a request may name, for the document.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(
+    dead_code,
+    reason = "names the values `RestartPolicy::parse` takes, for the document"
+)]
+pub(super) enum RestartName {
+    Never,
+    OnFailure,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -61,18 +77,30 @@ pub(super) struct Spawned {
 
 /// Accepts a task and answers at once; the task runs in its own instance.
 #[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = TaskRequest,
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1,
+        max_length = 255, pattern = "^[!-~]+$",
         description = "1 to 255 bytes of visible ASCII: a repeat with the same body answers the \
             first pid and starts nothing")),
     responses(
-        (status = 202, description = "Accepted; `Location` names the task", body = Spawned),
+        (status = 202, description = "Accepted; `Location` names the task", body = Spawned,
+            headers(("Location" = String, description = "The task's path, `/api/tasks/{pid}`")),
+            links(
+                ("GetTask" = (operation_id = "get_task",
+                    parameters(("pid" = "$response.body#/pid")))),
+                ("KillTask" = (operation_id = "kill_task",
+                    parameters(("pid" = "$response.body#/pid")))),
+                ("GetLogs" = (operation_id = "get_logs",
+                    parameters(("pid" = "$response.body#/pid")))),
+                ("TaskEvents" = (operation_id = "task_events",
+                    parameters(("pid" = "$response.body#/pid")))))),
         (status = 400, description = "A bad field, or an unknown worker", body = ErrorBody),
         (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
         (status = 409, description = "A request with the same Idempotency-Key is in progress", body = ErrorBody),
         (status = 415, description = "Body not sent as application/json", body = ErrorBody),
         (status = 422, description = "The Idempotency-Key was used with another body", body = ErrorBody),
-        (status = 429, description = "Every place and the queue are full", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the store cannot take it", body = ErrorBody)))]
+        (status = 429, description = "Every place and the queue are full", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
+        AnyRoute))]
 pub(super) async fn spawn_task(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -286,7 +314,8 @@ pub(super) fn task_path(
 /// A task's record.
 #[utoipa::path(get, path = "/api/tasks/{pid}", tag = "tasks",
     params(("pid" = String, Path, description = "The task's pid")),
-    responses((status = 200, body = TaskRecord), (status = 404, description = "No such task", body = ErrorBody)))]
+    responses((status = 200, body = TaskRecord),
+        (status = 404, description = "No such task", body = ErrorBody), AnyRoute))]
 pub(super) async fn get_task(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -314,15 +343,17 @@ pub(super) struct ListParams {
     /// Only tasks of this worker.
     worker: Option<String>,
     /// Only tasks accepted before this one: the previous page's `next`, or a task's pid.
+    #[param(min_length = 1)]
     before: Option<String>,
     /// At most this many, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// Tasks, newest first, a page at a time; `next` is the cursor for the following page.
 #[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(ListParams),
     responses((status = 200, body = Page),
-        (status = 400, description = "A bad query parameter", body = ErrorBody)))]
+        (status = 400, description = "A bad query parameter", body = ErrorBody), AnyRoute))]
 pub(super) async fn list_tasks(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -380,7 +411,8 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
         (status = 200, description = "Killed; the record shows it", body = TaskRecord),
         (status = 202, description = "A running step has not returned yet", body = TaskRecord),
         (status = 404, description = "No such task", body = ErrorBody),
-        (status = 409, description = "The task has already ended", body = ErrorBody)))]
+        (status = 409, description = "The task has already ended", body = ErrorBody),
+        AnyRoute))]
 pub(super) async fn kill_task(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -417,7 +449,8 @@ pub(super) struct Logs {
 /// What a task logged and printed, capped per task.
 #[utoipa::path(get, path = "/api/tasks/{pid}/logs", tag = "tasks",
     params(("pid" = String, Path, description = "The task's pid")),
-    responses((status = 200, body = Logs), (status = 404, description = "No such task", body = ErrorBody)))]
+    responses((status = 200, body = Logs),
+        (status = 404, description = "No such task", body = ErrorBody), AnyRoute))]
 pub(super) async fn get_logs(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

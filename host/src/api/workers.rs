@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::admin::AdminRefusal;
-use super::error::{ApiError, ErrorBody};
+use super::error::{AnyRoute, ApiError, ErrorBody};
 use crate::registry::{InstallError, RollbackError, VersionSource, WorkerInfo};
 use crate::runtime::LoadError;
 
@@ -27,7 +27,15 @@ pub(super) struct WorkerList {
 
 /// `GET /api/workers`: every worker with its current and previous module versions.
 #[utoipa::path(get, path = "/api/workers", tag = "workers",
-    responses((status = 200, body = WorkerList)))]
+    responses((status = 200, body = WorkerList,
+        links(
+            ("GetWorker" = (operation_id = "get_worker",
+                parameters(("name" = "$response.body#/workers/0/name")))),
+            ("InstallWorker" = (operation_id = "install_worker",
+                parameters(("name" = "$response.body#/workers/0/name")))),
+            ("RollbackWorker" = (operation_id = "rollback_worker",
+                parameters(("name" = "$response.body#/workers/0/name")))))),
+        AnyRoute))]
 pub(super) async fn list_workers(State(state): State<AppState>) -> Json<WorkerList> {
     Json(WorkerList {
         workers: state.host.workers().list(),
@@ -36,8 +44,9 @@ pub(super) async fn list_workers(State(state): State<AppState>) -> Json<WorkerLi
 
 /// `GET /api/workers/{name}`.
 #[utoipa::path(get, path = "/api/workers/{name}", tag = "workers",
-    params(("name" = String, Path, description = "The worker's name")),
-    responses((status = 200, body = WorkerInfo), (status = 404, description = "No such worker", body = ErrorBody)))]
+    params(("name" = String, Path, description = "The worker's name", example = "default")),
+    responses((status = 200, body = WorkerInfo),
+        (status = 404, description = "No such worker", body = ErrorBody), AnyRoute))]
 pub(super) async fn get_worker(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -51,6 +60,15 @@ pub(super) async fn get_worker(
         .map_err(|unknown| ApiError::NotFound(unknown.to_string()))
 }
 
+/// An upload's body as the document shows it: raw bytes, not a JSON array of them.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(
+    dead_code,
+    reason = "describes the body `install_worker` reads, for the document"
+)]
+pub(super) struct ModuleBytes(Vec<u8>);
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct InstalledBody {
     /// False when the upload is the version already current.
@@ -61,8 +79,9 @@ pub(super) struct InstalledBody {
 /// `PUT /api/workers/{name}` (admin): a new module version for the worker's new tasks,
 /// published only once it compiled, fits the `worker` world and passed a smoke run.
 #[utoipa::path(put, path = "/api/workers/{name}", tag = "workers",
-    params(("name" = String, Path, description = "The worker's name")),
-    request_body(content = Vec<u8>, content_type = "application/wasm",
+    params(("name" = String, Path, description = "The worker's name", example = "default")),
+    request_body(content((ModuleBytes = "application/wasm"),
+            (ModuleBytes = "application/octet-stream")),
         description = "A WebAssembly component of the `worker` world"),
     security(("admin_token" = [])),
     responses(
@@ -70,8 +89,10 @@ pub(super) struct InstalledBody {
         (status = 400, description = "Not a component", body = ErrorBody),
         AdminRefusal,
         (status = 413, description = "Over --max-module-bytes", body = ErrorBody),
-        (status = 415, description = "Not sent as application/wasm", body = ErrorBody),
-        (status = 422, description = "Refused by its checks", body = ErrorBody)))]
+        (status = 415, description = "Not sent as application/wasm (or application/octet-stream)",
+            body = ErrorBody),
+        (status = 422, description = "Refused by its checks", body = ErrorBody),
+        AnyRoute))]
 pub(super) async fn install_worker(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -128,12 +149,13 @@ fn is_wasm(headers: &HeaderMap) -> bool {
 
 /// `POST /api/workers/{name}/rollback` (admin): the previous version becomes current again.
 #[utoipa::path(post, path = "/api/workers/{name}/rollback", tag = "workers",
-    params(("name" = String, Path, description = "The worker's name")),
+    params(("name" = String, Path, description = "The worker's name", example = "default")),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Rolled back", body = WorkerInfo),
         AdminRefusal,
-        (status = 409, description = "No previous version", body = ErrorBody)))]
+        (status = 409, description = "No previous version", body = ErrorBody),
+        AnyRoute))]
 pub(super) async fn rollback_worker(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
