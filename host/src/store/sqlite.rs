@@ -471,8 +471,17 @@ fn write_loop(shared: &Shared, connection: &mut Connection) {
             queue.closed
         };
         let error = match commit(connection, &taken) {
-            Ok(()) => {
+            Ok(more) => {
                 committed(shared, taken);
+                if let Some(prune) = more {
+                    // More ended tasks are due than one prune deletes (more end each second
+                    // than it takes): the next one goes in the next commit, beside whatever
+                    // else is waiting, until retention is met.
+                    lock_queue(shared).pending.push_back(Pending {
+                        batch: vec![prune],
+                        done: None,
+                    });
+                }
                 continue;
             }
             Err(error) => error,
@@ -483,7 +492,7 @@ fn write_loop(shared: &Shared, connection: &mut Connection) {
             tracing::error!(%error, "a commit failed; writing its batches one at a time");
             for pending in taken {
                 match commit(connection, std::slice::from_ref(&pending)) {
-                    Ok(()) => committed(shared, vec![pending]),
+                    Ok(_) => committed(shared, vec![pending]),
                     Err(error) => {
                         tracing::error!(%error, changes = ?pending.batch, "changes refused");
                         finish(pending, Err(unavailable(error)));
@@ -513,6 +522,13 @@ fn write_loop(shared: &Shared, connection: &mut Connection) {
         }
         std::thread::sleep(RETRY_WAIT);
     }
+}
+
+fn lock_queue(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
+    shared
+        .queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Counts a commit and tells its submitters.
@@ -567,12 +583,29 @@ fn keeps(pending: &Pending) -> bool {
         .all(|change| matches!(change, Change::Event(..)))
 }
 
-fn commit(connection: &mut Connection, taken: &[Pending]) -> rusqlite::Result<()> {
+/// Writes `taken` in one transaction. When a prune in it left more due than it deleted, the
+/// prune to write next.
+fn commit(connection: &mut Connection, taken: &[Pending]) -> rusqlite::Result<Option<Change>> {
     let tx = connection.transaction()?;
+    let mut more = None;
     for change in taken.iter().flat_map(|pending| &pending.batch) {
-        write(&tx, change)?;
+        if write(&tx, change)? {
+            more = Some(change);
+        }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(more.and_then(|change| match change {
+        &Change::Prune {
+            max_history,
+            ended_before,
+            keys_before,
+        } => Some(Change::Prune {
+            max_history,
+            ended_before,
+            keys_before,
+        }),
+        _ => None,
+    }))
 }
 
 fn key(pid: Pid) -> (i64, i64) {
@@ -581,7 +614,8 @@ fn key(pid: Pid) -> (i64, i64) {
 
 /// The record's status and fields that only the current attempt may change are written only
 /// while the task has not ended (`ended_at IS NULL`), so a late write never reopens an end.
-fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()> {
+/// True when the change was a prune that left more due than it deleted.
+fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bool> {
     match change {
         Change::Accepted {
             record,
@@ -629,7 +663,7 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()
             max_history,
             ended_before,
             keys_before,
-        } => prune(tx, *max_history, *ended_before, *keys_before)?,
+        } => return prune(tx, *max_history, *ended_before, *keys_before),
         Change::Module { sha256, bytes } => {
             tx.prepare_cached("INSERT OR IGNORE INTO modules (sha256, bytes) VALUES (?1, ?2)")?
                 .execute(params![sha256, bytes])?;
@@ -654,7 +688,7 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<()
             ])?;
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 fn write_event(
@@ -777,26 +811,28 @@ fn attempt_json(attempt: u32, end: &TaskEnd, at: SystemTime) -> String {
 
 /// Deletes the oldest ended tasks past `max_history`, and those that ended before
 /// `ended_before`, a batch at a time, and the idempotency keys created before `keys_before`.
+/// True when the batch was full: more may be due.
 fn prune(
     tx: &rusqlite::Transaction<'_>,
     max_history: usize,
     ended_before: SystemTime,
     keys_before: SystemTime,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<bool> {
     let ended: i64 = tx
         .prepare_cached("SELECT COUNT(*) FROM tasks WHERE ended_at IS NOT NULL")?
         .query_row([], |row| row.get(0))?;
     let excess = (ended - i64::try_from(max_history).unwrap_or(i64::MAX)).clamp(0, PRUNE_BATCH);
     tx.prepare_cached("CREATE TEMP TABLE IF NOT EXISTS doomed (boot INTEGER, seq INTEGER)")?
         .execute([])?;
-    tx.prepare_cached(
-        "INSERT INTO doomed SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
+    let doomed = tx
+        .prepare_cached(
+            "INSERT INTO doomed SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
          AND (rowid IN (SELECT rowid FROM tasks WHERE ended_at IS NOT NULL
                         ORDER BY ended_at LIMIT ?1)
               OR ended_at < ?2)
          LIMIT ?3",
-    )?
-    .execute(params![excess, nanos(ended_before), PRUNE_BATCH])?;
+        )?
+        .execute(params![excess, nanos(ended_before), PRUNE_BATCH])?;
     tx.prepare_cached("DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
         .execute([])?;
     tx.prepare_cached("DELETE FROM tasks WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
@@ -804,7 +840,7 @@ fn prune(
     tx.prepare_cached("DELETE FROM doomed")?.execute([])?;
     tx.prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
         .execute(params![nanos(keys_before)])?;
-    Ok(())
+    Ok(i64::try_from(doomed).is_ok_and(|doomed| doomed >= PRUNE_BATCH))
 }
 
 fn source_name(source: LogSource) -> &'static str {
@@ -1128,5 +1164,81 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+    use crate::model::{OnHostLoss, Pid, TaskEnd, TaskRecord, TaskSpec};
+    use crate::store::{ListQuery, Store};
+
+    fn ended_task(seq: u64) -> Vec<Change> {
+        let pid = Pid::new(1, seq);
+        let record = TaskRecord::spawned(pid, format!("t{seq}"), 0, Arc::from("w"), Arc::from("v"));
+        let spec = TaskSpec {
+            module_sha256: "00".repeat(32),
+            payload: None,
+            deadline_secs: 30,
+            max_attempts: 1,
+            on_host_loss: OnHostLoss::Restart,
+            ready_at: None,
+        };
+        vec![
+            Change::Accepted {
+                record,
+                spec,
+                key: None,
+            },
+            Change::Event(
+                pid,
+                TaskEvent::Ended {
+                    at: SystemTime::now(),
+                    fuel: 0,
+                    end: TaskEnd::exited(0),
+                    attempt: 1,
+                },
+            ),
+        ]
+    }
+
+    fn kept(store: &SqliteStore) -> usize {
+        let query = ListQuery {
+            limit: 10_000,
+            ..ListQuery::default()
+        };
+        store.list(&query).expect("list").tasks.len()
+    }
+
+    /// More ended tasks than one prune deletes (as when more than a batch end each second):
+    /// one prune asked for is followed by as many as it takes, without waiting a second each.
+    #[test]
+    fn a_prune_far_behind_catches_up_by_itself() {
+        let dir = std::env::temp_dir().join(format!("http-spawn-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal).expect("open");
+        let total = 2 * PRUNE_BATCH as u64 + 500;
+        let batch: Vec<Change> = (1..=total).flat_map(ended_task).collect();
+        store.wait(batch).expect("written");
+        assert_eq!(kept(&store), total as usize);
+        store
+            .wait(vec![Change::Prune {
+                max_history: 10,
+                ended_before: UNIX_EPOCH,
+                keys_before: UNIX_EPOCH,
+            }])
+            .expect("pruned");
+        // The follow-ups go through the writer on their own; a bound against a hang only.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while kept(&store) > 10 {
+            assert!(Instant::now() < deadline, "still {} kept", kept(&store));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(kept(&store), 10);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
