@@ -166,6 +166,7 @@ impl Host {
         ));
         let scheduler = Scheduler::start(
             config.worker_threads(),
+            i32::from(config.guest_nice),
             capacity,
             config.max_queue,
             Arc::clone(&ledger),

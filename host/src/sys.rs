@@ -120,6 +120,28 @@ pub fn effective_max_connections(configured: usize) -> usize {
     }
 }
 
+/// Gives the calling thread the niceness `nice` (0 to 19: the higher, the sooner it yields the
+/// CPU to threads of lower niceness). On Linux a thread's niceness is its own, so this leaves
+/// the process's other threads as they are. Raising one's own niceness needs no privilege.
+pub fn set_thread_nice(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        // SAFETY: setpriority reads only its arguments; PRIO_PROCESS with a thread id is
+        // that thread on Linux.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
+            tracing::warn!(
+                nice,
+                error = %std::io::Error::last_os_error(),
+                "could not lower a guest thread's priority"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

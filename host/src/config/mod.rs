@@ -41,6 +41,8 @@ pub const DEFAULT_CAPACITY: u32 = 100_000;
 pub const DEFAULT_MAX_HISTORY: usize = 10_000;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Niceness of the threads running guest code: below HTTP and the store's writer.
+pub const DEFAULT_GUEST_NICE: u8 = 10;
 /// HTTP connections open at once; lowered at start to what the file-descriptor limit allows.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// How long a client may take to send a request's head, or pause while sending its body.
@@ -93,6 +95,13 @@ pub struct Config {
     /// Scheduler threads running guest code [default: the number of CPUs].
     #[arg(long, env = "HTTP_SPAWN_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+
+    /// Niceness of the scheduler threads (0-19): guest code yields the CPU to the threads that
+    /// answer HTTP and write the store, so a burst of heavy guests does not slow submissions.
+    /// 0 runs guests at the host's own priority.
+    #[arg(long, env = "HTTP_SPAWN_GUEST_NICE", default_value_t = DEFAULT_GUEST_NICE,
+          value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub guest_nice: u8,
 
     /// Threads serving HTTP [default: the number of CPUs].
     #[arg(long, env = "HTTP_SPAWN_HTTP_THREADS")]

@@ -145,10 +145,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts `threads` scheduler threads, behind admission for `capacity` live tasks and
-    /// `max_queue` waiting ones, recording what happens in `ledger`.
+    /// Starts `threads` scheduler threads at niceness `nice`, behind admission for `capacity`
+    /// live tasks and `max_queue` waiting ones, recording what happens in `ledger`.
     pub fn start(
         threads: usize,
+        nice: i32,
         capacity: u32,
         max_queue: usize,
         ledger: Arc<Ledger>,
@@ -169,7 +170,10 @@ impl Scheduler {
             let handle = std::thread::Builder::new()
                 .name(format!("scheduler-{index}"))
                 .stack_size(THREAD_STACK_BYTES)
-                .spawn(move || thread.run())?;
+                .spawn(move || {
+                    crate::sys::set_thread_nice(nice);
+                    thread.run();
+                })?;
             let inbox = &lanes.lanes[index].inbox;
             let _ = inbox.thread.set(handle.thread().clone());
             // The thread may have parked before its handle was known; let it look again.
