@@ -7,7 +7,7 @@ LISTEN       ?= 127.0.0.1:8080
 BASE_URL     ?= http://$(LISTEN)
 ARGS         ?=
 
-.PHONY: all build-guest build run test fmt-check clippy k6 k6-smoke browser-test fuzz-api bench clean
+.PHONY: all build-guest build run test fmt-check clippy k6 k6-smoke browser-test fuzz-api bench reliability clean
 
 all: build
 
@@ -67,6 +67,18 @@ fuzz-api: build-guest
 bench: build-guest
 	$(CARGO) build --release -p http-spawn -p http-spawn-bench
 	./target/release/http-spawn-bench --out bench-out
+
+# The reliability suite (issue #12), about 15 minutes on 2 cores: hostile guests mixed into
+# thousands of submissions a second, a soak of a million tasks, k6 past the host's capacity,
+# SIGKILL under load, then `scripts/fuzz-api.sh long` and the HTTP connection tests where they
+# exist. One line per case with its figures and PASS/FAIL; non-zero exit if any case fails.
+# RELIABILITY_SCALE=0.05 scales its own cases down for a quick look, RELIABILITY_ONLY picks
+# cases (hostile,soak,overload,crash,fuzz-api,http); see RELIABILITY.md for the rest.
+reliability: build-guest
+	$(CARGO) build --release -p http-spawn -p http-spawn-bench
+	$(CARGO) build -p http-spawn
+	scripts/ensure-k6.sh >/dev/null
+	./target/release/http-spawn-reliability
 
 clean:
 	$(CARGO) clean

@@ -10,10 +10,8 @@
 //! 4. fuel: compute kernels with fuel metering on and off;
 //! 5. the seed's k6 profile at rising arrival rates, and past capacity.
 
-mod loadgen;
 mod naive;
 mod plot;
-mod procfs;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,10 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use http_spawn::{Config, Embedded, EmbeddedConfig, NewTask};
+use http_spawn_bench::{loadgen, procfs};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::loadgen::{Durations, Load};
+use http_spawn_bench::loadgen::{Durations, Load};
 
 #[derive(Debug, Parser)]
 #[command(about = "http-spawn benchmarks, side by side with their baselines")]

@@ -60,3 +60,32 @@ pub fn mem_total() -> Option<String> {
         .ok()?;
     Some(format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
 }
+
+/// What another process holds, from /proc/PID: what a leak would make grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holdings {
+    pub rss_bytes: u64,
+    /// Open file descriptors: sockets, store files, pipes.
+    pub fds: u64,
+    pub threads: u64,
+}
+
+impl Holdings {
+    pub fn of(pid: u32) -> anyhow::Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+        let count = |dir: &str| -> anyhow::Result<u64> {
+            Ok(std::fs::read_dir(format!("/proc/{pid}/{dir}"))?.count() as u64)
+        };
+        Ok(Self {
+            rss_bytes: rss_kib * 1024,
+            fds: count("fd")?,
+            threads: count("task")?,
+        })
+    }
+}
