@@ -214,6 +214,13 @@ impl Host {
                 Recovered::Waiting => waiting += 1,
             }
         }
+        // What recovery decided (a new attempt, an end) is in the store before the API
+        // answers: a client reading a task just after a restart sees its recovered state, not
+        // the one the lost host left. The store writes in order, so an empty batch waited for
+        // is a barrier.
+        self.store
+            .wait(Vec::new())
+            .context("writing what recovery decided")?;
         tracing::warn!(
             rerun, failed, waiting,
             took = ?begun.elapsed(),
