@@ -1,5 +1,6 @@
 //! What every request is held to before and after its handler: a head no larger than
-//! `--max-header-bytes` (a JSON `431`), and a body the handler left unread thrown away, up to
+//! `--max-header-bytes` (a JSON `431`), a body that may not pause longer than
+//! `--read-timeout-secs`, and a body the handler left unread thrown away, up to
 //! `--max-discard-bytes`, so that the answer reaches the client.
 //!
 //! Why the discard: a handler that refuses a request (`413` for a body over the limit, `415`,
@@ -9,13 +10,14 @@
 //! the handler dropped is read to its end and thrown away, within a bound; past the bound the
 //! connection is closed (a client sending that much gets a reset, as from any server).
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
@@ -38,7 +40,7 @@ const HEADER_LINE_OVERHEAD: usize = 4;
 
 /// Refuses a head over the limit, and throws away whatever of the body the handler left.
 pub(super) async fn hold_to_limits(
-    State(bounds): State<RequestBounds>,
+    bounds: RequestBounds,
     request: Request,
     next: Next,
 ) -> Response {
@@ -67,6 +69,8 @@ pub(super) async fn hold_to_limits(
         Body::new(Watched {
             body: Some(body),
             left: Arc::clone(&left),
+            stall: None,
+            read_timeout: bounds.read_timeout,
         })
     });
     let mut response = next.run(request).await;
@@ -124,11 +128,15 @@ async fn discard(body: Body, bounds: &RequestBounds) -> bool {
     drained.unwrap_or(false)
 }
 
-/// A request body that, when its reader drops it before its end, leaves the rest in `left`
-/// for [`hold_to_limits`] to throw away.
+/// A request body that fails if it pauses longer than `read_timeout`, and that, when its
+/// reader drops it before its end, leaves the rest in `left` for [`hold_to_limits`] to throw
+/// away. The pause is timed only while the body is waited for: a body that came with its head
+/// (most of them) never arms a timer.
 struct Watched {
     body: Option<Body>,
     left: Arc<Mutex<Option<Body>>>,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    read_timeout: Duration,
 }
 
 impl http_body::Body for Watched {
@@ -139,13 +147,32 @@ impl http_body::Body for Watched {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let Some(body) = self.body.as_mut() else {
+        let this = &mut *self;
+        let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
         };
         let polled = Pin::new(body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            // Ended, or broken: nothing is left to throw away.
-            self.body = None;
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => this.stall = None,
+            Poll::Ready(None | Some(Err(_))) => {
+                // Ended, or broken: nothing is left to throw away.
+                this.body = None;
+                this.stall = None;
+            }
+            Poll::Pending => {
+                let timeout = this.read_timeout;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    this.body = None;
+                    this.stall = None;
+                    return Poll::Ready(Some(Err(axum::Error::new(format!(
+                        "the request body paused for more than {} s",
+                        timeout.as_secs()
+                    )))));
+                }
+            }
         }
         polled
     }

@@ -22,7 +22,6 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -78,6 +77,8 @@ impl RequestLimits {
 #[derive(Debug, Clone)]
 pub struct AppState {
     host: Arc<Host>,
+    /// What every request is held to (see `limits`).
+    bounds: limits::RequestBounds,
     limits: Arc<RequestLimits>,
     /// The SHA-256 of the admin token; `None` switches the admin endpoints off.
     admin: Option<Arc<AdminToken>>,
@@ -95,6 +96,7 @@ pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>)
     };
     let state = AppState {
         host,
+        bounds,
         limits: Arc::new(limits),
         admin: admin_token.map(|token| Arc::new(AdminToken::new(token))),
     };
@@ -105,11 +107,6 @@ pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
-        .layer(middleware::from_fn_with_state(
-            bounds,
-            limits::hold_to_limits,
-        ))
-        .layer(RequestBodyTimeoutLayer::new(bounds.read_timeout))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -150,8 +147,9 @@ fn api_routes(state: &AppState, max_module_bytes: usize) -> OpenApiRouter<AppSta
         .routes(routes!(observability::openapi_document))
 }
 
-/// Counts every answered request by method, matched route (never the raw path, whose pids
-/// would make a metric per task) and status.
+/// Holds every request to its limits (see `limits`) and counts every answer by method, matched
+/// route (never the raw path, whose pids would make a metric per task) and status: one
+/// middleware for both, as each costs a boxed future per request.
 async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let route = request
@@ -159,7 +157,7 @@ async fn count_request(State(state): State<AppState>, request: Request, next: Ne
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let begun = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = limits::hold_to_limits(state.bounds, request, next).await;
     state.host.metrics().http_request(
         method.as_str(),
         &route,
