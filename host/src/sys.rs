@@ -99,8 +99,9 @@ pub fn raise_open_file_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
-/// The configured cap on open HTTP connections, lowered if the open-file limit could not hold
-/// that many beside what the host itself keeps open; says so, and how to raise the limit.
+/// The configured cap on open HTTP connections, lowered if the open-file limit (raised first,
+/// see [`raise_open_file_limit`]) could not hold that many beside what the host itself keeps
+/// open; says so, and how to raise the limit.
 pub fn effective_max_connections(configured: usize) -> usize {
     let Some(open_files) = raise_open_file_limit() else {
         return configured;

@@ -23,24 +23,16 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use http_body::{Body as _, Frame, SizeHint};
 
+use super::RequestLimits;
 use super::error::ApiError;
-
-/// The limits `hold_to_limits` applies.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RequestBounds {
-    pub max_header_bytes: usize,
-    pub max_discard_bytes: usize,
-    /// How long a discard may wait for the next piece of the body; the whole discard gets
-    /// twice as long as reading `max_discard_bytes` at 1 MiB/s would take, at least this.
-    pub read_timeout: Duration,
-}
 
 /// Bytes a header line costs beyond its name and value: `: ` and CRLF.
 const HEADER_LINE_OVERHEAD: usize = 4;
 
-/// Refuses a head over the limit, and throws away whatever of the body the handler left.
+/// Refuses a head over the limit, times the body's pauses, and throws away whatever of the
+/// body the handler left.
 pub(super) async fn hold_to_limits(
-    bounds: RequestBounds,
+    bounds: &RequestLimits,
     request: Request,
     next: Next,
 ) -> Response {
@@ -76,7 +68,7 @@ pub(super) async fn hold_to_limits(
     let mut response = next.run(request).await;
     let unread = left.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let Some(body) = unread
-        && (expects_continue || !discard(body, &bounds).await)
+        && (expects_continue || !discard(body, bounds).await)
     {
         close_after(&mut response);
     }
@@ -104,9 +96,10 @@ fn close_after(response: &mut Response) {
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
-/// Reads `body` to its end and throws it away, within `--max-discard-bytes` and a time bound.
+/// Reads `body` to its end and throws it away, within `--max-discard-bytes` and a time bound:
+/// twice as long as reading that much at 1 MiB/s would take, and at least the read timeout.
 /// Whether it reached the end (so the connection can be kept).
-async fn discard(body: Body, bounds: &RequestBounds) -> bool {
+async fn discard(body: Body, bounds: &RequestLimits) -> bool {
     use futures_util::StreamExt as _;
     let budget = bounds.max_discard_bytes;
     let time = bounds

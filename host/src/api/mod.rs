@@ -77,8 +77,6 @@ impl RequestLimits {
 #[derive(Debug, Clone)]
 pub struct AppState {
     host: Arc<Host>,
-    /// What every request is held to (see `limits`).
-    bounds: limits::RequestBounds,
     limits: Arc<RequestLimits>,
     /// The SHA-256 of the admin token; `None` switches the admin endpoints off.
     admin: Option<Arc<AdminToken>>,
@@ -89,14 +87,8 @@ pub struct AppState {
 pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>) -> Router {
     let max_body_bytes = limits.max_body_bytes;
     let max_module_bytes = limits.max_module_bytes;
-    let bounds = limits::RequestBounds {
-        max_header_bytes: limits.max_header_bytes,
-        max_discard_bytes: limits.max_discard_bytes,
-        read_timeout: limits.read_timeout,
-    };
     let state = AppState {
         host,
-        bounds,
         limits: Arc::new(limits),
         admin: admin_token.map(|token| Arc::new(AdminToken::new(token))),
     };
@@ -157,7 +149,7 @@ async fn count_request(State(state): State<AppState>, request: Request, next: Ne
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let begun = std::time::Instant::now();
-    let response = limits::hold_to_limits(state.bounds, request, next).await;
+    let response = limits::hold_to_limits(&state.limits, request, next).await;
     state.host.metrics().http_request(
         method.as_str(),
         &route,
