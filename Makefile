@@ -16,10 +16,13 @@ $(GUEST_DIR)/.target-installed:
 	rustup target add $(GUEST_TARGET)
 	mkdir -p $(GUEST_DIR) && touch $@
 
-# The default worker and the small test workers (guest/examples), as components.
+# The default worker, the shipped ones, and the small test workers (guest/workers/examples), as
+# components.
 build-guest: $(GUEST_DIR)/.target-installed
-	$(CARGO) build -p http-spawn-guest --target $(GUEST_TARGET) --profile guest --lib --examples
+	$(CARGO) build -p http-spawn-guest --target $(GUEST_TARGET) --profile guest --lib
 	$(CARGO) build -p http-spawn-report --target $(GUEST_TARGET) --profile guest --lib
+	$(CARGO) build -p http-spawn-supervisor --target $(GUEST_TARGET) --profile guest --lib
+	$(CARGO) build -p http-spawn-test-workers --target $(GUEST_TARGET) --profile guest --examples
 
 build: build-guest
 	$(CARGO) build --release -p http-spawn

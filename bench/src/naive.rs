@@ -10,7 +10,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-wasmtime::component::bindgen!({ world: "worker", path: "../wit" });
+wasmtime::component::bindgen!({ world: "worker", path: "../wit/v0.1" });
 
 use exports::http_spawn::worker::task::{Next, Spec};
 

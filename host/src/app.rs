@@ -30,7 +30,7 @@ impl App {
     /// Starts the host `config` describes (workers loaded, scheduler threads running) and
     /// builds its router.
     pub fn build(config: &Config) -> anyhow::Result<Self> {
-        let host = Arc::new(Host::start(config)?);
+        let host = Host::start(config)?;
         let router = api::router(
             Arc::clone(&host),
             RequestLimits::from_config(config),

@@ -22,7 +22,8 @@ const CHANNEL_CAPACITY: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct Published {
     pub pid: Pid,
-    /// `spawned`, `started`, `progress`, `log`, `restart` or `exit`.
+    /// `spawned`, `started`, `progress`, `log`, `restart`, `exit`, or, for actors, `message`,
+    /// `down` and `linked_exit`.
     pub kind: &'static str,
     /// The event as JSON, serialised once for every subscriber.
     pub data: Arc<str>,
@@ -169,6 +170,14 @@ impl EventBus {
         for event in events {
             // An error only means nobody listens any more.
             let _ = self.sender.send(event);
+        }
+    }
+
+    /// Publishes an event that is not a change of the store (a message put in a mailbox, a
+    /// `down` notice, a link's exit), built only while someone listens.
+    pub fn publish(&self, pid: Pid, kind: &'static str, data: impl FnOnce() -> Value) {
+        if self.listening() {
+            self.send(vec![published(pid, kind, &data())]);
         }
     }
 

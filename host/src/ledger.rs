@@ -94,6 +94,11 @@ impl Ledger {
     }
 
     /// The host's metrics.
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// The host's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `model` | the vocabulary: pid, task, its end and restart policy, events, record, log lines, time |
 //! | `sys` | what the kernel allows: memory mappings |
+//! | `actor` | mailboxes, links, monitors and names of live tasks, and the host calls they make |
 //! | `config` | the flags, the environment and the registry file |
 //! | `metrics` | every metric's name and help, and the Prometheus exposition |
 //! | `runtime` | wasmtime and nothing else does: engine, import policy, modules, processes, cache |
@@ -23,6 +24,7 @@
 //! | `api` | the HTTP API, by resource |
 //! | `app` | the host and its router built from one `Config`, and serving them |
 
+mod actor;
 mod api;
 mod app;
 mod config;

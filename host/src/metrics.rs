@@ -61,6 +61,7 @@ pub const EVENT_SUBSCRIBERS: &str = "http_spawn_event_subscribers";
 pub const STORE_COMMITS: &str = "http_spawn_store_commits_total";
 pub const STORE_BATCHES: &str = "http_spawn_store_batches_total";
 pub const STORE_HEALTHY: &str = "http_spawn_store_healthy";
+pub const MESSAGES: &str = "http_spawn_messages_total";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "http_connections_open";
@@ -68,6 +69,13 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
 
 /// Every metric the host exports.
 pub const METRICS: &[Spec] = &[
+    spec(
+        MESSAGES,
+        Kind::Counter,
+        None,
+        "Messages sent to task mailboxes, by sender (http or task) and result (delivered, \
+         mailbox_full, ended, no_such_process, too_large, bad_pid).",
+    ),
     spec(
         TASKS_SPAWNED,
         Kind::Counter,
@@ -378,6 +386,16 @@ impl Metrics {
         if end.outcome == Outcome::MemoryLimit {
             self.counter(MEMORY_LIMIT_KILLS, vec![worker(name)], 1);
         }
+    }
+
+    /// A message was sent to a mailbox, by an HTTP client or a task, with this result.
+    pub fn message(&self, from_task: bool, result: &'static str) {
+        let from = if from_task { "task" } else { "http" };
+        self.counter(
+            MESSAGES,
+            vec![label("sender", from), label("result", result)],
+            1,
+        );
     }
 
     /// A worker module was loaded, compiled or from the cache.

@@ -7,8 +7,9 @@
 //! a client or operator may validly write) parses back to exactly that; and whatever is
 //! accepted obeys every rule, while what breaks one is refused with that rule's reason.
 //!
-//! The parsers private to `api::tasks` (the `Idempotency-Key` header, the list query and the
-//! task path) have their properties in that file's tests, which alone can reach them.
+//! The parsers private to `api::tasks` (the `Idempotency-Key` header, the list query and its
+//! `parent`, and the task path) have their properties in that file's tests, which alone can
+//! reach them.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

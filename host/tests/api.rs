@@ -203,7 +203,16 @@ async fn a_task_runs_its_steps_and_exits_0() {
         .iter()
         .map(|line| line["message"].as_str().expect("message"))
         .collect();
-    assert_eq!(messages, ["report finished"]);
+    // The default worker logs what the seed's worker.lua logs.
+    assert_eq!(
+        messages,
+        [
+            "Worker started steps=2",
+            "Worker progress step=1 total=2",
+            "Worker progress step=2 total=2",
+            "Worker done, exiting",
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

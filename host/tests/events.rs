@@ -45,7 +45,7 @@ async fn a_task_stream_has_its_state_progress_logs_and_exit_in_order() {
     assert_eq!(progress, [(1, 2), (2, 2)], "{events:?}");
     let log = events
         .iter()
-        .position(|(name, data)| name == "log" && data["message"] == "report finished");
+        .position(|(name, data)| name == "log" && data["message"] == "Worker done, exiting");
     let exit = events.len() - 1;
     assert!(
         log.is_some_and(|log| log < exit),
@@ -96,7 +96,9 @@ async fn the_all_tasks_stream_sees_a_task_from_spawn_to_exit() {
         .collect();
     assert_eq!(
         mine,
-        ["spawned", "started", "progress", "log", "exit"],
+        [
+            "spawned", "started", "log", "progress", "log", "log", "exit"
+        ],
         "{events:?}"
     );
 }

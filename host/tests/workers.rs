@@ -98,7 +98,7 @@ async fn a_swap_reaches_new_tasks_while_old_ones_finish_on_their_version() {
             "an old task keeps its version"
         );
         assert!(
-            logs_text(&app, pid).await.contains("finished"),
+            logs_text(&app, pid).await.contains("Worker done, exiting"),
             "ran the default worker"
         );
     }
@@ -138,11 +138,7 @@ async fn refused_modules_leave_the_current_version_serving() {
     for (bytes, status, reason) in [
         (b"not wasm at all".to_vec(), 400, "magic number"),
         (core_module, 400, "core wasm module"),
-        (
-            bytes_of("otherworld"),
-            422,
-            "does not fit the `worker` world",
-        ),
+        (bytes_of("otherworld"), 422, "fits neither `worker` world"),
         (bytes_of("netprobe"), 422, "imports wasi:sockets/"),
     ] {
         let (got, body) = put_module(&app, "default", bytes, Some(TOKEN)).await;

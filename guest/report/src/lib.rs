@@ -1,89 +1,52 @@
 //! The `report` worker: a second worker to run beside the default one, or to swap in for it.
-//! It "builds a report" of `duration` seconds in sections of a quarter second each: every step
-//! folds a block of rows into a checksum, logs each whole second, and the last step logs the
-//! total. The payload may set `{"rows": N}` per section (default 1,000, at most 100,000).
+//! It "builds a report" of `duration` seconds in sections of a quarter second each: every
+//! section folds a block of rows into a checksum, each whole second is logged, and at the end
+//! one more block is folded and the total logged. The payload may set `{"rows": N}` per section
+//! (default 1,000, at most 100,000).
 //!
-//! Built like the default worker (`no_std`, the same arena allocator), so it fits the default
-//! 1 MiB memory cap and a sleeping task holds one page.
+//! Built like the default worker (`no_std` on `http-spawn-sdk`'s allocator, a 2 KiB stack), so
+//! it fits the default 1 MiB memory cap and a sleeping task holds one page.
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
 
-#[cfg(target_arch = "wasm32")]
-#[path = "../../src/arena.rs"]
-mod arena;
-
-wit_bindgen::generate!({ world: "worker", path: "../../wit" });
-
 use alloc::string::String;
-use core::cell::RefCell;
 
-use exports::http_spawn::worker::task::{Guest, Next, Spec};
-use http_spawn::worker::host::{Level, log};
+use http_spawn_sdk::{Ctx, Exit, Spec, payload, text};
 
 /// A section every quarter second.
 const SECTION_MS: u32 = 250;
 const SECTIONS_PER_SEC: u32 = 1_000 / SECTION_MS;
 const DEFAULT_ROWS: u64 = 1_000;
 const MAX_ROWS: u64 = 100_000;
+/// FNV-1a's offset basis, where the checksum starts.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
-struct Report {
-    name: String,
-    sections: u32,
-    done: u32,
-    rows: u64,
-    checksum: u64,
-}
-
-/// The task's state; a component instance runs one thread.
-struct State(RefCell<Option<Report>>);
-
-// SAFETY: wasm components are single-threaded; nothing else can observe this static.
-unsafe impl Sync for State {}
-
-static STATE: State = State(RefCell::new(None));
-
-/// `"rows": N` from the payload, parsed by hand to keep the worker small.
-fn rows(payload: Option<&str>) -> Result<u64, String> {
-    const KEY: &[u8] = b"\"rows\"";
-    let Some(payload) = payload else {
-        return Ok(DEFAULT_ROWS);
-    };
-    let Some(at) = payload.as_bytes().windows(KEY.len()).position(|w| w == KEY) else {
-        return Ok(DEFAULT_ROWS);
-    };
-    let digits = payload
-        .get(at + KEY.len()..)
-        .unwrap_or_default()
-        .trim_start()
-        .strip_prefix(':')
-        .unwrap_or_default()
-        .trim_start();
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    match digits.get(..end).and_then(|n| n.parse::<u64>().ok()) {
-        Some(n) if n <= MAX_ROWS => Ok(n),
-        _ => Err(String::from("rows must be an integer from 0 to 100000")),
+/// Rows per section: the payload's `rows`, or the default.
+fn rows(spec: &Spec) -> Result<u64, String> {
+    match payload::int(spec.payload.as_deref(), "rows") {
+        Ok(None) => Ok(DEFAULT_ROWS),
+        Ok(Some(n)) => u64::try_from(n)
+            .ok()
+            .filter(|&n| n <= MAX_ROWS)
+            .ok_or_else(rows_error),
+        Err(_) => Err(rows_error()),
     }
 }
 
-/// Appends `n` in decimal: `format!` would link core's formatting machinery into the data.
-fn push_number(line: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &digit in digits[..len].iter().rev() {
-        line.push(digit as char);
-    }
+fn rows_error() -> String {
+    String::from("rows must be an integer from 0 to 100000")
+}
+
+fn sections(spec: &Spec) -> u32 {
+    spec.duration_secs.saturating_mul(SECTIONS_PER_SEC)
+}
+
+/// One step per section; bad `rows` fail the task before it starts.
+fn plan(spec: &Spec) -> Result<u32, String> {
+    rows(spec)?;
+    Ok(sections(spec))
 }
 
 /// Folds one section's rows into the checksum (FNV-1a over the row numbers).
@@ -97,55 +60,33 @@ fn fold(mut checksum: u64, first_row: u64, rows: u64) -> u64 {
     checksum
 }
 
-struct Worker;
+async fn run(ctx: Ctx) -> Exit {
+    let rows = rows(ctx.spec())?;
+    let sections = sections(ctx.spec());
+    let mut checksum = FNV_OFFSET;
 
-impl Guest for Worker {
-    fn start(spec: Spec) -> Result<u32, String> {
-        let rows = rows(spec.payload.as_deref())?;
-        let sections = spec.duration_secs.saturating_mul(SECTIONS_PER_SEC);
-        *STATE.0.borrow_mut() = Some(Report {
-            name: spec.name,
-            sections,
-            done: 0,
-            rows,
-            checksum: 0xcbf2_9ce4_8422_2325,
-        });
-        Ok(sections)
-    }
-
-    fn step() -> Next {
-        let mut state = STATE.0.borrow_mut();
-        let Some(report) = state.as_mut() else {
-            return Next::Failed("step called before start".into());
-        };
-        let first_row = u64::from(report.done) * report.rows;
-        report.checksum = fold(report.checksum, first_row, report.rows);
-        if report.done < report.sections {
-            report.done += 1;
-            if report.done % SECTIONS_PER_SEC == 0 {
-                let mut line = String::from("section ");
-                push_number(&mut line, u64::from(report.done));
-                line.push('/');
-                push_number(&mut line, u64::from(report.sections));
-                log(Level::Debug, &line);
-            }
-            return Next::Sleep(SECTION_MS);
+    for done in 1..=sections {
+        checksum = fold(checksum, u64::from(done - 1) * rows, rows);
+        if done % SECTIONS_PER_SEC == 0 {
+            let mut line = String::from("section ");
+            text::push_u32(&mut line, done);
+            line.push('/');
+            text::push_u32(&mut line, sections);
+            ctx.debug(&line);
         }
-        let mut line = String::from("report ");
-        line.push_str(&report.name);
-        line.push_str(" complete: ");
-        push_number(&mut line, u64::from(report.sections) * report.rows);
-        line.push_str(" rows, checksum ");
-        push_number(&mut line, report.checksum);
-        log(Level::Info, &line);
-        Next::Done(0)
+        ctx.sleep(SECTION_MS).await;
     }
+    // The last step folds a block too, as every step does.
+    checksum = fold(checksum, u64::from(sections) * rows, rows);
+
+    let mut line = String::from("report ");
+    line.push_str(&ctx.spec().name);
+    line.push_str(" complete: ");
+    text::push_u64(&mut line, u64::from(sections) * rows);
+    line.push_str(" rows, checksum ");
+    text::push_u64(&mut line, checksum);
+    ctx.info(&line);
+    Ok(0)
 }
 
-export!(Worker);
-
-#[cfg(target_arch = "wasm32")]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    core::arch::wasm32::unreachable()
-}
+http_spawn_sdk::worker!(run, plan = plan);

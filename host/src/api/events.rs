@@ -12,8 +12,8 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
+use super::actors::task_pid;
 use super::error::{AnyRoute, ApiError, ErrorBody};
-use super::tasks::task_path;
 use crate::events::{Subscription, exit_data};
 use crate::host::Host;
 use crate::model::Pid;
@@ -59,6 +59,13 @@ pub(super) enum EventKind {
     Log,
     Restart,
     Exit,
+    /// A message was put in the task's mailbox: `{pid, sender, bytes}` (sender null for HTTP).
+    Message,
+    /// A task this one monitors ended: `{pid, down, outcome}`.
+    Down,
+    /// A task linked to this one ended abnormally: `{pid, linked, outcome, trapped}`; when
+    /// `trapped` is false the task is killed with the outcome `linked_exit`.
+    LinkedExit,
     Lagged,
 }
 
@@ -114,7 +121,7 @@ fn subscribe(state: &AppState) -> Result<Subscription, ApiError> {
 }
 
 /// One task's events as Server-Sent Events: `state`, then `started`, `progress`, `log`,
-/// `restart`, `exit`; the stream ends after `exit`.
+/// `restart`, `message`, `down`, `linked_exit`, `exit`; the stream ends after `exit`.
 #[utoipa::path(get, path = "/api/tasks/{pid}/events", tag = "events",
     params(("pid" = String, Path, description = "The task's pid")),
     responses(
@@ -128,7 +135,7 @@ pub(super) async fn task_events(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let (pid, id) = task_path(path)?;
+    let (pid, id) = task_pid(&state, path)?;
     // Subscribe first, then read the record: nothing can happen unseen in between.
     let subscription = subscribe(&state)?;
     let record = state

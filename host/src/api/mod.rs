@@ -5,6 +5,7 @@
 //! `POST /api/tasks` validates, asks admission for a place, records the task and hands it to
 //! the scheduler, and answers `202` at once; nothing here waits on a guest.
 
+mod actors;
 mod admin;
 mod error;
 mod events;
@@ -53,6 +54,8 @@ pub struct RequestLimits {
     pub max_discard_bytes: usize,
     /// Longest pause while a body is sent.
     pub read_timeout: Duration,
+    /// Largest message into a mailbox.
+    pub max_message_bytes: usize,
 }
 
 impl RequestLimits {
@@ -69,6 +72,7 @@ impl RequestLimits {
             max_header_bytes: config.max_header_bytes,
             max_discard_bytes: config.max_discard_bytes,
             read_timeout: Duration::from_secs(config.read_timeout_secs),
+            max_message_bytes: config.max_message_bytes,
         }
     }
 }
@@ -87,12 +91,14 @@ pub struct AppState {
 pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>) -> Router {
     let max_body_bytes = limits.max_body_bytes;
     let max_module_bytes = limits.max_module_bytes;
+    let max_message_bytes = limits.max_message_bytes;
     let state = AppState {
         host,
         limits: Arc::new(limits),
         admin: admin_token.map(|token| Arc::new(AdminToken::new(token))),
     };
-    let (router, openapi) = api_routes(&state, max_module_bytes).split_for_parts();
+    let (router, openapi) =
+        api_routes(&state, max_module_bytes, max_message_bytes).split_for_parts();
     router
         .layer(Extension(Arc::new(openapi)))
         .fallback(not_found)
@@ -117,7 +123,11 @@ struct ApiDoc;
 
 /// Every route, registered together with its OpenAPI description so that the two cannot
 /// drift apart: a handler is routed only through `routes!`, which also documents it.
-fn api_routes(state: &AppState, max_module_bytes: usize) -> OpenApiRouter<AppState> {
+fn api_routes(
+    state: &AppState,
+    max_module_bytes: usize,
+    max_message_bytes: usize,
+) -> OpenApiRouter<AppState> {
     let (schemas, paths, install) = routes!(workers::install_worker);
     let install = install.layer(DefaultBodyLimit::max(max_module_bytes));
     let admin = OpenApiRouter::new()
@@ -129,6 +139,16 @@ fn api_routes(state: &AppState, max_module_bytes: usize) -> OpenApiRouter<AppSta
         .routes(routes!(tasks::spawn_task, tasks::list_tasks))
         .routes(routes!(tasks::get_task, tasks::kill_task))
         .routes(routes!(tasks::get_logs))
+        .routes({
+            let (schemas, paths, post) = routes!(actors::post_message);
+            (
+                schemas,
+                paths,
+                post.layer(DefaultBodyLimit::max(max_message_bytes)),
+            )
+        })
+        .routes(routes!(actors::list_names))
+        .routes(routes!(actors::get_name))
         .routes(routes!(events::task_events))
         .routes(routes!(events::all_events))
         .routes(routes!(observability::health))

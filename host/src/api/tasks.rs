@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::actors::task_pid;
 use super::error::{AnyRoute, ApiError, ErrorBody, RETRY_AFTER_SECS};
 use super::{AppState, RequestLimits};
 use crate::config::is_worker_name;
@@ -320,7 +321,7 @@ pub(super) async fn get_task(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskRecord>, ApiError> {
-    let (pid, id) = task_path(path)?;
+    let (pid, id) = task_pid(&state, path)?;
     state.host.get(id)?.map(Json).ok_or_else(|| unknown(&pid))
 }
 
@@ -342,6 +343,9 @@ pub(super) struct ListParams {
     name: Option<String>,
     /// Only tasks of this worker.
     worker: Option<String>,
+    /// Only the tasks this task spawned, by its pid.
+    #[param(example = "6f1c2a9e-1")]
+    parent: Option<String>,
     /// Only tasks accepted before this one: the previous page's `next`, or a task's pid.
     #[param(min_length = 1)]
     before: Option<String>,
@@ -368,6 +372,7 @@ pub(super) async fn list_tasks(
         None => None,
         Some(before) => Some(cursor(&state, &before)?),
     };
+    let parent = params.parent.as_deref().map(parent).transpose()?;
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -378,9 +383,17 @@ pub(super) async fn list_tasks(
         status: params.status,
         name: params.name,
         worker: params.worker,
+        parent,
         before,
         limit,
     })?))
+}
+
+/// The pid a `parent` names. A pid of no known task is no error: its children, if any
+/// outlived it, are still listed.
+fn parent(text: &str) -> Result<Pid, ApiError> {
+    text.parse()
+        .map_err(|()| ApiError::BadRequest(format!("parent: {text:?} is not a pid")))
 }
 
 /// Where `before` points: a page's `next`, or the place of the task with that pid.
@@ -417,7 +430,7 @@ pub(super) async fn kill_task(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let (pid, id) = task_path(path)?;
+    let (pid, id) = task_pid(&state, path)?;
     // Listen for the end before asking for it, so that it cannot pass unheard.
     let mut end = state.host.watch_end(id);
     state.host.kill(id).map_err(|error| match error {
@@ -455,7 +468,7 @@ pub(super) async fn get_logs(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Logs>, ApiError> {
-    let (pid, id) = task_path(path)?;
+    let (pid, id) = task_pid(&state, path)?;
     // The record before the logs: a task that shows as ended shows every line it logged.
     let record = state.host.get(id)?.ok_or_else(|| unknown(&pid))?;
     // Evicted in between: it ended, and its lines went with it.
@@ -482,6 +495,7 @@ mod tests {
             max_header_bytes: 1024,
             max_discard_bytes: 1024,
             read_timeout: std::time::Duration::from_secs(1),
+            max_message_bytes: 1024,
         }
     }
 
@@ -556,7 +570,8 @@ mod tests {
 }
 
 /// Property tests (#12) of the parsers only this file can reach: the `Idempotency-Key`
-/// header, the list query and the task path. The other parsers' are in `crate::proptests`.
+/// header, the list query and its `parent`, and the task path. The other parsers' are in
+/// `crate::proptests`.
 #[cfg(test)]
 mod proptests {
     use axum::http::{HeaderValue, Uri};
@@ -604,6 +619,7 @@ mod proptests {
         Option<String>,
         Option<String>,
         Option<String>,
+        Option<String>,
         Option<usize>,
     );
 
@@ -612,6 +628,7 @@ mod proptests {
             params.status,
             params.name,
             params.worker,
+            params.parent,
             params.before,
             params.limit,
         )
@@ -632,12 +649,13 @@ mod proptests {
 
     /// The query's fields written back, so that they read the same again.
     fn rewritten(fields: &Fields) -> String {
-        let (status, name, worker, before, limit) = fields;
+        let (status, name, worker, parent, before, limit) = fields;
         written(
             &[
                 ("status", status.map(|s| s.as_str().to_owned())),
                 ("name", name.clone()),
                 ("worker", worker.clone()),
+                ("parent", parent.clone()),
                 ("before", before.clone()),
                 ("limit", limit.map(|n| n.to_string())),
             ],
@@ -690,6 +708,7 @@ mod proptests {
             ]),
             name in option::of(any::<String>()),
             worker in option::of(any::<String>()),
+            parent in option::of(any::<String>()),
             before in option::of(any::<String>()),
             limit in option::of(prop_oneof![
                 any::<usize>().prop_map(|n| n.to_string()),
@@ -703,6 +722,7 @@ mod proptests {
                     ("status", status.clone()),
                     ("name", name.clone()),
                     ("worker", worker.clone()),
+                    ("parent", parent.clone()),
                     ("before", before.clone()),
                     ("limit", limit.clone()),
                 ],
@@ -717,7 +737,7 @@ mod proptests {
             match (read_status, read_limit) {
                 (Ok(status), Ok(limit)) => {
                     let read = read.map_err(|e| TestCaseError::fail(format!("{query}: {e}")))?;
-                    prop_assert_eq!(fields(read), (status, name, worker, before, limit));
+                    prop_assert_eq!(fields(read), (status, name, worker, parent, before, limit));
                 }
                 _ => prop_assert!(read.is_err(), "{query}"),
             }
@@ -728,7 +748,7 @@ mod proptests {
         #[test]
         fn any_list_query_is_read_or_refused(
             query in prop_oneof![
-                "((status|name|worker|before|limit|x)(=[a-z0-9%+&=]{0,6})?&?){0,5}",
+                "((status|name|worker|parent|before|limit|x)(=[a-z0-9%+&=]{0,6})?&?){0,5}",
                 "[ -~]{0,40}",
                 any::<String>().prop_map(|text| encoded(&text)),
             ]
@@ -737,6 +757,26 @@ mod proptests {
                 let read = fields(read);
                 let again = list_query(&rewritten(&read)).expect("an encoded query is a URI");
                 prop_assert_eq!(again.map(fields).ok(), Some(read), "{}", query);
+            }
+        }
+
+        /// A `parent` names the task whose pid it spells; anything else is a bad request
+        /// that says which parameter was wrong.
+        #[test]
+        fn a_parent_is_a_pids_spelling_or_a_bad_request(
+            text in prop_oneof![
+                any::<String>(),
+                (any::<u32>(), any::<u64>()).prop_map(|(boot, seq)| Pid::new(boot, seq).to_string()),
+                "[0-9a-fA-F]{8}-[0-9a-f]{0,3}",
+            ]
+        ) {
+            match parent(&text) {
+                Ok(pid) => prop_assert_eq!(pid.to_string(), text),
+                Err(ApiError::BadRequest(message)) => {
+                    prop_assert!(text.parse::<Pid>().is_err());
+                    prop_assert!(message.starts_with("parent: "), "{message}");
+                }
+                Err(other) => prop_assert!(false, "{other:?}"),
             }
         }
 

@@ -59,6 +59,12 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 pub const DEFAULT_DEADLINE_GRACE_SECS: u32 = 30;
 /// Tasks that may wait for a place when every place is taken; more get 429.
 pub const DEFAULT_MAX_QUEUE: usize = 10_000;
+/// Messages one mailbox holds.
+pub const DEFAULT_MAX_MAILBOX_MESSAGES: usize = 1024;
+/// Largest message body.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Links plus monitors one task holds: enough for a task that watches 10,000 children.
+pub const DEFAULT_MAX_WATCHES: usize = 16 * 1024;
 /// Live event streams (SSE) open at once; more get 429.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
 /// Largest worker module an upload may carry.
@@ -155,6 +161,22 @@ pub struct Config {
     /// limit of at most --max-duration-secs plus this.
     #[arg(long, env = "HTTP_SPAWN_DEADLINE_GRACE_SECS", default_value_t = DEFAULT_DEADLINE_GRACE_SECS)]
     pub deadline_grace_secs: u32,
+
+    /// Messages one task's mailbox holds; a send past it is refused (HTTP 429, an error for
+    /// a guest), never dropped.
+    #[arg(long, env = "HTTP_SPAWN_MAX_MAILBOX_MESSAGES", default_value_t = DEFAULT_MAX_MAILBOX_MESSAGES,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_mailbox_messages: usize,
+
+    /// Largest message body, in bytes (HTTP 413, an error for a guest).
+    #[arg(long, env = "HTTP_SPAWN_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_message_bytes: usize,
+
+    /// Links plus monitors one task may hold at once.
+    #[arg(long, env = "HTTP_SPAWN_MAX_WATCHES", default_value_t = DEFAULT_MAX_WATCHES,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_watches: usize,
 
     /// Event streams (`/api/events`, `/api/tasks/{pid}/events`) open at once; more get 429.
     #[arg(long, env = "HTTP_SPAWN_MAX_SUBSCRIBERS", default_value_t = DEFAULT_MAX_SUBSCRIBERS)]

@@ -12,6 +12,6 @@ mod units;
 pub use log::{LogLine, LogSource, TaskLogs};
 pub use pid::Pid;
 pub(crate) use pid::Pids;
-pub use record::{Attempt, TaskEvent, TaskRecord};
+pub use record::{ActorState, Attempt, TaskEvent, TaskRecord};
 pub use task::{NewTask, OnHostLoss, Outcome, RestartPolicy, Status, TaskEnd, TaskSpec};
 pub use units::{WASM_PAGE_BYTES, parse_memory_size};

@@ -76,11 +76,31 @@ impl Attempt {
     }
 }
 
+/// A live task as an actor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ActorState {
+    /// Entries waiting in its mailbox: messages, and `down` and `linked_exit` notices.
+    pub mailbox: usize,
+    /// The tasks linked to it.
+    #[schema(value_type = Vec<String>)]
+    pub links: Vec<Pid>,
+    /// How many live tasks it monitors.
+    pub monitors: usize,
+    /// The name it registered, if any.
+    pub name: Option<String>,
+    /// Whether abnormal ends of linked tasks come to it as notices instead of ending it.
+    pub trap_exits: bool,
+}
+
 /// What the host knows of one task.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TaskRecord {
     #[schema(value_type = String, example = "6f1c2a9e-1")]
     pub pid: Pid,
+    /// The task that spawned this one through the `spawn` host call; absent for a task
+    /// submitted over HTTP.
+    #[schema(value_type = Option<String>, example = "6f1c2a9e-1")]
+    pub parent: Option<Pid>,
     pub name: String,
     /// The worker the task runs, by name.
     #[schema(value_type = String)]
@@ -115,6 +135,10 @@ pub struct TaskRecord {
     /// How each attempt of a task with a restart policy ended, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// While the task is live: its mailbox, links, monitors and name. Never stored: absent
+    /// once the task has ended (and in the store's own copy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Box<ActorState>>,
     /// Bytes of log the cap discarded. The lines themselves are kept apart, as [`TaskLogs`]
     /// (`GET /api/tasks/{pid}/logs`), so reading a record never copies its log.
     ///
@@ -123,7 +147,8 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// The record of a task just accepted.
+    /// The record of a task just accepted, with no parent: a task spawned by another sets
+    /// `parent` after.
     pub fn spawned(
         pid: Pid,
         name: String,
@@ -133,6 +158,8 @@ impl TaskRecord {
     ) -> Self {
         Self {
             pid,
+            parent: None,
+            actor: None,
             name,
             worker,
             version,
@@ -225,5 +252,15 @@ mod tests {
         });
         assert_eq!(record.status, Status::Exited);
         assert_eq!(record.steps, 0);
+    }
+
+    /// `parent` is always written: `null` for a task submitted over HTTP, never left out.
+    #[test]
+    fn the_parent_is_written_null_or_as_a_pid() {
+        let mut record = TaskRecord::spawned(Pid::new(1, 2), "t".into(), 0, "w".into(), "v".into());
+        let json = |record: &TaskRecord| serde_json::to_value(record).expect("serializable");
+        assert_eq!(json(&record)["parent"], serde_json::Value::Null);
+        record.parent = Some(Pid::new(1, 1));
+        assert_eq!(json(&record)["parent"], "00000001-1");
     }
 }

@@ -1,5 +1,6 @@
 //! A task as a client asks for it, how it may be restarted, and how it ends.
 
+use super::Pid;
 use serde::Serialize;
 
 /// A task as a client asks for it, already validated.
@@ -122,13 +123,15 @@ pub enum Outcome {
     DeadlineExceeded,
     /// The host stopped the task.
     Killed,
+    /// A task linked to it ended abnormally, and it did not trap exits.
+    LinkedExit,
     /// The host running the attempt was lost (a crash, a kill -9, a power cut).
     HostLost,
 }
 
 impl Outcome {
     /// Every outcome, for parsing.
-    pub(crate) const ALL: [Self; 11] = [
+    pub(crate) const ALL: [Self; 12] = [
         Self::Exit,
         Self::GuestError,
         Self::OutOfFuel,
@@ -139,6 +142,7 @@ impl Outcome {
         Self::InstantiationFailed,
         Self::DeadlineExceeded,
         Self::Killed,
+        Self::LinkedExit,
         Self::HostLost,
     ];
 
@@ -162,6 +166,7 @@ impl Outcome {
             Self::InstantiationFailed => "instantiation_failed",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Killed => "killed",
+            Self::LinkedExit => "linked_exit",
             Self::HostLost => "host_lost",
         }
     }
@@ -215,6 +220,17 @@ impl TaskEnd {
             outcome: Outcome::Killed,
             exit_code: None,
             error: Some("killed".into()),
+        }
+    }
+
+    /// Task `linked`, linked to this one, ended abnormally (`how`), and this one does not
+    /// trap exits: it is killed, as Erlang propagates an exit signal.
+    pub fn linked_exit(linked: Pid, how: &str) -> Self {
+        Self {
+            status: Status::Killed,
+            outcome: Outcome::LinkedExit,
+            exit_code: None,
+            error: Some(format!("linked task {linked} ended abnormally ({how})")),
         }
     }
 

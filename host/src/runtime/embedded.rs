@@ -2,8 +2,9 @@
 //! stepped to its end without sleeping, and dropped. What `make bench` measures the sandbox
 //! with, through this small surface rather than the runtime's insides.
 
-use super::process::TaskLimits;
+use super::process::{StartSpec, TaskLimits};
 use super::{LoadError, Module, Next, Sandbox, SandboxConfig, SandboxError, WorkerLimits};
+use crate::actor::Wake;
 use crate::model::{Pid, TaskEnd};
 
 /// How an [`Embedded`] worker is set up.
@@ -59,16 +60,26 @@ impl Embedded {
     }
 
     /// One task start to end: instantiate, `start` with `payload`, every step without
-    /// sleeping between them, drop. Its exit code, or how it failed.
+    /// sleeping between them (a `receive` times out at once: no other task exists here),
+    /// drop. Its exit code, or how it failed.
     pub fn run(&self, payload: Option<&str>) -> Result<i32, TaskEnd> {
         let pid = Pid::new(0, 1);
         let mut process = self.module.instantiate(pid, TaskLimits::unlimited())?;
-        process.start(pid, "embedded", 0, payload)?;
+        process.start(&StartSpec {
+            pid,
+            name: "embedded",
+            duration_secs: 0,
+            payload,
+            parent: None,
+            attempt: 1,
+        })?;
+        let mut wake = Wake::Started;
         loop {
-            match process.step()? {
+            match process.step(std::mem::replace(&mut wake, Wake::Slept))? {
                 Next::Sleep(_) => {
                     process.woke();
                 }
+                Next::Receive(_) => wake = Wake::Timeout,
                 Next::Done(code) => return Ok(code),
                 Next::Failed(message) => return Err(TaskEnd::guest_error(message)),
             }

@@ -24,12 +24,11 @@ use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-pub use bindings::exports::http_spawn::worker::task::Next;
 pub use cache::{CacheError, Digest};
 pub use embedded::{Embedded, EmbeddedConfig, EmbeddedError};
 pub use interrupt::Interrupts;
 pub use module::{Module, Origin};
-pub use process::{Process, TaskLimits};
+pub use process::{Next, Process, StartSpec, TaskLimits};
 
 use crate::model::Pid;
 use cache::ModuleCache;
@@ -88,7 +87,10 @@ pub enum LoadError {
     Invalid(String),
     #[error("the component needs more memory than the worker may have: {0}")]
     MemoryCap(String),
-    #[error("the component does not fit the `worker` world of wit/worker.wit: {0}")]
+    #[error(
+        "the component fits neither `worker` world: http-spawn:worker@0.2.0 (wit/worker.wit) \
+         nor @0.1.0 (wit/v0.1/worker.wit): {0}"
+    )]
     WrongWorld(String),
     #[error("the component failed its smoke run (instantiate and `start`): {0}")]
     SmokeFailed(String),
@@ -181,7 +183,15 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        let pre = bindings::WorkerPre::new(pre).map_err(wrong_world)?;
+        // The newest contract first; a component that fits neither is told why it does not
+        // fit the newest.
+        let pre = match bindings::v2::WorkerPre::new(pre.clone()) {
+            Ok(pre) => module::Pre::V2(pre),
+            Err(newest) => match bindings::v1::WorkerPre::new(pre) {
+                Ok(pre) => module::Pre::V1(pre),
+                Err(_) => return Err(wrong_world(newest)),
+            },
+        };
         let module = Module {
             worker: Arc::clone(worker),
             engine: self.engine.clone(),

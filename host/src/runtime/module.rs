@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store};
 
-use super::bindings::WorkerPre;
+use super::bindings::{v1, v2};
 use super::cache::Digest;
 use super::capture::Capture;
 use super::interrupt::Interrupts;
-use super::process::{Process, TaskLimits, TaskState, classify, on_epoch_tick, refuel, spent};
+use super::process::{
+    Bindings, Process, StartSpec, TaskLimits, TaskState, classify, on_epoch_tick, refuel, spent,
+};
 use super::{LoadError, WorkerLimits};
 use crate::model::{Outcome, Pid, TaskEnd};
 
@@ -30,12 +32,18 @@ pub enum Origin {
     Cache,
 }
 
+/// A pre-linked worker, by the contract it was built against.
+pub(super) enum Pre {
+    V1(v1::WorkerPre<TaskState>),
+    V2(v2::WorkerPre<TaskState>),
+}
+
 /// A worker component, compiled, checked against the `worker` world, smoke-run and pre-linked:
 /// ready to be instantiated for any number of tasks.
 pub struct Module {
     pub(super) worker: Arc<str>,
     pub(super) engine: Engine,
-    pub(super) pre: WorkerPre<TaskState>,
+    pub(super) pre: Pre,
     pub(super) limits: WorkerLimits,
     pub(super) max_log_bytes: usize,
     pub(super) digest: Digest,
@@ -49,6 +57,7 @@ impl std::fmt::Debug for Module {
             .field("digest", &self.digest.short())
             .field("origin", &self.origin)
             .field("limits", &self.limits)
+            .field("contract", &self.contract())
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +83,15 @@ impl Module {
         self.size
     }
 
+    /// The version of the worker contract the component was built against: `0.2.0` (actors)
+    /// or `0.1.0` (sleep and finish only).
+    pub fn contract(&self) -> &'static str {
+        match self.pre {
+            Pre::V1(_) => "0.1.0",
+            Pre::V2(_) => "0.2.0",
+        }
+    }
+
     /// Where a task's limits are set, and nowhere else: its memory cap and the fuel of its
     /// first call.
     fn new_store(&self, pid: Pid, limits: TaskLimits) -> Store<TaskState> {
@@ -86,6 +104,7 @@ impl Module {
             max_memory_bytes: self.limits.max_memory_bytes,
             capture: Capture::new(self.max_log_bytes),
             wasi: None,
+            kernel: limits.kernel,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
@@ -98,7 +117,11 @@ impl Module {
         let mut store = self.new_store(pid, limits);
         let budget = self.limits.fuel_per_step;
         refuel(&mut store, budget);
-        match self.pre.instantiate(&mut store) {
+        let instantiated = match &self.pre {
+            Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
+            Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
+        };
+        match instantiated {
             Ok(bindings) => {
                 let fuel = spent(&store, budget);
                 Ok(Process {
@@ -134,11 +157,17 @@ impl Module {
         let limits = TaskLimits {
             deadline: Instant::now() + SMOKE_RUN_DEADLINE,
             interrupts: Interrupts::default(),
+            kernel: None,
         };
         let mut process = self.instantiate(pid, limits).map_err(refused)?;
-        process
-            .start(pid, SMOKE_TASK_NAME, 0, None)
-            .map(drop)
-            .map_err(refused)
+        let spec = StartSpec {
+            pid,
+            name: SMOKE_TASK_NAME,
+            duration_secs: 0,
+            payload: None,
+            parent: None,
+            attempt: 1,
+        };
+        process.start(&spec).map(drop).map_err(refused)
     }
 }

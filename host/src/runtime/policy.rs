@@ -7,7 +7,7 @@ use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi::p2::DynPollable;
 
 use super::LoadError;
-use super::bindings::Worker as Bindings;
+use super::bindings::{v1, v2};
 use super::process::{BlockingRefused, TaskState, WASI_IO_POLL};
 
 /// What a worker may import, by interface name without its version: the host's own interface,
@@ -15,6 +15,7 @@ use super::process::{BlockingRefused, TaskState, WASI_IO_POLL};
 /// and everything else are refused before a module is published, not failed at run time.
 const ALLOWED_IMPORTS: &[&str] = &[
     "http-spawn:worker/host",
+    "http-spawn:worker/types",
     "wasi:cli/environment",
     "wasi:cli/exit",
     "wasi:cli/stdin",
@@ -74,11 +75,12 @@ pub(super) fn check_imports(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// The linker every worker is instantiated through: the `host` interface and WASI with nothing
-/// granted, and blocking polls refused.
+/// The linker every worker is instantiated through: the `host` interface of both contracts
+/// (0.1.0 and 0.2.0, side by side) and WASI with nothing granted, and blocking polls refused.
 pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<TaskState>> {
     let mut linker = Linker::new(engine);
-    Bindings::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
+    v1::Worker::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
+    v2::Worker::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     // A blocking poll would hold a scheduler thread (and every task on it) for as long as the
     // guest liked. Replace both ways to block with a trap that says what to do instead.

@@ -8,16 +8,38 @@ use std::time::{Duration, Instant};
 use wasmtime::{ResourceLimiter, Store, StoreContextMut, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::Worker as Bindings;
-use super::bindings::exports::http_spawn::worker::task::{Next, Spec};
-use super::bindings::http_spawn::worker::host::{Host as HostImports, Level};
+use super::bindings::{v1, v2};
 use super::capture::Capture;
 use super::engine::{
     MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLE_ELEMENTS,
     MAX_TABLES_PER_COMPONENT,
 };
 use super::interrupt::Interrupts;
+use crate::actor::{
+    ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, SendError, Wake, WatchError,
+};
 use crate::model::{LogSource, Outcome, Pid, TaskEnd};
+
+use v2::http_spawn::worker::types as wit;
+
+/// What a step asks the host to do next, whichever contract the worker was built against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Wake after this many milliseconds.
+    Sleep(u32),
+    /// Wake on the next mailbox entry, or after this many milliseconds without one.
+    Receive(u32),
+    /// Finished with this exit code.
+    Done(i32),
+    /// Failed with this message.
+    Failed(String),
+}
+
+/// The worker's exports, by the contract it was built against.
+pub(super) enum Bindings {
+    V1(v1::Worker),
+    V2(v2::Worker),
+}
 
 /// The guest grew its memory past the task's cap.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +85,9 @@ pub struct TaskState {
     pub(super) capture: Capture,
     /// Built on first use: most workers never touch WASI.
     pub(super) wasi: Option<Box<WasiState>>,
+    /// The host's actor calls (send, spawn, monitor, ...); none for smoke runs and
+    /// benchmarks, where they answer as if no other task existed.
+    pub(super) kernel: Option<Arc<dyn Kernel>>,
 }
 
 pub(super) struct WasiState {
@@ -104,8 +129,144 @@ impl WasiView for TaskState {
     }
 }
 
-impl HostImports for TaskState {
+impl v1::http_spawn::worker::host::Host for TaskState {
+    fn log(&mut self, level: v1::http_spawn::worker::host::Level, message: String) {
+        use v1::http_spawn::worker::host::Level as V1;
+        let level = match level {
+            V1::Trace => Level::Trace,
+            V1::Debug => Level::Debug,
+            V1::Info => Level::Info,
+            V1::Warn => Level::Warn,
+            V1::Error => Level::Error,
+        };
+        self.log_line(level, message);
+    }
+}
+
+impl wit::Host for TaskState {}
+
+impl v2::http_spawn::worker::host::Host for TaskState {
     fn log(&mut self, level: Level, message: String) {
+        self.log_line(level, message);
+    }
+
+    fn self_pid(&mut self) -> String {
+        self.pid.to_string()
+    }
+
+    fn send(&mut self, to: String, body: String) -> Result<(), wit::SendError> {
+        let kernel = self.kernel.as_ref().ok_or(wit::SendError::NoSuchProcess)?;
+        kernel.send(self.pid, &to, body).map_err(send_error)
+    }
+
+    fn spawn(&mut self, child: wit::Child) -> Result<String, wit::SpawnError> {
+        let kernel = self.kernel.as_ref().ok_or(wit::SpawnError::Full)?;
+        let request = ChildRequest {
+            worker: child.worker,
+            name: child.name,
+            duration_secs: child.duration_secs,
+            payload: child.payload,
+            link: child.link,
+            monitor: child.monitor,
+        };
+        match kernel.spawn(self.pid, request) {
+            Ok(pid) => Ok(pid.to_string()),
+            Err(ChildError::Full) => Err(wit::SpawnError::Full),
+            Err(ChildError::ShuttingDown) => Err(wit::SpawnError::ShuttingDown),
+            Err(ChildError::UnknownWorker(name)) => Err(wit::SpawnError::UnknownWorker(name)),
+            Err(ChildError::Refused(why)) => Err(wit::SpawnError::Refused(why)),
+        }
+    }
+
+    fn monitor(&mut self, target: String) -> Result<(), wit::WatchError> {
+        let kernel = self.kernel.as_ref().ok_or(wit::WatchError::BadPid)?;
+        kernel.monitor(self.pid, &target).map_err(watch_error)
+    }
+
+    fn link(&mut self, target: String) -> Result<(), wit::WatchError> {
+        let kernel = self.kernel.as_ref().ok_or(wit::WatchError::BadPid)?;
+        kernel.link(self.pid, &target).map_err(watch_error)
+    }
+
+    fn unlink(&mut self, target: String) -> Result<(), wit::WatchError> {
+        let kernel = self.kernel.as_ref().ok_or(wit::WatchError::BadPid)?;
+        kernel.unlink(self.pid, &target).map_err(watch_error)
+    }
+
+    fn kill(&mut self, target: String) -> Result<(), wit::SendError> {
+        let kernel = self.kernel.as_ref().ok_or(wit::SendError::NoSuchProcess)?;
+        kernel.kill(self.pid, &target).map_err(send_error)
+    }
+
+    fn trap_exits(&mut self, on: bool) {
+        if let Some(kernel) = &self.kernel {
+            kernel.trap_exits(self.pid, on);
+        }
+    }
+
+    fn register(&mut self, name: String) -> Result<(), wit::NameError> {
+        let kernel = self.kernel.as_ref().ok_or(wit::NameError::Invalid)?;
+        kernel
+            .register(self.pid, &name)
+            .map_err(|error| match error {
+                NameError::Invalid => wit::NameError::Invalid,
+                NameError::Taken => wit::NameError::Taken,
+                NameError::AlreadyNamed => wit::NameError::AlreadyNamed,
+            })
+    }
+
+    fn whereis(&mut self, name: String) -> Option<String> {
+        let kernel = self.kernel.as_ref()?;
+        kernel.whereis(&name).map(|pid| pid.to_string())
+    }
+}
+
+fn send_error(error: SendError) -> wit::SendError {
+    match error {
+        SendError::NoSuchProcess => wit::SendError::NoSuchProcess,
+        SendError::Ended => wit::SendError::Ended,
+        SendError::MailboxFull => wit::SendError::MailboxFull,
+        SendError::TooLarge => wit::SendError::TooLarge,
+        SendError::BadPid => wit::SendError::BadPid,
+    }
+}
+
+fn watch_error(error: WatchError) -> wit::WatchError {
+    match error {
+        WatchError::BadPid => wit::WatchError::BadPid,
+        WatchError::TooMany => wit::WatchError::TooMany,
+    }
+}
+
+fn end_of(notice: EndNotice) -> wit::End {
+    wit::End {
+        pid: notice.pid.to_string(),
+        status: notice.status_str().to_owned(),
+        outcome: notice.outcome_str().to_owned(),
+        exit_code: notice.exit_code,
+        error: notice.error,
+    }
+}
+
+/// A wake as the 0.2.0 contract writes it.
+fn wake_of(wake: Wake) -> wit::Wake {
+    match wake {
+        Wake::Started => wit::Wake::Started,
+        Wake::Slept => wit::Wake::Slept,
+        Wake::Timeout => wit::Wake::Timeout,
+        Wake::Entry(Entry::Message { sender, body }) => wit::Wake::Message(wit::Message {
+            sender: sender.map(|pid| pid.to_string()),
+            body,
+        }),
+        Wake::Entry(Entry::Down(notice)) => wit::Wake::Down(end_of(notice)),
+        Wake::Entry(Entry::LinkedExit(notice)) => wit::Wake::LinkedExit(end_of(notice)),
+    }
+}
+
+use wit::Level;
+
+impl TaskState {
+    fn log_line(&mut self, level: Level, message: String) {
         let (pid, worker, step) = (self.pid, &*self.worker, self.step);
         // The host's own log gets the line on one line: a guest must not forge host lines.
         let line = one_line(&message);
@@ -194,12 +355,24 @@ impl ResourceLimiter for TaskState {
     }
 }
 
-/// The per-task limits that are not the worker's: when the task must end, and where kills for
-/// it are posted.
+/// What `start` tells a task.
+#[derive(Debug, Clone, Copy)]
+pub struct StartSpec<'a> {
+    pub pid: Pid,
+    pub name: &'a str,
+    pub duration_secs: u32,
+    pub payload: Option<&'a str>,
+    pub parent: Option<Pid>,
+    pub attempt: u32,
+}
+
+/// The per-task limits and links that are not the worker's: when the task must end, where
+/// kills for it are posted, and the host its actor calls reach.
 #[derive(Debug, Clone)]
 pub struct TaskLimits {
     pub deadline: Instant,
     pub interrupts: Interrupts,
+    pub kernel: Option<Arc<dyn Kernel>>,
 }
 
 impl TaskLimits {
@@ -208,6 +381,7 @@ impl TaskLimits {
         Self {
             deadline: Instant::now() + Duration::from_secs(86_400 * 365),
             interrupts: Interrupts::default(),
+            kernel: None,
         }
     }
 }
@@ -231,24 +405,34 @@ impl std::fmt::Debug for Process {
 
 impl Process {
     /// Calls the guest's `start`; returns the steps it plans.
-    pub fn start(
-        &mut self,
-        pid: Pid,
-        name: &str,
-        duration_secs: u32,
-        payload: Option<&str>,
-    ) -> Result<u32, TaskEnd> {
-        let spec = Spec {
-            pid: pid.to_string(),
-            name: name.to_owned(),
-            duration_secs,
-            payload: payload.map(str::to_owned),
-        };
+    pub fn start(&mut self, spec: &StartSpec<'_>) -> Result<u32, TaskEnd> {
         refuel(&mut self.store, self.budget);
-        let result = self
-            .bindings
-            .http_spawn_worker_task()
-            .call_start(&mut self.store, &spec);
+        let result = match &self.bindings {
+            Bindings::V1(bindings) => {
+                let spec = v1::exports::http_spawn::worker::task::Spec {
+                    pid: spec.pid.to_string(),
+                    name: spec.name.to_owned(),
+                    duration_secs: spec.duration_secs,
+                    payload: spec.payload.map(str::to_owned),
+                };
+                bindings
+                    .http_spawn_worker_task()
+                    .call_start(&mut self.store, &spec)
+            }
+            Bindings::V2(bindings) => {
+                let spec = wit::Spec {
+                    pid: spec.pid.to_string(),
+                    name: spec.name.to_owned(),
+                    duration_secs: spec.duration_secs,
+                    payload: spec.payload.map(str::to_owned),
+                    parent: spec.parent.map(|pid| pid.to_string()),
+                    attempt: spec.attempt,
+                };
+                bindings
+                    .http_spawn_worker_task()
+                    .call_start(&mut self.store, &spec)
+            }
+        };
         self.fuel += spent(&self.store, self.budget);
         match result {
             Ok(Ok(steps)) => Ok(steps),
@@ -279,16 +463,40 @@ impl Process {
         &self.store.data().worker
     }
 
-    /// Runs the next step with a fresh fuel budget.
-    pub fn step(&mut self) -> Result<Next, TaskEnd> {
+    /// Runs the next step with a fresh fuel budget, told what woke the task (a 0.1.0 worker
+    /// is not told).
+    pub fn step(&mut self, wake: Wake) -> Result<Next, TaskEnd> {
         let step = self.store.data().step;
         refuel(&mut self.store, self.budget);
-        let result = self
-            .bindings
-            .http_spawn_worker_task()
-            .call_step(&mut self.store);
+        let result = match &self.bindings {
+            Bindings::V1(bindings) => {
+                use v1::exports::http_spawn::worker::task::Next as V1;
+                bindings
+                    .http_spawn_worker_task()
+                    .call_step(&mut self.store)
+                    .map(|next| match next {
+                        V1::Sleep(ms) => Next::Sleep(ms),
+                        V1::Done(code) => Next::Done(code),
+                        V1::Failed(message) => Next::Failed(message),
+                    })
+            }
+            Bindings::V2(bindings) => bindings
+                .http_spawn_worker_task()
+                .call_step(&mut self.store, &wake_of(wake))
+                .map(|next| match next {
+                    wit::Next::Sleep(ms) => Next::Sleep(ms),
+                    wit::Next::Receive(ms) => Next::Receive(ms),
+                    wit::Next::Done(code) => Next::Done(code),
+                    wit::Next::Failed(message) => Next::Failed(message),
+                }),
+        };
         self.fuel += spent(&self.store, self.budget);
         result.map_err(|error| classify(&error, &self.store.data().capture, step))
+    }
+
+    /// Whether the worker speaks the 0.2.0 contract (it can receive messages).
+    pub fn is_actor(&self) -> bool {
+        matches!(self.bindings, Bindings::V2(_))
     }
 
     /// Fuel burnt so far, instantiation included.

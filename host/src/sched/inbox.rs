@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::Job;
 use super::admission::Permit;
-use crate::model::Pid;
+use crate::model::{Pid, TaskEnd};
 
 /// How late a wake-up may be. A scheduler thread sleeps until its next timer plus this slack,
 /// so the wake-ups of tasks whose timers fall within one slack of each other share a single
@@ -23,8 +23,11 @@ pub(super) const TIMER_SLACK: Duration = Duration::from_millis(1);
 pub(super) enum Command {
     /// Run this task, which holds this place.
     Run(Job, Permit<Job>),
-    /// Kill this task, one of this thread's.
-    Kill(Pid),
+    /// End this task, one of this thread's, so: killed by an operator or another task, or
+    /// `linked_exit`.
+    Kill(Pid, TaskEnd),
+    /// A mailbox entry arrived for this task, which waits in `receive`.
+    Wake(Pid),
     /// Kill every task this thread holds (the end of a graceful shutdown).
     KillAll,
 }
@@ -86,8 +89,8 @@ impl Inbox {
         Ok(())
     }
 
-    /// Queues a kill (of one task or of all), which the thread takes before any new task and
-    /// which wakes it at once.
+    /// Queues a kill (of one task or of all) or a mailbox wake-up, which the thread takes
+    /// before any new task and which wakes it at once.
     pub(super) fn kill(&self, command: Command) {
         self.urgent
             .lock()

@@ -18,7 +18,7 @@ mod admission;
 mod inbox;
 mod thread;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +27,7 @@ use admission::{Admission, Admitted, Permit, Queued, Reservation};
 use inbox::{Command, Inbox};
 use thread::SchedulerThread;
 
+use crate::actor::{Actors, Aftermath, EndNotice, Kernel, Told};
 use crate::ledger::{Ending, Ledger};
 use crate::model::{Pid, TaskEnd};
 use crate::registry::Version;
@@ -57,6 +58,8 @@ pub struct Job {
     /// When the task was accepted, or its restart was due: where its spawn-to-start time
     /// counts from.
     pub ready_at: Instant,
+    /// The task that spawned it, if a task did.
+    pub parent: Option<Pid>,
 }
 
 impl Queued for Job {
@@ -80,6 +83,10 @@ struct Lanes {
     lanes: Vec<Lane>,
     admission: Arc<Admission<Job>>,
     ledger: Arc<Ledger>,
+    actors: Arc<Actors>,
+    /// The host, for the actor calls of running tasks; set once the host is built (weak: the
+    /// host owns the scheduler).
+    kernel: OnceLock<Weak<dyn Kernel>>,
 }
 
 impl Lanes {
@@ -113,10 +120,74 @@ impl Lanes {
         let at = SystemTime::now();
         let ending = Ending::unstarted(end, job.attempt);
         let (pid, interrupts) = (job.pid, self.of(job.pid).interrupts.clone());
+        let aftermath = self.end_actor(pid, &ending.end);
         self.ledger
             .ended(pid, job.version.worker(), ending, at, None, move || {
                 interrupts.remove(pid);
             });
+        self.follow(pid, aftermath);
+    }
+
+    /// Forgets the actor `pid` that ends, and tells its monitors and the linked tasks that
+    /// trap exits, publishing each notice's event before its receiver can take it.
+    fn end_actor(&self, pid: Pid, end: &TaskEnd) -> Aftermath {
+        let events = self.ledger.events();
+        let outcome = end.outcome.as_str();
+        self.actors.ended(pid, end, |told| match told {
+            Told::Down { watcher } => events.publish(watcher, "down", || {
+                serde_json::json!({"pid": watcher, "down": pid, "outcome": outcome})
+            }),
+            Told::Trapped { linked } => events.publish(linked, "linked_exit", || {
+                serde_json::json!({"pid": linked, "linked": pid, "outcome": outcome, "trapped": true})
+            }),
+        })
+    }
+
+    /// Carries out the rest of what a task's end means: wakes the tasks told while they
+    /// waited in `receive`, and kills the linked tasks that do not trap exits.
+    fn follow(&self, pid: Pid, aftermath: Aftermath) {
+        if aftermath.wake.is_empty() && aftermath.kill.is_empty() {
+            return;
+        }
+        for woken in aftermath.wake {
+            self.wake(woken);
+        }
+        let notice = self.actors.recent_end(pid);
+        let outcome = notice
+            .as_ref()
+            .map_or("unknown", |notice| notice.outcome_str());
+        let how = notice
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), EndNotice::describe);
+        let events = self.ledger.events();
+        for linked in aftermath.kill {
+            events.publish(linked, "linked_exit", || {
+                serde_json::json!({"pid": linked, "linked": pid, "outcome": outcome, "trapped": false})
+            });
+            self.kill(linked, TaskEnd::linked_exit(pid, &how), false);
+        }
+    }
+
+    /// Wakes `pid`, waiting in `receive`, for the entry just put in its mailbox.
+    fn wake(&self, pid: Pid) {
+        self.of(pid).inbox.kill(Command::Wake(pid));
+    }
+
+    /// Ends `pid` with `end`: at once if it waits in the queue or sleeps; a running step is
+    /// stopped within an epoch tick when `interrupt` is set, else when it returns.
+    fn kill(&self, pid: Pid, end: TaskEnd, interrupt: bool) {
+        if let Some(job) = self.admission.unqueue(pid) {
+            self.record_unstarted(&job, end);
+            return;
+        }
+        let lane = self.of(pid);
+        if interrupt {
+            // Stops a running step at its next epoch tick, and a task whose spawn is still on
+            // its way to the thread before it is instantiated; the command ends it if it
+            // sleeps.
+            lane.interrupts.add(pid);
+        }
+        lane.inbox.kill(Command::Kill(pid, end));
     }
 }
 
@@ -153,6 +224,7 @@ impl Scheduler {
         capacity: u32,
         max_queue: usize,
         ledger: Arc<Ledger>,
+        actors: Arc<Actors>,
     ) -> std::io::Result<Self> {
         let lanes = Arc::new(Lanes {
             lanes: (0..threads.max(1))
@@ -163,6 +235,8 @@ impl Scheduler {
                 .collect(),
             admission: Admission::new(capacity, max_queue),
             ledger,
+            actors,
+            kernel: OnceLock::new(),
         });
         let mut handles = Vec::new();
         for index in 0..lanes.lanes.len() {
@@ -184,6 +258,16 @@ impl Scheduler {
             lanes,
             threads: Arc::new(Mutex::new(handles)),
         })
+    }
+
+    /// Connects running tasks' actor calls to the host; call once, before any task runs.
+    pub fn connect(&self, kernel: Weak<dyn Kernel>) {
+        let _ = self.lanes.kernel.set(kernel);
+    }
+
+    /// Wakes `pid`, waiting in `receive`, for an entry just put in its mailbox.
+    pub fn wake(&self, pid: Pid) {
+        self.lanes.wake(pid);
     }
 
     /// Promises a new task a place, or a place in the queue, before it is recorded; or
@@ -236,15 +320,13 @@ impl Scheduler {
     /// of it runs (when the step returns, without epoch interruption). Its end is recorded as
     /// `killed`. Only the task's own thread is asked.
     pub fn kill(&self, pid: Pid) {
-        if let Some(job) = self.lanes.admission.unqueue(pid) {
-            self.lanes.record_unstarted(&job, TaskEnd::killed());
-            return;
-        }
-        let lane = self.lanes.of(pid);
-        // Stops a running step at its next epoch tick, and a task whose spawn is still on
-        // its way to the thread before it is instantiated; the command ends it if it sleeps.
-        lane.interrupts.add(pid);
-        lane.inbox.kill(Command::Kill(pid));
+        self.lanes.kill(pid, TaskEnd::killed(), true);
+    }
+
+    /// Ends `pid` with `end` (`linked_exit`): at once if it waits or sleeps, when its step
+    /// returns if one runs.
+    pub fn end(&self, pid: Pid, end: TaskEnd) {
+        self.lanes.kill(pid, end, false);
     }
 
     /// Forgets a kill of `pid`, which had ended before the kill was posted.

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use super::admission::Permit;
 use super::inbox::{Command, TIMER_SLACK};
 use super::{Job, Lane, Lanes};
+use crate::actor::Wake;
 use crate::ledger::{Ending, FreshLogs, Ledger};
 use crate::model::{Pid, TaskEnd};
-use crate::runtime::{Next, Process, TaskLimits};
+use crate::runtime::{Next, Process, StartSpec, TaskLimits};
 
 /// How many new tasks a scheduler takes in before it looks at its timers again, so a burst of
 /// submissions cannot delay the wake-ups of sleeping tasks without bound.
@@ -47,9 +48,12 @@ struct Live {
     /// Which attempt this is, from 1.
     attempt: u32,
     steps: u32,
-    /// The sequence number of this task's pending timer; a timer left behind by a task that
-    /// was killed, whose slot another task took since, does not match.
+    /// The sequence number of this task's pending timer or ready wake-up; one left behind by
+    /// a task that was killed, whose slot another task took since, does not match.
     wake: u64,
+    /// The task waits in `receive`: its timer is the receive's timeout, and an entry put in
+    /// its mailbox wakes it (`Command::Wake`).
+    receiving: bool,
 }
 
 pub(super) struct SchedulerThread {
@@ -67,6 +71,10 @@ pub(super) struct SchedulerThread {
     /// Wake-ups in time order; the sequence number keeps equal deadlines first-in first-out.
     timers: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     timer_seq: u64,
+    /// Tasks to step now, with what woke them: a `receive` that found its mailbox non-empty
+    /// (or looked with timeout 0). Queued rather than stepped at once, so a task that keeps
+    /// sending to itself cannot hold the thread.
+    ready: VecDeque<(usize, u64, Wake)>,
 }
 
 impl SchedulerThread {
@@ -81,6 +89,7 @@ impl SchedulerThread {
             free: Vec::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
+            ready: VecDeque::new(),
         }
     }
 
@@ -95,7 +104,8 @@ impl SchedulerThread {
     fn carry_out(&mut self, command: Command) {
         match command {
             Command::Run(job, permit) => self.spawn(job, permit),
-            Command::Kill(pid) => self.kill(pid),
+            Command::Kill(pid, end) => self.kill(pid, end),
+            Command::Wake(pid) => self.deliver(pid),
             Command::KillAll => self.kill_all(),
         }
     }
@@ -111,6 +121,19 @@ impl SchedulerThread {
             }
             self.restart_due();
             self.fire_due_timers();
+            let mut stepped = false;
+            for _ in 0..INTAKE_BATCH {
+                let Some((slot, seq, wake)) = self.ready.pop_front() else {
+                    break;
+                };
+                if self.tasks[slot]
+                    .as_ref()
+                    .is_some_and(|task| task.wake == seq)
+                {
+                    self.advance(slot, wake);
+                }
+                stepped = true;
+            }
             if self.intake.is_empty() {
                 self.lanes.lanes[self.index].inbox.take(&mut self.intake);
             }
@@ -123,7 +146,7 @@ impl SchedulerThread {
                 self.carry_out(command);
                 took = true;
             }
-            if took || !self.intake.is_empty() {
+            if took || stepped || !self.intake.is_empty() || !self.ready.is_empty() {
                 continue;
             }
             let next_restart = self.restarts.iter().map(|(at, _, _)| *at).min();
@@ -158,11 +181,37 @@ impl SchedulerThread {
                 self.finish(slot, end);
                 continue;
             }
+            if task.receiving {
+                // The receive's timeout; an entry that raced it in is taken first.
+                let wake = match self.lanes.actors.take(task.pid, false) {
+                    Some(entry) => Wake::Entry(entry),
+                    None => Wake::Timeout,
+                };
+                self.advance(slot, wake);
+                continue;
+            }
             let step = task.process.woke();
             let (pid, steps, fuel) = (task.pid, task.steps, task.process.fuel());
             tracing::info!(pid = %pid, worker = %task.process.worker(), step, steps, "Worker progress");
             self.lanes.ledger.progress(pid, step, steps, fuel);
-            self.advance(slot);
+            self.advance(slot, Wake::Slept);
+        }
+    }
+
+    /// Steps `pid`, waiting in `receive`, with the entry just put in its mailbox.
+    fn deliver(&mut self, pid: Pid) {
+        let Some(slot) = self.slots.get(&pid).copied() else {
+            return;
+        };
+        let Some(task) = self.tasks[slot].as_mut().filter(|task| task.receiving) else {
+            return;
+        };
+        // Taken here, not when it was put: a wake-up may be stale (a timeout took the entry).
+        if let Some(entry) = self.lanes.actors.take(pid, true) {
+            // The receive's timer no longer matches.
+            self.timer_seq += 1;
+            task.wake = self.timer_seq;
+            self.advance(slot, Wake::Entry(entry));
         }
     }
 
@@ -187,10 +236,19 @@ impl SchedulerThread {
             let limits = TaskLimits {
                 deadline,
                 interrupts,
+                kernel: self.lanes.kernel.get().and_then(std::sync::Weak::upgrade),
             };
             let mut process = job.version.module.instantiate(pid, limits)?;
+            let spec = StartSpec {
+                pid,
+                name: &job.name,
+                duration_secs: job.duration,
+                payload: job.payload.as_deref(),
+                parent: job.parent,
+                attempt: job.attempt,
+            };
             let steps = process
-                .start(pid, &job.name, job.duration, job.payload.as_deref())
+                .start(&spec)
                 .inspect_err(|_| spent = (process.fuel(), Some(process.capture().take())))?;
             Ok((process, steps))
         });
@@ -238,6 +296,7 @@ impl SchedulerThread {
             attempt,
             steps,
             wake: 0,
+            receiving: false,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -250,15 +309,17 @@ impl SchedulerThread {
             }
         };
         self.slots.insert(pid, slot);
-        self.advance(slot);
+        self.advance(slot, Wake::Started);
     }
 
-    /// Runs one step of the task in `slot`, then files its wake-up or ends it.
-    fn advance(&mut self, slot: usize) {
+    /// Runs one step of the task in `slot`, told what woke it, then files its wake-up (a
+    /// timer, a wait on its mailbox, or a place in `ready`) or ends it.
+    fn advance(&mut self, slot: usize, wake: Wake) {
         let Some(task) = self.tasks[slot].as_mut() else {
             return;
         };
-        let next = guarded(|| task.process.step());
+        task.receiving = false;
+        let next = guarded(|| task.process.step(wake));
         let end = match next {
             Ok(Next::Sleep(ms)) => {
                 // Lines of a step that ends the task go with its end, in one write.
@@ -271,6 +332,28 @@ impl SchedulerThread {
                 self.timer_seq += 1;
                 task.wake = self.timer_seq;
                 self.timers.push(Reverse((at, self.timer_seq, slot)));
+                return;
+            }
+            Ok(Next::Receive(ms)) => {
+                self.lanes
+                    .ledger
+                    .logs(task.pid, task.process.capture().take());
+                self.timer_seq += 1;
+                task.wake = self.timer_seq;
+                // Marked as waiting under the mailbox's lock when it is empty, so a put from
+                // here on sends a wake-up.
+                match self.lanes.actors.take(task.pid, ms > 0) {
+                    Some(entry) => self
+                        .ready
+                        .push_back((slot, self.timer_seq, Wake::Entry(entry))),
+                    None if ms == 0 => self.ready.push_back((slot, self.timer_seq, Wake::Timeout)),
+                    None => {
+                        let at = (Instant::now() + Duration::from_millis(u64::from(ms)))
+                            .min(task.process.deadline());
+                        task.receiving = true;
+                        self.timers.push(Reverse((at, self.timer_seq, slot)));
+                    }
+                }
                 return;
             }
             Ok(Next::Done(code)) => TaskEnd::exited(code),
@@ -368,23 +451,29 @@ impl SchedulerThread {
         }
     }
 
-    /// Kills `pid`, which this thread holds live, about to start, or waiting out a backoff.
-    fn kill(&mut self, pid: Pid) {
+    /// Ends `pid` with `end` (a kill), which this thread holds live, about to start, or
+    /// waiting out a backoff.
+    fn kill(&mut self, pid: Pid, end: TaskEnd) {
         if let Some(slot) = self.slots.get(&pid).copied() {
-            self.finish(slot, TaskEnd::killed());
+            self.finish(slot, end);
             return;
         }
+        // Kills are taken before new tasks: the task's own `Run` may still wait in the inbox.
+        // (An operator's kill is also posted to the interrupt set, which `spawn` reads; a
+        // link's is not, so it must find the task here.)
+        let lanes = Arc::clone(&self.lanes);
+        lanes.lanes[self.index].inbox.take(&mut self.intake);
         let queued = self
             .intake
             .iter()
             .position(|command| matches!(command, Command::Run(job, _) if job.pid == pid));
         if let Some(Command::Run(job, permit)) = queued.and_then(|index| self.intake.remove(index))
         {
-            return self.end_unstarted(job, permit, TaskEnd::killed());
+            return self.end_unstarted(job, permit, end);
         }
         if let Some(index) = self.restarts.iter().position(|(_, job, _)| job.pid == pid) {
             let (_, job, permit) = self.restarts.remove(index);
-            self.end_unstarted(job, permit, TaskEnd::killed());
+            self.end_unstarted(job, permit, end);
         }
     }
 
@@ -394,7 +483,7 @@ impl SchedulerThread {
             .drain(..)
             .filter_map(|command| match command {
                 Command::Run(job, permit) => Some((job, permit)),
-                Command::Kill(_) | Command::KillAll => None,
+                Command::Kill(..) | Command::Wake(_) | Command::KillAll => None,
             })
             .collect();
         let restarting = std::mem::take(&mut self.restarts)
@@ -408,6 +497,7 @@ impl SchedulerThread {
             self.finish(slot, TaskEnd::killed());
         }
         self.timers.clear();
+        self.ready.clear();
     }
 
     fn end_unstarted(&self, job: Job, permit: Permit<Job>, end: TaskEnd) {
@@ -431,9 +521,11 @@ impl SchedulerThread {
         // Once the end is in the store: a kill that looks for the end after posting itself
         // then either sees the end or is taken back here (see `Host::kill`).
         let interrupts = self.lane().interrupts.clone();
+        let aftermath = self.lanes.end_actor(pid, &ending.end);
         self.ledger().ended(pid, worker, ending, at, logs, move || {
             interrupts.remove(pid)
         });
+        self.lanes.follow(pid, aftermath);
     }
 }
 

@@ -373,6 +373,46 @@ mod tests {
     }
 
     #[test]
+    fn lists_a_tasks_children_with_their_parent() {
+        let store = MemoryStore::new(100);
+        let parent = Pid::new(1, 1);
+        store.commit(vec![accepted(record(1, "parent"))]);
+        for seq in 2..=5 {
+            let mut child = record(seq, "child");
+            child.parent = (seq % 2 == 0).then_some(parent);
+            store.commit(vec![accepted(child)]);
+        }
+        let children = store
+            .list(&ListQuery {
+                limit: 10,
+                parent: Some(parent),
+                ..ListQuery::default()
+            })
+            .expect("list");
+        let found: Vec<_> = children
+            .tasks
+            .iter()
+            .map(|r| (r.pid.seq(), r.parent))
+            .collect();
+        assert_eq!(found, [(4, Some(parent)), (2, Some(parent))]);
+        assert_eq!(
+            store.get(parent).expect("get").map(|r| r.parent),
+            Some(None)
+        );
+        let none = store
+            .list(&ListQuery {
+                limit: 10,
+                parent: Some(Pid::new(1, 9)),
+                ..ListQuery::default()
+            })
+            .expect("list");
+        assert!(
+            none.tasks.is_empty(),
+            "a task with no children has none listed"
+        );
+    }
+
+    #[test]
     fn logs_are_kept_apart_and_stop_at_the_end() {
         let store = MemoryStore::new(8);
         let pid = Pid::new(1, 1);

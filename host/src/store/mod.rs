@@ -171,6 +171,8 @@ pub struct ListQuery {
     pub status: Option<Status>,
     pub name: Option<String>,
     pub worker: Option<String>,
+    /// Only the tasks this task spawned.
+    pub parent: Option<Pid>,
     /// Only tasks accepted before this place (the previous page's `next`).
     pub before: Option<Cursor>,
     pub limit: usize,
@@ -185,6 +187,9 @@ impl ListQuery {
                 .worker
                 .as_deref()
                 .is_none_or(|worker| *record.worker == *worker)
+            && self
+                .parent
+                .is_none_or(|parent| record.parent == Some(parent))
     }
 }
 

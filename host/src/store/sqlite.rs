@@ -28,9 +28,11 @@ use crate::model::{
     TaskRecord, TaskSpec,
 };
 
-/// The schema this host writes. Version 1 is the first.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema this host writes: version 1 ([`SCHEMA`]) and every migration after it.
+const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
 
+/// Version 1 of the schema. A new store is created at version 1 and migrated forward like an
+/// old one, so that every store of a version is laid out the same.
 const SCHEMA: &str = "
 CREATE TABLE tasks (
     boot INTEGER NOT NULL,
@@ -96,6 +98,20 @@ CREATE TABLE idempotency (
 );
 CREATE INDEX idempotency_by_age ON idempotency (created_at);
 ";
+
+/// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`. Each runs in the
+/// transaction that sets the new version, so a store is migrated whole or not at all.
+const MIGRATIONS: [&str; 1] = [
+    // 2: the task that spawned each task (`NULL` for one submitted over HTTP, as every task
+    // of version 1 was), and its children listed newest first. Most tasks have no parent, so
+    // the index leaves them out.
+    "
+ALTER TABLE tasks ADD COLUMN parent_boot INTEGER;
+ALTER TABLE tasks ADD COLUMN parent_seq INTEGER;
+CREATE INDEX tasks_by_parent ON tasks (parent_boot, parent_seq, spawned_at, boot, seq)
+    WHERE parent_boot IS NOT NULL;
+",
+];
 
 /// Connections kept for reading, each behind its own lock.
 const READERS: usize = 4;
@@ -436,13 +452,30 @@ fn migrate(path: &Path, connection: &mut Connection) -> Result<(), OpenError> {
             found,
         });
     }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = connection.transaction().map_err(fail)?;
     if found < 1 {
-        let tx = connection.transaction().map_err(fail)?;
         tx.execute_batch(SCHEMA).map_err(fail)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(fail)?;
-        tx.commit().map_err(fail)?;
+    }
+    // Version 0 (a new file) has just been made version 1.
+    let from = usize::try_from(found.max(1) - 1).unwrap_or(0);
+    for migration in &MIGRATIONS[from..] {
+        tx.execute_batch(migration).map_err(fail)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(fail)?;
+    tx.commit().map_err(fail)?;
+    if found < 1 {
         tracing::info!(path = %path.display(), version = SCHEMA_VERSION, "task store created");
+    } else {
+        tracing::info!(
+            path = %path.display(),
+            from = found,
+            version = SCHEMA_VERSION,
+            "task store migrated"
+        );
     }
     Ok(())
 }
@@ -623,10 +656,12 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bo
             key: idempotency,
         } => {
             let (boot, seq) = key(record.pid);
+            let parent = record.parent.map(key);
             tx.prepare_cached(
                 "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
-                    duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
+                    parent_boot, parent_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?
             .execute(params![
                 boot,
@@ -643,6 +678,8 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bo
                 spec.on_host_loss.as_str(),
                 record.status.as_str(),
                 record.attempt,
+                parent.map(|(boot, _)| boot),
+                parent.map(|(_, seq)| seq),
             ])?;
             if let Some(idempotency) = idempotency {
                 tx.prepare_cached(
@@ -879,7 +916,10 @@ fn status_of(name: &str) -> Status {
 
 const RECORD_COLUMNS: &str = "boot, seq, spawned_at, name, worker, version, status, duration,
     step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts,
-    logs_dropped_bytes";
+    logs_dropped_bytes, parent_boot, parent_seq";
+
+/// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
+const RECORD_COLUMN_COUNT: usize = 21;
 
 fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     let boot: i64 = row.get(0)?;
@@ -905,6 +945,13 @@ fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     record.attempt = row.get(16)?;
     record.attempts = attempts_of(&row.get::<_, String>(17)?);
     record.logs_dropped_bytes = row.get::<_, i64>(18)? as u64;
+    record.parent = match (
+        row.get::<_, Option<i64>>(19)?,
+        row.get::<_, Option<i64>>(20)?,
+    ) {
+        (Some(boot), Some(seq)) => Some(Pid::new(boot as u32, seq as u64)),
+        _ => None,
+    };
     Ok(record)
 }
 
@@ -1040,6 +1087,11 @@ impl Store for SqliteStore {
         if let Some(worker) = &query.worker {
             arg(&mut sql, " AND worker = ?", worker.clone().into());
         }
+        if let Some(parent) = query.parent {
+            let (boot, seq) = key(parent);
+            arg(&mut sql, " AND parent_boot = ?", boot.into());
+            arg(&mut sql, " AND parent_seq = ?", seq.into());
+        }
         if let Some(before) = query.before {
             let (boot, seq) = key(before.pid);
             arg(
@@ -1087,7 +1139,9 @@ impl Store for SqliteStore {
             .prepare(&sql)
             .and_then(|mut statement| {
                 statement
-                    .query_map([], |row| Ok((record_of(row)?, spec_of(row, 19)?)))?
+                    .query_map([], |row| {
+                        Ok((record_of(row)?, spec_of(row, RECORD_COLUMN_COUNT)?))
+                    })?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(unavailable)
@@ -1203,6 +1257,153 @@ mod tests {
                 },
             ),
         ]
+    }
+
+    /// An empty directory of this test's own, under the system's temporary one.
+    fn scratch(test: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("http-spawn-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        dir
+    }
+
+    /// Makes `path` a store of schema version 1 holding one task, `00000001-1`, as a host of
+    /// that version left it.
+    fn version_1_store(path: &Path) {
+        let connection = Connection::open(path).expect("open");
+        connection.execute_batch(SCHEMA).expect("version 1");
+        connection
+            .pragma_update(None, "user_version", 1)
+            .expect("versioned");
+        connection
+            .execute(
+                "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
+                    duration, deadline_secs, max_attempts, on_host_loss, status)
+                 VALUES (1, 1, 1000, 'old', 'w', 'v', '', 0, 30, 1, 'restart', 'spawned')",
+                [],
+            )
+            .expect("a task");
+    }
+
+    fn schema_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .expect("open")
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("user_version")
+    }
+
+    fn child_of(parent: Pid, seq: u64) -> Vec<Change> {
+        let mut accepted = ended_task(seq);
+        if let Some(Change::Accepted { record, .. }) = accepted.first_mut() {
+            record.parent = Some(parent);
+        }
+        accepted
+    }
+
+    fn children(store: &SqliteStore, parent: Pid) -> Vec<(Pid, Option<Pid>)> {
+        let query = ListQuery {
+            limit: 100,
+            parent: Some(parent),
+            ..ListQuery::default()
+        };
+        let page = store.list(&query).expect("list");
+        page.tasks.iter().map(|r| (r.pid, r.parent)).collect()
+    }
+
+    /// A store a version-1 host left is migrated in place: its tasks are kept, with no
+    /// parent, and it takes and lists tasks with one from then on.
+    #[test]
+    fn a_version_1_store_is_migrated_in_place() {
+        let dir = scratch("migrate");
+        let path = dir.join("tasks.db");
+        version_1_store(&path);
+        let old = Pid::new(1, 1);
+        let store = SqliteStore::open(&path, StoreSync::Normal).expect("migrated");
+        let kept = store.get(old).expect("get").expect("the old task is kept");
+        assert_eq!((kept.name.as_str(), kept.parent), ("old", None));
+        assert!(children(&store, old).is_empty());
+
+        store
+            .wait(
+                [child_of(old, 2), ended_task(3), child_of(old, 4)]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            )
+            .expect("written");
+        assert_eq!(
+            store.get(Pid::new(1, 2)).expect("get").map(|r| r.parent),
+            Some(Some(old))
+        );
+        assert_eq!(
+            children(&store, old),
+            [(Pid::new(1, 4), Some(old)), (Pid::new(1, 2), Some(old))]
+        );
+        drop(store);
+
+        assert_eq!(schema_version(&path), SCHEMA_VERSION);
+        let store = SqliteStore::open(&path, StoreSync::Normal).expect("reopened");
+        assert_eq!(
+            children(&store, old).len(),
+            2,
+            "a migrated store opens as it is"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `SCHEMA` is version 1 as hosts of that version wrote it, and every store is built
+    /// from it: a change to it is a new migration instead.
+    #[test]
+    fn version_1_is_as_released() {
+        use sha2::{Digest as _, Sha256};
+        assert_eq!(
+            format!("{:x}", Sha256::digest(SCHEMA)),
+            "eaa29227bc1d7ede883cbdb0a88aa4542e13f98242e93cc80ac6bdb0819731fc"
+        );
+    }
+
+    /// A store of a newer schema than this host's is refused, not written.
+    #[test]
+    fn a_newer_store_is_refused() {
+        let dir = scratch("newer");
+        let path = dir.join("tasks.db");
+        version_1_store(&path);
+        Connection::open(&path)
+            .expect("open")
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("versioned");
+        let refused = SqliteStore::open(&path, StoreSync::Normal);
+        assert!(
+            matches!(refused, Err(OpenError::Newer { found, .. }) if found == SCHEMA_VERSION + 1)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Listing a task's children reads the parent index, not every task.
+    #[test]
+    fn children_are_listed_through_the_parent_index() {
+        let dir = scratch("parent-index");
+        let path = dir.join("tasks.db");
+        drop(SqliteStore::open(&path, StoreSync::Normal).expect("created"));
+        let connection = Connection::open(&path).expect("open");
+        let plan: Vec<String> = connection
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN SELECT {RECORD_COLUMNS} FROM tasks WHERE 1 = 1
+                 AND parent_boot = ?1 AND parent_seq = ?2
+                 ORDER BY spawned_at DESC, boot DESC, seq DESC LIMIT ?3"
+            ))
+            .expect("plan")
+            .query_map(params![1, 1, 101], |row| row.get(3))
+            .expect("plan")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan");
+        assert!(
+            plan.iter().any(|step| step.contains("tasks_by_parent")),
+            "{plan:?}"
+        );
+        drop(connection);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn kept(store: &SqliteStore) -> usize {

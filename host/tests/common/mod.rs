@@ -20,6 +20,8 @@ pub fn module(name: &str) -> PathBuf {
         root.join("http_spawn_guest.wasm")
     } else if name == "report" {
         root.join("http_spawn_report.wasm")
+    } else if name == "supervisor" {
+        root.join("http_spawn_supervisor.wasm")
     } else {
         root.join("examples").join(format!("{name}.wasm"))
     };

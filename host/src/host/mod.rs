@@ -1,6 +1,9 @@
 //! The task host without HTTP: the operations the API offers (spawn, kill, get, list, logs,
 //! subscribe, shutdown) over the runtime, the registry, the scheduler and the store. The HTTP
-//! layer and the benchmarks both drive this.
+//! layer and the benchmarks both drive this. What tasks ask of it as actors (send, spawn,
+//! monitor, link, names) is in `actors`.
+
+mod actors;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
@@ -9,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use tokio::sync::oneshot;
 
+use crate::actor::{ActorLimits, Actors, Kernel};
 use crate::config::{Config, StoreLocation};
 use crate::events::{EventBus, Subscription};
 use crate::ledger::{EndWatch, Ending, Ledger, Totals};
@@ -80,6 +84,7 @@ pub struct Host {
     keys_in_flight: Arc<Mutex<HashSet<String>>>,
     sandbox: Arc<Sandbox>,
     workers: Arc<Registry>,
+    actors: Arc<Actors>,
 }
 
 /// A task being accepted: its pid, and the store's answer to come.
@@ -127,7 +132,7 @@ impl Host {
     /// Opens the store, loads the workers, sizes the pool and admission, starts the scheduler
     /// threads, and runs again every task the store holds unfinished (a host lost before it
     /// ended them), before anything else is accepted.
-    pub fn start(config: &Config) -> anyhow::Result<Self> {
+    pub fn start(config: &Config) -> anyhow::Result<Arc<Self>> {
         let store = open_store(config)?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
             max_memory_bytes: config.pool_slot_bytes(),
@@ -164,17 +169,23 @@ impl Host {
             Arc::clone(&events),
             metrics,
         ));
+        let actors = Arc::new(Actors::new(ActorLimits {
+            max_messages: config.max_mailbox_messages,
+            max_message_bytes: config.max_message_bytes,
+            max_watches: config.max_watches,
+        }));
         let scheduler = Scheduler::start(
             config.worker_threads(),
             i32::from(config.guest_nice),
             capacity,
             config.max_queue,
             Arc::clone(&ledger),
+            Arc::clone(&actors),
         )
         .context("starting the scheduler threads")?;
         let pids = Pids::new();
         let last = store.last_seq(pids.boot())?;
-        let host = Self {
+        let host = Arc::new(Self {
             store,
             ledger,
             events,
@@ -185,7 +196,10 @@ impl Host {
             keys_in_flight: Arc::default(),
             sandbox,
             workers,
-        };
+            actors,
+        });
+        let kernel: Arc<dyn Kernel> = host.clone();
+        host.scheduler.connect(Arc::downgrade(&kernel));
         host.recover()?;
         start_pruner(
             Arc::downgrade(&host.store),
@@ -297,7 +311,10 @@ impl Host {
             max_attempts: spec.max_attempts + host_losses,
             attempt,
             ready_at,
+            parent: record.parent,
         };
+        // A mailbox, empty: messages are not kept across a crash, as in Erlang.
+        self.actors.enter(pid);
         self.scheduler.readmit(job);
         if lost {
             Recovered::Rerun
@@ -359,6 +376,16 @@ impl Host {
         &self,
         task: NewTask,
         key: Option<IdempotencyKey>,
+    ) -> Result<Accepting, SpawnError> {
+        self.accept(task, key, None)
+    }
+
+    /// [`Host::spawn`], for a task submitted over HTTP (`parent` none) or spawned by a task.
+    fn accept(
+        &self,
+        task: NewTask,
+        key: Option<IdempotencyKey>,
+        parent: Option<Pid>,
     ) -> Result<Accepting, SpawnError> {
         let NewTask {
             name,
@@ -425,13 +452,14 @@ impl Host {
             on_host_loss: on_host_loss.unwrap_or(settings.on_host_loss),
             ready_at: None,
         };
-        let record = TaskRecord::spawned(
+        let mut record = TaskRecord::spawned(
             pid,
             name.clone(),
             duration,
             Arc::clone(version.worker()),
             Arc::clone(&version.id),
         );
+        record.parent = parent;
         tracing::info!(pid = %pid, worker = %worker.name, step = 0, version = %version.id,
             name = %name, duration, "Task process spawned");
         let job = Job {
@@ -444,9 +472,13 @@ impl Host {
             max_attempts,
             attempt: 1,
             ready_at: Instant::now(),
+            parent,
         };
+        // Its mailbox exists from acceptance: it can be sent to while it waits for a place.
+        self.actors.enter(pid);
         let (sender, receiver) = oneshot::channel();
         let scheduler = self.scheduler.clone();
+        let actors = Arc::clone(&self.actors);
         self.ledger.accepted(record, spec, key, move |recorded| {
             drop(in_flight);
             match &recorded {
@@ -455,7 +487,10 @@ impl Host {
                         tracing::info!(pid = %pid, step = 0, "Task queued: every place taken");
                     }
                 }
-                Err(_) => scheduler.break_promise(promise),
+                Err(_) => {
+                    actors.ended(pid, &TaskEnd::shut_down_before_start(), drop);
+                    scheduler.break_promise(promise);
+                }
             }
             let _ = sender.send(recorded);
         });
@@ -536,12 +571,19 @@ impl Host {
 
     /// Tasks matching `query`, newest first, a page at a time.
     pub fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        self.store.list(query)
+        let mut page = self.store.list(query)?;
+        page.tasks = page
+            .tasks
+            .into_iter()
+            .map(|record| self.with_actor(record))
+            .collect();
+        Ok(page)
     }
 
-    /// A task's record, if the store still holds it.
+    /// A task's record, if the store still holds it, with its mailbox, links and monitors
+    /// while it is live.
     pub fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
-        self.store.get(pid)
+        Ok(self.store.get(pid)?.map(|record| self.with_actor(record)))
     }
 
     /// A task's captured log, if the store still holds the task.

@@ -1,78 +1,84 @@
-//! The default worker's allocator: a bump allocator over a fixed arena in `.bss`, which gives
-//! memory back when the most recent allocation is freed (last in, first out).
+//! The allocator of a `no_std` worker (the SDK without its `std` feature, on wasm32): a bump
+//! allocator over the heap, from the linker's `__heap_base` up, which gives memory back when
+//! the most recent allocation is freed (last in, first out, with a few blocks freed out of
+//! order remembered: see `bump.rs`), and grows linear memory when it runs out.
 //!
-//! A task's allocations are few and mostly nested: the strings of its spec, a formatted log
-//! line, its state. This keeps them packed in the page right after the worker's data, so a
-//! sleeping task touches one page of linear memory (stack top, data and heap together) instead
-//! of the four or five that a general allocator's first heap page and bookkeeping, libc's data
-//! and a deep stack make it touch. Allocations that
-//! outlive later ones keep their space until the task ends; the arena is sized for a worker
-//! that does not allocate per step. Running out is an allocation failure, which traps.
+//! A task's allocations are few and mostly nested: the strings of its spec, its future, a log
+//! line built and dropped, a message received and dropped. This keeps them packed right after
+//! the worker's data, so a worker with a small stack (the default worker's `build.rs` sets
+//! 2 KiB) declares one 64 KiB page of linear memory and touches one 4 KiB page of it while it
+//! sleeps (stack top, data and heap together), instead of the four or five that a general
+//! allocator's first heap page and bookkeeping, libc's data and a deep stack make it touch.
+//! Allocations that outlive later ones keep their space until the task ends: the allocator
+//! suits a worker that does not keep allocations from step to step. When the host's memory
+//! limit refuses to grow memory, the allocation fails, which traps.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::arch::wasm32::{memory_grow, memory_size};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 
-/// Arena size. It sits in `.bss`, so pages the task never writes cost nothing.
-const ARENA_BYTES: usize = 64 * 1024;
+use crate::bump::Bump;
 
-struct Arena {
-    bytes: UnsafeCell<[u8; ARENA_BYTES]>,
-    /// Offset of the first free byte.
-    used: UnsafeCell<usize>,
+/// A wasm page.
+const PAGE_BYTES: usize = 64 * 1024;
+
+unsafe extern "C" {
+    /// Where the linker put the end of the stack and data: the heap starts here.
+    static __heap_base: u8;
 }
+
+struct Arena(UnsafeCell<Bump>);
 
 // SAFETY: a wasm component instance is single-threaded; the arena is never shared.
 unsafe impl Sync for Arena {}
 
 #[global_allocator]
-static ARENA: Arena = Arena {
-    bytes: UnsafeCell::new([0; ARENA_BYTES]),
-    used: UnsafeCell::new(0),
-};
+static ARENA: Arena = Arena(UnsafeCell::new(Bump::new()));
 
 impl Arena {
-    fn base(&self) -> usize {
-        self.bytes.get() as usize
+    /// The bookkeeping, its heap starting at `__heap_base` from the first call on.
+    ///
+    /// # Safety
+    /// Single-threaded (see `Sync`), and the reference must not outlive the allocator call.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn bump(&self) -> &mut Bump {
+        // SAFETY: as the caller promises.
+        let bump = unsafe { &mut *self.0.get() };
+        if bump.top == 0 {
+            bump.top = (&raw const __heap_base) as usize;
+        }
+        bump
     }
 }
 
-// SAFETY: blocks are carved from the arena without overlap: each starts at or after the end
-// of every live block (the bump offset only moves back over the block being freed, when it is
-// the last one), is aligned as asked, and lies wholly inside the arena or is refused (null).
+/// Makes linear memory reach `end` (an address), growing it if needed; false if it cannot.
+fn reach(end: usize) -> bool {
+    let size = memory_size(0) * PAGE_BYTES;
+    end <= size || memory_grow(0, (end - size).div_ceil(PAGE_BYTES)) != usize::MAX
+}
+
+// SAFETY: `Bump` hands out blocks without overlap: each starts at or after the end of every
+// live block (its pointer only moves back over blocks that were freed), is aligned as asked,
+// and lies wholly inside linear memory (`reach`) or is refused (null).
 unsafe impl GlobalAlloc for Arena {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: single-threaded (see `Sync`), and no reference to `used` outlives this call.
-        let used = unsafe { &mut *self.used.get() };
-        let start = (self.base() + *used).next_multiple_of(layout.align());
-        let Some(end) = start.checked_add(layout.size()) else {
-            return null_mut();
-        };
-        if end > self.base() + ARENA_BYTES {
-            return null_mut();
-        }
-        *used = end - self.base();
-        start as *mut u8
+        // SAFETY: within this call only.
+        let bump = unsafe { self.bump() };
+        bump.alloc(layout.size(), layout.align(), reach)
+            .map_or(null_mut(), |start| start as *mut u8)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as in `alloc`.
-        let used = unsafe { &mut *self.used.get() };
-        if ptr as usize + layout.size() == self.base() + *used {
-            *used = ptr as usize - self.base();
-        }
+        // SAFETY: within this call only.
+        let bump = unsafe { self.bump() };
+        bump.free(ptr as usize, layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as in `alloc`.
-        let used = unsafe { &mut *self.used.get() };
-        // The last block grows or shrinks in place.
-        if ptr as usize + layout.size() == self.base() + *used
-            && (ptr as usize)
-                .checked_add(new_size)
-                .is_some_and(|end| end <= self.base() + ARENA_BYTES)
-        {
-            *used = ptr as usize + new_size - self.base();
+        // SAFETY: within this call only.
+        let bump = unsafe { self.bump() };
+        if bump.resize_in_place(ptr as usize, layout.size(), new_size, reach) {
             return ptr;
         }
         // SAFETY: `layout` describes `ptr`'s block, as `realloc`'s contract requires.
@@ -123,7 +129,7 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 }
 
 /// The canonical ABI's allocator, through which the host hands the guest strings and lists.
-/// With `std`, wasi-libc provides it on this target; without, the worker does.
+/// With `std`, wasi-libc provides it on this target; without, the SDK does.
 ///
 /// # Safety
 /// Called by the host per the component model's canonical ABI: `old_ptr`/`old_len` describe a

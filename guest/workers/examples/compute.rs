@@ -3,19 +3,11 @@
 //! Kernels: 0 integer hashing (arithmetic in a tight loop), 1 a prime sieve (memory loads and
 //! stores), 2 naive recursive Fibonacci (calls), 3 insertion sort of a pseudo-random array
 //! (branches and memory).
-wit_bindgen::generate!({ world: "worker", path: "../wit" });
 
 #[path = "shared/knobs.rs"]
 mod knobs;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use exports::http_spawn::worker::task::{Guest, Next, Spec};
-
-struct Compute;
-
-static KERNEL: AtomicU64 = AtomicU64::new(0);
-static SIZE: AtomicU64 = AtomicU64::new(0);
+use http_spawn_sdk::{Ctx, Exit, Spec};
 
 fn hash(n: u64) -> u64 {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -66,31 +58,29 @@ fn sort(n: u64) -> u64 {
     u64::from(values[values.len() / 2])
 }
 
-impl Guest for Compute {
-    fn start(spec: Spec) -> Result<u32, String> {
-        let payload = spec.payload.as_deref();
-        KERNEL.store(
-            knobs::number(payload, "kernel").unwrap_or(0),
-            Ordering::Relaxed,
-        );
-        SIZE.store(
-            knobs::number(payload, "n").unwrap_or(1000),
-            Ordering::Relaxed,
-        );
-        Ok(0)
-    }
-
-    fn step() -> Next {
-        let n = std::hint::black_box(SIZE.load(Ordering::Relaxed));
-        let result = match KERNEL.load(Ordering::Relaxed) {
-            0 => hash(n),
-            1 => sieve(n),
-            2 => fib(n),
-            3 => sort(n),
-            other => return Next::Failed(format!("no kernel {other}")),
-        };
-        Next::Done((result & 0x7f) as i32)
-    }
+/// The kernel and its size, from the payload: kernel 0 on 1,000 unless it says otherwise.
+fn job(spec: &Spec) -> Result<(u64, u64), String> {
+    Ok((
+        knobs::number(spec, "kernel")?.unwrap_or(0),
+        knobs::number(spec, "n")?.unwrap_or(1000),
+    ))
 }
 
-export!(Compute);
+fn plan(spec: &Spec) -> Result<u32, String> {
+    job(spec).map(|_| 0)
+}
+
+async fn run(ctx: Ctx) -> Exit {
+    let (kernel, n) = job(ctx.spec())?;
+    let n = std::hint::black_box(n);
+    let result = match kernel {
+        0 => hash(n),
+        1 => sieve(n),
+        2 => fib(n),
+        3 => sort(n),
+        other => return Err(format!("no kernel {other}")),
+    };
+    Ok((result & 0x7f) as i32)
+}
+
+http_spawn_sdk::worker!(run, plan = plan);

@@ -2,14 +2,11 @@
 //! arguments. It exits 0 when the host granted none of it, and fails naming whatever it could
 //! reach. What it saw goes to stdout, which the host captures. (A worker that so much as
 //! imports sockets is refused before it runs: see `netprobe`.)
-wit_bindgen::generate!({ world: "worker", path: "../wit" });
 
 #[path = "shared/knobs.rs"]
 mod knobs;
 
-use exports::http_spawn::worker::task::{Guest, Next, Spec};
-
-struct Snoop;
+use http_spawn_sdk::{Ctx, Exit};
 
 fn probe() -> Vec<String> {
     let mut leaks = Vec::new();
@@ -38,23 +35,16 @@ fn probe() -> Vec<String> {
     leaks
 }
 
-impl Guest for Snoop {
-    fn start(spec: Spec) -> Result<u32, String> {
-        knobs::remember(&spec.name);
-        Ok(0)
+async fn run(ctx: Ctx) -> Exit {
+    if knobs::is_good(ctx.spec()) {
+        return Ok(0);
     }
-
-    fn step() -> Next {
-        if knobs::is_good() {
-            return Next::Done(0);
-        }
-        let leaks = probe();
-        if leaks.is_empty() {
-            Next::Done(0)
-        } else {
-            Next::Failed(format!("sandbox leak: {}", leaks.join("; ")))
-        }
+    let leaks = probe();
+    if leaks.is_empty() {
+        Ok(0)
+    } else {
+        Err(format!("sandbox leak: {}", leaks.join("; ")))
     }
 }
 
-export!(Snoop);
+http_spawn_sdk::worker!(run);

@@ -1,0 +1,617 @@
+//! Tasks as actors: every live task's mailbox, its links and monitors, and the names tasks
+//! register, as Erlang keeps them beside each process.
+//!
+//! This module is bookkeeping and nothing else: it never runs a task, wakes a thread or writes
+//! the store. Each operation says what must follow (a task to wake, one to kill, a notice
+//! delivered) and the caller, which owns the scheduler, carries it out. A task's entry is made
+//! when it is accepted (so it can be sent to while it waits for a place) and removed when its
+//! end is recorded; between attempts of a restarted task it stays, mailbox and all. Mailboxes
+//! live in memory only: a task run again after a crash starts with an empty one, as an Erlang
+//! process does.
+//!
+//! Locks: one per shard of entries and one for names; none is held while another is taken,
+//! except names before a shard (in `register`), so there is no lock order to get wrong.
+
+mod kernel;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use kernel::{ChildError, ChildRequest, Kernel, NameError, SendError, WatchError};
+
+use crate::model::{ActorState, Outcome, Pid, Status, TaskEnd};
+
+/// Entries are spread over this many locks, by pid, so tasks on different scheduler threads
+/// rarely meet on one.
+const SHARDS: usize = 16;
+
+/// Ends remembered after their entry is gone, for monitors and links that come after the end
+/// but before the store has it.
+const RECENT_ENDS: usize = 4096;
+
+/// The longest name a task may register.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// How big mailboxes and watch lists may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct ActorLimits {
+    /// Messages one mailbox holds; a send past it is refused (`429` over HTTP).
+    pub max_messages: usize,
+    /// The largest message body, in bytes (`413` over HTTP).
+    pub max_message_bytes: usize,
+    /// Links plus monitors one task may hold.
+    pub max_watches: usize,
+}
+
+/// How a task ended, as monitors and links report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndNotice {
+    pub pid: Pid,
+    /// `None`: no such task exists, or the host forgot it.
+    pub status: Option<Status>,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+impl EndNotice {
+    /// The notice of `end`, the end of `pid`.
+    pub fn of(pid: Pid, end: &TaskEnd) -> Self {
+        Self {
+            pid,
+            status: Some(end.status),
+            outcome: Some(end.outcome),
+            exit_code: end.exit_code,
+            error: end.error.clone(),
+        }
+    }
+
+    /// The notice for a pid no task has (or the host no longer remembers).
+    pub fn unknown(pid: Pid) -> Self {
+        Self {
+            pid,
+            status: None,
+            outcome: None,
+            exit_code: None,
+            error: None,
+        }
+    }
+
+    /// Whether the end was abnormal, as Erlang means it: anything but exiting with code 0. An
+    /// unknown pid counts as abnormal (Erlang's `noproc`).
+    pub fn is_abnormal(&self) -> bool {
+        !(self.status == Some(Status::Exited) && self.exit_code == Some(0))
+    }
+
+    /// How it ended, in a few words: `exit code 3`, `trap`, `no_such_process`, ...
+    pub fn describe(&self) -> String {
+        match (self.outcome, self.exit_code) {
+            (Some(Outcome::Exit), Some(code)) => format!("exit code {code}"),
+            _ => self.outcome_str().to_owned(),
+        }
+    }
+
+    /// The status as the API and the WIT name it.
+    pub fn status_str(&self) -> &'static str {
+        self.status.map_or("unknown", Status::as_str)
+    }
+
+    /// The outcome as the API and the WIT name it.
+    pub fn outcome_str(&self) -> &'static str {
+        self.outcome.map_or("no_such_process", Outcome::as_str)
+    }
+}
+
+/// One entry of a mailbox, taken in order by `receive`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A message: from a task, or from an HTTP client (`sender` none).
+    Message { sender: Option<Pid>, body: String },
+    /// A task this one monitors ended.
+    Down(EndNotice),
+    /// A task linked to this one ended abnormally, and this one traps exits.
+    LinkedExit(EndNotice),
+}
+
+/// What woke a task for a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// The first step after `start`.
+    Started,
+    /// A sleep ran out.
+    Slept,
+    /// `receive` took this entry.
+    Entry(Entry),
+    /// `receive` waited its whole timeout.
+    Timeout,
+}
+
+/// Why a put into a mailbox failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutError {
+    /// No live task has this pid: it has ended, or never existed; the caller tells which.
+    NotLive,
+    /// The mailbox holds its limit of messages.
+    Full,
+}
+
+/// A notice a task's end put in a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Told {
+    /// A `down` to a monitor.
+    Down { watcher: Pid },
+    /// A `linked-exit` to a linked task that traps exits.
+    Trapped { linked: Pid },
+}
+
+/// What must follow a task's end.
+#[derive(Debug, Default)]
+pub struct Aftermath {
+    /// Tasks whose mailbox got a notice while they waited in `receive`: wake them.
+    pub wake: Vec<Pid>,
+    /// Linked tasks that do not trap exits: kill them, `linked_exit`.
+    pub kill: Vec<Pid>,
+}
+
+/// One live task as an actor.
+#[derive(Debug, Default)]
+struct Actor {
+    mailbox: VecDeque<Entry>,
+    /// Messages in `mailbox`: notices do not count against the bound, so that a monitor's
+    /// `down` is never refused.
+    messages: usize,
+    /// The task waits in `receive` for its mailbox: the next put must wake it.
+    waiting: bool,
+    links: Vec<Pid>,
+    /// Tasks monitoring this one, once per `monitor` call.
+    watchers: Vec<Pid>,
+    /// Monitors this task holds on others still live.
+    monitoring: usize,
+    trap_exits: bool,
+    name: Option<Arc<str>>,
+}
+
+impl Actor {
+    fn watches(&self) -> usize {
+        self.links.len() + self.monitoring
+    }
+
+    /// Puts a notice (never refused), and says whether the task must be woken.
+    fn notify(&mut self, entry: Entry) -> bool {
+        self.mailbox.push_back(entry);
+        std::mem::take(&mut self.waiting)
+    }
+}
+
+/// Every live task's actor state.
+#[derive(Debug)]
+pub struct Actors {
+    shards: Box<[Mutex<HashMap<Pid, Actor>>]>,
+    /// Ends remembered, sharded like the entries so a task's end takes no lock shared by
+    /// every thread.
+    names: Mutex<HashMap<Arc<str>, Pid>>,
+    recent: Box<[Mutex<Recent>]>,
+    limits: ActorLimits,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    ends: HashMap<Pid, EndNotice>,
+    order: VecDeque<Pid>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether `name` may be registered: 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `-`, `_`
+/// and `.`, so it is safe in a URL path and a log line.
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Actors {
+    pub fn new(limits: ActorLimits) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            names: Mutex::default(),
+            recent: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> ActorLimits {
+        self.limits
+    }
+
+    fn shard(&self, pid: Pid) -> MutexGuard<'_, HashMap<Pid, Actor>> {
+        lock(&self.shards[(pid.seq() as usize) % SHARDS])
+    }
+
+    fn recent(&self, pid: Pid) -> MutexGuard<'_, Recent> {
+        lock(&self.recent[(pid.seq() as usize) % SHARDS])
+    }
+
+    /// Gives an accepted task its (empty) mailbox.
+    pub fn enter(&self, pid: Pid) {
+        self.shard(pid).entry(pid).or_default();
+    }
+
+    /// Puts a message into `to`'s mailbox, and calls `put` while nobody can take it yet (so
+    /// an event it publishes comes before anything the message leads to). `Ok(true)`: the
+    /// receiver waits in `receive` and must be woken.
+    pub fn put(
+        &self,
+        to: Pid,
+        sender: Option<Pid>,
+        body: String,
+        put: impl FnOnce(),
+    ) -> Result<bool, PutError> {
+        let mut shard = self.shard(to);
+        let actor = shard.get_mut(&to).ok_or(PutError::NotLive)?;
+        if actor.messages >= self.limits.max_messages {
+            return Err(PutError::Full);
+        }
+        actor.messages += 1;
+        actor.mailbox.push_back(Entry::Message { sender, body });
+        put();
+        Ok(std::mem::take(&mut actor.waiting))
+    }
+
+    /// Puts a notice into `to`'s mailbox, past the bound. `Some(true)`: it must be woken;
+    /// `None`: it is not live.
+    pub fn notify(&self, to: Pid, entry: Entry) -> Option<bool> {
+        self.shard(to).get_mut(&to).map(|actor| actor.notify(entry))
+    }
+
+    /// Takes the oldest entry of `pid`'s mailbox. When there is none and `wait` is set, the
+    /// task is marked as waiting, so that the next put says to wake it.
+    pub fn take(&self, pid: Pid, wait: bool) -> Option<Entry> {
+        let mut shard = self.shard(pid);
+        let actor = shard.get_mut(&pid)?;
+        let entry = actor.mailbox.pop_front();
+        match &entry {
+            Some(Entry::Message { .. }) => actor.messages -= 1,
+            Some(_) => {}
+            None => actor.waiting = wait,
+        }
+        if entry.is_some() {
+            actor.waiting = false;
+        }
+        entry
+    }
+
+    /// Adds a monitor of `target` held by `watcher`. `Ok(true)`: `target` is live and will
+    /// send its `down` when it ends; `Ok(false)`: it is not, and the caller sends the notice
+    /// now.
+    pub fn monitor(&self, watcher: Pid, target: Pid) -> Result<bool, WatchError> {
+        {
+            let mut shard = self.shard(watcher);
+            let actor = shard.get_mut(&watcher).ok_or(WatchError::BadPid)?;
+            if actor.watches() >= self.limits.max_watches {
+                return Err(WatchError::TooMany);
+            }
+            actor.monitoring += 1;
+        }
+        let live = match self.shard(target).get_mut(&target) {
+            Some(actor) => {
+                actor.watchers.push(watcher);
+                true
+            }
+            None => false,
+        };
+        if !live && let Some(actor) = self.shard(watcher).get_mut(&watcher) {
+            actor.monitoring -= 1;
+        }
+        Ok(live)
+    }
+
+    /// Links `pid` and `target` both ways. `Ok(true)`: linked; `Ok(false)`: `target` is not
+    /// live, and the caller acts on how it ended.
+    pub fn link(&self, pid: Pid, target: Pid) -> Result<bool, WatchError> {
+        if pid == target {
+            return Ok(true);
+        }
+        {
+            let mut shard = self.shard(pid);
+            let actor = shard.get_mut(&pid).ok_or(WatchError::BadPid)?;
+            if actor.links.contains(&target) {
+                return Ok(true);
+            }
+            if actor.watches() >= self.limits.max_watches {
+                return Err(WatchError::TooMany);
+            }
+            actor.links.push(target);
+        }
+        let live = match self.shard(target).get_mut(&target) {
+            Some(actor) => {
+                if !actor.links.contains(&pid) {
+                    actor.links.push(pid);
+                }
+                true
+            }
+            None => false,
+        };
+        if !live && let Some(actor) = self.shard(pid).get_mut(&pid) {
+            actor.links.retain(|linked| *linked != target);
+        }
+        Ok(live)
+    }
+
+    /// Removes a link both ways, if there was one.
+    pub fn unlink(&self, pid: Pid, target: Pid) {
+        for (one, other) in [(pid, target), (target, pid)] {
+            if let Some(actor) = self.shard(one).get_mut(&one) {
+                actor.links.retain(|linked| *linked != other);
+            }
+        }
+    }
+
+    /// Whether `pid` takes abnormal ends of linked tasks as notices.
+    pub fn set_trap_exits(&self, pid: Pid, on: bool) {
+        if let Some(actor) = self.shard(pid).get_mut(&pid) {
+            actor.trap_exits = on;
+        }
+    }
+
+    /// Registers `name` for `pid` until it ends.
+    pub fn register(&self, pid: Pid, name: &str) -> Result<(), NameError> {
+        if !valid_name(name) {
+            return Err(NameError::Invalid);
+        }
+        let mut names = lock(&self.names);
+        if names.contains_key(name) {
+            return Err(NameError::Taken);
+        }
+        let mut shard = self.shard(pid);
+        let actor = shard.get_mut(&pid).ok_or(NameError::Invalid)?;
+        if actor.name.is_some() {
+            return Err(NameError::AlreadyNamed);
+        }
+        let name: Arc<str> = name.into();
+        actor.name = Some(Arc::clone(&name));
+        names.insert(name, pid);
+        Ok(())
+    }
+
+    /// The live task holding `name`.
+    pub fn whereis(&self, name: &str) -> Option<Pid> {
+        lock(&self.names).get(name).copied()
+    }
+
+    /// Every registered name and its task, sorted by name.
+    pub fn names(&self) -> Vec<(Arc<str>, Pid)> {
+        let mut names: Vec<_> = lock(&self.names)
+            .iter()
+            .map(|(name, pid)| (Arc::clone(name), *pid))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// What a live task's record shows of it as an actor.
+    pub fn info(&self, pid: Pid) -> Option<ActorState> {
+        self.shard(pid).get(&pid).map(|actor| ActorState {
+            mailbox: actor.mailbox.len(),
+            links: actor.links.clone(),
+            monitors: actor.monitoring,
+            name: actor.name.as_deref().map(str::to_owned),
+            trap_exits: actor.trap_exits,
+        })
+    }
+
+    /// How `pid` ended, if it ended recently enough to be remembered here.
+    pub fn recent_end(&self, pid: Pid) -> Option<EndNotice> {
+        self.recent(pid).ends.get(&pid).cloned()
+    }
+
+    /// Forgets a task that ends, and tells its monitors and linked tasks: each monitor gets
+    /// its `down`; each linked task either gets a `linked-exit` notice (it traps exits) or is
+    /// to be killed (abnormal ends only). `told` is called for each notice while its receiver
+    /// cannot take it yet. Returns what the caller must do next.
+    pub fn ended(&self, pid: Pid, end: &TaskEnd, mut told: impl FnMut(Told)) -> Aftermath {
+        let Some(actor) = self.shard(pid).remove(&pid) else {
+            return Aftermath::default();
+        };
+        if let Some(name) = &actor.name {
+            let mut names = lock(&self.names);
+            if names.get(name) == Some(&pid) {
+                names.remove(name);
+            }
+        }
+        let notice = EndNotice::of(pid, end);
+        {
+            let mut recent = self.recent(pid);
+            if recent.order.len() >= RECENT_ENDS / SHARDS
+                && let Some(oldest) = recent.order.pop_front()
+            {
+                recent.ends.remove(&oldest);
+            }
+            recent.order.push_back(pid);
+            recent.ends.insert(pid, notice.clone());
+        }
+        let mut aftermath = Aftermath::default();
+        for watcher in actor.watchers {
+            let mut shard = self.shard(watcher);
+            if let Some(watching) = shard.get_mut(&watcher) {
+                watching.monitoring = watching.monitoring.saturating_sub(1);
+                if watching.notify(Entry::Down(notice.clone())) {
+                    aftermath.wake.push(watcher);
+                }
+                told(Told::Down { watcher });
+            }
+        }
+        let abnormal = notice.is_abnormal();
+        for linked in actor.links {
+            let mut shard = self.shard(linked);
+            let Some(peer) = shard.get_mut(&linked) else {
+                continue;
+            };
+            peer.links.retain(|other| *other != pid);
+            if !abnormal {
+                continue;
+            }
+            if peer.trap_exits {
+                if peer.notify(Entry::LinkedExit(notice.clone())) {
+                    aftermath.wake.push(linked);
+                }
+                told(Told::Trapped { linked });
+            } else {
+                aftermath.kill.push(linked);
+            }
+        }
+        aftermath
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actors(max_messages: usize) -> Actors {
+        Actors::new(ActorLimits {
+            max_messages,
+            max_message_bytes: 1024,
+            max_watches: 4,
+        })
+    }
+
+    fn message(body: &str) -> Entry {
+        Entry::Message {
+            sender: None,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn a_mailbox_is_first_in_first_out_and_bounded_but_notices_always_fit() {
+        let actors = actors(2);
+        let pid = Pid::new(1, 1);
+        actors.enter(pid);
+        assert_eq!(actors.put(pid, None, "a".into(), || {}), Ok(false));
+        assert_eq!(actors.put(pid, None, "b".into(), || {}), Ok(false));
+        assert_eq!(
+            actors.put(pid, None, "c".into(), || {}),
+            Err(PutError::Full)
+        );
+        let down = Entry::Down(EndNotice::unknown(Pid::new(1, 9)));
+        assert_eq!(actors.notify(pid, down.clone()), Some(false));
+        assert_eq!(actors.take(pid, true), Some(message("a")));
+        assert_eq!(actors.put(pid, None, "c".into(), || {}), Ok(false));
+        assert_eq!(actors.take(pid, true), Some(message("b")));
+        assert_eq!(actors.take(pid, true), Some(down));
+        assert_eq!(actors.take(pid, true), Some(message("c")));
+        assert_eq!(actors.take(pid, true), None);
+        assert_eq!(
+            actors.put(Pid::new(1, 2), None, "x".into(), || {}),
+            Err(PutError::NotLive)
+        );
+    }
+
+    #[test]
+    fn a_put_wakes_a_waiting_receiver_once() {
+        let actors = actors(8);
+        let pid = Pid::new(1, 1);
+        actors.enter(pid);
+        assert_eq!(actors.take(pid, true), None);
+        assert_eq!(actors.put(pid, None, "a".into(), || {}), Ok(true));
+        assert_eq!(actors.put(pid, None, "b".into(), || {}), Ok(false));
+        assert_eq!(actors.take(pid, false), Some(message("a")));
+    }
+
+    #[test]
+    fn an_end_downs_each_monitor_once_and_kills_or_notifies_links() {
+        let actors = actors(8);
+        let (dying, watcher, linked, trapping) = (
+            Pid::new(1, 1),
+            Pid::new(1, 2),
+            Pid::new(1, 3),
+            Pid::new(1, 4),
+        );
+        for pid in [dying, watcher, linked, trapping] {
+            actors.enter(pid);
+        }
+        assert_eq!(actors.monitor(watcher, dying), Ok(true));
+        assert_eq!(actors.link(linked, dying), Ok(true));
+        assert_eq!(actors.link(trapping, dying), Ok(true));
+        actors.set_trap_exits(trapping, true);
+        assert_eq!(actors.take(watcher, true), None);
+        let mut told = Vec::new();
+        let aftermath = actors.ended(dying, &TaskEnd::guest_error("boom".into()), |t| {
+            told.push(t)
+        });
+        assert_eq!(aftermath.wake, vec![watcher]);
+        assert_eq!(aftermath.kill, vec![linked]);
+        assert_eq!(
+            told,
+            [Told::Down { watcher }, Told::Trapped { linked: trapping }]
+        );
+        assert!(matches!(actors.take(watcher, false), Some(Entry::Down(n)) if n.pid == dying));
+        assert_eq!(actors.take(watcher, false), None);
+        assert!(matches!(
+            actors.take(trapping, false),
+            Some(Entry::LinkedExit(_))
+        ));
+        assert_eq!(actors.info(linked).map(|info| info.links), Some(vec![]));
+        assert_eq!(actors.monitor(watcher, dying), Ok(false));
+        assert!(actors.recent_end(dying).is_some_and(|n| n.is_abnormal()));
+        // Ending twice tells nobody twice.
+        assert!(
+            actors
+                .ended(dying, &TaskEnd::killed(), drop)
+                .kill
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_normal_end_does_not_propagate_through_links() {
+        let actors = actors(8);
+        let (a, b) = (Pid::new(1, 1), Pid::new(1, 2));
+        actors.enter(a);
+        actors.enter(b);
+        assert_eq!(actors.link(a, b), Ok(true));
+        let mut told = Vec::new();
+        let aftermath = actors.ended(a, &TaskEnd::exited(0), |t| told.push(t));
+        assert!(aftermath.kill.is_empty() && told.is_empty());
+        assert!(actors.ended(b, &TaskEnd::exited(3), drop).kill.is_empty());
+    }
+
+    #[test]
+    fn names_are_unique_valid_and_released_at_the_end() {
+        let actors = actors(8);
+        let (a, b) = (Pid::new(1, 1), Pid::new(1, 2));
+        actors.enter(a);
+        actors.enter(b);
+        assert_eq!(actors.register(a, "bad name"), Err(NameError::Invalid));
+        assert_eq!(actors.register(a, "cache"), Ok(()));
+        assert_eq!(actors.register(a, "other"), Err(NameError::AlreadyNamed));
+        assert_eq!(actors.register(b, "cache"), Err(NameError::Taken));
+        assert_eq!(actors.whereis("cache"), Some(a));
+        actors.ended(a, &TaskEnd::exited(0), drop);
+        assert_eq!(actors.whereis("cache"), None);
+        assert_eq!(actors.register(b, "cache"), Ok(()));
+    }
+
+    #[test]
+    fn watches_are_bounded() {
+        let actors = actors(8);
+        let watcher = Pid::new(1, 100);
+        actors.enter(watcher);
+        for seq in 0..4 {
+            let target = Pid::new(1, seq);
+            actors.enter(target);
+            assert_eq!(actors.monitor(watcher, target), Ok(true));
+        }
+        actors.enter(Pid::new(1, 50));
+        assert_eq!(
+            actors.monitor(watcher, Pid::new(1, 50)),
+            Err(WatchError::TooMany)
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! What tasks ask of the host as actors, and what HTTP clients ask of tasks as actors: sending
+//! to a mailbox, spawning a child, monitoring, linking, killing, and names. The bookkeeping is
+//! [`Actors`](crate::actor::Actors)'; this is where it meets the scheduler (wake-ups, kills),
+//! the store (how an ended task ended) and the event stream.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::{Host, KillError, SpawnError};
+use crate::actor::{
+    ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, PutError, SendError, WatchError,
+};
+use crate::model::{NewTask, Pid, TaskEnd, TaskRecord};
+use crate::store::StoreError;
+
+/// The longest task name a child may be given, as for HTTP submissions.
+const MAX_CHILD_NAME_BYTES: usize = 256;
+
+/// Why a pid or name given by a client or a task names no task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolved {
+    #[error("{0:?} is not a pid (pids look like 6f1c2a9e-1f, names like name:cache)")]
+    NotAPid(String),
+    #[error("no live task holds the name {0:?}")]
+    NoSuchName(String),
+}
+
+impl Host {
+    /// The pid `target` stands for: a pid, or `name:<name>` for the live task holding it.
+    pub fn resolve(&self, target: &str) -> Result<Pid, Unresolved> {
+        match target.strip_prefix("name:") {
+            Some(name) => self
+                .actors
+                .whereis(name)
+                .ok_or_else(|| Unresolved::NoSuchName(name.to_owned())),
+            None => target
+                .parse()
+                .map_err(|()| Unresolved::NotAPid(target.to_owned())),
+        }
+    }
+
+    /// Puts a message into `to`'s mailbox, from task `sender` or (none) from an HTTP client,
+    /// and wakes `to` if it waits in `receive`. Never waits and never drops: a full mailbox
+    /// refuses.
+    pub fn send(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
+        let sent = self.put(sender, to, body);
+        let result = match sent {
+            Ok(()) => "delivered",
+            Err(SendError::MailboxFull) => "mailbox_full",
+            Err(SendError::Ended) => "ended",
+            Err(SendError::NoSuchProcess) => "no_such_process",
+            Err(SendError::TooLarge) => "too_large",
+            Err(SendError::BadPid) => "bad_pid",
+        };
+        self.metrics().message(sender.is_some(), result);
+        sent
+    }
+
+    fn put(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
+        let limits = self.actors.limits();
+        if body.len() > limits.max_message_bytes {
+            return Err(SendError::TooLarge);
+        }
+        let bytes = body.len();
+        let events = &self.events;
+        let published = || {
+            events.publish(
+                to,
+                "message",
+                || json!({"pid": to, "sender": sender, "bytes": bytes}),
+            );
+        };
+        match self.actors.put(to, sender, body, published) {
+            Ok(wake) => {
+                if wake {
+                    self.scheduler.wake(to);
+                }
+                Ok(())
+            }
+            Err(PutError::Full) => Err(SendError::MailboxFull),
+            Err(PutError::NotLive) => match self.end_of(to) {
+                Ok(notice) if notice.status.is_some() => Err(SendError::Ended),
+                _ => Err(SendError::NoSuchProcess),
+            },
+        }
+    }
+
+    /// How `pid`, which has no mailbox, ended: from memory if it ended lately, else from the
+    /// store; unknown if neither knows it.
+    fn end_of(&self, pid: Pid) -> Result<EndNotice, StoreError> {
+        if let Some(notice) = self.actors.recent_end(pid) {
+            return Ok(notice);
+        }
+        Ok(match self.store.get(pid)? {
+            Some(record) if record.status.is_terminal() => EndNotice {
+                pid,
+                status: Some(record.status),
+                outcome: record.outcome,
+                exit_code: record.exit_code,
+                error: record.error,
+            },
+            _ => EndNotice::unknown(pid),
+        })
+    }
+
+    /// `record` with its live actor state, while it has one.
+    pub(super) fn with_actor(&self, mut record: TaskRecord) -> TaskRecord {
+        if !record.status.is_terminal() {
+            record.actor = self.actors.info(record.pid).map(Box::new);
+        }
+        record
+    }
+
+    /// Every registered name and the live task holding it, by name.
+    pub fn names(&self) -> Vec<(Arc<str>, Pid)> {
+        self.actors.names()
+    }
+
+    /// Tells `watcher` at once how `target`, which has no mailbox, ended.
+    fn down_now(&self, watcher: Pid, target: Pid) {
+        let notice = self
+            .end_of(target)
+            .unwrap_or_else(|_| EndNotice::unknown(target));
+        let outcome = notice.outcome_str();
+        if self.actors.notify(watcher, Entry::Down(notice)) == Some(true) {
+            self.scheduler.wake(watcher);
+        }
+        self.events.publish(
+            watcher,
+            "down",
+            || json!({"pid": watcher, "down": target, "outcome": outcome}),
+        );
+    }
+
+    /// Acts on a link to `target`, which has no mailbox: as if it had been linked before it
+    /// ended abnormally (a notice, or `pid` killed); nothing for a normal end.
+    fn linked_to_ended(&self, pid: Pid, target: Pid) {
+        let notice = self
+            .end_of(target)
+            .unwrap_or_else(|_| EndNotice::unknown(target));
+        if !notice.is_abnormal() {
+            return;
+        }
+        let outcome = notice.outcome_str();
+        let notice_text = notice.describe();
+        let trapping = self.actors.info(pid).is_some_and(|info| info.trap_exits);
+        self.events.publish(
+            pid,
+            "linked_exit",
+            || json!({"pid": pid, "linked": target, "outcome": outcome, "trapped": trapping}),
+        );
+        if trapping {
+            if self.actors.notify(pid, Entry::LinkedExit(notice)) == Some(true) {
+                self.scheduler.wake(pid);
+            }
+        } else {
+            self.scheduler
+                .end(pid, TaskEnd::linked_exit(target, &notice_text));
+        }
+        self.events.publish(
+            pid,
+            "linked_exit",
+            || json!({"pid": pid, "linked": target, "outcome": outcome, "trapped": trapping}),
+        );
+    }
+}
+
+impl Kernel for Host {
+    fn send(&self, from: Pid, to: &str, body: String) -> Result<(), SendError> {
+        let to = self.resolve(to).map_err(|unresolved| match unresolved {
+            Unresolved::NotAPid(_) => SendError::BadPid,
+            Unresolved::NoSuchName(_) => SendError::NoSuchProcess,
+        })?;
+        Host::send(self, Some(from), to, body)
+    }
+
+    fn spawn(&self, parent: Pid, child: ChildRequest) -> Result<Pid, ChildError> {
+        let refused = |why: &str| ChildError::Refused(why.to_owned());
+        if child.name.trim().is_empty() {
+            return Err(refused("the child's name must not be empty"));
+        }
+        if child.name.len() > MAX_CHILD_NAME_BYTES {
+            return Err(refused("the child's name must be at most 256 bytes"));
+        }
+        if let Some(payload) = &child.payload
+            && serde_json::from_str::<serde::de::IgnoredAny>(payload).is_err()
+        {
+            return Err(refused("the child's payload must be JSON text"));
+        }
+        let task = NewTask {
+            name: child.name,
+            worker: child.worker,
+            duration: child.duration_secs,
+            payload: child.payload,
+            deadline: None,
+            restart: None,
+            on_host_loss: None,
+        };
+        // Not waited for: the child starts once its acceptance is recorded, and a crash
+        // before that loses the child with its parent's step, which runs again.
+        let accepting = self
+            .accept(task, None, Some(parent))
+            .map_err(|error| match error {
+                SpawnError::Full { .. } => ChildError::Full,
+                SpawnError::ShuttingDown => ChildError::ShuttingDown,
+                SpawnError::UnknownWorker(unknown) => ChildError::UnknownWorker(unknown.name),
+                other => ChildError::Refused(other.to_string()),
+            })?;
+        let pid = accepting.pid;
+        if child.link {
+            match self.actors.link(parent, pid) {
+                Ok(true) => {}
+                Ok(false) => self.linked_to_ended(parent, pid),
+                // Too many: the child runs unlinked, and the parent is told by the error.
+                Err(_) => {}
+            }
+        }
+        if child.monitor && self.actors.monitor(parent, pid) == Ok(false) {
+            self.down_now(parent, pid);
+        }
+        Ok(pid)
+    }
+
+    fn monitor(&self, watcher: Pid, target: &str) -> Result<(), WatchError> {
+        let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
+        if !self.actors.monitor(watcher, target)? {
+            self.down_now(watcher, target);
+        }
+        Ok(())
+    }
+
+    fn link(&self, pid: Pid, target: &str) -> Result<(), WatchError> {
+        let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
+        if !self.actors.link(pid, target)? {
+            self.linked_to_ended(pid, target);
+        }
+        Ok(())
+    }
+
+    fn unlink(&self, pid: Pid, target: &str) -> Result<(), WatchError> {
+        let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
+        self.actors.unlink(pid, target);
+        Ok(())
+    }
+
+    fn kill(&self, from: Pid, target: &str) -> Result<(), SendError> {
+        let target = self
+            .resolve(target)
+            .map_err(|unresolved| match unresolved {
+                Unresolved::NotAPid(_) => SendError::BadPid,
+                Unresolved::NoSuchName(_) => SendError::NoSuchProcess,
+            })?;
+        tracing::info!(pid = %target, by = %from, "A task asks to kill another");
+        Host::kill(self, target).map_err(|error| match error {
+            KillError::AlreadyEnded { .. } => SendError::Ended,
+            KillError::NotFound(_) | KillError::Store(_) => SendError::NoSuchProcess,
+        })
+    }
+
+    fn trap_exits(&self, pid: Pid, on: bool) {
+        self.actors.set_trap_exits(pid, on);
+    }
+
+    fn register(&self, pid: Pid, name: &str) -> Result<(), NameError> {
+        self.actors.register(pid, name)
+    }
+
+    fn whereis(&self, name: &str) -> Option<Pid> {
+        self.actors.whereis(name)
+    }
+}

@@ -1,0 +1,216 @@
+//! The worker's side of a task: [`Ctx`], its host calls, and the two futures a worker awaits.
+
+use alloc::rc::Rc;
+use alloc::string::String;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll};
+
+use crate::bindings::http_spawn::worker::host;
+use crate::bindings::http_spawn::worker::types::{
+    Child, End, Level, Message, NameError, SendError, SpawnError, Spec, Wake, WatchError,
+};
+use crate::executor::{Request, Slot};
+
+/// A worker's handle on the host, passed to its `run` and owned by its future. The calls are
+/// the host's, which never block: one that cannot be served at once answers with an error.
+pub struct Ctx {
+    /// What the host said at start; it lives as long as the task.
+    spec: Spec,
+    /// Shared with the executor: where [`Sleep`] and [`Receive`] leave their requests and find
+    /// their wakes.
+    slot: Rc<Slot>,
+}
+
+impl core::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ctx").field("pid", &self.spec.pid).finish()
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(spec: Spec, slot: Rc<Slot>) -> Self {
+        Self { spec, slot }
+    }
+
+    /// What the host told the task at start: its pid, name, duration, payload, parent and
+    /// attempt.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// This task's own pid.
+    pub fn pid(&self) -> &str {
+        &self.spec.pid
+    }
+
+    /// Sleeps `ms` milliseconds. Messages that arrive meanwhile wait in the mailbox. The host
+    /// counts each sleep as a step of the task's progress.
+    pub fn sleep(&self, ms: u32) -> Sleep<'_> {
+        Sleep {
+            slot: &self.slot,
+            ms,
+            asked: false,
+        }
+    }
+
+    /// Takes the next entry of the mailbox (a message, or a monitor's or a link's notice),
+    /// waiting at most `timeout_ms` milliseconds for one: `None` when none came. 0 only looks.
+    pub fn receive(&self, timeout_ms: u32) -> Receive<'_> {
+        Receive {
+            slot: &self.slot,
+            timeout_ms,
+            asked: false,
+        }
+    }
+
+    /// Puts `body` in the mailbox of `to`: a pid, or `name:<name>` for the task registered
+    /// under that name. Messages from one task to another arrive in the order sent.
+    pub fn send(&self, to: &str, body: &str) -> Result<(), SendError> {
+        host::send(to, body)
+    }
+
+    /// Starts a child task and returns its pid. The child starts once the host has recorded
+    /// it; `child.link` and `child.monitor` take effect as it is created.
+    pub fn spawn(&self, child: &Child) -> Result<String, SpawnError> {
+        host::spawn(child)
+    }
+
+    /// Watches `pid`: one [`Received::Down`] comes when it ends, at once if it already has (or
+    /// never existed).
+    pub fn monitor(&self, pid: &str) -> Result<(), WatchError> {
+        host::monitor(pid)
+    }
+
+    /// Links this task and `pid` both ways: when either ends abnormally the other ends too,
+    /// unless it traps exits (see [`Ctx::trap_exits`]).
+    pub fn link(&self, pid: &str) -> Result<(), WatchError> {
+        host::link(pid)
+    }
+
+    /// Removes a link with `pid`, both ways; nothing happens if there was none.
+    pub fn unlink(&self, pid: &str) -> Result<(), WatchError> {
+        host::unlink(pid)
+    }
+
+    /// Kills `pid` (or `name:<name>`): it ends `killed`, which its links and monitors see.
+    pub fn kill(&self, pid: &str) -> Result<(), SendError> {
+        host::kill(pid)
+    }
+
+    /// Whether the abnormal end of a linked task comes as a [`Received::LinkedExit`] instead of
+    /// ending this task. Off at start.
+    pub fn trap_exits(&self, on: bool) {
+        host::trap_exits(on);
+    }
+
+    /// Registers `name` for this task until it ends, so that others reach it as
+    /// `name:<name>`.
+    pub fn register(&self, name: &str) -> Result<(), NameError> {
+        host::register(name)
+    }
+
+    /// The pid of the live task registered under `name`, if any.
+    pub fn whereis(&self, name: &str) -> Option<String> {
+        host::whereis(name)
+    }
+
+    /// Records a log line at `level` in the task's log and the host's, tagged with the pid.
+    pub fn log(&self, level: Level, message: &str) {
+        host::log(level, message);
+    }
+
+    /// Logs `message` at [`Level::Trace`].
+    pub fn trace(&self, message: &str) {
+        self.log(Level::Trace, message);
+    }
+
+    /// Logs `message` at [`Level::Debug`].
+    pub fn debug(&self, message: &str) {
+        self.log(Level::Debug, message);
+    }
+
+    /// Logs `message` at [`Level::Info`].
+    pub fn info(&self, message: &str) {
+        self.log(Level::Info, message);
+    }
+
+    /// Logs `message` at [`Level::Warn`].
+    pub fn warn(&self, message: &str) {
+        self.log(Level::Warn, message);
+    }
+
+    /// Logs `message` at [`Level::Error`].
+    pub fn error(&self, message: &str) {
+        self.log(Level::Error, message);
+    }
+}
+
+/// An entry of the task's mailbox, as [`Ctx::receive`] returns it.
+#[derive(Debug)]
+pub enum Received {
+    /// A message from another task (`sender` set) or from an HTTP client.
+    Message(Message),
+    /// A task this one monitors ended.
+    Down(End),
+    /// A linked task ended abnormally, and this task traps exits.
+    LinkedExit(End),
+}
+
+/// The future of [`Ctx::sleep`]: ready once the host has let the time pass.
+#[derive(Debug)]
+#[must_use = "a sleep does nothing unless awaited"]
+pub struct Sleep<'a> {
+    slot: &'a Slot,
+    ms: u32,
+    /// Whether the request went to the slot; the next poll then expects the wake.
+    asked: bool,
+}
+
+impl Future for Sleep<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        let request = Request::Sleep(self.ms);
+        if !self.asked {
+            self.asked = true;
+            self.slot.ask(request);
+            return Poll::Pending;
+        }
+        match self.slot.take_wake(request) {
+            Some(Wake::Slept) => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// The future of [`Ctx::receive`]: ready with the mailbox's next entry, or `None` when the
+/// timeout passed first.
+#[derive(Debug)]
+#[must_use = "a receive does nothing unless awaited"]
+pub struct Receive<'a> {
+    slot: &'a Slot,
+    timeout_ms: u32,
+    /// Whether the request went to the slot; the next poll then expects the wake.
+    asked: bool,
+}
+
+impl Future for Receive<'_> {
+    type Output = Option<Received>;
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Received>> {
+        let request = Request::Receive(self.timeout_ms);
+        if !self.asked {
+            self.asked = true;
+            self.slot.ask(request);
+            return Poll::Pending;
+        }
+        match self.slot.take_wake(request) {
+            Some(Wake::Message(message)) => Poll::Ready(Some(Received::Message(message))),
+            Some(Wake::Down(end)) => Poll::Ready(Some(Received::Down(end))),
+            Some(Wake::LinkedExit(end)) => Poll::Ready(Some(Received::LinkedExit(end))),
+            Some(Wake::Timeout) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
+}
