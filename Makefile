@@ -69,7 +69,7 @@ fuzz-api: build-guest
 # prints the tables and writes bench-out/report.md, results.json and SVG plots.
 bench: build-guest
 	$(CARGO) build --release -p http-spawn -p http-spawn-bench
-	./target/release/http-spawn-bench --out bench-out
+	HTTP_SPAWN_BASELINE_GUEST="$$(scripts/build-baseline-guest.sh)" ./target/release/http-spawn-bench --out bench-out
 
 # The reliability suite (issue #12), about 15 minutes on 2 cores: hostile guests mixed into
 # thousands of submissions a second, a soak of a million tasks, k6 past the host's capacity,

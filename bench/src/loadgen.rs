@@ -1,5 +1,5 @@
 //! A small HTTP/1.1 load generator: keep-alive connections on loopback, each sending
-//! `POST /api/tasks` and reading the answer before the next (closed loop), optionally paced to
+//! `POST /api/tasks` (or another path a plan names, such as a task's messages) and reading the answer before the next (closed loop), optionally paced to
 //! a total rate (open loop, without correcting for coordinated omission). Lighter than k6 by
 //! two orders of magnitude per request, so the server, not the generator, is what is measured.
 //!
@@ -74,6 +74,7 @@ pub async fn run(load: Load) -> Outcome {
         count: None,
         keep_pids: false,
         stop: None,
+        target: None,
         body: Arc::new(move |index| (0, seed_body(durations, index))),
     };
     let run = run_plan(plan).await;
@@ -114,6 +115,9 @@ fn seed_body(durations: Durations, index: u64) -> String {
 /// Chooses request `index`'s label (the caller's own: good or hostile, say) and JSON body.
 pub type Bodies = Arc<dyn Fn(u64) -> (u8, String) + Send + Sync>;
 
+/// Chooses request `index`'s path, such as `/api/tasks/{pid}/messages`.
+pub type Targets = Arc<dyn Fn(u64) -> String + Send + Sync>;
+
 /// A load: who, how many connections, how fast, how many, and what each request sends.
 #[derive(Clone)]
 pub struct Plan {
@@ -130,6 +134,8 @@ pub struct Plan {
     pub keep_pids: bool,
     /// Set by the caller to stop sending early.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Where each request is posted; `None` posts every one to `/api/tasks`.
+    pub target: Option<Targets>,
     pub body: Bodies,
 }
 
@@ -240,8 +246,12 @@ async fn connection(
         }
         sent += 1;
         let (label, body) = (plan.body)(number);
+        let path = plan
+            .target
+            .as_ref()
+            .map_or_else(|| "/api/tasks".to_owned(), |target| target(number));
         let request = format!(
-            "POST /api/tasks HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             plan.addr,
             body.len()
         );

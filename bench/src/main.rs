@@ -8,8 +8,12 @@
 //! 2. live sleeping tasks: RSS and page tables per task, against plain `tokio::spawn`;
 //! 3. HTTP accept rate: the host against a floor server, with a light load generator;
 //! 4. fuel: compute kernels with fuel metering on and off;
-//! 5. the seed's k6 profile at rising arrival rates, and past capacity.
+//! 5. the seed's k6 profile at rising arrival rates, and past capacity;
+//! 6. durability: the stores side by side, and recovery;
+//! 7. actors: task-to-task messages, `POST …/messages`, memory per task waiting in `receive`,
+//!    one task spawning 10,000 children (see actors.rs).
 
+mod actors;
 mod naive;
 mod plot;
 
@@ -39,7 +43,7 @@ struct Args {
     /// Smaller counts and shorter runs, for a quick look.
     #[arg(long, global = true)]
     quick: bool,
-    /// Run only these sections (1-6), e.g. `--only 1,3`.
+    /// Run only these sections (1-7), e.g. `--only 1,3`; `--only 7` is the actors alone.
     #[arg(long, global = true, value_delimiter = ',')]
     only: Vec<u8>,
 }
@@ -74,10 +78,33 @@ enum Section {
     },
 }
 
+/// What a live-tasks measurement keeps live.
 #[derive(Debug, Clone, Copy, clap::ValueEnum, Serialize, Deserialize, PartialEq)]
 enum LiveMode {
+    /// The default worker, sleeping.
     Wasm,
+    /// `tokio::spawn`ed futures, sleeping.
     Tokio,
+    /// The `legacy` example (the 0.1.0 contract, `std`), sleeping.
+    Legacy,
+    /// The `actor` example (the SDK, `std`), waiting in `receive`.
+    ActorReceive,
+    /// The default worker as it was before the SDK (0.1.0, `no_std`), sleeping: built from
+    /// git by `scripts/build-baseline-guest.sh`, found through `HTTP_SPAWN_BASELINE_GUEST`.
+    Baseline,
+}
+
+impl LiveMode {
+    /// The mode as the `live` subcommand spells it.
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Wasm => "wasm",
+            Self::Tokio => "tokio",
+            Self::Legacy => "legacy",
+            Self::ActorReceive => "actor-receive",
+            Self::Baseline => "baseline",
+        }
+    }
 }
 
 fn repo_root() -> PathBuf {
@@ -91,6 +118,14 @@ fn guest(name: &str) -> PathBuf {
     } else {
         dir.join("examples").join(format!("{name}.wasm"))
     }
+}
+
+/// The default worker as it was before the SDK, if `make bench` built it (see
+/// `scripts/build-baseline-guest.sh`).
+fn baseline_guest() -> Option<PathBuf> {
+    std::env::var_os("HTTP_SPAWN_BASELINE_GUEST")
+        .map(PathBuf::from)
+        .filter(|path| path.is_file())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -164,6 +199,9 @@ fn all(out: &Path, quick: bool, only: &[u8]) -> anyhow::Result<()> {
     }
     if wanted(6) {
         results.insert("store".into(), section_store(&mut report, quick)?);
+    }
+    if wanted(7) {
+        results.insert("actors".into(), actors::section(&mut report, quick)?);
     }
     report.line(&format!(
         "\nbench finished in {:.0} s",
@@ -330,81 +368,116 @@ struct LiveResult {
     maps_total: u64,
 }
 
-/// Gets `n` tasks sleeping in this process and measures what they hold.
+/// Gets `n` tasks of `mode` waiting (sleeping, or in `receive`) in this process and measures
+/// what they hold.
 fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
-    match mode {
-        LiveMode::Wasm => {
-            let module = guest("default").display().to_string();
-            let capacity = n.to_string();
-            let config = Config::from_args([
-                "http-spawn",
-                "--module",
-                &module,
-                "--capacity",
-                &capacity,
-                "--max-duration-secs",
-                "86400",
-                "--store",
-                "memory",
-            ])?;
-            let host = http_spawn::Host::start(&config)?;
-            let before = procfs::Status::read()?;
-            let begun = Instant::now();
-            for _ in 0..n {
-                host.spawn(
-                    NewTask {
-                        name: "sleeper".into(),
-                        duration: 86_400,
-                        payload: None,
-                        deadline: None,
-                        restart: None,
-                        on_host_loss: None,
-                        worker: None,
-                    },
-                    None,
-                )?
-                .wait()?;
-            }
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while host.totals().started < u64::from(n) {
-                if Instant::now() > deadline {
-                    bail!("only {} of {n} tasks started", host.totals().started);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let secs = begun.elapsed().as_secs_f64();
-            // Past the first wake-up, so every task has slept and stepped once.
-            std::thread::sleep(Duration::from_millis(1200));
-            let after = procfs::Status::read()?;
-            eprintln!("{n} tasks live; holding them {hold:?}");
-            std::thread::sleep(hold);
-            Ok(LiveResult::new(mode, n, &before, &after, secs))
-        }
-        LiveMode::Tokio => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let before = procfs::Status::read()?;
-            let begun = Instant::now();
-            let live = Arc::new(std::sync::atomic::AtomicU32::new(0));
-            runtime.block_on(async {
-                for _ in 0..n {
-                    let live = Arc::clone(&live);
-                    tokio::spawn(async move {
-                        live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_secs(86_400)).await;
-                    });
-                }
-                while live.load(std::sync::atomic::Ordering::Relaxed) < n {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            });
-            let secs = begun.elapsed().as_secs_f64();
-            let after = procfs::Status::read()?;
-            Ok(LiveResult::new(mode, n, &before, &after, secs))
-        }
+    // The worker, its memory cap (the `std` examples need more than the default 1 MiB for
+    // their 1 MiB stack), and the payload that keeps it waiting.
+    let (worker, max_memory, payload) = match mode {
+        LiveMode::Wasm => ("default", "1MiB", None),
+        LiveMode::Baseline => ("baseline", "1MiB", None),
+        LiveMode::Legacy => ("legacy", "16MiB", None),
+        LiveMode::ActorReceive => (
+            "actor",
+            "16MiB",
+            Some(r#"{"script": [{"op": "receive", "timeout_ms": 86400000}]}"#),
+        ),
+        LiveMode::Tokio => return live_tokio(n),
+    };
+    let module = if mode == LiveMode::Baseline {
+        baseline_guest().context("the default worker before the SDK is not built")?
+    } else {
+        guest(worker)
     }
+    .display()
+    .to_string();
+    let capacity = n.to_string();
+    let config = Config::from_args([
+        "http-spawn",
+        "--module",
+        &module,
+        "--max-memory",
+        max_memory,
+        "--capacity",
+        &capacity,
+        "--max-duration-secs",
+        "86400",
+        "--store",
+        "memory",
+    ])?;
+    let host = http_spawn::Host::start(&config)?;
+    let before = procfs::Status::read()?;
+    let begun = Instant::now();
+    for _ in 0..n {
+        host.spawn(
+            NewTask {
+                name: "sleeper".into(),
+                duration: 86_400,
+                payload: payload.map(str::to_owned),
+                deadline: None,
+                restart: None,
+                on_host_loss: None,
+                worker: None,
+            },
+            None,
+        )?
+        .wait()?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while host.totals().started < u64::from(n) {
+        if Instant::now() > deadline {
+            bail!("only {} of {n} tasks started", host.totals().started);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = begun.elapsed().as_secs_f64();
+    // Past the first wake-up, so every task has slept and stepped once (or, in `receive`,
+    // has run its first step and waits).
+    std::thread::sleep(Duration::from_millis(1200));
+    let after = procfs::Status::read()?;
+    eprintln!("{n} tasks live; holding them {hold:?}");
+    std::thread::sleep(hold);
+    Ok(LiveResult::new(mode, n, &before, &after, secs))
+}
+
+/// `n` `tokio::spawn`ed futures sleeping: the floor of a live task.
+fn live_tokio(n: u32) -> anyhow::Result<LiveResult> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let before = procfs::Status::read()?;
+    let begun = Instant::now();
+    let live = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    runtime.block_on(async {
+        for _ in 0..n {
+            let live = Arc::clone(&live);
+            tokio::spawn(async move {
+                live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(86_400)).await;
+            });
+        }
+        while live.load(std::sync::atomic::Ordering::Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let secs = begun.elapsed().as_secs_f64();
+    let after = procfs::Status::read()?;
+    Ok(LiveResult::new(LiveMode::Tokio, n, &before, &after, secs))
+}
+
+/// One live-tasks measurement in a fresh process (this binary's `live` subcommand), so that
+/// one measurement's heap does not hide another's.
+fn live_in_fresh_process(mode: LiveMode, n: u32) -> anyhow::Result<LiveResult> {
+    let output = Command::new(std::env::current_exe()?)
+        .args(["live", "--mode", mode.arg(), "--n", &n.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running a live-tasks measurement")?;
+    if !output.status.success() {
+        bail!("live {} {n} failed", mode.arg());
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 impl LiveResult {
@@ -435,29 +508,11 @@ fn section_live(report: &mut Report, out: &Path, quick: bool) -> anyhow::Result<
     } else {
         &[1_000, 10_000, 100_000, 250_000]
     };
-    let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     let mut results = Vec::new();
     for &n in counts {
-        let mut pair = Vec::new();
-        for mode in [LiveMode::Wasm, LiveMode::Tokio] {
-            let mode_arg = if mode == LiveMode::Wasm {
-                "wasm"
-            } else {
-                "tokio"
-            };
-            let output = Command::new(&exe)
-                .args(["live", "--mode", mode_arg, "--n", &n.to_string()])
-                .stderr(Stdio::inherit())
-                .output()
-                .context("running a live-tasks measurement")?;
-            if !output.status.success() {
-                bail!("live {mode_arg} {n} failed");
-            }
-            let result: LiveResult = serde_json::from_slice(&output.stdout)?;
-            pair.push(result);
-        }
-        let (wasm, tokio) = (&pair[0], &pair[1]);
+        let wasm = &live_in_fresh_process(LiveMode::Wasm, n)?;
+        let tokio = &live_in_fresh_process(LiveMode::Tokio, n)?;
         rows.push(vec![
             n.to_string(),
             format!("{:.1}", wasm.rss_bytes_per_task / 1024.0),
@@ -616,6 +671,28 @@ fn get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     Some(response.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// POSTs `body` (JSON) to `path` with a plain blocking socket: the status and the body.
+fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .context("an HTTP answer without a status")?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((status, body.to_owned()))
 }
 
 /// A metric's value in a Prometheus exposition (the first series of that name).

@@ -44,6 +44,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
         count: None,
         keep_pids: true,
         stop,
+        target: None,
         body: Arc::new(|index| {
             (
                 0,

@@ -197,6 +197,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
             count: Some(count),
             keep_pids: true,
             stop: None,
+            target: None,
             body: {
                 let kinds = Arc::clone(&kinds);
                 Arc::new(move |index| body(index, mixed.then_some(kinds.as_slice())))

@@ -98,6 +98,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
             count: Some(count),
             keep_pids: false,
             stop: None,
+            target: None,
             body: Arc::new(|_| (0, "{\"name\":\"soak\",\"duration\":0}".to_owned())),
         }))
     };
