@@ -5,9 +5,11 @@
 use alloc::boxed::Box;
 use alloc::rc::Rc;
 use alloc::string::String;
+use core::any::TypeId;
 use core::cell::{Cell, UnsafeCell};
 use core::future::Future;
 use core::pin::Pin;
+use core::ptr::null_mut;
 use core::task::{Context, Poll, Waker};
 
 use crate::bindings::http_spawn::worker::types::{Next, Spec, Wake};
@@ -87,9 +89,14 @@ impl Slot {
 }
 
 /// One task's future and what the executor knows of it between steps.
-pub(crate) struct Executor {
+///
+/// Generic over the future's type rather than holding a `dyn Future`: each poll and the final
+/// drop are then direct calls. A call through a vtable is a `call_indirect`, whose first use
+/// makes wasmtime initialise the instance's function table lazily, which costs every sleeping
+/// task a 4 KiB page of the pool's table memory that it otherwise never touches.
+pub(crate) struct Executor<F> {
     /// The worker's `run(ctx)`; `None` once it has ended.
-    future: Option<Pin<Box<dyn Future<Output = Exit>>>>,
+    future: Option<Pin<Box<F>>>,
     /// The slot the future's `Ctx` shares.
     slot: Rc<Slot>,
     /// What the last step asked the host for, which the next wake must answer; `None` before
@@ -97,12 +104,11 @@ pub(crate) struct Executor {
     awaiting: Option<Request>,
 }
 
-impl Executor {
+impl<F: Future<Output = Exit>> Executor<F> {
     /// Creates the future `run(ctx)` for the task `spec` describes, not yet polled.
-    pub(crate) fn new<R, F>(spec: Spec, run: R) -> Self
+    pub(crate) fn new<R>(spec: Spec, run: R) -> Self
     where
         R: FnOnce(Ctx) -> F,
-        F: Future<Output = Exit> + 'static,
     {
         let slot = Rc::new(Slot::default());
         let future = Box::pin(run(Ctx::new(spec, Rc::clone(&slot))));
@@ -188,15 +194,16 @@ fn unasked_wake(wake: &Wake, awaited: Option<Request>) -> Next {
     Next::Failed(message)
 }
 
-/// The one task of this instance.
-struct Task(UnsafeCell<Option<Executor>>);
+/// The one task of this instance: its executor, boxed and type-erased (the type of an
+/// `async fn`'s future cannot be named in a static), with the type it was created with.
+struct Task(UnsafeCell<(*mut (), Option<TypeId>)>);
 
 // SAFETY: a component instance runs one thread, and the host never calls an export while
 // another is running, so at most one `&mut` to the cell's contents exists at a time: the one
 // `start` or `step` takes for its own duration. Nothing calls these exports outside a component.
 unsafe impl Sync for Task {}
 
-static TASK: Task = Task(UnsafeCell::new(None));
+static TASK: Task = Task(UnsafeCell::new((null_mut(), None)));
 
 /// The task interface's `start`: runs `plan`, then keeps the future `run(ctx)` for the steps.
 pub fn start<P, R, F>(spec: Spec, plan: P, run: R) -> Result<u32, String>
@@ -206,19 +213,36 @@ where
     F: Future<Output = Exit> + 'static,
 {
     let steps = plan(&spec)?;
-    let executor = Executor::new(spec, run);
+    let executor = Box::into_raw(Box::new(Executor::new(spec, run)));
     // SAFETY: see `Task`.
-    unsafe { *TASK.0.get() = Some(executor) };
+    let task = unsafe { &mut *TASK.0.get() };
+    let previous = core::mem::replace(task, (executor.cast(), Some(TypeId::of::<F>())));
+    if previous.1 == Some(TypeId::of::<F>()) {
+        // SAFETY: a box of an `Executor<F>` (the type id says so), and no longer in the cell.
+        drop(unsafe { Box::from_raw(previous.0.cast::<Executor<F>>()) });
+    }
     Ok(steps)
 }
 
-/// The task interface's `step`.
-pub fn step(wake: Wake) -> Next {
+/// The task interface's `step`. `run` is the worker's `run`, as passed to [`start`]: only its
+/// type is used, to find the executor's.
+pub fn step<R, F>(wake: Wake, run: R) -> Next
+where
+    R: FnOnce(Ctx) -> F,
+    F: Future<Output = Exit> + 'static,
+{
+    let _ = run;
     // SAFETY: see `Task`.
-    match unsafe { &mut *TASK.0.get() } {
-        Some(executor) => executor.step(wake),
-        None => failed("step called before start"),
+    let (executor, type_id) = unsafe { *TASK.0.get() };
+    if executor.is_null() {
+        return failed("step called before start");
     }
+    if type_id != Some(TypeId::of::<F>()) {
+        return failed("step called with another worker than start");
+    }
+    // SAFETY: the pointer came from `Box::into_raw` of an `Executor<F>` in `start` (the type id
+    // says so) and is never freed while it is in the cell; see `Task` for exclusivity.
+    unsafe { &mut *executor.cast::<Executor<F>>() }.step(wake)
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ macro_rules! worker {
                 }
 
                 fn step(wake: $crate::__private::Wake) -> $crate::__private::Next {
-                    $crate::__private::step(wake)
+                    $crate::__private::step(wake, $run)
                 }
             }
 
