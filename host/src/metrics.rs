@@ -61,6 +61,7 @@ pub const EVENT_SUBSCRIBERS: &str = "http_spawn_event_subscribers";
 pub const STORE_COMMITS: &str = "http_spawn_store_commits_total";
 pub const STORE_BATCHES: &str = "http_spawn_store_batches_total";
 pub const STORE_HEALTHY: &str = "http_spawn_store_healthy";
+pub const STORE_LOG_LINES_SHED: &str = "http_spawn_store_log_lines_shed_total";
 pub const MESSAGES: &str = "http_spawn_messages_total";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -69,6 +70,13 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
 
 /// Every metric the host exports.
 pub const METRICS: &[Spec] = &[
+    spec(
+        STORE_LOG_LINES_SHED,
+        Kind::Counter,
+        None,
+        "Log lines of running tasks the store did not write because its writer had fallen \
+         behind (they were still streamed to event subscribers).",
+    ),
     spec(
         MESSAGES,
         Kind::Counter,

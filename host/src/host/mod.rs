@@ -338,6 +338,7 @@ impl Host {
         let stats = self.store.stats();
         metrics.total(metrics::STORE_COMMITS, stats.commits);
         metrics.total(metrics::STORE_BATCHES, stats.batches);
+        metrics.total(metrics::STORE_LOG_LINES_SHED, stats.log_lines_shed);
         metrics.gauge(
             metrics::STORE_HEALTHY,
             if self.store.healthy() { 1.0 } else { 0.0 },

@@ -192,6 +192,7 @@ impl Store for MemoryStore {
         StoreStats {
             commits: batches,
             batches,
+            log_lines_shed: 0,
         }
     }
 

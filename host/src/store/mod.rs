@@ -59,6 +59,8 @@ pub struct StoreStats {
     pub commits: u64,
     /// Batches written.
     pub batches: u64,
+    /// Log lines of running tasks shed because the writer had fallen behind.
+    pub log_lines_shed: u64,
 }
 
 /// Called once a submitted batch is written, or could not be.

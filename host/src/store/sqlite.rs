@@ -150,6 +150,8 @@ struct Shared {
     healthy: AtomicBool,
     commits: AtomicU64,
     batches: AtomicU64,
+    /// Log lines of running tasks not written because the writer was too far behind.
+    lines_shed: AtomicU64,
 }
 
 /// The progress of running tasks, kept in memory and written with their next change that
@@ -237,6 +239,8 @@ pub struct SqliteStore {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Batches waiting past which log lines are shed: [`SHED_LOGS_PAST`] but in tests.
+    shed_logs_past: usize,
     /// Held for the life of the store: the file is this host's alone.
     _lock: File,
 }
@@ -322,6 +326,7 @@ impl SqliteStore {
             healthy: AtomicBool::new(true),
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            lines_shed: AtomicU64::new(0),
         });
         let thread = {
             let shared = Arc::clone(&shared);
@@ -340,6 +345,7 @@ impl SqliteStore {
             readers,
             next_reader: AtomicUsize::new(0),
             writer: Mutex::new(Some(thread)),
+            shed_logs_past: SHED_LOGS_PAST,
             _lock: lock,
         })
     }
@@ -478,6 +484,47 @@ fn migrate(path: &Path, connection: &mut Connection) -> Result<(), OpenError> {
         );
     }
     Ok(())
+}
+
+/// Batches waiting for the writer past which the log lines of running tasks are shed: they are
+/// the one thing a task writes at a rate of its own choosing (a line a step, for every live
+/// task), and past this the writer has fallen behind, so keeping them would grow the queue
+/// without bound. Their events are still published; every other change is always kept.
+const SHED_LOGS_PAST: usize = 10_000;
+
+/// Whether `batch` holds nothing but log lines of a running task.
+fn only_log_lines(batch: &[Change]) -> bool {
+    batch
+        .iter()
+        .all(|change| matches!(change, Change::Event(_, TaskEvent::Logs { .. })))
+}
+
+impl SqliteStore {
+    /// Drops a batch of log lines the writer has no time for, counting them, and tells the
+    /// submitter it is done (its events are published: live streams still see the lines).
+    fn shed(&self, batch: &[Change], done: Option<Done>) {
+        let lines: usize = batch
+            .iter()
+            .map(|change| match change {
+                Change::Event(_, TaskEvent::Logs { lines, .. }) => lines.len(),
+                _ => 0,
+            })
+            .sum();
+        let before = self
+            .shared
+            .lines_shed
+            .fetch_add(lines as u64, Ordering::Relaxed);
+        if before == 0 {
+            tracing::warn!(
+                "the task store's writer has fallen behind: log lines of running tasks are \
+                 shed (not stored, still streamed) until it catches up; see \
+                 http_spawn_store_log_lines_shed_total"
+            );
+        }
+        if let Some(done) = done {
+            done(Ok(()));
+        }
+    }
 }
 
 /// The writer thread: takes every pending batch, commits them in one transaction, then tells
@@ -1000,6 +1047,11 @@ impl Store for SqliteStore {
                 .queue
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if queue.pending.len() >= self.shed_logs_past && only_log_lines(&batch) {
+                drop(queue);
+                self.shed(&batch, done);
+                return;
+            }
             queue.pending.push_back(Pending { batch, done });
         }
         self.shared.wake.notify_one();
@@ -1013,6 +1065,7 @@ impl Store for SqliteStore {
         StoreStats {
             commits: self.shared.commits.load(Ordering::Relaxed),
             batches: self.shared.batches.load(Ordering::Relaxed),
+            log_lines_shed: self.shared.lines_shed.load(Ordering::Relaxed),
         }
     }
 
@@ -1439,6 +1492,51 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(kept(&store), 10);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A writer too far behind sheds the log lines of running tasks, and only those: their
+    /// submitters are told, the lines are counted, and every other change is written.
+    #[test]
+    fn a_writer_too_far_behind_sheds_log_lines_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("http-spawn-shed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal).expect("open");
+        // As if the writer were always behind.
+        store.shed_logs_past = 0;
+        let pid = Pid::new(1, 1);
+        let logs = |message: &str| {
+            Change::Event(
+                pid,
+                TaskEvent::Logs {
+                    lines: vec![crate::model::LogLine {
+                        at: SystemTime::now(),
+                        source: crate::model::LogSource::Info,
+                        message: message.into(),
+                    }],
+                    dropped_bytes: 0,
+                },
+            )
+        };
+        let mut changes = ended_task(1);
+        let end = changes.pop().expect("the end");
+        store.wait(changes).expect("accepted");
+        store.wait(vec![logs("shed")]).expect("told it is done");
+        // A batch with the end and its last lines is never shed.
+        store.wait(vec![logs("kept"), end]).expect("ended");
+        let kept: Vec<String> = store
+            .logs(pid)
+            .expect("read")
+            .expect("the task")
+            .lines
+            .into_iter()
+            .map(|line| line.message)
+            .collect();
+        assert_eq!(kept, ["kept"]);
+        assert_eq!(store.stats().log_lines_shed, 1);
+        let record = store.get(pid).expect("read").expect("the task");
+        assert_eq!(record.status, crate::model::Status::Exited);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
