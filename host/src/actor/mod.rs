@@ -165,15 +165,15 @@ struct Actor {
     links: Vec<Pid>,
     /// Tasks monitoring this one, once per `monitor` call.
     watchers: Vec<Pid>,
-    /// Monitors this task holds on others still live.
-    monitoring: usize,
+    /// Monitors this task holds on others still live, once per `monitor` call.
+    monitoring: Vec<Pid>,
     trap_exits: bool,
     name: Option<Arc<str>>,
 }
 
 impl Actor {
     fn watches(&self) -> usize {
-        self.links.len() + self.monitoring
+        self.links.len() + self.monitoring.len()
     }
 
     /// Puts a notice (never refused), and says whether the task must be woken.
@@ -204,6 +204,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes one `pid` from `pids` (a monitor is counted once per call).
+fn forget_one(pids: &mut Vec<Pid>, pid: Pid) {
+    if let Some(at) = pids.iter().position(|p| *p == pid) {
+        pids.swap_remove(at);
+    }
 }
 
 /// Whether `name` may be registered: 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `-`, `_`
@@ -296,7 +303,7 @@ impl Actors {
             if actor.watches() >= self.limits.max_watches {
                 return Err(WatchError::TooMany);
             }
-            actor.monitoring += 1;
+            actor.monitoring.push(target);
         }
         let live = match self.shard(target).get_mut(&target) {
             Some(actor) => {
@@ -306,7 +313,7 @@ impl Actors {
             None => false,
         };
         if !live && let Some(actor) = self.shard(watcher).get_mut(&watcher) {
-            actor.monitoring -= 1;
+            forget_one(&mut actor.monitoring, target);
         }
         Ok(live)
     }
@@ -399,7 +406,7 @@ impl Actors {
         self.shard(pid).get(&pid).map(|actor| ActorState {
             mailbox: actor.mailbox.len(),
             links: actor.links.clone(),
-            monitors: actor.monitoring,
+            monitors: actor.monitoring.len(),
             name: actor.name.as_deref().map(str::to_owned),
             trap_exits: actor.trap_exits,
         })
@@ -439,11 +446,18 @@ impl Actors {
         for watcher in actor.watchers {
             let mut shard = self.shard(watcher);
             if let Some(watching) = shard.get_mut(&watcher) {
-                watching.monitoring = watching.monitoring.saturating_sub(1);
+                forget_one(&mut watching.monitoring, pid);
                 if watching.notify(Entry::Down(notice.clone())) {
                     aftermath.wake.push(watcher);
                 }
                 told(Told::Down { watcher });
+            }
+        }
+        // The monitors this task held die with it: their targets forget it, so a long-lived
+        // task watched by many short-lived ones does not keep a list of the dead.
+        for target in actor.monitoring {
+            if let Some(watched) = self.shard(target).get_mut(&target) {
+                forget_one(&mut watched.watchers, pid);
             }
         }
         let abnormal = notice.is_abnormal();
@@ -596,6 +610,22 @@ mod tests {
         actors.ended(a, &TaskEnd::exited(0), drop);
         assert_eq!(actors.whereis("cache"), None);
         assert_eq!(actors.register(b, "cache"), Ok(()));
+    }
+
+    #[test]
+    fn a_watcher_that_ends_first_is_forgotten_by_its_target() {
+        let actors = actors(8);
+        let (server, client) = (Pid::new(1, 1), Pid::new(1, 2));
+        actors.enter(server);
+        actors.enter(client);
+        assert_eq!(actors.monitor(client, server), Ok(true));
+        assert_eq!(actors.monitor(client, server), Ok(true));
+        assert_eq!(actors.info(client).map(|info| info.monitors), Some(2));
+        let watchers =
+            |actors: &Actors| actors.shard(server).get(&server).map(|a| a.watchers.len());
+        assert_eq!(watchers(&actors), Some(2));
+        actors.ended(client, &TaskEnd::exited(0), drop);
+        assert_eq!(watchers(&actors), Some(0));
     }
 
     #[test]
