@@ -65,7 +65,7 @@ fuzz-api: build-guest
 	$(CARGO) build -p http-spawn
 	scripts/fuzz-api.sh $(FUZZ_BUDGET)
 
-# Every benchmark, side by side with its baselines, in one run (about 6 minutes on 2 cores):
+# Every benchmark, side by side with its baselines, in one run (about 11 minutes on 2 cores):
 # prints the tables and writes bench-out/report.md, results.json and SVG plots.
 bench: build-guest
 	$(CARGO) build --release -p http-spawn -p http-spawn-bench
