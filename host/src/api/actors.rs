@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::error::{AnyRoute, ErrorBody, RETRY_AFTER_SECS};
-use super::tasks::{is_json, task_path};
+use super::tasks::{json_body, task_path};
 use super::{ApiError, AppState};
 use crate::actor::SendError;
 use crate::model::Pid;
@@ -81,14 +81,8 @@ pub(super) async fn post_message(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (raw, pid) = task_pid(&state, path)?;
-    if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
     let limit = state.limits.max_message_bytes;
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
-        _ => ApiError::BadRequest(rejection.body_text()),
-    })?;
+    let body = json_body(&headers, body, limit)?;
     if body.len() > limit {
         return Err(ApiError::PayloadTooLarge { limit });
     }

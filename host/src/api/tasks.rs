@@ -107,15 +107,7 @@ pub(super) async fn spawn_task(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
-            limit: state.limits.max_body_bytes,
-        },
-        _ => ApiError::BadRequest(rejection.body_text()),
-    })?;
+    let body = json_body(&headers, body, state.limits.max_body_bytes)?;
     let key = idempotency_key(&headers, &body)?;
     let task = parse_submission(&body, &state.limits)?;
     let (name, duration) = (task.name.clone(), task.duration);
@@ -151,6 +143,21 @@ pub(super) async fn spawn_task(
         Json(body),
     )
         .into_response())
+}
+
+/// A body sent as JSON (`415` otherwise) and read whole within `limit` bytes (`413`).
+pub(super) fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })
 }
 
 /// The longest `Idempotency-Key` accepted, in bytes.
