@@ -820,6 +820,7 @@ async fn an_exit_0_does_not_propagate_through_a_link_and_a_non_zero_exit_does() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linking_to_an_ended_task_acts_as_if_linked_before_it_ended() {
     let app = actors_app(&[]).await;
+    let stream = all_events(&app).await;
     let failed = app
         .run(actor("failed", json!([{"op": "fail", "message": "down"}])))
         .await;
@@ -861,6 +862,20 @@ async fn linking_to_an_ended_task_acts_as_if_linked_before_it_ended() {
     assert_eq!(line["end"]["pid"], unknown.as_str(), "{line}");
     assert_eq!(line["end"]["status"], "unknown", "{line}");
     assert_eq!(line["end"]["outcome"], "no_such_process", "{line}");
+    // One `linked_exit` event for each link to an ended task, as for a link made before.
+    let (to_failed_pid, trapping_pid) = (to_failed.clone(), trapping.clone());
+    let events = read_events(stream, move |name, data| {
+        name == "exit" && data["pid"] == trapping_pid.as_str()
+    })
+    .await;
+    let linked_exits = |pid: &str| {
+        events
+            .iter()
+            .filter(|(name, data)| name == "linked_exit" && data["pid"] == pid)
+            .count()
+    };
+    assert_eq!(linked_exits(&to_failed_pid), 1, "{events:?}");
+    assert_eq!(linked_exits(&trapping), 1, "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,11 +158,6 @@ impl Host {
             self.scheduler
                 .end(pid, TaskEnd::linked_exit(target, &notice_text));
         }
-        self.events.publish(
-            pid,
-            "linked_exit",
-            || json!({"pid": pid, "linked": target, "outcome": outcome, "trapped": trapping}),
-        );
     }
 }
 
