@@ -173,12 +173,40 @@ impl EventBus {
         }
     }
 
-    /// Publishes an event that is not a change of the store (a message put in a mailbox, a
-    /// `down` notice, a link's exit), built only while someone listens.
-    pub fn publish(&self, pid: Pid, kind: &'static str, data: impl FnOnce() -> Value) {
+    /// Publishes an event that is not a change of the store, built only while someone listens.
+    fn publish(&self, pid: Pid, kind: &'static str, data: impl FnOnce() -> Value) {
         if self.listening() {
             self.send(vec![published(pid, kind, &data())]);
         }
+    }
+
+    /// A message of `bytes` bytes, from task `sender` or (none) an HTTP client, was put in
+    /// `to`'s mailbox.
+    pub fn message(&self, to: Pid, sender: Option<Pid>, bytes: usize) {
+        self.publish(
+            to,
+            "message",
+            || json!({"pid": to, "sender": sender, "bytes": bytes}),
+        );
+    }
+
+    /// `watcher` was told that `ended`, which it monitors, ended with `outcome`.
+    pub fn down(&self, watcher: Pid, ended: Pid, outcome: &'static str) {
+        self.publish(
+            watcher,
+            "down",
+            || json!({"pid": watcher, "down": ended, "outcome": outcome}),
+        );
+    }
+
+    /// `linked`, linked to `pid`, ended abnormally with `outcome`: `pid` was sent a notice
+    /// (`trapped`) or is being killed.
+    pub fn linked_exit(&self, pid: Pid, linked: Pid, outcome: &'static str, trapped: bool) {
+        self.publish(
+            pid,
+            "linked_exit",
+            || json!({"pid": pid, "linked": linked, "outcome": outcome, "trapped": trapped}),
+        );
     }
 
     /// Publishes the end of the task whose record is `record`.

@@ -151,6 +151,8 @@ pub struct Aftermath {
     pub wake: Vec<Pid>,
     /// Linked tasks that do not trap exits: kill them, `linked_exit`.
     pub kill: Vec<Pid>,
+    /// How the task ended, as its monitors and links were told.
+    pub notice: Option<EndNotice>,
 }
 
 /// One live task as an actor.
@@ -479,6 +481,7 @@ impl Actors {
                 aftermath.kill.push(linked);
             }
         }
+        aftermath.notice = Some(notice);
         aftermath
     }
 }

@@ -36,9 +36,6 @@ use crate::host::Host;
 use admin::{AdminBearer, AdminToken, require_admin};
 use error::ErrorBody;
 
-/// The longest name a task may have, in bytes.
-const MAX_NAME_BYTES: usize = 256;
-
 /// What a request may ask for.
 #[derive(Debug, Clone)]
 pub struct RequestLimits {
@@ -66,7 +63,7 @@ impl RequestLimits {
         Self {
             max_body_bytes: config.max_body_bytes,
             max_module_bytes: config.max_module_bytes,
-            max_name_bytes: MAX_NAME_BYTES,
+            max_name_bytes: crate::model::MAX_TASK_NAME_BYTES,
             max_duration_secs,
             max_deadline_secs: max_duration_secs.saturating_add(config.deadline_grace_secs),
             max_header_bytes: config.max_header_bytes,

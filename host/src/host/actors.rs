@@ -5,17 +5,12 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-
 use super::{Host, KillError, SpawnError};
 use crate::actor::{
     ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, PutError, SendError, WatchError,
 };
-use crate::model::{NewTask, Pid, TaskEnd, TaskRecord};
+use crate::model::{MAX_TASK_NAME_BYTES, NewTask, Pid, TaskEnd, TaskRecord};
 use crate::store::StoreError;
-
-/// The longest task name a child may be given, as for HTTP submissions.
-const MAX_CHILD_NAME_BYTES: usize = 256;
 
 /// Why a pid or name given by a client or a task names no task.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,14 +58,7 @@ impl Host {
             return Err(SendError::TooLarge);
         }
         let bytes = body.len();
-        let events = &self.events;
-        let published = || {
-            events.publish(
-                to,
-                "message",
-                || json!({"pid": to, "sender": sender, "bytes": bytes}),
-            );
-        };
+        let published = || self.events.message(to, sender, bytes);
         match self.actors.put(to, sender, body, published) {
             Ok(wake) => {
                 if wake {
@@ -122,15 +110,10 @@ impl Host {
         let notice = self
             .end_of(target)
             .unwrap_or_else(|_| EndNotice::unknown(target));
-        let outcome = notice.outcome_str();
+        self.events.down(watcher, target, notice.outcome_str());
         if self.actors.notify(watcher, Entry::Down(notice)) == Some(true) {
             self.scheduler.wake(watcher);
         }
-        self.events.publish(
-            watcher,
-            "down",
-            || json!({"pid": watcher, "down": target, "outcome": outcome}),
-        );
     }
 
     /// Acts on a link to `target`, which has no mailbox: as if it had been linked before it
@@ -142,21 +125,14 @@ impl Host {
         if !notice.is_abnormal() {
             return;
         }
-        let outcome = notice.outcome_str();
-        let notice_text = notice.describe();
         let trapping = self.actors.info(pid).is_some_and(|info| info.trap_exits);
-        self.events.publish(
-            pid,
-            "linked_exit",
-            || json!({"pid": pid, "linked": target, "outcome": outcome, "trapped": trapping}),
-        );
-        if trapping {
-            if self.actors.notify(pid, Entry::LinkedExit(notice)) == Some(true) {
-                self.scheduler.wake(pid);
-            }
-        } else {
+        self.events
+            .linked_exit(pid, target, notice.outcome_str(), trapping);
+        if !trapping {
             self.scheduler
-                .end(pid, TaskEnd::linked_exit(target, &notice_text));
+                .end(pid, TaskEnd::linked_exit(target, &notice.describe()));
+        } else if self.actors.notify(pid, Entry::LinkedExit(notice)) == Some(true) {
+            self.scheduler.wake(pid);
         }
     }
 }
@@ -175,8 +151,10 @@ impl Kernel for Host {
         if child.name.trim().is_empty() {
             return Err(refused("the child's name must not be empty"));
         }
-        if child.name.len() > MAX_CHILD_NAME_BYTES {
-            return Err(refused("the child's name must be at most 256 bytes"));
+        if child.name.len() > MAX_TASK_NAME_BYTES {
+            return Err(ChildError::Refused(format!(
+                "the child's name must be at most {MAX_TASK_NAME_BYTES} bytes"
+            )));
         }
         if let Some(payload) = &child.payload
             && serde_json::from_str::<serde::de::IgnoredAny>(payload).is_err()

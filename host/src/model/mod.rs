@@ -13,5 +13,7 @@ pub use log::{LogLine, LogSource, TaskLogs};
 pub use pid::Pid;
 pub(crate) use pid::Pids;
 pub use record::{ActorState, Attempt, TaskEvent, TaskRecord};
-pub use task::{NewTask, OnHostLoss, Outcome, RestartPolicy, Status, TaskEnd, TaskSpec};
+pub use task::{
+    MAX_TASK_NAME_BYTES, NewTask, OnHostLoss, Outcome, RestartPolicy, Status, TaskEnd, TaskSpec,
+};
 pub use units::{WASM_PAGE_BYTES, parse_memory_size};

@@ -3,6 +3,9 @@
 use super::Pid;
 use serde::Serialize;
 
+/// The longest name a task may have, in bytes, whether a client or a task asks for it.
+pub const MAX_TASK_NAME_BYTES: usize = 256;
+
 /// A task as a client asks for it, already validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTask {

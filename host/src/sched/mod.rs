@@ -27,7 +27,7 @@ use admission::{Admission, Admitted, Permit, Queued, Reservation};
 use inbox::{Command, Inbox};
 use thread::SchedulerThread;
 
-use crate::actor::{Actors, Aftermath, EndNotice, Kernel, Told};
+use crate::actor::{Actors, Aftermath, Kernel, Told};
 use crate::ledger::{Ending, Ledger};
 use crate::model::{Pid, TaskEnd};
 use crate::registry::Version;
@@ -134,12 +134,8 @@ impl Lanes {
         let events = self.ledger.events();
         let outcome = end.outcome.as_str();
         self.actors.ended(pid, end, |told| match told {
-            Told::Down { watcher } => events.publish(watcher, "down", || {
-                serde_json::json!({"pid": watcher, "down": pid, "outcome": outcome})
-            }),
-            Told::Trapped { linked } => events.publish(linked, "linked_exit", || {
-                serde_json::json!({"pid": linked, "linked": pid, "outcome": outcome, "trapped": true})
-            }),
+            Told::Down { watcher } => events.down(watcher, pid, outcome),
+            Told::Trapped { linked } => events.linked_exit(linked, pid, outcome, true),
         })
     }
 
@@ -152,18 +148,14 @@ impl Lanes {
         for woken in aftermath.wake {
             self.wake(woken);
         }
-        let notice = self.actors.recent_end(pid);
-        let outcome = notice
-            .as_ref()
-            .map_or("unknown", |notice| notice.outcome_str());
-        let how = notice
-            .as_ref()
-            .map_or_else(|| "unknown".to_owned(), EndNotice::describe);
-        let events = self.ledger.events();
+        let Some(notice) = aftermath.notice else {
+            return;
+        };
+        let (outcome, how) = (notice.outcome_str(), notice.describe());
         for linked in aftermath.kill {
-            events.publish(linked, "linked_exit", || {
-                serde_json::json!({"pid": linked, "linked": pid, "outcome": outcome, "trapped": false})
-            });
+            self.ledger
+                .events()
+                .linked_exit(linked, pid, outcome, false);
             self.kill(linked, TaskEnd::linked_exit(pid, &how), false);
         }
     }
