@@ -37,9 +37,10 @@ clippy: build-guest
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The whole suite: formatting, lints, a short real k6 run, the dashboard in headless Chromium,
-# a minute of API fuzzing, unit and end-to-end tests (the HTTP limits, a hostile mix, crashes).
+# a minute of API fuzzing, unit and end-to-end tests (the HTTP limits, a hostile mix, crashes),
+# against a throwaway PostgreSQL (scripts/postgres.sh) unless DATABASE_URL names one.
 test: build-guest fmt-check clippy k6-smoke browser-test fuzz-api
-	$(CARGO) test -p http-spawn
+	scripts/postgres.sh run -- $(CARGO) test -p http-spawn
 
 # Load-tests a running host (start it with `make run`); START_RATE, PEAK_RATE, RAMP, HOLD tune it.
 k6:

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test binary uses only some helpers")]
 
+pub mod postgres;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
