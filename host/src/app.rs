@@ -35,6 +35,7 @@ impl App {
             Arc::clone(&host),
             RequestLimits::from_config(config),
             config.admin_token.as_deref(),
+            &config.api_tokens,
         );
         Ok(Self {
             host,

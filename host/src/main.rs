@@ -34,6 +34,13 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         tracing::info!(address = %listener.local_addr()?, "listening");
+        if config.serves_others_without_auth() {
+            tracing::warn!(
+                listen = %config.listen,
+                "--insecure-no-auth: the API is open to anyone who reaches this address, to \
+                 run code and kill tasks; give --api-token to require a token"
+            );
+        }
         http_spawn::run(listener, config, shutdown).await
     })
 }

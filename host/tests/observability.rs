@@ -236,6 +236,7 @@ async fn the_openapi_document_describes_every_route_served() {
         ("POST", "/api/workers/{name}/rollback"),
         ("GET", "/metrics"),
         ("GET", "/api/openapi.json"),
+        ("POST", "/api/session"),
         ("GET", "/"),
     ] {
         assert!(

@@ -1,28 +1,17 @@
-//! The admin endpoints' guard: a bearer token, compared in constant time, checked before the
-//! body is read.
+//! The admin endpoints' guard: the admin token as a bearer token, compared in constant time
+//! (see `auth`), checked before the body is read. The API tokens do not open these endpoints,
+//! and the admin token alone does, whether or not the host has API tokens.
 
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
-use sha2::{Digest as _, Sha256};
 
 use super::AppState;
+use super::auth::bearer;
 use super::error::{ApiError, ErrorBody};
 
-/// Declares the admin endpoints' bearer token in the document.
-pub(super) struct AdminBearer;
-
-impl utoipa::Modify for AdminBearer {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "admin_token",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
-    }
-}
+/// The challenge of a `401` from an admin endpoint.
+const ADMIN_CHALLENGE: &str = "Bearer realm=\"http-spawn admin\"";
 
 /// What an admin endpoint answers a request that may not use it, or that names no worker.
 #[derive(utoipa::IntoResponses)]
@@ -43,28 +32,6 @@ pub(super) enum AdminRefusal {
     UnknownWorker(ErrorBody),
 }
 
-/// The admin token, kept only as its SHA-256 so that comparing takes the same time whatever
-/// the guess, its length included.
-#[derive(Debug)]
-pub(super) struct AdminToken([u8; 32]);
-
-impl AdminToken {
-    pub(super) fn new(token: &str) -> Self {
-        Self(Sha256::digest(token.as_bytes()).into())
-    }
-
-    /// Whether `presented` is the token, in time independent of where they differ.
-    fn matches(&self, presented: &str) -> bool {
-        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let difference = self
-            .0
-            .iter()
-            .zip(presented)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        std::hint::black_box(difference) == 0
-    }
-}
-
 /// Lets a request through to an admin endpoint only with the right bearer token: `403` when
 /// no token is configured or the token is wrong, `401` when none is presented. Runs before the
 /// body is read, so an unauthorised upload costs nothing.
@@ -80,19 +47,12 @@ pub(super) async fn require_admin(
                 .into(),
         ));
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    match presented {
-        None => Err(ApiError::Unauthorized(
-            "this endpoint needs the admin token: Authorization: Bearer <token>".into(),
-        )),
-        Some(presented) if token.matches(presented) => Ok(next.run(request).await),
+    match bearer(request.headers()) {
+        None => Err(ApiError::Unauthorized {
+            message: "this endpoint needs the admin token: Authorization: Bearer <token>".into(),
+            challenge: ADMIN_CHALLENGE,
+        }),
+        Some(presented) if token.accept(presented) => Ok(next.run(request).await),
         Some(_) => Err(ApiError::Forbidden("wrong admin token".into())),
     }
 }

@@ -63,9 +63,13 @@ pub enum ApiError {
     /// The body is not of a type this endpoint takes: the message names the right one.
     #[error("{0}")]
     UnsupportedBody(String),
-    /// The request needs credentials it did not carry.
-    #[error("{0}")]
-    Unauthorized(String),
+    /// The request needs credentials it did not carry, or carried wrong ones.
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        /// The `WWW-Authenticate` challenge: the scheme and realm to use.
+        challenge: &'static str,
+    },
     /// The credentials are wrong, or the endpoint is switched off.
     #[error("{0}")]
     Forbidden(String),
@@ -98,7 +102,7 @@ impl IntoResponse for ApiError {
             Self::UnsupportedMediaType | Self::UnsupportedBody(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -109,10 +113,10 @@ impl IntoResponse for ApiError {
             }
         };
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if matches!(self, Self::Unauthorized(_)) {
+        if let Self::Unauthorized { challenge, .. } = &self {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"http-spawn admin\""),
+                HeaderValue::from_static(challenge),
             );
         }
         let retry_after = match self {

@@ -1,12 +1,14 @@
 //! The HTTP API, at the top of the host: the router and its state here, the handlers by
-//! resource in the files beside it (`tasks`, `events`, `workers`, `observability`), the admin
-//! guard in `admin` and the one mapping of errors to answers in `error`.
+//! resource in the files beside it (`tasks`, `events`, `workers`, `observability`), the tokens
+//! and the API's guard in `auth`, the admin guard in `admin` and the one mapping of errors to
+//! answers in `error`.
 //!
 //! `POST /api/tasks` validates, asks admission for a place, records the task and hands it to
 //! the scheduler, and answers `202` at once; nothing here waits on a guest.
 
 mod actors;
 mod admin;
+mod auth;
 mod error;
 mod events;
 mod limits;
@@ -24,7 +26,7 @@ use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
+use utoipa::{IntoResponses as _, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -33,7 +35,8 @@ pub use tasks::{is_json, parse_submission};
 
 use crate::config::Config;
 use crate::host::Host;
-use admin::{AdminBearer, AdminToken, require_admin};
+use admin::require_admin;
+use auth::{ApiRefusal, BearerSchemes, PageRefusal, Tokens, require_api_token};
 use error::ErrorBody;
 
 /// What a request may ask for.
@@ -79,20 +82,30 @@ impl RequestLimits {
 pub struct AppState {
     host: Arc<Host>,
     limits: Arc<RequestLimits>,
-    /// The SHA-256 of the admin token; `None` switches the admin endpoints off.
-    admin: Option<Arc<AdminToken>>,
+    /// The admin token; `None` switches the admin endpoints off.
+    admin: Option<Arc<Tokens>>,
+    /// The API tokens, any of which opens the API and the dashboard; `None` leaves them open.
+    api: Option<Arc<Tokens>>,
 }
 
 /// The API's routes. `admin_token`, when set, opens the admin endpoints to requests that
-/// carry it as a bearer token.
-pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>) -> Router {
+/// carry it as a bearer token; `api_tokens`, when any, are required by every other route but
+/// `/metrics`, `/api/health` and `/api/openapi.json` (see `auth`).
+pub fn router(
+    host: Arc<Host>,
+    limits: RequestLimits,
+    admin_token: Option<&str>,
+    api_tokens: &[String],
+) -> Router {
     let max_body_bytes = limits.max_body_bytes;
     let max_module_bytes = limits.max_module_bytes;
     let max_message_bytes = limits.max_message_bytes;
     let state = AppState {
         host,
         limits: Arc::new(limits),
-        admin: admin_token.map(|token| Arc::new(AdminToken::new(token))),
+        admin: admin_token.map(|token| Arc::new(Tokens::new([token]))),
+        api: (!api_tokens.is_empty())
+            .then(|| Arc::new(Tokens::new(api_tokens.iter().map(String::as_str)))),
     };
     let (router, openapi) =
         api_routes(&state, max_module_bytes, max_message_bytes).split_for_parts();
@@ -114,12 +127,14 @@ pub fn router(host: Arc<Host>, limits: RequestLimits, admin_token: Option<&str>)
                        instance, driven step by step.",
     ),
     components(schemas(ErrorBody)),
-    modifiers(&AdminBearer),
+    modifiers(&BearerSchemes),
 )]
 struct ApiDoc;
 
 /// Every route, registered together with its OpenAPI description so that the two cannot
-/// drift apart: a handler is routed only through `routes!`, which also documents it.
+/// drift apart: a handler is routed only through `routes!`, which also documents it. Three
+/// groups: the admin routes behind the admin token, the API and the dashboard behind the API
+/// tokens (when the host has any), and the open routes.
 fn api_routes(
     state: &AppState,
     max_module_bytes: usize,
@@ -131,8 +146,7 @@ fn api_routes(
         .routes((schemas, paths, install))
         .routes(routes!(workers::rollback_worker))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .merge(admin)
+    let mut guarded = OpenApiRouter::new()
         .routes(routes!(tasks::spawn_task, tasks::list_tasks))
         .routes(routes!(tasks::get_task, tasks::kill_task))
         .routes(routes!(tasks::get_logs))
@@ -148,11 +162,25 @@ fn api_routes(
         .routes(routes!(actors::get_name))
         .routes(routes!(events::task_events))
         .routes(routes!(events::all_events))
-        .routes(routes!(observability::health))
         .routes(routes!(workers::list_workers))
         .routes(routes!(workers::get_worker))
+        .routes(routes!(auth::sign_in));
+    // The dashboard checks the token itself: a browser without one gets the sign-in page.
+    let mut page = OpenApiRouter::new().routes(routes!(observability::dashboard));
+    if let Some(tokens) = &state.api {
+        auth::require_in_document(guarded.get_openapi_mut(), &ApiRefusal::responses());
+        auth::require_in_document(page.get_openapi_mut(), &PageRefusal::responses());
+        guarded = guarded.route_layer(middleware::from_fn_with_state(
+            Arc::clone(tokens),
+            require_api_token,
+        ));
+    }
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(admin)
+        .merge(guarded)
+        .merge(page)
+        .routes(routes!(observability::health))
         .routes(routes!(observability::metrics))
-        .routes(routes!(observability::dashboard))
         .routes(routes!(observability::openapi_document))
 }
 

@@ -1,15 +1,17 @@
 //! What operators look at: health, Prometheus metrics, the live dashboard and this API's own
-//! OpenAPI document.
+//! OpenAPI document. All but the dashboard are open whether or not the host has API tokens
+//! (see `auth`).
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
 
 use super::AppState;
+use super::auth;
 use super::error::AnyRoute;
 use crate::ledger::Totals;
 
@@ -62,11 +64,17 @@ pub(super) async fn health(State(state): State<AppState>) -> Json<Health> {
 /// The live dashboard: one self-contained page, embedded in the binary so it works offline.
 const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 
-/// The live dashboard.
+/// The live dashboard; on a host with API tokens, to a browser that signed in, and the
+/// sign-in page (`401`) to one that did not.
 #[utoipa::path(get, path = "/", tag = "observability",
     responses((status = 200, description = "The dashboard page", content_type = "text/html",
         body = String), AnyRoute))]
-pub(super) async fn dashboard() -> impl IntoResponse {
+pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(tokens) = &state.api
+        && let Err(refusal) = auth::check(tokens, &headers)
+    {
+        return auth::sign_in_page(refusal);
+    }
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -74,4 +82,5 @@ pub(super) async fn dashboard() -> impl IntoResponse {
         ],
         DASHBOARD_HTML,
     )
+        .into_response()
 }

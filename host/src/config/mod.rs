@@ -73,6 +73,8 @@ pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1_000;
 /// The shortest admin token accepted: anything shorter is guessable.
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+/// The shortest API token accepted, as for the admin token.
+pub const MIN_API_TOKEN_BYTES: usize = 16;
 /// How long ended tasks are kept at most.
 pub const DEFAULT_HISTORY_TTL: &str = "7d";
 /// How long an idempotency key is remembered.
@@ -215,6 +217,25 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Bearer token the API and the dashboard require; repeat the flag, or separate tokens
+    /// with commas, to accept any of several (while rotating one). Without one the API is open
+    /// to whoever reaches --listen. Prefer the environment variable: a flag shows in the
+    /// process list.
+    #[arg(
+        long = "api-token",
+        value_name = "TOKEN",
+        env = "HTTP_SPAWN_API_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_tokens: Vec<String>,
+
+    /// Serve a --listen address other than loopback without an API token: anyone who reaches
+    /// it may run code and kill tasks. Without this flag such a host refuses to start.
+    #[arg(long, env = "HTTP_SPAWN_INSECURE_NO_AUTH",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_no_auth: bool,
+
     /// Largest worker module an upload may carry, in bytes.
     #[arg(long, env = "HTTP_SPAWN_MAX_MODULE_BYTES", default_value_t = DEFAULT_MAX_MODULE_BYTES)]
     pub max_module_bytes: usize,
@@ -323,6 +344,17 @@ pub enum ConfigError {
          rand -hex 16`)"
     )]
     WeakToken,
+    #[error(
+        "an API token must be at least {MIN_API_TOKEN_BYTES} characters of A-Z, a-z, 0-9 and \
+         -._~+/= (for example `openssl rand -hex 32`)"
+    )]
+    WeakApiToken,
+    #[error(
+        "--listen {listen} is reachable from other machines and the API would be open to \
+         anyone who reaches it: give an API token (--api-token or HTTP_SPAWN_API_TOKEN; make \
+         one with `openssl rand -hex 32`), or --insecure-no-auth to serve it without one"
+    )]
+    OpenToTheNetwork { listen: SocketAddr },
 }
 
 impl Config {
@@ -344,6 +376,18 @@ impl Config {
             && token.len() < MIN_ADMIN_TOKEN_BYTES
         {
             return Err(ConfigError::WeakToken);
+        }
+        config.api_tokens = std::mem::take(&mut config.api_tokens)
+            .into_iter()
+            .map(|token| token.trim().to_owned())
+            .collect();
+        if !config.api_tokens.iter().all(|token| is_api_token(token)) {
+            return Err(ConfigError::WeakApiToken);
+        }
+        if config.serves_others_without_auth() && !config.insecure_no_auth {
+            return Err(ConfigError::OpenToTheNetwork {
+                listen: config.listen,
+            });
         }
         Ok(config)
     }
@@ -445,6 +489,12 @@ impl Config {
         self.workers = workers.into_values().collect();
     }
 
+    /// Whether the API would be open to other machines: served beyond loopback with no API
+    /// token. Only `--insecure-no-auth` lets such a host start, and it warns.
+    pub fn serves_others_without_auth(&self) -> bool {
+        !self.listen.ip().to_canonical().is_loopback() && self.api_tokens.is_empty()
+    }
+
     /// The longest duration any worker allows.
     pub fn longest_duration_secs(&self) -> u32 {
         self.workers
@@ -511,6 +561,16 @@ pub fn is_worker_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `token` may be an API token: long enough not to be guessed, and made only of the
+/// characters both a bearer token (RFC 6750's `b64token`) and a cookie may hold, as the
+/// dashboard's cookie carries it.
+fn is_api_token(token: &str) -> bool {
+    token.len() >= MIN_API_TOKEN_BYTES
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
 }
 
 fn cpus() -> usize {
@@ -600,6 +660,101 @@ restart = "on-failure"
         assert!(matches!(parse(""), Err(ConfigError::WeakToken)));
         assert!(matches!(parse("s3cret"), Err(ConfigError::WeakToken)));
         assert!(parse("0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn api_tokens_are_long_bearer_tokens() {
+        let parse = |tokens: &[&str]| {
+            let mut argv = vec!["http-spawn"];
+            for token in tokens {
+                argv.extend(["--api-token", token]);
+            }
+            Config::from_args(argv)
+        };
+        for weak in [
+            "",
+            "s3cret",
+            "0123456789abcde",
+            "0123456789 abcdef",
+            "0123456789abcdef;",
+        ] {
+            assert!(
+                matches!(parse(&[weak]), Err(ConfigError::WeakApiToken)),
+                "{weak:?}"
+            );
+        }
+        let strong = ["0123456789abcdef", "AbC+/_-.~=0123456789=="];
+        let config = parse(&strong).expect("valid");
+        assert_eq!(config.api_tokens, strong);
+        let error = parse(&["short"]).expect_err("weak").to_string();
+        assert!(error.contains("openssl rand"), "{error}");
+    }
+
+    /// A comma separates tokens in one value, as in HTTP_SPAWN_API_TOKEN (the same delimiter
+    /// splits the variable; tests/auth.rs sets it on the binary).
+    #[test]
+    fn one_value_holds_several_api_tokens() {
+        let config = Config::from_args([
+            "http-spawn",
+            "--api-token",
+            "0123456789abcdef, fedcba9876543210",
+            "--api-token",
+            "another-token-of-16",
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.api_tokens,
+            [
+                "0123456789abcdef",
+                "fedcba9876543210",
+                "another-token-of-16"
+            ]
+        );
+        assert!(matches!(
+            Config::from_args(["http-spawn", "--api-token", "0123456789abcdef,"]),
+            Err(ConfigError::WeakApiToken)
+        ));
+    }
+
+    #[test]
+    fn beyond_loopback_a_host_needs_a_token_or_insecure_no_auth() {
+        let parse = |args: &[&str]| Config::from_args([&["http-spawn"], args].concat());
+        for listen in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "192.0.2.1:80",
+            "[::ffff:10.0.0.1]:80",
+        ] {
+            let error = parse(&["--listen", listen]).expect_err(listen);
+            assert!(
+                matches!(error, ConfigError::OpenToTheNetwork { .. }),
+                "{listen}: {error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains("--api-token") && message.contains("--insecure-no-auth"),
+                "{message}"
+            );
+            let open = parse(&["--listen", listen, "--insecure-no-auth"]).expect("insecure");
+            assert!(open.serves_others_without_auth());
+            let guarded =
+                parse(&["--listen", listen, "--api-token", "0123456789abcdef"]).expect("token");
+            assert!(!guarded.serves_others_without_auth());
+        }
+        for listen in [
+            "127.0.0.1:8080",
+            "127.9.9.9:1",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            let config = parse(&["--listen", listen]).expect(listen);
+            assert!(!config.serves_others_without_auth(), "{listen}");
+        }
+        let from_file = with_file("[server]\nlisten = \"0.0.0.0:8080\"\n", &[]);
+        assert!(matches!(
+            from_file,
+            Err(ConfigError::OpenToTheNetwork { .. })
+        ));
     }
 
     #[test]

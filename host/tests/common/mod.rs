@@ -140,6 +140,19 @@ impl Remote {
         }
     }
 
+    /// The API at `base`, every request carrying `token` as `Authorization: Bearer`.
+    pub fn with_token(base: String, token: &str) -> Self {
+        use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).expect("a header value");
+        headers.insert(AUTHORIZATION, value);
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("an HTTP client");
+        Self { base, client }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
