@@ -843,7 +843,9 @@ fn parse_config(text: Option<&str>, args: &[&str]) -> (Result<Config, ConfigErro
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("http-spawn-proptest-{}-{n}", std::process::id()));
-    let mut argv = vec!["http-spawn".to_owned()];
+    // Generated files listen beyond loopback too; what a host needs to do so (a token, or
+    // --insecure-no-auth) is config's own unit tests' business.
+    let mut argv = vec!["http-spawn".to_owned(), "--insecure-no-auth".to_owned()];
     if let Some(text) = text {
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let path = dir.join("http-spawn.toml");
