@@ -224,7 +224,17 @@ async fn connections_past_the_cap_get_503_with_retry_after() {
         }
     });
     served.await.expect("a freed place serves a new connection");
-    let metrics = get(&addr, "/metrics", "").await.expect("metrics answer");
+    // The connection just served may not have given its place back yet: ask until served.
+    let metrics = tokio::time::timeout(BOUND, async {
+        loop {
+            match get(&addr, "/metrics", "").await {
+                Ok(answer) if answer.status == 200 => return answer,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("metrics served");
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     assert!(
         text.lines()
