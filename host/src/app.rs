@@ -124,5 +124,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    if config.advertise_address.is_none() {
+        // The port actually bound, when the one asked for was 0.
+        config.advertise_address = Some(listener.local_addr()?.to_string());
+    }
     App::build(&config)?.serve(listener, shutdown).await
 }

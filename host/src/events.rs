@@ -113,6 +113,7 @@ impl EventBus {
             }
             Change::Event(_, TaskEvent::Ended { .. })
             | Change::Prune { .. }
+            | Change::Forward { .. }
             | Change::Module { .. }
             | Change::Worker { .. } => Vec::new(),
             Change::Event(

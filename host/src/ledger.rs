@@ -135,17 +135,24 @@ impl Ledger {
 
     /// A task was accepted: once the store has it, counts it and calls `then` with whether it
     /// was recorded. `spec` is what the task needs to run again after a crash; `key`, the
-    /// idempotency key its request carried.
+    /// idempotency key its request carried; `shared`, whether it waits in a cluster's shared
+    /// queue rather than on this host.
     pub fn accepted(
         &self,
         record: TaskRecord,
         spec: TaskSpec,
         key: Option<IdempotencyKey>,
+        shared: bool,
         then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) {
         let (pid, worker) = (record.pid, Arc::clone(&record.worker));
         let (metrics, counts) = (Arc::clone(&self.metrics), Arc::clone(&self.counts));
-        let batch = vec![Change::Accepted { record, spec, key }];
+        let batch = vec![Change::Accepted {
+            record: Box::new(record),
+            spec,
+            key,
+            shared,
+        }];
         self.write(
             pid,
             batch,

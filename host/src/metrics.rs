@@ -62,6 +62,8 @@ pub const STORE_COMMITS: &str = "http_spawn_store_commits_total";
 pub const STORE_BATCHES: &str = "http_spawn_store_batches_total";
 pub const STORE_HEALTHY: &str = "http_spawn_store_healthy";
 pub const STORE_LOG_LINES_SHED: &str = "http_spawn_store_log_lines_shed_total";
+pub const STORE_FENCED_WRITES: &str = "http_spawn_store_fenced_writes_total";
+pub const CLUSTER_QUEUED: &str = "http_spawn_cluster_queued_tasks";
 pub const MESSAGES: &str = "http_spawn_messages_total";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -70,6 +72,19 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
 
 /// Every metric the host exports.
 pub const METRICS: &[Spec] = &[
+    spec(
+        STORE_FENCED_WRITES,
+        Kind::Counter,
+        None,
+        "Writes of a task the shared store refused because this host no longer held it (its \
+         lease was lost, or another host took the task over).",
+    ),
+    spec(
+        CLUSTER_QUEUED,
+        Kind::Gauge,
+        None,
+        "Tasks waiting in the cluster's shared queue, as this host last counted them.",
+    ),
     spec(
         STORE_LOG_LINES_SHED,
         Kind::Counter,

@@ -646,6 +646,63 @@ impl Registry {
         Ok(worker.info())
     }
 
+    /// Makes current the versions the store says are (another host of a cluster installed or
+    /// rolled back a worker), loading any this host lacks from the store's bytes, checked by
+    /// their SHA-256 and compiled (or taken from the module cache). Never writes the store.
+    pub fn follow_store(&self) {
+        for (name, worker) in &self.workers {
+            let stored = match self.store.worker(name) {
+                Ok(Some(stored)) => stored,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::debug!(worker = %name, %error, "reading the stored versions failed");
+                    continue;
+                }
+            };
+            let same = |version: Option<&Arc<Version>>, stored: Option<&StoredVersion>| {
+                version.map(|version| version.module.digest().hex())
+                    == stored.map(|stored| stored.sha256.clone())
+            };
+            {
+                let state = worker.lock();
+                if same(Some(&state.current), Some(&stored.current))
+                    && same(state.previous.as_ref(), stored.previous.as_ref())
+                {
+                    continue;
+                }
+            }
+            let _one_at_a_time = self
+                .installing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let known = |sha256: &str| {
+                let state = worker.lock();
+                [Some(&state.current), state.previous.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|version| version.module.digest().hex() == sha256)
+                    .cloned()
+            };
+            let load = |stored: &StoredVersion| {
+                known(&stored.sha256).or_else(|| {
+                    self.stored_version(name, &worker.settings, stored)
+                        .map(Arc::new)
+                })
+            };
+            let Some(current) = load(&stored.current) else {
+                continue;
+            };
+            let previous = stored.previous.as_ref().and_then(load);
+            let mut state = worker.lock();
+            tracing::info!(worker = %name, version = %current.id,
+                previous = previous.as_ref().map(|previous| previous.id.to_string()),
+                "worker version changed on another host of the cluster: new tasks get it here too");
+            state.current = current;
+            state.previous = previous;
+            state.file.sha256 = stored.file_sha256;
+        }
+    }
+
     /// Looks at every worker's module file once, and installs those that changed and have
     /// settled (the same size and time for two looks in a row, so a file being written is
     /// not read half-way).

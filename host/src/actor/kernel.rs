@@ -2,6 +2,7 @@
 //! `http-spawn:worker/host@0.2.0`, as the runtime sees them. The host implements this; the
 //! runtime only forwards a guest's calls, so wasmtime never meets the scheduler or the store.
 
+use super::EndNotice;
 use crate::model::Pid;
 
 /// Why a message (or a kill) did not reach its task.
@@ -84,4 +85,8 @@ pub trait Kernel: Send + Sync + std::fmt::Debug {
     fn register(&self, pid: Pid, name: &str) -> Result<(), NameError>;
     /// The live task holding `name`.
     fn whereis(&self, name: &str) -> Option<Pid>;
+
+    /// Tells `linked`, which another host of the cluster holds, of the abnormal end `notice`
+    /// of a task linked to it. A host alone has no such tasks.
+    fn exit_remote(&self, _linked: Pid, _notice: &EndNotice) {}
 }

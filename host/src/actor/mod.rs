@@ -151,6 +151,8 @@ pub struct Aftermath {
     pub wake: Vec<Pid>,
     /// Linked tasks that do not trap exits: kill them, `linked_exit`.
     pub kill: Vec<Pid>,
+    /// Linked tasks another host of the cluster holds, to be told of an abnormal end there.
+    pub remote: Vec<Pid>,
     /// How the task ended, as its monitors and links were told.
     pub notice: Option<EndNotice>,
 }
@@ -352,6 +354,47 @@ impl Actors {
         Ok(live)
     }
 
+    /// Links `pid` to `target`, a task another host of the cluster holds: only `pid`'s side is
+    /// here, so that `pid`'s abnormal end is sent there.
+    pub fn link_remote(&self, pid: Pid, target: Pid) -> Result<(), WatchError> {
+        let mut shard = self.shard(pid);
+        let actor = shard.get_mut(&pid).ok_or(WatchError::BadPid)?;
+        if actor.links.contains(&target) {
+            return Ok(());
+        }
+        if actor.watches() >= self.limits.max_watches {
+            return Err(WatchError::TooMany);
+        }
+        actor.links.push(target);
+        Ok(())
+    }
+
+    /// Whether `pid` traps exits; `None` if it is not a live task here.
+    pub fn traps_exits(&self, pid: Pid) -> Option<bool> {
+        self.shard(pid).get(&pid).map(|actor| actor.trap_exits)
+    }
+
+    /// Whether `pid`, live here, is linked to `other`.
+    pub fn linked(&self, pid: Pid, other: Pid) -> bool {
+        self.shard(pid)
+            .get(&pid)
+            .is_some_and(|actor| actor.links.contains(&other))
+    }
+
+    /// Forgets the name `pid` holds, if any: a name the cluster gave to another task first.
+    pub fn unregister(&self, pid: Pid) {
+        let name = self
+            .shard(pid)
+            .get_mut(&pid)
+            .and_then(|actor| actor.name.take());
+        if let Some(name) = name {
+            let mut names = lock(&self.names);
+            if names.get(&name) == Some(&pid) {
+                names.remove(&name);
+            }
+        }
+    }
+
     /// Removes a link both ways, if there was one.
     pub fn unlink(&self, pid: Pid, target: Pid) {
         for (one, other) in [(pid, target), (target, pid)] {
@@ -401,6 +444,11 @@ impl Actors {
             .collect();
         names.sort();
         names
+    }
+
+    /// Whether `pid` is a live task of this host.
+    pub fn holds(&self, pid: Pid) -> bool {
+        self.shard(pid).contains_key(&pid)
     }
 
     /// What a live task's record shows of it as an actor.
@@ -466,6 +514,10 @@ impl Actors {
         for linked in actor.links {
             let mut shard = self.shard(linked);
             let Some(peer) = shard.get_mut(&linked) else {
+                // Not here: another host's (a link across hosts), or ended meanwhile.
+                if abnormal {
+                    aftermath.remote.push(linked);
+                }
                 continue;
             };
             peer.links.retain(|other| *other != pid);

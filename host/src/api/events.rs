@@ -16,7 +16,8 @@ use super::actors::task_pid;
 use super::error::{AnyRoute, ApiError, ErrorBody};
 use crate::events::{Subscription, exit_data};
 use crate::host::Host;
-use crate::model::Pid;
+use crate::model::{Pid, TaskEnd, TaskEvent, TaskRecord};
+use crate::store::Change;
 
 /// An open event stream's state.
 struct EventStream {
@@ -135,6 +136,7 @@ pub(super) async fn task_events(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    use futures_util::future::Either;
     let (pid, id) = task_pid(&state, path)?;
     // Subscribe first, then read the record: nothing can happen unseen in between.
     let subscription = subscribe(&state)?;
@@ -149,6 +151,21 @@ pub(super) async fn task_events(
     if done {
         queued.push_back(sse("exit", &exit_data(&record).to_string()));
     }
+    if !done && !state.host.holds(id) {
+        // Another host of the cluster runs it, or will: follow it in the shared store.
+        let lines = state.host.logs(id)?.map_or(0, |logs| logs.lines.len());
+        let followed = Followed {
+            subscription,
+            host: Arc::clone(&state.host),
+            last: record,
+            lines,
+            queued,
+            done,
+        };
+        return Ok(
+            Sse::new(Either::Right(followed_stream(followed))).keep_alive(KeepAlive::default())
+        );
+    }
     let stream = EventStream {
         subscription,
         host: Arc::clone(&state.host),
@@ -156,7 +173,123 @@ pub(super) async fn task_events(
         queued,
         done,
     };
-    Ok(Sse::new(event_stream(stream)).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(Either::Left(event_stream(stream))).keep_alive(KeepAlive::default()))
+}
+
+/// How often a stream of a task on another host reads its record from the shared store.
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The stream of a task another host of the cluster runs: its events as the shared store
+/// shows them, read every [`FOLLOW_INTERVAL`]. The same events as on the host that runs it,
+/// but for `message`, `down` and `linked_exit`, which live in that host's memory only, and for
+/// progress steps taken between two reads, which show as one.
+struct Followed {
+    /// Holds its place among the subscribers, and tells when the host shuts down.
+    subscription: Subscription,
+    host: Arc<Host>,
+    last: TaskRecord,
+    /// Log lines already sent.
+    lines: usize,
+    queued: VecDeque<Event>,
+    done: bool,
+}
+
+fn followed_stream(followed: Followed) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(followed, |mut followed| async move {
+        loop {
+            if let Some(event) = followed.queued.pop_front() {
+                return Some((Ok(event), followed));
+            }
+            if followed.done {
+                return None;
+            }
+            let mut closed = followed.subscription.closed.clone();
+            tokio::select! {
+                () = tokio::time::sleep(FOLLOW_INTERVAL) => {},
+                _ = closed.wait_for(|closed| *closed) => return None,
+            }
+            let host = Arc::clone(&followed.host);
+            let pid = followed.last.pid;
+            let read = tokio::task::spawn_blocking(move || {
+                let record = host.get(pid)?;
+                let logs = host.logs(pid)?;
+                Ok::<_, crate::store::StoreError>((record, logs))
+            })
+            .await;
+            let Ok(Ok((Some(record), logs))) = read else {
+                // Unreadable for now (the store is unavailable), or pruned: try again, or end.
+                if matches!(read, Ok(Ok((None, _)))) {
+                    return None;
+                }
+                continue;
+            };
+            followed.catch_up(record, logs);
+        }
+    })
+}
+
+impl Followed {
+    /// Queues the events between the last record seen and `record`.
+    fn catch_up(&mut self, record: TaskRecord, logs: Option<crate::model::TaskLogs>) {
+        let pid = record.pid;
+        let events = self.host.events();
+        let mut changes = Vec::new();
+        for attempt in record.attempts.iter().skip(self.last.attempts.len()) {
+            if attempt.attempt >= record.attempt && record.status.is_terminal() {
+                // The last attempt's own entry: its end is the `exit` below.
+                continue;
+            }
+            changes.push(TaskEvent::Restarting {
+                at: attempt.ended_at,
+                fuel: record.fuel_consumed,
+                end: TaskEnd {
+                    status: attempt.status,
+                    outcome: attempt.outcome,
+                    exit_code: attempt.exit_code,
+                    error: attempt.error.clone(),
+                },
+                next_attempt: attempt.attempt + 1,
+                ready_at: attempt.ended_at,
+            });
+        }
+        if record.started_at != self.last.started_at
+            && let Some(at) = record.started_at
+        {
+            changes.push(TaskEvent::Started {
+                at,
+                steps: record.steps,
+                fuel: record.fuel_consumed,
+            });
+        }
+        if let Some(logs) = logs
+            && logs.lines.len() > self.lines
+        {
+            let fresh = logs.lines[self.lines..].to_vec();
+            self.lines = logs.lines.len();
+            changes.push(TaskEvent::Logs {
+                lines: fresh,
+                dropped_bytes: logs.dropped_bytes,
+            });
+        }
+        if record.step != self.last.step && record.status == crate::model::Status::Running {
+            changes.push(TaskEvent::Progress {
+                step: record.step,
+                steps: record.steps,
+                fuel: record.fuel_consumed,
+            });
+        }
+        for event in changes {
+            for published in events.prepare(&Change::Event(pid, event)) {
+                self.queued.push_back(sse(published.kind, &published.data));
+            }
+        }
+        if record.status.is_terminal() {
+            self.queued
+                .push_back(sse("exit", &exit_data(&record).to_string()));
+            self.done = true;
+        }
+        self.last = record;
+    }
 }
 
 /// Every task's events as Server-Sent Events (`spawned` too), until the client leaves.

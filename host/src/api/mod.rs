@@ -9,6 +9,7 @@
 mod actors;
 mod admin;
 mod auth;
+mod cluster;
 mod error;
 mod events;
 mod limits;
@@ -164,6 +165,7 @@ fn api_routes(
         .routes(routes!(events::all_events))
         .routes(routes!(workers::list_workers))
         .routes(routes!(workers::get_worker))
+        .routes(routes!(cluster::get_cluster))
         .routes(routes!(auth::sign_in));
     // The dashboard checks the token itself: a browser without one gets the sign-in page.
     let mut page = OpenApiRouter::new().routes(routes!(observability::dashboard));

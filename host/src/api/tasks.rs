@@ -420,6 +420,9 @@ fn cursor(state: &AppState, before: &str) -> Result<Cursor, ApiError> {
     Ok(Cursor::of(&record))
 }
 
+/// How often a kill of a task on another host of the cluster looks for its end.
+const REMOTE_END_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// How long `DELETE` waits for the kill to be recorded before it answers `202` instead.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
@@ -447,7 +450,20 @@ pub(super) async fn kill_task(
     })?;
     // A record evicted from the history meanwhile has ended: answer with the one seen now.
     let seen = state.host.get(id)?;
-    end.ended_by(tokio::time::Instant::now() + KILL_WAIT).await;
+    let deadline = tokio::time::Instant::now() + KILL_WAIT;
+    if state.host.holds(id) {
+        end.ended_by(deadline).await;
+    } else {
+        // Another host of the cluster ends it: its end shows in the shared store.
+        while tokio::time::Instant::now() < deadline
+            && state
+                .host
+                .get(id)?
+                .is_some_and(|record| !record.status.is_terminal())
+        {
+            tokio::time::sleep(REMOTE_END_POLL).await;
+        }
+    }
     let record = state.host.get(id)?.or(seen).ok_or_else(|| unknown(&pid))?;
     let status = if record.status.is_terminal() {
         StatusCode::OK

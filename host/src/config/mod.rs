@@ -77,6 +77,12 @@ pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 pub const MIN_API_TOKEN_BYTES: usize = 16;
 /// How long ended tasks are kept at most.
 pub const DEFAULT_HISTORY_TTL: &str = "7d";
+/// How long a host of a cluster keeps its tasks without renewing its lease.
+pub const DEFAULT_LEASE: &str = "10s";
+/// How often a host of a cluster renews its lease.
+pub const DEFAULT_HEARTBEAT: &str = "1s";
+/// How often a host of a cluster looks at the shared queue and at commands for its tasks.
+pub const DEFAULT_CLUSTER_POLL: &str = "100ms";
 /// How long an idempotency key is remembered.
 pub const DEFAULT_IDEMPOTENCY_TTL: &str = "24h";
 /// The `--store` value that keeps nothing across restarts.
@@ -254,7 +260,8 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Where tasks, their logs and worker versions are kept: `sqlite:PATH` (durable) or
+    /// Where tasks, their logs and worker versions are kept: `sqlite:PATH` (durable),
+    /// `postgres://…` (shared: every host started against one database forms a cluster), or
     /// `memory` (forgotten at a restart) [default: sqlite:$XDG_DATA_HOME/http-spawn/tasks.db,
     /// or ~/.local/share/http-spawn/tasks.db].
     #[arg(long, env = "HTTP_SPAWN_STORE", value_parser = StoreLocation::parse)]
@@ -264,6 +271,35 @@ pub struct Config {
     /// power cut), or `normal` (survives a crash of the host, not of the machine).
     #[arg(long, env = "HTTP_SPAWN_STORE_SYNC", value_enum, default_value_t = StoreSync::Full)]
     pub store_sync: StoreSync,
+
+    /// This host's name in a cluster, shown in `GET /api/cluster` [default: the hostname and a
+    /// short random id]. Names must be unique: a host that joins under the name of one still
+    /// up replaces it, and takes its tasks over.
+    #[arg(long, env = "HTTP_SPAWN_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Where clients and other hosts reach this host's API, shown in `GET /api/cluster`
+    /// [default: the address it listens on].
+    #[arg(long, env = "HTTP_SPAWN_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+
+    /// How long a host of a cluster keeps its tasks without renewing its lease; after that
+    /// they run again elsewhere, and the host, if it still runs, stops them.
+    #[arg(long, env = "HTTP_SPAWN_LEASE", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_LEASE)]
+    pub lease: Duration,
+
+    /// How often a host of a cluster renews its lease, looks for lost hosts and for workers
+    /// changed on another host. At most a third of --lease.
+    #[arg(long, env = "HTTP_SPAWN_HEARTBEAT", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_HEARTBEAT)]
+    pub heartbeat: Duration,
+
+    /// How often a host of a cluster looks for tasks waiting in the shared queue (when it has
+    /// free places) and for kills and messages other hosts sent to its tasks.
+    #[arg(long, env = "HTTP_SPAWN_CLUSTER_POLL", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_CLUSTER_POLL)]
+    pub cluster_poll: Duration,
 
     /// How long ended tasks are kept at most (also bounded by --max-history), e.g. `7d`.
     #[arg(long, env = "HTTP_SPAWN_HISTORY_TTL", value_parser = humantime::parse_duration,
@@ -310,6 +346,8 @@ pub enum StoreLocation {
     Memory,
     /// In a SQLite file.
     Sqlite(PathBuf),
+    /// In a PostgreSQL database, shared by the hosts of a cluster: its URL.
+    Postgres(String),
 }
 
 impl StoreLocation {
@@ -318,10 +356,13 @@ impl StoreLocation {
         if text == STORE_MEMORY {
             return Ok(Self::Memory);
         }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(Self::Postgres(text.to_owned()));
+        }
         match text.strip_prefix("sqlite:") {
             Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
             _ => Err(format!(
-                "{text:?} is not a store: use `sqlite:PATH` or `{STORE_MEMORY}`"
+                "{text:?} is not a store: use `sqlite:PATH`, `postgres://…` or `{STORE_MEMORY}`"
             )),
         }
     }
@@ -355,6 +396,14 @@ pub enum ConfigError {
          one with `openssl rand -hex 32`), or --insecure-no-auth to serve it without one"
     )]
     OpenToTheNetwork { listen: SocketAddr },
+    #[error(
+        "--heartbeat {heartbeat:?} must be at most a third of --lease {lease:?}: a host renews \
+         its lease several times before it runs out, or a late heartbeat costs it its tasks"
+    )]
+    Lease {
+        heartbeat: Duration,
+        lease: Duration,
+    },
 }
 
 impl Config {
@@ -387,6 +436,12 @@ impl Config {
         if config.serves_others_without_auth() && !config.insecure_no_auth {
             return Err(ConfigError::OpenToTheNetwork {
                 listen: config.listen,
+            });
+        }
+        if config.heartbeat.is_zero() || config.heartbeat * 3 > config.lease {
+            return Err(ConfigError::Lease {
+                heartbeat: config.heartbeat,
+                lease: config.lease,
             });
         }
         Ok(config)
@@ -493,6 +548,29 @@ impl Config {
     /// token. Only `--insecure-no-auth` lets such a host start, and it warns.
     pub fn serves_others_without_auth(&self) -> bool {
         !self.listen.ip().to_canonical().is_loopback() && self.api_tokens.is_empty()
+    }
+
+    /// This host's name in a cluster: `--node-name`, or the hostname and a short random id.
+    pub fn node_name(&self) -> String {
+        if let Some(name) = &self.node_name {
+            return name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|name| name.trim().to_owned())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "host".to_owned());
+        use std::hash::BuildHasher as _;
+        let id = std::hash::RandomState::new().hash_one(std::process::id()) as u16;
+        format!("{host}-{id:04x}")
+    }
+
+    /// Where clients reach this host: `--advertise-address`, or the address it listens on.
+    pub fn advertised_address(&self) -> String {
+        self.advertise_address
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
     }
 
     /// The longest duration any worker allows.

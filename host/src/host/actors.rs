@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
+use super::cluster::Watch;
 use super::{Host, KillError, SpawnError};
 use crate::actor::{
     ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, PutError, SendError, WatchError,
 };
 use crate::model::{MAX_TASK_NAME_BYTES, NewTask, Pid, TaskEnd, TaskRecord};
-use crate::store::StoreError;
+use crate::store::{Change, Forward, StoreError};
 
 /// Why a pid or name given by a client or a task names no task.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,8 +27,7 @@ impl Host {
     pub fn resolve(&self, target: &str) -> Result<Pid, Unresolved> {
         match target.strip_prefix("name:") {
             Some(name) => self
-                .actors
-                .whereis(name)
+                .whereis_name(name)
                 .ok_or_else(|| Unresolved::NoSuchName(name.to_owned())),
             None => target
                 .parse()
@@ -52,12 +52,30 @@ impl Host {
         sent
     }
 
-    fn put(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
+    pub(super) fn put(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
         let limits = self.actors.limits();
         if body.len() > limits.max_message_bytes {
             return Err(SendError::TooLarge);
         }
         let bytes = body.len();
+        if let Some(cluster) = &self.cluster
+            && !self.actors.holds(to)
+            && matches!(cluster.store.holder(to), Ok(Some(_)))
+        {
+            // Another host holds it, or it waits in the shared queue: the store hands the
+            // message to that host, or to whichever claims it. Its event is published there.
+            self.store.submit(
+                vec![Change::Forward {
+                    to,
+                    what: Forward::Message {
+                        sender,
+                        body: body.into_bytes(),
+                    },
+                }],
+                None,
+            );
+            return Ok(());
+        }
         let published = || self.events.message(to, sender, bytes);
         match self.actors.put(to, sender, body, published) {
             Ok(wake) => {
@@ -76,7 +94,7 @@ impl Host {
 
     /// How `pid`, which has no mailbox, ended: from memory if it ended lately, else from the
     /// store; unknown if neither knows it.
-    fn end_of(&self, pid: Pid) -> Result<EndNotice, StoreError> {
+    pub(super) fn end_of(&self, pid: Pid) -> Result<EndNotice, StoreError> {
         if let Some(notice) = self.actors.recent_end(pid) {
             return Ok(notice);
         }
@@ -100,9 +118,29 @@ impl Host {
         record
     }
 
-    /// Every registered name and the live task holding it, by name.
+    /// Every registered name and the live task holding it, by name: in a cluster, every
+    /// host's.
     pub fn names(&self) -> Vec<(Arc<str>, Pid)> {
+        if let Some(cluster) = &self.cluster {
+            match cluster.store.names() {
+                Ok(names) => {
+                    return names
+                        .into_iter()
+                        .map(|(name, pid)| (name.into(), pid))
+                        .collect();
+                }
+                Err(error) => tracing::warn!(%error, "reading the cluster's names failed"),
+            }
+        }
         self.actors.names()
+    }
+
+    /// The live task holding `name`: here, or in a cluster on any host.
+    fn whereis_name(&self, name: &str) -> Option<Pid> {
+        self.actors.whereis(name).or_else(|| {
+            let cluster = self.cluster.as_ref()?;
+            cluster.store.whereis(name).ok().flatten()
+        })
     }
 
     /// Tells `watcher` at once how `target`, which has no mailbox, ended.
@@ -184,12 +222,16 @@ impl Kernel for Host {
         if child.link {
             match self.actors.link(parent, pid) {
                 Ok(true) => {}
+                Ok(false) if self.watch_remote(parent, pid, Watch::Link) => {}
                 Ok(false) => self.linked_to_ended(parent, pid),
                 // Too many: the child runs unlinked, and the parent is told by the error.
                 Err(_) => {}
             }
         }
-        if child.monitor && self.actors.monitor(parent, pid) == Ok(false) {
+        if child.monitor
+            && self.actors.monitor(parent, pid) == Ok(false)
+            && !self.watch_remote(parent, pid, Watch::Monitor)
+        {
             self.down_now(parent, pid);
         }
         Ok(pid)
@@ -197,7 +239,9 @@ impl Kernel for Host {
 
     fn monitor(&self, watcher: Pid, target: &str) -> Result<(), WatchError> {
         let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
-        if !self.actors.monitor(watcher, target)? {
+        if !self.actors.monitor(watcher, target)?
+            && !self.watch_remote(watcher, target, Watch::Monitor)
+        {
             self.down_now(watcher, target);
         }
         Ok(())
@@ -205,7 +249,7 @@ impl Kernel for Host {
 
     fn link(&self, pid: Pid, target: &str) -> Result<(), WatchError> {
         let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
-        if !self.actors.link(pid, target)? {
+        if !self.actors.link(pid, target)? && !self.watch_remote(pid, target, Watch::Link) {
             self.linked_to_ended(pid, target);
         }
         Ok(())
@@ -214,6 +258,7 @@ impl Kernel for Host {
     fn unlink(&self, pid: Pid, target: &str) -> Result<(), WatchError> {
         let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
         self.actors.unlink(pid, target);
+        self.unlink_remote(pid, target);
         Ok(())
     }
 
@@ -236,10 +281,39 @@ impl Kernel for Host {
     }
 
     fn register(&self, pid: Pid, name: &str) -> Result<(), NameError> {
-        self.actors.register(pid, name)
+        self.actors.register(pid, name)?;
+        if let Some(cluster) = &self.cluster {
+            // The whole cluster's, or not at all.
+            match cluster.store.register(name, pid) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.actors.unregister(pid);
+                    return Err(NameError::Taken);
+                }
+                Err(error) => {
+                    tracing::warn!(pid = %pid, name, %error, "a name could not be registered");
+                    self.actors.unregister(pid);
+                    return Err(NameError::Taken);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn whereis(&self, name: &str) -> Option<Pid> {
-        self.actors.whereis(name)
+        self.whereis_name(name)
+    }
+
+    fn exit_remote(&self, linked: Pid, notice: &EndNotice) {
+        self.store.submit(
+            vec![Change::Forward {
+                to: linked,
+                what: Forward::Exit {
+                    from: notice.pid,
+                    notice: notice.clone(),
+                },
+            }],
+            None,
+        );
     }
 }

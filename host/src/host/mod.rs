@@ -4,6 +4,7 @@
 //! monitor, link, names) is in `actors`.
 
 mod actors;
+mod cluster;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
@@ -22,10 +23,12 @@ use crate::model::{
 };
 use crate::registry::{Registry, UnknownWorker};
 use crate::runtime::{Sandbox, SandboxConfig};
-use crate::sched::{Job, Placed, Refused, Scheduler};
+use crate::sched::{Job, Placed, Promise, Refused, Scheduler};
 use crate::store::{
-    Change, IdempotencyKey, ListQuery, MemoryStore, Page, SqliteStore, Store, StoreError,
+    Change, Forward, IdempotencyKey, ListQuery, MemoryStore, NodeInfo, NodeSpec, Page, PgStore,
+    SqliteStore, Store, StoreError,
 };
+use cluster::Cluster;
 
 /// Host losses after which a task ends `failed`/`host_lost` instead of running again.
 const MAX_HOST_LOSSES: u32 = 3;
@@ -85,6 +88,8 @@ pub struct Host {
     sandbox: Arc<Sandbox>,
     workers: Arc<Registry>,
     actors: Arc<Actors>,
+    /// Its place in a cluster, when its store is shared.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A task being accepted: its pid, and the store's answer to come.
@@ -133,7 +138,7 @@ impl Host {
     /// threads, and runs again every task the store holds unfinished (a host lost before it
     /// ended them), before anything else is accepted.
     pub fn start(config: &Config) -> anyhow::Result<Arc<Self>> {
-        let store = open_store(config)?;
+        let (store, shared) = open_store(config)?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
             max_memory_bytes: config.pool_slot_bytes(),
             max_log_bytes: config.max_log_bytes,
@@ -183,8 +188,13 @@ impl Host {
             Arc::clone(&actors),
         )
         .context("starting the scheduler threads")?;
-        let pids = Pids::new();
+        let pids = match &shared {
+            // Its id in the cluster: no other host has it.
+            Some(shared) => Pids::with_boot(shared.node()),
+            None => Pids::new(),
+        };
         let last = store.last_seq(pids.boot())?;
+        let cluster = shared.map(|shared| Arc::new(Cluster::new(shared, config)));
         let host = Arc::new(Self {
             store,
             ledger,
@@ -197,10 +207,13 @@ impl Host {
             sandbox,
             workers,
             actors,
+            cluster,
         });
         let kernel: Arc<dyn Kernel> = host.clone();
         host.scheduler.connect(Arc::downgrade(&kernel));
         host.recover()?;
+        host.join_cluster()
+            .context("starting the cluster's heartbeat")?;
         start_pruner(
             Arc::downgrade(&host.store),
             config.max_history,
@@ -339,6 +352,10 @@ impl Host {
         metrics.total(metrics::STORE_COMMITS, stats.commits);
         metrics.total(metrics::STORE_BATCHES, stats.batches);
         metrics.total(metrics::STORE_LOG_LINES_SHED, stats.log_lines_shed);
+        if let Some(cluster) = &self.cluster {
+            metrics.total(metrics::STORE_FENCED_WRITES, stats.fenced_writes);
+            metrics.gauge(metrics::CLUSTER_QUEUED, cluster.waiting() as f64);
+        }
         metrics.gauge(
             metrics::STORE_HEALTHY,
             if self.store.healthy() { 1.0 } else { 0.0 },
@@ -435,13 +452,10 @@ impl Host {
             )
             .into());
         }
-        let promise = self.scheduler.promise().map_err(|refused| match refused {
-            Refused::Full => SpawnError::Full {
-                live: self.scheduler.capacity(),
-                queued: self.scheduler.queue_limit(),
-            },
-            Refused::Closed => SpawnError::ShuttingDown,
-        })?;
+        let promise = self.promise()?;
+        // In a cluster, a task with no free place here waits in the shared queue, for any
+        // host with one; it holds nothing here.
+        let shared = promise.is_none();
         let pid = self.pids.next();
         let version = worker.current();
         let max_attempts = restart.unwrap_or(settings.restart).max_attempts();
@@ -475,30 +489,81 @@ impl Host {
             ready_at: Instant::now(),
             parent,
         };
-        // Its mailbox exists from acceptance: it can be sent to while it waits for a place.
-        self.actors.enter(pid);
+        // Its mailbox exists from acceptance: it can be sent to while it waits for a place. One
+        // waiting in a cluster's shared queue gets its mailbox where it runs; messages wait
+        // for it in the store.
+        if !shared {
+            self.actors.enter(pid);
+        }
         let (sender, receiver) = oneshot::channel();
         let scheduler = self.scheduler.clone();
         let actors = Arc::clone(&self.actors);
-        self.ledger.accepted(record, spec, key, move |recorded| {
-            drop(in_flight);
-            match &recorded {
-                Ok(()) => {
-                    if scheduler.place(promise, job) == Placed::Queued {
-                        tracing::info!(pid = %pid, step = 0, "Task queued: every place taken");
+        self.ledger
+            .accepted(record, spec, key, shared, move |recorded| {
+                drop(in_flight);
+                match (&recorded, promise) {
+                    (Ok(()), Some(promise)) => {
+                        if scheduler.place(promise, job) == Placed::Queued {
+                            tracing::info!(pid = %pid, step = 0, "Task queued: every place taken");
+                        }
+                    }
+                    (Ok(()), None) => {
+                        tracing::info!(pid = %pid, step = 0,
+                            "Task queued in the cluster: every place here is taken");
+                    }
+                    (Err(_), promise) => {
+                        actors.ended(pid, &TaskEnd::shut_down_before_start(), drop);
+                        if let Some(promise) = promise {
+                            scheduler.break_promise(promise);
+                        }
                     }
                 }
-                Err(_) => {
-                    actors.ended(pid, &TaskEnd::shut_down_before_start(), drop);
-                    scheduler.break_promise(promise);
-                }
-            }
-            let _ = sender.send(recorded);
-        });
+                let _ = sender.send(recorded);
+            });
         Ok(Accepting {
             pid,
             recorded: Some(receiver),
         })
+    }
+
+    /// A place (or a place in the queue) for a new task here, or, in a cluster with no free
+    /// place here, `None`: a place in the shared queue, while it has room.
+    fn promise(&self) -> Result<Option<Promise>, SpawnError> {
+        let full = || SpawnError::Full {
+            live: self.scheduler.capacity(),
+            queued: self.scheduler.queue_limit(),
+        };
+        let Some(cluster) = &self.cluster else {
+            return self
+                .scheduler
+                .promise()
+                .map(Some)
+                .map_err(|refused| match refused {
+                    Refused::Full => full(),
+                    Refused::Closed => SpawnError::ShuttingDown,
+                });
+        };
+        if !cluster.serving() {
+            return Err(StoreError::Unavailable(
+                "this host has lost its lease in the cluster and is joining again; retry, or \
+                 use another host"
+                    .into(),
+            )
+            .into());
+        }
+        match self.scheduler.promise() {
+            Ok(promise) if promise.is_place() => Ok(Some(promise)),
+            Err(Refused::Closed) => Err(SpawnError::ShuttingDown),
+            // Waiting is for the cluster's queue: the place promised in this host's is given
+            // back as the promise is dropped.
+            Ok(_) | Err(Refused::Full) => {
+                if cluster.queue_one() {
+                    Ok(None)
+                } else {
+                    Err(full())
+                }
+            }
+        }
     }
 
     /// The pid an idempotency key was first used for, if it was used with the same body and
@@ -531,6 +596,18 @@ impl Host {
             });
         }
         tracing::info!(pid = %pid, worker = %record.worker, step = record.step, "Killing task");
+        if self.cluster.is_some() && !self.actors.holds(pid) {
+            // Another host holds it, or it waits in the shared queue: the store tells that
+            // host, or ends it at once.
+            self.store.submit(
+                vec![Change::Forward {
+                    to: pid,
+                    what: Forward::Kill(TaskEnd::killed()),
+                }],
+                None,
+            );
+            return Ok(());
+        }
         self.scheduler.kill(pid);
         // A task that ended after the look above never reads the kill: take it back, so the
         // kill set empties again. Its thread forgets the kill only once the store has the end,
@@ -553,7 +630,12 @@ impl Host {
     /// Shuts down: refuses new tasks at once, gives running ones `grace` to end, kills the
     /// rest, and returns once every task's end is recorded and the scheduler threads are gone.
     pub fn shutdown(&self, grace: Duration) {
-        self.scheduler.close();
+        if self.cluster.is_some() {
+            let waiting = self.scheduler.close_handing_back();
+            self.leave_cluster(waiting);
+        } else {
+            self.scheduler.close();
+        }
         // After the waiting tasks' ends are published, before the grace period: open streams
         // must not hold up the HTTP server's shutdown.
         self.events.close();
@@ -562,7 +644,39 @@ impl Host {
         if let Err(error) = self.store.wait(Vec::new()) {
             tracing::error!(%error, "the store could not take the last ends");
         }
+        self.left_cluster();
         tracing::info!(totals = ?self.totals(), "every task has ended");
+    }
+
+    /// Whether this host runs `pid` (or holds it waiting for a place): its events and kills
+    /// are local. In a cluster, other tasks are another host's, or wait in the shared queue.
+    pub fn holds(&self, pid: Pid) -> bool {
+        self.cluster.is_none() || self.actors.holds(pid)
+    }
+
+    /// Whether this host is one of a cluster.
+    pub fn clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// This host's id and name in its cluster, if it is in one.
+    pub fn node(&self) -> Option<(u32, &str)> {
+        self.cluster
+            .as_ref()
+            .map(|cluster| (cluster.store.node(), cluster.store.spec().name.as_str()))
+    }
+
+    /// The hosts of this host's cluster; empty for a host alone.
+    pub fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        match &self.cluster {
+            Some(cluster) => cluster.nodes(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The host's event bus: how events are shaped.
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// Subscribes to every task event from now on, if the subscriber limit allows.
@@ -623,20 +737,33 @@ enum Recovered {
     Waiting,
 }
 
-/// Opens the store `config` names.
-fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// A store opened: as the host uses it, and, when it is shared, as the cluster does.
+type Opened = (Arc<dyn Store>, Option<Arc<PgStore>>);
+
+/// Opens the store `config` names; a shared one also as itself, for the cluster.
+fn open_store(config: &Config) -> anyhow::Result<Opened> {
     Ok(match config.store_location() {
         StoreLocation::Memory => {
             tracing::warn!(
                 "the task store is in memory: tasks, logs and uploaded worker versions are \
                  forgotten at a restart, and tasks accepted but not ended are lost in a crash"
             );
-            Arc::new(MemoryStore::new(config.max_history))
+            (Arc::new(MemoryStore::new(config.max_history)), None)
         }
         StoreLocation::Sqlite(path) => {
             let store = SqliteStore::open(&path, config.store_sync)?;
             tracing::info!(path = %path.display(), sync = ?config.store_sync, "task store opened");
-            Arc::new(store)
+            (Arc::new(store), None)
+        }
+        StoreLocation::Postgres(url) => {
+            let spec = NodeSpec {
+                name: config.node_name(),
+                address: config.advertised_address(),
+                capacity: config.capacity,
+                lease: config.lease,
+            };
+            let store = Arc::new(PgStore::open(&url, spec)?);
+            (store.clone(), Some(store))
         }
     })
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::{Serialize, Serializer};
 
@@ -75,26 +75,37 @@ impl Serialize for Pid {
     }
 }
 
-/// Hands out pids: this host's random boot id and a counter that never wraps in practice.
+/// Hands out pids: this host's boot id and a counter that never wraps in practice. The boot id
+/// is random for a host alone, and its id in the cluster for a host of one, which changes if it
+/// has to join again.
 #[derive(Debug)]
 pub(crate) struct Pids {
-    boot: u32,
+    boot: AtomicU32,
     next: AtomicU64,
 }
 
 impl Pids {
     pub(crate) fn new() -> Self {
         // RandomState is seeded from the OS's randomness, once per process.
-        let boot = RandomState::new().hash_one(std::process::id()) as u32;
+        Self::with_boot(RandomState::new().hash_one(std::process::id()) as u32)
+    }
+
+    /// Pids of boot id `boot`, which no other host gives out.
+    pub(crate) fn with_boot(boot: u32) -> Self {
         Self {
-            boot,
+            boot: AtomicU32::new(boot),
             next: AtomicU64::new(1),
         }
     }
 
     /// This host's boot id.
     pub(crate) fn boot(&self) -> u32 {
-        self.boot
+        self.boot.load(Ordering::Acquire)
+    }
+
+    /// Gives out pids of boot id `boot` from now on: a host of a cluster that joined again.
+    pub(crate) fn set_boot(&self, boot: u32) {
+        self.boot.store(boot, Ordering::Release);
     }
 
     /// Hands out sequence numbers after `seq`: a store that already holds pids of a boot with
@@ -105,7 +116,7 @@ impl Pids {
     }
 
     pub(crate) fn next(&self) -> Pid {
-        Pid::new(self.boot, self.next.fetch_add(1, Ordering::Relaxed))
+        Pid::new(self.boot(), self.next.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -139,6 +139,10 @@ pub struct TaskRecord {
     /// once the task has ended (and in the store's own copy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<Box<ActorState>>,
+    /// In a cluster, the id of the host that holds the task now (see `GET /api/cluster`);
+    /// absent while it waits in the shared queue, once it has ended, and on a host alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
     /// Bytes of log the cap discarded. The lines themselves are kept apart, as [`TaskLogs`]
     /// (`GET /api/tasks/{pid}/logs`), so reading a record never copies its log.
     ///
@@ -160,6 +164,7 @@ impl TaskRecord {
             pid,
             parent: None,
             actor: None,
+            node: None,
             name,
             worker,
             version,

@@ -147,6 +147,11 @@ impl<T: Queued> Admission<T> {
         state.queue.remove(index)
     }
 
+    /// Hands back the waiting tasks; admission stays open.
+    pub fn drain(&self) -> Vec<T> {
+        self.lock().queue.drain(..).collect()
+    }
+
     /// Refuses every new task from now on, and hands back the waiting ones.
     pub fn close(&self) -> Vec<T> {
         let mut state = self.lock();

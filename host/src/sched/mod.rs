@@ -142,8 +142,15 @@ impl Lanes {
     /// Carries out the rest of what a task's end means: wakes the tasks told while they
     /// waited in `receive`, and kills the linked tasks that do not trap exits.
     fn follow(&self, pid: Pid, aftermath: Aftermath) {
-        if aftermath.wake.is_empty() && aftermath.kill.is_empty() {
+        if aftermath.wake.is_empty() && aftermath.kill.is_empty() && aftermath.remote.is_empty() {
             return;
+        }
+        if let (Some(notice), false) = (&aftermath.notice, aftermath.remote.is_empty())
+            && let Some(kernel) = self.kernel.get().and_then(Weak::upgrade)
+        {
+            for linked in &aftermath.remote {
+                kernel.exit_remote(*linked, notice);
+            }
         }
         for woken in aftermath.wake {
             self.wake(woken);
@@ -198,6 +205,13 @@ pub enum Placed {
 /// it gives it back.
 #[derive(Debug)]
 pub struct Promise(Reservation<Job>);
+
+impl Promise {
+    /// Whether it is a place to run at once, not a place in the queue.
+    pub fn is_place(&self) -> bool {
+        matches!(self.0, Reservation::Place(_))
+    }
+}
 
 /// The handle the host uses to admit tasks and hand them to the scheduler threads; cheap to
 /// clone.
@@ -328,13 +342,32 @@ impl Scheduler {
 
     /// Begins a shutdown: refuses new tasks at once and ends the waiting ones as killed.
     pub fn close(&self) {
-        // Admission first: from here no waiting task is handed to a thread.
-        for waiting in self.lanes.admission.close() {
+        for waiting in self.close_handing_back() {
             self.lanes.record_unstarted(&waiting, TaskEnd::killed());
         }
+    }
+
+    /// Begins a shutdown, like [`Scheduler::close`], but hands the waiting tasks back instead of
+    /// ending them: a host of a cluster returns them to the shared queue.
+    pub fn close_handing_back(&self) -> Vec<Job> {
+        // Admission first: from here no waiting task is handed to a thread.
+        let waiting = self.lanes.admission.close();
         for lane in &self.lanes.lanes {
             lane.inbox.close();
             lane.inbox.wake();
+        }
+        waiting
+    }
+
+    /// Stops every task at once, the waiting ones included, and goes on taking new ones: a
+    /// host of a cluster that lost its lease, whose tasks other hosts run now. Their ends are
+    /// recorded as for a kill, and the store refuses them.
+    pub fn stop_all(&self, end: TaskEnd) {
+        for waiting in self.lanes.admission.drain() {
+            self.lanes.record_unstarted(&waiting, end.clone());
+        }
+        for lane in &self.lanes.lanes {
+            lane.inbox.kill(Command::KillAll);
         }
     }
 

@@ -74,7 +74,7 @@ impl MemoryStore {
                         };
                         lock(&self.keys).insert(key.key, remembered);
                     }
-                    self.accept(record);
+                    self.accept(*record);
                 }
                 Change::Event(pid, event) => self.apply(pid, event),
                 // History is bounded by count as tasks end; by age here.
@@ -86,8 +86,9 @@ impl MemoryStore {
                     lock(&self.keys).retain(|_, remembered| remembered.at >= keys_before);
                     self.forget_ended_before(ended_before);
                 }
-                // Nothing outlives the process here, so there is nothing to keep them for.
-                Change::Module { .. } | Change::Worker { .. } => {}
+                // Nothing outlives the process here, so there is nothing to keep them for; and
+                // no other host to forward to.
+                Change::Module { .. } | Change::Worker { .. } | Change::Forward { .. } => {}
             }
         }
     }
@@ -193,6 +194,7 @@ impl Store for MemoryStore {
             commits: batches,
             batches,
             log_lines_shed: 0,
+            fenced_writes: 0,
         }
     }
 
@@ -287,9 +289,10 @@ mod tests {
             ready_at: None,
         };
         Change::Accepted {
-            record,
+            record: Box::new(record),
             spec,
             key: None,
+            shared: false,
         }
     }
 

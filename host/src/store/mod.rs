@@ -10,7 +10,9 @@
 //! [`MemoryStore`] keeps everything in this process; a durable store (SQLite) or a shared one
 //! (PostgreSQL) implements [`Store`] with SQL of its own.
 
+mod columns;
 mod memory;
+mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -19,9 +21,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
-use crate::model::{Pid, Status, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
+use crate::actor::EndNotice;
+use crate::model::{Pid, Status, TaskEnd, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
 
 pub use memory::MemoryStore;
+pub use postgres::{Claimed, Command, NodeInfo, NodeSpec, PgStore};
 pub use sqlite::{SqliteStore, StoreSync};
 
 /// One write to the store.
@@ -30,9 +34,12 @@ pub enum Change {
     /// A task was accepted; its pid is new. `spec` is what it needs to run again after a
     /// crash; `key`, the idempotency key its request carried.
     Accepted {
-        record: TaskRecord,
+        record: Box<TaskRecord>,
         spec: TaskSpec,
         key: Option<IdempotencyKey>,
+        /// The task waits in a cluster's shared queue for any host with a free place, rather
+        /// than on the host that accepted it. Only a shared store has such a queue.
+        shared: bool,
     },
     /// Something happened to a task (see [`TaskRecord::apply`]).
     Event(Pid, TaskEvent),
@@ -43,6 +50,9 @@ pub enum Change {
         ended_before: SystemTime,
         keys_before: SystemTime,
     },
+    /// Something for task `to`, which another host of a cluster may hold: the store hands it to
+    /// whichever host holds the task when it is written. Only a shared store takes these.
+    Forward { to: Pid, what: Forward },
     /// A module's bytes, kept by their SHA-256 (hex).
     Module { sha256: String, bytes: Vec<u8> },
     /// A worker's versions now; `file_sha256` is its module file's as last loaded.
@@ -50,6 +60,18 @@ pub enum Change {
         name: String,
         versions: WorkerVersions,
     },
+}
+
+/// What one host asks of a task another host of the cluster holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// End it with `end`: at once, in the store, if it waits in the shared queue.
+    Kill(TaskEnd),
+    /// Put `body` in its mailbox, from task `sender` or (none) an HTTP client.
+    Message { sender: Option<Pid>, body: Vec<u8> },
+    /// Task `from`, linked to it, ended abnormally, as `notice` says: it is told (it traps
+    /// exits) or killed.
+    Exit { from: Pid, notice: EndNotice },
 }
 
 /// What a store has written since it was opened.
@@ -61,6 +83,8 @@ pub struct StoreStats {
     pub batches: u64,
     /// Log lines of running tasks shed because the writer had fallen behind.
     pub log_lines_shed: u64,
+    /// Writes of tasks a shared store refused because this host no longer held them.
+    pub fenced_writes: u64,
 }
 
 /// Called once a submitted batch is written, or could not be.

@@ -15,17 +15,19 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
+use super::columns::{
+    attempt_json, attempts_of, nanos, source_name, source_of, status_of, time, unavailable,
+};
 use super::{
     Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats,
     StoredVersion, WorkerVersions,
 };
 use crate::model::{
-    Attempt, LogLine, LogSource, OnHostLoss, Outcome, Pid, Status, TaskEnd, TaskEvent, TaskLogs,
-    TaskRecord, TaskSpec,
+    LogLine, OnHostLoss, Outcome, Pid, Status, TaskEvent, TaskLogs, TaskRecord, TaskSpec,
 };
 
 /// The schema this host writes: version 1 ([`SCHEMA`]) and every migration after it.
@@ -278,20 +280,6 @@ pub enum OpenError {
          it was written by a newer http-spawn; run that version, or give this one another --store"
     )]
     Newer { path: PathBuf, found: i64 },
-}
-
-fn nanos(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
-    })
-}
-
-fn time(nanos: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
-}
-
-fn unavailable(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(error.to_string())
 }
 
 impl SqliteStore {
@@ -701,6 +689,7 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bo
             record,
             spec,
             key: idempotency,
+            ..
         } => {
             let (boot, seq) = key(record.pid);
             let parent = record.parent.map(key);
@@ -748,6 +737,8 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bo
             ended_before,
             keys_before,
         } => return prune(tx, *max_history, *ended_before, *keys_before),
+        // One host, no other to forward to: a forward is never made for this store.
+        Change::Forward { .. } => {}
         Change::Module { sha256, bytes } => {
             tx.prepare_cached("INSERT OR IGNORE INTO modules (sha256, bytes) VALUES (?1, ?2)")?
                 .execute(params![sha256, bytes])?;
@@ -881,18 +872,6 @@ fn write_event(
     Ok(())
 }
 
-fn attempt_json(attempt: u32, end: &TaskEnd, at: SystemTime) -> String {
-    serde_json::json!({
-        "attempt": attempt,
-        "status": end.status.as_str(),
-        "outcome": end.outcome.as_str(),
-        "exit_code": end.exit_code,
-        "error": end.error,
-        "ended_at": nanos(at),
-    })
-    .to_string()
-}
-
 /// Deletes the oldest ended tasks past `max_history`, and those that ended before
 /// `ended_before`, a batch at a time, and the idempotency keys created before `keys_before`.
 /// True when the batch was full: more may be due.
@@ -925,40 +904,6 @@ fn prune(
     tx.prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
         .execute(params![nanos(keys_before)])?;
     Ok(i64::try_from(doomed).is_ok_and(|doomed| doomed >= PRUNE_BATCH))
-}
-
-fn source_name(source: LogSource) -> &'static str {
-    match source {
-        LogSource::Trace => "trace",
-        LogSource::Debug => "debug",
-        LogSource::Info => "info",
-        LogSource::Warn => "warn",
-        LogSource::Error => "error",
-        LogSource::Stdout => "stdout",
-        LogSource::Stderr => "stderr",
-    }
-}
-
-fn source_of(name: &str) -> LogSource {
-    match name {
-        "trace" => LogSource::Trace,
-        "debug" => LogSource::Debug,
-        "warn" => LogSource::Warn,
-        "error" => LogSource::Error,
-        "stdout" => LogSource::Stdout,
-        "stderr" => LogSource::Stderr,
-        _ => LogSource::Info,
-    }
-}
-
-fn status_of(name: &str) -> Status {
-    match name {
-        "running" => Status::Running,
-        "exited" => Status::Exited,
-        "failed" => Status::Failed,
-        "killed" => Status::Killed,
-        _ => Status::Spawned,
-    }
 }
 
 const RECORD_COLUMNS: &str = "boot, seq, spawned_at, name, worker, version, status, duration,
@@ -1000,27 +945,6 @@ fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         _ => None,
     };
     Ok(record)
-}
-
-fn attempts_of(json: &str) -> Vec<Attempt> {
-    let Ok(serde_json::Value::Array(entries)) = serde_json::from_str(json) else {
-        return Vec::new();
-    };
-    entries
-        .iter()
-        .filter_map(|entry| {
-            Some(Attempt {
-                attempt: u32::try_from(entry["attempt"].as_u64()?).ok()?,
-                status: status_of(entry["status"].as_str()?),
-                outcome: Outcome::parse(entry["outcome"].as_str()?)?,
-                exit_code: entry["exit_code"]
-                    .as_i64()
-                    .and_then(|code| i32::try_from(code).ok()),
-                error: entry["error"].as_str().map(str::to_owned),
-                ended_at: time(entry["ended_at"].as_i64()?),
-            })
-        })
-        .collect()
 }
 
 fn spec_of(row: &Row<'_>, offset: usize) -> rusqlite::Result<TaskSpec> {
@@ -1066,6 +990,7 @@ impl Store for SqliteStore {
             commits: self.shared.commits.load(Ordering::Relaxed),
             batches: self.shared.batches.load(Ordering::Relaxed),
             log_lines_shed: self.shared.lines_shed.load(Ordering::Relaxed),
+            fenced_writes: 0,
         }
     }
 
@@ -1296,9 +1221,10 @@ mod tests {
         };
         vec![
             Change::Accepted {
-                record,
+                record: Box::new(record),
                 spec,
                 key: None,
+                shared: false,
             },
             Change::Event(
                 pid,

@@ -1,0 +1,564 @@
+//! The host as one of a cluster: several hosts on one PostgreSQL database (`--store
+//! postgres://…`), any of which accepts a task and answers for any pid.
+//!
+//! Two threads per host keep it in the cluster:
+//! - the **heartbeat** renews the lease (a host that cannot, for a whole lease, stops its tasks:
+//!   another host runs them now), takes back the tasks of hosts whose lease expired, follows the
+//!   worker versions other hosts installed, and tells this host's tasks of the ends of tasks
+//!   they monitor on other hosts;
+//! - the **poll** carries out what other hosts asked of this host's tasks (kills, messages)
+//!   and, while this host has free places, claims tasks from the shared queue.
+//!
+//! Both only poll: no `NOTIFY` on any write (it would serialise every commit). A kill or a
+//! message for a task on another host therefore waits up to one `--cluster-poll` there.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{Host, MAX_HOST_LOSSES};
+use crate::actor::{EndNotice, Entry};
+use crate::config::Config;
+use crate::ledger::Ending;
+use crate::model::{Outcome, Pid, TaskEnd};
+use crate::sched::Job;
+use crate::store::{Claimed, Command, NodeInfo, PgStore};
+
+/// Tasks claimed from the shared queue at most per poll.
+const CLAIM_BATCH: u32 = 256;
+
+/// The host's place in a cluster.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    pub(crate) store: Arc<PgStore>,
+    heartbeat: Duration,
+    lease: Duration,
+    poll: Duration,
+    /// The most tasks the shared queue may hold before new ones are refused (`429`).
+    max_queue: u64,
+    /// Tasks waiting in the shared queue, as last seen (and counted up by this host's own
+    /// acceptances since).
+    waiting: AtomicU64,
+    /// False while this host has lost its lease and not joined again: it accepts nothing.
+    serving: AtomicBool,
+    /// Set when the host begins to shut down: it claims nothing more, but goes on renewing
+    /// its lease (its running tasks have their grace period) and taking kills.
+    leaving: AtomicBool,
+    /// Set once every task of the host has ended: the threads stop.
+    left: AtomicBool,
+    /// Monitors this host's tasks hold on tasks other hosts hold (or that wait in the shared
+    /// queue), by target.
+    remote: Mutex<HashMap<Pid, Remote>>,
+}
+
+/// The monitors and links held on one task of another host.
+#[derive(Debug)]
+struct Remote {
+    /// The host holding it when it was first watched (`None`: it waited in the queue).
+    holder: Option<u32>,
+    /// Tasks here monitoring it, once per `monitor`.
+    watchers: Vec<Pid>,
+    /// Tasks here linked to it.
+    links: Vec<Pid>,
+}
+
+/// How a task here watches a task of another host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watch {
+    Monitor,
+    Link,
+}
+
+impl Cluster {
+    pub(crate) fn new(store: Arc<PgStore>, config: &Config) -> Self {
+        Self {
+            store,
+            heartbeat: config.heartbeat,
+            lease: config.lease,
+            poll: config.cluster_poll.max(Duration::from_millis(1)),
+            max_queue: config.max_queue as u64,
+            waiting: AtomicU64::new(0),
+            serving: AtomicBool::new(true),
+            leaving: AtomicBool::new(false),
+            left: AtomicBool::new(false),
+            remote: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn remote(&self) -> MutexGuard<'_, HashMap<Pid, Remote>> {
+        self.remote
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether this host holds its lease and may accept tasks.
+    pub(crate) fn serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// Whether the shared queue has room for one more task; counts it if so.
+    pub(crate) fn queue_one(&self) -> bool {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting < self.max_queue).then_some(waiting + 1)
+            })
+            .is_ok()
+    }
+
+    /// Tasks waiting in the shared queue, as last seen.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// The hosts of the cluster.
+    pub(crate) fn nodes(&self) -> Result<Vec<NodeInfo>, crate::store::StoreError> {
+        self.store.nodes()
+    }
+}
+
+impl Host {
+    /// Starts the heartbeat and poll threads of a host of a cluster.
+    pub(super) fn join_cluster(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let weak = Arc::downgrade(self);
+        {
+            let host = Weak::clone(&weak);
+            cluster.store.on_fenced(move |pid| {
+                if let Some(host) = host.upgrade() {
+                    tracing::warn!(pid = %pid, "another host holds this task now; stopping it here");
+                    host.scheduler.end(
+                        pid,
+                        TaskEnd::failed(
+                            Outcome::HostLost,
+                            "another host of the cluster holds this task now".into(),
+                        ),
+                    );
+                }
+            });
+        }
+        {
+            let weak = Weak::clone(&weak);
+            let interval = cluster.heartbeat;
+            std::thread::Builder::new()
+                .name("cluster-heartbeat".into())
+                .spawn(move || heartbeat_loop(&weak, interval))?;
+        }
+        let interval = cluster.poll;
+        std::thread::Builder::new()
+            .name("cluster-poll".into())
+            .spawn(move || poll_loop(&weak, interval))?;
+        Ok(())
+    }
+
+    /// Stops every task this host runs, without recording their ends (the store refuses them
+    /// now): the lease is lost, and another host may be running them already.
+    fn lose_lease(&self, cluster: &Cluster, why: &str) {
+        if !cluster.serving.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        cluster.store.fence();
+        tracing::error!(
+            reason = why,
+            live = self.live(),
+            "this host lost its lease in the cluster: it stops its tasks (other hosts run them \
+             again) and accepts nothing until it has joined again"
+        );
+        self.scheduler.stop_all(TaskEnd::failed(
+            Outcome::HostLost,
+            "this host lost its lease in the cluster".into(),
+        ));
+        cluster.remote().clear();
+    }
+
+    /// One heartbeat: renews the lease (or joins again), then does the cluster's chores.
+    fn beat(&self, cluster: &Cluster, last_held: &mut Instant) {
+        let live = self.live();
+        let queued = self.queued();
+        match cluster.store.heartbeat(live, queued) {
+            Ok((true, waiting)) => {
+                *last_held = Instant::now();
+                cluster.waiting.store(waiting, Ordering::Release);
+            }
+            Ok((false, _)) => {
+                self.lose_lease(cluster, "its lease expired");
+                match cluster.store.rejoin() {
+                    Ok(boot) => {
+                        self.pids.set_boot(boot);
+                        *last_held = Instant::now();
+                        cluster.serving.store(true, Ordering::Release);
+                    }
+                    Err(error) => tracing::warn!(%error, "joining the cluster again failed"),
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "renewing the lease failed");
+                if last_held.elapsed() >= cluster.lease {
+                    self.lose_lease(cluster, "it could not reach the database for a whole lease");
+                }
+                return;
+            }
+        }
+        if !cluster.serving() {
+            return;
+        }
+        match cluster.store.reap(MAX_HOST_LOSSES) {
+            Ok(reaped) if !reaped.is_empty() => {
+                let rerun = reaped
+                    .iter()
+                    .filter(|task| task.lost && !task.ended)
+                    .count();
+                let ended = reaped.iter().filter(|task| task.ended).count();
+                tracing::warn!(
+                    tasks = reaped.len(),
+                    rerun,
+                    ended,
+                    requeued = reaped.len() - rerun - ended,
+                    "took back the unfinished tasks of lost hosts: those that had started run \
+                     again as new attempts (or ended failed, host_lost), the others wait in the \
+                     shared queue"
+                );
+                cluster
+                    .waiting
+                    .fetch_add((reaped.len() - ended) as u64, Ordering::AcqRel);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "taking back the tasks of lost hosts failed"),
+        }
+        self.workers.follow_store();
+        self.check_remote_monitors(cluster);
+    }
+
+    /// One poll: what other hosts asked of this host's tasks, then claims from the shared
+    /// queue while places are free.
+    fn poll(&self, cluster: &Cluster) {
+        if !cluster.serving() {
+            return;
+        }
+        match cluster.store.take_commands() {
+            Ok(commands) => {
+                for command in commands {
+                    self.carry_out(command);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "reading commands failed"),
+        }
+        let free = self
+            .capacity()
+            .saturating_sub(self.live())
+            .saturating_sub(u32::try_from(self.queued()).unwrap_or(u32::MAX));
+        if free == 0 || cluster.leaving.load(Ordering::Acquire) {
+            return;
+        }
+        if cluster.waiting() == 0 {
+            // Another host may have queued a task since this one's heartbeat counted the
+            // queue: one index probe tells.
+            match cluster.store.queue_waiting() {
+                Ok(true) => cluster.waiting.store(1, Ordering::Release),
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "looking at the shared queue failed");
+                    return;
+                }
+            }
+        }
+        let asked = free.min(CLAIM_BATCH);
+        match cluster.store.claim(asked) {
+            Ok(claimed) => {
+                let got = claimed.len() as u64;
+                let _ =
+                    cluster
+                        .waiting
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                            // All asked for were there: more may be; else the queue is empty
+                            // (until the next heartbeat counts it again).
+                            Some(if got < u64::from(asked) {
+                                0
+                            } else {
+                                waiting.saturating_sub(got).max(1)
+                            })
+                        });
+                for task in claimed {
+                    self.run_claimed(task);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "claiming from the shared queue failed"),
+        }
+    }
+
+    fn carry_out(&self, command: Command) {
+        match command {
+            Command::Kill(pid) => {
+                if self.actors.holds(pid) {
+                    tracing::info!(pid = %pid, "Killing task, as another host asked");
+                    self.scheduler.kill(pid);
+                }
+            }
+            Command::Message { to, sender, body } => {
+                let body = String::from_utf8_lossy(&body).into_owned();
+                if let Err(error) = self.put(sender, to, body) {
+                    tracing::debug!(pid = %to, ?error, "a message from another host not delivered");
+                }
+            }
+            Command::Exit { to, from, notice } => self.linked_exit(to, from, notice),
+        }
+    }
+
+    /// Runs a task claimed from the shared queue: accepted by any host, or taken back from a
+    /// lost one.
+    fn run_claimed(&self, claimed: Claimed) {
+        let Claimed {
+            record,
+            spec,
+            commands,
+        } = claimed;
+        let pid = record.pid;
+        let host_losses = record
+            .attempts
+            .iter()
+            .filter(|attempt| attempt.outcome == Outcome::HostLost)
+            .count() as u32;
+        let version = match self.workers.version_of(&record.worker, &spec.module_sha256) {
+            Ok(version) => version,
+            Err(error) => {
+                tracing::error!(pid = %pid, worker = %record.worker, %error,
+                    "a claimed task's module version cannot be loaded");
+                let end = TaskEnd::failed(
+                    Outcome::InstantiationFailed,
+                    format!("its module version could not be loaded on this host: {error}"),
+                );
+                self.ledger.ended(
+                    pid,
+                    &record.worker,
+                    Ending::unstarted(end, record.attempt),
+                    SystemTime::now(),
+                    None,
+                    || {},
+                );
+                return;
+            }
+        };
+        let job = Job {
+            pid,
+            name: record.name,
+            version,
+            duration: record.duration,
+            payload: spec.payload,
+            deadline: Duration::from_secs(u64::from(spec.deadline_secs)),
+            max_attempts: spec.max_attempts + host_losses,
+            attempt: record.attempt,
+            ready_at: Instant::now(),
+            parent: record.parent,
+        };
+        self.actors.enter(pid);
+        tracing::info!(pid = %pid, attempt = job.attempt, "Task claimed from the shared queue");
+        self.scheduler.readmit(job);
+        // What was sent to it while it waited: in its mailbox before its first receive.
+        for command in commands {
+            self.carry_out(command);
+        }
+    }
+
+    /// Monitors or links `target`, which another host holds or which waits in the shared
+    /// queue, for `watcher`: whether it is such a task (else the caller acts as for an ended
+    /// one).
+    pub(super) fn watch_remote(&self, watcher: Pid, target: Pid, how: Watch) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        let holder = match cluster.store.holder(target) {
+            Ok(Some(holder)) => holder,
+            Ok(None) | Err(_) => return false,
+        };
+        if how == Watch::Link && self.actors.link_remote(watcher, target).is_err() {
+            return false;
+        }
+        let mut remote = cluster.remote();
+        let entry = remote.entry(target).or_insert(Remote {
+            holder,
+            watchers: Vec::new(),
+            links: Vec::new(),
+        });
+        match how {
+            Watch::Monitor => entry.watchers.push(watcher),
+            Watch::Link if !entry.links.contains(&watcher) => entry.links.push(watcher),
+            Watch::Link => {}
+        }
+        true
+    }
+
+    /// Forgets a link from `pid` to a task of another host.
+    pub(super) fn unlink_remote(&self, pid: Pid, target: Pid) {
+        if let Some(cluster) = &self.cluster
+            && let Some(remote) = cluster.remote().get_mut(&target)
+        {
+            remote.links.retain(|linked| *linked != pid);
+        }
+    }
+
+    /// `from`, linked to `to` (a task here), ended abnormally as `notice` says: `to` is told, if
+    /// it traps exits, or killed.
+    fn linked_exit(&self, to: Pid, from: Pid, notice: EndNotice) {
+        if !notice.is_abnormal() {
+            return;
+        }
+        let Some(trapping) = self.actors.traps_exits(to) else {
+            return;
+        };
+        self.actors.unlink(to, from);
+        self.events
+            .linked_exit(to, from, notice.outcome_str(), trapping);
+        if !trapping {
+            self.scheduler
+                .end(to, TaskEnd::linked_exit(from, &notice.describe()));
+        } else if self.actors.notify(to, Entry::LinkedExit(notice)) == Some(true) {
+            self.scheduler.wake(to);
+        }
+    }
+
+    /// Tells the watchers of tasks on other hosts that ended, or whose host was lost, their
+    /// `down`.
+    fn check_remote_monitors(&self, cluster: &Cluster) {
+        let targets: Vec<(Pid, Option<u32>)> = {
+            let mut remote = cluster.remote();
+            // Watches of tasks here that have ended meanwhile go with them.
+            remote.retain(|target, remote| {
+                remote
+                    .watchers
+                    .retain(|watcher| self.actors.holds(*watcher));
+                remote
+                    .links
+                    .retain(|linked| self.actors.linked(*linked, *target));
+                !remote.watchers.is_empty() || !remote.links.is_empty()
+            });
+            remote
+                .iter()
+                .map(|(pid, remote)| (*pid, remote.holder))
+                .collect()
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let pids: Vec<Pid> = targets.iter().map(|(pid, _)| *pid).collect();
+        let Ok(holders) = cluster.store.holders(&pids) else {
+            return;
+        };
+        for (target, was) in targets {
+            let notice = match holders.get(&target) {
+                // Still held where it was, or claimed from the queue: live.
+                Some(now) if *now == was || was.is_none() => {
+                    if was.is_none()
+                        && let Some(remote) = cluster.remote().get_mut(&target)
+                    {
+                        remote.holder = *now;
+                    }
+                    continue;
+                }
+                // Its host was lost: the attempt the monitor watched is gone with it.
+                Some(_) => EndNotice::of(
+                    target,
+                    &TaskEnd::failed(Outcome::HostLost, "its host was lost".into()),
+                ),
+                None => self
+                    .end_of(target)
+                    .unwrap_or_else(|_| EndNotice::unknown(target)),
+            };
+            let Some(remote) = cluster.remote().remove(&target) else {
+                continue;
+            };
+            for watcher in remote.watchers {
+                if !self.actors.holds(watcher) {
+                    continue;
+                }
+                self.events.down(watcher, target, notice.outcome_str());
+                if self.actors.notify(watcher, Entry::Down(notice.clone())) == Some(true) {
+                    self.scheduler.wake(watcher);
+                }
+            }
+            for linked in remote.links {
+                if self.actors.linked(linked, target) {
+                    self.linked_exit(linked, target, notice.clone());
+                }
+            }
+        }
+    }
+}
+
+fn heartbeat_loop(host: &Weak<Host>, interval: Duration) {
+    let mut last_held = Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let Some(cluster) = host.cluster.clone() else {
+            return;
+        };
+        if cluster.left.load(Ordering::Acquire) {
+            return;
+        }
+        host.beat(&cluster, &mut last_held);
+    }
+}
+
+fn poll_loop(host: &Weak<Host>, interval: Duration) {
+    loop {
+        std::thread::sleep(interval);
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let Some(cluster) = host.cluster.clone() else {
+            return;
+        };
+        if cluster.left.load(Ordering::Acquire) {
+            return;
+        }
+        host.poll(&cluster);
+    }
+}
+
+impl Host {
+    /// Leaves the cluster at a graceful shutdown: stops the heartbeat and the claims, and hands
+    /// the tasks waiting for a place here back to the shared queue.
+    pub(super) fn leave_cluster(&self, waiting: Vec<Job>) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        cluster.leaving.store(true, Ordering::Release);
+        if waiting.is_empty() {
+            return;
+        }
+        let pids: Vec<Pid> = waiting.iter().map(|job| job.pid).collect();
+        // Their acceptances (and claims) are written before they are handed back.
+        let _ = self.store.wait(Vec::new());
+        match cluster.store.hand_back(&pids) {
+            Ok(count) => {
+                tracing::info!(
+                    tasks = count,
+                    "handed the tasks waiting here back to the shared queue"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not hand the waiting tasks back; they are taken \
+                    back when this host's lease expires");
+            }
+        }
+        for job in waiting {
+            self.actors
+                .ended(job.pid, &TaskEnd::host_lost(job.attempt), drop);
+        }
+    }
+
+    /// Marks this host as gone, once every task it ran has ended.
+    pub(super) fn left_cluster(&self) {
+        if let Some(cluster) = &self.cluster
+            && !cluster.left.swap(true, Ordering::AcqRel)
+            && let Err(error) = cluster.store.leave()
+        {
+            tracing::warn!(%error, "could not mark this host as left; its lease expires instead");
+        }
+    }
+}

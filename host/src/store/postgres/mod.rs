@@ -1,0 +1,600 @@
+//! The shared store: one PostgreSQL database that several hosts use at once, as a cluster.
+//!
+//! It keeps what the SQLite store keeps, in the same columns, and what a cluster needs beside
+//! it: the hosts (`nodes`, each with a lease it renews), which host holds each unfinished task
+//! (`runs`), and what one host asks of a task another holds (`commands`). The schema and its
+//! versions are in `schema`; the writer, which commits every pending batch of this host in one
+//! transaction (group commit) and fences every write of a task by the host holding it, in
+//! `writer`; what the hosts of a cluster do together (leases, claims, reaping the tasks of a
+//! lost host) in `cluster`.
+//!
+//! The store's interface is synchronous, as the host's is: each call is run on the store's own
+//! small tokio runtime, where `tokio-postgres` and its pool live, and waited for. Reads use a
+//! pool of connections; the writer has one connection of its own.
+
+mod cluster;
+mod schema;
+mod writer;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{NoTls, Row};
+
+pub use cluster::{Claimed, Command, NodeInfo};
+pub use schema::SchemaError;
+
+use super::columns::{attempts_of, status_of, time};
+use super::{
+    Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats,
+    StoredVersion, WorkerVersions,
+};
+use crate::model::{LogLine, OnHostLoss, Outcome, Pid, TaskLogs, TaskRecord, TaskSpec};
+use writer::Writer;
+
+/// Connections kept for reads and the cluster's own queries.
+const POOL_SIZE: usize = 8;
+
+/// How long a read or a cluster query may take before it counts as failed: a database that
+/// does not answer must not hold a request for ever.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a host tells the cluster about itself when it joins.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Its name, shown in `GET /api/cluster`.
+    pub name: String,
+    /// Where its API listens, as others may reach it.
+    pub address: String,
+    /// How many tasks it runs at once.
+    pub capacity: u32,
+    /// How long its lease lasts without a heartbeat.
+    pub lease: Duration,
+}
+
+/// Why the shared store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0:?} is not a PostgreSQL connection URL: {1}")]
+    Url(String, String),
+    #[error("cannot connect to the database at {0}: {1}")]
+    Connect(String, String),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("cannot start the store's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("joining the cluster: {0}")]
+    Join(String),
+}
+
+/// What the writer and the rest of the store share.
+struct Shared {
+    /// This host's incarnation in `nodes`: the owner every write of a task is fenced by, and
+    /// the boot id of the pids it gives out. A host that lost its lease joins again as a new
+    /// one.
+    node: AtomicI32,
+    /// False from a failed commit until one succeeds.
+    healthy: AtomicBool,
+    commits: AtomicU64,
+    batches: AtomicU64,
+    /// Writes of tasks the store refused because this host no longer held them.
+    fenced: AtomicU64,
+    /// Told of each task whose start this host wrote while it no longer held it: the host
+    /// stops it.
+    on_fenced: OnceLock<Box<dyn Fn(Pid) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("node", &self.node)
+            .field("healthy", &self.healthy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    /// Where the database is, without its password, for logs.
+    shown: String,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    pool: Pool,
+    writer: Writer,
+    shared: Arc<Shared>,
+    spec: NodeSpec,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.shown)
+            .field("node", &self.node())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A database URL as it may be shown: without its password.
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+/// Reads a column, or says which one could not be read: a database written by hand or by
+/// another program must not panic the host.
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    index: usize,
+) -> Result<T, StoreError> {
+    row.try_get(index)
+        .map_err(|error| unavailable(format!("reading column {index}: {error}")))
+}
+
+/// The pid whose boot id and sequence number are these columns. Boot ids are the `nodes` ids
+/// (positive `INTEGER`s); the casts only reinterpret the bits, both ways.
+fn pid_of(boot: i32, seq: i64) -> Pid {
+    Pid::new(boot as u32, seq as u64)
+}
+
+fn key(pid: Pid) -> (i32, i64) {
+    (pid.boot() as i32, pid.seq() as i64)
+}
+
+impl PgStore {
+    /// Connects to the database at `url`, creates or migrates the schema, joins the cluster as
+    /// `spec` describes, and starts the writer.
+    pub fn open(url: &str, spec: NodeSpec) -> Result<Self, OpenError> {
+        let shown = shown(url);
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|error: tokio_postgres::Error| {
+                OpenError::Url(shown.clone(), error.to_string())
+            })?;
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .application_name("http-spawn");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("store-pg")
+            .enable_all()
+            .build()
+            .map_err(OpenError::Runtime)?;
+        let handle = runtime.handle().clone();
+        let connected = Self::connect(&handle, &config, &spec, &shown);
+        let (pool, joined) = match connected {
+            Ok(connected) => connected,
+            Err(error) => {
+                // Dropping a runtime may block, which an async caller must not.
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
+        let shared = Arc::new(Shared {
+            node: AtomicI32::new(joined),
+            healthy: AtomicBool::new(true),
+            commits: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
+            on_fenced: OnceLock::new(),
+        });
+        let writer = Writer::start(&handle, config, Arc::clone(&shared));
+        tracing::info!(database = %shown, node = joined, name = %spec.name,
+            "joined the cluster");
+        Ok(Self {
+            shown,
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            pool,
+            writer,
+            shared,
+            spec,
+        })
+    }
+
+    /// The pool, the schema brought to this host's version, and this host joined: its id.
+    fn connect(
+        handle: &tokio::runtime::Handle,
+        config: &tokio_postgres::Config,
+        spec: &NodeSpec,
+        shown: &str,
+    ) -> Result<(Pool, i32), OpenError> {
+        let pool = {
+            let _entered = handle.enter();
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(POOL_SIZE)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(QUERY_TIMEOUT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|error| OpenError::Connect(shown.to_owned(), error.to_string()))?
+        };
+        let (client_pool, spec, shown) = (pool.clone(), spec.clone(), shown.to_owned());
+        let joined = run_on(handle, async move {
+            let mut client = client_pool
+                .get()
+                .await
+                .map_err(|error| OpenError::Connect(shown, error.to_string()))?;
+            schema::migrate(&mut client).await?;
+            cluster::join(&client, &spec)
+                .await
+                .map_err(|error| OpenError::Join(error.to_string()))
+        })
+        .map_err(|error| OpenError::Join(error.to_string()))??;
+        Ok((pool, joined))
+    }
+
+    /// This host's incarnation: its id in `nodes`, and the boot id of the pids it gives out.
+    pub fn node(&self) -> u32 {
+        self.shared.node.load(Ordering::Acquire) as u32
+    }
+
+    /// What this host told the cluster about itself.
+    pub fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    /// Calls `stop` with each task whose start this host wrote while it no longer held it.
+    pub fn on_fenced(&self, stop: impl Fn(Pid) + Send + Sync + 'static) {
+        let _ = self.shared.on_fenced.set(Box::new(stop));
+    }
+
+    /// Runs `query` with a pooled connection on the store's runtime, and waits for it, at most
+    /// [`QUERY_TIMEOUT`].
+    fn query<T, F, Fut>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        run_on(&self.handle, async move {
+            let work = async move {
+                let client = pool.get().await.map_err(unavailable)?;
+                query(client).await
+            };
+            match tokio::time::timeout(QUERY_TIMEOUT, work).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(
+                    "the database did not answer in time".into(),
+                )),
+            }
+        })?
+    }
+}
+
+/// Runs `work` on the runtime behind `handle` and waits for it on this thread, which may be
+/// inside another runtime (an HTTP handler) or none (a scheduler thread).
+fn run_on<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = sender.send(work.await);
+    });
+    receiver
+        .recv()
+        .map_err(|_| StoreError::Unavailable("the store has stopped".into()))
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.writer.close();
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(runtime) = runtime {
+            // The writer's last commit, then the runtime; never blocks an async caller for
+            // long, and never panics in one.
+            self.writer.wait_closed(Duration::from_secs(5));
+            runtime.shutdown_background();
+        }
+    }
+}
+
+const RECORD_COLUMNS: &str = "boot, seq, spawned_at, name, worker, version, status, duration,
+    step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts::text,
+    logs_dropped_bytes, parent_boot, parent_seq,
+    (SELECT owner FROM runs r WHERE r.boot = tasks.boot AND r.seq = tasks.seq)";
+
+/// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
+const RECORD_COLUMN_COUNT: usize = 22;
+
+fn record_of(row: &Row) -> Result<TaskRecord, StoreError> {
+    let pid = pid_of(column(row, 0)?, column(row, 1)?);
+    let worker: String = column(row, 4)?;
+    let version: String = column(row, 5)?;
+    let duration: i32 = column(row, 7)?;
+    let mut record = TaskRecord::spawned(
+        pid,
+        column(row, 3)?,
+        duration as u32,
+        worker.into(),
+        version.into(),
+    );
+    record.spawned_at = time(column(row, 2)?);
+    record.status = status_of(&column::<String>(row, 6)?);
+    record.step = column::<i32>(row, 8)? as u32;
+    record.steps = column::<i32>(row, 9)? as u32;
+    record.exit_code = column(row, 10)?;
+    record.outcome = column::<Option<String>>(row, 11)?
+        .as_deref()
+        .and_then(Outcome::parse);
+    record.error = column(row, 12)?;
+    record.started_at = column::<Option<i64>>(row, 13)?.map(time);
+    record.ended_at = column::<Option<i64>>(row, 14)?.map(time);
+    record.fuel_consumed = column::<i64>(row, 15)? as u64;
+    record.attempt = column::<i32>(row, 16)? as u32;
+    record.attempts = attempts_of(&column::<String>(row, 17)?);
+    record.logs_dropped_bytes = column::<i64>(row, 18)? as u64;
+    record.parent = match (
+        column::<Option<i32>>(row, 19)?,
+        column::<Option<i64>>(row, 20)?,
+    ) {
+        (Some(boot), Some(seq)) => Some(pid_of(boot, seq)),
+        _ => None,
+    };
+    record.node = column::<Option<i32>>(row, 21)?.map(|node| node as u32);
+    Ok(record)
+}
+
+fn spec_of(row: &Row, offset: usize) -> Result<TaskSpec, StoreError> {
+    Ok(TaskSpec {
+        module_sha256: column(row, offset)?,
+        payload: column(row, offset + 1)?,
+        deadline_secs: column::<i32>(row, offset + 2)? as u32,
+        max_attempts: column::<i32>(row, offset + 3)? as u32,
+        on_host_loss: OnHostLoss::parse(&column::<String>(row, offset + 4)?)
+            .unwrap_or(OnHostLoss::Restart),
+        ready_at: column::<Option<i64>>(row, offset + 5)?.map(time),
+    })
+}
+
+/// The spec's columns, after [`RECORD_COLUMNS`].
+const SPEC_COLUMNS: &str = "module_sha256, payload, deadline_secs, max_attempts, on_host_loss,
+    ready_at";
+
+impl Store for PgStore {
+    fn submit(&self, batch: Vec<Change>, done: Option<Done>) {
+        self.writer.submit(batch, done);
+    }
+
+    fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            batches: self.shared.batches.load(Ordering::Relaxed),
+            log_lines_shed: 0,
+            fenced_writes: self.shared.fenced.load(Ordering::Relaxed),
+        }
+    }
+
+    fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
+        let (boot, seq) = key(pid);
+        self.query(move |client| async move {
+            let sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = $1 AND seq = $2");
+            let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
+            let row = client
+                .query_opt(&statement, &[&boot, &seq])
+                .await
+                .map_err(unavailable)?;
+            row.as_ref().map(record_of).transpose()
+        })
+    }
+
+    fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
+        let (boot, seq) = key(pid);
+        self.query(move |client| async move {
+            let dropped = client
+                .prepare_cached("SELECT logs_dropped_bytes FROM tasks WHERE boot = $1 AND seq = $2")
+                .await
+                .map_err(unavailable)?;
+            let Some(row) = client
+                .query_opt(&dropped, &[&boot, &seq])
+                .await
+                .map_err(unavailable)?
+            else {
+                return Ok(None);
+            };
+            let dropped_bytes = column::<i64>(&row, 0)? as u64;
+            let lines = client
+                .prepare_cached(
+                    "SELECT at, source, message FROM logs WHERE boot = $1 AND seq = $2 ORDER BY id",
+                )
+                .await
+                .map_err(unavailable)?;
+            let lines = client
+                .query(&lines, &[&boot, &seq])
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(|row| {
+                    Ok(LogLine {
+                        at: time(column(row, 0)?),
+                        source: super::columns::source_of(&column::<String>(row, 1)?),
+                        message: column(row, 2)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(Some(TaskLogs {
+                lines,
+                dropped_bytes,
+            }))
+        })
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let query = query.clone();
+        self.query(move |client| async move {
+            let mut sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE TRUE");
+            let mut args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+            let mut arg =
+                |sql: &mut String,
+                 clause: &str,
+                 value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+                    args.push(value);
+                    sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+                };
+            if let Some(status) = query.status {
+                arg(&mut sql, " AND status = ?", Box::new(status.as_str()));
+            }
+            if let Some(name) = query.name.clone() {
+                arg(&mut sql, " AND name = ?", Box::new(name));
+            }
+            if let Some(worker) = query.worker.clone() {
+                arg(&mut sql, " AND worker = ?", Box::new(worker));
+            }
+            if let Some(parent) = query.parent {
+                let (boot, seq) = key(parent);
+                arg(&mut sql, " AND parent_boot = ?", Box::new(boot));
+                arg(&mut sql, " AND parent_seq = ?", Box::new(seq));
+            }
+            if let Some(before) = query.before {
+                let (boot, seq) = key(before.pid);
+                arg(
+                    &mut sql,
+                    " AND (spawned_at, boot, seq) < (?",
+                    Box::new(before.at as i64),
+                );
+                arg(&mut sql, ", ?", Box::new(boot));
+                arg(&mut sql, ", ?)", Box::new(seq));
+            }
+            let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+            arg(
+                &mut sql,
+                " ORDER BY spawned_at DESC, boot DESC, seq DESC LIMIT ?",
+                Box::new(limit.saturating_add(1)),
+            );
+            let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+                .iter()
+                .map(|arg| &**arg as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let rows = client
+                .query(&statement, &params)
+                .await
+                .map_err(unavailable)?;
+            let mut tasks = rows
+                .iter()
+                .map(record_of)
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let more = tasks.len() > query.limit;
+            tasks.truncate(query.limit);
+            let next = if more {
+                tasks.last().map(Cursor::of)
+            } else {
+                None
+            };
+            Ok(Page { tasks, next })
+        })
+    }
+
+    fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
+        let key = key.to_owned();
+        self.query(move |client| async move {
+            let statement = client
+                .prepare_cached(
+                    "SELECT body_sha256, boot, seq, created_at FROM idempotency WHERE key = $1",
+                )
+                .await
+                .map_err(unavailable)?;
+            let row = client
+                .query_opt(&statement, &[&key])
+                .await
+                .map_err(unavailable)?;
+            row.map(|row| {
+                Ok(Remembered {
+                    body_sha256: column(&row, 0)?,
+                    pid: pid_of(column(&row, 1)?, column(&row, 2)?),
+                    at: time(column(&row, 3)?),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sha256 = sha256.to_owned();
+        self.query(move |client| async move {
+            let statement = client
+                .prepare_cached("SELECT bytes FROM modules WHERE sha256 = $1")
+                .await
+                .map_err(unavailable)?;
+            let row = client
+                .query_opt(&statement, &[&sha256])
+                .await
+                .map_err(unavailable)?;
+            row.map(|row| column(&row, 0)).transpose()
+        })
+    }
+
+    fn worker(&self, name: &str) -> Result<Option<WorkerVersions>, StoreError> {
+        let name = name.to_owned();
+        self.query(move |client| async move {
+            let statement = client
+                .prepare_cached(
+                    "SELECT current, current_source, current_installed_at, previous,
+                        previous_source, previous_installed_at, file_sha256
+                     FROM workers WHERE name = $1",
+                )
+                .await
+                .map_err(unavailable)?;
+            let Some(row) = client
+                .query_opt(&statement, &[&name])
+                .await
+                .map_err(unavailable)?
+            else {
+                return Ok(None);
+            };
+            let previous = match column::<Option<String>>(&row, 3)? {
+                Some(sha256) => Some(StoredVersion {
+                    sha256,
+                    source: column::<Option<String>>(&row, 4)?.unwrap_or_default(),
+                    installed_at: time(column::<Option<i64>>(&row, 5)?.unwrap_or(0)),
+                }),
+                None => None,
+            };
+            Ok(Some(WorkerVersions {
+                current: StoredVersion {
+                    sha256: column(&row, 0)?,
+                    source: column(&row, 1)?,
+                    installed_at: time(column(&row, 2)?),
+                },
+                previous,
+                file_sha256: column(&row, 6)?,
+            }))
+        })
+    }
+}

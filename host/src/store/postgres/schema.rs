@@ -1,0 +1,221 @@
+//! The shared store's schema, versioned in `http_spawn_meta`: created and migrated forward at
+//! start, under an advisory lock so that hosts starting together migrate once; a database whose
+//! schema is newer than this host's is refused.
+//!
+//! Two tables carry tasks. `tasks` holds every task's record until it is pruned, and is read by
+//! the API; `runs` holds one small row per task not yet ended: which host holds it (`owner`,
+//! `NULL` while it waits in the shared queue) and which attempt runs. Claims, leases and fences
+//! touch only `runs`, which stays as small as the number of live tasks and is vacuumed
+//! eagerly; a task's end deletes its row there.
+
+use tokio_postgres::Client;
+
+/// The schema this host writes: version 1 ([`SCHEMA`]) and every migration after it.
+pub(super) const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
+
+/// Taken while the schema is created or migrated: one host at a time.
+const MIGRATION_LOCK: i64 = 0x6874_7470_7370_776e; // "httpspwn"
+
+/// Version 1 of the schema.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS http_spawn_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE nodes (
+    id INTEGER GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    capacity INTEGER NOT NULL,
+    live INTEGER NOT NULL DEFAULT 0,
+    queued INTEGER NOT NULL DEFAULT 0,
+    -- up, left (shut down) or lost (its lease expired)
+    state TEXT NOT NULL DEFAULT 'up',
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    lease_until TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX nodes_up ON nodes (lease_until) WHERE state = 'up';
+CREATE TABLE tasks (
+    boot INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
+    spawned_at BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    version TEXT NOT NULL,
+    module_sha256 TEXT NOT NULL,
+    duration INTEGER NOT NULL,
+    payload TEXT,
+    deadline_secs INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    on_host_loss TEXT NOT NULL,
+    status TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    outcome TEXT,
+    error TEXT,
+    started_at BIGINT,
+    ended_at BIGINT,
+    fuel BIGINT NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    attempts JSONB NOT NULL DEFAULT '[]',
+    logs_dropped_bytes BIGINT NOT NULL DEFAULT 0,
+    ready_at BIGINT,
+    parent_boot INTEGER,
+    parent_seq BIGINT,
+    PRIMARY KEY (boot, seq)
+) WITH (fillfactor = 80);
+CREATE INDEX tasks_by_time ON tasks (spawned_at, boot, seq);
+CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
+CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);
+CREATE INDEX tasks_by_worker ON tasks (worker, spawned_at, boot, seq);
+CREATE INDEX tasks_by_end ON tasks (ended_at) WHERE ended_at IS NOT NULL;
+CREATE INDEX tasks_by_parent ON tasks (parent_boot, parent_seq, spawned_at, boot, seq)
+    WHERE parent_boot IS NOT NULL;
+CREATE TABLE runs (
+    boot INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
+    owner INTEGER,
+    attempt INTEGER NOT NULL,
+    spawned_at BIGINT NOT NULL,
+    ready_at BIGINT,
+    PRIMARY KEY (boot, seq)
+) WITH (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.0,
+        autovacuum_vacuum_threshold = 2000, autovacuum_vacuum_cost_delay = 0);
+CREATE INDEX runs_queue ON runs (spawned_at, boot, seq) WHERE owner IS NULL;
+CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL;
+CREATE TABLE logs (
+    id BIGINT GENERATED ALWAYS AS IDENTITY,
+    boot INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX logs_by_task ON logs (boot, seq, id);
+CREATE TABLE modules (
+    sha256 TEXT PRIMARY KEY,
+    bytes BYTEA NOT NULL
+);
+CREATE TABLE workers (
+    name TEXT PRIMARY KEY,
+    current TEXT NOT NULL,
+    current_source TEXT NOT NULL,
+    current_installed_at BIGINT NOT NULL,
+    previous TEXT,
+    previous_source TEXT,
+    previous_installed_at BIGINT,
+    file_sha256 TEXT NOT NULL
+);
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    body_sha256 TEXT NOT NULL,
+    boot INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX idempotency_by_age ON idempotency (created_at);
+-- What one host asks of a task another holds (a kill, a message): taken by the holder,
+-- `node` NULL while the task waits in the shared queue (taken with it by its claimer).
+CREATE TABLE commands (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    node INTEGER,
+    boot INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    sender_boot INTEGER,
+    sender_seq BIGINT,
+    body BYTEA,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+) WITH (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000);
+CREATE INDEX commands_by_node ON commands (node, id) WHERE node IS NOT NULL;
+CREATE INDEX commands_by_task ON commands (boot, seq) WHERE node IS NULL;
+CREATE INDEX commands_by_age ON commands (created_at);
+-- Names registered by tasks, for the whole cluster. A name whose task has no row in `runs`
+-- (it ended) is free: taken over by the next task that registers it, pruned meanwhile.
+CREATE TABLE names (
+    name TEXT PRIMARY KEY,
+    boot INTEGER NOT NULL,
+    seq BIGINT NOT NULL
+);
+CREATE INDEX names_by_task ON names (boot, seq);
+";
+
+/// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`, in the transaction that
+/// records the new version.
+const MIGRATIONS: [&str; 0] = [];
+
+/// Why the schema could not be brought to this host's version.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(
+        "the database's http-spawn schema is version {found}, newer than this host's \
+         {SCHEMA_VERSION}: it was written by a newer http-spawn; run that version here too"
+    )]
+    Newer { found: i64 },
+    #[error("reading or migrating the schema: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("the schema version {0:?} in http_spawn_meta is not a number")]
+    Unreadable(String),
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], or refuses a newer one.
+pub(super) async fn migrate(client: &mut Client) -> Result<(), SchemaError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('http_spawn_meta') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    let found = if exists {
+        let row = tx
+            .query_opt(
+                "SELECT value FROM http_spawn_meta WHERE key = 'schema_version'",
+                &[],
+            )
+            .await?;
+        match row {
+            Some(row) => {
+                let text: String = row.get(0);
+                text.parse::<i64>()
+                    .map_err(|_| SchemaError::Unreadable(text))?
+            }
+            None => 0,
+        }
+    } else {
+        0
+    };
+    if found > SCHEMA_VERSION {
+        return Err(SchemaError::Newer { found });
+    }
+    if found == SCHEMA_VERSION {
+        tx.commit().await?;
+        return Ok(());
+    }
+    if found < 1 {
+        tx.batch_execute(SCHEMA).await?;
+    }
+    let from = usize::try_from(found.max(1) - 1).unwrap_or(0);
+    for migration in &MIGRATIONS[from..] {
+        tx.batch_execute(migration).await?;
+    }
+    tx.execute(
+        "INSERT INTO http_spawn_meta (key, value) VALUES ('schema_version', $1)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        &[&SCHEMA_VERSION.to_string()],
+    )
+    .await?;
+    tx.commit().await?;
+    if found < 1 {
+        tracing::info!(version = SCHEMA_VERSION, "shared task store created");
+    } else {
+        tracing::info!(
+            from = found,
+            version = SCHEMA_VERSION,
+            "shared task store migrated"
+        );
+    }
+    Ok(())
+}

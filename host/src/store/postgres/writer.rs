@@ -1,0 +1,957 @@
+//! The shared store's writer: one task on the store's runtime with one connection of its own.
+//! It takes every batch pending, writes them in one transaction (group commit), then tells each
+//! submitter.
+//!
+//! - The statements of a commit are sent together, without waiting for each answer
+//!   (`tokio-postgres` pipelines requests polled together), so a commit costs about three round
+//!   trips however many changes it holds: `BEGIN`, the statements, `COMMIT`.
+//! - Progress and log lines, the changes a task makes at every step, are gathered across the
+//!   commit into one `unnest` statement each, written before any later change of the same task.
+//! - Every write of a task's life is fenced: it applies only while `runs` says this host
+//!   (`Shared::node`) holds the task, and an end or a restart only for the attempt it ends. A
+//!   host that lost its lease, or was cut off while another took its tasks over, writes
+//!   nothing over the newer attempt.
+//! - When a commit fails for the connection, the changes of running tasks are kept and tried
+//!   again on a new connection; acceptances are refused (their clients get `503`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use tokio::sync::Notify;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::super::columns::{attempt_json, nanos, source_name};
+use super::super::{Change, Done, Forward, StoreError};
+use super::{Shared, key, unavailable};
+use crate::model::{Pid, TaskEvent};
+
+/// How long a failed commit waits before the writer tries its changes again.
+const RETRY_WAIT: Duration = Duration::from_millis(200);
+
+/// Ended tasks deleted per prune, so that a large prune never holds the writer long.
+const PRUNE_BATCH: i64 = 1000;
+
+/// Taken by a prune, so that hosts pruning at once do not wait on each other's rows: the one
+/// that does not get it skips its turn.
+const PRUNE_LOCK: i64 = 0x6874_7470_7072_756e; // "httpprun"
+
+/// Writes waiting for the writer.
+struct Pending {
+    batch: Vec<Change>,
+    done: Option<Done>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    closed: bool,
+}
+
+/// The handle the store keeps: where batches go.
+pub(super) struct Writer {
+    queue: Arc<Mutex<Queue>>,
+    wake: Arc<Notify>,
+    /// Disconnected once the writer has stopped.
+    stopped: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Writer {
+    pub(super) fn start(
+        handle: &tokio::runtime::Handle,
+        config: tokio_postgres::Config,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let queue = Arc::new(Mutex::new(Queue::default()));
+        let wake = Arc::new(Notify::new());
+        let (stopped_sender, stopped) = std::sync::mpsc::channel();
+        {
+            let (queue, wake) = (Arc::clone(&queue), Arc::clone(&wake));
+            handle.spawn(async move {
+                write_loop(&queue, &wake, &config, &shared).await;
+                drop(stopped_sender);
+            });
+        }
+        Self {
+            queue,
+            wake,
+            stopped: Mutex::new(stopped),
+        }
+    }
+
+    pub(super) fn submit(&self, batch: Vec<Change>, done: Option<Done>) {
+        if batch.is_empty() && done.is_none() {
+            return;
+        }
+        lock(&self.queue).pending.push_back(Pending { batch, done });
+        self.wake.notify_one();
+    }
+
+    /// Asks the writer to stop once what is pending is written (or found unwritable).
+    pub(super) fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits at most `timeout` for the writer to stop.
+    pub(super) fn wait_closed(&self, timeout: Duration) {
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = stopped.recv_timeout(timeout);
+    }
+}
+
+/// The writer's connection, with its statements prepared on it.
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<Connection, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "the store writer's connection ended");
+        }
+    });
+    let statements = Statements::prepare(&client).await?;
+    Ok(Connection { client, statements })
+}
+
+async fn write_loop(
+    queue: &Mutex<Queue>,
+    wake: &Notify,
+    config: &tokio_postgres::Config,
+    shared: &Shared,
+) {
+    let mut retry: Vec<Pending> = Vec::new();
+    let mut connection: Option<Connection> = None;
+    loop {
+        let mut taken = std::mem::take(&mut retry);
+        let closed = loop {
+            {
+                let mut queue = lock(queue);
+                taken.extend(queue.pending.drain(..));
+                if !taken.is_empty() || queue.closed {
+                    break queue.closed;
+                }
+            }
+            wake.notified().await;
+        };
+        if taken.is_empty() {
+            return;
+        }
+        if shared.node.load(Ordering::Acquire) == 0 {
+            // A host that lost its lease accepts nothing until it has joined again: a task
+            // accepted now would belong to no host. It checks its lease before accepting; this
+            // catches an acceptance that raced with the loss.
+            let (refused, kept): (Vec<Pending>, Vec<Pending>) =
+                taken.into_iter().partition(|pending| {
+                    pending
+                        .batch
+                        .iter()
+                        .any(|change| matches!(change, Change::Accepted { .. }))
+                });
+            for pending in refused {
+                finish(
+                    pending,
+                    Err(StoreError::Unavailable(
+                        "this host has lost its lease in the cluster; retry on another".into(),
+                    )),
+                );
+            }
+            taken = kept;
+            if taken.is_empty() {
+                continue;
+            }
+        }
+        let error = match &mut connection {
+            Some(open) if !open.client.is_closed() => {
+                let changes: Vec<&Change> =
+                    taken.iter().flat_map(|pending| &pending.batch).collect();
+                match commit(open, shared, &changes).await {
+                    Ok(outcome) => {
+                        committed(shared, taken, outcome, queue);
+                        continue;
+                    }
+                    Err(error) => error,
+                }
+            }
+            _ => match connect(config).await {
+                Ok(open) => {
+                    connection = Some(open);
+                    retry = taken;
+                    continue;
+                }
+                Err(error) => error,
+            },
+        };
+        if error.as_db_error().is_some() && !transient(&error) {
+            // A change the database refuses for what it is, not for the connection: write each
+            // batch alone, so that one bad change cannot hold up the others.
+            tracing::error!(%error, "a commit failed; writing its batches one at a time");
+            for pending in taken {
+                let Some(open) = &mut connection else {
+                    retry.push(pending);
+                    continue;
+                };
+                let changes: Vec<&Change> = pending.batch.iter().collect();
+                match commit(open, shared, &changes).await {
+                    Ok(outcome) => committed(shared, vec![pending], outcome, queue),
+                    Err(error) => {
+                        tracing::error!(%error, changes = ?pending.batch, "changes refused");
+                        finish(pending, Err(unavailable(error)));
+                    }
+                }
+            }
+            continue;
+        }
+        if connection
+            .as_ref()
+            .is_some_and(|open| open.client.is_closed())
+        {
+            connection = None;
+        }
+        if shared.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(%error, "the shared task store cannot write; new tasks are refused \
+                until it can, and the changes of running tasks are kept and tried again");
+        }
+        let error = unavailable(error);
+        for pending in taken {
+            if keeps(&pending) {
+                retry.push(pending);
+            } else {
+                finish(pending, Err(error.clone()));
+            }
+        }
+        if closed {
+            tracing::error!(
+                kept = retry.len(),
+                "the host stops with changes the store could not take"
+            );
+            return;
+        }
+        tokio::time::sleep(RETRY_WAIT).await;
+    }
+}
+
+/// Whether a database error may pass if the same commit is tried again.
+fn transient(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error.code().is_some_and(|code| {
+        [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::QUERY_CANCELED,
+        ]
+        .contains(code)
+    })
+}
+
+/// Whether a batch that could not be written is kept to try again: the changes of a running
+/// task's life, and forwards. Anything a submitter waits for fails at once.
+fn keeps(pending: &Pending) -> bool {
+    pending
+        .batch
+        .iter()
+        .all(|change| matches!(change, Change::Event(..) | Change::Forward { .. }))
+}
+
+/// What a commit found beside writing.
+#[derive(Default)]
+struct Outcome {
+    /// Tasks whose start this host wrote while it did not hold them.
+    fenced_starts: Vec<Pid>,
+    /// Writes of tasks this host did not hold.
+    fenced: u64,
+    /// A prune deleted a full batch: more may be due.
+    prune_more: Option<Change>,
+}
+
+fn committed(shared: &Shared, taken: Vec<Pending>, outcome: Outcome, queue: &Mutex<Queue>) {
+    shared.commits.fetch_add(1, Ordering::Relaxed);
+    shared
+        .batches
+        .fetch_add(taken.len() as u64, Ordering::Relaxed);
+    shared.fenced.fetch_add(outcome.fenced, Ordering::Relaxed);
+    if !shared.healthy.swap(true, Ordering::AcqRel) {
+        tracing::info!("the shared task store takes writes again");
+    }
+    if let Some(prune) = outcome.prune_more {
+        lock(queue).pending.push_back(Pending {
+            batch: vec![prune],
+            done: None,
+        });
+    }
+    for pending in taken {
+        finish(pending, Ok(()));
+    }
+    if !outcome.fenced_starts.is_empty() {
+        tracing::warn!(
+            tasks = outcome.fenced_starts.len(),
+            "tasks started here that another host holds now: they are stopped here"
+        );
+        if let Some(stop) = shared.on_fenced.get() {
+            for pid in outcome.fenced_starts {
+                stop(pid);
+            }
+        }
+    }
+}
+
+/// Tells a batch's submitter how its write went. A callback that panics is a bug of the
+/// host's, which must not take the writer with it.
+fn finish(pending: Pending, result: Result<(), StoreError>) {
+    if let Some(done) = pending.done {
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result)));
+        if called.is_err() {
+            tracing::error!("a store callback panicked");
+        }
+    }
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// What a statement's count of rows tells.
+#[derive(Clone, Copy)]
+enum Check {
+    Nothing,
+    /// A task's start: no row means this host does not hold it.
+    Started(Pid),
+    /// A fenced write: no row means this host does not hold the task (or the task ended).
+    Fenced,
+    /// A prune: a full batch means more is due.
+    Prune,
+}
+
+struct Op {
+    statement: Statement,
+    params: Vec<Param>,
+    check: Check,
+}
+
+/// The statements of one commit, in order, with the progress and log lines of the commit
+/// gathered until a later change of the same task needs them written first.
+struct Plan<'a> {
+    statements: &'a Statements,
+    node: i32,
+    ops: Vec<Op>,
+    progress: HashMap<Pid, (u32, u64)>,
+    dropped: HashMap<Pid, u64>,
+    lines: Lines,
+    /// Tasks with progress, dropped bytes or lines gathered.
+    gathered: HashSet<Pid>,
+}
+
+#[derive(Default)]
+struct Lines {
+    boots: Vec<i32>,
+    seqs: Vec<i64>,
+    ats: Vec<i64>,
+    sources: Vec<&'static str>,
+    messages: Vec<String>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(statements: &'a Statements, node: i32) -> Self {
+        Self {
+            statements,
+            node,
+            ops: Vec::new(),
+            progress: HashMap::new(),
+            dropped: HashMap::new(),
+            lines: Lines::default(),
+            gathered: HashSet::new(),
+        }
+    }
+
+    fn push(&mut self, statement: &Statement, params: Vec<Param>, check: Check) {
+        self.ops.push(Op {
+            statement: statement.clone(),
+            params,
+            check,
+        });
+    }
+
+    /// Writes what is gathered, if it holds anything of `pid` (of any task, for `None`).
+    fn flush(&mut self, pid: Option<Pid>) {
+        if pid.is_some_and(|pid| !self.gathered.contains(&pid)) || self.gathered.is_empty() {
+            return;
+        }
+        self.gathered.clear();
+        let node = self.node;
+        if !self.lines.boots.is_empty() {
+            let lines = std::mem::take(&mut self.lines);
+            let statement = self.statements.lines.clone();
+            self.push(
+                &statement,
+                vec![
+                    Box::new(lines.boots),
+                    Box::new(lines.seqs),
+                    Box::new(lines.ats),
+                    Box::new(lines.sources),
+                    Box::new(lines.messages),
+                    Box::new(node),
+                ],
+                Check::Nothing,
+            );
+        }
+        if !self.progress.is_empty() {
+            let (mut boots, mut seqs, mut steps, mut fuels) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (pid, (step, fuel)) in self.progress.drain() {
+                let (boot, seq) = key(pid);
+                boots.push(boot);
+                seqs.push(seq);
+                steps.push(step as i32);
+                fuels.push(fuel as i64);
+            }
+            let statement = self.statements.progress.clone();
+            self.push(
+                &statement,
+                vec![
+                    Box::new(boots),
+                    Box::new(seqs),
+                    Box::new(steps),
+                    Box::new(fuels),
+                    Box::new(node),
+                ],
+                Check::Nothing,
+            );
+        }
+        if !self.dropped.is_empty() {
+            let (mut boots, mut seqs, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+            for (pid, dropped) in self.dropped.drain() {
+                let (boot, seq) = key(pid);
+                boots.push(boot);
+                seqs.push(seq);
+                bytes.push(dropped as i64);
+            }
+            let statement = self.statements.dropped.clone();
+            self.push(
+                &statement,
+                vec![
+                    Box::new(boots),
+                    Box::new(seqs),
+                    Box::new(bytes),
+                    Box::new(node),
+                ],
+                Check::Nothing,
+            );
+        }
+    }
+
+    fn add(&mut self, change: &Change) {
+        let node = self.node;
+        let s = self.statements;
+        match change {
+            Change::Accepted {
+                record,
+                spec,
+                key: idempotency,
+                shared,
+            } => {
+                let (boot, seq) = key(record.pid);
+                let parent = record.parent.map(key);
+                let owner: Option<i32> = (!shared).then_some(node);
+                self.push(
+                    &s.accept,
+                    vec![
+                        Box::new(boot),
+                        Box::new(seq),
+                        Box::new(nanos(record.spawned_at)),
+                        Box::new(record.name.clone()),
+                        Box::new(record.worker.to_string()),
+                        Box::new(record.version.to_string()),
+                        Box::new(spec.module_sha256.clone()),
+                        Box::new(record.duration as i32),
+                        Box::new(spec.payload.clone()),
+                        Box::new(spec.deadline_secs as i32),
+                        Box::new(spec.max_attempts as i32),
+                        Box::new(spec.on_host_loss.as_str()),
+                        Box::new(record.status.as_str()),
+                        Box::new(record.attempt as i32),
+                        Box::new(parent.map(|(boot, _)| boot)),
+                        Box::new(parent.map(|(_, seq)| seq)),
+                        Box::new(owner),
+                    ],
+                    Check::Nothing,
+                );
+                if let Some(idempotency) = idempotency {
+                    self.push(
+                        &s.idempotency,
+                        vec![
+                            Box::new(idempotency.key.clone()),
+                            Box::new(idempotency.body_sha256.clone()),
+                            Box::new(boot),
+                            Box::new(seq),
+                            Box::new(nanos(record.spawned_at)),
+                        ],
+                        Check::Nothing,
+                    );
+                }
+            }
+            Change::Event(pid, event) => self.add_event(*pid, event),
+            Change::Forward { to, what } => {
+                let (boot, seq) = key(*to);
+                match what {
+                    Forward::Kill(end) => self.push(
+                        &s.forward_kill,
+                        vec![
+                            Box::new(boot),
+                            Box::new(seq),
+                            Box::new(end.status.as_str()),
+                            Box::new(end.outcome.as_str()),
+                            Box::new(end.error.clone()),
+                            Box::new(nanos(std::time::SystemTime::now())),
+                        ],
+                        Check::Nothing,
+                    ),
+                    Forward::Exit { from, notice } => {
+                        let from = key(*from);
+                        let body = serde_json::json!({
+                            "status": notice.status.map(|status| status.as_str()),
+                            "outcome": notice.outcome.map(|outcome| outcome.as_str()),
+                            "exit_code": notice.exit_code,
+                            "error": notice.error,
+                        })
+                        .to_string();
+                        self.push(
+                            &s.forward_exit,
+                            vec![
+                                Box::new(boot),
+                                Box::new(seq),
+                                Box::new(from.0),
+                                Box::new(from.1),
+                                Box::new(body.into_bytes()),
+                            ],
+                            Check::Nothing,
+                        );
+                    }
+                    Forward::Message { sender, body } => {
+                        let sender = sender.map(key);
+                        self.push(
+                            &s.forward_message,
+                            vec![
+                                Box::new(boot),
+                                Box::new(seq),
+                                Box::new(sender.map(|(boot, _)| boot)),
+                                Box::new(sender.map(|(_, seq)| seq)),
+                                Box::new(body.clone()),
+                            ],
+                            Check::Nothing,
+                        );
+                    }
+                }
+            }
+            Change::Prune {
+                max_history,
+                ended_before,
+                keys_before,
+            } => {
+                let max_history = i64::try_from(*max_history).unwrap_or(i64::MAX);
+                self.push(
+                    &s.prune,
+                    vec![
+                        Box::new(PRUNE_LOCK),
+                        Box::new(max_history),
+                        Box::new(nanos(*ended_before)),
+                        Box::new(PRUNE_BATCH),
+                    ],
+                    Check::Prune,
+                );
+                self.push(
+                    &s.prune_keys,
+                    vec![Box::new(nanos(*keys_before))],
+                    Check::Nothing,
+                );
+            }
+            Change::Module { sha256, bytes } => self.push(
+                &s.module,
+                vec![Box::new(sha256.clone()), Box::new(bytes.clone())],
+                Check::Nothing,
+            ),
+            Change::Worker { name, versions } => {
+                let previous = versions.previous.as_ref();
+                self.push(
+                    &s.worker,
+                    vec![
+                        Box::new(name.clone()),
+                        Box::new(versions.current.sha256.clone()),
+                        Box::new(versions.current.source.clone()),
+                        Box::new(nanos(versions.current.installed_at)),
+                        Box::new(previous.map(|v| v.sha256.clone())),
+                        Box::new(previous.map(|v| v.source.clone())),
+                        Box::new(previous.map(|v| nanos(v.installed_at))),
+                        Box::new(versions.file_sha256.clone()),
+                    ],
+                    Check::Nothing,
+                );
+            }
+        }
+    }
+
+    fn add_event(&mut self, pid: Pid, event: &TaskEvent) {
+        let node = self.node;
+        let s = self.statements;
+        let (boot, seq) = key(pid);
+        match event {
+            TaskEvent::Progress { step, fuel, .. } => {
+                self.progress.insert(pid, (*step, *fuel));
+                self.gathered.insert(pid);
+            }
+            TaskEvent::Logs {
+                lines,
+                dropped_bytes,
+            } => {
+                for line in lines {
+                    self.lines.boots.push(boot);
+                    self.lines.seqs.push(seq);
+                    self.lines.ats.push(nanos(line.at));
+                    self.lines.sources.push(source_name(line.source));
+                    self.lines.messages.push(line.message.clone());
+                }
+                if *dropped_bytes > 0 {
+                    self.dropped.insert(pid, *dropped_bytes);
+                }
+                self.gathered.insert(pid);
+            }
+            TaskEvent::Started { at, steps, fuel } => {
+                self.flush(Some(pid));
+                self.push(
+                    &s.started,
+                    vec![
+                        Box::new(boot),
+                        Box::new(seq),
+                        Box::new(nanos(*at)),
+                        Box::new(*steps as i32),
+                        Box::new(*fuel as i64),
+                        Box::new(node),
+                    ],
+                    Check::Started(pid),
+                );
+            }
+            TaskEvent::Restarting {
+                at,
+                fuel,
+                end,
+                next_attempt,
+                ready_at,
+            } => {
+                self.flush(Some(pid));
+                let attempt = next_attempt.saturating_sub(1);
+                self.push(
+                    &s.restarting,
+                    vec![
+                        Box::new(boot),
+                        Box::new(seq),
+                        Box::new(*fuel as i64),
+                        Box::new(*next_attempt as i32),
+                        Box::new(attempt_json(attempt, end, *at)),
+                        Box::new(nanos(*ready_at)),
+                        Box::new(attempt as i32),
+                        Box::new(node),
+                    ],
+                    Check::Fenced,
+                );
+            }
+            TaskEvent::Ended {
+                at,
+                fuel,
+                end,
+                attempt,
+            } => {
+                self.flush(Some(pid));
+                self.push(
+                    &s.ended,
+                    vec![
+                        Box::new(boot),
+                        Box::new(seq),
+                        Box::new(end.status.as_str()),
+                        Box::new(end.outcome.as_str()),
+                        Box::new(end.exit_code),
+                        Box::new(end.error.clone()),
+                        Box::new(nanos(*at)),
+                        Box::new(*fuel as i64),
+                        Box::new(attempt_json(0, end, *at)),
+                        Box::new(*attempt as i32),
+                        Box::new(node),
+                    ],
+                    Check::Fenced,
+                );
+            }
+        }
+    }
+}
+
+/// Writes `taken` in one transaction, its statements pipelined.
+async fn commit(
+    connection: &mut Connection,
+    shared: &Shared,
+    changes: &[&Change],
+) -> Result<Outcome, tokio_postgres::Error> {
+    let node = shared.node.load(Ordering::Acquire);
+    let mut plan = Plan::new(&connection.statements, node);
+    for change in changes {
+        plan.add(change);
+    }
+    plan.flush(None);
+    let ops = plan.ops;
+    let tx = connection.client.transaction().await?;
+    let counts = try_join_all(ops.iter().map(|op| {
+        let params: Vec<&(dyn ToSql + Sync)> = op
+            .params
+            .iter()
+            .map(|param| &**param as &(dyn ToSql + Sync))
+            .collect();
+        let statement = &op.statement;
+        let tx = &tx;
+        async move { tx.execute(statement, &params).await }
+    }))
+    .await?;
+    tx.commit().await?;
+    let mut outcome = Outcome::default();
+    for (op, count) in ops.iter().zip(counts) {
+        match op.check {
+            Check::Nothing => {}
+            Check::Started(pid) if count == 0 => {
+                outcome.fenced += 1;
+                outcome.fenced_starts.push(pid);
+            }
+            Check::Fenced if count == 0 => outcome.fenced += 1,
+            Check::Started(_) | Check::Fenced => {}
+            Check::Prune if count >= PRUNE_BATCH as u64 => {
+                outcome.prune_more = changes.iter().find_map(|change| match *change {
+                    &Change::Prune {
+                        max_history,
+                        ended_before,
+                        keys_before,
+                    } => Some(Change::Prune {
+                        max_history,
+                        ended_before,
+                        keys_before,
+                    }),
+                    _ => None,
+                });
+            }
+            Check::Prune => {}
+        }
+    }
+    Ok(outcome)
+}
+
+/// The writer's statements, prepared once per connection.
+struct Statements {
+    accept: Statement,
+    idempotency: Statement,
+    started: Statement,
+    progress: Statement,
+    lines: Statement,
+    dropped: Statement,
+    restarting: Statement,
+    ended: Statement,
+    forward_kill: Statement,
+    forward_message: Statement,
+    forward_exit: Statement,
+    prune: Statement,
+    prune_keys: Statement,
+    module: Statement,
+    worker: Statement,
+}
+
+/// Whether `runs` says host `$node` holds the task `($1, $2)`: the fence of every write.
+const HELD: &str = "EXISTS (SELECT 1 FROM runs r WHERE r.boot = $1 AND r.seq = $2 AND r.owner = ";
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        let accept = client
+            .prepare(
+                "WITH task AS (
+                    INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
+                        module_sha256, duration, payload, deadline_secs, max_attempts,
+                        on_host_loss, status, attempt, parent_boot, parent_seq)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                    RETURNING boot, seq, spawned_at, attempt)
+                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at)
+                 SELECT boot, seq, $17::integer, attempt, spawned_at FROM task",
+            )
+            .await?;
+        let idempotency = client
+            .prepare(
+                "INSERT INTO idempotency (key, body_sha256, boot, seq, created_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (key) DO UPDATE SET body_sha256 = EXCLUDED.body_sha256,
+                    boot = EXCLUDED.boot, seq = EXCLUDED.seq, created_at = EXCLUDED.created_at",
+            )
+            .await?;
+        let started = client
+            .prepare(&format!(
+                "UPDATE tasks SET status = 'running', started_at = $3, steps = $4, fuel = $5,
+                    ready_at = NULL
+                 WHERE boot = $1 AND seq = $2 AND ended_at IS NULL AND {HELD} $6)"
+            ))
+            .await?;
+        let progress = client
+            .prepare(
+                "UPDATE tasks t SET step = v.step, fuel = v.fuel
+                 FROM unnest($1::integer[], $2::bigint[], $3::integer[], $4::bigint[])
+                    AS v(boot, seq, step, fuel), runs r
+                 WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL
+                    AND r.boot = v.boot AND r.seq = v.seq AND r.owner = $5",
+            )
+            .await?;
+        let lines = client
+            .prepare(
+                "INSERT INTO logs (boot, seq, at, source, message)
+                 SELECT v.boot, v.seq, v.at, v.source, v.message
+                 FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])
+                    WITH ORDINALITY AS v(boot, seq, at, source, message, n)
+                 JOIN runs r ON r.boot = v.boot AND r.seq = v.seq AND r.owner = $6
+                 ORDER BY v.n",
+            )
+            .await?;
+        let dropped = client
+            .prepare(
+                "UPDATE tasks t SET logs_dropped_bytes = v.bytes
+                 FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS v(boot, seq, bytes),
+                    runs r
+                 WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL
+                    AND r.boot = v.boot AND r.seq = v.seq AND r.owner = $4",
+            )
+            .await?;
+        let restarting = client
+            .prepare(
+                "WITH run AS (
+                    UPDATE runs SET attempt = $4, ready_at = $6
+                    WHERE boot = $1 AND seq = $2 AND owner = $8 AND attempt = $7
+                    RETURNING 1)
+                 UPDATE tasks SET status = 'spawned', step = 0, fuel = $3, attempt = $4,
+                    attempts = attempts || jsonb_build_array($5::text::jsonb), ready_at = $6
+                 WHERE boot = $1 AND seq = $2 AND ended_at IS NULL AND attempt = $7
+                    AND EXISTS (SELECT 1 FROM run)",
+            )
+            .await?;
+        let ended = client
+            .prepare(
+                "WITH run AS (
+                    DELETE FROM runs WHERE boot = $1 AND seq = $2 AND owner = $11
+                        AND attempt = $10
+                    RETURNING 1)
+                 UPDATE tasks SET status = $3, outcome = $4, exit_code = $5, error = $6,
+                    ended_at = $7, fuel = $8, ready_at = NULL,
+                    attempts = CASE WHEN jsonb_array_length(attempts) > 0
+                        THEN attempts || jsonb_build_array(
+                            jsonb_set($9::text::jsonb, '{attempt}', to_jsonb(attempt)))
+                        ELSE attempts END
+                 WHERE boot = $1 AND seq = $2 AND ended_at IS NULL AND attempt = $10
+                    AND EXISTS (SELECT 1 FROM run)",
+            )
+            .await?;
+        // A task waiting in the shared queue ends here and now; one a host holds is told.
+        let forward_kill = client
+            .prepare(
+                "WITH run AS (
+                    SELECT boot, seq, owner FROM runs WHERE boot = $1 AND seq = $2 FOR UPDATE),
+                 waiting AS (
+                    DELETE FROM runs WHERE boot = $1 AND seq = $2 AND owner IS NULL
+                    RETURNING boot, seq),
+                 ended AS (
+                    UPDATE tasks SET status = $3, outcome = $4, error = $5, ended_at = $6,
+                        ready_at = NULL
+                    WHERE (boot, seq) IN (SELECT boot, seq FROM waiting) AND ended_at IS NULL
+                    RETURNING 1)
+                 INSERT INTO commands (node, boot, seq, kind)
+                 SELECT owner, boot, seq, 'kill' FROM run WHERE owner IS NOT NULL",
+            )
+            .await?;
+        // To whichever host holds the task, or with the task while it waits.
+        let forward_message = client
+            .prepare(
+                "INSERT INTO commands (node, boot, seq, kind, sender_boot, sender_seq, body)
+                 SELECT owner, boot, seq, 'message', $3, $4, $5 FROM runs
+                 WHERE boot = $1 AND seq = $2",
+            )
+            .await?;
+        let forward_exit = client
+            .prepare(
+                "INSERT INTO commands (node, boot, seq, kind, sender_boot, sender_seq, body)
+                 SELECT owner, boot, seq, 'exit', $3, $4, $5 FROM runs
+                 WHERE boot = $1 AND seq = $2",
+            )
+            .await?;
+        let prune = client
+            .prepare(
+                "WITH doomed AS (
+                    SELECT boot, seq FROM tasks
+                    WHERE ended_at IS NOT NULL AND (SELECT pg_try_advisory_xact_lock($1))
+                      AND (ended_at < $3 OR (boot, seq) IN (
+                        SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
+                        ORDER BY ended_at
+                        LIMIT GREATEST(0, LEAST($4,
+                            (SELECT count(*) FROM tasks WHERE ended_at IS NOT NULL) - $2))))
+                    LIMIT $4),
+                 lines AS (DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed))
+                 DELETE FROM tasks WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)",
+            )
+            .await?;
+        let prune_keys = client
+            .prepare(
+                "WITH keys AS (DELETE FROM idempotency WHERE created_at < $1),
+                 names AS (DELETE FROM names n WHERE NOT EXISTS
+                    (SELECT 1 FROM runs r WHERE r.boot = n.boot AND r.seq = n.seq)),
+                 nodes AS (DELETE FROM nodes n WHERE state <> 'up'
+                    AND heartbeat_at < now() - interval '1 day'
+                    AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.owner = n.id))
+                 DELETE FROM commands WHERE created_at < now() - interval '1 hour'",
+            )
+            .await?;
+        let module = client
+            .prepare("INSERT INTO modules (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .await?;
+        let worker = client
+            .prepare(
+                "INSERT INTO workers (name, current, current_source, current_installed_at,
+                    previous, previous_source, previous_installed_at, file_sha256)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (name) DO UPDATE SET current = EXCLUDED.current,
+                    current_source = EXCLUDED.current_source,
+                    current_installed_at = EXCLUDED.current_installed_at,
+                    previous = EXCLUDED.previous, previous_source = EXCLUDED.previous_source,
+                    previous_installed_at = EXCLUDED.previous_installed_at,
+                    file_sha256 = EXCLUDED.file_sha256",
+            )
+            .await?;
+        Ok(Self {
+            accept,
+            idempotency,
+            started,
+            progress,
+            lines,
+            dropped,
+            restarting,
+            ended,
+            forward_kill,
+            forward_message,
+            forward_exit,
+            prune,
+            prune_keys,
+            module,
+            worker,
+        })
+    }
+}

@@ -1,0 +1,829 @@
+//! A cluster end to end: real `http-spawn` processes on loopback sharing one PostgreSQL
+//! database (a fresh one per test, from `common::postgres`), each with an API token, a short
+//! lease and fast polls. Accepting on one host and reading, killing, messaging and streaming
+//! through the others; overflow into the shared queue; a host killed with SIGKILL under load;
+//! a host cut off from the database by a proxy in the test; worker uploads and rollbacks
+//! reaching every host; monitors across hosts; the schema's version.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{PATIENCE, Remote, module, postgres, read_events, temp_dir};
+use serde_json::{Value, json};
+
+/// Every host's API token; requests without it get `401`.
+const TOKEN: &str = "cluster-test-token-0123456789abcdef";
+/// The admin token, for worker uploads and rollbacks.
+const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+/// Short, so that a lost host's tasks move within a test: heartbeats at a tenth of it.
+const LEASE: &str = "2s";
+const HEARTBEAT: &str = "200ms";
+const POLL: &str = "50ms";
+
+/// One host of the cluster: the real binary, killed (if it still runs) when dropped.
+struct Node {
+    child: Child,
+    remote: Remote,
+    name: String,
+}
+
+/// The registry file every host reads: the default worker and the scriptable actor.
+fn registry() -> PathBuf {
+    let path = temp_dir("cluster").join("http-spawn.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[workers.default]
+module = "{default}"
+
+# The test workers use Rust's std, whose 1 MiB stack outgrows the default cap.
+[workers.actor]
+module = "{actor}"
+max_memory = "16MiB"
+"#,
+            default = module("default").display(),
+            actor = module("actor").display(),
+        ),
+    )
+    .expect("write the registry file");
+    path
+}
+
+impl Node {
+    /// Starts host `name` on database `url`, with `args` added, and waits until it answers.
+    async fn start(url: &str, name: &str, args: &[&str]) -> Self {
+        let node = Self::spawn(url, name, args);
+        node.ready().await;
+        node
+    }
+
+    fn spawn(url: &str, name: &str, args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let cache = format!("{}/module-cache", env!("CARGO_TARGET_TMPDIR"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_http-spawn"));
+        command
+            .args(["--listen", &listen, "--store", url, "--node-name", name])
+            .args(["--config", &registry().display().to_string()])
+            .args(["--cache-dir", &cache, "--shutdown-grace-secs", "1"])
+            .args(["--lease", LEASE, "--heartbeat", HEARTBEAT])
+            .args(["--cluster-poll", POLL]);
+        if !args.contains(&"--capacity") {
+            command.args(["--capacity", "64"]);
+        }
+        let child = command
+            .args(args)
+            .env("HTTP_SPAWN_API_TOKEN", TOKEN)
+            .env("HTTP_SPAWN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary starts");
+        Self {
+            child,
+            remote: Remote::with_token(format!("http://{listen}"), TOKEN),
+            name: name.to_owned(),
+        }
+    }
+
+    async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let answer = self
+                .remote
+                .client
+                .get(self.remote.url("/api/health"))
+                .send()
+                .await;
+            if answer.is_ok_and(|answer| answer.status() == 200) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "host {} did not come up",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Its id in the cluster, from `GET /api/cluster`.
+    async fn id(&self) -> u64 {
+        let (status, cluster) = self.get("/api/cluster").await;
+        assert_eq!(status, 200, "{cluster}");
+        cluster["node"].as_u64().expect("a node id")
+    }
+
+    /// SIGKILL: the host records nothing more.
+    fn crash(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl std::ops::Deref for Node {
+    type Target = Remote;
+
+    fn deref(&self) -> &Remote {
+        &self.remote
+    }
+}
+
+/// Three hosts on a fresh database.
+async fn three(hint: &str, args: &[&str]) -> (String, Node, Node, Node) {
+    let url = postgres::fresh_database(hint);
+    // One after the other: the first creates the schema.
+    let a = Node::start(&url, "a", args).await;
+    let b = Node::start(&url, "b", args).await;
+    let c = Node::start(&url, "c", args).await;
+    (url, a, b, c)
+}
+
+/// A task of the scriptable actor worker.
+fn actor(name: &str, ops: Value) -> Value {
+    json!({"name": name, "worker": "actor", "duration": 0, "payload": {"script": ops}})
+}
+
+/// The JSON lines a task of the actor worker logged.
+async fn logged(node: &Remote, pid: &str) -> Vec<Value> {
+    let (status, logs) = node.get(&format!("/api/tasks/{pid}/logs")).await;
+    assert_eq!(status, 200, "{logs}");
+    logs["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(|line| serde_json::from_str(line["message"].as_str()?).ok())
+        .collect()
+}
+
+/// The messages of a task's log lines.
+async fn messages(node: &Remote, pid: &str) -> Vec<String> {
+    let (status, logs) = node.get(&format!("/api/tasks/{pid}/logs")).await;
+    assert_eq!(status, 200, "{logs}");
+    logs["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|line| line["message"].as_str().expect("message").to_owned())
+        .collect()
+}
+
+/// Waits until `pid` shows on `node` as held by host `id`, running.
+async fn wait_running_on(node: &Remote, pid: &str, id: u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, record) = node.get(&format!("/api/tasks/{pid}")).await;
+        if record["status"] == "running" && record["node"] == id {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pid} never ran on host {id}: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_exited_0(record: &Value) {
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["exit_code"], 0, "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_host_answers_for_any_task() {
+    let (_url, a, b, c) = three("any_host", &[]).await;
+    let (a_id, b_id, c_id) = (a.id().await, b.id().await, c.id().await);
+    let (_, cluster) = c.get("/api/cluster").await;
+    let nodes = cluster["nodes"].as_array().expect("nodes");
+    let names: HashSet<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
+    assert_eq!(names, HashSet::from(["a", "b", "c"]), "{cluster}");
+    for node in nodes {
+        assert_eq!(node["state"], "up", "{node}");
+        assert_eq!(node["capacity"], 64, "{node}");
+        assert!(
+            node["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:"))
+        );
+    }
+
+    // Accepted on a, where there is room: it runs there; b and c read it, its log and its
+    // events, and b kills it.
+    let pid = a.spawn(json!({"name": "long", "duration": 30})).await;
+    wait_running_on(&b, &pid, a_id).await;
+    let (status, record) = c.get(&format!("/api/tasks/{pid}")).await;
+    assert_eq!(
+        (status, record["node"].as_u64()),
+        (200, Some(a_id)),
+        "{record}"
+    );
+    let events = c
+        .client
+        .get(c.url(&format!("/api/tasks/{pid}/events")))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status(), 200);
+    let streamed = tokio::spawn(read_events(events, |name, _| name == "exit"));
+    // Lists cover the whole cluster.
+    let other = b.spawn(json!({"name": "short", "duration": 1})).await;
+    for node in [&a, &b, &c] {
+        let (_, page) = node.get("/api/tasks?limit=10").await;
+        let pids: HashSet<&str> = page["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .filter_map(|task| task["pid"].as_str())
+            .collect();
+        assert!(
+            pids.contains(pid.as_str()) && pids.contains(other.as_str()),
+            "{page}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let (status, killed) = b.kill(&pid).await;
+    assert_eq!(status, 200, "the kill reached a and its end b: {killed}");
+    assert_eq!(killed["status"], "killed", "{killed}");
+    assert!(
+        killed.get("node").is_none(),
+        "an ended task has no host: {killed}"
+    );
+    let events = streamed.await.expect("the stream ends after exit");
+    let kinds: Vec<&str> = events.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"state"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"exit"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"log") && kinds.contains(&"progress"),
+        "{kinds:?}"
+    );
+    assert_eq!(events.last().expect("exit").1["status"], "killed");
+    let lines = messages(&c, &pid).await;
+    assert!(
+        lines.iter().any(|line| line.contains("Worker started")),
+        "{lines:?}"
+    );
+    assert_exited_0(&a.wait_end(&other).await);
+    // A second kill, through the third host: the task has ended.
+    let (status, _) = c.kill(&pid).await;
+    assert_eq!(status, 409);
+
+    // A message through c to a task b runs, and its answer.
+    let receiver = b
+        .spawn(actor(
+            "receiver",
+            json!([{"op": "receive", "timeout_ms": 20_000}]),
+        ))
+        .await;
+    wait_running_on(&a, &receiver, b_id).await;
+    let answer = c
+        .client
+        .post(c.url(&format!("/api/tasks/{receiver}/messages")))
+        .json(&json!({"hello": "from c"}))
+        .send()
+        .await
+        .expect("posted");
+    assert_eq!(answer.status(), 202);
+    assert_exited_0(&c.wait_end(&receiver).await);
+    let lines = logged(&a, &receiver).await;
+    let got = lines
+        .iter()
+        .find(|line| line["op"] == "receive")
+        .expect("received");
+    assert_eq!(got["got"], "message", "{got}");
+    assert_eq!(got["body"], json!({"hello": "from c"}), "{got}");
+    let _ = c_id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_the_token_are_refused_and_a_newer_schema_stops_a_host() {
+    let url = postgres::fresh_database("token");
+    let a = Node::start(&url, "a", &[]).await;
+    let anonymous = Remote::new(a.remote.base.clone());
+    let answer = anonymous
+        .client
+        .get(anonymous.url("/api/cluster"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(answer.status(), 401);
+    let answer = anonymous.submit(json!({"name": "x", "duration": 0})).await;
+    assert_eq!(answer.status(), 401);
+    let wrong = Remote::with_token(a.remote.base.clone(), "not-the-token-0123456789abcdef");
+    let answer = wrong.submit(json!({"name": "x", "duration": 0})).await;
+    assert_eq!(answer.status(), 401);
+    assert_eq!(a.get("/api/cluster").await.0, 200);
+
+    // A database written by a newer http-spawn: a host refuses it at start.
+    postgres::block_on({
+        let url = url.clone();
+        async move {
+            let client = postgres::connect(&url).await;
+            client
+                .batch_execute(
+                    "UPDATE http_spawn_meta SET value = '999' WHERE key = 'schema_version'",
+                )
+                .await
+                .expect("schema version set");
+        }
+    });
+    let mut newer = Node::spawn(&url, "newer", &[]);
+    let output = tokio::task::spawn_blocking(move || {
+        let status = newer.child.wait().expect("the host exits");
+        (status, newer)
+    })
+    .await
+    .expect("waited");
+    assert!(!output.0.success(), "a host refuses a newer schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_host_overflows_to_the_others() {
+    let url = postgres::fresh_database("overflow");
+    let a = Node::start(&url, "a", &["--capacity", "2"]).await;
+    // Together with a's two places, fewer than the tasks: some wait in the shared queue.
+    let b = Node::start(&url, "b", &["--capacity", "4"]).await;
+    let c = Node::start(&url, "c", &["--capacity", "4"]).await;
+    let a_id = a.id().await;
+    let mut pids = Vec::new();
+    for i in 0..12 {
+        pids.push(
+            a.spawn(json!({"name": format!("t{i}"), "duration": 2}))
+                .await,
+        );
+    }
+    // Watch where they run: a holds at most two; the rest run on b and c.
+    let mut hosts: HashMap<String, u64> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while hosts.len() < pids.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all ran: {hosts:?}"
+        );
+        for pid in &pids {
+            let (_, record) = c.get(&format!("/api/tasks/{pid}")).await;
+            if record["status"] == "running"
+                && let Some(node) = record["node"].as_u64()
+            {
+                hosts.insert(pid.clone(), node);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for pid in &pids {
+        assert_exited_0(&b.wait_end(pid).await);
+    }
+    let on_a = hosts.values().filter(|node| **node == a_id).count();
+    let elsewhere: HashSet<u64> = hosts
+        .values()
+        .copied()
+        .filter(|node| *node != a_id)
+        .collect();
+    assert!(on_a <= 4, "a has two places: {hosts:?}");
+    assert_eq!(elsewhere.len(), 2, "both b and c took some: {hosts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_under_load_loses_no_task_and_none_ends_twice() {
+    let (_url, a, b, mut c) = three("sigkill", &["--capacity", "8"]).await;
+    let c_id = c.id().await;
+    // Submitted through every host, more than the cluster has places: some wait.
+    let mut pids = Vec::new();
+    for i in 0..45 {
+        let node = [&a, &b, &c][i % 3];
+        pids.push(
+            node.spawn(json!({"name": format!("load{i}"), "duration": 2}))
+                .await,
+        );
+    }
+    // Once c runs some of them, SIGKILL it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let held_by_c = loop {
+        let mut held = Vec::new();
+        for pid in &pids {
+            let (_, record) = a.get(&format!("/api/tasks/{pid}")).await;
+            if record["node"] == c_id && record["status"] == "running" {
+                held.push(pid.clone());
+            }
+        }
+        if held.len() >= 4 {
+            break held;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "c never ran its share"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.crash();
+    for pid in &pids {
+        let record = a.wait_end(pid).await;
+        assert_exited_0(&record);
+        // One successful run: the guest said it was done exactly once.
+        let lines = messages(&b, pid).await;
+        let done = lines
+            .iter()
+            .filter(|line| line.contains("Worker done"))
+            .count();
+        assert_eq!(done, 1, "{pid}: {lines:?}");
+    }
+    for pid in &held_by_c {
+        let (_, record) = b.get(&format!("/api/tasks/{pid}")).await;
+        assert_eq!(record["attempt"], 2, "{record}");
+        assert_eq!(record["attempts"][0]["outcome"], "host_lost", "{record}");
+    }
+    let (_, cluster) = a.get("/api/cluster").await;
+    let lost = cluster["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|node| node["name"] == "c")
+        .expect("c is listed")
+        .clone();
+    assert_eq!(lost["state"], "lost", "{cluster}");
+}
+
+/// A TCP proxy in front of the database: `cut` closes every connection through it and refuses
+/// new ones until `restore`.
+struct Proxy {
+    port: u16,
+    open: Arc<AtomicBool>,
+    /// Bumped by `cut`: connections of an older generation close.
+    generation: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("address").port();
+        let open = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (accepting, generations) = (Arc::clone(&open), Arc::clone(&generation));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !accepting.load(Ordering::Acquire) {
+                    drop(client);
+                    continue;
+                }
+                let born = generations.load(Ordering::Acquire);
+                let generations = Arc::clone(&generations);
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let cut = async {
+                        while generations.load(Ordering::Acquire) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = cut => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            open,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::Release);
+    }
+}
+
+/// `url` with its host and port replaced by the proxy's.
+fn through(url: &str, proxy: &Proxy) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_once('/').expect("a database path");
+    let (user, _) = authority.rsplit_once('@').expect("a user");
+    format!("{scheme}://{user}@127.0.0.1:{}/{path}", proxy.port)
+}
+
+fn port_of(url: &str) -> u16 {
+    let authority = url.split("://").nth(1).expect("a URL");
+    let authority = authority.split('/').next().expect("an authority");
+    authority
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("a port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_stops_its_tasks_and_writes_nothing_over_the_new_attempts() {
+    let url = postgres::fresh_database("cut_off");
+    let proxy = Proxy::start(port_of(&url)).await;
+    let a = Node::start(&url, "a", &[]).await;
+    let b = Node::start(&through(&url, &proxy), "b", &[]).await;
+    let (a_id, b_id) = (a.id().await, b.id().await);
+    let mut pids = Vec::new();
+    for i in 0..4 {
+        pids.push(
+            b.spawn(json!({"name": format!("cut{i}"), "duration": 6}))
+                .await,
+        );
+    }
+    for pid in &pids {
+        wait_running_on(&a, pid, b_id).await;
+    }
+    proxy.cut();
+    // Within a lease, a takes the tasks over as new attempts...
+    for pid in &pids {
+        wait_running_on(&a, pid, a_id).await;
+    }
+    // ...and b, which could not renew its lease, stops them.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, health) = b.get("/api/health").await;
+        if health["live"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b kept its tasks: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // While cut off it accepts nothing.
+    let refused = b.submit(json!({"name": "refused", "duration": 0})).await;
+    assert_eq!(refused.status(), 503);
+    proxy.restore();
+    for pid in &pids {
+        let record = a.wait_end(pid).await;
+        assert_exited_0(&record);
+        assert_eq!(record["attempt"], 2, "{record}");
+        assert_eq!(record["attempts"][0]["outcome"], "host_lost", "{record}");
+        let lines = messages(&a, pid).await;
+        let done = lines
+            .iter()
+            .filter(|line| line.contains("Worker done"))
+            .count();
+        assert_eq!(done, 1, "{pid}: {lines:?}");
+    }
+    // b joined again, as a new incarnation, and serves; what it wrote for the old attempts
+    // was refused.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = b.submit(json!({"name": "after", "duration": 0})).await;
+        if answer.status() == 202 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(b.id().await, b_id, "b is a new incarnation");
+    let metrics = b
+        .client
+        .get(b.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let fenced: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("http_spawn_store_fenced_writes_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the fenced writes are counted");
+    assert!(fenced > 0.0, "{metrics}");
+    for pid in &pids {
+        let (_, record) = a.get(&format!("/api/tasks/{pid}")).await;
+        assert_exited_0(&record);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_and_a_rollback_on_one_host_reach_the_others() {
+    let (_url, a, b, c) = three("workers", &[]).await;
+    let version = |info: &Value| {
+        info["current"]["version"]
+            .as_str()
+            .expect("version")
+            .to_owned()
+    };
+    let (_, before) = b.get("/api/workers/default").await;
+    let bytes = std::fs::read(module("report")).expect("the report worker");
+    let answer = a
+        .client
+        .put(a.url("/api/workers/default"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .expect("uploaded");
+    assert_eq!(answer.status(), 200);
+    let installed: Value = answer.json().await.expect("JSON");
+    let new = version(&installed["worker"]);
+    assert_ne!(new, version(&before));
+    for node in [&b, &c] {
+        wait_version(node, &new).await;
+    }
+    let record = c.run(json!({"name": "new", "duration": 0})).await;
+    assert_eq!(record["version"], new, "{record}");
+    // A rollback on c: a and b follow.
+    let answer = c
+        .client
+        .post(c.url("/api/workers/default/rollback"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("rolled back");
+    assert_eq!(answer.status(), 200);
+    for node in [&a, &b] {
+        wait_version(node, &version(&before)).await;
+    }
+    let record = a.run(json!({"name": "old", "duration": 0})).await;
+    assert_eq!(record["version"], version(&before), "{record}");
+}
+
+async fn wait_version(node: &Node, version: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, info) = node.get("/api/workers/default").await;
+        if info["current"]["version"] == version {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never got {version}: {info}",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_across_hosts_gets_its_down_and_host_lost_when_the_host_dies() {
+    let url = postgres::fresh_database("monitor");
+    let a = Node::start(&url, "a", &[]).await;
+    let mut b = Node::start(&url, "b", &[]).await;
+    let b_id = b.id().await;
+    // A task on b ends normally: the watcher on a gets its down, with how it ended.
+    let target = b.spawn(json!({"name": "target", "duration": 2})).await;
+    wait_running_on(&a, &target, b_id).await;
+    let watcher = a
+        .spawn(actor(
+            "watcher",
+            json!([{"op": "monitor", "pid": target}, {"op": "receive", "timeout_ms": 20_000}]),
+        ))
+        .await;
+    assert_exited_0(&b.wait_end(&watcher).await);
+    let lines = logged(&a, &watcher).await;
+    let down = lines
+        .iter()
+        .find(|line| line["op"] == "receive")
+        .expect("received");
+    assert_eq!(down["got"], "down", "{down}");
+    assert_eq!(down["end"]["pid"], target.as_str(), "{down}");
+    assert_eq!(down["end"]["status"], "exited", "{down}");
+
+    // A task on b when b dies: the watcher gets down, host_lost.
+    let target = b.spawn(json!({"name": "doomed", "duration": 4})).await;
+    wait_running_on(&a, &target, b_id).await;
+    let watcher = a
+        .spawn(actor(
+            "watcher2",
+            json!([{"op": "monitor", "pid": target}, {"op": "receive", "timeout_ms": 30_000}]),
+        ))
+        .await;
+    a.wait_running(&watcher).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.crash();
+    assert_exited_0(&a.wait_end(&watcher).await);
+    let lines = logged(&a, &watcher).await;
+    let down = lines
+        .iter()
+        .find(|line| line["op"] == "receive")
+        .expect("received");
+    assert_eq!(down["got"], "down", "{down}");
+    assert_eq!(down["end"]["outcome"], "host_lost", "{down}");
+    // The task itself carries on, on a, as a new attempt.
+    let record = a.wait_end(&target).await;
+    assert_eq!(record["attempt"], 2, "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_links_reach_across_hosts() {
+    let url = postgres::fresh_database("links");
+    let a = Node::start(&url, "a", &[]).await;
+    let b = Node::start(&url, "b", &[]).await;
+    let b_id = b.id().await;
+    // A name registered on b is the whole cluster's.
+    let keeper = b
+        .spawn(actor(
+            "keeper",
+            json!([{"op": "register", "name": "keeper"}, {"op": "receive", "timeout_ms": 30_000}]),
+        ))
+        .await;
+    wait_running_on(&a, &keeper, b_id).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, named) = a.get("/api/names/keeper").await;
+        if status == 200 {
+            assert_eq!(named["pid"], keeper.as_str(), "{named}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never named: {named}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, names) = a.get("/api/names").await;
+    assert!(
+        names["names"]
+            .as_array()
+            .expect("names")
+            .iter()
+            .any(|n| n["name"] == "keeper"),
+        "{names}"
+    );
+    // The same name taken on a, while b's task lives: refused.
+    let rival = a
+        .run(actor(
+            "rival",
+            json!([{"op": "register", "name": "keeper"}]),
+        ))
+        .await;
+    let lines = logged(&a, rival["pid"].as_str().expect("pid")).await;
+    let register = lines
+        .iter()
+        .find(|line| line["op"] == "register")
+        .expect("tried");
+    assert_eq!(register["ok"], false, "{register}");
+    assert_eq!(register["error"], "taken", "{register}");
+
+    // A task on a links to it by name and fails: the keeper, which does not trap exits, is
+    // killed on b, linked_exit.
+    let failing = a
+        .spawn(actor(
+            "failing",
+            json!([{"op": "link", "pid": "name:keeper"}, {"op": "sleep", "ms": 200},
+                   {"op": "fail", "message": "boom"}]),
+        ))
+        .await;
+    assert_eq!(a.wait_end(&failing).await["status"], "failed");
+    let record = a.wait_end(&keeper).await;
+    assert_eq!(record["status"], "killed", "{record}");
+    assert_eq!(record["outcome"], "linked_exit", "{record}");
+
+    // The other way: a task on b fails; the task on a that trapped exits is told.
+    let doomed = b
+        .spawn(actor(
+            "doomed",
+            json!([{"op": "sleep", "ms": 1_000}, {"op": "fail", "message": "bust"}]),
+        ))
+        .await;
+    wait_running_on(&a, &doomed, b_id).await;
+    let trapper = a
+        .spawn(actor(
+            "trapper",
+            json!([{"op": "trap_exits", "on": true}, {"op": "link", "pid": doomed},
+                   {"op": "receive", "timeout_ms": 20_000}]),
+        ))
+        .await;
+    assert_exited_0(&b.wait_end(&trapper).await);
+    let lines = logged(&b, &trapper).await;
+    let got = lines
+        .iter()
+        .find(|line| line["op"] == "receive")
+        .expect("received");
+    assert_eq!(got["got"], "linked_exit", "{got}");
+    assert_eq!(got["end"]["pid"], doomed.as_str(), "{got}");
+    assert_eq!(got["end"]["status"], "failed", "{got}");
+}
