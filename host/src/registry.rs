@@ -452,6 +452,11 @@ impl Registry {
             .module(sha256)
             .map_err(|error| error.to_string())?
             .ok_or_else(|| "the store does not keep its bytes".to_owned())?;
+        // The bytes are kept by their SHA-256: bytes that do not hash to it were damaged (or
+        // written by something else), and are never run.
+        if Digest::of(&bytes).hex() != sha256 {
+            return Err("the stored bytes do not match their SHA-256".to_owned());
+        }
         let module = self
             .sandbox
             .load(name, &bytes, limits_of(config))

@@ -827,3 +827,50 @@ async fn names_and_links_reach_across_hosts() {
     assert_eq!(got["end"]["pid"], doomed.as_str(), "{got}");
     assert_eq!(got["end"]["status"], "failed", "{got}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_bytes_that_do_not_match_their_sha256_are_never_run() {
+    let url = postgres::fresh_database("damaged");
+    let a = Node::start(&url, "a", &[]).await;
+    let (_, before) = a.get("/api/workers/default").await;
+    let answer = a
+        .client
+        .put(a.url("/api/workers/default"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(module("report")).expect("the report worker"))
+        .send()
+        .await
+        .expect("uploaded");
+    assert_eq!(answer.status(), 200);
+    let installed: Value = answer.json().await.expect("JSON");
+    let sha256 = installed["worker"]["current"]["sha256"]
+        .as_str()
+        .expect("sha256")
+        .to_owned();
+    // The uploaded version's bytes, damaged in the database: a host that has to fetch them
+    // refuses them, and keeps running the version it has.
+    postgres::block_on({
+        let url = url.clone();
+        async move {
+            let client = postgres::connect(&url).await;
+            // A valid worker, but not the one the SHA-256 names.
+            let damaged = std::fs::read(module("supervisor")).expect("other bytes");
+            client
+                .execute(
+                    "UPDATE modules SET bytes = $1 WHERE sha256 = $2",
+                    &[&damaged, &sha256],
+                )
+                .await
+                .expect("damaged");
+        }
+    });
+    let b = Node::start(&url, "b", &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, info) = b.get("/api/workers/default").await;
+    assert_eq!(
+        info["current"]["version"], before["current"]["version"],
+        "b runs the version it could check: {info}"
+    );
+    assert_exited_0(&b.run(json!({"name": "checked", "duration": 0})).await);
+}
