@@ -778,13 +778,20 @@ proptest! {
         }
     }
 
-    /// `--store` and the file's `store`: exactly `memory`, or `sqlite:` and a path.
+    /// `--store` and the file's `store`: exactly `memory`, `sqlite:` and a path, or a
+    /// PostgreSQL URL (which the database's client parses further at start).
     #[test]
-    fn a_store_location_is_memory_or_a_sqlite_path(
-        text in prop_oneof![any::<String>(), Just(STORE_MEMORY.to_owned()), "(sqlite:|memory|sqlite)\\PC{0,12}"]
+    fn a_store_location_is_memory_a_sqlite_path_or_a_postgres_url(
+        text in prop_oneof![
+            any::<String>(),
+            Just(STORE_MEMORY.to_owned()),
+            "(sqlite:|memory|sqlite|postgres://|postgresql://|postgres:)\\PC{0,12}",
+        ]
     ) {
+        let postgres = text.starts_with("postgres://") || text.starts_with("postgresql://");
         let expected = match text.strip_prefix("sqlite:") {
             _ if text == STORE_MEMORY => Some(StoreLocation::Memory),
+            _ if postgres => Some(StoreLocation::Postgres(text.clone())),
             Some(path) if !path.is_empty() => Some(StoreLocation::Sqlite(PathBuf::from(path))),
             _ => None,
         };

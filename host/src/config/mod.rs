@@ -741,6 +741,24 @@ restart = "on-failure"
     }
 
     #[test]
+    fn a_heartbeat_fits_a_lease_three_times_and_a_postgres_url_is_a_store() {
+        let parse = |lease: &str, heartbeat: &str| {
+            Config::from_args(["http-spawn", "--lease", lease, "--heartbeat", heartbeat])
+        };
+        assert!(parse("3s", "1s").is_ok());
+        assert!(matches!(parse("2s", "1s"), Err(ConfigError::Lease { .. })));
+        assert!(matches!(parse("10s", "0s"), Err(ConfigError::Lease { .. })));
+        let config = Config::from_args(["http-spawn", "--store", "postgres://app@db/tasks"])
+            .expect("a cluster's store");
+        assert_eq!(
+            config.store_location(),
+            StoreLocation::Postgres("postgres://app@db/tasks".into())
+        );
+        assert_eq!(config.advertised_address(), DEFAULT_LISTEN);
+        assert!(!config.node_name().is_empty());
+    }
+
+    #[test]
     fn api_tokens_are_long_bearer_tokens() {
         let parse = |tokens: &[&str]| {
             let mut argv = vec!["http-spawn"];

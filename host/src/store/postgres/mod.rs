@@ -598,3 +598,21 @@ impl Store for PgStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        assert_eq!(
+            shown("postgres://app:s3cret@db.internal:5432/tasks"),
+            "postgres://app:***@db.internal:5432/tasks"
+        );
+        assert_eq!(
+            shown("postgres://app@127.0.0.1:5432/tasks"),
+            "postgres://app@127.0.0.1:5432/tasks"
+        );
+        assert_eq!(shown("postgres:///tasks"), "postgres:///tasks");
+    }
+}
