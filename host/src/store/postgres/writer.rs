@@ -6,7 +6,8 @@
 //!   (`tokio-postgres` pipelines requests polled together), so a commit costs about three round
 //!   trips however many changes it holds: `BEGIN`, the statements, `COMMIT`.
 //! - Progress and log lines, the changes a task makes at every step, are gathered across the
-//!   commit into one `unnest` statement each, written before any later change of the same task.
+//!   commit into one `unnest` statement each, written after the commit's acceptances and before
+//!   its other changes (see [`Plan`]).
 //! - Every write of a task's life is fenced: it applies only while `runs` says this host
 //!   (`Shared::node`) holds the task, and an end or a restart only for the attempt it ends. A
 //!   host that lost its lease, or was cut off while another took its tasks over, writes
@@ -14,7 +15,7 @@
 //! - When a commit fails for the connection, the changes of running tasks are kept and tried
 //!   again on a new connection; acceptances are refused (their clients get `503`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -125,6 +126,15 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Connection, tokio_po
             tracing::warn!(%error, "the store writer's connection ended");
         }
     });
+    // The writer touches a few rows of large tables by their primary key, through prepared
+    // statements whose generic plans may be made while the tables are still empty: hash joins
+    // and bitmap scans chosen then would scan whole tables once they have grown. Only nested
+    // loops over index lookups are right for it.
+    client
+        .batch_execute(
+            "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_bitmapscan = off",
+        )
+        .await?;
     let statements = Statements::prepare(&client).await?;
     Ok(Connection { client, statements })
 }
@@ -345,17 +355,20 @@ struct Op {
     check: Check,
 }
 
-/// The statements of one commit, in order, with the progress and log lines of the commit
-/// gathered until a later change of the same task needs them written first.
+/// The statements of one commit: the acceptances first, then what the commit's changes
+/// gathered (progress, log lines, bytes of log dropped: one statement each), then every
+/// other change in order. Gathered changes may go before a later change of the same task:
+/// its log lines before its end (which they must: an end closes the task to writes), and its
+/// progress before a start or restart of a new attempt, which then shows step 0 until its next
+/// progress.
 struct Plan<'a> {
     statements: &'a Statements,
     node: i32,
+    head: Vec<Op>,
     ops: Vec<Op>,
     progress: HashMap<Pid, (u32, u64)>,
     dropped: HashMap<Pid, u64>,
     lines: Lines,
-    /// Tasks with progress, dropped bytes or lines gathered.
-    gathered: HashSet<Pid>,
 }
 
 #[derive(Default)]
@@ -372,11 +385,11 @@ impl<'a> Plan<'a> {
         Self {
             statements,
             node,
+            head: Vec::new(),
             ops: Vec::new(),
             progress: HashMap::new(),
             dropped: HashMap::new(),
             lines: Lines::default(),
-            gathered: HashSet::new(),
         }
     }
 
@@ -388,12 +401,26 @@ impl<'a> Plan<'a> {
         });
     }
 
-    /// Writes what is gathered, if it holds anything of `pid` (of any task, for `None`).
-    fn flush(&mut self, pid: Option<Pid>) {
-        if pid.is_some_and(|pid| !self.gathered.contains(&pid)) || self.gathered.is_empty() {
-            return;
-        }
-        self.gathered.clear();
+    fn push_head(&mut self, statement: &Statement, params: Vec<Param>, check: Check) {
+        self.head.push(Op {
+            statement: statement.clone(),
+            params,
+            check,
+        });
+    }
+
+    /// The commit's statements, in the order they run.
+    fn finish(mut self) -> Vec<Op> {
+        let tail = std::mem::take(&mut self.ops);
+        self.gathered();
+        let mut ops = std::mem::take(&mut self.head);
+        ops.append(&mut self.ops);
+        ops.extend(tail);
+        ops
+    }
+
+    /// The statements of what was gathered, into `ops`.
+    fn gathered(&mut self) {
         let node = self.node;
         if !self.lines.boots.is_empty() {
             let lines = std::mem::take(&mut self.lines);
@@ -469,7 +496,7 @@ impl<'a> Plan<'a> {
                 let (boot, seq) = key(record.pid);
                 let parent = record.parent.map(key);
                 let owner: Option<i32> = (!shared).then_some(node);
-                self.push(
+                self.push_head(
                     &s.accept,
                     vec![
                         Box::new(boot),
@@ -493,7 +520,7 @@ impl<'a> Plan<'a> {
                     Check::Nothing,
                 );
                 if let Some(idempotency) = idempotency {
-                    self.push(
+                    self.push_head(
                         &s.idempotency,
                         vec![
                             Box::new(idempotency.key.clone()),
@@ -613,7 +640,6 @@ impl<'a> Plan<'a> {
         match event {
             TaskEvent::Progress { step, fuel, .. } => {
                 self.progress.insert(pid, (*step, *fuel));
-                self.gathered.insert(pid);
             }
             TaskEvent::Logs {
                 lines,
@@ -629,10 +655,9 @@ impl<'a> Plan<'a> {
                 if *dropped_bytes > 0 {
                     self.dropped.insert(pid, *dropped_bytes);
                 }
-                self.gathered.insert(pid);
             }
             TaskEvent::Started { at, steps, fuel } => {
-                self.flush(Some(pid));
+                self.progress.remove(&pid);
                 self.push(
                     &s.started,
                     vec![
@@ -653,7 +678,7 @@ impl<'a> Plan<'a> {
                 next_attempt,
                 ready_at,
             } => {
-                self.flush(Some(pid));
+                self.progress.remove(&pid);
                 let attempt = next_attempt.saturating_sub(1);
                 self.push(
                     &s.restarting,
@@ -676,7 +701,6 @@ impl<'a> Plan<'a> {
                 end,
                 attempt,
             } => {
-                self.flush(Some(pid));
                 self.push(
                     &s.ended,
                     vec![
@@ -710,8 +734,7 @@ async fn commit(
     for change in changes {
         plan.add(change);
     }
-    plan.flush(None);
-    let ops = plan.ops;
+    let ops = plan.finish();
     let tx = connection.client.transaction().await?;
     let counts = try_join_all(ops.iter().map(|op| {
         let params: Vec<&(dyn ToSql + Sync)> = op
@@ -810,9 +833,9 @@ impl Statements {
             .prepare(
                 "UPDATE tasks t SET step = v.step, fuel = v.fuel
                  FROM unnest($1::integer[], $2::bigint[], $3::integer[], $4::bigint[])
-                    AS v(boot, seq, step, fuel), runs r
+                    AS v(boot, seq, step, fuel)
                  WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL
-                    AND r.boot = v.boot AND r.seq = v.seq AND r.owner = $5",
+                    AND (SELECT r.owner FROM runs r WHERE r.boot = v.boot AND r.seq = v.seq) = $5",
             )
             .await?;
         let lines = client
@@ -821,17 +844,16 @@ impl Statements {
                  SELECT v.boot, v.seq, v.at, v.source, v.message
                  FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])
                     WITH ORDINALITY AS v(boot, seq, at, source, message, n)
-                 JOIN runs r ON r.boot = v.boot AND r.seq = v.seq AND r.owner = $6
+                 WHERE (SELECT r.owner FROM runs r WHERE r.boot = v.boot AND r.seq = v.seq) = $6
                  ORDER BY v.n",
             )
             .await?;
         let dropped = client
             .prepare(
                 "UPDATE tasks t SET logs_dropped_bytes = v.bytes
-                 FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS v(boot, seq, bytes),
-                    runs r
+                 FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS v(boot, seq, bytes)
                  WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL
-                    AND r.boot = v.boot AND r.seq = v.seq AND r.owner = $4",
+                    AND (SELECT r.owner FROM runs r WHERE r.boot = v.boot AND r.seq = v.seq) = $4",
             )
             .await?;
         let restarting = client
