@@ -11,9 +11,12 @@
 #
 # POSTGRES_DURABLE=1 keeps fsync and friends on: turning them off makes tests fast, and would
 # make a benchmark measure something no real deployment runs.
+# POSTGRES_DIR (an absolute path; default target/postgres) keeps a second server apart from the
+# test suite's, as `make bench` does. POSTGRES_OPTIONS is added to the server's options when
+# this script starts it, e.g. `-c shared_preload_libraries=pg_stat_statements`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir=$root/target/postgres
+dir=${POSTGRES_DIR:-$root/target/postgres}
 data=$dir/data
 
 # Debian's server binaries: 15 (Debian 12's own) when present, else the newest installed.
@@ -129,6 +132,7 @@ start() {
   else
     options+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
   fi
+  options+=" ${POSTGRES_OPTIONS:-}"
   if ! as_owner "$bin/pg_ctl" -D "$data" -l "$dir/log" -o "$options" -w start >&2 9>&-; then
     tail -n 20 "$dir/log" >&2
     exit 1

@@ -99,7 +99,7 @@ fn host_args(registry: &Path) -> Vec<&str> {
 }
 
 /// Starts an `actor` task with `script` over HTTP; its pid.
-fn start_actor(addr: SocketAddr, name: &str, script: &Value) -> anyhow::Result<String> {
+pub(super) fn start_actor(addr: SocketAddr, name: &str, script: &Value) -> anyhow::Result<String> {
     // The actor ignores its duration; it only sets the deadline (duration + 30 s grace).
     let body =
         json!({"name": name, "worker": "actor", "duration": 600, "payload": {"script": script}});
@@ -120,7 +120,7 @@ fn record(addr: SocketAddr, pid: &str) -> Option<Value> {
 }
 
 /// Waits until task `pid` has ended; its record.
-fn wait_ended(addr: SocketAddr, pid: &str) -> anyhow::Result<Value> {
+pub(super) fn wait_ended(addr: SocketAddr, pid: &str) -> anyhow::Result<Value> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(record) = record(addr, pid)
@@ -136,7 +136,7 @@ fn wait_ended(addr: SocketAddr, pid: &str) -> anyhow::Result<Value> {
 }
 
 /// The actor's log lines (each a JSON object), over HTTP.
-fn actor_lines(addr: SocketAddr, pid: &str) -> anyhow::Result<Vec<Value>> {
+pub(super) fn actor_lines(addr: SocketAddr, pid: &str) -> anyhow::Result<Vec<Value>> {
     let logs: Value = serde_json::from_str(
         &get(addr, &format!("/api/tasks/{pid}/logs")).context("reading a task's logs")?,
     )?;

@@ -11,9 +11,12 @@
 //! 5. the seed's k6 profile at rising arrival rates, and past capacity;
 //! 6. durability: the stores side by side, and recovery;
 //! 7. actors: task-to-task messages, `POST …/messages`, memory per task waiting in `receive`,
-//!    one task spawning 10,000 children (see actors.rs).
+//!    one task spawning 10,000 children (see actors.rs);
+//! 8. cluster: one, two and three hosts on one PostgreSQL beside one host on SQLite, what each
+//!    task costs the database, kills and messages across hosts (see cluster.rs).
 
 mod actors;
+mod cluster;
 mod naive;
 mod plot;
 
@@ -43,7 +46,8 @@ struct Args {
     /// Smaller counts and shorter runs, for a quick look.
     #[arg(long, global = true)]
     quick: bool,
-    /// Run only these sections (1-7), e.g. `--only 1,3`; `--only 7` is the actors alone.
+    /// Run only these sections (1-8), e.g. `--only 1,3`; `--only 7` is the actors alone,
+    /// `--only 8` the cluster.
     #[arg(long, global = true, value_delimiter = ',')]
     only: Vec<u8>,
 }
@@ -202,6 +206,9 @@ fn all(out: &Path, quick: bool, only: &[u8]) -> anyhow::Result<()> {
     }
     if wanted(7) {
         results.insert("actors".into(), actors::section(&mut report, quick)?);
+    }
+    if wanted(8) {
+        results.insert("cluster".into(), cluster::section(&mut report, quick)?);
     }
     report.line(&format!(
         "\nbench finished in {:.0} s",
@@ -675,12 +682,24 @@ fn get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
 
 /// POSTs `body` (JSON) to `path` with a plain blocking socket: the status and the body.
 fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    request(addr, "POST", path, Some(body))
+}
+
+/// `method` on `path`, with `body` (JSON) if any, with a plain blocking socket: the status and
+/// the body.
+fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.unwrap_or_default();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;

@@ -34,13 +34,59 @@ impl Status {
 
 /// CPU time (user + system) a process has used, in seconds.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let stat = Stat::of(pid)?;
+    Some((stat.utime + stat.stime) as f64 / clock_ticks_per_sec())
+}
+
+/// CPU time (user + system) of a server made of several processes, in seconds: the process's
+/// own, its ended children's (counted into it when it reaped them) and its live children's.
+/// PostgreSQL is such a server: a postmaster, and a backend per connection that comes and goes.
+pub fn tree_cpu_secs(pid: u32) -> Option<f64> {
+    let parent = Stat::of(pid)?;
+    let mut ticks = parent.utime + parent.stime + parent.cutime + parent.cstime;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+            .and_then(Stat::of)
+        else {
+            continue;
+        };
+        if child.ppid == pid {
+            ticks += child.utime + child.stime + child.cutime + child.cstime;
+        }
+    }
     Some(ticks as f64 / clock_ticks_per_sec())
+}
+
+/// What /proc/PID/stat says of a process's parent and CPU time, in clock ticks.
+struct Stat {
+    ppid: u32,
+    utime: u64,
+    stime: u64,
+    /// Of its children it has waited for.
+    cutime: u64,
+    cstime: u64,
+}
+
+impl Stat {
+    fn of(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // Field n of the whole line is field n - 3 after the name: ppid is 4, utime, stime,
+        // cutime and cstime are 14 to 17.
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        Some(Self {
+            ppid: u32::try_from(field(4)?).ok()?,
+            utime: field(14)?,
+            stime: field(15)?,
+            cutime: field(16)?,
+            cstime: field(17)?,
+        })
+    }
 }
 
 /// Linux reports CPU time in USER_HZ ticks, 100 a second on every mainstream configuration.
