@@ -94,6 +94,17 @@ impl FileStamp {
     }
 }
 
+/// Why a version kept in the store could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    /// The store could not be read now; it may be later.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The worker is unknown, or its bytes are missing, damaged or refused.
+    #[error("{0}")]
+    Load(String),
+}
+
 /// The last new version that was refused.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Failure {
@@ -446,21 +457,22 @@ impl Registry {
         name: &Arc<str>,
         config: &WorkerConfig,
         sha256: &str,
-    ) -> Result<Module, String> {
+    ) -> Result<Module, VersionError> {
         let bytes = self
             .store
-            .module(sha256)
-            .map_err(|error| error.to_string())?
-            .ok_or_else(|| "the store does not keep its bytes".to_owned())?;
+            .module(sha256)?
+            .ok_or_else(|| VersionError::Load("the store does not keep its bytes".to_owned()))?;
         // The bytes are kept by their SHA-256: bytes that do not hash to it were damaged (or
         // written by something else), and are never run.
         if Digest::of(&bytes).hex() != sha256 {
-            return Err("the stored bytes do not match their SHA-256".to_owned());
+            return Err(VersionError::Load(
+                "the stored bytes do not match their SHA-256".to_owned(),
+            ));
         }
         let module = self
             .sandbox
             .load(name, &bytes, limits_of(config))
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| VersionError::Load(error.to_string()))?;
         self.metrics
             .module_loaded(name, origin_name(module.origin()));
         Ok(module)
@@ -468,8 +480,10 @@ impl Registry {
 
     /// The version of worker `worker` whose module's SHA-256 is `sha256`, for a task accepted
     /// before the host was lost: the current or previous one, or one loaded from the store.
-    pub fn version_of(&self, worker: &str, sha256: &str) -> Result<Arc<Version>, String> {
-        let worker = self.get(Some(worker)).map_err(|error| error.to_string())?;
+    pub fn version_of(&self, worker: &str, sha256: &str) -> Result<Arc<Version>, VersionError> {
+        let worker = self
+            .get(Some(worker))
+            .map_err(|error| VersionError::Load(error.to_string()))?;
         {
             let state = worker.lock();
             for version in [Some(&state.current), state.previous.as_ref()]

@@ -874,3 +874,95 @@ async fn module_bytes_that_do_not_match_their_sha256_are_never_run() {
     );
     assert_exited_0(&b.run(json!({"name": "checked", "duration": 0})).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_overflows_to_the_shared_queue_stays_linked_and_monitored() {
+    let url = postgres::fresh_database("overflow_child");
+    // a's one place goes to the parent: its children wait in the shared queue, and b runs them.
+    let a = Node::start(&url, "a", &["--capacity", "1"]).await;
+    let b = Node::start(&url, "b", &[]).await;
+    let b_id = b.id().await;
+    let parent = a
+        .spawn(actor(
+            "parent",
+            json!([
+                {"op": "spawn", "worker": "default", "name": "linked", "duration": 1,
+                 "link": true},
+                {"op": "spawn", "worker": "default", "name": "watched", "duration": 1,
+                 "monitor": true},
+                {"op": "receive", "timeout_ms": 20_000},
+            ]),
+        ))
+        .await;
+    let record = b.wait_end(&parent).await;
+    assert_exited_0(&record);
+    let lines = logged(&b, &parent).await;
+    let spawned: Vec<String> = lines
+        .iter()
+        .filter(|line| line["op"] == "spawn")
+        .map(|line| line["pid"].as_str().expect("a child").to_owned())
+        .collect();
+    assert_eq!(spawned.len(), 2, "{lines:?}");
+    for child in &spawned {
+        let record = b.wait_end(child).await;
+        assert_exited_0(&record);
+        assert!(
+            record["pid"].as_str().is_some_and(|pid| !pid.is_empty()),
+            "{record}"
+        );
+    }
+    let down = lines
+        .iter()
+        .find(|line| line["op"] == "receive")
+        .expect("received");
+    assert_eq!(down["got"], "down", "{down}");
+    assert_eq!(down["end"]["pid"], spawned[1].as_str(), "{down}");
+    assert_eq!(
+        down["end"]["status"], "exited",
+        "the child ran, on b: {down}"
+    );
+    let _ = b_id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_sent_while_the_task_s_host_is_dead_lands_where_it_runs_next() {
+    let url = postgres::fresh_database("kill_dead_host");
+    let a = Node::start(&url, "a", &[]).await;
+    let mut b = Node::start(&url, "b", &[]).await;
+    let b_id = b.id().await;
+    let pid = b.spawn(json!({"name": "orphan", "duration": 8})).await;
+    wait_running_on(&a, &pid, b_id).await;
+    b.crash();
+    // Before b's lease runs out: nobody holds the task now. The kill waits for whoever does.
+    let (status, _) = a.kill(&pid).await;
+    assert!(status == 200 || status == 202, "{status}");
+    let record = a.wait_end(&pid).await;
+    assert_eq!(record["status"], "killed", "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_from_the_database_still_shuts_down() {
+    let url = postgres::fresh_database("shutdown_cut_off");
+    let proxy = Proxy::start(port_of(&url)).await;
+    let a = Node::start(&through(&url, &proxy), "a", &[]).await;
+    let pid = a.spawn(json!({"name": "running", "duration": 30})).await;
+    a.wait_running(&pid).await;
+    proxy.cut();
+    let mut a = a;
+    // SAFETY: kill takes a pid this test spawned and has not reaped, and a signal number.
+    let sent = unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(sent, 0, "SIGTERM sent");
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = a.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    })
+    .await
+    .expect("waited");
+    assert!(exited.is_some(), "the host hung in its shutdown");
+}

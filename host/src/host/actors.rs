@@ -52,13 +52,28 @@ impl Host {
         sent
     }
 
-    pub(super) fn put(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
+    fn put(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
+        self.put_or_forward(sender, to, body, true)
+    }
+
+    /// Puts a message into `to`'s mailbox here; in a cluster, when `forward` is set and
+    /// another host holds `to` (or it waits in the shared queue), hands it to the store for
+    /// that host. A message taken from the store is never forwarded again: a task not here
+    /// has moved or ended since, and the message goes, as in Erlang.
+    pub(super) fn put_or_forward(
+        &self,
+        sender: Option<Pid>,
+        to: Pid,
+        body: String,
+        forward: bool,
+    ) -> Result<(), SendError> {
         let limits = self.actors.limits();
         if body.len() > limits.max_message_bytes {
             return Err(SendError::TooLarge);
         }
         let bytes = body.len();
         if let Some(cluster) = &self.cluster
+            && forward
             && !self.actors.holds(to)
             && matches!(cluster.store.holder(to), Ok(Some(_)))
         {
@@ -219,6 +234,17 @@ impl Kernel for Host {
                 other => ChildError::Refused(other.to_string()),
             })?;
         let pid = accepting.pid;
+        if accepting.shared {
+            // It waits in the cluster's shared queue, its acceptance perhaps not yet written:
+            // watched as a task of another host, which it will be.
+            if child.link {
+                let _ = self.watch_queued(parent, pid, Watch::Link);
+            }
+            if child.monitor {
+                let _ = self.watch_queued(parent, pid, Watch::Monitor);
+            }
+            return Ok(pid);
+        }
         if child.link {
             match self.actors.link(parent, pid) {
                 Ok(true) => {}

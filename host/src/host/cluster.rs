@@ -22,6 +22,7 @@ use crate::actor::{EndNotice, Entry};
 use crate::config::Config;
 use crate::ledger::Ending;
 use crate::model::{Outcome, Pid, TaskEnd};
+use crate::registry::VersionError;
 use crate::sched::Job;
 use crate::store::{Claimed, Command, NodeInfo, PgStore};
 
@@ -52,6 +53,13 @@ pub(crate) struct Cluster {
     remote: Mutex<HashMap<Pid, Remote>>,
 }
 
+/// Whether `host` has begun to shut down.
+fn cluster_leaving(host: &Host) -> bool {
+    host.cluster
+        .as_ref()
+        .is_some_and(|cluster| cluster.leaving.load(Ordering::Acquire))
+}
+
 /// The monitors and links held on one task of another host.
 #[derive(Debug)]
 struct Remote {
@@ -61,7 +69,14 @@ struct Remote {
     watchers: Vec<Pid>,
     /// Tasks here linked to it.
     links: Vec<Pid>,
+    /// Checks that found neither its `runs` row nor its record: an acceptance not yet
+    /// written. After [`UNSEEN_CHECKS`] it counts as never accepted.
+    unseen: u32,
 }
+
+/// Checks of the remote watches a task may be unseen for (its acceptance not yet written)
+/// before its watchers are told it does not exist.
+const UNSEEN_CHECKS: u32 = 5;
 
 /// How a task here watches a task of another host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +161,13 @@ impl Host {
                 .name("cluster-heartbeat".into())
                 .spawn(move || heartbeat_loop(&weak, interval))?;
         }
+        {
+            let weak = Weak::clone(&weak);
+            let interval = cluster.heartbeat;
+            std::thread::Builder::new()
+                .name("cluster-chores".into())
+                .spawn(move || chores_loop(&weak, interval))?;
+        }
         let interval = cluster.poll;
         std::thread::Builder::new()
             .name("cluster-poll".into())
@@ -177,9 +199,12 @@ impl Host {
     fn beat(&self, cluster: &Cluster, last_held: &mut Instant) {
         let live = self.live();
         let queued = self.queued();
+        // The lease runs from when the database renewed it, which is after this: counting
+        // from here, this host never thinks it holds a lease the others think expired.
+        let sent = Instant::now();
         match cluster.store.heartbeat(live, queued) {
             Ok((true, waiting)) => {
-                *last_held = Instant::now();
+                *last_held = sent;
                 cluster.waiting.store(waiting, Ordering::Release);
             }
             Ok((false, _)) => {
@@ -194,14 +219,23 @@ impl Host {
                 }
                 return;
             }
-            Err(error) => {
-                tracing::warn!(%error, "renewing the lease failed");
-                if last_held.elapsed() >= cluster.lease {
-                    self.lose_lease(cluster, "it could not reach the database for a whole lease");
-                }
-                return;
-            }
+            Err(error) => tracing::warn!(%error, "renewing the lease failed"),
         }
+        self.check_lease(cluster, *last_held);
+    }
+
+    /// Stops this host's tasks one heartbeat before its lease, last renewed at `last_held`,
+    /// runs out: before any other host may take them over.
+    fn check_lease(&self, cluster: &Cluster, last_held: Instant) {
+        if cluster.serving() && last_held.elapsed() + cluster.heartbeat >= cluster.lease {
+            self.lose_lease(cluster, "it could not renew its lease in time");
+        }
+    }
+
+    /// The cluster's chores, at every heartbeat but apart from it, so that none of them can
+    /// delay a renewal: taking back lost hosts' tasks, following worker versions installed
+    /// on other hosts (which may compile), and the monitors and links across hosts.
+    fn chores(&self, cluster: &Cluster) {
         if !cluster.serving() {
             return;
         }
@@ -299,7 +333,7 @@ impl Host {
             }
             Command::Message { to, sender, body } => {
                 let body = String::from_utf8_lossy(&body).into_owned();
-                if let Err(error) = self.put(sender, to, body) {
+                if let Err(error) = self.put_or_forward(sender, to, body, false) {
                     tracing::debug!(pid = %to, ?error, "a message from another host not delivered");
                 }
             }
@@ -323,6 +357,13 @@ impl Host {
             .count() as u32;
         let version = match self.workers.version_of(&record.worker, &spec.module_sha256) {
             Ok(version) => version,
+            Err(VersionError::Store(error)) => {
+                // Its bytes could not be read now: another host (or this one, later) runs it.
+                tracing::warn!(pid = %pid, %error, "a claimed task's module could not be read \
+                    now; it goes back to the shared queue");
+                self.give_back(pid);
+                return;
+            }
             Err(error) => {
                 tracing::error!(pid = %pid, worker = %record.worker, %error,
                     "a claimed task's module version cannot be loaded");
@@ -353,12 +394,27 @@ impl Host {
             ready_at: Instant::now(),
             parent: record.parent,
         };
+        if cluster_leaving(self) {
+            // Claimed as the host began to shut down: another host runs it.
+            self.give_back(pid);
+            return;
+        }
         self.actors.enter(pid);
         tracing::info!(pid = %pid, attempt = job.attempt, "Task claimed from the shared queue");
         self.scheduler.readmit(job);
         // What was sent to it while it waited: in its mailbox before its first receive.
         for command in commands {
             self.carry_out(command);
+        }
+    }
+
+    /// Puts `pid`, claimed by this host and not started, back in the shared queue.
+    fn give_back(&self, pid: Pid) {
+        if let Some(cluster) = &self.cluster
+            && let Err(error) = cluster.store.hand_back(&[pid])
+        {
+            tracing::warn!(pid = %pid, %error, "could not give a claimed task back; it is taken \
+                back when this host's lease expires");
         }
     }
 
@@ -371,8 +427,30 @@ impl Host {
         };
         let holder = match cluster.store.holder(target) {
             Ok(Some(holder)) => holder,
-            Ok(None) | Err(_) => return false,
+            Ok(None) => return false,
+            // Not known now: watched as a task of another host, which the next check of the
+            // remote watches settles.
+            Err(_) => None,
         };
+        self.watch_at(cluster, watcher, target, how, holder)
+    }
+
+    /// Monitors or links `target`, a child just put in the shared queue, for `watcher`.
+    pub(super) fn watch_queued(&self, watcher: Pid, target: Pid, how: Watch) -> bool {
+        match &self.cluster {
+            Some(cluster) => self.watch_at(cluster, watcher, target, how, None),
+            None => false,
+        }
+    }
+
+    fn watch_at(
+        &self,
+        cluster: &Cluster,
+        watcher: Pid,
+        target: Pid,
+        how: Watch,
+        holder: Option<u32>,
+    ) -> bool {
         if how == Watch::Link && self.actors.link_remote(watcher, target).is_err() {
             return false;
         }
@@ -381,6 +459,7 @@ impl Host {
             holder,
             watchers: Vec::new(),
             links: Vec::new(),
+            unseen: 0,
         });
         match how {
             Watch::Monitor => entry.watchers.push(watcher),
@@ -462,9 +541,21 @@ impl Host {
                     target,
                     &TaskEnd::failed(Outcome::HostLost, "its host was lost".into()),
                 ),
-                None => self
-                    .end_of(target)
-                    .unwrap_or_else(|_| EndNotice::unknown(target)),
+                None => match self.end_of(target) {
+                    Ok(notice) if notice.status.is_some() => notice,
+                    Ok(_) | Err(_) => {
+                        // Not written yet (a child just accepted), or the store unreadable:
+                        // look again at the next check, a few times.
+                        let mut remote = cluster.remote();
+                        if let Some(entry) = remote.get_mut(&target)
+                            && entry.unseen < UNSEEN_CHECKS
+                        {
+                            entry.unseen += 1;
+                            continue;
+                        }
+                        EndNotice::unknown(target)
+                    }
+                },
             };
             let Some(remote) = cluster.remote().remove(&target) else {
                 continue;
@@ -490,6 +581,8 @@ impl Host {
 fn heartbeat_loop(host: &Weak<Host>, interval: Duration) {
     let mut last_held = Instant::now();
     loop {
+        // Woken early enough to stop the tasks before the lease runs out, even while a
+        // renewal hangs: a renewal waits at most a quarter of the lease.
         std::thread::sleep(interval);
         let Some(host) = host.upgrade() else {
             return;
@@ -500,7 +593,24 @@ fn heartbeat_loop(host: &Weak<Host>, interval: Duration) {
         if cluster.left.load(Ordering::Acquire) {
             return;
         }
+        host.check_lease(&cluster, last_held);
         host.beat(&cluster, &mut last_held);
+    }
+}
+
+fn chores_loop(host: &Weak<Host>, interval: Duration) {
+    loop {
+        std::thread::sleep(interval);
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let Some(cluster) = host.cluster.clone() else {
+            return;
+        };
+        if cluster.left.load(Ordering::Acquire) {
+            return;
+        }
+        host.chores(&cluster);
     }
 }
 
@@ -521,8 +631,15 @@ fn poll_loop(host: &Weak<Host>, interval: Duration) {
 }
 
 impl Host {
-    /// Leaves the cluster at a graceful shutdown: stops the heartbeat and the claims, and hands
-    /// the tasks waiting for a place here back to the shared queue.
+    /// Claims nothing more: the host begins to shut down.
+    pub(super) fn stop_claiming(&self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.leaving.store(true, Ordering::Release);
+        }
+    }
+
+    /// Leaves the cluster at a graceful shutdown: hands the tasks waiting for a place here back
+    /// to the shared queue. The lease is renewed until every task here has ended.
     pub(super) fn leave_cluster(&self, waiting: Vec<Job>) {
         let Some(cluster) = &self.cluster else {
             return;

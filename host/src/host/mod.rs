@@ -97,6 +97,8 @@ pub struct Host {
 pub struct Accepting {
     pid: Pid,
     recorded: Option<oneshot::Receiver<Result<(), StoreError>>>,
+    /// It waits in a cluster's shared queue: no host holds it yet.
+    shared: bool,
 }
 
 impl Accepting {
@@ -440,6 +442,7 @@ impl Host {
                     return Ok(Accepting {
                         pid,
                         recorded: None,
+                        shared: false,
                     });
                 }
                 Some(held)
@@ -523,6 +526,7 @@ impl Host {
         Ok(Accepting {
             pid,
             recorded: Some(receiver),
+            shared,
         })
     }
 
@@ -631,6 +635,8 @@ impl Host {
     /// rest, and returns once every task's end is recorded and the scheduler threads are gone.
     pub fn shutdown(&self, grace: Duration) {
         if self.cluster.is_some() {
+            // Before admission closes: a claim in flight then would end its tasks here.
+            self.stop_claiming();
             let waiting = self.scheduler.close_handing_back();
             self.leave_cluster(waiting);
         } else {

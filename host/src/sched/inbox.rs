@@ -28,8 +28,9 @@ pub(super) enum Command {
     Kill(Pid, TaskEnd),
     /// A mailbox entry arrived for this task, which waits in `receive`.
     Wake(Pid),
-    /// Kill every task this thread holds (the end of a graceful shutdown).
-    KillAll,
+    /// End every task this thread holds so: killed at the end of a graceful shutdown, or
+    /// `host_lost` when a host of a cluster lost its lease.
+    KillAll(TaskEnd),
 }
 
 /// A scheduler thread's intake: new tasks, and what the thread is doing, so that submitters

@@ -367,7 +367,7 @@ impl Scheduler {
             self.lanes.record_unstarted(&waiting, end.clone());
         }
         for lane in &self.lanes.lanes {
-            lane.inbox.kill(Command::KillAll);
+            lane.inbox.kill(Command::KillAll(end.clone()));
         }
     }
 
@@ -380,7 +380,7 @@ impl Scheduler {
                 "grace period over; killing the remaining tasks"
             );
             for lane in &self.lanes.lanes {
-                lane.inbox.kill(Command::KillAll);
+                lane.inbox.kill(Command::KillAll(TaskEnd::killed()));
             }
         }
         let threads = std::mem::take(

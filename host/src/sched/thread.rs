@@ -106,7 +106,7 @@ impl SchedulerThread {
             Command::Run(job, permit) => self.spawn(job, permit),
             Command::Kill(pid, end) => self.kill(pid, end),
             Command::Wake(pid) => self.deliver(pid),
-            Command::KillAll => self.kill_all(),
+            Command::KillAll(end) => self.kill_all(&end),
         }
     }
 
@@ -477,24 +477,24 @@ impl SchedulerThread {
         }
     }
 
-    fn kill_all(&mut self) {
+    fn kill_all(&mut self, end: &TaskEnd) {
         let queued: Vec<(Job, Permit<Job>)> = self
             .intake
             .drain(..)
             .filter_map(|command| match command {
                 Command::Run(job, permit) => Some((job, permit)),
-                Command::Kill(..) | Command::Wake(_) | Command::KillAll => None,
+                Command::Kill(..) | Command::Wake(_) | Command::KillAll(_) => None,
             })
             .collect();
         let restarting = std::mem::take(&mut self.restarts)
             .into_iter()
             .map(|(_, job, permit)| (job, permit));
         for (job, permit) in queued.into_iter().chain(restarting) {
-            self.end_unstarted(job, permit, TaskEnd::killed());
+            self.end_unstarted(job, permit, end.clone());
         }
         let live: Vec<usize> = self.slots.values().copied().collect();
         for slot in live {
-            self.finish(slot, TaskEnd::killed());
+            self.finish(slot, end.clone());
         }
         self.timers.clear();
         self.ready.clear();

@@ -73,6 +73,29 @@ pub enum Command {
     },
 }
 
+/// Tasks of lost hosts taken back one way, as arrays for `unnest`.
+#[derive(Default)]
+struct Batch {
+    boots: Vec<i32>,
+    seqs: Vec<i64>,
+    /// Their next attempt.
+    nexts: Vec<i32>,
+    /// The lost attempt's entry in `attempts`, as JSON.
+    entries: Vec<String>,
+    /// How the lost attempt ended, for people.
+    errors: Vec<String>,
+}
+
+impl Batch {
+    fn push(&mut self, boot: i32, seq: i64, next: i32, entry: String, end: TaskEnd) {
+        self.boots.push(boot);
+        self.seqs.push(seq);
+        self.nexts.push(next);
+        self.entries.push(entry);
+        self.errors.push(end.error.unwrap_or_default());
+    }
+}
+
 /// A task of a lost host, taken back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reaped {
@@ -188,7 +211,8 @@ impl PgStore {
         let lease_ms = self.spec.lease.as_millis() as f64;
         let live = i32::try_from(live).unwrap_or(i32::MAX);
         let queued = i32::try_from(queued).unwrap_or(i32::MAX);
-        self.query(move |client| async move {
+        let within = self.spec.lease / 4;
+        self.query_within(within, move |client| async move {
             let statement = client
                 .prepare_cached(
                     "WITH beat AS (
@@ -267,6 +291,9 @@ impl PgStore {
                 .map_err(unavailable)?;
             let now = SystemTime::now();
             let mut reaped = Vec::with_capacity(rows.len());
+            // Decided here, written in a few statements over arrays, whatever the batch's size.
+            let (mut waiting, mut rerun, mut failed) =
+                (Batch::default(), Batch::default(), Batch::default());
             for row in &rows {
                 let (boot, seq): (i32, i64) = (column(row, 0)?, column(row, 1)?);
                 let pid = pid_of(boot, seq);
@@ -280,67 +307,75 @@ impl PgStore {
                     .filter(|attempt| attempt.outcome == Outcome::HostLost)
                     .count() as u32
                     + u32::from(started);
-                if !started {
-                    tx.execute(
-                        "UPDATE runs SET owner = NULL WHERE boot = $1 AND seq = $2",
-                        &[&boot, &seq],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                    reaped.push(Reaped {
-                        pid,
-                        lost: false,
-                        ended: false,
-                    });
-                    continue;
-                }
-                // The actor was lost with its host: its name with it.
+                let end = TaskEnd::host_lost(attempt);
+                let entry = attempt_json(attempt, &end, now);
+                let ended =
+                    started && (on_host_loss == OnHostLoss::Fail || losses >= max_host_losses);
+                let batch = match (started, ended) {
+                    (false, _) => &mut waiting,
+                    (true, true) => &mut failed,
+                    (true, false) => &mut rerun,
+                };
+                batch.push(boot, seq, attempt as i32 + 1, entry, end);
+                reaped.push(Reaped {
+                    pid,
+                    lost: started,
+                    ended,
+                });
+            }
+            tx.execute(
+                "UPDATE runs SET owner = NULL
+                 WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",
+                &[&waiting.boots, &waiting.seqs],
+            )
+            .await
+            .map_err(unavailable)?;
+            // A task that had started lost its actor with its host: its name goes with it.
+            for lost in [&rerun, &failed] {
                 tx.execute(
-                    "DELETE FROM names WHERE boot = $1 AND seq = $2",
-                    &[&boot, &seq],
+                    "DELETE FROM names
+                     WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",
+                    &[&lost.boots, &lost.seqs],
                 )
                 .await
                 .map_err(unavailable)?;
-                let end = TaskEnd::host_lost(attempt);
-                let entry = attempt_json(attempt, &end, now);
-                if on_host_loss == OnHostLoss::Fail || losses >= max_host_losses {
-                    tx.execute(
-                        "WITH run AS (DELETE FROM runs WHERE boot = $1 AND seq = $2)
-                         UPDATE tasks SET status = 'failed', outcome = 'host_lost',
-                            exit_code = NULL, error = $3, ended_at = $4, ready_at = NULL,
-                            attempts = CASE WHEN jsonb_array_length(attempts) > 0
-                                THEN attempts || jsonb_build_array($5::text::jsonb)
-                                ELSE attempts END
-                         WHERE boot = $1 AND seq = $2 AND ended_at IS NULL",
-                        &[&boot, &seq, &end.error, &nanos(now), &entry],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                    reaped.push(Reaped {
-                        pid,
-                        lost: true,
-                        ended: true,
-                    });
-                } else {
-                    let next = attempt as i32 + 1;
-                    tx.execute(
-                        "WITH run AS (UPDATE runs SET owner = NULL, attempt = $3, ready_at = NULL
-                            WHERE boot = $1 AND seq = $2)
-                         UPDATE tasks SET status = 'spawned', step = 0, attempt = $3,
-                            attempts = attempts || jsonb_build_array($4::text::jsonb),
-                            ready_at = NULL
-                         WHERE boot = $1 AND seq = $2 AND ended_at IS NULL",
-                        &[&boot, &seq, &next, &entry],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                    reaped.push(Reaped {
-                        pid,
-                        lost: true,
-                        ended: false,
-                    });
-                }
             }
+            tx.execute(
+                "WITH run AS (
+                    UPDATE runs r SET owner = NULL, attempt = v.next, ready_at = NULL
+                    FROM unnest($1::integer[], $2::bigint[], $3::integer[]) AS v(boot, seq, next)
+                    WHERE r.boot = v.boot AND r.seq = v.seq)
+                 UPDATE tasks t SET status = 'spawned', step = 0, attempt = v.next,
+                    attempts = t.attempts || jsonb_build_array(v.entry::jsonb), ready_at = NULL
+                 FROM unnest($1::integer[], $2::bigint[], $3::integer[], $4::text[])
+                    AS v(boot, seq, next, entry)
+                 WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL",
+                &[&rerun.boots, &rerun.seqs, &rerun.nexts, &rerun.entries],
+            )
+            .await
+            .map_err(unavailable)?;
+            tx.execute(
+                "WITH run AS (
+                    DELETE FROM runs
+                    WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[])))
+                 UPDATE tasks t SET status = 'failed', outcome = 'host_lost', exit_code = NULL,
+                    error = v.error, ended_at = $5, ready_at = NULL,
+                    attempts = CASE WHEN jsonb_array_length(t.attempts) > 0
+                        THEN t.attempts || jsonb_build_array(v.entry::jsonb)
+                        ELSE t.attempts END
+                 FROM unnest($1::integer[], $2::bigint[], $3::text[], $4::text[])
+                    AS v(boot, seq, entry, error)
+                 WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL",
+                &[
+                    &failed.boots,
+                    &failed.seqs,
+                    &failed.entries,
+                    &failed.errors,
+                    &nanos(now),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)?;
             Ok(reaped)
         })
@@ -364,6 +399,8 @@ impl PgStore {
                            ORDER BY spawned_at, boot, seq
                            LIMIT $2 FOR UPDATE SKIP LOCKED) c
                      WHERE r.boot = c.boot AND r.seq = c.seq
+                        AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND state = 'up'
+                                    AND lease_until > now())
                      RETURNING r.boot, r.seq",
                     &[&node, &count, &nanos(SystemTime::now())],
                 )
@@ -391,8 +428,7 @@ impl PgStore {
             let sent = tx
                 .query(
                     "DELETE FROM commands
-                     WHERE node IS NULL
-                        AND (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))
+                     WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))
                      RETURNING id, boot, seq, kind, sender_boot, sender_seq, body",
                     &[&boots, &seqs],
                 )
@@ -428,8 +464,9 @@ impl PgStore {
         self.query(move |client| async move {
             let statement = client
                 .prepare_cached(
-                    "DELETE FROM commands WHERE node = $1
-                     RETURNING id, boot, seq, kind, sender_boot, sender_seq, body",
+                    "DELETE FROM commands c USING runs r
+                     WHERE r.owner = $1 AND r.boot = c.boot AND r.seq = c.seq
+                     RETURNING c.id, c.boot, c.seq, c.kind, c.sender_boot, c.sender_seq, c.body",
                 )
                 .await
                 .map_err(unavailable)?;

@@ -167,10 +167,15 @@ impl PgStore {
             url.parse().map_err(|error: tokio_postgres::Error| {
                 OpenError::Url(shown.clone(), error.to_string())
             })?;
+        // A database that stops answering (a network that drops packets rather than refusing
+        // them) is noticed within seconds, not when TCP gives up minutes later.
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10))
             .application_name("http-spawn");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -273,13 +278,23 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        self.query_within(QUERY_TIMEOUT, query)
+    }
+
+    /// [`PgStore::query`], at most `timeout`.
+    fn query_within<T, F, Fut>(&self, timeout: Duration, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let pool = self.pool.clone();
         run_on(&self.handle, async move {
             let work = async move {
                 let client = pool.get().await.map_err(unavailable)?;
                 query(client).await
             };
-            match tokio::time::timeout(QUERY_TIMEOUT, work).await {
+            match tokio::time::timeout(timeout, work).await {
                 Ok(result) => result,
                 Err(_) => Err(StoreError::Unavailable(
                     "the database did not answer in time".into(),

@@ -116,11 +116,11 @@ CREATE TABLE idempotency (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX idempotency_by_age ON idempotency (created_at);
--- What one host asks of a task another holds (a kill, a message): taken by the holder,
--- `node` NULL while the task waits in the shared queue (taken with it by its claimer).
+-- What one host asks of a task another may hold (a kill, a message, an exit signal), by
+-- task: taken by whichever host holds the task when it looks (or claims it), so that a host
+-- lost meanwhile strands nothing.
 CREATE TABLE commands (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    node INTEGER,
     boot INTEGER NOT NULL,
     seq BIGINT NOT NULL,
     kind TEXT NOT NULL,
@@ -129,8 +129,7 @@ CREATE TABLE commands (
     body BYTEA,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 ) WITH (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000);
-CREATE INDEX commands_by_node ON commands (node, id) WHERE node IS NOT NULL;
-CREATE INDEX commands_by_task ON commands (boot, seq) WHERE node IS NULL;
+CREATE INDEX commands_by_task ON commands (boot, seq, id);
 CREATE INDEX commands_by_age ON commands (created_at);
 -- Names registered by tasks, for the whole cluster. A name whose task has no row in `runs`
 -- (it ended) is free: taken over by the next task that registers it, pruned meanwhile.

@@ -44,6 +44,9 @@ const PRUNE_LOCK: i64 = 0x6874_7470_7072_756e; // "httpprun"
 struct Pending {
     batch: Vec<Change>,
     done: Option<Done>,
+    /// The host's id in the cluster when the batch was submitted: a batch of an earlier
+    /// incarnation (the host lost its lease since) writes nothing of its tasks.
+    node: i32,
 }
 
 #[derive(Default)]
@@ -56,6 +59,7 @@ struct Queue {
 pub(super) struct Writer {
     queue: Arc<Mutex<Queue>>,
     wake: Arc<Notify>,
+    shared: Arc<Shared>,
     /// Disconnected once the writer has stopped.
     stopped: Mutex<std::sync::mpsc::Receiver<()>>,
 }
@@ -76,7 +80,8 @@ impl Writer {
         let wake = Arc::new(Notify::new());
         let (stopped_sender, stopped) = std::sync::mpsc::channel();
         {
-            let (queue, wake) = (Arc::clone(&queue), Arc::clone(&wake));
+            let (queue, wake, shared) =
+                (Arc::clone(&queue), Arc::clone(&wake), Arc::clone(&shared));
             handle.spawn(async move {
                 write_loop(&queue, &wake, &config, &shared).await;
                 drop(stopped_sender);
@@ -85,6 +90,7 @@ impl Writer {
         Self {
             queue,
             wake,
+            shared,
             stopped: Mutex::new(stopped),
         }
     }
@@ -93,7 +99,10 @@ impl Writer {
         if batch.is_empty() && done.is_none() {
             return;
         }
-        lock(&self.queue).pending.push_back(Pending { batch, done });
+        let node = self.shared.node.load(Ordering::Acquire);
+        lock(&self.queue)
+            .pending
+            .push_back(Pending { batch, done, node });
         self.wake.notify_one();
     }
 
@@ -139,6 +148,78 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Connection, tokio_po
     Ok(Connection { client, statements })
 }
 
+/// How long a commit may take before its connection counts as lost: a database that stops
+/// answering (a network that drops packets rather than refusing them) must not hold the
+/// writer, and every acceptance waiting on it, until TCP gives up.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Times a commit that hit a deadlock or a serialisation failure is tried again at once,
+/// before it counts as a failure of the store.
+const CONFLICT_RETRIES: u32 = 3;
+
+/// Why a commit failed.
+#[derive(Debug)]
+enum Failed {
+    Database(tokio_postgres::Error),
+    /// It took longer than [`COMMIT_TIMEOUT`].
+    TimedOut,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Database(error) => error.fmt(f),
+            Self::TimedOut => write!(f, "the database did not answer a commit in time"),
+        }
+    }
+}
+
+impl Failed {
+    /// A change the database refuses for what it is, not for the connection or the moment.
+    fn refused(&self) -> bool {
+        matches!(self, Self::Database(error) if error.as_db_error().is_some() && !transient(error))
+    }
+
+    /// A deadlock or serialisation failure: the same commit may pass at once.
+    fn conflict(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        matches!(self, Self::Database(error) if error.code().is_some_and(|code| {
+            *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        }))
+    }
+}
+
+/// Writes `changes` with `node` as the writer's id, on `connection` (opened if need be).
+async fn try_commit(
+    connection: &mut Option<Connection>,
+    config: &tokio_postgres::Config,
+    node: i32,
+    changes: &[&Change],
+) -> Result<Outcome, Failed> {
+    if connection
+        .as_ref()
+        .is_none_or(|open| open.client.is_closed())
+    {
+        *connection = None;
+        let open = tokio::time::timeout(COMMIT_TIMEOUT, connect(config))
+            .await
+            .map_err(|_| Failed::TimedOut)?
+            .map_err(Failed::Database)?;
+        *connection = Some(open);
+    }
+    let Some(open) = connection.as_mut() else {
+        return Err(Failed::TimedOut);
+    };
+    match tokio::time::timeout(COMMIT_TIMEOUT, commit(open, node, changes)).await {
+        Ok(result) => result.map_err(Failed::Database),
+        Err(_) => {
+            // The connection may be mid-transaction: never reuse it.
+            *connection = None;
+            Err(Failed::TimedOut)
+        }
+    }
+}
+
 async fn write_loop(
     queue: &Mutex<Queue>,
     wake: &Notify,
@@ -147,6 +228,7 @@ async fn write_loop(
 ) {
     let mut retry: Vec<Pending> = Vec::new();
     let mut connection: Option<Connection> = None;
+    let mut conflicts = 0;
     loop {
         let mut taken = std::mem::take(&mut retry);
         let closed = loop {
@@ -162,82 +244,55 @@ async fn write_loop(
         if taken.is_empty() {
             return;
         }
-        if shared.node.load(Ordering::Acquire) == 0 {
-            // A host that lost its lease accepts nothing until it has joined again: a task
-            // accepted now would belong to no host. It checks its lease before accepting; this
-            // catches an acceptance that raced with the loss.
-            let (refused, kept): (Vec<Pending>, Vec<Pending>) =
-                taken.into_iter().partition(|pending| {
-                    pending
-                        .batch
-                        .iter()
-                        .any(|change| matches!(change, Change::Accepted { .. }))
-                });
-            for pending in refused {
-                finish(
-                    pending,
-                    Err(StoreError::Unavailable(
-                        "this host has lost its lease in the cluster; retry on another".into(),
-                    )),
-                );
-            }
-            taken = kept;
-            if taken.is_empty() {
+        let node = shared.node.load(Ordering::Acquire);
+        taken = fence(shared, taken, node);
+        if taken.is_empty() {
+            continue;
+        }
+        let changes: Vec<&Change> = taken.iter().flat_map(|pending| &pending.batch).collect();
+        let failed = match try_commit(&mut connection, config, node, &changes).await {
+            Ok(outcome) => {
+                drop(changes);
+                conflicts = 0;
+                committed(shared, taken, outcome, queue);
                 continue;
             }
-        }
-        let error = match &mut connection {
-            Some(open) if !open.client.is_closed() => {
-                let changes: Vec<&Change> =
-                    taken.iter().flat_map(|pending| &pending.batch).collect();
-                match commit(open, shared, &changes).await {
-                    Ok(outcome) => {
-                        committed(shared, taken, outcome, queue);
-                        continue;
-                    }
-                    Err(error) => error,
-                }
-            }
-            _ => match connect(config).await {
-                Ok(open) => {
-                    connection = Some(open);
-                    retry = taken;
-                    continue;
-                }
-                Err(error) => error,
-            },
+            Err(failed) => failed,
         };
-        if error.as_db_error().is_some() && !transient(&error) {
+        drop(changes);
+        if failed.conflict() && conflicts < CONFLICT_RETRIES {
+            // Another host's transaction crossed this one: try again at once, acceptances
+            // included, without counting the store as failing.
+            conflicts += 1;
+            tracing::debug!(error = %failed, "a commit met a conflict; trying it again");
+            retry = taken;
+            continue;
+        }
+        conflicts = 0;
+        if failed.refused() {
             // A change the database refuses for what it is, not for the connection: write each
             // batch alone, so that one bad change cannot hold up the others.
-            tracing::error!(%error, "a commit failed; writing its batches one at a time");
+            tracing::error!(error = %failed, "a commit failed; writing its batches one at a time");
             for pending in taken {
-                let Some(open) = &mut connection else {
-                    retry.push(pending);
-                    continue;
-                };
                 let changes: Vec<&Change> = pending.batch.iter().collect();
-                match commit(open, shared, &changes).await {
+                let result = try_commit(&mut connection, config, node, &changes).await;
+                drop(changes);
+                match result {
                     Ok(outcome) => committed(shared, vec![pending], outcome, queue),
-                    Err(error) => {
+                    Err(error) if error.refused() => {
                         tracing::error!(%error, changes = ?pending.batch, "changes refused");
                         finish(pending, Err(unavailable(error)));
                     }
+                    Err(_) => retry.push(pending),
                 }
             }
             continue;
         }
-        if connection
-            .as_ref()
-            .is_some_and(|open| open.client.is_closed())
-        {
-            connection = None;
-        }
         if shared.healthy.swap(false, Ordering::AcqRel) {
-            tracing::error!(%error, "the shared task store cannot write; new tasks are refused \
-                until it can, and the changes of running tasks are kept and tried again");
+            tracing::error!(error = %failed, "the shared task store cannot write; new tasks are \
+                refused until it can, and the changes of running tasks are kept and tried again");
         }
-        let error = unavailable(error);
+        let error = unavailable(failed);
         for pending in taken {
             if keeps(&pending) {
                 retry.push(pending);
@@ -254,6 +309,42 @@ async fn write_loop(
         }
         tokio::time::sleep(RETRY_WAIT).await;
     }
+}
+
+/// What of `taken` may be written with `node` as the writer's id. A host that lost its lease
+/// (`node` 0) accepts nothing until it has joined again: a task accepted then would belong to
+/// no host. A batch submitted by an earlier incarnation keeps only what is no task's life (a
+/// forward, a module, a worker's versions, a prune): its tasks' events are another host's to
+/// write now, and its acceptances are refused.
+fn fence(shared: &Shared, taken: Vec<Pending>, node: i32) -> Vec<Pending> {
+    let mut kept = Vec::with_capacity(taken.len());
+    for mut pending in taken {
+        let accepts = pending
+            .batch
+            .iter()
+            .any(|change| matches!(change, Change::Accepted { .. }));
+        if accepts && (node == 0 || pending.node != node) {
+            finish(
+                pending,
+                Err(StoreError::Unavailable(
+                    "this host has lost its lease in the cluster; retry on another".into(),
+                )),
+            );
+            continue;
+        }
+        if pending.node != node {
+            let before = pending.batch.len();
+            pending
+                .batch
+                .retain(|change| !matches!(change, Change::Event(..)));
+            shared
+                .fenced
+                .fetch_add((before - pending.batch.len()) as u64, Ordering::Relaxed);
+            pending.node = node;
+        }
+        kept.push(pending);
+    }
+    kept
 }
 
 /// Whether a database error may pass if the same commit is tried again.
@@ -276,10 +367,12 @@ fn transient(error: &tokio_postgres::Error) -> bool {
 /// Whether a batch that could not be written is kept to try again: the changes of a running
 /// task's life, and forwards. Anything a submitter waits for fails at once.
 fn keeps(pending: &Pending) -> bool {
-    pending
-        .batch
-        .iter()
-        .all(|change| matches!(change, Change::Event(..) | Change::Forward { .. }))
+    // An empty batch is a barrier someone waits for (a shutdown): it fails, never waits on.
+    !pending.batch.is_empty()
+        && pending
+            .batch
+            .iter()
+            .all(|change| matches!(change, Change::Event(..) | Change::Forward { .. }))
 }
 
 /// What a commit found beside writing.
@@ -306,6 +399,7 @@ fn committed(shared: &Shared, taken: Vec<Pending>, outcome: Outcome, queue: &Mut
         lock(queue).pending.push_back(Pending {
             batch: vec![prune],
             done: None,
+            node: shared.node.load(Ordering::Acquire),
         });
     }
     for pending in taken {
@@ -604,7 +698,7 @@ impl<'a> Plan<'a> {
                 );
                 self.push(
                     &s.prune_keys,
-                    vec![Box::new(nanos(*keys_before))],
+                    vec![Box::new(nanos(*keys_before)), Box::new(PRUNE_LOCK)],
                     Check::Nothing,
                 );
             }
@@ -726,10 +820,9 @@ impl<'a> Plan<'a> {
 /// Writes `taken` in one transaction, its statements pipelined.
 async fn commit(
     connection: &mut Connection,
-    shared: &Shared,
+    node: i32,
     changes: &[&Change],
 ) -> Result<Outcome, tokio_postgres::Error> {
-    let node = shared.node.load(Ordering::Acquire);
     let mut plan = Plan::new(&connection.statements, node);
     for change in changes {
         plan.add(change);
@@ -884,12 +977,12 @@ impl Statements {
                     AND EXISTS (SELECT 1 FROM run)",
             )
             .await?;
-        // A task waiting in the shared queue ends here and now; one a host holds is told.
+        // A task waiting in the shared queue ends here and now (a claim that holds its row is
+        // waited for, and wins); any other unfinished one gets a kill, taken by whichever host
+        // holds it when it looks, or claims it.
         let forward_kill = client
             .prepare(
-                "WITH run AS (
-                    SELECT boot, seq, owner FROM runs WHERE boot = $1 AND seq = $2 FOR UPDATE),
-                 waiting AS (
+                "WITH waiting AS (
                     DELETE FROM runs WHERE boot = $1 AND seq = $2 AND owner IS NULL
                     RETURNING boot, seq),
                  ended AS (
@@ -897,22 +990,25 @@ impl Statements {
                         ready_at = NULL
                     WHERE (boot, seq) IN (SELECT boot, seq FROM waiting) AND ended_at IS NULL
                     RETURNING 1)
-                 INSERT INTO commands (node, boot, seq, kind)
-                 SELECT owner, boot, seq, 'kill' FROM run WHERE owner IS NOT NULL",
+                 INSERT INTO commands (boot, seq, kind)
+                 SELECT $1, $2, 'kill'
+                 WHERE NOT EXISTS (SELECT 1 FROM waiting)
+                    AND EXISTS (SELECT 1 FROM runs WHERE boot = $1 AND seq = $2)",
             )
             .await?;
-        // To whichever host holds the task, or with the task while it waits.
+        // For whichever host holds the task when it looks, or claims it; nothing for an
+        // ended one.
         let forward_message = client
             .prepare(
-                "INSERT INTO commands (node, boot, seq, kind, sender_boot, sender_seq, body)
-                 SELECT owner, boot, seq, 'message', $3, $4, $5 FROM runs
+                "INSERT INTO commands (boot, seq, kind, sender_boot, sender_seq, body)
+                 SELECT boot, seq, 'message', $3, $4, $5 FROM runs
                  WHERE boot = $1 AND seq = $2",
             )
             .await?;
         let forward_exit = client
             .prepare(
-                "INSERT INTO commands (node, boot, seq, kind, sender_boot, sender_seq, body)
-                 SELECT owner, boot, seq, 'exit', $3, $4, $5 FROM runs
+                "INSERT INTO commands (boot, seq, kind, sender_boot, sender_seq, body)
+                 SELECT boot, seq, 'exit', $3, $4, $5 FROM runs
                  WHERE boot = $1 AND seq = $2",
             )
             .await?;
@@ -933,13 +1029,18 @@ impl Statements {
             .await?;
         let prune_keys = client
             .prepare(
-                "WITH keys AS (DELETE FROM idempotency WHERE created_at < $1),
+                "WITH turn AS (SELECT pg_try_advisory_xact_lock($2) AS mine),
+                 keys AS (DELETE FROM idempotency WHERE created_at < $1
+                    AND (SELECT mine FROM turn)),
                  names AS (DELETE FROM names n WHERE NOT EXISTS
-                    (SELECT 1 FROM runs r WHERE r.boot = n.boot AND r.seq = n.seq)),
+                    (SELECT 1 FROM runs r WHERE r.boot = n.boot AND r.seq = n.seq)
+                    AND (SELECT mine FROM turn)),
                  nodes AS (DELETE FROM nodes n WHERE state <> 'up'
                     AND heartbeat_at < now() - interval '1 day'
-                    AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.owner = n.id))
-                 DELETE FROM commands WHERE created_at < now() - interval '1 hour'",
+                    AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.owner = n.id)
+                    AND (SELECT mine FROM turn))
+                 DELETE FROM commands WHERE created_at < now() - interval '1 hour'
+                    AND (SELECT mine FROM turn)",
             )
             .await?;
         let module = client
