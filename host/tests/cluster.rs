@@ -966,3 +966,34 @@ async fn a_host_cut_off_from_the_database_still_shuts_down() {
     .expect("waited");
     assert!(exited.is_some(), "the host hung in its shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_sent_to_two_hosts_at_once_makes_one_task() {
+    let url = postgres::fresh_database("idempotency");
+    let a = Node::start(&url, "a", &[]).await;
+    let b = Node::start(&url, "b", &[]).await;
+    let submit = |node: &Node, key: String| {
+        let request = node
+            .client
+            .post(node.url("/api/tasks"))
+            .header("idempotency-key", key)
+            .json(&json!({"name": "once", "duration": 0}));
+        async move {
+            let answer = request.send().await.expect("sent");
+            let status = answer.status().as_u16();
+            let body: Value = answer.json().await.expect("JSON");
+            (status, body["pid"].as_str().map(str::to_owned))
+        }
+    };
+    for round in 0..20 {
+        let key = format!("same-key-{round}");
+        let ((status_a, pid_a), (status_b, pid_b)) =
+            tokio::join!(submit(&a, key.clone()), submit(&b, key.clone()));
+        // Both are answered as the first and its repeat: one pid. (A repeat that finds the
+        // first still being answered on the same host would get 409; not so across hosts.)
+        assert_eq!((status_a, status_b), (202, 202), "round {round}");
+        assert_eq!(pid_a, pid_b, "round {round}: one task");
+    }
+    let (_, page) = a.get("/api/tasks?name=once&limit=100").await;
+    assert_eq!(page["tasks"].as_array().expect("tasks").len(), 20, "{page}");
+}

@@ -138,6 +138,9 @@ impl IntoResponse for ApiError {
 /// A store that cannot answer now: the client may retry.
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        if matches!(error, StoreError::KeyTaken) {
+            return Self::Conflict(error.to_string());
+        }
         tracing::warn!(%error, "the task store refused a request");
         Self::Unavailable {
             message: error.to_string(),

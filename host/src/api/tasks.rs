@@ -18,7 +18,7 @@ use crate::config::is_worker_name;
 use crate::host::{KillError, SpawnError};
 use crate::model::{LogLine, NewTask, OnHostLoss, Pid, RestartPolicy, Status, TaskRecord};
 use crate::runtime::Digest;
-use crate::store::{Cursor, IdempotencyKey, ListQuery, Page};
+use crate::store::{Cursor, IdempotencyKey, ListQuery, Page, StoreError};
 
 /// The seed's duration when a request names none.
 const DEFAULT_DURATION_SECS: u32 = 3;
@@ -111,8 +111,16 @@ pub(super) async fn spawn_task(
     let key = idempotency_key(&headers, &body)?;
     let task = parse_submission(&body, &state.limits)?;
     let (name, duration) = (task.name.clone(), task.duration);
-    let spawned = match state.host.spawn(task, key) {
-        Ok(accepting) => accepting.recorded().await,
+    let spawned = match state.host.spawn(task.clone(), key.clone()) {
+        Ok(accepting) => match accepting.recorded().await {
+            // Another host of the cluster accepted a request with this key at the same moment:
+            // this one is its repeat, answered as any repeat is (its pid, or 422).
+            Err(SpawnError::Store(StoreError::KeyTaken)) => match state.host.spawn(task, key) {
+                Ok(accepting) => accepting.recorded().await,
+                Err(error) => Err(error),
+            },
+            answer => answer,
+        },
         Err(error) => Err(error),
     };
     let pid = spawned.map_err(|error| match error {

@@ -131,6 +131,10 @@ pub enum StoreError {
     /// The store cannot be reached or written now; the write or read may succeed later.
     #[error("the task store is unavailable: {0}")]
     Unavailable(String),
+    /// An acceptance's idempotency key was taken, at the same moment, by another request (on
+    /// another host of a cluster): the acceptance was not written.
+    #[error("a request with this Idempotency-Key was accepted at the same moment; retry")]
+    KeyTaken,
 }
 
 /// Where a task stands in a listing: when it was accepted, then its pid, so that tasks accepted

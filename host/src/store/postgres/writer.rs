@@ -194,7 +194,7 @@ async fn try_commit(
     connection: &mut Option<Connection>,
     config: &tokio_postgres::Config,
     node: i32,
-    changes: &[&Change],
+    changes: &[(usize, &Change)],
 ) -> Result<Outcome, Failed> {
     if connection
         .as_ref()
@@ -249,7 +249,11 @@ async fn write_loop(
         if taken.is_empty() {
             continue;
         }
-        let changes: Vec<&Change> = taken.iter().flat_map(|pending| &pending.batch).collect();
+        let changes: Vec<(usize, &Change)> = taken
+            .iter()
+            .enumerate()
+            .flat_map(|(index, pending)| pending.batch.iter().map(move |change| (index, change)))
+            .collect();
         let failed = match try_commit(&mut connection, config, node, &changes).await {
             Ok(outcome) => {
                 drop(changes);
@@ -274,7 +278,8 @@ async fn write_loop(
             // batch alone, so that one bad change cannot hold up the others.
             tracing::error!(error = %failed, "a commit failed; writing its batches one at a time");
             for pending in taken {
-                let changes: Vec<&Change> = pending.batch.iter().collect();
+                let changes: Vec<(usize, &Change)> =
+                    pending.batch.iter().map(|change| (0, change)).collect();
                 let result = try_commit(&mut connection, config, node, &changes).await;
                 drop(changes);
                 match result {
@@ -384,6 +389,8 @@ struct Outcome {
     fenced: u64,
     /// A prune deleted a full batch: more may be due.
     prune_more: Option<Change>,
+    /// Batches (by index) whose acceptance found its idempotency key taken.
+    key_taken: Vec<usize>,
 }
 
 fn committed(shared: &Shared, taken: Vec<Pending>, outcome: Outcome, queue: &Mutex<Queue>) {
@@ -402,8 +409,13 @@ fn committed(shared: &Shared, taken: Vec<Pending>, outcome: Outcome, queue: &Mut
             node: shared.node.load(Ordering::Acquire),
         });
     }
-    for pending in taken {
-        finish(pending, Ok(()));
+    for (index, pending) in taken.into_iter().enumerate() {
+        let result = if outcome.key_taken.contains(&index) {
+            Err(StoreError::KeyTaken)
+        } else {
+            Ok(())
+        };
+        finish(pending, result);
     }
     if !outcome.fenced_starts.is_empty() {
         tracing::warn!(
@@ -441,6 +453,9 @@ enum Check {
     Fenced,
     /// A prune: a full batch means more is due.
     Prune,
+    /// An acceptance with an idempotency key, of the batch at this index: no row means the
+    /// key was taken by another request, and the task was not written.
+    Keyed(usize),
 }
 
 struct Op {
@@ -577,7 +592,7 @@ impl<'a> Plan<'a> {
         }
     }
 
-    fn add(&mut self, change: &Change) {
+    fn add(&mut self, pending: usize, change: &Change) {
         let node = self.node;
         let s = self.statements;
         match change {
@@ -590,42 +605,37 @@ impl<'a> Plan<'a> {
                 let (boot, seq) = key(record.pid);
                 let parent = record.parent.map(key);
                 let owner: Option<i32> = (!shared).then_some(node);
-                self.push_head(
-                    &s.accept,
-                    vec![
-                        Box::new(boot),
-                        Box::new(seq),
-                        Box::new(nanos(record.spawned_at)),
-                        Box::new(record.name.clone()),
-                        Box::new(record.worker.to_string()),
-                        Box::new(record.version.to_string()),
-                        Box::new(spec.module_sha256.clone()),
-                        Box::new(record.duration as i32),
-                        Box::new(spec.payload.clone()),
-                        Box::new(spec.deadline_secs as i32),
-                        Box::new(spec.max_attempts as i32),
-                        Box::new(spec.on_host_loss.as_str()),
-                        Box::new(record.status.as_str()),
-                        Box::new(record.attempt as i32),
-                        Box::new(parent.map(|(boot, _)| boot)),
-                        Box::new(parent.map(|(_, seq)| seq)),
-                        Box::new(owner),
-                    ],
-                    Check::Nothing,
-                );
+                let (statement, check) = match idempotency {
+                    Some(_) => (&s.accept_keyed, Check::Keyed(pending)),
+                    None => (&s.accept, Check::Nothing),
+                };
+                let mut params: Vec<Param> = vec![
+                    Box::new(boot),
+                    Box::new(seq),
+                    Box::new(nanos(record.spawned_at)),
+                    Box::new(record.name.clone()),
+                    Box::new(record.worker.to_string()),
+                    Box::new(record.version.to_string()),
+                    Box::new(spec.module_sha256.clone()),
+                    Box::new(record.duration as i32),
+                    Box::new(spec.payload.clone()),
+                    Box::new(spec.deadline_secs as i32),
+                    Box::new(spec.max_attempts as i32),
+                    Box::new(spec.on_host_loss.as_str()),
+                    Box::new(record.status.as_str()),
+                    Box::new(record.attempt as i32),
+                    Box::new(parent.map(|(boot, _)| boot)),
+                    Box::new(parent.map(|(_, seq)| seq)),
+                    Box::new(owner),
+                ];
                 if let Some(idempotency) = idempotency {
-                    self.push_head(
-                        &s.idempotency,
-                        vec![
-                            Box::new(idempotency.key.clone()),
-                            Box::new(idempotency.body_sha256.clone()),
-                            Box::new(boot),
-                            Box::new(seq),
-                            Box::new(nanos(record.spawned_at)),
-                        ],
-                        Check::Nothing,
-                    );
+                    // Claimed in the acceptance's own statement: of two requests with one key
+                    // on two hosts, one writes its task, the other is told.
+                    params.push(Box::new(idempotency.key.clone()));
+                    params.push(Box::new(idempotency.body_sha256.clone()));
                 }
+                let statement = statement.clone();
+                self.push_head(&statement, params, check);
             }
             Change::Event(pid, event) => self.add_event(*pid, event),
             Change::Forward { to, what } => {
@@ -821,11 +831,11 @@ impl<'a> Plan<'a> {
 async fn commit(
     connection: &mut Connection,
     node: i32,
-    changes: &[&Change],
+    changes: &[(usize, &Change)],
 ) -> Result<Outcome, tokio_postgres::Error> {
     let mut plan = Plan::new(&connection.statements, node);
-    for change in changes {
-        plan.add(change);
+    for &(pending, change) in changes {
+        plan.add(pending, change);
     }
     let ops = plan.finish();
     let tx = connection.client.transaction().await?;
@@ -852,7 +862,7 @@ async fn commit(
             Check::Fenced if count == 0 => outcome.fenced += 1,
             Check::Started(_) | Check::Fenced => {}
             Check::Prune if count >= PRUNE_BATCH as u64 => {
-                outcome.prune_more = changes.iter().find_map(|change| match *change {
+                outcome.prune_more = changes.iter().find_map(|(_, change)| match *change {
                     &Change::Prune {
                         max_history,
                         ended_before,
@@ -866,6 +876,8 @@ async fn commit(
                 });
             }
             Check::Prune => {}
+            Check::Keyed(pending) if count == 0 => outcome.key_taken.push(pending),
+            Check::Keyed(_) => {}
         }
     }
     Ok(outcome)
@@ -874,7 +886,7 @@ async fn commit(
 /// The writer's statements, prepared once per connection.
 struct Statements {
     accept: Statement,
-    idempotency: Statement,
+    accept_keyed: Statement,
     started: Statement,
     progress: Statement,
     lines: Statement,
@@ -907,12 +919,24 @@ impl Statements {
                  SELECT boot, seq, $17::integer, attempt, spawned_at FROM task",
             )
             .await?;
-        let idempotency = client
+        let accept_keyed = client
             .prepare(
-                "INSERT INTO idempotency (key, body_sha256, boot, seq, created_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (key) DO UPDATE SET body_sha256 = EXCLUDED.body_sha256,
-                    boot = EXCLUDED.boot, seq = EXCLUDED.seq, created_at = EXCLUDED.created_at",
+                "WITH key AS (
+                    INSERT INTO idempotency (key, body_sha256, boot, seq, created_at)
+                    VALUES ($18, $19, $1, $2, $3)
+                    ON CONFLICT (key) DO NOTHING
+                    RETURNING 1),
+                 task AS (
+                    INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
+                        module_sha256, duration, payload, deadline_secs, max_attempts,
+                        on_host_loss, status, attempt, parent_boot, parent_seq)
+                    SELECT $1::integer, $2::bigint, $3::bigint, $4::text, $5::text, $6::text,
+                        $7::text, $8::integer, $9::text, $10::integer, $11::integer, $12::text,
+                        $13::text, $14::integer, $15::integer, $16::bigint
+                    WHERE EXISTS (SELECT 1 FROM key)
+                    RETURNING boot, seq, spawned_at, attempt)
+                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at)
+                 SELECT boot, seq, $17::integer, attempt, spawned_at FROM task",
             )
             .await?;
         let started = client
@@ -1061,7 +1085,7 @@ impl Statements {
             .await?;
         Ok(Self {
             accept,
-            idempotency,
+            accept_keyed,
             started,
             progress,
             lines,
