@@ -314,9 +314,20 @@ fn run_on<T: Send + 'static>(
     handle.spawn(async move {
         let _ = sender.send(work.await);
     });
-    receiver
-        .recv()
-        .map_err(|_| StoreError::Unavailable("the store has stopped".into()))
+    let wait = || {
+        receiver
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the store has stopped".into()))
+    };
+    // On a worker of a multi-threaded runtime (an HTTP handler, or a callback of the store's
+    // own writer), its other tasks move to other workers while this one waits: a slow
+    // database then holds this request, not every request queued behind it on this thread.
+    match tokio::runtime::Handle::try_current() {
+        Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
 }
 
 impl Drop for PgStore {
