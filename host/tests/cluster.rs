@@ -997,3 +997,38 @@ async fn one_idempotency_key_sent_to_two_hosts_at_once_makes_one_task() {
     let (_, page) = a.get("/api/tasks?name=once&limit=100").await;
     assert_eq!(page["tasks"].as_array().expect("tasks").len(), 20, "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_held_in_the_store_by_a_host_that_does_not_run_it_is_given_back() {
+    let url = postgres::fresh_database("strays");
+    // One place: a long task takes it, so the next waits in the shared queue.
+    let a = Node::start(&url, "a", &["--capacity", "1"]).await;
+    let a_id = a.id().await;
+    let long = a.spawn(json!({"name": "long", "duration": 60})).await;
+    a.wait_running(&long).await;
+    let stray = a.spawn(json!({"name": "stray", "duration": 0})).await;
+    // As if a's claim of it had been committed and its answer lost: the store says a holds
+    // it, and a does not run it.
+    postgres::block_on({
+        let (url, stray) = (url.clone(), stray.clone());
+        async move {
+            let (boot, seq) = stray.split_once('-').expect("a pid");
+            let boot = i32::from_str_radix(boot, 16).expect("hex");
+            let seq = i64::from_str_radix(seq, 16).expect("hex");
+            let client = postgres::connect(&url).await;
+            let moved = client
+                .execute(
+                    "UPDATE runs SET owner = $1 WHERE boot = $2 AND seq = $3",
+                    &[&(a_id as i32), &boot, &seq],
+                )
+                .await
+                .expect("moved");
+            assert_eq!(moved, 1);
+        }
+    });
+    let (status, _) = a.kill(&long).await;
+    assert_eq!(status, 200);
+    // Two looks for strays later (30 heartbeats of 200 ms each), it is back in the queue, and
+    // a, which has a free place now, runs it.
+    assert_exited_0(&a.wait_end(&stray).await);
+}

@@ -12,7 +12,7 @@
 //! Both only poll: no `NOTIFY` on any write (it would serialise every commit). A kill or a
 //! message for a task on another host therefore waits up to one `--cluster-poll` there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -51,7 +51,12 @@ pub(crate) struct Cluster {
     /// Monitors this host's tasks hold on tasks other hosts hold (or that wait in the shared
     /// queue), by target.
     remote: Mutex<HashMap<Pid, Remote>>,
+    /// Heartbeats since the last look for strays, and the strays it found.
+    strays: Mutex<(u32, HashSet<Pid>)>,
 }
+
+/// Heartbeats between two looks for tasks `runs` says this host holds and it does not run.
+const STRAY_CHECK_BEATS: u32 = 30;
 
 /// Whether `host` has begun to shut down.
 fn cluster_leaving(host: &Host) -> bool {
@@ -98,6 +103,7 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             left: AtomicBool::new(false),
             remote: Mutex::new(HashMap::new()),
+            strays: Mutex::new((0, HashSet::new())),
         }
     }
 
@@ -264,6 +270,7 @@ impl Host {
         }
         self.workers.follow_store();
         self.check_remote_monitors(cluster);
+        self.check_strays(cluster);
     }
 
     /// One poll: what other hosts asked of this host's tasks, then claims from the shared
@@ -405,6 +412,48 @@ impl Host {
         // What was sent to it while it waited: in its mailbox before its first receive.
         for command in commands {
             self.carry_out(command);
+        }
+    }
+
+    /// Gives back the tasks `runs` says this host holds and it does not run: a claim or an
+    /// acceptance the database committed though its answer was lost. A task is given back only
+    /// when two looks [`STRAY_CHECK_BEATS`] apart both find it, the second after everything
+    /// this host submitted before it is written (an end still on its way is no stray).
+    fn check_strays(&self, cluster: &Cluster) {
+        let mut strays = cluster
+            .strays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        strays.0 += 1;
+        if strays.0 < STRAY_CHECK_BEATS {
+            return;
+        }
+        strays.0 = 0;
+        if !strays.1.is_empty() && self.store.wait(Vec::new()).is_err() {
+            return;
+        }
+        let Ok(held) = cluster.store.held_here() else {
+            return;
+        };
+        let found: HashSet<Pid> = held
+            .into_iter()
+            .filter(|pid| !self.actors.holds(*pid))
+            .collect();
+        let again: Vec<Pid> = found.intersection(&strays.1).copied().collect();
+        strays.1 = found;
+        if again.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            tasks = again.len(),
+            "tasks the store says this host holds, which it \
+            does not run (a claim or an acceptance whose answer was lost): back to the queue"
+        );
+        if let Ok(count) = cluster.store.hand_back(&again) {
+            cluster.waiting.fetch_add(count, Ordering::AcqRel);
+        }
+        for pid in &again {
+            strays.1.remove(pid);
         }
     }
 

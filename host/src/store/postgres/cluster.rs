@@ -597,6 +597,20 @@ impl PgStore {
         })
     }
 
+    /// The unfinished tasks `runs` says this host holds.
+    pub fn held_here(&self) -> Result<Vec<Pid>, StoreError> {
+        let node = self.shared.node.load(std::sync::atomic::Ordering::Acquire);
+        self.query(move |client| async move {
+            let rows = client
+                .query("SELECT boot, seq FROM runs WHERE owner = $1", &[&node])
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|row| Ok(pid_of(column(row, 0)?, column(row, 1)?)))
+                .collect()
+        })
+    }
+
     /// Whether any task waits in the shared queue, ready to run.
     pub fn queue_waiting(&self) -> Result<bool, StoreError> {
         self.query(move |client| async move {
