@@ -174,6 +174,30 @@ async fn logged(node: &Remote, pid: &str) -> Vec<Value> {
         .collect()
 }
 
+/// What a task of the actor worker logged of its `receive`.
+async fn received(node: &Remote, pid: &str) -> Value {
+    logged(node, pid)
+        .await
+        .into_iter()
+        .find(|line| line["op"] == "receive")
+        .expect("the task logged its receive")
+}
+
+/// Uploads `bytes` as worker `default` on `node`, with the admin token: the answer's body.
+async fn upload(node: &Node, bytes: Vec<u8>) -> Value {
+    let answer = node
+        .client
+        .put(node.url("/api/workers/default"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .expect("uploaded");
+    assert_eq!(answer.status(), 200);
+    answer.json().await.expect("JSON")
+}
+
 /// The messages of a task's log lines.
 async fn messages(node: &Remote, pid: &str) -> Vec<String> {
     let (status, logs) = node.get(&format!("/api/tasks/{pid}/logs")).await;
@@ -302,11 +326,7 @@ async fn any_host_answers_for_any_task() {
         .expect("posted");
     assert_eq!(answer.status(), 202);
     assert_exited_0(&c.wait_end(&receiver).await);
-    let lines = logged(&a, &receiver).await;
-    let got = lines
-        .iter()
-        .find(|line| line["op"] == "receive")
-        .expect("received");
+    let got = received(&a, &receiver).await;
     assert_eq!(got["got"], "message", "{got}");
     assert_eq!(got["body"], json!({"hello": "from c"}), "{got}");
     let _ = c_id;
@@ -637,17 +657,7 @@ async fn an_upload_and_a_rollback_on_one_host_reach_the_others() {
     };
     let (_, before) = b.get("/api/workers/default").await;
     let bytes = std::fs::read(module("report")).expect("the report worker");
-    let answer = a
-        .client
-        .put(a.url("/api/workers/default"))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/wasm")
-        .body(bytes)
-        .send()
-        .await
-        .expect("uploaded");
-    assert_eq!(answer.status(), 200);
-    let installed: Value = answer.json().await.expect("JSON");
+    let installed = upload(&a, bytes).await;
     let new = version(&installed["worker"]);
     assert_ne!(new, version(&before));
     for node in [&b, &c] {
@@ -703,11 +713,7 @@ async fn a_monitor_across_hosts_gets_its_down_and_host_lost_when_the_host_dies()
         ))
         .await;
     assert_exited_0(&b.wait_end(&watcher).await);
-    let lines = logged(&a, &watcher).await;
-    let down = lines
-        .iter()
-        .find(|line| line["op"] == "receive")
-        .expect("received");
+    let down = received(&a, &watcher).await;
     assert_eq!(down["got"], "down", "{down}");
     assert_eq!(down["end"]["pid"], target.as_str(), "{down}");
     assert_eq!(down["end"]["status"], "exited", "{down}");
@@ -725,11 +731,7 @@ async fn a_monitor_across_hosts_gets_its_down_and_host_lost_when_the_host_dies()
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.crash();
     assert_exited_0(&a.wait_end(&watcher).await);
-    let lines = logged(&a, &watcher).await;
-    let down = lines
-        .iter()
-        .find(|line| line["op"] == "receive")
-        .expect("received");
+    let down = received(&a, &watcher).await;
     assert_eq!(down["got"], "down", "{down}");
     assert_eq!(down["end"]["outcome"], "host_lost", "{down}");
     // The task itself carries on, on a, as a new attempt.
@@ -818,11 +820,7 @@ async fn names_and_links_reach_across_hosts() {
         ))
         .await;
     assert_exited_0(&b.wait_end(&trapper).await);
-    let lines = logged(&b, &trapper).await;
-    let got = lines
-        .iter()
-        .find(|line| line["op"] == "receive")
-        .expect("received");
+    let got = received(&b, &trapper).await;
     assert_eq!(got["got"], "linked_exit", "{got}");
     assert_eq!(got["end"]["pid"], doomed.as_str(), "{got}");
     assert_eq!(got["end"]["status"], "failed", "{got}");
@@ -833,17 +831,11 @@ async fn module_bytes_that_do_not_match_their_sha256_are_never_run() {
     let url = postgres::fresh_database("damaged");
     let a = Node::start(&url, "a", &[]).await;
     let (_, before) = a.get("/api/workers/default").await;
-    let answer = a
-        .client
-        .put(a.url("/api/workers/default"))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/wasm")
-        .body(std::fs::read(module("report")).expect("the report worker"))
-        .send()
-        .await
-        .expect("uploaded");
-    assert_eq!(answer.status(), 200);
-    let installed: Value = answer.json().await.expect("JSON");
+    let installed = upload(
+        &a,
+        std::fs::read(module("report")).expect("the report worker"),
+    )
+    .await;
     let sha256 = installed["worker"]["current"]["sha256"]
         .as_str()
         .expect("sha256")

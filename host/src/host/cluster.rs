@@ -172,12 +172,12 @@ impl Host {
             let interval = cluster.heartbeat;
             std::thread::Builder::new()
                 .name("cluster-chores".into())
-                .spawn(move || chores_loop(&weak, interval))?;
+                .spawn(move || every(&weak, interval, |host, cluster| host.chores(cluster)))?;
         }
         let interval = cluster.poll;
         std::thread::Builder::new()
             .name("cluster-poll".into())
-            .spawn(move || poll_loop(&weak, interval))?;
+            .spawn(move || every(&weak, interval, |host, cluster| host.poll(cluster)))?;
         Ok(())
     }
 
@@ -389,18 +389,8 @@ impl Host {
                 return;
             }
         };
-        let job = Job {
-            pid,
-            name: record.name,
-            version,
-            duration: record.duration,
-            payload: spec.payload,
-            deadline: Duration::from_secs(u64::from(spec.deadline_secs)),
-            max_attempts: spec.max_attempts + host_losses,
-            attempt: record.attempt,
-            ready_at: Instant::now(),
-            parent: record.parent,
-        };
+        let attempt = record.attempt;
+        let job = Job::again(record, spec, version, attempt, host_losses, Instant::now());
         if cluster_leaving(self) {
             // Claimed as the host began to shut down: another host runs it.
             self.give_back(pid);
@@ -627,56 +617,31 @@ impl Host {
     }
 }
 
+/// Calls `work` every `interval` while the host lives in the cluster.
+fn every(host: &Weak<Host>, interval: Duration, mut work: impl FnMut(&Host, &Cluster)) {
+    loop {
+        std::thread::sleep(interval);
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let Some(cluster) = host.cluster.clone() else {
+            return;
+        };
+        if cluster.left.load(Ordering::Acquire) {
+            return;
+        }
+        work(&host, &cluster);
+    }
+}
+
+/// The heartbeat: woken early enough to stop the tasks before the lease runs out, even while a
+/// renewal hangs (a renewal waits at most a quarter of the lease).
 fn heartbeat_loop(host: &Weak<Host>, interval: Duration) {
     let mut last_held = Instant::now();
-    loop {
-        // Woken early enough to stop the tasks before the lease runs out, even while a
-        // renewal hangs: a renewal waits at most a quarter of the lease.
-        std::thread::sleep(interval);
-        let Some(host) = host.upgrade() else {
-            return;
-        };
-        let Some(cluster) = host.cluster.clone() else {
-            return;
-        };
-        if cluster.left.load(Ordering::Acquire) {
-            return;
-        }
-        host.check_lease(&cluster, last_held);
-        host.beat(&cluster, &mut last_held);
-    }
-}
-
-fn chores_loop(host: &Weak<Host>, interval: Duration) {
-    loop {
-        std::thread::sleep(interval);
-        let Some(host) = host.upgrade() else {
-            return;
-        };
-        let Some(cluster) = host.cluster.clone() else {
-            return;
-        };
-        if cluster.left.load(Ordering::Acquire) {
-            return;
-        }
-        host.chores(&cluster);
-    }
-}
-
-fn poll_loop(host: &Weak<Host>, interval: Duration) {
-    loop {
-        std::thread::sleep(interval);
-        let Some(host) = host.upgrade() else {
-            return;
-        };
-        let Some(cluster) = host.cluster.clone() else {
-            return;
-        };
-        if cluster.left.load(Ordering::Acquire) {
-            return;
-        }
-        host.poll(&cluster);
-    }
+    every(host, interval, |host, cluster| {
+        host.check_lease(cluster, last_held);
+        host.beat(cluster, &mut last_held);
+    });
 }
 
 impl Host {

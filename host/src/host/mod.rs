@@ -315,19 +315,7 @@ impl Host {
             // A restart waiting out its backoff waits out what is left of it.
             ready_at += due.duration_since(SystemTime::now()).unwrap_or_default();
         }
-        let job = Job {
-            pid,
-            name: record.name,
-            version,
-            duration: record.duration,
-            payload: spec.payload,
-            deadline: Duration::from_secs(u64::from(spec.deadline_secs)),
-            // A host loss never costs a task one of its restarts after failures.
-            max_attempts: spec.max_attempts + host_losses,
-            attempt,
-            ready_at,
-            parent: record.parent,
-        };
+        let job = Job::again(record, spec, version, attempt, host_losses, ready_at);
         // A mailbox, empty: messages are not kept across a crash, as in Erlang.
         self.actors.enter(pid);
         self.scheduler.readmit(job);

@@ -29,7 +29,7 @@ use thread::SchedulerThread;
 
 use crate::actor::{Actors, Aftermath, Kernel, Told};
 use crate::ledger::{Ending, Ledger};
-use crate::model::{Pid, TaskEnd};
+use crate::model::{Pid, TaskEnd, TaskRecord, TaskSpec};
 use crate::registry::Version;
 use crate::runtime::Interrupts;
 
@@ -60,6 +60,34 @@ pub struct Job {
     pub ready_at: Instant,
     /// The task that spawned it, if a task did.
     pub parent: Option<Pid>,
+}
+
+impl Job {
+    /// A task run again from what the store holds of it (`record`, `spec`): after its host
+    /// was lost, or claimed from a cluster's shared queue; as attempt `attempt`, ready at
+    /// `ready_at`. A host loss never costs a task one of its restarts after failures: the
+    /// attempts its hosts lost, `host_losses`, are added to those it may make.
+    pub fn again(
+        record: TaskRecord,
+        spec: TaskSpec,
+        version: Arc<Version>,
+        attempt: u32,
+        host_losses: u32,
+        ready_at: Instant,
+    ) -> Self {
+        Self {
+            pid: record.pid,
+            name: record.name,
+            version,
+            duration: record.duration,
+            payload: spec.payload,
+            deadline: Duration::from_secs(u64::from(spec.deadline_secs)),
+            max_attempts: spec.max_attempts + host_losses,
+            attempt,
+            ready_at,
+            parent: record.parent,
+        }
+    }
 }
 
 impl Queued for Job {
