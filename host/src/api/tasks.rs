@@ -111,15 +111,19 @@ pub(super) async fn spawn_task(
     let key = idempotency_key(&headers, &body)?;
     let task = parse_submission(&body, &state.limits)?;
     let (name, duration) = (task.name.clone(), task.duration);
-    let spawned = match state.host.spawn(task.clone(), key.clone()) {
-        Ok(accepting) => match accepting.recorded().await {
+    // Only a request with a key may have to be asked again (below): only it is copied.
+    let again = key.as_ref().map(|key| (task.clone(), key.clone()));
+    let spawned = match state.host.spawn(task, key) {
+        Ok(accepting) => match (accepting.recorded().await, again) {
             // Another host of the cluster accepted a request with this key at the same moment:
             // this one is its repeat, answered as any repeat is (its pid, or 422).
-            Err(SpawnError::Store(StoreError::KeyTaken)) => match state.host.spawn(task, key) {
-                Ok(accepting) => accepting.recorded().await,
-                Err(error) => Err(error),
-            },
-            answer => answer,
+            (Err(SpawnError::Store(StoreError::KeyTaken)), Some((task, key))) => {
+                match state.host.spawn(task, Some(key)) {
+                    Ok(accepting) => accepting.recorded().await,
+                    Err(error) => Err(error),
+                }
+            }
+            (answer, _) => answer,
         },
         Err(error) => Err(error),
     };
