@@ -90,6 +90,17 @@ pub struct StoreStats {
 /// Called once a submitted batch is written, or could not be.
 pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
+/// Tells a batch's submitter how its write went, for a store's writer. A callback that panics
+/// is a bug of the host's, which must not take the writer, and every later write, with it.
+fn tell(done: Option<Done>, result: Result<(), StoreError>) {
+    if let Some(done) = done {
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result)));
+        if called.is_err() {
+            tracing::error!("a store callback panicked");
+        }
+    }
+}
+
 /// An idempotency key a request carried, and the body it came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {

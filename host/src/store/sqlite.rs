@@ -613,15 +613,9 @@ fn committed(shared: &Shared, taken: Vec<Pending>) {
     }
 }
 
-/// Tells a batch's submitter how its write went. A callback that panics is a bug of the
-/// host's, which must not take the writer, and every later write, with it.
+/// Tells `pending`'s submitter how its write went.
 fn finish(pending: Pending, result: Result<(), StoreError>) {
-    if let Some(done) = pending.done {
-        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result)));
-        if called.is_err() {
-            tracing::error!("a store callback panicked");
-        }
-    }
+    super::tell(pending.done, result);
 }
 
 /// Whether a failed commit may succeed later as it is: the disk is full, an I/O error, the

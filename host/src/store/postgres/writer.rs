@@ -430,15 +430,9 @@ fn committed(shared: &Shared, taken: Vec<Pending>, outcome: Outcome, queue: &Mut
     }
 }
 
-/// Tells a batch's submitter how its write went. A callback that panics is a bug of the
-/// host's, which must not take the writer with it.
+/// Tells `pending`'s submitter how its write went.
 fn finish(pending: Pending, result: Result<(), StoreError>) {
-    if let Some(done) = pending.done {
-        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result)));
-        if called.is_err() {
-            tracing::error!("a store callback panicked");
-        }
-    }
+    super::super::tell(pending.done, result);
 }
 
 type Param = Box<dyn ToSql + Sync + Send>;
