@@ -9,11 +9,10 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::process::Binary;
+use common::proxy::{Proxy, port_of};
 use common::{PATIENCE, Remote, module, postgres, read_events, temp_dir};
 use serde_json::{Value, json};
 
@@ -26,10 +25,9 @@ const LEASE: &str = "2s";
 const HEARTBEAT: &str = "200ms";
 const POLL: &str = "50ms";
 
-/// One host of the cluster: the real binary, killed (if it still runs) when dropped.
+/// One host of the cluster: the real binary (see [`Binary`]), with its name.
 struct Node {
-    child: Child,
-    remote: Remote,
+    binary: Binary,
     name: String,
 }
 
@@ -60,90 +58,62 @@ impl Node {
     /// Starts host `name` on database `url`, with `args` added, and waits until it answers.
     async fn start(url: &str, name: &str, args: &[&str]) -> Self {
         let node = Self::spawn(url, name, args);
-        node.ready().await;
+        node.binary.ready().await;
         node
     }
 
     fn spawn(url: &str, name: &str, args: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let cache = format!("{}/module-cache", env!("CARGO_TARGET_TMPDIR"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_http-spawn"));
-        command
-            .args(["--listen", &listen, "--store", url, "--node-name", name])
-            .args(["--config", &registry().display().to_string()])
-            .args(["--cache-dir", &cache, "--shutdown-grace-secs", "1"])
-            .args(["--lease", LEASE, "--heartbeat", HEARTBEAT])
-            .args(["--cluster-poll", POLL]);
+        let mut argv: Vec<String> = ["--store", url, "--node-name", name, "--config"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        argv.push(registry().display().to_string());
+        argv.extend(
+            [
+                "--shutdown-grace-secs",
+                "1",
+                "--lease",
+                LEASE,
+                "--heartbeat",
+                HEARTBEAT,
+                "--cluster-poll",
+                POLL,
+            ]
+            .map(String::from),
+        );
         if !args.contains(&"--capacity") {
-            command.args(["--capacity", "64"]);
+            argv.extend(["--capacity", "64"].map(String::from));
         }
-        let child = command
-            .args(args)
-            .env("HTTP_SPAWN_API_TOKEN", TOKEN)
-            .env("HTTP_SPAWN_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the binary starts");
+        argv.extend(args.iter().map(ToString::to_string));
+        let env = [
+            ("HTTP_SPAWN_API_TOKEN", TOKEN),
+            ("HTTP_SPAWN_ADMIN_TOKEN", ADMIN_TOKEN),
+        ];
         Self {
-            child,
-            remote: Remote::with_token(format!("http://{listen}"), TOKEN),
+            binary: Binary::spawn(&argv, &env, Some(TOKEN)),
             name: name.to_owned(),
-        }
-    }
-
-    async fn ready(&self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let answer = self
-                .remote
-                .client
-                .get(self.remote.url("/api/health"))
-                .send()
-                .await;
-            if answer.is_ok_and(|answer| answer.status() == 200) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "host {} did not come up",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Its id in the cluster, from `GET /api/cluster`.
     async fn id(&self) -> u64 {
         let (status, cluster) = self.get("/api/cluster").await;
-        assert_eq!(status, 200, "{cluster}");
+        assert_eq!(status, 200, "{cluster}: {}", self.name);
         cluster["node"].as_u64().expect("a node id")
-    }
-
-    /// SIGKILL: the host records nothing more.
-    fn crash(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 impl std::ops::Deref for Node {
-    type Target = Remote;
+    type Target = Binary;
 
-    fn deref(&self) -> &Remote {
-        &self.remote
+    fn deref(&self) -> &Binary {
+        &self.binary
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Binary {
+        &mut self.binary
     }
 }
 
@@ -336,7 +306,7 @@ async fn any_host_answers_for_any_task() {
 async fn requests_without_the_token_are_refused_and_a_newer_schema_stops_a_host() {
     let url = postgres::fresh_database("token");
     let a = Node::start(&url, "a", &[]).await;
-    let anonymous = Remote::new(a.remote.base.clone());
+    let anonymous = Remote::new(a.base.clone());
     let answer = anonymous
         .client
         .get(anonymous.url("/api/cluster"))
@@ -346,7 +316,7 @@ async fn requests_without_the_token_are_refused_and_a_newer_schema_stops_a_host(
     assert_eq!(answer.status(), 401);
     let answer = anonymous.submit(json!({"name": "x", "duration": 0})).await;
     assert_eq!(answer.status(), 401);
-    let wrong = Remote::with_token(a.remote.base.clone(), "not-the-token-0123456789abcdef");
+    let wrong = Remote::with_token(a.base.clone(), "not-the-token-0123456789abcdef");
     let answer = wrong.submit(json!({"name": "x", "duration": 0})).await;
     assert_eq!(answer.status(), 401);
     assert_eq!(a.get("/api/cluster").await.0, 200);
@@ -365,13 +335,8 @@ async fn requests_without_the_token_are_refused_and_a_newer_schema_stops_a_host(
         }
     });
     let mut newer = Node::spawn(&url, "newer", &[]);
-    let output = tokio::task::spawn_blocking(move || {
-        let status = newer.child.wait().expect("the host exits");
-        (status, newer)
-    })
-    .await
-    .expect("waited");
-    assert!(!output.0.success(), "a host refuses a newer schema");
+    let status = tokio::task::block_in_place(|| newer.wait_exit());
+    assert!(!status.success(), "a host refuses a newer schema");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,94 +445,12 @@ async fn a_host_killed_under_load_loses_no_task_and_none_ends_twice() {
     assert_eq!(lost["state"], "lost", "{cluster}");
 }
 
-/// A TCP proxy in front of the database: `cut` closes every connection through it and refuses
-/// new ones until `restore`.
-struct Proxy {
-    port: u16,
-    open: Arc<AtomicBool>,
-    /// Bumped by `cut`: connections of an older generation close.
-    generation: Arc<AtomicU64>,
-}
-
-impl Proxy {
-    async fn start(target: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
-        let port = listener.local_addr().expect("address").port();
-        let open = Arc::new(AtomicBool::new(true));
-        let generation = Arc::new(AtomicU64::new(0));
-        let (accepting, generations) = (Arc::clone(&open), Arc::clone(&generation));
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !accepting.load(Ordering::Acquire) {
-                    drop(client);
-                    continue;
-                }
-                let born = generations.load(Ordering::Acquire);
-                let generations = Arc::clone(&generations);
-                tokio::spawn(async move {
-                    let Ok(mut server) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    else {
-                        return;
-                    };
-                    let cut = async {
-                        while generations.load(Ordering::Acquire) == born {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        () = cut => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            open,
-            generation,
-        }
-    }
-
-    fn cut(&self) {
-        self.open.store(false, Ordering::Release);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::Release);
-    }
-}
-
-/// `url` with its host and port replaced by the proxy's.
-fn through(url: &str, proxy: &Proxy) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let (authority, path) = rest.split_once('/').expect("a database path");
-    let (user, _) = authority.rsplit_once('@').expect("a user");
-    format!("{scheme}://{user}@127.0.0.1:{}/{path}", proxy.port)
-}
-
-fn port_of(url: &str) -> u16 {
-    let authority = url.split("://").nth(1).expect("a URL");
-    let authority = authority.split('/').next().expect("an authority");
-    authority
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.parse().ok())
-        .expect("a port")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_cut_off_stops_its_tasks_and_writes_nothing_over_the_new_attempts() {
     let url = postgres::fresh_database("cut_off");
     let proxy = Proxy::start(port_of(&url)).await;
     let a = Node::start(&url, "a", &[]).await;
-    let b = Node::start(&through(&url, &proxy), "b", &[]).await;
+    let b = Node::start(&proxy.url(&url), "b", &[]).await;
     let (a_id, b_id) = (a.id().await, b.id().await);
     let mut pids = Vec::new();
     for i in 0..4 {
@@ -936,27 +819,14 @@ async fn a_kill_sent_while_the_task_s_host_is_dead_lands_where_it_runs_next() {
 async fn a_host_cut_off_from_the_database_still_shuts_down() {
     let url = postgres::fresh_database("shutdown_cut_off");
     let proxy = Proxy::start(port_of(&url)).await;
-    let a = Node::start(&through(&url, &proxy), "a", &[]).await;
+    let a = Node::start(&proxy.url(&url), "a", &[]).await;
     let pid = a.spawn(json!({"name": "running", "duration": 30})).await;
     a.wait_running(&pid).await;
     proxy.cut();
     let mut a = a;
-    // SAFETY: kill takes a pid this test spawned and has not reaped, and a signal number.
-    let sent = unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(sent, 0, "SIGTERM sent");
-    let exited = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = a.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    })
-    .await
-    .expect("waited");
-    assert!(exited.is_some(), "the host hung in its shutdown");
+    a.terminate();
+    // Bounded by the test's patience: a hang fails it.
+    tokio::task::block_in_place(|| a.wait_exit());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

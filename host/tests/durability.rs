@@ -5,110 +5,39 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::process::Binary;
 use common::{PATIENCE, Remote, module, spawn_app, temp_dir};
 use serde_json::{Value, json};
 
 /// The admin token the binary is started with, where a test swaps workers.
 const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
-/// The real `http-spawn` binary on a loopback port, with its tasks in `store`; killed (if it
-/// still runs) when dropped.
-struct Binary {
-    child: Child,
-    remote: Remote,
-}
-
-impl Binary {
-    fn start(dir: &Path, args: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let store = format!("sqlite:{}", dir.join("tasks.db").display());
-        let cache = format!("{}/module-cache", env!("CARGO_TARGET_TMPDIR"));
-        let child = Command::new(env!("CARGO_BIN_EXE_http-spawn"))
-            .args([
-                "--listen",
-                &listen,
-                "--store",
-                &store,
-                "--cache-dir",
-                &cache,
-            ])
-            .args(["--module", &module("default").display().to_string()])
-            .args(["--shutdown-grace-secs", "1"])
-            .args(if args.contains(&"--capacity") {
-                &[][..]
-            } else {
-                &["--capacity", "500"][..]
-            })
-            .args(args)
-            .env("HTTP_SPAWN_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the binary starts");
-        Self {
-            child,
-            remote: Remote::new(format!("http://{listen}")),
-        }
+/// The real binary on the SQLite file `dir/tasks.db`, running the default worker, with `args`
+/// added; once it answers.
+async fn start(dir: &Path, args: &[&str]) -> Binary {
+    let store = format!("sqlite:{}", dir.join("tasks.db").display());
+    let module = module("default").display().to_string();
+    let mut argv: Vec<String> = [
+        "--store",
+        &store,
+        "--module",
+        &module,
+        "--shutdown-grace-secs",
+        "1",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    if !args.contains(&"--capacity") {
+        argv.extend(["--capacity", "500"].map(String::from));
     }
-
-    /// Waits until the host answers.
-    async fn ready(self) -> Self {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let answer = self
-                .remote
-                .client
-                .get(self.remote.url("/api/health"))
-                .send()
-                .await;
-            if answer.is_ok_and(|answer| answer.status() == 200) {
-                return self;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the host did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL: the host has no chance to record anything.
-    fn crash(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    /// SIGTERM, and the graceful shutdown that follows.
-    fn stop(mut self) {
-        // SAFETY: kill takes a pid this test spawned and has not reaped, and a signal number.
-        let sent = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM sent");
-        let status = self.child.wait().expect("reaped");
-        assert!(status.success(), "a graceful shutdown exits 0: {status}");
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl std::ops::Deref for Binary {
-    type Target = Remote;
-
-    fn deref(&self) -> &Remote {
-        &self.remote
-    }
+    argv.extend(args.iter().map(ToString::to_string));
+    let host = Binary::spawn(&argv, &[("HTTP_SPAWN_ADMIN_TOKEN", ADMIN_TOKEN)], None);
+    host.ready().await;
+    host
 }
 
 async fn logs(remote: &Remote, pid: &str) -> Vec<String> {
@@ -125,7 +54,7 @@ async fn logs(remote: &Remote, pid: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_history_logs_and_worker_versions() {
     let dir = temp_dir("durable-restart");
-    let host = Binary::start(&dir, &[]).ready().await;
+    let mut host = start(&dir, &[]).await;
     let pid = host.spawn(json!({"name": "before", "duration": 2})).await;
     // Progress is kept in memory while the task runs, and shows all the same.
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -164,7 +93,7 @@ async fn a_restart_keeps_history_logs_and_worker_versions() {
     let (_, uploaded) = host.get("/api/workers/default").await;
     host.stop();
 
-    let host = Binary::start(&dir, &[]).ready().await;
+    let mut host = start(&dir, &[]).await;
     let (status, again) = host.get(&format!("/api/tasks/{pid}")).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again, ended, "the record is as it was");
@@ -199,7 +128,7 @@ async fn a_restart_keeps_history_logs_and_worker_versions() {
 async fn a_crash_loses_no_accepted_task_and_reruns_only_the_unfinished() {
     let dir = temp_dir("durable-crash");
     // Room for 100 at once: the rest wait in the queue when the host dies.
-    let host = Binary::start(&dir, &["--capacity", "100"]).ready().await;
+    let mut host = start(&dir, &["--capacity", "100"]).await;
     // Every fourth ends at once, the others (1 to 3 s) are still running or waiting for a
     // place when the host dies; every fifth asks to fail rather than run again.
     let mut pids = Vec::new();
@@ -222,7 +151,7 @@ async fn a_crash_loses_no_accepted_task_and_reruns_only_the_unfinished() {
     }
     host.crash();
 
-    let host = Binary::start(&dir, &["--capacity", "100"]).ready().await;
+    let mut host = start(&dir, &["--capacity", "100"]).await;
     let mut reran = 0;
     for (pid, fail_on_loss) in &pids {
         let record = host.wait_end(pid).await;
@@ -255,7 +184,7 @@ async fn a_crash_loses_no_accepted_task_and_reruns_only_the_unfinished() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_task_that_asked_to_fail_ends_failed_host_lost() {
     let dir = temp_dir("durable-fail");
-    let host = Binary::start(&dir, &[]).ready().await;
+    let mut host = start(&dir, &[]).await;
     let pid = host
         .spawn(json!({"name": "once", "duration": 60, "on_host_loss": "fail"}))
         .await;
@@ -264,7 +193,7 @@ async fn a_lost_task_that_asked_to_fail_ends_failed_host_lost() {
     host.wait_running(&again).await;
     host.crash();
 
-    let host = Binary::start(&dir, &[]).ready().await;
+    let mut host = start(&dir, &[]).await;
     let record = host.wait_end(&pid).await;
     assert_eq!(record["status"], "failed", "{record}");
     assert_eq!(record["outcome"], "host_lost", "{record}");
@@ -438,7 +367,7 @@ async fn a_corrupt_store_and_a_second_host_are_refused_at_start() {
 async fn waiting_tasks_keep_their_order_and_history_is_pruned() {
     let dir = temp_dir("durable-order");
     let args = ["--capacity", "1", "--max-history", "2"];
-    let host = Binary::start(&dir, &args).ready().await;
+    let mut host = start(&dir, &args).await;
     let first = host.spawn(json!({"name": "first", "duration": 60})).await;
     host.wait_running(&first).await;
     let mut waiting = Vec::new();
@@ -450,7 +379,7 @@ async fn waiting_tasks_keep_their_order_and_history_is_pruned() {
     }
     host.crash();
 
-    let host = Binary::start(&dir, &args).ready().await;
+    let mut host = start(&dir, &args).await;
     let (status, _) = host.kill(&first).await;
     assert_eq!(status, 200, "the first task ran again, and holds the place");
     let mut started = Vec::new();
@@ -488,20 +417,20 @@ async fn waiting_tasks_keep_their_order_and_history_is_pruned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_whose_host_keeps_dying_is_not_run_again_without_end() {
     let dir = temp_dir("durable-losses");
-    let mut host = Binary::start(&dir, &[]).ready().await;
+    let mut host = start(&dir, &[]).await;
     let pid = host.spawn(json!({"name": "doomed", "duration": 600})).await;
     host.wait_running(&pid).await;
     // The first two losses run it again.
     for loss in 1..=2 {
         host.crash();
-        host = Binary::start(&dir, &[]).ready().await;
+        host = start(&dir, &[]).await;
         let (_, record) = host.get(&format!("/api/tasks/{pid}")).await;
         assert_eq!(record["attempt"], loss + 1, "{record}");
         host.wait_running(&pid).await;
     }
     // The third ends it.
     host.crash();
-    let host = Binary::start(&dir, &[]).ready().await;
+    let mut host = start(&dir, &[]).await;
     let record = host.wait_end(&pid).await;
     assert_eq!(record["status"], "failed", "{record}");
     assert_eq!(record["outcome"], "host_lost", "{record}");

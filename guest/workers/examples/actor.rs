@@ -28,6 +28,8 @@
 //!   times (a peer running `echo` answers) → `"rounds"`, and when every round came back, the
 //!   timings `make bench` reads, from the guest's monotonic clock: `"elapsed_us"` for all
 //!   rounds, and each round trip's `"p50_us"`, `"p99_us"` and `"max_us"`;
+//! - `print {text}`: writes `text` and a newline to stdout as it is, control characters and
+//!   all (its own line is logged after it);
 //! - `exit {code}`, `fail {message}` (ends the task failed), `trap` (aborts: a bare trap).
 //!
 //! Where an op takes a pid, `$self`, `$parent` and `$child` (the last child spawned) stand for
@@ -63,6 +65,7 @@ enum Op {
     TrapExits { on: bool },
     Sleep { ms: u32 },
     Ping { to: String, rounds: u32 },
+    Print { text: String },
     Exit { code: i32 },
     Fail { message: String },
     Trap,
@@ -427,6 +430,10 @@ impl Actor {
                 Outcome::ok(json!({}))
             }
             Op::Ping { to, rounds } => self.ping(to, *rounds).await,
+            Op::Print { text } => {
+                println!("{text}");
+                Outcome::ok(json!({}))
+            }
             Op::Exit { code } => {
                 self.log("exit", Outcome::ok(json!({"code": code})));
                 return Err(Ok(*code));
@@ -462,6 +469,7 @@ fn name(op: &Op) -> &'static str {
         Op::TrapExits { .. } => "trap_exits",
         Op::Sleep { .. } => "sleep",
         Op::Ping { .. } => "ping",
+        Op::Print { .. } => "print",
         Op::Exit { .. } => "exit",
         Op::Fail { .. } => "fail",
         Op::Trap => "trap",

@@ -3,6 +3,8 @@
 #![allow(dead_code, reason = "each test binary uses only some helpers")]
 
 pub mod postgres;
+pub mod process;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,176 @@
+//! The real `http-spawn` binary as a child process on a free loopback port: started, waited
+//! for, stopped with SIGTERM or SIGKILL, and killed (if it still runs) when dropped. The
+//! durability, cluster and fault tests each add the flags of their own setting.
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::{PATIENCE, Remote};
+
+/// One running host.
+pub struct Binary {
+    child: Child,
+    remote: Remote,
+}
+
+/// A free loopback address for a host to listen on.
+fn free_listen_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+impl Binary {
+    /// Starts the binary with `args` (its listen address and module cache are added), the
+    /// environment `env`, and requests carrying `token` when one is given. `RUST_LOG` is
+    /// `warn` unless `env` says otherwise.
+    pub fn spawn(args: &[String], env: &[(&str, &str)], token: Option<&str>) -> Self {
+        let listen = free_listen_address();
+        let cache = format!("{}/module-cache", env!("CARGO_TARGET_TMPDIR"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_http-spawn"));
+        command
+            .args(["--listen", &listen, "--cache-dir", &cache])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("the binary starts");
+        let base = format!("http://{listen}");
+        let remote = match token {
+            Some(token) => Remote::with_token(base, token),
+            None => Remote::new(base),
+        };
+        Self { child, remote }
+    }
+
+    /// Waits until the host answers `GET /api/health`.
+    pub async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let answer = self
+                .remote
+                .client
+                .get(self.remote.url("/api/health"))
+                .send()
+                .await;
+            if answer.is_ok_and(|answer| answer.status() == 200) {
+                return;
+            }
+            assert!(self.running(), "the host exited before it answered");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the host did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the process still runs: not yet exited (a zombie until it is reaped).
+    pub fn running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|stat| {
+                let (_, after) = stat.rsplit_once(") ")?;
+                after.chars().next()
+            })
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the host records nothing more.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().expect("reaped");
+    }
+
+    /// Sends SIGTERM and returns at once: the graceful shutdown runs on.
+    pub fn terminate(&self) {
+        // SAFETY: kill takes a pid this test spawned and has not reaped, and a signal number.
+        let sent = unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM sent");
+    }
+
+    /// Waits for the host to exit, at most [`PATIENCE`]: its exit status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the host's status") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the host did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and the graceful shutdown that follows, which must exit 0.
+    pub fn stop(&mut self) {
+        self.terminate();
+        let status = self.wait_exit();
+        assert!(status.success(), "a graceful shutdown exits 0: {status}");
+    }
+
+    /// The host's resident memory, in bytes, from `/proc`.
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the host's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .expect("VmRSS")
+    }
+
+    /// One value of the host's Prometheus metrics: the first line that starts with `series`
+    /// (a name, with its labels if it has any), or none.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .remote
+            .client
+            .get(self.remote.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl std::ops::Deref for Binary {
+    type Target = Remote;
+
+    fn deref(&self) -> &Remote {
+        &self.remote
+    }
+}
