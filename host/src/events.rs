@@ -9,10 +9,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
 use tokio::sync::{broadcast, watch};
 
 use crate::model::time::format as at;
-use crate::model::{Pid, TaskEvent, TaskRecord};
+use crate::model::{Pid, TaskEnd, TaskEvent, TaskRecord};
 use crate::store::Change;
 
 /// Events buffered per subscriber before it starts skipping.
@@ -96,7 +97,7 @@ impl EventBus {
     }
 
     /// The events `change` publishes, built as JSON; call only while someone listens. An end
-    /// is published as `exit` from the record it ended, by [`EventBus::exit`].
+    /// is published as `exit` by the ledger, with [`EventBus::exit_of`].
     pub fn prepare(&self, change: &Change) -> Vec<Published> {
         let one = |pid, kind, data: Value| vec![published(pid, kind, &data)];
         match change {
@@ -211,8 +212,27 @@ impl EventBus {
     }
 
     /// Publishes the end of the task whose record is `record`.
-    pub fn exit(&self, record: &TaskRecord) {
-        self.send(vec![published(record.pid, "exit", &exit_data(record))]);
+    /// The `exit` event of task `pid` (`name`, of `worker`), which ended `at` as `end` says;
+    /// the same as [`exit_data`] makes of its record once the end is written.
+    pub fn exit_of(
+        &self,
+        pid: Pid,
+        name: &str,
+        worker: &str,
+        end: &TaskEnd,
+        at: SystemTime,
+    ) -> Published {
+        let data = json!({
+            "pid": pid,
+            "name": name,
+            "worker": worker,
+            "status": end.status,
+            "outcome": end.outcome,
+            "exit_code": end.exit_code,
+            "error": end.error,
+            "at": self::at(at),
+        });
+        published(pid, "exit", &data)
     }
 }
 

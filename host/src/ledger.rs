@@ -122,6 +122,10 @@ impl Ledger {
         let done: Done = Box::new(move |result| {
             match &result {
                 Ok(()) => events.send(published),
+                // Another host holds the task now: its events are that host's to publish.
+                Err(StoreError::Fenced) => {
+                    tracing::debug!(pid = %pid, "a task's change was fenced out");
+                }
                 Err(error) => {
                     tracing::error!(pid = %pid, %error, "a task's change was not recorded")
                 }
@@ -224,10 +228,15 @@ impl Ledger {
     /// task's place back, so that a task that waited for the place never seems to start
     /// before this one ended. Its last log lines are recorded with its end, in one write;
     /// `then` runs once the store has the end.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "what an end is: the task, how it ended, when, its last lines, what follows"
+    )]
     pub fn ended(
         &self,
         pid: Pid,
         worker: &Arc<str>,
+        name: &Arc<str>,
         ending: Ending,
         at: SystemTime,
         last_logs: Option<FreshLogs>,
@@ -256,6 +265,12 @@ impl Ledger {
             self.counts.exited_ok.fetch_add(1, Ordering::Relaxed);
         }
         self.counts.ended.fetch_add(1, Ordering::Relaxed);
+        // Built here, from what the end is, rather than read back from the store once it is
+        // written: the store's writer runs this, and must not wait on a read of its own store.
+        let exit = self
+            .events
+            .listening()
+            .then(|| self.events.exit_of(pid, name, worker, &end, at));
         let mut batch: Vec<Change> = last_logs
             .and_then(|logs| logs_change(pid, logs))
             .into_iter()
@@ -267,17 +282,12 @@ impl Ledger {
             attempt,
         };
         batch.push(Change::Event(pid, event));
-        let (store, events, waiters) = (
-            Arc::clone(&self.store),
-            Arc::clone(&self.events),
-            Arc::clone(&self.waiters),
-        );
+        let (events, waiters) = (Arc::clone(&self.events), Arc::clone(&self.waiters));
         let published = Box::new(move |result: &Result<(), StoreError>| {
             if result.is_ok()
-                && events.listening()
-                && let Ok(Some(record)) = store.get(pid)
+                && let Some(exit) = exit
             {
-                events.exit(&record);
+                events.send(vec![exit]);
             }
             waiters.ended(pid);
             then();
@@ -395,5 +405,89 @@ impl EndWatch {
 impl Drop for EndWatch {
     fn drop(&mut self) {
         self.waiters.forget(self.pid, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::model::{TaskEnd, TaskLogs};
+    use crate::store::{ListQuery, MemoryStore, Page, Remembered};
+
+    /// A store in memory that counts the records read from it.
+    #[derive(Debug)]
+    struct Counting {
+        inner: MemoryStore,
+        reads: AtomicUsize,
+    }
+
+    impl Store for Counting {
+        fn submit(&self, batch: Vec<Change>, done: Option<Done>) {
+            self.inner.submit(batch, done);
+        }
+        fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(pid)
+        }
+        fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
+            self.inner.logs(pid)
+        }
+        fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+            self.inner.list(query)
+        }
+        fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
+            self.inner.remembered(key)
+        }
+    }
+
+    /// Issue #20, item 6: an end published to an open event stream is built from the end
+    /// itself; the store's writer, which runs the publishing, never waits on a read of it.
+    #[test]
+    fn an_end_is_published_without_reading_the_store() {
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(100),
+            reads: AtomicUsize::new(0),
+        });
+        let events = Arc::new(EventBus::new(4));
+        let ledger = Ledger::new(store.clone(), Arc::clone(&events), Metrics::new());
+        let mut subscription = events.subscribe().expect("a place");
+        let pid = Pid::new(1, 1);
+        let (worker, name): (Arc<str>, Arc<str>) = (Arc::from("w"), Arc::from("report"));
+        let record = TaskRecord::spawned(pid, "report".into(), 0, Arc::clone(&worker), "v".into());
+        let spec = TaskSpec {
+            module_sha256: String::new(),
+            payload: None,
+            deadline_secs: 30,
+            max_attempts: 1,
+            on_host_loss: crate::model::OnHostLoss::Restart,
+            ready_at: None,
+        };
+        ledger.accepted(record, spec, None, false, drop);
+        let end = TaskEnd::exited(7);
+        let ending = Ending {
+            step: 3,
+            fuel: 10,
+            end,
+            ran: None,
+            attempt: 1,
+        };
+        ledger.ended(pid, &worker, &name, ending, SystemTime::now(), None, || {});
+        assert_eq!(store.reads.load(Ordering::SeqCst), 0, "the store was read");
+        let mut exit = None;
+        while let Ok(event) = subscription.receiver.try_recv() {
+            if event.kind == "exit" {
+                exit = Some(event);
+            }
+        }
+        let exit = exit.expect("an exit event");
+        let data: serde_json::Value = serde_json::from_str(&exit.data).expect("JSON");
+        let written = store.inner.get(pid).expect("read").expect("the task");
+        assert_eq!(
+            data,
+            crate::events::exit_data(&written),
+            "as the record says"
+        );
     }
 }

@@ -63,6 +63,10 @@ pub const STORE_BATCHES: &str = "http_spawn_store_batches_total";
 pub const STORE_HEALTHY: &str = "http_spawn_store_healthy";
 pub const STORE_LOG_LINES_SHED: &str = "http_spawn_store_log_lines_shed_total";
 pub const STORE_FENCED_WRITES: &str = "http_spawn_store_fenced_writes_total";
+pub const STORE_BACKLOG_CHANGES: &str = "http_spawn_store_backlog_changes";
+pub const STORE_BACKLOG_BYTES: &str = "http_spawn_store_backlog_bytes";
+pub const STORE_WRITE_FAILURES: &str = "http_spawn_store_write_failures_total";
+pub const STORE_REFUSED_CHANGES: &str = "http_spawn_store_refused_changes_total";
 pub const CLUSTER_QUEUED: &str = "http_spawn_cluster_queued_tasks";
 pub const MESSAGES: &str = "http_spawn_messages_total";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -89,8 +93,37 @@ pub const METRICS: &[Spec] = &[
         STORE_LOG_LINES_SHED,
         Kind::Counter,
         None,
-        "Log lines of running tasks the store did not write because its writer had fallen \
-         behind (they were still streamed to event subscribers).",
+        "Log lines of running tasks the store did not write to keep its backlog within \
+         --store-backlog (they were still streamed to event subscribers).",
+    ),
+    spec(
+        STORE_BACKLOG_CHANGES,
+        Kind::Gauge,
+        None,
+        "Changes waiting for the store's writer (log lines counted by batch).",
+    ),
+    spec(
+        STORE_BACKLOG_BYTES,
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "Bytes of changes waiting for the store's writer, as the --store-backlog bound counts \
+         them.",
+    ),
+    spec(
+        STORE_WRITE_FAILURES,
+        Kind::Counter,
+        None,
+        "Commits the store failed, by cause: environment (the store is unavailable; retried \
+         after a pause), conflict (retried at once), content (a change the store refuses; it \
+         alone is refused).",
+    ),
+    spec(
+        STORE_REFUSED_CHANGES,
+        Kind::Counter,
+        None,
+        "Changes the store refused for their content, by change: log_line (dropped), \
+         acceptance (answered 422), error_text (the end written with a note instead), \
+         progress (dropped), other (a module, a worker's versions, a message: answered).",
     ),
     spec(
         MESSAGES,
@@ -365,6 +398,14 @@ impl Metrics {
         self.recorder
             .register_counter(&key, &METADATA)
             .absolute(value);
+    }
+
+    /// Sets a counter kept elsewhere, with one label, to its total now.
+    pub fn total_of(&self, name: &'static str, key: &'static str, value: &'static str, total: u64) {
+        let key = Key::from_parts(name, vec![label(key, value)]);
+        self.recorder
+            .register_counter(&key, &METADATA)
+            .absolute(total);
     }
 
     /// A task was accepted.

@@ -226,17 +226,20 @@ fn limits() -> impl Strategy<Value = RequestLimits> {
     )
 }
 
-/// A task name of at most `max` bytes that is not blank.
+/// A task name of at most `max` bytes that is not blank and holds no NUL.
 fn task_name(max: usize) -> impl Strategy<Value = String> {
-    vec(any::<char>(), 1..=max.min(40))
-        .prop_map(move |chars| {
-            let mut name: String = chars.into_iter().collect();
-            while name.len() > max {
-                name.pop();
-            }
-            name
-        })
-        .prop_filter("a name is not blank", |name| !name.trim().is_empty())
+    vec(
+        any::<char>().prop_filter("no NUL", |c| *c != '\0'),
+        1..=max.min(40),
+    )
+    .prop_map(move |chars| {
+        let mut name: String = chars.into_iter().collect();
+        while name.len() > max {
+            name.pop();
+        }
+        name
+    })
+    .prop_filter("a name is not blank", |name| !name.trim().is_empty())
 }
 
 fn worker_name() -> impl Strategy<Value = String> {
@@ -361,13 +364,17 @@ fn broken_field(
             one("name", Value::from(blank.into_iter().collect::<String>())),
             "name must not be empty".into()
         )),
-        vec(any::<char>(), 1..8).prop_map(move |tail| {
+        vec(any::<char>().prop_filter("no NUL", |c| *c != '\0'), 1..8).prop_map(move |tail| {
             let name = "n".repeat(max_name) + &tail.into_iter().collect::<String>();
             (
                 one("name", Value::from(name)),
                 format!("name must be at most {max_name} bytes"),
             )
         }),
+        (any::<String>(), any::<String>()).prop_map(move |(before, after)| (
+            one("name", Value::from(format!("n{before}\0{after}"))),
+            "name must not contain NUL characters".into()
+        )),
         seconds_rules("duration", limits.max_duration_secs),
         seconds_rules("deadline", limits.max_deadline_secs),
         prop_oneof![

@@ -138,13 +138,17 @@ impl IntoResponse for ApiError {
 /// A store that cannot answer now: the client may retry.
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if matches!(error, StoreError::KeyTaken) {
-            return Self::Conflict(error.to_string());
-        }
-        tracing::warn!(%error, "the task store refused a request");
-        Self::Unavailable {
-            message: error.to_string(),
-            retry_after: RETRY_AFTER_SECS,
+        match error {
+            StoreError::KeyTaken | StoreError::NotDelivered => Self::Conflict(error.to_string()),
+            // The request's own content: the same request will never be taken.
+            StoreError::Refused(_) => Self::Unprocessable(error.to_string()),
+            StoreError::Unavailable(_) | StoreError::Fenced => {
+                tracing::warn!(%error, "the task store could not answer a request");
+                Self::Unavailable {
+                    message: error.to_string(),
+                    retry_after: RETRY_AFTER_SECS,
+                }
+            }
         }
     }
 }

@@ -197,6 +197,8 @@ fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<Idempotenc
     Ok(Some(IdempotencyKey {
         key: key.to_owned(),
         body_sha256: Digest::of(body).hex(),
+        // Set by the host, which knows how long keys are kept.
+        stale_before: std::time::UNIX_EPOCH,
     }))
 }
 
@@ -238,6 +240,10 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
     };
     if name.trim().is_empty() {
         return Err(bad("name must not be empty".into()));
+    }
+    if name.contains('\0') {
+        // No store can keep it as text (PostgreSQL refuses it), and no log shows it.
+        return Err(bad("name must not contain NUL characters".into()));
     }
     if name.len() > limits.max_name_bytes {
         return Err(bad(format!(
@@ -567,6 +573,7 @@ mod tests {
             ("{}", "name is required"),
             (r#"{"name":7}"#, "name must be a string"),
             (r#"{"name":"  "}"#, "must not be empty"),
+            (r#"{"name":"a\u0000b"}"#, "must not contain NUL"),
             (r#"{"name":"much too long"}"#, "at most 8 bytes"),
             (r#"{"name":"a","duration":-1}"#, "non-negative integer"),
             (r#"{"name":"a","duration":1.5}"#, "non-negative integer"),

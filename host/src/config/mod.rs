@@ -21,7 +21,7 @@ use file::{RegistryFile, WorkerName};
 
 use std::time::Duration;
 
-use crate::model::{OnHostLoss, RestartPolicy, parse_memory_size};
+use crate::model::{OnHostLoss, RestartPolicy, parse_memory_size, parse_size};
 use crate::store::StoreSync;
 
 /// The worker tasks get when a request names none; always configured.
@@ -40,6 +40,8 @@ pub const DEFAULT_MAX_DURATION_SECS: u32 = 3_600;
 pub const DEFAULT_CAPACITY: u32 = 100_000;
 pub const DEFAULT_MAX_HISTORY: usize = 10_000;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
+/// The bound on what waits for a durable store's writer (`--store-backlog`).
+pub const DEFAULT_STORE_BACKLOG: &str = "64MiB";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Niceness of the threads running guest code: below HTTP and the store's writer.
 pub const DEFAULT_GUEST_NICE: u8 = 10;
@@ -85,6 +87,11 @@ pub const DEFAULT_HEARTBEAT: &str = "1s";
 pub const DEFAULT_CLUSTER_POLL: &str = "100ms";
 /// How long an idempotency key is remembered.
 pub const DEFAULT_IDEMPOTENCY_TTL: &str = "24h";
+
+/// `--store-backlog`: a size, as a number of bytes.
+fn parse_backlog_size(text: &str) -> Result<usize, String> {
+    parse_size(text).and_then(|bytes| usize::try_from(bytes).map_err(|error| error.to_string()))
+}
 /// The `--store` value that keeps nothing across restarts.
 pub const STORE_MEMORY: &str = "memory";
 /// The `--cache-dir` value that turns the compiled-module cache off.
@@ -271,6 +278,13 @@ pub struct Config {
     /// power cut), or `normal` (survives a crash of the host, not of the machine).
     #[arg(long, env = "HTTP_SPAWN_STORE_SYNC", value_enum, default_value_t = StoreSync::Full)]
     pub store_sync: StoreSync,
+
+    /// Bytes of changes that may wait for a durable store's writer (SQLite, PostgreSQL) before
+    /// the log lines of running tasks are shed: lines alone past half of it, every line past
+    /// all of it. Acceptances, starts, ends, restarts and commands are always kept.
+    #[arg(long, env = "HTTP_SPAWN_STORE_BACKLOG", default_value = DEFAULT_STORE_BACKLOG,
+          value_parser = parse_backlog_size)]
+    pub store_backlog: usize,
 
     /// This host's name in a cluster, shown in `GET /api/cluster` [default: the hostname and a
     /// short random id]. Names must be unique: a host that joins under the name of one still

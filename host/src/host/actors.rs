@@ -204,6 +204,9 @@ impl Kernel for Host {
         if child.name.trim().is_empty() {
             return Err(refused("the child's name must not be empty"));
         }
+        if child.name.contains('\0') {
+            return Err(refused("the child's name must not contain NUL characters"));
+        }
         if child.name.len() > MAX_TASK_NAME_BYTES {
             return Err(ChildError::Refused(format!(
                 "the child's name must be at most {MAX_TASK_NAME_BYTES} bytes"

@@ -381,6 +381,7 @@ impl Host {
                 self.ledger.ended(
                     pid,
                     &record.worker,
+                    &record.name.as_str().into(),
                     Ending::unstarted(end, record.attempt),
                     SystemTime::now(),
                     None,
@@ -398,7 +399,13 @@ impl Host {
         }
         self.actors.enter(pid);
         tracing::info!(pid = %pid, attempt = job.attempt, "Task claimed from the shared queue");
-        self.scheduler.readmit(job);
+        if let Err(job) = self.scheduler.readmit(job) {
+            // Admission closed since the look above: another host runs it.
+            self.actors
+                .ended(job.pid, &TaskEnd::host_lost(job.attempt), drop);
+            self.give_back(pid);
+            return;
+        }
         // What was sent to it while it waited: in its mailbox before its first receive.
         for command in commands {
             self.carry_out(command);
@@ -680,6 +687,23 @@ impl Host {
         for job in waiting {
             self.actors
                 .ended(job.pid, &TaskEnd::host_lost(job.attempt), drop);
+        }
+    }
+
+    /// Puts back in the shared queue the tasks this host accepted as it began to shut down,
+    /// which never started here; a host alone keeps them in its store for its next start.
+    pub(super) fn hand_back_left(&self, pids: &[Pid]) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        match cluster.store.hand_back(pids) {
+            Ok(count) => tracing::info!(
+                tasks = count,
+                "handed the tasks accepted as the host \
+                shut down back to the shared queue"
+            ),
+            Err(error) => tracing::error!(%error, "could not hand the tasks accepted as the host \
+                shut down back; they are taken back when this host's lease expires"),
         }
     }
 

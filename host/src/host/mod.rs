@@ -90,6 +90,49 @@ pub struct Host {
     actors: Arc<Actors>,
     /// Its place in a cluster, when its store is shared.
     cluster: Option<Arc<Cluster>>,
+    /// Accepted tasks that the shutdown left unstarted.
+    leftovers: Arc<Leftovers>,
+}
+
+/// Tasks a shutdown leaves accepted and unstarted: those waiting for a place, and those whose
+/// acceptance was answered as admission closed. With a store that outlives the host, none of
+/// them ends: they run after the restart, or, in a cluster, go back to the shared queue. With
+/// the store in memory, which is forgotten anyway, they end `failed` (or `killed`, for those
+/// that waited), so that every task the host knew of has its end.
+#[derive(Debug)]
+struct Leftovers {
+    durable: bool,
+    scheduler: Scheduler,
+    actors: Arc<Actors>,
+    pids: Mutex<Vec<Pid>>,
+}
+
+impl Leftovers {
+    /// Keeps `job`, accepted and not started, for after the shutdown.
+    fn keep(&self, job: &Job) {
+        if !self.durable {
+            self.scheduler
+                .end_unstarted(job, TaskEnd::shut_down_before_start());
+            return;
+        }
+        // Its mailbox goes with this host; the task keeps its acceptance.
+        self.actors
+            .ended(job.pid, &TaskEnd::host_lost(job.attempt), drop);
+        self.pids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(job.pid);
+    }
+
+    /// The tasks kept so far.
+    fn take(&self) -> Vec<Pid> {
+        std::mem::take(
+            &mut *self
+                .pids
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
 }
 
 /// A task being accepted: its pid, and the store's answer to come.
@@ -197,6 +240,12 @@ impl Host {
         };
         let last = store.last_seq(pids.boot())?;
         let cluster = shared.map(|shared| Arc::new(Cluster::new(shared, config)));
+        let leftovers = Arc::new(Leftovers {
+            durable: store.durable(),
+            scheduler: scheduler.clone(),
+            actors: Arc::clone(&actors),
+            pids: Mutex::default(),
+        });
         let host = Arc::new(Self {
             store,
             ledger,
@@ -210,6 +259,7 @@ impl Host {
             workers,
             actors,
             cluster,
+            leftovers,
         });
         let kernel: Arc<dyn Kernel> = host.clone();
         host.scheduler.connect(Arc::downgrade(&kernel));
@@ -265,10 +315,11 @@ impl Host {
         let worker = Arc::clone(&record.worker);
         // An attempt that had started was lost with the host.
         let lost = record.status == Status::Running;
+        let name: Arc<str> = record.name.as_str().into();
         let end_unstarted = |end: TaskEnd| {
             let ending = Ending::unstarted(end, record.attempt);
             self.ledger
-                .ended(pid, &worker, ending, SystemTime::now(), None, || {});
+                .ended(pid, &worker, &name, ending, SystemTime::now(), None, || {});
         };
         let mut host_losses = record
             .attempts
@@ -318,7 +369,11 @@ impl Host {
         let job = Job::again(record, spec, version, attempt, host_losses, ready_at);
         // A mailbox, empty: messages are not kept across a crash, as in Erlang.
         self.actors.enter(pid);
-        self.scheduler.readmit(job);
+        if let Err(job) = self.scheduler.readmit(job) {
+            // Recovery runs before admission could close: this is a bug, and the task waits
+            // for the next start.
+            tracing::error!(pid = %job.pid, "a recovered task found admission closed");
+        }
         if lost {
             Recovered::Rerun
         } else {
@@ -342,6 +397,17 @@ impl Host {
         metrics.total(metrics::STORE_COMMITS, stats.commits);
         metrics.total(metrics::STORE_BATCHES, stats.batches);
         metrics.total(metrics::STORE_LOG_LINES_SHED, stats.log_lines_shed);
+        metrics.gauge(metrics::STORE_BACKLOG_CHANGES, stats.backlog.changes as f64);
+        metrics.gauge(metrics::STORE_BACKLOG_BYTES, stats.backlog.bytes as f64);
+        for (cause, failures) in ["environment", "conflict", "content"]
+            .into_iter()
+            .zip(stats.failures)
+        {
+            metrics.total_of(metrics::STORE_WRITE_FAILURES, "cause", cause, failures);
+        }
+        for (change, refused) in stats.refused {
+            metrics.total_of(metrics::STORE_REFUSED_CHANGES, "change", change, refused);
+        }
         if let Some(cluster) = &self.cluster {
             metrics.total(metrics::STORE_FENCED_WRITES, stats.fenced_writes);
             metrics.gauge(metrics::CLUSTER_QUEUED, cluster.waiting() as f64);
@@ -421,6 +487,12 @@ impl Host {
             return Err(too_long("deadline", max_deadline));
         }
         let deadline_secs = deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs));
+        let key = key.map(|key| IdempotencyKey {
+            stale_before: SystemTime::now()
+                .checked_sub(self.idempotency_ttl)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            ..key
+        });
         let in_flight = match &key {
             Some(key) => {
                 // Held before the store is asked: a first request commits its key before it
@@ -470,7 +542,7 @@ impl Host {
             name = %name, duration, "Task process spawned");
         let job = Job {
             pid,
-            name,
+            name: name.into(),
             version,
             duration,
             payload,
@@ -489,15 +561,19 @@ impl Host {
         let (sender, receiver) = oneshot::channel();
         let scheduler = self.scheduler.clone();
         let actors = Arc::clone(&self.actors);
+        let leftovers = Arc::clone(&self.leftovers);
         self.ledger
             .accepted(record, spec, key, shared, move |recorded| {
                 drop(in_flight);
                 match (&recorded, promise) {
-                    (Ok(()), Some(promise)) => {
-                        if scheduler.place(promise, job) == Placed::Queued {
+                    (Ok(()), Some(promise)) => match scheduler.place(promise, job) {
+                        Placed::Running => {}
+                        Placed::Queued => {
                             tracing::info!(pid = %pid, step = 0, "Task queued: every place taken");
                         }
-                    }
+                        // Answered 202 as the host began to shut down: it runs all the same.
+                        Placed::Refused(job) => leftovers.keep(&job),
+                    },
                     (Ok(()), None) => {
                         tracing::info!(pid = %pid, step = 0,
                             "Task queued in the cluster: every place here is taken");
@@ -621,22 +697,42 @@ impl Host {
 
     /// Shuts down: refuses new tasks at once, gives running ones `grace` to end, kills the
     /// rest, and returns once every task's end is recorded and the scheduler threads are gone.
+    /// Tasks accepted and not started stay accepted where the store outlives the host: they run
+    /// after the restart, or on another host of a cluster (see [`Leftovers`]).
     pub fn shutdown(&self, grace: Duration) {
         if self.cluster.is_some() {
             // Before admission closes: a claim in flight then would end its tasks here.
             self.stop_claiming();
-            let waiting = self.scheduler.close_handing_back();
+        }
+        let waiting = self.scheduler.close();
+        if self.cluster.is_some() {
             self.leave_cluster(waiting);
+        } else if self.store.durable() {
+            for job in &waiting {
+                self.leftovers.keep(job);
+            }
         } else {
-            self.scheduler.close();
+            for job in &waiting {
+                self.scheduler.end_unstarted(job, TaskEnd::killed());
+            }
         }
         // After the waiting tasks' ends are published, before the grace period: open streams
         // must not hold up the HTTP server's shutdown.
         self.events.close();
         self.scheduler.finish(grace);
-        // Every end is submitted by now; wait until the store has them all.
+        // Every end is submitted by now; wait until the store has them all, and every
+        // acceptance is answered.
         if let Err(error) = self.store.wait(Vec::new()) {
             tracing::error!(%error, "the store could not take the last ends");
+        }
+        let left = self.leftovers.take();
+        if !left.is_empty() {
+            self.hand_back_left(&left);
+            tracing::warn!(
+                tasks = left.len(),
+                "tasks accepted and not started stay accepted: they run after the restart, or \
+                 on another host of the cluster"
+            );
         }
         self.left_cluster();
         tracing::info!(totals = ?self.totals(), "every task has ended");
@@ -745,7 +841,7 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
             (Arc::new(MemoryStore::new(config.max_history)), None)
         }
         StoreLocation::Sqlite(path) => {
-            let store = SqliteStore::open(&path, config.store_sync)?;
+            let store = SqliteStore::open(&path, config.store_sync, config.store_backlog)?;
             tracing::info!(path = %path.display(), sync = ?config.store_sync, "task store opened");
             (Arc::new(store), None)
         }
@@ -755,8 +851,9 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
                 address: config.advertised_address(),
                 capacity: config.capacity,
                 lease: config.lease,
+                max_messages: config.max_mailbox_messages,
             };
-            let store = Arc::new(PgStore::open(&url, spec)?);
+            let store = Arc::new(PgStore::open(&url, spec, config.store_backlog)?);
             (store.clone(), Some(store))
         }
     })

@@ -6,6 +6,7 @@ mod log;
 mod pid;
 mod record;
 mod task;
+mod text;
 pub(crate) mod time;
 mod units;
 
@@ -16,4 +17,5 @@ pub use record::{ActorState, Attempt, TaskEvent, TaskRecord};
 pub use task::{
     MAX_TASK_NAME_BYTES, NewTask, OnHostLoss, Outcome, RestartPolicy, Status, TaskEnd, TaskSpec,
 };
-pub use units::{WASM_PAGE_BYTES, parse_memory_size};
+pub use text::storable;
+pub use units::{WASM_PAGE_BYTES, parse_memory_size, parse_size};

@@ -201,13 +201,14 @@ impl TaskEnd {
         }
     }
 
-    /// The task failed with `outcome`, for the reason `message`.
+    /// The task failed with `outcome`, for the reason `message` (which may be a guest's: it is
+    /// made [`storable`](super::storable)).
     pub fn failed(outcome: Outcome, message: String) -> Self {
         Self {
             status: Status::Failed,
             outcome,
             exit_code: None,
-            error: Some(message),
+            error: Some(super::storable(message)),
         }
     }
 

@@ -6,6 +6,19 @@ pub const WASM_PAGE_BYTES: u64 = 64 * 1024;
 /// Parses a memory size: `65536`, `64KiB`, `1MiB`, `2GiB` (also `K`, `M`, `G`, `KB`…, all
 /// binary), which must be a whole number of wasm pages between one page and 4 GiB.
 pub fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes % WASM_PAGE_BYTES != 0 {
+        return Err(format!(
+            "{:?} is not a whole number of 64 KiB wasm pages",
+            text.trim()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses a size in bytes as [`parse_memory_size`] does, without the whole pages: between
+/// 64 KiB and 4 GiB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -21,16 +34,10 @@ pub fn parse_memory_size(text: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown unit {other:?}; use KiB, MiB or GiB")),
     };
-    let bytes = number
+    number
         .checked_mul(scale)
         .filter(|&bytes| (WASM_PAGE_BYTES..=4 << 30).contains(&bytes))
-        .ok_or_else(|| format!("{text:?} is outside 64KiB..=4GiB"))?;
-    if bytes % WASM_PAGE_BYTES != 0 {
-        return Err(format!(
-            "{text:?} is not a whole number of 64 KiB wasm pages"
-        ));
-    }
-    Ok(bytes)
+        .ok_or_else(|| format!("{text:?} is outside 64KiB..=4GiB"))
 }
 
 #[cfg(test)]

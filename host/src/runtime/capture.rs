@@ -13,7 +13,7 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use crate::model::{LogLine, LogSource};
+use crate::model::{LogLine, LogSource, storable};
 
 /// A rust guest's panic hook writes `panicked at <place>:` and then the message to stderr;
 /// the host keeps this much of stderr's tail to report the message even when the log is full.
@@ -171,7 +171,7 @@ impl Inner {
         self.fresh.push(LogLine {
             at: SystemTime::now(),
             source,
-            message,
+            message: storable(message),
         });
     }
 }

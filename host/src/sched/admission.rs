@@ -129,15 +129,19 @@ impl<T: Queued> Admission<T> {
     }
 
     /// Admits a task recovered from the store at start: like any other, except that the
-    /// queue takes it even past its limit, since its acceptance was answered long ago.
-    pub fn readmit(self: &Arc<Self>, item: T) -> Admitted<T> {
+    /// queue takes it even past its limit, since its acceptance was answered long ago. Gives
+    /// it back once admission is closed.
+    pub fn readmit(self: &Arc<Self>, item: T) -> Result<Admitted<T>, T> {
         let mut state = self.lock();
+        if state.closed {
+            return Err(item);
+        }
         if state.live < self.limit && state.queue.is_empty() {
             state.live += 1;
-            return Admitted::Now(item, Permit(Some(Arc::clone(self))));
+            return Ok(Admitted::Now(item, Permit(Some(Arc::clone(self)))));
         }
         state.queue.push_back(item);
-        Admitted::Queued
+        Ok(Admitted::Queued)
     }
 
     /// Takes `pid` out of the queue, if it waits there.

@@ -41,7 +41,7 @@ const THREAD_STACK_BYTES: usize = 4 << 20;
 #[derive(Debug)]
 pub struct Job {
     pub pid: Pid,
-    pub name: String,
+    pub name: Arc<str>,
     /// The worker and module version the task runs, every attempt of it: a swap never
     /// reaches a task already accepted.
     pub version: Arc<Version>,
@@ -77,7 +77,7 @@ impl Job {
     ) -> Self {
         Self {
             pid: record.pid,
-            name: record.name,
+            name: record.name.into(),
             version,
             duration: record.duration,
             payload: spec.payload,
@@ -126,13 +126,9 @@ impl Lanes {
 
     /// Hands `job` to its thread. A thread takes no more tasks only once the scheduler shuts
     /// down; a job refused then ends there, recorded, and its place is given back.
-    fn run(&self, job: Job, permit: Permit<Job>) -> bool {
-        match self.of(job.pid).inbox.run(job, permit) {
-            Ok(()) => true,
-            Err(job) => {
-                self.record_unstarted(&job, TaskEnd::shut_down_before_start());
-                false
-            }
+    fn run(&self, job: Job, permit: Permit<Job>) {
+        if let Err(job) = self.of(job.pid).inbox.run(job, permit) {
+            self.record_unstarted(&job, TaskEnd::shut_down_before_start());
         }
     }
 
@@ -149,10 +145,17 @@ impl Lanes {
         let ending = Ending::unstarted(end, job.attempt);
         let (pid, interrupts) = (job.pid, self.of(job.pid).interrupts.clone());
         let aftermath = self.end_actor(pid, &ending.end);
-        self.ledger
-            .ended(pid, job.version.worker(), ending, at, None, move || {
+        self.ledger.ended(
+            pid,
+            job.version.worker(),
+            &job.name,
+            ending,
+            at,
+            None,
+            move || {
                 interrupts.remove(pid);
-            });
+            },
+        );
         self.follow(pid, aftermath);
     }
 
@@ -219,14 +222,16 @@ impl Lanes {
 }
 
 /// Where a recorded task went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Placed {
     /// To its scheduler thread, to start now.
     Running,
     /// Into the wait queue: every place is taken.
     Queued,
-    /// Nowhere: the host began to shut down meanwhile, and the task's end is recorded.
-    Ended,
+    /// Nowhere: the host began to shut down meanwhile. Nothing is recorded of it: its
+    /// acceptance is in the store, and the caller decides what becomes of it (it runs after
+    /// the restart, or on another host of a cluster).
+    Refused(Box<Job>),
 }
 
 /// A place, or a place in the wait queue, promised to a task before it is recorded; dropping
@@ -311,26 +316,20 @@ impl Scheduler {
     }
 
     /// Places a task once it is recorded, where `promise` said: on its thread, or in the
-    /// queue.
+    /// queue; or nowhere, once the scheduler shuts down.
     pub fn place(&self, promise: Promise, job: Job) -> Placed {
         let admitted = match promise.0 {
             Reservation::Place(permit) => Ok(Admitted::Now(job, permit)),
             Reservation::Queue(slot) => self.lanes.admission.fill(slot, job),
         };
         match admitted {
-            Ok(Admitted::Now(job, permit)) => {
-                if self.lanes.run(job, permit) {
-                    Placed::Running
-                } else {
-                    Placed::Ended
-                }
-            }
+            // Its place is given back as the permit drops with the refusal.
+            Ok(Admitted::Now(job, permit)) => match self.lanes.of(job.pid).inbox.run(job, permit) {
+                Ok(()) => Placed::Running,
+                Err(job) => Placed::Refused(job),
+            },
             Ok(Admitted::Queued) => Placed::Queued,
-            Err(job) => {
-                self.lanes
-                    .record_unstarted(&job, TaskEnd::shut_down_before_start());
-                Placed::Ended
-            }
+            Err(job) => Placed::Refused(Box::new(job)),
         }
     }
 
@@ -342,11 +341,14 @@ impl Scheduler {
         }
     }
 
-    /// Places a task found unfinished in the store at start, in the order they were
-    /// accepted: the queue takes it even past its limit.
-    pub fn readmit(&self, job: Job) {
-        if let Admitted::Now(job, permit) = self.lanes.admission.readmit(job) {
-            self.lanes.run(job, permit);
+    /// Places a task found unfinished in the store at start, or claimed from a cluster's
+    /// shared queue, in the order they were accepted: the queue takes it even past its limit.
+    /// Once the scheduler shuts down, it is given back, nothing recorded.
+    pub fn readmit(&self, job: Job) -> Result<(), Box<Job>> {
+        match self.lanes.admission.readmit(job) {
+            Ok(Admitted::Now(job, permit)) => self.lanes.of(job.pid).inbox.run(job, permit),
+            Ok(Admitted::Queued) => Ok(()),
+            Err(job) => Err(Box::new(job)),
         }
     }
 
@@ -368,16 +370,15 @@ impl Scheduler {
         self.lanes.of(pid).interrupts.remove(pid);
     }
 
-    /// Begins a shutdown: refuses new tasks at once and ends the waiting ones as killed.
-    pub fn close(&self) {
-        for waiting in self.close_handing_back() {
-            self.lanes.record_unstarted(&waiting, TaskEnd::killed());
-        }
+    /// Records the end of `job`, which never reached a thread (a task waiting for a place at a
+    /// shutdown, refused a place, or handed back by [`Scheduler::close`]).
+    pub fn end_unstarted(&self, job: &Job, end: TaskEnd) {
+        self.lanes.record_unstarted(job, end);
     }
 
-    /// Begins a shutdown, like [`Scheduler::close`], but hands the waiting tasks back instead of
-    /// ending them: a host of a cluster returns them to the shared queue.
-    pub fn close_handing_back(&self) -> Vec<Job> {
+    /// Begins a shutdown: refuses new tasks at once, and hands back the tasks waiting for a
+    /// place, none of them ended: the caller decides what becomes of them.
+    pub fn close(&self) -> Vec<Job> {
         // Admission first: from here no waiting task is handed to a thread.
         let waiting = self.lanes.admission.close();
         for lane in &self.lanes.lanes {

@@ -43,6 +43,7 @@ struct Live {
     /// Kept only when the task may be restarted.
     respawn: Option<Box<Job>>,
     pid: Pid,
+    name: Arc<str>,
     /// When this attempt started.
     started: Instant,
     /// Which attempt this is, from 1.
@@ -287,11 +288,13 @@ impl SchedulerThread {
         );
         self.ledger().logs(pid, process.capture().take());
         let attempt = job.attempt;
+        let name = Arc::clone(&job.name);
         let task = Live {
             process,
             permit,
             respawn: (job.attempt < job.max_attempts).then(|| Box::new(job)),
             pid,
+            name,
             started: begun,
             attempt,
             steps,
@@ -382,6 +385,7 @@ impl SchedulerThread {
             permit,
             respawn,
             pid,
+            name,
             attempt,
             ..
         } = task;
@@ -395,7 +399,7 @@ impl SchedulerThread {
         };
         match respawn {
             Some(job) => self.end_or_restart(*job, permit, ending, logs),
-            None => self.record_end(permit, pid, &worker, ending, logs),
+            None => self.record_end(permit, pid, &worker, &name, ending, logs),
         }
     }
 
@@ -412,7 +416,7 @@ impl SchedulerThread {
         let closing = self.lane().inbox.is_closed();
         if !ending.end.is_failure() || closing || job.attempt >= job.max_attempts {
             let worker = Arc::clone(job.version.worker());
-            return self.record_end(permit, pid, &worker, ending, logs);
+            return self.record_end(permit, pid, &worker, &job.name, ending, logs);
         }
         let Ending {
             step, fuel, end, ..
@@ -502,7 +506,14 @@ impl SchedulerThread {
 
     fn end_unstarted(&self, job: Job, permit: Permit<Job>, end: TaskEnd) {
         let ending = Ending::unstarted(end, job.attempt);
-        self.record_end(permit, job.pid, job.version.worker(), ending, None);
+        self.record_end(
+            permit,
+            job.pid,
+            job.version.worker(),
+            &job.name,
+            ending,
+            None,
+        );
     }
 
     /// Records the end of a task whose store is gone: its end time first, then its place
@@ -513,6 +524,7 @@ impl SchedulerThread {
         permit: Permit<Job>,
         pid: Pid,
         worker: &Arc<str>,
+        name: &Arc<str>,
         ending: Ending,
         logs: Option<FreshLogs>,
     ) {
@@ -522,9 +534,10 @@ impl SchedulerThread {
         // then either sees the end or is taken back here (see `Host::kill`).
         let interrupts = self.lane().interrupts.clone();
         let aftermath = self.lanes.end_actor(pid, &ending.end);
-        self.ledger().ended(pid, worker, ending, at, logs, move || {
-            interrupts.remove(pid)
-        });
+        self.ledger()
+            .ended(pid, worker, name, ending, at, logs, move || {
+                interrupts.remove(pid)
+            });
         self.lanes.follow(pid, aftermath);
     }
 }

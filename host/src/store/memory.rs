@@ -193,8 +193,7 @@ impl Store for MemoryStore {
         StoreStats {
             commits: batches,
             batches,
-            log_lines_shed: 0,
-            fenced_writes: 0,
+            ..StoreStats::default()
         }
     }
 

@@ -10,10 +10,12 @@
 //! [`MemoryStore`] keeps everything in this process; a durable store (SQLite) or a shared one
 //! (PostgreSQL) implements [`Store`] with SQL of its own.
 
+mod backlog;
 mod columns;
 mod memory;
 mod postgres;
 mod sqlite;
+mod writer;
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,6 +26,7 @@ use serde::{Serialize, Serializer};
 use crate::actor::EndNotice;
 use crate::model::{Pid, Status, TaskEnd, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
 
+pub use backlog::BacklogSize;
 pub use memory::MemoryStore;
 pub use postgres::{Claimed, Command, NodeInfo, NodeSpec, PgStore};
 pub use sqlite::{SqliteStore, StoreSync};
@@ -75,7 +78,7 @@ pub enum Forward {
 }
 
 /// What a store has written since it was opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Transactions committed; a store that writes in place counts each batch.
     pub commits: u64,
@@ -85,6 +88,29 @@ pub struct StoreStats {
     pub log_lines_shed: u64,
     /// Writes of tasks a shared store refused because this host no longer held them.
     pub fenced_writes: u64,
+    /// What waits for the writer now.
+    pub backlog: BacklogSize,
+    /// Commits that failed, by cause: the environment, a conflict, the content.
+    pub failures: [u64; 3],
+    /// Changes the store refused for their content, by kind (`log_line`, `acceptance`,
+    /// `error_text`, `progress`, `other`).
+    pub refused: Vec<(&'static str, u64)>,
+}
+
+impl StoreStats {
+    /// The stats of a durable store's writer and backlog.
+    fn of(stats: &writer::WriterStats, backlog: &backlog::Backlog) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            commits: stats.commits.load(Relaxed),
+            batches: stats.batches.load(Relaxed),
+            log_lines_shed: backlog.shed(),
+            fenced_writes: stats.fenced.load(Relaxed),
+            backlog: backlog.size(),
+            failures: stats.failures(),
+            refused: stats.refusals(),
+        }
+    }
 }
 
 /// Called once a submitted batch is written, or could not be.
@@ -107,6 +133,9 @@ pub struct IdempotencyKey {
     pub key: String,
     /// The SHA-256 of the request body, in hex.
     pub body_sha256: String,
+    /// A key of an earlier request remembered from before this (past `--idempotency-ttl`)
+    /// is free to take, pruned or not.
+    pub stale_before: SystemTime,
 }
 
 /// What the store remembers of an idempotency key.
@@ -146,6 +175,18 @@ pub enum StoreError {
     /// another host of a cluster): the acceptance was not written.
     #[error("a request with this Idempotency-Key was accepted at the same moment; retry")]
     KeyTaken,
+    /// The store refuses this change for what it holds (a value it cannot keep, a
+    /// constraint): the same change will never be taken.
+    #[error("the task store refused it: {0}")]
+    Refused(String),
+    /// A message or a kill forwarded for a task another host may hold found no such task
+    /// unfinished, or its mailbox and the messages waiting for it in the store full.
+    #[error("the task has ended, or its mailbox is full")]
+    NotDelivered,
+    /// This host no longer holds the task: the change was not written (another host holds
+    /// it now, or it has ended).
+    #[error("this host no longer holds the task")]
+    Fenced,
 }
 
 /// Where a task stands in a listing: when it was accepted, then its pid, so that tasks accepted
@@ -267,6 +308,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Whether the last write succeeded: while it did not, new tasks are refused at once.
     fn healthy(&self) -> bool {
         true
+    }
+
+    /// Whether what it holds outlives the host: a task it holds unfinished runs again when a
+    /// host starts on it (or, in a cluster, on another host).
+    fn durable(&self) -> bool {
+        false
     }
 
     /// Commits and batches written since the store was opened.

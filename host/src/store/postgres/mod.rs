@@ -13,11 +13,12 @@
 //! pool of connections; the writer has one connection of its own.
 
 mod cluster;
+mod plan;
 mod schema;
 mod writer;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -56,6 +57,9 @@ pub struct NodeSpec {
     pub capacity: u32,
     /// How long its lease lasts without a heartbeat.
     pub lease: Duration,
+    /// A task's mailbox bound (`--max-mailbox-messages`): as many messages again may wait
+    /// for it in the store, and no more.
+    pub max_messages: usize,
 }
 
 /// Why the shared store could not be opened.
@@ -71,6 +75,8 @@ pub enum OpenError {
     Runtime(std::io::Error),
     #[error("joining the cluster: {0}")]
     Join(String),
+    #[error("cannot start the store's writer: {0}")]
+    Writer(std::io::Error),
 }
 
 /// What the writer and the rest of the store share.
@@ -79,11 +85,7 @@ struct Shared {
     /// the boot id of the pids it gives out. A host that lost its lease joins again as a new
     /// one.
     node: AtomicI32,
-    /// False from a failed commit until one succeeds.
-    healthy: AtomicBool,
-    commits: AtomicU64,
-    batches: AtomicU64,
-    /// Writes of tasks the store refused because this host no longer held them.
+    /// Changes of tasks an earlier incarnation of this host submitted, not written.
     fenced: AtomicU64,
     /// Told of each task whose start this host wrote while it no longer held it: the host
     /// stops it.
@@ -94,7 +96,6 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("node", &self.node)
-            .field("healthy", &self.healthy)
             .finish_non_exhaustive()
     }
 }
@@ -160,8 +161,9 @@ fn key(pid: Pid) -> (i32, i64) {
 
 impl PgStore {
     /// Connects to the database at `url`, creates or migrates the schema, joins the cluster as
-    /// `spec` describes, and starts the writer.
-    pub fn open(url: &str, spec: NodeSpec) -> Result<Self, OpenError> {
+    /// `spec` describes, and starts the writer, whose backlog is bounded to `backlog_bytes`
+    /// (see [`super::backlog`]).
+    pub fn open(url: &str, spec: NodeSpec, backlog_bytes: usize) -> Result<Self, OpenError> {
         let shown = shown(url);
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|error: tokio_postgres::Error| {
@@ -195,13 +197,22 @@ impl PgStore {
         };
         let shared = Arc::new(Shared {
             node: AtomicI32::new(joined),
-            healthy: AtomicBool::new(true),
-            commits: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             on_fenced: OnceLock::new(),
         });
-        let writer = Writer::start(&handle, config, Arc::clone(&shared));
+        let writer = match Writer::start(
+            &handle,
+            config,
+            Arc::clone(&shared),
+            backlog_bytes,
+            spec.max_messages,
+        ) {
+            Ok(writer) => writer,
+            Err(error) => {
+                runtime.shutdown_background();
+                return Err(OpenError::Writer(error));
+            }
+        };
         tracing::info!(database = %shown, node = joined, name = %spec.name,
             "joined the cluster");
         Ok(Self {
@@ -415,16 +426,17 @@ impl Store for PgStore {
     }
 
     fn healthy(&self) -> bool {
-        self.shared.healthy.load(Ordering::Acquire)
+        self.writer.stats().healthy.load(Ordering::Acquire)
+    }
+
+    fn durable(&self) -> bool {
+        true
     }
 
     fn stats(&self) -> StoreStats {
-        StoreStats {
-            commits: self.shared.commits.load(Ordering::Relaxed),
-            batches: self.shared.batches.load(Ordering::Relaxed),
-            log_lines_shed: 0,
-            fenced_writes: self.shared.fenced.load(Ordering::Relaxed),
-        }
+        let mut stats = StoreStats::of(self.writer.stats(), self.writer.backlog());
+        stats.fenced_writes += self.shared.fenced.load(Ordering::Relaxed);
+        stats
     }
 
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {

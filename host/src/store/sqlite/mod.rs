@@ -1,128 +1,45 @@
 //! The durable store: one SQLite file in WAL mode, written by one writer thread that commits
-//! every pending batch in one transaction (group commit) and then tells each submitter, read
-//! through connections of its own by everyone else.
+//! what waits in its backlog in one transaction (group commit) and then tells each submitter,
+//! read through connections of its own by everyone else.
 //!
-//! - A batch is written whole or not at all. When a commit fails (a full disk, an I/O error),
-//!   the acceptances in it are refused (their submitters answer `503`), and the other changes
-//!   are kept and tried again until the store takes them: running tasks go on, and the host
-//!   recovers by itself.
+//! - The writer, its backlog and what it does when a commit fails are the durable stores'
+//!   shared ones ([`super::writer`], [`super::backlog`]); this store's side of it is `writer`:
+//!   its statements, and SQLite's result codes read as causes.
 //! - The file is held by one host at a time, with an exclusive `flock` on `<file>.lock`.
-//! - The schema carries its version in `PRAGMA user_version`; an older one is migrated
-//!   forward at start, a newer one is refused.
+//! - The schema (`schema`) carries its version in `PRAGMA user_version`; an older one is
+//!   migrated forward at start, a newer one is refused.
 
-use std::collections::{HashMap, VecDeque};
+mod read;
+mod schema;
+mod writer;
+
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::columns::{
-    attempt_json, attempts_of, nanos, source_name, source_of, status_of, time, unavailable,
-};
+use super::backlog::Backlog;
+use super::columns::{source_of, time, unavailable};
+use super::writer::{Writer, WriterStats};
 use super::{
     Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats,
     StoredVersion, WorkerVersions,
 };
-use crate::model::{
-    LogLine, OnHostLoss, Outcome, Pid, Status, TaskEvent, TaskLogs, TaskRecord, TaskSpec,
-};
-
-/// The schema this host writes: version 1 ([`SCHEMA`]) and every migration after it.
-const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
-
-/// Version 1 of the schema. A new store is created at version 1 and migrated forward like an
-/// old one, so that every store of a version is laid out the same.
-const SCHEMA: &str = "
-CREATE TABLE tasks (
-    boot INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    spawned_at INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    worker TEXT NOT NULL,
-    version TEXT NOT NULL,
-    module_sha256 TEXT NOT NULL,
-    duration INTEGER NOT NULL,
-    payload TEXT,
-    deadline_secs INTEGER NOT NULL,
-    max_attempts INTEGER NOT NULL,
-    on_host_loss TEXT NOT NULL,
-    status TEXT NOT NULL,
-    step INTEGER NOT NULL DEFAULT 0,
-    steps INTEGER NOT NULL DEFAULT 0,
-    exit_code INTEGER,
-    outcome TEXT,
-    error TEXT,
-    started_at INTEGER,
-    ended_at INTEGER,
-    fuel INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    attempts TEXT NOT NULL DEFAULT '[]',
-    logs_dropped_bytes INTEGER NOT NULL DEFAULT 0,
-    ready_at INTEGER,
-    PRIMARY KEY (boot, seq)
-);
-CREATE INDEX tasks_by_time ON tasks (spawned_at, boot, seq);
-CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
-CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);
-CREATE INDEX tasks_by_worker ON tasks (worker, spawned_at, boot, seq);
-CREATE INDEX tasks_by_end ON tasks (ended_at) WHERE ended_at IS NOT NULL;
-CREATE TABLE logs (
-    boot INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    at INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX logs_by_task ON logs (boot, seq);
-CREATE TABLE modules (
-    sha256 TEXT PRIMARY KEY,
-    bytes BLOB NOT NULL
-);
-CREATE TABLE workers (
-    name TEXT PRIMARY KEY,
-    current TEXT NOT NULL,
-    current_source TEXT NOT NULL,
-    current_installed_at INTEGER NOT NULL,
-    previous TEXT,
-    previous_source TEXT,
-    previous_installed_at INTEGER,
-    file_sha256 TEXT NOT NULL
-);
-CREATE TABLE idempotency (
-    key TEXT PRIMARY KEY,
-    body_sha256 TEXT NOT NULL,
-    boot INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
-);
-CREATE INDEX idempotency_by_age ON idempotency (created_at);
-";
-
-/// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`. Each runs in the
-/// transaction that sets the new version, so a store is migrated whole or not at all.
-const MIGRATIONS: [&str; 1] = [
-    // 2: the task that spawned each task (`NULL` for one submitted over HTTP, as every task
-    // of version 1 was), and its children listed newest first. Most tasks have no parent, so
-    // the index leaves them out.
-    "
-ALTER TABLE tasks ADD COLUMN parent_boot INTEGER;
-ALTER TABLE tasks ADD COLUMN parent_seq INTEGER;
-CREATE INDEX tasks_by_parent ON tasks (parent_boot, parent_seq, spawned_at, boot, seq)
-    WHERE parent_boot IS NOT NULL;
-",
-];
+use crate::model::{LogLine, Pid, Status, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
+use read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, record_of, spec_of};
+use schema::{SCHEMA_VERSION, classify_open_error, migrate};
 
 /// Connections kept for reading, each behind its own lock.
 const READERS: usize = 4;
 
-/// How long a failed commit waits before the writer tries its changes again.
-const RETRY_WAIT: Duration = Duration::from_millis(200);
-
-/// Ended tasks deleted per prune, so a large prune never holds the writer long.
-const PRUNE_BATCH: i64 = 1000;
+/// A pid as the store's `(boot, seq)` columns hold it.
+fn key(pid: Pid) -> (i64, i64) {
+    (i64::from(pid.boot()), pid.seq() as i64)
+}
 
 /// How much `--store-sync` makes a commit wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,29 +48,6 @@ pub enum StoreSync {
     Full,
     /// A commit survives a crash of the host, not of the machine.
     Normal,
-}
-
-/// Writes waiting for the writer thread.
-struct Pending {
-    batch: Vec<Change>,
-    done: Option<Done>,
-}
-
-#[derive(Default)]
-struct Queue {
-    pending: VecDeque<Pending>,
-    closed: bool,
-}
-
-struct Shared {
-    queue: Mutex<Queue>,
-    wake: Condvar,
-    /// False from a failed commit until one succeeds.
-    healthy: AtomicBool,
-    commits: AtomicU64,
-    batches: AtomicU64,
-    /// Log lines of running tasks not written because the writer was too far behind.
-    lines_shed: AtomicU64,
 }
 
 /// The progress of running tasks, kept in memory and written with their next change that
@@ -237,12 +131,11 @@ impl Progress {
 pub struct SqliteStore {
     path: PathBuf,
     progress: Progress,
-    shared: Arc<Shared>,
+    backlog: Arc<Backlog>,
+    stats: Arc<WriterStats>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Batches waiting past which log lines are shed: [`SHED_LOGS_PAST`] but in tests.
-    shed_logs_past: usize,
     /// Held for the life of the store: the file is this host's alone.
     _lock: File,
 }
@@ -284,8 +177,8 @@ pub enum OpenError {
 
 impl SqliteStore {
     /// Opens (or creates) the store at `path`, migrates its schema forward, and starts its
-    /// writer.
-    pub fn open(path: &Path, sync: StoreSync) -> Result<Self, OpenError> {
+    /// writer, whose backlog is bounded to `backlog_bytes` (see [`Backlog`]).
+    pub fn open(path: &Path, sync: StoreSync, backlog_bytes: usize) -> Result<Self, OpenError> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
                 path: dir.to_owned(),
@@ -294,9 +187,9 @@ impl SqliteStore {
         }
         let lock = lock_file(path)?;
         let unreadable = |error: rusqlite::Error| classify_open_error(path, &error);
-        let mut writer = Connection::open(path).map_err(unreadable)?;
-        configure(&writer, sync).map_err(unreadable)?;
-        migrate(path, &mut writer)?;
+        let mut connection = Connection::open(path).map_err(unreadable)?;
+        configure(&connection, sync).map_err(unreadable)?;
+        migrate(path, &mut connection)?;
         let readers = (0..READERS)
             .map(|_| {
                 let reader = Connection::open_with_flags(
@@ -308,19 +201,14 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, rusqlite::Error>>()
             .map_err(unreadable)?;
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
-            healthy: AtomicBool::new(true),
-            commits: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            lines_shed: AtomicU64::new(0),
-        });
+        let backlog = Arc::new(Backlog::new(backlog_bytes));
+        let stats = Arc::new(WriterStats::new());
         let thread = {
-            let shared = Arc::clone(&shared);
+            let (backlog, stats) = (Arc::clone(&backlog), Arc::clone(&stats));
+            let backend = writer::SqliteBackend { connection };
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || write_loop(&shared, &mut writer))
+                .spawn(move || Writer::new(&backlog, backend, &stats, "sqlite").run())
                 .map_err(|error| OpenError::Unreadable {
                     path: path.to_owned(),
                     reason: format!("starting the writer thread: {error}"),
@@ -329,39 +217,45 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_owned(),
             progress: Progress::default(),
-            shared,
+            backlog,
+            stats,
             readers,
             next_reader: AtomicUsize::new(0),
             writer: Mutex::new(Some(thread)),
-            shed_logs_past: SHED_LOGS_PAST,
             _lock: lock,
         })
     }
 
-    fn reader(&self) -> MutexGuard<'_, Connection> {
+    /// Runs `read` with a reader connection: a free one at once; else, on a worker of an
+    /// async runtime (an HTTP handler), off it (`block_in_place`), so that what else waits on
+    /// that worker moves to another while this waits for a reader.
+    fn read<T>(&self, read: impl FnOnce(&Connection) -> T) -> T {
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
         for offset in 0..self.readers.len() {
             if let Ok(reader) = self.readers[(start + offset) % self.readers.len()].try_lock() {
-                return reader;
+                return read(&reader);
             }
         }
-        self.readers[start % self.readers.len()]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        let wait = || {
+            let reader = self.readers[start % self.readers.len()]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            read(&reader)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
     }
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        {
-            let mut queue = self
-                .shared
-                .queue
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            queue.closed = true;
-        }
-        self.shared.wake.notify_all();
+        self.backlog.close();
         let writer = self
             .writer
             .lock()
@@ -406,20 +300,6 @@ fn lock_file(path: &Path) -> Result<File, OpenError> {
     Ok(file)
 }
 
-fn classify_open_error(path: &Path, error: &rusqlite::Error) -> OpenError {
-    use rusqlite::ErrorCode;
-    match error.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => OpenError::Corrupt {
-            path: path.to_owned(),
-            reason: error.to_string(),
-        },
-        _ => OpenError::Unreadable {
-            path: path.to_owned(),
-            reason: error.to_string(),
-        },
-    }
-}
-
 fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     connection.busy_timeout(Duration::from_secs(5))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
@@ -434,570 +314,34 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Brings the schema to [`SCHEMA_VERSION`], or refuses a newer one.
-fn migrate(path: &Path, connection: &mut Connection) -> Result<(), OpenError> {
-    let fail = |error: rusqlite::Error| classify_open_error(path, &error);
-    let found: i64 = connection
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(fail)?;
-    if found > SCHEMA_VERSION {
-        return Err(OpenError::Newer {
-            path: path.to_owned(),
-            found,
-        });
-    }
-    if found == SCHEMA_VERSION {
-        return Ok(());
-    }
-    let tx = connection.transaction().map_err(fail)?;
-    if found < 1 {
-        tx.execute_batch(SCHEMA).map_err(fail)?;
-    }
-    // Version 0 (a new file) has just been made version 1.
-    let from = usize::try_from(found.max(1) - 1).unwrap_or(0);
-    for migration in &MIGRATIONS[from..] {
-        tx.execute_batch(migration).map_err(fail)?;
-    }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(fail)?;
-    tx.commit().map_err(fail)?;
-    if found < 1 {
-        tracing::info!(path = %path.display(), version = SCHEMA_VERSION, "task store created");
-    } else {
-        tracing::info!(
-            path = %path.display(),
-            from = found,
-            version = SCHEMA_VERSION,
-            "task store migrated"
-        );
-    }
-    Ok(())
-}
-
-/// Batches waiting for the writer past which the log lines of running tasks are shed: they are
-/// the one thing a task writes at a rate of its own choosing (a line a step, for every live
-/// task), and past this the writer has fallen behind, so keeping them would grow the queue
-/// without bound. Their events are still published; every other change is always kept.
-const SHED_LOGS_PAST: usize = 10_000;
-
-/// Whether `batch` holds nothing but log lines of a running task.
-fn only_log_lines(batch: &[Change]) -> bool {
-    batch
-        .iter()
-        .all(|change| matches!(change, Change::Event(_, TaskEvent::Logs { .. })))
-}
-
-impl SqliteStore {
-    /// Drops a batch of log lines the writer has no time for, counting them, and tells the
-    /// submitter it is done (its events are published: live streams still see the lines).
-    fn shed(&self, batch: &[Change], done: Option<Done>) {
-        let lines: usize = batch
-            .iter()
-            .map(|change| match change {
-                Change::Event(_, TaskEvent::Logs { lines, .. }) => lines.len(),
-                _ => 0,
-            })
-            .sum();
-        let before = self
-            .shared
-            .lines_shed
-            .fetch_add(lines as u64, Ordering::Relaxed);
-        if before == 0 {
-            tracing::warn!(
-                "the task store's writer has fallen behind: log lines of running tasks are \
-                 shed (not stored, still streamed) until it catches up; see \
-                 http_spawn_store_log_lines_shed_total"
-            );
-        }
-        if let Some(done) = done {
-            done(Ok(()));
-        }
-    }
-}
-
-/// The writer thread: takes every pending batch, commits them in one transaction, then tells
-/// their submitters; until the store is dropped.
-fn write_loop(shared: &Shared, connection: &mut Connection) {
-    let mut retry: Vec<Pending> = Vec::new();
-    loop {
-        let mut taken: Vec<Pending> = std::mem::take(&mut retry);
-        let closed = {
-            let mut queue = shared
-                .queue
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            while taken.is_empty() && queue.pending.is_empty() && !queue.closed {
-                queue = shared
-                    .wake
-                    .wait(queue)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            taken.extend(queue.pending.drain(..));
-            if taken.is_empty() && queue.closed {
-                return;
-            }
-            queue.closed
-        };
-        let error = match commit(connection, &taken) {
-            Ok(more) => {
-                committed(shared, taken);
-                if let Some(prune) = more {
-                    // More ended tasks are due than one prune deletes (more end each second
-                    // than it takes): the next one goes in the next commit, beside whatever
-                    // else is waiting, until retention is met.
-                    lock_queue(shared).pending.push_back(Pending {
-                        batch: vec![prune],
-                        done: None,
-                    });
-                }
-                continue;
-            }
-            Err(error) => error,
-        };
-        if !transient(&error) {
-            // A change the store refuses for what it is, not for the disk: write each batch
-            // alone, so that one bad change cannot hold up the others.
-            tracing::error!(%error, "a commit failed; writing its batches one at a time");
-            for pending in taken {
-                match commit(connection, std::slice::from_ref(&pending)) {
-                    Ok(_) => committed(shared, vec![pending]),
-                    Err(error) => {
-                        tracing::error!(%error, changes = ?pending.batch, "changes refused");
-                        finish(pending, Err(unavailable(error)));
-                    }
-                }
-            }
-            continue;
-        }
-        if shared.healthy.swap(false, Ordering::AcqRel) {
-            tracing::error!(%error, "the task store cannot write; new tasks are refused until \
-                it can, and the changes of running tasks are kept and tried again");
-        }
-        let error = unavailable(error);
-        for pending in taken {
-            if keeps(&pending) {
-                retry.push(pending);
-            } else {
-                finish(pending, Err(error.clone()));
-            }
-        }
-        if closed {
-            tracing::error!(
-                kept = retry.len(),
-                "the host stops with changes the store could not take"
-            );
-            return;
-        }
-        std::thread::sleep(RETRY_WAIT);
-    }
-}
-
-fn lock_queue(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
-    shared
-        .queue
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Counts a commit and tells its submitters.
-fn committed(shared: &Shared, taken: Vec<Pending>) {
-    shared.commits.fetch_add(1, Ordering::Relaxed);
-    shared
-        .batches
-        .fetch_add(taken.len() as u64, Ordering::Relaxed);
-    if !shared.healthy.swap(true, Ordering::AcqRel) {
-        tracing::info!("the task store takes writes again");
-    }
-    for pending in taken {
-        finish(pending, Ok(()));
-    }
-}
-
-/// Tells `pending`'s submitter how its write went.
-fn finish(pending: Pending, result: Result<(), StoreError>) {
-    super::tell(pending.done, result);
-}
-
-/// Whether a failed commit may succeed later as it is: the disk is full, an I/O error, the
-/// file busy.
-fn transient(error: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode;
-    matches!(
-        error.sqlite_error_code(),
-        Some(
-            ErrorCode::DiskFull
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::CannotOpen
-                | ErrorCode::OutOfMemory
-        )
-    )
-}
-
-/// Whether a batch that could not be written is kept to try again: the changes of a running
-/// task's life, which must not be lost. Anything a submitter waits for (an acceptance, a
-/// worker version, a prune) fails at once.
-fn keeps(pending: &Pending) -> bool {
-    pending
-        .batch
-        .iter()
-        .all(|change| matches!(change, Change::Event(..)))
-}
-
-/// Writes `taken` in one transaction. When a prune in it left more due than it deleted, the
-/// prune to write next.
-fn commit(connection: &mut Connection, taken: &[Pending]) -> rusqlite::Result<Option<Change>> {
-    let tx = connection.transaction()?;
-    let mut more = None;
-    for change in taken.iter().flat_map(|pending| &pending.batch) {
-        if write(&tx, change)? {
-            more = Some(change);
-        }
-    }
-    tx.commit()?;
-    Ok(more.and_then(|change| match change {
-        &Change::Prune {
-            max_history,
-            ended_before,
-            keys_before,
-        } => Some(Change::Prune {
-            max_history,
-            ended_before,
-            keys_before,
-        }),
-        _ => None,
-    }))
-}
-
-fn key(pid: Pid) -> (i64, i64) {
-    (i64::from(pid.boot()), pid.seq() as i64)
-}
-
-/// The record's status and fields that only the current attempt may change are written only
-/// while the task has not ended (`ended_at IS NULL`), so a late write never reopens an end.
-/// True when the change was a prune that left more due than it deleted.
-fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bool> {
-    match change {
-        Change::Accepted {
-            record,
-            spec,
-            key: idempotency,
-            ..
-        } => {
-            let (boot, seq) = key(record.pid);
-            let parent = record.parent.map(key);
-            tx.prepare_cached(
-                "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
-                    duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
-                    parent_boot, parent_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?
-            .execute(params![
-                boot,
-                seq,
-                nanos(record.spawned_at),
-                record.name,
-                &*record.worker,
-                &*record.version,
-                spec.module_sha256,
-                record.duration,
-                spec.payload,
-                spec.deadline_secs,
-                spec.max_attempts,
-                spec.on_host_loss.as_str(),
-                record.status.as_str(),
-                record.attempt,
-                parent.map(|(boot, _)| boot),
-                parent.map(|(_, seq)| seq),
-            ])?;
-            if let Some(idempotency) = idempotency {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO idempotency (key, body_sha256, boot, seq, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
-                    idempotency.key,
-                    idempotency.body_sha256,
-                    boot,
-                    seq,
-                    nanos(record.spawned_at)
-                ])?;
-            }
-        }
-        Change::Event(pid, event) => write_event(tx, *pid, event)?,
-        Change::Prune {
-            max_history,
-            ended_before,
-            keys_before,
-        } => return prune(tx, *max_history, *ended_before, *keys_before),
-        // One host, no other to forward to: a forward is never made for this store.
-        Change::Forward { .. } => {}
-        Change::Module { sha256, bytes } => {
-            tx.prepare_cached("INSERT OR IGNORE INTO modules (sha256, bytes) VALUES (?1, ?2)")?
-                .execute(params![sha256, bytes])?;
-        }
-        Change::Worker { name, versions } => {
-            let previous = versions.previous.as_ref();
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO workers (name, current, current_source,
-                    current_installed_at, previous, previous_source, previous_installed_at,
-                    file_sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                name,
-                versions.current.sha256,
-                versions.current.source,
-                nanos(versions.current.installed_at),
-                previous.map(|v| &v.sha256),
-                previous.map(|v| &v.source),
-                previous.map(|v| nanos(v.installed_at)),
-                versions.file_sha256,
-            ])?;
-        }
-    }
-    Ok(false)
-}
-
-fn write_event(
-    tx: &rusqlite::Transaction<'_>,
-    pid: Pid,
-    event: &TaskEvent,
-) -> rusqlite::Result<()> {
-    let (boot, seq) = key(pid);
-    match event {
-        TaskEvent::Started { at, steps, fuel } => {
-            tx.prepare_cached(
-                "UPDATE tasks SET status = 'running', started_at = ?3, steps = ?4, fuel = ?5,
-                    ready_at = NULL
-                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
-            )?
-            .execute(params![boot, seq, nanos(*at), steps, *fuel as i64])?;
-        }
-        TaskEvent::Progress { step, fuel, .. } => {
-            tx.prepare_cached(
-                "UPDATE tasks SET step = ?3, fuel = ?4
-                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
-            )?
-            .execute(params![boot, seq, step, *fuel as i64])?;
-        }
-        TaskEvent::Logs {
-            lines,
-            dropped_bytes,
-        } => {
-            // Only while the task has not ended: nothing is added to an ended task's log.
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO logs (boot, seq, at, source, message)
-                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS
-                    (SELECT 1 FROM tasks WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL)",
-            )?;
-            for line in lines {
-                insert.execute(params![
-                    boot,
-                    seq,
-                    nanos(line.at),
-                    source_name(line.source),
-                    line.message
-                ])?;
-            }
-            if *dropped_bytes > 0 {
-                tx.prepare_cached(
-                    "UPDATE tasks SET logs_dropped_bytes = ?3
-                     WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
-                )?
-                .execute(params![boot, seq, *dropped_bytes as i64])?;
-            }
-        }
-        TaskEvent::Restarting {
-            at,
-            fuel,
-            end,
-            next_attempt,
-            ready_at,
-        } => {
-            let attempt = next_attempt.saturating_sub(1);
-            let entry = attempt_json(attempt, end, *at);
-            tx.prepare_cached(
-                "UPDATE tasks SET status = 'spawned', step = 0, fuel = ?3, attempt = ?4,
-                    attempts = json_insert(attempts, '$[#]', json(?5)), ready_at = ?6
-                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?7",
-            )?
-            .execute(params![
-                boot,
-                seq,
-                *fuel as i64,
-                next_attempt,
-                entry,
-                nanos(*ready_at),
-                attempt
-            ])?;
-        }
-        TaskEvent::Ended {
-            at,
-            fuel,
-            end,
-            attempt,
-        } => {
-            let entry = attempt_json(0, end, *at);
-            tx.prepare_cached(
-                "UPDATE tasks SET status = ?3, outcome = ?4, exit_code = ?5, error = ?6,
-                    ended_at = ?7, fuel = ?8, ready_at = NULL,
-                    attempts = CASE WHEN json_array_length(attempts) > 0
-                        THEN json_insert(attempts, '$[#]',
-                            json_set(json(?9), '$.attempt', attempt))
-                        ELSE attempts END
-                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?10",
-            )?
-            .execute(params![
-                boot,
-                seq,
-                end.status.as_str(),
-                end.outcome.as_str(),
-                end.exit_code,
-                end.error,
-                nanos(*at),
-                *fuel as i64,
-                entry,
-                attempt,
-            ])?;
-        }
-    }
-    Ok(())
-}
-
-/// Deletes the oldest ended tasks past `max_history`, and those that ended before
-/// `ended_before`, a batch at a time, and the idempotency keys created before `keys_before`.
-/// True when the batch was full: more may be due.
-fn prune(
-    tx: &rusqlite::Transaction<'_>,
-    max_history: usize,
-    ended_before: SystemTime,
-    keys_before: SystemTime,
-) -> rusqlite::Result<bool> {
-    let ended: i64 = tx
-        .prepare_cached("SELECT COUNT(*) FROM tasks WHERE ended_at IS NOT NULL")?
-        .query_row([], |row| row.get(0))?;
-    let excess = (ended - i64::try_from(max_history).unwrap_or(i64::MAX)).clamp(0, PRUNE_BATCH);
-    tx.prepare_cached("CREATE TEMP TABLE IF NOT EXISTS doomed (boot INTEGER, seq INTEGER)")?
-        .execute([])?;
-    let doomed = tx
-        .prepare_cached(
-            "INSERT INTO doomed SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
-         AND (rowid IN (SELECT rowid FROM tasks WHERE ended_at IS NOT NULL
-                        ORDER BY ended_at LIMIT ?1)
-              OR ended_at < ?2)
-         LIMIT ?3",
-        )?
-        .execute(params![excess, nanos(ended_before), PRUNE_BATCH])?;
-    tx.prepare_cached("DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
-        .execute([])?;
-    tx.prepare_cached("DELETE FROM tasks WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
-        .execute([])?;
-    tx.prepare_cached("DELETE FROM doomed")?.execute([])?;
-    tx.prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
-        .execute(params![nanos(keys_before)])?;
-    Ok(i64::try_from(doomed).is_ok_and(|doomed| doomed >= PRUNE_BATCH))
-}
-
-const RECORD_COLUMNS: &str = "boot, seq, spawned_at, name, worker, version, status, duration,
-    step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts,
-    logs_dropped_bytes, parent_boot, parent_seq";
-
-/// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
-const RECORD_COLUMN_COUNT: usize = 21;
-
-fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
-    let boot: i64 = row.get(0)?;
-    let seq: i64 = row.get(1)?;
-    let pid = Pid::new(boot as u32, seq as u64);
-    let worker: String = row.get(4)?;
-    let version: String = row.get(5)?;
-    let mut record =
-        TaskRecord::spawned(pid, row.get(3)?, row.get(7)?, worker.into(), version.into());
-    record.spawned_at = time(row.get(2)?);
-    record.status = status_of(&row.get::<_, String>(6)?);
-    record.step = row.get(8)?;
-    record.steps = row.get(9)?;
-    record.exit_code = row.get(10)?;
-    record.outcome = row
-        .get::<_, Option<String>>(11)?
-        .as_deref()
-        .and_then(Outcome::parse);
-    record.error = row.get(12)?;
-    record.started_at = row.get::<_, Option<i64>>(13)?.map(time);
-    record.ended_at = row.get::<_, Option<i64>>(14)?.map(time);
-    record.fuel_consumed = row.get::<_, i64>(15)? as u64;
-    record.attempt = row.get(16)?;
-    record.attempts = attempts_of(&row.get::<_, String>(17)?);
-    record.logs_dropped_bytes = row.get::<_, i64>(18)? as u64;
-    record.parent = match (
-        row.get::<_, Option<i64>>(19)?,
-        row.get::<_, Option<i64>>(20)?,
-    ) {
-        (Some(boot), Some(seq)) => Some(Pid::new(boot as u32, seq as u64)),
-        _ => None,
-    };
-    Ok(record)
-}
-
-fn spec_of(row: &Row<'_>, offset: usize) -> rusqlite::Result<TaskSpec> {
-    Ok(TaskSpec {
-        module_sha256: row.get(offset)?,
-        payload: row.get(offset + 1)?,
-        deadline_secs: row.get(offset + 2)?,
-        max_attempts: row.get(offset + 3)?,
-        on_host_loss: OnHostLoss::parse(&row.get::<_, String>(offset + 4)?)
-            .unwrap_or(OnHostLoss::Restart),
-        ready_at: row.get::<_, Option<i64>>(offset + 5)?.map(time),
-    })
-}
-
 impl Store for SqliteStore {
     fn submit(&self, mut batch: Vec<Change>, done: Option<Done>) {
         self.progress.take_from(&mut batch);
-        if batch.is_empty() && done.is_none() {
-            return;
-        }
-        {
-            let mut queue = self
-                .shared
-                .queue
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if queue.pending.len() >= self.shed_logs_past && only_log_lines(&batch) {
-                drop(queue);
-                self.shed(&batch, done);
-                return;
-            }
-            queue.pending.push_back(Pending { batch, done });
-        }
-        self.shared.wake.notify_one();
+        self.backlog.submit(batch, done, 0);
     }
 
     fn healthy(&self) -> bool {
-        self.shared.healthy.load(Ordering::Acquire)
+        self.stats.healthy.load(Ordering::Acquire)
+    }
+
+    fn durable(&self) -> bool {
+        true
     }
 
     fn stats(&self) -> StoreStats {
-        StoreStats {
-            commits: self.shared.commits.load(Ordering::Relaxed),
-            batches: self.shared.batches.load(Ordering::Relaxed),
-            log_lines_shed: self.shared.lines_shed.load(Ordering::Relaxed),
-            fenced_writes: 0,
-        }
+        StoreStats::of(&self.stats, &self.backlog)
     }
 
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
         let (boot, seq) = key(pid);
-        let reader = self.reader();
         let sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = ?1 AND seq = ?2");
-        let record = reader
-            .prepare_cached(&sql)
-            .and_then(|mut statement| {
-                statement
-                    .query_row(params![boot, seq], record_of)
-                    .optional()
+        let record = self
+            .read(|reader| {
+                reader.prepare_cached(&sql).and_then(|mut statement| {
+                    statement
+                        .query_row(params![boot, seq], record_of)
+                        .optional()
+                })
             })
             .map_err(unavailable)?;
         Ok(record.map(|mut record| {
@@ -1008,8 +352,7 @@ impl Store for SqliteStore {
 
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
         let (boot, seq) = key(pid);
-        let reader = self.reader();
-        let read = || -> rusqlite::Result<Option<TaskLogs>> {
+        let read = |reader: &Connection| -> rusqlite::Result<Option<TaskLogs>> {
             let Some(dropped_bytes) = reader
                 .prepare_cached(
                     "SELECT logs_dropped_bytes FROM tasks WHERE boot = ?1 AND seq = ?2",
@@ -1036,7 +379,7 @@ impl Store for SqliteStore {
                 dropped_bytes: dropped_bytes as u64,
             }))
         };
-        read().map_err(unavailable)
+        self.read(read).map_err(unavailable)
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
@@ -1080,13 +423,13 @@ impl Store for SqliteStore {
             " ORDER BY spawned_at DESC, boot DESC, seq DESC LIMIT ?",
             (limit.saturating_add(1)).into(),
         );
-        let reader = self.reader();
-        let mut tasks = reader
-            .prepare_cached(&sql)
-            .and_then(|mut statement| {
-                statement
-                    .query_map(rusqlite::params_from_iter(args), record_of)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
+        let mut tasks = self
+            .read(|reader| {
+                reader.prepare_cached(&sql).and_then(|mut statement| {
+                    statement
+                        .query_map(rusqlite::params_from_iter(args), record_of)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
             })
             .map_err(unavailable)?;
         let more = tasks.len() > query.limit;
@@ -1101,70 +444,74 @@ impl Store for SqliteStore {
     }
 
     fn unfinished(&self) -> Result<Vec<(TaskRecord, TaskSpec)>, StoreError> {
-        let reader = self.reader();
         let sql = format!(
             "SELECT {RECORD_COLUMNS}, module_sha256, payload, deadline_secs, max_attempts,
                 on_host_loss, ready_at
              FROM tasks WHERE ended_at IS NULL ORDER BY spawned_at, boot, seq"
         );
-        reader
-            .prepare(&sql)
-            .and_then(|mut statement| {
+        self.read(|reader| {
+            reader.prepare(&sql).and_then(|mut statement| {
                 statement
                     .query_map([], |row| {
                         Ok((record_of(row)?, spec_of(row, RECORD_COLUMN_COUNT)?))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
-            .map_err(unavailable)
+        })
+        .map_err(unavailable)
     }
 
     fn last_seq(&self, boot: u32) -> Result<u64, StoreError> {
-        let reader = self.reader();
-        reader
-            .query_row(
-                "SELECT COALESCE(MAX(seq), 0) FROM tasks WHERE boot = ?1",
-                params![i64::from(boot)],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|seq| seq as u64)
-            .map_err(unavailable)
+        self.read(|reader| {
+            reader
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) FROM tasks WHERE boot = ?1",
+                    params![i64::from(boot)],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|seq| seq as u64)
+        })
+        .map_err(unavailable)
     }
 
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
-        let reader = self.reader();
-        reader
-            .query_row(
-                "SELECT body_sha256, boot, seq, created_at FROM idempotency WHERE key = ?1",
-                params![key],
-                |row| {
-                    Ok(Remembered {
-                        body_sha256: row.get(0)?,
-                        pid: Pid::new(row.get::<_, i64>(1)? as u32, row.get::<_, i64>(2)? as u64),
-                        at: time(row.get(3)?),
-                    })
-                },
-            )
-            .optional()
-            .map_err(unavailable)
+        self.read(|reader| {
+            reader
+                .query_row(
+                    "SELECT body_sha256, boot, seq, created_at FROM idempotency WHERE key = ?1",
+                    params![key],
+                    |row| {
+                        Ok(Remembered {
+                            body_sha256: row.get(0)?,
+                            pid: Pid::new(
+                                row.get::<_, i64>(1)? as u32,
+                                row.get::<_, i64>(2)? as u64,
+                            ),
+                            at: time(row.get(3)?),
+                        })
+                    },
+                )
+                .optional()
+        })
+        .map_err(unavailable)
     }
 
     fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let reader = self.reader();
-        reader
-            .query_row(
-                "SELECT bytes FROM modules WHERE sha256 = ?1",
-                params![sha256],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(unavailable)
+        self.read(|reader| {
+            reader
+                .query_row(
+                    "SELECT bytes FROM modules WHERE sha256 = ?1",
+                    params![sha256],
+                    |row| row.get(0),
+                )
+                .optional()
+        })
+        .map_err(unavailable)
     }
 
     fn worker(&self, name: &str) -> Result<Option<WorkerVersions>, StoreError> {
-        let reader = self.reader();
-        reader
-            .query_row(
+        self.read(|reader| {
+            reader.query_row(
                 "SELECT current, current_source, current_installed_at, previous, previous_source,
                     previous_installed_at, file_sha256 FROM workers WHERE name = ?1",
                 params![name],
@@ -1189,7 +536,8 @@ impl Store for SqliteStore {
                 },
             )
             .optional()
-            .map_err(unavailable)
+        })
+        .map_err(unavailable)
     }
 }
 
@@ -1198,8 +546,13 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+    use super::schema::SCHEMA;
+    use super::writer::PRUNE_BATCH;
     use super::*;
     use crate::model::{OnHostLoss, Pid, TaskEnd, TaskRecord, TaskSpec};
+
+    /// The backlog's bound the tests' stores have: far more than any of them writes.
+    const BACKLOG_BYTES: usize = 64 << 20;
     use crate::store::{ListQuery, Store};
 
     fn ended_task(seq: u64) -> Vec<Change> {
@@ -1291,7 +644,7 @@ mod tests {
         let path = dir.join("tasks.db");
         version_1_store(&path);
         let old = Pid::new(1, 1);
-        let store = SqliteStore::open(&path, StoreSync::Normal).expect("migrated");
+        let store = SqliteStore::open(&path, StoreSync::Normal, BACKLOG_BYTES).expect("migrated");
         let kept = store.get(old).expect("get").expect("the old task is kept");
         assert_eq!((kept.name.as_str(), kept.parent), ("old", None));
         assert!(children(&store, old).is_empty());
@@ -1315,7 +668,7 @@ mod tests {
         drop(store);
 
         assert_eq!(schema_version(&path), SCHEMA_VERSION);
-        let store = SqliteStore::open(&path, StoreSync::Normal).expect("reopened");
+        let store = SqliteStore::open(&path, StoreSync::Normal, BACKLOG_BYTES).expect("reopened");
         assert_eq!(
             children(&store, old).len(),
             2,
@@ -1346,7 +699,7 @@ mod tests {
             .expect("open")
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .expect("versioned");
-        let refused = SqliteStore::open(&path, StoreSync::Normal);
+        let refused = SqliteStore::open(&path, StoreSync::Normal, BACKLOG_BYTES);
         assert!(
             matches!(refused, Err(OpenError::Newer { found, .. }) if found == SCHEMA_VERSION + 1)
         );
@@ -1358,7 +711,7 @@ mod tests {
     fn children_are_listed_through_the_parent_index() {
         let dir = scratch("parent-index");
         let path = dir.join("tasks.db");
-        drop(SqliteStore::open(&path, StoreSync::Normal).expect("created"));
+        drop(SqliteStore::open(&path, StoreSync::Normal, BACKLOG_BYTES).expect("created"));
         let connection = Connection::open(&path).expect("open");
         let plan: Vec<String> = connection
             .prepare(&format!(
@@ -1393,7 +746,8 @@ mod tests {
     fn a_prune_far_behind_catches_up_by_itself() {
         let dir = std::env::temp_dir().join(format!("http-spawn-prune-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal).expect("open");
+        let store = SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal, BACKLOG_BYTES)
+            .expect("open");
         let total = 2 * PRUNE_BATCH as u64 + 500;
         let batch: Vec<Change> = (1..=total).flat_map(ended_task).collect();
         store.wait(batch).expect("written");
@@ -1422,9 +776,6 @@ mod tests {
     fn a_writer_too_far_behind_sheds_log_lines_and_nothing_else() {
         let dir = std::env::temp_dir().join(format!("http-spawn-shed-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut store = SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal).expect("open");
-        // As if the writer were always behind.
-        store.shed_logs_past = 0;
         let pid = Pid::new(1, 1);
         let logs = |message: &str| {
             Change::Event(
@@ -1441,9 +792,15 @@ mod tests {
         };
         let mut changes = ended_task(1);
         let end = changes.pop().expect("the end");
+        // As if the writer were always behind: a bound that an end and its last line just fit
+        // in, and that a line alone is past half of.
+        let bound = super::super::backlog::cost_bytes(&logs("kept"))
+            + super::super::backlog::cost_bytes(&end);
+        let store =
+            SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal, bound).expect("open");
         store.wait(changes).expect("accepted");
         store.wait(vec![logs("shed")]).expect("told it is done");
-        // A batch with the end and its last lines is never shed.
+        // An end keeps its last lines while they fit within the bound.
         store.wait(vec![logs("kept"), end]).expect("ended");
         let kept: Vec<String> = store
             .logs(pid)

@@ -1,0 +1,60 @@
+//! Reading the SQLite store's rows back as the host's records.
+
+use rusqlite::Row;
+
+use super::super::columns::{attempts_of, status_of, time};
+use crate::model::{OnHostLoss, Outcome, Pid, TaskRecord, TaskSpec};
+
+pub(super) const RECORD_COLUMNS: &str =
+    "boot, seq, spawned_at, name, worker, version, status, duration,
+    step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts,
+    logs_dropped_bytes, parent_boot, parent_seq";
+
+/// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
+pub(super) const RECORD_COLUMN_COUNT: usize = 21;
+
+pub(super) fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let boot: i64 = row.get(0)?;
+    let seq: i64 = row.get(1)?;
+    let pid = Pid::new(boot as u32, seq as u64);
+    let worker: String = row.get(4)?;
+    let version: String = row.get(5)?;
+    let mut record =
+        TaskRecord::spawned(pid, row.get(3)?, row.get(7)?, worker.into(), version.into());
+    record.spawned_at = time(row.get(2)?);
+    record.status = status_of(&row.get::<_, String>(6)?);
+    record.step = row.get(8)?;
+    record.steps = row.get(9)?;
+    record.exit_code = row.get(10)?;
+    record.outcome = row
+        .get::<_, Option<String>>(11)?
+        .as_deref()
+        .and_then(Outcome::parse);
+    record.error = row.get(12)?;
+    record.started_at = row.get::<_, Option<i64>>(13)?.map(time);
+    record.ended_at = row.get::<_, Option<i64>>(14)?.map(time);
+    record.fuel_consumed = row.get::<_, i64>(15)? as u64;
+    record.attempt = row.get(16)?;
+    record.attempts = attempts_of(&row.get::<_, String>(17)?);
+    record.logs_dropped_bytes = row.get::<_, i64>(18)? as u64;
+    record.parent = match (
+        row.get::<_, Option<i64>>(19)?,
+        row.get::<_, Option<i64>>(20)?,
+    ) {
+        (Some(boot), Some(seq)) => Some(Pid::new(boot as u32, seq as u64)),
+        _ => None,
+    };
+    Ok(record)
+}
+
+pub(super) fn spec_of(row: &Row<'_>, offset: usize) -> rusqlite::Result<TaskSpec> {
+    Ok(TaskSpec {
+        module_sha256: row.get(offset)?,
+        payload: row.get(offset + 1)?,
+        deadline_secs: row.get(offset + 2)?,
+        max_attempts: row.get(offset + 3)?,
+        on_host_loss: OnHostLoss::parse(&row.get::<_, String>(offset + 4)?)
+            .unwrap_or(OnHostLoss::Restart),
+        ready_at: row.get::<_, Option<i64>>(offset + 5)?.map(time),
+    })
+}

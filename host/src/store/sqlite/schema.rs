@@ -1,0 +1,147 @@
+//! The SQLite store's schema, versioned in `PRAGMA user_version`: created and migrated forward
+//! at start, in one transaction; a store of a newer schema than this host's is refused.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::OpenError;
+
+/// The schema this host writes: version 1 ([`SCHEMA`]) and every migration after it.
+pub(super) const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
+
+/// Version 1 of the schema. A new store is created at version 1 and migrated forward like an
+/// old one, so that every store of a version is laid out the same.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE tasks (
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    spawned_at INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    version TEXT NOT NULL,
+    module_sha256 TEXT NOT NULL,
+    duration INTEGER NOT NULL,
+    payload TEXT,
+    deadline_secs INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    on_host_loss TEXT NOT NULL,
+    status TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    steps INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    outcome TEXT,
+    error TEXT,
+    started_at INTEGER,
+    ended_at INTEGER,
+    fuel INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    attempts TEXT NOT NULL DEFAULT '[]',
+    logs_dropped_bytes INTEGER NOT NULL DEFAULT 0,
+    ready_at INTEGER,
+    PRIMARY KEY (boot, seq)
+);
+CREATE INDEX tasks_by_time ON tasks (spawned_at, boot, seq);
+CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
+CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);
+CREATE INDEX tasks_by_worker ON tasks (worker, spawned_at, boot, seq);
+CREATE INDEX tasks_by_end ON tasks (ended_at) WHERE ended_at IS NOT NULL;
+CREATE TABLE logs (
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX logs_by_task ON logs (boot, seq);
+CREATE TABLE modules (
+    sha256 TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE workers (
+    name TEXT PRIMARY KEY,
+    current TEXT NOT NULL,
+    current_source TEXT NOT NULL,
+    current_installed_at INTEGER NOT NULL,
+    previous TEXT,
+    previous_source TEXT,
+    previous_installed_at INTEGER,
+    file_sha256 TEXT NOT NULL
+);
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    body_sha256 TEXT NOT NULL,
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX idempotency_by_age ON idempotency (created_at);
+";
+
+/// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`. Each runs in the
+/// transaction that sets the new version, so a store is migrated whole or not at all.
+const MIGRATIONS: [&str; 1] = [
+    // 2: the task that spawned each task (`NULL` for one submitted over HTTP, as every task
+    // of version 1 was), and its children listed newest first. Most tasks have no parent, so
+    // the index leaves them out.
+    "
+ALTER TABLE tasks ADD COLUMN parent_boot INTEGER;
+ALTER TABLE tasks ADD COLUMN parent_seq INTEGER;
+CREATE INDEX tasks_by_parent ON tasks (parent_boot, parent_seq, spawned_at, boot, seq)
+    WHERE parent_boot IS NOT NULL;
+",
+];
+
+pub(super) fn classify_open_error(path: &Path, error: &rusqlite::Error) -> OpenError {
+    use rusqlite::ErrorCode;
+    match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => OpenError::Corrupt {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        },
+        _ => OpenError::Unreadable {
+            path: path.to_owned(),
+            reason: error.to_string(),
+        },
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], or refuses a newer one.
+pub(super) fn migrate(path: &Path, connection: &mut Connection) -> Result<(), OpenError> {
+    let fail = |error: rusqlite::Error| classify_open_error(path, &error);
+    let found: i64 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(fail)?;
+    if found > SCHEMA_VERSION {
+        return Err(OpenError::Newer {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = connection.transaction().map_err(fail)?;
+    if found < 1 {
+        tx.execute_batch(SCHEMA).map_err(fail)?;
+    }
+    // Version 0 (a new file) has just been made version 1.
+    let from = usize::try_from(found.max(1) - 1).unwrap_or(0);
+    for migration in &MIGRATIONS[from..] {
+        tx.execute_batch(migration).map_err(fail)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(fail)?;
+    tx.commit().map_err(fail)?;
+    if found < 1 {
+        tracing::info!(path = %path.display(), version = SCHEMA_VERSION, "task store created");
+    } else {
+        tracing::info!(
+            path = %path.display(),
+            from = found,
+            version = SCHEMA_VERSION,
+            "task store migrated"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The SQLite store's side of the writer ([`crate::store::writer`]): a chunk committed in one
+//! transaction on the writer's own connection, and SQLite's result codes read as causes.
+//!
+//! - Only SQLite's own refusals of a value (a constraint, a string or blob too big, a type
+//!   mismatch) are the content's fault; every other failure (a full disk, an I/O error, a busy
+//!   or locked file, a file made read-only, no memory, a corrupt page) is the environment's.
+//! - A commit SQLite answers is settled: a failed `COMMIT` rolls the transaction back, so no
+//!   answer here is ambiguous.
+
+use std::time::SystemTime;
+
+use rusqlite::{Connection, params};
+
+use super::super::Change;
+use super::super::backlog::Chunk;
+use super::super::columns::{attempt_json, nanos, source_name};
+use super::super::writer::{Backend, Failure, Fault, Outcome};
+use super::key;
+use crate::model::{Pid, TaskEvent};
+
+/// Ended tasks deleted per prune, so a large prune never holds the writer long.
+pub(super) const PRUNE_BATCH: i64 = 1000;
+
+/// The writer's connection.
+pub(super) struct SqliteBackend {
+    pub(super) connection: Connection,
+}
+
+impl Backend for SqliteBackend {
+    fn commit(&mut self, chunk: &Chunk) -> Result<Outcome, Failure> {
+        commit(&mut self.connection, chunk).map_err(|error| Failure {
+            fault: fault(&error),
+            message: error.to_string(),
+            ambiguous: false,
+        })
+    }
+}
+
+/// What a failure tells of its cause.
+fn fault(error: &rusqlite::Error) -> Fault {
+    use rusqlite::ErrorCode;
+    match error.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch) => {
+            Fault::Content
+        }
+        _ => Fault::Environment,
+    }
+}
+
+/// Writes `chunk` in one transaction. When a prune in it left more due than it deleted, the
+/// prune to write next.
+fn commit(connection: &mut Connection, chunk: &Chunk) -> rusqlite::Result<Outcome> {
+    let tx = connection.transaction()?;
+    let mut more = None;
+    for (_, change) in chunk.changes() {
+        if write(&tx, change)? {
+            more = Some(change);
+        }
+    }
+    for (pid, (step, fuel)) in &chunk.progress {
+        let (boot, seq) = key(*pid);
+        tx.prepare_cached(
+            "UPDATE tasks SET step = ?3, fuel = ?4
+             WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+        )?
+        .execute(params![boot, seq, step, *fuel as i64])?;
+    }
+    tx.commit()?;
+    let prune_more = more.and_then(|change| match change {
+        &Change::Prune {
+            max_history,
+            ended_before,
+            keys_before,
+        } => Some(Change::Prune {
+            max_history,
+            ended_before,
+            keys_before,
+        }),
+        _ => None,
+    });
+    Ok(Outcome {
+        prune_more,
+        ..Outcome::default()
+    })
+}
+
+/// The record's status and fields that only the current attempt may change are written only
+/// while the task has not ended (`ended_at IS NULL`), so a late write never reopens an end.
+/// True when the change was a prune that left more due than it deleted.
+fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bool> {
+    match change {
+        Change::Accepted {
+            record,
+            spec,
+            key: idempotency,
+            ..
+        } => {
+            let (boot, seq) = key(record.pid);
+            let parent = record.parent.map(key);
+            tx.prepare_cached(
+                "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
+                    duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
+                    parent_boot, parent_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?
+            .execute(params![
+                boot,
+                seq,
+                nanos(record.spawned_at),
+                record.name,
+                &*record.worker,
+                &*record.version,
+                spec.module_sha256,
+                record.duration,
+                spec.payload,
+                spec.deadline_secs,
+                spec.max_attempts,
+                spec.on_host_loss.as_str(),
+                record.status.as_str(),
+                record.attempt,
+                parent.map(|(boot, _)| boot),
+                parent.map(|(_, seq)| seq),
+            ])?;
+            if let Some(idempotency) = idempotency {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO idempotency (key, body_sha256, boot, seq, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    idempotency.key,
+                    idempotency.body_sha256,
+                    boot,
+                    seq,
+                    nanos(record.spawned_at)
+                ])?;
+            }
+        }
+        Change::Event(pid, event) => write_event(tx, *pid, event)?,
+        Change::Prune {
+            max_history,
+            ended_before,
+            keys_before,
+        } => return prune(tx, *max_history, *ended_before, *keys_before),
+        // One host, no other to forward to: a forward is never made for this store.
+        Change::Forward { .. } => {}
+        Change::Module { sha256, bytes } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO modules (sha256, bytes) VALUES (?1, ?2)")?
+                .execute(params![sha256, bytes])?;
+        }
+        Change::Worker { name, versions } => {
+            let previous = versions.previous.as_ref();
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO workers (name, current, current_source,
+                    current_installed_at, previous, previous_source, previous_installed_at,
+                    file_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                name,
+                versions.current.sha256,
+                versions.current.source,
+                nanos(versions.current.installed_at),
+                previous.map(|v| &v.sha256),
+                previous.map(|v| &v.source),
+                previous.map(|v| nanos(v.installed_at)),
+                versions.file_sha256,
+            ])?;
+        }
+    }
+    Ok(false)
+}
+
+fn write_event(
+    tx: &rusqlite::Transaction<'_>,
+    pid: Pid,
+    event: &TaskEvent,
+) -> rusqlite::Result<()> {
+    let (boot, seq) = key(pid);
+    match event {
+        TaskEvent::Started { at, steps, fuel } => {
+            tx.prepare_cached(
+                "UPDATE tasks SET status = 'running', started_at = ?3, steps = ?4, fuel = ?5,
+                    ready_at = NULL
+                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+            )?
+            .execute(params![boot, seq, nanos(*at), steps, *fuel as i64])?;
+        }
+        TaskEvent::Progress { step, fuel, .. } => {
+            tx.prepare_cached(
+                "UPDATE tasks SET step = ?3, fuel = ?4
+                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+            )?
+            .execute(params![boot, seq, step, *fuel as i64])?;
+        }
+        TaskEvent::Logs {
+            lines,
+            dropped_bytes,
+        } => {
+            // Only while the task has not ended: nothing is added to an ended task's log.
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO logs (boot, seq, at, source, message)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS
+                    (SELECT 1 FROM tasks WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL)",
+            )?;
+            for line in lines {
+                insert.execute(params![
+                    boot,
+                    seq,
+                    nanos(line.at),
+                    source_name(line.source),
+                    line.message
+                ])?;
+            }
+            if *dropped_bytes > 0 {
+                tx.prepare_cached(
+                    "UPDATE tasks SET logs_dropped_bytes = ?3
+                     WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+                )?
+                .execute(params![boot, seq, *dropped_bytes as i64])?;
+            }
+        }
+        TaskEvent::Restarting {
+            at,
+            fuel,
+            end,
+            next_attempt,
+            ready_at,
+        } => {
+            let attempt = next_attempt.saturating_sub(1);
+            let entry = attempt_json(attempt, end, *at);
+            tx.prepare_cached(
+                "UPDATE tasks SET status = 'spawned', step = 0, fuel = ?3, attempt = ?4,
+                    attempts = json_insert(attempts, '$[#]', json(?5)), ready_at = ?6
+                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?7",
+            )?
+            .execute(params![
+                boot,
+                seq,
+                *fuel as i64,
+                next_attempt,
+                entry,
+                nanos(*ready_at),
+                attempt
+            ])?;
+        }
+        TaskEvent::Ended {
+            at,
+            fuel,
+            end,
+            attempt,
+        } => {
+            let entry = attempt_json(0, end, *at);
+            tx.prepare_cached(
+                "UPDATE tasks SET status = ?3, outcome = ?4, exit_code = ?5, error = ?6,
+                    ended_at = ?7, fuel = ?8, ready_at = NULL,
+                    attempts = CASE WHEN json_array_length(attempts) > 0
+                        THEN json_insert(attempts, '$[#]',
+                            json_set(json(?9), '$.attempt', attempt))
+                        ELSE attempts END
+                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?10",
+            )?
+            .execute(params![
+                boot,
+                seq,
+                end.status.as_str(),
+                end.outcome.as_str(),
+                end.exit_code,
+                end.error,
+                nanos(*at),
+                *fuel as i64,
+                entry,
+                attempt,
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the oldest ended tasks past `max_history`, and those that ended before
+/// `ended_before`, a batch at a time, and the idempotency keys created before `keys_before`.
+/// True when the batch was full: more may be due.
+fn prune(
+    tx: &rusqlite::Transaction<'_>,
+    max_history: usize,
+    ended_before: SystemTime,
+    keys_before: SystemTime,
+) -> rusqlite::Result<bool> {
+    let ended: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM tasks WHERE ended_at IS NOT NULL")?
+        .query_row([], |row| row.get(0))?;
+    let excess = (ended - i64::try_from(max_history).unwrap_or(i64::MAX)).clamp(0, PRUNE_BATCH);
+    tx.prepare_cached("CREATE TEMP TABLE IF NOT EXISTS doomed (boot INTEGER, seq INTEGER)")?
+        .execute([])?;
+    let doomed = tx
+        .prepare_cached(
+            "INSERT INTO doomed SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
+         AND (rowid IN (SELECT rowid FROM tasks WHERE ended_at IS NOT NULL
+                        ORDER BY ended_at LIMIT ?1)
+              OR ended_at < ?2)
+         LIMIT ?3",
+        )?
+        .execute(params![excess, nanos(ended_before), PRUNE_BATCH])?;
+    tx.prepare_cached("DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
+        .execute([])?;
+    tx.prepare_cached("DELETE FROM tasks WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
+        .execute([])?;
+    tx.prepare_cached("DELETE FROM doomed")?.execute([])?;
+    tx.prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
+        .execute(params![nanos(keys_before)])?;
+    Ok(i64::try_from(doomed).is_ok_and(|doomed| doomed >= PRUNE_BATCH))
+}
