@@ -482,3 +482,132 @@ async fn a_commit_whose_answer_is_lost_writes_nothing_twice() {
     }
     assert_eq!(started(&host).await, 1.0, "it ran once");
 }
+
+/// The bound these tests give a store's backlog: small, so that the load below goes past it.
+const BACKLOG_BOUND_BYTES: u64 = 1 << 20;
+
+/// A lock held on the store for `held`: PostgreSQL's `logs` table, or SQLite's whole file.
+enum Lock<'a> {
+    Postgres(&'a str),
+    Sqlite(&'a Path),
+}
+
+impl Lock<'_> {
+    /// Takes the lock on a thread of its own, returns once it is held, releases it after
+    /// `held`.
+    fn hold(&self, held: Duration) -> std::thread::JoinHandle<()> {
+        let (taken, locked) = std::sync::mpsc::channel();
+        let thread = match self {
+            Lock::Postgres(url) => {
+                let url = (*url).to_owned();
+                std::thread::spawn(move || {
+                    postgres::block_on(async move {
+                        let mut client = postgres::connect(&url).await;
+                        let tx = client.transaction().await.expect("a transaction");
+                        tx.batch_execute("LOCK TABLE logs IN ACCESS EXCLUSIVE MODE")
+                            .await
+                            .expect("the lock");
+                        let _ = taken.send(());
+                        tokio::time::sleep(held).await;
+                        tx.rollback().await.expect("released");
+                    });
+                })
+            }
+            Lock::Sqlite(path) => {
+                let path = path.join("tasks.db");
+                std::thread::spawn(move || {
+                    let db = rusqlite::Connection::open(path).expect("open the store");
+                    db.busy_timeout(Duration::from_secs(30))
+                        .expect("busy timeout");
+                    db.execute_batch("BEGIN IMMEDIATE").expect("the lock");
+                    let _ = taken.send(());
+                    std::thread::sleep(held);
+                    db.execute_batch("ROLLBACK").expect("released");
+                })
+            }
+        };
+        locked.recv().expect("the lock is held");
+        thread
+    }
+}
+
+/// Issue #20, item 3: a store locked for long under load keeps the host's backlog within
+/// `--store-backlog` (log lines are shed, nothing else), and its memory with it; once the lock
+/// goes, the backlog drains, and every task ends once.
+async fn a_locked_store_keeps_the_backlog_bound(host: &Binary, lock: Lock<'_>) {
+    let chatter = json!([{"op": "chatter", "bytes": 500, "count": 400, "every_ms": 50}]);
+    let mut pids = Vec::new();
+    for i in 0..40 {
+        pids.push(
+            host.spawn(actor(&format!("chatter{i}"), chatter.clone()))
+                .await,
+        );
+    }
+    for pid in &pids {
+        host.wait_running(pid).await;
+    }
+    let before = host.resident_bytes();
+    let holder = lock.hold(Duration::from_secs(20));
+    let (mut backlog, mut resident) = (0f64, before);
+    while !holder.is_finished() {
+        let bytes = host
+            .metric("http_spawn_store_backlog_bytes")
+            .await
+            .expect("the backlog gauge");
+        backlog = backlog.max(bytes);
+        resident = resident.max(host.resident_bytes());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    holder.join().expect("the lock's thread");
+    eprintln!(
+        "{}: backlog at most {backlog} bytes; resident {before} → at most {resident} bytes",
+        host.base
+    );
+    // What waits is the bound, and a little more: the ends, starts and other changes that are
+    // never shed, at most a few per live task.
+    assert!(
+        backlog <= (2 * BACKLOG_BOUND_BYTES) as f64,
+        "the backlog grew to {backlog} bytes"
+    );
+    assert!(
+        resident < before + (64 << 20),
+        "resident memory grew from {before} to {resident} bytes"
+    );
+    let shed = host
+        .metric("http_spawn_store_log_lines_shed_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(shed > 0.0, "log lines were shed while the store was locked");
+    for pid in &pids {
+        let record = host.wait_end(pid).await;
+        assert_eq!(record["status"], "exited", "{record}");
+    }
+    assert_eq!(started(host).await, 40.0, "none ran twice");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while host.metric("http_spawn_store_backlog_changes").await != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.assert_good_task_exits_0().await;
+}
+
+const BOUND_ARGS: [&str; 4] = ["--store-backlog", "1MiB", "--max-log-bytes", "4194304"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_store_locked_for_long_under_load_keeps_its_backlog_bound() {
+    let dir = temp_dir("faults-locked");
+    let host = sqlite_host(&dir, &BOUND_ARGS).await;
+    a_locked_store_keeps_the_backlog_bound(&host, Lock::Sqlite(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_table_locked_for_long_under_load_keeps_the_backlog_bound() {
+    let url = postgres::fresh_database("locked");
+    let mut args = BOUND_ARGS.to_vec();
+    args.extend(["--lease", "60s", "--heartbeat", "1s"]);
+    let host = pg_host(&url, &args).await;
+    a_locked_store_keeps_the_backlog_bound(&host, Lock::Postgres(&url)).await;
+}

@@ -7,7 +7,9 @@
 //! naming the op at fault.
 //!
 //! Ops, and what their line adds (errors are the WIT enum's case in snake_case, as `"error"`):
-//! - `register {name}`, `whereis {name}` → `"pid"` (or null);
+//! - `register {name}`, `whereis {name}` → `"pid"` (or null); `whereis_many {name, count}`
+//!   looks it up `count` times (in a cluster, each a question to the database for a name no
+//!   task of its host holds) → `"pid"`;
 //! - `send {to, body}`: `body` is any JSON value, sent as its JSON text;
 //! - `send_many {to, count}`: bodies `{"seq": 0}` to `{"seq": count-1}`, stopping at the first
 //!   error → `"sent"`;
@@ -29,7 +31,9 @@
 //!   timings `make bench` reads, from the guest's monotonic clock: `"elapsed_us"` for all
 //!   rounds, and each round trip's `"p50_us"`, `"p99_us"` and `"max_us"`;
 //! - `print {text}`: writes `text` and a newline to stdout as it is, control characters and
-//!   all (its own line is logged after it);
+//!   all (its own line is logged after it); `chatter {bytes, count, every_ms}` prints `count`
+//!   lines of `bytes` characters each, one every `every_ms` milliseconds (each in a step of its
+//!   own) → `"printed"`;
 //! - `exit {code}`, `fail {message}` (ends the task failed), `trap` (aborts: a bare trap).
 //!
 //! Where an op takes a pid, `$self`, `$parent` and `$child` (the last child spawned) stand for
@@ -49,25 +53,71 @@ const PING_TIMEOUT_MS: u32 = 5_000;
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 enum Op {
-    Register { name: String },
-    Whereis { name: String },
-    Send { to: String, body: Value },
-    SendMany { to: String, count: u32 },
-    Receive { timeout_ms: u32 },
-    ReceiveAll { timeout_ms: u32 },
-    Echo { timeout_ms: u32 },
+    Register {
+        name: String,
+    },
+    Whereis {
+        name: String,
+    },
+    WhereisMany {
+        name: String,
+        count: u64,
+    },
+    Send {
+        to: String,
+        body: Value,
+    },
+    SendMany {
+        to: String,
+        count: u32,
+    },
+    Receive {
+        timeout_ms: u32,
+    },
+    ReceiveAll {
+        timeout_ms: u32,
+    },
+    Echo {
+        timeout_ms: u32,
+    },
     Spawn(ChildOp),
     SpawnMany(ChildOp),
-    Monitor { pid: String },
-    Link { pid: String },
-    Unlink { pid: String },
-    Kill { pid: String },
-    TrapExits { on: bool },
-    Sleep { ms: u32 },
-    Ping { to: String, rounds: u32 },
-    Print { text: String },
-    Exit { code: i32 },
-    Fail { message: String },
+    Monitor {
+        pid: String,
+    },
+    Link {
+        pid: String,
+    },
+    Unlink {
+        pid: String,
+    },
+    Kill {
+        pid: String,
+    },
+    TrapExits {
+        on: bool,
+    },
+    Sleep {
+        ms: u32,
+    },
+    Ping {
+        to: String,
+        rounds: u32,
+    },
+    Print {
+        text: String,
+    },
+    Chatter {
+        bytes: usize,
+        count: u32,
+        every_ms: u32,
+    },
+    Exit {
+        code: i32,
+    },
+    Fail {
+        message: String,
+    },
     Trap,
 }
 
@@ -366,6 +416,13 @@ impl Actor {
         Ok(match op {
             Op::Register { name } => Outcome::of(ctx.register(name), name_error),
             Op::Whereis { name } => Outcome::ok(json!({"pid": ctx.whereis(name)})),
+            Op::WhereisMany { name, count } => {
+                let mut pid = None;
+                for _ in 0..*count {
+                    pid = ctx.whereis(name);
+                }
+                Outcome::ok(json!({"pid": pid}))
+            }
             Op::Send { to, body } => self.send(to, &body.to_string()),
             Op::SendMany { to, count } => {
                 let mut sent = 0;
@@ -434,6 +491,18 @@ impl Actor {
                 println!("{text}");
                 Outcome::ok(json!({}))
             }
+            Op::Chatter {
+                bytes,
+                count,
+                every_ms,
+            } => {
+                let line = "c".repeat(*bytes);
+                for _ in 0..*count {
+                    println!("{line}");
+                    ctx.sleep(*every_ms).await;
+                }
+                Outcome::ok(json!({"printed": count}))
+            }
             Op::Exit { code } => {
                 self.log("exit", Outcome::ok(json!({"code": code})));
                 return Err(Ok(*code));
@@ -455,6 +524,7 @@ fn name(op: &Op) -> &'static str {
     match op {
         Op::Register { .. } => "register",
         Op::Whereis { .. } => "whereis",
+        Op::WhereisMany { .. } => "whereis_many",
         Op::Send { .. } => "send",
         Op::SendMany { .. } => "send_many",
         Op::Receive { .. } => "receive",
@@ -470,6 +540,7 @@ fn name(op: &Op) -> &'static str {
         Op::Sleep { .. } => "sleep",
         Op::Ping { .. } => "ping",
         Op::Print { .. } => "print",
+        Op::Chatter { .. } => "chatter",
         Op::Exit { .. } => "exit",
         Op::Fail { .. } => "fail",
         Op::Trap => "trap",

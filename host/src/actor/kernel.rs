@@ -18,6 +18,10 @@ pub enum SendError {
     TooLarge,
     #[error("not a pid")]
     BadPid,
+    /// The task is another host's, and the store that carries messages there cannot take
+    /// this one now.
+    #[error("the task store cannot take the message now")]
+    Unavailable,
 }
 
 /// Why a child task was not started.

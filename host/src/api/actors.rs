@@ -71,7 +71,8 @@ pub(super) fn task_pid(
         (status = 409, description = "The task has ended", body = ErrorBody),
         (status = 413, description = "The message is larger than --max-message-bytes", body = ErrorBody),
         (status = 415, description = "The body is not sent as JSON", body = ErrorBody),
-        (status = 429, description = "The task's mailbox is full", body = ErrorBody,
+        (status = 429, description = "The task's mailbox is full (in a cluster: with as many \
+            messages again waiting for it in the store)", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
         AnyRoute))]
 pub(super) async fn post_message(
@@ -102,6 +103,13 @@ pub(super) async fn post_message(
         Err(SendError::TooLarge) => Err(ApiError::PayloadTooLarge { limit }),
         Err(SendError::MailboxFull) => Err(ApiError::Full {
             message: format!("the mailbox of task {pid} is full; retry later"),
+            retry_after: RETRY_AFTER_SECS,
+        }),
+        Err(SendError::Unavailable) => Err(ApiError::Unavailable {
+            message: format!(
+                "task {pid} runs on another host, and the task store cannot carry the \
+                 message there now; retry later"
+            ),
             retry_after: RETRY_AFTER_SECS,
         }),
     }

@@ -47,6 +47,7 @@ impl Host {
             Err(SendError::NoSuchProcess) => "no_such_process",
             Err(SendError::TooLarge) => "too_large",
             Err(SendError::BadPid) => "bad_pid",
+            Err(SendError::Unavailable) => "unavailable",
         };
         self.metrics().message(sender.is_some(), result);
         sent
@@ -58,8 +59,9 @@ impl Host {
 
     /// Puts a message into `to`'s mailbox here; in a cluster, when `forward` is set and
     /// another host holds `to` (or it waits in the shared queue), hands it to the store for
-    /// that host. A message taken from the store is never forwarded again: a task not here
-    /// has moved or ended since, and the message goes, as in Erlang.
+    /// that host and waits until the store has it: the store keeps the mailbox's bound for
+    /// it (as many messages again may wait there), so that a full one is refused here as it
+    /// would be there. A message taken from the store is never forwarded again.
     pub(super) fn put_or_forward(
         &self,
         sender: Option<Pid>,
@@ -79,17 +81,22 @@ impl Host {
         {
             // Another host holds it, or it waits in the shared queue: the store hands the
             // message to that host, or to whichever claims it. Its event is published there.
-            self.store.submit(
-                vec![Change::Forward {
-                    to,
-                    what: Forward::Message {
-                        sender,
-                        body: body.into_bytes(),
-                    },
-                }],
-                None,
-            );
-            return Ok(());
+            let forwarded = self.wait_for_store(vec![Change::Forward {
+                to,
+                what: Forward::Message {
+                    sender,
+                    body: body.into_bytes(),
+                },
+            }]);
+            return match forwarded {
+                Ok(()) => Ok(()),
+                Err(StoreError::NotDelivered) => match cluster.store.holder(to) {
+                    Ok(Some(_)) => Err(SendError::MailboxFull),
+                    Ok(None) => Err(SendError::Ended),
+                    Err(_) => Err(SendError::Unavailable),
+                },
+                Err(_) => Err(SendError::Unavailable),
+            };
         }
         let published = || self.events.message(to, sender, bytes);
         match self.actors.put(to, sender, body, published) {
@@ -301,7 +308,8 @@ impl Kernel for Host {
         tracing::info!(pid = %target, by = %from, "A task asks to kill another");
         Host::kill(self, target).map_err(|error| match error {
             KillError::AlreadyEnded { .. } => SendError::Ended,
-            KillError::NotFound(_) | KillError::Store(_) => SendError::NoSuchProcess,
+            KillError::NotFound(_) => SendError::NoSuchProcess,
+            KillError::Store(_) => SendError::Unavailable,
         })
     }
 

@@ -1,11 +1,17 @@
 //! The host as one of a cluster: several hosts on one PostgreSQL database (`--store
 //! postgres://…`), any of which accepts a task and answers for any pid.
 //!
-//! Two threads per host keep it in the cluster:
-//! - the **heartbeat** renews the lease (a host that cannot, for a whole lease, stops its tasks:
-//!   another host runs them now), takes back the tasks of hosts whose lease expired, follows the
-//!   worker versions other hosts installed, and tells this host's tasks of the ends of tasks
-//!   they monitor on other hosts;
+//! Four threads per host keep it in the cluster:
+//! - the **heartbeat** renews the lease;
+//! - the **lease guard** holds the host's own deadline: the last renewal's send time, plus the
+//!   lease, less one heartbeat. It is a timer of its own, so that a renewal that hangs (a
+//!   database that stalls) cannot delay it. At the deadline the host fences its writes, ends
+//!   the store calls in flight, and stops every task: a running step is interrupted within an
+//!   epoch tick. Another host may take the tasks over only once the lease ran out in the
+//!   database, at least one heartbeat later;
+//! - the **chores** take back the tasks of hosts whose lease expired, follow the worker
+//!   versions other hosts installed, and tell this host's tasks of the ends of tasks they
+//!   monitor on other hosts;
 //! - the **poll** carries out what other hosts asked of this host's tasks (kills, messages)
 //!   and, while this host has free places, claims tasks from the shared queue.
 //!
@@ -14,11 +20,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Host, MAX_HOST_LOSSES};
-use crate::actor::{EndNotice, Entry};
+use crate::actor::{EndNotice, Entry, SendError};
 use crate::config::Config;
 use crate::ledger::Ending;
 use crate::model::{Outcome, Pid, TaskEnd};
@@ -53,6 +59,63 @@ pub(crate) struct Cluster {
     remote: Mutex<HashMap<Pid, Remote>>,
     /// Heartbeats since the last look for strays, and the strays it found.
     strays: Mutex<(u32, HashSet<Pid>)>,
+    /// Commands carried out here and not yet deleted from the store (the delete failed):
+    /// never carried out twice.
+    delivered: Mutex<Vec<i64>>,
+    /// The moment this host must have stopped its tasks by, unless it renews its lease.
+    deadline: LeaseDeadline,
+}
+
+/// The host's own deadline for its lease, and a wake-up for the guard when it moves.
+#[derive(Debug)]
+struct LeaseDeadline {
+    at: Mutex<Instant>,
+    moved: Condvar,
+}
+
+impl LeaseDeadline {
+    fn lock(&self) -> MutexGuard<'_, Instant> {
+        self.at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Moves the deadline to `at` (never back: a renewal that answers late counts from when
+    /// it was sent, and an earlier one may have answered since).
+    fn extend(&self, at: Instant) {
+        let mut deadline = self.lock();
+        if at > *deadline {
+            *deadline = at;
+            self.moved.notify_all();
+        }
+    }
+
+    /// Waits until the deadline has passed, or at most `most`: whether it has.
+    fn wait(&self, most: Duration) -> bool {
+        let deadline = self.lock();
+        let now = Instant::now();
+        if now >= *deadline {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(now).min(most);
+        let deadline = self
+            .moved
+            .wait_timeout(deadline, left)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
+        Instant::now() >= *deadline
+    }
+}
+
+/// What became of a command another host (or this one) stored for a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CarriedOut {
+    /// Done: it is deleted from the store.
+    Done,
+    /// Not now (the task's mailbox is full): looked at again at the next poll.
+    Later,
+    /// The task is not this host's: left for the host that holds it, or claims it.
+    NotHere,
 }
 
 /// Heartbeats between two looks for tasks `runs` says this host holds and it does not run.
@@ -91,7 +154,8 @@ pub(super) enum Watch {
 }
 
 impl Cluster {
-    pub(crate) fn new(store: Arc<PgStore>, config: &Config) -> Self {
+    /// The cluster's side of a host that joined it at `joined` (when it asked to).
+    pub(crate) fn new(store: Arc<PgStore>, config: &Config, joined: Instant) -> Self {
         Self {
             store,
             heartbeat: config.heartbeat,
@@ -104,6 +168,13 @@ impl Cluster {
             left: AtomicBool::new(false),
             remote: Mutex::new(HashMap::new()),
             strays: Mutex::new((0, HashSet::new())),
+            delivered: Mutex::new(Vec::new()),
+            // The join that just happened set the lease in the database, from a moment after
+            // this host asked for it.
+            deadline: LeaseDeadline {
+                at: Mutex::new(joined + config.lease.saturating_sub(config.heartbeat)),
+                moved: Condvar::new(),
+            },
         }
     }
 
@@ -144,6 +215,9 @@ impl Host {
         let Some(cluster) = &self.cluster else {
             return Ok(());
         };
+        // Renewed at once: starting (loading and compiling workers) may have taken a good part
+        // of the lease.
+        self.beat(cluster);
         let weak = Arc::downgrade(self);
         {
             let host = Weak::clone(&weak);
@@ -165,7 +239,14 @@ impl Host {
             let interval = cluster.heartbeat;
             std::thread::Builder::new()
                 .name("cluster-heartbeat".into())
-                .spawn(move || heartbeat_loop(&weak, interval))?;
+                .spawn(move || every(&weak, interval, |host, cluster| host.beat(cluster)))?;
+        }
+        {
+            let weak = Weak::clone(&weak);
+            let interval = cluster.heartbeat;
+            std::thread::Builder::new()
+                .name("cluster-lease-guard".into())
+                .spawn(move || lease_guard(&weak, interval))?;
         }
         {
             let weak = Weak::clone(&weak);
@@ -201,40 +282,32 @@ impl Host {
         cluster.remote().clear();
     }
 
-    /// One heartbeat: renews the lease (or joins again), then does the cluster's chores.
-    fn beat(&self, cluster: &Cluster, last_held: &mut Instant) {
+    /// One heartbeat: renews the lease (or joins again), moving the host's own deadline.
+    fn beat(&self, cluster: &Cluster) {
         let live = self.live();
         let queued = self.queued();
         // The lease runs from when the database renewed it, which is after this: counting
         // from here, this host never thinks it holds a lease the others think expired.
         let sent = Instant::now();
+        let margin = cluster.lease.saturating_sub(cluster.heartbeat);
         match cluster.store.heartbeat(live, queued) {
             Ok((true, waiting)) => {
-                *last_held = sent;
+                cluster.deadline.extend(sent + margin);
                 cluster.waiting.store(waiting, Ordering::Release);
             }
             Ok((false, _)) => {
                 self.lose_lease(cluster, "its lease expired");
+                let sent = Instant::now();
                 match cluster.store.rejoin() {
                     Ok(boot) => {
                         self.pids.set_boot(boot);
-                        *last_held = Instant::now();
+                        cluster.deadline.extend(sent + margin);
                         cluster.serving.store(true, Ordering::Release);
                     }
                     Err(error) => tracing::warn!(%error, "joining the cluster again failed"),
                 }
-                return;
             }
             Err(error) => tracing::warn!(%error, "renewing the lease failed"),
-        }
-        self.check_lease(cluster, *last_held);
-    }
-
-    /// Stops this host's tasks one heartbeat before its lease, last renewed at `last_held`,
-    /// runs out: before any other host may take them over.
-    fn check_lease(&self, cluster: &Cluster, last_held: Instant) {
-        if cluster.serving() && last_held.elapsed() + cluster.heartbeat >= cluster.lease {
-            self.lose_lease(cluster, "it could not renew its lease in time");
         }
     }
 
@@ -279,14 +352,7 @@ impl Host {
         if !cluster.serving() {
             return;
         }
-        match cluster.store.take_commands() {
-            Ok(commands) => {
-                for command in commands {
-                    self.carry_out(command);
-                }
-            }
-            Err(error) => tracing::debug!(%error, "reading commands failed"),
-        }
+        self.commands(cluster);
         let free = self
             .capacity()
             .saturating_sub(self.live())
@@ -330,22 +396,64 @@ impl Host {
         }
     }
 
-    fn carry_out(&self, command: Command) {
+    /// Carries out what was asked of the tasks this host holds, oldest first, and deletes
+    /// from the store what was carried out. A message that finds its task's mailbox full waits
+    /// in the store, and so do the later ones for that task, so that they arrive in order.
+    fn commands(&self, cluster: &Cluster) {
+        let mut delivered = cluster
+            .delivered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match cluster.store.pending_commands(&delivered) {
+            Ok(commands) => {
+                let mut full: HashSet<Pid> = HashSet::new();
+                for (id, command) in commands {
+                    let to = command.to();
+                    let message = matches!(command, Command::Message { .. });
+                    if message && full.contains(&to) {
+                        continue;
+                    }
+                    match self.carry_out(command) {
+                        CarriedOut::Done => delivered.push(id),
+                        CarriedOut::Later => {
+                            full.insert(to);
+                        }
+                        CarriedOut::NotHere => {}
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "reading commands failed"),
+        }
+        match cluster.store.ack_commands(&delivered) {
+            Ok(()) => delivered.clear(),
+            Err(error) => tracing::debug!(%error, "deleting the commands carried out failed"),
+        }
+    }
+
+    fn carry_out(&self, command: Command) -> CarriedOut {
+        let to = command.to();
+        if !self.actors.holds(to) {
+            return CarriedOut::NotHere;
+        }
         match command {
             Command::Kill(pid) => {
-                if self.actors.holds(pid) {
-                    tracing::info!(pid = %pid, "Killing task, as another host asked");
-                    self.scheduler.kill(pid);
-                }
+                tracing::info!(pid = %pid, "Killing task, as another host asked");
+                self.scheduler.kill(pid);
             }
             Command::Message { to, sender, body } => {
                 let body = String::from_utf8_lossy(&body).into_owned();
-                if let Err(error) = self.put_or_forward(sender, to, body, false) {
-                    tracing::debug!(pid = %to, ?error, "a message from another host not delivered");
+                match self.put_or_forward(sender, to, body, false) {
+                    Ok(()) => {}
+                    Err(SendError::MailboxFull) => return CarriedOut::Later,
+                    // It ended since the look above: its mailbox went with it, as in Erlang.
+                    Err(error) => {
+                        tracing::debug!(pid = %to, ?error, "a stored message not delivered");
+                    }
                 }
             }
             Command::Exit { to, from, notice } => self.linked_exit(to, from, notice),
         }
+        CarriedOut::Done
     }
 
     /// Runs a task claimed from the shared queue: accepted by any host, or taken back from a
@@ -399,16 +507,35 @@ impl Host {
         }
         self.actors.enter(pid);
         tracing::info!(pid = %pid, attempt = job.attempt, "Task claimed from the shared queue");
+        // What was sent to it while it waited: in its mailbox before its first receive. A
+        // message the mailbox has no room for stays in the store for the next poll.
+        let mut carried = Vec::with_capacity(commands.len());
+        let mut full = false;
+        for (id, command) in commands {
+            if full && matches!(command, Command::Message { .. }) {
+                continue;
+            }
+            match self.carry_out(command) {
+                CarriedOut::Done => carried.push(id),
+                CarriedOut::Later => full = true,
+                CarriedOut::NotHere => {}
+            }
+        }
         if let Err(job) = self.scheduler.readmit(job) {
-            // Admission closed since the look above: another host runs it.
+            // Admission closed since the look above: another host runs it, and carries out
+            // what was asked of it.
             self.actors
                 .ended(job.pid, &TaskEnd::host_lost(job.attempt), drop);
+            self.scheduler.forget_kill(pid);
             self.give_back(pid);
             return;
         }
-        // What was sent to it while it waited: in its mailbox before its first receive.
-        for command in commands {
-            self.carry_out(command);
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .delivered
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .extend(carried);
         }
     }
 
@@ -641,14 +768,30 @@ fn every(host: &Weak<Host>, interval: Duration, mut work: impl FnMut(&Host, &Clu
     }
 }
 
-/// The heartbeat: woken early enough to stop the tasks before the lease runs out, even while a
-/// renewal hangs (a renewal waits at most a quarter of the lease).
-fn heartbeat_loop(host: &Weak<Host>, interval: Duration) {
-    let mut last_held = Instant::now();
-    every(host, interval, |host, cluster| {
-        host.check_lease(cluster, last_held);
-        host.beat(cluster, &mut last_held);
-    });
+/// The lease guard: sleeps until the host's own deadline (waking at least every `interval` to
+/// see whether the host still lives), and at the deadline stops the host's tasks, however the
+/// renewals fare.
+fn lease_guard(host: &Weak<Host>, interval: Duration) {
+    loop {
+        let Some(cluster) = host.upgrade().and_then(|host| host.cluster.clone()) else {
+            return;
+        };
+        if cluster.left.load(Ordering::Acquire) {
+            return;
+        }
+        if !cluster.deadline.wait(interval) {
+            continue;
+        }
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        if cluster.serving() {
+            host.lose_lease(&cluster, "it could not renew its lease in time");
+        } else {
+            // Fenced already; the heartbeat joins again and moves the deadline.
+            std::thread::sleep(interval.min(Duration::from_millis(50)));
+        }
+    }
 }
 
 impl Host {

@@ -33,6 +33,9 @@ use cluster::Cluster;
 /// Host losses after which a task ends `failed`/`host_lost` instead of running again.
 const MAX_HOST_LOSSES: u32 = 3;
 
+/// How often a wait for the store looks whether the host lost its lease meanwhile.
+const FENCE_POLL: Duration = Duration::from_millis(10);
+
 /// How often ended tasks past the history and expired idempotency keys are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -183,6 +186,8 @@ impl Host {
     /// threads, and runs again every task the store holds unfinished (a host lost before it
     /// ended them), before anything else is accepted.
     pub fn start(config: &Config) -> anyhow::Result<Arc<Self>> {
+        // A shared store's lease is set as it opens, from a moment after this.
+        let joined = Instant::now();
         let (store, shared) = open_store(config)?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
             max_memory_bytes: config.pool_slot_bytes(),
@@ -239,7 +244,7 @@ impl Host {
             None => Pids::new(),
         };
         let last = store.last_seq(pids.boot())?;
-        let cluster = shared.map(|shared| Arc::new(Cluster::new(shared, config)));
+        let cluster = shared.map(|shared| Arc::new(Cluster::new(shared, config, joined)));
         let leftovers = Arc::new(Leftovers {
             durable: store.durable(),
             scheduler: scheduler.clone(),
@@ -665,16 +670,18 @@ impl Host {
         }
         tracing::info!(pid = %pid, worker = %record.worker, step = record.step, "Killing task");
         if self.cluster.is_some() && !self.actors.holds(pid) {
-            // Another host holds it, or it waits in the shared queue: the store tells that
-            // host, or ends it at once.
-            self.store.submit(
-                vec![Change::Forward {
-                    to: pid,
-                    what: Forward::Kill(TaskEnd::killed()),
-                }],
-                None,
-            );
-            return Ok(());
+            // Another host holds it, or it waits in the shared queue: the store keeps the kill
+            // for that host (or whichever holds the task next), or ends it at once. Answered
+            // once the store has it.
+            let forwarded = self.wait_for_store(vec![Change::Forward {
+                to: pid,
+                what: Forward::Kill(TaskEnd::killed()),
+            }]);
+            return match forwarded {
+                // It ended meanwhile: the caller reads how.
+                Ok(()) | Err(StoreError::NotDelivered) => Ok(()),
+                Err(error) => Err(error.into()),
+            };
         }
         self.scheduler.kill(pid);
         // A task that ended after the look above never reads the kill: take it back, so the
@@ -688,6 +695,41 @@ impl Host {
             self.scheduler.forget_kill(pid);
         }
         Ok(())
+    }
+
+    /// Writes `batch` and waits until the store has it (or has refused it). A host of a
+    /// cluster that loses its lease meanwhile stops waiting: its tasks are stopped, and their
+    /// host calls return. On a worker of an async runtime (an HTTP handler), the wait is off it.
+    fn wait_for_store(&self, batch: Vec<Change>) -> Result<(), StoreError> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        self.store.submit(
+            batch,
+            Some(Box::new(move |result| {
+                let _ = sender.send(result);
+            })),
+        );
+        let wait = || {
+            loop {
+                match receiver.recv_timeout(FENCE_POLL) {
+                    Ok(result) => return result,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if self
+                            .cluster
+                            .as_ref()
+                            .is_some_and(|cluster| !cluster.serving())
+                        {
+                            return Err(StoreError::Unavailable(
+                                "this host has lost its lease in the cluster".into(),
+                            ));
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(StoreError::Unavailable("the store stopped writing".into()));
+                    }
+                }
+            }
+        };
+        crate::store::blocking(wait)
     }
 
     /// Resolves once task `pid`'s end is recorded from now on; see [`Ledger::watch_end`].

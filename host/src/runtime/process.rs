@@ -228,6 +228,8 @@ fn send_error(error: SendError) -> wit::SendError {
         SendError::MailboxFull => wit::SendError::MailboxFull,
         SendError::TooLarge => wit::SendError::TooLarge,
         SendError::BadPid => wit::SendError::BadPid,
+        // The contract has no case for it; like a full mailbox, it may pass if tried later.
+        SendError::Unavailable => wit::SendError::MailboxFull,
     }
 }
 

@@ -198,6 +198,14 @@ impl Lanes {
         }
     }
 
+    /// Stops every task of every thread as `end`: running steps within an epoch tick.
+    fn stop_every_thread(&self, end: &TaskEnd) {
+        for lane in &self.lanes {
+            lane.interrupts.stop_all(end.clone());
+            lane.inbox.kill(Command::KillAll(end.clone()));
+        }
+    }
+
     /// Wakes `pid`, waiting in `receive`, for the entry just put in its mailbox.
     fn wake(&self, pid: Pid) {
         self.of(pid).inbox.kill(Command::Wake(pid));
@@ -389,14 +397,13 @@ impl Scheduler {
     }
 
     /// Stops every task at once, the waiting ones included, and goes on taking new ones: a
-    /// host of a cluster that lost its lease, whose tasks other hosts run now. Their ends are
+    /// host of a cluster that lost its lease, whose tasks other hosts run now. A running step
+    /// is interrupted within an epoch tick, and no task takes another step. Their ends are
     /// recorded as for a kill, and the store refuses them.
     pub fn stop_all(&self, end: TaskEnd) {
+        self.lanes.stop_every_thread(&end);
         for waiting in self.lanes.admission.drain() {
             self.lanes.record_unstarted(&waiting, end.clone());
-        }
-        for lane in &self.lanes.lanes {
-            lane.inbox.kill(Command::KillAll(end.clone()));
         }
     }
 
@@ -408,9 +415,7 @@ impl Scheduler {
                 remaining = self.live(),
                 "grace period over; killing the remaining tasks"
             );
-            for lane in &self.lanes.lanes {
-                lane.inbox.kill(Command::KillAll(TaskEnd::killed()));
-            }
+            self.lanes.stop_every_thread(&TaskEnd::killed());
         }
         let threads = std::mem::take(
             &mut *self

@@ -222,7 +222,8 @@ impl SchedulerThread {
         let interrupts = self.lane().interrupts.clone();
         if interrupts.contains(pid) {
             // Killed before it reached this thread: the kill command found nothing to end.
-            return self.end_unstarted(job, permit, TaskEnd::killed());
+            let end = interrupts.stopping_all().unwrap_or_else(TaskEnd::killed);
+            return self.end_unstarted(job, permit, end);
         }
         if job.ready_at > Instant::now() {
             // A restart recovered from the store, its backoff not over yet.
@@ -321,6 +322,11 @@ impl SchedulerThread {
         let Some(task) = self.tasks[slot].as_mut() else {
             return;
         };
+        if self.lanes.lanes[self.index].interrupts.contains(task.pid) {
+            // A kill of it is on its way to this thread, which ends it there: not one more
+            // step.
+            return;
+        }
         task.receiving = false;
         let next = guarded(|| task.process.step(wake));
         let end = match next {
@@ -361,6 +367,12 @@ impl SchedulerThread {
             }
             Ok(Next::Done(code)) => TaskEnd::exited(code),
             Ok(Next::Failed(message)) => TaskEnd::guest_error(message),
+            // Interrupted because every task of the thread stops: ended as they all are.
+            Err(end) if end.outcome == crate::model::Outcome::Killed => self.lanes.lanes
+                [self.index]
+                .interrupts
+                .stopping_all()
+                .unwrap_or(end),
             Err(end) => end,
         };
         self.finish(slot, end);
@@ -502,6 +514,7 @@ impl SchedulerThread {
         }
         self.timers.clear();
         self.ready.clear();
+        self.lane().interrupts.stopped_all();
     }
 
     fn end_unstarted(&self, job: Job, permit: Permit<Job>, end: TaskEnd) {

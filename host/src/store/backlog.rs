@@ -269,6 +269,24 @@ impl Backlog {
         self.count_shed(shed);
     }
 
+    /// Takes out every waiting batch that `unwanted` picks, in order.
+    pub(super) fn remove_where(&self, unwanted: impl Fn(&Pending) -> bool) -> Vec<Pending> {
+        let mut state = self.lock();
+        let mut removed = Vec::new();
+        let mut kept = VecDeque::with_capacity(state.pending.len());
+        while let Some(pending) = state.pop_front() {
+            if unwanted(&pending) {
+                removed.push(pending);
+            } else {
+                kept.push_back(pending);
+            }
+        }
+        for pending in kept {
+            state.push_back(pending);
+        }
+        removed
+    }
+
     /// Asks the writer to stop once what is pending is written (or found unwritable).
     pub(super) fn close(&self) {
         self.lock().closed = true;

@@ -127,6 +127,18 @@ fn tell(done: Option<Done>, result: Result<(), StoreError>) {
     }
 }
 
+/// Runs `wait`, which blocks, off the async runtime's worker when called on one (an HTTP
+/// handler): the other tasks of that worker move to another meanwhile, so that a store that
+/// makes one request wait holds up no other. Elsewhere (a scheduler thread) it just runs.
+pub(crate) fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
 /// An idempotency key a request carried, and the body it came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {

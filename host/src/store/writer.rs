@@ -306,13 +306,17 @@ impl<'a, B: Backend> Writer<'a, B> {
         );
     }
 
-    /// Marks the store unavailable, saying so once.
+    /// Marks the store unavailable, saying so once, and answers at once what waits behind
+    /// the chunk that failed and is waited for: nothing is written before that chunk is.
     fn unavailable(&self, failure: &Failure) {
         self.stats.failed(Fault::Environment);
         if self.stats.healthy.swap(false, Ordering::AcqRel) {
             tracing::error!(store = self.store, error = %failure.message,
                 "the task store cannot write; new tasks are refused until it can, and the \
                  changes of running tasks are kept and tried again");
+        }
+        for pending in self.backlog.remove_where(|pending| !keeps(pending)) {
+            pending.finish(Err(StoreError::Unavailable(failure.message.clone())));
         }
     }
 

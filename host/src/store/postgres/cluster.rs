@@ -10,8 +10,11 @@
 //!   [`MAX_HOST_LOSSES`](crate::host) losses); one that had not goes back to the shared queue.
 //! - **Claims.** A host with free places takes the oldest tasks of the shared queue
 //!   (`FOR UPDATE SKIP LOCKED`), with the messages that were sent to them while they waited.
-//! - **Commands.** A kill or a message for a task another host holds is a row of `commands`
-//!   for that host, which takes its rows at a short interval.
+//! - **Commands.** A kill, a message or an exit signal for a task another host may hold is a
+//!   row of `commands` for that task. The host holding the task reads its rows at a short
+//!   interval, carries them out, and only then deletes them: a command lives until it is
+//!   carried out, whichever host that is (one that claims the task and hands it back leaves
+//!   them for the next). A task's end deletes its commands.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -107,12 +110,13 @@ pub struct Reaped {
 }
 
 /// A task claimed from the shared queue: its record, what it needs to run, and what was sent
-/// to it while it waited (messages, exits of linked tasks), oldest first.
+/// to it while it waited (messages, exits of linked tasks, a kill), oldest first, by id: each
+/// stays in the store until [`PgStore::ack_commands`] is told it was carried out.
 #[derive(Debug)]
 pub struct Claimed {
     pub record: TaskRecord,
     pub spec: TaskSpec,
-    pub commands: Vec<Command>,
+    pub commands: Vec<(i64, Command)>,
 }
 
 impl Command {
@@ -124,8 +128,9 @@ impl Command {
     }
 }
 
-/// The commands of rows `id, boot, seq, kind, sender_boot, sender_seq, body`, oldest first.
-fn commands_of(rows: &[tokio_postgres::Row]) -> Result<Vec<Command>, StoreError> {
+/// The commands of rows `id, boot, seq, kind, sender_boot, sender_seq, body`, oldest first,
+/// with their ids.
+fn commands_of(rows: &[tokio_postgres::Row]) -> Result<Vec<(i64, Command)>, StoreError> {
     let mut commands = Vec::with_capacity(rows.len());
     for row in rows {
         let id: i64 = column(row, 0)?;
@@ -155,7 +160,7 @@ fn commands_of(rows: &[tokio_postgres::Row]) -> Result<Vec<Command>, StoreError>
         commands.push((id, command));
     }
     commands.sort_by_key(|(id, _)| *id);
-    Ok(commands.into_iter().map(|(_, command)| command).collect())
+    Ok(commands)
 }
 
 /// The end notice of task `pid` as an `exit` command carries it.
@@ -242,6 +247,7 @@ impl PgStore {
         self.shared
             .node
             .store(0, std::sync::atomic::Ordering::Release);
+        self.shared.fences.send_modify(|fences| *fences += 1);
     }
 
     /// Joins the cluster again, as a new incarnation, after the lease was lost: the new boot
@@ -427,9 +433,8 @@ impl PgStore {
                 .map_err(unavailable)?;
             let sent = tx
                 .query(
-                    "DELETE FROM commands
-                     WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))
-                     RETURNING id, boot, seq, kind, sender_boot, sender_seq, body",
+                    "SELECT id, boot, seq, kind, sender_boot, sender_seq, body FROM commands
+                     WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",
                     &[&boots, &seqs],
                 )
                 .await
@@ -442,7 +447,7 @@ impl PgStore {
                     let spec = spec_of(row, RECORD_COLUMN_COUNT)?;
                     let commands = sent
                         .iter()
-                        .filter(|command| command.to() == record.pid)
+                        .filter(|(_, command)| command.to() == record.pid)
                         .cloned()
                         .collect();
                     Ok(Claimed {
@@ -455,26 +460,47 @@ impl PgStore {
         })
     }
 
-    /// Takes what other hosts asked of the tasks this host holds, oldest first.
-    pub fn take_commands(&self) -> Result<Vec<Command>, StoreError> {
+    /// What was asked of the tasks this host holds, oldest first, with their ids; but those
+    /// in `skip` (carried out, and not yet deleted).
+    pub fn pending_commands(&self, skip: &[i64]) -> Result<Vec<(i64, Command)>, StoreError> {
         let node = self.shared.node.load(std::sync::atomic::Ordering::Acquire);
         if node == 0 {
             return Ok(Vec::new());
         }
+        let skip = skip.to_vec();
         self.query(move |client| async move {
             let statement = client
                 .prepare_cached(
-                    "DELETE FROM commands c USING runs r
-                     WHERE r.owner = $1 AND r.boot = c.boot AND r.seq = c.seq
-                     RETURNING c.id, c.boot, c.seq, c.kind, c.sender_boot, c.sender_seq, c.body",
+                    "SELECT c.id, c.boot, c.seq, c.kind, c.sender_boot, c.sender_seq, c.body
+                     FROM commands c JOIN runs r ON r.boot = c.boot AND r.seq = c.seq
+                     WHERE r.owner = $1 AND NOT (c.id = ANY($2))",
                 )
                 .await
                 .map_err(unavailable)?;
             let rows = client
-                .query(&statement, &[&node])
+                .query(&statement, &[&node, &skip])
                 .await
                 .map_err(unavailable)?;
             commands_of(&rows)
+        })
+    }
+
+    /// Deletes the commands `ids`, carried out.
+    pub fn ack_commands(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.to_vec();
+        self.query(move |client| async move {
+            let statement = client
+                .prepare_cached("DELETE FROM commands WHERE id = ANY($1)")
+                .await
+                .map_err(unavailable)?;
+            client
+                .execute(&statement, &[&ids])
+                .await
+                .map(drop)
+                .map_err(unavailable)
         })
     }
 

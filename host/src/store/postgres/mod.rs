@@ -87,6 +87,9 @@ struct Shared {
     node: AtomicI32,
     /// Changes of tasks an earlier incarnation of this host submitted, not written.
     fenced: AtomicU64,
+    /// Bumped when this host loses its lease: every query then in flight ends at once (a
+    /// task's host call among them), rather than waiting on a database that may not answer.
+    fences: tokio::sync::watch::Sender<u64>,
     /// Told of each task whose start this host wrote while it no longer held it: the host
     /// stops it.
     on_fenced: OnceLock<Box<dyn Fn(Pid) + Send + Sync>>,
@@ -198,6 +201,7 @@ impl PgStore {
         let shared = Arc::new(Shared {
             node: AtomicI32::new(joined),
             fenced: AtomicU64::new(0),
+            fences: tokio::sync::watch::Sender::new(0),
             on_fenced: OnceLock::new(),
         });
         let writer = match Writer::start(
@@ -300,15 +304,22 @@ impl PgStore {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let pool = self.pool.clone();
+        // Subscribed now: a fence from here on ends the query.
+        let mut fenced = self.shared.fences.subscribe();
         run_on(&self.handle, async move {
             let work = async move {
                 let client = pool.get().await.map_err(unavailable)?;
                 query(client).await
             };
-            match tokio::time::timeout(timeout, work).await {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Unavailable(
-                    "the database did not answer in time".into(),
+            tokio::select! {
+                answer = tokio::time::timeout(timeout, work) => match answer {
+                    Ok(result) => result,
+                    Err(_) => Err(StoreError::Unavailable(
+                        "the database did not answer in time".into(),
+                    )),
+                },
+                _ = fenced.changed() => Err(StoreError::Unavailable(
+                    "this host has lost its lease in the cluster".into(),
                 )),
             }
         })?
@@ -330,15 +341,9 @@ fn run_on<T: Send + 'static>(
             .recv()
             .map_err(|_| StoreError::Unavailable("the store has stopped".into()))
     };
-    // On a worker of a multi-threaded runtime (an HTTP handler, or a callback of the store's
-    // own writer), its other tasks move to other workers while this one waits: a slow
-    // database then holds this request, not every request queued behind it on this thread.
-    match tokio::runtime::Handle::try_current() {
-        Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(wait)
-        }
-        _ => wait(),
-    }
+    // A slow database then holds this request, not every request queued behind it on this
+    // thread.
+    super::blocking(wait)
 }
 
 impl Drop for PgStore {

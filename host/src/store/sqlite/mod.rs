@@ -242,14 +242,7 @@ impl SqliteStore {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             read(&reader)
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime)
-                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
-            {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
-        }
+        super::blocking(wait)
     }
 }
 
@@ -814,6 +807,45 @@ mod tests {
         assert_eq!(store.stats().log_lines_shed, 1);
         let record = store.get(pid).expect("read").expect("the task");
         assert_eq!(record.status, crate::model::Status::Exited);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue #20, item 7: a read that finds every reader busy waits off the async runtime's
+    /// worker that asked, so that the other tasks of that worker go on meanwhile.
+    #[test]
+    fn a_read_waiting_for_a_reader_does_not_hold_its_async_worker() {
+        let dir = scratch("busy-readers");
+        let store = Arc::new(
+            SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal, BACKLOG_BYTES)
+                .expect("open"),
+        );
+        let busy: Vec<_> = store
+            .readers
+            .iter()
+            .map(|reader| reader.lock().expect("a reader"))
+            .collect();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("a runtime");
+        let reading = Arc::clone(&store);
+        runtime.spawn(async move {
+            let _ = reading.get(Pid::new(1, 1));
+        });
+        let (ran, other_ran) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let _ = ran.send(());
+        });
+        // A bound against a hang, not a timing: the other task runs at once, or never while
+        // the readers are busy.
+        let went_on = other_ran.recv_timeout(Duration::from_secs(10)).is_ok();
+        drop(busy);
+        runtime.shutdown_timeout(Duration::from_secs(10));
+        assert!(
+            went_on,
+            "the worker was held by a read waiting for a reader"
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
