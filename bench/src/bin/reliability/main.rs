@@ -11,6 +11,7 @@ mod host;
 mod hostile;
 mod overload;
 mod soak;
+mod store_lock;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,8 @@ pub struct Args {
     /// The same as `--scale 0.05`.
     #[arg(long)]
     pub quick: bool,
-    /// Run only these cases (comma-separated): hostile, soak, overload, crash, fuzz-api, http.
+    /// Run only these cases (comma-separated): hostile, soak, overload, crash, fuzz-api, http,
+    /// store-lock.
     #[arg(long, env = "RELIABILITY_ONLY", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Submissions per second in the hostile case (both its loads).
@@ -156,13 +158,14 @@ type Case = fn(&Args, &Path) -> anyhow::Result<Verdict>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cases: [(&str, Case); 6] = [
+    let cases: [(&str, Case); 7] = [
         ("hostile", hostile::run),
         ("soak", soak::run),
         ("overload", overload::run),
         ("crash", crash::run),
         ("fuzz-api", hooks::fuzz_api),
         ("http", hooks::http_tests),
+        ("store-lock", store_lock::run),
     ];
     for name in &args.only {
         anyhow::ensure!(
