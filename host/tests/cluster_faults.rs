@@ -166,7 +166,7 @@ async fn a_stalled_database_stops_every_task_before_another_host_takes_it_over()
     let url = postgres::fresh_database("stalled");
     let proxy = Proxy::start(port_of(&url)).await;
     // A margin of a whole second between b's deadline and the lease's expiry: the suite runs
-    // many hosts on two cores, and a host's threads may wait that long for one.
+    // many hosts on two cores, where a host's threads may wait a few hundred milliseconds.
     let lease = ["--lease", "4s", "--heartbeat", "1s"];
     let a = node(&url, "a", &lease).await;
     // A step that spins holds its scheduler thread: one thread for each task here.

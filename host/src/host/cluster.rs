@@ -268,17 +268,20 @@ impl Host {
         if !cluster.serving.swap(false, Ordering::AcqRel) {
             return;
         }
+        // The writes first (the ends recorded next are refused), then the tasks, then the
+        // queries in flight: a host call ended so returns to a task that is stopping already,
+        // and makes no other.
         cluster.store.fence();
-        tracing::error!(
-            reason = why,
-            live = self.live(),
-            "this host lost its lease in the cluster: it stops its tasks (other hosts run them \
-             again) and accepts nothing until it has joined again"
-        );
         self.scheduler.stop_all(TaskEnd::failed(
             Outcome::HostLost,
             "this host lost its lease in the cluster".into(),
         ));
+        cluster.store.end_queries();
+        tracing::error!(
+            reason = why,
+            "this host lost its lease in the cluster: it stops its tasks (other hosts run them \
+             again) and accepts nothing until it has joined again"
+        );
         cluster.remote().clear();
     }
 

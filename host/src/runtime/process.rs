@@ -155,12 +155,12 @@ impl v2::http_spawn::worker::host::Host for TaskState {
     }
 
     fn send(&mut self, to: String, body: String) -> Result<(), wit::SendError> {
-        let kernel = self.kernel.as_ref().ok_or(wit::SendError::NoSuchProcess)?;
+        let kernel = self.kernel().ok_or(wit::SendError::NoSuchProcess)?;
         kernel.send(self.pid, &to, body).map_err(send_error)
     }
 
     fn spawn(&mut self, child: wit::Child) -> Result<String, wit::SpawnError> {
-        let kernel = self.kernel.as_ref().ok_or(wit::SpawnError::Full)?;
+        let kernel = self.kernel().ok_or(wit::SpawnError::Full)?;
         let request = ChildRequest {
             worker: child.worker,
             name: child.name,
@@ -179,33 +179,33 @@ impl v2::http_spawn::worker::host::Host for TaskState {
     }
 
     fn monitor(&mut self, target: String) -> Result<(), wit::WatchError> {
-        let kernel = self.kernel.as_ref().ok_or(wit::WatchError::BadPid)?;
+        let kernel = self.kernel().ok_or(wit::WatchError::BadPid)?;
         kernel.monitor(self.pid, &target).map_err(watch_error)
     }
 
     fn link(&mut self, target: String) -> Result<(), wit::WatchError> {
-        let kernel = self.kernel.as_ref().ok_or(wit::WatchError::BadPid)?;
+        let kernel = self.kernel().ok_or(wit::WatchError::BadPid)?;
         kernel.link(self.pid, &target).map_err(watch_error)
     }
 
     fn unlink(&mut self, target: String) -> Result<(), wit::WatchError> {
-        let kernel = self.kernel.as_ref().ok_or(wit::WatchError::BadPid)?;
+        let kernel = self.kernel().ok_or(wit::WatchError::BadPid)?;
         kernel.unlink(self.pid, &target).map_err(watch_error)
     }
 
     fn kill(&mut self, target: String) -> Result<(), wit::SendError> {
-        let kernel = self.kernel.as_ref().ok_or(wit::SendError::NoSuchProcess)?;
+        let kernel = self.kernel().ok_or(wit::SendError::NoSuchProcess)?;
         kernel.kill(self.pid, &target).map_err(send_error)
     }
 
     fn trap_exits(&mut self, on: bool) {
-        if let Some(kernel) = &self.kernel {
+        if let Some(kernel) = self.kernel() {
             kernel.trap_exits(self.pid, on);
         }
     }
 
     fn register(&mut self, name: String) -> Result<(), wit::NameError> {
-        let kernel = self.kernel.as_ref().ok_or(wit::NameError::Invalid)?;
+        let kernel = self.kernel().ok_or(wit::NameError::Invalid)?;
         kernel
             .register(self.pid, &name)
             .map_err(|error| match error {
@@ -216,7 +216,7 @@ impl v2::http_spawn::worker::host::Host for TaskState {
     }
 
     fn whereis(&mut self, name: String) -> Option<String> {
-        let kernel = self.kernel.as_ref()?;
+        let kernel = self.kernel()?;
         kernel.whereis(&name).map(|pid| pid.to_string())
     }
 }
@@ -268,6 +268,16 @@ fn wake_of(wake: Wake) -> wit::Wake {
 use wit::Level;
 
 impl TaskState {
+    /// The host, for an actor call; none for a task that is being stopped (killed, or every
+    /// task of its host, which lost its lease), which makes no more of them: one that waits on
+    /// the store would hold the task past its stop, while its next epoch check ends it.
+    fn kernel(&self) -> Option<&Arc<dyn Kernel>> {
+        if self.interrupts.contains(self.pid) {
+            return None;
+        }
+        self.kernel.as_ref()
+    }
+
     fn log_line(&mut self, level: Level, message: String) {
         let (pid, worker, step) = (self.pid, &*self.worker, self.step);
         // The host's own log gets the line on one line: a guest must not forge host lines.

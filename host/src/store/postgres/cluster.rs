@@ -247,6 +247,11 @@ impl PgStore {
         self.shared
             .node
             .store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ends every query in flight at once (the lease is lost: a task's host call among them
+    /// must not wait on a database that may not answer). Queries started from here on run.
+    pub fn end_queries(&self) {
         self.shared.fences.send_modify(|fences| *fences += 1);
     }
 

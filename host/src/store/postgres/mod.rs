@@ -87,8 +87,9 @@ struct Shared {
     node: AtomicI32,
     /// Changes of tasks an earlier incarnation of this host submitted, not written.
     fenced: AtomicU64,
-    /// Bumped when this host loses its lease: every query then in flight ends at once (a
-    /// task's host call among them), rather than waiting on a database that may not answer.
+    /// Bumped when this host loses its lease ([`PgStore::end_queries`]): every query then in
+    /// flight ends at once (a task's host call among them), rather than waiting on a database
+    /// that may not answer.
     fences: tokio::sync::watch::Sender<u64>,
     /// Told of each task whose start this host wrote while it no longer held it: the host
     /// stops it.
@@ -205,7 +206,6 @@ impl PgStore {
             on_fenced: OnceLock::new(),
         });
         let writer = match Writer::start(
-            &handle,
             config,
             Arc::clone(&shared),
             backlog_bytes,

@@ -1,8 +1,12 @@
 //! The shared store's side of the writer ([`crate::store::writer`]): a thread of its own with a
-//! connection of its own, which commits each chunk through the store's runtime, fences what an
-//! earlier incarnation of this host submitted, reads PostgreSQL's error codes as causes, and
-//! settles a commit whose answer was lost by asking the database what became of its
-//! transaction.
+//! connection of its own, which commits each chunk, fences what an earlier incarnation of this
+//! host submitted, reads PostgreSQL's error codes as causes, and settles a commit whose answer
+//! was lost by asking the database what became of its transaction.
+//!
+//! The thread drives its connection itself, on a single-threaded runtime of its own: a commit's
+//! requests, answers and wake-ups all happen on the one thread, with no hand-off between
+//! threads at each answer (which, measured, cost a host about a quarter more CPU per task than
+//! the writer as a task of the store's shared runtime).
 //!
 //! - **Causes.** A value the database refuses (class 22, data exception: a NUL in `text`, a
 //!   string too long), a constraint (class 23), a program limit (class 54) and an error raised
@@ -50,7 +54,6 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn start(
-        handle: &tokio::runtime::Handle,
         mut config: tokio_postgres::Config,
         shared: Arc<Shared>,
         backlog_bytes: usize,
@@ -59,8 +62,11 @@ impl Writer {
         config.application_name(APPLICATION_NAME);
         let backlog = Arc::new(Backlog::new(backlog_bytes));
         let stats = Arc::new(WriterStats::new());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let backend = PgBackend {
-            handle: handle.clone(),
+            runtime,
             config,
             shared: Arc::clone(&shared),
             connection: None,
@@ -138,7 +144,8 @@ struct Unsettled {
 }
 
 struct PgBackend {
-    handle: tokio::runtime::Handle,
+    /// The writer thread's own runtime, which drives its connection while a commit runs.
+    runtime: tokio::runtime::Runtime,
     config: tokio_postgres::Config,
     shared: Arc<Shared>,
     connection: Option<Connection>,
@@ -204,9 +211,9 @@ fn failure(error: &tokio_postgres::Error, ambiguous: bool) -> Failure {
 }
 
 impl PgBackend {
-    /// Runs `work` on the store's runtime, from this thread (never one of the runtime's).
+    /// Runs `work` on this thread's runtime.
     fn block_on<T>(&self, work: impl Future<Output = T>) -> T {
-        self.handle.block_on(work)
+        self.runtime.block_on(work)
     }
 }
 
