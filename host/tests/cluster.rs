@@ -8,11 +8,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::process::Binary;
 use common::proxy::{Proxy, port_of};
+use common::workers::{actor, logged, messages, registry};
 use common::{PATIENCE, Remote, module, postgres, read_events, temp_dir};
 use serde_json::{Value, json};
 
@@ -31,29 +31,6 @@ struct Node {
     name: String,
 }
 
-/// The registry file every host reads: the default worker and the scriptable actor.
-fn registry() -> PathBuf {
-    let path = temp_dir("cluster").join("http-spawn.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[workers.default]
-module = "{default}"
-
-# The test workers use Rust's std, whose 1 MiB stack outgrows the default cap.
-[workers.actor]
-module = "{actor}"
-max_memory = "16MiB"
-"#,
-            default = module("default").display(),
-            actor = module("actor").display(),
-        ),
-    )
-    .expect("write the registry file");
-    path
-}
-
 impl Node {
     /// Starts host `name` on database `url`, with `args` added, and waits until it answers.
     async fn start(url: &str, name: &str, args: &[&str]) -> Self {
@@ -67,7 +44,7 @@ impl Node {
             .iter()
             .map(ToString::to_string)
             .collect();
-        argv.push(registry().display().to_string());
+        argv.push(registry(&temp_dir("cluster"), "").display().to_string());
         argv.extend(
             [
                 "--shutdown-grace-secs",
@@ -127,23 +104,6 @@ async fn three(hint: &str, args: &[&str]) -> (String, Node, Node, Node) {
     (url, a, b, c)
 }
 
-/// A task of the scriptable actor worker.
-fn actor(name: &str, ops: Value) -> Value {
-    json!({"name": name, "worker": "actor", "duration": 0, "payload": {"script": ops}})
-}
-
-/// The JSON lines a task of the actor worker logged.
-async fn logged(node: &Remote, pid: &str) -> Vec<Value> {
-    let (status, logs) = node.get(&format!("/api/tasks/{pid}/logs")).await;
-    assert_eq!(status, 200, "{logs}");
-    logs["lines"]
-        .as_array()
-        .expect("lines")
-        .iter()
-        .filter_map(|line| serde_json::from_str(line["message"].as_str()?).ok())
-        .collect()
-}
-
 /// What a task of the actor worker logged of its `receive`.
 async fn received(node: &Remote, pid: &str) -> Value {
     logged(node, pid)
@@ -166,18 +126,6 @@ async fn upload(node: &Node, bytes: Vec<u8>) -> Value {
         .expect("uploaded");
     assert_eq!(answer.status(), 200);
     answer.json().await.expect("JSON")
-}
-
-/// The messages of a task's log lines.
-async fn messages(node: &Remote, pid: &str) -> Vec<String> {
-    let (status, logs) = node.get(&format!("/api/tasks/{pid}/logs")).await;
-    assert_eq!(status, 200, "{logs}");
-    logs["lines"]
-        .as_array()
-        .expect("lines")
-        .iter()
-        .map(|line| line["message"].as_str().expect("message").to_owned())
-        .collect()
 }
 
 /// Waits until `pid` shows on `node` as held by host `id`, running.

@@ -7,13 +7,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::postgres::{execute as sql, key_of};
 use common::process::Binary;
 use common::proxy::{Proxy, port_of};
+use common::workers::{Storm, actor, logged, registry};
 use common::{PATIENCE, Remote, module, postgres, temp_dir};
 use serde_json::{Value, json};
 
@@ -26,32 +25,12 @@ const POLL: &str = "50ms";
 
 /// The registry file: the default worker, the scriptable actor, and `spin`, whose step spins
 /// on a fuel budget that lasts far longer than any test.
-fn registry(dir: &Path) -> PathBuf {
-    let path = dir.join("http-spawn.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[workers.default]
-module = "{default}"
-
-[workers.actor]
-module = "{actor}"
-max_memory = "16MiB"
-
+const SPIN: &str = r#"
 [workers.spin]
-module = "{spin}"
+module = "{module:spin}"
 max_memory = "16MiB"
 fuel_per_step = 1000000000000000
-"#,
-            default = module("default").display(),
-            actor = module("actor").display(),
-            spin = module("spin").display(),
-        ),
-    )
-    .expect("write the registry file");
-    path
-}
+"#;
 
 /// Host `name` of the cluster on the database at `url`, with `args` added.
 async fn node(url: &str, name: &str, args: &[&str]) -> Binary {
@@ -62,7 +41,7 @@ async fn node(url: &str, name: &str, args: &[&str]) -> Binary {
         "--node-name",
         name,
         "--config",
-        &registry(&dir).display().to_string(),
+        &registry(&dir, SPIN).display().to_string(),
         "--shutdown-grace-secs",
         "1",
         "--cluster-poll",
@@ -92,23 +71,6 @@ async fn id_of(node: &Remote) -> u64 {
     let (status, cluster) = node.get("/api/cluster").await;
     assert_eq!(status, 200, "{cluster}");
     cluster["node"].as_u64().expect("a node id")
-}
-
-/// A task of the scriptable actor worker.
-fn actor(name: &str, ops: Value) -> Value {
-    json!({"name": name, "worker": "actor", "duration": 0, "payload": {"script": ops}})
-}
-
-/// The JSON lines a task of the actor worker logged.
-async fn logged(node: &Remote, pid: &str) -> Vec<Value> {
-    let (status, logs) = node.get(&format!("/api/tasks/{pid}/logs")).await;
-    assert_eq!(status, 200, "{logs}");
-    logs["lines"]
-        .as_array()
-        .expect("lines")
-        .iter()
-        .filter_map(|line| serde_json::from_str(line["message"].as_str()?).ok())
-        .collect()
 }
 
 /// Waits until `pid` shows on `node` as running on host `id`; its record then.
@@ -448,45 +410,12 @@ async fn every_task_answered_202_as_a_host_shuts_down_runs_elsewhere() {
     let url = postgres::fresh_database("cluster_sigterm");
     let a = node(&url, "a", &[]).await;
     let mut b = node(&url, "b", &["--capacity", "8"]).await;
-    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..16)
-        .map(|client| {
-            let remote = Remote::with_token(b.base.clone(), TOKEN);
-            let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut n = 0;
-                while !stop.load(Ordering::Acquire) {
-                    let body = json!({"name": format!("c{client}-{n}"), "duration": 0});
-                    n += 1;
-                    match remote
-                        .client
-                        .post(remote.url("/api/tasks"))
-                        .json(&body)
-                        .send()
-                        .await
-                    {
-                        Ok(answer) if answer.status() == 202 => {
-                            let body: Value = answer.json().await.expect("JSON");
-                            let pid = body["pid"].as_str().expect("pid").to_owned();
-                            accepted.lock().expect("lock").push(pid);
-                        }
-                        Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    }
-                }
-            })
-        })
-        .collect();
+    let storm = Storm::start(&b.base, Some(TOKEN), 16);
     tokio::time::sleep(Duration::from_secs(2)).await;
     b.terminate();
     let status = tokio::task::block_in_place(|| b.wait_exit());
     assert!(status.success(), "{status}");
-    stop.store(true, Ordering::Release);
-    for client in clients {
-        client.await.expect("client");
-    }
-    let accepted = std::mem::take(&mut *accepted.lock().expect("lock"));
+    let accepted = storm.stop().await;
     assert!(accepted.len() > 50, "load before the SIGTERM");
     let mut seen = HashSet::new();
     for pid in &accepted {
@@ -495,25 +424,4 @@ async fn every_task_answered_202_as_a_host_shuts_down_runs_elsewhere() {
         assert_eq!(record["status"], "exited", "{record}");
         assert_eq!(record["exit_code"], 0, "{record}");
     }
-}
-
-/// The `(boot, seq)` key of a pid, as the store's tables hold it.
-fn key_of(pid: &str) -> (i32, i64) {
-    let (boot, seq) = pid.split_once('-').expect("a pid");
-    (
-        i32::from_str_radix(boot, 16).expect("hex"),
-        i64::from_str_radix(seq, 16).expect("hex"),
-    )
-}
-
-/// Runs `sql` on the database at `url`.
-fn sql(url: &str, sql: &str) {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
-    postgres::block_on(async move {
-        let client = postgres::connect(&url).await;
-        client
-            .batch_execute(&sql)
-            .await
-            .unwrap_or_else(|error| panic!("{sql}: {error}"));
-    });
 }

@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::process::Binary;
-use common::{PATIENCE, Remote, module, spawn_app, temp_dir};
+use common::workers::messages;
+use common::{PATIENCE, module, spawn_app, temp_dir};
 use serde_json::{Value, json};
 
 /// The admin token the binary is started with, where a test swaps workers.
@@ -40,17 +41,6 @@ async fn start(dir: &Path, args: &[&str]) -> Binary {
     host
 }
 
-async fn logs(remote: &Remote, pid: &str) -> Vec<String> {
-    let (status, logs) = remote.get(&format!("/api/tasks/{pid}/logs")).await;
-    assert_eq!(status, 200, "{logs}");
-    logs["lines"]
-        .as_array()
-        .expect("lines")
-        .iter()
-        .map(|line| line["message"].as_str().expect("message").to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_history_logs_and_worker_versions() {
     let dir = temp_dir("durable-restart");
@@ -75,7 +65,7 @@ async fn a_restart_keeps_history_logs_and_worker_versions() {
         ended["step"], 2,
         "the last step is written with the end: {ended}"
     );
-    let logged = logs(&host, &pid).await;
+    let logged = messages(&host, &pid).await;
     assert!(!logged.is_empty(), "the task logged");
 
     let (_, default) = host.get("/api/workers/default").await;
@@ -97,7 +87,7 @@ async fn a_restart_keeps_history_logs_and_worker_versions() {
     let (status, again) = host.get(&format!("/api/tasks/{pid}")).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again, ended, "the record is as it was");
-    assert_eq!(logs(&host, &pid).await, logged, "and so are its logs");
+    assert_eq!(messages(&host, &pid).await, logged, "and so are its logs");
     let (_, listed) = host.get("/api/tasks").await;
     assert_eq!(listed["tasks"][0]["pid"], pid.as_str(), "{listed}");
 

@@ -7,38 +7,15 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
+use common::postgres::execute as sql;
 use common::process::Binary;
 use common::proxy::{Proxy, port_of};
-use common::{PATIENCE, Remote, module, postgres, spawn_app, temp_dir};
+use common::workers::{Storm, actor, messages, registry};
+use common::{PATIENCE, postgres, spawn_app, temp_dir};
 use serde_json::{Value, json};
-
-/// The registry file: the default worker and the scriptable actor.
-fn registry(dir: &Path) -> PathBuf {
-    let path = dir.join("http-spawn.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[workers.default]
-module = "{default}"
-
-# The test workers use Rust's std, whose 1 MiB stack outgrows the default cap.
-[workers.actor]
-module = "{actor}"
-max_memory = "16MiB"
-"#,
-            default = module("default").display(),
-            actor = module("actor").display(),
-        ),
-    )
-    .expect("write the registry file");
-    path
-}
 
 /// A host on the SQLite file `dir/tasks.db`.
 async fn sqlite_host(dir: &Path, args: &[&str]) -> Binary {
@@ -47,7 +24,7 @@ async fn sqlite_host(dir: &Path, args: &[&str]) -> Binary {
         "--store",
         &store,
         "--config",
-        &registry(dir).display().to_string(),
+        &registry(dir, "").display().to_string(),
         "--shutdown-grace-secs",
         "1",
     ]
@@ -69,7 +46,7 @@ async fn pg_host(url: &str, args: &[&str]) -> Binary {
         "--node-name",
         "solo",
         "--config",
-        &registry(&dir).display().to_string(),
+        &registry(&dir, "").display().to_string(),
         "--shutdown-grace-secs",
         "1",
         "--cluster-poll",
@@ -89,35 +66,6 @@ async fn pg_host(url: &str, args: &[&str]) -> Binary {
 
 /// What the writer's connection to PostgreSQL says it is (`application_name`).
 const WRITER_CONNECTION: &str = "http-spawn writer";
-
-/// A task of the scriptable actor worker.
-fn actor(name: &str, ops: Value) -> Value {
-    json!({"name": name, "worker": "actor", "duration": 0, "payload": {"script": ops}})
-}
-
-/// The messages of a task's captured log.
-async fn messages(node: &Remote, pid: &str) -> Vec<String> {
-    let (status, logs) = node.get(&format!("/api/tasks/{pid}/logs")).await;
-    assert_eq!(status, 200, "{logs}");
-    logs["lines"]
-        .as_array()
-        .expect("lines")
-        .iter()
-        .map(|line| line["message"].as_str().expect("message").to_owned())
-        .collect()
-}
-
-/// Runs `sql` on the database at `url`.
-fn sql(url: &str, sql: &str) {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
-    postgres::block_on(async move {
-        let client = postgres::connect(&url).await;
-        client
-            .batch_execute(&sql)
-            .await
-            .unwrap_or_else(|error| panic!("{sql}: {error}"));
-    });
-}
 
 /// Ends every connection to `url`'s database but the caller's: the host reconnects.
 fn drop_connections(url: &str) {
@@ -357,44 +305,12 @@ async fn a_read_only_database_keeps_every_end_until_it_takes_writes_again() {
 async fn every_task_answered_202_around_a_sigterm_runs() {
     let dir = temp_dir("faults-sigterm");
     let mut host = sqlite_host(&dir, &["--capacity", "64"]).await;
-    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..16)
-        .map(|client| {
-            let remote = Remote::new(host.base.clone());
-            let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut n = 0;
-                while !stop.load(Ordering::Acquire) {
-                    let answer = remote
-                        .client
-                        .post(remote.url("/api/tasks"))
-                        .json(&json!({"name": format!("c{client}-{n}"), "duration": 0}))
-                        .send()
-                        .await;
-                    n += 1;
-                    match answer {
-                        Ok(answer) if answer.status() == 202 => {
-                            let body: Value = answer.json().await.expect("JSON");
-                            let pid = body["pid"].as_str().expect("pid").to_owned();
-                            accepted.lock().expect("lock").push(pid);
-                        }
-                        Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    }
-                }
-            })
-        })
-        .collect();
+    let storm = Storm::start(&host.base, None, 16);
     tokio::time::sleep(Duration::from_secs(2)).await;
     host.terminate();
     let status = tokio::task::block_in_place(|| host.wait_exit());
     assert!(status.success(), "{status}");
-    stop.store(true, Ordering::Release);
-    for client in clients {
-        client.await.expect("client");
-    }
-    let accepted = std::mem::take(&mut *accepted.lock().expect("lock"));
+    let accepted = storm.stop().await;
     assert!(accepted.len() > 100, "load before the SIGTERM");
     let host = sqlite_host(&dir, &["--capacity", "64"]).await;
     let mut seen = HashSet::new();

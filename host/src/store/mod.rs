@@ -65,6 +65,25 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The same prune again, for when this one deleted a full batch and more is due; none
+    /// for any other change.
+    fn prune_again(&self) -> Option<Change> {
+        match *self {
+            Change::Prune {
+                max_history,
+                ended_before,
+                keys_before,
+            } => Some(Change::Prune {
+                max_history,
+                ended_before,
+                keys_before,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// What one host asks of a task another host of the cluster holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Forward {

@@ -5,6 +5,7 @@
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod workers;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -87,6 +87,27 @@ fn with_database(url: &str, database: &str) -> String {
     format!("{}/{database}{query}", &url[..path])
 }
 
+/// Runs `sql` (statements, as one batch) on the database at `url`.
+pub fn execute(url: &str, sql: &str) {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    block_on(async move {
+        let client = connect(&url).await;
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    });
+}
+
+/// The `(boot, seq)` key of a pid, as the store's tables hold it.
+pub fn key_of(pid: &str) -> (i32, i64) {
+    let (boot, seq) = pid.split_once('-').expect("a pid");
+    (
+        i32::from_str_radix(boot, 16).expect("hex"),
+        i64::from_str_radix(seq, 16).expect("hex"),
+    )
+}
+
 /// A client for `url`, its connection driven by the current runtime.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)

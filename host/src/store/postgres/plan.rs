@@ -490,18 +490,7 @@ pub(super) async fn commit(
             }
             Check::Started(_) | Check::Fenced | Check::Ended(_) => {}
             Check::Prune if count >= PRUNE_BATCH as u64 => {
-                outcome.prune_more = chunk.changes().find_map(|(_, change)| match *change {
-                    Change::Prune {
-                        max_history,
-                        ended_before,
-                        keys_before,
-                    } => Some(Change::Prune {
-                        max_history,
-                        ended_before,
-                        keys_before,
-                    }),
-                    _ => None,
-                });
+                outcome.prune_more = chunk.changes().find_map(|(_, change)| change.prune_again());
             }
             Check::Prune => {}
             Check::Keyed(pending) if count == 0 => {

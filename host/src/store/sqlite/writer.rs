@@ -66,18 +66,7 @@ fn commit(connection: &mut Connection, chunk: &Chunk) -> rusqlite::Result<Outcom
         .execute(params![boot, seq, step, *fuel as i64])?;
     }
     tx.commit()?;
-    let prune_more = more.and_then(|change| match change {
-        &Change::Prune {
-            max_history,
-            ended_before,
-            keys_before,
-        } => Some(Change::Prune {
-            max_history,
-            ended_before,
-            keys_before,
-        }),
-        _ => None,
-    });
+    let prune_more = more.and_then(Change::prune_again);
     Ok(Outcome {
         prune_more,
         ..Outcome::default()
