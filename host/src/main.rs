@@ -15,7 +15,11 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal: a file or a service manager's journal gets plain text.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colours);
     match config.log_format {
         LogFormat::Text => logs.init(),
         // Fields at the top level of each object, next to `timestamp`, `level` and `message`.

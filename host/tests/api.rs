@@ -363,3 +363,109 @@ async fn a_listing_starts_before_a_task_named_by_its_pid() {
     assert_eq!(status, 400, "{answer}");
     assert!(error_of(&answer).contains("no task with pid"), "{answer}");
 }
+
+/// Issue #21, item 4: a web page the user visits cannot drive a host without API tokens. One
+/// that rebinds its own name to 127.0.0.1 sends that name as `Host`: `421`. One that posts
+/// across sites sends its `Origin` (or `Sec-Fetch-Site: cross-site`): `403`. No page frames the
+/// dashboard, and no answer is sniffed for another type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_site_cannot_drive_a_host_without_tokens() {
+    let app = spawn_app("default", &[]).await;
+    let port = app.base.rsplit(':').next().expect("a port").to_owned();
+    let body = json!({"name": "from a page", "duration": 0});
+    for host in ["evil.example", &format!("evil.example:{port}"), "10.0.0.1"] {
+        let answer = app
+            .client
+            .get(app.url("/api/tasks"))
+            .header("host", host)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(answer.status(), 421, "{host}");
+        assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
+        let answer = app
+            .client
+            .post(app.url("/api/tasks"))
+            .header("host", host)
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(answer.status(), 421, "{host}");
+    }
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let answer = app
+            .client
+            .get(app.url("/api/tasks"))
+            .header("host", host.as_str())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(answer.status(), 200, "{host}");
+    }
+    let cross_site = [
+        ("origin", "http://evil.example".to_owned()),
+        ("origin", "null".to_owned()),
+        (
+            "origin",
+            format!(
+                "http://127.0.0.1:{}",
+                port.parse::<u16>().expect("port") + 1
+            ),
+        ),
+        ("sec-fetch-site", "cross-site".to_owned()),
+    ];
+    for (name, value) in &cross_site {
+        let answer = app
+            .client
+            .post(app.url("/api/tasks"))
+            .header(*name, value)
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(answer.status(), 403, "{name}: {value}");
+        let refused: Value = answer.json().await.expect("JSON");
+        assert!(error_of(&refused).contains("cross-site"), "{refused}");
+    }
+    // The dashboard's own page posts with its own origin; an API client sends none.
+    let answer = app
+        .client
+        .post(app.url("/api/tasks"))
+        .header("origin", app.base.as_str())
+        .header("sec-fetch-site", "same-origin")
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(answer.status(), 202);
+    assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
+    let page = app.client.get(app.url("/")).send().await.expect("sent");
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        page.headers()["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let (_, page) = app.get("/api/tasks").await;
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1), "{page}");
+}
+
+/// With API tokens the token guards every request: any `Host` is served, as behind a proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_tokens_serves_any_name() {
+    let app = spawn_app(
+        "default",
+        &["--api-token", "0123456789abcdef0123456789abcdef"],
+    )
+    .await;
+    let answer = app
+        .client
+        .get(app.url("/api/tasks"))
+        .header("host", "tasks.example")
+        .bearer_auth("0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(answer.status(), 200);
+}

@@ -114,7 +114,7 @@ async fn slow_and_silent_clients_are_disconnected_after_the_read_timeout() {
     for _ in 0..20 {
         let mut stream = TcpStream::connect(&addr).await.expect("connect");
         stream
-            .write_all(b"GET /api/health HTTP/1.1\r\nhost: x\r\n")
+            .write_all(b"GET /api/health HTTP/1.1\r\nhost: 127.0.0.1\r\n")
             .await
             .expect("write");
         slow.push(stream);
@@ -135,7 +135,7 @@ async fn slow_and_silent_clients_are_disconnected_after_the_read_timeout() {
     // A client that connects and says nothing; and one that stays after its answer.
     let mut silent = TcpStream::connect(&addr).await.expect("connect");
     let mut idle = TcpStream::connect(&addr).await.expect("connect");
-    idle.write_all(b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n")
+    idle.write_all(b"GET /api/health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         .await
         .expect("write");
     let answer = read_answer(&mut idle).await.expect("an answer");
@@ -201,7 +201,7 @@ async fn connections_past_the_cap_get_503_with_retry_after() {
     for _ in 0..4 {
         let mut stream = TcpStream::connect(&addr).await.expect("connect");
         stream
-            .write_all(b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .write_all(b"GET /api/health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             .await
             .expect("write");
         let answer = read_answer(&mut stream).await.expect("served");
@@ -292,14 +292,14 @@ async fn a_refusal_with_a_body_left_unread_keeps_the_connection_usable() {
     // next request on the same connection is served.
     let body = "x".repeat(30_000);
     let request = format!(
-        "POST /api/tasks HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /api/tasks HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("write");
     let answer = read_answer(&mut stream).await.expect("answer");
     assert_eq!(answer.status, 415);
     stream
-        .write_all(b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .write_all(b"GET /api/health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         .await
         .expect("write");
     let answer = read_answer(&mut stream).await.expect("answer");
@@ -313,7 +313,7 @@ async fn a_body_that_stalls_is_cut_off() {
     let mut stream = TcpStream::connect(&addr).await.expect("connect");
     stream
         .write_all(
-            b"POST /api/tasks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+            b"POST /api/tasks HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
               content-length: 100\r\n\r\n{\"name\":",
         )
         .await

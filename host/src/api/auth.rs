@@ -249,6 +249,7 @@ pub(super) fn sign_in_page(refusal: Refusal) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
+        super::browser::PAGE_HEADERS,
         SIGN_IN_HTML,
     )
         .into_response()

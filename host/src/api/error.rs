@@ -31,6 +31,13 @@ pub struct ErrorBody {
     reason = "describes answers `ApiError`, the limits and the server give, for the document"
 )]
 pub(super) enum AnyRoute {
+    /// A change asked by a browser's page of another site (its `Origin` or `Sec-Fetch-Site`).
+    #[response(status = 403)]
+    CrossSite(ErrorBody),
+    /// The request's `Host` is not one this host serves: without API tokens, a loopback name or
+    /// `--advertise-address`.
+    #[response(status = 421)]
+    Misdirected(ErrorBody),
     /// The request's head is over --max-header-bytes.
     #[response(status = 431)]
     HeadTooLarge(ErrorBody),
@@ -70,9 +77,13 @@ pub enum ApiError {
         /// The `WWW-Authenticate` challenge: the scheme and realm to use.
         challenge: &'static str,
     },
-    /// The credentials are wrong, or the endpoint is switched off.
+    /// The credentials are wrong, the endpoint is switched off, or a browser's page of another
+    /// site asked for a change.
     #[error("{0}")]
     Forbidden(String),
+    /// The request names a host this one does not serve (its `Host`).
+    #[error("{0}")]
+    MisdirectedRequest(String),
     /// The request is well-formed but its content was refused: the message says why.
     #[error("{0}")]
     Unprocessable(String),
@@ -104,6 +115,7 @@ impl IntoResponse for ApiError {
             }
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyRequests(_) | Self::Full { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -9,6 +9,7 @@
 mod actors;
 mod admin;
 mod auth;
+mod browser;
 mod cluster;
 mod error;
 mod events;
@@ -25,12 +26,13 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use tower_http::trace::TraceLayer;
 use utoipa::{IntoResponses as _, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use browser::BrowserPolicy;
 pub use error::ApiError;
 pub use tasks::{is_json, parse_submission};
 
@@ -87,6 +89,8 @@ pub struct AppState {
     admin: Option<Arc<Tokens>>,
     /// The API tokens, any of which opens the API and the dashboard; `None` leaves them open.
     api: Option<Arc<Tokens>>,
+    /// Which `Host` values are served, and whether browsers' cross-site writes are refused.
+    browsers: BrowserPolicy,
 }
 
 /// The API's routes. `admin_token`, when set, opens the admin endpoints to requests that
@@ -97,6 +101,7 @@ pub fn router(
     limits: RequestLimits,
     admin_token: Option<&str>,
     api_tokens: &[String],
+    browsers: BrowserPolicy,
 ) -> Router {
     let max_body_bytes = limits.max_body_bytes;
     let max_module_bytes = limits.max_module_bytes;
@@ -107,6 +112,7 @@ pub fn router(
         admin: admin_token.map(|token| Arc::new(Tokens::new([token]))),
         api: (!api_tokens.is_empty())
             .then(|| Arc::new(Tokens::new(api_tokens.iter().map(String::as_str)))),
+        browsers,
     };
     let (router, openapi) =
         api_routes(&state, max_module_bytes, max_message_bytes).split_for_parts();
@@ -186,9 +192,10 @@ fn api_routes(
         .routes(routes!(observability::openapi_document))
 }
 
-/// Holds every request to its limits (see `limits`) and counts every answer by method, matched
-/// route (never the raw path, whose pids would make a metric per task) and status: one
-/// middleware for both, as each costs a boxed future per request.
+/// Refuses what browsers must not ask (see `browser`), holds every request to its limits (see
+/// `limits`) and counts every answer by method, matched route (never the raw path, whose pids
+/// would make a metric per task) and status: one middleware for all, as each costs a boxed
+/// future per request.
 async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let route = request
@@ -196,7 +203,11 @@ async fn count_request(State(state): State<AppState>, request: Request, next: Ne
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let begun = std::time::Instant::now();
-    let response = limits::hold_to_limits(&state.limits, request, next).await;
+    let mut response = match browser::refusal(&state.browsers, &request) {
+        Some(refusal) => refusal.into_response(),
+        None => limits::hold_to_limits(&state.limits, request, next).await,
+    };
+    browser::mark(&mut response);
     state.host.metrics().http_request(
         method.as_str(),
         &route,

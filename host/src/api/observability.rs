@@ -80,6 +80,7 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
+        super::browser::PAGE_HEADERS,
         DASHBOARD_HTML,
     )
         .into_response()

@@ -19,7 +19,8 @@ use crate::events::{EventBus, Subscription};
 use crate::ledger::{EndWatch, Ending, Ledger, Totals};
 use crate::metrics::{self, Metrics};
 use crate::model::{
-    NewTask, OnHostLoss, Outcome, Pid, Pids, Status, TaskEnd, TaskLogs, TaskRecord, TaskSpec,
+    NewTask, OnHostLoss, Outcome, Pid, Pids, Printable, Status, TaskEnd, TaskLogs, TaskRecord,
+    TaskSpec,
 };
 use crate::registry::{Registry, UnknownWorker};
 use crate::runtime::{Sandbox, SandboxConfig};
@@ -544,7 +545,7 @@ impl Host {
         );
         record.parent = parent;
         tracing::info!(pid = %pid, worker = %worker.name, step = 0, version = %version.id,
-            name = %name, duration, "Task process spawned");
+            name = %Printable(&name), duration, "Task process spawned");
         let job = Job {
             pid,
             name: name.into(),

@@ -1,4 +1,7 @@
-//! Untrusted text, as every store can keep it.
+//! Untrusted text: as every store can keep it, and as a log line shows it.
+
+use std::borrow::Cow;
+use std::fmt;
 
 /// `text` with each NUL replaced by U+FFFD, as bytes that are not UTF-8 become: PostgreSQL's
 /// `text` cannot hold a NUL, and a terminal or a C library reading the text would stop at one.
@@ -12,9 +15,49 @@ pub fn storable(text: String) -> String {
     }
 }
 
+/// `text` with control characters (newlines, ESC and the rest of C0 and C1) escaped as
+/// `\n`, `\u{1b}`: what a log line shows of a guest's or a client's text, so that it can
+/// neither forge a line nor drive a terminal. Borrowed when there are none.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
+/// Text a client or a guest chose, shown in a log line as [`one_line`] makes it:
+/// `name = %Printable(&name)`.
+pub struct Printable<'a>(pub &'a str);
+
+impl fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&one_line(self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_a_log_line() {
+        assert_eq!(one_line("a\nforged line"), "a\\nforged line");
+        assert_eq!(
+            Printable("red \u{1b}[31m text\r").to_string(),
+            "red \\u{1b}[31m text\\r"
+        );
+        assert!(matches!(one_line("plain"), Cow::Borrowed("plain")));
+    }
 
     #[test]
     fn a_nul_becomes_the_replacement_character_and_nothing_else_changes() {

@@ -103,6 +103,7 @@ impl Module {
             interrupts: limits.interrupts,
             max_memory_bytes: self.limits.max_memory_bytes,
             capture: Capture::new(self.max_log_bytes),
+            host_log_left: self.max_log_bytes,
             wasi: None,
             kernel: limits.kernel,
         };

@@ -18,7 +18,7 @@ use super::interrupt::Interrupts;
 use crate::actor::{
     ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, SendError, Wake, WatchError,
 };
-use crate::model::{LogSource, Outcome, Pid, TaskEnd};
+use crate::model::{LogSource, Outcome, Pid, TaskEnd, one_line};
 
 use v2::http_spawn::worker::types as wit;
 
@@ -83,6 +83,9 @@ pub struct TaskState {
     pub(super) interrupts: Interrupts,
     pub(super) max_memory_bytes: usize,
     pub(super) capture: Capture,
+    /// Bytes of its `log` calls the task may still write to the host's own log (as many as its
+    /// capture keeps): a task that logs without end fills its capture, not the operator's log.
+    pub(super) host_log_left: usize,
     /// Built on first use: most workers never touch WASI.
     pub(super) wasi: Option<Box<WasiState>>,
     /// The host's actor calls (send, spawn, monitor, ...); none for smoke runs and
@@ -279,50 +282,39 @@ impl TaskState {
     }
 
     fn log_line(&mut self, level: Level, message: String) {
-        let (pid, worker, step) = (self.pid, &*self.worker, self.step);
-        // The host's own log gets the line on one line: a guest must not forge host lines.
-        let line = one_line(&message);
         let source = match level {
-            Level::Trace => {
-                tracing::trace!(target: "guest", %pid, worker, step, "{line}");
-                LogSource::Trace
-            }
-            Level::Debug => {
-                tracing::debug!(target: "guest", %pid, worker, step, "{line}");
-                LogSource::Debug
-            }
-            Level::Info => {
-                tracing::info!(target: "guest", %pid, worker, step, "{line}");
-                LogSource::Info
-            }
-            Level::Warn => {
-                tracing::warn!(target: "guest", %pid, worker, step, "{line}");
-                LogSource::Warn
-            }
-            Level::Error => {
-                tracing::error!(target: "guest", %pid, worker, step, "{line}");
-                LogSource::Error
-            }
+            Level::Trace => LogSource::Trace,
+            Level::Debug => LogSource::Debug,
+            Level::Info => LogSource::Info,
+            Level::Warn => LogSource::Warn,
+            Level::Error => LogSource::Error,
         };
+        if self.host_log_left > 0 {
+            self.host_log(level, &message);
+        }
         self.capture.line(source, message);
     }
-}
 
-/// `text` with control characters (newlines included) escaped; borrowed when there are none.
-fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        text.into()
+    /// Writes a line of the task's to the host's log, within the task's share of it.
+    fn host_log(&mut self, level: Level, message: &str) {
+        let (pid, worker, step) = (self.pid, &*self.worker, self.step);
+        if message.len() > self.host_log_left {
+            self.host_log_left = 0;
+            tracing::warn!(target: "guest", %pid, worker, step,
+                "this task's further log lines go to its captured log only: it has logged its \
+                 share of the host's log (--max-log-bytes)");
+            return;
+        }
+        self.host_log_left -= message.len();
+        // The host's own log gets the line on one line: a guest must not forge host lines.
+        let line = one_line(message);
+        match level {
+            Level::Trace => tracing::trace!(target: "guest", %pid, worker, step, "{line}"),
+            Level::Debug => tracing::debug!(target: "guest", %pid, worker, step, "{line}"),
+            Level::Info => tracing::info!(target: "guest", %pid, worker, step, "{line}"),
+            Level::Warn => tracing::warn!(target: "guest", %pid, worker, step, "{line}"),
+            Level::Error => tracing::error!(target: "guest", %pid, worker, step, "{line}"),
+        }
     }
 }
 

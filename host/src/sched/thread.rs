@@ -13,7 +13,7 @@ use super::inbox::{Command, TIMER_SLACK};
 use super::{Job, Lane, Lanes};
 use crate::actor::Wake;
 use crate::ledger::{Ending, FreshLogs, Ledger};
-use crate::model::{Pid, TaskEnd};
+use crate::model::{Pid, Printable, TaskEnd};
 use crate::runtime::{Next, Process, StartSpec, TaskLimits};
 
 /// How many new tasks a scheduler takes in before it looks at its timers again, so a burst of
@@ -282,7 +282,7 @@ impl SchedulerThread {
             pid = %pid,
             worker = %worker,
             step = 0,
-            name = %job.name,
+            name = %Printable(&job.name),
             steps,
             attempt = job.attempt,
             "Worker started"

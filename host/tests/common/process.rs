@@ -27,6 +27,16 @@ impl Binary {
     /// environment `env`, and requests carrying `token` when one is given. `RUST_LOG` is
     /// `warn` unless `env` says otherwise.
     pub fn spawn(args: &[String], env: &[(&str, &str)], token: Option<&str>) -> Self {
+        Self::spawn_logging(args, env, token, None)
+    }
+
+    /// [`Binary::spawn`], the host's log (its stdout) written to `log` when given.
+    pub fn spawn_logging(
+        args: &[String],
+        env: &[(&str, &str)],
+        token: Option<&str>,
+        log: Option<&std::path::Path>,
+    ) -> Self {
         let listen = free_listen_address();
         let cache = format!("{}/module-cache", env!("CARGO_TARGET_TMPDIR"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_http-spawn"));
@@ -34,7 +44,10 @@ impl Binary {
             .args(["--listen", &listen, "--cache-dir", &cache])
             .args(args)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("the host's log")),
+                None => Stdio::null(),
+            })
             .stderr(Stdio::inherit());
         for (name, value) in env {
             command.env(name, value);
