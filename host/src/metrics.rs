@@ -69,6 +69,8 @@ pub const STORE_WRITE_FAILURES: &str = "http_spawn_store_write_failures_total";
 pub const STORE_REFUSED_CHANGES: &str = "http_spawn_store_refused_changes_total";
 pub const CLUSTER_QUEUED: &str = "http_spawn_cluster_queued_tasks";
 pub const MESSAGES: &str = "http_spawn_messages_total";
+pub const MAILBOXES_BYTES: &str = "http_spawn_mailboxes_bytes";
+pub const SPAWNS_REFUSED: &str = "http_spawn_spawns_refused_total";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "http_connections_open";
@@ -131,6 +133,20 @@ pub const METRICS: &[Spec] = &[
         None,
         "Messages sent to task mailboxes, by sender (http or task) and result (delivered, \
          mailbox_full, ended, no_such_process, too_large, bad_pid).",
+    ),
+    spec(
+        MAILBOXES_BYTES,
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "Bytes of messages and notices every mailbox holds together (at most \
+         --max-mailboxes-bytes of messages).",
+    ),
+    spec(
+        SPAWNS_REFUSED,
+        Kind::Counter,
+        None,
+        "Children a task was refused (full) because its tree had spawned its share, by reason: \
+         rate (--max-spawns-per-sec) or descendants (--max-descendants).",
     ),
     spec(
         TASKS_SPAWNED,
@@ -460,6 +476,11 @@ impl Metrics {
             vec![label("sender", from), label("result", result)],
             1,
         );
+    }
+
+    /// A task's spawn was refused: its tree had spawned its share (`reason`).
+    pub fn spawn_refused(&self, reason: &'static str) {
+        self.counter(SPAWNS_REFUSED, vec![label("reason", reason)], 1);
     }
 
     /// A worker module was loaded, compiled or from the cache.

@@ -11,8 +11,8 @@
 //!   looks it up `count` times (in a cluster, each a question to the database for a name no
 //!   task of its host holds) → `"pid"`;
 //! - `send {to, body}`: `body` is any JSON value, sent as its JSON text;
-//! - `send_many {to, count}`: bodies `{"seq": 0}` to `{"seq": count-1}`, stopping at the first
-//!   error → `"sent"`;
+//! - `send_many {to, count, pad?}`: bodies `{"seq": 0}` to `{"seq": count-1}` (with `"pad"`, a
+//!   string of `pad` bytes, when given), stopping at the first error → `"sent"`;
 //! - `receive {timeout_ms}` → `"got": "message"` with `"sender"` and `"body"` (parsed as JSON
 //!   when it is JSON, else the string), `"got": "down"` or `"linked_exit"` with `"end"`
 //!   (`{pid, status, outcome, exit_code, error}`), or `"got": "timeout"`;
@@ -21,7 +21,8 @@
 //! - `echo {timeout_ms}`: one line per entry as `receive` logs it, plus `"echoed"`: a message
 //!   with a sender goes back to it unchanged, except the JSON string `"stop"`, which ends the
 //!   loop; so does a timeout. Then `"count"`, `"echoed"` and `"until"` (`stop` or `timeout`);
-//! - `spawn {worker?, name, duration?, payload?, link?, monitor?}` → `"pid"`, or `"error"`
+//! - `spawn {worker?, name, duration?, payload?, payload_bytes?, link?, monitor?}` (a
+//!   `payload_bytes` long payload `{"pad": "xx..."}` instead of `payload`) → `"pid"`, or `"error"`
 //!   (`full`, `shutting_down`, `unknown_worker`, `refused`) and `"detail"`;
 //! - `spawn_many {count, ...spawn's fields}`, stopping at the first error → `"spawned"`,
 //!   `"pids"`;
@@ -34,7 +35,8 @@
 //!   all (its own line is logged after it); `chatter {bytes, count, every_ms}` prints `count`
 //!   lines of `bytes` characters each, one every `every_ms` milliseconds (each in a step of its
 //!   own) → `"printed"`;
-//! - `exit {code}`, `fail {message}` (ends the task failed), `trap` (aborts: a bare trap).
+//! - `exit {code}`, `fail {message, repeat?}` (ends the task failed, with `message` repeated
+//!   `repeat` times; its line then gives the `"bytes"`), `trap` (aborts: a bare trap).
 //!
 //! Where an op takes a pid, `$self`, `$parent` and `$child` (the last child spawned) stand for
 //! those tasks, and `name:<name>` for a registered one.
@@ -70,6 +72,8 @@ enum Op {
     SendMany {
         to: String,
         count: u32,
+        #[serde(default)]
+        pad: usize,
     },
     Receive {
         timeout_ms: u32,
@@ -117,6 +121,7 @@ enum Op {
     },
     Fail {
         message: String,
+        repeat: Option<usize>,
     },
     Trap,
 }
@@ -131,6 +136,8 @@ struct ChildOp {
     #[serde(default)]
     duration: u32,
     payload: Option<Value>,
+    /// A payload of `{"pad": "xx..."}`, this many bytes long in all.
+    payload_bytes: Option<usize>,
     #[serde(default)]
     link: bool,
     #[serde(default)]
@@ -143,7 +150,13 @@ impl ChildOp {
             worker: self.worker.clone(),
             name: self.name.clone(),
             duration_secs: self.duration,
-            payload: self.payload.as_ref().map(Value::to_string),
+            payload: match self.payload_bytes {
+                Some(bytes) => Some(format!(
+                    r#"{{"pad":"{}"}}"#,
+                    "x".repeat(bytes.saturating_sub(r#"{"pad":""}"#.len()))
+                )),
+                None => self.payload.as_ref().map(Value::to_string),
+            },
             link: self.link,
             monitor: self.monitor,
         }
@@ -424,11 +437,17 @@ impl Actor {
                 Outcome::ok(json!({"pid": pid}))
             }
             Op::Send { to, body } => self.send(to, &body.to_string()),
-            Op::SendMany { to, count } => {
+            Op::SendMany { to, count, pad } => {
                 let mut sent = 0;
                 let mut outcome = Outcome::ok(json!({}));
+                let pad = "p".repeat(*pad);
                 while sent < *count {
-                    outcome = self.send(to, &json!({"seq": sent}).to_string());
+                    let body = if pad.is_empty() {
+                        json!({"seq": sent})
+                    } else {
+                        json!({"seq": sent, "pad": pad})
+                    };
+                    outcome = self.send(to, &body.to_string());
                     if !outcome.ok {
                         break;
                     }
@@ -507,9 +526,20 @@ impl Actor {
                 self.log("exit", Outcome::ok(json!({"code": code})));
                 return Err(Ok(*code));
             }
-            Op::Fail { message } => {
+            Op::Fail {
+                message,
+                repeat: None,
+            } => {
                 self.log("fail", Outcome::ok(json!({"message": message})));
                 return Err(Err(message.clone()));
+            }
+            Op::Fail {
+                message,
+                repeat: Some(times),
+            } => {
+                let message = message.repeat(*times);
+                self.log("fail", Outcome::ok(json!({"bytes": message.len()})));
+                return Err(Err(message));
             }
             Op::Trap => {
                 self.log("trap", Outcome::ok(json!({})));

@@ -9,15 +9,27 @@
 //! live in memory only: a task run again after a crash starts with an empty one, as an Erlang
 //! process does.
 //!
-//! Locks: one per shard of entries and one for names; none is held while another is taken,
-//! except names before a shard (in `register`), so there is no lock order to get wrong.
+//! What one task may make the host hold is bounded here, per task and in all: a mailbox holds
+//! at most `max_messages` messages and `max_mailbox_bytes` bytes of messages and notices, all
+//! mailboxes together `max_mailboxes_bytes`; a notice is shared by every task it goes to; a
+//! task monitors another once however often it asks; and a task tree (a task submitted over
+//! HTTP and everything it spawned, and they spawned) holds at most `max_descendants` live
+//! descendants and spawns at most `max_spawns_per_sec` of them a second (`tree`).
+//!
+//! Locks: one per shard of entries, one for names, one for the trees; none is held while
+//! another is taken, except names before a shard (in `register`), so there is no lock order to
+//! get wrong.
 
 mod kernel;
+mod tree;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use kernel::{ChildError, ChildRequest, Kernel, NameError, SendError, WatchError};
+pub use tree::SpawnRefusal;
+use tree::Trees;
 
 use crate::model::{ActorState, Outcome, Pid, Status, TaskEnd};
 
@@ -32,16 +44,29 @@ const RECENT_ENDS: usize = 4096;
 /// The longest name a task may register.
 pub const MAX_NAME_LEN: usize = 64;
 
-/// How big mailboxes and watch lists may grow.
+/// How big mailboxes, watch lists and task trees may grow.
 #[derive(Debug, Clone, Copy)]
 pub struct ActorLimits {
     /// Messages one mailbox holds; a send past it is refused (`429` over HTTP).
     pub max_messages: usize,
     /// The largest message body, in bytes (`413` over HTTP).
     pub max_message_bytes: usize,
+    /// Bytes of messages and notices one mailbox holds; a message past it is refused.
+    pub max_mailbox_bytes: usize,
+    /// Bytes of messages and notices every mailbox of the host holds together; a message past
+    /// it is refused.
+    pub max_mailboxes_bytes: usize,
     /// Links plus monitors one task may hold.
     pub max_watches: usize,
+    /// Live descendants one task tree may hold.
+    pub max_descendants: usize,
+    /// Children one task tree may spawn a second, in bursts of up to ten seconds' worth.
+    pub max_spawns_per_sec: u32,
 }
+
+/// What an entry costs its mailbox beyond its text: its place in the queue, the notice's
+/// fields.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// How a task ended, as monitors and links report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,15 +127,29 @@ impl EndNotice {
     }
 }
 
-/// One entry of a mailbox, taken in order by `receive`.
+/// One entry of a mailbox, taken in order by `receive`. A notice is shared by every mailbox
+/// it goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// A message: from a task, or from an HTTP client (`sender` none).
     Message { sender: Option<Pid>, body: String },
     /// A task this one monitors ended.
-    Down(EndNotice),
+    Down(Arc<EndNotice>),
     /// A task linked to this one ended abnormally, and this one traps exits.
-    LinkedExit(EndNotice),
+    LinkedExit(Arc<EndNotice>),
+}
+
+impl Entry {
+    /// What it costs a mailbox, in bytes.
+    fn bytes(&self) -> usize {
+        ENTRY_OVERHEAD_BYTES
+            + match self {
+                Entry::Message { body, .. } => body.len(),
+                Entry::Down(notice) | Entry::LinkedExit(notice) => {
+                    notice.error.as_ref().map_or(0, String::len)
+                }
+            }
+    }
 }
 
 /// What woke a task for a step.
@@ -131,7 +170,8 @@ pub enum Wake {
 pub enum PutError {
     /// No live task has this pid: it has ended, or never existed; the caller tells which.
     NotLive,
-    /// The mailbox holds its limit of messages.
+    /// The mailbox holds its limit of messages or bytes, or every mailbox together holds
+    /// theirs.
     Full,
 }
 
@@ -154,34 +194,57 @@ pub struct Aftermath {
     /// Linked tasks another host of the cluster holds, to be told of an abnormal end there.
     pub remote: Vec<Pid>,
     /// How the task ended, as its monitors and links were told.
-    pub notice: Option<EndNotice>,
+    pub notice: Option<Arc<EndNotice>>,
 }
 
 /// One live task as an actor.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Actor {
     mailbox: VecDeque<Entry>,
-    /// Messages in `mailbox`: notices do not count against the bound, so that a monitor's
-    /// `down` is never refused.
+    /// Messages in `mailbox`: notices do not count against the bound of messages, so that a
+    /// monitor's `down` is never refused.
     messages: usize,
+    /// What `mailbox` costs, notices included.
+    bytes: usize,
+    /// The task at the root of its tree: itself, if it was submitted over HTTP.
+    root: Pid,
     /// The task waits in `receive` for its mailbox: the next put must wake it.
     waiting: bool,
     links: Vec<Pid>,
-    /// Tasks monitoring this one, once per `monitor` call.
+    /// Tasks monitoring this one, each once however often it asked.
     watchers: Vec<Pid>,
-    /// Monitors this task holds on others still live, once per `monitor` call.
+    /// Tasks still live this one monitors, each once.
     monitoring: Vec<Pid>,
     trap_exits: bool,
     name: Option<Arc<str>>,
 }
 
 impl Actor {
+    fn new(root: Pid) -> Self {
+        Self {
+            mailbox: VecDeque::new(),
+            messages: 0,
+            bytes: 0,
+            root,
+            waiting: false,
+            links: Vec::new(),
+            watchers: Vec::new(),
+            monitoring: Vec::new(),
+            trap_exits: false,
+            name: None,
+        }
+    }
+
     fn watches(&self) -> usize {
         self.links.len() + self.monitoring.len()
     }
 
-    /// Puts a notice (never refused), and says whether the task must be woken.
-    fn notify(&mut self, entry: Entry) -> bool {
+    /// Puts a notice (never refused), counted in `total`, and says whether the task must be
+    /// woken.
+    fn notify(&mut self, entry: Entry, total: &AtomicUsize) -> bool {
+        let bytes = entry.bytes();
+        self.bytes += bytes;
+        total.fetch_add(bytes, Ordering::Relaxed);
         self.mailbox.push_back(entry);
         std::mem::take(&mut self.waiting)
     }
@@ -196,11 +259,14 @@ pub struct Actors {
     names: Mutex<HashMap<Arc<str>, Pid>>,
     recent: Box<[Mutex<Recent>]>,
     limits: ActorLimits,
+    /// What every mailbox holds, in bytes.
+    total_bytes: AtomicUsize,
+    trees: Trees,
 }
 
 #[derive(Debug, Default)]
 struct Recent {
-    ends: HashMap<Pid, EndNotice>,
+    ends: HashMap<Pid, Arc<EndNotice>>,
     order: VecDeque<Pid>,
 }
 
@@ -233,6 +299,8 @@ impl Actors {
             names: Mutex::default(),
             recent: (0..SHARDS).map(|_| Mutex::default()).collect(),
             limits,
+            total_bytes: AtomicUsize::new(0),
+            trees: Trees::new(limits.max_descendants, limits.max_spawns_per_sec),
         }
     }
 
@@ -248,9 +316,34 @@ impl Actors {
         lock(&self.recent[(pid.seq() as usize) % SHARDS])
     }
 
-    /// Gives an accepted task its (empty) mailbox.
+    /// Gives an accepted task its (empty) mailbox, as the root of its own tree.
     pub fn enter(&self, pid: Pid) {
-        self.shard(pid).entry(pid).or_default();
+        self.enter_in(pid, pid);
+    }
+
+    /// Gives an accepted task its (empty) mailbox, in the tree whose root is `root`.
+    pub fn enter_in(&self, pid: Pid, root: Pid) {
+        self.shard(pid)
+            .entry(pid)
+            .or_insert_with(|| Actor::new(root));
+    }
+
+    /// Charges a spawn by `parent` to its tree: the root it is charged to, or why the tree
+    /// has no room for it. A child that then does not count among the tree's live tasks here
+    /// (it was not recorded, or waits in a cluster's shared queue) is given back with
+    /// [`Actors::release_spawn`].
+    pub fn charge_spawn(&self, parent: Pid) -> Result<Pid, SpawnRefusal> {
+        let root = self
+            .shard(parent)
+            .get(&parent)
+            .map_or(parent, |actor| actor.root);
+        self.trees.charge(root).map(|()| root)
+    }
+
+    /// Takes back a spawn charged to `root` that holds no place in its tree.
+    pub fn release_spawn(&self, root: Pid) {
+        let root_live = self.holds(root);
+        self.trees.release(root, root_live);
     }
 
     /// Puts a message into `to`'s mailbox, and calls `put` while nobody can take it yet (so
@@ -265,19 +358,51 @@ impl Actors {
     ) -> Result<bool, PutError> {
         let mut shard = self.shard(to);
         let actor = shard.get_mut(&to).ok_or(PutError::NotLive)?;
-        if actor.messages >= self.limits.max_messages {
+        let entry = Entry::Message { sender, body };
+        let bytes = entry.bytes();
+        if actor.messages >= self.limits.max_messages
+            || actor.bytes + bytes > self.limits.max_mailbox_bytes
+            || !self.take_bytes(bytes)
+        {
             return Err(PutError::Full);
         }
         actor.messages += 1;
-        actor.mailbox.push_back(Entry::Message { sender, body });
+        actor.bytes += bytes;
+        actor.mailbox.push_back(entry);
         put();
         Ok(std::mem::take(&mut actor.waiting))
     }
 
-    /// Puts a notice into `to`'s mailbox, past the bound. `Some(true)`: it must be woken;
-    /// `None`: it is not live.
+    /// Counts `bytes` more in every mailbox together, if they fit.
+    fn take_bytes(&self, bytes: usize) -> bool {
+        self.total_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                (total + bytes <= self.limits.max_mailboxes_bytes).then_some(total + bytes)
+            })
+            .is_ok()
+    }
+
+    /// Puts a notice into `to`'s mailbox, past the bound: one a task's end sends to those that
+    /// watch it. `Some(true)`: it must be woken; `None`: it is not live.
     pub fn notify(&self, to: Pid, entry: Entry) -> Option<bool> {
-        self.shard(to).get_mut(&to).map(|actor| actor.notify(entry))
+        self.shard(to)
+            .get_mut(&to)
+            .map(|actor| actor.notify(entry, &self.total_bytes))
+    }
+
+    /// Puts a notice into `to`'s mailbox within its bound, as a message: one `to` asked for
+    /// itself (a monitor or a link of a task that has ended), which it may ask for without end.
+    /// `Ok(true)`: it must be woken.
+    pub fn notify_within(&self, to: Pid, entry: Entry) -> Result<bool, PutError> {
+        let mut shard = self.shard(to);
+        let actor = shard.get_mut(&to).ok_or(PutError::NotLive)?;
+        let bytes = entry.bytes();
+        if actor.mailbox.len() >= self.limits.max_messages
+            || actor.bytes + bytes > self.limits.max_mailbox_bytes
+        {
+            return Err(PutError::Full);
+        }
+        Ok(actor.notify(entry, &self.total_bytes))
     }
 
     /// Takes the oldest entry of `pid`'s mailbox. When there is none and `wait` is set, the
@@ -287,23 +412,30 @@ impl Actors {
         let actor = shard.get_mut(&pid)?;
         let entry = actor.mailbox.pop_front();
         match &entry {
-            Some(Entry::Message { .. }) => actor.messages -= 1,
-            Some(_) => {}
+            Some(taken) => {
+                if let Entry::Message { .. } = taken {
+                    actor.messages -= 1;
+                }
+                let bytes = taken.bytes();
+                actor.bytes -= bytes;
+                self.total_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                actor.waiting = false;
+            }
             None => actor.waiting = wait,
-        }
-        if entry.is_some() {
-            actor.waiting = false;
         }
         entry
     }
 
-    /// Adds a monitor of `target` held by `watcher`. `Ok(true)`: `target` is live and will
-    /// send its `down` when it ends; `Ok(false)`: it is not, and the caller sends the notice
-    /// now.
+    /// Adds a monitor of `target` held by `watcher`, once however often it asks: one `down`
+    /// when it ends. `Ok(true)`: `target` is live and will send its `down` when it ends;
+    /// `Ok(false)`: it is not, and the caller sends the notice now.
     pub fn monitor(&self, watcher: Pid, target: Pid) -> Result<bool, WatchError> {
         {
             let mut shard = self.shard(watcher);
             let actor = shard.get_mut(&watcher).ok_or(WatchError::BadPid)?;
+            if actor.monitoring.contains(&target) {
+                return Ok(true);
+            }
             if actor.watches() >= self.limits.max_watches {
                 return Err(WatchError::TooMany);
             }
@@ -311,7 +443,9 @@ impl Actors {
         }
         let live = match self.shard(target).get_mut(&target) {
             Some(actor) => {
-                actor.watchers.push(watcher);
+                if !actor.watchers.contains(&watcher) {
+                    actor.watchers.push(watcher);
+                }
                 true
             }
             None => false,
@@ -463,8 +597,13 @@ impl Actors {
     }
 
     /// How `pid` ended, if it ended recently enough to be remembered here.
-    pub fn recent_end(&self, pid: Pid) -> Option<EndNotice> {
+    pub fn recent_end(&self, pid: Pid) -> Option<Arc<EndNotice>> {
         self.recent(pid).ends.get(&pid).cloned()
+    }
+
+    /// What every mailbox holds, in bytes.
+    pub fn mailboxes_bytes(&self) -> usize {
+        self.total_bytes.load(Ordering::Relaxed)
     }
 
     /// Forgets a task that ends, and tells its monitors and linked tasks: each monitor gets
@@ -475,13 +614,20 @@ impl Actors {
         let Some(actor) = self.shard(pid).remove(&pid) else {
             return Aftermath::default();
         };
+        self.total_bytes.fetch_sub(actor.bytes, Ordering::AcqRel);
+        if actor.root != pid {
+            let root_live = self.holds(actor.root);
+            self.trees.release(actor.root, root_live);
+        } else {
+            self.trees.root_ended(pid);
+        }
         if let Some(name) = &actor.name {
             let mut names = lock(&self.names);
             if names.get(name) == Some(&pid) {
                 names.remove(name);
             }
         }
-        let notice = EndNotice::of(pid, end);
+        let notice = Arc::new(EndNotice::of(pid, end));
         {
             let mut recent = self.recent(pid);
             if recent.order.len() >= RECENT_ENDS / SHARDS
@@ -490,14 +636,14 @@ impl Actors {
                 recent.ends.remove(&oldest);
             }
             recent.order.push_back(pid);
-            recent.ends.insert(pid, notice.clone());
+            recent.ends.insert(pid, Arc::clone(&notice));
         }
         let mut aftermath = Aftermath::default();
         for watcher in actor.watchers {
             let mut shard = self.shard(watcher);
             if let Some(watching) = shard.get_mut(&watcher) {
                 forget_one(&mut watching.monitoring, pid);
-                if watching.notify(Entry::Down(notice.clone())) {
+                if watching.notify(Entry::Down(Arc::clone(&notice)), &self.total_bytes) {
                     aftermath.wake.push(watcher);
                 }
                 told(Told::Down { watcher });
@@ -525,7 +671,7 @@ impl Actors {
                 continue;
             }
             if peer.trap_exits {
-                if peer.notify(Entry::LinkedExit(notice.clone())) {
+                if peer.notify(Entry::LinkedExit(Arc::clone(&notice)), &self.total_bytes) {
                     aftermath.wake.push(linked);
                 }
                 told(Told::Trapped { linked });
@@ -546,7 +692,11 @@ mod tests {
         Actors::new(ActorLimits {
             max_messages,
             max_message_bytes: 1024,
+            max_mailbox_bytes: 4096,
+            max_mailboxes_bytes: 6144,
             max_watches: 4,
+            max_descendants: 4,
+            max_spawns_per_sec: 1,
         })
     }
 
@@ -568,7 +718,7 @@ mod tests {
             actors.put(pid, None, "c".into(), || {}),
             Err(PutError::Full)
         );
-        let down = Entry::Down(EndNotice::unknown(Pid::new(1, 9)));
+        let down = Entry::Down(Arc::new(EndNotice::unknown(Pid::new(1, 9))));
         assert_eq!(actors.notify(pid, down.clone()), Some(false));
         assert_eq!(actors.take(pid, true), Some(message("a")));
         assert_eq!(actors.put(pid, None, "c".into(), || {}), Ok(false));
@@ -668,19 +818,102 @@ mod tests {
     }
 
     #[test]
-    fn a_watcher_that_ends_first_is_forgotten_by_its_target() {
+    fn a_watcher_monitors_once_and_is_forgotten_when_it_ends_first() {
         let actors = actors(8);
         let (server, client) = (Pid::new(1, 1), Pid::new(1, 2));
         actors.enter(server);
         actors.enter(client);
-        assert_eq!(actors.monitor(client, server), Ok(true));
-        assert_eq!(actors.monitor(client, server), Ok(true));
-        assert_eq!(actors.info(client).map(|info| info.monitors), Some(2));
+        for _ in 0..10 {
+            assert_eq!(actors.monitor(client, server), Ok(true));
+        }
+        assert_eq!(actors.info(client).map(|info| info.monitors), Some(1));
         let watchers =
             |actors: &Actors| actors.shard(server).get(&server).map(|a| a.watchers.len());
-        assert_eq!(watchers(&actors), Some(2));
+        assert_eq!(watchers(&actors), Some(1));
         actors.ended(client, &TaskEnd::exited(0), drop);
         assert_eq!(watchers(&actors), Some(0));
+    }
+
+    #[test]
+    fn mailboxes_are_bounded_in_bytes_each_and_together() {
+        // 4,096 bytes a mailbox, 6,144 in all; each entry costs 64 bytes beyond its text.
+        let actors = actors(100);
+        let (a, b) = (Pid::new(1, 1), Pid::new(1, 2));
+        actors.enter(a);
+        actors.enter(b);
+        let big = "x".repeat(1000);
+        for _ in 0..3 {
+            assert_eq!(actors.put(a, None, big.clone(), || {}), Ok(false));
+        }
+        assert_eq!(
+            actors.put(a, None, big.clone(), || {}),
+            Err(PutError::Full),
+            "a's bytes"
+        );
+        assert_eq!(actors.put(b, None, big.clone(), || {}), Ok(false));
+        assert_eq!(actors.put(b, None, big.clone(), || {}), Ok(false));
+        assert_eq!(
+            actors.put(b, None, big.clone(), || {}),
+            Err(PutError::Full),
+            "every mailbox's bytes"
+        );
+        assert_eq!(actors.mailboxes_bytes(), 5 * 1064);
+        actors.take(a, false);
+        assert_eq!(actors.put(b, None, big.clone(), || {}), Ok(false));
+        // An end gives back what its mailbox held.
+        actors.ended(b, &TaskEnd::exited(0), drop);
+        assert_eq!(actors.mailboxes_bytes(), 2 * 1064);
+    }
+
+    #[test]
+    fn a_notice_a_task_asks_for_itself_is_bounded_like_a_message() {
+        let actors = actors(2);
+        let pid = Pid::new(1, 1);
+        actors.enter(pid);
+        let down = || Entry::Down(Arc::new(EndNotice::unknown(Pid::new(1, 9))));
+        assert_eq!(actors.notify_within(pid, down()), Ok(false));
+        assert_eq!(actors.notify_within(pid, down()), Ok(false));
+        assert_eq!(actors.notify_within(pid, down()), Err(PutError::Full));
+        assert_eq!(
+            actors.notify(pid, down()),
+            Some(false),
+            "an end's always fits"
+        );
+    }
+
+    #[test]
+    fn a_tree_is_charged_for_its_descendants_until_they_end() {
+        let actors = actors(8);
+        let root = Pid::new(1, 1);
+        actors.enter(root);
+        let charged = actors.charge_spawn(root);
+        assert_eq!(charged, Ok(root));
+        let child = Pid::new(1, 2);
+        actors.enter_in(child, root);
+        // The child's own spawns go to the root's tree: one a second, a burst of four.
+        let mut spawned = vec![child];
+        for seq in 3..6 {
+            assert_eq!(actors.charge_spawn(child), Ok(root));
+            let grandchild = Pid::new(1, seq);
+            actors.enter_in(grandchild, root);
+            spawned.push(grandchild);
+        }
+        assert_eq!(
+            actors.charge_spawn(child),
+            Err(SpawnRefusal::Descendants),
+            "four live descendants"
+        );
+        // An end gives its place back, but the burst is spent.
+        actors.ended(spawned[3], &TaskEnd::exited(0), drop);
+        assert_eq!(actors.charge_spawn(root), Err(SpawnRefusal::Rate));
+        // Another tree has its own budget.
+        let other = Pid::new(1, 50);
+        actors.enter(other);
+        assert_eq!(actors.charge_spawn(other), Ok(other));
+        // A spawn that took no place here (it failed, or waits in a shared queue) is given
+        // back.
+        actors.release_spawn(other);
+        assert_eq!(actors.trees.live(other), Some(0));
     }
 
     #[test]

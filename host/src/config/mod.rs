@@ -67,6 +67,18 @@ pub const DEFAULT_MAX_MAILBOX_MESSAGES: usize = 1024;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Links plus monitors one task holds: enough for a task that watches 10,000 children.
 pub const DEFAULT_MAX_WATCHES: usize = 16 * 1024;
+/// The bytes one mailbox holds (`--max-mailbox-bytes`).
+pub const DEFAULT_MAX_MAILBOX_BYTES: &str = "1MiB";
+/// The bytes every mailbox holds together (`--max-mailboxes-bytes`).
+pub const DEFAULT_MAX_MAILBOXES_BYTES: &str = "256MiB";
+/// Live descendants of one task tree (`--max-descendants`).
+pub const DEFAULT_MAX_DESCENDANTS: usize = 10_000;
+/// Spawns of one task tree a second (`--max-spawns-per-sec`): a hundredth or so of what the
+/// host can run, so that one request churns the default history (10,000 ended tasks) in no
+/// less than about two minutes.
+pub const DEFAULT_MAX_SPAWNS_PER_SEC: u32 = 100;
+/// Sends of one task in one step (`--max-sends-per-step`).
+pub const DEFAULT_MAX_SENDS_PER_STEP: u32 = 10_000;
 /// Live event streams (SSE) open at once; more get 429.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
 /// Largest worker module an upload may carry.
@@ -87,6 +99,11 @@ pub const DEFAULT_HEARTBEAT: &str = "1s";
 pub const DEFAULT_CLUSTER_POLL: &str = "100ms";
 /// How long an idempotency key is remembered.
 pub const DEFAULT_IDEMPOTENCY_TTL: &str = "24h";
+
+/// A size flag, as a number of bytes.
+fn parse_size_usize(text: &str) -> Result<usize, String> {
+    parse_size(text).and_then(|bytes| usize::try_from(bytes).map_err(|error| error.to_string()))
+}
 
 /// `--store-backlog`: a size, as a number of bytes.
 fn parse_backlog_size(text: &str) -> Result<usize, String> {
@@ -188,10 +205,40 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub max_message_bytes: usize,
 
+    /// Bytes of messages and notices one task's mailbox holds; a message past it is refused as
+    /// when the mailbox is full.
+    #[arg(long, env = "HTTP_SPAWN_MAX_MAILBOX_BYTES", default_value = DEFAULT_MAX_MAILBOX_BYTES,
+          value_parser = parse_size_usize)]
+    pub max_mailbox_bytes: usize,
+
+    /// Bytes of messages and notices every mailbox holds together; a message past it is
+    /// refused as when a mailbox is full.
+    #[arg(long, env = "HTTP_SPAWN_MAX_MAILBOXES_BYTES", default_value = DEFAULT_MAX_MAILBOXES_BYTES,
+          value_parser = parse_size_usize)]
+    pub max_mailboxes_bytes: usize,
+
     /// Links plus monitors one task may hold at once.
     #[arg(long, env = "HTTP_SPAWN_MAX_WATCHES", default_value_t = DEFAULT_MAX_WATCHES,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub max_watches: usize,
+
+    /// Live tasks one task tree may hold on this host: a task submitted over HTTP and every
+    /// task it spawned, and they spawned. A spawn past it is refused to the guest (`full`).
+    #[arg(long, env = "HTTP_SPAWN_MAX_DESCENDANTS", default_value_t = DEFAULT_MAX_DESCENDANTS,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_descendants: usize,
+
+    /// Children one task tree may spawn a second, in bursts of up to ten seconds' worth (at
+    /// most --max-descendants); a spawn past it is refused to the guest (`full`).
+    #[arg(long, env = "HTTP_SPAWN_MAX_SPAWNS_PER_SEC", default_value_t = DEFAULT_MAX_SPAWNS_PER_SEC,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_spawns_per_sec: u32,
+
+    /// Messages a task may send in one step; past it a send is refused as to a full mailbox,
+    /// until its next step.
+    #[arg(long, env = "HTTP_SPAWN_MAX_SENDS_PER_STEP", default_value_t = DEFAULT_MAX_SENDS_PER_STEP,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sends_per_step: u32,
 
     /// Event streams (`/api/events`, `/api/tasks/{pid}/events`) open at once; more get 429.
     #[arg(long, env = "HTTP_SPAWN_MAX_SUBSCRIBERS", default_value_t = DEFAULT_MAX_SUBSCRIBERS)]

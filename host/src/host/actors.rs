@@ -116,11 +116,11 @@ impl Host {
 
     /// How `pid`, which has no mailbox, ended: from memory if it ended lately, else from the
     /// store; unknown if neither knows it.
-    pub(super) fn end_of(&self, pid: Pid) -> Result<EndNotice, StoreError> {
+    pub(super) fn end_of(&self, pid: Pid) -> Result<Arc<EndNotice>, StoreError> {
         if let Some(notice) = self.actors.recent_end(pid) {
             return Ok(notice);
         }
-        Ok(match self.store.get(pid)? {
+        Ok(Arc::new(match self.store.get(pid)? {
             Some(record) if record.status.is_terminal() => EndNotice {
                 pid,
                 status: Some(record.status),
@@ -129,7 +129,7 @@ impl Host {
                 error: record.error,
             },
             _ => EndNotice::unknown(pid),
-        })
+        }))
     }
 
     /// `record` with its live actor state, while it has one.
@@ -165,34 +165,68 @@ impl Host {
         })
     }
 
-    /// Tells `watcher` at once how `target`, which has no mailbox, ended.
-    fn down_now(&self, watcher: Pid, target: Pid) {
+    /// Tells `watcher` at once how `target`, which has no mailbox, ended. A notice it asked for
+    /// itself (`within`) counts against its mailbox's bound (`too_many` when it has no room);
+    /// the `down` of a child it spawned does not.
+    fn down_now(&self, watcher: Pid, target: Pid, within: bool) -> Result<(), WatchError> {
         let notice = self
             .end_of(target)
-            .unwrap_or_else(|_| EndNotice::unknown(target));
-        self.events.down(watcher, target, notice.outcome_str());
-        if self.actors.notify(watcher, Entry::Down(notice)) == Some(true) {
-            self.scheduler.wake(watcher);
+            .unwrap_or_else(|_| Arc::new(EndNotice::unknown(target)));
+        let outcome = notice.outcome_str();
+        let entry = Entry::Down(notice);
+        let put = if within {
+            self.actors.notify_within(watcher, entry)
+        } else {
+            self.actors.notify(watcher, entry).ok_or(PutError::NotLive)
+        };
+        match put {
+            Ok(wake) => {
+                self.events.down(watcher, target, outcome);
+                if wake {
+                    self.scheduler.wake(watcher);
+                }
+                Ok(())
+            }
+            Err(PutError::Full) => Err(WatchError::TooMany),
+            Err(PutError::NotLive) => Err(WatchError::BadPid),
         }
     }
 
     /// Acts on a link to `target`, which has no mailbox: as if it had been linked before it
-    /// ended abnormally (a notice, or `pid` killed); nothing for a normal end.
-    fn linked_to_ended(&self, pid: Pid, target: Pid) {
+    /// ended abnormally (a notice, or `pid` killed); nothing for a normal end. The notice
+    /// counts against the mailbox's bound as in [`Host::down_now`], when `within`.
+    fn linked_to_ended(&self, pid: Pid, target: Pid, within: bool) -> Result<(), WatchError> {
         let notice = self
             .end_of(target)
-            .unwrap_or_else(|_| EndNotice::unknown(target));
+            .unwrap_or_else(|_| Arc::new(EndNotice::unknown(target)));
         if !notice.is_abnormal() {
-            return;
+            return Ok(());
         }
         let trapping = self.actors.info(pid).is_some_and(|info| info.trap_exits);
-        self.events
-            .linked_exit(pid, target, notice.outcome_str(), trapping);
         if !trapping {
+            self.events
+                .linked_exit(pid, target, notice.outcome_str(), trapping);
             self.scheduler
                 .end(pid, TaskEnd::linked_exit(target, &notice.describe()));
-        } else if self.actors.notify(pid, Entry::LinkedExit(notice)) == Some(true) {
-            self.scheduler.wake(pid);
+            return Ok(());
+        }
+        let outcome = notice.outcome_str();
+        let entry = Entry::LinkedExit(notice);
+        let put = if within {
+            self.actors.notify_within(pid, entry)
+        } else {
+            self.actors.notify(pid, entry).ok_or(PutError::NotLive)
+        };
+        match put {
+            Ok(wake) => {
+                self.events.linked_exit(pid, target, outcome, trapping);
+                if wake {
+                    self.scheduler.wake(pid);
+                }
+                Ok(())
+            }
+            Err(PutError::Full) => Err(WatchError::TooMany),
+            Err(PutError::NotLive) => Err(WatchError::BadPid),
         }
     }
 }
@@ -219,11 +253,23 @@ impl Kernel for Host {
                 "the child's name must be at most {MAX_TASK_NAME_BYTES} bytes"
             )));
         }
-        if let Some(payload) = &child.payload
-            && serde_json::from_str::<serde::de::IgnoredAny>(payload).is_err()
-        {
-            return Err(refused("the child's payload must be JSON text"));
+        if let Some(payload) = &child.payload {
+            if payload.len() > self.max_child_payload_bytes {
+                return Err(ChildError::Refused(format!(
+                    "the child's payload must be at most {} bytes, as a request's body",
+                    self.max_child_payload_bytes
+                )));
+            }
+            if serde_json::from_str::<serde::de::IgnoredAny>(payload).is_err() {
+                return Err(refused("the child's payload must be JSON text"));
+            }
         }
+        // Charged to the parent's tree before anything is recorded: a guest that spawns past
+        // its tree's share is told `full`.
+        let root = self.actors.charge_spawn(parent).map_err(|refusal| {
+            self.metrics().spawn_refused(refusal.as_str());
+            ChildError::Full
+        })?;
         let task = NewTask {
             name: child.name,
             worker: child.worker,
@@ -236,15 +282,20 @@ impl Kernel for Host {
         // Not waited for: the child starts once its acceptance is recorded, and a crash
         // before that loses the child with its parent's step, which runs again.
         let accepting = self
-            .accept(task, None, Some(parent))
-            .map_err(|error| match error {
-                SpawnError::Full { .. } => ChildError::Full,
-                SpawnError::ShuttingDown => ChildError::ShuttingDown,
-                SpawnError::UnknownWorker(unknown) => ChildError::UnknownWorker(unknown.name),
-                other => ChildError::Refused(other.to_string()),
+            .accept(task, None, Some((parent, root)))
+            .map_err(|error| {
+                self.actors.release_spawn(root);
+                match error {
+                    SpawnError::Full { .. } => ChildError::Full,
+                    SpawnError::ShuttingDown => ChildError::ShuttingDown,
+                    SpawnError::UnknownWorker(unknown) => ChildError::UnknownWorker(unknown.name),
+                    other => ChildError::Refused(other.to_string()),
+                }
             })?;
         let pid = accepting.pid;
         if accepting.shared {
+            // It holds no place in its tree here: another host runs it.
+            self.actors.release_spawn(root);
             // It waits in the cluster's shared queue, its acceptance perhaps not yet written:
             // watched as a task of another host, which it will be.
             if child.link {
@@ -259,7 +310,9 @@ impl Kernel for Host {
             match self.actors.link(parent, pid) {
                 Ok(true) => {}
                 Ok(false) if self.watch_remote(parent, pid, Watch::Link) => {}
-                Ok(false) => self.linked_to_ended(parent, pid),
+                Ok(false) => {
+                    let _ = self.linked_to_ended(parent, pid, false);
+                }
                 // Too many: the child runs unlinked, and the parent is told by the error.
                 Err(_) => {}
             }
@@ -268,7 +321,7 @@ impl Kernel for Host {
             && self.actors.monitor(parent, pid) == Ok(false)
             && !self.watch_remote(parent, pid, Watch::Monitor)
         {
-            self.down_now(parent, pid);
+            let _ = self.down_now(parent, pid, false);
         }
         Ok(pid)
     }
@@ -278,7 +331,7 @@ impl Kernel for Host {
         if !self.actors.monitor(watcher, target)?
             && !self.watch_remote(watcher, target, Watch::Monitor)
         {
-            self.down_now(watcher, target);
+            self.down_now(watcher, target, true)?;
         }
         Ok(())
     }
@@ -286,7 +339,7 @@ impl Kernel for Host {
     fn link(&self, pid: Pid, target: &str) -> Result<(), WatchError> {
         let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
         if !self.actors.link(pid, target)? && !self.watch_remote(pid, target, Watch::Link) {
-            self.linked_to_ended(pid, target);
+            self.linked_to_ended(pid, target, true)?;
         }
         Ok(())
     }

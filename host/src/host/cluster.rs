@@ -669,7 +669,7 @@ impl Host {
         if !trapping {
             self.scheduler
                 .end(to, TaskEnd::linked_exit(from, &notice.describe()));
-        } else if self.actors.notify(to, Entry::LinkedExit(notice)) == Some(true) {
+        } else if self.actors.notify(to, Entry::LinkedExit(Arc::new(notice))) == Some(true) {
             self.scheduler.wake(to);
         }
     }
@@ -713,10 +713,10 @@ impl Host {
                     continue;
                 }
                 // Its host was lost: the attempt the monitor watched is gone with it.
-                Some(_) => EndNotice::of(
+                Some(_) => Arc::new(EndNotice::of(
                     target,
                     &TaskEnd::failed(Outcome::HostLost, "its host was lost".into()),
-                ),
+                )),
                 None => match self.end_of(target) {
                     Ok(notice) if notice.status.is_some() => notice,
                     Ok(_) | Err(_) => {
@@ -729,7 +729,7 @@ impl Host {
                             entry.unseen += 1;
                             continue;
                         }
-                        EndNotice::unknown(target)
+                        Arc::new(EndNotice::unknown(target))
                     }
                 },
             };
@@ -741,13 +741,17 @@ impl Host {
                     continue;
                 }
                 self.events.down(watcher, target, notice.outcome_str());
-                if self.actors.notify(watcher, Entry::Down(notice.clone())) == Some(true) {
+                if self
+                    .actors
+                    .notify(watcher, Entry::Down(Arc::clone(&notice)))
+                    == Some(true)
+                {
                     self.scheduler.wake(watcher);
                 }
             }
             for linked in remote.links {
                 if self.actors.linked(linked, target) {
-                    self.linked_exit(linked, target, notice.clone());
+                    self.linked_exit(linked, target, (*notice).clone());
                 }
             }
         }

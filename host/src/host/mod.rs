@@ -96,6 +96,8 @@ pub struct Host {
     cluster: Option<Arc<Cluster>>,
     /// Accepted tasks that the shutdown left unstarted.
     leftovers: Arc<Leftovers>,
+    /// The largest payload a task may give a child: a request body's bound.
+    max_child_payload_bytes: usize,
 }
 
 /// Tasks a shutdown leaves accepted and unstarted: those waiting for a place, and those whose
@@ -193,6 +195,7 @@ impl Host {
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
             max_memory_bytes: config.pool_slot_bytes(),
             max_log_bytes: config.max_log_bytes,
+            max_sends_per_step: config.max_sends_per_step,
             capacity: config.capacity,
             epoch_interruption: config.epoch_interruption,
             cache_dir: config.module_cache_dir(),
@@ -228,7 +231,11 @@ impl Host {
         let actors = Arc::new(Actors::new(ActorLimits {
             max_messages: config.max_mailbox_messages,
             max_message_bytes: config.max_message_bytes,
+            max_mailbox_bytes: config.max_mailbox_bytes,
+            max_mailboxes_bytes: config.max_mailboxes_bytes,
             max_watches: config.max_watches,
+            max_descendants: config.max_descendants,
+            max_spawns_per_sec: config.max_spawns_per_sec,
         }));
         let scheduler = Scheduler::start(
             config.worker_threads(),
@@ -266,6 +273,7 @@ impl Host {
             actors,
             cluster,
             leftovers,
+            max_child_payload_bytes: config.max_body_bytes,
         });
         let kernel: Arc<dyn Kernel> = host.clone();
         host.scheduler.connect(Arc::downgrade(&kernel));
@@ -399,6 +407,10 @@ impl Host {
         metrics.gauge(metrics::TASKS_QUEUED, self.queued() as f64);
         metrics.gauge(metrics::CAPACITY, f64::from(self.capacity()));
         metrics.gauge(metrics::EVENT_SUBSCRIBERS, self.events.subscribers() as f64);
+        metrics.gauge(
+            metrics::MAILBOXES_BYTES,
+            self.actors.mailboxes_bytes() as f64,
+        );
         let stats = self.store.stats();
         metrics.total(metrics::STORE_COMMITS, stats.commits);
         metrics.total(metrics::STORE_BATCHES, stats.batches);
@@ -460,13 +472,15 @@ impl Host {
         self.accept(task, key, None)
     }
 
-    /// [`Host::spawn`], for a task submitted over HTTP (`parent` none) or spawned by a task.
+    /// [`Host::spawn`], for a task submitted over HTTP (`spawned_by` none) or spawned by a
+    /// task: its parent, and the root of their tree.
     fn accept(
         &self,
         task: NewTask,
         key: Option<IdempotencyKey>,
-        parent: Option<Pid>,
+        spawned_by: Option<(Pid, Pid)>,
     ) -> Result<Accepting, SpawnError> {
+        let parent = spawned_by.map(|(parent, _)| parent);
         let NewTask {
             name,
             worker,
@@ -562,7 +576,8 @@ impl Host {
         // waiting in a cluster's shared queue gets its mailbox where it runs; messages wait
         // for it in the store.
         if !shared {
-            self.actors.enter(pid);
+            let root = spawned_by.map_or(pid, |(_, root)| root);
+            self.actors.enter_in(pid, root);
         }
         let (sender, receiver) = oneshot::channel();
         let scheduler = self.scheduler.clone();

@@ -202,13 +202,13 @@ impl TaskEnd {
     }
 
     /// The task failed with `outcome`, for the reason `message` (which may be a guest's: it is
-    /// made [`storable`](super::storable)).
+    /// made storable and cut to a few KiB by [`error_text`](super::error_text)).
     pub fn failed(outcome: Outcome, message: String) -> Self {
         Self {
             status: Status::Failed,
             outcome,
             exit_code: None,
-            error: Some(super::storable(message)),
+            error: Some(super::error_text(message)),
         }
     }
 

@@ -15,6 +15,25 @@ pub fn storable(text: String) -> String {
     }
 }
 
+/// The most of a task's error kept: where an end is built, a longer message is cut to this
+/// many bytes and marked, so that the record, every monitor's notice, the `exit` event and the
+/// log each hold a few KiB however much a guest wrote.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// `message` as an end keeps it: [`storable`], and cut at a character boundary within
+/// [`MAX_ERROR_BYTES`] when longer, ending with how long it was.
+pub fn error_text(message: String) -> String {
+    let message = storable(message);
+    if message.len() <= MAX_ERROR_BYTES {
+        return message;
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut, {} bytes in all)", &message[..end], message.len())
+}
+
 /// `text` with control characters (newlines, ESC and the rest of C0 and C1) escaped as
 /// `\n`, `\u{1b}`: what a log line shows of a guest's or a client's text, so that it can
 /// neither forge a line nor drive a terminal. Borrowed when there are none.
@@ -57,6 +76,16 @@ mod tests {
             "red \\u{1b}[31m text\\r"
         );
         assert!(matches!(one_line("plain"), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn a_long_error_is_cut_at_a_character_boundary_and_marked() {
+        assert_eq!(error_text("short".into()), "short");
+        let long = "é".repeat(MAX_ERROR_BYTES); // two bytes each
+        let cut = error_text(long);
+        assert!(cut.ends_with(&format!("… (cut, {} bytes in all)", 2 * MAX_ERROR_BYTES)));
+        assert!(cut.len() < MAX_ERROR_BYTES + 64);
+        assert!(cut.starts_with("éé"));
     }
 
     #[test]

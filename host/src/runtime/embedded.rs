@@ -44,6 +44,7 @@ impl Embedded {
         let sandbox = Sandbox::new(SandboxConfig {
             max_memory_bytes: config.max_memory_bytes,
             max_log_bytes: config.max_log_bytes,
+            max_sends_per_step: u32::MAX,
             capacity: config.capacity,
             epoch_interruption: config.epoch_interruption,
             cache_dir: None,

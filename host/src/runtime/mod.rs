@@ -44,6 +44,8 @@ pub struct SandboxConfig {
     pub max_memory_bytes: usize,
     /// Bytes of captured log kept per task.
     pub max_log_bytes: usize,
+    /// Messages a task may send in one step; past it a send is refused as to a full mailbox.
+    pub max_sends_per_step: u32,
     /// Live instances the pooling allocator is sized for.
     pub capacity: u32,
     /// Whether running steps are checked every epoch tick for kills and deadlines. Without
@@ -198,6 +200,7 @@ impl Sandbox {
             pre,
             limits,
             max_log_bytes: self.config.max_log_bytes,
+            max_sends_per_step: self.config.max_sends_per_step,
             digest,
             origin,
             size: bytes.len(),

@@ -46,6 +46,7 @@ pub struct Module {
     pub(super) pre: Pre,
     pub(super) limits: WorkerLimits,
     pub(super) max_log_bytes: usize,
+    pub(super) max_sends_per_step: u32,
     pub(super) digest: Digest,
     pub(super) origin: Origin,
     pub(super) size: usize,
@@ -104,6 +105,8 @@ impl Module {
             max_memory_bytes: self.limits.max_memory_bytes,
             capture: Capture::new(self.max_log_bytes),
             host_log_left: self.max_log_bytes,
+            max_sends_per_step: self.max_sends_per_step,
+            sends_left: self.max_sends_per_step,
             wasi: None,
             kernel: limits.kernel,
         };

@@ -86,6 +86,9 @@ pub struct TaskState {
     /// Bytes of its `log` calls the task may still write to the host's own log (as many as its
     /// capture keeps): a task that logs without end fills its capture, not the operator's log.
     pub(super) host_log_left: usize,
+    /// Sends a step may make; `sends_left` counts down the current step's.
+    pub(super) max_sends_per_step: u32,
+    pub(super) sends_left: u32,
     /// Built on first use: most workers never touch WASI.
     pub(super) wasi: Option<Box<WasiState>>,
     /// The host's actor calls (send, spawn, monitor, ...); none for smoke runs and
@@ -158,6 +161,12 @@ impl v2::http_spawn::worker::host::Host for TaskState {
     }
 
     fn send(&mut self, to: String, body: String) -> Result<(), wit::SendError> {
+        // A step sends its share, then waits for its next step: it cannot fill every
+        // mailbox of the host in one go.
+        if self.sends_left == 0 {
+            return Err(wit::SendError::MailboxFull);
+        }
+        self.sends_left -= 1;
         let kernel = self.kernel().ok_or(wit::SendError::NoSuchProcess)?;
         kernel.send(self.pid, &to, body).map_err(send_error)
     }
@@ -243,13 +252,13 @@ fn watch_error(error: WatchError) -> wit::WatchError {
     }
 }
 
-fn end_of(notice: EndNotice) -> wit::End {
+fn end_of(notice: &EndNotice) -> wit::End {
     wit::End {
         pid: notice.pid.to_string(),
         status: notice.status_str().to_owned(),
         outcome: notice.outcome_str().to_owned(),
         exit_code: notice.exit_code,
-        error: notice.error,
+        error: notice.error.clone(),
     }
 }
 
@@ -263,8 +272,8 @@ fn wake_of(wake: Wake) -> wit::Wake {
             sender: sender.map(|pid| pid.to_string()),
             body,
         }),
-        Wake::Entry(Entry::Down(notice)) => wit::Wake::Down(end_of(notice)),
-        Wake::Entry(Entry::LinkedExit(notice)) => wit::Wake::LinkedExit(end_of(notice)),
+        Wake::Entry(Entry::Down(notice)) => wit::Wake::Down(end_of(&notice)),
+        Wake::Entry(Entry::LinkedExit(notice)) => wit::Wake::LinkedExit(end_of(&notice)),
     }
 }
 
@@ -520,6 +529,8 @@ pub(super) fn refuel(store: &mut Store<TaskState>, budget: u64) {
     // Fuel is enabled on every engine this module builds, so this cannot fail.
     let _ = store.set_fuel(budget);
     store.set_epoch_deadline(1);
+    let state = store.data_mut();
+    state.sends_left = state.max_sends_per_step;
 }
 
 /// Called at every epoch tick while a task's guest code runs.
