@@ -12,7 +12,11 @@
 # POSTGRES_DURABLE=1 keeps fsync and friends on: turning them off makes tests fast, and would
 # make a benchmark measure something no real deployment runs.
 # POSTGRES_DIR (an absolute path; default target/postgres) keeps a second server apart from the
-# test suite's, as `make bench` does. POSTGRES_OPTIONS is added to the server's options when
+# test suite's, as `make bench` does.
+# The server speaks TLS (and plain TCP; clients choose with sslmode) with a certificate for
+# 127.0.0.1 and localhost signed by a throwaway CA: $dir/tls/ca.pem, which `run` exports as
+# DATABASE_SSLROOTCERT. $dir/tls/other-ca.pem is a CA that signed nothing, for tests that a
+# wrong root is refused. POSTGRES_TLS=0 turns TLS off, as `make bench` does. POSTGRES_OPTIONS is added to the server's options when
 # this script starts it, e.g. `-c shared_preload_libraries=pg_stat_statements`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -90,6 +94,27 @@ url() {
   echo "postgres://postgres@127.0.0.1:$(cat "$dir/port")/postgres"
 }
 
+# A CA and a server certificate under $dir/tls, made once (openssl comes with Debian's server,
+# through ssl-cert).
+make_certificates() {
+  local tls=$dir/tls
+  [ ! -s "$tls/server.key" ] || return 0
+  mkdir -p "$tls"
+  (
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=http-spawn test CA" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=another CA" \
+      -keyout other-ca.key -out other-ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key \
+      -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.pem 2>/dev/null
+    chmod 600 server.key ca.key other-ca.key
+  ) >&2
+}
+
 # Sets `started` to 1 when this call started the server, 0 when it was already running.
 start() {
   started=0
@@ -115,6 +140,7 @@ start() {
   # A stale pid file: the server would refuse to start while its pid looks alive.
   rm -f "$data/postmaster.pid" "$dir/port" "$dir/durable"
   mkdir -p "$dir/socket"
+  [ "${POSTGRES_TLS:-1}" = 0 ] || make_certificates
   [ "$(id -u)" -ne 0 ] || own_as_root
   if [ ! -e "$data/PG_VERSION" ]; then
     # The C locale: the machine's own may not exist, and tests must not depend on it.
@@ -131,6 +157,9 @@ start() {
     touch "$dir/durable"
   else
     options+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  fi
+  if [ "${POSTGRES_TLS:-1}" != 0 ]; then
+    options+=" -c ssl=on -c ssl_cert_file=$dir/tls/server.pem -c ssl_key_file=$dir/tls/server.key"
   fi
   options+=" ${POSTGRES_OPTIONS:-}"
   if ! as_owner "$bin/pg_ctl" -D "$data" -l "$dir/log" -o "$options" -w start >&2 9>&-; then
@@ -174,6 +203,10 @@ case "${1:-}" in
     fi
     DATABASE_URL=$(url)
     export DATABASE_URL
+    if [ "${POSTGRES_TLS:-1}" != 0 ]; then
+      DATABASE_SSLROOTCERT=$dir/tls/ca.pem
+      export DATABASE_SSLROOTCERT
+    fi
     status=0
     "$@" || status=$?
     exit "$status"

@@ -171,8 +171,9 @@ struct Postgres {
     postmaster: Option<u32>,
 }
 
-/// Where the bench's own server lives, and how it runs.
-fn bench_server_env() -> [(&'static str, String); 3] {
+/// Where the bench's own server lives, and how it runs: without TLS, so that its figures stay
+/// comparable with earlier runs and with builds that had none.
+fn bench_server_env() -> [(&'static str, String); 4] {
     [
         (
             "POSTGRES_DIR",
@@ -182,6 +183,7 @@ fn bench_server_env() -> [(&'static str, String); 3] {
                 .to_string(),
         ),
         ("POSTGRES_DURABLE", "1".into()),
+        ("POSTGRES_TLS", "0".into()),
         (
             "POSTGRES_OPTIONS",
             "-c shared_preload_libraries=pg_stat_statements".into(),

@@ -99,6 +99,8 @@ pub const DEFAULT_HEARTBEAT: &str = "1s";
 pub const DEFAULT_CLUSTER_POLL: &str = "100ms";
 /// How long an idempotency key is remembered.
 pub const DEFAULT_IDEMPOTENCY_TTL: &str = "24h";
+/// How long a dashboard sign-in lasts.
+pub const DEFAULT_SESSION_TTL: &str = "12h";
 
 /// A size flag, as a number of bytes.
 fn parse_size_usize(text: &str) -> Result<usize, String> {
@@ -318,7 +320,8 @@ pub struct Config {
     /// `postgres://…` (shared: every host started against one database forms a cluster), or
     /// `memory` (forgotten at a restart) [default: sqlite:$XDG_DATA_HOME/http-spawn/tasks.db,
     /// or ~/.local/share/http-spawn/tasks.db].
-    #[arg(long, env = "HTTP_SPAWN_STORE", value_parser = StoreLocation::parse)]
+    /// Its value is not shown by --help: a database URL may hold a password.
+    #[arg(long, env = "HTTP_SPAWN_STORE", value_parser = StoreLocation::parse, hide_env_values = true)]
     pub store: Option<StoreLocation>,
 
     /// What a commit of the SQLite store waits for: `full`, the disk (every 202 survives a
@@ -372,6 +375,11 @@ pub struct Config {
           default_value = DEFAULT_IDEMPOTENCY_TTL)]
     pub idempotency_ttl: Duration,
 
+    /// How long a dashboard sign-in lasts (the session cookie's lifetime), e.g. `12h`.
+    #[arg(long, env = "HTTP_SPAWN_SESSION_TTL", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_SESSION_TTL)]
+    pub session_ttl: Duration,
+
     /// The named workers, resolved from the file and the flags by [`Config::from_args`].
     #[arg(skip)]
     pub workers: Vec<WorkerConfig>,
@@ -400,8 +408,9 @@ pub struct WorkerConfig {
     pub on_host_loss: OnHostLoss,
 }
 
-/// Where the host keeps what it knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the host keeps what it knows. Its `Debug` shows a database URL without its password
+/// or its parameters.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// In this process only.
     Memory,
@@ -409,6 +418,19 @@ pub enum StoreLocation {
     Sqlite(PathBuf),
     /// In a PostgreSQL database, shared by the hosts of a cluster: its URL.
     Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&crate::store::shown_database_url(url))
+                .finish(),
+        }
+    }
 }
 
 impl StoreLocation {

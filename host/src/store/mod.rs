@@ -28,7 +28,9 @@ use crate::model::{Pid, Status, TaskEnd, TaskEvent, TaskLogs, TaskRecord, TaskSp
 
 pub use backlog::BacklogSize;
 pub use memory::MemoryStore;
-pub use postgres::{Claimed, Command, NodeInfo, NodeSpec, PgStore};
+pub use postgres::{
+    Claimed, Command, NodeInfo, NodeSpec, PgStore, shown_unread as shown_database_url,
+};
 pub use sqlite::{SqliteStore, StoreSync};
 
 /// One write to the store.

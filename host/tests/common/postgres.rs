@@ -40,6 +40,21 @@ fn start_server() -> String {
     url.trim().to_owned()
 }
 
+/// The PEM file of the CA that signed the server's certificate: `DATABASE_SSLROOTCERT`, or the
+/// one `scripts/postgres.sh` made for its server.
+pub fn root_certificate() -> PathBuf {
+    if let Some(path) = std::env::var_os("DATABASE_SSLROOTCERT").filter(|path| !path.is_empty()) {
+        return PathBuf::from(path);
+    }
+    assert!(
+        std::env::var("DATABASE_URL").map_or(true, |url| url.is_empty()),
+        "DATABASE_URL names a server whose CA these tests do not know: set DATABASE_SSLROOTCERT \
+         to its PEM file (the server must speak TLS)"
+    );
+    base_url();
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/postgres/tls/ca.pem")
+}
+
 /// Creates an empty database named after `hint` (which tests may share) and returns its URL.
 pub fn fresh_database(hint: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

@@ -15,6 +15,7 @@
 mod cluster;
 mod plan;
 mod schema;
+mod target;
 mod writer;
 
 use std::future::Future;
@@ -23,10 +24,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 pub use cluster::{Claimed, Command, NodeInfo};
 pub use schema::SchemaError;
+pub use target::shown_unread;
 
 use super::columns::{attempts_of, status_of, time};
 use super::{
@@ -34,6 +36,7 @@ use super::{
     StoredVersion, WorkerVersions,
 };
 use crate::model::{LogLine, OnHostLoss, Outcome, Pid, TaskLogs, TaskRecord, TaskSpec};
+use target::Target;
 use writer::Writer;
 
 /// Connections kept for reads and the cluster's own queries.
@@ -65,7 +68,7 @@ pub struct NodeSpec {
 /// Why the shared store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("{0:?} is not a PostgreSQL connection URL: {1}")]
+    #[error("{0} is not a PostgreSQL connection URL this host can use: {1}")]
     Url(String, String),
     #[error("cannot connect to the database at {0}: {1}")]
     Connect(String, String),
@@ -125,18 +128,20 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// A database URL as it may be shown: without its password.
-fn shown(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
+/// `error` and what caused it, as one line: a driver's own message (`error performing TLS
+/// handshake`) rarely says why.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
         }
-        _ => url.to_owned(),
+        cause = inner.source();
     }
+    text
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -168,14 +173,13 @@ impl PgStore {
     /// `spec` describes, and starts the writer, whose backlog is bounded to `backlog_bytes`
     /// (see [`super::backlog`]).
     pub fn open(url: &str, spec: NodeSpec, backlog_bytes: usize) -> Result<Self, OpenError> {
-        let shown = shown(url);
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|error: tokio_postgres::Error| {
-                OpenError::Url(shown.clone(), error.to_string())
-            })?;
+        let mut target =
+            Target::parse(url).map_err(|error| OpenError::Url(target::shown_unread(url), error))?;
+        let shown = target.shown.clone();
         // A database that stops answering (a network that drops packets rather than refusing
         // them) is noticed within seconds, not when TCP gives up minutes later.
-        config
+        target
+            .config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(5))
@@ -190,7 +194,7 @@ impl PgStore {
             .build()
             .map_err(OpenError::Runtime)?;
         let handle = runtime.handle().clone();
-        let connected = Self::connect(&handle, &config, &spec, &shown);
+        let connected = Self::connect(&handle, &target, &spec, &shown);
         let (pool, joined) = match connected {
             Ok(connected) => connected,
             Err(error) => {
@@ -206,7 +210,7 @@ impl PgStore {
             on_fenced: OnceLock::new(),
         });
         let writer = match Writer::start(
-            config,
+            target,
             Arc::clone(&shared),
             backlog_bytes,
             spec.max_messages,
@@ -233,15 +237,15 @@ impl PgStore {
     /// The pool, the schema brought to this host's version, and this host joined: its id.
     fn connect(
         handle: &tokio::runtime::Handle,
-        config: &tokio_postgres::Config,
+        target: &Target,
         spec: &NodeSpec,
         shown: &str,
     ) -> Result<(Pool, i32), OpenError> {
         let pool = {
             let _entered = handle.enter();
             let manager = Manager::from_config(
-                config.clone(),
-                NoTls,
+                target.config.clone(),
+                target.tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -253,14 +257,14 @@ impl PgStore {
                 .create_timeout(Some(CONNECT_TIMEOUT))
                 .recycle_timeout(Some(CONNECT_TIMEOUT))
                 .build()
-                .map_err(|error| OpenError::Connect(shown.to_owned(), error.to_string()))?
+                .map_err(|error| OpenError::Connect(shown.to_owned(), with_causes(&error)))?
         };
         let (client_pool, spec, shown) = (pool.clone(), spec.clone(), shown.to_owned());
         let joined = run_on(handle, async move {
             let mut client = client_pool
                 .get()
                 .await
-                .map_err(|error| OpenError::Connect(shown, error.to_string()))?;
+                .map_err(|error| OpenError::Connect(shown, with_causes(&error)))?;
             schema::migrate(&mut client).await?;
             cluster::join(&client, &spec)
                 .await
@@ -639,23 +643,5 @@ impl Store for PgStore {
                 file_sha256: column(&row, 6)?,
             }))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shown;
-
-    #[test]
-    fn a_url_is_shown_without_its_password() {
-        assert_eq!(
-            shown("postgres://app:s3cret@db.internal:5432/tasks"),
-            "postgres://app:***@db.internal:5432/tasks"
-        );
-        assert_eq!(
-            shown("postgres://app@127.0.0.1:5432/tasks"),
-            "postgres://app@127.0.0.1:5432/tasks"
-        );
-        assert_eq!(shown("postgres:///tasks"), "postgres:///tasks");
     }
 }

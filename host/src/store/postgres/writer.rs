@@ -24,8 +24,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+
+use super::target::Target;
 
 use super::super::backlog::{Backlog, Chunk};
 use super::super::writer::{Backend, Failure, Fault, Outcome, Writer as SharedWriter, WriterStats};
@@ -54,12 +56,12 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn start(
-        mut config: tokio_postgres::Config,
+        mut target: Target,
         shared: Arc<Shared>,
         backlog_bytes: usize,
         max_messages: usize,
     ) -> std::io::Result<Self> {
-        config.application_name(APPLICATION_NAME);
+        target.config.application_name(APPLICATION_NAME);
         let backlog = Arc::new(Backlog::new(backlog_bytes));
         let stats = Arc::new(WriterStats::new());
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -67,7 +69,7 @@ impl Writer {
             .build()?;
         let backend = PgBackend {
             runtime,
-            config,
+            target,
             shared: Arc::clone(&shared),
             connection: None,
             max_messages: i64::try_from(max_messages).unwrap_or(i64::MAX),
@@ -146,7 +148,7 @@ struct Unsettled {
 struct PgBackend {
     /// The writer thread's own runtime, which drives its connection while a commit runs.
     runtime: tokio::runtime::Runtime,
-    config: tokio_postgres::Config,
+    target: Target,
     shared: Arc<Shared>,
     connection: Option<Connection>,
     max_messages: i64,
@@ -154,8 +156,8 @@ struct PgBackend {
     flight: Option<Unsettled>,
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<Connection, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+async fn connect(target: &Target) -> Result<Connection, tokio_postgres::Error> {
+    let (client, connection) = target.config.connect(target.tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "the store writer's connection ended");
@@ -257,14 +259,14 @@ impl Backend for PgBackend {
 
     fn commit(&mut self, chunk: &Chunk) -> Result<Outcome, Failure> {
         let node = self.shared.node.load(Ordering::Acquire);
-        let (config, max_messages) = (self.config.clone(), self.max_messages);
+        let (target, max_messages) = (self.target.clone(), self.max_messages);
         let mut connection = self.connection.take();
         let mut flight = Flight::default();
         let result = self.block_on(async {
             let open = match connection.as_mut() {
                 Some(open) if !open.client.is_closed() => open,
                 _ => {
-                    let opened = tokio::time::timeout(COMMIT_TIMEOUT, connect(&config))
+                    let opened = tokio::time::timeout(COMMIT_TIMEOUT, connect(&target))
                         .await
                         .map_err(|_| Failure::environment("connecting to the database timed out"))?
                         .map_err(|error| failure(&error, false))?;
@@ -323,10 +325,10 @@ impl Backend for PgBackend {
                 _ => None,
             })
             .collect();
-        let config = self.config.clone();
+        let target = self.target.clone();
         let backend_pid = unsettled.backend_pid;
         let settled = self.block_on(async {
-            let work = settle(&config, backend_pid, &xid, &keyed);
+            let work = settle(&target, backend_pid, &xid, &keyed);
             tokio::time::timeout(SETTLE_TIMEOUT, work).await
         });
         match settled {
@@ -381,12 +383,12 @@ impl Backend for PgBackend {
 /// ended first, so that it cannot be written later. When it was, which of the keyed
 /// acceptances (by key) are in the store: the others found their key taken.
 async fn settle(
-    config: &tokio_postgres::Config,
+    target: &Target,
     backend_pid: i32,
     xid: &str,
     keyed: &[(usize, (i32, i64))],
 ) -> Result<Option<HashSet<(i32, i64)>>, tokio_postgres::Error> {
-    let Connection { client, .. } = connect(config).await?;
+    let Connection { client, .. } = connect(target).await?;
     client
         .execute("SELECT pg_terminate_backend($1)", &[&backend_pid])
         .await?;

@@ -1,0 +1,180 @@
+//! The cluster's database (issue #21, item 5): TLS as libpq's `sslmode` asks, checked against
+//! the throwaway PostgreSQL's certificate, and a password never shown, however it is given.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::postgres;
+use common::process::Binary;
+use common::{module, temp_dir};
+use serde_json::json;
+
+/// `url` with `params` added to its query.
+fn with_params(url: &str, params: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{params}")
+}
+
+/// `url` with `user:password@` in place of its user.
+fn with_password(url: &str, password: &str) -> String {
+    url.replacen("://postgres@", &format!("://postgres:{password}@"), 1)
+}
+
+/// How many of the host's connections to `database` are encrypted, and how many there are.
+fn encrypted_connections(database_url: &str) -> (i64, i64) {
+    let database = database_url
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .expect("a database name")
+        .to_owned();
+    let base = postgres::base_url();
+    postgres::block_on(async move {
+        let client = postgres::connect(&base).await;
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) \
+                 FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.datname = $1 AND a.application_name LIKE 'http-spawn%'",
+                &[&database],
+            )
+            .await
+            .expect("pg_stat_ssl answers");
+        (row.get(0), row.get(1))
+    })
+}
+
+/// A host on the database at `url`, its log (at info) in `log`.
+async fn host_on(url: &str, log: &Path) -> Binary {
+    let args = [
+        "--store".to_owned(),
+        url.to_owned(),
+        "--module".to_owned(),
+        module("default").display().to_string(),
+    ];
+    let host = Binary::spawn_logging(&args, &[("RUST_LOG", "info")], None, Some(log));
+    host.ready().await;
+    host
+}
+
+/// Runs the binary on the database at `url` until it gives up: what it wrote.
+fn refused(url: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_http-spawn"))
+        .args(["--listen", "127.0.0.1:0", "--store", url, "--module"])
+        .arg(module("default"))
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success(), "it must not start");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_reaches_its_database_over_tls_as_sslmode_asks() {
+    let root = postgres::root_certificate();
+    let dir = temp_dir("database-tls");
+    let database = postgres::fresh_database("tls");
+
+    // verify-full: the server's certificate chains to the CA and names 127.0.0.1.
+    let url = with_params(
+        &database,
+        &format!("sslmode=verify-full&sslrootcert={}", root.display()),
+    );
+    let host = host_on(&url, &dir.join("full.log")).await;
+    let record = host.run(json!({"name": "over-tls", "duration": 0})).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    let (encrypted, all) = encrypted_connections(&database);
+    assert!(all > 0, "the host holds connections");
+    assert_eq!(encrypted, all, "every connection of the host is encrypted");
+    drop(host);
+
+    // disable: plain TCP, though the server offers TLS.
+    let plain = postgres::fresh_database("plain");
+    let host = host_on(
+        &with_params(&plain, "sslmode=disable"),
+        &dir.join("plain.log"),
+    )
+    .await;
+    host.assert_good_task_exits_0().await;
+    let (encrypted, all) = encrypted_connections(&plain);
+    assert_eq!(
+        (encrypted, all > 0),
+        (0, true),
+        "no connection is encrypted"
+    );
+    drop(host);
+
+    // A root that did not sign the server's certificate: no connection, said why.
+    let other = root.with_file_name("other-ca.pem");
+    let wrong = if other.is_file() {
+        other.display().to_string()
+    } else {
+        "system".to_owned()
+    };
+    let said = refused(&with_params(
+        &database,
+        &format!("sslmode=verify-full&sslrootcert={wrong}"),
+    ));
+    assert!(
+        said.contains("cannot connect") && said.to_lowercase().contains("certificate"),
+        "{said}"
+    );
+    // verify-ca without a root to check against is refused before anything is tried.
+    let said = refused(&with_params(
+        &database,
+        "sslmode=verify-ca&sslrootcert=/nonexistent/root.pem",
+    ));
+    assert!(said.contains("/nonexistent/root.pem"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_password_is_never_shown() {
+    let dir = temp_dir("database-secrets");
+    let database = postgres::fresh_database("secrets");
+    let secret = "hunter2-not-for-logs";
+
+    // The server trusts loopback, so a password is accepted whatever it is: the host joins, and
+    // its log names the database without it.
+    for (label, url) in [
+        ("userinfo", with_password(&database, secret)),
+        (
+            "query",
+            with_params(&database, &format!("password={secret}")),
+        ),
+    ] {
+        let log = dir.join(format!("{label}.log"));
+        let host = host_on(&url, &log).await;
+        host.assert_good_task_exits_0().await;
+        drop(host);
+        let text = std::fs::read_to_string(&log).expect("the host's log");
+        assert!(text.contains("joined the cluster"), "{label}: {text}");
+        assert!(text.contains("postgres:***@"), "{label}: {text}");
+        assert!(!text.contains(secret), "{label}: {text}");
+    }
+
+    // Nor when the host gives up: a database that does not answer, a URL it cannot read.
+    let unreachable = format!("postgres://postgres:{secret}@127.0.0.1:1/x?password={secret}");
+    let said = refused(&unreachable);
+    assert!(said.contains("cannot connect"), "{said}");
+    assert!(!said.contains(secret), "{said}");
+    let unreadable = format!("postgres://postgres@db/x?password={secret}&connect_timeout=soon");
+    let said = refused(&unreadable);
+    assert!(said.contains("connect_timeout"), "{said}");
+    assert!(!said.contains(secret), "{said}");
+
+    // --help shows that HTTP_SPAWN_STORE is read, not its value.
+    let help = Command::new(env!("CARGO_BIN_EXE_http-spawn"))
+        .arg("--help")
+        .env("HTTP_SPAWN_STORE", &unreachable)
+        .output()
+        .expect("the binary runs");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("HTTP_SPAWN_STORE"), "{help}");
+    assert!(!help.contains(secret), "{help}");
+}
