@@ -36,6 +36,7 @@ impl App {
             RequestLimits::from_config(config),
             config.admin_token.as_deref(),
             &config.api_tokens,
+            config.session_ttl,
             api::BrowserPolicy::from_config(config),
         );
         Ok(Self {

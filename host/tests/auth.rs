@@ -1,6 +1,6 @@
 //! API tokens end to end: a host with tokens refuses its API and dashboard to requests without
-//! one (`401` with a challenge), takes any of its tokens as a bearer header or as the cookie the
-//! dashboard signs in with, and leaves the probes open; the admin endpoints keep their own
+//! one (`401` with a challenge), takes any of its tokens as a bearer header, or the session
+//! the dashboard signs in with, and leaves the probes open; the admin endpoints keep their own
 //! token. And the real binary refuses to serve beyond loopback without a token unless told to.
 
 mod common;
@@ -192,8 +192,50 @@ async fn metrics_health_and_the_document_stay_open() {
     );
 }
 
+/// The `Set-Cookie` values of `response`.
+fn set_cookies(response: &reqwest::Response) -> Vec<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().expect("ASCII").to_owned())
+        .collect()
+}
+
+/// Signs in with `token` (and `extra` headers): the session cookie's `Set-Cookie` value.
+async fn sign_in(app: &TestApp, token: &str, extra: &[(&str, &str)]) -> String {
+    let mut request = app.client.post(app.url("/api/session")).bearer_auth(token);
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let signed_in = request.send().await.expect("request sent");
+    assert_eq!(signed_in.status(), 204);
+    let cookies = set_cookies(&signed_in);
+    assert!(
+        cookies
+            .iter()
+            .any(|cookie| cookie.starts_with("http_spawn_token=;") && cookie.contains("Max-Age=0")),
+        "the earlier version's cookie, which held the token, is cleared: {cookies:?}"
+    );
+    cookies
+        .into_iter()
+        .find(|cookie| cookie.contains("http_spawn_session="))
+        .expect("a session cookie")
+}
+
+/// The `name=value` pair of a `Set-Cookie` value, as a browser sends it back.
+fn pair(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .expect("a name=value pair")
+        .to_owned()
+}
+
+/// Issue #21, item 7: the dashboard signs a browser in with a session, not the token: a random
+/// id that expires, is taken only from the host's own origin, and ends at sign-out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_signs_a_browser_in_with_a_cookie() {
+async fn the_dashboard_signs_a_browser_in_with_a_session() {
     let app = guarded_app().await;
 
     let page = app
@@ -219,29 +261,22 @@ async fn the_dashboard_signs_a_browser_in_with_a_cookie() {
     let (status, _, body) = send(app.client.post(app.url("/api/session"))).await;
     assert_eq!(status, 401, "no cookie without a token: {body}");
 
-    let signed_in = app
-        .client
-        .post(app.url("/api/session"))
-        .bearer_auth(ROTATED_IN)
-        .send()
-        .await
-        .expect("request sent");
-    assert_eq!(signed_in.status(), 204);
-    let set_cookie = signed_in.headers()["set-cookie"]
-        .to_str()
-        .expect("ASCII")
-        .to_owned();
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+    let set_cookie = sign_in(&app, ROTATED_IN, &[]).await;
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
-    let cookie = set_cookie
-        .split(';')
-        .next()
-        .expect("a name=value pair")
-        .to_owned();
-    assert_eq!(cookie, format!("http_spawn_token={ROTATED_IN}"));
+    assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
+    let cookie = pair(&set_cookie);
+    assert!(cookie.starts_with("http_spawn_session=v1."), "{cookie}");
+    assert!(
+        !cookie.contains(ROTATED_IN),
+        "the token never goes into the cookie"
+    );
+    let again = pair(&sign_in(&app, ROTATED_IN, &[]).await);
+    assert_ne!(cookie, again, "each sign-in is a session of its own");
 
-    // With the cookie alone, as a browser sends it: the page, the API and its event stream.
+    // With the cookie alone, as a browser sends it: the page (with its sign-out button), the
+    // API and its event stream.
     let page = app
         .client
         .get(app.url("/"))
@@ -250,16 +285,17 @@ async fn the_dashboard_signs_a_browser_in_with_a_cookie() {
         .await
         .expect("request sent");
     assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("a page");
+    assert!(html.contains("EventSource(\"/api/events\")"));
     assert!(
-        page.text()
-            .await
-            .expect("a page")
-            .contains("EventSource(\"/api/events\")")
+        html.contains(r#"data-testid="sign-out" style="margin-left: auto">"#),
+        "the sign-out button is shown"
     );
     let (status, _, body) = send(
         app.client
             .post(app.url("/api/tasks"))
             .header("cookie", &cookie)
+            .header("origin", app.base.as_str())
             .json(&json!({"name": "from-the-dashboard", "duration": 0})),
     )
     .await;
@@ -267,7 +303,8 @@ async fn the_dashboard_signs_a_browser_in_with_a_cookie() {
     let (status, _, body) = send(
         app.client
             .get(app.url("/api/tasks"))
-            .header("cookie", &cookie),
+            .header("cookie", &cookie)
+            .header("sec-fetch-site", "same-origin"),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -281,24 +318,113 @@ async fn the_dashboard_signs_a_browser_in_with_a_cookie() {
     assert_eq!(stream.status(), 200, "an EventSource sends the cookie");
     drop(stream);
 
-    // A cookie whose token was rotated out: signed out, and told so.
-    let stale = "http_spawn_token=rotated-out-0123456789";
+    // A page of another origin on the same name (another port: the same site, so the browser
+    // sends the cookie) cannot use it, even to read.
     let (status, _, body) = send(
         app.client
             .get(app.url("/api/tasks"))
-            .header("cookie", stale),
+            .header("cookie", &cookie)
+            .header("origin", "http://127.0.0.1:1")
+            .header("sec-fetch-site", "same-site"),
     )
     .await;
-    assert_eq!(status, 401);
-    assert!(error_of(&body).contains("sign in again"), "{body}");
-    let page = app
+    assert_eq!(status, 403, "{body}");
+    assert!(error_of(&body).contains("another origin"), "{body}");
+
+    // Signing out clears the cookies and ends the session; the other session lives on.
+    let signed_out = app
         .client
-        .get(app.url("/"))
-        .header("cookie", stale)
+        .delete(app.url("/api/session"))
+        .header("cookie", &cookie)
         .send()
         .await
         .expect("request sent");
-    assert_eq!(page.status(), 401);
+    assert_eq!(signed_out.status(), 204);
+    let cleared = set_cookies(&signed_out);
+    assert!(
+        cleared
+            .iter()
+            .any(|value| value.starts_with("http_spawn_session=;") && value.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    let (status, _, body) = send(
+        app.client
+            .get(app.url("/api/tasks"))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(error_of(&body).contains("signed out"), "{body}");
+    let (status, _, body) = send(
+        app.client
+            .get(app.url("/api/tasks"))
+            .header("cookie", &again),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The cookie of the earlier version, which held the token itself, and a forged session.
+    for stale in [
+        format!("http_spawn_token={ROTATED_IN}"),
+        "http_spawn_session=v1.99999999999.00112233445566778899aabbccddeeff.00".to_owned(),
+    ] {
+        let (status, _, body) = send(
+            app.client
+                .get(app.url("/api/tasks"))
+                .header("cookie", &stale),
+        )
+        .await;
+        assert_eq!(status, 401, "{stale}");
+        assert!(error_of(&body).contains("sign in again"), "{body}");
+        let page = app
+            .client
+            .get(app.url("/"))
+            .header("cookie", &stale)
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(page.status(), 401);
+    }
+
+    // Behind a proxy that terminates HTTPS, the cookie is bound to the origin: `__Host-`,
+    // `Secure`.
+    let secure = sign_in(&app, TOKEN, &[("x-forwarded-proto", "https")]).await;
+    assert!(
+        secure.starts_with("__Host-http_spawn_session=v1.") && secure.contains("; Secure"),
+        "{secure}"
+    );
+    let (status, _, body) = send(
+        app.client
+            .get(app.url("/api/tasks"))
+            .header("cookie", pair(&secure)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A session lasts `--session-ttl`, then the browser is asked to sign in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_expires() {
+    let app = spawn_app("default", &["--api-token", TOKEN, "--session-ttl", "1s"]).await;
+    let set_cookie = sign_in(&app, TOKEN, &[]).await;
+    assert!(set_cookie.contains("Max-Age=1"), "{set_cookie}");
+    let cookie = pair(&set_cookie);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, _, body) = send(
+            app.client
+                .get(app.url("/api/tasks"))
+                .header("cookie", &cookie),
+        )
+        .await;
+        if status == 401 {
+            assert!(error_of(&body).contains("expired"), "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "it never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

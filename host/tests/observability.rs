@@ -237,6 +237,7 @@ async fn the_openapi_document_describes_every_route_served() {
         ("GET", "/metrics"),
         ("GET", "/api/openapi.json"),
         ("POST", "/api/session"),
+        ("DELETE", "/api/session"),
         ("GET", "/"),
     ] {
         assert!(

@@ -1,11 +1,12 @@
 //! Who may use the API: bearer tokens, kept as SHA-256 digests and compared in constant time
-//! (the admin guard in `admin` uses them too), the guard of the API routes, and the cookie
-//! that carries an API token for the dashboard, whose page and event streams cannot send an
-//! `Authorization` header.
+//! (the admin guard in `admin` uses them too), the guard of the API routes, and the sign-in
+//! session (see `session`) that stands for an API token in the dashboard, whose page and event
+//! streams cannot send an `Authorization` header.
 //!
 //! With API tokens configured (`--api-token`), every `/api` route but the health probe and
 //! this document, and the dashboard page, need one of them: `Authorization: Bearer <token>`,
-//! or the cookie `POST /api/session` sets from that header. `/metrics`, `/api/health` and
+//! or the session cookie `POST /api/session` sets from that header, on a request from the
+//! host's own origin. `/metrics`, `/api/health` and
 //! `/api/openapi.json` stay open: probes and scrapers carry no token, and none of them shows a
 //! task or runs anything. The admin endpoints take the admin token alone (a request carries one
 //! bearer token, and the admin token is the stronger secret), so they sit outside this guard.
@@ -13,16 +14,14 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 
 use super::AppState;
 use super::error::{AnyRoute, ApiError, ErrorBody};
-
-/// The cookie holding an API token for the dashboard.
-pub(super) const COOKIE: &str = "http_spawn_token";
+use super::session::{self, Invalid, Sessions};
 /// The challenge of a `401` from the API guard.
 pub(super) const API_CHALLENGE: &str = "Bearer realm=\"http-spawn\"";
 /// The challenge of a `401` whose token was presented and refused (RFC 6750, section 3.1).
@@ -51,15 +50,44 @@ impl Tokens {
     /// Whether `presented` is one of the tokens. Every token is compared, whole, so the time
     /// taken says neither where a guess differs nor which token matched.
     pub(super) fn accept(&self, presented: &str) -> bool {
+        self.find(presented).is_some()
+    }
+
+    /// Which of the tokens `presented` is, compared as [`Tokens::accept`] does.
+    fn find(&self, presented: &str) -> Option<usize> {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let matched = self.0.iter().fold(0u8, |matched, token| {
-            let difference = token
-                .iter()
-                .zip(presented)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            matched | u8::from(difference == 0)
-        });
-        std::hint::black_box(matched) == 1
+        let found = self
+            .0
+            .iter()
+            .enumerate()
+            .fold(usize::MAX, |found, (i, token)| {
+                let difference = token
+                    .iter()
+                    .zip(presented)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+                if std::hint::black_box(difference) == 0 {
+                    i
+                } else {
+                    found
+                }
+            });
+        (found != usize::MAX).then_some(found)
+    }
+}
+
+/// What opens the API: its tokens, and the sign-in sessions they open.
+#[derive(Debug)]
+pub(super) struct ApiAccess {
+    pub(super) tokens: Tokens,
+    pub(super) sessions: Sessions,
+}
+
+impl ApiAccess {
+    /// Access for `tokens`, with sign-in sessions lasting `session_ttl`.
+    pub(super) fn new(tokens: &[String], session_ttl: std::time::Duration) -> Self {
+        let tokens = Tokens::new(tokens.iter().map(String::as_str));
+        let sessions = Sessions::new(&tokens.0, session_ttl);
+        Self { tokens, sessions }
     }
 }
 
@@ -70,19 +98,6 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The token of the dashboard's cookie, if the request carries it.
-fn cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE).then_some(value)
-        })
-}
-
 /// Why a request without an accepted API token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refusal {
@@ -90,24 +105,39 @@ pub(super) enum Refusal {
     Missing,
     /// A bearer token that is none of the host's.
     WrongToken,
-    /// The cookie holds a token the host no longer takes (rotated out since signing in).
+    /// The session cookie is not one of this host's (or its token was rotated out since), or
+    /// it is the cookie of an earlier version, which held the token itself.
     WrongCookie,
+    /// The session expired, or was signed out.
+    Expired,
+    /// The session cookie came with a request from another origin's page.
+    Foreign,
 }
 
-/// Lets a request in when it carries one of `tokens`: in its `Authorization` header, which
-/// alone decides when present, or else in the dashboard's cookie.
-pub(super) fn check(tokens: &Tokens, headers: &HeaderMap) -> Result<(), Refusal> {
+/// Lets a request in when it carries one of the tokens in its `Authorization` header, which
+/// alone decides when present, or else a live session cookie, from the host's own origin.
+pub(super) fn check(access: &ApiAccess, headers: &HeaderMap) -> Result<(), Refusal> {
     if headers.contains_key(header::AUTHORIZATION) {
         return match bearer(headers) {
             None => Err(Refusal::Missing),
-            Some(token) if tokens.accept(token) => Ok(()),
+            Some(token) if access.tokens.accept(token) => Ok(()),
             Some(_) => Err(Refusal::WrongToken),
         };
     }
-    match cookie(headers) {
-        None => Err(Refusal::Missing),
-        Some(token) if tokens.accept(token) => Ok(()),
-        Some(_) => Err(Refusal::WrongCookie),
+    let Some(value) = session::cookie(headers) else {
+        return Err(if session::legacy_cookie(headers) {
+            Refusal::WrongCookie
+        } else {
+            Refusal::Missing
+        });
+    };
+    if super::browser::foreign(headers) {
+        return Err(Refusal::Foreign);
+    }
+    match access.sessions.check(value) {
+        Ok(()) => Ok(()),
+        Err(Invalid::Unknown) => Err(Refusal::WrongCookie),
+        Err(Invalid::Expired) => Err(Refusal::Expired),
     }
 }
 
@@ -124,9 +154,21 @@ impl From<Refusal> for ApiError {
                 INVALID_TOKEN_CHALLENGE,
             ),
             Refusal::WrongCookie => (
-                "the API token in the sign-in cookie is no longer accepted: sign in again at /",
+                "the sign-in cookie is not one this host accepts (its token may have been \
+                 rotated out): sign in again at /",
                 INVALID_TOKEN_CHALLENGE,
             ),
+            Refusal::Expired => (
+                "the sign-in session has expired or was signed out: sign in again at /",
+                INVALID_TOKEN_CHALLENGE,
+            ),
+            Refusal::Foreign => {
+                return Self::Forbidden(
+                    "the sign-in cookie is taken only from the host's own pages: this request \
+                     came from another origin's"
+                        .into(),
+                );
+            }
         };
         Self::Unauthorized {
             message: message.into(),
@@ -139,11 +181,11 @@ impl From<Refusal> for ApiError {
 /// otherwise. Runs before the body is read, so an unauthorised request costs nothing. Layered
 /// only when the host has tokens: an open host pays nothing for it.
 pub(super) async fn require_api_token(
-    State(tokens): State<Arc<Tokens>>,
+    State(access): State<Arc<ApiAccess>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check(&tokens, request.headers())?;
+    check(&access, request.headers())?;
     Ok(next.run(request).await)
 }
 
@@ -169,8 +211,10 @@ impl utoipa::Modify for BearerSchemes {
         components.add_security_scheme(
             "api_token",
             scheme(&format!(
-                "One of the host's API tokens (--api-token), when it has any. The cookie \
-                 `{COOKIE}` that POST /api/session sets is taken in its place."
+                "One of the host's API tokens (--api-token), when it has any. The session \
+                 cookie `{}` that POST /api/session sets is taken in its place from the \
+                 host's own pages.",
+                session::COOKIE
             )),
         );
     }
@@ -240,7 +284,9 @@ const SIGN_IN_HTML: &str = include_str!("dashboard/sign-in.html");
 pub(super) fn sign_in_page(refusal: Refusal) -> Response {
     let challenge = match refusal {
         Refusal::Missing => API_CHALLENGE,
-        Refusal::WrongToken | Refusal::WrongCookie => INVALID_TOKEN_CHALLENGE,
+        Refusal::WrongToken | Refusal::WrongCookie | Refusal::Expired | Refusal::Foreign => {
+            INVALID_TOKEN_CHALLENGE
+        }
     };
     (
         StatusCode::UNAUTHORIZED,
@@ -255,15 +301,19 @@ pub(super) fn sign_in_page(refusal: Refusal) -> Response {
         .into_response()
 }
 
-/// `POST /api/session`: trades the bearer token for a cookie holding it, `HttpOnly` (the
-/// page's scripts never see it) and `SameSite=Strict` (no other site's page can send it), which
-/// the dashboard's requests and event streams then carry. Without API tokens on the host, or
-/// when the request came in with the cookie alone, nothing is set.
+/// `POST /api/session`: trades the bearer token for a sign-in session (see `session`): a
+/// cookie holding a random, expiring session id, `HttpOnly` (the page's scripts never see it)
+/// and `SameSite=Strict`, which the dashboard's requests and event streams then carry. Without
+/// API tokens on the host, or when the request came in with the cookie alone, nothing is set.
 #[utoipa::path(post, path = "/api/session", tag = "auth",
     responses(
         (status = 204, description = "Signed in: the cookie is set when the host has API tokens",
             headers(("Set-Cookie" = String,
-                description = "`http_spawn_token`, the token: `HttpOnly; SameSite=Strict; Path=/`"))),
+                description = "`http_spawn_session` (`__Host-http_spawn_session` over HTTPS): \
+                               a session id, `HttpOnly; SameSite=Strict; Path=/; Max-Age` \
+                               (--session-ttl)"))),
+        (status = 503, description = "The system gave no randomness for a session id",
+            body = ErrorBody),
         AnyRoute))]
 pub(super) async fn sign_in(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let mut response = (
@@ -271,15 +321,45 @@ pub(super) async fn sign_in(State(state): State<AppState>, headers: HeaderMap) -
         [(header::CACHE_CONTROL, "no-store")],
     )
         .into_response();
-    // The guard has accepted the bearer token, and configured tokens hold only characters a
-    // cookie may.
-    if state.api.is_some()
-        && let Some(token) = bearer(&headers)
-        && let Ok(cookie) = HeaderValue::from_str(&format!(
-            "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
-        ))
+    // The guard has accepted the bearer token.
+    if let Some(access) = &state.api
+        && let Some(index) = bearer(&headers).and_then(|token| access.tokens.find(token))
     {
-        response.headers_mut().insert(header::SET_COOKIE, cookie);
+        let Some(value) = access.sessions.open(index) else {
+            return ApiError::Unavailable {
+                message: "the system gave no randomness for a session id: try again".into(),
+                retry_after: 1,
+            }
+            .into_response();
+        };
+        for cookie in access.sessions.set_cookies(&value, &headers) {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+    }
+    response
+}
+
+/// `DELETE /api/session`: signs the browser out. Its session cookie is cleared, and the
+/// session is refused from now on. Open to any request (it can only end the session it
+/// carries); a browser's cross-origin `DELETE` is refused as any cross-origin write.
+#[utoipa::path(delete, path = "/api/session", tag = "auth",
+    responses(
+        (status = 204, description = "Signed out: the sign-in cookies are cleared",
+            headers(("Set-Cookie" = String, description = "The sign-in cookies, `Max-Age=0`"))),
+        AnyRoute))]
+pub(super) async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(access) = &state.api
+        && let Some(value) = session::cookie(&headers)
+    {
+        access.sessions.close(value);
+    }
+    let mut response = (
+        StatusCode::NO_CONTENT,
+        [(header::CACHE_CONTROL, "no-store")],
+    )
+        .into_response();
+    for cookie in session::clear_cookies(&headers) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     response
 }
@@ -287,6 +367,8 @@ pub(super) async fn sign_in(State(state): State<AppState>, headers: HeaderMap) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use axum::http::HeaderValue;
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
         pairs
@@ -311,10 +393,15 @@ mod tests {
     }
 
     #[test]
-    fn the_header_decides_when_present_else_the_cookie() {
-        let tokens = Tokens::new(["0123456789abcdef"]);
-        let good_cookie = format!("theme=dark; {COOKIE}=0123456789abcdef");
-        let bad_cookie = format!("{COOKIE}=nope");
+    fn the_header_decides_when_present_else_a_session_from_the_hosts_own_origin() {
+        let access = ApiAccess::new(
+            &["0123456789abcdef".to_owned()],
+            std::time::Duration::from_secs(60),
+        );
+        let session = access.sessions.open(0).expect("randomness");
+        let good_cookie = format!("theme=dark; {}={session}", session::COOKIE);
+        let bad_cookie = format!("{}=v1.1.00.00", session::COOKIE);
+        let legacy_cookie = "http_spawn_token=0123456789abcdef";
         for (request, expected) in [
             (headers(&[]), Err(Refusal::Missing)),
             (
@@ -342,7 +429,19 @@ mod tests {
             ),
             (headers(&[(header::COOKIE, &good_cookie)]), Ok(())),
             (
+                headers(&[
+                    (header::COOKIE, &good_cookie),
+                    (header::HOST, "127.0.0.1:8080"),
+                    (header::ORIGIN, "http://127.0.0.1:3000"),
+                ]),
+                Err(Refusal::Foreign),
+            ),
+            (
                 headers(&[(header::COOKIE, &bad_cookie)]),
+                Err(Refusal::WrongCookie),
+            ),
+            (
+                headers(&[(header::COOKIE, legacy_cookie)]),
                 Err(Refusal::WrongCookie),
             ),
             (
@@ -350,7 +449,12 @@ mod tests {
                 Err(Refusal::Missing),
             ),
         ] {
-            assert_eq!(check(&tokens, &request), expected, "{request:?}");
+            assert_eq!(check(&access, &request), expected, "{request:?}");
         }
+        access.sessions.close(&session);
+        assert_eq!(
+            check(&access, &headers(&[(header::COOKIE, &good_cookie)])),
+            Err(Refusal::Expired)
+        );
     }
 }

@@ -132,6 +132,34 @@ fn cross_site(headers: &HeaderMap, own: Option<&str>) -> bool {
     !own.is_some_and(|own| origin.eq_ignore_ascii_case(own))
 }
 
+/// Whether a request comes from a page of another origin than the host's, by what the browser
+/// says of it: its `Origin`, or a `Sec-Fetch-Site` other than `same-origin` (or `none`, what
+/// the user typed). A navigation (`Sec-Fetch-Mode: navigate`) is a page being opened, whose
+/// answer goes to no other page, and counts as the host's own. What the sign-in cookie alone
+/// authenticates must not be foreign: browsers send the cookie with requests from any origin
+/// of the same site, another service on the same name among them.
+pub(super) fn foreign(headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-mode")
+        .is_some_and(|mode| mode.as_bytes().eq_ignore_ascii_case(b"navigate"))
+    {
+        return cross_site(headers, own_authority(headers));
+    }
+    if headers.get("sec-fetch-site").is_some_and(|site| {
+        !(site.as_bytes().eq_ignore_ascii_case(b"same-origin")
+            || site.as_bytes().eq_ignore_ascii_case(b"none"))
+    }) {
+        return true;
+    }
+    headers.contains_key(header::ORIGIN) && cross_site(headers, own_authority(headers))
+}
+
+fn own_authority(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+}
+
 /// The refusal of a request the policy does not serve, if it is one: called by the API's one
 /// middleware before anything else.
 pub(super) fn refusal(policy: &BrowserPolicy, request: &Request) -> Option<ApiError> {
@@ -174,6 +202,44 @@ pub(super) const PAGE_HEADERS: [(header::HeaderName, &str); 2] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_hosts_own_origin_is_not_foreign() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut map = HeaderMap::new();
+            map.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+            for (name, value) in pairs {
+                map.insert(
+                    header::HeaderName::from_bytes(name.as_bytes()).expect("a name"),
+                    HeaderValue::from_str(value).expect("a value"),
+                );
+            }
+            map
+        };
+        for own in [
+            headers(&[]),
+            headers(&[("origin", "http://127.0.0.1:8080")]),
+            headers(&[("sec-fetch-site", "same-origin")]),
+            headers(&[("sec-fetch-site", "none")]),
+            headers(&[
+                ("sec-fetch-site", "same-site"),
+                ("sec-fetch-mode", "navigate"),
+            ]),
+        ] {
+            assert!(!foreign(&own), "{own:?}");
+        }
+        for other in [
+            headers(&[("origin", "http://127.0.0.1:3000")]),
+            headers(&[("origin", "null")]),
+            headers(&[("sec-fetch-site", "same-site"), ("sec-fetch-mode", "cors")]),
+            headers(&[
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+            ]),
+        ] {
+            assert!(foreign(&other), "{other:?}");
+        }
+    }
 
     #[test]
     fn loopback_and_given_names_are_served_others_not() {

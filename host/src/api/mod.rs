@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod limits;
 mod observability;
+mod session;
 mod tasks;
 mod workers;
 
@@ -39,7 +40,7 @@ pub use tasks::{is_json, parse_submission};
 use crate::config::Config;
 use crate::host::Host;
 use admin::require_admin;
-use auth::{ApiRefusal, BearerSchemes, PageRefusal, Tokens, require_api_token};
+use auth::{ApiAccess, ApiRefusal, BearerSchemes, PageRefusal, Tokens, require_api_token};
 use error::ErrorBody;
 
 /// What a request may ask for.
@@ -87,8 +88,9 @@ pub struct AppState {
     limits: Arc<RequestLimits>,
     /// The admin token; `None` switches the admin endpoints off.
     admin: Option<Arc<Tokens>>,
-    /// The API tokens, any of which opens the API and the dashboard; `None` leaves them open.
-    api: Option<Arc<Tokens>>,
+    /// The API tokens, any of which opens the API and the dashboard, and the sign-in sessions
+    /// they open; `None` leaves them open.
+    api: Option<Arc<ApiAccess>>,
     /// Which `Host` values are served, and whether browsers' cross-site writes are refused.
     browsers: BrowserPolicy,
 }
@@ -101,6 +103,7 @@ pub fn router(
     limits: RequestLimits,
     admin_token: Option<&str>,
     api_tokens: &[String],
+    session_ttl: Duration,
     browsers: BrowserPolicy,
 ) -> Router {
     let max_body_bytes = limits.max_body_bytes;
@@ -110,8 +113,7 @@ pub fn router(
         host,
         limits: Arc::new(limits),
         admin: admin_token.map(|token| Arc::new(Tokens::new([token]))),
-        api: (!api_tokens.is_empty())
-            .then(|| Arc::new(Tokens::new(api_tokens.iter().map(String::as_str)))),
+        api: (!api_tokens.is_empty()).then(|| Arc::new(ApiAccess::new(api_tokens, session_ttl))),
         browsers,
     };
     let (router, openapi) =
@@ -190,6 +192,7 @@ fn api_routes(
         .routes(routes!(observability::health))
         .routes(routes!(observability::metrics))
         .routes(routes!(observability::openapi_document))
+        .routes(routes!(auth::sign_out))
 }
 
 /// Refuses what browsers must not ask (see `browser`), holds every request to its limits (see

@@ -64,24 +64,35 @@ pub(super) async fn health(State(state): State<AppState>) -> Json<Health> {
 /// The live dashboard: one self-contained page, embedded in the binary so it works offline.
 const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 
+/// The sign-out button as the page has it, hidden, and as a host with API tokens shows it.
+const SIGN_OUT_HIDDEN: &str = r#"data-testid="sign-out" style="margin-left: auto" hidden>"#;
+const SIGN_OUT_SHOWN: &str = r#"data-testid="sign-out" style="margin-left: auto">"#;
+
 /// The live dashboard; on a host with API tokens, to a browser that signed in, and the
 /// sign-in page (`401`) to one that did not.
 #[utoipa::path(get, path = "/", tag = "observability",
     responses((status = 200, description = "The dashboard page", content_type = "text/html",
         body = String), AnyRoute))]
 pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(tokens) = &state.api
-        && let Err(refusal) = auth::check(tokens, &headers)
-    {
-        return auth::sign_in_page(refusal);
-    }
+    let page = match &state.api {
+        Some(access) => {
+            if let Err(refusal) = auth::check(access, &headers) {
+                return auth::sign_in_page(refusal);
+            }
+            // A signed-in browser may sign out.
+            DASHBOARD_HTML
+                .replacen(SIGN_OUT_HIDDEN, SIGN_OUT_SHOWN, 1)
+                .into()
+        }
+        None => std::borrow::Cow::Borrowed(DASHBOARD_HTML),
+    };
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         super::browser::PAGE_HEADERS,
-        DASHBOARD_HTML,
+        page,
     )
         .into_response()
 }
