@@ -4,11 +4,19 @@
 //! but only while someone listens. Publishing never waits: a subscriber that falls behind the channel's buffer
 //! skips ahead (and is told how many events it missed), so a slow client can slow neither tasks
 //! nor the host.
+//!
+//! Streams are bounded so that no client holds them all: `--max-subscribers` in all, of which
+//! one client (an address) holds at most `--max-subscribers-per-client`; and beside them
+//! [`DASHBOARD_STREAMS`] kept for the host's own dashboard (a stream its page opens), of which
+//! one client holds at most [`DASHBOARD_STREAMS_PER_CLIENT`]. A client that opens stream after
+//! stream gets `429` while the dashboard, and everyone else, still gets theirs.
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio::sync::{broadcast, watch};
 
@@ -30,14 +38,54 @@ pub struct Published {
     pub data: Arc<str>,
 }
 
-/// The broadcast side, with a bound on subscribers.
+/// Streams kept for the dashboard beside `--max-subscribers`.
+pub const DASHBOARD_STREAMS: usize = 32;
+/// Of those, what one client holds at most (its tabs).
+pub const DASHBOARD_STREAMS_PER_CLIENT: usize = 8;
+
+/// How many streams there may be.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// In all, beside the dashboard's.
+    pub max: usize,
+    /// Of those, per client.
+    pub per_client: usize,
+}
+
+/// Which places a stream takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Pool {
+    Shared,
+    Dashboard,
+}
+
+/// The places taken, in all and by client.
+#[derive(Debug, Default)]
+struct Places {
+    shared: usize,
+    dashboard: usize,
+    by_client: HashMap<(IpAddr, Pool), usize>,
+}
+
+/// Why no stream was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRefused {
+    /// Every place is taken.
+    Full,
+    /// This client holds its share.
+    ClientFull,
+}
+
+/// The broadcast side, with bounds on subscribers.
 #[derive(Debug)]
 pub struct EventBus {
     sender: broadcast::Sender<Published>,
     /// Flips to true when the host shuts down, ending every stream.
     closed: watch::Sender<bool>,
+    places: Arc<Mutex<Places>>,
+    /// Streams open, for the metrics.
     subscribers: Arc<AtomicUsize>,
-    max_subscribers: usize,
+    limits: StreamLimits,
 }
 
 /// A subscription; dropping it frees its place.
@@ -46,24 +94,44 @@ pub struct Subscription {
     pub receiver: broadcast::Receiver<Published>,
     /// Changes to true when the host shuts down.
     pub closed: watch::Receiver<bool>,
-    count: Arc<AtomicUsize>,
+    places: Arc<Mutex<Places>>,
+    subscribers: Arc<AtomicUsize>,
+    place: (IpAddr, Pool),
+}
+
+fn lock(places: &Mutex<Places>) -> MutexGuard<'_, Places> {
+    places
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        let mut places = lock(&self.places);
+        match self.place.1 {
+            Pool::Shared => places.shared -= 1,
+            Pool::Dashboard => places.dashboard -= 1,
+        }
+        if let Some(held) = places.by_client.get_mut(&self.place) {
+            *held -= 1;
+            if *held == 0 {
+                places.by_client.remove(&self.place);
+            }
+        }
+        self.subscribers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl EventBus {
-    /// A bus that admits at most `max_subscribers` at once.
-    pub fn new(max_subscribers: usize) -> Self {
+    /// A bus that admits streams within `limits`.
+    pub fn new(limits: StreamLimits) -> Self {
         let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
         Self {
             sender,
             closed: watch::Sender::new(false),
+            places: Arc::default(),
             subscribers: Arc::default(),
-            max_subscribers,
+            limits,
         }
     }
 
@@ -72,17 +140,41 @@ impl EventBus {
         self.subscribers.load(Ordering::Relaxed)
     }
 
-    /// Subscribes to every event from now on, if a place is free.
-    pub fn subscribe(&self) -> Option<Subscription> {
-        self.subscribers
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_subscribers).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Subscription {
+    /// Subscribes `client` to every event from now on, if it may: a stream the dashboard opens
+    /// (`dashboard`) takes one of the places kept for it first.
+    pub fn subscribe(
+        &self,
+        client: IpAddr,
+        dashboard: bool,
+    ) -> Result<Subscription, StreamRefused> {
+        let pool = {
+            let mut places = lock(&self.places);
+            let held =
+                |places: &Places, pool| places.by_client.get(&(client, pool)).copied().unwrap_or(0);
+            let pool = if dashboard
+                && places.dashboard < DASHBOARD_STREAMS
+                && held(&places, Pool::Dashboard) < DASHBOARD_STREAMS_PER_CLIENT
+            {
+                places.dashboard += 1;
+                Pool::Dashboard
+            } else if places.shared >= self.limits.max {
+                return Err(StreamRefused::Full);
+            } else if held(&places, Pool::Shared) >= self.limits.per_client {
+                return Err(StreamRefused::ClientFull);
+            } else {
+                places.shared += 1;
+                Pool::Shared
+            };
+            *places.by_client.entry((client, pool)).or_insert(0) += 1;
+            pool
+        };
+        self.subscribers.fetch_add(1, Ordering::AcqRel);
+        Ok(Subscription {
             receiver: self.sender.subscribe(),
             closed: self.closed.subscribe(),
-            count: Arc::clone(&self.subscribers),
+            places: Arc::clone(&self.places),
+            subscribers: Arc::clone(&self.subscribers),
+            place: (client, pool),
         })
     }
 
@@ -266,4 +358,50 @@ struct Spawned<'a> {
     version: &'a str,
     duration: u32,
     at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn no_client_holds_every_stream_and_the_dashboard_keeps_its_own() {
+        let bus = EventBus::new(StreamLimits {
+            max: 3,
+            per_client: 2,
+        });
+        let (greedy, other): (IpAddr, IpAddr) = (
+            Ipv4Addr::LOCALHOST.into(),
+            Ipv4Addr::new(10, 0, 0, 2).into(),
+        );
+        let held: Vec<_> = (0..2)
+            .map(|_| bus.subscribe(greedy, false).expect("a place"))
+            .collect();
+        assert_eq!(
+            bus.subscribe(greedy, false).err(),
+            Some(StreamRefused::ClientFull)
+        );
+        let third = bus.subscribe(other, false).expect("another client's place");
+        assert_eq!(bus.subscribe(other, false).err(), Some(StreamRefused::Full));
+        // The dashboard, from the greedy client's own address, still gets its streams.
+        let tabs: Vec<_> = (0..DASHBOARD_STREAMS_PER_CLIENT)
+            .map(|_| bus.subscribe(greedy, true).expect("a dashboard place"))
+            .collect();
+        assert_eq!(
+            bus.subscribe(greedy, true).err(),
+            Some(StreamRefused::Full),
+            "past its share of the dashboard's places, a shared one; none is left"
+        );
+        assert_eq!(bus.subscribers(), 3 + DASHBOARD_STREAMS_PER_CLIENT);
+        drop(held);
+        drop(tabs);
+        drop(third);
+        assert_eq!(bus.subscribers(), 0);
+        assert!(
+            lock(&bus.places).by_client.is_empty(),
+            "every place given back"
+        );
+        assert!(bus.subscribe(greedy, false).is_ok());
+    }
 }

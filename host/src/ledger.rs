@@ -450,9 +450,14 @@ mod tests {
             inner: MemoryStore::new(100),
             reads: AtomicUsize::new(0),
         });
-        let events = Arc::new(EventBus::new(4));
+        let events = Arc::new(EventBus::new(crate::events::StreamLimits {
+            max: 4,
+            per_client: 4,
+        }));
         let ledger = Ledger::new(store.clone(), Arc::clone(&events), Metrics::new());
-        let mut subscription = events.subscribe().expect("a place");
+        let mut subscription = events
+            .subscribe(std::net::Ipv4Addr::LOCALHOST.into(), false)
+            .expect("a place");
         let pid = Pid::new(1, 1);
         let (worker, name): (Arc<str>, Arc<str>) = (Arc::from("w"), Arc::from("report"));
         let record = TaskRecord::spawned(pid, "report".into(), 0, Arc::clone(&worker), "v".into());

@@ -11,9 +11,13 @@
 //! - **Heads are bounded**: past `--max-header-bytes` the API answers a JSON `431` (see
 //!   `api::limits`); a head far past it (four times, at least 64 KiB) is refused by the parser
 //!   itself, with an empty `431`, before it is buffered whole.
+//!
+//! Every request carries its connection's [`Peer`], the client's address: what per-client
+//! bounds (event streams) count by.
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +48,10 @@ const REFUSAL_DISCARD_BYTES: usize = 64 * 1024;
 /// How long the accept loop rests when the process is out of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The address of the client that sent a request, in its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub IpAddr);
+
 /// What the server holds its clients to.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
@@ -73,13 +81,12 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let graceful = GracefulShutdown::new();
-    let service = TowerToHyperService::new(router);
     tokio::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, Peer(peer.ip().to_canonical())),
                 Err(error) => {
                     accept_failed(&error).await;
                     continue;
@@ -98,8 +105,14 @@ pub async fn serve(
         };
         // Answers are written whole; without Nagle a small one is not held back for an ACK.
         let _ = stream.set_nodelay(true);
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer);
+                request
+            },
+        ));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let (metrics, open) = (Arc::clone(&metrics), Arc::clone(&open));
         metrics.http_connections(limits.max_connections - open.available_permits());
         tokio::spawn(async move {

@@ -153,3 +153,65 @@ async fn event_streams_are_bounded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Issue #21, item 8: one client holds its share of the streams, not all of them; the
+/// dashboard keeps places of its own; a stream with nothing to say ends, and its place goes
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_holds_every_stream_and_idle_streams_end() {
+    let app = spawn_app(
+        "default",
+        &[
+            "--max-subscribers",
+            "6",
+            "--max-subscribers-per-client",
+            "4",
+            "--event-stream-idle",
+            "1s",
+        ],
+    )
+    .await;
+    // A client that opens stream after stream, from 127.0.0.1.
+    let mut greedy = Vec::new();
+    for _ in 0..4 {
+        let stream = open(&app, "/api/events").await;
+        assert_eq!(stream.status(), 200);
+        greedy.push(stream);
+    }
+    let refused = open(&app, "/api/events").await;
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.expect("JSON");
+    assert!(
+        body["error"].as_str().expect("error").contains("its share"),
+        "{body}"
+    );
+    // Another client (another loopback address) has room.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("a client");
+    let theirs = other
+        .get(app.url("/api/events"))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(theirs.status(), 200, "another client's stream");
+    // The dashboard's page, from the greedy client's own address, still gets its stream.
+    let dashboard = app
+        .client
+        .get(app.url("/api/events"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(dashboard.status(), 200, "the dashboard's own place");
+
+    // Nothing happens on this host: after a second without an event, every stream ends.
+    // (`read_events` gives up only after PATIENCE: ending well before it is the host's doing.)
+    for stream in greedy.drain(..).chain([theirs, dashboard]) {
+        let ended = tokio::time::timeout(PATIENCE / 2, read_events(stream, |_, _| false)).await;
+        assert!(ended.is_ok(), "an idle stream ended");
+    }
+    let again = open(&app, "/api/events").await;
+    assert_eq!(again.status(), 200, "their places went back");
+}

@@ -4,8 +4,10 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde_json::json;
@@ -14,10 +16,12 @@ use tokio::sync::broadcast::error::RecvError;
 use super::AppState;
 use super::actors::task_pid;
 use super::error::{AnyRoute, ApiError, ErrorBody};
-use crate::events::{Subscription, exit_data};
+use crate::events::{StreamRefused, Subscription, exit_data};
 use crate::host::Host;
 use crate::model::{Pid, TaskEnd, TaskEvent, TaskRecord};
+use crate::server::Peer;
 use crate::store::Change;
+use tokio::time::Instant;
 
 /// An open event stream's state.
 struct EventStream {
@@ -28,6 +32,8 @@ struct EventStream {
     /// Events to send before anything from the channel.
     queued: VecDeque<Event>,
     done: bool,
+    /// How long it may go without an event before it ends.
+    idle: std::time::Duration,
 }
 
 /// One event of a stream as it goes over the wire, for the document: its kind (the SSE
@@ -82,11 +88,15 @@ fn event_stream(stream: EventStream) -> impl Stream<Item = Result<Event, Infalli
         if stream.done {
             return None;
         }
+        let idle_until = Instant::now() + stream.idle;
         loop {
             let received = tokio::select! {
                 received = stream.subscription.receiver.recv() => received,
                 // The host is shutting down: end the stream so the server can stop.
                 _ = stream.subscription.closed.wait_for(|closed| *closed) => return None,
+                // Nothing for this stream in a long while: its place goes back (a client still
+                // there connects again).
+                () = tokio::time::sleep_until(idle_until) => return None,
             };
             match received {
                 Ok(published) if stream.pid.is_none_or(|pid| pid == published.pid) => {
@@ -115,10 +125,33 @@ fn event_stream(stream: EventStream) -> impl Stream<Item = Result<Event, Infalli
     })
 }
 
-fn subscribe(state: &AppState) -> Result<Subscription, ApiError> {
-    state.host.subscribe().ok_or_else(|| {
-        ApiError::TooManyRequests("too many event streams are open; retry later".into())
-    })
+/// A place for a stream of `peer`'s, opened by the dashboard when the browser says the request
+/// comes from the host's own page (and, on a host with tokens, the sign-in session carries it).
+fn subscribe(
+    state: &AppState,
+    peer: Option<Extension<Peer>>,
+    headers: &HeaderMap,
+) -> Result<Subscription, ApiError> {
+    let client = peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |peer| peer.0.0);
+    let own_page = headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"same-origin"));
+    let signed_in = state.api.is_none() || !headers.contains_key(header::AUTHORIZATION);
+    state
+        .host
+        .subscribe(client, own_page && signed_in)
+        .map_err(|refused| {
+            ApiError::TooManyRequests(
+                match refused {
+                    StreamRefused::Full => "too many event streams are open; retry later",
+                    StreamRefused::ClientFull => {
+                        "this client holds its share of event streams \
+                         (--max-subscribers-per-client); close one, or retry later"
+                    }
+                }
+                .into(),
+            )
+        })
 }
 
 /// One task's events as Server-Sent Events: `state`, then `started`, `progress`, `log`,
@@ -134,12 +167,14 @@ fn subscribe(state: &AppState) -> Result<Subscription, ApiError> {
         AnyRoute))]
 pub(super) async fn task_events(
     State(state): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     use futures_util::future::Either;
     let (pid, id) = task_pid(&state, path)?;
     // Subscribe first, then read the record: nothing can happen unseen in between.
-    let subscription = subscribe(&state)?;
+    let subscription = subscribe(&state, peer, &headers)?;
     let record = state
         .host
         .get(id)?
@@ -161,6 +196,8 @@ pub(super) async fn task_events(
             lines,
             queued,
             done,
+            idle: state.limits.event_stream_idle,
+            sent_at: Instant::now(),
         };
         return Ok(
             Sse::new(Either::Right(followed_stream(followed))).keep_alive(KeepAlive::default())
@@ -172,6 +209,7 @@ pub(super) async fn task_events(
         pid: Some(id),
         queued,
         done,
+        idle: state.limits.event_stream_idle,
     };
     Ok(Sse::new(Either::Left(event_stream(stream))).keep_alive(KeepAlive::default()))
 }
@@ -192,15 +230,19 @@ struct Followed {
     lines: usize,
     queued: VecDeque<Event>,
     done: bool,
+    /// How long it may go without an event, and when it last sent one.
+    idle: std::time::Duration,
+    sent_at: Instant,
 }
 
 fn followed_stream(followed: Followed) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold(followed, |mut followed| async move {
         loop {
             if let Some(event) = followed.queued.pop_front() {
+                followed.sent_at = Instant::now();
                 return Some((Ok(event), followed));
             }
-            if followed.done {
+            if followed.done || followed.sent_at.elapsed() >= followed.idle {
                 return None;
             }
             let mut closed = followed.subscription.closed.clone();
@@ -302,13 +344,16 @@ impl Followed {
         AnyRoute))]
 pub(super) async fn all_events(
     State(state): State<AppState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let stream = EventStream {
-        subscription: subscribe(&state)?,
+        subscription: subscribe(&state, peer, &headers)?,
         host: Arc::clone(&state.host),
         pid: None,
         queued: VecDeque::new(),
         done: false,
+        idle: state.limits.event_stream_idle,
     };
     Ok(Sse::new(event_stream(stream)).keep_alive(KeepAlive::default()))
 }

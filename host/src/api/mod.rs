@@ -60,6 +60,8 @@ pub struct RequestLimits {
     pub read_timeout: Duration,
     /// Largest message into a mailbox.
     pub max_message_bytes: usize,
+    /// How long an event stream may go without an event.
+    pub event_stream_idle: Duration,
 }
 
 impl RequestLimits {
@@ -71,6 +73,7 @@ impl RequestLimits {
             max_body_bytes: config.max_body_bytes,
             max_module_bytes: config.max_module_bytes,
             max_name_bytes: crate::model::MAX_TASK_NAME_BYTES,
+            event_stream_idle: config.event_stream_idle,
             max_duration_secs,
             max_deadline_secs: max_duration_secs.saturating_add(config.deadline_grace_secs),
             max_header_bytes: config.max_header_bytes,

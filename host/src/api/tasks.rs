@@ -537,6 +537,7 @@ mod tests {
             max_discard_bytes: 1024,
             read_timeout: std::time::Duration::from_secs(1),
             max_message_bytes: 1024,
+            event_stream_idle: std::time::Duration::from_secs(60),
         }
     }
 

@@ -81,6 +81,10 @@ pub const DEFAULT_MAX_SPAWNS_PER_SEC: u32 = 100;
 pub const DEFAULT_MAX_SENDS_PER_STEP: u32 = 10_000;
 /// Live event streams (SSE) open at once; more get 429.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
+/// Of those, what one client holds.
+pub const DEFAULT_MAX_SUBSCRIBERS_PER_CLIENT: usize = 32;
+/// How long a stream may go without an event.
+pub const DEFAULT_EVENT_STREAM_IDLE: &str = "5m";
 /// Largest worker module an upload may carry.
 pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 * 1024 * 1024;
 /// How often module files are checked for changes.
@@ -243,8 +247,20 @@ pub struct Config {
     pub max_sends_per_step: u32,
 
     /// Event streams (`/api/events`, `/api/tasks/{pid}/events`) open at once; more get 429.
+    /// The dashboard has 32 more of its own.
     #[arg(long, env = "HTTP_SPAWN_MAX_SUBSCRIBERS", default_value_t = DEFAULT_MAX_SUBSCRIBERS)]
     pub max_subscribers: usize,
+
+    /// Of those, the event streams one client (an address) holds; more get 429.
+    #[arg(long, env = "HTTP_SPAWN_MAX_SUBSCRIBERS_PER_CLIENT",
+          default_value_t = DEFAULT_MAX_SUBSCRIBERS_PER_CLIENT)]
+    pub max_subscribers_per_client: usize,
+
+    /// How long an event stream may go without an event before the host ends it (an
+    /// `EventSource` connects again by itself), e.g. `5m`.
+    #[arg(long, env = "HTTP_SPAWN_EVENT_STREAM_IDLE", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_EVENT_STREAM_IDLE)]
+    pub event_stream_idle: Duration,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HTTP_SPAWN_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]

@@ -7,6 +7,7 @@ mod actors;
 mod cluster;
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::actor::{ActorLimits, Actors, Kernel};
 use crate::config::{Config, StoreLocation};
-use crate::events::{EventBus, Subscription};
+use crate::events::{EventBus, StreamLimits, StreamRefused, Subscription};
 use crate::ledger::{EndWatch, Ending, Ledger, Totals};
 use crate::metrics::{self, Metrics};
 use crate::model::{
@@ -222,7 +223,10 @@ impl Host {
             workers = %workers.names(),
             "host ready"
         );
-        let events = Arc::new(EventBus::new(config.max_subscribers));
+        let events = Arc::new(EventBus::new(StreamLimits {
+            max: config.max_subscribers,
+            per_client: config.max_subscribers_per_client,
+        }));
         let ledger = Arc::new(Ledger::new(
             Arc::clone(&store),
             Arc::clone(&events),
@@ -827,9 +831,14 @@ impl Host {
         &self.events
     }
 
-    /// Subscribes to every task event from now on, if the subscriber limit allows.
-    pub fn subscribe(&self) -> Option<Subscription> {
-        self.events.subscribe()
+    /// Subscribes `client` to every task event from now on, if the bounds on streams allow
+    /// (see [`EventBus::subscribe`]).
+    pub fn subscribe(
+        &self,
+        client: IpAddr,
+        dashboard: bool,
+    ) -> Result<Subscription, StreamRefused> {
+        self.events.subscribe(client, dashboard)
     }
 
     /// Tasks matching `query`, newest first, a page at a time.
