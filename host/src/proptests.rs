@@ -25,6 +25,7 @@ use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use serde_json::{Map, Value};
 
+use crate::actor::ActorScope;
 use crate::api::{ApiError, RequestLimits, is_json, parse_submission};
 use crate::config::{
     self, CACHE_OFF, Config, ConfigError, DEFAULT_FUEL_PER_STEP, DEFAULT_MAX_DURATION_SECS,
@@ -270,6 +271,14 @@ fn written_restart()
 
 fn on_host_loss() -> impl Strategy<Value = OnHostLoss> {
     prop_oneof![Just(OnHostLoss::Restart), Just(OnHostLoss::Fail)]
+}
+
+fn actor_scope() -> impl Strategy<Value = ActorScope> {
+    prop_oneof![
+        Just(ActorScope::Any),
+        Just(ActorScope::Tree),
+        Just(ActorScope::Descendants)
+    ]
 }
 
 /// A body within `limits`, and the task it must parse to. Absent fields are left out or,
@@ -897,6 +906,7 @@ struct WorkerGen {
     max_duration_secs: Option<u32>,
     restart: (Option<&'static str>, Option<u32>, Option<RestartPolicy>),
     on_host_loss: Option<OnHostLoss>,
+    actor_scope: Option<ActorScope>,
 }
 
 /// Integers TOML can hold (it has no unsigned ones).
@@ -967,9 +977,18 @@ fn worker_gen() -> impl Strategy<Value = WorkerGen> {
         option::of(any::<u32>()),
         written_restart(),
         option::of(on_host_loss()),
+        option::of(actor_scope()),
     )
         .prop_map(
-            |(module, fuel_per_step, max_memory, max_duration_secs, restart, on_host_loss)| {
+            |(
+                module,
+                fuel_per_step,
+                max_memory,
+                max_duration_secs,
+                restart,
+                on_host_loss,
+                actor_scope,
+            )| {
                 WorkerGen {
                     module,
                     fuel_per_step,
@@ -977,6 +996,7 @@ fn worker_gen() -> impl Strategy<Value = WorkerGen> {
                     max_duration_secs,
                     restart,
                     on_host_loss,
+                    actor_scope,
                 }
             },
         )
@@ -1044,6 +1064,12 @@ fn registry_text(server: &ServerGen, workers: &BTreeMap<String, WorkerGen>) -> S
                 .on_host_loss
                 .map(|p| toml::Value::String(p.as_str().to_owned())),
         );
+        put(
+            "actor_scope",
+            worker
+                .actor_scope
+                .map(|scope| toml::Value::String(scope.as_str().to_owned())),
+        );
         tables.insert(name.clone(), toml::Value::Table(table));
     }
     file.insert("workers".to_owned(), toml::Value::Table(tables));
@@ -1073,6 +1099,7 @@ fn toml_ish_line() -> impl Strategy<Value = String> {
             "restart",
             "max_attempts",
             "on_host_loss",
+            "actor_scope",
             "workers",
             "server",
             "fuel",
@@ -1195,6 +1222,7 @@ proptest! {
                 max_duration_secs: worker.max_duration_secs.unwrap_or(DEFAULT_MAX_DURATION_SECS),
                 restart: worker.restart.2.unwrap_or(RestartPolicy::Never),
                 on_host_loss: worker.on_host_loss.unwrap_or(OnHostLoss::Restart),
+                actor_scope: worker.actor_scope.unwrap_or_default(),
             })
             .collect();
         if !workers.contains_key(DEFAULT_WORKER) {
@@ -1206,6 +1234,7 @@ proptest! {
                 max_duration_secs: DEFAULT_MAX_DURATION_SECS,
                 restart: RestartPolicy::Never,
                 on_host_loss: OnHostLoss::Restart,
+                actor_scope: ActorScope::Any,
             });
             expected.sort_by(|a, b| a.name.cmp(&b.name));
         }

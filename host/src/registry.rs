@@ -146,6 +146,7 @@ impl Worker {
             max_duration_secs: self.settings.max_duration_secs,
             restart: self.settings.restart.as_str(),
             max_attempts: self.settings.restart.max_attempts(),
+            actor_scope: self.settings.actor_scope.as_str(),
             current: VersionInfo::of(&state.current),
             previous: state.previous.as_deref().map(VersionInfo::of),
             last_error: state.last_error.clone(),
@@ -193,6 +194,8 @@ pub struct WorkerInfo {
     /// The restart policy of its tasks when a request names none.
     pub restart: &'static str,
     pub max_attempts: u32,
+    /// Which tasks its tasks' actor calls reach: `any`, `tree` or `descendants`.
+    pub actor_scope: &'static str,
     pub current: VersionInfo,
     pub previous: Option<VersionInfo>,
     /// The last new version refused, until one is accepted.

@@ -87,8 +87,8 @@ pub trait Kernel: Send + Sync + std::fmt::Debug {
     fn trap_exits(&self, pid: Pid, on: bool);
     /// Registers `name` for `pid`.
     fn register(&self, pid: Pid, name: &str) -> Result<(), NameError>;
-    /// The live task holding `name`.
-    fn whereis(&self, name: &str) -> Option<Pid>;
+    /// The live task holding `name`, if `caller` reaches it.
+    fn whereis(&self, caller: Pid, name: &str) -> Option<Pid>;
 
     /// Tells `linked`, which another host of the cluster holds, of the abnormal end `notice`
     /// of a task linked to it. A host alone has no such tasks.

@@ -21,6 +21,7 @@
 //! get wrong.
 
 mod kernel;
+mod scope;
 mod tree;
 
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use kernel::{ChildError, ChildRequest, Kernel, NameError, SendError, WatchError};
+pub use scope::{ActorScope, Lineage, Placement};
 pub use tree::SpawnRefusal;
 use tree::Trees;
 
@@ -208,6 +210,10 @@ struct Actor {
     bytes: usize,
     /// The task at the root of its tree: itself, if it was submitted over HTTP.
     root: Pid,
+    /// Its ancestors, as far as this host knows them; none for a task submitted over HTTP.
+    lineage: Option<Arc<Lineage>>,
+    /// How far its actor calls reach.
+    scope: ActorScope,
     /// The task waits in `receive` for its mailbox: the next put must wake it.
     waiting: bool,
     links: Vec<Pid>,
@@ -220,12 +226,14 @@ struct Actor {
 }
 
 impl Actor {
-    fn new(root: Pid) -> Self {
+    fn new(root: Pid, lineage: Option<Arc<Lineage>>, scope: ActorScope) -> Self {
         Self {
             mailbox: VecDeque::new(),
             messages: 0,
             bytes: 0,
             root,
+            lineage,
+            scope,
             waiting: false,
             links: Vec::new(),
             watchers: Vec::new(),
@@ -316,16 +324,37 @@ impl Actors {
         lock(&self.recent[(pid.seq() as usize) % SHARDS])
     }
 
-    /// Gives an accepted task its (empty) mailbox, as the root of its own tree.
+    /// Gives an accepted task its (empty) mailbox, as the root of its own tree, reaching any
+    /// task.
+    #[cfg(test)]
     pub fn enter(&self, pid: Pid) {
-        self.enter_in(pid, pid);
+        self.enter_placed(pid, Placement::root(pid, None, ActorScope::Any));
     }
 
-    /// Gives an accepted task its (empty) mailbox, in the tree whose root is `root`.
-    pub fn enter_in(&self, pid: Pid, root: Pid) {
+    /// Gives an accepted task its (empty) mailbox, placed as `placement` says.
+    pub fn enter_placed(&self, pid: Pid, placement: Placement) {
+        let lineage = placement.parent.map(|parent| {
+            // The parent's lineage, if this host holds the parent: it does for a child spawned
+            // here, not for a task run again after a crash or claimed from a shared queue.
+            let up = self
+                .shard(parent)
+                .get(&parent)
+                .map(|actor| actor.lineage.clone());
+            Arc::new(match up {
+                Some(up) => Lineage::child_of(parent, up.as_deref(), true),
+                None => Lineage::child_of(parent, None, false),
+            })
+        });
         self.shard(pid)
             .entry(pid)
-            .or_insert_with(|| Actor::new(root));
+            .or_insert_with(|| Actor::new(placement.root, lineage, placement.scope));
+    }
+
+    /// How far a live task's actor calls reach, and its ancestors as this host knows them.
+    pub fn reach(&self, pid: Pid) -> Option<(ActorScope, Option<Arc<Lineage>>)> {
+        self.shard(pid)
+            .get(&pid)
+            .map(|actor| (actor.scope, actor.lineage.clone()))
     }
 
     /// Charges a spawn by `parent` to its tree: the root it is charged to, or why the tree
@@ -889,13 +918,18 @@ mod tests {
         let charged = actors.charge_spawn(root);
         assert_eq!(charged, Ok(root));
         let child = Pid::new(1, 2);
-        actors.enter_in(child, root);
+        let placed = |parent| Placement {
+            parent: Some(parent),
+            root,
+            scope: ActorScope::Any,
+        };
+        actors.enter_placed(child, placed(root));
         // The child's own spawns go to the root's tree: one a second, a burst of four.
         let mut spawned = vec![child];
         for seq in 3..6 {
             assert_eq!(actors.charge_spawn(child), Ok(root));
             let grandchild = Pid::new(1, seq);
-            actors.enter_in(grandchild, root);
+            actors.enter_placed(grandchild, placed(child));
             spawned.push(grandchild);
         }
         assert_eq!(

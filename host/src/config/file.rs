@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::StoreLocation;
 use super::{ConfigError, is_worker_name};
+use crate::actor::ActorScope;
 use crate::model::{OnHostLoss, RestartPolicy, parse_memory_size};
 
 /// The registry file: `[server]` and `[workers.<name>]` tables. Unknown keys are errors, so a
@@ -47,6 +48,7 @@ pub(super) struct WorkerFile {
     pub(super) max_duration_secs: Option<u32>,
     pub(super) restart: RestartPolicy,
     pub(super) on_host_loss: OnHostLoss,
+    pub(super) actor_scope: ActorScope,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +61,7 @@ struct RawWorkerFile {
     restart: Option<String>,
     on_host_loss: Option<String>,
     max_attempts: Option<u64>,
+    actor_scope: Option<String>,
 }
 
 impl TryFrom<RawWorkerFile> for WorkerFile {
@@ -79,6 +82,11 @@ impl TryFrom<RawWorkerFile> for WorkerFile {
                 Some(name) => {
                     OnHostLoss::parse(name).ok_or("on_host_loss must be \"restart\" or \"fail\"")?
                 }
+            },
+            actor_scope: match raw.actor_scope.as_deref() {
+                None => ActorScope::Any,
+                Some(name) => ActorScope::parse(name)
+                    .ok_or("actor_scope must be \"any\", \"tree\" or \"descendants\"")?,
             },
         })
     }

@@ -21,6 +21,7 @@ use file::{RegistryFile, WorkerName};
 
 use std::time::Duration;
 
+use crate::actor::ActorScope;
 use crate::model::{OnHostLoss, RestartPolicy, parse_memory_size, parse_size};
 use crate::store::StoreSync;
 
@@ -422,6 +423,8 @@ pub struct WorkerConfig {
     pub restart: RestartPolicy,
     /// What becomes of its tasks when the host is lost, when a request names nothing.
     pub on_host_loss: OnHostLoss,
+    /// Which tasks its tasks' actor calls reach.
+    pub actor_scope: ActorScope,
 }
 
 /// Where the host keeps what it knows. Its `Debug` shows a database URL without its password
@@ -604,6 +607,7 @@ impl Config {
             max_duration_secs: self.max_duration_secs,
             restart: RestartPolicy::Never,
             on_host_loss: OnHostLoss::Restart,
+            actor_scope: ActorScope::Any,
         };
         let mut workers: BTreeMap<String, WorkerConfig> = file
             .workers
@@ -619,6 +623,7 @@ impl Config {
                         .unwrap_or(default.max_duration_secs),
                     restart: worker.restart,
                     on_host_loss: worker.on_host_loss,
+                    actor_scope: worker.actor_scope,
                 };
                 (name, resolved)
             })

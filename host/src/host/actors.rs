@@ -237,6 +237,9 @@ impl Kernel for Host {
             Unresolved::NotAPid(_) => SendError::BadPid,
             Unresolved::NoSuchName(_) => SendError::NoSuchProcess,
         })?;
+        if !self.reaches(from, to) {
+            return Err(SendError::NoSuchProcess);
+        }
         Host::send(self, Some(from), to, body)
     }
 
@@ -328,6 +331,9 @@ impl Kernel for Host {
 
     fn monitor(&self, watcher: Pid, target: &str) -> Result<(), WatchError> {
         let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
+        if !self.reaches(watcher, target) {
+            return Err(WatchError::BadPid);
+        }
         if !self.actors.monitor(watcher, target)?
             && !self.watch_remote(watcher, target, Watch::Monitor)
         {
@@ -338,6 +344,9 @@ impl Kernel for Host {
 
     fn link(&self, pid: Pid, target: &str) -> Result<(), WatchError> {
         let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
+        if !self.reaches(pid, target) {
+            return Err(WatchError::BadPid);
+        }
         if !self.actors.link(pid, target)? && !self.watch_remote(pid, target, Watch::Link) {
             self.linked_to_ended(pid, target, true)?;
         }
@@ -358,6 +367,9 @@ impl Kernel for Host {
                 Unresolved::NotAPid(_) => SendError::BadPid,
                 Unresolved::NoSuchName(_) => SendError::NoSuchProcess,
             })?;
+        if !self.reaches(from, target) {
+            return Err(SendError::NoSuchProcess);
+        }
         tracing::info!(pid = %target, by = %from, "A task asks to kill another");
         Host::kill(self, target).map_err(|error| match error {
             KillError::AlreadyEnded { .. } => SendError::Ended,
@@ -390,8 +402,9 @@ impl Kernel for Host {
         Ok(())
     }
 
-    fn whereis(&self, name: &str) -> Option<Pid> {
+    fn whereis(&self, caller: Pid, name: &str) -> Option<Pid> {
         self.whereis_name(name)
+            .filter(|&holder| self.reaches(caller, holder))
     }
 
     fn exit_remote(&self, linked: Pid, notice: &EndNotice) {

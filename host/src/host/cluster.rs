@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Host, MAX_HOST_LOSSES};
-use crate::actor::{EndNotice, Entry, SendError};
+use crate::actor::{EndNotice, Entry, Placement, SendError};
 use crate::config::Config;
 use crate::ledger::Ending;
 use crate::model::{Outcome, Pid, TaskEnd};
@@ -502,13 +502,14 @@ impl Host {
             }
         };
         let attempt = record.attempt;
+        let placement = Placement::root(pid, record.parent, self.scope_of(&record.worker));
         let job = Job::again(record, spec, version, attempt, host_losses, Instant::now());
         if cluster_leaving(self) {
             // Claimed as the host began to shut down: another host runs it.
             self.give_back(pid);
             return;
         }
-        self.actors.enter(pid);
+        self.actors.enter_placed(pid, placement);
         tracing::info!(pid = %pid, attempt = job.attempt, "Task claimed from the shared queue");
         // What was sent to it while it waited: in its mailbox before its first receive. A
         // message the mailbox has no room for stays in the store for the next poll.

@@ -5,6 +5,7 @@
 
 mod actors;
 mod cluster;
+mod reach;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use tokio::sync::oneshot;
 
-use crate::actor::{ActorLimits, Actors, Kernel};
+use crate::actor::{ActorLimits, Actors, Kernel, Placement};
 use crate::config::{Config, StoreLocation};
 use crate::events::{EventBus, StreamLimits, StreamRefused, Subscription};
 use crate::ledger::{EndWatch, Ending, Ledger, Totals};
@@ -384,9 +385,13 @@ impl Host {
             // A restart waiting out its backoff waits out what is left of it.
             ready_at += due.duration_since(SystemTime::now()).unwrap_or_default();
         }
+        // A mailbox, empty: messages are not kept across a crash, as in Erlang. The root of
+        // its own tree for the spawn budget (its tree's live count was lost with the host).
+        self.actors.enter_placed(
+            pid,
+            Placement::root(pid, record.parent, self.scope_of(&worker)),
+        );
         let job = Job::again(record, spec, version, attempt, host_losses, ready_at);
-        // A mailbox, empty: messages are not kept across a crash, as in Erlang.
-        self.actors.enter(pid);
         if let Err(job) = self.scheduler.readmit(job) {
             // Recovery runs before admission could close: this is a bug, and the task waits
             // for the next start.
@@ -581,7 +586,14 @@ impl Host {
         // for it in the store.
         if !shared {
             let root = spawned_by.map_or(pid, |(_, root)| root);
-            self.actors.enter_in(pid, root);
+            self.actors.enter_placed(
+                pid,
+                Placement {
+                    parent,
+                    root,
+                    scope: settings.actor_scope,
+                },
+            );
         }
         let (sender, receiver) = oneshot::channel();
         let scheduler = self.scheduler.clone();

@@ -229,7 +229,7 @@ impl v2::http_spawn::worker::host::Host for TaskState {
 
     fn whereis(&mut self, name: String) -> Option<String> {
         let kernel = self.kernel()?;
-        kernel.whereis(&name).map(|pid| pid.to_string())
+        kernel.whereis(self.pid, &name).map(|pid| pid.to_string())
     }
 }
 
