@@ -13,6 +13,9 @@
 //! - `send {to, body}`: `body` is any JSON value, sent as its JSON text;
 //! - `send_many {to, count, pad?}`: bodies `{"seq": 0}` to `{"seq": count-1}` (with `"pad"`, a
 //!   string of `pad` bytes, when given), stopping at the first error → `"sent"`;
+//! - `flood {count, pad}`: what a hostile guest does with sequential pids: sends one message of
+//!   `pad` bytes to each of the `count` pids below its own, going on past every refusal →
+//!   `"delivered"` and `"refused"` (one count per error);
 //! - `receive {timeout_ms}` → `"got": "message"` with `"sender"` and `"body"` (parsed as JSON
 //!   when it is JSON, else the string), `"got": "down"` or `"linked_exit"` with `"end"`
 //!   (`{pid, status, outcome, exit_code, error}`), or `"got": "timeout"`;
@@ -73,6 +76,10 @@ enum Op {
         to: String,
         count: u32,
         #[serde(default)]
+        pad: usize,
+    },
+    Flood {
+        count: u32,
         pad: usize,
     },
     Receive {
@@ -456,6 +463,25 @@ impl Actor {
                 outcome.fields["sent"] = sent.into();
                 outcome
             }
+            Op::Flood { count, pad } => {
+                let own = self.ctx.pid();
+                let (boot, seq) = own.rsplit_once('-').unwrap_or((own, "0"));
+                let seq = u64::from_str_radix(seq, 16).unwrap_or(0);
+                let body = json!({"pad": "f".repeat(*pad)}).to_string();
+                let mut delivered = 0u32;
+                let mut refused = serde_json::Map::new();
+                for below in (1..=u64::from(*count)).filter_map(|k| seq.checked_sub(k)) {
+                    let to = format!("{boot}-{below:x}");
+                    match self.ctx.send(&to, &body) {
+                        Ok(()) => delivered += 1,
+                        Err(error) => {
+                            let count = refused.entry(send_error(&error)).or_insert(json!(0));
+                            *count = json!(count.as_u64().unwrap_or(0) + 1);
+                        }
+                    }
+                }
+                Outcome::ok(json!({"delivered": delivered, "refused": refused}))
+            }
             Op::Receive { timeout_ms } => {
                 Outcome::ok(entry(ctx.receive(*timeout_ms).await.as_ref()))
             }
@@ -557,6 +583,7 @@ fn name(op: &Op) -> &'static str {
         Op::WhereisMany { .. } => "whereis_many",
         Op::Send { .. } => "send",
         Op::SendMany { .. } => "send_many",
+        Op::Flood { .. } => "flood",
         Op::Receive { .. } => "receive",
         Op::ReceiveAll { .. } => "receive_all",
         Op::Echo { .. } => "echo",

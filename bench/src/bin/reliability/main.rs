@@ -12,6 +12,7 @@ mod hostile;
 mod overload;
 mod soak;
 mod store_lock;
+mod storm;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,11 +29,12 @@ pub struct Args {
     /// The same as `--scale 0.05`.
     #[arg(long)]
     pub quick: bool,
-    /// Run only these cases (comma-separated): hostile, soak, overload, crash, fuzz-api, http,
-    /// store-lock.
+    /// Run only these cases (comma-separated): hostile, storm, soak, overload, crash, fuzz-api,
+    /// http, store-lock.
     #[arg(long, env = "RELIABILITY_ONLY", value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Submissions per second in the hostile case (both its loads).
+    /// Submissions per second in the hostile case (both its loads); the storm case takes at
+    /// most 1,000 of them.
     #[arg(long, env = "RELIABILITY_HOSTILE_RATE", default_value_t = 3000.0)]
     pub hostile_rate: f64,
     /// The hostile workers the hostile case mixes in, in turn (all seven by default): spin,
@@ -158,8 +160,9 @@ type Case = fn(&Args, &Path) -> anyhow::Result<Verdict>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cases: [(&str, Case); 7] = [
+    let cases: [(&str, Case); 8] = [
         ("hostile", hostile::run),
+        ("storm", storm::run),
         ("soak", soak::run),
         ("overload", overload::run),
         ("crash", crash::run),
