@@ -257,7 +257,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// load, at evenly spread places, label 1 + the attack and its request.
 fn body(index: u64, count: u64, attacked: bool) -> (u8, String) {
     let every = count / (ATTACKS.len() as u64 + 1);
-    if attacked && every > 0 && index % every == 0 && index > 0 {
+    if attacked && every > 0 && index.is_multiple_of(every) && index > 0 {
         let n = (index / every - 1) as usize;
         if let Some(attack) = ATTACKS.get(n) {
             return (n as u8 + 1, attack.body());
