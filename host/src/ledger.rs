@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::events::{EventBus, Published};
 use crate::metrics::Metrics;
-use crate::model::{LogLine, Pid, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
+use crate::model::{LogLine, Pid, Printable, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
 use crate::store::{Change, Done, IdempotencyKey, Store, StoreError};
 
 /// Counters of what the host has done since it started.
@@ -243,22 +243,22 @@ impl Ledger {
         then: impl FnOnce() + Send + 'static,
     ) {
         let Ending {
-            step,
+            step: _,
             fuel,
             end,
             ran,
             attempt,
         } = ending;
+        // The host's one line for the end, worded apart from the worker's own last line.
         tracing::info!(
             pid = %pid,
-            worker = %worker,
-            step,
-            status = end.status.as_str(),
-            outcome = end.outcome.as_str(),
+            name = %Printable(name),
+            status = %end.status.as_str(),
+            outcome = %end.outcome.as_str(),
             exit_code = end.exit_code,
+            ran = %Ran(ran),
             error = end.error.as_deref(),
-            fuel,
-            "Worker done, exiting"
+            "Task process ended"
         );
         self.metrics.ended(worker, &end, fuel, ran);
         if end.exit_code == Some(0) {
@@ -405,6 +405,18 @@ impl EndWatch {
 impl Drop for EndWatch {
     fn drop(&mut self) {
         self.waiters.forget(self.pid, self.id);
+    }
+}
+
+/// How long an attempt ran, for the console: `7.01s`, or `-` for one that never started.
+struct Ran(Option<Duration>);
+
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ran) => write!(f, "{:.2}s", ran.as_secs_f64()),
+            None => f.write_str("-"),
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `sys` | what the kernel allows: memory mappings |
 //! | `actor` | mailboxes, links, monitors and names of live tasks, and the host calls they make |
 //! | `config` | the flags, the environment and the registry file |
+//! | `logging` | the console: its format, its filter and the thread that writes it |
 //! | `metrics` | every metric's name and help, and the Prometheus exposition |
 //! | `runtime` | wasmtime and nothing else does: engine, import policy, modules, processes, cache |
 //! | `store` | the task store's interface, and the in-memory store |
@@ -31,6 +32,7 @@ mod config;
 mod events;
 mod host;
 mod ledger;
+pub mod logging;
 mod metrics;
 mod model;
 #[cfg(test)]

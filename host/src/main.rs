@@ -2,8 +2,7 @@
 //! or SIGTERM.
 
 use anyhow::Context as _;
-use http_spawn::{Config, ConfigError, LogFormat};
-use tracing_subscriber::EnvFilter;
+use http_spawn::{Config, ConfigError};
 
 fn main() -> anyhow::Result<()> {
     let config = match Config::from_args(std::env::args_os()) {
@@ -14,17 +13,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a terminal: a file or a service manager's journal gets plain text.
-    let colours = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colours);
-    match config.log_format {
-        LogFormat::Text => logs.init(),
-        // Fields at the top level of each object, next to `timestamp`, `level` and `message`.
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
+    let _console = http_spawn::logging::install(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads())
         .enable_all()
@@ -47,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         }
         http_spawn::run(listener, config, shutdown).await
     })
+    // The runtime goes first, then the console, writing its last lines.
 }
 
 /// Installs the handlers of ctrl-c (SIGINT) and SIGTERM now; the future resolves on either.

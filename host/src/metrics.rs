@@ -71,6 +71,7 @@ pub const CLUSTER_QUEUED: &str = "http_spawn_cluster_queued_tasks";
 pub const MESSAGES: &str = "http_spawn_messages_total";
 pub const MAILBOXES_BYTES: &str = "http_spawn_mailboxes_bytes";
 pub const SPAWNS_REFUSED: &str = "http_spawn_spawns_refused_total";
+pub const LOG_LINES_DROPPED: &str = "http_spawn_log_lines_dropped_total";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "http_connections_open";
@@ -147,6 +148,12 @@ pub const METRICS: &[Spec] = &[
         None,
         "Children a task was refused (full) because its tree had spawned its share, by reason: \
          rate (--max-spawns-per-sec) or descendants (--max-descendants).",
+    ),
+    spec(
+        LOG_LINES_DROPPED,
+        Kind::Counter,
+        None,
+        "Console lines dropped because the thread that writes them fell behind its output.",
     ),
     spec(
         TASKS_SPAWNED,
@@ -533,6 +540,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything recorded so far.
     pub fn render(&self) -> String {
+        self.total(LOG_LINES_DROPPED, crate::logging::dropped_lines());
         self.recorder.handle().render()
     }
 }

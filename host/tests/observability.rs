@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::BufRead as _;
 
-use common::{PATIENCE, TestApp, module, start_app, temp_dir};
-use serde_json::{Value, json};
+use common::{TestApp, module, start_app, temp_dir};
+use serde_json::json;
 
 /// `GET /metrics` as a map from `name{labels}` to value.
 async fn scrape(app: &TestApp) -> HashMap<String, f64> {
@@ -361,96 +360,4 @@ async fn the_openapi_document_describes_what_the_fuzzer_found() {
     let accepted = &paths["/api/tasks"]["post"]["responses"]["202"];
     assert!(accepted["headers"].get("Location").is_some(), "{accepted}");
     assert!(accepted["links"].get("GetTask").is_some(), "{accepted}");
-}
-
-/// Reads the binary's stdout lines on a thread, handing them over as they come.
-fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if send.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    receive
-}
-
-/// Kills the child when the test ends, however it ends.
-struct Reaper(std::process::Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_carry_pid_worker_and_step_on_every_task_line() {
-    let cache = temp_dir("json-logs");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_http-spawn"))
-        .args([
-            "--log-format",
-            "json",
-            "--listen",
-            "127.0.0.1:0",
-            "--capacity",
-            "16",
-        ])
-        .arg("--module")
-        .arg(module("default"))
-        .arg("--cache-dir")
-        .arg(&cache)
-        .arg("--store")
-        .arg(format!("sqlite:{}", cache.join("tasks.db").display()))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let lines = lines_of(child.stdout.take().expect("stdout"));
-    let _reaper = Reaper(child);
-    let next = |lines: &std::sync::mpsc::Receiver<String>| -> Value {
-        let line = lines.recv_timeout(PATIENCE).expect("a log line in time");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    };
-
-    let address = loop {
-        let line = next(&lines);
-        if line["message"] == "listening" {
-            break line["address"].as_str().expect("address").to_owned();
-        }
-    };
-    let app = common::Remote::new(format!("http://{address}"));
-    let record = app.run(json!({"name": "logged", "duration": 1})).await;
-    assert_eq!(record["exit_code"], 0, "{record}");
-    let pid = record["pid"].as_str().expect("pid").to_owned();
-
-    let mut seen = Vec::new();
-    while !seen.iter().any(|m| m == "Worker done, exiting") {
-        let line = next(&lines);
-        if line["pid"] != pid.as_str() {
-            continue;
-        }
-        for field in ["timestamp", "level", "worker", "step"] {
-            assert!(line.get(field).is_some(), "{field} missing: {line}");
-        }
-        assert_eq!(line["worker"], "default", "{line}");
-        seen.push(line["message"].as_str().expect("message").to_owned());
-    }
-    for message in [
-        "Task process spawned",
-        "Worker started",
-        "Worker progress",
-        "Worker started steps=1",
-        "Worker done, exiting",
-    ] {
-        assert!(
-            seen.iter().any(|m| m == message),
-            "{message:?} not logged: {seen:?}"
-        );
-    }
-    let _ = std::fs::remove_dir_all(cache);
 }

@@ -567,8 +567,8 @@ impl Host {
             Arc::clone(&version.id),
         );
         record.parent = parent;
-        tracing::info!(pid = %pid, worker = %worker.name, step = 0, version = %version.id,
-            name = %Printable(&name), duration, "Task process spawned");
+        tracing::info!(pid = %pid, name = %Printable(&name), worker = %worker.name,
+            duration, version = %version.id, "Task process spawned");
         let job = Job {
             pid,
             name: name.into(),
@@ -606,7 +606,7 @@ impl Host {
                     (Ok(()), Some(promise)) => match scheduler.place(promise, job) {
                         Placed::Running => {}
                         Placed::Queued => {
-                            tracing::info!(pid = %pid, step = 0, "Task queued: every place taken");
+                            tracing::info!(pid = %pid, "Task queued: every place taken");
                         }
                         // Answered 202 as the host began to shut down: it runs all the same.
                         Placed::Refused(job) => leftovers.keep(&job),

@@ -6,6 +6,7 @@ use super::process::{StartSpec, TaskLimits};
 use super::{LoadError, Module, Next, Sandbox, SandboxConfig, SandboxError, WorkerLimits};
 use crate::actor::Wake;
 use crate::model::{Pid, TaskEnd};
+use std::sync::Arc;
 
 /// How an [`Embedded`] worker is set up.
 #[derive(Debug, Clone)]
@@ -68,7 +69,7 @@ impl Embedded {
         let mut process = self.module.instantiate(pid, TaskLimits::unlimited())?;
         process.start(&StartSpec {
             pid,
-            name: "embedded",
+            name: &Arc::from("embedded"),
             duration_secs: 0,
             payload,
             parent: None,

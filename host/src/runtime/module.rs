@@ -99,6 +99,7 @@ impl Module {
         let state = TaskState {
             pid,
             worker: Arc::clone(&self.worker),
+            name: None,
             step: 0,
             deadline: limits.deadline,
             interrupts: limits.interrupts,
@@ -164,9 +165,10 @@ impl Module {
             kernel: None,
         };
         let mut process = self.instantiate(pid, limits).map_err(refused)?;
+        let name = Arc::from(SMOKE_TASK_NAME);
         let spec = StartSpec {
             pid,
-            name: SMOKE_TASK_NAME,
+            name: &name,
             duration_secs: 0,
             payload: None,
             parent: None,

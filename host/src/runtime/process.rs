@@ -18,7 +18,7 @@ use super::interrupt::Interrupts;
 use crate::actor::{
     ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, SendError, Wake, WatchError,
 };
-use crate::model::{LogSource, Outcome, Pid, TaskEnd, one_line};
+use crate::model::{LogSource, Outcome, Pid, Printable, TaskEnd, one_line};
 
 use v2::http_spawn::worker::types as wit;
 
@@ -75,6 +75,8 @@ pub struct TaskState {
     pub(super) pid: Pid,
     /// The worker's name, for log lines.
     pub(super) worker: Arc<str>,
+    /// The task's name, once it has started: what its lines in the host's log carry.
+    pub(super) name: Option<Arc<str>>,
     /// Steps completed: wake-ups after a sleep. Also what log lines and failures name.
     pub(super) step: u32,
     /// When the task's wall-clock limit runs out.
@@ -304,12 +306,14 @@ impl TaskState {
         self.capture.line(source, message);
     }
 
-    /// Writes a line of the task's to the host's log, within the task's share of it.
+    /// Writes a line of the task's to the host's log, within the task's share of it, with the
+    /// task's pid and name.
     fn host_log(&mut self, level: Level, message: &str) {
-        let (pid, worker, step) = (self.pid, &*self.worker, self.step);
+        let pid = self.pid;
+        let name = Printable(self.name.as_deref().unwrap_or_default());
         if message.len() > self.host_log_left {
             self.host_log_left = 0;
-            tracing::warn!(target: "guest", %pid, worker, step,
+            tracing::warn!(target: "guest", %pid, %name,
                 "this task's further log lines go to its captured log only: it has logged its \
                  share of the host's log (--max-log-bytes)");
             return;
@@ -318,11 +322,11 @@ impl TaskState {
         // The host's own log gets the line on one line: a guest must not forge host lines.
         let line = one_line(message);
         match level {
-            Level::Trace => tracing::trace!(target: "guest", %pid, worker, step, "{line}"),
-            Level::Debug => tracing::debug!(target: "guest", %pid, worker, step, "{line}"),
-            Level::Info => tracing::info!(target: "guest", %pid, worker, step, "{line}"),
-            Level::Warn => tracing::warn!(target: "guest", %pid, worker, step, "{line}"),
-            Level::Error => tracing::error!(target: "guest", %pid, worker, step, "{line}"),
+            Level::Trace => tracing::trace!(target: "guest", %pid, %name, "{line}"),
+            Level::Debug => tracing::debug!(target: "guest", %pid, %name, "{line}"),
+            Level::Info => tracing::info!(target: "guest", %pid, %name, "{line}"),
+            Level::Warn => tracing::warn!(target: "guest", %pid, %name, "{line}"),
+            Level::Error => tracing::error!(target: "guest", %pid, %name, "{line}"),
         }
     }
 }
@@ -372,7 +376,7 @@ impl ResourceLimiter for TaskState {
 #[derive(Debug, Clone, Copy)]
 pub struct StartSpec<'a> {
     pub pid: Pid,
-    pub name: &'a str,
+    pub name: &'a Arc<str>,
     pub duration_secs: u32,
     pub payload: Option<&'a str>,
     pub parent: Option<Pid>,
@@ -420,11 +424,12 @@ impl Process {
     /// Calls the guest's `start`; returns the steps it plans.
     pub fn start(&mut self, spec: &StartSpec<'_>) -> Result<u32, TaskEnd> {
         refuel(&mut self.store, self.budget);
+        self.store.data_mut().name = Some(Arc::clone(spec.name));
         let result = match &self.bindings {
             Bindings::V1(bindings) => {
                 let spec = v1::exports::http_spawn::worker::task::Spec {
                     pid: spec.pid.to_string(),
-                    name: spec.name.to_owned(),
+                    name: spec.name.to_string(),
                     duration_secs: spec.duration_secs,
                     payload: spec.payload.map(str::to_owned),
                 };
@@ -435,7 +440,7 @@ impl Process {
             Bindings::V2(bindings) => {
                 let spec = wit::Spec {
                     pid: spec.pid.to_string(),
-                    name: spec.name.to_owned(),
+                    name: spec.name.to_string(),
                     duration_secs: spec.duration_secs,
                     payload: spec.payload.map(str::to_owned),
                     parent: spec.parent.map(|pid| pid.to_string()),

@@ -193,7 +193,8 @@ impl SchedulerThread {
             }
             let step = task.process.woke();
             let (pid, steps, fuel) = (task.pid, task.steps, task.process.fuel());
-            tracing::info!(pid = %pid, worker = %task.process.worker(), step, steps, "Worker progress");
+            // In its events and its record; the console has what the worker logs itself.
+            tracing::debug!(pid = %pid, step, steps, "Task stepped");
             self.lanes.ledger.progress(pid, step, steps, fuel);
             self.advance(slot, Wake::Slept);
         }
@@ -278,15 +279,7 @@ impl SchedulerThread {
             now - begun,
             now.saturating_duration_since(job.ready_at),
         );
-        tracing::info!(
-            pid = %pid,
-            worker = %worker,
-            step = 0,
-            name = %Printable(&job.name),
-            steps,
-            attempt = job.attempt,
-            "Worker started"
-        );
+        tracing::debug!(pid = %pid, steps, attempt = job.attempt, "Task started");
         self.ledger().logs(pid, process.capture().take());
         let attempt = job.attempt;
         let name = Arc::clone(&job.name);
@@ -436,12 +429,13 @@ impl SchedulerThread {
         let wait = backoff(pid, job.attempt);
         tracing::info!(
             pid = %pid,
-            worker = %job.version.worker(),
-            step,
+            name = %Printable(&job.name),
             attempt = job.attempt,
+            step,
             outcome = end.outcome.as_str(),
+            error = end.error.as_deref(),
             ?wait,
-            "Worker failed, restarting"
+            "Task attempt failed, restarting"
         );
         if let Some(logs) = logs {
             self.ledger().logs(pid, logs);

@@ -37,6 +37,22 @@ impl Binary {
         token: Option<&str>,
         log: Option<&std::path::Path>,
     ) -> Self {
+        let stdout = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("the host's log")),
+            None => Stdio::null(),
+        };
+        Self::spawn_to(args, env, token, stdout)
+    }
+
+    /// [`Binary::spawn`], its stdout a pipe the caller holds: one it never reads fills, and
+    /// the host's console then has nowhere to write.
+    pub fn spawn_piped(args: &[String], env: &[(&str, &str)]) -> (Self, std::process::ChildStdout) {
+        let mut host = Self::spawn_to(args, env, None, Stdio::piped());
+        let stdout = host.child.stdout.take().expect("the host's stdout");
+        (host, stdout)
+    }
+
+    fn spawn_to(args: &[String], env: &[(&str, &str)], token: Option<&str>, stdout: Stdio) -> Self {
         let listen = free_listen_address();
         let cache = format!("{}/module-cache", env!("CARGO_TARGET_TMPDIR"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_http-spawn"));
@@ -44,10 +60,7 @@ impl Binary {
             .args(["--listen", &listen, "--cache-dir", &cache])
             .args(args)
             .env("RUST_LOG", "warn")
-            .stdout(match log {
-                Some(path) => Stdio::from(std::fs::File::create(path).expect("the host's log")),
-                None => Stdio::null(),
-            })
+            .stdout(stdout)
             .stderr(Stdio::inherit());
         for (name, value) in env {
             command.env(name, value);
