@@ -20,6 +20,7 @@ mod cluster;
 mod naive;
 mod plot;
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -194,6 +195,7 @@ fn all(out: &Path, quick: bool, only: &[u8]) -> anyhow::Result<()> {
     }
     if wanted(3) {
         results.insert("http".into(), section_http(&mut report, quick)?);
+        results.insert("console".into(), section_console(&mut report, out, quick)?);
     }
     if wanted(4) {
         results.insert("fuel".into(), section_fuel(&mut report, quick)?);
@@ -593,6 +595,16 @@ struct Server {
 
 impl Server {
     fn start(kind: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_logging(kind, extra, "warn", None)
+    }
+
+    /// A server whose log, filtered by `rust_log`, goes to the file `console` (none: nowhere).
+    fn start_logging(
+        kind: &str,
+        extra: &[&str],
+        rust_log: &str,
+        console: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let release = repo_root().join("target/release");
@@ -612,8 +624,14 @@ impl Server {
             .arg("--listen")
             .arg(addr.to_string())
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", rust_log)
+            .stdout(match console {
+                Some(path) => Stdio::from(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                ),
+                None => Stdio::null(),
+            })
             .stderr(Stdio::inherit());
         let child = command
             .spawn()
@@ -841,6 +859,116 @@ fn section_http(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         &rows,
     );
     Ok(Value::Array(results))
+}
+
+/// Section 3 (d): what the console costs, the default `RUST_LOG=info` against `warn` on the
+/// same release host, the seed's tasks paced, output to a file as a service manager would take
+/// it. Rounds alternate (info, warn, info, ...) so that the machine's drift hits both; the
+/// medians are compared. Issue #22's budget: at most 15 µs of host CPU per task over `warn`.
+fn section_console(report: &mut Report, out: &Path, quick: bool) -> anyhow::Result<Value> {
+    const BUDGET_US: f64 = 15.0;
+    let (secs, rate, rounds) = if quick {
+        (3, 2000.0, 1)
+    } else {
+        (6, 4000.0, 3)
+    };
+    report.line(&format!(
+        "\n(d) The console: seed durations 1-5 s at {rate:.0}/s paced for {secs} s, the default \
+         worker (a log line a step), output to a file; `RUST_LOG=info` (the default) against \
+         `warn`, {rounds} alternating rounds each, medians. Host CPU over the load and the drain, \
+         per completed task. Budget: info ≤ warn + {BUDGET_US} µs.\n"
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut measured: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for round in 0..rounds {
+        for level in ["info", "warn"] {
+            let console = out.join(format!("console-{level}-{round}.log"));
+            let server =
+                Server::start_logging("host", &["--capacity", "200000"], level, Some(&console))?;
+            let cpu_before = server.cpu_secs();
+            let outcome = runtime.block_on(loadgen::run(Load {
+                addr: server.addr,
+                connections: 64,
+                duration: Duration::from_secs(secs),
+                rate: Some(rate),
+                durations: Durations::Seed,
+            }));
+            let totals = server.drain(Duration::from_secs(15));
+            let cpu = server.cpu_secs() - cpu_before;
+            drop(server);
+            let completed = totals["tasks"]["ended"].as_u64().unwrap_or(0).max(1) as f64;
+            let bytes = std::fs::metadata(&console).map_or(0, |m| m.len()) as f64;
+            let _ = std::fs::remove_file(&console);
+            measured
+                .entry(level)
+                .or_default()
+                .push((cpu * 1e6 / completed, bytes / completed));
+            eprintln!(
+                "  console {level} round {}: {} accepted, {:.1} µs/task, {:.0} B/task",
+                round + 1,
+                outcome.accepted,
+                cpu * 1e6 / completed,
+                bytes / completed
+            );
+        }
+    }
+    let median_of = |level: &str, pick: fn(&(f64, f64)) -> f64| {
+        let mut values: Vec<f64> = measured[level].iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (info_us, warn_us) = (median_of("info", |m| m.0), median_of("warn", |m| m.0));
+    let (info_bytes, warn_bytes) = (median_of("info", |m| m.1), median_of("warn", |m| m.1));
+    let extra = info_us - warn_us;
+    let rounds_of = |level: &str| {
+        measured[level]
+            .iter()
+            .map(|m| format!("{:.1}", m.0))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    report.table(
+        &[
+            "RUST_LOG",
+            "host CPU µs/task",
+            "rounds",
+            "console bytes/task",
+        ],
+        &[
+            vec![
+                "info (default)".into(),
+                format!("{info_us:.1}"),
+                rounds_of("info"),
+                format!("{info_bytes:.0}"),
+            ],
+            vec![
+                "warn".into(),
+                format!("{warn_us:.1}"),
+                rounds_of("warn"),
+                format!("{warn_bytes:.0}"),
+            ],
+            vec![
+                "info − warn".into(),
+                format!("{extra:+.1}"),
+                format!(
+                    "budget ≤ {BUDGET_US} µs: {}",
+                    if extra <= BUDGET_US { "met" } else { "missed" }
+                ),
+                String::new(),
+            ],
+        ],
+    );
+    Ok(json!({
+        "rate": rate,
+        "secs": secs,
+        "info": {"cpu_us_per_task": info_us, "bytes_per_task": info_bytes},
+        "warn": {"cpu_us_per_task": warn_us, "bytes_per_task": warn_bytes},
+        "extra_cpu_us_per_task": extra,
+        "budget_us": BUDGET_US,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
