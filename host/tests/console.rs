@@ -207,12 +207,12 @@ async fn a_stalled_console_drops_lines_and_slows_no_task() {
     // Held, never read: once the pipe's 64 KiB are full, a write to it would wait forever.
     let (host, _stdout) = Binary::spawn_piped(&args, &[("RUST_LOG", "info")]);
     host.ready().await;
-    // 100 tasks of 1,000 lines each: far more than the console buffers.
+    // 200 tasks of 1,000 lines each: about 26 MB, more than the console buffers (16 MiB).
     let ops: Vec<_> = (0..1000)
         .map(|_| json!({"op": "whereis", "name": "nobody"}))
         .collect();
     let mut pids = Vec::new();
-    for n in 0..100 {
+    for n in 0..200 {
         pids.push(host.spawn(actor(&format!("chatty-{n}"), json!(ops))).await);
     }
     for pid in &pids {

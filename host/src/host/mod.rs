@@ -568,7 +568,7 @@ impl Host {
         );
         record.parent = parent;
         tracing::info!(pid = %pid, name = %Printable(&name), worker = %worker.name,
-            duration, version = %version.id, "Task process spawned");
+            duration, "Task process spawned");
         let job = Job {
             pid,
             name: name.into(),

@@ -36,8 +36,22 @@ impl Pid {
 }
 
 impl fmt::Display for Pid {
+    /// `{boot:08x}-{seq:x}`, written by hand: every log line and answer about a task shows
+    /// its pid, and the formatting machinery's padding costs more than the digits.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:08x}-{:x}", self.boot, self.seq)
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // Eight digits of boot, a dash, at most sixteen of seq.
+        let mut text = [0u8; 25];
+        for (i, shift) in (0..8).rev().enumerate() {
+            text[i] = HEX[((u64::from(self.boot) >> (4 * shift)) & 0xf) as usize];
+        }
+        text[8] = b'-';
+        let digits = (64 - self.seq.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            text[9 + i] = HEX[((self.seq >> (4 * (digits - 1 - i))) & 0xf) as usize];
+        }
+        let text = std::str::from_utf8(&text[..9 + digits]).map_err(|_| fmt::Error)?;
+        f.write_str(text)
     }
 }
 
@@ -123,6 +137,22 @@ impl Pids {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_is_written_as_its_hex_digits() {
+        for (boot, seq) in [
+            (0, 0),
+            (0, 1),
+            (1, 0xf),
+            (0x0102_0304, 0x10),
+            (u32::MAX, u64::MAX),
+            (0xdead_beef, 0x8000_0000_0000_0000),
+        ] {
+            let pid = Pid::new(boot, seq);
+            assert_eq!(pid.to_string(), format!("{boot:08x}-{seq:x}"));
+            assert_eq!(pid.to_string().parse::<Pid>(), Ok(pid));
+        }
+    }
 
     #[test]
     fn pid_round_trips_and_rejects_non_canonical_forms() {
