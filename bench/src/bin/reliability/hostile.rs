@@ -6,7 +6,6 @@
 //! alternating, each on a fresh host with the same registry, and the medians of their p99s are
 //! compared.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +14,10 @@ use anyhow::Context as _;
 use http_spawn_bench::loadgen::{self, Plan, Run};
 use http_spawn_bench::procfs;
 
-use crate::api::{self, Record};
+use crate::api::Record;
 use crate::host::Host;
-use crate::{Args, DRAIN_PATIENCE, Verdict, guest, progress};
+use crate::mixed::{self, median};
+use crate::{Args, Verdict, guest, progress};
 
 /// Good submissions' p99 with hostile guests may be at most this many times the clean p99.
 const MAX_P99_RATIO: f64 = 2.0;
@@ -255,16 +255,6 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
     Ok(verdict)
 }
 
-/// The middle value (the mean of the two middle ones for an even count).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 /// Request `index`'s label (0 for good, 1 + the kind for hostile) and body; hostile ones, of
 /// `kinds` in turn, only in a mixed load.
 fn body(index: u64, kinds: Option<&[usize]>) -> (u8, String) {
@@ -294,61 +284,23 @@ fn check(
     run: &Run,
     verdict: &mut Verdict,
 ) -> anyhow::Result<Figures> {
-    let answers = run.samples.len() as u64;
-    let accepted = run.count(202);
-    verdict.check(run.connect_errors == 0 && accepted == answers, || {
-        format!(
-            "{label}: {} of {answers} submissions not answered 202 (first: {:?}), {} connections refused",
-            answers - accepted,
-            run.samples.iter().find(|s| s.status != 202).map(|s| s.status),
-            run.connect_errors
-        )
-    });
-    progress(
+    let accepted = run.count(202) as usize;
+    let judged = mixed::judge(
         "hostile",
-        &format!("{label}: {accepted} accepted; waiting for every task to end"),
-    );
-    host.wait_idle(DRAIN_PATIENCE)
-        .with_context(|| format!("{label}: the tasks did not end"))?;
-    let records = api::list_tasks(host.addr, accepted as usize + 1000)?;
-    let by_pid: HashMap<&str, &Record> = records.iter().map(|r| (r.pid.as_str(), r)).collect();
-    let (mut good, mut hostile) = (0, 0);
-    let mut wrong = Vec::new();
-    for sample in &run.samples {
-        let Some(pid) = sample.pid.as_deref() else {
-            continue;
-        };
-        let Some(record) = by_pid.get(pid) else {
-            wrong.push(format!("{pid}: not listed"));
-            continue;
-        };
-        let right = match sample.label {
+        label,
+        host,
+        run,
+        accepted + 1000,
+        verdict,
+        |kind, record| match kind {
             0 => record.exited_0(),
             kind => HOSTILE[usize::from(kind - 1)].ended_right(record),
-        };
-        match (right, sample.label) {
-            (true, 0) => good += 1,
-            (true, _) => hostile += 1,
-            (false, _) => wrong.push(record.summary()),
-        }
-    }
-    verdict.check(wrong.is_empty(), || {
-        format!(
-            "{label}: {} tasks ended wrong, e.g. {}",
-            wrong.len(),
-            wrong[..wrong.len().min(3)].join(" / ")
-        )
-    });
-    let good_latencies = run
-        .samples
-        .iter()
-        .filter(|s| s.label == 0 && s.status == 202)
-        .map(|s| s.latency_us)
-        .collect();
+        },
+    )?;
     Ok(Figures {
-        good,
-        hostile,
-        good_p99_ms: loadgen::percentile_ms(good_latencies, 0.99),
+        good: judged.good,
+        hostile: judged.bad,
+        good_p99_ms: mixed::good_p99_ms(run),
         host_cpu_cores: f64::NAN,
     })
 }

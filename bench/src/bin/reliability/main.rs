@@ -9,6 +9,7 @@ mod crash;
 mod hooks;
 mod host;
 mod hostile;
+mod mixed;
 mod overload;
 mod soak;
 mod store_lock;

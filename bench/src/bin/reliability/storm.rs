@@ -11,20 +11,19 @@
 //! alternate, each on a fresh host, and the medians of their p99s are compared, as in the
 //! hostile case.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use http_spawn_bench::loadgen::{self, Plan, Run};
 use serde_json::json;
 
 use crate::api::{self, Record};
 use crate::host::Host;
-use crate::{Args, DRAIN_PATIENCE, Verdict, guest, mib, progress};
+use crate::mixed::{self, median};
+use crate::{Args, Verdict, guest, mib, progress};
 
 /// Good submissions' p99 under attack may be at most this many times the clean p99.
 const MAX_P99_RATIO: f64 = 2.0;
@@ -243,16 +242,6 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
     Ok(verdict)
 }
 
-/// The middle value (the mean of the two middle ones for an even count).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 /// Request `index` of `count`: label 0 and a good task (duration 0 or 1), or in an attacked
 /// load, at evenly spread places, label 1 + the attack and its request.
 fn body(index: u64, count: u64, attacked: bool) -> (u8, String) {
@@ -343,66 +332,25 @@ fn check(
     watch: Watch,
     verdict: &mut Verdict,
 ) -> anyhow::Result<Figures> {
-    let answers = run.samples.len() as u64;
-    let accepted = run.count(202);
-    verdict.check(run.connect_errors == 0 && accepted == answers, || {
-        format!(
-            "{label}: {} of {answers} submissions not answered 202 (first: {:?}), {} connections refused",
-            answers - accepted,
-            run.samples.iter().find(|s| s.status != 202).map(|s| s.status),
-            run.connect_errors
-        )
-    });
-    progress(
+    let judged = mixed::judge(
         "storm",
-        &format!("{label}: {accepted} accepted; waiting for every task to end"),
-    );
-    host.wait_idle(DRAIN_PATIENCE)
-        .with_context(|| format!("{label}: the tasks did not end"))?;
+        label,
+        host,
+        run,
+        20_000,
+        verdict,
+        |n, record| match n {
+            0 => record.exited_0(),
+            n => ATTACKS[usize::from(n - 1)].ended_right(record),
+        },
+    )?;
     let (peak_mailboxes, peak_rss) = watch.finish();
-    let refused_spawns = metric(host.addr, "http_spawn_spawns_refused_total").unwrap_or(0.0);
-    let records = api::list_tasks(host.addr, 20_000)?;
-    let by_pid: HashMap<&str, &Record> = records.iter().map(|r| (r.pid.as_str(), r)).collect();
-    let mut good = 0;
-    let mut wrong = Vec::new();
-    for sample in &run.samples {
-        let Some(pid) = sample.pid.as_deref() else {
-            continue;
-        };
-        let Some(record) = by_pid.get(pid) else {
-            wrong.push(format!("{pid}: no longer listed"));
-            continue;
-        };
-        match sample.label {
-            0 if record.exited_0() => good += 1,
-            0 => wrong.push(record.summary()),
-            n => {
-                let attack = ATTACKS[usize::from(n - 1)];
-                if !attack.ended_right(record) {
-                    wrong.push(format!("{attack:?}: {}", record.summary()));
-                }
-            }
-        }
-    }
-    verdict.check(wrong.is_empty(), || {
-        format!(
-            "{label}: {} tasks ended wrong or lost their record, e.g. {}",
-            wrong.len(),
-            wrong[..wrong.len().min(3)].join(" / ")
-        )
-    });
-    let good_latencies = run
-        .samples
-        .iter()
-        .filter(|s| s.label == 0 && s.status == 202)
-        .map(|s| s.latency_us)
-        .collect();
     Ok(Figures {
-        good,
-        good_p99_ms: loadgen::percentile_ms(good_latencies, 0.99),
+        good: judged.good,
+        good_p99_ms: mixed::good_p99_ms(run),
         peak_rss,
         peak_mailboxes,
-        refused_spawns,
-        tasks: records.len() as u64,
+        refused_spawns: metric(host.addr, "http_spawn_spawns_refused_total").unwrap_or(0.0),
+        tasks: judged.listed,
     })
 }
