@@ -1024,6 +1024,9 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         }
         let server = Server::start(kind, &extra)?;
         let cpu_before = server.cpu_secs();
+        // The durable stores' one writer thread (issue #23: it must not be the ceiling).
+        let writer_cpu = || procfs::threads_cpu_secs(server.child.id(), "store-writer");
+        let writer_before = writer_cpu();
         let outcome = runtime.block_on(loadgen::run(Load {
             addr: server.addr,
             connections: 64,
@@ -1034,6 +1037,9 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         let metrics = get(server.addr, "/metrics").unwrap_or_default();
         let totals = server.drain(Duration::from_secs(15));
         let cpu = server.cpu_secs() - cpu_before;
+        let writer_us = writer_before
+            .zip(writer_cpu())
+            .map(|(before, after)| (after - before) * 1e6 / outcome.accepted.max(1) as f64);
         let rate = outcome.accepted_per_sec();
         let cpu_us = cpu * 1e6 / outcome.accepted.max(1) as f64;
         if *label == "memory" {
@@ -1055,6 +1061,7 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
             format!("{:.2}", outcome.percentile_ms(0.5)),
             format!("{:.2}", outcome.percentile_ms(0.99)),
             format!("{cpu_us:.1}"),
+            writer_us.map_or(String::new(), |us| format!("{us:.1}")),
             vs_memory,
             extra_cpu,
             if commits.is_nan() {
@@ -1071,6 +1078,7 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         ]);
         results.push(json!({
             "store": label, "accepted_per_sec": rate, "cpu_us_per_task": cpu_us,
+            "writer_cpu_us_per_task": writer_us,
             "p50_ms": outcome.percentile_ms(0.5), "p99_ms": outcome.percentile_ms(0.99),
             "commits": commits, "batches": batches, "accepted": outcome.accepted,
             "completed_ok": totals["tasks"]["exited_ok"],
@@ -1083,6 +1091,7 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
             "p50 ms",
             "p99 ms",
             "server CPU µs/task",
+            "of it, the store's writer thread",
             "÷ memory",
             "CPU µs vs memory",
             "commits/s (whole run)",

@@ -60,6 +60,35 @@ pub fn tree_cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks as f64 / clock_ticks_per_sec())
 }
 
+/// CPU time (user + system) of the threads of process `pid` whose name (`comm`, at most 15
+/// bytes) starts with `prefix`, in seconds: a store's writer thread, say. `None` when the
+/// process is gone or has no such thread.
+pub fn threads_cpu_secs(pid: u32, prefix: &str) -> Option<f64> {
+    let mut ticks = 0;
+    let mut found = false;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let dir = entry.path();
+        let Ok(name) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if !name.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let Some(stat) = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|text| Stat::parse(&text))
+        else {
+            continue;
+        };
+        ticks += stat.utime + stat.stime;
+        found = true;
+    }
+    found.then(|| ticks as f64 / clock_ticks_per_sec())
+}
+
 /// What /proc/PID/stat says of a process's parent and CPU time, in clock ticks.
 struct Stat {
     ppid: u32,
@@ -72,7 +101,11 @@ struct Stat {
 
 impl Stat {
     fn of(pid: u32) -> Option<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    /// A process's or a thread's `stat` line.
+    fn parse(stat: &str) -> Option<Self> {
         // Fields after the command name, which is in parentheses and may hold spaces.
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
