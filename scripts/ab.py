@@ -2,7 +2,7 @@
 """A/B of two release binaries of the host, on this machine, in alternating rounds.
 
     scripts/ab.py OLD_BINARY NEW_BINARY [--store memory|sqlite] [--duration N] [--rate R]
-                  [--secs S] [--rounds K] [--arg FLAG ...]
+                  [--secs S] [--rounds K] [--rust-log FILTER] [--arg FLAG ...]
 
 Each round starts each binary in turn (the first swapping every round, so that the machine's
 drift hits both) on a free loopback port with the default worker, `--capacity 20000` and a
@@ -57,8 +57,10 @@ def run_once(binary, args, scratch):
     command = [binary, "--listen", f"127.0.0.1:{port}", "--module", WORKER,
                "--capacity", "20000", "--store", store,
                "--cache-dir", os.path.join(ROOT, "target/module-cache")] + args.arg
-    env = dict(os.environ, RUST_LOG="warn")
-    host = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+    env = dict(os.environ, RUST_LOG=args.rust_log)
+    # The console to a file, as a service manager takes it; removed with the scratch directory.
+    console = open(os.path.join(scratch, f"console-{port}.log"), "w")
+    host = subprocess.Popen(command, env=env, stdout=console,
                             stderr=open(os.path.join(scratch, f"host-{port}.log"), "w"))
     try:
         deadline = time.time() + 60
@@ -100,6 +102,7 @@ def run_once(binary, args, scratch):
     finally:
         host.send_signal(signal.SIGKILL)
         host.wait()
+        console.close()
 
 
 def main():
@@ -111,6 +114,8 @@ def main():
     parser.add_argument("--rate", type=float)
     parser.add_argument("--secs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rust-log", default="warn",
+                        help="RUST_LOG for both hosts; their console goes to a file")
     parser.add_argument("--arg", action="append", default=[],
                         help="a flag for both hosts (repeat; e.g. --arg=--worker-threads --arg=1)")
     args = parser.parse_args()

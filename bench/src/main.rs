@@ -918,8 +918,7 @@ fn section_console(report: &mut Report, out: &Path, quick: bool) -> anyhow::Resu
     }
     let median_of = |level: &str, pick: fn(&(f64, f64)) -> f64| {
         let mut values: Vec<f64> = measured[level].iter().map(pick).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
+        median(&mut values)
     };
     let (info_us, warn_us) = (median_of("info", |m| m.0), median_of("warn", |m| m.0));
     let (info_bytes, warn_bytes) = (median_of("info", |m| m.1), median_of("warn", |m| m.1));
@@ -929,8 +928,8 @@ fn section_console(report: &mut Report, out: &Path, quick: bool) -> anyhow::Resu
         .zip(&measured["warn"])
         .map(|(info, warn)| info.0 - warn.0)
         .collect();
-    differences.sort_by(f64::total_cmp);
-    let extra = differences[differences.len() / 2];
+    // Sorted by `median`, as the table shows them.
+    let extra = median(&mut differences);
     let rounds_of = |level: &str| {
         measured[level]
             .iter()

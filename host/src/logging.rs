@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +24,7 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -36,8 +37,11 @@ const WAKE_BYTES: usize = 1 << 20;
 /// What may wait at most: past it, lines are dropped.
 const BUFFER_BYTES: usize = 16 << 20;
 
-/// Lines dropped so far, by the console installed in this process.
-static DROPPED: OnceLock<Arc<Shared>> = OnceLock::new();
+/// The console installed in this process, for its count of dropped lines.
+static CONSOLE: OnceLock<Arc<Shared>> = OnceLock::new();
+/// How long a stopping host waits for the console's last write: an output that stalls (a full
+/// pipe nobody reads) must not keep the process from exiting.
+const LAST_WRITE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What the threads that log and the console's thread share.
 #[derive(Debug, Default)]
@@ -129,15 +133,18 @@ impl<'a> MakeWriter<'a> for Buffered {
 #[must_use = "the console's last lines are written when this is dropped"]
 pub struct Console {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    /// The console's thread, and word from it that it has written its last lines.
+    thread: Option<(JoinHandle<()>, mpsc::Receiver<()>)>,
 }
 
 impl Drop for Console {
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
+        if let Some((thread, done)) = self.thread.take() {
             thread.thread().unpark();
-            let _ = thread.join();
+            if done.recv_timeout(LAST_WRITE_PATIENCE).is_ok() {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -148,30 +155,34 @@ pub fn install(format: LogFormat) -> Console {
     // Colours only for a terminal: a file or a service manager's journal gets plain text.
     let colours = std::io::stdout().is_terminal();
     let shared = Arc::new(Shared::default());
+    let (done, written) = mpsc::channel();
     let thread = {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("http-spawn-console".into())
-            .spawn(move || shared.write_out(std::io::stdout()))
+            .spawn(move || {
+                shared.write_out(std::io::stdout());
+                let _ = done.send(());
+            })
     };
-    let thread = match thread {
+    let (thread, writer) = match thread {
         Ok(thread) => {
             let _ = shared.thread.set(thread.thread().clone());
-            Some(thread)
+            let _ = CONSOLE.set(Arc::clone(&shared));
+            let writer = BoxMakeWriter::new(Buffered(Arc::clone(&shared)));
+            (Some((thread, written)), writer)
         }
         Err(error) => {
-            // Without a thread of its own the console would fill its buffer and drop every
-            // line: say so where the operator looks, and run without a console.
-            eprintln!("http-spawn: no thread for the console ({error}); logging nothing");
-            None
+            // No thread to write the buffer: the threads that log write to stdout themselves.
+            eprintln!("http-spawn: no thread for the console ({error}); writing it in place");
+            (None, BoxMakeWriter::new(std::io::stdout))
         }
     };
-    let _ = DROPPED.set(Arc::clone(&shared));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colours)
         .with_timer(Clock)
-        .with_writer(Buffered(Arc::clone(&shared)));
+        .with_writer(writer);
     match format {
         LogFormat::Text => logs.event_format(Text { colours }).init(),
         // Fields at the top level of each object, next to `timestamp`, `level` and `message`.
@@ -182,7 +193,7 @@ pub fn install(format: LogFormat) -> Console {
 
 /// Lines the console dropped so far; 0 where it is not installed (tests, an embedding).
 pub fn dropped_lines() -> u64 {
-    DROPPED
+    CONSOLE
         .get()
         .map_or(0, |shared| shared.dropped.load(Ordering::Relaxed))
 }
@@ -320,7 +331,12 @@ struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 
 impl std::fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        if !text.bytes().any(|byte| byte < 0x20 || byte == 0x7f) {
+        // C0 controls and DEL are single bytes; C1 controls (U+0080 to U+009F) begin with
+        // 0xc2, which the slow path tells apart from the other characters it begins.
+        if !text
+            .bytes()
+            .any(|byte| byte < 0x20 || byte == 0x7f || byte == 0xc2)
+        {
             return self.0.write_str(text);
         }
         for c in text.chars() {

@@ -540,7 +540,6 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything recorded so far.
     pub fn render(&self) -> String {
-        self.total(LOG_LINES_DROPPED, crate::logging::dropped_lines());
         self.recorder.handle().render()
     }
 }

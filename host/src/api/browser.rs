@@ -40,7 +40,7 @@ impl BrowserPolicy {
             return Self::any();
         }
         let mut hosts = vec![config.listen.ip().to_string()];
-        hosts.extend(name_of(&config.advertised_address()));
+        hosts.extend(name_of(&config.advertised_address()).map(str::to_owned));
         Self::serving(&hosts)
     }
 
@@ -65,13 +65,13 @@ impl BrowserPolicy {
         let Some(name) = name_of(authority) else {
             return false;
         };
-        loopback(&name) || hosts.contains(&name)
+        loopback(name) || hosts.iter().any(|host| host.eq_ignore_ascii_case(name))
     }
 }
 
-/// The host name of an authority (`name`, `name:port`, `[v6]:port`), lowercased, without its
-/// port; none for one that is not well-formed.
-fn name_of(authority: &str) -> Option<String> {
+/// The host name of an authority (`name`, `name:port`, `[v6]:port`), without its port; none
+/// for one that is not well-formed. Names compare without regard to ASCII case.
+fn name_of(authority: &str) -> Option<&str> {
     let authority = authority.trim();
     let name = if let Some(rest) = authority.strip_prefix('[') {
         let (v6, after) = rest.split_once(']')?;
@@ -86,14 +86,17 @@ fn name_of(authority: &str) -> Option<String> {
             None => authority,
         }
     };
-    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+    (!name.is_empty()).then_some(name)
 }
 
 /// Whether `name` always means this machine: `localhost` (and its subdomains, which RFC 6761
 /// keeps from resolving anywhere else), or a loopback address.
 fn loopback(name: &str) -> bool {
-    name == "localhost"
-        || name.ends_with(".localhost")
+    const SUFFIX: &str = ".localhost";
+    name.eq_ignore_ascii_case("localhost")
+        || name.len() > SUFFIX.len()
+            && name.is_char_boundary(name.len() - SUFFIX.len())
+            && name[name.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX)
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 

@@ -416,6 +416,7 @@ impl Host {
         metrics.gauge(metrics::TASKS_QUEUED, self.queued() as f64);
         metrics.gauge(metrics::CAPACITY, f64::from(self.capacity()));
         metrics.gauge(metrics::EVENT_SUBSCRIBERS, self.events.subscribers() as f64);
+        metrics.total(metrics::LOG_LINES_DROPPED, crate::logging::dropped_lines());
         metrics.gauge(
             metrics::MAILBOXES_BYTES,
             self.actors.mailboxes_bytes() as f64,
