@@ -426,8 +426,10 @@ impl Actors {
         let mut shard = self.shard(to);
         let actor = shard.get_mut(&to).ok_or(PutError::NotLive)?;
         let bytes = entry.bytes();
+        // Within every mailbox's bound too; `notify` counts its bytes in the total.
         if actor.mailbox.len() >= self.limits.max_messages
             || actor.bytes + bytes > self.limits.max_mailbox_bytes
+            || self.total_bytes.load(Ordering::Acquire) + bytes > self.limits.max_mailboxes_bytes
         {
             return Err(PutError::Full);
         }

@@ -113,6 +113,14 @@ impl Target {
             (SslMode::Require, Some(_)) => SslMode::VerifyCa,
             (mode, _) => mode,
         };
+        if root.as_deref() == Some("system") && mode != SslMode::VerifyFull {
+            // Any public certificate chains to the system's roots: only the name tells this
+            // server apart (libpq 16 refuses the same).
+            return Err(format!(
+                "sslrootcert=system needs sslmode=verify-full, not {}",
+                mode.as_str()
+            ));
+        }
         let tls = client_config(mode, root.as_deref(), cert.as_deref(), key.as_deref())?;
         let shown = shown(&config, mode);
         Ok(Self {
@@ -441,6 +449,10 @@ mod tests {
             panic!("a missing root file is refused");
         };
         assert!(error.contains("/nonexistent"), "{error}");
+        let Err(error) = mode("postgres://db/x?sslmode=verify-ca&sslrootcert=system") else {
+            panic!("the system's roots without a name check are refused");
+        };
+        assert!(error.contains("verify-full"), "{error}");
         let Err(error) = mode("postgres://db/x?sslcert=/a.pem") else {
             panic!("a certificate without its key is refused");
         };
