@@ -328,8 +328,8 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_WATCH_INTERVAL_MS", default_value_t = DEFAULT_WATCH_INTERVAL_MS)]
     pub watch_interval_ms: u64,
 
-    /// How log lines are written: `text` for people, `json` (one object per line, with `pid`,
-    /// `worker` and `step` on every task line) for log pipelines. `RUST_LOG` filters either.
+    /// How log lines are written: `text` for people, `json` (one object per line, with `pid`
+    /// and `name` on every task line) for log pipelines. `RUST_LOG` filters either.
     #[arg(long, env = "HTTP_SPAWN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 

@@ -314,8 +314,8 @@ impl TaskState {
         if message.len() > self.host_log_left {
             self.host_log_left = 0;
             tracing::warn!(target: "guest", %pid, %name,
-                "this task's further log lines go to its captured log only: it has logged its \
-                 share of the host's log (--max-log-bytes)");
+                "this task has logged its share of the host's log (--max-log-bytes): its further \
+                 lines are not written here; its captured log keeps what its own share holds");
             return;
         }
         self.host_log_left -= message.len();
