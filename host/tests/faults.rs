@@ -194,8 +194,9 @@ async fn a_change_the_store_refuses_costs_itself_alone_never_an_end() {
         db.busy_timeout(Duration::from_secs(10))
             .expect("busy timeout");
         db.execute_batch(
-            "CREATE TRIGGER no_marked_line BEFORE INSERT ON logs
-                WHEN NEW.message LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'marked'); END;
+            "CREATE TRIGGER no_marked_line BEFORE INSERT ON log_parts
+                WHEN instr(NEW.lines, CAST('poison' AS BLOB)) > 0
+                BEGIN SELECT RAISE(ABORT, 'marked'); END;
              CREATE TRIGGER no_marked_error BEFORE UPDATE OF error ON tasks
                 WHEN NEW.error LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'marked'); END;
              CREATE TRIGGER no_marked_name BEFORE INSERT ON tasks

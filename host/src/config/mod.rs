@@ -41,6 +41,9 @@ pub const DEFAULT_MAX_DURATION_SECS: u32 = 3_600;
 pub const DEFAULT_CAPACITY: u32 = 100_000;
 pub const DEFAULT_MAX_HISTORY: usize = 10_000;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
+/// How long the SQLite store keeps running tasks' log lines before it writes them.
+const DEFAULT_STORE_LOG_FLUSH: &str = "5s";
+
 /// The bound on what waits for a durable store's writer (`--store-backlog`).
 pub const DEFAULT_STORE_BACKLOG: &str = "64MiB";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -352,6 +355,14 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_STORE_BACKLOG", default_value = DEFAULT_STORE_BACKLOG,
           value_parser = parse_backlog_size)]
     pub store_backlog: usize,
+
+    /// How long the SQLite store keeps a running task's newest log lines in memory before it
+    /// writes them (they are written with the task's end or restart at the latest, and the API
+    /// shows them at once), e.g. `5s`; `0s` writes each line with the next commit. A host that
+    /// crashes loses at most this much of its running tasks' lines.
+    #[arg(long, env = "HTTP_SPAWN_STORE_LOG_FLUSH", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_STORE_LOG_FLUSH)]
+    pub store_log_flush: Duration,
 
     /// This host's name in a cluster, shown in `GET /api/cluster` [default: the hostname and a
     /// short random id]. Names must be unique: a host that joins under the name of one still

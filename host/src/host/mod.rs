@@ -921,7 +921,12 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
             (Arc::new(MemoryStore::new(config.max_history)), None)
         }
         StoreLocation::Sqlite(path) => {
-            let store = SqliteStore::open(&path, config.store_sync, config.store_backlog)?;
+            let store = SqliteStore::open(
+                &path,
+                config.store_sync,
+                config.store_backlog,
+                config.store_log_flush,
+            )?;
             tracing::info!(path = %path.display(), sync = ?config.store_sync, "task store opened");
             (Arc::new(store), None)
         }

@@ -187,26 +187,26 @@ impl TaskRecord {
 
     /// Folds one event into the record. Events after the end are ignored: an ended task is
     /// never resurrected, whatever arrives late.
-    pub fn apply(&mut self, event: TaskEvent) {
+    pub fn apply(&mut self, event: &TaskEvent) {
         if self.status.is_terminal() {
             return;
         }
         match event {
             // Ends and restarts of an attempt other than the current one are stale.
-            TaskEvent::Ended { attempt, .. } if attempt != self.attempt => {}
-            TaskEvent::Restarting { next_attempt, .. } if next_attempt != self.attempt + 1 => {}
-            TaskEvent::Started { at, steps, fuel } => {
+            TaskEvent::Ended { attempt, .. } if *attempt != self.attempt => {}
+            TaskEvent::Restarting { next_attempt, .. } if *next_attempt != self.attempt + 1 => {}
+            &TaskEvent::Started { at, steps, fuel } => {
                 self.status = Status::Running;
                 self.started_at = Some(at);
                 self.steps = steps;
                 self.fuel_consumed = fuel;
             }
-            TaskEvent::Progress { step, fuel, .. } => {
+            &TaskEvent::Progress { step, fuel, .. } => {
                 self.step = step;
                 self.fuel_consumed = fuel;
             }
             TaskEvent::Logs { dropped_bytes, .. } => {
-                self.logs_dropped_bytes = dropped_bytes;
+                self.logs_dropped_bytes = *dropped_bytes;
             }
             TaskEvent::Restarting {
                 at,
@@ -215,22 +215,22 @@ impl TaskRecord {
                 next_attempt,
                 ..
             } => {
-                self.attempts.push(Attempt::of(self.attempt, &end, at));
-                self.attempt = next_attempt;
+                self.attempts.push(Attempt::of(self.attempt, end, *at));
+                self.attempt = *next_attempt;
                 self.status = Status::Spawned;
                 self.step = 0;
-                self.fuel_consumed = fuel;
+                self.fuel_consumed = *fuel;
             }
             TaskEvent::Ended { at, fuel, end, .. } => {
                 if !self.attempts.is_empty() {
-                    self.attempts.push(Attempt::of(self.attempt, &end, at));
+                    self.attempts.push(Attempt::of(self.attempt, end, *at));
                 }
                 self.status = end.status;
                 self.outcome = Some(end.outcome);
                 self.exit_code = end.exit_code;
-                self.error = end.error;
-                self.ended_at = Some(at);
-                self.fuel_consumed = fuel;
+                self.error.clone_from(&end.error);
+                self.ended_at = Some(*at);
+                self.fuel_consumed = *fuel;
             }
         }
     }
@@ -244,13 +244,13 @@ mod tests {
     fn an_ended_task_ignores_later_events() {
         let mut record = TaskRecord::spawned(Pid::new(1, 1), "t".into(), 0, "w".into(), "v".into());
         let at = SystemTime::now();
-        record.apply(TaskEvent::Ended {
+        record.apply(&TaskEvent::Ended {
             at,
             fuel: 5,
             end: TaskEnd::exited(0),
             attempt: 1,
         });
-        record.apply(TaskEvent::Started {
+        record.apply(&TaskEvent::Started {
             at,
             steps: 9,
             fuel: 1,

@@ -1,11 +1,12 @@
 //! How a task's fields are written in a SQL store's columns, the same in SQLite and
 //! PostgreSQL: times as nanoseconds since the Unix epoch, statuses, outcomes and log sources by
-//! name, and the attempts before the current one as a JSON array.
+//! name, the attempts before the current one as a JSON array, and log lines written together
+//! as one value ([`lines_blob`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::StoreError;
-use crate::model::{Attempt, LogSource, Outcome, Status, TaskEnd};
+use crate::model::{Attempt, LogLine, LogSource, Outcome, Status, TaskEnd};
 
 pub(super) fn nanos(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |since| {
@@ -22,15 +23,107 @@ pub(super) fn unavailable(error: impl std::fmt::Display) -> StoreError {
 }
 
 pub(super) fn attempt_json(attempt: u32, end: &TaskEnd, at: SystemTime) -> String {
+    attempt_value(
+        attempt,
+        end.status,
+        end.outcome,
+        end.exit_code,
+        &end.error,
+        at,
+    )
+    .to_string()
+}
+
+/// The attempts before the current one, as the `attempts` column holds them.
+pub(super) fn attempts_json(attempts: &[Attempt]) -> String {
+    let entries = attempts.iter().map(|attempt| {
+        attempt_value(
+            attempt.attempt,
+            attempt.status,
+            attempt.outcome,
+            attempt.exit_code,
+            &attempt.error,
+            attempt.ended_at,
+        )
+    });
+    serde_json::Value::Array(entries.collect()).to_string()
+}
+
+fn attempt_value(
+    attempt: u32,
+    status: Status,
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    error: &Option<String>,
+    at: SystemTime,
+) -> serde_json::Value {
     serde_json::json!({
         "attempt": attempt,
-        "status": end.status.as_str(),
-        "outcome": end.outcome.as_str(),
-        "exit_code": end.exit_code,
-        "error": end.error,
+        "status": status.as_str(),
+        "outcome": outcome.as_str(),
+        "exit_code": exit_code,
+        "error": error,
         "ended_at": nanos(at),
     })
-    .to_string()
+}
+
+/// Log sources by their code in [`lines_blob`]: a code is never reused.
+const SOURCES: [LogSource; 7] = [
+    LogSource::Trace,
+    LogSource::Debug,
+    LogSource::Info,
+    LogSource::Warn,
+    LogSource::Error,
+    LogSource::Stdout,
+    LogSource::Stderr,
+];
+
+/// Bytes of a line in [`lines_blob`] beside its message: its time, source and length.
+const LINE_HEADER: usize = 8 + 1 + 4;
+
+/// Log lines of one task written together, as one value: per line, its time (nanoseconds
+/// since the Unix epoch, `i64` little-endian), its source's code in [`SOURCES`] (one byte),
+/// its message's length (`u32` little-endian) and its message (UTF-8). One row per write
+/// rather than one per line is most of what makes a chatty task cheap to store.
+pub(super) fn lines_blob<'a>(lines: impl IntoIterator<Item = &'a LogLine>) -> Vec<u8> {
+    let mut blob = Vec::new();
+    for line in lines {
+        let message = line.message.as_bytes();
+        let len = u32::try_from(message.len()).unwrap_or(u32::MAX);
+        let code = SOURCES
+            .iter()
+            .position(|source| *source == line.source)
+            .unwrap_or(2);
+        blob.reserve(LINE_HEADER + message.len());
+        blob.extend_from_slice(&nanos(line.at).to_le_bytes());
+        blob.push(code as u8);
+        blob.extend_from_slice(&len.to_le_bytes());
+        blob.extend_from_slice(&message[..len as usize]);
+    }
+    blob
+}
+
+/// The lines of a [`lines_blob`], appended to `into`; a value cut short ends at its last whole
+/// line, and a message that is not UTF-8 is read lossily.
+pub(super) fn lines_of(mut blob: &[u8], into: &mut Vec<LogLine>) {
+    while blob.len() >= LINE_HEADER {
+        let (header, rest) = blob.split_at(LINE_HEADER);
+        let at = i64::from_le_bytes(header[..8].try_into().unwrap_or_default());
+        let source = SOURCES
+            .get(usize::from(header[8]))
+            .copied()
+            .unwrap_or(LogSource::Info);
+        let len = u32::from_le_bytes(header[9..].try_into().unwrap_or_default()) as usize;
+        let Some(message) = rest.get(..len) else {
+            return;
+        };
+        into.push(LogLine {
+            at: time(at),
+            source,
+            message: String::from_utf8_lossy(message).into_owned(),
+        });
+        blob = &rest[len..];
+    }
 }
 
 pub(super) fn source_name(source: LogSource) -> &'static str {
@@ -86,4 +179,67 @@ pub(super) fn attempts_of(json: &str) -> Vec<Attempt> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_through_one_value() {
+        let at = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        let lines: Vec<LogLine> = SOURCES
+            .iter()
+            .enumerate()
+            .map(|(index, source)| LogLine {
+                at: at + Duration::from_millis(index as u64),
+                source: *source,
+                message: format!("line {index}: é\u{1F600}").repeat(index),
+            })
+            .collect();
+        let blob = lines_blob(&lines);
+        let mut read = Vec::new();
+        lines_of(&blob, &mut read);
+        assert_eq!(read.len(), lines.len());
+        for (read, line) in read.iter().zip(&lines) {
+            assert_eq!(
+                (read.at, read.source, &read.message),
+                (line.at, line.source, &line.message)
+            );
+        }
+        // A value cut short keeps its whole lines.
+        let mut cut = Vec::new();
+        lines_of(&blob[..blob.len() - 1], &mut cut);
+        assert_eq!(cut.len(), lines.len() - 1);
+        lines_of(&[], &mut cut);
+        assert_eq!(cut.len(), lines.len() - 1);
+    }
+
+    #[test]
+    fn attempts_read_back_as_written() {
+        let at = UNIX_EPOCH + Duration::from_secs(5);
+        let attempts = vec![Attempt {
+            attempt: 1,
+            status: Status::Failed,
+            outcome: Outcome::Trap,
+            exit_code: None,
+            error: Some("boom".into()),
+            ended_at: at,
+        }];
+        let read = attempts_of(&attempts_json(&attempts));
+        let fields = |a: &Attempt| {
+            (
+                a.attempt,
+                a.status,
+                a.outcome,
+                a.exit_code,
+                a.error.clone(),
+                a.ended_at,
+            )
+        };
+        assert_eq!(
+            read.iter().map(fields).collect::<Vec<_>>(),
+            attempts.iter().map(fields).collect::<Vec<_>>()
+        );
+    }
 }

@@ -8,28 +8,32 @@
 //! - The file is held by one host at a time, with an exclusive `flock` on `<file>.lock`.
 //! - The schema (`schema`) carries its version in `PRAGMA user_version`; an older one is
 //!   migrated forward at start, a newer one is refused.
+//! - A running task's progress and newest log lines are kept in memory a while (`kept`), and
+//!   shown by reads as if written.
+//! - Records are read back by `read`.
 
+mod kept;
 mod read;
 mod schema;
 mod writer;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::backlog::Backlog;
-use super::columns::{source_of, time, unavailable};
+use super::columns::{lines_of, time, unavailable};
 use super::writer::{Writer, WriterStats};
 use super::{
     Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats,
     StoredVersion, WorkerVersions,
 };
-use crate::model::{LogLine, Pid, Status, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
+use crate::model::{Pid, TaskLogs, TaskRecord, TaskSpec};
+use kept::Kept;
 use read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, record_of, spec_of};
 use schema::{SCHEMA_VERSION, classify_open_error, migrate};
 
@@ -50,92 +54,17 @@ pub enum StoreSync {
     Normal,
 }
 
-/// The progress of running tasks, kept in memory and written with their next change that
-/// matters (a restart, an end) rather than at every step: a task run again after a crash
-/// starts from the beginning anyway, and a step a second per task would otherwise be most of
-/// what the store writes.
-#[derive(Debug, Default)]
-struct Progress(Mutex<HashMap<Pid, (u32, u64)>>);
-
-impl Progress {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Pid, (u32, u64)>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Keeps `batch`'s progress here, and writes a task's last progress into the batch just
-    /// before its end.
-    fn take_from(&self, batch: &mut Vec<Change>) {
-        let touches = batch.iter().any(|change| {
-            matches!(
-                change,
-                Change::Event(
-                    _,
-                    TaskEvent::Progress { .. }
-                        | TaskEvent::Ended { .. }
-                        | TaskEvent::Restarting { .. }
-                )
-            )
-        });
-        if !touches {
-            return;
-        }
-        let mut live = self.lock();
-        let mut kept = Vec::with_capacity(batch.len() + 1);
-        for change in batch.drain(..) {
-            match change {
-                Change::Event(pid, TaskEvent::Progress { step, fuel, .. }) => {
-                    live.insert(pid, (step, fuel));
-                }
-                Change::Event(pid, event @ TaskEvent::Ended { .. }) => {
-                    if let Some((step, fuel)) = live.remove(&pid) {
-                        let progress = TaskEvent::Progress {
-                            step,
-                            steps: 0,
-                            fuel,
-                        };
-                        kept.push(Change::Event(pid, progress));
-                    }
-                    kept.push(Change::Event(pid, event));
-                }
-                Change::Event(pid, event @ TaskEvent::Restarting { .. }) => {
-                    live.remove(&pid);
-                    kept.push(Change::Event(pid, event));
-                }
-                change => kept.push(change),
-            }
-        }
-        *batch = kept;
-    }
-
-    /// Shows the progress kept here in `records` of tasks still running.
-    fn show(&self, records: &mut [TaskRecord]) {
-        let live = self.lock();
-        if live.is_empty() {
-            return;
-        }
-        for record in records
-            .iter_mut()
-            .filter(|record| record.status == Status::Running)
-        {
-            if let Some(&(step, fuel)) = live.get(&record.pid) {
-                record.step = step;
-                record.fuel_consumed = fuel;
-            }
-        }
-    }
-}
-
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    progress: Progress,
+    kept: Arc<Kept>,
     backlog: Arc<Backlog>,
     stats: Arc<WriterStats>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Writes kept log lines once due; stops when this is dropped.
+    flusher: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     /// Held for the life of the store: the file is this host's alone.
     _lock: File,
 }
@@ -177,8 +106,14 @@ pub enum OpenError {
 
 impl SqliteStore {
     /// Opens (or creates) the store at `path`, migrates its schema forward, and starts its
-    /// writer, whose backlog is bounded to `backlog_bytes` (see [`Backlog`]).
-    pub fn open(path: &Path, sync: StoreSync, backlog_bytes: usize) -> Result<Self, OpenError> {
+    /// writer, whose backlog is bounded to `backlog_bytes` (see [`Backlog`]); running tasks'
+    /// log lines are written `log_flush` after they came at the latest (see `kept`).
+    pub fn open(
+        path: &Path,
+        sync: StoreSync,
+        backlog_bytes: usize,
+        log_flush: Duration,
+    ) -> Result<Self, OpenError> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
                 path: dir.to_owned(),
@@ -214,14 +149,39 @@ impl SqliteStore {
                     reason: format!("starting the writer thread: {error}"),
                 })?
         };
+        let kept = Arc::new(Kept::new(log_flush));
+        let flusher = if log_flush.is_zero() {
+            None
+        } else {
+            let (stop, stopped) = std::sync::mpsc::channel::<()>();
+            let (kept, backlog) = (Arc::clone(&kept), Arc::clone(&backlog));
+            let tick = (log_flush / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let thread = std::thread::Builder::new()
+                .name("store-log-flush".into())
+                .spawn(move || {
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(tick)
+                    {
+                        kept.flush_due(std::time::Instant::now(), |due| {
+                            backlog.submit(due, None, 0);
+                        });
+                    }
+                })
+                .map_err(|error| OpenError::Unreadable {
+                    path: path.to_owned(),
+                    reason: format!("starting the log flusher thread: {error}"),
+                })?;
+            Some((stop, thread))
+        };
         Ok(Self {
             path: path.to_owned(),
-            progress: Progress::default(),
+            kept,
             backlog,
             stats,
             readers,
             next_reader: AtomicUsize::new(0),
             writer: Mutex::new(Some(thread)),
+            flusher: Mutex::new(flusher),
             _lock: lock,
         })
     }
@@ -248,6 +208,16 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some((stop, thread)) = flusher {
+            drop(stop);
+            let _ = thread.join();
+        }
+        self.kept.flush_all(|due| self.backlog.submit(due, None, 0));
         self.backlog.close();
         let writer = self
             .writer
@@ -309,7 +279,7 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
 
 impl Store for SqliteStore {
     fn submit(&self, mut batch: Vec<Change>, done: Option<Done>) {
-        self.progress.take_from(&mut batch);
+        self.kept.take_from(&mut batch);
         self.backlog.submit(batch, done, 0);
     }
 
@@ -338,41 +308,50 @@ impl Store for SqliteStore {
             })
             .map_err(unavailable)?;
         Ok(record.map(|mut record| {
-            self.progress.show(std::slice::from_mut(&mut record));
+            self.kept.show(std::slice::from_mut(&mut record));
             record
         }))
     }
 
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
         let (boot, seq) = key(pid);
-        let read = |reader: &Connection| -> rusqlite::Result<Option<TaskLogs>> {
-            let Some(dropped_bytes) = reader
+        let read = |reader: &Connection| -> rusqlite::Result<Option<(TaskLogs, bool)>> {
+            let Some((dropped_bytes, ended)) = reader
                 .prepare_cached(
-                    "SELECT logs_dropped_bytes FROM tasks WHERE boot = ?1 AND seq = ?2",
+                    "SELECT logs_dropped_bytes, ended_at IS NOT NULL FROM tasks
+                     WHERE boot = ?1 AND seq = ?2",
                 )?
-                .query_row(params![boot, seq], |row| row.get::<_, i64>(0))
+                .query_row(params![boot, seq], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, bool>(1)?))
+                })
                 .optional()?
             else {
                 return Ok(None);
             };
+            let mut lines = Vec::new();
             let mut statement = reader.prepare_cached(
-                "SELECT at, source, message FROM logs WHERE boot = ?1 AND seq = ?2 ORDER BY rowid",
+                "SELECT lines FROM log_parts WHERE boot = ?1 AND seq = ?2 ORDER BY rowid",
             )?;
-            let lines = statement
-                .query_map(params![boot, seq], |row| {
-                    Ok(LogLine {
-                        at: time(row.get(0)?),
-                        source: source_of(&row.get::<_, String>(1)?),
-                        message: row.get(2)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Some(TaskLogs {
+            let mut rows = statement.query(params![boot, seq])?;
+            while let Some(row) = rows.next()? {
+                lines_of(row.get_ref(0)?.as_blob()?, &mut lines);
+            }
+            let logs = TaskLogs {
                 lines,
                 dropped_bytes: dropped_bytes as u64,
-            }))
+            };
+            Ok(Some((logs, ended)))
         };
-        self.read(read).map_err(unavailable)
+        // Written first, then kept: a line moves from kept to written, never back, so none is
+        // shown twice. Nothing is added to an ended task's log.
+        let Some((mut logs, ended)) = self.read(read).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        if !ended && let Some((lines, dropped_bytes)) = self.kept.lines(pid) {
+            logs.lines.extend(lines);
+            logs.dropped_bytes = logs.dropped_bytes.max(dropped_bytes);
+        }
+        Ok(Some(logs))
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
@@ -388,6 +367,10 @@ impl Store for SqliteStore {
                 " AND status = ?",
                 status.as_str().to_owned().into(),
             );
+            // What lets the index of live tasks serve a list of them.
+            if !status.is_terminal() {
+                sql.push_str(" AND ended_at IS NULL");
+            }
         }
         if let Some(name) = &query.name {
             arg(&mut sql, " AND name = ?", name.clone().into());
@@ -427,7 +410,7 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         let more = tasks.len() > query.limit;
         tasks.truncate(query.limit);
-        self.progress.show(&mut tasks);
+        self.kept.show(&mut tasks);
         let next = if more {
             tasks.last().map(Cursor::of)
         } else {
@@ -535,318 +518,4 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-    use super::schema::SCHEMA;
-    use super::writer::PRUNE_BATCH;
-    use super::*;
-    use crate::model::{OnHostLoss, Pid, TaskEnd, TaskRecord, TaskSpec};
-
-    /// The backlog's bound the tests' stores have: far more than any of them writes.
-    const BACKLOG_BYTES: usize = 64 << 20;
-    use crate::store::{ListQuery, Store};
-
-    fn ended_task(seq: u64) -> Vec<Change> {
-        let pid = Pid::new(1, seq);
-        let record = TaskRecord::spawned(pid, format!("t{seq}"), 0, Arc::from("w"), Arc::from("v"));
-        let spec = TaskSpec {
-            module_sha256: "00".repeat(32),
-            payload: None,
-            deadline_secs: 30,
-            max_attempts: 1,
-            on_host_loss: OnHostLoss::Restart,
-            ready_at: None,
-        };
-        vec![
-            Change::Accepted {
-                record: Box::new(record),
-                spec,
-                key: None,
-                shared: false,
-            },
-            Change::Event(
-                pid,
-                TaskEvent::Ended {
-                    at: SystemTime::now(),
-                    fuel: 0,
-                    end: TaskEnd::exited(0),
-                    attempt: 1,
-                },
-            ),
-        ]
-    }
-
-    /// An empty directory of this test's own, under the system's temporary one.
-    fn scratch(test: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("http-spawn-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a scratch directory");
-        dir
-    }
-
-    /// Makes `path` a store of schema version 1 holding one task, `00000001-1`, as a host of
-    /// that version left it.
-    fn version_1_store(path: &Path) {
-        let connection = Connection::open(path).expect("open");
-        connection.execute_batch(SCHEMA).expect("version 1");
-        connection
-            .pragma_update(None, "user_version", 1)
-            .expect("versioned");
-        connection
-            .execute(
-                "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
-                    duration, deadline_secs, max_attempts, on_host_loss, status)
-                 VALUES (1, 1, 1000, 'old', 'w', 'v', '', 0, 30, 1, 'restart', 'spawned')",
-                [],
-            )
-            .expect("a task");
-    }
-
-    fn schema_version(path: &Path) -> i64 {
-        Connection::open(path)
-            .expect("open")
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .expect("user_version")
-    }
-
-    fn child_of(parent: Pid, seq: u64) -> Vec<Change> {
-        let mut accepted = ended_task(seq);
-        if let Some(Change::Accepted { record, .. }) = accepted.first_mut() {
-            record.parent = Some(parent);
-        }
-        accepted
-    }
-
-    fn children(store: &SqliteStore, parent: Pid) -> Vec<(Pid, Option<Pid>)> {
-        let query = ListQuery {
-            limit: 100,
-            parent: Some(parent),
-            ..ListQuery::default()
-        };
-        let page = store.list(&query).expect("list");
-        page.tasks.iter().map(|r| (r.pid, r.parent)).collect()
-    }
-
-    /// A store a version-1 host left is migrated in place: its tasks are kept, with no
-    /// parent, and it takes and lists tasks with one from then on.
-    #[test]
-    fn a_version_1_store_is_migrated_in_place() {
-        let dir = scratch("migrate");
-        let path = dir.join("tasks.db");
-        version_1_store(&path);
-        let old = Pid::new(1, 1);
-        let store = SqliteStore::open(&path, StoreSync::Normal, BACKLOG_BYTES).expect("migrated");
-        let kept = store.get(old).expect("get").expect("the old task is kept");
-        assert_eq!((kept.name.as_str(), kept.parent), ("old", None));
-        assert!(children(&store, old).is_empty());
-
-        store
-            .wait(
-                [child_of(old, 2), ended_task(3), child_of(old, 4)]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-            )
-            .expect("written");
-        assert_eq!(
-            store.get(Pid::new(1, 2)).expect("get").map(|r| r.parent),
-            Some(Some(old))
-        );
-        assert_eq!(
-            children(&store, old),
-            [(Pid::new(1, 4), Some(old)), (Pid::new(1, 2), Some(old))]
-        );
-        drop(store);
-
-        assert_eq!(schema_version(&path), SCHEMA_VERSION);
-        let store = SqliteStore::open(&path, StoreSync::Normal, BACKLOG_BYTES).expect("reopened");
-        assert_eq!(
-            children(&store, old).len(),
-            2,
-            "a migrated store opens as it is"
-        );
-        drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// `SCHEMA` is version 1 as hosts of that version wrote it, and every store is built
-    /// from it: a change to it is a new migration instead.
-    #[test]
-    fn version_1_is_as_released() {
-        use sha2::{Digest as _, Sha256};
-        assert_eq!(
-            format!("{:x}", Sha256::digest(SCHEMA)),
-            "eaa29227bc1d7ede883cbdb0a88aa4542e13f98242e93cc80ac6bdb0819731fc"
-        );
-    }
-
-    /// A store of a newer schema than this host's is refused, not written.
-    #[test]
-    fn a_newer_store_is_refused() {
-        let dir = scratch("newer");
-        let path = dir.join("tasks.db");
-        version_1_store(&path);
-        Connection::open(&path)
-            .expect("open")
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .expect("versioned");
-        let refused = SqliteStore::open(&path, StoreSync::Normal, BACKLOG_BYTES);
-        assert!(
-            matches!(refused, Err(OpenError::Newer { found, .. }) if found == SCHEMA_VERSION + 1)
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// Listing a task's children reads the parent index, not every task.
-    #[test]
-    fn children_are_listed_through_the_parent_index() {
-        let dir = scratch("parent-index");
-        let path = dir.join("tasks.db");
-        drop(SqliteStore::open(&path, StoreSync::Normal, BACKLOG_BYTES).expect("created"));
-        let connection = Connection::open(&path).expect("open");
-        let plan: Vec<String> = connection
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN SELECT {RECORD_COLUMNS} FROM tasks WHERE 1 = 1
-                 AND parent_boot = ?1 AND parent_seq = ?2
-                 ORDER BY spawned_at DESC, boot DESC, seq DESC LIMIT ?3"
-            ))
-            .expect("plan")
-            .query_map(params![1, 1, 101], |row| row.get(3))
-            .expect("plan")
-            .collect::<rusqlite::Result<_>>()
-            .expect("plan");
-        assert!(
-            plan.iter().any(|step| step.contains("tasks_by_parent")),
-            "{plan:?}"
-        );
-        drop(connection);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn kept(store: &SqliteStore) -> usize {
-        let query = ListQuery {
-            limit: 10_000,
-            ..ListQuery::default()
-        };
-        store.list(&query).expect("list").tasks.len()
-    }
-
-    /// More ended tasks than one prune deletes (as when more than a batch end each second):
-    /// one prune asked for is followed by as many as it takes, without waiting a second each.
-    #[test]
-    fn a_prune_far_behind_catches_up_by_itself() {
-        let dir = std::env::temp_dir().join(format!("http-spawn-prune-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal, BACKLOG_BYTES)
-            .expect("open");
-        let total = 2 * PRUNE_BATCH as u64 + 500;
-        let batch: Vec<Change> = (1..=total).flat_map(ended_task).collect();
-        store.wait(batch).expect("written");
-        assert_eq!(kept(&store), total as usize);
-        store
-            .wait(vec![Change::Prune {
-                max_history: 10,
-                ended_before: UNIX_EPOCH,
-                keys_before: UNIX_EPOCH,
-            }])
-            .expect("pruned");
-        // The follow-ups go through the writer on their own; a bound against a hang only.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while kept(&store) > 10 {
-            assert!(Instant::now() < deadline, "still {} kept", kept(&store));
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(kept(&store), 10);
-        drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// A writer too far behind sheds the log lines of running tasks, and only those: their
-    /// submitters are told, the lines are counted, and every other change is written.
-    #[test]
-    fn a_writer_too_far_behind_sheds_log_lines_and_nothing_else() {
-        let dir = std::env::temp_dir().join(format!("http-spawn-shed-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let pid = Pid::new(1, 1);
-        let logs = |message: &str| {
-            Change::Event(
-                pid,
-                TaskEvent::Logs {
-                    lines: vec![crate::model::LogLine {
-                        at: SystemTime::now(),
-                        source: crate::model::LogSource::Info,
-                        message: message.into(),
-                    }],
-                    dropped_bytes: 0,
-                },
-            )
-        };
-        let mut changes = ended_task(1);
-        let end = changes.pop().expect("the end");
-        // As if the writer were always behind: a bound that an end and its last line just fit
-        // in, and that a line alone is past half of.
-        let bound = super::super::backlog::cost_bytes(&logs("kept"))
-            + super::super::backlog::cost_bytes(&end);
-        let store =
-            SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal, bound).expect("open");
-        store.wait(changes).expect("accepted");
-        store.wait(vec![logs("shed")]).expect("told it is done");
-        // An end keeps its last lines while they fit within the bound.
-        store.wait(vec![logs("kept"), end]).expect("ended");
-        let kept: Vec<String> = store
-            .logs(pid)
-            .expect("read")
-            .expect("the task")
-            .lines
-            .into_iter()
-            .map(|line| line.message)
-            .collect();
-        assert_eq!(kept, ["kept"]);
-        assert_eq!(store.stats().log_lines_shed, 1);
-        let record = store.get(pid).expect("read").expect("the task");
-        assert_eq!(record.status, crate::model::Status::Exited);
-        drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// Issue #20, item 7: a read that finds every reader busy waits off the async runtime's
-    /// worker that asked, so that the other tasks of that worker go on meanwhile.
-    #[test]
-    fn a_read_waiting_for_a_reader_does_not_hold_its_async_worker() {
-        let dir = scratch("busy-readers");
-        let store = Arc::new(
-            SqliteStore::open(&dir.join("tasks.db"), StoreSync::Normal, BACKLOG_BYTES)
-                .expect("open"),
-        );
-        let busy: Vec<_> = store
-            .readers
-            .iter()
-            .map(|reader| reader.lock().expect("a reader"))
-            .collect();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .expect("a runtime");
-        let reading = Arc::clone(&store);
-        runtime.spawn(async move {
-            let _ = reading.get(Pid::new(1, 1));
-        });
-        let (ran, other_ran) = std::sync::mpsc::channel();
-        runtime.spawn(async move {
-            let _ = ran.send(());
-        });
-        // A bound against a hang, not a timing: the other task runs at once, or never while
-        // the readers are busy.
-        let went_on = other_ran.recv_timeout(Duration::from_secs(10)).is_ok();
-        drop(busy);
-        runtime.shutdown_timeout(Duration::from_secs(10));
-        assert!(
-            went_on,
-            "the worker was held by a read waiting for a reader"
-        );
-        drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

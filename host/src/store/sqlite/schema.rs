@@ -3,9 +3,11 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction, params};
 
+use super::super::columns::{lines_blob, source_of, time};
 use super::OpenError;
+use crate::model::LogLine;
 
 /// The schema this host writes: version 1 ([`SCHEMA`]) and every migration after it.
 pub(super) const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -80,17 +82,78 @@ CREATE INDEX idempotency_by_age ON idempotency (created_at);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`. Each runs in the
 /// transaction that sets the new version, so a store is migrated whole or not at all.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [fn(&Transaction<'_>) -> rusqlite::Result<()>; 2] = [
     // 2: the task that spawned each task (`NULL` for one submitted over HTTP, as every task
     // of version 1 was), and its children listed newest first. Most tasks have no parent, so
     // the index leaves them out.
-    "
+    |tx| {
+        tx.execute_batch(
+            "
 ALTER TABLE tasks ADD COLUMN parent_boot INTEGER;
 ALTER TABLE tasks ADD COLUMN parent_seq INTEGER;
 CREATE INDEX tasks_by_parent ON tasks (parent_boot, parent_seq, spawned_at, boot, seq)
     WHERE parent_boot IS NOT NULL;
 ",
+        )
+    },
+    to_version_3,
 ];
+
+/// 3 (issue #23): fewer B-trees written per task.
+///
+/// - The indexes by status, name and worker go: every acceptance wrote each, and a start and an
+///   end moved the status one, at places spread over the whole index. Lists filtered by name,
+///   worker or an ended status read the time index instead; live tasks (spawned or running)
+///   have an index of their own, which holds only them.
+/// - A task's log lines are kept as one row per write (`log_parts`, in `lines_blob`'s form)
+///   instead of one row per line; the lines of version 2 are carried over, a task's in one row.
+fn to_version_3(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "
+DROP INDEX tasks_by_status;
+DROP INDEX tasks_by_name;
+DROP INDEX tasks_by_worker;
+CREATE INDEX tasks_live ON tasks (spawned_at, boot, seq) WHERE ended_at IS NULL;
+CREATE TABLE log_parts (
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    lines BLOB NOT NULL
+);
+CREATE INDEX log_parts_by_task ON log_parts (boot, seq);
+",
+    )?;
+    let mut insert = tx.prepare("INSERT INTO log_parts (boot, seq, lines) VALUES (?1, ?2, ?3)")?;
+    let mut select =
+        tx.prepare("SELECT boot, seq, at, source, message FROM logs ORDER BY boot, seq, rowid")?;
+    let mut rows = select.query([])?;
+    let mut task: Option<(i64, i64)> = None;
+    let mut lines = Vec::new();
+    let mut flush = |task: Option<(i64, i64)>, lines: &mut Vec<LogLine>| {
+        let Some((boot, seq)) = task.filter(|_| !lines.is_empty()) else {
+            return Ok(());
+        };
+        insert.execute(params![boot, seq, lines_blob(lines.iter())])?;
+        lines.clear();
+        Ok::<_, rusqlite::Error>(())
+    };
+    while let Some(row) = rows.next()? {
+        let key = (row.get::<_, i64>(0)?, row.get::<_, i64>(1)?);
+        if task != Some(key) {
+            flush(task, &mut lines)?;
+            task = Some(key);
+        }
+        lines.push(LogLine {
+            at: time(row.get(2)?),
+            source: source_of(&row.get::<_, String>(3)?),
+            message: row.get(4)?,
+        });
+    }
+    flush(task, &mut lines)?;
+    drop(rows);
+    drop(select);
+    drop(insert);
+    tx.execute_batch("DROP TABLE logs;")
+}
 
 pub(super) fn classify_open_error(path: &Path, error: &rusqlite::Error) -> OpenError {
     use rusqlite::ErrorCode;
@@ -128,7 +191,7 @@ pub(super) fn migrate(path: &Path, connection: &mut Connection) -> Result<(), Op
     // Version 0 (a new file) has just been made version 1.
     let from = usize::try_from(found.max(1) - 1).unwrap_or(0);
     for migration in &MIGRATIONS[from..] {
-        tx.execute_batch(migration).map_err(fail)?;
+        migration(&tx).map_err(fail)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(fail)?;

@@ -7,16 +7,17 @@
 //! - A commit SQLite answers is settled: a failed `COMMIT` rolls the transaction back, so no
 //!   answer here is ambiguous.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use rusqlite::{Connection, params};
 
-use super::super::Change;
 use super::super::backlog::Chunk;
-use super::super::columns::{attempt_json, nanos, source_name};
+use super::super::columns::{attempt_json, attempts_json, lines_blob, nanos};
 use super::super::writer::{Backend, Failure, Fault, Outcome};
+use super::super::{Change, IdempotencyKey};
 use super::key;
-use crate::model::{Pid, TaskEvent};
+use crate::model::{LogLine, Pid, TaskEvent, TaskRecord, TaskSpec};
 
 /// Ended tasks deleted per prune, so a large prune never holds the writer long.
 pub(super) const PRUNE_BATCH: i64 = 1000;
@@ -49,13 +50,42 @@ fn fault(error: &rusqlite::Error) -> Fault {
 
 /// Writes `chunk` in one transaction. When a prune in it left more due than it deleted, the
 /// prune to write next.
+///
+/// A task's changes of one chunk are written together ([`TaskWrites`]): one row for a task
+/// accepted in it, with everything that happened to it since; one row of log lines per task;
+/// its last progress with its end.
 fn commit(connection: &mut Connection, chunk: &Chunk) -> rusqlite::Result<Outcome> {
     let tx = connection.transaction()?;
     let mut more = None;
+    let mut tasks: Vec<TaskWrites<'_>> = Vec::new();
+    let mut index: HashMap<Pid, usize> = HashMap::new();
+    let mut of = |pid: Pid, tasks: &mut Vec<TaskWrites<'_>>| -> usize {
+        *index.entry(pid).or_insert_with(|| {
+            tasks.push(TaskWrites::new(pid));
+            tasks.len() - 1
+        })
+    };
     for (_, change) in chunk.changes() {
-        if write(&tx, change)? {
-            more = Some(change);
+        match change {
+            Change::Accepted {
+                record, spec, key, ..
+            } => {
+                let at = of(record.pid, &mut tasks);
+                tasks[at].accepted = Some((record, spec, key.as_ref()));
+            }
+            Change::Event(pid, event) => {
+                let at = of(*pid, &mut tasks);
+                tasks[at].events.push(event);
+            }
+            other => {
+                if write_other(&tx, other)? {
+                    more = Some(other);
+                }
+            }
         }
+    }
+    for task in &tasks {
+        task.write(&tx)?;
     }
     for (pid, (step, fuel)) in &chunk.progress {
         let (boot, seq) = key(*pid);
@@ -73,65 +103,15 @@ fn commit(connection: &mut Connection, chunk: &Chunk) -> rusqlite::Result<Outcom
     })
 }
 
-/// The record's status and fields that only the current attempt may change are written only
-/// while the task has not ended (`ended_at IS NULL`), so a late write never reopens an end.
-/// True when the change was a prune that left more due than it deleted.
-fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bool> {
+/// A change that is not of one task's life. True when it was a prune that left more due
+/// than it deleted.
+fn write_other(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bool> {
     match change {
-        Change::Accepted {
-            record,
-            spec,
-            key: idempotency,
-            ..
-        } => {
-            let (boot, seq) = key(record.pid);
-            let parent = record.parent.map(key);
-            tx.prepare_cached(
-                "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
-                    duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
-                    parent_boot, parent_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?
-            .execute(params![
-                boot,
-                seq,
-                nanos(record.spawned_at),
-                record.name,
-                &*record.worker,
-                &*record.version,
-                spec.module_sha256,
-                record.duration,
-                spec.payload,
-                spec.deadline_secs,
-                spec.max_attempts,
-                spec.on_host_loss.as_str(),
-                record.status.as_str(),
-                record.attempt,
-                parent.map(|(boot, _)| boot),
-                parent.map(|(_, seq)| seq),
-            ])?;
-            if let Some(idempotency) = idempotency {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO idempotency (key, body_sha256, boot, seq, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
-                    idempotency.key,
-                    idempotency.body_sha256,
-                    boot,
-                    seq,
-                    nanos(record.spawned_at)
-                ])?;
-            }
-        }
-        Change::Event(pid, event) => write_event(tx, *pid, event)?,
         Change::Prune {
             max_history,
             ended_before,
             keys_before,
         } => return prune(tx, *max_history, *ended_before, *keys_before),
-        // One host, no other to forward to: a forward is never made for this store.
-        Change::Forward { .. } => {}
         Change::Module { sha256, bytes } => {
             tx.prepare_cached("INSERT OR IGNORE INTO modules (sha256, bytes) VALUES (?1, ?2)")?
                 .execute(params![sha256, bytes])?;
@@ -155,16 +135,236 @@ fn write(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Result<bo
                 versions.file_sha256,
             ])?;
         }
+        // One host, no other to forward to: a forward is never made for this store. Tasks'
+        // changes are written by `TaskWrites`.
+        Change::Forward { .. } | Change::Accepted { .. } | Change::Event(..) => {}
     }
     Ok(false)
 }
 
+/// One task's changes in a chunk, in order.
+struct TaskWrites<'a> {
+    pid: Pid,
+    accepted: Option<(&'a TaskRecord, &'a TaskSpec, Option<&'a IdempotencyKey>)>,
+    events: Vec<&'a TaskEvent>,
+}
+
+impl<'a> TaskWrites<'a> {
+    fn new(pid: Pid) -> Self {
+        Self {
+            pid,
+            accepted: None,
+            events: Vec::new(),
+        }
+    }
+
+    fn write(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        match self.accepted {
+            Some((record, spec, idempotency)) => self.insert(tx, record, spec, idempotency),
+            None => self.update(tx),
+        }
+    }
+
+    /// A task accepted in this chunk: one row, as it stands after the chunk's events.
+    fn insert(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        accepted: &TaskRecord,
+        spec: &TaskSpec,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> rusqlite::Result<()> {
+        let mut record = accepted.clone();
+        let mut ready_at = None;
+        let mut lines: Vec<&LogLine> = Vec::new();
+        let mut dropped_bytes = 0;
+        for event in &self.events {
+            let attempt = record.attempt;
+            match event {
+                // Nothing is added to an ended task's log.
+                TaskEvent::Logs {
+                    lines: more,
+                    dropped_bytes: dropped,
+                } => {
+                    if !record.status.is_terminal() {
+                        lines.extend(more);
+                        dropped_bytes = *dropped;
+                    }
+                }
+                TaskEvent::Restarting {
+                    ready_at: ready, ..
+                } => {
+                    record.apply(event);
+                    if record.attempt != attempt {
+                        ready_at = Some(nanos(*ready));
+                    }
+                }
+                _ => {
+                    let ended = record.status.is_terminal();
+                    record.apply(event);
+                    if !ended
+                        && matches!(event, TaskEvent::Started { .. } | TaskEvent::Ended { .. })
+                    {
+                        ready_at = None;
+                    }
+                }
+            }
+        }
+        let (boot, seq) = key(self.pid);
+        let parent = record.parent.map(key);
+        tx.prepare_cached(
+            "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
+                duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
+                parent_boot, parent_seq, step, steps, exit_code, outcome, error, started_at,
+                ended_at, fuel, attempts, logs_dropped_bytes, ready_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+        )?
+        .execute(params![
+            boot,
+            seq,
+            nanos(record.spawned_at),
+            record.name,
+            &*record.worker,
+            &*record.version,
+            spec.module_sha256,
+            record.duration,
+            spec.payload,
+            spec.deadline_secs,
+            spec.max_attempts,
+            spec.on_host_loss.as_str(),
+            record.status.as_str(),
+            record.attempt,
+            parent.map(|(boot, _)| boot),
+            parent.map(|(_, seq)| seq),
+            record.step,
+            record.steps,
+            record.exit_code,
+            record.outcome.map(|outcome| outcome.as_str()),
+            record.error,
+            record.started_at.map(nanos),
+            record.ended_at.map(nanos),
+            record.fuel_consumed as i64,
+            attempts_json(&record.attempts),
+            dropped_bytes as i64,
+            ready_at,
+        ])?;
+        if let Some(idempotency) = idempotency {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency (key, body_sha256, boot, seq, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                idempotency.key,
+                idempotency.body_sha256,
+                boot,
+                seq,
+                nanos(record.spawned_at)
+            ])?;
+        }
+        if !lines.is_empty() {
+            tx.prepare_cached("INSERT INTO log_parts (boot, seq, lines) VALUES (?1, ?2, ?3)")?
+                .execute(params![boot, seq, lines_blob(lines.iter().copied())])?;
+        }
+        Ok(())
+    }
+
+    /// A task accepted in an earlier chunk: each event in order, its lines of one stretch
+    /// between ends in one row, its progress folded into its end. The record's status and
+    /// fields that only the current attempt may change are written only while the task has not
+    /// ended (`ended_at IS NULL`), so a late write never reopens an end, and no line is added
+    /// to an ended task's log.
+    fn update(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        let (boot, seq) = key(self.pid);
+        let mut lines: Vec<&LogLine> = Vec::new();
+        let mut dropped_bytes = 0;
+        let mut progress = None;
+        for event in &self.events {
+            match event {
+                TaskEvent::Progress { step, fuel, .. } => progress = Some((*step, *fuel)),
+                TaskEvent::Logs {
+                    lines: more,
+                    dropped_bytes: dropped,
+                } => {
+                    lines.extend(more);
+                    dropped_bytes = *dropped;
+                }
+                TaskEvent::Ended { .. } => {
+                    write_lines(
+                        tx,
+                        boot,
+                        seq,
+                        &mut lines,
+                        std::mem::take(&mut dropped_bytes),
+                    )?;
+                    write_event(tx, boot, seq, event, progress.take())?;
+                }
+                _ => {
+                    if let Some((step, fuel)) = progress.take() {
+                        write_progress(tx, boot, seq, step, fuel)?;
+                    }
+                    write_event(tx, boot, seq, event, None)?;
+                }
+            }
+        }
+        write_lines(tx, boot, seq, &mut lines, dropped_bytes)?;
+        if let Some((step, fuel)) = progress {
+            write_progress(tx, boot, seq, step, fuel)?;
+        }
+        Ok(())
+    }
+}
+
+/// `lines`, taken, as one row of a task that has not ended; and the cap's count of dropped
+/// bytes, if any.
+fn write_lines(
+    tx: &rusqlite::Transaction<'_>,
+    boot: i64,
+    seq: i64,
+    lines: &mut Vec<&LogLine>,
+    dropped_bytes: u64,
+) -> rusqlite::Result<()> {
+    if !lines.is_empty() {
+        tx.prepare_cached(
+            "INSERT INTO log_parts (boot, seq, lines)
+             SELECT ?1, ?2, ?3 WHERE EXISTS
+                (SELECT 1 FROM tasks WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL)",
+        )?
+        .execute(params![boot, seq, lines_blob(lines.drain(..))])?;
+    }
+    if dropped_bytes > 0 {
+        tx.prepare_cached(
+            "UPDATE tasks SET logs_dropped_bytes = ?3
+             WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+        )?
+        .execute(params![boot, seq, dropped_bytes as i64])?;
+    }
+    Ok(())
+}
+
+fn write_progress(
+    tx: &rusqlite::Transaction<'_>,
+    boot: i64,
+    seq: i64,
+    step: u32,
+    fuel: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE tasks SET step = ?3, fuel = ?4
+         WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+    )?
+    .execute(params![boot, seq, step, fuel as i64])?;
+    Ok(())
+}
+
+/// A start, restart or end of a task accepted in an earlier chunk; an end carries the last
+/// step reached, if it came in the same chunk.
 fn write_event(
     tx: &rusqlite::Transaction<'_>,
-    pid: Pid,
+    boot: i64,
+    seq: i64,
     event: &TaskEvent,
+    step: Option<(u32, u64)>,
 ) -> rusqlite::Result<()> {
-    let (boot, seq) = key(pid);
     match event {
         TaskEvent::Started { at, steps, fuel } => {
             tx.prepare_cached(
@@ -173,40 +373,6 @@ fn write_event(
                  WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
             )?
             .execute(params![boot, seq, nanos(*at), steps, *fuel as i64])?;
-        }
-        TaskEvent::Progress { step, fuel, .. } => {
-            tx.prepare_cached(
-                "UPDATE tasks SET step = ?3, fuel = ?4
-                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
-            )?
-            .execute(params![boot, seq, step, *fuel as i64])?;
-        }
-        TaskEvent::Logs {
-            lines,
-            dropped_bytes,
-        } => {
-            // Only while the task has not ended: nothing is added to an ended task's log.
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO logs (boot, seq, at, source, message)
-                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS
-                    (SELECT 1 FROM tasks WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL)",
-            )?;
-            for line in lines {
-                insert.execute(params![
-                    boot,
-                    seq,
-                    nanos(line.at),
-                    source_name(line.source),
-                    line.message
-                ])?;
-            }
-            if *dropped_bytes > 0 {
-                tx.prepare_cached(
-                    "UPDATE tasks SET logs_dropped_bytes = ?3
-                     WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
-                )?
-                .execute(params![boot, seq, *dropped_bytes as i64])?;
-            }
         }
         TaskEvent::Restarting {
             at,
@@ -241,7 +407,7 @@ fn write_event(
             let entry = attempt_json(0, end, *at);
             tx.prepare_cached(
                 "UPDATE tasks SET status = ?3, outcome = ?4, exit_code = ?5, error = ?6,
-                    ended_at = ?7, fuel = ?8, ready_at = NULL,
+                    ended_at = ?7, fuel = ?8, ready_at = NULL, step = COALESCE(?11, step),
                     attempts = CASE WHEN json_array_length(attempts) > 0
                         THEN json_insert(attempts, '$[#]',
                             json_set(json(?9), '$.attempt', attempt))
@@ -259,8 +425,11 @@ fn write_event(
                 *fuel as i64,
                 entry,
                 attempt,
+                step.map(|(step, _)| step),
             ])?;
         }
+        TaskEvent::Progress { step, fuel, .. } => write_progress(tx, boot, seq, *step, *fuel)?,
+        TaskEvent::Logs { .. } => {}
     }
     Ok(())
 }
@@ -289,7 +458,7 @@ fn prune(
          LIMIT ?3",
         )?
         .execute(params![excess, nanos(ended_before), PRUNE_BATCH])?;
-    tx.prepare_cached("DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
+    tx.prepare_cached("DELETE FROM log_parts WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
         .execute([])?;
     tx.prepare_cached("DELETE FROM tasks WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
         .execute([])?;
