@@ -8,7 +8,7 @@ Each round starts each binary in turn (the first swapping every round, so that t
 drift hits both) on a free loopback port with the default worker, `--capacity 20000` and a
 fresh store (`--store memory`, or a new SQLite file with its defaults: `--store-sync full`),
 loads it with the bench's own generator (`http-spawn-bench load`: 64 keep-alive connections,
-unpaced unless `--rate`), waits for every task to end, and reads from /proc the host's CPU over
+unpaced unless `--rate`), waits for every task to end, and reads from /proc the host's CPU (and its store writer thread's) over
 that span. Prints each round and the medians: accepted/s, p50/p99, and host CPU per ended task,
 with new / old and the spread of the round-by-round ratios. Measures, asserts nothing.
 Build the generator first: `cargo build --release -p http-spawn-bench`.
@@ -46,6 +46,22 @@ def cpu_secs(pid):
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def writer_secs(pid):
+    """CPU of the host's store writer thread (zero on the memory store)."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                if comm.read().strip() != "store-writer":
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+        except OSError:
+            pass
+    return total
+
+
 def health(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as answer:
         return json.load(answer)
@@ -73,6 +89,7 @@ def run_once(binary, args, scratch):
                     raise SystemExit(f"{binary} did not start; see {scratch}")
                 time.sleep(0.05)
         before_cpu, before_ended = cpu_secs(host.pid), health(port)["tasks"]["ended"]
+        before_writer = writer_secs(host.pid)
         load = [GENERATOR, "load", "--addr", f"127.0.0.1:{port}", "--secs", str(args.secs)]
         if args.duration is not None:
             load += ["--duration", str(args.duration)]
@@ -88,6 +105,7 @@ def run_once(binary, args, scratch):
                 raise SystemExit(f"{binary}: tasks still live after 120 s")
             time.sleep(0.1)
         cpu = cpu_secs(host.pid) - before_cpu
+        writer = writer_secs(host.pid) - before_writer
         ended = now["tasks"]["ended"] - before_ended
         match = re.search(r"accepted (\d+) \((\d+)/s\).*p50 ([\d.]+) ms, p99 ([\d.]+) ms", out)
         accepted, per_sec, p50, p99 = match.groups()
@@ -97,6 +115,7 @@ def run_once(binary, args, scratch):
             "p50": float(p50),
             "p99": float(p99),
             "cpu_us_per_task": cpu / max(ended, 1) * 1e6,
+            "writer_us_per_task": writer / max(ended, 1) * 1e6,
             "ended": ended,
         }
     finally:
@@ -133,6 +152,7 @@ def main():
                 print(f"round {round_no + 1} {name}: {result['per_sec']}/s accepted "
                       f"({result['accepted']}), p50 {result['p50']} ms, p99 {result['p99']} ms, "
                       f"{result['cpu_us_per_task']:.1f} µs CPU per ended task "
+                      f"(writer {result['writer_us_per_task']:.1f}) "
                       f"({result['ended']} ended)", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -140,10 +160,13 @@ def main():
     print(f"store {args.store}, duration {args.duration}, rate {args.rate}, "
           f"{args.secs} s, {args.rounds} rounds; medians, new ÷ old (round-by-round range):")
     for key, label in [("per_sec", "accepted/s"), ("p50", "p50 ms"), ("p99", "p99 ms"),
-                       ("cpu_us_per_task", "host CPU µs per ended task")]:
+                       ("cpu_us_per_task", "host CPU µs per ended task"),
+                       ("writer_us_per_task", "store writer CPU µs per task")]:
         old = statistics.median(r[key] for r in results["old"])
         new = statistics.median(r[key] for r in results["new"])
         ratios = [n[key] / o[key] for o, n in zip(results["old"], results["new"]) if o[key]]
+        if not ratios:
+            continue
         print(f"  {label:<28} old {old:>10.1f}  new {new:>10.1f}  "
               f"{new / old if old else float('nan'):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})")
 

@@ -197,6 +197,9 @@ async fn a_change_the_store_refuses_costs_itself_alone_never_an_end() {
             "CREATE TRIGGER no_marked_line BEFORE INSERT ON log_parts
                 WHEN instr(NEW.lines, CAST('poison' AS BLOB)) > 0
                 BEGIN SELECT RAISE(ABORT, 'marked'); END;
+             CREATE TRIGGER no_marked_last_line BEFORE UPDATE OF log ON tasks
+                WHEN instr(NEW.log, CAST('poison' AS BLOB)) > 0
+                BEGIN SELECT RAISE(ABORT, 'marked'); END;
              CREATE TRIGGER no_marked_error BEFORE UPDATE OF error ON tasks
                 WHEN NEW.error LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'marked'); END;
              CREATE TRIGGER no_marked_name BEFORE INSERT ON tasks

@@ -274,6 +274,12 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     connection.pragma_update(None, "foreign_keys", "OFF")?;
     // The prune's scratch table stays in memory.
     connection.pragma_update(None, "temp_store", "MEMORY")?;
+    // Ends rewrite rows of tasks accepted seconds ago, spread over the table: a cache that
+    // holds them saves reading each page back (32 MiB; the default is 2 MiB).
+    connection.pragma_update(None, "cache_size", -32_768)?;
+    // A page changed by many commits is copied into the database once per checkpoint: fewer
+    // checkpoints copy fewer pages (16 MiB of log between them; the default is 4 MiB).
+    connection.pragma_update(None, "wal_autocheckpoint", 4_000)?;
     Ok(())
 }
 
@@ -316,13 +322,17 @@ impl Store for SqliteStore {
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
         let (boot, seq) = key(pid);
         let read = |reader: &Connection| -> rusqlite::Result<Option<(TaskLogs, bool)>> {
-            let Some((dropped_bytes, ended)) = reader
+            let Some((dropped_bytes, ended, last)) = reader
                 .prepare_cached(
-                    "SELECT logs_dropped_bytes, ended_at IS NOT NULL FROM tasks
+                    "SELECT logs_dropped_bytes, ended_at IS NOT NULL, log FROM tasks
                      WHERE boot = ?1 AND seq = ?2",
                 )?
                 .query_row(params![boot, seq], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, bool>(1)?))
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, bool>(1)?,
+                        row.get::<_, Option<Vec<u8>>>(2)?,
+                    ))
                 })
                 .optional()?
             else {
@@ -335,6 +345,10 @@ impl Store for SqliteStore {
             let mut rows = statement.query(params![boot, seq])?;
             while let Some(row) = rows.next()? {
                 lines_of(row.get_ref(0)?.as_blob()?, &mut lines);
+            }
+            // The lines written with its end came last.
+            if let Some(last) = last {
+                lines_of(&last, &mut lines);
             }
             let logs = TaskLogs {
                 lines,

@@ -105,8 +105,10 @@ CREATE INDEX tasks_by_parent ON tasks (parent_boot, parent_seq, spawned_at, boot
 ///   end moved the status one, at places spread over the whole index. Lists filtered by name,
 ///   worker or an ended status read the time index instead; live tasks (spawned or running)
 ///   have an index of their own, which holds only them.
-/// - A task's log lines are kept as one row per write (`log_parts`, in `lines_blob`'s form)
-///   instead of one row per line; the lines of version 2 are carried over, a task's in one row.
+/// - A task's log lines are kept as one value per write (in `lines_blob`'s form) instead of
+///   one row per line: those written with its end in its own row (`log`), which the end
+///   rewrites anyway, the others in `log_parts`. The lines of version 2 are carried over, a
+///   task's in one row of `log_parts`.
 fn to_version_3(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
         "
@@ -114,6 +116,7 @@ DROP INDEX tasks_by_status;
 DROP INDEX tasks_by_name;
 DROP INDEX tasks_by_worker;
 CREATE INDEX tasks_live ON tasks (spawned_at, boot, seq) WHERE ended_at IS NULL;
+ALTER TABLE tasks ADD COLUMN log BLOB;
 CREATE TABLE log_parts (
     boot INTEGER NOT NULL,
     seq INTEGER NOT NULL,

@@ -346,13 +346,15 @@ fn messages(store: &dyn Store, pid: Pid) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Rows of log lines written for `pid`, read past the store.
+/// Values of log lines written for `pid` (rows of `log_parts`, and its row's `log`), read
+/// past the store.
 fn log_rows(path: &Path, pid: Pid) -> i64 {
     let (boot, seq) = key(pid);
     Connection::open(path)
         .expect("open")
         .query_row(
-            "SELECT COUNT(*) FROM log_parts WHERE boot = ?1 AND seq = ?2",
+            "SELECT (SELECT COUNT(*) FROM log_parts WHERE boot = ?1 AND seq = ?2)
+                + (SELECT COUNT(log) FROM tasks WHERE boot = ?1 AND seq = ?2)",
             params![boot, seq],
             |row| row.get(0),
         )
@@ -389,7 +391,16 @@ fn a_running_tasks_lines_are_shown_at_once_and_written_with_its_end() {
     assert!(store.kept.bytes() > 0);
 
     store.wait(vec![end]).expect("ended");
-    assert_eq!(log_rows(&path, pid), 1, "the lines in one row");
+    assert_eq!(log_rows(&path, pid), 1, "the lines in one value");
+    assert_eq!(
+        Connection::open(&path)
+            .expect("open")
+            .query_row("SELECT COUNT(*) FROM log_parts", [], |row| row
+                .get::<_, i64>(0))
+            .expect("count"),
+        0,
+        "written in the end's row"
+    );
     assert_eq!(messages(&store, pid), ["one", "two", "three"]);
     assert_eq!(
         store

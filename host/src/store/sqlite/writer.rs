@@ -211,13 +211,16 @@ impl<'a> TaskWrites<'a> {
         }
         let (boot, seq) = key(self.pid);
         let parent = record.parent.map(key);
+        // An end rewrites nothing here: the lines of a task that ended go in its row.
+        let log = (record.status.is_terminal() && !lines.is_empty())
+            .then(|| lines_blob(lines.iter().copied()));
         tx.prepare_cached(
             "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
                 duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
                 parent_boot, parent_seq, step, steps, exit_code, outcome, error, started_at,
-                ended_at, fuel, attempts, logs_dropped_bytes, ready_at)
+                ended_at, fuel, attempts, logs_dropped_bytes, ready_at, log)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
         )?
         .execute(params![
             boot,
@@ -247,6 +250,7 @@ impl<'a> TaskWrites<'a> {
             attempts_json(&record.attempts),
             dropped_bytes as i64,
             ready_at,
+            log,
         ])?;
         if let Some(idempotency) = idempotency {
             tx.prepare_cached(
@@ -261,7 +265,7 @@ impl<'a> TaskWrites<'a> {
                 nanos(record.spawned_at)
             ])?;
         }
-        if !lines.is_empty() {
+        if !lines.is_empty() && log.is_none() {
             tx.prepare_cached("INSERT INTO log_parts (boot, seq, lines) VALUES (?1, ?2, ?3)")?
                 .execute(params![boot, seq, lines_blob(lines.iter().copied())])?;
         }
@@ -289,14 +293,25 @@ impl<'a> TaskWrites<'a> {
                     dropped_bytes = *dropped;
                 }
                 TaskEvent::Ended { .. } => {
-                    write_lines(
-                        tx,
-                        boot,
-                        seq,
-                        &mut lines,
-                        std::mem::take(&mut dropped_bytes),
-                    )?;
-                    write_event(tx, boot, seq, event, progress.take())?;
+                    let dropped_bytes = std::mem::take(&mut dropped_bytes);
+                    let ended = write_end(tx, boot, seq, event, progress.take(), &lines)?;
+                    if ended {
+                        lines.clear();
+                    } else {
+                        // A stale end, or a task that had ended: the lines go as they would
+                        // have without it.
+                        write_lines(tx, boot, seq, &mut lines, dropped_bytes)?;
+                    }
+                    if ended && dropped_bytes > 0 {
+                        tx.prepare_cached(
+                            "UPDATE tasks SET logs_dropped_bytes = ?3 WHERE boot = ?1 AND seq = ?2",
+                        )?
+                        .execute(params![
+                            boot,
+                            seq,
+                            dropped_bytes as i64
+                        ])?;
+                    }
                 }
                 _ => {
                     if let Some((step, fuel)) = progress.take() {
@@ -398,40 +413,64 @@ fn write_event(
                 attempt
             ])?;
         }
-        TaskEvent::Ended {
-            at,
-            fuel,
-            end,
-            attempt,
-        } => {
-            let entry = attempt_json(0, end, *at);
-            tx.prepare_cached(
-                "UPDATE tasks SET status = ?3, outcome = ?4, exit_code = ?5, error = ?6,
-                    ended_at = ?7, fuel = ?8, ready_at = NULL, step = COALESCE(?11, step),
-                    attempts = CASE WHEN json_array_length(attempts) > 0
-                        THEN json_insert(attempts, '$[#]',
-                            json_set(json(?9), '$.attempt', attempt))
-                        ELSE attempts END
-                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?10",
-            )?
-            .execute(params![
-                boot,
-                seq,
-                end.status.as_str(),
-                end.outcome.as_str(),
-                end.exit_code,
-                end.error,
-                nanos(*at),
-                *fuel as i64,
-                entry,
-                attempt,
-                step.map(|(step, _)| step),
-            ])?;
+        TaskEvent::Ended { .. } => {
+            write_end(tx, boot, seq, event, step, &[])?;
         }
         TaskEvent::Progress { step, fuel, .. } => write_progress(tx, boot, seq, *step, *fuel)?,
         TaskEvent::Logs { .. } => {}
     }
     Ok(())
+}
+
+/// The end of a task accepted in an earlier chunk, with the last step it reached and the
+/// lines it logged since its log was last written, if they came in the same chunk: the row
+/// is rewritten by the end anyway, and most tasks' whole log is these lines. True when it
+/// ended the task; false for an end of another attempt than the current one, or of a task
+/// that had ended.
+fn write_end(
+    tx: &rusqlite::Transaction<'_>,
+    boot: i64,
+    seq: i64,
+    event: &TaskEvent,
+    step: Option<(u32, u64)>,
+    lines: &[&LogLine],
+) -> rusqlite::Result<bool> {
+    let TaskEvent::Ended {
+        at,
+        fuel,
+        end,
+        attempt,
+    } = event
+    else {
+        return Ok(false);
+    };
+    let log = (!lines.is_empty()).then(|| lines_blob(lines.iter().copied()));
+    // The attempts before this one are listed only for a task that restarted; this one then
+    // joins them.
+    let changed = tx
+        .prepare_cached(
+            "UPDATE tasks SET status = ?3, outcome = ?4, exit_code = ?5, error = ?6,
+                ended_at = ?7, fuel = ?8, ready_at = NULL, step = COALESCE(?10, step), log = ?11,
+                attempts = CASE WHEN attempts = '[]' THEN attempts
+                    ELSE json_insert(attempts, '$[#]', json_object('attempt', attempt,
+                        'status', ?3, 'outcome', ?4, 'exit_code', ?5, 'error', ?6,
+                        'ended_at', ?7)) END
+             WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?9",
+        )?
+        .execute(params![
+            boot,
+            seq,
+            end.status.as_str(),
+            end.outcome.as_str(),
+            end.exit_code,
+            end.error,
+            nanos(*at),
+            *fuel as i64,
+            attempt,
+            step.map(|(step, _)| step),
+            log,
+        ])?;
+    Ok(changed > 0)
 }
 
 /// Deletes the oldest ended tasks past `max_history`, and those that ended before
