@@ -381,10 +381,6 @@ impl Store for SqliteStore {
                 " AND status = ?",
                 status.as_str().to_owned().into(),
             );
-            // What lets the index of live tasks serve a list of them.
-            if !status.is_terminal() {
-                sql.push_str(" AND ended_at IS NULL");
-            }
         }
         if let Some(name) = &query.name {
             arg(&mut sql, " AND name = ?", name.clone().into());

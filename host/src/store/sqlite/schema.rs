@@ -102,9 +102,9 @@ CREATE INDEX tasks_by_parent ON tasks (parent_boot, parent_seq, spawned_at, boot
 /// 3 (issue #23): fewer B-trees written per task.
 ///
 /// - The indexes by status, name and worker go: every acceptance wrote each, and a start and an
-///   end moved the status one, at places spread over the whole index. Lists filtered by name,
-///   worker or an ended status read the time index instead; live tasks (spawned or running)
-///   have an index of their own, which holds only them.
+///   end moved the status one, at places spread over the whole index, each a page more for
+///   every commit to write. Lists filtered by them read the time index instead (history is
+///   bounded by `--max-history`), and the host reads its unfinished tasks once, at start.
 /// - A task's log lines are kept as one value per write (in `lines_blob`'s form) instead of
 ///   one row per line: those written with its end in its own row (`log`), which the end
 ///   rewrites anyway, the others in `log_parts`. The lines of version 2 are carried over, a
@@ -115,7 +115,6 @@ fn to_version_3(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 DROP INDEX tasks_by_status;
 DROP INDEX tasks_by_name;
 DROP INDEX tasks_by_worker;
-CREATE INDEX tasks_live ON tasks (spawned_at, boot, seq) WHERE ended_at IS NULL;
 ALTER TABLE tasks ADD COLUMN log BLOB;
 CREATE TABLE log_parts (
     boot INTEGER NOT NULL,

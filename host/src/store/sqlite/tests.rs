@@ -505,32 +505,6 @@ fn time_nanos(at: SystemTime) -> u128 {
         .map_or(0, |since| since.as_nanos())
 }
 
-/// Lists of live tasks by status read the index of live tasks.
-#[test]
-fn live_tasks_are_listed_through_their_index() {
-    let dir = scratch("live-index");
-    let path = dir.join("tasks.db");
-    drop(open(&path).expect("created"));
-    let connection = Connection::open(&path).expect("open");
-    let plan: Vec<String> = connection
-        .prepare(&format!(
-            "EXPLAIN QUERY PLAN SELECT {RECORD_COLUMNS} FROM tasks WHERE 1 = 1
-             AND status = ?1 AND ended_at IS NULL
-             ORDER BY spawned_at DESC, boot DESC, seq DESC LIMIT ?2"
-        ))
-        .expect("plan")
-        .query_map(params!["running", 101], |row| row.get(3))
-        .expect("plan")
-        .collect::<rusqlite::Result<_>>()
-        .expect("plan");
-    assert!(
-        plan.iter().any(|step| step.contains("tasks_live")),
-        "{plan:?}"
-    );
-    drop(connection);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 mod same_as_memory {
     //! The writer folds a task's changes of one commit together (issue #23): whatever the
     //! order of events and however they fall into commits, the SQLite store reads back what
