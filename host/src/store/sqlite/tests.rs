@@ -635,20 +635,6 @@ mod same_as_memory {
     }
 
     fn fields(record: &TaskRecord) -> String {
-        let attempts: Vec<_> = record
-            .attempts
-            .iter()
-            .map(|a| {
-                (
-                    a.attempt,
-                    a.status,
-                    a.outcome,
-                    a.exit_code,
-                    a.error.clone(),
-                    a.ended_at,
-                )
-            })
-            .collect();
         format!(
             "{:?} step {} steps {} exit {:?} outcome {:?} error {:?} started {:?} ended {:?} \
              fuel {} attempt {} attempts {:?} dropped {}",
@@ -662,7 +648,7 @@ mod same_as_memory {
             record.ended_at,
             record.fuel_consumed,
             record.attempt,
-            attempts,
+            record.attempts,
             record.logs_dropped_bytes
         )
     }
