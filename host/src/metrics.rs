@@ -71,6 +71,7 @@ pub const CLUSTER_QUEUED: &str = "http_spawn_cluster_queued_tasks";
 pub const MESSAGES: &str = "http_spawn_messages_total";
 pub const MAILBOXES_BYTES: &str = "http_spawn_mailboxes_bytes";
 pub const SPAWNS_REFUSED: &str = "http_spawn_spawns_refused_total";
+pub const TASKS_REFUSED_LATE: &str = "http_spawn_tasks_refused_late_total";
 pub const LOG_LINES_DROPPED: &str = "http_spawn_log_lines_dropped_total";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -141,6 +142,13 @@ pub const METRICS: &[Spec] = &[
         Some(Unit::Bytes),
         "Bytes of messages and notices every mailbox holds together (at most \
          --max-mailboxes-bytes of messages).",
+    ),
+    spec(
+        TASKS_REFUSED_LATE,
+        Kind::Counter,
+        None,
+        "Submissions refused (429) because a task accepted more than --max-start-lag before \
+         still waited to start, and the host did not catch up while they waited.",
     ),
     spec(
         SPAWNS_REFUSED,
@@ -486,6 +494,11 @@ impl Metrics {
     }
 
     /// A task's spawn was refused: its tree had spawned its share (`reason`).
+    /// A submission was refused: tasks start later than `--max-start-lag`.
+    pub fn refused_late(&self) {
+        self.counter(TASKS_REFUSED_LATE, Vec::new(), 1);
+    }
+
     pub fn spawn_refused(&self, reason: &'static str) {
         self.counter(SPAWNS_REFUSED, vec![label("reason", reason)], 1);
     }

@@ -431,3 +431,84 @@ async fn a_kill_that_overtakes_its_spawn_still_kills() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue #23, item 7: while a task accepted longer than `--max-start-lag` ago still waits to
+/// start, new submissions wait for the host to catch up (up to ten times the lag), then get
+/// `429` with `Retry-After`, instead of adding work it cannot start; every task it accepted
+/// runs, and once it has caught up it takes new ones again. (1 ms on one scheduler thread:
+/// any backlog at all is past it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_behind_refuses_new_tasks_until_it_has_caught_up() {
+    let app = spawn_app(
+        "default",
+        &["--max-start-lag", "1ms", "--worker-threads", "1"],
+    )
+    .await;
+    let app = std::sync::Arc::new(app);
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<(Option<String>, Value)>));
+    // Submitters in parallel until one is refused as late; bounded in time and count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let submitters = (0..32).map(|_| {
+        let (app, refused) = (std::sync::Arc::clone(&app), std::sync::Arc::clone(&refused));
+        async move {
+            let mut accepted = Vec::new();
+            for _ in 0..500 {
+                if std::time::Instant::now() > deadline
+                    || refused.lock().expect("not poisoned").is_some()
+                {
+                    break;
+                }
+                let response = app.submit(json!({"name": "burst", "duration": 0})).await;
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned);
+                let body: Value = response.json().await.expect("JSON body");
+                match status {
+                    202 => accepted.push(body["pid"].as_str().expect("pid").to_owned()),
+                    429 => {
+                        *refused.lock().expect("not poisoned") = Some((retry_after, body));
+                    }
+                    other => panic!("answered {other}: {body}"),
+                }
+            }
+            accepted
+        }
+    });
+    let accepted: Vec<String> = join_all(submitters).await.into_iter().flatten().collect();
+    let (retry_after, body) = refused
+        .lock()
+        .expect("not poisoned")
+        .take()
+        .expect("a submission refused while the host was behind");
+    assert!(retry_after.is_some(), "a 429 carries Retry-After: {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("--max-start-lag")),
+        "{body}"
+    );
+    for pid in &accepted {
+        let record = app.wait_end(pid).await;
+        assert_eq!(record["status"], "exited", "{record}");
+    }
+    // Caught up: nothing waits to start, so nothing is late.
+    let pid = app.spawn(json!({"name": "after", "duration": 0})).await;
+    assert_eq!(app.wait_end(&pid).await["status"], "exited");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let late = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("http_spawn_tasks_refused_late_total "))
+        .and_then(|count| count.trim().parse::<f64>().ok());
+    assert!(late.is_some_and(|late| late >= 1.0), "{late:?}");
+}

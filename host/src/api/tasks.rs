@@ -76,6 +76,11 @@ pub(super) struct Spawned {
     message: String,
 }
 
+/// How long a submission waits at most for a scheduler that starts tasks late before it is
+/// refused (and ten times `--max-start-lag`, if that is less), and how often it looks.
+const LATE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const LATE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Accepts a task and answers at once; the task runs in its own instance.
 #[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = TaskRequest,
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1,
@@ -99,7 +104,7 @@ pub(super) struct Spawned {
         (status = 409, description = "A request with the same Idempotency-Key is in progress", body = ErrorBody),
         (status = 415, description = "Body not sent as application/json", body = ErrorBody),
         (status = 422, description = "The Idempotency-Key was used with another body", body = ErrorBody),
-        (status = 429, description = "Every place and the queue are full", body = ErrorBody,
+        (status = 429, description = "Every place and the queue are full, or the host starts tasks later than --max-start-lag", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
         AnyRoute))]
 pub(super) async fn spawn_task(
@@ -111,6 +116,15 @@ pub(super) async fn spawn_task(
     let key = idempotency_key(&headers, &body)?;
     let task = parse_submission(&body, &state.limits)?;
     let (name, duration) = (task.name.clone(), task.duration);
+    // While the scheduler starts tasks late, the request waits (holding no thread) for it to
+    // catch up, up to a bound, before it is refused: a client that sends the next request as
+    // soon as this one is answered is slowed down instead of answered at once, so that its
+    // refusals do not take the CPU the scheduler needs to catch up.
+    let waited = std::time::Instant::now();
+    let patience = LATE_WAIT.min(state.host.max_start_lag() * 10);
+    while state.host.late().is_some() && waited.elapsed() < patience {
+        tokio::time::sleep(LATE_POLL).await;
+    }
     // Only a request with a key may have to be asked again (below): only it is copied.
     let again = key.as_ref().map(|key| (task.clone(), key.clone()));
     let spawned = match state.host.spawn(task, key) {
@@ -128,7 +142,7 @@ pub(super) async fn spawn_task(
         Err(error) => Err(error),
     };
     let pid = spawned.map_err(|error| match error {
-        SpawnError::Full { .. } => ApiError::Full {
+        SpawnError::Full { .. } | SpawnError::Behind { .. } => ApiError::Full {
             message: error.to_string(),
             retry_after: RETRY_AFTER_SECS,
         },

@@ -41,6 +41,8 @@ pub const DEFAULT_MAX_DURATION_SECS: u32 = 3_600;
 pub const DEFAULT_CAPACITY: u32 = 100_000;
 pub const DEFAULT_MAX_HISTORY: usize = 10_000;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
+/// The start lag past which new tasks are held back (`--max-start-lag`).
+const DEFAULT_MAX_START_LAG: &str = "25ms";
 /// How long the SQLite store keeps running tasks' log lines before it writes them.
 const DEFAULT_STORE_LOG_FLUSH: &str = "5s";
 
@@ -363,6 +365,15 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_STORE_LOG_FLUSH", value_parser = humantime::parse_duration,
           default_value = DEFAULT_STORE_LOG_FLUSH)]
     pub store_log_flush: Duration,
+
+    /// While a task accepted this long ago still waits for a scheduler thread to start it
+    /// (e.g. `50ms`), new submissions wait for the host to catch up (up to ten times this, at
+    /// most 500 ms), then are refused with `429` and `Retry-After`, instead of piling up work
+    /// it cannot start; `0s` never holds them back. Tasks waiting for a place (`--max-queue`)
+    /// are not counted.
+    #[arg(long, env = "HTTP_SPAWN_MAX_START_LAG", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_MAX_START_LAG)]
+    pub max_start_lag: Duration,
 
     /// This host's name in a cluster, shown in `GET /api/cluster` [default: the hostname and a
     /// short random id]. Names must be unique: a host that joins under the name of one still

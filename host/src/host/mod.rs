@@ -47,6 +47,11 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 pub enum SpawnError {
     #[error("the host is full ({live} live tasks and {queued} waiting); retry later")]
     Full { live: u32, queued: usize },
+    #[error(
+        "the host starts new tasks {lag_ms} ms after they are accepted, past its \
+         --max-start-lag of {max_ms} ms: it is taking no more until it catches up; retry later"
+    )]
+    Behind { lag_ms: u128, max_ms: u128 },
     #[error("the host is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -89,6 +94,8 @@ pub struct Host {
     pids: Pids,
     deadline_grace_secs: u32,
     idempotency_ttl: Duration,
+    /// `--max-start-lag`: zero never refuses for it.
+    max_start_lag: Duration,
     /// Idempotency keys whose first request is being answered.
     keys_in_flight: Arc<Mutex<HashSet<String>>>,
     sandbox: Arc<Sandbox>,
@@ -272,6 +279,7 @@ impl Host {
             pids: pids.after(last),
             deadline_grace_secs: config.deadline_grace_secs,
             idempotency_ttl: config.idempotency_ttl,
+            max_start_lag: config.max_start_lag,
             keys_in_flight: Arc::default(),
             sandbox,
             workers,
@@ -545,6 +553,18 @@ impl Host {
             )
             .into());
         }
+        // A client's task is refused while the scheduler starts tasks later than
+        // `--max-start-lag`: taking it would only lengthen the wait of those accepted before it.
+        // A task's own spawns are bounded by its tree's budget instead.
+        if spawned_by.is_none()
+            && let Some(lag) = self.late()
+        {
+            self.metrics().refused_late();
+            return Err(SpawnError::Behind {
+                lag_ms: lag.as_millis(),
+                max_ms: self.max_start_lag.as_millis(),
+            });
+        }
         let promise = self.promise()?;
         // In a cluster, a task with no free place here waits in the shared queue, for any
         // host with one; it holds nothing here.
@@ -670,6 +690,19 @@ impl Host {
                 }
             }
         }
+    }
+
+    /// `--max-start-lag`.
+    pub fn max_start_lag(&self) -> Duration {
+        self.max_start_lag
+    }
+
+    /// How late the scheduler starts new tasks, if later than `--max-start-lag`: new tasks
+    /// from clients are refused meanwhile.
+    pub fn late(&self) -> Option<Duration> {
+        self.scheduler
+            .start_lag()
+            .filter(|lag| !self.max_start_lag.is_zero() && *lag > self.max_start_lag)
     }
 
     /// The pid an idempotency key was first used for, if it was used with the same body and

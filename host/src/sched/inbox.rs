@@ -21,8 +21,8 @@ pub(super) const TIMER_SLACK: Duration = Duration::from_millis(1);
 /// What a scheduler thread is asked to do, in order.
 #[derive(Debug)]
 pub(super) enum Command {
-    /// Run this task, which holds this place.
-    Run(Job, Permit<Job>),
+    /// Run this task, which holds this place; queued at that instant.
+    Run(Job, Permit<Job>, Instant),
     /// End this task, one of this thread's, so: killed by an operator or another task, or
     /// `linked_exit`.
     Kill(Pid, TaskEnd),
@@ -48,6 +48,12 @@ pub(super) struct Inbox {
     pub(super) thread: OnceLock<Thread>,
     /// Kills, taken ahead of any backlog of new tasks.
     urgent: Mutex<Vec<Command>>,
+    /// When the oldest new task queued here and not yet taken by the thread was queued (in
+    /// nanoseconds since `epoch`, plus one); 0 when none is.
+    queued_since: AtomicU64,
+    /// The same for the oldest new task the thread has taken and not started yet; published
+    /// by the thread.
+    taken_since: AtomicU64,
 }
 
 impl Inbox {
@@ -60,6 +66,8 @@ impl Inbox {
             closed: AtomicBool::new(false),
             thread: OnceLock::new(),
             urgent: Mutex::new(Vec::new()),
+            queued_since: AtomicU64::new(0),
+            taken_since: AtomicU64::new(0),
         }
     }
 
@@ -84,7 +92,12 @@ impl Inbox {
             if self.closed.load(Ordering::SeqCst) {
                 return Err(Box::new(job));
             }
-            commands.push(Command::Run(job, permit));
+            let now = Instant::now();
+            if commands.is_empty() {
+                self.queued_since
+                    .store(self.nanos(now) + 1, Ordering::Relaxed);
+            }
+            commands.push(Command::Run(job, permit, now));
         }
         self.notify(false);
         Ok(())
@@ -120,6 +133,26 @@ impl Inbox {
         }
     }
 
+    /// The thread holds new tasks it has not started, the oldest queued at `oldest`.
+    pub(super) fn taken(&self, oldest: Option<Instant>) {
+        let since = oldest.map_or(0, |at| self.nanos(at) + 1);
+        self.taken_since.store(since, Ordering::Relaxed);
+    }
+
+    /// How long the oldest new task waiting for the thread has waited; `None` while none waits.
+    /// A task submitted now waits at least as long.
+    pub(super) fn start_lag(&self) -> Option<Duration> {
+        let oldest = [
+            self.queued_since.load(Ordering::Relaxed),
+            self.taken_since.load(Ordering::Relaxed),
+        ]
+        .into_iter()
+        .filter(|since| *since != 0)
+        .min()?;
+        let now = self.nanos(Instant::now()) + 1;
+        Some(Duration::from_nanos(now.saturating_sub(oldest)))
+    }
+
     /// Whether the inbox takes no more tasks: the host is shutting down.
     pub(super) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
@@ -148,6 +181,7 @@ impl Inbox {
         let mut commands = self.lock();
         self.pending.fetch_sub(commands.len(), Ordering::SeqCst);
         into.extend(commands.drain(..));
+        self.queued_since.store(0, Ordering::Relaxed);
     }
 
     /// Sleeps until `until` (or until woken), unless a job arrived meanwhile.

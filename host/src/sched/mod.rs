@@ -433,6 +433,16 @@ impl Scheduler {
         self.lanes.admission.live()
     }
 
+    /// How long the oldest new task waiting for a scheduler thread has waited, on the thread
+    /// furthest behind: a task accepted now waits at least as long. `None` while none waits.
+    pub fn start_lag(&self) -> Option<Duration> {
+        self.lanes
+            .lanes
+            .iter()
+            .filter_map(|lane| lane.inbox.start_lag())
+            .max()
+    }
+
     /// The most tasks that may be live at once.
     pub fn capacity(&self) -> u32 {
         self.lanes.admission.limit()

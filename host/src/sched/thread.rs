@@ -104,7 +104,7 @@ impl SchedulerThread {
 
     fn carry_out(&mut self, command: Command) {
         match command {
-            Command::Run(job, permit) => self.spawn(job, permit),
+            Command::Run(job, permit, _) => self.spawn(job, permit),
             Command::Kill(pid, end) => self.kill(pid, end),
             Command::Wake(pid) => self.deliver(pid),
             Command::KillAll(end) => self.kill_all(&end),
@@ -141,12 +141,14 @@ impl SchedulerThread {
             // Oldest first, a batch at a time, so timers are looked at between batches.
             let mut took = false;
             for _ in 0..INTAKE_BATCH {
+                self.publish_intake();
                 let Some(command) = self.intake.pop_front() else {
                     break;
                 };
                 self.carry_out(command);
                 took = true;
             }
+            self.publish_intake();
             if took || stepped || !self.intake.is_empty() || !self.ready.is_empty() {
                 continue;
             }
@@ -165,6 +167,15 @@ impl SchedulerThread {
             }
             self.lane().inbox.park(next_timer);
         }
+    }
+
+    /// Tells admission how long the oldest new task this thread holds has waited.
+    fn publish_intake(&self) {
+        let oldest = self.intake.iter().find_map(|command| match command {
+            Command::Run(_, _, queued_at) => Some(*queued_at),
+            _ => None,
+        });
+        self.lane().inbox.taken(oldest);
     }
 
     fn fire_due_timers(&mut self) {
@@ -476,8 +487,9 @@ impl SchedulerThread {
         let queued = self
             .intake
             .iter()
-            .position(|command| matches!(command, Command::Run(job, _) if job.pid == pid));
-        if let Some(Command::Run(job, permit)) = queued.and_then(|index| self.intake.remove(index))
+            .position(|command| matches!(command, Command::Run(job, ..) if job.pid == pid));
+        if let Some(Command::Run(job, permit, _)) =
+            queued.and_then(|index| self.intake.remove(index))
         {
             return self.end_unstarted(job, permit, end);
         }
@@ -492,7 +504,7 @@ impl SchedulerThread {
             .intake
             .drain(..)
             .filter_map(|command| match command {
-                Command::Run(job, permit) => Some((job, permit)),
+                Command::Run(job, permit, _) => Some((job, permit)),
                 Command::Kill(..) | Command::Wake(_) | Command::KillAll(_) => None,
             })
             .collect();

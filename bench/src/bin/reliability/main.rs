@@ -9,6 +9,7 @@ mod crash;
 mod hooks;
 mod host;
 mod hostile;
+mod lag;
 mod mixed;
 mod overload;
 mod soak;
@@ -30,8 +31,8 @@ pub struct Args {
     /// The same as `--scale 0.05`.
     #[arg(long)]
     pub quick: bool,
-    /// Run only these cases (comma-separated): hostile, storm, soak, overload, crash, fuzz-api,
-    /// http, store-lock.
+    /// Run only these cases (comma-separated): hostile, storm, soak, overload, lag, crash,
+    /// fuzz-api, http, store-lock.
     #[arg(long, env = "RELIABILITY_ONLY", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Submissions per second in the hostile case (both its loads); the storm case takes at
@@ -161,11 +162,12 @@ type Case = fn(&Args, &Path) -> anyhow::Result<Verdict>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cases: [(&str, Case); 8] = [
+    let cases: [(&str, Case); 9] = [
         ("hostile", hostile::run),
         ("storm", storm::run),
         ("soak", soak::run),
         ("overload", overload::run),
+        ("lag", lag::run),
         ("crash", crash::run),
         ("fuzz-api", hooks::fuzz_api),
         ("http", hooks::http_tests),
