@@ -1034,7 +1034,13 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
             durations: Durations::Seed,
         }));
         let metrics = get(server.addr, "/metrics").unwrap_or_default();
+        let drain_began = Instant::now();
         let totals = server.drain(Duration::from_secs(15));
+        let drained = drain_began.elapsed();
+        // What a user gets done: tasks that exited 0, over the load and the drain after it
+        // (issue #23, item 7: accepting more than can start only lengthens the drain).
+        let completed = totals["tasks"]["exited_ok"].as_f64().unwrap_or(0.0)
+            / (outcome.elapsed + drained).as_secs_f64();
         let cpu = server.cpu_secs() - cpu_before;
         let writer_us = writer_before
             .zip(writer_cpu())
@@ -1057,6 +1063,7 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         rows.push(vec![
             (*label).to_owned(),
             format!("{rate:.0}"),
+            format!("{completed:.0}"),
             format!("{:.2}", outcome.percentile_ms(0.5)),
             format!("{:.2}", outcome.percentile_ms(0.99)),
             format!("{cpu_us:.1}"),
@@ -1077,6 +1084,7 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         ]);
         results.push(json!({
             "store": label, "accepted_per_sec": rate, "cpu_us_per_task": cpu_us,
+            "completed_per_sec": completed, "drain_secs": drained.as_secs_f64(),
             "writer_cpu_us_per_task": writer_us,
             "p50_ms": outcome.percentile_ms(0.5), "p99_ms": outcome.percentile_ms(0.99),
             "commits": commits, "batches": batches, "accepted": outcome.accepted,
@@ -1087,6 +1095,7 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         &[
             "store",
             "accepted/s",
+            "completed/s (load and drain)",
             "p50 ms",
             "p99 ms",
             "server CPU µs/task",
