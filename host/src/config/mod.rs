@@ -42,7 +42,7 @@ pub const DEFAULT_CAPACITY: u32 = 100_000;
 pub const DEFAULT_MAX_HISTORY: usize = 10_000;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
 /// The start lag past which new tasks are held back (`--max-start-lag`).
-const DEFAULT_MAX_START_LAG: &str = "25ms";
+const DEFAULT_MAX_START_LAG: &str = "100ms";
 /// How long the SQLite store keeps running tasks' log lines before it writes them.
 const DEFAULT_STORE_LOG_FLUSH: &str = "5s";
 
