@@ -497,18 +497,6 @@ async fn a_host_behind_refuses_new_tasks_until_it_has_caught_up() {
     // Caught up: nothing waits to start, so nothing is late.
     let pid = app.spawn(json!({"name": "after", "duration": 0})).await;
     assert_eq!(app.wait_end(&pid).await["status"], "exited");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let late = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("http_spawn_tasks_refused_late_total "))
-        .and_then(|count| count.trim().parse::<f64>().ok());
+    let late = app.metric("http_spawn_tasks_refused_late_total").await;
     assert!(late.is_some_and(|late| late >= 1.0), "{late:?}");
 }

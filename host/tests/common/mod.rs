@@ -141,6 +141,24 @@ pub async fn start_app(config: Config) -> TestApp {
 }
 
 impl Remote {
+    /// One value of the host's Prometheus metrics: the first line that starts with `series`
+    /// (a name, with its labels if it has any), or none.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+    }
+
     /// The API at `base`, such as `http://127.0.0.1:8080`.
     pub fn new(base: String) -> Self {
         Self {

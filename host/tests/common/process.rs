@@ -169,20 +169,7 @@ impl Binary {
     /// One value of the host's Prometheus metrics: the first line that starts with `series`
     /// (a name, with its labels if it has any), or none.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let text = self
-            .remote
-            .client
-            .get(self.remote.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines().find_map(|line| {
-            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-            value.trim().parse().ok()
-        })
+        self.remote.metric(series).await
     }
 }
 
