@@ -228,3 +228,62 @@ actor_scope = "tree"
     assert!(received.is_empty(), "{received:?}");
     host.kill(&bystander).await;
 }
+
+/// A task held to a scope cannot escape it by spawning a worker of a wider one: the child
+/// reaches no further than its parent (the review of #21 found a `descendants` task's child of
+/// the default worker reaching any task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_reaches_no_further_than_its_parent() {
+    let dir = temp_dir("trust-scope-child");
+    let path = registry(
+        &dir,
+        r#"
+[workers.confined]
+module = "{module:actor}"
+max_memory = "16MiB"
+actor_scope = "descendants"
+"#,
+    );
+    let host = start_app(registry_config(&path, &[])).await;
+    let bystander = host
+        .spawn(actor(
+            "bystander",
+            json!([{"op": "receive_all", "timeout_ms": 30_000}]),
+        ))
+        .await;
+    // Of the default worker, whose scope is `any`: it tries the bystander, then its parent.
+    let kid = json!({"script": [
+        {"op": "send", "to": bystander, "body": "escaped"},
+        {"op": "send", "to": "$parent", "body": "done"},
+        {"op": "exit", "code": 0}
+    ]});
+    let mut submit = actor(
+        "confined",
+        json!([
+            {"op": "spawn", "worker": "actor", "name": "kid", "payload": kid},
+            {"op": "receive", "timeout_ms": 20_000},
+            {"op": "exit", "code": 0}
+        ]),
+    );
+    submit["worker"] = json!("confined");
+    let record = host.run(submit).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    let pid = record["pid"].as_str().expect("a pid").to_owned();
+    let lines = logged(&host, &pid).await;
+    let (at, spawn) = line_of(&lines, "spawn", 0);
+    let kid_pid = spawn["pid"].as_str().expect("the kid's pid").to_owned();
+    let (_, done) = line_of(&lines, "receive", at);
+    assert_eq!(done["body"], "done", "{done}");
+    let kid_lines = logged(&host, &kid_pid).await;
+    let (at, send) = line_of(&kid_lines, "send", 0);
+    assert_eq!(send["error"], "no_such_process", "{send}");
+    let (_, send) = line_of(&kid_lines, "send", at + 1);
+    assert_eq!(send["ok"], true, "{send}");
+    let received: Vec<_> = logged(&host, &bystander)
+        .await
+        .into_iter()
+        .filter(|line| line.get("got").is_some())
+        .collect();
+    assert!(received.is_empty(), "{received:?}");
+    host.kill(&bystander).await;
+}

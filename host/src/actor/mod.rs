@@ -214,6 +214,8 @@ struct Actor {
     lineage: Option<Arc<Lineage>>,
     /// How far its actor calls reach.
     scope: ActorScope,
+    /// The task whose subtree bounds its reach, whatever its scope (see [`Placement::bound`]).
+    bound: Option<Pid>,
     /// The task waits in `receive` for its mailbox: the next put must wake it.
     waiting: bool,
     links: Vec<Pid>,
@@ -226,8 +228,14 @@ struct Actor {
 }
 
 impl Actor {
-    fn new(root: Pid, lineage: Option<Arc<Lineage>>, scope: ActorScope) -> Self {
+    fn new(
+        root: Pid,
+        lineage: Option<Arc<Lineage>>,
+        scope: ActorScope,
+        bound: Option<Pid>,
+    ) -> Self {
         Self {
+            bound,
             mailbox: VecDeque::new(),
             messages: 0,
             bytes: 0,
@@ -345,16 +353,17 @@ impl Actors {
                 None => Lineage::child_of(parent, None, false),
             })
         });
-        self.shard(pid)
-            .entry(pid)
-            .or_insert_with(|| Actor::new(placement.root, lineage, placement.scope));
+        self.shard(pid).entry(pid).or_insert_with(|| {
+            Actor::new(placement.root, lineage, placement.scope, placement.bound)
+        });
     }
 
-    /// How far a live task's actor calls reach, and its ancestors as this host knows them.
-    pub fn reach(&self, pid: Pid) -> Option<(ActorScope, Option<Arc<Lineage>>)> {
+    /// How far a live task's actor calls reach (its scope, and the task whose subtree bounds
+    /// them, if any), and its ancestors as this host knows them.
+    pub fn reach(&self, pid: Pid) -> Option<(ActorScope, Option<Pid>, Option<Arc<Lineage>>)> {
         self.shard(pid)
             .get(&pid)
-            .map(|actor| (actor.scope, actor.lineage.clone()))
+            .map(|actor| (actor.scope, actor.bound, actor.lineage.clone()))
     }
 
     /// Charges a spawn by `parent` to its tree: the root it is charged to, or why the tree
@@ -924,6 +933,7 @@ mod tests {
             parent: Some(parent),
             root,
             scope: ActorScope::Any,
+            bound: None,
         };
         actors.enter_placed(child, placed(root));
         // The child's own spawns go to the root's tree: one a second, a burst of four.

@@ -98,6 +98,10 @@ pub struct Placement {
     pub parent: Option<Pid>,
     pub root: Pid,
     pub scope: ActorScope,
+    /// The task whose subtree bounds everything this one may reach, whatever its scope: set
+    /// for a task spawned under one held to a scope narrower than `any`, so that spawning a
+    /// worker of a wider scope never widens what a tree reaches.
+    pub bound: Option<Pid>,
 }
 
 impl Placement {
@@ -107,6 +111,7 @@ impl Placement {
             parent,
             root: pid,
             scope,
+            bound: None,
         }
     }
 }

@@ -613,6 +613,17 @@ impl Host {
                     parent,
                     root,
                     scope: settings.actor_scope,
+                    // A tree reaches no further for its tasks' spawning workers of a wider
+                    // scope: a child of a task held to its descendants stays within its
+                    // parent's subtree; one of a task held to its tree, within that tree.
+                    bound: parent.and_then(|parent| {
+                        let (scope, bound, _) = self.actors.reach(parent)?;
+                        match scope {
+                            crate::actor::ActorScope::Any => bound,
+                            crate::actor::ActorScope::Tree => bound.or(Some(root)),
+                            crate::actor::ActorScope::Descendants => Some(parent),
+                        }
+                    }),
                 },
             );
         }

@@ -35,14 +35,18 @@ impl Host {
     /// Whether `caller`, a running task, may send to, kill, link to or monitor `target`, or
     /// learn that it holds a name.
     pub(super) fn reaches(&self, caller: Pid, target: Pid) -> bool {
-        let Some((scope, _)) = self.actors.reach(caller) else {
+        let Some((scope, bound, _)) = self.actors.reach(caller) else {
             // Not a task running here: it makes no calls.
             return false;
         };
-        if scope == ActorScope::Any || caller == target {
+        if caller == target || (scope == ActorScope::Any && bound.is_none()) {
             return true;
         }
         let up = self.ancestry(target);
+        // Within the subtree that bounds it, whatever its scope.
+        if bound.is_some_and(|bound| target != bound && !up.ancestors.contains(&bound)) {
+            return false;
+        }
         if up.ancestors.contains(&caller) {
             return true;
         }
@@ -64,8 +68,8 @@ impl Host {
         let mut at = pid;
         while ancestors.len() < MAX_GENERATIONS {
             let parent = match self.actors.reach(at) {
-                Some((_, None)) => None,
-                Some((_, Some(lineage))) => {
+                Some((_, _, None)) => None,
+                Some((_, _, Some(lineage))) => {
                     ancestors.extend_from_slice(lineage.ancestors());
                     match lineage.broken_at() {
                         Some(last) => {
