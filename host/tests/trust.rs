@@ -215,18 +215,22 @@ actor_scope = "tree"
     let (_, send) = line_of(&kid_lines, "send", at + 1);
     assert_eq!(send["ok"], true, "{send}");
 
-    // And the bystander, of the default scope, was never touched: it still waits, and nothing
-    // reached its mailbox.
+    // And the bystander, of the default scope, was never touched.
+    untouched(&host, &bystander).await;
+}
+
+/// `bystander` still waits, and nothing reached its mailbox; then it is killed.
+async fn untouched(host: &common::TestApp, bystander: &str) {
     let (status, record) = host.get(&format!("/api/tasks/{bystander}")).await;
     assert_eq!(status, 200, "{record}");
     assert_eq!(record["status"], "running", "{record}");
-    let received: Vec<_> = logged(&host, &bystander)
+    let received: Vec<_> = logged(host, bystander)
         .await
         .into_iter()
         .filter(|line| line.get("got").is_some())
         .collect();
     assert!(received.is_empty(), "{received:?}");
-    host.kill(&bystander).await;
+    host.kill(bystander).await;
 }
 
 /// A task held to a scope cannot escape it by spawning a worker of a wider one: the child
@@ -279,11 +283,5 @@ actor_scope = "descendants"
     assert_eq!(send["error"], "no_such_process", "{send}");
     let (_, send) = line_of(&kid_lines, "send", at + 1);
     assert_eq!(send["ok"], true, "{send}");
-    let received: Vec<_> = logged(&host, &bystander)
-        .await
-        .into_iter()
-        .filter(|line| line.get("got").is_some())
-        .collect();
-    assert!(received.is_empty(), "{received:?}");
-    host.kill(&bystander).await;
+    untouched(&host, &bystander).await;
 }
