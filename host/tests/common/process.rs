@@ -60,6 +60,10 @@ impl Binary {
             .args(["--listen", &listen, "--cache-dir", &cache])
             .args(args)
             .env("RUST_LOG", "warn")
+            // As for the hosts in the test process (see `common::parse`): a debug build on a
+            // small machine must not meet load shedding by chance in a test of something
+            // else. A test's own `--max-start-lag` or environment wins.
+            .env("HTTP_SPAWN_MAX_START_LAG", "0s")
             .stdout(stdout)
             .stderr(Stdio::inherit());
         for (name, value) in env {
