@@ -259,3 +259,68 @@ impl Kept {
         self.lock().bytes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::model::LogSource;
+
+    fn lines(pid: Pid, count: usize, bytes: usize) -> Change {
+        let line = LogLine {
+            at: SystemTime::now(),
+            source: LogSource::Info,
+            message: "x".repeat(bytes),
+        };
+        Change::Event(
+            pid,
+            TaskEvent::Logs {
+                lines: vec![line; count],
+                dropped_bytes: 0,
+            },
+        )
+    }
+
+    /// The bounds README promises: a task's kept lines are written once they pass
+    /// `TASK_BYTES`, and all tasks' together never hold much past `TOTAL_BYTES`, however many
+    /// tasks keep lines; what is not kept goes back into the batch, none lost.
+    #[test]
+    fn kept_lines_stay_within_their_bounds_and_none_is_lost() {
+        let kept = Kept::new(Duration::from_secs(3600));
+        let message = 1000;
+        // One task: past its own bound, its lines come back to be written.
+        let one = Pid::new(1, 1);
+        let mut batch = vec![lines(one, TASK_BYTES / message + 1, message)];
+        kept.take_from(&mut batch);
+        assert_eq!(batch.len(), 1, "written once past {TASK_BYTES} bytes");
+        assert_eq!(kept.bytes(), 0);
+        // Many tasks, each under its own bound: together they stop at the total.
+        let per_task = TASK_BYTES / message / 2;
+        let tasks = 2 * TOTAL_BYTES / (per_task * (message + LINE_OVERHEAD));
+        let mut returned = 0;
+        for seq in 0..tasks {
+            let mut batch = vec![lines(Pid::new(2, seq as u64), per_task, message)];
+            kept.take_from(&mut batch);
+            returned += batch.len();
+            assert!(
+                kept.bytes() <= TOTAL_BYTES + TASK_BYTES,
+                "{} bytes kept",
+                kept.bytes()
+            );
+        }
+        assert!(
+            returned > 0,
+            "past the total, lines are written as they come"
+        );
+        // At close, everything kept comes back.
+        let mut rest = Vec::new();
+        kept.flush_all(|due| rest = due);
+        assert_eq!(
+            returned + rest.len(),
+            tasks,
+            "every task's lines written once"
+        );
+        assert_eq!(kept.bytes(), 0);
+    }
+}

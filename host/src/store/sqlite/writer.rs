@@ -317,7 +317,7 @@ impl<'a> TaskWrites<'a> {
                     if let Some((step, fuel)) = progress.take() {
                         write_progress(tx, boot, seq, step, fuel)?;
                     }
-                    write_event(tx, boot, seq, event, None)?;
+                    write_event(tx, boot, seq, event)?;
                 }
             }
         }
@@ -371,14 +371,13 @@ fn write_progress(
     Ok(())
 }
 
-/// A start, restart or end of a task accepted in an earlier chunk; an end carries the last
-/// step reached, if it came in the same chunk.
+/// A start or a restart of a task accepted in an earlier chunk. (`update` writes its ends,
+/// progress and lines.)
 fn write_event(
     tx: &rusqlite::Transaction<'_>,
     boot: i64,
     seq: i64,
     event: &TaskEvent,
-    step: Option<(u32, u64)>,
 ) -> rusqlite::Result<()> {
     match event {
         TaskEvent::Started { at, steps, fuel } => {
@@ -413,11 +412,7 @@ fn write_event(
                 attempt
             ])?;
         }
-        TaskEvent::Ended { .. } => {
-            write_end(tx, boot, seq, event, step, &[])?;
-        }
-        TaskEvent::Progress { step, fuel, .. } => write_progress(tx, boot, seq, *step, *fuel)?,
-        TaskEvent::Logs { .. } => {}
+        TaskEvent::Ended { .. } | TaskEvent::Progress { .. } | TaskEvent::Logs { .. } => {}
     }
     Ok(())
 }
