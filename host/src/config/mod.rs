@@ -45,6 +45,7 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 16 * 1024;
 const DEFAULT_MAX_START_LAG: &str = "100ms";
 /// How long the SQLite store keeps running tasks' log lines before it writes them.
 const DEFAULT_STORE_LOG_FLUSH: &str = "5s";
+const DEFAULT_STORE_COMMIT_SPACING: &str = "2ms";
 
 /// The bound on what waits for a durable store's writer (`--store-backlog`).
 pub const DEFAULT_STORE_BACKLOG: &str = "64MiB";
@@ -365,6 +366,14 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_STORE_LOG_FLUSH", value_parser = humantime::parse_duration,
           default_value = DEFAULT_STORE_LOG_FLUSH)]
     pub store_log_flush: Duration,
+
+    /// The least time between the starts of two commits of the SQLite store while changes
+    /// come fast, e.g. `2ms`: what comes meanwhile goes into the next commit, so that one flush
+    /// to the disk serves more tasks. A commit after a pause starts at once; `0s` starts each
+    /// as soon as the last one ends.
+    #[arg(long, env = "HTTP_SPAWN_STORE_COMMIT_SPACING", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_STORE_COMMIT_SPACING)]
+    pub store_commit_spacing: Duration,
 
     /// While a task accepted this long ago still waits for a scheduler thread to start it
     /// (e.g. `50ms`), new submissions wait for the host to catch up (up to ten times this, at

@@ -970,6 +970,7 @@ fn open_store(config: &Config) -> anyhow::Result<Opened> {
                 config.store_sync,
                 config.store_backlog,
                 config.store_log_flush,
+                config.store_commit_spacing,
             )?;
             tracing::info!(path = %path.display(), sync = ?config.store_sync, "task store opened");
             (Arc::new(store), None)

@@ -16,6 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::{Change, Done, tell};
 use crate::model::{Pid, TaskEvent};
@@ -109,9 +110,20 @@ struct State {
     bytes: usize,
     changes: usize,
     closed: bool,
+    /// While the writer waits: how many batches (or tasks' progress) must wait before it is
+    /// woken. A submitter
+    /// wakes it only then, so that a writer gathering a commit is not woken by each batch,
+    /// and a busy one costs a submitter no system call.
+    waiting: Option<usize>,
 }
 
 impl State {
+    /// Whether what waits now is what the writer waits for.
+    fn wakes(&self) -> bool {
+        self.waiting
+            .is_some_and(|enough| self.pending.len() + self.progress.len() >= enough)
+    }
+
     fn push_back(&mut self, pending: Pending) {
         self.bytes += pending.bytes;
         self.changes += pending.batch.len();
@@ -124,6 +136,15 @@ impl State {
         self.changes -= pending.batch.len();
         Some(pending)
     }
+}
+
+/// What [`Backlog::take_within`] found.
+pub(super) enum Taken {
+    Chunk(Chunk),
+    /// Nothing came within the wait.
+    Idle,
+    /// The backlog is closed and empty.
+    Closed,
 }
 
 /// The backlog of one store's writer.
@@ -168,8 +189,14 @@ impl Backlog {
         if done.is_none()
             && let [Change::Event(pid, TaskEvent::Progress { step, fuel, .. })] = batch.as_slice()
         {
-            self.lock().progress.insert(*pid, (*step, *fuel));
-            self.wake.notify_one();
+            let wake = {
+                let mut state = self.lock();
+                state.progress.insert(*pid, (*step, *fuel));
+                state.wakes()
+            };
+            if wake {
+                self.wake.notify_one();
+            }
             return;
         }
         let only_lines = !batch.is_empty() && batch.iter().all(is_log_lines);
@@ -187,8 +214,11 @@ impl Backlog {
             self.count_shed(lines);
         }
         state.push_back(Pending::new(batch, done, node));
+        let wake = state.wakes();
         drop(state);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     fn count_shed(&self, lines: u64) {
@@ -207,15 +237,59 @@ impl Backlog {
     /// Waits for something to write, then takes the oldest batches up to `max_weight` (one at
     /// least) and every folded progress; none once the backlog is closed and empty.
     pub(super) fn take(&self, max_weight: usize) -> Option<Chunk> {
+        match self.take_within(max_weight, None) {
+            Taken::Chunk(chunk) => Some(chunk),
+            Taken::Idle | Taken::Closed => None,
+        }
+    }
+
+    /// Waits until `until`, or until at least `enough` batches wait, or the backlog closes:
+    /// for a writer that spaces its commits out.
+    pub(super) fn gather(&self, until: Instant, enough: usize) {
         let mut state = self.lock();
-        while state.pending.is_empty() && state.progress.is_empty() && !state.closed {
+        while state.pending.len() + state.progress.len() < enough && !state.closed {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state.waiting = Some(enough);
             state = self
                 .wake
-                .wait(state)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
+        state.waiting = None;
+    }
+
+    /// As [`Backlog::take`], waiting at most `wait` (for ever when none) for something to
+    /// take.
+    pub(super) fn take_within(&self, max_weight: usize, wait: Option<Duration>) -> Taken {
+        let deadline = wait.map(|wait| Instant::now() + wait);
+        let mut state = self.lock();
+        while state.pending.is_empty() && state.progress.is_empty() && !state.closed {
+            state.waiting = Some(1);
+            state = match deadline {
+                None => self
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        state.waiting = None;
+                        return Taken::Idle;
+                    }
+                    self.wake
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0
+                }
+            };
+        }
+        state.waiting = None;
         if state.pending.is_empty() && state.progress.is_empty() {
-            return None;
+            return Taken::Closed;
         }
         let mut chunk = Chunk {
             pendings: Vec::new(),
@@ -232,7 +306,7 @@ impl Backlog {
                 chunk.pendings.push(pending);
             }
         }
-        Some(chunk)
+        Taken::Chunk(chunk)
     }
 
     /// Puts back, before everything waiting, what could not be written, in its order; keeps

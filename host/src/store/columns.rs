@@ -87,6 +87,13 @@ const LINE_HEADER: usize = 8 + 1 + 4;
 /// rather than one per line is most of what makes a chatty task cheap to store.
 pub(super) fn lines_blob<'a>(lines: impl IntoIterator<Item = &'a LogLine>) -> Vec<u8> {
     let mut blob = Vec::new();
+    append_lines(&mut blob, lines);
+    blob
+}
+
+/// Appends `lines` to `blob`, in [`lines_blob`]'s form: the lines of two values one after the
+/// other are one value.
+pub(super) fn append_lines<'a>(blob: &mut Vec<u8>, lines: impl IntoIterator<Item = &'a LogLine>) {
     for line in lines {
         let message = line.message.as_bytes();
         let len = u32::try_from(message.len()).unwrap_or(u32::MAX);
@@ -100,7 +107,6 @@ pub(super) fn lines_blob<'a>(lines: impl IntoIterator<Item = &'a LogLine>) -> Ve
         blob.extend_from_slice(&len.to_le_bytes());
         blob.extend_from_slice(&message[..len as usize]);
     }
-    blob
 }
 
 /// The lines of a [`lines_blob`], appended to `into`; a value cut short ends at its last whole

@@ -26,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::backlog::{Backlog, Chunk, Pending};
+use super::backlog::{Backlog, Chunk, Pending, Taken};
 use super::{Change, Forward, StoreError};
 use crate::model::{Pid, TaskEvent};
 
@@ -101,7 +101,27 @@ pub(super) trait Backend {
 
     /// Told of what each commit found.
     fn committed(&mut self, _outcome: &Outcome) {}
+
+    /// Work of the store's own between commits, once their submitters are answered (a store
+    /// that writes in two stages does its second here); how long until more is due, if any.
+    fn housekeep(&mut self) -> Option<Duration> {
+        None
+    }
+
+    /// The backlog is closed and written: the last chance to finish what `housekeep` defers.
+    fn closing(&mut self) {}
+
+    /// The least time from the start of one commit to the start of the next while changes
+    /// come fast, for a store whose commits each cost a fixed price (a flush to the disk):
+    /// the writer gathers what comes meanwhile into the next commit instead.
+    fn commit_spacing(&self) -> Duration {
+        Duration::ZERO
+    }
 }
+
+/// Batches waiting past which a writer that spaces its commits commits at once: enough to
+/// share a commit's price well.
+const GATHERED: usize = 512;
 
 /// What the writer has done, for the store's stats and the metrics.
 #[derive(Debug, Default)]
@@ -225,7 +245,18 @@ impl<'a, B: Backend> Writer<'a, B> {
         let mut pause = RETRY_WAIT;
         // A chunk whose commit may have been written: it is settled before anything else.
         let mut unsettled: Option<Chunk> = None;
+        // When the backend's housekeeping is due next.
+        let mut due = self.backend.housekeep();
+        let spacing = self.backend.commit_spacing();
+        let mut last_commit: Option<std::time::Instant> = None;
         loop {
+            // Commits back to back are spaced out; one after a pause starts at once.
+            if let Some(next) = last_commit.map(|last| last + spacing)
+                && unsettled.is_none()
+                && !spacing.is_zero()
+            {
+                self.backlog.gather(next, GATHERED);
+            }
             let chunk = match unsettled.take() {
                 Some(chunk) => match self.backend.landed(&chunk) {
                     Ok(Some(outcome)) => {
@@ -244,9 +275,13 @@ impl<'a, B: Backend> Writer<'a, B> {
                         continue;
                     }
                 },
-                None => match self.backlog.take(MAX_CHUNK_WEIGHT) {
-                    Some(chunk) => chunk,
-                    None => return,
+                None => match self.backlog.take_within(MAX_CHUNK_WEIGHT, due) {
+                    Taken::Chunk(chunk) => chunk,
+                    Taken::Idle => {
+                        due = self.backend.housekeep();
+                        continue;
+                    }
+                    Taken::Closed => return self.backend.closing(),
                 },
             };
             let mut chunk = chunk;
@@ -254,8 +289,10 @@ impl<'a, B: Backend> Writer<'a, B> {
             if chunk.is_empty() {
                 continue;
             }
+            last_commit = Some(std::time::Instant::now());
             let Err(Left { chunk, failure }) = self.write(chunk) else {
                 pause = RETRY_WAIT;
+                due = self.backend.housekeep();
                 continue;
             };
             self.unavailable(&failure);

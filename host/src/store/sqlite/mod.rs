@@ -8,13 +8,19 @@
 //! - The file is held by one host at a time, with an exclusive `flock` on `<file>.lock`.
 //! - The schema (`schema`) carries its version in `PRAGMA user_version`; an older one is
 //!   migrated forward at start, a newer one is refused.
+//! - A commit writes its tasks' changes as one row of an append-only journal (`journal`): the
+//!   tasks' rows in `tasks` and `log_parts` are written later, many at a time and in pid order,
+//!   most once, whole, a moment after the task ends (`unwritten`). Until then reads show them
+//!   from memory; after a crash, the journal is read back into the rows at start.
 //! - A running task's progress and newest log lines are kept in memory a while (`kept`), and
 //!   shown by reads as if written.
 //! - Records are read back by `read`.
 
+mod journal;
 mod kept;
 mod read;
 mod schema;
+mod unwritten;
 mod writer;
 
 use std::fs::File;
@@ -34,8 +40,9 @@ use super::{
 };
 use crate::model::{Pid, TaskLogs, TaskRecord, TaskSpec};
 use kept::Kept;
-use read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, record_of, spec_of};
+use read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, SPEC_COLUMNS, record_of, spec_of};
 use schema::{SCHEMA_VERSION, classify_open_error, migrate};
+use unwritten::Unwritten;
 
 /// Connections kept for reading, each behind its own lock.
 const READERS: usize = 4;
@@ -58,6 +65,7 @@ pub enum StoreSync {
 pub struct SqliteStore {
     path: PathBuf,
     kept: Arc<Kept>,
+    unwritten: Arc<Unwritten>,
     backlog: Arc<Backlog>,
     stats: Arc<WriterStats>,
     readers: Vec<Mutex<Connection>>,
@@ -107,12 +115,14 @@ pub enum OpenError {
 impl SqliteStore {
     /// Opens (or creates) the store at `path`, migrates its schema forward, and starts its
     /// writer, whose backlog is bounded to `backlog_bytes` (see [`Backlog`]); running tasks'
-    /// log lines are written `log_flush` after they came at the latest (see `kept`).
+    /// log lines are written `log_flush` after they came at the latest (see `kept`); commits
+    /// start at least `commit_spacing` apart while changes come fast.
     pub fn open(
         path: &Path,
         sync: StoreSync,
         backlog_bytes: usize,
         log_flush: Duration,
+        commit_spacing: Duration,
     ) -> Result<Self, OpenError> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
@@ -125,6 +135,18 @@ impl SqliteStore {
         let mut connection = Connection::open(path).map_err(unreadable)?;
         configure(&connection, sync).map_err(unreadable)?;
         migrate(path, &mut connection)?;
+        match writer::replay(&mut connection) {
+            Ok(0) => {}
+            Ok(tasks) => tracing::info!(path = %path.display(), tasks,
+                "tasks journaled before the host stopped are written to their rows"),
+            Err(writer::Replay::Sqlite(error)) => return Err(unreadable(error)),
+            Err(error @ writer::Replay::Corrupt { .. }) => {
+                return Err(OpenError::Corrupt {
+                    path: path.to_owned(),
+                    reason: error.to_string(),
+                });
+            }
+        }
         let readers = (0..READERS)
             .map(|_| {
                 let reader = Connection::open_with_flags(
@@ -138,9 +160,15 @@ impl SqliteStore {
             .map_err(unreadable)?;
         let backlog = Arc::new(Backlog::new(backlog_bytes));
         let stats = Arc::new(WriterStats::new());
+        let unwritten = Arc::new(Unwritten::default());
         let thread = {
             let (backlog, stats) = (Arc::clone(&backlog), Arc::clone(&stats));
-            let backend = writer::SqliteBackend { connection };
+            let backend = writer::SqliteBackend {
+                connection,
+                unwritten: Arc::clone(&unwritten),
+                sync,
+                commit_spacing,
+            };
             std::thread::Builder::new()
                 .name("store-writer".into())
                 .spawn(move || Writer::new(&backlog, backend, &stats, "sqlite").run())
@@ -176,6 +204,7 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_owned(),
             kept,
+            unwritten,
             backlog,
             stats,
             readers,
@@ -283,6 +312,25 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The first `wanted` of two lists each newest first, newest first.
+fn newest_first(a: Vec<TaskRecord>, b: Vec<TaskRecord>, wanted: usize) -> Vec<TaskRecord> {
+    let mut merged = Vec::with_capacity(wanted.min(a.len() + b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while merged.len() < wanted {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if Cursor::of(x) >= Cursor::of(y) => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        };
+        match next {
+            Some(record) => merged.push(record),
+            None => break,
+        }
+    }
+    merged
+}
+
 impl Store for SqliteStore {
     fn submit(&self, mut batch: Vec<Change>, done: Option<Done>) {
         self.kept.take_from(&mut batch);
@@ -302,17 +350,23 @@ impl Store for SqliteStore {
     }
 
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
-        let (boot, seq) = key(pid);
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = ?1 AND seq = ?2");
-        let record = self
-            .read(|reader| {
-                reader.prepare_cached(&sql).and_then(|mut statement| {
-                    statement
-                        .query_row(params![boot, seq], record_of)
-                        .optional()
+        // Here first: a task here is newer than its row, and one gone from here was written.
+        let record = match self.unwritten.held(pid) {
+            Some(held) => Some(held.image.record.clone()),
+            None => {
+                let (boot, seq) = key(pid);
+                let sql =
+                    format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = ?1 AND seq = ?2");
+                self.read(|reader| {
+                    reader.prepare_cached(&sql).and_then(|mut statement| {
+                        statement
+                            .query_row(params![boot, seq], record_of)
+                            .optional()
+                    })
                 })
-            })
-            .map_err(unavailable)?;
+                .map_err(unavailable)?
+            }
+        };
         Ok(record.map(|mut record| {
             self.kept.show(std::slice::from_mut(&mut record));
             record
@@ -322,7 +376,10 @@ impl Store for SqliteStore {
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
         let (boot, seq) = key(pid);
         let read = |reader: &Connection| -> rusqlite::Result<Option<(TaskLogs, bool)>> {
-            let Some((dropped_bytes, ended, last)) = reader
+            // Its written lines and those not yet written, with no write between the two.
+            let _reading = self.unwritten.reading();
+            let held = self.unwritten.held(pid);
+            let written = reader
                 .prepare_cached(
                     "SELECT logs_dropped_bytes, ended_at IS NOT NULL, log FROM tasks
                      WHERE boot = ?1 AND seq = ?2",
@@ -334,25 +391,36 @@ impl Store for SqliteStore {
                         row.get::<_, Option<Vec<u8>>>(2)?,
                     ))
                 })
-                .optional()?
-            else {
-                return Ok(None);
+                .optional()?;
+            let (dropped_bytes, ended) = match (&held, &written) {
+                (Some(held), _) => (
+                    held.image.record.logs_dropped_bytes,
+                    held.image.record.status.is_terminal(),
+                ),
+                (None, Some((dropped_bytes, ended, _))) => (*dropped_bytes as u64, *ended),
+                (None, None) => return Ok(None),
             };
             let mut lines = Vec::new();
-            let mut statement = reader.prepare_cached(
-                "SELECT lines FROM log_parts WHERE boot = ?1 AND seq = ?2 ORDER BY rowid",
-            )?;
-            let mut rows = statement.query(params![boot, seq])?;
-            while let Some(row) = rows.next()? {
-                lines_of(row.get_ref(0)?.as_blob()?, &mut lines);
+            if written.is_some() {
+                let mut statement = reader.prepare_cached(
+                    "SELECT lines FROM log_parts WHERE boot = ?1 AND seq = ?2 ORDER BY rowid",
+                )?;
+                let mut rows = statement.query(params![boot, seq])?;
+                while let Some(row) = rows.next()? {
+                    lines_of(row.get_ref(0)?.as_blob()?, &mut lines);
+                }
             }
-            // The lines written with its end came last.
-            if let Some(last) = last {
+            // The lines written with its end came last of those written; then those not
+            // yet written.
+            if let Some((_, _, Some(last))) = written {
                 lines_of(&last, &mut lines);
+            }
+            if let Some(held) = held {
+                lines_of(&held.lines, &mut lines);
             }
             let logs = TaskLogs {
                 lines,
-                dropped_bytes: dropped_bytes as u64,
+                dropped_bytes,
             };
             Ok(Some((logs, ended)))
         };
@@ -403,19 +471,26 @@ impl Store for SqliteStore {
             arg(&mut sql, ", ?", boot.into());
             arg(&mut sql, ", ?)", seq.into());
         }
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-        arg(
-            &mut sql,
-            " ORDER BY spawned_at DESC, boot DESC, seq DESC LIMIT ?",
-            (limit.saturating_add(1)).into(),
-        );
+        sql.push_str(" ORDER BY spawned_at DESC, boot DESC, seq DESC");
+        let wanted = query.limit.saturating_add(1);
         let mut tasks = self
             .read(|reader| {
-                reader.prepare_cached(&sql).and_then(|mut statement| {
-                    statement
-                        .query_map(rusqlite::params_from_iter(args), record_of)?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
+                // The tasks not yet written, and the rows of the others, with no write between
+                // the two: each task is listed once, as it stands now.
+                let _reading = self.unwritten.reading();
+                let (unwritten, here) = self.unwritten.listed(query);
+                let mut statement = reader.prepare_cached(&sql)?;
+                let mut rows = statement.query(rusqlite::params_from_iter(args))?;
+                let mut written = Vec::new();
+                while written.len() < wanted
+                    && let Some(row) = rows.next()?
+                {
+                    let record = record_of(row)?;
+                    if !here.contains(&record.pid) {
+                        written.push(record);
+                    }
+                }
+                Ok::<_, rusqlite::Error>(newest_first(unwritten, written, wanted))
             })
             .map_err(unavailable)?;
         let more = tasks.len() > query.limit;
@@ -431,33 +506,58 @@ impl Store for SqliteStore {
 
     fn unfinished(&self) -> Result<Vec<(TaskRecord, TaskSpec)>, StoreError> {
         let sql = format!(
-            "SELECT {RECORD_COLUMNS}, module_sha256, payload, deadline_secs, max_attempts,
-                on_host_loss, ready_at
+            "SELECT {RECORD_COLUMNS}, {SPEC_COLUMNS}
              FROM tasks WHERE ended_at IS NULL ORDER BY spawned_at, boot, seq"
         );
-        self.read(|reader| {
-            reader.prepare(&sql).and_then(|mut statement| {
-                statement
-                    .query_map([], |row| {
-                        Ok((record_of(row)?, spec_of(row, RECORD_COLUMN_COUNT)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()
+        let mut tasks = self
+            .read(|reader| {
+                let _reading = self.unwritten.reading();
+                let images = self.unwritten.images();
+                let here: std::collections::HashSet<Pid> =
+                    images.iter().map(|image| image.record.pid).collect();
+                let mut tasks = reader.prepare(&sql).and_then(|mut statement| {
+                    statement
+                        .query_map([], |row| {
+                            Ok((record_of(row)?, spec_of(row, RECORD_COLUMN_COUNT)?))
+                        })?
+                        .filter(|task| task.as_ref().map_or(true, |(r, _)| !here.contains(&r.pid)))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })?;
+                tasks.extend(
+                    images
+                        .into_iter()
+                        .filter(|image| !image.record.status.is_terminal())
+                        .map(|image| (image.record, image.spec)),
+                );
+                Ok::<_, rusqlite::Error>(tasks)
             })
-        })
-        .map_err(unavailable)
+            .map_err(unavailable)?;
+        tasks.sort_by_key(|(record, _)| Cursor::of(record));
+        Ok(tasks)
     }
 
     fn last_seq(&self, boot: u32) -> Result<u64, StoreError> {
-        self.read(|reader| {
-            reader
-                .query_row(
-                    "SELECT COALESCE(MAX(seq), 0) FROM tasks WHERE boot = ?1",
-                    params![i64::from(boot)],
-                    |row| row.get::<_, i64>(0),
-                )
-                .map(|seq| seq as u64)
-        })
-        .map_err(unavailable)
+        let written = self
+            .read(|reader| {
+                reader
+                    .query_row(
+                        "SELECT COALESCE(MAX(seq), 0) FROM tasks WHERE boot = ?1",
+                        params![i64::from(boot)],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .map(|seq| seq as u64)
+            })
+            .map_err(unavailable)?;
+        let here = self
+            .unwritten
+            .images()
+            .iter()
+            .map(|image| image.record.pid)
+            .filter(|pid| pid.boot() == boot)
+            .map(Pid::seq)
+            .max()
+            .unwrap_or(0);
+        Ok(written.max(here))
     }
 
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {

@@ -13,6 +13,10 @@ pub(super) const RECORD_COLUMNS: &str =
 /// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
 pub(super) const RECORD_COLUMN_COUNT: usize = 21;
 
+/// What a task needs to run again, as [`spec_of`] reads it.
+pub(super) const SPEC_COLUMNS: &str =
+    "module_sha256, payload, deadline_secs, max_attempts, on_host_loss, ready_at";
+
 pub(super) fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     let boot: i64 = row.get(0)?;
     let seq: i64 = row.get(1)?;

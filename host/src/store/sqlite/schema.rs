@@ -82,7 +82,7 @@ CREATE INDEX idempotency_by_age ON idempotency (created_at);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`. Each runs in the
 /// transaction that sets the new version, so a store is migrated whole or not at all.
-const MIGRATIONS: [fn(&Transaction<'_>) -> rusqlite::Result<()>; 2] = [
+const MIGRATIONS: [fn(&Transaction<'_>) -> rusqlite::Result<()>; 3] = [
     // 2: the task that spawned each task (`NULL` for one submitted over HTTP, as every task
     // of version 1 was), and its children listed newest first. Most tasks have no parent, so
     // the index leaves them out.
@@ -97,6 +97,22 @@ CREATE INDEX tasks_by_parent ON tasks (parent_boot, parent_seq, spawned_at, boot
         )
     },
     to_version_3,
+    // 4 (issue #23): the journal. Each commit appends its tasks' changes as one row, and the
+    // tasks' rows are written later, many at a time (see `journal` and `unwritten`); a row
+    // keeps the journal row of the last entry written into it, so that reading the journal
+    // back after a crash passes over what was written. The newest journal row is never
+    // deleted, so that a row's number (its rowid) is never used again.
+    |tx| {
+        tx.execute_batch(
+            "
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY,
+    changes BLOB NOT NULL
+);
+ALTER TABLE tasks ADD COLUMN journal_seq INTEGER;
+",
+        )
+    },
 ];
 
 /// 3 (issue #23): fewer B-trees written per task.

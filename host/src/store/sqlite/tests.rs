@@ -8,7 +8,7 @@ use super::read::RECORD_COLUMNS;
 use super::schema::SCHEMA;
 use super::writer::PRUNE_BATCH;
 use super::*;
-use crate::model::{LogLine, OnHostLoss, Pid, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
+use crate::model::{LogLine, OnHostLoss, Pid, Status, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
 
 use crate::store::{ListQuery, MemoryStore, Store};
 
@@ -17,7 +17,13 @@ const BACKLOG_BYTES: usize = 64 << 20;
 
 /// A store at `path` that writes each log line with the next commit.
 fn open(path: &Path) -> Result<SqliteStore, OpenError> {
-    SqliteStore::open(path, StoreSync::Normal, BACKLOG_BYTES, Duration::ZERO)
+    SqliteStore::open(
+        path,
+        StoreSync::Normal,
+        BACKLOG_BYTES,
+        Duration::ZERO,
+        Duration::ZERO,
+    )
 }
 
 fn ended_task(seq: u64) -> Vec<Change> {
@@ -195,6 +201,20 @@ fn children_are_listed_through_the_parent_index() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Waits until every task journaled has been written to its row, as each is a moment after
+/// it ends.
+fn settled(store: &SqliteStore) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.unwritten.len() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} still journaled only",
+            store.unwritten.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn kept(store: &SqliteStore) -> usize {
     let query = ListQuery {
         limit: 10_000,
@@ -214,6 +234,8 @@ fn a_prune_far_behind_catches_up_by_itself() {
     let batch: Vec<Change> = (1..=total).flat_map(ended_task).collect();
     store.wait(batch).expect("written");
     assert_eq!(kept(&store), total as usize);
+    // A prune deletes rows: the tasks' rows are written a moment after they end.
+    settled(&store);
     store
         .wait(vec![Change::Prune {
             max_history: 10,
@@ -262,6 +284,7 @@ fn a_writer_too_far_behind_sheds_log_lines_and_nothing_else() {
         &dir.join("tasks.db"),
         StoreSync::Normal,
         bound,
+        Duration::ZERO,
         Duration::ZERO,
     )
     .expect("open");
@@ -372,6 +395,7 @@ fn a_running_tasks_lines_are_shown_at_once_and_written_with_its_end() {
         StoreSync::Normal,
         BACKLOG_BYTES,
         Duration::from_secs(600),
+        Duration::ZERO,
     )
     .expect("open");
     let mut task = ended_task(1);
@@ -391,6 +415,8 @@ fn a_running_tasks_lines_are_shown_at_once_and_written_with_its_end() {
     assert!(store.kept.bytes() > 0);
 
     store.wait(vec![end]).expect("ended");
+    assert_eq!(messages(&store, pid), ["one", "two", "three"]);
+    settled(&store);
     assert_eq!(log_rows(&path, pid), 1, "the lines in one value");
     assert_eq!(
         Connection::open(&path)
@@ -426,6 +452,7 @@ fn kept_lines_are_written_once_due_and_when_the_store_closes() {
         StoreSync::Normal,
         BACKLOG_BYTES,
         Duration::from_millis(100),
+        Duration::ZERO,
     )
     .expect("open");
     let (first, second) = (Pid::new(1, 1), Pid::new(1, 2));
@@ -451,6 +478,7 @@ fn kept_lines_are_written_once_due_and_when_the_store_closes() {
         StoreSync::Normal,
         BACKLOG_BYTES,
         Duration::from_secs(600),
+        Duration::ZERO,
     )
     .expect("reopened");
     store
@@ -505,6 +533,105 @@ fn time_nanos(at: SystemTime) -> u128 {
         .map_or(0, |since| since.as_nanos())
 }
 
+/// Issue #23: after a crash, the journal is read back into the tasks' rows, passing over the
+/// entries a row already holds: a task written while another kept the journal's rows comes
+/// back from its later entries only (each line once), and a task never written comes back
+/// whole. The journal is empty afterwards.
+#[test]
+fn the_journal_read_back_passes_over_what_was_written() {
+    use super::journal::{self, Image};
+    let dir = scratch("journal-replay");
+    let path = dir.join("tasks.db");
+    drop(open(&path).expect("create"));
+    let line = |message: &str| LogLine {
+        at: UNIX_EPOCH + Duration::from_secs(7),
+        source: crate::model::LogSource::Stdout,
+        message: message.into(),
+    };
+    let image = |seq: u64, status: Status| {
+        let pid = Pid::new(1, seq);
+        let mut record = TaskRecord::spawned(pid, format!("t{seq}"), 3, "w".into(), "v".into());
+        record.status = status;
+        if status.is_terminal() {
+            record.exit_code = Some(0);
+            record.outcome = Some(crate::model::Outcome::Exit);
+            record.ended_at = Some(SystemTime::now());
+        }
+        let Some(Change::Accepted { spec, .. }) = ended_task(seq).into_iter().next() else {
+            unreachable!("an acceptance first");
+        };
+        Image { record, spec }
+    };
+    let blob = |messages: &[&str]| {
+        let lines: Vec<LogLine> = messages.iter().map(|m| line(m)).collect();
+        crate::store::columns::lines_blob(&lines)
+    };
+    let mut connection = Connection::open(&path).expect("open");
+    let append = |entries: &[(&Image, &[&str])]| -> i64 {
+        let mut value = journal::begin();
+        for (image, lines) in entries {
+            journal::put(&mut value, image, &blob(lines));
+        }
+        connection
+            .execute("INSERT INTO journal (changes) VALUES (?1)", params![value])
+            .expect("journal");
+        connection.last_insert_rowid()
+    };
+    let (a, b) = (Pid::new(1, 1), Pid::new(1, 2));
+    append(&[
+        (&image(1, Status::Spawned), &["a1"]),
+        (&image(2, Status::Spawned), &["b1"]),
+    ]);
+    let through = append(&[(&image(1, Status::Running), &["a2"])]);
+    append(&[
+        (&image(1, Status::Exited), &["a3"]),
+        (&image(2, Status::Running), &["b2"]),
+    ]);
+    // Task a's row was written through the second journal row; task b's never was.
+    let tx = connection.transaction().expect("tx");
+    super::writer::write_row(
+        &tx,
+        &image(1, Status::Running),
+        &blob(&["a1", "a2"]),
+        through,
+    )
+    .expect("a's row");
+    tx.commit().expect("commit");
+    assert_eq!(
+        super::writer::replay(&mut connection).expect("read back"),
+        2
+    );
+    let left: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM journal WHERE length(changes) > 1",
+            [],
+            |row| row.get(0),
+        )
+        .expect("count");
+    assert_eq!(left, 0, "the journal is emptied");
+    drop(connection);
+    let store = open(&path).expect("open");
+    assert_eq!(
+        store.get(a).expect("read").expect("a").status,
+        Status::Exited
+    );
+    assert_eq!(
+        store.get(b).expect("read").expect("b").status,
+        Status::Running
+    );
+    assert_eq!(messages(&store, a), ["a1", "a2", "a3"]);
+    assert_eq!(messages(&store, b), ["b1", "b2"]);
+    let unfinished: Vec<Pid> = store
+        .unfinished()
+        .expect("read")
+        .iter()
+        .map(|(record, _)| record.pid)
+        .collect();
+    assert_eq!(unfinished, [b]);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 mod same_as_memory {
     //! The writer folds a task's changes of one commit together (issue #23): whatever the
     //! order of events and however they fall into commits, the SQLite store reads back what
@@ -531,6 +658,11 @@ mod same_as_memory {
         Cut,
         /// Wait until everything submitted is written.
         Sync,
+        /// Close the store and open it again: having written every task's row, or (`crash`)
+        /// leaving them in the journal, as a host killed would.
+        Reopen {
+            crash: bool,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -544,6 +676,7 @@ mod same_as_memory {
             2 => (any::<bool>(), -2i32..3).prop_map(|(stale, code)| Op::End { stale, code }),
             2 => Just(Op::Cut),
             1 => Just(Op::Sync),
+            1 => any::<bool>().prop_map(|crash| Op::Reopen { crash }),
         ]
     }
 
@@ -619,7 +752,7 @@ mod same_as_memory {
                     attempt: believed.attempt + if stale { 3 } else { 0 },
                 }
             }
-            Op::Cut | Op::Sync => return None,
+            Op::Cut | Op::Sync | Op::Reopen { .. } => return None,
         };
         Some(Change::Event(pid, event))
     }
@@ -660,9 +793,10 @@ mod same_as_memory {
         fn reads_back_what_the_memory_store_does(plan in plan(), kept in any::<bool>()) {
             let dir = scratch("same-as-memory");
             let flush = if kept { Duration::from_secs(600) } else { Duration::ZERO };
-            let sqlite = SqliteStore::open(
-                &dir.join("tasks.db"), StoreSync::Normal, BACKLOG_BYTES, flush,
+            let open = || SqliteStore::open(
+                &dir.join("tasks.db"), StoreSync::Normal, BACKLOG_BYTES, flush, Duration::ZERO,
             ).expect("open");
+            let mut sqlite = open();
             let memory = MemoryStore::new(100);
             let pids: Vec<Pid> = (1..=3).map(|seq| Pid::new(1, seq)).collect();
             let mut believed = [Believed { attempt: 1, running: false, progress_forgotten: false, ended: false }; 3];
@@ -678,6 +812,19 @@ mod same_as_memory {
                         memory.submit(copy, None);
                         if matches!(op, Op::Sync) {
                             sqlite.wait(Vec::new()).expect("written");
+                        }
+                    }
+                    &Op::Reopen { crash } => {
+                        let taken = std::mem::take(&mut batch);
+                        let copy = copy_of(&taken);
+                        sqlite.wait(taken).expect("written");
+                        memory.wait(copy).expect("written");
+                        sqlite.unwritten.left_at_close.store(crash, std::sync::atomic::Ordering::Relaxed);
+                        drop(sqlite);
+                        sqlite = open();
+                        // The progress kept in memory is gone, as after a crash.
+                        for believed in &mut believed {
+                            believed.progress_forgotten = true;
                         }
                     }
                     op => batch.extend(change(pids[*task], op, &mut believed[*task], &mut serial)),

@@ -1,6 +1,14 @@
 //! The SQLite store's side of the writer ([`crate::store::writer`]): a chunk committed in one
 //! transaction on the writer's own connection, and SQLite's result codes read as causes.
 //!
+//! - A chunk's task changes are folded, task by task, into the task's row as it stands after
+//!   them (an [`Image`]), and the images are appended to the journal as one row. Nothing else
+//!   of a task is written in that transaction but its idempotency key: a commit dirties the
+//!   journal's last page or two, not a page per task spread over `tasks` and its indexes.
+//! - Between commits (`housekeep`), the tasks due are written to their rows a slice at a time,
+//!   and the journal rows no task needs any more are deleted in the same transaction
+//!   ([`Unwritten`] says which and when).
+//! - At start, what the journal holds is written to the rows (`replay`).
 //! - Only SQLite's own refusals of a value (a constraint, a string or blob too big, a type
 //!   mismatch) are the content's fault; every other failure (a full disk, an I/O error, a busy
 //!   or locked file, a file made read-only, no memory, a corrupt page) is the environment's.
@@ -8,32 +16,77 @@
 //!   answer here is ambiguous.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::super::backlog::Chunk;
-use super::super::columns::{attempt_json, attempts_json, lines_blob, nanos};
+use super::super::columns::{append_lines, attempts_json, nanos};
 use super::super::writer::{Backend, Failure, Fault, Outcome};
 use super::super::{Change, IdempotencyKey};
-use super::key;
-use crate::model::{LogLine, Pid, TaskEvent, TaskRecord, TaskSpec};
+use super::journal::{self, Image};
+use super::read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, SPEC_COLUMNS, record_of, spec_of};
+use super::unwritten::Unwritten;
+use super::{StoreSync, key};
+use crate::model::{Pid, TaskEvent, TaskRecord};
 
 /// Ended tasks deleted per prune, so a large prune never holds the writer long.
 pub(super) const PRUNE_BATCH: i64 = 1000;
 
-/// The writer's connection.
+/// How often the writer looks for tasks due to be written to `tasks` while any wait.
+const HOUSEKEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// The writer's connection, and the tasks it has journaled and not yet written to `tasks`.
 pub(super) struct SqliteBackend {
     pub(super) connection: Connection,
+    pub(super) unwritten: Arc<Unwritten>,
+    pub(super) sync: StoreSync,
+    /// `--store-commit-spacing`: with `full`, each commit waits for the disk, and on a virtual
+    /// machine the flush costs the writer more CPU than everything else a small commit does.
+    pub(super) commit_spacing: Duration,
 }
 
 impl Backend for SqliteBackend {
     fn commit(&mut self, chunk: &Chunk) -> Result<Outcome, Failure> {
-        commit(&mut self.connection, chunk).map_err(|error| Failure {
+        commit(&mut self.connection, &self.unwritten, chunk).map_err(|error| Failure {
             fault: fault(&error),
             message: error.to_string(),
             ambiguous: false,
         })
+    }
+
+    fn housekeep(&mut self) -> Option<Duration> {
+        if let Err(error) = write_due(&mut self.connection, &self.unwritten, self.sync, false) {
+            tracing::warn!(%error, "writing journaled tasks to their rows failed; again later");
+        }
+        (self.unwritten.len() > 0).then_some(HOUSEKEEP_EVERY)
+    }
+
+    fn commit_spacing(&self) -> Duration {
+        self.commit_spacing
+    }
+
+    fn closing(&mut self) {
+        #[cfg(test)]
+        if self
+            .unwritten
+            .left_at_close
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        loop {
+            match write_due(&mut self.connection, &self.unwritten, self.sync, true) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "the store closes with journaled tasks not written to \
+                        their rows; they are read back from the journal at the next start");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -48,34 +101,47 @@ fn fault(error: &rusqlite::Error) -> Fault {
     }
 }
 
-/// Writes `chunk` in one transaction. When a prune in it left more due than it deleted, the
-/// prune to write next.
-///
-/// A task's changes of one chunk are written together ([`TaskWrites`]): one row for a task
-/// accepted in it, with everything that happened to it since; one row of log lines per task;
-/// its last progress with its end.
-fn commit(connection: &mut Connection, chunk: &Chunk) -> rusqlite::Result<Outcome> {
+/// Writes `chunk` in one transaction: its tasks' changes as one journal row, the rest in
+/// place. Once committed, the tasks' new images are shown from [`Unwritten`] until they are
+/// written to `tasks`.
+fn commit(
+    connection: &mut Connection,
+    unwritten: &Unwritten,
+    chunk: &Chunk,
+) -> rusqlite::Result<Outcome> {
     let tx = connection.transaction()?;
     let mut more = None;
-    let mut tasks: Vec<TaskWrites<'_>> = Vec::new();
+    let mut tasks: Vec<Folded> = Vec::new();
     let mut index: HashMap<Pid, usize> = HashMap::new();
-    let mut of = |pid: Pid, tasks: &mut Vec<TaskWrites<'_>>| -> usize {
-        *index.entry(pid).or_insert_with(|| {
-            tasks.push(TaskWrites::new(pid));
-            tasks.len() - 1
-        })
-    };
     for (_, change) in chunk.changes() {
         match change {
             Change::Accepted {
                 record, spec, key, ..
             } => {
-                let at = of(record.pid, &mut tasks);
-                tasks[at].accepted = Some((record, spec, key.as_ref()));
+                let image = Image {
+                    record: (**record).clone(),
+                    spec: spec.clone(),
+                };
+                let folded = Folded {
+                    image,
+                    lines: Vec::new(),
+                    changed: true,
+                };
+                match index.get(&record.pid) {
+                    Some(&at) => tasks[at] = folded,
+                    None => {
+                        index.insert(record.pid, tasks.len());
+                        tasks.push(folded);
+                    }
+                }
+                if let Some(key) = key {
+                    remember(&tx, key, record)?;
+                }
             }
             Change::Event(pid, event) => {
-                let at = of(*pid, &mut tasks);
-                tasks[at].events.push(event);
+                if let Some(at) = folded(&tx, unwritten, *pid, &mut tasks, &mut index)? {
+                    tasks[at].fold(event);
+                }
             }
             other => {
                 if write_other(&tx, other)? {
@@ -84,23 +150,103 @@ fn commit(connection: &mut Connection, chunk: &Chunk) -> rusqlite::Result<Outcom
             }
         }
     }
-    for task in &tasks {
-        task.write(&tx)?;
+    for (pid, &(step, fuel)) in &chunk.progress {
+        if let Some(at) = folded(&tx, unwritten, *pid, &mut tasks, &mut index)? {
+            let progress = TaskEvent::Progress {
+                step,
+                steps: 0,
+                fuel,
+            };
+            tasks[at].fold(&progress);
+        }
     }
-    for (pid, (step, fuel)) in &chunk.progress {
-        let (boot, seq) = key(*pid);
-        tx.prepare_cached(
-            "UPDATE tasks SET step = ?3, fuel = ?4
-             WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
-        )?
-        .execute(params![boot, seq, step, *fuel as i64])?;
+    let mut value = journal::begin();
+    let mut entries = Vec::with_capacity(tasks.len());
+    for task in tasks.into_iter().filter(|task| task.changed) {
+        journal::put(&mut value, &task.image, &task.lines);
+        entries.push((task.image, task.lines));
     }
+    let seq = if entries.is_empty() {
+        0
+    } else {
+        tx.prepare_cached("INSERT INTO journal (changes) VALUES (?1)")?
+            .execute(params![value])?;
+        tx.last_insert_rowid()
+    };
     tx.commit()?;
+    if !entries.is_empty() {
+        unwritten.journaled(seq, entries);
+    }
     let prune_more = more.and_then(Change::prune_again);
     Ok(Outcome {
         prune_more,
         ..Outcome::default()
     })
+}
+
+/// Where `pid` is in `tasks`, added as it stands now (from [`Unwritten`], else from its row);
+/// none for a task the store does not hold.
+fn folded(
+    tx: &rusqlite::Transaction<'_>,
+    unwritten: &Unwritten,
+    pid: Pid,
+    tasks: &mut Vec<Folded>,
+    index: &mut HashMap<Pid, usize>,
+) -> rusqlite::Result<Option<usize>> {
+    if let Some(&at) = index.get(&pid) {
+        return Ok(Some(at));
+    }
+    let image = match unwritten.held(pid) {
+        Some(held) => held.image.clone(),
+        None => match row(tx, pid)? {
+            Some(image) => image,
+            None => return Ok(None),
+        },
+    };
+    index.insert(pid, tasks.len());
+    tasks.push(Folded {
+        image,
+        lines: Vec::new(),
+        changed: false,
+    });
+    Ok(Some(tasks.len() - 1))
+}
+
+/// A task's row as an image, if the store holds it.
+pub(super) fn row(connection: &Connection, pid: Pid) -> rusqlite::Result<Option<Image>> {
+    let (boot, seq) = key(pid);
+    connection
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS}, {SPEC_COLUMNS} FROM tasks WHERE boot = ?1 AND seq = ?2"
+        ))?
+        .query_row(params![boot, seq], |row| {
+            Ok(Image {
+                record: record_of(row)?,
+                spec: spec_of(row, RECORD_COLUMN_COUNT)?,
+            })
+        })
+        .optional()
+}
+
+/// Remembers the idempotency key `record`'s request carried.
+fn remember(
+    tx: &rusqlite::Transaction<'_>,
+    key: &IdempotencyKey,
+    record: &TaskRecord,
+) -> rusqlite::Result<()> {
+    let (boot, seq) = super::key(record.pid);
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency (key, body_sha256, boot, seq, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        key.key,
+        key.body_sha256,
+        boot,
+        seq,
+        nanos(record.spawned_at)
+    ])?;
+    Ok(())
 }
 
 /// A change that is not of one task's life. True when it was a prune that left more due
@@ -136,336 +282,235 @@ fn write_other(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Res
             ])?;
         }
         // One host, no other to forward to: a forward is never made for this store. Tasks'
-        // changes are written by `TaskWrites`.
+        // changes are journaled by `commit`.
         Change::Forward { .. } | Change::Accepted { .. } | Change::Event(..) => {}
     }
     Ok(false)
 }
 
-/// One task's changes in a chunk, in order.
-struct TaskWrites<'a> {
-    pid: Pid,
-    accepted: Option<(&'a TaskRecord, &'a TaskSpec, Option<&'a IdempotencyKey>)>,
-    events: Vec<&'a TaskEvent>,
+/// One task's image as a chunk's changes fold it, and the lines they added.
+struct Folded {
+    image: Image,
+    /// In `lines_blob` form.
+    lines: Vec<u8>,
+    /// Whether anything changed it: only then is it journaled.
+    changed: bool,
 }
 
-impl<'a> TaskWrites<'a> {
-    fn new(pid: Pid) -> Self {
-        Self {
-            pid,
-            accepted: None,
-            events: Vec::new(),
+impl Folded {
+    /// Folds `event` in, as [`TaskRecord::apply`] does, with what the row holds beside the
+    /// record: the lines, and when a restart waiting out its backoff is due. Nothing changes
+    /// an ended task.
+    fn fold(&mut self, event: &TaskEvent) {
+        let Image { record, spec } = &mut self.image;
+        if record.status.is_terminal() {
+            return;
         }
-    }
-
-    fn write(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-        match self.accepted {
-            Some((record, spec, idempotency)) => self.insert(tx, record, spec, idempotency),
-            None => self.update(tx),
-        }
-    }
-
-    /// A task accepted in this chunk: one row, as it stands after the chunk's events.
-    fn insert(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        accepted: &TaskRecord,
-        spec: &TaskSpec,
-        idempotency: Option<&IdempotencyKey>,
-    ) -> rusqlite::Result<()> {
-        let mut record = accepted.clone();
-        let mut ready_at = None;
-        let mut lines: Vec<&LogLine> = Vec::new();
-        let mut dropped_bytes = 0;
-        for event in &self.events {
-            let attempt = record.attempt;
-            match event {
-                // Nothing is added to an ended task's log.
-                TaskEvent::Logs {
-                    lines: more,
-                    dropped_bytes: dropped,
-                } => {
-                    if !record.status.is_terminal() {
-                        lines.extend(more);
-                        dropped_bytes = *dropped;
-                    }
-                }
-                TaskEvent::Restarting {
-                    ready_at: ready, ..
-                } => {
-                    record.apply(event);
-                    if record.attempt != attempt {
-                        ready_at = Some(nanos(*ready));
-                    }
-                }
-                _ => {
-                    let ended = record.status.is_terminal();
-                    record.apply(event);
-                    if !ended
-                        && matches!(event, TaskEvent::Started { .. } | TaskEvent::Ended { .. })
-                    {
-                        ready_at = None;
-                    }
-                }
+        self.changed = true;
+        let attempt = record.attempt;
+        record.apply(event);
+        match event {
+            TaskEvent::Logs { lines, .. } => append_lines(&mut self.lines, lines),
+            TaskEvent::Restarting { ready_at, .. } if record.attempt != attempt => {
+                spec.ready_at = Some(*ready_at);
             }
+            TaskEvent::Started { .. } => spec.ready_at = None,
+            TaskEvent::Ended { .. } if record.status.is_terminal() => spec.ready_at = None,
+            _ => {}
         }
-        let (boot, seq) = key(self.pid);
-        let parent = record.parent.map(key);
-        // An end rewrites nothing here: the lines of a task that ended go in its row.
-        let log = (record.status.is_terminal() && !lines.is_empty())
-            .then(|| lines_blob(lines.iter().copied()));
-        tx.prepare_cached(
-            "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
-                duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
-                parent_boot, parent_seq, step, steps, exit_code, outcome, error, started_at,
-                ended_at, fuel, attempts, logs_dropped_bytes, ready_at, log)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
-        )?
-        .execute(params![
-            boot,
-            seq,
-            nanos(record.spawned_at),
-            record.name,
-            &*record.worker,
-            &*record.version,
-            spec.module_sha256,
-            record.duration,
-            spec.payload,
-            spec.deadline_secs,
-            spec.max_attempts,
-            spec.on_host_loss.as_str(),
-            record.status.as_str(),
-            record.attempt,
-            parent.map(|(boot, _)| boot),
-            parent.map(|(_, seq)| seq),
-            record.step,
-            record.steps,
-            record.exit_code,
-            record.outcome.map(|outcome| outcome.as_str()),
-            record.error,
-            record.started_at.map(nanos),
-            record.ended_at.map(nanos),
-            record.fuel_consumed as i64,
-            attempts_json(&record.attempts),
-            dropped_bytes as i64,
-            ready_at,
-            log,
-        ])?;
-        if let Some(idempotency) = idempotency {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO idempotency (key, body_sha256, boot, seq, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                idempotency.key,
-                idempotency.body_sha256,
-                boot,
-                seq,
-                nanos(record.spawned_at)
-            ])?;
-        }
-        if !lines.is_empty() && log.is_none() {
-            tx.prepare_cached("INSERT INTO log_parts (boot, seq, lines) VALUES (?1, ?2, ?3)")?
-                .execute(params![boot, seq, lines_blob(lines.iter().copied())])?;
-        }
-        Ok(())
-    }
-
-    /// A task accepted in an earlier chunk: each event in order, its lines of one stretch
-    /// between ends in one row, its progress folded into its end. The record's status and
-    /// fields that only the current attempt may change are written only while the task has not
-    /// ended (`ended_at IS NULL`), so a late write never reopens an end, and no line is added
-    /// to an ended task's log.
-    fn update(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-        let (boot, seq) = key(self.pid);
-        let mut lines: Vec<&LogLine> = Vec::new();
-        let mut dropped_bytes = 0;
-        let mut progress = None;
-        for event in &self.events {
-            match event {
-                TaskEvent::Progress { step, fuel, .. } => progress = Some((*step, *fuel)),
-                TaskEvent::Logs {
-                    lines: more,
-                    dropped_bytes: dropped,
-                } => {
-                    lines.extend(more);
-                    dropped_bytes = *dropped;
-                }
-                TaskEvent::Ended { .. } => {
-                    let dropped_bytes = std::mem::take(&mut dropped_bytes);
-                    let ended = write_end(tx, boot, seq, event, progress.take(), &lines)?;
-                    if ended {
-                        lines.clear();
-                    } else {
-                        // A stale end, or a task that had ended: the lines go as they would
-                        // have without it.
-                        write_lines(tx, boot, seq, &mut lines, dropped_bytes)?;
-                    }
-                    if ended && dropped_bytes > 0 {
-                        tx.prepare_cached(
-                            "UPDATE tasks SET logs_dropped_bytes = ?3 WHERE boot = ?1 AND seq = ?2",
-                        )?
-                        .execute(params![
-                            boot,
-                            seq,
-                            dropped_bytes as i64
-                        ])?;
-                    }
-                }
-                _ => {
-                    if let Some((step, fuel)) = progress.take() {
-                        write_progress(tx, boot, seq, step, fuel)?;
-                    }
-                    write_event(tx, boot, seq, event)?;
-                }
-            }
-        }
-        write_lines(tx, boot, seq, &mut lines, dropped_bytes)?;
-        if let Some((step, fuel)) = progress {
-            write_progress(tx, boot, seq, step, fuel)?;
-        }
-        Ok(())
     }
 }
 
-/// `lines`, taken, as one row of a task that has not ended; and the cap's count of dropped
-/// bytes, if any.
-fn write_lines(
+/// Writes a task's row as `image` holds it, with the lines journaled since it was last
+/// written (`lines`, in `lines_blob` form) and the journal row of its last entry (`last`): an
+/// ended task's lines in its row, which the end rewrites anyway; a running one's as a row of
+/// `log_parts`.
+pub(super) fn write_row(
     tx: &rusqlite::Transaction<'_>,
-    boot: i64,
-    seq: i64,
-    lines: &mut Vec<&LogLine>,
-    dropped_bytes: u64,
+    image: &Image,
+    lines: &[u8],
+    last: i64,
 ) -> rusqlite::Result<()> {
-    if !lines.is_empty() {
-        tx.prepare_cached(
-            "INSERT INTO log_parts (boot, seq, lines)
-             SELECT ?1, ?2, ?3 WHERE EXISTS
-                (SELECT 1 FROM tasks WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL)",
-        )?
-        .execute(params![boot, seq, lines_blob(lines.drain(..))])?;
-    }
-    if dropped_bytes > 0 {
-        tx.prepare_cached(
-            "UPDATE tasks SET logs_dropped_bytes = ?3
-             WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
-        )?
-        .execute(params![boot, seq, dropped_bytes as i64])?;
-    }
-    Ok(())
-}
-
-fn write_progress(
-    tx: &rusqlite::Transaction<'_>,
-    boot: i64,
-    seq: i64,
-    step: u32,
-    fuel: u64,
-) -> rusqlite::Result<()> {
+    let Image { record, spec } = image;
+    let (boot, seq) = key(record.pid);
+    let parent = record.parent.map(key);
+    let ended = record.status.is_terminal();
+    let log = (ended && !lines.is_empty()).then_some(lines);
     tx.prepare_cached(
-        "UPDATE tasks SET step = ?3, fuel = ?4
-         WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
+        "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
+            duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
+            parent_boot, parent_seq, step, steps, exit_code, outcome, error, started_at,
+            ended_at, fuel, attempts, logs_dropped_bytes, ready_at, log, journal_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+         ON CONFLICT (boot, seq) DO UPDATE SET status = excluded.status,
+            attempt = excluded.attempt, step = excluded.step, steps = excluded.steps,
+            exit_code = excluded.exit_code, outcome = excluded.outcome, error = excluded.error,
+            started_at = excluded.started_at, ended_at = excluded.ended_at,
+            fuel = excluded.fuel, attempts = excluded.attempts,
+            logs_dropped_bytes = excluded.logs_dropped_bytes, ready_at = excluded.ready_at,
+            log = excluded.log, journal_seq = excluded.journal_seq",
     )?
-    .execute(params![boot, seq, step, fuel as i64])?;
-    Ok(())
-}
-
-/// A start or a restart of a task accepted in an earlier chunk. (`update` writes its ends,
-/// progress and lines.)
-fn write_event(
-    tx: &rusqlite::Transaction<'_>,
-    boot: i64,
-    seq: i64,
-    event: &TaskEvent,
-) -> rusqlite::Result<()> {
-    match event {
-        TaskEvent::Started { at, steps, fuel } => {
-            tx.prepare_cached(
-                "UPDATE tasks SET status = 'running', started_at = ?3, steps = ?4, fuel = ?5,
-                    ready_at = NULL
-                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL",
-            )?
-            .execute(params![boot, seq, nanos(*at), steps, *fuel as i64])?;
-        }
-        TaskEvent::Restarting {
-            at,
-            fuel,
-            end,
-            next_attempt,
-            ready_at,
-        } => {
-            let attempt = next_attempt.saturating_sub(1);
-            let entry = attempt_json(attempt, end, *at);
-            tx.prepare_cached(
-                "UPDATE tasks SET status = 'spawned', step = 0, fuel = ?3, attempt = ?4,
-                    attempts = json_insert(attempts, '$[#]', json(?5)), ready_at = ?6
-                 WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?7",
-            )?
-            .execute(params![
-                boot,
-                seq,
-                *fuel as i64,
-                next_attempt,
-                entry,
-                nanos(*ready_at),
-                attempt
-            ])?;
-        }
-        TaskEvent::Ended { .. } | TaskEvent::Progress { .. } | TaskEvent::Logs { .. } => {}
+    .execute(params![
+        boot,
+        seq,
+        nanos(record.spawned_at),
+        record.name,
+        &*record.worker,
+        &*record.version,
+        spec.module_sha256,
+        record.duration,
+        spec.payload,
+        spec.deadline_secs,
+        spec.max_attempts,
+        spec.on_host_loss.as_str(),
+        record.status.as_str(),
+        record.attempt,
+        parent.map(|(boot, _)| boot),
+        parent.map(|(_, seq)| seq),
+        record.step,
+        record.steps,
+        record.exit_code,
+        record.outcome.map(|outcome| outcome.as_str()),
+        record.error,
+        record.started_at.map(nanos),
+        record.ended_at.map(nanos),
+        record.fuel_consumed as i64,
+        attempts_json(&record.attempts),
+        record.logs_dropped_bytes as i64,
+        spec.ready_at.map(nanos),
+        log,
+        last,
+    ])?;
+    if !ended && !lines.is_empty() {
+        tx.prepare_cached("INSERT INTO log_parts (boot, seq, lines) VALUES (?1, ?2, ?3)")?
+            .execute(params![boot, seq, lines])?;
     }
     Ok(())
 }
 
-/// The end of a task accepted in an earlier chunk, with the last step it reached and the
-/// lines it logged since its log was last written, if they came in the same chunk: the row
-/// is rewritten by the end anyway, and most tasks' whole log is these lines. True when it
-/// ended the task; false for an end of another attempt than the current one, or of a task
-/// that had ended.
-fn write_end(
-    tx: &rusqlite::Transaction<'_>,
-    boot: i64,
-    seq: i64,
-    event: &TaskEvent,
-    step: Option<(u32, u64)>,
-    lines: &[&LogLine],
+/// Writes to `tasks` the tasks of [`Unwritten`] due now (all of them when `all`), a slice at
+/// a time, and cuts the journal rows no task needs any more. True when it wrote any.
+///
+/// The transaction does not wait for the disk: were it lost, the journal rows it deleted would
+/// be lost with it, and read again at start; and the next commit that waits writes it too.
+fn write_due(
+    connection: &mut Connection,
+    unwritten: &Unwritten,
+    sync: StoreSync,
+    all: bool,
 ) -> rusqlite::Result<bool> {
-    let TaskEvent::Ended {
-        at,
-        fuel,
-        end,
-        attempt,
-    } = event
-    else {
+    let due = unwritten.due(Instant::now(), all);
+    if due.is_empty() {
         return Ok(false);
-    };
-    let log = (!lines.is_empty()).then(|| lines_blob(lines.iter().copied()));
-    // The attempts before this one are listed only for a task that restarted; this one then
-    // joins them.
-    let changed = tx
-        .prepare_cached(
-            "UPDATE tasks SET status = ?3, outcome = ?4, exit_code = ?5, error = ?6,
-                ended_at = ?7, fuel = ?8, ready_at = NULL, step = COALESCE(?10, step), log = ?11,
-                attempts = CASE WHEN attempts = '[]' THEN attempts
-                    ELSE json_insert(attempts, '$[#]', json_object('attempt', attempt,
-                        'status', ?3, 'outcome', ?4, 'exit_code', ?5, 'error', ?6,
-                        'ended_at', ?7)) END
-             WHERE boot = ?1 AND seq = ?2 AND ended_at IS NULL AND attempt = ?9",
-        )?
-        .execute(params![
-            boot,
-            seq,
-            end.status.as_str(),
-            end.outcome.as_str(),
-            end.exit_code,
-            end.error,
-            nanos(*at),
-            *fuel as i64,
-            attempt,
-            step.map(|(step, _)| step),
-            log,
-        ])?;
-    Ok(changed > 0)
+    }
+    let cut = unwritten.cut_before(&due);
+    if sync == StoreSync::Full {
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    let written = (|| {
+        let tx = connection.transaction()?;
+        for held in &due {
+            write_row(&tx, &held.image, &held.lines, held.last)?;
+        }
+        match cut {
+            Some(first) => {
+                tx.prepare_cached("DELETE FROM journal WHERE seq < ?1")?
+                    .execute(params![first])?;
+            }
+            None => empty_journal(&tx)?,
+        }
+        let moving = unwritten.moving();
+        tx.commit()?;
+        unwritten.written(&due);
+        drop(moving);
+        Ok(true)
+    })();
+    if sync == StoreSync::Full {
+        connection.pragma_update(None, "synchronous", "FULL")?;
+    }
+    written
+}
+
+/// Empties the journal once every task with an entry in it is written: all its rows go but
+/// the newest, which stays with no entry, so that its number is never used again
+/// (`journal_seq` counts on it).
+fn empty_journal(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM journal WHERE seq < (SELECT MAX(seq) FROM journal)")?
+        .execute([])?;
+    tx.prepare_cached(
+        "UPDATE journal SET changes = ?1 WHERE seq = (SELECT MAX(seq) FROM journal)",
+    )?
+    .execute(params![journal::begin()])?;
+    Ok(())
+}
+
+/// Brings the journal's changes into `tasks` at start, after a crash (or a host that stopped
+/// with tasks not yet written), and empties it; the number of tasks written. An entry already
+/// written (its journal row is at most the row's `journal_seq`) is passed over.
+pub(super) fn replay(connection: &mut Connection) -> Result<usize, Replay> {
+    let tx = connection.transaction()?;
+    let mut tasks: HashMap<Pid, (Image, Vec<u8>, i64)> = HashMap::new();
+    {
+        let mut through: HashMap<Pid, i64> = HashMap::new();
+        let mut statement = tx.prepare("SELECT seq, changes FROM journal ORDER BY seq")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let value = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            for entry in
+                journal::entries(value).map_err(|reason| Replay::Corrupt { seq, reason })?
+            {
+                let pid = entry.image.record.pid;
+                let written = match through.get(&pid) {
+                    Some(&written) => written,
+                    None => {
+                        let (boot, task_seq) = key(pid);
+                        let written = tx
+                            .prepare_cached(
+                                "SELECT journal_seq FROM tasks WHERE boot = ?1 AND seq = ?2",
+                            )?
+                            .query_row(params![boot, task_seq], |row| row.get::<_, Option<i64>>(0))
+                            .optional()?
+                            .flatten()
+                            .unwrap_or(0);
+                        through.insert(pid, written);
+                        written
+                    }
+                };
+                if seq <= written {
+                    continue;
+                }
+                match tasks.get_mut(&pid) {
+                    Some((image, lines, last)) => {
+                        *image = entry.image;
+                        lines.extend_from_slice(&entry.lines);
+                        *last = seq;
+                    }
+                    None => {
+                        tasks.insert(pid, (entry.image, entry.lines, seq));
+                    }
+                }
+            }
+        }
+    }
+    let mut tasks: Vec<_> = tasks.into_values().collect();
+    tasks.sort_by_key(|(image, _, _)| image.record.pid);
+    for (image, lines, last) in &tasks {
+        write_row(&tx, image, lines, *last)?;
+    }
+    empty_journal(&tx)?;
+    tx.commit()?;
+    Ok(tasks.len())
+}
+
+/// Why the journal could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Replay {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("journal row {seq} cannot be read: {reason}")]
+    Corrupt { seq: i64, reason: String },
 }
 
 /// Deletes the oldest ended tasks past `max_history`, and those that ended before
@@ -483,12 +528,16 @@ fn prune(
     let excess = (ended - i64::try_from(max_history).unwrap_or(i64::MAX)).clamp(0, PRUNE_BATCH);
     tx.prepare_cached("CREATE TEMP TABLE IF NOT EXISTS doomed (boot INTEGER, seq INTEGER)")?
         .execute([])?;
+    // A task with an entry in a journal row still kept is not deleted: read back after a
+    // crash, that entry would bring it back.
     let doomed = tx
         .prepare_cached(
             "INSERT INTO doomed SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
          AND (rowid IN (SELECT rowid FROM tasks WHERE ended_at IS NOT NULL
                         ORDER BY ended_at LIMIT ?1)
               OR ended_at < ?2)
+         AND COALESCE(journal_seq, 0) < COALESCE(
+             (SELECT MIN(seq) FROM journal WHERE length(changes) > 1), 9223372036854775807)
          LIMIT ?3",
         )?
         .execute(params![excess, nanos(ended_before), PRUNE_BATCH])?;

@@ -1,0 +1,264 @@
+//! Tasks whose newest changes are in the journal and not yet in `tasks`: their images, shown
+//! by reads as if written, until the writer writes them there.
+//!
+//! - **When a task is written to `tasks`.** Once it has ended, a second or so later
+//!   ([`ENDED_AFTER`]), with the others ended by then: most tasks live a few seconds, so most
+//!   are written once, whole, with their log. A task still running is written once its first
+//!   change not yet written is [`LIVE_AFTER`] old, so that the journal stays short and a
+//!   sleeping task holds no memory here; and the oldest are written early when more than
+//!   [`MAX_TASKS`] wait. At most [`SLICE`] are written per transaction, in pid order, so that
+//!   no write holds the writer long and rows of one page go together.
+//! - **Where the journal may be cut.** A journal row may go once every task with an entry in
+//!   it has been written since: the first row still needed is the oldest first entry of the
+//!   tasks here ([`Unwritten::cut_before`]).
+//! - **Reads.** A task here is read from here: its image is newer than its row, if it has one.
+//!   A read that combines both (a list, a task's log) holds [`Unwritten::reading`], which a
+//!   write to `tasks` takes from its commit until its tasks are gone from here, so that no task
+//!   is seen in both places or in neither.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use super::journal::Image;
+use crate::model::{Pid, TaskRecord};
+use crate::store::ListQuery;
+
+/// How long an ended task waits here before it is written.
+pub(super) const ENDED_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a running task's first change not yet written waits here at most.
+pub(super) const LIVE_AFTER: Duration = Duration::from_secs(10);
+
+/// Tasks here past which the oldest are written at once.
+pub(super) const MAX_TASKS: usize = 65_536;
+
+/// Tasks written per transaction at most.
+pub(super) const SLICE: usize = 2048;
+
+/// One task here.
+#[derive(Debug)]
+pub(super) struct Held {
+    pub image: Image,
+    /// Lines journaled and not yet written, in `lines_blob` form.
+    pub lines: Vec<u8>,
+    /// The journal row of its first entry since it was last written, and of its last.
+    pub first: i64,
+    pub last: i64,
+    /// When its first entry since it was last written came.
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tasks: HashMap<Pid, Arc<Held>>,
+    /// `(first, since, pid)` of each task as it came here, in journal order: the order running
+    /// tasks come due, and where the journal may be cut. An entry whose task has been written
+    /// since is passed over.
+    order: VecDeque<(i64, Instant, Pid)>,
+    /// Tasks that ended here, in the order they did.
+    ended: VecDeque<(Instant, Pid)>,
+}
+
+/// The tasks not yet written to `tasks`.
+#[derive(Debug, Default)]
+pub(super) struct Unwritten {
+    state: Mutex<State>,
+    reading: RwLock<()>,
+    /// Tests that stand in for a crash close the store without writing what is here.
+    #[cfg(test)]
+    pub(super) left_at_close: std::sync::atomic::AtomicBool,
+}
+
+impl Unwritten {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Held by a read that combines what is here with what is written.
+    pub(super) fn reading(&self) -> RwLockReadGuard<'_, ()> {
+        self.reading
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Held by a write to `tasks` from its commit until [`Unwritten::written`].
+    pub(super) fn moving(&self) -> RwLockWriteGuard<'_, ()> {
+        self.reading
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The task, if it is here.
+    pub(super) fn held(&self, pid: Pid) -> Option<Arc<Held>> {
+        self.lock().tasks.get(&pid).cloned()
+    }
+
+    /// Tasks here.
+    pub(super) fn len(&self) -> usize {
+        self.lock().tasks.len()
+    }
+
+    /// Takes in what journal row `seq` holds, just committed: each task's image and the lines
+    /// it added.
+    pub(super) fn journaled(&self, seq: i64, entries: Vec<(Image, Vec<u8>)>) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        for (image, lines) in entries {
+            let pid = image.record.pid;
+            let ended = image.record.status.is_terminal();
+            let held = match state.tasks.get(&pid) {
+                Some(old) => {
+                    if ended && !old.image.record.status.is_terminal() {
+                        state.ended.push_back((now, pid));
+                    }
+                    let mut all = Vec::with_capacity(old.lines.len() + lines.len());
+                    all.extend_from_slice(&old.lines);
+                    all.extend_from_slice(&lines);
+                    Held {
+                        image,
+                        lines: all,
+                        first: old.first,
+                        last: seq,
+                        since: old.since,
+                    }
+                }
+                None => {
+                    state.order.push_back((seq, now, pid));
+                    if ended {
+                        state.ended.push_back((now, pid));
+                    }
+                    Held {
+                        image,
+                        lines,
+                        first: seq,
+                        last: seq,
+                        since: now,
+                    }
+                }
+            };
+            state.tasks.insert(pid, Arc::new(held));
+        }
+    }
+
+    /// The tasks due to be written now, at most [`SLICE`], in pid order; all of them (a slice
+    /// at a time) when `all`.
+    pub(super) fn due(&self, now: Instant, all: bool) -> Vec<Arc<Held>> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut due: Vec<Arc<Held>> = Vec::new();
+        let mut taken = HashSet::new();
+        // Ended tasks, once the oldest has waited, or once a slice of them waits.
+        let waited = state.ended.front().is_some_and(|&(at, _)| {
+            all || now.duration_since(at) >= ENDED_AFTER || state.ended.len() >= SLICE
+        });
+        if waited {
+            while due.len() < SLICE {
+                let Some((_, pid)) = state.ended.pop_front() else {
+                    break;
+                };
+                if let Some(held) = state.tasks.get(&pid)
+                    && taken.insert(pid)
+                {
+                    due.push(Arc::clone(held));
+                }
+            }
+        }
+        // Running tasks (and any other) whose first change not yet written is old, or the
+        // oldest while too many wait.
+        let crowded = state.tasks.len().saturating_sub(MAX_TASKS);
+        for &(first, since, pid) in &state.order {
+            if due.len() >= SLICE {
+                break;
+            }
+            let late = all || now.duration_since(since) >= LIVE_AFTER || taken.len() < crowded;
+            if !late {
+                break;
+            }
+            if let Some(held) = state.tasks.get(&pid).filter(|held| held.first == first)
+                && taken.insert(pid)
+            {
+                due.push(Arc::clone(held));
+            }
+        }
+        due.sort_by_key(|held| held.image.record.pid);
+        due
+    }
+
+    /// The first journal row still needed once `written` are written: the oldest first entry
+    /// of the others here; none when no other is here.
+    pub(super) fn cut_before(&self, written: &[Arc<Held>]) -> Option<i64> {
+        let gone: HashSet<Pid> = written.iter().map(|held| held.image.record.pid).collect();
+        let state = self.lock();
+        state
+            .order
+            .iter()
+            .find(|(first, _, pid)| {
+                !gone.contains(pid) && state.tasks.get(pid).is_some_and(|h| h.first == *first)
+            })
+            .map(|&(first, _, _)| first)
+    }
+
+    /// `written` are in `tasks` now: they go from here, unless a newer change came meanwhile.
+    pub(super) fn written(&self, written: &[Arc<Held>]) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        for held in written {
+            let pid = held.image.record.pid;
+            if state
+                .tasks
+                .get(&pid)
+                .is_some_and(|now| Arc::ptr_eq(now, held))
+            {
+                state.tasks.remove(&pid);
+            }
+        }
+        while let Some(&(first, _, pid)) = state.order.front() {
+            if state
+                .tasks
+                .get(&pid)
+                .is_some_and(|held| held.first == first)
+            {
+                break;
+            }
+            state.order.pop_front();
+        }
+    }
+
+    /// The records here that `query` wants, its cursor included, newest first; and whether
+    /// each task here is (to pass over its written row).
+    pub(super) fn listed(&self, query: &ListQuery) -> (Vec<TaskRecord>, HashSet<Pid>) {
+        let state = self.lock();
+        let mut records: Vec<TaskRecord> = state
+            .tasks
+            .values()
+            .map(|held| &held.image.record)
+            .filter(|record| {
+                query.wants(record)
+                    && query
+                        .before
+                        .is_none_or(|before| crate::store::Cursor::of(record) < before)
+            })
+            .cloned()
+            .collect();
+        records.sort_by_key(|record| std::cmp::Reverse(crate::store::Cursor::of(record)));
+        records.truncate(query.limit.saturating_add(1));
+        let here = state.tasks.keys().copied().collect();
+        (records, here)
+    }
+
+    /// The images here, oldest first by acceptance: for `unfinished` and `last_seq`.
+    pub(super) fn images(&self) -> Vec<Image> {
+        let state = self.lock();
+        let mut images: Vec<Image> = state
+            .tasks
+            .values()
+            .map(|held| held.image.clone())
+            .collect();
+        images.sort_by_key(|image| crate::store::Cursor::of(&image.record));
+        images
+    }
+}
