@@ -989,108 +989,150 @@ fn section_console(report: &mut Report, out: &Path, quick: bool) -> anyhow::Resu
 
 fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
     report.line("\n## 6. Durability: the stores side by side, seed durations 1-5 s, closed loop\n");
-    let secs = if quick { 3 } else { 8 };
+    let secs = if quick { 3 } else { 5 };
+    // The machine's speed drifts between runs: the stores take turns, in a rotating order,
+    // and each figure is the median over the rounds, each ratio the median of the rounds'.
+    let rounds = if quick { 1 } else { 3 };
     let dir = std::env::temp_dir().join(format!("http-spawn-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let sqlite = |name: &str| format!("sqlite:{}", dir.join(name).display());
-    let (normal, full) = (sqlite("normal.db"), sqlite("full.db"));
-    let stores: [(&str, &str, Vec<&str>); 4] = [
-        ("floor", "floor", vec![]),
-        ("memory", "host", vec!["--store", "memory"]),
-        (
-            "sqlite, normal",
-            "host",
-            vec!["--store", &normal, "--store-sync", "normal"],
-        ),
-        (
-            "sqlite, full",
-            "host",
-            vec!["--store", &full, "--store-sync", "full"],
-        ),
-    ];
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let mut rows = Vec::new();
+    let stores = ["memory", "sqlite, normal", "sqlite, full"];
+    let args_of = |store: &str, file: &str| -> Vec<String> {
+        match store {
+            "memory" => vec!["--store".into(), "memory".into()],
+            "sqlite, normal" => vec![
+                "--store".into(),
+                sqlite(&format!("normal-{file}.db")),
+                "--store-sync".into(),
+                "normal".into(),
+            ],
+            _ => vec![
+                "--store".into(),
+                sqlite(&format!("full-{file}.db")),
+                "--store-sync".into(),
+                "full".into(),
+            ],
+        }
+    };
+    let floor = measure_store(&runtime, "floor", &[], secs)?;
+    let mut runs: Vec<Vec<Measured>> = stores.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for turn in 0..stores.len() {
+            let at = (turn + round) % stores.len();
+            let args = args_of(stores[at], &round.to_string());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            runs[at].push(measure_store(&runtime, "host", &args, secs)?);
+        }
+    }
+    let med = |mut values: Vec<f64>| median(&mut values);
+    let spread = |values: &[f64]| {
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (min, max)
+    };
+    let mut rows = vec![vec![
+        "floor".to_owned(),
+        format!("{:.0}", floor.rate),
+        format!("{:.0}", floor.completed),
+        format!("{:.2}", floor.outcome.percentile_ms(0.5)),
+        format!("{:.2}", floor.outcome.percentile_ms(0.99)),
+        format!("{:.1}", floor.cpu_us),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        format!(
+            "{}/{}",
+            floor.totals["tasks"]["exited_ok"], floor.outcome.accepted
+        ),
+    ]];
     let mut results = Vec::new();
-    let mut memory: Option<(f64, f64)> = None;
-    for (label, kind, args) in &stores {
-        let mut extra = args.clone();
-        if *kind == "host" {
-            extra.extend(["--capacity", "200000"]);
-        }
-        let server = Server::start(kind, &extra)?;
-        let cpu_before = server.cpu_secs();
-        // The durable stores' one writer thread (issue #23: it must not be the ceiling).
-        let writer_cpu = || procfs::threads_cpu_secs(server.child.id(), "store-writer");
-        let writer_before = writer_cpu();
-        let outcome = runtime.block_on(loadgen::run(Load {
-            addr: server.addr,
-            connections: 64,
-            duration: Duration::from_secs(secs),
-            rate: None,
-            durations: Durations::Seed,
-        }));
-        let metrics = get(server.addr, "/metrics").unwrap_or_default();
-        let drain_began = Instant::now();
-        let totals = server.drain(Duration::from_secs(15));
-        let drained = drain_began.elapsed();
-        // What a user gets done: tasks that exited 0, over the load and the drain after it
-        // (issue #23, item 7: accepting more than can start only lengthens the drain).
-        let completed = totals["tasks"]["exited_ok"].as_f64().unwrap_or(0.0)
-            / (outcome.elapsed + drained).as_secs_f64();
-        let cpu = server.cpu_secs() - cpu_before;
-        let writer_us = writer_before
-            .zip(writer_cpu())
-            .map(|(before, after)| (after - before) * 1e6 / outcome.accepted.max(1) as f64);
-        let rate = outcome.accepted_per_sec();
-        let cpu_us = cpu * 1e6 / outcome.accepted.max(1) as f64;
-        if *label == "memory" {
-            memory = Some((rate, cpu_us));
-        }
-        let commits = metric(&metrics, "http_spawn_store_commits_total");
-        let batches = metric(&metrics, "http_spawn_store_batches_total");
-        let run_secs = secs as f64;
-        let (vs_memory, extra_cpu) = match memory {
-            Some((memory_rate, memory_cpu)) if *kind == "host" => (
-                format!("{:.2}×", rate / memory_rate),
-                format!("{:+.1}", cpu_us - memory_cpu),
-            ),
-            _ => (String::new(), String::new()),
-        };
+    // Accepted and completed per second with two threads each (the defaults here), by store.
+    let mut two_threads = Vec::new();
+    for (at, store) in stores.iter().enumerate() {
+        let these = &runs[at];
+        let of = |field: fn(&Measured) -> f64| med(these.iter().map(field).collect());
+        let rate = of(|run| run.rate);
+        let completed = of(|run| run.completed);
+        let cpu_us = of(|run| run.cpu_us);
+        let writer: Vec<f64> = these.iter().filter_map(|run| run.writer_us).collect();
+        let writer_us = (!writer.is_empty()).then(|| med(writer));
+        let commits = of(|run| run.commits) / secs as f64;
+        let per_commit = of(|run| run.outcome.accepted as f64 / run.commits.max(1.0));
+        let ratios: Vec<f64> = these
+            .iter()
+            .zip(&runs[0])
+            .map(|(run, memory)| run.rate / memory.rate.max(1.0))
+            .collect();
+        let completed_ratios: Vec<f64> = these
+            .iter()
+            .zip(&runs[0])
+            .map(|(run, memory)| run.completed / memory.completed.max(1.0))
+            .collect();
+        let extra: Vec<f64> = these
+            .iter()
+            .zip(&runs[0])
+            .map(|(run, memory)| run.cpu_us - memory.cpu_us)
+            .collect();
+        let (low, high) = spread(&ratios);
+        let ok: u64 = these
+            .iter()
+            .map(|run| run.totals["tasks"]["exited_ok"].as_u64().unwrap_or(0))
+            .sum();
+        let accepted: u64 = these.iter().map(|run| run.outcome.accepted).sum();
+        two_threads.push((*store, rate, completed));
         rows.push(vec![
-            (*label).to_owned(),
+            (*store).to_owned(),
             format!("{rate:.0}"),
             format!("{completed:.0}"),
-            format!("{:.2}", outcome.percentile_ms(0.5)),
-            format!("{:.2}", outcome.percentile_ms(0.99)),
+            format!("{:.2}", of(|run| run.outcome.percentile_ms(0.5))),
+            format!("{:.2}", of(|run| run.outcome.percentile_ms(0.99))),
             format!("{cpu_us:.1}"),
             writer_us.map_or(String::new(), |us| format!("{us:.1}")),
-            vs_memory,
-            extra_cpu,
+            if at == 0 {
+                "1.00×".to_owned()
+            } else {
+                format!("{:.2}× ({low:.2}–{high:.2})", med(ratios.clone()))
+            },
+            format!("{:+.1}", med(extra.clone())),
             if commits.is_nan() {
                 String::new()
             } else {
-                format!("{:.0}", commits / run_secs)
+                format!("{commits:.0}")
             },
             if commits.is_nan() {
                 String::new()
             } else {
-                format!("{:.1}", outcome.accepted as f64 / commits.max(1.0))
+                format!("{per_commit:.1}")
             },
-            format!("{}/{}", totals["tasks"]["exited_ok"], outcome.accepted),
+            format!("{ok}/{accepted}"),
         ]);
         results.push(json!({
-            "store": label, "accepted_per_sec": rate, "cpu_us_per_task": cpu_us,
-            "completed_per_sec": completed, "drain_secs": drained.as_secs_f64(),
-            "writer_cpu_us_per_task": writer_us,
-            "p50_ms": outcome.percentile_ms(0.5), "p99_ms": outcome.percentile_ms(0.99),
-            "commits": commits, "batches": batches, "accepted": outcome.accepted,
-            "completed_ok": totals["tasks"]["exited_ok"],
+            "store": store, "accepted_per_sec": rate, "cpu_us_per_task": cpu_us,
+            "completed_per_sec": completed, "writer_cpu_us_per_task": writer_us,
+            "vs_memory": ratios, "completed_vs_memory": completed_ratios,
+            "cpu_us_vs_memory": extra,
+            "rounds": these.iter().map(|run| json!({
+                "accepted_per_sec": run.rate, "completed_per_sec": run.completed,
+                "cpu_us_per_task": run.cpu_us, "writer_cpu_us_per_task": run.writer_us,
+                "p50_ms": run.outcome.percentile_ms(0.5), "p99_ms": run.outcome.percentile_ms(0.99),
+                "commits": run.commits, "batches": run.batches, "accepted": run.outcome.accepted,
+                "completed_ok": run.totals["tasks"]["exited_ok"],
+                "drain_secs": run.drained.as_secs_f64(),
+            })).collect::<Vec<_>>(),
         }));
     }
+    report.line(&format!(
+        "{rounds} round(s) of {secs} s per store, the stores in turn (the order rotating), \
+         64 connections; medians over the rounds, each ratio and difference against the memory \
+         store the median of the rounds' (range in brackets):\n"
+    ));
     report.table(
         &[
             "store",
@@ -1108,6 +1150,63 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         ],
         &rows,
     );
+    // Issue #23, item 2: how each store grows from one HTTP and one scheduler thread to two
+    // (the machine's cores, the defaults above), the same load each time.
+    report.line(
+        "\nOne thread against two (`--http-threads N --worker-threads N`; two is the table \
+         above), each store on a fresh file:\n",
+    );
+    let (normal_1, full_1) = (sqlite("normal-1.db"), sqlite("full-1.db"));
+    let one_thread: [(&str, Vec<&str>); 3] = [
+        ("memory", vec!["--store", "memory"]),
+        (
+            "sqlite, normal",
+            vec!["--store", &normal_1, "--store-sync", "normal"],
+        ),
+        (
+            "sqlite, full",
+            vec!["--store", &full_1, "--store-sync", "full"],
+        ),
+    ];
+    let mut scaling_rows = Vec::new();
+    let mut scaling = Vec::new();
+    for (label, args) in &one_thread {
+        let mut args = args.clone();
+        args.extend(["--http-threads", "1", "--worker-threads", "1"]);
+        let one = measure_store(&runtime, "host", &args, secs)?;
+        let Some(&(_, rate_2, completed_2)) = two_threads.iter().find(|(l, _, _)| l == label)
+        else {
+            continue;
+        };
+        scaling_rows.push(vec![
+            (*label).to_owned(),
+            format!("{:.0}", one.rate),
+            format!("{rate_2:.0}"),
+            format!("{:.2}×", rate_2 / one.rate.max(1.0)),
+            format!("{:.0}", one.completed),
+            format!("{completed_2:.0}"),
+            format!("{:.2}×", completed_2 / one.completed.max(1.0)),
+            one.writer_us.map_or(String::new(), |us| format!("{us:.1}")),
+        ]);
+        scaling.push(json!({
+            "store": label, "accepted_per_sec_1": one.rate, "accepted_per_sec_2": rate_2,
+            "completed_per_sec_1": one.completed, "completed_per_sec_2": completed_2,
+            "writer_cpu_us_per_task_1": one.writer_us,
+        }));
+    }
+    report.table(
+        &[
+            "store",
+            "accepted/s, 1 thread",
+            "2 threads",
+            "2 ÷ 1",
+            "completed/s, 1 thread",
+            "2 threads",
+            "2 ÷ 1",
+            "writer µs/task, 1 thread",
+        ],
+        &scaling_rows,
+    );
     let recovery = recovery(&runtime, &dir, if quick { 10_000 } else { 100_000 })?;
     report.line(&format!(
         "\nRecovery: {} unfinished tasks (sleeping, `sqlite, full`) in the store of a host killed \
@@ -1117,7 +1216,70 @@ fn section_store(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         recovery["live_after"]
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(json!({"stores": results, "recovery": recovery}))
+    Ok(json!({"stores": results, "threads": scaling, "recovery": recovery}))
+}
+
+/// One store's run of section 6's load.
+struct Measured {
+    rate: f64,
+    /// Tasks that exited 0 per second, over the load and the drain after it.
+    completed: f64,
+    cpu_us: f64,
+    /// The store's writer thread's CPU per accepted task, for a store with one.
+    writer_us: Option<f64>,
+    outcome: loadgen::Outcome,
+    totals: Value,
+    commits: f64,
+    batches: f64,
+    drained: Duration,
+}
+
+/// Starts `kind` (`floor` or `host`, with `args`), loads it for `secs`, and drains it.
+fn measure_store(
+    runtime: &tokio::runtime::Runtime,
+    kind: &str,
+    args: &[&str],
+    secs: u64,
+) -> anyhow::Result<Measured> {
+    let mut extra = args.to_vec();
+    if kind == "host" {
+        extra.extend(["--capacity", "200000"]);
+    }
+    let server = Server::start(kind, &extra)?;
+    let cpu_before = server.cpu_secs();
+    // The durable stores' one writer thread (issue #23: it must not be the ceiling).
+    let writer_cpu = || procfs::threads_cpu_secs(server.child.id(), "store-writer");
+    let writer_before = writer_cpu();
+    let outcome = runtime.block_on(loadgen::run(Load {
+        addr: server.addr,
+        connections: 64,
+        duration: Duration::from_secs(secs),
+        rate: None,
+        durations: Durations::Seed,
+    }));
+    let metrics = get(server.addr, "/metrics").unwrap_or_default();
+    let drain_began = Instant::now();
+    let totals = server.drain(Duration::from_secs(15));
+    let drained = drain_began.elapsed();
+    // What a user gets done: tasks that exited 0, over the load and the drain after it
+    // (issue #23, item 7: accepting more than can start only lengthens the drain).
+    let completed = totals["tasks"]["exited_ok"].as_f64().unwrap_or(0.0)
+        / (outcome.elapsed + drained).as_secs_f64();
+    let cpu = server.cpu_secs() - cpu_before;
+    let writer_us = writer_before
+        .zip(writer_cpu())
+        .map(|(before, after)| (after - before) * 1e6 / outcome.accepted.max(1) as f64);
+    Ok(Measured {
+        rate: outcome.accepted_per_sec(),
+        completed,
+        cpu_us: cpu * 1e6 / outcome.accepted.max(1) as f64,
+        writer_us,
+        commits: metric(&metrics, "http_spawn_store_commits_total"),
+        batches: metric(&metrics, "http_spawn_store_batches_total"),
+        totals,
+        outcome,
+        drained,
+    })
 }
 
 /// Fills a SQLite store with about `n` long sleeping tasks, kills its host, and times how long

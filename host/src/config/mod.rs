@@ -119,6 +119,16 @@ fn parse_size_usize(text: &str) -> Result<usize, String> {
 }
 
 /// `--store-backlog`: a size, as a number of bytes.
+/// `--store-commit-spacing`: a duration of at most a second, since every acceptance may wait
+/// for it.
+fn parse_commit_spacing(text: &str) -> Result<Duration, String> {
+    let spacing = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if spacing > Duration::from_secs(1) {
+        return Err("at most 1s: every acceptance may wait this long for its commit".into());
+    }
+    Ok(spacing)
+}
+
 fn parse_backlog_size(text: &str) -> Result<usize, String> {
     parse_size(text).and_then(|bytes| usize::try_from(bytes).map_err(|error| error.to_string()))
 }
@@ -371,7 +381,7 @@ pub struct Config {
     /// come fast, e.g. `2ms`: what comes meanwhile goes into the next commit, so that one flush
     /// to the disk serves more tasks. A commit after a pause starts at once; `0s` starts each
     /// as soon as the last one ends.
-    #[arg(long, env = "HTTP_SPAWN_STORE_COMMIT_SPACING", value_parser = humantime::parse_duration,
+    #[arg(long, env = "HTTP_SPAWN_STORE_COMMIT_SPACING", value_parser = parse_commit_spacing,
           default_value = DEFAULT_STORE_COMMIT_SPACING)]
     pub store_commit_spacing: Duration,
 

@@ -251,7 +251,7 @@ impl<'a, B: Backend> Writer<'a, B> {
         let mut last_commit: Option<std::time::Instant> = None;
         loop {
             // Commits back to back are spaced out; one after a pause starts at once.
-            if let Some(next) = last_commit.map(|last| last + spacing)
+            if let Some(next) = last_commit.and_then(|last| last.checked_add(spacing))
                 && unsettled.is_none()
                 && !spacing.is_zero()
             {

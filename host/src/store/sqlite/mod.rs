@@ -66,6 +66,8 @@ pub struct SqliteStore {
     path: PathBuf,
     kept: Arc<Kept>,
     unwritten: Arc<Unwritten>,
+    /// Set by the writer while too many tasks are only journaled.
+    behind: Arc<std::sync::atomic::AtomicBool>,
     backlog: Arc<Backlog>,
     stats: Arc<WriterStats>,
     readers: Vec<Mutex<Connection>>,
@@ -161,12 +163,16 @@ impl SqliteStore {
         let backlog = Arc::new(Backlog::new(backlog_bytes));
         let stats = Arc::new(WriterStats::new());
         let unwritten = Arc::new(Unwritten::default());
+        let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let (backlog, stats) = (Arc::clone(&backlog), Arc::clone(&stats));
             let backend = writer::SqliteBackend {
                 connection,
                 unwritten: Arc::clone(&unwritten),
-                sync,
+                behind: Arc::clone(&behind),
+                failures: 0,
+                retry_at: None,
+                checkpointed: std::time::Instant::now(),
                 commit_spacing,
             };
             std::thread::Builder::new()
@@ -205,6 +211,7 @@ impl SqliteStore {
             path: path.to_owned(),
             kept,
             unwritten,
+            behind,
             backlog,
             stats,
             readers,
@@ -307,8 +314,9 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     // holds them saves reading each page back (32 MiB; the default is 2 MiB).
     connection.pragma_update(None, "cache_size", -32_768)?;
     // A page changed by many commits is copied into the database once per checkpoint: fewer
-    // checkpoints copy fewer pages (16 MiB of log between them; the default is 4 MiB).
-    connection.pragma_update(None, "wal_autocheckpoint", 4_000)?;
+    // checkpoints copy fewer pages (one a second while the writer writes).
+    // The writer checkpoints between commits itself (`writer`), not inside a commit.
+    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(())
 }
 
@@ -338,7 +346,7 @@ impl Store for SqliteStore {
     }
 
     fn healthy(&self) -> bool {
-        self.stats.healthy.load(Ordering::Acquire)
+        self.stats.healthy.load(Ordering::Acquire) && !self.behind.load(Ordering::Acquire)
     }
 
     fn durable(&self) -> bool {
@@ -537,6 +545,8 @@ impl Store for SqliteStore {
     }
 
     fn last_seq(&self, boot: u32) -> Result<u64, StoreError> {
+        // Here first, as `get` reads: a task gone from here is written.
+        let here = self.unwritten.last_seq(boot);
         let written = self
             .read(|reader| {
                 reader
@@ -548,15 +558,6 @@ impl Store for SqliteStore {
                     .map(|seq| seq as u64)
             })
             .map_err(unavailable)?;
-        let here = self
-            .unwritten
-            .images()
-            .iter()
-            .map(|image| image.record.pid)
-            .filter(|pid| pid.boot() == boot)
-            .map(Pid::seq)
-            .max()
-            .unwrap_or(0);
         Ok(written.max(here))
     }
 

@@ -632,6 +632,50 @@ fn the_journal_read_back_passes_over_what_was_written() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue #23: tasks whose rows cannot be written (here a trigger refuses every new row) stay
+/// journaled and readable, and are written once the fault is gone; the writer tries again by
+/// itself, without a new commit to prompt it.
+#[test]
+fn tasks_whose_rows_cannot_be_written_stay_journaled_until_they_can() {
+    let dir = scratch("rows-refused");
+    let path = dir.join("tasks.db");
+    let store = open(&path).expect("open");
+    let db = Connection::open(&path).expect("open");
+    db.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    db.execute_batch(
+        "CREATE TRIGGER no_rows BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'no'); END;",
+    )
+    .expect("the trigger");
+    let batch: Vec<Change> = (1..=20).flat_map(ended_task).collect();
+    store.wait(batch).expect("journaled");
+    // Past the second an ended task waits, and a few tries.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(store.unwritten.len(), 20, "none written");
+    assert!(
+        store.healthy(),
+        "a few tasks held are no reason to refuse more"
+    );
+    assert_eq!(kept(&store), 20);
+    assert_eq!(
+        store
+            .get(Pid::new(1, 7))
+            .expect("read")
+            .expect("the task")
+            .status,
+        Status::Exited
+    );
+    db.execute_batch("DROP TRIGGER no_rows;").expect("dropped");
+    settled(&store);
+    let rows: i64 = db
+        .query_row("SELECT COUNT(*) FROM tasks", [], |row| row.get(0))
+        .expect("count");
+    assert_eq!(rows, 20);
+    assert_eq!(kept(&store), 20);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 mod same_as_memory {
     //! The writer folds a task's changes of one commit together (issue #23): whatever the
     //! order of events and however they fall into commits, the SQLite store reads back what

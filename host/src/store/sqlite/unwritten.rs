@@ -188,6 +188,17 @@ impl Unwritten {
         due
     }
 
+    /// `due` could not be written: the ended among them are due again first.
+    pub(super) fn due_again(&self, due: &[Arc<Held>]) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        for held in due.iter().rev() {
+            if held.image.record.status.is_terminal() {
+                state.ended.push_front((now, held.image.record.pid));
+            }
+        }
+    }
+
     /// The first journal row still needed once `written` are written: the oldest first entry
     /// of the others here; none when no other is here.
     pub(super) fn cut_before(&self, written: &[Arc<Held>]) -> Option<i64> {
@@ -250,7 +261,19 @@ impl Unwritten {
         (records, here)
     }
 
-    /// The images here, oldest first by acceptance: for `unfinished` and `last_seq`.
+    /// The highest sequence number here among pids of boot `boot`; 0 when none.
+    pub(super) fn last_seq(&self, boot: u32) -> u64 {
+        let state = self.lock();
+        state
+            .tasks
+            .keys()
+            .filter(|pid| pid.boot() == boot)
+            .map(|pid| pid.seq())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The images here, oldest first by acceptance: for `unfinished`.
     pub(super) fn images(&self) -> Vec<Image> {
         let state = self.lock();
         let mut images: Vec<Image> = state

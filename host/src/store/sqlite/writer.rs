@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -26,13 +27,24 @@ use super::super::columns::{append_lines, attempts_json, nanos};
 use super::super::writer::{Backend, Failure, Fault, Outcome};
 use super::super::{Change, IdempotencyKey};
 use super::journal::{self, Image};
+use super::key;
 use super::read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, SPEC_COLUMNS, record_of, spec_of};
-use super::unwritten::Unwritten;
-use super::{StoreSync, key};
+use super::unwritten::{SLICE, Unwritten};
 use crate::model::{Pid, TaskEvent, TaskRecord};
 
 /// Ended tasks deleted per prune, so a large prune never holds the writer long.
 pub(super) const PRUNE_BATCH: i64 = 1000;
+
+/// Tasks only journaled past which the store refuses new tasks: their rows are not being
+/// written (a failing disk, a refused value), and each holds memory until they are.
+const MAX_HELD: usize = 4 * super::unwritten::MAX_TASKS;
+
+/// The first pause after a failed write of tasks' rows; it doubles up to [`MAX_RETRY`].
+const RETRY_WAIT: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// How often the writer copies the WAL into the database while it writes.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the writer looks for tasks due to be written to `tasks` while any wait.
 const HOUSEKEEP_EVERY: Duration = Duration::from_millis(250);
@@ -41,7 +53,13 @@ const HOUSEKEEP_EVERY: Duration = Duration::from_millis(250);
 pub(super) struct SqliteBackend {
     pub(super) connection: Connection,
     pub(super) unwritten: Arc<Unwritten>,
-    pub(super) sync: StoreSync,
+    /// Set while more than [`MAX_HELD`] tasks are only journaled: the store is then unhealthy.
+    pub(super) behind: Arc<AtomicBool>,
+    /// Writes of tasks' rows failed in a row, and when to try again.
+    pub(super) failures: u32,
+    pub(super) retry_at: Option<Instant>,
+    /// When the WAL was last checkpointed.
+    pub(super) checkpointed: Instant,
     /// `--store-commit-spacing`: with `full`, each commit waits for the disk, and on a virtual
     /// machine the flush costs the writer more CPU than everything else a small commit does.
     pub(super) commit_spacing: Duration,
@@ -57,10 +75,52 @@ impl Backend for SqliteBackend {
     }
 
     fn housekeep(&mut self) -> Option<Duration> {
-        if let Err(error) = write_due(&mut self.connection, &self.unwritten, self.sync, false) {
-            tracing::warn!(%error, "writing journaled tasks to their rows failed; again later");
+        let now = Instant::now();
+        if let Some(at) = self.retry_at.filter(|at| now < *at) {
+            return Some(at - now);
         }
-        (self.unwritten.len() > 0).then_some(HOUSEKEEP_EVERY)
+        let mut full = false;
+        match write_due(&mut self.connection, &self.unwritten, false) {
+            Ok(written) => {
+                if self.failures > 0 {
+                    tracing::info!("journaled tasks are written to their rows again");
+                }
+                (self.failures, self.retry_at) = (0, None);
+                full = written >= SLICE;
+            }
+            Err(error) => {
+                self.failures += 1;
+                let wait = (RETRY_WAIT * 2u32.saturating_pow(self.failures.min(5))).min(MAX_RETRY);
+                self.retry_at = Some(now + wait);
+                // Said once, then every twentieth failure in a row.
+                if self.failures % 20 == 1 {
+                    tracing::warn!(%error, failures = self.failures,
+                        "writing journaled tasks to their rows failed; they stay journaled \
+                         and are tried again");
+                }
+            }
+        }
+        // Too many tasks only journaled: new tasks are refused until their rows are written.
+        let held = self.unwritten.len();
+        self.behind.store(held > MAX_HELD, Ordering::Release);
+        // The WAL is copied into the database here, between commits, rather than inside
+        // whichever commit crosses the threshold while reads wait for it.
+        if self.checkpointed.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpointed = now;
+            if let Err(error) =
+                self.connection
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::debug!(%error, "a checkpoint of the store's log failed; again later");
+            }
+        }
+        if held == 0 {
+            None
+        } else if full {
+            Some(Duration::ZERO)
+        } else {
+            Some(HOUSEKEEP_EVERY)
+        }
     }
 
     fn commit_spacing(&self) -> Duration {
@@ -77,9 +137,9 @@ impl Backend for SqliteBackend {
             return;
         }
         loop {
-            match write_due(&mut self.connection, &self.unwritten, self.sync, true) {
-                Ok(true) => {}
-                Ok(false) => return,
+            match write_due(&mut self.connection, &self.unwritten, true) {
+                Ok(0) => return,
+                Ok(_) => {}
                 Err(error) => {
                     tracing::warn!(%error, "the store closes with journaled tasks not written to \
                         their rows; they are read back from the journal at the next start");
@@ -303,7 +363,12 @@ impl Folded {
     /// an ended task.
     fn fold(&mut self, event: &TaskEvent) {
         let Image { record, spec } = &mut self.image;
-        if record.status.is_terminal() {
+        let stale = match *event {
+            TaskEvent::Ended { attempt, .. } => attempt != record.attempt,
+            TaskEvent::Restarting { next_attempt, .. } => next_attempt != record.attempt + 1,
+            _ => false,
+        };
+        if record.status.is_terminal() || stale {
             return;
         }
         self.changed = true;
@@ -390,24 +455,18 @@ pub(super) fn write_row(
 }
 
 /// Writes to `tasks` the tasks of [`Unwritten`] due now (all of them when `all`), a slice at
-/// a time, and cuts the journal rows no task needs any more. True when it wrote any.
-///
-/// The transaction does not wait for the disk: were it lost, the journal rows it deleted would
-/// be lost with it, and read again at start; and the next commit that waits writes it too.
+/// a time, and cuts the journal rows no task needs any more; how many it wrote. Tasks it could
+/// not write stay in [`Unwritten`], due again.
 fn write_due(
     connection: &mut Connection,
     unwritten: &Unwritten,
-    sync: StoreSync,
     all: bool,
-) -> rusqlite::Result<bool> {
+) -> rusqlite::Result<usize> {
     let due = unwritten.due(Instant::now(), all);
     if due.is_empty() {
-        return Ok(false);
+        return Ok(0);
     }
     let cut = unwritten.cut_before(&due);
-    if sync == StoreSync::Full {
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
-    }
     let written = (|| {
         let tx = connection.transaction()?;
         for held in &due {
@@ -424,10 +483,10 @@ fn write_due(
         tx.commit()?;
         unwritten.written(&due);
         drop(moving);
-        Ok(true)
+        Ok(due.len())
     })();
-    if sync == StoreSync::Full {
-        connection.pragma_update(None, "synchronous", "FULL")?;
+    if written.is_err() {
+        unwritten.due_again(&due);
     }
     written
 }
