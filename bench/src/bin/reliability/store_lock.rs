@@ -117,6 +117,8 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
         None,
         0,
     )));
+    // The twenty just accepted run before their ends are read.
+    host.wait_idle(DRAIN_PATIENCE)?;
 
     let mut verdict = Verdict::default();
     verdict.figure(format!(
