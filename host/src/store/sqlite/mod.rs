@@ -320,13 +320,18 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The first `wanted` of two lists each newest first, newest first.
+/// The first `wanted` of two lists each newest first, newest first, a task in both once (as
+/// `b` has it: `b` read it later).
 fn newest_first(a: Vec<TaskRecord>, b: Vec<TaskRecord>, wanted: usize) -> Vec<TaskRecord> {
-    let mut merged = Vec::with_capacity(wanted.min(a.len() + b.len()));
+    let mut merged: Vec<TaskRecord> = Vec::with_capacity(wanted.min(a.len() + b.len()));
     let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
     while merged.len() < wanted {
         let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if Cursor::of(x) >= Cursor::of(y) => a.next(),
+            (Some(x), Some(y)) if Cursor::of(x) == Cursor::of(y) => {
+                a.next();
+                b.next()
+            }
+            (Some(x), Some(y)) if Cursor::of(x) > Cursor::of(y) => a.next(),
             (Some(_), Some(_)) => b.next(),
             (Some(_), None) => a.next(),
             (None, _) => b.next(),
@@ -483,10 +488,10 @@ impl Store for SqliteStore {
         let wanted = query.limit.saturating_add(1);
         let mut tasks = self
             .read(|reader| {
-                // The tasks not yet written, and the rows of the others, with no write between
-                // the two: each task is listed once, as it stands now.
+                // The tasks not yet written, and the rows of the others, with no task moved
+                // between the two meanwhile: each task is listed once, as it stands now.
                 let _reading = self.unwritten.reading();
-                let (unwritten, here) = self.unwritten.listed(query);
+                let unwritten = self.unwritten.listed(query);
                 let mut statement = reader.prepare_cached(&sql)?;
                 let mut rows = statement.query(rusqlite::params_from_iter(args))?;
                 let mut written = Vec::new();
@@ -494,8 +499,14 @@ impl Store for SqliteStore {
                     && let Some(row) = rows.next()?
                 {
                     let record = record_of(row)?;
-                    if !here.contains(&record.pid) {
-                        written.push(record);
+                    // A task here now is newer here than its row (a task comes here again
+                    // when it changes; it leaves only with `reading` held).
+                    match self.unwritten.held(record.pid) {
+                        None => written.push(record),
+                        Some(held) if query.wants(&held.image.record) => {
+                            written.push(held.image.record.clone());
+                        }
+                        Some(_) => {}
                     }
                 }
                 Ok::<_, rusqlite::Error>(newest_first(unwritten, written, wanted))

@@ -891,8 +891,32 @@ mod same_as_memory {
                 prop_assert_eq!(fields(&read), fields(&expected));
                 prop_assert_eq!(messages(&sqlite, *pid), messages(&memory, *pid));
             }
+            // Lists too, a page of two at a time, whether a task is written yet or not.
+            for status in [None, Some(Status::Running), Some(Status::Exited), Some(Status::Spawned)] {
+                prop_assert_eq!(listing(&sqlite, status), listing(&memory, status));
+            }
             drop(sqlite);
             let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// Every task `store` lists with `status`, following the cursor a page of two at a time.
+    fn listing(store: &dyn Store, status: Option<Status>) -> Vec<(Pid, Status)> {
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let query = ListQuery {
+                status,
+                before,
+                limit: 2,
+                ..ListQuery::default()
+            };
+            let page = store.list(&query).expect("list");
+            seen.extend(page.tasks.iter().map(|record| (record.pid, record.status)));
+            match page.next {
+                Some(next) => before = Some(next),
+                None => return seen,
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::journal::Image;
 use crate::model::{Pid, TaskRecord};
-use crate::store::ListQuery;
+use crate::store::{Cursor, ListQuery};
 
 /// How long an ended task waits here before it is written.
 pub(super) const ENDED_AFTER: Duration = Duration::from_secs(1);
@@ -239,26 +239,28 @@ impl Unwritten {
         }
     }
 
-    /// The records here that `query` wants, its cursor included, newest first; and whether
-    /// each task here is (to pass over its written row).
-    pub(super) fn listed(&self, query: &ListQuery) -> (Vec<TaskRecord>, HashSet<Pid>) {
+    /// The newest `query.limit + 1` records here that `query` wants, its cursor included,
+    /// newest first. Only those are copied.
+    pub(super) fn listed(&self, query: &ListQuery) -> Vec<TaskRecord> {
+        let wanted = query.limit.saturating_add(1);
         let state = self.lock();
-        let mut records: Vec<TaskRecord> = state
+        let mut places: Vec<(Cursor, &TaskRecord)> = state
             .tasks
             .values()
             .map(|held| &held.image.record)
-            .filter(|record| {
-                query.wants(record)
-                    && query
-                        .before
-                        .is_none_or(|before| crate::store::Cursor::of(record) < before)
-            })
-            .cloned()
+            .filter(|record| query.wants(record))
+            .map(|record| (Cursor::of(record), record))
+            .filter(|(at, _)| query.before.is_none_or(|before| *at < before))
             .collect();
-        records.sort_by_key(|record| std::cmp::Reverse(crate::store::Cursor::of(record)));
-        records.truncate(query.limit.saturating_add(1));
-        let here = state.tasks.keys().copied().collect();
-        (records, here)
+        if places.len() > wanted {
+            places.select_nth_unstable_by(wanted - 1, |a, b| b.0.cmp(&a.0));
+            places.truncate(wanted);
+        }
+        places.sort_unstable_by_key(|&(at, _)| std::cmp::Reverse(at));
+        places
+            .into_iter()
+            .map(|(_, record)| record.clone())
+            .collect()
     }
 
     /// The highest sequence number here among pids of boot `boot`; 0 when none.
@@ -281,7 +283,7 @@ impl Unwritten {
             .values()
             .map(|held| held.image.clone())
             .collect();
-        images.sort_by_key(|image| crate::store::Cursor::of(&image.record));
+        images.sort_by_key(|image| Cursor::of(&image.record));
         images
     }
 }
