@@ -320,6 +320,60 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// `pid`'s log: its written lines, then those journaled and not yet written; and whether it
+/// has ended.
+fn logs_of(
+    reader: &Connection,
+    unwritten: &Unwritten,
+    pid: Pid,
+) -> rusqlite::Result<Option<(TaskLogs, bool)>> {
+    let (boot, seq) = key(pid);
+    let held = unwritten.held(pid);
+    let written = reader
+        .prepare_cached(
+            "SELECT logs_dropped_bytes, ended_at IS NOT NULL, log FROM tasks
+             WHERE boot = ?1 AND seq = ?2",
+        )?
+        .query_row(params![boot, seq], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, bool>(1)?,
+                row.get::<_, Option<Vec<u8>>>(2)?,
+            ))
+        })
+        .optional()?;
+    let (dropped_bytes, ended) = match (&held, &written) {
+        (Some(held), _) => (
+            held.image.record.logs_dropped_bytes,
+            held.image.record.status.is_terminal(),
+        ),
+        (None, Some((dropped_bytes, ended, _))) => (*dropped_bytes as u64, *ended),
+        (None, None) => return Ok(None),
+    };
+    let mut lines = Vec::new();
+    if written.is_some() {
+        let mut statement = reader.prepare_cached(
+            "SELECT lines FROM log_parts WHERE boot = ?1 AND seq = ?2 ORDER BY rowid",
+        )?;
+        let mut rows = statement.query(params![boot, seq])?;
+        while let Some(row) = rows.next()? {
+            lines_of(row.get_ref(0)?.as_blob()?, &mut lines);
+        }
+    }
+    // The lines written with its end came last of those written; then those not yet written.
+    if let Some((_, _, Some(last))) = written {
+        lines_of(&last, &mut lines);
+    }
+    if let Some(held) = held {
+        lines_of(&held.lines, &mut lines);
+    }
+    let logs = TaskLogs {
+        lines,
+        dropped_bytes,
+    };
+    Ok(Some((logs, ended)))
+}
+
 /// The first `wanted` of two lists each newest first, newest first, a task in both once (as
 /// `b` has it: `b` read it later).
 fn newest_first(a: Vec<TaskRecord>, b: Vec<TaskRecord>, wanted: usize) -> Vec<TaskRecord> {
@@ -387,55 +441,10 @@ impl Store for SqliteStore {
     }
 
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
-        let (boot, seq) = key(pid);
         let read = |reader: &Connection| -> rusqlite::Result<Option<(TaskLogs, bool)>> {
-            // Its written lines and those not yet written, with no write between the two.
-            let _reading = self.unwritten.reading();
-            let held = self.unwritten.held(pid);
-            let written = reader
-                .prepare_cached(
-                    "SELECT logs_dropped_bytes, ended_at IS NOT NULL, log FROM tasks
-                     WHERE boot = ?1 AND seq = ?2",
-                )?
-                .query_row(params![boot, seq], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, bool>(1)?,
-                        row.get::<_, Option<Vec<u8>>>(2)?,
-                    ))
-                })
-                .optional()?;
-            let (dropped_bytes, ended) = match (&held, &written) {
-                (Some(held), _) => (
-                    held.image.record.logs_dropped_bytes,
-                    held.image.record.status.is_terminal(),
-                ),
-                (None, Some((dropped_bytes, ended, _))) => (*dropped_bytes as u64, *ended),
-                (None, None) => return Ok(None),
-            };
-            let mut lines = Vec::new();
-            if written.is_some() {
-                let mut statement = reader.prepare_cached(
-                    "SELECT lines FROM log_parts WHERE boot = ?1 AND seq = ?2 ORDER BY rowid",
-                )?;
-                let mut rows = statement.query(params![boot, seq])?;
-                while let Some(row) = rows.next()? {
-                    lines_of(row.get_ref(0)?.as_blob()?, &mut lines);
-                }
-            }
-            // The lines written with its end came last of those written; then those not
-            // yet written.
-            if let Some((_, _, Some(last))) = written {
-                lines_of(&last, &mut lines);
-            }
-            if let Some(held) = held {
-                lines_of(&held.lines, &mut lines);
-            }
-            let logs = TaskLogs {
-                lines,
-                dropped_bytes,
-            };
-            Ok(Some((logs, ended)))
+            // Its written lines and those not yet written, with no move between the two.
+            self.unwritten
+                .consistently(|| logs_of(reader, &self.unwritten, pid))
         };
         // Written first, then kept: a line moves from kept to written, never back, so none is
         // shown twice. Nothing is added to an ended task's log.
@@ -490,26 +499,27 @@ impl Store for SqliteStore {
             .read(|reader| {
                 // The tasks not yet written, and the rows of the others, with no task moved
                 // between the two meanwhile: each task is listed once, as it stands now.
-                let _reading = self.unwritten.reading();
-                let unwritten = self.unwritten.listed(query);
-                let mut statement = reader.prepare_cached(&sql)?;
-                let mut rows = statement.query(rusqlite::params_from_iter(args))?;
-                let mut written = Vec::new();
-                while written.len() < wanted
-                    && let Some(row) = rows.next()?
-                {
-                    let record = record_of(row)?;
-                    // A task here now is newer here than its row (a task comes here again
-                    // when it changes; it leaves only with `reading` held).
-                    match self.unwritten.held(record.pid) {
-                        None => written.push(record),
-                        Some(held) if query.wants(&held.image.record) => {
-                            written.push(held.image.record.clone());
+                self.unwritten.consistently(|| {
+                    let unwritten = self.unwritten.listed(query);
+                    let mut statement = reader.prepare_cached(&sql)?;
+                    let mut rows = statement.query(rusqlite::params_from_iter(args.iter()))?;
+                    let mut written = Vec::new();
+                    while written.len() < wanted
+                        && let Some(row) = rows.next()?
+                    {
+                        let record = record_of(row)?;
+                        // A task here now is newer here than its row (a task comes here again
+                        // when it changes; one that leaves meanwhile makes this read again).
+                        match self.unwritten.held(record.pid) {
+                            None => written.push(record),
+                            Some(held) if query.wants(&held.image.record) => {
+                                written.push(held.image.record.clone());
+                            }
+                            Some(_) => {}
                         }
-                        Some(_) => {}
                     }
-                }
-                Ok::<_, rusqlite::Error>(newest_first(unwritten, written, wanted))
+                    Ok::<_, rusqlite::Error>(newest_first(unwritten, written, wanted))
+                })
             })
             .map_err(unavailable)?;
         let more = tasks.len() > query.limit;
@@ -530,25 +540,28 @@ impl Store for SqliteStore {
         );
         let mut tasks = self
             .read(|reader| {
-                let _reading = self.unwritten.reading();
-                let images = self.unwritten.images();
-                let here: std::collections::HashSet<Pid> =
-                    images.iter().map(|image| image.record.pid).collect();
-                let mut tasks = reader.prepare(&sql).and_then(|mut statement| {
-                    statement
-                        .query_map([], |row| {
-                            Ok((record_of(row)?, spec_of(row, RECORD_COLUMN_COUNT)?))
-                        })?
-                        .filter(|task| task.as_ref().map_or(true, |(r, _)| !here.contains(&r.pid)))
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })?;
-                tasks.extend(
-                    images
-                        .into_iter()
-                        .filter(|image| !image.record.status.is_terminal())
-                        .map(|image| (image.record, image.spec)),
-                );
-                Ok::<_, rusqlite::Error>(tasks)
+                self.unwritten.consistently(|| {
+                    let images = self.unwritten.images();
+                    let here: std::collections::HashSet<Pid> =
+                        images.iter().map(|image| image.record.pid).collect();
+                    let mut tasks = reader.prepare(&sql).and_then(|mut statement| {
+                        statement
+                            .query_map([], |row| {
+                                Ok((record_of(row)?, spec_of(row, RECORD_COLUMN_COUNT)?))
+                            })?
+                            .filter(|task| {
+                                task.as_ref().map_or(true, |(r, _)| !here.contains(&r.pid))
+                            })
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    })?;
+                    tasks.extend(
+                        images
+                            .into_iter()
+                            .filter(|image| !image.record.status.is_terminal())
+                            .map(|image| (image.record, image.spec)),
+                    );
+                    Ok::<_, rusqlite::Error>(tasks)
+                })
             })
             .map_err(unavailable)?;
         tasks.sort_by_key(|(record, _)| Cursor::of(record));

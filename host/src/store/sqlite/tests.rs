@@ -676,6 +676,64 @@ fn tasks_whose_rows_cannot_be_written_stay_journaled_until_they_can() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue #23: lists and logs read while tasks move from the journal to their rows see each
+/// task once, and none written before the read began is missing.
+#[test]
+fn reads_while_tasks_move_to_their_rows_see_each_task_once() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = scratch("moving-reads");
+    let store = Arc::new(open(&dir.join("tasks.db")).expect("open"));
+    let committed = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (store, committed, done) = (store.clone(), committed.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !done.load(Ordering::SeqCst) {
+                let before = committed.load(Ordering::SeqCst);
+                let query = ListQuery {
+                    limit: 100_000,
+                    ..ListQuery::default()
+                };
+                let listed = store.list(&query).expect("list").tasks;
+                let mut pids: Vec<Pid> = listed.iter().map(|record| record.pid).collect();
+                pids.sort();
+                pids.dedup();
+                assert_eq!(pids.len(), listed.len(), "a task listed twice");
+                assert!(
+                    listed.len() >= before,
+                    "{} listed, {before} written",
+                    listed.len()
+                );
+                if let Some(first) = pids.first() {
+                    assert_eq!(messages(&*store, *first), ["ended"], "{first}'s log");
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for round in 0..30u64 {
+        let batch: Vec<Change> = (1..=100)
+            .flat_map(|n| {
+                let seq = round * 100 + n;
+                let mut changes = ended_task(seq);
+                changes.insert(1, logs(Pid::new(1, seq), &["ended"], 0));
+                changes
+            })
+            .collect();
+        store.wait(batch).expect("written");
+        committed.fetch_add(100, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    settled(&store);
+    done.store(true, Ordering::SeqCst);
+    let reads = reader.join().expect("the reader");
+    assert!(reads > 10, "{reads} reads");
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 mod same_as_memory {
     //! The writer folds a task's changes of one commit together (issue #23): whatever the
     //! order of events and however they fall into commits, the SQLite store reads back what

@@ -12,12 +12,13 @@
 //!   it has been written since: the first row still needed is the oldest first entry of the
 //!   tasks here ([`Unwritten::cut_before`]).
 //! - **Reads.** A task here is read from here: its image is newer than its row, if it has one.
-//!   A read that combines both (a list, a task's log) holds [`Unwritten::reading`], which a
-//!   write to `tasks` takes from its commit until its tasks are gone from here, so that no task
-//!   is seen in both places or in neither.
+//!   A read that combines both (a list, a task's log) runs [`Unwritten::consistently`]: again,
+//!   if a write to `tasks` moved tasks from here to their rows meanwhile, so that no task is
+//!   seen in both places or in neither. A read never holds up the writer.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::journal::Image;
@@ -60,11 +61,22 @@ struct State {
     ended: VecDeque<(Instant, Pid)>,
 }
 
+/// A move of tasks from here to their rows, under way.
+pub(super) struct Moving<'a>(&'a Unwritten);
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        self.0.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// The tasks not yet written to `tasks`.
 #[derive(Debug, Default)]
 pub(super) struct Unwritten {
     state: Mutex<State>,
-    reading: RwLock<()>,
+    /// Odd while a write to `tasks` moves tasks from here to their rows (from its commit until
+    /// they are gone from here); each move adds two.
+    epoch: AtomicU64,
     /// Tests that stand in for a crash close the store without writing what is here.
     #[cfg(test)]
     pub(super) left_at_close: std::sync::atomic::AtomicBool,
@@ -77,18 +89,30 @@ impl Unwritten {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Held by a read that combines what is here with what is written.
-    pub(super) fn reading(&self) -> RwLockReadGuard<'_, ()> {
-        self.reading
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Runs `read`, which reads both what is here and what is written, until no move of tasks
+    /// from here to their rows overlapped it.
+    pub(super) fn consistently<T, E>(
+        &self,
+        mut read: impl FnMut() -> Result<T, E>,
+    ) -> Result<T, E> {
+        loop {
+            let before = self.epoch.load(Ordering::SeqCst);
+            if before % 2 == 1 {
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+            let value = read()?;
+            if self.epoch.load(Ordering::SeqCst) == before {
+                return Ok(value);
+            }
+        }
     }
 
-    /// Held by a write to `tasks` from its commit until [`Unwritten::written`].
-    pub(super) fn moving(&self) -> RwLockWriteGuard<'_, ()> {
-        self.reading
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Taken by a write to `tasks` just before its commit, and dropped once
+    /// [`Unwritten::written`] has taken its tasks from here.
+    pub(super) fn moving(&self) -> Moving<'_> {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        Moving(self)
     }
 
     /// The task, if it is here.
