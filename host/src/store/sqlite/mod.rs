@@ -172,7 +172,6 @@ impl SqliteStore {
                 behind: Arc::clone(&behind),
                 failures: 0,
                 retry_at: None,
-                checkpointed: std::time::Instant::now(),
                 commit_spacing,
             };
             std::thread::Builder::new()
@@ -314,9 +313,10 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     // holds them saves reading each page back (32 MiB; the default is 2 MiB).
     connection.pragma_update(None, "cache_size", -32_768)?;
     // A page changed by many commits is copied into the database once per checkpoint: fewer
-    // checkpoints copy fewer pages (one a second while the writer writes).
-    // The writer checkpoints between commits itself (`writer`), not inside a commit.
-    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // checkpoints copy fewer pages (16 MiB of log between them; the default is 4 MiB). One
+    // each second, between commits, raised the p99 of acceptances at 5,000 a second (10.1
+    // against 7.2 ms in one round).
+    connection.pragma_update(None, "wal_autocheckpoint", 4_000)?;
     Ok(())
 }
 

@@ -34,8 +34,9 @@ pub(super) const LIVE_AFTER: Duration = Duration::from_secs(10);
 /// Tasks here past which the oldest are written at once.
 pub(super) const MAX_TASKS: usize = 65_536;
 
-/// Tasks written per transaction at most.
-pub(super) const SLICE: usize = 2048;
+/// Tasks written per transaction at most: a slice holds the writer a millisecond or two (2,048
+/// held it long enough to double the p99 of acceptances at 5,000 a second).
+pub(super) const SLICE: usize = 256;
 
 /// One task here.
 #[derive(Debug)]

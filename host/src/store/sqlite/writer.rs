@@ -43,9 +43,6 @@ const MAX_HELD: usize = 4 * super::unwritten::MAX_TASKS;
 const RETRY_WAIT: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
-/// How often the writer copies the WAL into the database while it writes.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
 /// How often the writer looks for tasks due to be written to `tasks` while any wait.
 const HOUSEKEEP_EVERY: Duration = Duration::from_millis(250);
 
@@ -58,8 +55,6 @@ pub(super) struct SqliteBackend {
     /// Writes of tasks' rows failed in a row, and when to try again.
     pub(super) failures: u32,
     pub(super) retry_at: Option<Instant>,
-    /// When the WAL was last checkpointed.
-    pub(super) checkpointed: Instant,
     /// `--store-commit-spacing`: with `full`, each commit waits for the disk, and on a virtual
     /// machine the flush costs the writer more CPU than everything else a small commit does.
     pub(super) commit_spacing: Duration,
@@ -103,17 +98,6 @@ impl Backend for SqliteBackend {
         // Too many tasks only journaled: new tasks are refused until their rows are written.
         let held = self.unwritten.len();
         self.behind.store(held > MAX_HELD, Ordering::Release);
-        // The WAL is copied into the database here, between commits, rather than inside
-        // whichever commit crosses the threshold while reads wait for it.
-        if self.checkpointed.elapsed() >= CHECKPOINT_EVERY {
-            self.checkpointed = now;
-            if let Err(error) =
-                self.connection
-                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::debug!(%error, "a checkpoint of the store's log failed; again later");
-            }
-        }
         if held == 0 {
             None
         } else if full {
