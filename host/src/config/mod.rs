@@ -118,7 +118,6 @@ fn parse_size_usize(text: &str) -> Result<usize, String> {
     parse_size(text).and_then(|bytes| usize::try_from(bytes).map_err(|error| error.to_string()))
 }
 
-/// `--store-backlog`: a size, as a number of bytes.
 /// `--store-commit-spacing`: a duration of at most a second, since every acceptance may wait
 /// for it.
 fn parse_commit_spacing(text: &str) -> Result<Duration, String> {
@@ -129,6 +128,7 @@ fn parse_commit_spacing(text: &str) -> Result<Duration, String> {
     Ok(spacing)
 }
 
+/// `--store-backlog`: a size, as a number of bytes.
 fn parse_backlog_size(text: &str) -> Result<usize, String> {
     parse_size(text).and_then(|bytes| usize::try_from(bytes).map_err(|error| error.to_string()))
 }

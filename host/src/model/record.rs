@@ -185,16 +185,18 @@ impl TaskRecord {
         }
     }
 
-    /// Folds one event into the record. Events after the end are ignored: an ended task is
-    /// never resurrected, whatever arrives late.
-    pub fn apply(&mut self, event: &TaskEvent) {
+    /// Folds one event into the record; false when it ignored it. Events after the end are
+    /// ignored: an ended task is never resurrected, whatever arrives late.
+    pub fn apply(&mut self, event: &TaskEvent) -> bool {
         if self.status.is_terminal() {
-            return;
+            return false;
         }
         match event {
             // Ends and restarts of an attempt other than the current one are stale.
-            TaskEvent::Ended { attempt, .. } if *attempt != self.attempt => {}
-            TaskEvent::Restarting { next_attempt, .. } if *next_attempt != self.attempt + 1 => {}
+            TaskEvent::Ended { attempt, .. } if *attempt != self.attempt => return false,
+            TaskEvent::Restarting { next_attempt, .. } if *next_attempt != self.attempt + 1 => {
+                return false;
+            }
             &TaskEvent::Started { at, steps, fuel } => {
                 self.status = Status::Running;
                 self.started_at = Some(at);
@@ -233,6 +235,7 @@ impl TaskRecord {
                 self.fuel_consumed = *fuel;
             }
         }
+        true
     }
 }
 

@@ -127,7 +127,9 @@ impl MemoryStore {
                     entry.logs.dropped_bytes = dropped_bytes;
                     entry.record.logs_dropped_bytes = dropped_bytes;
                 }
-                event => entry.record.apply(&event),
+                event => {
+                    entry.record.apply(&event);
+                }
             }
             entry
                 .record

@@ -8,8 +8,8 @@
 //!   `--store-log-flush` old (5 s by default), or once a task's kept lines pass
 //!   [`TASK_BYTES`]; all of them together are bounded by [`TOTAL_BYTES`], past which lines are
 //!   written as they come. Most tasks live a few seconds and log a line a step: their whole
-//!   log is then one row, written in the same statement's transaction as their end, instead of
-//!   a row per line in a commit each. A host that crashes loses the lines of running tasks not
+//!   log then goes to the journal with their end, and into their row with it, instead of a
+//!   row per line in a commit each. A host that crashes loses the lines of running tasks not
 //!   yet written (at most the flush interval's), as it loses their progress: those tasks run
 //!   again from the start.
 //!

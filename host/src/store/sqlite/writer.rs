@@ -342,30 +342,20 @@ struct Folded {
 }
 
 impl Folded {
-    /// Folds `event` in, as [`TaskRecord::apply`] does, with what the row holds beside the
-    /// record: the lines, and when a restart waiting out its backoff is due. Nothing changes
-    /// an ended task.
+    /// Folds `event` in with [`TaskRecord::apply`], and what the row holds beside the
+    /// record: the lines, and when a restart waiting out its backoff is due. An event the
+    /// record ignores (the task has ended, or it is of another attempt) changes nothing.
     fn fold(&mut self, event: &TaskEvent) {
         let Image { record, spec } = &mut self.image;
-        let stale = match *event {
-            TaskEvent::Ended { attempt, .. } => attempt != record.attempt,
-            TaskEvent::Restarting { next_attempt, .. } => next_attempt != record.attempt + 1,
-            _ => false,
-        };
-        if record.status.is_terminal() || stale {
+        if !record.apply(event) {
             return;
         }
         self.changed = true;
-        let attempt = record.attempt;
-        record.apply(event);
         match event {
             TaskEvent::Logs { lines, .. } => append_lines(&mut self.lines, lines),
-            TaskEvent::Restarting { ready_at, .. } if record.attempt != attempt => {
-                spec.ready_at = Some(*ready_at);
-            }
-            TaskEvent::Started { .. } => spec.ready_at = None,
-            TaskEvent::Ended { .. } if record.status.is_terminal() => spec.ready_at = None,
-            _ => {}
+            TaskEvent::Restarting { ready_at, .. } => spec.ready_at = Some(*ready_at),
+            TaskEvent::Started { .. } | TaskEvent::Ended { .. } => spec.ready_at = None,
+            TaskEvent::Progress { .. } => {}
         }
     }
 }
