@@ -26,6 +26,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use hmac::{Hmac, Mac};
 use sha2::{Digest as _, Sha256};
 
+use crate::runtime::cache::hex;
+
 /// The session cookie's name over plain HTTP.
 pub(super) const COOKIE: &str = "http_spawn_session";
 /// Its name over HTTPS: browsers keep a `__Host-` cookie to the origin that set it, `Secure`.
@@ -254,10 +256,6 @@ fn parse(value: &str) -> Option<(u64, [u8; 16], [u8; 32])> {
     let nonce = unhex(parts.next()?)?;
     let tag = unhex(parts.next()?)?;
     parts.next().is_none().then_some((expiry, nonce, tag))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {

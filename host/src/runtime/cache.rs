@@ -11,7 +11,6 @@
 //! writers (or root's sticky `/tmp`), and the artifact itself must be a regular file of this
 //! user's, opened without following symlinks and read whole before wasmtime sees it.
 
-use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -44,11 +43,16 @@ impl Digest {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+/// Lowercase hex, two digits a byte. Runs once per submission (the task's module digest), so
+/// it looks digits up rather than formatting each byte.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 /// Feeds `Hash` implementations into SHA-256, so the fingerprint is the same in every run.

@@ -9,7 +9,7 @@
 //! touches WASI, so a worker that never does pays nothing for it.
 
 mod bindings;
-mod cache;
+pub(crate) mod cache;
 mod capture;
 mod embedded;
 mod engine;
