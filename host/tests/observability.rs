@@ -24,6 +24,7 @@ async fn scrape(app: &TestApp) -> HashMap<String, f64> {
         .to_owned();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let text = response.text().await.expect("text");
+    well_formed(&text);
     text.lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
         .filter_map(|line| {
@@ -31,6 +32,52 @@ async fn scrape(app: &TestApp) -> HashMap<String, f64> {
             Some((key.to_owned(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// Checks what a Prometheus scraper relies on: each family's lines together under one `# TYPE`,
+/// and each histogram's buckets cumulative, ending in `+Inf` at its `_count`.
+fn well_formed(text: &str) {
+    let mut typed = HashMap::new();
+    let mut family = String::new();
+    for line in text.lines().filter(|line| !line.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(
+                typed.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "{name} typed twice"
+            );
+            family = name.to_owned();
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let name = line.split(['{', ' ']).next().expect("a sample's name");
+        let base = match typed.get(&family).map(String::as_str) {
+            Some("histogram") => ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name),
+            _ => name,
+        };
+        assert_eq!(base, family, "{line} outside its family's lines");
+    }
+    let mut last: HashMap<String, f64> = HashMap::new();
+    for line in text.lines().filter(|line| line.contains("_bucket{")) {
+        let (key, value) = line.rsplit_once(' ').expect("a sample");
+        let value: f64 = value.parse().expect("a count");
+        let (series, le) = key.rsplit_once(",le=").expect("le last");
+        let previous = last.insert(series.to_owned(), value).unwrap_or(0.0);
+        assert!(value >= previous, "{line}: buckets are cumulative");
+        if le == "\"+Inf\"}" {
+            let count = series.replacen("_bucket{", "_count{", 1) + "}";
+            let count_line = format!("{count} {value}");
+            assert!(
+                text.lines().any(|line| line == count_line),
+                "{count_line} missing"
+            );
+        }
+    }
 }
 
 fn value(metrics: &HashMap<String, f64>, key: &str) -> f64 {
@@ -162,6 +209,10 @@ async fn metrics_count_exactly_the_tasks_that_ran() {
         (
             r#"http_requests_total{method="other",path="/api/health",status="405"}"#,
             2.0,
+        ),
+        (
+            r#"http_request_duration_seconds_count{method="POST",path="/api/tasks"}"#,
+            6.0,
         ),
     ] {
         assert_eq!(value(&metrics, key), expected, "{key}");

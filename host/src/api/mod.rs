@@ -204,10 +204,7 @@ fn api_routes(
 /// future per request.
 async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let begun = std::time::Instant::now();
     let mut response = match browser::refusal(&state.browsers, &request) {
         Some(refusal) => refusal.into_response(),
@@ -216,7 +213,7 @@ async fn count_request(State(state): State<AppState>, request: Request, next: Ne
     browser::mark(&mut response);
     state.host.metrics().http_request(
         method.as_str(),
-        &route,
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
         response.status().as_u16(),
         begun.elapsed(),
     );

@@ -6,10 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Key, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+use metrics::{Counter, Key, Label, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+
+use self::series::{Family, Histograms, METHODS, RouteSeries, WorkerSeries};
 
 use crate::model::{Outcome, TaskEnd};
+
+mod series;
 
 /// What a metric is, for its `# TYPE` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,40 +334,19 @@ pub const METRICS: &[Spec] = &[
     ),
 ];
 
-/// Buckets for task and latency histograms, in seconds.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-];
-
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
-/// How often histogram samples are folded into their buckets between scrapes.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Folds the recorder's pending histogram samples into buckets every [`UPKEEP_INTERVAL`] while
-/// the metrics live: without it, samples pile up in memory until the next scrape.
-fn start_upkeep(metrics: std::sync::Weak<Metrics>) {
-    let started = std::thread::Builder::new()
-        .name("metrics-upkeep".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(UPKEEP_INTERVAL);
-                match metrics.upgrade() {
-                    Some(metrics) => metrics.recorder.handle().run_upkeep(),
-                    None => return,
-                }
-            }
-        });
-    if let Err(error) = started {
-        tracing::warn!(%error, "no metrics upkeep thread; histograms are folded at each scrape");
-    }
-}
-
 /// The host's metrics.
 pub struct Metrics {
+    /// Counters and gauges, and their exposition.
     recorder: PrometheusRecorder,
+    /// Every histogram (the recorder's would keep each sample until its upkeep).
+    histograms: Histograms,
+    /// Per-task series by worker.
+    workers: Family<Arc<str>, WorkerSeries>,
+    /// Per-request series by matched route.
+    routes: Family<Box<str>, RouteSeries>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -381,40 +364,44 @@ fn worker(name: &Arc<str>) -> Label {
 }
 
 impl Metrics {
-    /// A recorder with every metric described and the histograms' buckets set.
+    /// A recorder with every counter and gauge described.
     pub fn new() -> Arc<Self> {
-        let mut builder = PrometheusBuilder::new();
-        for spec in METRICS.iter().filter(|spec| spec.kind == Kind::Histogram) {
-            builder = builder
-                .set_buckets_for_metric(Matcher::Full(spec.name.to_owned()), SECONDS_BUCKETS)
-                .unwrap_or_else(|_| unreachable!("the buckets are not empty"));
-        }
-        let recorder = builder.build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         for spec in METRICS {
             let (name, help) = (spec.name.into(), SharedString::const_str(spec.help));
             match spec.kind {
                 Kind::Counter => recorder.describe_counter(name, spec.unit, help),
                 Kind::Gauge => recorder.describe_gauge(name, spec.unit, help),
-                Kind::Histogram => recorder.describe_histogram(name, spec.unit, help),
+                // Rendered by `histograms`.
+                Kind::Histogram => {}
             }
         }
-        let metrics = Arc::new(Self { recorder });
-        start_upkeep(Arc::downgrade(&metrics));
-        metrics
+        Arc::new(Self {
+            recorder,
+            histograms: Histograms::default(),
+            workers: Family::default(),
+            routes: Family::default(),
+        })
+    }
+
+    /// The recorder's counter of `name` with `labels`: a handle to keep, as finding it costs a
+    /// key built and hashed.
+    fn register_counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
     }
 
     fn counter(&self, name: &'static str, labels: Vec<Label>, by: u64) {
-        let key = Key::from_parts(name, labels);
-        self.recorder
-            .register_counter(&key, &METADATA)
-            .increment(by);
+        self.register_counter(name, labels).increment(by);
     }
 
-    fn histogram(&self, name: &'static str, labels: Vec<Label>, value: Duration) {
-        let key = Key::from_parts(name, labels);
-        self.recorder
-            .register_histogram(&key, &METADATA)
-            .record(value.as_secs_f64());
+    /// Runs `with` on the per-task series of worker `name`.
+    fn worker<R>(&self, name: &Arc<str>, with: impl FnOnce(&WorkerSeries) -> R) -> R {
+        self.workers.with(
+            &**name,
+            || (Arc::clone(name), WorkerSeries::default()),
+            with,
+        )
     }
 
     /// Sets a gauge with no labels.
@@ -441,15 +428,32 @@ impl Metrics {
 
     /// A task was accepted.
     pub fn spawned(&self, name: &Arc<str>) {
-        self.counter(TASKS_SPAWNED, vec![worker(name)], 1);
+        self.worker(name, |series| {
+            series
+                .spawned
+                .get_or_init(|| self.register_counter(TASKS_SPAWNED, vec![worker(name)]))
+                .increment(1);
+        });
     }
 
     /// An attempt was instantiated and started: `instantiation` after its instantiation began,
     /// `since_spawn` after the task was accepted or its restart was due.
     pub fn started(&self, name: &Arc<str>, instantiation: Duration, since_spawn: Duration) {
-        self.counter(TASKS_STARTED, vec![worker(name)], 1);
-        self.histogram(INSTANTIATION, vec![worker(name)], instantiation);
-        self.histogram(SPAWN_TO_START, vec![worker(name)], since_spawn);
+        self.worker(name, |series| {
+            series
+                .started
+                .get_or_init(|| self.register_counter(TASKS_STARTED, vec![worker(name)]))
+                .increment(1);
+            let by_worker = [("worker", &**name)];
+            series
+                .instantiation
+                .get_or_init(|| self.histograms.series(INSTANTIATION, &by_worker))
+                .record(instantiation);
+            series
+                .spawn_to_start
+                .get_or_init(|| self.histograms.series(SPAWN_TO_START, &by_worker))
+                .record(since_spawn);
+        });
     }
 
     /// An attempt ended and will be restarted.
@@ -462,21 +466,44 @@ impl Metrics {
     /// A task ended; `ran` is how long its last attempt ran, if it started.
     pub fn ended(&self, name: &Arc<str>, end: &TaskEnd, fuel: u64, ran: Option<Duration>) {
         self.attempt_ended(name, end, fuel);
-        let labels = vec![
-            worker(name),
-            label("status", end.status.as_str()),
-            label("outcome", end.outcome.as_str()),
-        ];
-        self.counter(TASKS_ENDED, labels, 1);
-        if let Some(ran) = ran {
-            let labels = vec![worker(name), label("outcome", end.outcome.as_str())];
-            self.histogram(TASK_DURATION, labels, ran);
-        }
+        let (status, outcome) = (end.status, end.outcome);
+        self.worker(name, |series| {
+            series.ended.with(
+                &(status, outcome),
+                || {
+                    let labels = vec![
+                        worker(name),
+                        label("status", status.as_str()),
+                        label("outcome", outcome.as_str()),
+                    ];
+                    (
+                        (status, outcome),
+                        self.register_counter(TASKS_ENDED, labels),
+                    )
+                },
+                |ended| ended.increment(1),
+            );
+            if let Some(ran) = ran {
+                series.ran.with(
+                    &outcome,
+                    || {
+                        let labels = [("worker", &**name), ("outcome", outcome.as_str())];
+                        (outcome, self.histograms.series(TASK_DURATION, &labels))
+                    },
+                    |histogram| histogram.record(ran),
+                );
+            }
+        });
     }
 
     fn attempt_ended(&self, name: &Arc<str>, end: &TaskEnd, fuel: u64) {
         if fuel > 0 {
-            self.counter(FUEL_CONSUMED, vec![worker(name)], fuel);
+            self.worker(name, |series| {
+                series
+                    .fuel
+                    .get_or_init(|| self.register_counter(FUEL_CONSUMED, vec![worker(name)]))
+                    .increment(fuel);
+            });
         }
         if end.outcome == Outcome::MemoryLimit {
             self.counter(MEMORY_LIMIT_KILLS, vec![worker(name)], 1);
@@ -521,24 +548,35 @@ impl Metrics {
     /// An HTTP request was answered. Methods outside the standard ones are counted as
     /// `other`: a client may send any token as a method, and each would be a new series.
     pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
-        let method = match method {
-            "GET" => "GET",
-            "HEAD" => "HEAD",
-            "POST" => "POST",
-            "PUT" => "PUT",
-            "DELETE" => "DELETE",
-            "PATCH" => "PATCH",
-            "OPTIONS" => "OPTIONS",
-            _ => "other",
-        };
-        let labels = vec![
-            label("method", method),
-            label("path", route.to_owned()),
-            label("status", status.to_string()),
-        ];
-        self.counter(HTTP_REQUESTS, labels, 1);
-        let labels = vec![label("method", method), label("path", route.to_owned())];
-        self.histogram(HTTP_REQUEST_DURATION, labels, took);
+        let index = METHODS[..METHODS.len() - 1]
+            .iter()
+            .position(|known| *known == method)
+            .unwrap_or(METHODS.len() - 1);
+        let method = METHODS[index];
+        self.routes.with(
+            route,
+            || (route.into(), RouteSeries::default()),
+            |series| {
+                let series = &series.methods[index];
+                series.answered.with(
+                    &status,
+                    || {
+                        let labels = vec![
+                            label("method", method),
+                            label("path", route.to_owned()),
+                            label("status", status.to_string()),
+                        ];
+                        (status, self.register_counter(HTTP_REQUESTS, labels))
+                    },
+                    |answered| answered.increment(1),
+                );
+                let labels = [("method", method), ("path", route)];
+                series
+                    .duration
+                    .get_or_init(|| self.histograms.series(HTTP_REQUEST_DURATION, &labels))
+                    .record(took);
+            },
+        );
     }
 
     /// `open` HTTP connections are open now.
@@ -553,6 +591,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything recorded so far.
     pub fn render(&self) -> String {
-        self.recorder.handle().render()
+        let mut out = self.recorder.handle().render();
+        for spec in METRICS.iter().filter(|spec| spec.kind == Kind::Histogram) {
+            self.histograms.render(&mut out, spec.name, spec.help);
+        }
+        out
     }
 }
