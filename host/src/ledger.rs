@@ -57,6 +57,24 @@ impl Ending {
     }
 }
 
+/// A task woke for step `step` of `steps`, having burnt `fuel` in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub step: u32,
+    pub steps: u32,
+    pub fuel: u64,
+}
+
+impl Progress {
+    fn event(self) -> TaskEvent {
+        TaskEvent::Progress {
+            step: self.step,
+            steps: self.steps,
+            fuel: self.fuel,
+        }
+    }
+}
+
 /// Log lines a task produced since they were last recorded, with the running total of bytes
 /// its capture cap discarded.
 pub type FreshLogs = (Vec<LogLine>, u64);
@@ -171,7 +189,11 @@ impl Ledger {
     }
 
     /// An attempt is up: instantiated in `instantiation`, `since_spawn` after it was accepted
-    /// or due to restart.
+    /// or due to restart. The lines its `start` logged go in the same write.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "what a start is: the task, its worker, its size, what it cost, its lines"
+    )]
     pub fn started(
         &self,
         pid: Pid,
@@ -180,18 +202,31 @@ impl Ledger {
         fuel: u64,
         instantiation: Duration,
         since_spawn: Duration,
+        logs: FreshLogs,
     ) {
         self.metrics.started(worker, instantiation, since_spawn);
         self.counts.started.fetch_add(1, Ordering::Relaxed);
         let at = SystemTime::now();
         let event = TaskEvent::Started { at, steps, fuel };
-        self.write(pid, vec![Change::Event(pid, event)], None);
+        let mut batch = vec![Change::Event(pid, event)];
+        batch.extend(logs_change(pid, logs));
+        self.write(pid, batch, None);
+    }
+
+    /// The task woke for a step (`woke`, its progress) and the step ran, logging `logs`: one
+    /// write for both, in that order. A step that ends the task records its progress with
+    /// [`Ledger::progress`] instead, before its end.
+    pub fn stepped(&self, pid: Pid, woke: Option<Progress>, logs: FreshLogs) {
+        let progress = woke.map(|woke| Change::Event(pid, woke.event()));
+        let batch: Vec<Change> = progress.into_iter().chain(logs_change(pid, logs)).collect();
+        if !batch.is_empty() {
+            self.write(pid, batch, None);
+        }
     }
 
     /// The task woke for step `step` of `steps`, having burnt `fuel` in all.
-    pub fn progress(&self, pid: Pid, step: u32, steps: u32, fuel: u64) {
-        let event = TaskEvent::Progress { step, steps, fuel };
-        self.write(pid, vec![Change::Event(pid, event)], None);
+    pub fn progress(&self, pid: Pid, woke: Progress) {
+        self.write(pid, vec![Change::Event(pid, woke.event())], None);
     }
 
     /// The task logged or printed `logs` since they were last recorded.

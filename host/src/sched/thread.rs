@@ -12,7 +12,7 @@ use super::admission::Permit;
 use super::inbox::{Command, TIMER_SLACK};
 use super::{Job, Lane, Lanes};
 use crate::actor::Wake;
-use crate::ledger::{Ending, FreshLogs, Ledger};
+use crate::ledger::{Ending, FreshLogs, Ledger, Progress};
 use crate::model::{Pid, Printable, TaskEnd};
 use crate::runtime::{Next, Process, StartSpec, TaskLimits};
 
@@ -206,8 +206,8 @@ impl SchedulerThread {
             let (pid, steps, fuel) = (task.pid, task.steps, task.process.fuel());
             // In its events and its record; the console has what the worker logs itself.
             tracing::debug!(pid = %pid, step, steps, "Task stepped");
-            self.lanes.ledger.progress(pid, step, steps, fuel);
-            self.advance(slot, Wake::Slept);
+            let woke = Progress { step, steps, fuel };
+            self.step(slot, Wake::Slept, Some(woke));
         }
     }
 
@@ -289,9 +289,9 @@ impl SchedulerThread {
             process.fuel(),
             now - begun,
             now.saturating_duration_since(job.ready_at),
+            process.capture().take(),
         );
         tracing::debug!(pid = %pid, steps, attempt = job.attempt, "Task started");
-        self.ledger().logs(pid, process.capture().take());
         let attempt = job.attempt;
         let name = Arc::clone(&job.name);
         let task = Live {
@@ -323,12 +323,21 @@ impl SchedulerThread {
     /// Runs one step of the task in `slot`, told what woke it, then files its wake-up (a
     /// timer, a wait on its mailbox, or a place in `ready`) or ends it.
     fn advance(&mut self, slot: usize, wake: Wake) {
+        self.step(slot, wake, None);
+    }
+
+    /// [`Self::advance`], for a task a timer woke for step `woke`: that progress is recorded
+    /// with the lines the step logs, in one write.
+    fn step(&mut self, slot: usize, wake: Wake, woke: Option<Progress>) {
         let Some(task) = self.tasks[slot].as_mut() else {
             return;
         };
         if self.lanes.lanes[self.index].interrupts.contains(task.pid) {
             // A kill of it is on its way to this thread, which ends it there: not one more
             // step.
+            if let Some(woke) = woke {
+                self.lanes.ledger.progress(task.pid, woke);
+            }
             return;
         }
         task.receiving = false;
@@ -338,7 +347,7 @@ impl SchedulerThread {
                 // Lines of a step that ends the task go with its end, in one write.
                 self.lanes
                     .ledger
-                    .logs(task.pid, task.process.capture().take());
+                    .stepped(task.pid, woke, task.process.capture().take());
                 // A sleep past the deadline wakes at the deadline, to end there.
                 let at = (Instant::now() + Duration::from_millis(u64::from(ms)))
                     .min(task.process.deadline());
@@ -350,7 +359,7 @@ impl SchedulerThread {
             Ok(Next::Receive(ms)) => {
                 self.lanes
                     .ledger
-                    .logs(task.pid, task.process.capture().take());
+                    .stepped(task.pid, woke, task.process.capture().take());
                 self.timer_seq += 1;
                 task.wake = self.timer_seq;
                 // Marked as waiting under the mailbox's lock when it is empty, so a put from
@@ -379,6 +388,9 @@ impl SchedulerThread {
                 .unwrap_or(end),
             Err(end) => end,
         };
+        if let Some(woke) = woke {
+            self.lanes.ledger.progress(task.pid, woke);
+        }
         self.finish(slot, end);
     }
 
