@@ -17,6 +17,7 @@
 
 mod actors;
 mod cluster;
+mod host_engine;
 mod naive;
 mod plot;
 
@@ -35,6 +36,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use http_spawn_bench::loadgen::{Durations, Load};
+
+use host_engine::Layout;
 
 #[derive(Debug, Parser)]
 #[command(about = "http-spawn benchmarks, side by side with their baselines")]
@@ -298,12 +301,15 @@ fn measure(
     (median(&mut per_task_us), median(&mut rates))
 }
 
+/// The memory cap, and slot size, of the sandboxes the bench runs workers in: enough for the
+/// std-based workers and the compute kernels too; the default worker's own cap is smaller.
+const BENCH_MAX_MEMORY_BYTES: usize = 16 << 20;
+
 /// Our sandbox with `module` loaded, as a worker with all the fuel it wants.
 fn our_sandbox(module: &Path, capacity: u32, epoch_interruption: bool) -> anyhow::Result<Embedded> {
     let config = EmbeddedConfig {
         capacity,
-        // Enough for the std-based workers too; the default worker's own cap is smaller.
-        max_memory_bytes: 16 << 20,
+        max_memory_bytes: BENCH_MAX_MEMORY_BYTES,
         fuel_per_step: u64::MAX / 4,
         epoch_interruption,
         max_log_bytes: 16 * 1024,
@@ -1319,6 +1325,14 @@ fn recovery(runtime: &tokio::runtime::Runtime, dir: &Path, n: u32) -> anyhow::Re
 // ---------------------------------------------------------------------------------------------
 // 4. Fuel
 
+/// One run of the compute worker on one engine, from its payload to its exit code (-1 for a
+/// failure).
+type RunKernel<'a> = dyn Fn(&str) -> i32 + 'a;
+
+/// Instances held live at once to count what one costs in kernel mappings, as the host's own
+/// start-up probe does.
+const MAPPING_PROBE_INSTANCES: usize = 64;
+
 fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
     report.line("\n## 4. Fuel metering: compute kernels, median of runs\n");
     let module = guest("compute");
@@ -1326,33 +1340,73 @@ fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
     let fuel_off = naive::Naive::new(&module, false)?;
     let ours = our_sandbox(&module, 8, true)?;
     let ours_no_epoch = our_sandbox(&module, 8, false)?;
+    let copy = |layout, capacity| {
+        naive::Naive::host_like(&module, layout, capacity, BENCH_MAX_MEMORY_BYTES)
+    };
+    // Pools the size of `ours`: 8 task places and the spare the host adds.
+    let [copy_off, copy_on, copy_guarded] = Layout::ALL.map(|layout| copy(layout, 8 + 1));
+    let (copy_off, copy_on, copy_guarded) = (copy_off?, copy_on?, copy_guarded?);
     let kernels = [
         ("integer hash", 0, 20_000_000),
         ("prime sieve", 1, 4_000_000),
         ("recursive fib", 2, 30),
         ("insertion sort", 3, 6_000),
+        ("JSON parse + serialise", 4, 500),
     ];
-    let runs = if quick { 3 } else { 9 };
+    let naive_run = |naive: &naive::Naive, payload: &str| naive.run(Some(payload)).unwrap_or(-1);
+    let engines: [(&str, &RunKernel); 7] = [
+        ("fuel off", &|p| naive_run(&fuel_off, p)),
+        ("fuel on", &|p| naive_run(&fuel_on, p)),
+        ("ours, no epochs", &|p| run_ours(&ours_no_epoch, Some(p))),
+        ("ours", &|p| run_ours(&ours, Some(p))),
+        (Layout::SignalsOff.name(), &|p| naive_run(&copy_off, p)),
+        (Layout::SignalsOn.name(), &|p| naive_run(&copy_on, p)),
+        (Layout::Guarded.name(), &|p| naive_run(&copy_guarded, p)),
+    ];
+    let rounds = if quick { 3 } else { 9 };
     let mut rows = Vec::new();
+    let mut signal_rows = Vec::new();
     let mut results = Vec::new();
-    let mut ratios = Vec::new();
+    let mut fuel_ratios = Vec::new();
+    let mut ours_ratios = Vec::new();
+    let mut on_ratios = Vec::new();
+    let mut guarded_ratios = Vec::new();
+    let mut guarded_fuel = Vec::new();
     for (name, kernel, n) in kernels {
         let payload = format!("{{\"kernel\":{kernel},\"n\":{n}}}");
-        let time = |f: &dyn Fn() -> i32| {
-            let mut samples: Vec<f64> = (0..runs)
-                .map(|_| {
-                    let begun = Instant::now();
-                    std::hint::black_box(f());
-                    begun.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            median(&mut samples)
-        };
-        let off = time(&|| fuel_off.run(Some(&payload)).unwrap_or(-1));
-        let on = time(&|| fuel_on.run(Some(&payload)).unwrap_or(-1));
-        let ours_ms = time(&|| run_ours(&ours, Some(&payload)));
-        let no_epoch_ms = time(&|| run_ours(&ours_no_epoch, Some(&payload)));
-        ratios.push(on / off);
+        // A run that failed would time only its failure: every engine must compute the same
+        // checksum. This first run also faults in each engine's memory before the timed ones.
+        let codes = engines.map(|(engine, run)| (engine, run(&payload)));
+        if codes
+            .iter()
+            .any(|&(_, code)| code < 0 || code != codes[0].1)
+        {
+            bail!("{name}: the engines' exit codes differ or show a failure: {codes:?}");
+        }
+        // One run of every engine a round, so that a burst of load from elsewhere on the
+        // machine slows them alike rather than one engine's whole series.
+        let mut samples = engines.map(|_| Vec::new());
+        for _ in 0..rounds {
+            for ((_, run), samples) in engines.iter().zip(&mut samples) {
+                let begun = Instant::now();
+                std::hint::black_box(run(&payload));
+                samples.push(begun.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let [
+            off,
+            on,
+            no_epoch_ms,
+            ours_ms,
+            copy_off_ms,
+            on_ms,
+            guarded_ms,
+        ] = samples.map(|mut samples| median(&mut samples));
+        fuel_ratios.push(on / off);
+        ours_ratios.push(ours_ms / off);
+        on_ratios.push(on_ms / copy_off_ms);
+        guarded_ratios.push(guarded_ms / copy_off_ms);
+        guarded_fuel.push(guarded_ms / off);
         rows.push(vec![
             name.to_owned(),
             format!("{off:.1}"),
@@ -1363,12 +1417,25 @@ fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
             format!("{ours_ms:.1}"),
             format!("{:.2}×", ours_ms / off),
         ]);
+        signal_rows.push(vec![
+            name.to_owned(),
+            format!("{copy_off_ms:.1}"),
+            format!("{:.2}×", copy_off_ms / ours_ms),
+            format!("{on_ms:.1}"),
+            format!("{:.2}×", on_ms / copy_off_ms),
+            format!("{guarded_ms:.1}"),
+            format!("{:.2}×", guarded_ms / copy_off_ms),
+            format!("{:.2}×", guarded_ms / off),
+        ]);
         results.push(json!({
             "kernel": name,
             "fuel_off_ms": off,
             "fuel_on_ms": on,
             "ours_no_epoch_ms": no_epoch_ms,
             "ours_ms": ours_ms,
+            "copy_signals_off_ms": copy_off_ms,
+            "copy_signals_on_ms": on_ms,
+            "copy_signals_on_guarded_ms": guarded_ms,
         }));
     }
     report.table(
@@ -1384,15 +1451,90 @@ fn section_fuel(report: &mut Report, quick: bool) -> anyhow::Result<Value> {
         ],
         &rows,
     );
-    let median_ratio = median(&mut ratios);
+    let median_fuel = median(&mut fuel_ratios);
+    let median_ours = median(&mut ours_ratios);
     report.line(&format!(
-        "\nmedian fuel overhead across kernels: {median_ratio:.2}×"
+        "\nmedian across kernels: fuel overhead {median_fuel:.2}×; ours ÷ fuel off {median_ours:.2}× \
+         (the target: ≤ 1.3×)"
     ));
     report.line(
-        "(ours = the host's engine: fuel, epoch interruption, explicit bounds checks, no signal \
-         handlers; \"no epochs\" = the same with --epoch-interruption false)",
+        "(fuel off / on = wasmtime's default configuration; ours = the host's engine: fuel, epoch \
+         interruption, explicit bounds checks, no signal handlers; \"no epochs\" = the same with \
+         --epoch-interruption false)",
     );
-    Ok(json!({"kernels": results, "median_fuel_ratio": median_ratio}))
+
+    report.line(
+        "\nSignal-based traps: the host's engine copied in the bench (fuel, epochs, its pool), \
+         with signals off as the host has them, on with the host's slots, and on with wasmtime's \
+         default reservation and guard regions (bounds checks elided):\n",
+    );
+    report.table(
+        &[
+            "kernel",
+            "signals off ms",
+            "÷ ours",
+            "signals on ms",
+            "÷ signals off",
+            "on, guarded, ms",
+            "÷ signals off",
+            "÷ fuel off",
+        ],
+        &signal_rows,
+    );
+    let median_on = median(&mut on_ratios);
+    let median_guarded = median(&mut guarded_ratios);
+    let median_guarded_fuel = median(&mut guarded_fuel);
+    report.line(&format!(
+        "\nmedian across kernels: signals on ÷ off {median_on:.2}×; on, guarded ÷ off \
+         {median_guarded:.2}× (÷ fuel off {median_guarded_fuel:.2}×)"
+    ));
+
+    // What forced signals off: with them on, live instances split the pool's mapping. Each
+    // engine is built afresh here, so that what its pool costs up front is counted too.
+    drop((copy_off, copy_on, copy_guarded));
+    let live = MAPPING_PROBE_INSTANCES;
+    let capacity = live as u32 + 1;
+    let mut mappings = vec![(
+        "plain wasmtime",
+        naive::Naive::mapping_cost(|| naive::Naive::new(&module, false), live)?,
+    )];
+    for layout in Layout::ALL {
+        let cost = naive::Naive::mapping_cost(|| copy(layout, capacity), live)?;
+        mappings.push((layout.name(), cost));
+    }
+    report.line(&format!(
+        "\nkernel mappings per live instance, {live} of the compute worker held live at once, \
+         counted from before the instances and (in brackets) from before the engine: {}",
+        mappings
+            .iter()
+            .map(|(engine, cost)| format!(
+                "{engine} {:.2} ({:.2})",
+                cost.per_live_instance, cost.per_instance_in_all
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    let mappings: serde_json::Map<_, _> = mappings
+        .into_iter()
+        .map(|(engine, cost)| {
+            (
+                engine.to_owned(),
+                json!({
+                    "per_live_instance": cost.per_live_instance,
+                    "per_instance_in_all": cost.per_instance_in_all,
+                }),
+            )
+        })
+        .collect();
+    Ok(json!({
+        "kernels": results,
+        "median_fuel_ratio": median_fuel,
+        "median_ours_ratio": median_ours,
+        "median_signals_on_ratio": median_on,
+        "median_signals_on_guarded_ratio": median_guarded,
+        "median_signals_on_guarded_fuel_off_ratio": median_guarded_fuel,
+        "mappings_per_instance": mappings,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,12 +5,18 @@
 //! also makes it the fuel benchmark's baseline. It speaks the 0.2.0 contract the benchmarked
 //! workers are built against, with the actor calls answered trivially: the workers it runs
 //! (`empty`, `compute`, the default worker) only log.
+//!
+//! The same driver also runs a worker on a copy of the host's engine ([`Naive::host_like`]),
+//! which section 4 uses to compare layouts the host itself cannot be switched to.
 
 use std::path::Path;
 
+use http_spawn_bench::procfs;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::host_engine::{self, Layout};
 
 wasmtime::component::bindgen!({ world: "worker", path: "../wit" });
 
@@ -86,19 +92,46 @@ pub struct Naive {
     component: Component,
     linker: Linker<State>,
     fuel: bool,
+    /// Whether the engine interrupts running code every epoch tick, which every store must
+    /// then answer (as the host's stores do, by carrying on).
+    epochs: bool,
 }
 
 impl std::fmt::Debug for Naive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Naive").field("fuel", &self.fuel).finish()
+        f.debug_struct("Naive")
+            .field("fuel", &self.fuel)
+            .field("epochs", &self.epochs)
+            .finish()
     }
 }
 
 impl Naive {
+    /// The worker `module` on wasmtime's default configuration, fuel on or off.
     pub fn new(module: &Path, fuel: bool) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.consume_fuel(fuel);
-        let engine = Engine::new(&config).map_err(wt)?;
+        Self::on_engine(module, &config, fuel, false)
+    }
+
+    /// The worker `module` on the bench's copy of the host's engine (fuel and epochs on, a pool
+    /// of `capacity` slots of `max_memory_bytes`, warmed up as the host warms its own), laid out
+    /// as `layout` says.
+    pub fn host_like(
+        module: &Path,
+        layout: Layout,
+        capacity: u32,
+        max_memory_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        let config = host_engine::config(layout, capacity, max_memory_bytes);
+        let naive = Self::on_engine(module, &config, true, true)?;
+        host_engine::warm_up(&naive.engine, capacity, max_memory_bytes).map_err(wt)?;
+        host_engine::start_epoch_ticker(naive.engine.weak())?;
+        Ok(naive)
+    }
+
+    fn on_engine(module: &Path, config: &Config, fuel: bool, epochs: bool) -> anyhow::Result<Self> {
+        let engine = Engine::new(config).map_err(wt)?;
         let component = Component::from_file(&engine, module).map_err(wt)?;
         let mut linker = Linker::new(&engine);
         Worker::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(wt)?;
@@ -108,11 +141,13 @@ impl Naive {
             component,
             linker,
             fuel,
+            epochs,
         })
     }
 
-    /// Runs one task to its end, sleeping no time between steps; returns its exit code.
-    pub fn run(&self, payload: Option<&str>) -> anyhow::Result<i32> {
+    /// A store for one task, with all the fuel it wants and, where the engine interrupts at
+    /// epochs, a deadline every tick that lets it carry on.
+    fn store(&self) -> anyhow::Result<Store<State>> {
         let state = State {
             ctx: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
@@ -121,6 +156,43 @@ impl Naive {
         if self.fuel {
             store.set_fuel(u64::MAX).map_err(wt)?;
         }
+        if self.epochs {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
+        }
+        Ok(store)
+    }
+
+    /// What live instances of the worker cost in kernel mappings: counts /proc/self/maps
+    /// before `build` makes the engine, after, and with `live` instances held at once.
+    pub fn mapping_cost(
+        build: impl FnOnce() -> anyhow::Result<Self>,
+        live: usize,
+    ) -> anyhow::Result<MappingCost> {
+        let maps = || procfs::Status::read().map(|status| status.maps as f64);
+        let before_engine = maps()?;
+        let naive = build()?;
+        let before_instances = maps()?;
+        let instances = (0..live)
+            .map(|_| {
+                let mut store = naive.store()?;
+                let worker =
+                    Worker::instantiate(&mut store, &naive.component, &naive.linker).map_err(wt)?;
+                Ok((store, worker))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let with_instances = maps()?;
+        drop(instances);
+        let live = live as f64;
+        Ok(MappingCost {
+            per_live_instance: (with_instances - before_instances) / live,
+            per_instance_in_all: (with_instances - before_engine) / live,
+        })
+    }
+
+    /// Runs one task to its end, sleeping no time between steps; returns its exit code.
+    pub fn run(&self, payload: Option<&str>) -> anyhow::Result<i32> {
+        let mut store = self.store()?;
         let worker = Worker::instantiate(&mut store, &self.component, &self.linker).map_err(wt)?;
         let task = worker.http_spawn_worker_task();
         let spec = Spec {
@@ -145,6 +217,18 @@ impl Naive {
             };
         }
     }
+}
+
+/// Kernel memory mappings per live instance, counted two ways.
+#[derive(Debug, Clone, Copy)]
+pub struct MappingCost {
+    /// Mappings that holding the instances added: what the host's start-up probe measures.
+    pub per_live_instance: f64,
+    /// Everything the engine added too, its pool laid out and warmed up, its compiled code and
+    /// its epoch ticker's stack: a pool split into a mapping or two per slot pays up front,
+    /// which the count per live instance does not see. A few mappings are the engine's own
+    /// whatever the layout.
+    pub per_instance_in_all: f64,
 }
 
 /// wasmtime's own error type, as an anyhow error with its whole chain.
