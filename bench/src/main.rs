@@ -424,19 +424,27 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
     let before = procfs::Status::read()?;
     let begun = Instant::now();
     for _ in 0..n {
-        host.spawn(
-            NewTask {
-                name: "sleeper".into(),
-                duration: 86_400,
-                payload: payload.map(str::to_owned),
-                deadline: None,
-                restart: None,
-                on_host_loss: None,
-                worker: None,
-            },
-            None,
-        )?
-        .wait()?;
+        let task = || NewTask {
+            name: "sleeper".into(),
+            duration: 86_400,
+            payload: payload.map(str::to_owned),
+            deadline: None,
+            restart: None,
+            on_host_loss: None,
+            worker: None,
+        };
+        // Past a few hundred thousand tasks stepping each second, the scheduler threads fall
+        // behind and the host holds new tasks back (`--max-start-lag`): wait, as a client
+        // would on its 429, then offer the task again.
+        loop {
+            match host.spawn(task(), None) {
+                Ok(accepting) => break accepting.wait()?,
+                Err(http_spawn::SpawnError::Behind { .. }) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     while host.totals().started < u64::from(n) {
