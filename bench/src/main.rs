@@ -438,7 +438,10 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
         // would on its 429, then offer the task again.
         loop {
             match host.spawn(task(), None) {
-                Ok(accepting) => break accepting.wait()?,
+                Ok(accepting) => {
+                    accepting.wait()?;
+                    break;
+                }
                 Err(http_spawn::SpawnError::Behind { .. }) => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
