@@ -5,6 +5,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::postgres;
 use common::process::Binary;
@@ -177,4 +178,71 @@ async fn a_database_password_is_never_shown() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("HTTP_SPAWN_STORE"), "{help}");
     assert!(!help.contains(secret), "{help}");
+}
+
+/// The threads of the process `pid`.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc readable");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("a Threads: line")
+}
+
+/// Issue #23: an HTTP handler's read of the shared store waits for the database without
+/// holding a thread. While another session holds a lock that stops every read of `tasks`,
+/// reads in flight add no thread to the host (a handler that waited in `block_in_place` gave
+/// its runtime a new thread each), the host answers what needs no database, and every read
+/// answers once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_waiting_for_the_database_hold_no_thread() {
+    const READS: usize = 24;
+    let dir = temp_dir("database-slow-reads");
+    let database = postgres::fresh_database("slow_reads");
+    let host = host_on(&database, &dir.join("host.log")).await;
+    let record = host.run(json!({"name": "read-me", "duration": 0})).await;
+    let pid = record["pid"].as_str().expect("a pid").to_owned();
+    let before = threads(host.pid());
+
+    let locker = postgres::connect(&database).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("the lock is taken");
+    let reads: Vec<_> = (0..READS)
+        .map(|i| {
+            let (client, url) = (host.client.clone(), host.url(&format!("/api/tasks/{pid}")));
+            let url = if i % 2 == 0 {
+                url
+            } else {
+                format!("{url}/logs")
+            };
+            tokio::spawn(async move { client.get(url).send().await })
+        })
+        .collect();
+    // Every read reaches the database and waits there (the store gives up after 5 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = threads(host.pid());
+    let (status, health) = tokio::time::timeout(Duration::from_secs(2), host.get("/api/health"))
+        .await
+        .expect("the host answers while its reads wait");
+    assert_eq!(status, 200, "{health}");
+    assert!(
+        during <= before + 2,
+        "{READS} reads waiting took threads: {before} before, {during} during"
+    );
+
+    locker
+        .batch_execute("COMMIT")
+        .await
+        .expect("the lock is let go");
+    for read in reads {
+        let response = read.await.expect("the read ran").expect("an answer");
+        assert_eq!(
+            response.status(),
+            200,
+            "every read answers once the lock is gone"
+        );
+    }
 }

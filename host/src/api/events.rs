@@ -188,7 +188,11 @@ pub(super) async fn task_events(
     }
     if !done && !state.host.holds(id) {
         // Another host of the cluster runs it, or will: follow it in the shared store.
-        let lines = state.host.logs(id)?.map_or(0, |logs| logs.lines.len());
+        let lines = state
+            .host
+            .logs_async(id)
+            .await?
+            .map_or(0, |logs| logs.lines.len());
         let followed = Followed {
             subscription,
             host: Arc::clone(&state.host),
@@ -250,17 +254,16 @@ fn followed_stream(followed: Followed) -> impl Stream<Item = Result<Event, Infal
                 () = tokio::time::sleep(FOLLOW_INTERVAL) => {},
                 _ = closed.wait_for(|closed| *closed) => return None,
             }
-            let host = Arc::clone(&followed.host);
-            let pid = followed.last.pid;
-            let read = tokio::task::spawn_blocking(move || {
-                let record = host.get(pid)?;
-                let logs = host.logs(pid)?;
+            let (host, pid) = (&followed.host, followed.last.pid);
+            let read = async {
+                let record = host.get_async(pid).await?;
+                let logs = host.logs_async(pid).await?;
                 Ok::<_, crate::store::StoreError>((record, logs))
-            })
+            }
             .await;
-            let Ok(Ok((Some(record), logs))) = read else {
+            let Ok((Some(record), logs)) = read else {
                 // Unreadable for now (the store is unavailable), or pruned: try again, or end.
-                if matches!(read, Ok(Ok((None, _)))) {
+                if matches!(read, Ok((None, _))) {
                     return None;
                 }
                 continue;

@@ -361,7 +361,12 @@ pub(super) async fn get_task(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskRecord>, ApiError> {
     let (pid, id) = task_pid(&state, path)?;
-    state.host.get(id)?.map(Json).ok_or_else(|| unknown(&pid))
+    state
+        .host
+        .get_async(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| unknown(&pid))
 }
 
 fn unknown(pid: &str) -> ApiError {
@@ -418,14 +423,19 @@ pub(super) async fn list_tasks(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    Ok(Json(state.host.list(&ListQuery {
-        status: params.status,
-        name: params.name,
-        worker: params.worker,
-        parent,
-        before,
-        limit,
-    })?))
+    Ok(Json(
+        state
+            .host
+            .list_async(&ListQuery {
+                status: params.status,
+                name: params.name,
+                worker: params.worker,
+                parent,
+                before,
+                limit,
+            })
+            .await?,
+    ))
 }
 
 /// The pid a `parent` names. A pid of no known task is no error: its children, if any
@@ -481,7 +491,7 @@ pub(super) async fn kill_task(
         KillError::Store(error) => error.into(),
     })?;
     // A record evicted from the history meanwhile has ended: answer with the one seen now.
-    let seen = state.host.get(id)?;
+    let seen = state.host.get_async(id).await?;
     let deadline = tokio::time::Instant::now() + KILL_WAIT;
     if state.host.holds(id) {
         end.ended_by(deadline).await;
@@ -490,13 +500,19 @@ pub(super) async fn kill_task(
         while tokio::time::Instant::now() < deadline
             && state
                 .host
-                .get(id)?
+                .get_async(id)
+                .await?
                 .is_some_and(|record| !record.status.is_terminal())
         {
             tokio::time::sleep(REMOTE_END_POLL).await;
         }
     }
-    let record = state.host.get(id)?.or(seen).ok_or_else(|| unknown(&pid))?;
+    let record = state
+        .host
+        .get_async(id)
+        .await?
+        .or(seen)
+        .ok_or_else(|| unknown(&pid))?;
     let status = if record.status.is_terminal() {
         StatusCode::OK
     } else {
@@ -525,9 +541,13 @@ pub(super) async fn get_logs(
 ) -> Result<Json<Logs>, ApiError> {
     let (pid, id) = task_pid(&state, path)?;
     // The record before the logs: a task that shows as ended shows every line it logged.
-    let record = state.host.get(id)?.ok_or_else(|| unknown(&pid))?;
+    let record = state
+        .host
+        .get_async(id)
+        .await?
+        .ok_or_else(|| unknown(&pid))?;
     // Evicted in between: it ended, and its lines went with it.
-    let logs = state.host.logs(id)?.unwrap_or_default();
+    let logs = state.host.logs_async(id).await?.unwrap_or_default();
     Ok(Json(Logs {
         pid: record.pid,
         status: record.status,

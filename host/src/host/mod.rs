@@ -920,6 +920,29 @@ impl Host {
         self.store.logs(pid)
     }
 
+    /// [`Host::list`] for an HTTP handler: a store that waits for a database waits without
+    /// holding the handler's thread (see [`Store::get_async`]).
+    pub async fn list_async(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let mut page = self.store.list_async(query).await?;
+        page.tasks = page
+            .tasks
+            .into_iter()
+            .map(|record| self.with_actor(record))
+            .collect();
+        Ok(page)
+    }
+
+    /// [`Host::get`] for an HTTP handler, as [`Host::list_async`] is to [`Host::list`].
+    pub async fn get_async(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
+        let record = self.store.get_async(pid).await?;
+        Ok(record.map(|record| self.with_actor(record)))
+    }
+
+    /// [`Host::logs`] for an HTTP handler, as [`Host::list_async`] is to [`Host::list`].
+    pub async fn logs_async(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
+        self.store.logs_async(pid).await
+    }
+
     /// Tasks accepted and not yet ended.
     pub fn live(&self) -> u32 {
         self.scheduler.live()

@@ -134,6 +134,10 @@ impl StoreStats {
     }
 }
 
+/// A read of the store for a caller on the async runtime.
+pub type Reading<'a, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
 /// Called once a submitted batch is written, or could not be.
 pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
@@ -360,6 +364,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError>;
     /// Records matching `query`, newest first.
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// [`Store::get`] for a caller on the async runtime (an HTTP handler): a store that waits
+    /// for a database's answer, or for a free connection, waits without holding the thread.
+    /// By default, the blocking read, for a store whose reads never wait long.
+    fn get_async(&self, pid: Pid) -> Reading<'_, Option<TaskRecord>> {
+        Box::pin(std::future::ready(self.get(pid)))
+    }
+    /// [`Store::logs`], as [`Store::get_async`] is to [`Store::get`].
+    fn logs_async(&self, pid: Pid) -> Reading<'_, Option<TaskLogs>> {
+        Box::pin(std::future::ready(self.logs(pid)))
+    }
+    /// [`Store::list`], as [`Store::get_async`] is to [`Store::get`].
+    fn list_async(&self, query: &ListQuery) -> Reading<'_, Page> {
+        Box::pin(std::future::ready(self.list(query)))
+    }
     /// What an idempotency key was first used for, if the store still remembers it.
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError>;
 

@@ -32,7 +32,7 @@ pub use target::shown_unread;
 
 use super::columns::{attempts_of, status_of, time};
 use super::{
-    Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats,
+    Change, Cursor, Done, ListQuery, Page, Reading, Remembered, Store, StoreError, StoreStats,
     StoredVersion, WorkerVersions,
 };
 use crate::model::{LogLine, OnHostLoss, Outcome, Pid, TaskLogs, TaskRecord, TaskSpec};
@@ -307,10 +307,40 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        run_on(&self.handle, self.bounded(timeout, query))?
+    }
+
+    /// [`PgStore::query`] for a caller on another async runtime (an HTTP handler's): the query
+    /// runs on the store's runtime, and the caller awaits its answer, holding no thread.
+    fn query_async<T, F, Fut>(&self, query: F) -> Reading<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let answer = self.handle.spawn(self.bounded(QUERY_TIMEOUT, query));
+        Box::pin(async move {
+            answer
+                .await
+                .map_err(|_| StoreError::Unavailable("the store has stopped".into()))?
+        })
+    }
+
+    /// `query` with a pooled connection, given up after `timeout` or once this host is fenced
+    /// out (a fence from the call on ends it): the future the store's runtime runs.
+    fn bounded<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        query: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let pool = self.pool.clone();
-        // Subscribed now: a fence from here on ends the query.
         let mut fenced = self.shared.fences.subscribe();
-        run_on(&self.handle, async move {
+        async move {
             let work = async move {
                 let client = pool.get().await.map_err(unavailable)?;
                 query(client).await
@@ -326,8 +356,132 @@ impl PgStore {
                     "this host has lost its lease in the cluster".into(),
                 )),
             }
-        })?
+        }
     }
+}
+
+/// A task's record, without its log lines.
+async fn read_record(
+    client: deadpool_postgres::Object,
+    pid: Pid,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let (boot, seq) = key(pid);
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = $1 AND seq = $2");
+    let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
+    let row = client
+        .query_opt(&statement, &[&boot, &seq])
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(record_of).transpose()
+}
+
+/// A task's captured log.
+async fn read_logs(
+    client: deadpool_postgres::Object,
+    pid: Pid,
+) -> Result<Option<TaskLogs>, StoreError> {
+    let (boot, seq) = key(pid);
+    let dropped = client
+        .prepare_cached("SELECT logs_dropped_bytes FROM tasks WHERE boot = $1 AND seq = $2")
+        .await
+        .map_err(unavailable)?;
+    let Some(row) = client
+        .query_opt(&dropped, &[&boot, &seq])
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(None);
+    };
+    let dropped_bytes = column::<i64>(&row, 0)? as u64;
+    let lines = client
+        .prepare_cached(
+            "SELECT at, source, message FROM logs WHERE boot = $1 AND seq = $2 ORDER BY id",
+        )
+        .await
+        .map_err(unavailable)?;
+    let lines = client
+        .query(&lines, &[&boot, &seq])
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| {
+            Ok(LogLine {
+                at: time(column(row, 0)?),
+                source: super::columns::source_of(&column::<String>(row, 1)?),
+                message: column(row, 2)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some(TaskLogs {
+        lines,
+        dropped_bytes,
+    }))
+}
+
+/// A page of records matching `query`, newest first.
+async fn read_page(
+    client: deadpool_postgres::Object,
+    query: ListQuery,
+) -> Result<Page, StoreError> {
+    let mut sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE TRUE");
+    let mut args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+    let mut arg = |sql: &mut String,
+                   clause: &str,
+                   value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+        args.push(value);
+        sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+    };
+    if let Some(status) = query.status {
+        arg(&mut sql, " AND status = ?", Box::new(status.as_str()));
+    }
+    if let Some(name) = query.name.clone() {
+        arg(&mut sql, " AND name = ?", Box::new(name));
+    }
+    if let Some(worker) = query.worker.clone() {
+        arg(&mut sql, " AND worker = ?", Box::new(worker));
+    }
+    if let Some(parent) = query.parent {
+        let (boot, seq) = key(parent);
+        arg(&mut sql, " AND parent_boot = ?", Box::new(boot));
+        arg(&mut sql, " AND parent_seq = ?", Box::new(seq));
+    }
+    if let Some(before) = query.before {
+        let (boot, seq) = key(before.pid);
+        arg(
+            &mut sql,
+            " AND (spawned_at, boot, seq) < (?",
+            Box::new(before.at as i64),
+        );
+        arg(&mut sql, ", ?", Box::new(boot));
+        arg(&mut sql, ", ?)", Box::new(seq));
+    }
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    arg(
+        &mut sql,
+        " ORDER BY spawned_at DESC, boot DESC, seq DESC LIMIT ?",
+        Box::new(limit.saturating_add(1)),
+    );
+    let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+        .iter()
+        .map(|arg| &**arg as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = client
+        .query(&statement, &params)
+        .await
+        .map_err(unavailable)?;
+    let mut tasks = rows
+        .iter()
+        .map(record_of)
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let more = tasks.len() > query.limit;
+    tasks.truncate(query.limit);
+    let next = if more {
+        tasks.last().map(Cursor::of)
+    } else {
+        None
+    };
+    Ok(Page { tasks, next })
 }
 
 /// Runs `work` on the runtime behind `handle` and waits for it on this thread, which may be
@@ -449,123 +603,29 @@ impl Store for PgStore {
     }
 
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
-        let (boot, seq) = key(pid);
-        self.query(move |client| async move {
-            let sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = $1 AND seq = $2");
-            let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
-            let row = client
-                .query_opt(&statement, &[&boot, &seq])
-                .await
-                .map_err(unavailable)?;
-            row.as_ref().map(record_of).transpose()
-        })
+        self.query(move |client| read_record(client, pid))
     }
 
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
-        let (boot, seq) = key(pid);
-        self.query(move |client| async move {
-            let dropped = client
-                .prepare_cached("SELECT logs_dropped_bytes FROM tasks WHERE boot = $1 AND seq = $2")
-                .await
-                .map_err(unavailable)?;
-            let Some(row) = client
-                .query_opt(&dropped, &[&boot, &seq])
-                .await
-                .map_err(unavailable)?
-            else {
-                return Ok(None);
-            };
-            let dropped_bytes = column::<i64>(&row, 0)? as u64;
-            let lines = client
-                .prepare_cached(
-                    "SELECT at, source, message FROM logs WHERE boot = $1 AND seq = $2 ORDER BY id",
-                )
-                .await
-                .map_err(unavailable)?;
-            let lines = client
-                .query(&lines, &[&boot, &seq])
-                .await
-                .map_err(unavailable)?
-                .iter()
-                .map(|row| {
-                    Ok(LogLine {
-                        at: time(column(row, 0)?),
-                        source: super::columns::source_of(&column::<String>(row, 1)?),
-                        message: column(row, 2)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok(Some(TaskLogs {
-                lines,
-                dropped_bytes,
-            }))
-        })
+        self.query(move |client| read_logs(client, pid))
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let query = query.clone();
-        self.query(move |client| async move {
-            let mut sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE TRUE");
-            let mut args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
-            let mut arg =
-                |sql: &mut String,
-                 clause: &str,
-                 value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
-                    args.push(value);
-                    sql.push_str(&clause.replace('?', &format!("${}", args.len())));
-                };
-            if let Some(status) = query.status {
-                arg(&mut sql, " AND status = ?", Box::new(status.as_str()));
-            }
-            if let Some(name) = query.name.clone() {
-                arg(&mut sql, " AND name = ?", Box::new(name));
-            }
-            if let Some(worker) = query.worker.clone() {
-                arg(&mut sql, " AND worker = ?", Box::new(worker));
-            }
-            if let Some(parent) = query.parent {
-                let (boot, seq) = key(parent);
-                arg(&mut sql, " AND parent_boot = ?", Box::new(boot));
-                arg(&mut sql, " AND parent_seq = ?", Box::new(seq));
-            }
-            if let Some(before) = query.before {
-                let (boot, seq) = key(before.pid);
-                arg(
-                    &mut sql,
-                    " AND (spawned_at, boot, seq) < (?",
-                    Box::new(before.at as i64),
-                );
-                arg(&mut sql, ", ?", Box::new(boot));
-                arg(&mut sql, ", ?)", Box::new(seq));
-            }
-            let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-            arg(
-                &mut sql,
-                " ORDER BY spawned_at DESC, boot DESC, seq DESC LIMIT ?",
-                Box::new(limit.saturating_add(1)),
-            );
-            let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
-                .iter()
-                .map(|arg| &**arg as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
-            let rows = client
-                .query(&statement, &params)
-                .await
-                .map_err(unavailable)?;
-            let mut tasks = rows
-                .iter()
-                .map(record_of)
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            let more = tasks.len() > query.limit;
-            tasks.truncate(query.limit);
-            let next = if more {
-                tasks.last().map(Cursor::of)
-            } else {
-                None
-            };
-            Ok(Page { tasks, next })
-        })
+        self.query(move |client| read_page(client, query))
+    }
+
+    fn get_async(&self, pid: Pid) -> Reading<'_, Option<TaskRecord>> {
+        self.query_async(move |client| read_record(client, pid))
+    }
+
+    fn logs_async(&self, pid: Pid) -> Reading<'_, Option<TaskLogs>> {
+        self.query_async(move |client| read_logs(client, pid))
+    }
+
+    fn list_async(&self, query: &ListQuery) -> Reading<'_, Page> {
+        let query = query.clone();
+        self.query_async(move |client| read_page(client, query))
     }
 
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
