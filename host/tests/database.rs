@@ -193,8 +193,8 @@ fn threads(pid: u32) -> usize {
 /// Issue #23: an HTTP handler's read of the shared store waits for the database without
 /// holding a thread. While another session holds a lock that stops every read of `tasks`,
 /// reads in flight add no thread to the host (a handler that waited in `block_in_place` gave
-/// its runtime a new thread each), the host answers what needs no database, and every read
-/// answers once the lock is gone.
+/// its runtime a new thread each), the host answers what needs no database, and every read,
+/// and a kill (which reads the task's record first), answers once the lock is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_waiting_for_the_database_hold_no_thread() {
     const READS: usize = 24;
@@ -203,6 +203,8 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
     let host = host_on(&database, &dir.join("host.log")).await;
     let record = host.run(json!({"name": "read-me", "duration": 0})).await;
     let pid = record["pid"].as_str().expect("a pid").to_owned();
+    let sleeper = host.spawn(json!({"name": "kill-me", "duration": 60})).await;
+    host.wait_running(&sleeper).await;
     let before = threads(host.pid());
 
     let locker = postgres::connect(&database).await;
@@ -221,6 +223,14 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
             tokio::spawn(async move { client.get(url).send().await })
         })
         .collect();
+    // A kill reads the task's record first.
+    let kill = {
+        let (client, url) = (
+            host.client.clone(),
+            host.url(&format!("/api/tasks/{sleeper}")),
+        );
+        tokio::spawn(async move { client.delete(url).send().await })
+    };
     // Every read reaches the database and waits there (the store gives up after 5 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let during = threads(host.pid());
@@ -245,4 +255,6 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
             "every read answers once the lock is gone"
         );
     }
+    let killed = kill.await.expect("the kill ran").expect("an answer");
+    assert_eq!(killed.status(), 200, "the kill answers with the task's end");
 }

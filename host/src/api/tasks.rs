@@ -485,11 +485,15 @@ pub(super) async fn kill_task(
     let (pid, id) = task_pid(&state, path)?;
     // Listen for the end before asking for it, so that it cannot pass unheard.
     let mut end = state.host.watch_end(id);
-    state.host.kill(id).map_err(|error| match error {
-        KillError::NotFound(_) => ApiError::NotFound(error.to_string()),
-        KillError::AlreadyEnded { .. } => ApiError::Conflict(error.to_string()),
-        KillError::Store(error) => error.into(),
-    })?;
+    state
+        .host
+        .kill_async(id)
+        .await
+        .map_err(|error| match error {
+            KillError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            KillError::AlreadyEnded { .. } => ApiError::Conflict(error.to_string()),
+            KillError::Store(error) => error.into(),
+        })?;
     // A record evicted from the history meanwhile has ended: answer with the one seen now.
     let seen = state.host.get_async(id).await?;
     let deadline = tokio::time::Instant::now() + KILL_WAIT;

@@ -736,9 +736,36 @@ impl Host {
     }
 
     /// Asks for a task to be killed: at once if it is queued or sleeping, within an epoch
-    /// tick if it is running a step. Its end is recorded as `killed`.
+    /// tick if it is running a step. Its end is recorded as `killed`. For a task's own kill
+    /// of another, on its scheduler thread; an HTTP handler uses [`Host::kill_async`].
     pub fn kill(&self, pid: Pid) -> Result<(), KillError> {
-        let record = self.store.get(pid)?.ok_or(KillError::NotFound(pid))?;
+        match self.kill_of(pid, self.store.get(pid)?)? {
+            Kill::Forward(batch) => forwarded(self.wait_for_store(batch)),
+            Kill::Here => {
+                self.scheduler.kill(pid);
+                let record = self.store.get(pid)?;
+                self.kill_sent(pid, record);
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Host::kill`] for an HTTP handler: waits for the store without holding the thread.
+    pub async fn kill_async(&self, pid: Pid) -> Result<(), KillError> {
+        match self.kill_of(pid, self.store.get_async(pid).await?)? {
+            Kill::Forward(batch) => forwarded(self.written(batch).await),
+            Kill::Here => {
+                self.scheduler.kill(pid);
+                let record = self.store.get_async(pid).await?;
+                self.kill_sent(pid, record);
+                Ok(())
+            }
+        }
+    }
+
+    /// How to kill `pid`, whose record the store holds as `record`.
+    fn kill_of(&self, pid: Pid, record: Option<TaskRecord>) -> Result<Kill, KillError> {
+        let record = record.ok_or(KillError::NotFound(pid))?;
         if record.status.is_terminal() {
             return Err(KillError::AlreadyEnded {
                 pid,
@@ -750,28 +777,22 @@ impl Host {
             // Another host holds it, or it waits in the shared queue: the store keeps the kill
             // for that host (or whichever holds the task next), or ends it at once. Answered
             // once the store has it.
-            let forwarded = self.wait_for_store(vec![Change::Forward {
+            return Ok(Kill::Forward(vec![Change::Forward {
                 to: pid,
                 what: Forward::Kill(TaskEnd::killed()),
-            }]);
-            return match forwarded {
-                // It ended meanwhile: the caller reads how.
-                Ok(()) | Err(StoreError::NotDelivered) => Ok(()),
-                Err(error) => Err(error.into()),
-            };
+            }]));
         }
-        self.scheduler.kill(pid);
-        // A task that ended after the look above never reads the kill: take it back, so the
-        // kill set empties again. Its thread forgets the kill only once the store has the end,
-        // so one of the two looks sees the other.
-        if self
-            .store
-            .get(pid)?
-            .is_none_or(|record| record.status.is_terminal())
-        {
+        Ok(Kill::Here)
+    }
+
+    /// After a kill sent to this host's scheduler: a task that ended after the look before it
+    /// (the store now holds `record`) never reads the kill, so it is taken back and the kill
+    /// set empties again. Its thread forgets the kill only once the store has the end, so one
+    /// of the two looks sees the other.
+    fn kill_sent(&self, pid: Pid, record: Option<TaskRecord>) {
+        if record.is_none_or(|record| record.status.is_terminal()) {
             self.scheduler.forget_kill(pid);
         }
-        Ok(())
     }
 
     /// Writes `batch` and waits until the store has it (or has refused it). A host of a
@@ -807,6 +828,37 @@ impl Host {
             }
         };
         crate::store::blocking(wait)
+    }
+
+    /// [`Host::wait_for_store`] for a caller on the async runtime (an HTTP handler): waits
+    /// for the store's answer without holding the thread.
+    async fn written(&self, batch: Vec<Change>) -> Result<(), StoreError> {
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
+        self.store.submit(
+            batch,
+            Some(Box::new(move |result| {
+                let _ = sender.send(result);
+            })),
+        );
+        loop {
+            match tokio::time::timeout(FENCE_POLL, &mut receiver).await {
+                Ok(Ok(result)) => return result,
+                Ok(Err(_)) => {
+                    return Err(StoreError::Unavailable("the store stopped writing".into()));
+                }
+                Err(_) => {
+                    if self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|cluster| !cluster.serving())
+                    {
+                        return Err(StoreError::Unavailable(
+                            "this host has lost its lease in the cluster".into(),
+                        ));
+                    }
+                }
+            }
+        }
     }
 
     /// Resolves once task `pid`'s end is recorded from now on; see [`Ledger::watch_end`].
@@ -1071,5 +1123,22 @@ impl Drop for KeyInFlight {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&self.key);
+    }
+}
+
+/// How a kill reaches its task.
+enum Kill {
+    /// Through the store, for the host that holds the task (or holds it next).
+    Forward(Vec<Change>),
+    /// Through this host's scheduler.
+    Here,
+}
+
+/// A kill forwarded through the store: done once the store has it, or once the task ended
+/// meanwhile (the caller reads how).
+fn forwarded(written: Result<(), StoreError>) -> Result<(), KillError> {
+    match written {
+        Ok(()) | Err(StoreError::NotDelivered) => Ok(()),
+        Err(error) => Err(error.into()),
     }
 }
