@@ -6,8 +6,8 @@
 //! workers are built against, with the actor calls answered trivially: the workers it runs
 //! (`empty`, `compute`, the default worker) only log.
 //!
-//! The same driver also runs a worker on a copy of the host's engine ([`Naive::host_like`]),
-//! which section 4 uses to compare layouts the host itself cannot be switched to.
+//! The same driver also runs a worker on the host's own engine built in another layout
+//! ([`Naive::host_like`]), which section 4 uses to compare layouts the host does not run.
 
 use std::path::Path;
 
@@ -16,7 +16,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::host_engine::{self, Layout};
+use ::http_spawn::EngineLayout;
 
 wasmtime::component::bindgen!({ world: "worker", path: "../wit" });
 
@@ -114,24 +114,23 @@ impl Naive {
         Self::on_engine(module, &config, fuel, false)
     }
 
-    /// The worker `module` on the bench's copy of the host's engine (fuel and epochs on, a pool
-    /// of `capacity` slots of `max_memory_bytes`, warmed up as the host warms its own), laid out
-    /// as `layout` says.
+    /// The worker `module` on the host's engine (fuel and epochs on, a pool for `capacity`
+    /// tasks of `max_memory_bytes`, warmed up as the host warms its own), laid out as `layout`.
     pub fn host_like(
         module: &Path,
-        layout: Layout,
+        layout: EngineLayout,
         capacity: u32,
         max_memory_bytes: usize,
     ) -> anyhow::Result<Self> {
-        let config = host_engine::config(layout, capacity, max_memory_bytes);
-        let naive = Self::on_engine(module, &config, true, true)?;
-        host_engine::warm_up(&naive.engine, capacity, max_memory_bytes).map_err(wt)?;
-        host_engine::start_epoch_ticker(naive.engine.weak())?;
-        Ok(naive)
+        let engine = ::http_spawn::bench_engine(layout, capacity, max_memory_bytes).map_err(wt)?;
+        Self::on(module, engine, true, true)
     }
 
     fn on_engine(module: &Path, config: &Config, fuel: bool, epochs: bool) -> anyhow::Result<Self> {
-        let engine = Engine::new(config).map_err(wt)?;
+        Self::on(module, Engine::new(config).map_err(wt)?, fuel, epochs)
+    }
+
+    fn on(module: &Path, engine: Engine, fuel: bool, epochs: bool) -> anyhow::Result<Self> {
         let component = Component::from_file(&engine, module).map_err(wt)?;
         let mut linker = Linker::new(&engine);
         Worker::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(wt)?;

@@ -811,14 +811,8 @@ impl Host {
                 match receiver.recv_timeout(FENCE_POLL) {
                     Ok(result) => return result,
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        if self
-                            .cluster
-                            .as_ref()
-                            .is_some_and(|cluster| !cluster.serving())
-                        {
-                            return Err(StoreError::Unavailable(
-                                "this host has lost its lease in the cluster".into(),
-                            ));
+                        if let Some(lost) = self.lease_lost() {
+                            return Err(lost);
                         }
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -828,6 +822,15 @@ impl Host {
             }
         };
         crate::store::blocking(wait)
+    }
+
+    /// Why a wait for the store stops early: this host of a cluster lost its lease (its tasks
+    /// are stopped, and what they wait for will not come).
+    fn lease_lost(&self) -> Option<StoreError> {
+        self.cluster
+            .as_ref()
+            .is_some_and(|cluster| !cluster.serving())
+            .then(|| StoreError::Unavailable("this host has lost its lease in the cluster".into()))
     }
 
     /// [`Host::wait_for_store`] for a caller on the async runtime (an HTTP handler): waits
@@ -847,14 +850,8 @@ impl Host {
                     return Err(StoreError::Unavailable("the store stopped writing".into()));
                 }
                 Err(_) => {
-                    if self
-                        .cluster
-                        .as_ref()
-                        .is_some_and(|cluster| !cluster.serving())
-                    {
-                        return Err(StoreError::Unavailable(
-                            "this host has lost its lease in the cluster".into(),
-                        ));
+                    if let Some(lost) = self.lease_lost() {
+                        return Err(lost);
                     }
                 }
             }
@@ -950,17 +947,6 @@ impl Host {
         self.events.subscribe(client, dashboard)
     }
 
-    /// Tasks matching `query`, newest first, a page at a time.
-    pub fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        let mut page = self.store.list(query)?;
-        page.tasks = page
-            .tasks
-            .into_iter()
-            .map(|record| self.with_actor(record))
-            .collect();
-        Ok(page)
-    }
-
     /// A task's record, if the store still holds it, with its mailbox, links and monitors
     /// while it is live.
     pub fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
@@ -972,8 +958,9 @@ impl Host {
         self.store.logs(pid)
     }
 
-    /// [`Host::list`] for an HTTP handler: a store that waits for a database waits without
-    /// holding the handler's thread (see [`Store::get_async`]).
+    /// Tasks matching `query`, newest first, a page at a time. For an HTTP handler: a store
+    /// that waits for a database waits without holding the handler's thread (see
+    /// [`Store::get_async`]).
     pub async fn list_async(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let mut page = self.store.list_async(query).await?;
         page.tasks = page
@@ -984,13 +971,13 @@ impl Host {
         Ok(page)
     }
 
-    /// [`Host::get`] for an HTTP handler, as [`Host::list_async`] is to [`Host::list`].
+    /// [`Host::get`] for an HTTP handler, waiting as [`Host::list_async`] does.
     pub async fn get_async(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
         let record = self.store.get_async(pid).await?;
         Ok(record.map(|record| self.with_actor(record)))
     }
 
-    /// [`Host::logs`] for an HTTP handler, as [`Host::list_async`] is to [`Host::list`].
+    /// [`Host::logs`] for an HTTP handler, waiting as [`Host::list_async`] does.
     pub async fn logs_async(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
         self.store.logs_async(pid).await
     }

@@ -63,6 +63,27 @@ pub(super) fn start_epoch_ticker(engine: EngineWeak) -> std::io::Result<()> {
 /// mitigations for heap and table accesses off, which wasmtime requires without signal
 /// handlers. Isolation rests on the bounds checks, which wasmtime emits for every access.
 pub(super) fn engine_config(config: &SandboxConfig) -> Config {
+    laid_out(config, EngineLayout::Host)
+}
+
+/// How the engine lays out linear memory and traps. The host always runs [`EngineLayout::Host`];
+/// `make bench` builds the others to measure what the host gives up for its density.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineLayout {
+    /// Slots of exactly the memory cap, no guard regions, no signal handlers: one kernel
+    /// mapping for the whole pool, bounds checked explicitly ([`engine_config`]).
+    Host,
+    /// The host's slots with signal-based traps on: bounds still checked explicitly (a slot is
+    /// no larger than its memory), traps by fault, and the unused end of a slot set back to
+    /// `PROT_NONE` when the next instance takes it, which splits the pool's mapping.
+    SignalsOn,
+    /// Signal-based traps with wasmtime's default reservation and guard regions: bounds checks
+    /// elided, for ~2 kernel mappings and ~4 GiB of address space a slot.
+    Guarded,
+}
+
+/// [`engine_config`] laid out as `layout`.
+pub(super) fn laid_out(config: &SandboxConfig, layout: EngineLayout) -> Config {
     let capacity = config.capacity.max(1).saturating_add(SPARE_INSTANCES);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(capacity)
@@ -90,14 +111,17 @@ pub(super) fn engine_config(config: &SandboxConfig) -> Config {
         .wasm_component_model(true)
         .consume_fuel(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        .memory_reservation(config.max_memory_bytes as u64)
-        .memory_guard_size(0)
-        .memory_reservation_for_growth(0)
-        .guard_before_linear_memory(false)
         .memory_may_move(false)
         .memory_init_cow(false)
-        .signals_based_traps(false)
+        .signals_based_traps(layout != EngineLayout::Host)
         .epoch_interruption(config.epoch_interruption);
+    if layout != EngineLayout::Guarded {
+        engine
+            .memory_reservation(config.max_memory_bytes as u64)
+            .memory_guard_size(0)
+            .memory_reservation_for_growth(0)
+            .guard_before_linear_memory(false);
+    }
     engine
 }
 

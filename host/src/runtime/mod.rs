@@ -34,6 +34,32 @@ use crate::model::Pid;
 use cache::ModuleCache;
 use process::TaskState;
 
+pub use engine::EngineLayout;
+
+/// The host's engine as [`Sandbox::new`] builds it, laid out as `layout`, for `capacity` tasks
+/// of at most `max_memory_bytes` each, fuel and epochs on: its pool warmed up and its epoch
+/// ticker started. For `make bench`, which measures what the host's layout costs against the
+/// others (section 4); the host itself always runs [`EngineLayout::Host`].
+#[doc(hidden)]
+pub fn bench_engine(
+    layout: EngineLayout,
+    capacity: u32,
+    max_memory_bytes: usize,
+) -> wasmtime::Result<Engine> {
+    let config = SandboxConfig {
+        max_memory_bytes,
+        max_log_bytes: 0,
+        max_sends_per_step: 0,
+        capacity,
+        epoch_interruption: true,
+        cache_dir: None,
+    };
+    let engine = Engine::new(&engine::laid_out(&config, layout))?;
+    engine::warm_up_pool(&engine, &config)?;
+    engine::start_epoch_ticker(engine.weak())?;
+    Ok(engine)
+}
+
 /// Instances the start-up probe keeps live at once to measure their cost in kernel mappings.
 const PROBE_INSTANCES: u32 = 64;
 
