@@ -191,10 +191,12 @@ fn threads(pid: u32) -> usize {
 }
 
 /// Issue #23: an HTTP handler's read of the shared store waits for the database without
-/// holding a thread. While another session holds a lock that stops every read of `tasks`,
-/// reads in flight add no thread to the host (a handler that waited in `block_in_place` gave
-/// its runtime a new thread each), the host answers what needs no database, and every read,
-/// and a kill (which reads the task's record first), answers once the lock is gone.
+/// holding a thread. While another session holds a lock that stops every read of the tables
+/// of tasks, of the running ones and of names, requests in flight add no thread to the host (a
+/// handler that waited in `block_in_place` gave its runtime a new thread each), and the host
+/// answers what needs no database. Once the lock is gone every one answers: reads, a kill
+/// (which reads the task's record first), a lookup of a name across the cluster, and a
+/// message for a task this host does not hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_waiting_for_the_database_hold_no_thread() {
     const READS: usize = 24;
@@ -209,7 +211,7 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
 
     let locker = postgres::connect(&database).await;
     locker
-        .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .batch_execute("BEGIN; LOCK TABLE tasks, runs, names IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("the lock is taken");
     let reads: Vec<_> = (0..READS)
@@ -230,6 +232,17 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
             host.url(&format!("/api/tasks/{sleeper}")),
         );
         tokio::spawn(async move { client.delete(url).send().await })
+    };
+    // A name no task here holds is looked up in the cluster's store; a message for a task this
+    // host does not hold asks the store which host does.
+    let unnamed = {
+        let (client, url) = (host.client.clone(), host.url("/api/tasks/name:nobody"));
+        tokio::spawn(async move { client.get(url).send().await })
+    };
+    let message = {
+        let client = host.client.clone();
+        let url = host.url(&format!("/api/tasks/{pid}/messages"));
+        tokio::spawn(async move { client.post(url).json(&json!({"hello": 1})).send().await })
     };
     // Every read reaches the database and waits there (the store gives up after 5 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -257,4 +270,12 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
     }
     let killed = kill.await.expect("the kill ran").expect("an answer");
     assert_eq!(killed.status(), 200, "the kill answers with the task's end");
+    let unnamed = unnamed.await.expect("the lookup ran").expect("an answer");
+    assert_eq!(unnamed.status(), 404, "no task holds the name");
+    let message = message.await.expect("the send ran").expect("an answer");
+    assert_eq!(
+        message.status(),
+        409,
+        "the task has ended: nobody reads its mailbox"
+    );
 }

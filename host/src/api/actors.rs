@@ -40,7 +40,7 @@ pub(super) struct Names {
 
 /// The task a `{pid}` path segment names: a pid, or `name:<name>` for the live task holding
 /// that name. Anything else names no task (404).
-pub(super) fn task_pid(
+pub(super) async fn task_pid(
     state: &AppState,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<(String, Pid), ApiError> {
@@ -48,7 +48,7 @@ pub(super) fn task_pid(
     if !raw.starts_with("name:") {
         return task_path(Ok(Path(raw)));
     }
-    match state.host.resolve(&raw) {
+    match state.host.resolve_async(&raw).await {
         Ok(pid) => Ok((raw, pid)),
         Err(unresolved) => Err(ApiError::NotFound(unresolved.to_string())),
     }
@@ -81,7 +81,7 @@ pub(super) async fn post_message(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (raw, pid) = task_pid(&state, path)?;
+    let (raw, pid) = task_pid(&state, path).await?;
     let limit = state.limits.max_message_bytes;
     let body = json_body(&headers, body, limit)?;
     if body.len() > limit {
@@ -92,7 +92,7 @@ pub(super) async fn post_message(
         .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
         .ok_or_else(|| ApiError::BadRequest("the message must be JSON".into()))?;
     let bytes = text.len();
-    match state.host.send(None, pid, text.to_owned()) {
+    match state.host.send_async(pid, text.to_owned()).await {
         Ok(()) => Ok((StatusCode::ACCEPTED, Json(Delivered { pid, bytes })).into_response()),
         Err(SendError::NoSuchProcess | SendError::BadPid) => {
             Err(ApiError::NotFound(format!("no task with pid {raw:?}")))

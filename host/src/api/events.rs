@@ -172,7 +172,7 @@ pub(super) async fn task_events(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     use futures_util::future::Either;
-    let (pid, id) = task_pid(&state, path)?;
+    let (pid, id) = task_pid(&state, path).await?;
     // Subscribe first, then read the record: nothing can happen unseen in between.
     let subscription = subscribe(&state, peer, &headers)?;
     let record = state

@@ -360,7 +360,7 @@ pub(super) async fn get_task(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskRecord>, ApiError> {
-    let (pid, id) = task_pid(&state, path)?;
+    let (pid, id) = task_pid(&state, path).await?;
     state
         .host
         .get_async(id)
@@ -482,7 +482,7 @@ pub(super) async fn kill_task(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let (pid, id) = task_pid(&state, path)?;
+    let (pid, id) = task_pid(&state, path).await?;
     // Listen for the end before asking for it, so that it cannot pass unheard.
     let mut end = state.host.watch_end(id);
     state
@@ -543,7 +543,7 @@ pub(super) async fn get_logs(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Logs>, ApiError> {
-    let (pid, id) = task_pid(&state, path)?;
+    let (pid, id) = task_pid(&state, path).await?;
     // The record before the logs: a task that shows as ended shows every line it logged.
     let record = state
         .host

@@ -35,11 +35,56 @@ impl Host {
         }
     }
 
+    /// [`Host::resolve`] for an HTTP handler: a name another host of the cluster may hold is
+    /// looked up in the store without holding the thread.
+    pub async fn resolve_async(&self, target: &str) -> Result<Pid, Unresolved> {
+        let Some(name) = target.strip_prefix("name:") else {
+            return self.resolve(target);
+        };
+        let here = self.actors.whereis(name);
+        let found = match (here, &self.cluster) {
+            (Some(pid), _) => Some(pid),
+            (None, Some(cluster)) => cluster.store.whereis_async(name).await.ok().flatten(),
+            (None, None) => None,
+        };
+        found.ok_or_else(|| Unresolved::NoSuchName(name.to_owned()))
+    }
+
     /// Puts a message into `to`'s mailbox, from task `sender` or (none) from an HTTP client,
     /// and wakes `to` if it waits in `receive`. Never waits and never drops: a full mailbox
     /// refuses.
     pub fn send(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
         let sent = self.put(sender, to, body);
+        self.counted(sender.is_some(), sent)
+    }
+
+    /// [`Host::send`] from an HTTP client: a message for a task another host of the cluster
+    /// holds is handed to the store, and its answer awaited, without holding the thread.
+    pub async fn send_async(&self, to: Pid, body: String) -> Result<(), SendError> {
+        let sent = async {
+            let bytes = self.sized(&body)?;
+            if let Some(cluster) = self.forwards_to(to)
+                && matches!(cluster.store.holder_async(to).await, Ok(Some(_)))
+            {
+                return match self.written(forwarded_message(to, None, body)).await {
+                    Err(StoreError::NotDelivered) => {
+                        Err(undelivered(cluster.store.holder_async(to).await))
+                    }
+                    written => written.map_err(|_| SendError::Unavailable),
+                };
+            }
+            match self.put_here(None, to, body, bytes) {
+                Ok(()) => Ok(()),
+                Err(PutError::Full) => Err(SendError::MailboxFull),
+                Err(PutError::NotLive) => Err(not_live(self.end_of_async(to).await)),
+            }
+        }
+        .await;
+        self.counted(false, sent)
+    }
+
+    /// Counts a message sent, by its sender (a task or an HTTP client) and its result.
+    fn counted(&self, from_task: bool, sent: Result<(), SendError>) -> Result<(), SendError> {
         let result = match sent {
             Ok(()) => "delivered",
             Err(SendError::MailboxFull) => "mailbox_full",
@@ -49,7 +94,7 @@ impl Host {
             Err(SendError::BadPid) => "bad_pid",
             Err(SendError::Unavailable) => "unavailable",
         };
-        self.metrics().message(sender.is_some(), result);
+        self.metrics().message(from_task, result);
         sent
     }
 
@@ -69,49 +114,52 @@ impl Host {
         body: String,
         forward: bool,
     ) -> Result<(), SendError> {
-        let limits = self.actors.limits();
-        if body.len() > limits.max_message_bytes {
-            return Err(SendError::TooLarge);
-        }
-        let bytes = body.len();
-        if let Some(cluster) = &self.cluster
-            && forward
-            && !self.actors.holds(to)
+        let bytes = self.sized(&body)?;
+        if let Some(cluster) = self.forwards_to(to).filter(|_| forward)
             && matches!(cluster.store.holder(to), Ok(Some(_)))
         {
             // Another host holds it, or it waits in the shared queue: the store hands the
             // message to that host, or to whichever claims it. Its event is published there.
-            let forwarded = self.wait_for_store(vec![Change::Forward {
-                to,
-                what: Forward::Message {
-                    sender,
-                    body: body.into_bytes(),
-                },
-            }]);
-            return match forwarded {
-                Ok(()) => Ok(()),
-                Err(StoreError::NotDelivered) => match cluster.store.holder(to) {
-                    Ok(Some(_)) => Err(SendError::MailboxFull),
-                    Ok(None) => Err(SendError::Ended),
-                    Err(_) => Err(SendError::Unavailable),
-                },
-                Err(_) => Err(SendError::Unavailable),
+            return match self.wait_for_store(forwarded_message(to, sender, body)) {
+                Err(StoreError::NotDelivered) => Err(undelivered(cluster.store.holder(to))),
+                written => written.map_err(|_| SendError::Unavailable),
             };
         }
-        let published = || self.events.message(to, sender, bytes);
-        match self.actors.put(to, sender, body, published) {
-            Ok(wake) => {
-                if wake {
-                    self.scheduler.wake(to);
-                }
-                Ok(())
-            }
+        match self.put_here(sender, to, body, bytes) {
+            Ok(()) => Ok(()),
             Err(PutError::Full) => Err(SendError::MailboxFull),
-            Err(PutError::NotLive) => match self.end_of(to) {
-                Ok(notice) if notice.status.is_some() => Err(SendError::Ended),
-                _ => Err(SendError::NoSuchProcess),
-            },
+            Err(PutError::NotLive) => Err(not_live(self.end_of(to))),
         }
+    }
+
+    /// The bytes of a message's `body`, or why it is refused (larger than a message may be).
+    fn sized(&self, body: &str) -> Result<usize, SendError> {
+        if body.len() > self.actors.limits().max_message_bytes {
+            return Err(SendError::TooLarge);
+        }
+        Ok(body.len())
+    }
+
+    /// The cluster, if `to` may be held by another of its hosts: it is not held here.
+    fn forwards_to(&self, to: Pid) -> Option<&super::cluster::Cluster> {
+        self.cluster.as_deref().filter(|_| !self.actors.holds(to))
+    }
+
+    /// Puts a message of `bytes` into `to`'s mailbox on this host, and wakes `to` if it waits
+    /// for one.
+    fn put_here(
+        &self,
+        sender: Option<Pid>,
+        to: Pid,
+        body: String,
+        bytes: usize,
+    ) -> Result<(), PutError> {
+        let published = || self.events.message(to, sender, bytes);
+        let wake = self.actors.put(to, sender, body, published)?;
+        if wake {
+            self.scheduler.wake(to);
+        }
+        Ok(())
     }
 
     /// How `pid`, which has no mailbox, ended: from memory if it ended lately, else from the
@@ -120,16 +168,15 @@ impl Host {
         if let Some(notice) = self.actors.recent_end(pid) {
             return Ok(notice);
         }
-        Ok(Arc::new(match self.store.get(pid)? {
-            Some(record) if record.status.is_terminal() => EndNotice {
-                pid,
-                status: Some(record.status),
-                outcome: record.outcome,
-                exit_code: record.exit_code,
-                error: record.error,
-            },
-            _ => EndNotice::unknown(pid),
-        }))
+        Ok(Arc::new(end_notice(pid, self.store.get(pid)?)))
+    }
+
+    /// [`Host::end_of`] for an HTTP handler: the store is awaited, holding no thread.
+    async fn end_of_async(&self, pid: Pid) -> Result<Arc<EndNotice>, StoreError> {
+        if let Some(notice) = self.actors.recent_end(pid) {
+            return Ok(notice);
+        }
+        Ok(Arc::new(end_notice(pid, self.store.get_async(pid).await?)))
     }
 
     /// `record` with its live actor state, while it has one.
@@ -418,5 +465,49 @@ impl Kernel for Host {
             }],
             None,
         );
+    }
+}
+
+/// How `pid` ended, as its `record` in the store says; unknown if it has not ended or the store
+/// does not hold it.
+fn end_notice(pid: Pid, record: Option<TaskRecord>) -> EndNotice {
+    match record {
+        Some(record) if record.status.is_terminal() => EndNotice {
+            pid,
+            status: Some(record.status),
+            outcome: record.outcome,
+            exit_code: record.exit_code,
+            error: record.error,
+        },
+        _ => EndNotice::unknown(pid),
+    }
+}
+
+/// The change that hands a message for `to` to the store, for the host that holds `to`.
+fn forwarded_message(to: Pid, sender: Option<Pid>, body: String) -> Vec<Change> {
+    vec![Change::Forward {
+        to,
+        what: Forward::Message {
+            sender,
+            body: body.into_bytes(),
+        },
+    }]
+}
+
+/// Why a message the store would not take for another host was refused, now that `holder`
+/// says who holds its task: still held, its mailbox there is full; else it ended.
+fn undelivered(holder: Result<Option<Option<u32>>, StoreError>) -> SendError {
+    match holder {
+        Ok(Some(_)) => SendError::MailboxFull,
+        Ok(None) => SendError::Ended,
+        Err(_) => SendError::Unavailable,
+    }
+}
+
+/// Why a message for `to`, which has no mailbox here, was refused, as `end` says.
+fn not_live(end: Result<Arc<EndNotice>, StoreError>) -> SendError {
+    match end {
+        Ok(notice) if notice.status.is_some() => SendError::Ended,
+        _ => SendError::NoSuchProcess,
     }
 }

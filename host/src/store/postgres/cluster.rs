@@ -22,8 +22,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::super::StoreError;
 use super::super::columns::{attempt_json, attempts_of, nanos, status_of};
+use super::super::{Reading, StoreError};
 use super::{NodeSpec, RECORD_COLUMN_COUNT, unavailable};
 use super::{PgStore, RECORD_COLUMNS, SPEC_COLUMNS, column, key, pid_of, record_of, spec_of};
 use crate::actor::EndNotice;
@@ -595,19 +595,13 @@ impl PgStore {
     /// The live task holding `name` in the cluster.
     pub fn whereis(&self, name: &str) -> Result<Option<Pid>, StoreError> {
         let name = name.to_owned();
-        self.query(move |client| async move {
-            let row = client
-                .query_opt(
-                    "SELECT n.boot, n.seq FROM names n
-                     JOIN runs r ON r.boot = n.boot AND r.seq = n.seq
-                     WHERE n.name = $1",
-                    &[&name],
-                )
-                .await
-                .map_err(unavailable)?;
-            row.map(|row| Ok(pid_of(column(&row, 0)?, column(&row, 1)?)))
-                .transpose()
-        })
+        self.query(move |client| whereis_in(client, name))
+    }
+
+    /// [`PgStore::whereis`] for an HTTP handler: awaited, holding no thread.
+    pub fn whereis_async(&self, name: &str) -> Reading<'static, Option<Pid>> {
+        let name = name.to_owned();
+        self.query_async(move |client| whereis_in(client, name))
     }
 
     /// Every name a live task of the cluster holds, by name.
@@ -687,18 +681,47 @@ impl PgStore {
     /// Which host holds `pid` now: `Some(None)` while it waits in the shared queue, `None` once
     /// it has ended (or was never accepted).
     pub fn holder(&self, pid: Pid) -> Result<Option<Option<u32>>, StoreError> {
-        let (boot, seq) = key(pid);
-        self.query(move |client| async move {
-            let statement = client
-                .prepare_cached("SELECT owner FROM runs WHERE boot = $1 AND seq = $2")
-                .await
-                .map_err(unavailable)?;
-            let row = client
-                .query_opt(&statement, &[&boot, &seq])
-                .await
-                .map_err(unavailable)?;
-            row.map(|row| Ok(column::<Option<i32>>(&row, 0)?.map(|owner| owner as u32)))
-                .transpose()
-        })
+        self.query(move |client| holder_in(client, pid))
     }
+
+    /// [`PgStore::holder`] for an HTTP handler: awaited, holding no thread.
+    pub fn holder_async(&self, pid: Pid) -> Reading<'static, Option<Option<u32>>> {
+        self.query_async(move |client| holder_in(client, pid))
+    }
+}
+
+/// The live task holding `name`, read with `client`.
+async fn whereis_in(
+    client: deadpool_postgres::Object,
+    name: String,
+) -> Result<Option<Pid>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT n.boot, n.seq FROM names n
+             JOIN runs r ON r.boot = n.boot AND r.seq = n.seq
+             WHERE n.name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(unavailable)?;
+    row.map(|row| Ok(pid_of(column(&row, 0)?, column(&row, 1)?)))
+        .transpose()
+}
+
+/// Which host holds `pid` (see [`PgStore::holder`]), read with `client`.
+async fn holder_in(
+    client: deadpool_postgres::Object,
+    pid: Pid,
+) -> Result<Option<Option<u32>>, StoreError> {
+    let (boot, seq) = key(pid);
+    let statement = client
+        .prepare_cached("SELECT owner FROM runs WHERE boot = $1 AND seq = $2")
+        .await
+        .map_err(unavailable)?;
+    let row = client
+        .query_opt(&statement, &[&boot, &seq])
+        .await
+        .map_err(unavailable)?;
+    row.map(|row| Ok(column::<Option<i32>>(&row, 0)?.map(|owner| owner as u32)))
+        .transpose()
 }
