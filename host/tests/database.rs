@@ -195,8 +195,8 @@ fn threads(pid: u32) -> usize {
 /// of tasks, of the running ones and of names, requests in flight add no thread to the host (a
 /// handler that waited in `block_in_place` gave its runtime a new thread each), and the host
 /// answers what needs no database. Once the lock is gone every one answers: reads, a kill
-/// (which reads the task's record first), a lookup of a name across the cluster, and a
-/// message for a task this host does not hold.
+/// (which reads the task's record first), lookups and the list of the cluster's names, and
+/// a message for a task this host does not hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_waiting_for_the_database_hold_no_thread() {
     const READS: usize = 24;
@@ -235,10 +235,11 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
     };
     // A name no task here holds is looked up in the cluster's store; a message for a task this
     // host does not hold asks the store which host does.
-    let unnamed = {
-        let (client, url) = (host.client.clone(), host.url("/api/tasks/name:nobody"));
-        tokio::spawn(async move { client.get(url).send().await })
-    };
+    let [unnamed, unnamed_alone, names] =
+        ["/api/tasks/name:nobody", "/api/names/nobody", "/api/names"].map(|path| {
+            let (client, url) = (host.client.clone(), host.url(path));
+            tokio::spawn(async move { client.get(url).send().await })
+        });
     let message = {
         let client = host.client.clone();
         let url = host.url(&format!("/api/tasks/{pid}/messages"));
@@ -272,6 +273,13 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
     assert_eq!(killed.status(), 200, "the kill answers with the task's end");
     let unnamed = unnamed.await.expect("the lookup ran").expect("an answer");
     assert_eq!(unnamed.status(), 404, "no task holds the name");
+    let unnamed_alone = unnamed_alone
+        .await
+        .expect("the lookup ran")
+        .expect("an answer");
+    assert_eq!(unnamed_alone.status(), 404, "no task holds the name");
+    let names = names.await.expect("the listing ran").expect("an answer");
+    assert_eq!(names.status(), 200, "the cluster's names are listed");
     let message = message.await.expect("the send ran").expect("an answer");
     assert_eq!(
         message.status(),

@@ -125,6 +125,7 @@ pub(super) async fn list_names(State(state): State<AppState>) -> Json<Names> {
     let names = state
         .host
         .names()
+        .await
         .into_iter()
         .map(|(name, pid)| Named {
             name: name.to_string(),
@@ -151,7 +152,8 @@ pub(super) async fn get_name(
     let Path(name) = path.map_err(|_| ApiError::NotFound("no name at that path".into()))?;
     let pid = state
         .host
-        .resolve(&format!("name:{name}"))
+        .resolve_async(&format!("name:{name}"))
+        .await
         .map_err(|unresolved| ApiError::NotFound(unresolved.to_string()))?;
     Ok(Json(Named { name, pid }))
 }

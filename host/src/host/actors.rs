@@ -188,10 +188,10 @@ impl Host {
     }
 
     /// Every registered name and the live task holding it, by name: in a cluster, every
-    /// host's.
-    pub fn names(&self) -> Vec<(Arc<str>, Pid)> {
+    /// host's, read from the store without holding the thread.
+    pub async fn names(&self) -> Vec<(Arc<str>, Pid)> {
         if let Some(cluster) = &self.cluster {
-            match cluster.store.names() {
+            match cluster.store.names().await {
                 Ok(names) => {
                     return names
                         .into_iter()

@@ -604,9 +604,9 @@ impl PgStore {
         self.query_async(move |client| whereis_in(client, name))
     }
 
-    /// Every name a live task of the cluster holds, by name.
-    pub fn names(&self) -> Result<Vec<(String, Pid)>, StoreError> {
-        self.query(move |client| async move {
+    /// Every name a live task of the cluster holds, by name; awaited (an HTTP handler asks).
+    pub fn names(&self) -> Reading<'static, Vec<(String, Pid)>> {
+        self.query_async(move |client| async move {
             let rows = client
                 .query(
                     "SELECT n.name, n.boot, n.seq FROM names n
