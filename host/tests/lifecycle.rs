@@ -216,6 +216,60 @@ async fn a_compute_bound_task_is_killed_mid_step() {
     app.assert_good_task_exits_0().await;
 }
 
+/// The voluntary context switches of the epoch-ticker thread of process `pid` so far.
+fn ticker_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc readable");
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == "epoch-ticker")
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|count| count.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// An idle host's epoch ticker parks (it woke ~500 times a second, guest code running or
+/// not), and a step that begins after it parked is still interrupted mid-step by a kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_host_s_ticker_sleeps_and_still_wakes_for_a_running_step() {
+    let spin = common::module("spin").display().to_string();
+    let args = [
+        "--store",
+        "memory",
+        "--module",
+        &spin,
+        "--max-memory",
+        "16MiB",
+        "--fuel-per-step",
+        "1000000000000",
+    ]
+    .map(str::to_owned);
+    let host = common::process::Binary::spawn(&args, &[], None);
+    host.ready().await;
+    // The module's smoke run at start was the last guest code; ~100 ms later the ticker parks.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = ticker_switches(host.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let woken = ticker_switches(host.pid()) - before;
+    assert!(
+        woken < 10,
+        "the ticker woke {woken} times in a second of idleness"
+    );
+
+    let pid = host.spawn(json!({"name": "bad", "duration": 0})).await;
+    host.wait_running(&pid).await;
+    let (status, record) = host.kill(&pid).await;
+    assert_eq!(status, 200, "killed within the wait: {record}");
+    assert_eq!(record["outcome"], "killed", "{record}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_obeyed_and_violated() {
     let app = spawn_app("default", &[]).await;

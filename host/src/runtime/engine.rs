@@ -1,6 +1,8 @@
 //! The engine: fuel metering, epoch interruption, and a pooling allocator laid out so that a
 //! live task costs the kernel no memory mapping of its own.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use wasmtime::{
@@ -33,19 +35,126 @@ pub(super) const SPARE_INSTANCES: u32 = 1;
 /// step, and the interval at which a running step's limits are checked.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// Advances the engine's epoch every tick for as long as anything (the sandbox, a module, a
-/// task's store) still holds the engine.
-pub(super) fn start_epoch_ticker(engine: EngineWeak) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("epoch-ticker".into())
-        .spawn(move || {
-            while let Some(engine) = engine.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
+/// Ticks without a guest call beginning, or a running one seeing a tick, after which the
+/// ticker parks: ~100 ms.
+const IDLE_TICKS: u64 = 50;
+
+/// The process's ticker: every engine that interrupts running steps is ticked by it.
+static TICKER: OnceLock<Arc<Ticker>> = OnceLock::new();
+
+/// Advances the epoch of its engines every [`EPOCH_TICK`] while guest code runs, and parks
+/// while none has run for [`IDLE_TICKS`]: an idle host then costs no wake-ups (about 500 a
+/// second otherwise).
+///
+/// Epochs only matter to a guest call that is running, which a kill or a deadline interrupts.
+/// So each call marks the ticker busy as it begins ([`busy`], from `refuel`), and a call still
+/// running marks it again at every tick it sees (the epoch callback). Marking costs two loads
+/// and, at most once a tick, a store: nothing shared is written per call. A call that finds the
+/// ticker parked wakes it; the ticker parks only after saying so and then finding no mark, so
+/// one of the two always sees the other.
+#[derive(Default)]
+pub(super) struct Ticker {
+    engines: Mutex<Vec<EngineWeak>>,
+    /// Ticks given so far.
+    ticks: AtomicU64,
+    /// The tick at which a guest call last began or saw a tick.
+    busy_at: AtomicU64,
+    parked: AtomicBool,
+    thread: Mutex<Option<std::thread::Thread>>,
+}
+
+impl std::fmt::Debug for Ticker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticker")
+            .field("ticks", &self.ticks)
+            .field("parked", &self.parked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ticker {
+    /// Ticks `engine` from now on, for as long as anything else holds it, with the process's
+    /// ticker (its thread started on first use).
+    pub(super) fn tick_global(engine: &Engine) -> std::io::Result<()> {
+        let ticker = TICKER.get_or_init(Arc::default);
+        ticker.start()?;
+        ticker.tick(engine);
+        Ok(())
+    }
+
+    /// Starts the ticker's thread, once.
+    fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        let mut thread = lock(&self.thread);
+        if thread.is_none() {
+            let ticker = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || ticker.run())?;
+            *thread = Some(spawned.thread().clone());
+        }
+        Ok(())
+    }
+
+    /// Ticks `engine` from now on, for as long as anything else holds it.
+    fn tick(&self, engine: &Engine) {
+        lock(&self.engines).push(engine.weak());
+        self.busy();
+    }
+
+    /// A guest call begins, or a running one saw a tick: keeps the ticker ticking.
+    fn busy(&self) {
+        let now = self.ticks.load(Ordering::Relaxed);
+        if self.busy_at.load(Ordering::Relaxed) != now {
+            self.busy_at.store(now, Ordering::SeqCst);
+        }
+        if self.parked.load(Ordering::SeqCst)
+            && let Some(thread) = lock(&self.thread).as_ref()
+        {
+            thread.unpark();
+        }
+    }
+
+    fn idle(&self) -> bool {
+        let now = self.ticks.load(Ordering::Relaxed);
+        now.saturating_sub(self.busy_at.load(Ordering::SeqCst)) > IDLE_TICKS
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut engines = lock(&self.engines);
+                engines.retain(|engine| match engine.upgrade() {
+                    Some(engine) => {
+                        engine.increment_epoch();
+                        true
+                    }
+                    None => false,
+                });
             }
-        })
-        .map(drop)
+            self.ticks.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(EPOCH_TICK);
+            if self.idle() {
+                self.parked.store(true, Ordering::SeqCst);
+                if self.idle() {
+                    std::thread::park();
+                }
+                self.parked.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// A guest call begins, or a running one saw a tick: keeps the process's ticker ticking.
+pub(super) fn busy() {
+    if let Some(ticker) = TICKER.get() {
+        ticker.busy();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The engine configuration: fuel metering, and a pooling allocator sized for `capacity` live
@@ -191,4 +300,42 @@ fn memory_only_module(pages: u64) -> Vec<u8> {
 fn refuel_any<T>(store: &mut Store<T>) {
     let _ = store.set_fuel(u64::MAX);
     store.set_epoch_deadline(u64::MAX / 2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticks_over(ticker: &Ticker, wait: Duration) -> u64 {
+        let before = ticker.ticks.load(Ordering::Relaxed);
+        std::thread::sleep(wait);
+        ticker.ticks.load(Ordering::Relaxed) - before
+    }
+
+    #[test]
+    fn the_ticker_parks_while_no_guest_runs_and_wakes_for_one() {
+        let ticker = Arc::new(Ticker::default());
+        ticker.start().expect("a thread");
+        let engine = Engine::default();
+        ticker.tick(&engine);
+        assert!(
+            ticks_over(&ticker, Duration::from_millis(40)) > 0,
+            "ticks while busy"
+        );
+        // Idle for longer than IDLE_TICKS: parked, not ticking.
+        std::thread::sleep(EPOCH_TICK * (IDLE_TICKS as u32 + 40));
+        assert!(ticker.parked.load(Ordering::SeqCst), "parked while idle");
+        assert_eq!(ticks_over(&ticker, Duration::from_millis(40)), 0);
+        // A call begins: ticking again at once, for a while.
+        ticker.busy();
+        assert!(
+            ticks_over(&ticker, Duration::from_millis(40)) > 0,
+            "woken by a call"
+        );
+        // An engine nobody holds is let go.
+        drop(engine);
+        ticker.busy();
+        std::thread::sleep(EPOCH_TICK * 4);
+        assert!(lock(&ticker.engines).is_empty());
+    }
 }

@@ -56,7 +56,7 @@ pub fn bench_engine(
     };
     let engine = Engine::new(&engine::laid_out(&config, layout))?;
     engine::warm_up_pool(&engine, &config)?;
-    engine::start_epoch_ticker(engine.weak())?;
+    engine::Ticker::tick_global(&engine)?;
     Ok(engine)
 }
 
@@ -152,7 +152,7 @@ impl Sandbox {
             None => None,
         };
         if config.epoch_interruption {
-            engine::start_epoch_ticker(engine.weak())
+            engine::Ticker::tick_global(&engine)
                 .map_err(|e| SandboxError::Engine(format!("starting the epoch ticker: {e}")))?;
         }
         Ok(Self {

@@ -534,6 +534,7 @@ pub(super) fn refuel(store: &mut Store<TaskState>, budget: u64) {
     // Fuel is enabled on every engine this module builds, so this cannot fail.
     let _ = store.set_fuel(budget);
     store.set_epoch_deadline(1);
+    super::engine::busy();
     let state = store.data_mut();
     state.sends_left = state.max_sends_per_step;
 }
@@ -542,6 +543,7 @@ pub(super) fn refuel(store: &mut Store<TaskState>, budget: u64) {
 pub(super) fn on_epoch_tick(
     store: StoreContextMut<'_, TaskState>,
 ) -> wasmtime::Result<UpdateDeadline> {
+    super::engine::busy();
     let state = store.data();
     if state.interrupts.contains(state.pid) {
         return Err(Interrupted::Killed.into());
