@@ -26,7 +26,7 @@ mod writer;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -35,7 +35,7 @@ use super::backlog::Backlog;
 use super::columns::{lines_of, time, unavailable};
 use super::writer::{Writer, WriterStats};
 use super::{
-    Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats,
+    Change, Cursor, Done, ListQuery, Page, Reading, Remembered, Store, StoreError, StoreStats,
     StoredVersion, WorkerVersions,
 };
 use crate::model::{Pid, TaskLogs, TaskRecord, TaskSpec};
@@ -72,6 +72,8 @@ pub struct SqliteStore {
     stats: Arc<WriterStats>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Told each time a read lets its reader go, for reads awaiting one.
+    released: tokio::sync::Notify,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Writes kept log lines once due; stops when this is dropped.
     flusher: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
@@ -215,6 +217,7 @@ impl SqliteStore {
             stats,
             readers,
             next_reader: AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
             writer: Mutex::new(Some(thread)),
             flusher: Mutex::new(flusher),
             _lock: lock,
@@ -222,22 +225,193 @@ impl SqliteStore {
     }
 
     /// Runs `read` with a reader connection: a free one at once; else, on a worker of an
-    /// async runtime (an HTTP handler), off it (`block_in_place`), so that what else waits on
-    /// that worker moves to another while this waits for a reader.
+    /// async runtime, off it (`block_in_place`), so that what else waits on that worker moves
+    /// to another while this waits for a reader. HTTP handlers await one instead
+    /// ([`SqliteStore::awaited`]).
     fn read<T>(&self, read: impl FnOnce(&Connection) -> T) -> T {
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        for offset in 0..self.readers.len() {
-            if let Ok(reader) = self.readers[(start + offset) % self.readers.len()].try_lock() {
-                return read(&reader);
+        let result = match self.free_reader(start) {
+            Some(reader) => read(&reader),
+            None => {
+                let wait = || {
+                    let reader = self.readers[start % self.readers.len()]
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    read(&reader)
+                };
+                super::blocking(wait)
             }
-        }
-        let wait = || {
-            let reader = self.readers[start % self.readers.len()]
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            read(&reader)
         };
-        super::blocking(wait)
+        self.released.notify_one();
+        result
+    }
+
+    /// A reader no other read holds now, trying each from `start`.
+    fn free_reader(&self, start: usize) -> Option<MutexGuard<'_, Connection>> {
+        (0..self.readers.len()).find_map(|offset| {
+            self.readers[(start + offset) % self.readers.len()]
+                .try_lock()
+                .ok()
+        })
+    }
+
+    /// Runs `read` through `via`: waiting for a free reader, or with the one taken.
+    fn with<T>(&self, via: Via<'_>, read: impl FnOnce(&Connection) -> T) -> T {
+        match via {
+            Via::Wait => self.read(read),
+            Via::Taken(reader) => read(reader),
+        }
+    }
+
+    /// Runs `read` once a reader is free, awaiting one without holding the thread: for the
+    /// awaited forms of the store's reads.
+    async fn awaited<T>(&self, read: impl FnOnce(Via<'_>) -> T) -> T {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Listening before looking: a reader let go in between still wakes this read.
+            released.as_mut().enable();
+            if let Some(reader) = self.free_reader(start) {
+                let result = read(Via::Taken(&reader));
+                drop(reader);
+                self.released.notify_one();
+                return result;
+            }
+            released.await;
+        }
+    }
+}
+
+/// How a read reaches a connection.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// Waiting for a free reader ([`SqliteStore::read`]): the blocking forms.
+    Wait,
+    /// With a reader already taken: the awaited forms.
+    Taken(&'a Connection),
+}
+
+/// The store's reads, through either way of reaching a connection.
+impl SqliteStore {
+    /// [`Store::get`], reading through `via`.
+    fn get_via(&self, via: Via<'_>, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
+        // Here first: a task here is newer than its row, and one gone from here was written.
+        let record = match self.unwritten.held(pid) {
+            Some(held) => Some(held.image.record.clone()),
+            None => {
+                let (boot, seq) = key(pid);
+                let sql =
+                    format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = ?1 AND seq = ?2");
+                self.with(via, |reader| {
+                    reader.prepare_cached(&sql).and_then(|mut statement| {
+                        statement
+                            .query_row(params![boot, seq], record_of)
+                            .optional()
+                    })
+                })
+                .map_err(unavailable)?
+            }
+        };
+        Ok(record.map(|mut record| {
+            self.kept.show(std::slice::from_mut(&mut record));
+            record
+        }))
+    }
+
+    /// [`Store::logs`], reading through `via`.
+    fn logs_via(&self, via: Via<'_>, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
+        let read = |reader: &Connection| -> rusqlite::Result<Option<(TaskLogs, bool)>> {
+            // Its written lines and those not yet written, with no move between the two.
+            self.unwritten
+                .consistently(|| logs_of(reader, &self.unwritten, pid))
+        };
+        // Written first, then kept: a line moves from kept to written, never back, so none is
+        // shown twice. Nothing is added to an ended task's log.
+        let Some((mut logs, ended)) = self.with(via, read).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        if !ended && let Some((lines, dropped_bytes)) = self.kept.lines(pid) {
+            logs.lines.extend(lines);
+            logs.dropped_bytes = logs.dropped_bytes.max(dropped_bytes);
+        }
+        Ok(Some(logs))
+    }
+
+    /// [`Store::list`], reading through `via`.
+    fn list_via(&self, via: Via<'_>, query: &ListQuery) -> Result<Page, StoreError> {
+        let mut sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
+            args.push(value);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(status) = query.status {
+            arg(
+                &mut sql,
+                " AND status = ?",
+                status.as_str().to_owned().into(),
+            );
+        }
+        if let Some(name) = &query.name {
+            arg(&mut sql, " AND name = ?", name.clone().into());
+        }
+        if let Some(worker) = &query.worker {
+            arg(&mut sql, " AND worker = ?", worker.clone().into());
+        }
+        if let Some(parent) = query.parent {
+            let (boot, seq) = key(parent);
+            arg(&mut sql, " AND parent_boot = ?", boot.into());
+            arg(&mut sql, " AND parent_seq = ?", seq.into());
+        }
+        if let Some(before) = query.before {
+            let (boot, seq) = key(before.pid);
+            arg(
+                &mut sql,
+                " AND (spawned_at, boot, seq) < (?",
+                (before.at as i64).into(),
+            );
+            arg(&mut sql, ", ?", boot.into());
+            arg(&mut sql, ", ?)", seq.into());
+        }
+        sql.push_str(" ORDER BY spawned_at DESC, boot DESC, seq DESC");
+        let wanted = query.limit.saturating_add(1);
+        let mut tasks = self
+            .with(via, |reader| {
+                // The tasks not yet written, and the rows of the others, with no task moved
+                // between the two meanwhile: each task is listed once, as it stands now.
+                self.unwritten.consistently(|| {
+                    let unwritten = self.unwritten.listed(query);
+                    let mut statement = reader.prepare_cached(&sql)?;
+                    let mut rows = statement.query(rusqlite::params_from_iter(args.iter()))?;
+                    let mut written = Vec::new();
+                    while written.len() < wanted
+                        && let Some(row) = rows.next()?
+                    {
+                        let record = record_of(row)?;
+                        // A task here now is newer here than its row (a task comes here again
+                        // when it changes; one that leaves meanwhile makes this read again).
+                        match self.unwritten.held(record.pid) {
+                            None => written.push(record),
+                            Some(held) if query.wants(&held.image.record) => {
+                                written.push(held.image.record.clone());
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    Ok::<_, rusqlite::Error>(newest_first(unwritten, written, wanted))
+                })
+            })
+            .map_err(unavailable)?;
+        let more = tasks.len() > query.limit;
+        tasks.truncate(query.limit);
+        self.kept.show(&mut tasks);
+        let next = if more {
+            tasks.last().map(Cursor::of)
+        } else {
+            None
+        };
+        Ok(Page { tasks, next })
     }
 }
 
@@ -417,120 +591,28 @@ impl Store for SqliteStore {
     }
 
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
-        // Here first: a task here is newer than its row, and one gone from here was written.
-        let record = match self.unwritten.held(pid) {
-            Some(held) => Some(held.image.record.clone()),
-            None => {
-                let (boot, seq) = key(pid);
-                let sql =
-                    format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE boot = ?1 AND seq = ?2");
-                self.read(|reader| {
-                    reader.prepare_cached(&sql).and_then(|mut statement| {
-                        statement
-                            .query_row(params![boot, seq], record_of)
-                            .optional()
-                    })
-                })
-                .map_err(unavailable)?
-            }
-        };
-        Ok(record.map(|mut record| {
-            self.kept.show(std::slice::from_mut(&mut record));
-            record
-        }))
+        self.get_via(Via::Wait, pid)
     }
 
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
-        let read = |reader: &Connection| -> rusqlite::Result<Option<(TaskLogs, bool)>> {
-            // Its written lines and those not yet written, with no move between the two.
-            self.unwritten
-                .consistently(|| logs_of(reader, &self.unwritten, pid))
-        };
-        // Written first, then kept: a line moves from kept to written, never back, so none is
-        // shown twice. Nothing is added to an ended task's log.
-        let Some((mut logs, ended)) = self.read(read).map_err(unavailable)? else {
-            return Ok(None);
-        };
-        if !ended && let Some((lines, dropped_bytes)) = self.kept.lines(pid) {
-            logs.lines.extend(lines);
-            logs.dropped_bytes = logs.dropped_bytes.max(dropped_bytes);
-        }
-        Ok(Some(logs))
+        self.logs_via(Via::Wait, pid)
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        let mut sql = format!("SELECT {RECORD_COLUMNS} FROM tasks WHERE 1 = 1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut arg = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
-            args.push(value);
-            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
-        };
-        if let Some(status) = query.status {
-            arg(
-                &mut sql,
-                " AND status = ?",
-                status.as_str().to_owned().into(),
-            );
-        }
-        if let Some(name) = &query.name {
-            arg(&mut sql, " AND name = ?", name.clone().into());
-        }
-        if let Some(worker) = &query.worker {
-            arg(&mut sql, " AND worker = ?", worker.clone().into());
-        }
-        if let Some(parent) = query.parent {
-            let (boot, seq) = key(parent);
-            arg(&mut sql, " AND parent_boot = ?", boot.into());
-            arg(&mut sql, " AND parent_seq = ?", seq.into());
-        }
-        if let Some(before) = query.before {
-            let (boot, seq) = key(before.pid);
-            arg(
-                &mut sql,
-                " AND (spawned_at, boot, seq) < (?",
-                (before.at as i64).into(),
-            );
-            arg(&mut sql, ", ?", boot.into());
-            arg(&mut sql, ", ?)", seq.into());
-        }
-        sql.push_str(" ORDER BY spawned_at DESC, boot DESC, seq DESC");
-        let wanted = query.limit.saturating_add(1);
-        let mut tasks = self
-            .read(|reader| {
-                // The tasks not yet written, and the rows of the others, with no task moved
-                // between the two meanwhile: each task is listed once, as it stands now.
-                self.unwritten.consistently(|| {
-                    let unwritten = self.unwritten.listed(query);
-                    let mut statement = reader.prepare_cached(&sql)?;
-                    let mut rows = statement.query(rusqlite::params_from_iter(args.iter()))?;
-                    let mut written = Vec::new();
-                    while written.len() < wanted
-                        && let Some(row) = rows.next()?
-                    {
-                        let record = record_of(row)?;
-                        // A task here now is newer here than its row (a task comes here again
-                        // when it changes; one that leaves meanwhile makes this read again).
-                        match self.unwritten.held(record.pid) {
-                            None => written.push(record),
-                            Some(held) if query.wants(&held.image.record) => {
-                                written.push(held.image.record.clone());
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                    Ok::<_, rusqlite::Error>(newest_first(unwritten, written, wanted))
-                })
-            })
-            .map_err(unavailable)?;
-        let more = tasks.len() > query.limit;
-        tasks.truncate(query.limit);
-        self.kept.show(&mut tasks);
-        let next = if more {
-            tasks.last().map(Cursor::of)
-        } else {
-            None
-        };
-        Ok(Page { tasks, next })
+        self.list_via(Via::Wait, query)
+    }
+
+    fn get_async(&self, pid: Pid) -> Reading<'_, Option<TaskRecord>> {
+        Box::pin(self.awaited(move |via| self.get_via(via, pid)))
+    }
+
+    fn logs_async(&self, pid: Pid) -> Reading<'_, Option<TaskLogs>> {
+        Box::pin(self.awaited(move |via| self.logs_via(via, pid)))
+    }
+
+    fn list_async(&self, query: &ListQuery) -> Reading<'_, Page> {
+        let query = query.clone();
+        Box::pin(self.awaited(move |via| self.list_via(via, &query)))
     }
 
     fn unfinished(&self) -> Result<Vec<(TaskRecord, TaskSpec)>, StoreError> {

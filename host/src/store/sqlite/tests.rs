@@ -1038,3 +1038,46 @@ mod same_as_memory {
         }
     }
 }
+
+/// An awaited read that finds every reader taken waits for one without holding its thread
+/// (other work on that thread goes on), and answers once a reader is let go.
+#[tokio::test(flavor = "current_thread")]
+async fn an_awaited_read_waits_for_a_reader_without_holding_the_thread() {
+    let dir = scratch("awaited-read");
+    let store = Arc::new(open(&dir.join("tasks.db")).expect("open"));
+    store.wait(ended_task(1)).expect("written");
+    let (taken, go) = (
+        Arc::new(std::sync::Barrier::new(READERS + 1)),
+        Arc::new(std::sync::Barrier::new(READERS + 1)),
+    );
+    let holders: Vec<_> = (0..READERS)
+        .map(|_| {
+            let (store, taken, go) = (Arc::clone(&store), Arc::clone(&taken), Arc::clone(&go));
+            std::thread::spawn(move || {
+                store.read(|_| {
+                    taken.wait();
+                    go.wait();
+                })
+            })
+        })
+        .collect();
+    taken.wait();
+
+    let mut read = store.get_async(Pid::new(1, 1));
+    let waited = tokio::time::timeout(Duration::from_millis(50), &mut read).await;
+    assert!(waited.is_err(), "no reader was free");
+    let other = tokio::spawn(async { "ran" });
+    assert_eq!(
+        other.await.expect("joined"),
+        "ran",
+        "the thread was not held"
+    );
+
+    go.wait();
+    let record = read.await.expect("read").expect("the task");
+    assert_eq!(record.status, Status::Exited);
+    for holder in holders {
+        holder.join().expect("a holder");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
