@@ -195,8 +195,8 @@ fn threads(pid: u32) -> usize {
 /// of tasks, of the running ones and of names, requests in flight add no thread to the host (a
 /// handler that waited in `block_in_place` gave its runtime a new thread each), and the host
 /// answers what needs no database. Once the lock is gone every one answers: reads, a kill
-/// (which reads the task's record first), lookups and the list of the cluster's names, and
-/// a message for a task this host does not hold.
+/// (which reads the task's record first), lookups and the list of the cluster's names, a
+/// message for a task this host does not hold, and a submission with an idempotency key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_waiting_for_the_database_hold_no_thread() {
     const READS: usize = 24;
@@ -211,7 +211,7 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
 
     let locker = postgres::connect(&database).await;
     locker
-        .batch_execute("BEGIN; LOCK TABLE tasks, runs, names IN ACCESS EXCLUSIVE MODE")
+        .batch_execute("BEGIN; LOCK TABLE tasks, runs, names, idempotency IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("the lock is taken");
     let reads: Vec<_> = (0..READS)
@@ -244,6 +244,15 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
         let client = host.client.clone();
         let url = host.url(&format!("/api/tasks/{pid}/messages"));
         tokio::spawn(async move { client.post(url).json(&json!({"hello": 1})).send().await })
+    };
+    // A submission with an idempotency key looks the key up first.
+    let keyed = {
+        let (client, url) = (host.client.clone(), host.url("/api/tasks"));
+        tokio::spawn(async move {
+            let task = json!({"name": "keyed", "duration": 0});
+            let request = client.post(url).header("idempotency-key", "slow-key");
+            request.json(&task).send().await
+        })
     };
     // Every read reaches the database and waits there (the store gives up after 5 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -280,6 +289,8 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
     assert_eq!(unnamed_alone.status(), 404, "no task holds the name");
     let names = names.await.expect("the listing ran").expect("an answer");
     assert_eq!(names.status(), 200, "the cluster's names are listed");
+    let keyed = keyed.await.expect("the submission ran").expect("an answer");
+    assert_eq!(keyed.status(), 202, "the keyed task is accepted");
     let message = message.await.expect("the send ran").expect("an answer");
     assert_eq!(
         message.status(),

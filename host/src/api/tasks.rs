@@ -127,12 +127,12 @@ pub(super) async fn spawn_task(
     }
     // Only a request with a key may have to be asked again (below): only it is copied.
     let again = key.as_ref().map(|key| (task.clone(), key.clone()));
-    let spawned = match state.host.spawn(task, key) {
+    let spawned = match state.host.spawn_async(task, key).await {
         Ok(accepting) => match (accepting.recorded().await, again) {
             // Another host of the cluster accepted a request with this key at the same moment:
             // this one is its repeat, answered as any repeat is (its pid, or 422).
             (Err(SpawnError::Store(StoreError::KeyTaken)), Some((task, key))) => {
-                match state.host.spawn(task, Some(key)) {
+                match state.host.spawn_async(task, Some(key)).await {
                     Ok(accepting) => accepting.recorded().await,
                     Err(error) => Err(error),
                 }

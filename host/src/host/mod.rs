@@ -29,7 +29,7 @@ use crate::runtime::{Sandbox, SandboxConfig};
 use crate::sched::{Job, Placed, Promise, Refused, Scheduler};
 use crate::store::{
     Change, Forward, IdempotencyKey, ListQuery, MemoryStore, NodeInfo, NodeSpec, Page, PgStore,
-    SqliteStore, Store, StoreError,
+    Remembered, SqliteStore, Store, StoreError,
 };
 use cluster::Cluster;
 
@@ -160,6 +160,15 @@ pub struct Accepting {
 }
 
 impl Accepting {
+    /// A repeat of a request whose key is remembered for `pid`: nothing new to record.
+    fn repeat(pid: Pid) -> Self {
+        Self {
+            pid,
+            recorded: None,
+            shared: false,
+        }
+    }
+
     /// The task's pid once its acceptance is recorded (on disk, with a durable store): what a
     /// `202` may promise.
     pub async fn recorded(self) -> Result<Pid, SpawnError> {
@@ -498,6 +507,92 @@ impl Host {
         key: Option<IdempotencyKey>,
         spawned_by: Option<(Pid, Pid)>,
     ) -> Result<Accepting, SpawnError> {
+        self.check(&task)?;
+        let key = self.dated(key);
+        let in_flight = match &key {
+            Some(key) => {
+                // Held before the store is asked: a first request commits its key before it
+                // lets go, so a repeat after it finds the key remembered.
+                let held = KeyInFlight::take(&self.keys_in_flight, &key.key)?;
+                let remembered = self.store.remembered(&key.key)?;
+                if let Some(pid) = self.repeat_of(key, remembered)? {
+                    return Ok(Accepting::repeat(pid));
+                }
+                Some(held)
+            }
+            None => None,
+        };
+        self.admit(task, key, in_flight, spawned_by)
+    }
+
+    /// [`Host::spawn`] for an HTTP handler: an idempotency key is looked up in the store
+    /// without holding the thread.
+    pub async fn spawn_async(
+        &self,
+        task: NewTask,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Accepting, SpawnError> {
+        self.check(&task)?;
+        let key = self.dated(key);
+        let in_flight = match &key {
+            Some(key) => {
+                // Held before the store is asked, as in `accept`.
+                let held = KeyInFlight::take(&self.keys_in_flight, &key.key)?;
+                let remembered = self.store.remembered_async(&key.key).await?;
+                if let Some(pid) = self.repeat_of(key, remembered)? {
+                    return Ok(Accepting::repeat(pid));
+                }
+                Some(held)
+            }
+            None => None,
+        };
+        self.admit(task, key, in_flight, None)
+    }
+
+    /// Refuses a task its worker's limits do not allow (an unknown worker, too long a
+    /// duration or deadline), before anything is taken for it.
+    fn check(&self, task: &NewTask) -> Result<(), SpawnError> {
+        let worker = self.workers.get(task.worker.as_deref())?;
+        let settings = &worker.settings;
+        let too_long = |what, max| SpawnError::TooLong {
+            what,
+            worker: settings.name.clone(),
+            max,
+        };
+        if task.duration > settings.max_duration_secs {
+            return Err(too_long("duration", settings.max_duration_secs));
+        }
+        let max_deadline = settings
+            .max_duration_secs
+            .saturating_add(self.deadline_grace_secs);
+        if task
+            .deadline
+            .is_some_and(|deadline| deadline > max_deadline)
+        {
+            return Err(too_long("deadline", max_deadline));
+        }
+        Ok(())
+    }
+
+    /// `key` with the time before which a key remembered is stale.
+    fn dated(&self, key: Option<IdempotencyKey>) -> Option<IdempotencyKey> {
+        key.map(|key| IdempotencyKey {
+            stale_before: SystemTime::now()
+                .checked_sub(self.idempotency_ttl)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            ..key
+        })
+    }
+
+    /// Accepts a task [`Host::check`] let through, its key (if any) held in flight and not
+    /// remembered.
+    fn admit(
+        &self,
+        task: NewTask,
+        key: Option<IdempotencyKey>,
+        in_flight: Option<KeyInFlight>,
+        spawned_by: Option<(Pid, Pid)>,
+    ) -> Result<Accepting, SpawnError> {
         let parent = spawned_by.map(|(parent, _)| parent);
         let NewTask {
             name,
@@ -510,43 +605,7 @@ impl Host {
         } = task;
         let worker = self.workers.get(worker.as_deref())?;
         let settings = &worker.settings;
-        let too_long = |what, max| SpawnError::TooLong {
-            what,
-            worker: settings.name.clone(),
-            max,
-        };
-        if duration > settings.max_duration_secs {
-            return Err(too_long("duration", settings.max_duration_secs));
-        }
-        let max_deadline = settings
-            .max_duration_secs
-            .saturating_add(self.deadline_grace_secs);
-        if deadline.is_some_and(|deadline| deadline > max_deadline) {
-            return Err(too_long("deadline", max_deadline));
-        }
         let deadline_secs = deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs));
-        let key = key.map(|key| IdempotencyKey {
-            stale_before: SystemTime::now()
-                .checked_sub(self.idempotency_ttl)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-            ..key
-        });
-        let in_flight = match &key {
-            Some(key) => {
-                // Held before the store is asked: a first request commits its key before it
-                // lets go, so a repeat after it finds the key remembered.
-                let held = KeyInFlight::take(&self.keys_in_flight, &key.key)?;
-                if let Some(pid) = self.remembered(key)? {
-                    return Ok(Accepting {
-                        pid,
-                        recorded: None,
-                        shared: false,
-                    });
-                }
-                Some(held)
-            }
-            None => None,
-        };
         if !self.store.healthy() {
             return Err(StoreError::Unavailable(
                 "the task store cannot write now; retry later".into(),
@@ -716,10 +775,14 @@ impl Host {
             .filter(|lag| !self.max_start_lag.is_zero() && *lag > self.max_start_lag)
     }
 
-    /// The pid an idempotency key was first used for, if it was used with the same body and
-    /// is still remembered; an error if it was used with another body.
-    fn remembered(&self, key: &IdempotencyKey) -> Result<Option<Pid>, SpawnError> {
-        let Some(remembered) = self.store.remembered(&key.key)? else {
+    /// The pid an idempotency key was first used for, as the store `remembered` it, if it was
+    /// used with the same body and is still fresh; an error if it was used with another body.
+    fn repeat_of(
+        &self,
+        key: &IdempotencyKey,
+        remembered: Option<Remembered>,
+    ) -> Result<Option<Pid>, SpawnError> {
+        let Some(remembered) = remembered else {
             return Ok(None);
         };
         let expired = remembered

@@ -379,6 +379,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn list_async(&self, query: &ListQuery) -> Reading<'_, Page> {
         Box::pin(std::future::ready(self.list(query)))
     }
+    /// [`Store::remembered`], as [`Store::get_async`] is to [`Store::get`].
+    fn remembered_async(&self, key: &str) -> Reading<'_, Option<Remembered>> {
+        Box::pin(std::future::ready(self.remembered(key)))
+    }
     /// What an idempotency key was first used for, if the store still remembers it.
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError>;
 

@@ -484,6 +484,29 @@ async fn read_page(
     Ok(Page { tasks, next })
 }
 
+/// What an idempotency key was first used for.
+async fn read_remembered(
+    client: deadpool_postgres::Object,
+    key: String,
+) -> Result<Option<Remembered>, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT body_sha256, boot, seq, created_at FROM idempotency WHERE key = $1")
+        .await
+        .map_err(unavailable)?;
+    let row = client
+        .query_opt(&statement, &[&key])
+        .await
+        .map_err(unavailable)?;
+    row.map(|row| {
+        Ok(Remembered {
+            body_sha256: column(&row, 0)?,
+            pid: pid_of(column(&row, 1)?, column(&row, 2)?),
+            at: time(column(&row, 3)?),
+        })
+    })
+    .transpose()
+}
+
 /// Runs `work` on the runtime behind `handle` and waits for it on this thread, which may be
 /// inside another runtime (an HTTP handler) or none (a scheduler thread).
 fn run_on<T: Send + 'static>(
@@ -630,26 +653,12 @@ impl Store for PgStore {
 
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
         let key = key.to_owned();
-        self.query(move |client| async move {
-            let statement = client
-                .prepare_cached(
-                    "SELECT body_sha256, boot, seq, created_at FROM idempotency WHERE key = $1",
-                )
-                .await
-                .map_err(unavailable)?;
-            let row = client
-                .query_opt(&statement, &[&key])
-                .await
-                .map_err(unavailable)?;
-            row.map(|row| {
-                Ok(Remembered {
-                    body_sha256: column(&row, 0)?,
-                    pid: pid_of(column(&row, 1)?, column(&row, 2)?),
-                    at: time(column(&row, 3)?),
-                })
-            })
-            .transpose()
-        })
+        self.query(move |client| read_remembered(client, key))
+    }
+
+    fn remembered_async(&self, key: &str) -> Reading<'_, Option<Remembered>> {
+        let key = key.to_owned();
+        self.query_async(move |client| read_remembered(client, key))
     }
 
     fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {

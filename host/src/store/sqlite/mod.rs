@@ -294,6 +294,29 @@ enum Via<'a> {
 
 /// The store's reads, through either way of reaching a connection.
 impl SqliteStore {
+    /// [`Store::remembered`], reading through `via`.
+    fn remembered_via(&self, via: Via<'_>, key: &str) -> Result<Option<Remembered>, StoreError> {
+        self.with(via, |reader| {
+            reader
+                .query_row(
+                    "SELECT body_sha256, boot, seq, created_at FROM idempotency WHERE key = ?1",
+                    params![key],
+                    |row| {
+                        Ok(Remembered {
+                            body_sha256: row.get(0)?,
+                            pid: Pid::new(
+                                row.get::<_, i64>(1)? as u32,
+                                row.get::<_, i64>(2)? as u64,
+                            ),
+                            at: time(row.get(3)?),
+                        })
+                    },
+                )
+                .optional()
+        })
+        .map_err(unavailable)
+    }
+
     /// [`Store::get`], reading through `via`.
     fn get_via(&self, via: Via<'_>, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
         // Here first: a task here is newer than its row, and one gone from here was written.
@@ -668,25 +691,12 @@ impl Store for SqliteStore {
     }
 
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
-        self.read(|reader| {
-            reader
-                .query_row(
-                    "SELECT body_sha256, boot, seq, created_at FROM idempotency WHERE key = ?1",
-                    params![key],
-                    |row| {
-                        Ok(Remembered {
-                            body_sha256: row.get(0)?,
-                            pid: Pid::new(
-                                row.get::<_, i64>(1)? as u32,
-                                row.get::<_, i64>(2)? as u64,
-                            ),
-                            at: time(row.get(3)?),
-                        })
-                    },
-                )
-                .optional()
-        })
-        .map_err(unavailable)
+        self.remembered_via(Via::Wait, key)
+    }
+
+    fn remembered_async(&self, key: &str) -> Reading<'_, Option<Remembered>> {
+        let key = key.to_owned();
+        Box::pin(self.awaited(move |via| self.remembered_via(via, &key)))
     }
 
     fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
