@@ -196,7 +196,8 @@ fn threads(pid: u32) -> usize {
 /// handler that waited in `block_in_place` gave its runtime a new thread each), and the host
 /// answers what needs no database. Once the lock is gone every one answers: reads, a kill
 /// (which reads the task's record first), lookups and the list of the cluster's names, a
-/// message for a task this host does not hold, and a submission with an idempotency key.
+/// message for a task this host does not hold, a submission with an idempotency key, a page
+/// after a pid, a task's event stream and the cluster's page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_waiting_for_the_database_hold_no_thread() {
     const READS: usize = 24;
@@ -211,7 +212,9 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
 
     let locker = postgres::connect(&database).await;
     locker
-        .batch_execute("BEGIN; LOCK TABLE tasks, runs, names, idempotency IN ACCESS EXCLUSIVE MODE")
+        .batch_execute(
+            "BEGIN; LOCK TABLE tasks, runs, names, idempotency, nodes IN ACCESS EXCLUSIVE MODE",
+        )
         .await
         .expect("the lock is taken");
     let reads: Vec<_> = (0..READS)
@@ -240,6 +243,17 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
             let (client, url) = (host.client.clone(), host.url(path));
             tokio::spawn(async move { client.get(url).send().await })
         });
+    // A page after a pid reads that task's place; a task's event stream, its record; the
+    // cluster's page, its hosts.
+    let others = [
+        format!("/api/tasks?before={pid}"),
+        format!("/api/tasks/{pid}/events"),
+        "/api/cluster".to_owned(),
+    ]
+    .map(|path| {
+        let (client, url) = (host.client.clone(), host.url(&path));
+        tokio::spawn(async move { client.get(url).send().await })
+    });
     let message = {
         let client = host.client.clone();
         let url = host.url(&format!("/api/tasks/{pid}/messages"));
@@ -289,6 +303,10 @@ async fn reads_waiting_for_the_database_hold_no_thread() {
     assert_eq!(unnamed_alone.status(), 404, "no task holds the name");
     let names = names.await.expect("the listing ran").expect("an answer");
     assert_eq!(names.status(), 200, "the cluster's names are listed");
+    for other in others {
+        let other = other.await.expect("the read ran").expect("an answer");
+        assert_eq!(other.status(), 200, "{}", other.url());
+    }
     let keyed = keyed.await.expect("the submission ran").expect("an answer");
     assert_eq!(keyed.status(), 202, "the keyed task is accepted");
     let message = message.await.expect("the send ran").expect("an answer");

@@ -35,6 +35,6 @@ pub(super) async fn get_cluster(State(state): State<AppState>) -> Result<Json<Cl
         clustered: host.clustered(),
         node: node.map(|(id, _)| id),
         name: node.map(|(_, name)| name.to_owned()),
-        nodes: host.nodes()?,
+        nodes: host.nodes().await?,
     }))
 }

@@ -106,9 +106,11 @@ fn event_stream(stream: EventStream) -> impl Stream<Item = Result<Event, Infalli
                 Ok(_) => {}
                 Err(RecvError::Lagged(skipped)) => {
                     // The skipped events may have held this task's exit: look at its record.
-                    if let Some(record) = stream
-                        .pid
-                        .and_then(|pid| stream.host.get(pid).ok().flatten())
+                    let record = match stream.pid {
+                        Some(pid) => stream.host.get_async(pid).await.ok().flatten(),
+                        None => None,
+                    };
+                    if let Some(record) = record
                         && record.status.is_terminal()
                     {
                         stream
@@ -177,7 +179,8 @@ pub(super) async fn task_events(
     let subscription = subscribe(&state, peer, &headers)?;
     let record = state
         .host
-        .get(id)?
+        .get_async(id)
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no task with pid {pid:?}")))?;
     let snapshot =
         serde_json::to_string(&record).map_err(|error| ApiError::Internal(error.to_string()))?;

@@ -414,7 +414,7 @@ pub(super) async fn list_tasks(
     })?;
     let before = match params.before {
         None => None,
-        Some(before) => Some(cursor(&state, &before)?),
+        Some(before) => Some(cursor(&state, &before).await?),
     };
     let parent = params.parent.as_deref().map(parent).transpose()?;
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
@@ -446,7 +446,7 @@ fn parent(text: &str) -> Result<Pid, ApiError> {
 }
 
 /// Where `before` points: a page's `next`, or the place of the task with that pid.
-fn cursor(state: &AppState, before: &str) -> Result<Cursor, ApiError> {
+async fn cursor(state: &AppState, before: &str) -> Result<Cursor, ApiError> {
     if let Ok(cursor) = before.parse::<Cursor>() {
         return Ok(cursor);
     }
@@ -457,7 +457,8 @@ fn cursor(state: &AppState, before: &str) -> Result<Cursor, ApiError> {
     })?;
     let record = state
         .host
-        .get(pid)?
+        .get_async(pid)
+        .await?
         .ok_or_else(|| ApiError::BadRequest(format!("before: no task with pid {before:?}")))?;
     Ok(Cursor::of(&record))
 }

@@ -204,8 +204,8 @@ impl Cluster {
     }
 
     /// The hosts of the cluster.
-    pub(crate) fn nodes(&self) -> Result<Vec<NodeInfo>, crate::store::StoreError> {
-        self.store.nodes()
+    pub(crate) async fn nodes(&self) -> Result<Vec<NodeInfo>, crate::store::StoreError> {
+        self.store.nodes().await
     }
 }
 

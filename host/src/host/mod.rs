@@ -624,9 +624,9 @@ impl Host {
     }
 
     /// The hosts of this host's cluster; empty for a host alone.
-    pub fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         match &self.cluster {
-            Some(cluster) => cluster.nodes(),
+            Some(cluster) => cluster.nodes().await,
             None => Ok(Vec::new()),
         }
     }
@@ -646,17 +646,6 @@ impl Host {
         self.events.subscribe(client, dashboard)
     }
 
-    /// A task's record, if the store still holds it, with its mailbox, links and monitors
-    /// while it is live.
-    pub fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
-        Ok(self.store.get(pid)?.map(|record| self.with_actor(record)))
-    }
-
-    /// A task's captured log, if the store still holds the task.
-    pub fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
-        self.store.logs(pid)
-    }
-
     /// Tasks matching `query`, newest first, a page at a time. For an HTTP handler: a store
     /// that waits for a database waits without holding the handler's thread (see
     /// [`Store::get_async`]).
@@ -670,13 +659,15 @@ impl Host {
         Ok(page)
     }
 
-    /// [`Host::get`] for an HTTP handler, waiting as [`Host::list_async`] does.
+    /// A task's record, if the store still holds it, with its mailbox, links and monitors
+    /// while it is live; waiting as [`Host::list_async`] does.
     pub async fn get_async(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
         let record = self.store.get_async(pid).await?;
         Ok(record.map(|record| self.with_actor(record)))
     }
 
-    /// [`Host::logs`] for an HTTP handler, waiting as [`Host::list_async`] does.
+    /// A task's captured log, if the store still holds the task; waiting as
+    /// [`Host::list_async`] does.
     pub async fn logs_async(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
         self.store.logs_async(pid).await
     }

@@ -539,9 +539,10 @@ impl PgStore {
         })
     }
 
-    /// The hosts of the cluster: those up, and those gone within the last hour.
-    pub fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        self.query(move |client| async move {
+    /// The hosts of the cluster: those up, and those gone within the last hour. Awaited: only
+    /// an HTTP handler asks.
+    pub fn nodes(&self) -> Reading<'static, Vec<NodeInfo>> {
+        self.query_async(move |client| async move {
             let statement = client
                 .prepare_cached(
                     "SELECT id, name, address, capacity, live, queued, state, started_at,
