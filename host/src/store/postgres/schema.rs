@@ -143,7 +143,18 @@ CREATE INDEX names_by_task ON names (boot, seq);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`, in the transaction that
 /// records the new version.
-const MIGRATIONS: [&str; 0] = [];
+const MIGRATIONS: [&str; 1] = [
+    // 2 (issue #23): fewer indexes on `tasks`, as in the SQLite store. Every acceptance wrote
+    // each of these, and a start and an end changed `status`, so that neither could be a
+    // heap-only update: each wrote a new entry into every index of the table. Lists filtered
+    // by status, name or worker read the time index instead (history is bounded by
+    // `--max-history`); a task's start is now a heap-only update.
+    "
+DROP INDEX IF EXISTS tasks_by_status;
+DROP INDEX IF EXISTS tasks_by_name;
+DROP INDEX IF EXISTS tasks_by_worker;
+",
+];
 
 /// Why the schema could not be brought to this host's version.
 #[derive(Debug, thiserror::Error)]
