@@ -34,17 +34,30 @@ struct Node {
 impl Node {
     /// Starts host `name` on database `url`, with `args` added, and waits until it answers.
     async fn start(url: &str, name: &str, args: &[&str]) -> Self {
-        let node = Self::spawn(url, name, args);
+        Self::start_with(url, name, args, "").await
+    }
+
+    /// [`Node::start`], with `workers` added to its registry file (see [`registry`]).
+    async fn start_with(url: &str, name: &str, args: &[&str], workers: &str) -> Self {
+        let node = Self::spawn_with(url, name, args, workers);
         node.binary.ready().await;
         node
     }
 
     fn spawn(url: &str, name: &str, args: &[&str]) -> Self {
+        Self::spawn_with(url, name, args, "")
+    }
+
+    fn spawn_with(url: &str, name: &str, args: &[&str], workers: &str) -> Self {
         let mut argv: Vec<String> = ["--store", url, "--node-name", name, "--config"]
             .iter()
             .map(ToString::to_string)
             .collect();
-        argv.push(registry(&temp_dir("cluster"), "").display().to_string());
+        argv.push(
+            registry(&temp_dir("cluster"), workers)
+                .display()
+                .to_string(),
+        );
         argv.extend(
             [
                 "--shutdown-grace-secs",
@@ -841,4 +854,68 @@ async fn a_task_held_in_the_store_by_a_host_that_does_not_run_it_is_given_back()
     // Two looks for strays later (30 heartbeats of 200 ms each), it is back in the queue, and
     // a, which has a free place now, runs it.
     assert_exited_0(&a.wait_end(&stray).await);
+}
+
+/// The writer gathers a commit's acceptances, starts and ends into one statement each (issue
+/// #23): tasks that fail at once and restart, several attempts within one commit, beside
+/// tasks that start and end within one, keep every attempt in order and end once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_restarts_and_ends_written_together_keep_every_attempt() {
+    let url = postgres::fresh_database("gathered");
+    let a = Node::start_with(
+        &url,
+        "a",
+        &[],
+        "\n[workers.exit7]\nmodule = \"{module:exit7}\"\nmax_memory = \"16MiB\"\n",
+    )
+    .await;
+    let mut failing = Vec::new();
+    let mut fine = Vec::new();
+    for i in 0..16 {
+        failing.push(
+            a.spawn(
+                json!({"name": format!("flaky{i}"), "worker": "exit7", "duration": 0,
+                "restart": "on-failure", "max_attempts": 3}),
+            )
+            .await,
+        );
+        fine.push(
+            a.spawn(json!({"name": format!("fine{i}"), "duration": 0}))
+                .await,
+        );
+    }
+    for pid in &failing {
+        let record = a.wait_end(pid).await;
+        assert_eq!(record["status"], "exited", "{record}");
+        assert_eq!(record["exit_code"], 7, "{record}");
+        assert_eq!(record["attempt"], 3, "{record}");
+        let numbered: Vec<(u64, i64)> = record["attempts"]
+            .as_array()
+            .expect("attempts")
+            .iter()
+            .map(|a| {
+                (
+                    a["attempt"].as_u64().expect("n"),
+                    a["exit_code"].as_i64().expect("code"),
+                )
+            })
+            .collect();
+        assert_eq!(numbered, [(1, 7), (2, 7), (3, 7)], "{record}");
+    }
+    for pid in &fine {
+        let record = a.wait_end(pid).await;
+        assert_exited_0(&record);
+        assert!(record["started_at"].is_string(), "{record}");
+        let lines = messages(&a, pid).await;
+        assert!(
+            lines.iter().any(|line| line.contains("Worker done")),
+            "{pid}: {lines:?}"
+        );
+    }
+    let (_, page) = a.get("/api/tasks?status=exited&limit=100").await;
+    assert_eq!(
+        page["tasks"].as_array().map(Vec::len),
+        Some(32),
+        "every task is listed once by its status: {page}"
+    );
 }

@@ -14,7 +14,7 @@
 //! - A commit learns its transaction's id first, so that a commit whose answer is lost can be
 //!   looked up afterwards (`pg_xact_status`) rather than written twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
@@ -37,11 +37,8 @@ const PRUNE_LOCK: i64 = 0x6874_7470_7072_756e; // "httpprun"
 type Param = Box<dyn ToSql + Sync + Send>;
 
 /// What a statement's count of rows tells.
-#[derive(Clone, Copy)]
 enum Check {
     Nothing,
-    /// A task's start: no row means this host does not hold it.
-    Started(Pid),
     /// A fenced write: no row means this host does not hold the task (or the task ended).
     Fenced,
     /// A prune: a full batch means more is due.
@@ -49,12 +46,22 @@ enum Check {
     /// An acceptance with an idempotency key, of the batch at this index: no row means the
     /// key was taken by another request, and the task was not written.
     Keyed(usize),
-    /// A task's end, of the batch at this index: no row means this host does not hold the
-    /// task (or it has ended): the end was not written.
-    Ended(usize),
     /// A message for a task, of the batch at this index: no row means the task has ended, or
     /// its mailbox's bound is reached in the store.
     Delivered(usize),
+    /// The commit's starts gathered in one statement, which returns the tasks it started: one
+    /// not returned is not held by this host.
+    Starts(Vec<Pid>),
+    /// The commit's ends gathered in one statement, which returns the tasks it ended, each
+    /// with its batch's index: one not returned was not written.
+    Ends(Vec<(Pid, usize)>),
+}
+
+impl Check {
+    /// Whether the statement returns the tasks it wrote, rather than only their count.
+    fn returns_tasks(&self) -> bool {
+        matches!(self, Check::Starts(_) | Check::Ends(_))
+    }
 }
 
 struct Op {
@@ -79,6 +86,59 @@ pub(super) struct Plan<'a> {
     progress: HashMap<Pid, (u32, u64)>,
     dropped: HashMap<Pid, u64>,
     lines: Lines,
+    accepts: Accepts,
+    starts: Starts,
+    ends: Ends,
+}
+
+/// The commit's acceptances without an idempotency key, as one multi-row statement's columns.
+#[derive(Default)]
+struct Accepts {
+    boots: Vec<i32>,
+    seqs: Vec<i64>,
+    spawned_ats: Vec<i64>,
+    names: Vec<String>,
+    workers: Vec<String>,
+    versions: Vec<String>,
+    modules: Vec<String>,
+    durations: Vec<i32>,
+    payloads: Vec<Option<String>>,
+    deadlines: Vec<i32>,
+    max_attempts: Vec<i32>,
+    on_host_loss: Vec<&'static str>,
+    statuses: Vec<&'static str>,
+    attempts: Vec<i32>,
+    parent_boots: Vec<Option<i32>>,
+    parent_seqs: Vec<Option<i64>>,
+    owners: Vec<Option<i32>>,
+}
+
+/// Starts gathered into one statement, until a later change of one of their tasks must
+/// follow them (see [`Plan::barrier`]).
+#[derive(Default)]
+struct Starts {
+    pids: Vec<Pid>,
+    boots: Vec<i32>,
+    seqs: Vec<i64>,
+    ats: Vec<i64>,
+    steps: Vec<i32>,
+    fuels: Vec<i64>,
+}
+
+/// Ends gathered into one statement, written after the starts gathered with them.
+#[derive(Default)]
+struct Ends {
+    pids: Vec<(Pid, usize)>,
+    boots: Vec<i32>,
+    seqs: Vec<i64>,
+    statuses: Vec<&'static str>,
+    outcomes: Vec<&'static str>,
+    exit_codes: Vec<Option<i32>>,
+    errors: Vec<Option<String>>,
+    ats: Vec<i64>,
+    fuels: Vec<i64>,
+    attempt_json: Vec<String>,
+    attempts: Vec<i32>,
 }
 
 #[derive(Default)]
@@ -101,6 +161,59 @@ impl<'a> Plan<'a> {
             progress: HashMap::new(),
             dropped: HashMap::new(),
             lines: Lines::default(),
+            accepts: Accepts::default(),
+            starts: Starts::default(),
+            ends: Ends::default(),
+        }
+    }
+
+    /// Writes the gathered starts and then the gathered ends, as the next statements.
+    fn flush_lives(&mut self) {
+        let node = self.node;
+        if !self.starts.pids.is_empty() {
+            let starts = std::mem::take(&mut self.starts);
+            let statement = self.statements.started.clone();
+            self.push(
+                &statement,
+                vec![
+                    Box::new(starts.boots),
+                    Box::new(starts.seqs),
+                    Box::new(starts.ats),
+                    Box::new(starts.steps),
+                    Box::new(starts.fuels),
+                    Box::new(node),
+                ],
+                Check::Starts(starts.pids),
+            );
+        }
+        if !self.ends.pids.is_empty() {
+            let ends = std::mem::take(&mut self.ends);
+            let statement = self.statements.ended.clone();
+            self.push(
+                &statement,
+                vec![
+                    Box::new(ends.boots),
+                    Box::new(ends.seqs),
+                    Box::new(ends.statuses),
+                    Box::new(ends.outcomes),
+                    Box::new(ends.exit_codes),
+                    Box::new(ends.errors),
+                    Box::new(ends.ats),
+                    Box::new(ends.fuels),
+                    Box::new(ends.attempt_json),
+                    Box::new(ends.attempts),
+                    Box::new(node),
+                ],
+                Check::Ends(ends.pids),
+            );
+        }
+    }
+
+    /// Before a change of `pid` that must follow its gathered start or end (a restart, or a
+    /// second start after one): writes what was gathered first.
+    fn barrier(&mut self, pid: Pid) {
+        if self.starts.pids.contains(&pid) || self.ends.pids.iter().any(|(p, _)| *p == pid) {
+            self.flush_lives();
         }
     }
 
@@ -122,12 +235,46 @@ impl<'a> Plan<'a> {
 
     /// The commit's statements, in the order they run.
     fn finish(mut self) -> Vec<Op> {
+        self.flush_lives();
+        self.flush_accepts();
         let tail = std::mem::take(&mut self.ops);
         self.gathered();
         let mut ops = std::mem::take(&mut self.head);
         ops.append(&mut self.ops);
         ops.extend(tail);
         ops
+    }
+
+    /// The acceptances without a key, as one statement at the head.
+    fn flush_accepts(&mut self) {
+        if self.accepts.boots.is_empty() {
+            return;
+        }
+        let a = std::mem::take(&mut self.accepts);
+        let statement = self.statements.accept.clone();
+        self.push_head(
+            &statement,
+            vec![
+                Box::new(a.boots),
+                Box::new(a.seqs),
+                Box::new(a.spawned_ats),
+                Box::new(a.names),
+                Box::new(a.workers),
+                Box::new(a.versions),
+                Box::new(a.modules),
+                Box::new(a.durations),
+                Box::new(a.payloads),
+                Box::new(a.deadlines),
+                Box::new(a.max_attempts),
+                Box::new(a.on_host_loss),
+                Box::new(a.statuses),
+                Box::new(a.attempts),
+                Box::new(a.parent_boots),
+                Box::new(a.parent_seqs),
+                Box::new(a.owners),
+            ],
+            Check::Nothing,
+        );
     }
 
     /// The statements of what was gathered, into `ops`.
@@ -207,9 +354,26 @@ impl<'a> Plan<'a> {
                 let (boot, seq) = key(record.pid);
                 let parent = record.parent.map(key);
                 let owner: Option<i32> = (!shared).then_some(node);
-                let (statement, check) = match idempotency {
-                    Some(_) => (&s.accept_keyed, Check::Keyed(pending)),
-                    None => (&s.accept, Check::Nothing),
+                let Some(idempotency) = idempotency else {
+                    let a = &mut self.accepts;
+                    a.boots.push(boot);
+                    a.seqs.push(seq);
+                    a.spawned_ats.push(nanos(record.spawned_at));
+                    a.names.push(record.name.clone());
+                    a.workers.push(record.worker.to_string());
+                    a.versions.push(record.version.to_string());
+                    a.modules.push(spec.module_sha256.clone());
+                    a.durations.push(record.duration as i32);
+                    a.payloads.push(spec.payload.clone());
+                    a.deadlines.push(spec.deadline_secs as i32);
+                    a.max_attempts.push(spec.max_attempts as i32);
+                    a.on_host_loss.push(spec.on_host_loss.as_str());
+                    a.statuses.push(record.status.as_str());
+                    a.attempts.push(record.attempt as i32);
+                    a.parent_boots.push(parent.map(|(boot, _)| boot));
+                    a.parent_seqs.push(parent.map(|(_, seq)| seq));
+                    a.owners.push(owner);
+                    return;
                 };
                 let mut params: Vec<Param> = vec![
                     Box::new(boot),
@@ -230,15 +394,13 @@ impl<'a> Plan<'a> {
                     Box::new(parent.map(|(_, seq)| seq)),
                     Box::new(owner),
                 ];
-                if let Some(idempotency) = idempotency {
-                    // Claimed in the acceptance's own statement: of two requests with one key
-                    // on two hosts, one writes its task, the other is told.
-                    params.push(Box::new(idempotency.key.clone()));
-                    params.push(Box::new(idempotency.body_sha256.clone()));
-                    params.push(Box::new(nanos(idempotency.stale_before)));
-                }
-                let statement = statement.clone();
-                self.push_head(&statement, params, check);
+                // Claimed in the acceptance's own statement: of two requests with one key on
+                // two hosts, one writes its task, the other is told.
+                params.push(Box::new(idempotency.key.clone()));
+                params.push(Box::new(idempotency.body_sha256.clone()));
+                params.push(Box::new(nanos(idempotency.stale_before)));
+                let statement = s.accept_keyed.clone();
+                self.push_head(&statement, params, Check::Keyed(pending));
             }
             Change::Event(pid, event) => self.add_event(pending, *pid, event),
             Change::Forward { to, what } => {
@@ -366,18 +528,14 @@ impl<'a> Plan<'a> {
             }
             TaskEvent::Started { at, steps, fuel } => {
                 self.progress.remove(&pid);
-                self.push(
-                    &s.started,
-                    vec![
-                        Box::new(boot),
-                        Box::new(seq),
-                        Box::new(nanos(*at)),
-                        Box::new(*steps as i32),
-                        Box::new(*fuel as i64),
-                        Box::new(node),
-                    ],
-                    Check::Started(pid),
-                );
+                self.barrier(pid);
+                let starts = &mut self.starts;
+                starts.pids.push(pid);
+                starts.boots.push(boot);
+                starts.seqs.push(seq);
+                starts.ats.push(nanos(*at));
+                starts.steps.push(*steps as i32);
+                starts.fuels.push(*fuel as i64);
             }
             TaskEvent::Restarting {
                 at,
@@ -387,6 +545,7 @@ impl<'a> Plan<'a> {
                 ready_at,
             } => {
                 self.progress.remove(&pid);
+                self.barrier(pid);
                 let attempt = next_attempt.saturating_sub(1);
                 self.push(
                     &s.restarting,
@@ -409,26 +568,32 @@ impl<'a> Plan<'a> {
                 end,
                 attempt,
             } => {
-                self.push(
-                    &s.ended,
-                    vec![
-                        Box::new(boot),
-                        Box::new(seq),
-                        Box::new(end.status.as_str()),
-                        Box::new(end.outcome.as_str()),
-                        Box::new(end.exit_code),
-                        Box::new(end.error.clone()),
-                        Box::new(nanos(*at)),
-                        Box::new(*fuel as i64),
-                        Box::new(attempt_json(0, end, *at)),
-                        Box::new(*attempt as i32),
-                        Box::new(node),
-                    ],
-                    Check::Ended(pending),
-                );
+                if self.ends.pids.iter().any(|(p, _)| *p == pid) {
+                    self.flush_lives();
+                }
+                let ends = &mut self.ends;
+                ends.pids.push((pid, pending));
+                ends.boots.push(boot);
+                ends.seqs.push(seq);
+                ends.statuses.push(end.status.as_str());
+                ends.outcomes.push(end.outcome.as_str());
+                ends.exit_codes.push(end.exit_code);
+                ends.errors.push(end.error.clone());
+                ends.ats.push(nanos(*at));
+                ends.fuels.push(*fuel as i64);
+                ends.attempt_json.push(attempt_json(0, end, *at));
+                ends.attempts.push(*attempt as i32);
             }
         }
     }
+}
+
+/// What a statement of a commit answered.
+enum Answer {
+    /// The rows it wrote.
+    Count(u64),
+    /// The tasks it wrote, by key.
+    Tasks(HashSet<(i32, i64)>),
 }
 
 /// A commit on its way: what is known of it should its answer be lost.
@@ -469,34 +634,60 @@ pub(super) async fn commit(
             .collect();
         let statement = &op.statement;
         let tx = &tx;
-        async move { tx.execute(statement, &params).await }
+        async move {
+            if op.check.returns_tasks() {
+                let rows = tx.query(statement, &params).await?;
+                let written = rows
+                    .iter()
+                    .map(|row| Ok((row.try_get::<_, i32>(0)?, row.try_get::<_, i64>(1)?)))
+                    .collect::<Result<HashSet<_>, tokio_postgres::Error>>()?;
+                Ok(Answer::Tasks(written))
+            } else {
+                tx.execute(statement, &params).await.map(Answer::Count)
+            }
+        }
     }));
     let (xid, counts) = futures_util::future::try_join(xid, counts).await?;
     flight.xid = Some(xid.try_get(0)?);
     flight.commit_sent = true;
     tx.commit().await?;
     let mut outcome = Outcome::default();
-    for (op, count) in ops.iter().zip(counts) {
+    for (op, answer) in ops.iter().zip(counts) {
+        let written = match answer {
+            Answer::Tasks(written) => {
+                match &op.check {
+                    Check::Starts(pids) => {
+                        for pid in pids.iter().filter(|pid| !written.contains(&key(**pid))) {
+                            outcome.fenced += 1;
+                            outcome.fenced_starts.push(*pid);
+                        }
+                    }
+                    Check::Ends(pids) => {
+                        for (_, pending) in
+                            pids.iter().filter(|(pid, _)| !written.contains(&key(*pid)))
+                        {
+                            outcome.fenced += 1;
+                            outcome.refused.push((*pending, StoreError::Fenced));
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            Answer::Count(count) => count,
+        };
         match op.check {
-            Check::Nothing => {}
-            Check::Started(pid) if count == 0 => {
-                outcome.fenced += 1;
-                outcome.fenced_starts.push(pid);
-            }
-            Check::Fenced if count == 0 => outcome.fenced += 1,
-            Check::Ended(pending) if count == 0 => {
-                outcome.fenced += 1;
-                outcome.refused.push((pending, StoreError::Fenced));
-            }
-            Check::Started(_) | Check::Fenced | Check::Ended(_) => {}
-            Check::Prune if count >= PRUNE_BATCH as u64 => {
+            Check::Nothing | Check::Starts(_) | Check::Ends(_) => {}
+            Check::Fenced if written == 0 => outcome.fenced += 1,
+            Check::Fenced => {}
+            Check::Prune if written >= PRUNE_BATCH as u64 => {
                 outcome.prune_more = chunk.changes().find_map(|(_, change)| change.prune_again());
             }
             Check::Prune => {}
-            Check::Keyed(pending) if count == 0 => {
+            Check::Keyed(pending) if written == 0 => {
                 outcome.refused.push((pending, StoreError::KeyTaken));
             }
-            Check::Delivered(pending) if count == 0 => {
+            Check::Delivered(pending) if written == 0 => {
                 outcome.refused.push((pending, StoreError::NotDelivered));
             }
             Check::Keyed(_) | Check::Delivered(_) => {}
@@ -526,22 +717,29 @@ pub(super) struct Statements {
     worker: Statement,
 }
 
-/// Whether `runs` says host `$node` holds the task `($1, $2)`: the fence of every write.
-const HELD: &str = "EXISTS (SELECT 1 FROM runs r WHERE r.boot = $1 AND r.seq = $2 AND r.owner = ";
-
 impl Statements {
     pub(super) async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         let xid = client.prepare("SELECT pg_current_xact_id()::text").await?;
         let accept = client
             .prepare(
-                "WITH task AS (
+                "WITH v AS (
+                    SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::text[],
+                        $5::text[], $6::text[], $7::text[], $8::integer[], $9::text[],
+                        $10::integer[], $11::integer[], $12::text[], $13::text[], $14::integer[],
+                        $15::integer[], $16::bigint[], $17::integer[])
+                    AS v(boot, seq, spawned_at, name, worker, version, module_sha256, duration,
+                        payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
+                        parent_boot, parent_seq, owner)),
+                 task AS (
                     INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
                         module_sha256, duration, payload, deadline_secs, max_attempts,
                         on_host_loss, status, attempt, parent_boot, parent_seq)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-                    RETURNING boot, seq, spawned_at, attempt)
+                    SELECT boot, seq, spawned_at, name, worker, version, module_sha256, duration,
+                        payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
+                        parent_boot, parent_seq
+                    FROM v)
                  INSERT INTO runs (boot, seq, owner, attempt, spawned_at)
-                 SELECT boot, seq, $17::integer, attempt, spawned_at FROM task",
+                 SELECT boot, seq, owner, attempt, spawned_at FROM v",
             )
             .await?;
         let accept_keyed = client
@@ -567,20 +765,42 @@ impl Statements {
                  SELECT boot, seq, $17::integer, attempt, spawned_at FROM task",
             )
             .await?;
+        // The statements that write many tasks find each task's rows by key, one at a time,
+        // in subqueries, and then write the rows by the `ctid`s so found: a join would be
+        // planned as the tables were when the statement was prepared (empty, at a host's
+        // first start: a scan of the whole table) and could keep that plan long after they
+        // have grown. A row updated meanwhile by another host has a new `ctid`, and is not
+        // written: the fence holds.
         let started = client
-            .prepare(&format!(
-                "UPDATE tasks SET status = 'running', started_at = $3, steps = $4, fuel = $5,
-                    ready_at = NULL
-                 WHERE boot = $1 AND seq = $2 AND ended_at IS NULL AND {HELD} $6)"
-            ))
+            .prepare(
+                "WITH v AS MATERIALIZED (
+                    SELECT v.*, (SELECT t.ctid FROM tasks t
+                        WHERE t.boot = v.boot AND t.seq = v.seq) AS tid
+                    FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::integer[],
+                        $5::bigint[]) AS v(boot, seq, at, steps, fuel)
+                    WHERE (SELECT r.owner FROM runs r
+                        WHERE r.boot = v.boot AND r.seq = v.seq) = $6)
+                 UPDATE tasks t SET status = 'running', started_at = v.at, steps = v.steps,
+                    fuel = v.fuel, ready_at = NULL
+                 FROM v
+                 WHERE t.ctid = ANY (ARRAY(SELECT tid FROM v)) AND t.ctid = v.tid
+                    AND t.ended_at IS NULL
+                 RETURNING t.boot, t.seq",
+            )
             .await?;
         let progress = client
             .prepare(
-                "UPDATE tasks t SET step = v.step, fuel = v.fuel
-                 FROM unnest($1::integer[], $2::bigint[], $3::integer[], $4::bigint[])
-                    AS v(boot, seq, step, fuel)
-                 WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL
-                    AND (SELECT r.owner FROM runs r WHERE r.boot = v.boot AND r.seq = v.seq) = $5",
+                "WITH v AS MATERIALIZED (
+                    SELECT v.*, (SELECT t.ctid FROM tasks t
+                        WHERE t.boot = v.boot AND t.seq = v.seq) AS tid
+                    FROM unnest($1::integer[], $2::bigint[], $3::integer[], $4::bigint[])
+                        AS v(boot, seq, step, fuel)
+                    WHERE (SELECT r.owner FROM runs r
+                        WHERE r.boot = v.boot AND r.seq = v.seq) = $5)
+                 UPDATE tasks t SET step = v.step, fuel = v.fuel
+                 FROM v
+                 WHERE t.ctid = ANY (ARRAY(SELECT tid FROM v)) AND t.ctid = v.tid
+                    AND t.ended_at IS NULL",
             )
             .await?;
         let lines = client
@@ -595,10 +815,16 @@ impl Statements {
             .await?;
         let dropped = client
             .prepare(
-                "UPDATE tasks t SET logs_dropped_bytes = v.bytes
-                 FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS v(boot, seq, bytes)
-                 WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL
-                    AND (SELECT r.owner FROM runs r WHERE r.boot = v.boot AND r.seq = v.seq) = $4",
+                "WITH v AS MATERIALIZED (
+                    SELECT v.*, (SELECT t.ctid FROM tasks t
+                        WHERE t.boot = v.boot AND t.seq = v.seq) AS tid
+                    FROM unnest($1::integer[], $2::bigint[], $3::bigint[]) AS v(boot, seq, bytes)
+                    WHERE (SELECT r.owner FROM runs r
+                        WHERE r.boot = v.boot AND r.seq = v.seq) = $4)
+                 UPDATE tasks t SET logs_dropped_bytes = v.bytes
+                 FROM v
+                 WHERE t.ctid = ANY (ARRAY(SELECT tid FROM v)) AND t.ctid = v.tid
+                    AND t.ended_at IS NULL",
             )
             .await?;
         let restarting = client
@@ -613,23 +839,44 @@ impl Statements {
                     AND EXISTS (SELECT 1 FROM run)",
             )
             .await?;
+        // An end applies only to the attempt it ends, of a task this host holds: its row in
+        // `runs` goes, with the commands left for it, and the tasks written are returned.
         let ended = client
             .prepare(
-                "WITH run AS (
-                    DELETE FROM runs WHERE boot = $1 AND seq = $2 AND owner = $11
-                        AND attempt = $10
-                    RETURNING 1),
+                "WITH v AS MATERIALIZED (
+                    SELECT v.*,
+                        (SELECT r.ctid FROM runs r WHERE r.boot = v.boot AND r.seq = v.seq
+                            AND r.attempt = v.attempt) AS run,
+                        (SELECT t.ctid FROM tasks t WHERE t.boot = v.boot AND t.seq = v.seq)
+                            AS tid
+                    FROM unnest($1::integer[], $2::bigint[], $3::text[], $4::text[],
+                        $5::integer[], $6::text[], $7::bigint[], $8::bigint[], $9::text[],
+                        $10::integer[])
+                    AS v(boot, seq, status, outcome, exit_code, error, at, fuel, attempt_json,
+                        attempt)),
+                 run AS (
+                    DELETE FROM runs r
+                    WHERE r.ctid = ANY (ARRAY(SELECT run FROM v))
+                        AND r.owner IS NOT DISTINCT FROM $11
+                    RETURNING r.boot, r.seq),
                  sent AS (
-                    DELETE FROM commands WHERE boot = $1 AND seq = $2
-                        AND EXISTS (SELECT 1 FROM run))
-                 UPDATE tasks SET status = $3, outcome = $4, exit_code = $5, error = $6,
-                    ended_at = $7, fuel = $8, ready_at = NULL,
-                    attempts = CASE WHEN jsonb_array_length(attempts) > 0
-                        THEN attempts || jsonb_build_array(
-                            jsonb_set($9::text::jsonb, '{attempt}', to_jsonb(attempt)))
-                        ELSE attempts END
-                 WHERE boot = $1 AND seq = $2 AND ended_at IS NULL AND attempt = $10
-                    AND EXISTS (SELECT 1 FROM run)",
+                    DELETE FROM commands c
+                    WHERE c.ctid = ANY (ARRAY(
+                        SELECT unnest(ARRAY(SELECT c.ctid FROM commands c
+                            WHERE c.boot = run.boot AND c.seq = run.seq))
+                        FROM run)))
+                 UPDATE tasks t SET status = v.status, outcome = v.outcome,
+                    exit_code = v.exit_code, error = v.error, ended_at = v.at, fuel = v.fuel,
+                    ready_at = NULL,
+                    attempts = CASE WHEN jsonb_array_length(t.attempts) > 0
+                        THEN t.attempts || jsonb_build_array(
+                            jsonb_set(v.attempt_json::jsonb, '{attempt}', to_jsonb(t.attempt)))
+                        ELSE t.attempts END
+                 FROM v
+                 WHERE t.ctid = ANY (ARRAY(SELECT v.tid FROM v
+                        JOIN run ON run.boot = v.boot AND run.seq = v.seq))
+                    AND t.ctid = v.tid AND t.ended_at IS NULL AND t.attempt = v.attempt
+                 RETURNING t.boot, t.seq",
             )
             .await?;
         // A task waiting in the shared queue ends here and now (a claim that holds its row is

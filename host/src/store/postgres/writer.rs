@@ -165,11 +165,13 @@ async fn connect(target: &Target) -> Result<Connection, tokio_postgres::Error> {
     });
     // The writer touches a few rows of large tables by their primary key, through prepared
     // statements whose generic plans may be made while the tables are still empty: hash joins
-    // and bitmap scans chosen then would scan whole tables once they have grown. Only nested
-    // loops over index lookups are right for it.
+    // and bitmap scans chosen then would scan whole tables once they have grown, and so would
+    // a sequential scan, which costs next to nothing while a table is empty. Only nested loops
+    // over index lookups (or `ctid`s found by them) are right for it.
     client
         .batch_execute(
-            "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_bitmapscan = off",
+            "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_bitmapscan = off;
+             SET enable_seqscan = off",
         )
         .await?;
     let backend_pid: i32 = client
