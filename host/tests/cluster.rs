@@ -856,11 +856,12 @@ async fn a_task_held_in_the_store_by_a_host_that_does_not_run_it_is_given_back()
     assert_exited_0(&a.wait_end(&stray).await);
 }
 
-/// The writer gathers a commit's acceptances, starts and ends into one statement each (issue
-/// #23): tasks that fail at once and restart, several attempts within one commit, beside
-/// tasks that start and end within one, keep every attempt in order and end once.
+/// The writer gathers a commit's acceptances, starts and ends into one statement each, and
+/// writes a task's lines with its start and its end (issue #23): tasks that fail at once and
+/// restart, several attempts within one commit, beside tasks that start and end within one and
+/// tasks of two steps, keep every attempt and every line in order, and end once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_restarts_and_ends_written_together_keep_every_attempt() {
+async fn starts_restarts_ends_and_lines_written_together_keep_their_order() {
     let url = postgres::fresh_database("gathered");
     let a = Node::start_with(
         &url,
@@ -912,10 +913,85 @@ async fn starts_restarts_and_ends_written_together_keep_every_attempt() {
             "{pid}: {lines:?}"
         );
     }
+    // A task of two steps logs with its start, with its first step and with its end: its
+    // lines come back in order from wherever each was kept, and its last step with its end.
+    let mut stepping = Vec::new();
+    for i in 0..8 {
+        stepping.push(
+            a.spawn(json!({"name": format!("steps{i}"), "duration": 2}))
+                .await,
+        );
+    }
+    for pid in &stepping {
+        let record = a.wait_end(pid).await;
+        assert_exited_0(&record);
+        assert_eq!(
+            (record["step"].as_u64(), record["steps"].as_u64()),
+            (Some(2), Some(2)),
+            "{record}"
+        );
+        let lines = messages(&a, pid).await;
+        let expected = [
+            "Worker started steps=2",
+            "Worker progress step=1",
+            "Worker progress step=2",
+            "Worker done, exiting",
+        ];
+        assert_eq!(lines.len(), expected.len(), "{pid}: {lines:?}");
+        for (line, start) in lines.iter().zip(expected) {
+            assert!(line.starts_with(start), "{pid}: {lines:?}");
+        }
+    }
     let (_, page) = a.get("/api/tasks?status=exited&limit=100").await;
     assert_eq!(
         page["tasks"].as_array().map(Vec::len),
-        Some(32),
+        Some(40),
         "every task is listed once by its status: {page}"
+    );
+}
+
+/// The shared store keeps the history it is told (`--max-history`): the oldest ended tasks go,
+/// with their lines; the newest stay, and so does a task still running, however old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_history_keeps_the_newest_ended_tasks_and_every_live_one() {
+    let url = postgres::fresh_database("history");
+    let a = Node::start(&url, "a", &["--max-history", "3"]).await;
+    let live = a.spawn(json!({"name": "live", "duration": 60})).await;
+    let mut pids = Vec::new();
+    for i in 0..8 {
+        let pid = a
+            .spawn(json!({"name": format!("h{i}"), "duration": 0}))
+            .await;
+        a.wait_end(&pid).await;
+        pids.push(pid);
+    }
+    // Pruned once a second.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for pid in &pids[..5] {
+        loop {
+            let (status, _) = a.get(&format!("/api/tasks/{pid}")).await;
+            if status == 404 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{pid} was never pruned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, _) = a.get(&format!("/api/tasks/{pid}/logs")).await;
+        assert_eq!(status, 404, "{pid}'s lines went with it");
+    }
+    for pid in &pids[5..] {
+        let (status, record) = a.get(&format!("/api/tasks/{pid}")).await;
+        assert_eq!(status, 200, "{pid}");
+        assert_exited_0(&record);
+        assert!(!messages(&a, pid).await.is_empty(), "{pid}");
+    }
+    let (status, record) = a.get(&format!("/api/tasks/{live}")).await;
+    assert_eq!(
+        (status, record["status"].as_str()),
+        (200, Some("running")),
+        "{record}"
     );
 }

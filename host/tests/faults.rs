@@ -181,9 +181,17 @@ async fn a_guests_nul_bytes_are_escaped_and_its_end_is_kept() {
 async fn a_change_the_store_refuses_costs_itself_alone_never_an_end() {
     let url = postgres::fresh_database("refused");
     let pg = pg_host(&url, &[]).await;
+    // A task's lines are kept a few at a time, in one value (with its start, in `log_parts`,
+    // with its end), each message as UTF-8: a marked line is one whose NUL before `poison`
+    // was stored as U+FFFD.
     sql(
         &url,
-        "ALTER TABLE logs ADD CONSTRAINT no_marked_line CHECK (message NOT LIKE '%poison%');
+        "ALTER TABLE log_parts ADD CONSTRAINT no_marked_line
+            CHECK (position('\\xefbfbd706f69736f6e'::bytea IN lines) = 0);
+         ALTER TABLE tasks ADD CONSTRAINT no_marked_head
+            CHECK (position('\\xefbfbd706f69736f6e'::bytea IN log_head) = 0);
+         ALTER TABLE tasks ADD CONSTRAINT no_marked_tail
+            CHECK (position('\\xefbfbd706f69736f6e'::bytea IN log_tail) = 0);
          ALTER TABLE tasks ADD CONSTRAINT no_marked_error CHECK (error NOT LIKE '%poison%');
          ALTER TABLE tasks ADD CONSTRAINT no_marked_name CHECK (name NOT LIKE '%poison%');",
     );

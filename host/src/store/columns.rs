@@ -132,18 +132,6 @@ pub(super) fn lines_of(mut blob: &[u8], into: &mut Vec<LogLine>) {
     }
 }
 
-pub(super) fn source_name(source: LogSource) -> &'static str {
-    match source {
-        LogSource::Trace => "trace",
-        LogSource::Debug => "debug",
-        LogSource::Info => "info",
-        LogSource::Warn => "warn",
-        LogSource::Error => "error",
-        LogSource::Stdout => "stdout",
-        LogSource::Stderr => "stderr",
-    }
-}
-
 pub(super) fn source_of(name: &str) -> LogSource {
     match name {
         "trace" => LogSource::Trace,

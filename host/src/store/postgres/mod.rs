@@ -30,7 +30,7 @@ pub use cluster::{Claimed, Command, NodeInfo};
 pub use schema::SchemaError;
 pub use target::shown_unread;
 
-use super::columns::{attempts_of, status_of, time};
+use super::columns::{attempts_of, lines_of, status_of, time};
 use super::{
     Change, Cursor, Done, ListQuery, Page, Reading, Remembered, Store, StoreError, StoreStats,
     StoredVersion, WorkerVersions,
@@ -375,43 +375,61 @@ async fn read_record(
     row.as_ref().map(record_of).transpose()
 }
 
-/// A task's captured log.
+/// A task's captured log: the lines written with its first start, those in `logs` (written by
+/// hosts before schema version 3), those in `log_parts`, those written with its end.
 async fn read_logs(
     client: deadpool_postgres::Object,
     pid: Pid,
 ) -> Result<Option<TaskLogs>, StoreError> {
     let (boot, seq) = key(pid);
-    let dropped = client
-        .prepare_cached("SELECT logs_dropped_bytes FROM tasks WHERE boot = $1 AND seq = $2")
+    // One statement, so that the parts are read as of one moment.
+    let kept = client
+        .prepare_cached(
+            "SELECT t.logs_dropped_bytes, t.log_head, t.log_tail,
+                ARRAY(SELECT p.lines FROM log_parts p WHERE p.boot = t.boot AND p.seq = t.seq
+                    ORDER BY p.id)
+             FROM tasks t WHERE t.boot = $1 AND t.seq = $2",
+        )
         .await
         .map_err(unavailable)?;
     let Some(row) = client
-        .query_opt(&dropped, &[&boot, &seq])
+        .query_opt(&kept, &[&boot, &seq])
         .await
         .map_err(unavailable)?
     else {
         return Ok(None);
     };
     let dropped_bytes = column::<i64>(&row, 0)? as u64;
-    let lines = client
+    let head = column::<Option<Vec<u8>>>(&row, 1)?;
+    let tail = column::<Option<Vec<u8>>>(&row, 2)?;
+    let parts = column::<Vec<Vec<u8>>>(&row, 3)?;
+    let legacy = client
         .prepare_cached(
             "SELECT at, source, message FROM logs WHERE boot = $1 AND seq = $2 ORDER BY id",
         )
         .await
         .map_err(unavailable)?;
-    let lines = client
-        .query(&lines, &[&boot, &seq])
+    let legacy = client
+        .query(&legacy, &[&boot, &seq])
         .await
-        .map_err(unavailable)?
-        .iter()
-        .map(|row| {
-            Ok(LogLine {
-                at: time(column(row, 0)?),
-                source: super::columns::source_of(&column::<String>(row, 1)?),
-                message: column(row, 2)?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .map_err(unavailable)?;
+    let mut lines = Vec::new();
+    if let Some(head) = head {
+        lines_of(&head, &mut lines);
+    }
+    for row in &legacy {
+        lines.push(LogLine {
+            at: time(column(row, 0)?),
+            source: super::columns::source_of(&column::<String>(row, 1)?),
+            message: column(row, 2)?,
+        });
+    }
+    for part in &parts {
+        lines_of(part, &mut lines);
+    }
+    if let Some(tail) = tail {
+        lines_of(&tail, &mut lines);
+    }
     Ok(Some(TaskLogs {
         lines,
         dropped_bytes,

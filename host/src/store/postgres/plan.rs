@@ -4,9 +4,13 @@
 //! - The statements of a commit are sent together, without waiting for each answer
 //!   (`tokio-postgres` pipelines requests polled together), so a commit costs about three round
 //!   trips however many changes it holds: `BEGIN`, the statements, `COMMIT`.
-//! - Progress and log lines, the changes a task makes at every step, are gathered across the
-//!   commit into one `unnest` statement each, written after the commit's acceptances and before
-//!   its other changes (see [`Plan`]).
+//! - A commit's changes of one kind are gathered into one `unnest` statement: its acceptances
+//!   (those without an idempotency key), starts, progress, log lines and ends, so that a commit
+//!   runs a handful of statements however many tasks it holds (see [`Plan`]).
+//! - A task's log lines ride with the write of its row where there is one: those that follow
+//!   its first start go with the start, those of its last commit with its end; the others go
+//!   into `log_parts`, one row per task and commit. A task's step, when it ends in the commit,
+//!   goes with its end too.
 //! - Every write of a task's life is fenced: it applies only while `runs` says this host holds
 //!   the task, and an end or a restart only for the attempt it ends. A host that lost its
 //!   lease, or was cut off while another took its tasks over, writes nothing over the newer
@@ -21,7 +25,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::super::backlog::Chunk;
-use super::super::columns::{attempt_json, nanos, source_name};
+use super::super::columns::{append_lines, attempt_json, nanos};
 use super::super::writer::Outcome;
 use super::super::{Change, Forward, StoreError};
 use super::key;
@@ -72,10 +76,11 @@ struct Op {
 
 /// The statements of one commit: the acceptances first, then what the commit's changes
 /// gathered (progress, log lines, bytes of log dropped: one statement each), then every
-/// other change in order. Gathered changes may go before a later change of the same task:
-/// its log lines before its end (which they must: an end closes the task to writes), and its
-/// progress before a start or restart of a new attempt, which then shows step 0 until its next
-/// progress.
+/// other change in order, with the gathered starts and then the gathered ends last (or
+/// before a change of one of their tasks that must follow them: see [`Plan::barrier`]).
+/// Gathered changes may go before a later change of the same task: its log lines before its
+/// end (which they must: an end closes the task to writes), and its progress before a start or
+/// restart of a new attempt, which then shows step 0 until its next progress.
 pub(super) struct Plan<'a> {
     statements: &'a Statements,
     node: i32,
@@ -118,17 +123,22 @@ struct Accepts {
 #[derive(Default)]
 struct Starts {
     pids: Vec<Pid>,
+    /// Where each task is in the columns.
+    index: HashMap<Pid, usize>,
     boots: Vec<i32>,
     seqs: Vec<i64>,
     ats: Vec<i64>,
     steps: Vec<i32>,
     fuels: Vec<i64>,
+    /// The lines that followed each start in the commit.
+    heads: Vec<Option<Vec<u8>>>,
 }
 
 /// Ends gathered into one statement, written after the starts gathered with them.
 #[derive(Default)]
 struct Ends {
     pids: Vec<(Pid, usize)>,
+    tasks: HashSet<Pid>,
     boots: Vec<i32>,
     seqs: Vec<i64>,
     statuses: Vec<&'static str>,
@@ -139,15 +149,39 @@ struct Ends {
     fuels: Vec<i64>,
     attempt_json: Vec<String>,
     attempts: Vec<i32>,
+    /// The lines of each task since its last write, written with its end.
+    tails: Vec<Option<Vec<u8>>>,
+    /// The step each task reached in the commit, if it stepped: written with its end rather
+    /// than apart.
+    steps: Vec<Option<i32>>,
 }
 
+/// A commit's log lines, each task's as one value in `columns::lines_blob`'s form: those that
+/// follow a task's start in the commit go with the start, those of a task that ends in it with
+/// the end (both rewrite its row in `tasks` anyway); the others, a row per task in `log_parts`.
 #[derive(Default)]
 struct Lines {
-    boots: Vec<i32>,
-    seqs: Vec<i64>,
-    ats: Vec<i64>,
-    sources: Vec<&'static str>,
-    messages: Vec<String>,
+    /// Lines of a task not (yet) known to go with its start or its end.
+    loose: HashMap<Pid, Vec<u8>>,
+    /// Lines for `log_parts`, a task's in order; tasks in the order they came.
+    parts: Vec<(Pid, Vec<u8>)>,
+    part_of: HashMap<Pid, usize>,
+}
+
+impl Lines {
+    /// `pid`'s loose lines go to `log_parts`, before any that come after them.
+    fn settle(&mut self, pid: Pid) {
+        let Some(blob) = self.loose.remove(&pid) else {
+            return;
+        };
+        match self.part_of.get(&pid) {
+            Some(&at) => self.parts[at].1.extend_from_slice(&blob),
+            None => {
+                self.part_of.insert(pid, self.parts.len());
+                self.parts.push((pid, blob));
+            }
+        }
+    }
 }
 
 impl<'a> Plan<'a> {
@@ -182,6 +216,7 @@ impl<'a> Plan<'a> {
                     Box::new(starts.steps),
                     Box::new(starts.fuels),
                     Box::new(node),
+                    Box::new(starts.heads),
                 ],
                 Check::Starts(starts.pids),
             );
@@ -203,6 +238,8 @@ impl<'a> Plan<'a> {
                     Box::new(ends.attempt_json),
                     Box::new(ends.attempts),
                     Box::new(node),
+                    Box::new(ends.tails),
+                    Box::new(ends.steps),
                 ],
                 Check::Ends(ends.pids),
             );
@@ -212,7 +249,7 @@ impl<'a> Plan<'a> {
     /// Before a change of `pid` that must follow its gathered start or end (a restart, or a
     /// second start after one): writes what was gathered first.
     fn barrier(&mut self, pid: Pid) {
-        if self.starts.pids.contains(&pid) || self.ends.pids.iter().any(|(p, _)| *p == pid) {
+        if self.starts.index.contains_key(&pid) || self.ends.tasks.contains(&pid) {
             self.flush_lives();
         }
     }
@@ -235,6 +272,15 @@ impl<'a> Plan<'a> {
 
     /// The commit's statements, in the order they run.
     fn finish(mut self) -> Vec<Op> {
+        let loose: Vec<Pid> = self.lines.loose.keys().copied().collect();
+        for pid in loose {
+            self.lines.settle(pid);
+        }
+        for (at, (pid, _)) in self.ends.pids.iter().enumerate() {
+            if let Some((step, _)) = self.progress.remove(pid) {
+                self.ends.steps[at] = Some(step as i32);
+            }
+        }
         self.flush_lives();
         self.flush_accepts();
         let tail = std::mem::take(&mut self.ops);
@@ -280,17 +326,22 @@ impl<'a> Plan<'a> {
     /// The statements of what was gathered, into `ops`.
     fn gathered(&mut self) {
         let node = self.node;
-        if !self.lines.boots.is_empty() {
+        if !self.lines.parts.is_empty() {
             let lines = std::mem::take(&mut self.lines);
+            let (mut boots, mut seqs, mut blobs) = (Vec::new(), Vec::new(), Vec::new());
+            for (pid, blob) in lines.parts {
+                let (boot, seq) = key(pid);
+                boots.push(boot);
+                seqs.push(seq);
+                blobs.push(blob);
+            }
             let statement = self.statements.lines.clone();
             self.push(
                 &statement,
                 vec![
-                    Box::new(lines.boots),
-                    Box::new(lines.seqs),
-                    Box::new(lines.ats),
-                    Box::new(lines.sources),
-                    Box::new(lines.messages),
+                    Box::new(boots),
+                    Box::new(seqs),
+                    Box::new(blobs),
                     Box::new(node),
                 ],
                 Check::Nothing,
@@ -515,13 +566,11 @@ impl<'a> Plan<'a> {
                 lines,
                 dropped_bytes,
             } => {
-                for line in lines {
-                    self.lines.boots.push(boot);
-                    self.lines.seqs.push(seq);
-                    self.lines.ats.push(nanos(line.at));
-                    self.lines.sources.push(source_name(line.source));
-                    self.lines.messages.push(line.message.clone());
-                }
+                let blob = match self.starts.index.get(&pid).copied() {
+                    Some(at) => self.starts.heads[at].get_or_insert_with(Vec::new),
+                    None => self.lines.loose.entry(pid).or_default(),
+                };
+                append_lines(blob, lines);
                 if *dropped_bytes > 0 {
                     self.dropped.insert(pid, *dropped_bytes);
                 }
@@ -529,7 +578,10 @@ impl<'a> Plan<'a> {
             TaskEvent::Started { at, steps, fuel } => {
                 self.progress.remove(&pid);
                 self.barrier(pid);
+                self.lines.settle(pid);
                 let starts = &mut self.starts;
+                starts.heads.push(None);
+                starts.index.insert(pid, starts.pids.len());
                 starts.pids.push(pid);
                 starts.boots.push(boot);
                 starts.seqs.push(seq);
@@ -546,6 +598,7 @@ impl<'a> Plan<'a> {
             } => {
                 self.progress.remove(&pid);
                 self.barrier(pid);
+                self.lines.settle(pid);
                 let attempt = next_attempt.saturating_sub(1);
                 self.push(
                     &s.restarting,
@@ -568,10 +621,14 @@ impl<'a> Plan<'a> {
                 end,
                 attempt,
             } => {
-                if self.ends.pids.iter().any(|(p, _)| *p == pid) {
+                if self.ends.tasks.contains(&pid) {
                     self.flush_lives();
                 }
+                let tail = self.lines.loose.remove(&pid);
                 let ends = &mut self.ends;
+                ends.tails.push(tail);
+                ends.steps.push(None);
+                ends.tasks.insert(pid);
                 ends.pids.push((pid, pending));
                 ends.boots.push(boot);
                 ends.seqs.push(seq);
@@ -771,17 +828,27 @@ impl Statements {
         // first start: a scan of the whole table) and could keep that plan long after they
         // have grown. A row updated meanwhile by another host has a new `ctid`, and is not
         // written: the fence holds.
+        // A start also writes the lines that followed it in the commit: into the task's row
+        // if it is the task's first (they are its first lines), into `log_parts` otherwise
+        // (after the earlier attempts' lines). Every part of the statement reads the rows as
+        // they were before it, so `started_at` tells which.
         let started = client
             .prepare(
                 "WITH v AS MATERIALIZED (
                     SELECT v.*, (SELECT t.ctid FROM tasks t
                         WHERE t.boot = v.boot AND t.seq = v.seq) AS tid
                     FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::integer[],
-                        $5::bigint[]) AS v(boot, seq, at, steps, fuel)
+                        $5::bigint[], $7::bytea[]) AS v(boot, seq, at, steps, fuel, head)
                     WHERE (SELECT r.owner FROM runs r
-                        WHERE r.boot = v.boot AND r.seq = v.seq) = $6)
+                        WHERE r.boot = v.boot AND r.seq = v.seq) = $6),
+                 again AS (
+                    INSERT INTO log_parts (boot, seq, lines)
+                    SELECT v.boot, v.seq, v.head FROM v
+                    WHERE v.head IS NOT NULL AND (SELECT t.started_at IS NOT NULL FROM tasks t
+                        WHERE t.ctid = v.tid))
                  UPDATE tasks t SET status = 'running', started_at = v.at, steps = v.steps,
-                    fuel = v.fuel, ready_at = NULL
+                    fuel = v.fuel, ready_at = NULL,
+                    log_head = CASE WHEN t.started_at IS NULL THEN v.head ELSE t.log_head END
                  FROM v
                  WHERE t.ctid = ANY (ARRAY(SELECT tid FROM v)) AND t.ctid = v.tid
                     AND t.ended_at IS NULL
@@ -805,11 +872,11 @@ impl Statements {
             .await?;
         let lines = client
             .prepare(
-                "INSERT INTO logs (boot, seq, at, source, message)
-                 SELECT v.boot, v.seq, v.at, v.source, v.message
-                 FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])
-                    WITH ORDINALITY AS v(boot, seq, at, source, message, n)
-                 WHERE (SELECT r.owner FROM runs r WHERE r.boot = v.boot AND r.seq = v.seq) = $6
+                "INSERT INTO log_parts (boot, seq, lines)
+                 SELECT v.boot, v.seq, v.lines
+                 FROM unnest($1::integer[], $2::bigint[], $3::bytea[])
+                    WITH ORDINALITY AS v(boot, seq, lines, n)
+                 WHERE (SELECT r.owner FROM runs r WHERE r.boot = v.boot AND r.seq = v.seq) = $4
                  ORDER BY v.n",
             )
             .await?;
@@ -851,9 +918,9 @@ impl Statements {
                             AS tid
                     FROM unnest($1::integer[], $2::bigint[], $3::text[], $4::text[],
                         $5::integer[], $6::text[], $7::bigint[], $8::bigint[], $9::text[],
-                        $10::integer[])
+                        $10::integer[], $12::bytea[], $13::integer[])
                     AS v(boot, seq, status, outcome, exit_code, error, at, fuel, attempt_json,
-                        attempt)),
+                        attempt, tail, step)),
                  run AS (
                     DELETE FROM runs r
                     WHERE r.ctid = ANY (ARRAY(SELECT run FROM v))
@@ -867,7 +934,7 @@ impl Statements {
                         FROM run)))
                  UPDATE tasks t SET status = v.status, outcome = v.outcome,
                     exit_code = v.exit_code, error = v.error, ended_at = v.at, fuel = v.fuel,
-                    ready_at = NULL,
+                    ready_at = NULL, log_tail = v.tail, step = COALESCE(v.step, t.step),
                     attempts = CASE WHEN jsonb_array_length(t.attempts) > 0
                         THEN t.attempts || jsonb_build_array(
                             jsonb_set(v.attempt_json::jsonb, '{attempt}', to_jsonb(t.attempt)))
@@ -918,18 +985,24 @@ impl Statements {
                  WHERE boot = $1 AND seq = $2",
             )
             .await?;
+        // A prune deletes the oldest ended tasks, as many as are past `--max-history` or
+        // older than the history's age (`$3`), at most `$4`: both are the first ones in the
+        // order of their ends, read from its index.
         let prune = client
             .prepare(
-                "WITH doomed AS (
-                    SELECT boot, seq FROM tasks
-                    WHERE ended_at IS NOT NULL AND (SELECT pg_try_advisory_xact_lock($1))
-                      AND (ended_at < $3 OR (boot, seq) IN (
-                        SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
-                        ORDER BY ended_at
-                        LIMIT GREATEST(0, LEAST($4,
-                            (SELECT count(*) FROM tasks WHERE ended_at IS NOT NULL) - $2))))
-                    LIMIT $4),
-                 lines AS (DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed))
+                "WITH turn AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS mine),
+                 doomed AS MATERIALIZED (
+                    SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
+                    ORDER BY ended_at
+                    LIMIT CASE WHEN (SELECT mine FROM turn) THEN GREATEST(0, LEAST($4,
+                        GREATEST(
+                            (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE ended_at < $3
+                                LIMIT $4) expired),
+                            (SELECT count(*) FROM tasks WHERE ended_at IS NOT NULL) - $2)))
+                        ELSE 0 END),
+                 lines AS (DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)),
+                 parts AS (
+                    DELETE FROM log_parts WHERE (boot, seq) IN (SELECT boot, seq FROM doomed))
                  DELETE FROM tasks WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)",
             )
             .await?;

@@ -143,7 +143,7 @@ CREATE INDEX names_by_task ON names (boot, seq);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`, in the transaction that
 /// records the new version.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [&str; 2] = [
     // 2 (issue #23): fewer indexes on `tasks`, as in the SQLite store. Every acceptance wrote
     // each of these, and a start and an end changed `status`, so that neither could be a
     // heap-only update: each wrote a new entry into every index of the table. Lists filtered
@@ -153,6 +153,22 @@ const MIGRATIONS: [&str; 1] = [
 DROP INDEX IF EXISTS tasks_by_status;
 DROP INDEX IF EXISTS tasks_by_name;
 DROP INDEX IF EXISTS tasks_by_worker;
+",
+    // 3 (issue #23): a task's log lines as a few values instead of a row each, in the form
+    // the SQLite store keeps them (`columns::lines_blob`). Those written with its first start
+    // go into its row (`log_head`), and so do those written with its end (`log_tail`): both
+    // writes rewrite the row anyway. The others, one row per task and commit in `log_parts`.
+    // A task's lines read: the head, the rows of `logs` (written before this version), those
+    // of `log_parts`, the tail.
+    "
+ALTER TABLE tasks ADD COLUMN log_head BYTEA, ADD COLUMN log_tail BYTEA;
+CREATE TABLE log_parts (
+    id BIGINT GENERATED ALWAYS AS IDENTITY,
+    boot INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
+    lines BYTEA NOT NULL
+);
+CREATE INDEX log_parts_by_task ON log_parts (boot, seq, id);
 ",
 ];
 
