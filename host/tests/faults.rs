@@ -413,7 +413,8 @@ async fn a_commit_whose_answer_is_lost_writes_nothing_twice() {
 /// The bound these tests give a store's backlog: small, so that the load below goes past it.
 const BACKLOG_BOUND_BYTES: u64 = 1 << 20;
 
-/// A lock held on the store for `held`: PostgreSQL's `logs` table, or SQLite's whole file.
+/// A lock held on the store for `held`: PostgreSQL's `log_parts` table (where the lines of a
+/// running task go), or SQLite's whole file.
 enum Lock<'a> {
     Postgres(&'a str),
     Sqlite(&'a Path),
@@ -431,7 +432,7 @@ impl Lock<'_> {
                     postgres::block_on(async move {
                         let mut client = postgres::connect(&url).await;
                         let tx = client.transaction().await.expect("a transaction");
-                        tx.batch_execute("LOCK TABLE logs IN ACCESS EXCLUSIVE MODE")
+                        tx.batch_execute("LOCK TABLE log_parts IN ACCESS EXCLUSIVE MODE")
                             .await
                             .expect("the lock");
                         let _ = taken.send(());

@@ -1,9 +1,10 @@
 //! Case 7, store-lock: issue #20's locked store, for minutes. A release host on PostgreSQL
 //! (`DATABASE_URL`'s server, or one `scripts/postgres.sh` runs under target/postgres-reliability)
 //! runs two thousand sleeping default workers, each logging a line a second, while another
-//! connection holds `LOCK TABLE logs` for three minutes and a steady stream of submissions goes
-//! on. Every commit then waits on the lock until the writer's timeout: the store is unavailable,
-//! new tasks are refused (`503`), and what running tasks write piles up in the writer's backlog.
+//! connection holds `LOCK TABLE log_parts` (where a running task's lines go) for three minutes
+//! and a steady stream of submissions goes on. Every commit then waits on the lock until the
+//! writer's timeout: the store is unavailable, new tasks are refused (`503`), and what running
+//! tasks write piles up in the writer's backlog.
 //!
 //! Criteria: the backlog stays within twice `--store-backlog` (its bound, plus what is never
 //! shed), the host's resident memory grows by less than 128 MiB, log lines are shed; once the
@@ -76,7 +77,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
     progress(
         "store-lock",
         &format!(
-            "{} sleepers accepted; holding LOCK TABLE logs for {held:?}",
+            "{} sleepers accepted; holding LOCK TABLE log_parts for {held:?}",
             started.count(202)
         ),
     );
@@ -228,12 +229,12 @@ fn database(runtime: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<Str
     })
 }
 
-/// Holds `LOCK TABLE logs` on the database at `url` for `held`.
+/// Holds `LOCK TABLE log_parts` on the database at `url` for `held`.
 async fn hold_lock(url: String, held: Duration) -> anyhow::Result<()> {
     let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     let tx = client.transaction().await?;
-    tx.batch_execute("LOCK TABLE logs IN ACCESS EXCLUSIVE MODE")
+    tx.batch_execute("LOCK TABLE log_parts IN ACCESS EXCLUSIVE MODE")
         .await?;
     tokio::time::sleep(held).await;
     tx.rollback().await?;
