@@ -995,3 +995,94 @@ async fn the_shared_history_keeps_the_newest_ended_tasks_and_every_live_one() {
         "{record}"
     );
 }
+
+/// A database written by a host of schema version 1 (lines a row each in `logs`, the ends'
+/// order in an index of `tasks`) is migrated forward at start: its tasks read as before,
+/// their lines with them, new tasks log where version 3 keeps lines, and the history's bound
+/// counts the old ends with the new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
+    let url = postgres::fresh_database("migrated");
+    let mut old = Vec::new();
+    {
+        let mut a = Node::start(&url, "a", &[]).await;
+        for i in 0..3 {
+            let pid = a
+                .spawn(json!({"name": format!("old{i}"), "duration": 0}))
+                .await;
+            a.wait_end(&pid).await;
+            old.push(pid);
+        }
+        a.binary.stop();
+    }
+    // Version 1's shape, with the old tasks' lines as version 1 wrote them.
+    let mut legacy = String::new();
+    for pid in &old {
+        let (boot, seq) = postgres::key_of(pid);
+        for n in 1..=2 {
+            legacy.push_str(&format!(
+                "INSERT INTO logs (boot, seq, at, source, message)
+                 VALUES ({boot}, {seq}, {n}, 'info', 'legacy line {n}');"
+            ));
+        }
+    }
+    postgres::execute(
+        &url,
+        &format!(
+            "DROP TABLE ended;
+             DROP TABLE log_parts;
+             ALTER TABLE tasks DROP COLUMN log_head, DROP COLUMN log_tail;
+             CREATE INDEX tasks_by_end ON tasks (ended_at) WHERE ended_at IS NOT NULL;
+             CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
+             CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);
+             CREATE INDEX tasks_by_worker ON tasks (worker, spawned_at, boot, seq);
+             {legacy}
+             UPDATE http_spawn_meta SET value = '1' WHERE key = 'schema_version';"
+        ),
+    );
+    let b = Node::start(&url, "b", &["--max-history", "4"]).await;
+    for pid in &old {
+        let (status, record) = b.get(&format!("/api/tasks/{pid}")).await;
+        assert_eq!(status, 200, "{pid}");
+        assert_exited_0(&record);
+        assert_eq!(
+            messages(&b, pid).await,
+            ["legacy line 1", "legacy line 2"],
+            "{pid}"
+        );
+    }
+    let mut new = Vec::new();
+    for i in 0..3 {
+        let pid = b
+            .spawn(json!({"name": format!("new{i}"), "duration": 1}))
+            .await;
+        b.wait_end(&pid).await;
+        new.push(pid);
+    }
+    for pid in &new {
+        let lines = messages(&b, pid).await;
+        assert!(
+            lines
+                .first()
+                .is_some_and(|line| line.starts_with("Worker started"))
+                && lines
+                    .last()
+                    .is_some_and(|line| line == "Worker done, exiting"),
+            "{pid}: {lines:?}"
+        );
+    }
+    // Six ended, four kept: the two oldest go, from the ends the migration carried over.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for pid in &old[..2] {
+        while b.get(&format!("/api/tasks/{pid}")).await.0 != 404 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{pid} was never pruned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for pid in old[2..].iter().chain(&new) {
+        assert_eq!(b.get(&format!("/api/tasks/{pid}")).await.0, 200, "{pid}");
+    }
+}
