@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::process::Binary;
 use common::proxy::{Proxy, port_of};
 use common::workers::{actor, logged, messages, registry};
-use common::{PATIENCE, Remote, module, postgres, read_events, temp_dir};
+use common::{PATIENCE, Remote, module, numbered_attempts, postgres, read_events, temp_dir};
 use serde_json::{Value, json};
 
 /// Every host's API token; requests without it get `401`.
@@ -890,18 +890,11 @@ async fn starts_restarts_ends_and_lines_written_together_keep_their_order() {
         assert_eq!(record["status"], "exited", "{record}");
         assert_eq!(record["exit_code"], 7, "{record}");
         assert_eq!(record["attempt"], 3, "{record}");
-        let numbered: Vec<(u64, i64)> = record["attempts"]
-            .as_array()
-            .expect("attempts")
-            .iter()
-            .map(|a| {
-                (
-                    a["attempt"].as_u64().expect("n"),
-                    a["exit_code"].as_i64().expect("code"),
-                )
-            })
-            .collect();
-        assert_eq!(numbered, [(1, 7), (2, 7), (3, 7)], "{record}");
+        assert_eq!(
+            numbered_attempts(&record),
+            [(1, 7), (2, 7), (3, 7)],
+            "{record}"
+        );
     }
     for pid in &fine {
         let record = a.wait_end(pid).await;
@@ -996,10 +989,10 @@ async fn the_shared_history_keeps_the_newest_ended_tasks_and_every_live_one() {
     );
 }
 
-/// A database written by a host of schema version 1 (lines a row each in `logs`, the ends'
-/// order in an index of `tasks`) is migrated forward at start: its tasks read as before,
+/// A database written by a host of schema version 1 (lines a row each in `logs`, indexes of
+/// `tasks` by status, name and worker) is migrated forward at start: its tasks read as before,
 /// their lines with them, new tasks log where version 3 keeps lines, and the history's bound
-/// counts the old ends with the new.
+/// counts the old tasks with the new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
     let url = postgres::fresh_database("migrated");
@@ -1029,10 +1022,8 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
     postgres::execute(
         &url,
         &format!(
-            "DROP TABLE ended;
-             DROP TABLE log_parts;
+            "DROP TABLE log_parts;
              ALTER TABLE tasks DROP COLUMN log_head, DROP COLUMN log_tail;
-             CREATE INDEX tasks_by_end ON tasks (ended_at) WHERE ended_at IS NOT NULL;
              CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
              CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);
              CREATE INDEX tasks_by_worker ON tasks (worker, spawned_at, boot, seq);
@@ -1071,7 +1062,7 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
             "{pid}: {lines:?}"
         );
     }
-    // Six ended, four kept: the two oldest go, from the ends the migration carried over.
+    // Six ended, four kept: the two oldest go.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     for pid in &old[..2] {
         while b.get(&format!("/api/tasks/{pid}")).await.0 != 404 {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::spawn_app;
+use common::{numbered_attempts, spawn_app};
 use futures::future::join_all;
 use serde_json::{Value, json};
 
@@ -386,17 +386,11 @@ async fn on_failure_restarts_each_attempt_in_a_fresh_store_and_records_it() {
     assert_eq!(record["status"], "exited", "{record}");
     assert_eq!(record["exit_code"], 7);
     assert_eq!(record["attempt"], 3, "{record}");
-    let attempts = record["attempts"].as_array().expect("attempts");
-    let numbered: Vec<(u64, i64)> = attempts
-        .iter()
-        .map(|a| {
-            (
-                a["attempt"].as_u64().expect("n"),
-                a["exit_code"].as_i64().expect("code"),
-            )
-        })
-        .collect();
-    assert_eq!(numbered, [(1, 7), (2, 7), (3, 7)], "{record}");
+    assert_eq!(
+        numbered_attempts(&record),
+        [(1, 7), (2, 7), (3, 7)],
+        "{record}"
+    );
     // Each attempt started its own instance: the worker slept its one step every time.
     assert_eq!(app.host.totals().started, 3);
     assert_eq!(app.host.totals().ended, 1, "one task, one end");

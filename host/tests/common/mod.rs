@@ -95,6 +95,21 @@ fn parse(args: &[&str]) -> Config {
     Config::from_args(argv).expect("test configuration parses")
 }
 
+/// A task record's earlier attempts, as (attempt, exit code) pairs.
+pub fn numbered_attempts(record: &Value) -> Vec<(u64, i64)> {
+    record["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().expect("n"),
+                a["exit_code"].as_i64().expect("code"),
+            )
+        })
+        .collect()
+}
+
 /// A new empty directory for one test, under cargo's scratch directory.
 pub fn temp_dir(label: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

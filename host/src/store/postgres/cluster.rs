@@ -368,18 +368,15 @@ impl PgStore {
             tx.execute(
                 "WITH run AS (
                     DELETE FROM runs
-                    WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))),
-                 done AS (
-                    UPDATE tasks t SET status = 'failed', outcome = 'host_lost',
-                        exit_code = NULL, error = v.error, ended_at = $5, ready_at = NULL,
-                        attempts = CASE WHEN jsonb_array_length(t.attempts) > 0
-                            THEN t.attempts || jsonb_build_array(v.entry::jsonb)
-                            ELSE t.attempts END
-                    FROM unnest($1::integer[], $2::bigint[], $3::text[], $4::text[])
-                        AS v(boot, seq, entry, error)
-                    WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL
-                    RETURNING t.ended_at, t.boot, t.seq)
-                 INSERT INTO ended (ended_at, boot, seq) SELECT ended_at, boot, seq FROM done",
+                    WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[])))
+                 UPDATE tasks t SET status = 'failed', outcome = 'host_lost', exit_code = NULL,
+                    error = v.error, ended_at = $5, ready_at = NULL,
+                    attempts = CASE WHEN jsonb_array_length(t.attempts) > 0
+                        THEN t.attempts || jsonb_build_array(v.entry::jsonb)
+                        ELSE t.attempts END
+                 FROM unnest($1::integer[], $2::bigint[], $3::text[], $4::text[])
+                    AS v(boot, seq, entry, error)
+                 WHERE t.boot = v.boot AND t.seq = v.seq AND t.ended_at IS NULL",
                 &[
                     &failed.boots,
                     &failed.seqs,

@@ -907,9 +907,7 @@ impl Statements {
             )
             .await?;
         // An end applies only to the attempt it ends, of a task this host holds: its row in
-        // `runs` goes, with the commands left for it, its end goes into `ended` (the prune's
-        // order, kept apart so that the row's update changes no indexed column), and the tasks
-        // written are returned.
+        // `runs` goes, with the commands left for it, and the tasks written are returned.
         let ended = client
             .prepare(
                 "WITH v AS MATERIALIZED (
@@ -933,23 +931,19 @@ impl Statements {
                     WHERE c.ctid = ANY (ARRAY(
                         SELECT unnest(ARRAY(SELECT c.ctid FROM commands c
                             WHERE c.boot = run.boot AND c.seq = run.seq))
-                        FROM run))),
-                 done AS (
-                    UPDATE tasks t SET status = v.status, outcome = v.outcome,
-                        exit_code = v.exit_code, error = v.error, ended_at = v.at,
-                        fuel = v.fuel, ready_at = NULL, log_tail = v.tail,
-                        step = COALESCE(v.step, t.step),
-                        attempts = CASE WHEN jsonb_array_length(t.attempts) > 0
-                            THEN t.attempts || jsonb_build_array(jsonb_set(
-                                v.attempt_json::jsonb, '{attempt}', to_jsonb(t.attempt)))
-                            ELSE t.attempts END
-                    FROM v
-                    WHERE t.ctid = ANY (ARRAY(SELECT v.tid FROM v
-                            JOIN run ON run.boot = v.boot AND run.seq = v.seq))
-                        AND t.ctid = v.tid AND t.ended_at IS NULL AND t.attempt = v.attempt
-                    RETURNING t.ended_at, t.boot, t.seq)
-                 INSERT INTO ended (ended_at, boot, seq) SELECT ended_at, boot, seq FROM done
-                 RETURNING boot, seq",
+                        FROM run)))
+                 UPDATE tasks t SET status = v.status, outcome = v.outcome,
+                    exit_code = v.exit_code, error = v.error, ended_at = v.at, fuel = v.fuel,
+                    ready_at = NULL, log_tail = v.tail, step = COALESCE(v.step, t.step),
+                    attempts = CASE WHEN jsonb_array_length(t.attempts) > 0
+                        THEN t.attempts || jsonb_build_array(
+                            jsonb_set(v.attempt_json::jsonb, '{attempt}', to_jsonb(t.attempt)))
+                        ELSE t.attempts END
+                 FROM v
+                 WHERE t.ctid = ANY (ARRAY(SELECT v.tid FROM v
+                        JOIN run ON run.boot = v.boot AND run.seq = v.seq))
+                    AND t.ctid = v.tid AND t.ended_at IS NULL AND t.attempt = v.attempt
+                 RETURNING t.boot, t.seq",
             )
             .await?;
         // A task waiting in the shared queue ends here and now (a claim that holds its row is
@@ -960,14 +954,11 @@ impl Statements {
                 "WITH waiting AS (
                     DELETE FROM runs WHERE boot = $1 AND seq = $2 AND owner IS NULL
                     RETURNING boot, seq),
-                 done AS (
+                 ended AS (
                     UPDATE tasks SET status = $3, outcome = $4, error = $5, ended_at = $6,
                         ready_at = NULL
                     WHERE (boot, seq) IN (SELECT boot, seq FROM waiting) AND ended_at IS NULL
-                    RETURNING ended_at, boot, seq),
-                 marked AS (
-                    INSERT INTO ended (ended_at, boot, seq)
-                    SELECT ended_at, boot, seq FROM done),
+                    RETURNING 1),
                  sent AS (
                     DELETE FROM commands WHERE (boot, seq) IN (SELECT boot, seq FROM waiting))
                  INSERT INTO commands (boot, seq, kind)
@@ -996,20 +987,19 @@ impl Statements {
             .await?;
         // A prune deletes the oldest ended tasks, as many as are past `--max-history` or
         // older than the history's age (`$3`), at most `$4`: both are the first ones in the
-        // order of their ends, which `ended` keeps.
+        // order of their ends, read from its index.
         let prune = client
             .prepare(
                 "WITH turn AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1) AS mine),
                  doomed AS MATERIALIZED (
-                    SELECT ctid AS tid, boot, seq FROM ended
+                    SELECT boot, seq FROM tasks WHERE ended_at IS NOT NULL
                     ORDER BY ended_at
                     LIMIT CASE WHEN (SELECT mine FROM turn) THEN GREATEST(0, LEAST($4,
                         GREATEST(
-                            (SELECT count(*) FROM (SELECT 1 FROM ended WHERE ended_at < $3
+                            (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE ended_at < $3
                                 LIMIT $4) expired),
-                            (SELECT count(*) FROM ended) - $2)))
+                            (SELECT count(*) FROM tasks WHERE ended_at IS NOT NULL) - $2)))
                         ELSE 0 END),
-                 gone AS (DELETE FROM ended WHERE ctid = ANY (ARRAY(SELECT tid FROM doomed))),
                  lines AS (DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)),
                  parts AS (
                     DELETE FROM log_parts WHERE (boot, seq) IN (SELECT boot, seq FROM doomed))

@@ -143,7 +143,7 @@ CREATE INDEX names_by_task ON names (boot, seq);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`, in the transaction that
 /// records the new version.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 2] = [
     // 2 (issue #23): fewer indexes on `tasks`, as in the SQLite store. Every acceptance wrote
     // each of these, and a start and an end changed `status`, so that neither could be a
     // heap-only update: each wrote a new entry into every index of the table. Lists filtered
@@ -169,21 +169,6 @@ CREATE TABLE log_parts (
     lines BYTEA NOT NULL
 );
 CREATE INDEX log_parts_by_task ON log_parts (boot, seq, id);
-",
-    // 4 (issue #23): the order of the tasks' ends, which the prune reads, kept apart from
-    // their rows: `ended_at` was the last indexed column a task's life changed, so that its
-    // end was the one update of its row that could not be heap-only, and wrote an entry into
-    // every index of `tasks`. Now it writes one row here.
-    "
-CREATE TABLE ended (
-    ended_at BIGINT NOT NULL,
-    boot INTEGER NOT NULL,
-    seq BIGINT NOT NULL
-);
-CREATE INDEX ended_in_order ON ended (ended_at, boot, seq);
-INSERT INTO ended (ended_at, boot, seq)
-    SELECT ended_at, boot, seq FROM tasks WHERE ended_at IS NOT NULL;
-DROP INDEX tasks_by_end;
 ",
 ];
 
