@@ -88,21 +88,12 @@ impl Host {
         key: Option<IdempotencyKey>,
         spawned_by: Option<(Pid, Pid)>,
     ) -> Result<Accepting, SpawnError> {
-        self.check(&task)?;
-        let key = self.dated(key);
-        let in_flight = match &key {
-            Some(key) => {
-                // Held before the store is asked: a first request commits its key before it
-                // lets go, so a repeat after it finds the key remembered.
-                let held = KeyInFlight::take(&self.keys_in_flight, &key.key)?;
-                let remembered = self.store.remembered(&key.key)?;
-                if let Some(pid) = self.repeat_of(key, remembered)? {
-                    return Ok(Accepting::repeat(pid));
-                }
-                Some(held)
-            }
-            None => None,
-        };
+        let (key, in_flight) = self.hold(&task, key)?;
+        if let Some(key) = &key
+            && let Some(pid) = self.repeat_of(key, self.store.remembered(&key.key)?)?
+        {
+            return Ok(Accepting::repeat(pid));
+        }
         self.admit(task, key, in_flight, spawned_by)
     }
 
@@ -113,21 +104,32 @@ impl Host {
         task: NewTask,
         key: Option<IdempotencyKey>,
     ) -> Result<Accepting, SpawnError> {
-        self.check(&task)?;
-        let key = self.dated(key);
-        let in_flight = match &key {
-            Some(key) => {
-                // Held before the store is asked, as in `accept`.
-                let held = KeyInFlight::take(&self.keys_in_flight, &key.key)?;
-                let remembered = self.store.remembered_async(&key.key).await?;
-                if let Some(pid) = self.repeat_of(key, remembered)? {
-                    return Ok(Accepting::repeat(pid));
-                }
-                Some(held)
+        let (key, in_flight) = self.hold(&task, key)?;
+        if let Some(key) = &key {
+            let remembered = self.store.remembered_async(&key.key).await?;
+            if let Some(pid) = self.repeat_of(key, remembered)? {
+                return Ok(Accepting::repeat(pid));
             }
-            None => None,
-        };
+        }
         self.admit(task, key, in_flight, None)
+    }
+
+    /// What comes before a submission's key is looked up: the task checked against its
+    /// worker's limits, and its key dated and held. Held before the store is asked: a first
+    /// request commits its key before it lets go, so a repeat after it finds the key
+    /// remembered.
+    fn hold(
+        &self,
+        task: &NewTask,
+        key: Option<IdempotencyKey>,
+    ) -> Result<(Option<IdempotencyKey>, Option<KeyInFlight>), SpawnError> {
+        self.check(task)?;
+        let key = self.dated(key);
+        let in_flight = key
+            .as_ref()
+            .map(|key| KeyInFlight::take(&self.keys_in_flight, &key.key))
+            .transpose()?;
+        Ok((key, in_flight))
     }
 
     /// Refuses a task its worker's limits do not allow (an unknown worker, too long a

@@ -34,7 +34,7 @@ pub enum EmbeddedError {
 /// A worker component loaded into a sandbox of its own, ready to run tasks to their end.
 #[derive(Debug)]
 pub struct Embedded {
-    /// Keeps the engine (and its epoch ticker) for the module.
+    /// Keeps the engine for the module; the process's epoch ticker ticks it while it lives.
     _sandbox: Sandbox,
     module: Module,
 }
