@@ -11,8 +11,12 @@ use tokio::sync::oneshot;
 use super::{Host, SpawnError};
 use crate::actor::Placement;
 use crate::model::{NewTask, Pid, Printable, TaskEnd, TaskRecord, TaskSpec};
+use crate::registry::Worker;
 use crate::sched::{Job, Placed, Promise, Refused};
 use crate::store::{IdempotencyKey, Remembered, StoreError};
+
+/// What [`Host::hold`] gives a submission: its worker, its key dated, and the key held.
+type Held<'a> = (&'a Arc<Worker>, Option<IdempotencyKey>, Option<KeyInFlight>);
 
 /// A task being accepted: its pid, and the store's answer to come.
 #[derive(Debug)]
@@ -88,13 +92,13 @@ impl Host {
         key: Option<IdempotencyKey>,
         spawned_by: Option<(Pid, Pid)>,
     ) -> Result<Accepting, SpawnError> {
-        let (key, in_flight) = self.hold(&task, key)?;
+        let (worker, key, in_flight) = self.hold(&task, key)?;
         if let Some(key) = &key
             && let Some(pid) = self.repeat_of(key, self.store.remembered(&key.key)?)?
         {
             return Ok(Accepting::repeat(pid));
         }
-        self.admit(task, key, in_flight, spawned_by)
+        self.admit(task, worker, key, in_flight, spawned_by)
     }
 
     /// [`Host::spawn`] for an HTTP handler: an idempotency key is looked up in the store
@@ -104,37 +108,33 @@ impl Host {
         task: NewTask,
         key: Option<IdempotencyKey>,
     ) -> Result<Accepting, SpawnError> {
-        let (key, in_flight) = self.hold(&task, key)?;
+        let (worker, key, in_flight) = self.hold(&task, key)?;
         if let Some(key) = &key {
             let remembered = self.store.remembered_async(&key.key).await?;
             if let Some(pid) = self.repeat_of(key, remembered)? {
                 return Ok(Accepting::repeat(pid));
             }
         }
-        self.admit(task, key, in_flight, None)
+        self.admit(task, worker, key, in_flight, None)
     }
 
     /// What comes before a submission's key is looked up: the task checked against its
-    /// worker's limits, and its key dated and held. Held before the store is asked: a first
+    /// worker's limits (the worker returned), and its key dated and held. Held before the store is asked: a first
     /// request commits its key before it lets go, so a repeat after it finds the key
     /// remembered.
-    fn hold(
-        &self,
-        task: &NewTask,
-        key: Option<IdempotencyKey>,
-    ) -> Result<(Option<IdempotencyKey>, Option<KeyInFlight>), SpawnError> {
-        self.check(task)?;
+    fn hold(&self, task: &NewTask, key: Option<IdempotencyKey>) -> Result<Held<'_>, SpawnError> {
+        let worker = self.check(task)?;
         let key = self.dated(key);
         let in_flight = key
             .as_ref()
             .map(|key| KeyInFlight::take(&self.keys_in_flight, &key.key))
             .transpose()?;
-        Ok((key, in_flight))
+        Ok((worker, key, in_flight))
     }
 
     /// Refuses a task its worker's limits do not allow (an unknown worker, too long a
-    /// duration or deadline), before anything is taken for it.
-    fn check(&self, task: &NewTask) -> Result<(), SpawnError> {
+    /// duration or deadline), before anything is taken for it; the worker that will run it.
+    fn check(&self, task: &NewTask) -> Result<&Arc<Worker>, SpawnError> {
         let worker = self.workers.get(task.worker.as_deref())?;
         let settings = &worker.settings;
         let too_long = |what, max| SpawnError::TooLong {
@@ -154,7 +154,7 @@ impl Host {
         {
             return Err(too_long("deadline", max_deadline));
         }
-        Ok(())
+        Ok(worker)
     }
 
     /// `key` with the time before which a key remembered is stale.
@@ -172,6 +172,7 @@ impl Host {
     fn admit(
         &self,
         task: NewTask,
+        worker: &Arc<Worker>,
         key: Option<IdempotencyKey>,
         in_flight: Option<KeyInFlight>,
         spawned_by: Option<(Pid, Pid)>,
@@ -179,14 +180,13 @@ impl Host {
         let parent = spawned_by.map(|(parent, _)| parent);
         let NewTask {
             name,
-            worker,
             duration,
             payload,
             deadline,
             restart,
             on_host_loss,
+            ..
         } = task;
-        let worker = self.workers.get(worker.as_deref())?;
         let settings = &worker.settings;
         let deadline_secs = deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs));
         if !self.store.healthy() {
