@@ -156,8 +156,13 @@ impl Naive {
             store.set_fuel(u64::MAX).map_err(wt)?;
         }
         if self.epochs {
+            // As the host does: its ticker ticks while guest code runs, and parks otherwise.
+            ::http_spawn::bench_guest_runs();
             store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
+            store.epoch_deadline_callback(|_| {
+                ::http_spawn::bench_guest_runs();
+                Ok(UpdateDeadline::Continue(1))
+            });
         }
         Ok(store)
     }

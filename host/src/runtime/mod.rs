@@ -36,6 +36,14 @@ use process::TaskState;
 
 pub use engine::EngineLayout;
 
+/// For a driver of [`bench_engine`]'s engines: a guest call begins, or a running one saw an
+/// epoch tick, so the process's epoch ticker keeps ticking (parked, it would stop the epochs
+/// the engine is measured with). The host's own calls say so as they refuel.
+#[doc(hidden)]
+pub fn bench_guest_runs() {
+    engine::busy();
+}
+
 /// The host's engine as [`Sandbox::new`] builds it, laid out as `layout`, for `capacity` tasks
 /// of at most `max_memory_bytes` each, fuel and epochs on: its pool warmed up and its epoch
 /// ticker started. For `make bench`, which measures what the host's layout costs against the
