@@ -15,6 +15,7 @@ mod columns;
 mod memory;
 mod postgres;
 mod sqlite;
+mod teller;
 mod writer;
 
 use std::fmt;

@@ -1,7 +1,8 @@
 //! The writer both durable stores share: one thread that takes what waits in the [`Backlog`],
 //! a chunk at a time, commits it in one transaction through the store's [`Backend`] (group
-//! commit), then tells each submitter. What it does when a commit fails depends on the cause,
-//! which each store reads from its own error codes ([`Fault`]):
+//! commit), then hands each submitter's answer to its [`Teller`], which tells them in order off
+//! the writer's thread. What it does when a commit fails depends on the cause, which each store
+//! reads from its own error codes ([`Fault`]):
 //!
 //! - **The environment** (the database is unreachable, full, read-only, out of memory, locked;
 //!   a commit timed out): the store is unavailable. What a submitter waits for (an acceptance,
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::backlog::{Backlog, Chunk, Pending, Taken};
+use super::teller::Teller;
 use super::{Change, Forward, StoreError};
 use crate::model::{Pid, TaskEvent};
 
@@ -223,6 +225,8 @@ pub(super) struct Writer<'a, B: Backend> {
     stats: &'a WriterStats,
     /// What the store is called in the log.
     store: &'static str,
+    /// Tells the submitters, off this thread, in order.
+    teller: Teller,
 }
 
 impl<'a, B: Backend> Writer<'a, B> {
@@ -237,6 +241,7 @@ impl<'a, B: Backend> Writer<'a, B> {
             backend,
             stats,
             store,
+            teller: Teller::start(store),
         }
     }
 
@@ -331,11 +336,15 @@ impl<'a, B: Backend> Writer<'a, B> {
             left = left.then(more);
         }
         let kept = left.pendings.len();
-        for pending in left.pendings {
-            pending.finish(Err(StoreError::Unavailable(
-                "the host stopped before the store could take this".into(),
-            )));
-        }
+        self.teller.tell(
+            left.pendings
+                .into_iter()
+                .map(|pending| {
+                    let error = "the host stopped before the store could take this";
+                    (pending, Err(StoreError::Unavailable(error.into())))
+                })
+                .collect(),
+        );
         tracing::error!(
             store = self.store,
             kept,
@@ -352,9 +361,14 @@ impl<'a, B: Backend> Writer<'a, B> {
                 "the task store cannot write; new tasks are refused until it can, and the \
                  changes of running tasks are kept and tried again");
         }
-        for pending in self.backlog.remove_where(|pending| !keeps(pending)) {
-            pending.finish(Err(StoreError::Unavailable(failure.message.clone())));
-        }
+        let unavailable = || Err(StoreError::Unavailable(failure.message.clone()));
+        self.teller.tell(
+            self.backlog
+                .remove_where(|pending| !keeps(pending))
+                .into_iter()
+                .map(|pending| (pending, unavailable()))
+                .collect(),
+        );
     }
 
     /// Answers at once, as unavailable, what in `chunk` a submitter waits for; what is left is
@@ -362,13 +376,18 @@ impl<'a, B: Backend> Writer<'a, B> {
     fn answer_waiters(&self, chunk: Chunk, failure: &Failure) -> Chunk {
         let Chunk { pendings, progress } = chunk;
         let mut kept = Vec::with_capacity(pendings.len());
+        let mut told = Vec::new();
         for pending in pendings {
             if keeps(&pending) {
                 kept.push(pending);
             } else {
-                pending.finish(Err(StoreError::Unavailable(failure.message.clone())));
+                told.push((
+                    pending,
+                    Err(StoreError::Unavailable(failure.message.clone())),
+                ));
             }
         }
+        self.teller.tell(told);
         Chunk {
             pendings: kept,
             progress,
@@ -440,7 +459,7 @@ impl<'a, B: Backend> Writer<'a, B> {
             return Ok(());
         };
         let Some(change) = pending.batch.first() else {
-            pending.finish(Ok(()));
+            self.teller.tell_one(pending, Ok(()));
             return Ok(());
         };
         let refused = StoreError::Refused(failure.message.clone());
@@ -449,14 +468,14 @@ impl<'a, B: Backend> Writer<'a, B> {
                 tracing::warn!(pid = %pid, error = %failure.message,
                     "the store refused a log line; it is dropped");
                 self.stats.refused(Refused::LogLine, 1);
-                pending.finish(Ok(()));
+                self.teller.tell_one(pending, Ok(()));
                 Ok(())
             }
             Change::Accepted { record, .. } => {
                 tracing::warn!(pid = %record.pid, error = %failure.message,
                     "the store refused a task; its client is told");
                 self.stats.refused(Refused::Acceptance, 1);
-                pending.finish(Err(refused));
+                self.teller.tell_one(pending, Err(refused));
                 Ok(())
             }
             Change::Event(pid, TaskEvent::Ended { .. } | TaskEvent::Restarting { .. }) => {
@@ -486,7 +505,7 @@ impl<'a, B: Backend> Writer<'a, B> {
             } => {
                 tracing::warn!(error = %failure.message, "the store refused a change");
                 self.stats.refused(Refused::Other, 1);
-                pending.finish(Err(refused));
+                self.teller.tell_one(pending, Err(refused));
                 Ok(())
             }
             Change::Event(..)
@@ -540,13 +559,19 @@ impl<'a, B: Backend> Writer<'a, B> {
             // More is due than one prune deletes: the next one goes with the next commit.
             self.backlog.submit(vec![prune], None, 0);
         }
-        for (index, pending) in chunk.pendings.into_iter().enumerate() {
-            let result = match refused.iter().position(|(at, _)| *at == index) {
-                Some(position) => Err(refused.swap_remove(position).1),
-                None => Ok(()),
-            };
-            pending.finish(result);
-        }
+        let told = chunk
+            .pendings
+            .into_iter()
+            .enumerate()
+            .map(|(index, pending)| {
+                let result = match refused.iter().position(|(at, _)| *at == index) {
+                    Some(position) => Err(refused.swap_remove(position).1),
+                    None => Ok(()),
+                };
+                (pending, result)
+            })
+            .collect();
+        self.teller.tell(told);
     }
 }
 
