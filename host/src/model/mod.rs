@@ -12,7 +12,7 @@ mod units;
 
 pub use log::{LogLine, LogSource, TaskLogs};
 pub use pid::Pid;
-pub(crate) use pid::Pids;
+pub(crate) use pid::{PidMap, Pids};
 pub use record::{ActorState, Attempt, TaskEvent, TaskRecord};
 pub use task::{
     MAX_TASK_NAME_BYTES, NewTask, OnHostLoss, Outcome, RestartPolicy, Status, TaskEnd, TaskSpec,

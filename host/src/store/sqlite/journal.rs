@@ -2,26 +2,44 @@
 //!
 //! A commit's task changes are written as one row of the `journal` table, appended at its end,
 //! instead of as rows of `tasks` and `log_parts` spread over their B-trees: the task rows are
-//! written later, many at a time and in pid order ([`super::unwritten`]). The value holds, for
-//! each task the commit changed, the task's whole row as it stands after the commit (an
-//! [`Image`]) and the log lines the commit added to it, so that reading the journal back
-//! (after a crash) needs nothing but the last image of each task and its lines in order.
+//! written later, many at a time and in pid order ([`super::unwritten`]). The value holds, in
+//! the order they came, the tasks the commit accepted, each as its whole row (an [`Image`]),
+//! and the changes of the others' lives, each as its event with the lines it added. Reading
+//! the journal back (after a crash) takes each task's row (from the journal's image of it, or
+//! from `tasks`) and folds its later events in, with [`fold`], as the writer did.
 //!
-//! The value is `FORM` (one byte), then the entries, each: the pid; the record's fields; what
-//! the task needs to run again ([`TaskSpec`]); its new lines in [`lines_blob`] form. Integers
-//! are little-endian; strings are a `u32` length and UTF-8; an optional value is a byte, 0 or
-//! 1, and the value; statuses, outcomes and the loss policy are written by name, and the
-//! attempts before the current one as the `attempts` column holds them.
+//! The value is `FORM` (one byte), then the entries, each a kind (one byte) and its body. An
+//! image's body: the pid; the record's fields; what the task needs to run again
+//! ([`TaskSpec`]); lines in [`lines_blob`] form. An event's: the pid and the event's fields, a
+//! `Logs` event's lines in [`lines_blob`] form. Integers are little-endian; strings are a
+//! `u32` length and UTF-8; an optional value is a byte, 0 or 1, and the value; statuses,
+//! outcomes and the loss policy are written by name, and the attempts before the current one
+//! as the `attempts` column holds them.
+//!
+//! A value of form 1, which a host before this one wrote (each entry an image, with no kind),
+//! is still read: after a crash its journal is read back by the host that follows.
 //!
 //! [`lines_blob`]: super::super::columns::lines_blob
 
+use std::ops::Range;
 use std::time::SystemTime;
 
-use super::super::columns::{attempts_json, attempts_of, nanos, status_of, time};
-use crate::model::{OnHostLoss, Outcome, Pid, TaskRecord, TaskSpec};
+use super::super::columns::{append_lines, attempts_json, attempts_of, nanos, status_of, time};
+use crate::model::{OnHostLoss, Outcome, Pid, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
 
-/// The form written; a value of another form is refused when read.
-const FORM: u8 = 1;
+/// The form written; a value of another form than these two is refused when read.
+const FORM: u8 = 2;
+
+/// The form before, read only: every entry an image, with no kind.
+const FORM_IMAGES: u8 = 1;
+
+/// The kinds of entry.
+const IMAGE: u8 = 0;
+const STARTED: u8 = 1;
+const PROGRESS: u8 = 2;
+const LOGS: u8 = 3;
+const RESTARTING: u8 = 4;
+const ENDED: u8 = 5;
 
 /// A task's row as the store holds it: its record and what it needs to run again.
 #[derive(Debug, Clone)]
@@ -30,10 +48,17 @@ pub(super) struct Image {
     pub spec: TaskSpec,
 }
 
-/// One entry read back: a task's image, and the lines (in `lines_blob` form) its commit added.
-pub(super) struct Entry {
-    pub image: Image,
-    pub lines: Vec<u8>,
+/// One entry read back.
+pub(super) enum Entry {
+    /// A task's whole row, and lines (in `lines_blob` form) its commit added.
+    Image { image: Box<Image>, lines: Vec<u8> },
+    /// A change of a task's life: its event (a `Logs` event without its lines) and the lines
+    /// it added, in `lines_blob` form.
+    Event {
+        pid: Pid,
+        event: TaskEvent,
+        lines: Vec<u8>,
+    },
 }
 
 /// Starts a journal value.
@@ -41,19 +66,123 @@ pub(super) fn begin() -> Vec<u8> {
     vec![FORM]
 }
 
-/// Appends `image` with the `lines` (in `lines_blob` form) its commit added.
-pub(super) fn put(out: &mut Vec<u8>, image: &Image, lines: &[u8]) {
+/// Folds `event` into `image` with [`TaskRecord::apply`], with what the row holds beside the
+/// record: the lines it added (`added`, in `lines_blob` form; a `Logs` event's own lines are
+/// not read), appended to `lines`, and when a restart waiting out its backoff is due. Whether
+/// it changed the task: an event the record ignores (the task has ended, or it is of another
+/// attempt) changes nothing.
+pub(super) fn fold(
+    image: &mut Image,
+    lines: &mut Vec<u8>,
+    event: &TaskEvent,
+    added: &[u8],
+) -> bool {
     let Image { record, spec } = image;
-    out.extend_from_slice(&record.pid.boot().to_le_bytes());
-    out.extend_from_slice(&record.pid.seq().to_le_bytes());
-    match record.parent {
-        Some(parent) => {
-            out.push(1);
-            out.extend_from_slice(&parent.boot().to_le_bytes());
-            out.extend_from_slice(&parent.seq().to_le_bytes());
-        }
-        None => out.push(0),
+    if !record.apply(event) {
+        return false;
     }
+    match event {
+        TaskEvent::Logs { .. } => lines.extend_from_slice(added),
+        TaskEvent::Restarting { ready_at, .. } => spec.ready_at = Some(*ready_at),
+        TaskEvent::Started { .. } | TaskEvent::Ended { .. } => spec.ready_at = None,
+        TaskEvent::Progress { .. } => {}
+    }
+    true
+}
+
+/// Appends `event` of task `pid`; where the lines of a `Logs` event are in `out`, in
+/// `lines_blob` form (an empty range for any other event).
+pub(super) fn put_event(out: &mut Vec<u8>, pid: Pid, event: &TaskEvent) -> Range<usize> {
+    let kind = match event {
+        TaskEvent::Started { .. } => STARTED,
+        TaskEvent::Progress { .. } => PROGRESS,
+        TaskEvent::Logs { .. } => LOGS,
+        TaskEvent::Restarting { .. } => RESTARTING,
+        TaskEvent::Ended { .. } => ENDED,
+    };
+    out.push(kind);
+    put_pid(out, pid);
+    match event {
+        &TaskEvent::Started { at, steps, fuel } => {
+            put_time(out, at);
+            out.extend_from_slice(&steps.to_le_bytes());
+            out.extend_from_slice(&fuel.to_le_bytes());
+        }
+        &TaskEvent::Progress { step, steps, fuel } => {
+            out.extend_from_slice(&step.to_le_bytes());
+            out.extend_from_slice(&steps.to_le_bytes());
+            out.extend_from_slice(&fuel.to_le_bytes());
+        }
+        TaskEvent::Logs {
+            lines,
+            dropped_bytes,
+        } => {
+            out.extend_from_slice(&dropped_bytes.to_le_bytes());
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            append_lines(out, lines);
+            let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            return at + 4..out.len();
+        }
+        TaskEvent::Restarting {
+            at,
+            fuel,
+            end,
+            next_attempt,
+            ready_at,
+        } => {
+            put_time(out, *at);
+            out.extend_from_slice(&fuel.to_le_bytes());
+            put_end(out, end);
+            out.extend_from_slice(&next_attempt.to_le_bytes());
+            put_time(out, *ready_at);
+        }
+        TaskEvent::Ended {
+            at,
+            fuel,
+            end,
+            attempt,
+        } => {
+            put_time(out, *at);
+            out.extend_from_slice(&fuel.to_le_bytes());
+            put_end(out, end);
+            out.extend_from_slice(&attempt.to_le_bytes());
+        }
+    }
+    out.len()..out.len()
+}
+
+fn put_end(out: &mut Vec<u8>, end: &TaskEnd) {
+    put_str(out, end.status.as_str());
+    put_str(out, end.outcome.as_str());
+    put_opt(out, end.exit_code, |out, code| {
+        out.extend_from_slice(&code.to_le_bytes());
+    });
+    put_opt(out, end.error.as_deref(), put_str);
+}
+
+fn put_pid(out: &mut Vec<u8>, pid: Pid) {
+    out.extend_from_slice(&pid.boot().to_le_bytes());
+    out.extend_from_slice(&pid.seq().to_le_bytes());
+}
+
+/// Appends `image` with the `lines` (in `lines_blob` form) its commit added: a test's journal.
+#[cfg(test)]
+pub(super) fn put(out: &mut Vec<u8>, image: &Image, lines: &[u8]) {
+    put_accepted(out, &image.record, &image.spec, lines);
+}
+
+/// Appends the image of a task as `record` and `spec` hold it, with `lines`.
+pub(super) fn put_accepted(out: &mut Vec<u8>, record: &TaskRecord, spec: &TaskSpec, lines: &[u8]) {
+    out.push(IMAGE);
+    put_image(out, record, spec, lines);
+}
+
+/// An image's body, as form 1 wrote each entry.
+fn put_image(out: &mut Vec<u8>, record: &TaskRecord, spec: &TaskSpec, lines: &[u8]) {
+    put_pid(out, record.pid);
+    put_opt(out, record.parent, put_pid);
     put_str(out, &record.name);
     put_str(out, &record.worker);
     put_str(out, &record.version);
@@ -112,12 +241,18 @@ fn put_opt<T>(out: &mut Vec<u8>, value: Option<T>, put: impl FnOnce(&mut Vec<u8>
 /// short or not of this form.
 pub(super) fn entries(value: &[u8]) -> Result<Vec<Entry>, String> {
     let mut take = Take { rest: value };
-    if take.bytes(1)? != [FORM] {
+    let form = take.array::<1>()?[0];
+    if form != FORM && form != FORM_IMAGES {
         return Err("a journal entry of an unknown form".into());
     }
     let mut entries = Vec::new();
     while !take.rest.is_empty() {
-        entries.push(take.entry()?);
+        let kind = if form == FORM {
+            take.array::<1>()?[0]
+        } else {
+            IMAGE
+        };
+        entries.push(take.entry(kind)?);
     }
     Ok(entries)
 }
@@ -180,7 +315,65 @@ impl<'a> Take<'a> {
         Ok(Pid::new(boot, self.u64()?))
     }
 
-    fn entry(&mut self) -> Result<Entry, String> {
+    fn entry(&mut self, kind: u8) -> Result<Entry, String> {
+        if kind == IMAGE {
+            return self.image();
+        }
+        let pid = self.pid()?;
+        let mut lines = Vec::new();
+        let event = match kind {
+            STARTED => TaskEvent::Started {
+                at: self.time()?,
+                steps: self.u32()?,
+                fuel: self.u64()?,
+            },
+            PROGRESS => TaskEvent::Progress {
+                step: self.u32()?,
+                steps: self.u32()?,
+                fuel: self.u64()?,
+            },
+            LOGS => {
+                let dropped_bytes = self.u64()?;
+                let len = self.u32()? as usize;
+                lines = self.bytes(len)?.to_vec();
+                TaskEvent::Logs {
+                    lines: Vec::new(),
+                    dropped_bytes,
+                }
+            }
+            RESTARTING => TaskEvent::Restarting {
+                at: self.time()?,
+                fuel: self.u64()?,
+                end: self.end()?,
+                next_attempt: self.u32()?,
+                ready_at: self.time()?,
+            },
+            ENDED => TaskEvent::Ended {
+                at: self.time()?,
+                fuel: self.u64()?,
+                end: self.end()?,
+                attempt: self.u32()?,
+            },
+            _ => return Err("a journal entry of an unknown kind".into()),
+        };
+        Ok(Entry::Event { pid, event, lines })
+    }
+
+    fn outcome(&mut self) -> Result<Outcome, String> {
+        let name = self.string()?;
+        Outcome::parse(&name).ok_or_else(|| "a journal entry's outcome is unknown".into())
+    }
+
+    fn end(&mut self) -> Result<TaskEnd, String> {
+        Ok(TaskEnd {
+            status: status_of(&self.string()?),
+            outcome: self.outcome()?,
+            exit_code: self.opt(Self::i32)?,
+            error: self.opt(Self::string)?,
+        })
+    }
+
+    fn image(&mut self) -> Result<Entry, String> {
         let pid = self.pid()?;
         let parent = self.opt(Self::pid)?;
         let name = self.string()?;
@@ -193,10 +386,7 @@ impl<'a> Take<'a> {
         record.step = self.u32()?;
         record.steps = self.u32()?;
         record.exit_code = self.opt(Self::i32)?;
-        record.outcome = self
-            .opt(Self::string)?
-            .map(|name| Outcome::parse(&name).ok_or("a journal entry's outcome is unknown"))
-            .transpose()?;
+        record.outcome = self.opt(Self::outcome)?;
         record.error = self.opt(Self::string)?;
         record.spawned_at = self.time()?;
         record.started_at = self.opt(Self::time)?;
@@ -218,8 +408,8 @@ impl<'a> Take<'a> {
         };
         let len = self.u32()? as usize;
         let lines = self.bytes(len)?.to_vec();
-        Ok(Entry {
-            image: Image { record, spec },
+        Ok(Entry::Image {
+            image: Box::new(Image { record, spec }),
             lines,
         })
     }
@@ -296,19 +486,25 @@ mod tests {
         let mut value = begin();
         put(&mut value, &plain, &[]);
         put(&mut value, &full, &lines);
-        let read = entries(&value).expect("read back");
+        let read = images(entries(&value).expect("read back"));
         assert_eq!(read.len(), 2);
         for (read, (written, lines)) in read.iter().zip([(&plain, &[][..]), (&full, &lines[..])]) {
             assert_eq!(
-                format!("{:?}", read.image.record),
+                format!("{:?}", read.0.record),
                 format!("{:?}", written.record)
             );
-            assert_eq!(read.image.spec, written.spec);
-            assert_eq!(read.lines, lines);
+            assert_eq!(read.0.spec, written.spec);
+            assert_eq!(read.1, lines);
         }
         let mut back = Vec::new();
-        lines_of(&read[1].lines, &mut back);
+        lines_of(&read[1].1, &mut back);
         assert_eq!(back.len(), 2);
+        // The form before, each entry an image with no kind, reads back the same.
+        let mut before = vec![FORM_IMAGES];
+        put_image(&mut before, &plain.record, &plain.spec, &[]);
+        put_image(&mut before, &full.record, &full.spec, &lines);
+        let before = images(entries(&before).expect("form 1 read back"));
+        assert_eq!(format!("{before:?}"), format!("{read:?}"));
         // A value cut between entries holds those before; cut anywhere else, it is refused.
         let mut first = begin();
         put(&mut first, &plain, &[]);
@@ -323,5 +519,141 @@ mod tests {
         }
         assert!(entries(&[]).is_err());
         assert!(entries(&[FORM + 1]).is_err());
+        assert!(entries(&[FORM, ENDED + 1]).is_err());
+    }
+
+    fn images(entries: Vec<Entry>) -> Vec<(Image, Vec<u8>)> {
+        entries
+            .into_iter()
+            .map(|entry| match entry {
+                Entry::Image { image, lines } => (*image, lines),
+                Entry::Event { .. } => panic!("an event where an image was written"),
+            })
+            .collect()
+    }
+
+    /// Every kind of event reads back as written, a `Logs` event's lines apart from it; and
+    /// folded in order into the image accepted, as reading the journal back does, they give
+    /// the task as the writer held it: its end, its attempts, its lines in order.
+    #[test]
+    fn events_read_back_as_written_and_fold_into_the_task() {
+        let accepted = image(5);
+        let pid = accepted.record.pid;
+        let at = accepted.record.spawned_at;
+        let line = |message: &str| LogLine {
+            at,
+            source: LogSource::Stdout,
+            message: message.into(),
+        };
+        let failed = crate::model::TaskEnd {
+            status: Status::Failed,
+            outcome: Outcome::Trap,
+            exit_code: None,
+            error: Some("trap é".into()),
+        };
+        let events = [
+            TaskEvent::Started {
+                at: at + Duration::from_millis(1),
+                steps: 3,
+                fuel: 10,
+            },
+            TaskEvent::Logs {
+                lines: vec![line("one"), line("two")],
+                dropped_bytes: 0,
+            },
+            TaskEvent::Restarting {
+                at: at + Duration::from_millis(2),
+                fuel: 20,
+                end: failed.clone(),
+                next_attempt: 2,
+                ready_at: at + Duration::from_secs(1),
+            },
+            TaskEvent::Progress {
+                step: 2,
+                steps: 3,
+                fuel: 30,
+            },
+            TaskEvent::Logs {
+                lines: vec![line("three")],
+                dropped_bytes: 7,
+            },
+            TaskEvent::Ended {
+                at: at + Duration::from_millis(3),
+                fuel: 40,
+                end: crate::model::TaskEnd::exited(0),
+                attempt: 2,
+            },
+            // After the end: changes nothing.
+            TaskEvent::Logs {
+                lines: vec![line("late")],
+                dropped_bytes: 7,
+            },
+        ];
+        let mut value = begin();
+        put(&mut value, &accepted, &[]);
+        let mut ranges = Vec::new();
+        for event in &events {
+            ranges.push(put_event(&mut value, pid, event));
+        }
+        // The writer's own fold, from the events it holds and the lines as journaled.
+        let mut held = accepted.clone();
+        let mut held_lines = Vec::new();
+        let mut changed = Vec::new();
+        for (event, range) in events.iter().zip(&ranges) {
+            changed.push(fold(
+                &mut held,
+                &mut held_lines,
+                event,
+                &value[range.clone()],
+            ));
+        }
+        assert_eq!(changed, [true, true, true, true, true, true, false]);
+        // Read back and folded as after a crash.
+        let read = entries(&value).expect("read back");
+        assert_eq!(read.len(), 1 + events.len());
+        let mut read = read.into_iter();
+        let Some(Entry::Image {
+            image: back,
+            lines: mut back_lines,
+        }) = read.next()
+        else {
+            panic!("the acceptance first");
+        };
+        let mut back = *back;
+        for (entry, written) in read.zip(&events) {
+            let Entry::Event {
+                pid: read_pid,
+                event,
+                lines,
+            } = entry
+            else {
+                panic!("an image where an event was written");
+            };
+            assert_eq!(read_pid, pid);
+            assert_eq!(
+                std::mem::discriminant(&event),
+                std::mem::discriminant(written)
+            );
+            fold(&mut back, &mut back_lines, &event, &lines);
+        }
+        assert_eq!(format!("{:?}", back.record), format!("{:?}", held.record));
+        assert_eq!(back.spec, held.spec);
+        assert_eq!(back_lines, held_lines);
+        let record = &back.record;
+        assert_eq!(record.status, Status::Exited);
+        assert_eq!((record.attempt, record.attempts.len()), (2, 2));
+        assert_eq!(record.attempts[0].error.as_deref(), Some("trap é"));
+        assert_eq!((record.step, record.fuel_consumed), (2, 40));
+        assert_eq!(record.logs_dropped_bytes, 7);
+        assert_eq!(back.spec.ready_at, None);
+        let mut lines = Vec::new();
+        lines_of(&back_lines, &mut lines);
+        let messages: Vec<&str> = lines.iter().map(|line| line.message.as_str()).collect();
+        assert_eq!(messages, ["one", "two", "three"]);
+        // Cut anywhere inside the last event, the value is refused.
+        let last = ranges[ranges.len() - 2].end;
+        for cut in last + 1..value.len() {
+            assert!(entries(&value[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -632,6 +632,114 @@ fn the_journal_read_back_passes_over_what_was_written() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue #23: the journal holds a task's acceptance as its row and its later changes as
+/// events. Read back after a crash, each event is folded into what came before it: the row
+/// written earlier (a task that ran past its write), or the acceptance journaled. A stale
+/// event of a task already ended and written changes nothing, and its row keeps its log.
+#[test]
+fn journaled_events_are_folded_into_the_rows_written_before() {
+    use super::journal::{self, Image};
+    let dir = scratch("journal-events");
+    let path = dir.join("tasks.db");
+    drop(open(&path).expect("create"));
+    let at = UNIX_EPOCH + Duration::from_secs(7);
+    let logs = |messages: &[&str]| TaskEvent::Logs {
+        lines: messages
+            .iter()
+            .map(|message| LogLine {
+                at,
+                source: crate::model::LogSource::Stdout,
+                message: (*message).into(),
+            })
+            .collect(),
+        dropped_bytes: 0,
+    };
+    let image = |seq: u64| {
+        let Some(Change::Accepted { record, spec, .. }) = ended_task(seq).into_iter().next() else {
+            unreachable!("an acceptance first");
+        };
+        Image {
+            record: *record,
+            spec,
+        }
+    };
+    let started = TaskEvent::Started {
+        at,
+        steps: 3,
+        fuel: 1,
+    };
+    let ended = TaskEvent::Ended {
+        at: at + Duration::from_secs(1),
+        fuel: 9,
+        end: TaskEnd::exited(0),
+        attempt: 1,
+    };
+    let (a, b, c) = (Pid::new(1, 1), Pid::new(1, 2), Pid::new(1, 3));
+    let mut connection = Connection::open(&path).expect("open");
+    // Task a ran past its write: its row holds its start and first line.
+    let mut running = image(1);
+    let mut lines = Vec::new();
+    assert!(journal::fold(&mut running, &mut lines, &started, &[]));
+    // Task c ended and was written with its log.
+    let mut done = image(3);
+    let mut done_lines = Vec::new();
+    for event in [&started, &logs(&["c1"]), &ended] {
+        let mut value = journal::begin();
+        let range = journal::put_event(&mut value, c, event);
+        journal::fold(&mut done, &mut done_lines, event, &value[range]);
+    }
+    let tx = connection.transaction().expect("tx");
+    let a_lines = crate::store::columns::lines_blob(&[LogLine {
+        at,
+        source: crate::model::LogSource::Stdout,
+        message: "a1".into(),
+    }]);
+    super::writer::write_row(&tx, &running, &a_lines, 0).expect("a's row");
+    super::writer::write_row(&tx, &done, &done_lines, 0).expect("c's row");
+    tx.commit().expect("commit");
+    // The journal: b accepted, then events of all three, c's after its end.
+    let mut value = journal::begin();
+    journal::put(&mut value, &image(2), &[]);
+    for (pid, event) in [
+        (b, &started),
+        (a, &logs(&["a2"])),
+        (b, &logs(&["b1", "b2"])),
+        (a, &ended),
+        (c, &logs(&["late"])),
+        (
+            b,
+            &TaskEvent::Progress {
+                step: 2,
+                steps: 3,
+                fuel: 5,
+            },
+        ),
+    ] {
+        journal::put_event(&mut value, pid, event);
+    }
+    connection
+        .execute("INSERT INTO journal (changes) VALUES (?1)", params![value])
+        .expect("journal");
+    // a and b are written; c is not, as the event changes nothing.
+    assert_eq!(
+        super::writer::replay(&mut connection).expect("read back"),
+        2
+    );
+    drop(connection);
+    let store = open(&path).expect("open");
+    let read = |pid| store.get(pid).expect("read").expect("the task");
+    assert_eq!(read(a).status, Status::Exited);
+    assert_eq!(read(a).fuel_consumed, 9);
+    assert_eq!(messages(&store, a), ["a1", "a2"]);
+    assert_eq!(read(b).status, Status::Running);
+    assert_eq!((read(b).step, read(b).fuel_consumed), (2, 5));
+    assert_eq!(messages(&store, b), ["b1", "b2"]);
+    assert_eq!(read(c).status, Status::Exited);
+    assert_eq!(messages(&store, c), ["c1"], "an ended task's log is kept");
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Issue #23: tasks whose rows cannot be written (here a trigger refuses every new row) stay
 /// journaled and readable, and are written once the fault is gone; the writer tries again by
 /// itself, without a new commit to prompt it.

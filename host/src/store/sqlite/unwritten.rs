@@ -16,13 +16,14 @@
 //!   if a write to `tasks` moved tasks from here to their rows meanwhile, so that no task is
 //!   seen in both places or in neither. A read never holds up the writer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::journal::Image;
-use crate::model::{Pid, TaskRecord};
+use super::journal::{self, Image};
+use super::writer::Journaled;
+use crate::model::{Pid, PidMap, TaskEvent, TaskRecord};
 use crate::store::{Cursor, ListQuery};
 
 /// How long an ended task waits here before it is written.
@@ -39,7 +40,7 @@ pub(super) const MAX_TASKS: usize = 65_536;
 pub(super) const SLICE: usize = 256;
 
 /// One task here.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Held {
     pub image: Image,
     /// Lines journaled and not yet written, in `lines_blob` form.
@@ -47,19 +48,62 @@ pub(super) struct Held {
     /// The journal row of its first entry since it was last written, and of its last.
     pub first: i64,
     pub last: i64,
-    /// When its first entry since it was last written came.
-    since: Instant,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    tasks: HashMap<Pid, Arc<Held>>,
+    tasks: PidMap<Arc<Held>>,
     /// `(first, since, pid)` of each task as it came here, in journal order: the order running
     /// tasks come due, and where the journal may be cut. An entry whose task has been written
     /// since is passed over.
     order: VecDeque<(i64, Instant, Pid)>,
     /// Tasks that ended here, in the order they did.
     ended: VecDeque<(Instant, Pid)>,
+}
+
+impl State {
+    /// Folds `event` of task `pid` (and the lines it `added`), journaled in row `seq`, into
+    /// its image here; a task not here is taken from `rows` (read from `tasks`), and comes
+    /// here only if the event changes it.
+    fn fold(
+        &mut self,
+        seq: i64,
+        now: Instant,
+        rows: &mut PidMap<Image>,
+        pid: Pid,
+        event: &TaskEvent,
+        added: &[u8],
+    ) {
+        if let Some(old) = self.tasks.get_mut(&pid) {
+            let held = Arc::make_mut(old);
+            let ended = held.image.record.status.is_terminal();
+            if journal::fold(&mut held.image, &mut held.lines, event, added) {
+                held.last = seq;
+                if !ended && held.image.record.status.is_terminal() {
+                    self.ended.push_back((now, pid));
+                }
+            }
+            return;
+        }
+        let Some(image) = rows.remove(&pid) else {
+            return;
+        };
+        let mut held = Held {
+            image,
+            lines: Vec::new(),
+            first: seq,
+            last: seq,
+        };
+        if !journal::fold(&mut held.image, &mut held.lines, event, added) {
+            rows.insert(pid, held.image);
+            return;
+        }
+        self.order.push_back((seq, now, pid));
+        if held.image.record.status.is_terminal() {
+            self.ended.push_back((now, pid));
+        }
+        self.tasks.insert(pid, Arc::new(held));
+    }
 }
 
 /// A move of tasks from here to their rows, under way.
@@ -126,46 +170,66 @@ impl Unwritten {
         self.lock().tasks.len()
     }
 
-    /// Takes in what journal row `seq` holds, just committed: each task's image and the lines
-    /// it added.
-    pub(super) fn journaled(&self, seq: i64, entries: Vec<(Image, Vec<u8>)>) {
+    /// Whether the task is here.
+    pub(super) fn holds(&self, pid: Pid) -> bool {
+        self.lock().tasks.contains_key(&pid)
+    }
+
+    /// Takes in what journal row `seq` (its value `value`) holds, just committed: the tasks
+    /// it accepted, and the changes of others, folded into their images here; `rows` are the
+    /// images, read from `tasks`, of those not here before. A task's image here is changed
+    /// in place unless a reader holds it meanwhile, which then keeps the image it read.
+    pub(super) fn journaled(
+        &self,
+        seq: i64,
+        journaled: Vec<Journaled<'_>>,
+        mut rows: PidMap<Image>,
+        value: &[u8],
+    ) {
         let now = Instant::now();
         let mut state = self.lock();
         let state = &mut *state;
-        for (image, lines) in entries {
-            let pid = image.record.pid;
-            let ended = image.record.status.is_terminal();
-            let held = match state.tasks.get(&pid) {
-                Some(old) => {
-                    if ended && !old.image.record.status.is_terminal() {
-                        state.ended.push_back((now, pid));
-                    }
-                    let mut all = Vec::with_capacity(old.lines.len() + lines.len());
-                    all.extend_from_slice(&old.lines);
-                    all.extend_from_slice(&lines);
-                    Held {
-                        image,
-                        lines: all,
-                        first: old.first,
-                        last: seq,
-                        since: old.since,
+        for change in journaled {
+            match change {
+                Journaled::Accepted(record, spec) => {
+                    let image = Image {
+                        record: record.clone(),
+                        spec: spec.clone(),
+                    };
+                    let pid = image.record.pid;
+                    let ended = image.record.status.is_terminal();
+                    match state.tasks.get_mut(&pid) {
+                        Some(old) => {
+                            let held = Arc::make_mut(old);
+                            if ended && !held.image.record.status.is_terminal() {
+                                state.ended.push_back((now, pid));
+                            }
+                            held.image = image;
+                            held.last = seq;
+                        }
+                        None => {
+                            state.order.push_back((seq, now, pid));
+                            if ended {
+                                state.ended.push_back((now, pid));
+                            }
+                            let held = Held {
+                                image,
+                                lines: Vec::new(),
+                                first: seq,
+                                last: seq,
+                            };
+                            state.tasks.insert(pid, Arc::new(held));
+                        }
                     }
                 }
-                None => {
-                    state.order.push_back((seq, now, pid));
-                    if ended {
-                        state.ended.push_back((now, pid));
-                    }
-                    Held {
-                        image,
-                        lines,
-                        first: seq,
-                        last: seq,
-                        since: now,
-                    }
+                Journaled::Event(pid, event, lines) => {
+                    let added = value.get(lines).unwrap_or_default();
+                    state.fold(seq, now, &mut rows, pid, event, added);
                 }
-            };
-            state.tasks.insert(pid, Arc::new(held));
+                Journaled::Progress(pid, progress) => {
+                    state.fold(seq, now, &mut rows, pid, &progress, &[]);
+                }
+            }
         }
     }
 

@@ -1,10 +1,11 @@
 //! The SQLite store's side of the writer ([`crate::store::writer`]): a chunk committed in one
 //! transaction on the writer's own connection, and SQLite's result codes read as causes.
 //!
-//! - A chunk's task changes are folded, task by task, into the task's row as it stands after
-//!   them (an [`Image`]), and the images are appended to the journal as one row. Nothing else
-//!   of a task is written in that transaction but its idempotency key: a commit dirties the
+//! - A chunk's task changes are appended to the journal as one row: each task it accepts as
+//!   its whole row (an [`Image`]), each change of another's life as its event. Nothing else of
+//!   a task is written in that transaction but its idempotency key: a commit dirties the
 //!   journal's last page or two, not a page per task spread over `tasks` and its indexes.
+//!   Once committed, the events are folded into the tasks' images held in [`Unwritten`].
 //! - Between commits (`housekeep`), the tasks due are written to their rows a slice at a time,
 //!   and the journal rows no task needs any more are deleted in the same transaction
 //!   ([`Unwritten`] says which and when).
@@ -16,6 +17,7 @@
 //!   answer here is ambiguous.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,14 +25,14 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::super::backlog::Chunk;
-use super::super::columns::{append_lines, attempts_json, nanos};
+use super::super::columns::{attempts_json, nanos};
 use super::super::writer::{Backend, Failure, Fault, Outcome};
 use super::super::{Change, IdempotencyKey};
-use super::journal::{self, Image};
+use super::journal::{self, Entry, Image};
 use super::key;
 use super::read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, SPEC_COLUMNS, record_of, spec_of};
 use super::unwritten::{SLICE, Unwritten};
-use crate::model::{Pid, TaskEvent, TaskRecord};
+use crate::model::{Pid, PidMap, TaskEvent, TaskRecord, TaskSpec};
 
 /// Ended tasks deleted per prune, so a large prune never holds the writer long.
 pub(super) const PRUNE_BATCH: i64 = 1000;
@@ -146,8 +148,8 @@ fn fault(error: &rusqlite::Error) -> Fault {
 }
 
 /// Writes `chunk` in one transaction: its tasks' changes as one journal row, the rest in
-/// place. Once committed, the tasks' new images are shown from [`Unwritten`] until they are
-/// written to `tasks`.
+/// place. Once committed, the tasks' changes are folded into their images in [`Unwritten`],
+/// which shows them until they are written to `tasks`.
 fn commit(
     connection: &mut Connection,
     unwritten: &Unwritten,
@@ -155,36 +157,25 @@ fn commit(
 ) -> rusqlite::Result<Outcome> {
     let tx = connection.transaction()?;
     let mut more = None;
-    let mut tasks: Vec<Folded> = Vec::new();
-    let mut index: HashMap<Pid, usize> = HashMap::new();
+    let mut value = journal::begin();
+    let mut journaled: Vec<Journaled<'_>> = Vec::new();
+    let mut tasks = Tasks::default();
     for (_, change) in chunk.changes() {
         match change {
             Change::Accepted {
                 record, spec, key, ..
             } => {
-                let image = Image {
-                    record: (**record).clone(),
-                    spec: spec.clone(),
-                };
-                let folded = Folded {
-                    image,
-                    lines: Vec::new(),
-                    changed: true,
-                };
-                match index.get(&record.pid) {
-                    Some(&at) => tasks[at] = folded,
-                    None => {
-                        index.insert(record.pid, tasks.len());
-                        tasks.push(folded);
-                    }
-                }
+                journal::put_accepted(&mut value, record, spec, &[]);
+                tasks.known.insert(record.pid, true);
+                journaled.push(Journaled::Accepted(record, spec));
                 if let Some(key) = key {
                     remember(&tx, key, record)?;
                 }
             }
             Change::Event(pid, event) => {
-                if let Some(at) = folded(&tx, unwritten, *pid, &mut tasks, &mut index)? {
-                    tasks[at].fold(event);
+                if tasks.holds(&tx, unwritten, *pid)? {
+                    let lines = journal::put_event(&mut value, *pid, event);
+                    journaled.push(Journaled::Event(*pid, event, lines));
                 }
             }
             other => {
@@ -195,22 +186,17 @@ fn commit(
         }
     }
     for (pid, &(step, fuel)) in &chunk.progress {
-        if let Some(at) = folded(&tx, unwritten, *pid, &mut tasks, &mut index)? {
+        if tasks.holds(&tx, unwritten, *pid)? {
             let progress = TaskEvent::Progress {
                 step,
                 steps: 0,
                 fuel,
             };
-            tasks[at].fold(&progress);
+            journal::put_event(&mut value, *pid, &progress);
+            journaled.push(Journaled::Progress(*pid, progress));
         }
     }
-    let mut value = journal::begin();
-    let mut entries = Vec::with_capacity(tasks.len());
-    for task in tasks.into_iter().filter(|task| task.changed) {
-        journal::put(&mut value, &task.image, &task.lines);
-        entries.push((task.image, task.lines));
-    }
-    let seq = if entries.is_empty() {
+    let seq = if journaled.is_empty() {
         0
     } else {
         tx.prepare_cached("INSERT INTO journal (changes) VALUES (?1)")?
@@ -218,8 +204,8 @@ fn commit(
         tx.last_insert_rowid()
     };
     tx.commit()?;
-    if !entries.is_empty() {
-        unwritten.journaled(seq, entries);
+    if !journaled.is_empty() {
+        unwritten.journaled(seq, journaled, tasks.rows, &value);
     }
     let prune_more = more.and_then(Change::prune_again);
     Ok(Outcome {
@@ -228,32 +214,47 @@ fn commit(
     })
 }
 
-/// Where `pid` is in `tasks`, added as it stands now (from [`Unwritten`], else from its row);
-/// none for a task the store does not hold.
-fn folded(
-    tx: &rusqlite::Transaction<'_>,
-    unwritten: &Unwritten,
-    pid: Pid,
-    tasks: &mut Vec<Folded>,
-    index: &mut HashMap<Pid, usize>,
-) -> rusqlite::Result<Option<usize>> {
-    if let Some(&at) = index.get(&pid) {
-        return Ok(Some(at));
+/// A change journaled, to fold into [`Unwritten`] once committed.
+pub(super) enum Journaled<'c> {
+    /// A task accepted: its whole row.
+    Accepted(&'c TaskRecord, &'c TaskSpec),
+    /// A change of a task's life, and where the lines it added are in the journal's value.
+    Event(Pid, &'c TaskEvent, Range<usize>),
+    /// A task's progress, folded from the chunk's.
+    Progress(Pid, TaskEvent),
+}
+
+/// Which tasks of a commit's events the store holds, and the rows of those it holds only in
+/// `tasks`, read once each.
+#[derive(Default)]
+struct Tasks {
+    known: PidMap<bool>,
+    rows: PidMap<Image>,
+}
+
+impl Tasks {
+    /// Whether the store holds `pid`: in [`Unwritten`], accepted in this commit, or in
+    /// `tasks` (its row then read, to fold the commit's changes into).
+    fn holds(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        unwritten: &Unwritten,
+        pid: Pid,
+    ) -> rusqlite::Result<bool> {
+        if let Some(&known) = self.known.get(&pid) {
+            return Ok(known);
+        }
+        let held = unwritten.holds(pid)
+            || match row(tx, pid)? {
+                Some(image) => {
+                    self.rows.insert(pid, image);
+                    true
+                }
+                None => false,
+            };
+        self.known.insert(pid, held);
+        Ok(held)
     }
-    let image = match unwritten.held(pid) {
-        Some(held) => held.image.clone(),
-        None => match row(tx, pid)? {
-            Some(image) => image,
-            None => return Ok(None),
-        },
-    };
-    index.insert(pid, tasks.len());
-    tasks.push(Folded {
-        image,
-        lines: Vec::new(),
-        changed: false,
-    });
-    Ok(Some(tasks.len() - 1))
 }
 
 /// A task's row as an image, if the store holds it.
@@ -330,34 +331,6 @@ fn write_other(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Res
         Change::Forward { .. } | Change::Accepted { .. } | Change::Event(..) => {}
     }
     Ok(false)
-}
-
-/// One task's image as a chunk's changes fold it, and the lines they added.
-struct Folded {
-    image: Image,
-    /// In `lines_blob` form.
-    lines: Vec<u8>,
-    /// Whether anything changed it: only then is it journaled.
-    changed: bool,
-}
-
-impl Folded {
-    /// Folds `event` in with [`TaskRecord::apply`], and what the row holds beside the
-    /// record: the lines, and when a restart waiting out its backoff is due. An event the
-    /// record ignores (the task has ended, or it is of another attempt) changes nothing.
-    fn fold(&mut self, event: &TaskEvent) {
-        let Image { record, spec } = &mut self.image;
-        if !record.apply(event) {
-            return;
-        }
-        self.changed = true;
-        match event {
-            TaskEvent::Logs { lines, .. } => append_lines(&mut self.lines, lines),
-            TaskEvent::Restarting { ready_at, .. } => spec.ready_at = Some(*ready_at),
-            TaskEvent::Started { .. } | TaskEvent::Ended { .. } => spec.ready_at = None,
-            TaskEvent::Progress { .. } => {}
-        }
-    }
 }
 
 /// Writes a task's row as `image` holds it, with the lines journaled since it was last
@@ -488,13 +461,19 @@ pub(super) fn replay(connection: &mut Connection) -> Result<usize, Replay> {
         let mut through: HashMap<Pid, i64> = HashMap::new();
         let mut statement = tx.prepare("SELECT seq, changes FROM journal ORDER BY seq")?;
         let mut rows = statement.query([])?;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            let value = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        while let Some(entries) = rows.next()? {
+            let seq: i64 = entries.get(0)?;
+            let value = entries
+                .get_ref(1)?
+                .as_blob()
+                .map_err(rusqlite::Error::from)?;
             for entry in
                 journal::entries(value).map_err(|reason| Replay::Corrupt { seq, reason })?
             {
-                let pid = entry.image.record.pid;
+                let pid = match &entry {
+                    Entry::Image { image, .. } => image.record.pid,
+                    Entry::Event { pid, .. } => *pid,
+                };
                 let written = match through.get(&pid) {
                     Some(&written) => written,
                     None => {
@@ -514,15 +493,34 @@ pub(super) fn replay(connection: &mut Connection) -> Result<usize, Replay> {
                 if seq <= written {
                     continue;
                 }
-                match tasks.get_mut(&pid) {
-                    Some((image, lines, last)) => {
-                        *image = entry.image;
-                        lines.extend_from_slice(&entry.lines);
-                        *last = seq;
-                    }
-                    None => {
-                        tasks.insert(pid, (entry.image, entry.lines, seq));
-                    }
+                match entry {
+                    Entry::Image { image, lines } => match tasks.get_mut(&pid) {
+                        Some((held, all, last)) => {
+                            *held = *image;
+                            all.extend_from_slice(&lines);
+                            *last = seq;
+                        }
+                        None => {
+                            tasks.insert(pid, (*image, lines, seq));
+                        }
+                    },
+                    Entry::Event { event, lines, .. } => match tasks.get_mut(&pid) {
+                        Some((image, all, last)) => {
+                            if journal::fold(image, all, &event, &lines) {
+                                *last = seq;
+                            }
+                        }
+                        // Its row holds what came before. It is written again only if the
+                        // event changes it: an ended task's row keeps its log.
+                        None => {
+                            if let Some(mut image) = row(&tx, pid)? {
+                                let mut all = Vec::new();
+                                if journal::fold(&mut image, &mut all, &event, &lines) {
+                                    tasks.insert(pid, (image, all, seq));
+                                }
+                            }
+                        }
+                    },
                 }
             }
         }
