@@ -113,6 +113,12 @@ pub(super) trait Backend {
     /// The backlog is closed and written: the last chance to finish what `housekeep` defers.
     fn closing(&mut self) {}
 
+    /// For a store whose commits reach the disk only once flushed: the flush, which the
+    /// writer's [`Teller`] runs before it tells the submitters of what was committed.
+    fn flush(&mut self) -> Option<super::teller::Flush> {
+        None
+    }
+
     /// The least time from the start of one commit to the start of the next while changes
     /// come fast, for a store whose commits each cost a fixed price (a flush to the disk):
     /// the writer gathers what comes meanwhile into the next commit instead.
@@ -220,28 +226,30 @@ struct Left {
 
 /// The writer of one store.
 pub(super) struct Writer<'a, B: Backend> {
+    /// Tells the submitters, off this thread, in order. Dropped first: it has told (and
+    /// flushed) everything before the backend closes.
+    teller: Teller,
     backlog: &'a Backlog,
     backend: B,
     stats: &'a WriterStats,
     /// What the store is called in the log.
     store: &'static str,
-    /// Tells the submitters, off this thread, in order.
-    teller: Teller,
 }
 
 impl<'a, B: Backend> Writer<'a, B> {
     pub(super) fn new(
         backlog: &'a Backlog,
-        backend: B,
+        mut backend: B,
         stats: &'a WriterStats,
         store: &'static str,
     ) -> Self {
+        let teller = Teller::start(store, backend.flush());
         Self {
+            teller,
             backlog,
             backend,
             stats,
             store,
-            teller: Teller::start(store),
         }
     }
 

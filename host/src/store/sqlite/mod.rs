@@ -33,6 +33,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::backlog::Backlog;
 use super::columns::{lines_of, time, unavailable};
+use super::teller::Flush;
 use super::writer::{Writer, WriterStats};
 use super::{
     Change, Cursor, Done, ListQuery, Page, Reading, Remembered, Store, StoreError, StoreStats,
@@ -166,10 +167,15 @@ impl SqliteStore {
         let stats = Arc::new(WriterStats::new());
         let unwritten = Arc::new(Unwritten::default());
         let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flush = match sync {
+            StoreSync::Full => group_commit(&connection).map_err(unreadable)?,
+            StoreSync::Normal => None,
+        };
         let thread = {
             let (backlog, stats) = (Arc::clone(&backlog), Arc::clone(&stats));
             let backend = writer::SqliteBackend {
                 connection,
+                flush,
                 unwritten: Arc::clone(&unwritten),
                 behind: Arc::clone(&behind),
                 failures: 0,
@@ -515,6 +521,37 @@ fn configure(connection: &Connection, sync: StoreSync) -> rusqlite::Result<()> {
     // against 7.2 ms in one round).
     connection.pragma_update(None, "wal_autocheckpoint", 4_000)?;
     Ok(())
+}
+
+/// With `--store-sync full`, a commit of the writer's connection no longer waits for the disk
+/// itself: its log (the `-wal` file) is flushed by the writer's teller, once for every commit
+/// made meanwhile, before their submitters are told (see `store::teller`). `full` keeps its
+/// meaning: nothing is answered before it is on the disk. SQLite with `synchronous = NORMAL`
+/// still flushes the log before each checkpoint copies it into the database, and the database
+/// after; a log begun again after a checkpoint is flushed before it is used. Only for a
+/// database in WAL mode; any other keeps SQLite's own `FULL`, and no flush here.
+fn group_commit(connection: &Connection) -> rusqlite::Result<Option<Flush>> {
+    let mode: String = connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+    let Some(path) = connection
+        .path()
+        .filter(|_| mode.eq_ignore_ascii_case("wal"))
+    else {
+        return Ok(None);
+    };
+    let wal = PathBuf::from(format!("{path}-wal"));
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    let mut file: Option<File> = None;
+    Ok(Some(Box::new(move || {
+        if file.is_none() {
+            match File::open(&wal) {
+                Ok(opened) => file = Some(opened),
+                // No log yet: nothing was committed to it.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(error) => return Err(error),
+            }
+        }
+        file.as_ref().map_or(Ok(()), File::sync_data)
+    })))
 }
 
 /// `pid`'s log: its written lines, then those journaled and not yet written; and whether it

@@ -26,6 +26,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::super::backlog::Chunk;
 use super::super::columns::{attempts_json, nanos};
+use super::super::teller::Flush;
 use super::super::writer::{Backend, Failure, Fault, Outcome};
 use super::super::{Change, IdempotencyKey};
 use super::journal::{self, Entry, Image};
@@ -51,6 +52,8 @@ const HOUSEKEEP_EVERY: Duration = Duration::from_millis(250);
 /// The writer's connection, and the tasks it has journaled and not yet written to `tasks`.
 pub(super) struct SqliteBackend {
     pub(super) connection: Connection,
+    /// The flush of the log its teller runs before telling, with `full` (see `group_commit`).
+    pub(super) flush: Option<Flush>,
     pub(super) unwritten: Arc<Unwritten>,
     /// Set while more than [`MAX_HELD`] tasks are only journaled: the store is then unhealthy.
     pub(super) behind: Arc<AtomicBool>,
@@ -111,6 +114,10 @@ impl Backend for SqliteBackend {
 
     fn commit_spacing(&self) -> Duration {
         self.commit_spacing
+    }
+
+    fn flush(&mut self) -> Option<Flush> {
+        self.flush.take()
     }
 
     fn closing(&mut self) {
