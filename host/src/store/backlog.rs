@@ -186,21 +186,34 @@ impl Backlog {
         if batch.is_empty() && done.is_none() {
             return;
         }
+        let mut state = self.lock();
+        // A step's progress, alone or with the lines the step logged, folds into the latest
+        // per task; the lines go on alone, and so may be shed. (A step's progress kept as a
+        // change, beside its lines, was never shed: 2,000 sleeping tasks through a 180-s
+        // outage of the store piled up 360,000 of them, twice the backlog's bound.)
         if done.is_none()
-            && let [Change::Event(pid, TaskEvent::Progress { step, fuel, .. })] = batch.as_slice()
+            && batch.iter().any(is_progress)
+            && batch
+                .iter()
+                .all(|change| is_progress(change) || is_log_lines(change))
         {
-            let wake = {
-                let mut state = self.lock();
-                state.progress.insert(*pid, (*step, *fuel));
-                state.wakes()
-            };
-            if wake {
-                self.wake.notify_one();
+            batch.retain(|change| match change {
+                Change::Event(pid, TaskEvent::Progress { step, fuel, .. }) => {
+                    state.progress.insert(*pid, (*step, *fuel));
+                    false
+                }
+                _ => true,
+            });
+            if batch.is_empty() {
+                let wake = state.wakes();
+                drop(state);
+                if wake {
+                    self.wake.notify_one();
+                }
+                return;
             }
-            return;
         }
         let only_lines = !batch.is_empty() && batch.iter().all(is_log_lines);
-        let mut state = self.lock();
         let bytes: usize = batch.iter().map(cost_bytes).sum();
         if only_lines && state.bytes + bytes > self.limit_bytes / 2 {
             drop(state);
@@ -387,6 +400,10 @@ impl Backlog {
     }
 }
 
+fn is_progress(change: &Change) -> bool {
+    matches!(change, Change::Event(_, TaskEvent::Progress { .. }))
+}
+
 fn is_log_lines(change: &Change) -> bool {
     matches!(change, Change::Event(_, TaskEvent::Logs { .. }))
 }
@@ -523,5 +540,62 @@ mod tests {
         let rest = backlog.take(100).expect("the rest");
         assert_eq!(rest.pendings.len(), 6);
         assert!(rest.progress.is_empty());
+    }
+
+    /// A step's progress submitted with the lines the step logged folds like a lone one, and
+    /// its lines are shed like any others once the backlog is past its bound: sleeping tasks
+    /// stepping through an outage of the store keep the backlog bounded.
+    #[test]
+    fn a_steps_progress_with_its_lines_folds_and_its_lines_may_be_shed() {
+        let bound = 64 * 1024;
+        let backlog = Backlog::new(bound);
+        for step in 0..2_000u32 {
+            for seq in 0..20 {
+                let pid = Pid::new(1, seq);
+                let progress = TaskEvent::Progress {
+                    step,
+                    steps: 10_000,
+                    fuel: u64::from(step),
+                };
+                let lines = TaskEvent::Logs {
+                    lines: vec![crate::model::LogLine {
+                        at: std::time::SystemTime::now(),
+                        source: crate::model::LogSource::Stdout,
+                        message: format!("step {step}"),
+                    }],
+                    dropped_bytes: 0,
+                };
+                backlog.submit(
+                    vec![Change::Event(pid, progress), Change::Event(pid, lines)],
+                    None,
+                    0,
+                );
+            }
+        }
+        let size = backlog.size();
+        assert!(size.bytes <= bound as u64, "{} bytes waiting", size.bytes);
+        assert!(backlog.shed() > 0, "lines past the bound are shed");
+        let chunk = backlog.take(usize::MAX).expect("a chunk");
+        assert_eq!(chunk.progress.len(), 20);
+        assert_eq!(chunk.progress.get(&Pid::new(1, 3)), Some(&(1_999, 1_999)));
+        assert!(chunk.changes().all(|(_, change)| is_log_lines(change)));
+        // A step's progress with anything else (here its end) stays in order with it.
+        let pid = Pid::new(2, 1);
+        let progress = TaskEvent::Progress {
+            step: 3,
+            steps: 3,
+            fuel: 9,
+        };
+        let Change::Event(_, ended) = end(pid) else {
+            unreachable!("an end");
+        };
+        backlog.submit(
+            vec![Change::Event(pid, progress), Change::Event(pid, ended)],
+            None,
+            0,
+        );
+        let chunk = backlog.take(usize::MAX).expect("the end");
+        assert!(chunk.progress.is_empty());
+        assert_eq!(chunk.changes().count(), 2);
     }
 }
