@@ -119,9 +119,9 @@ impl Host {
     }
 
     /// What comes before a submission's key is looked up: the task checked against its
-    /// worker's limits (the worker returned), and its key dated and held. Held before the store is asked: a first
-    /// request commits its key before it lets go, so a repeat after it finds the key
-    /// remembered.
+    /// worker's limits (the worker returned), and its key dated and held. Held before the
+    /// store is asked: a first request commits its key before it lets go, so a repeat after
+    /// it finds the key remembered.
     fn hold(&self, task: &NewTask, key: Option<IdempotencyKey>) -> Result<Held<'_>, SpawnError> {
         let worker = self.check(task)?;
         let key = self.dated(key);
