@@ -1189,3 +1189,36 @@ async fn an_awaited_read_waits_for_a_reader_without_holding_the_thread() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue #23: with `full`, the writer's connection commits without waiting for the disk only
+/// when its log is flushed before anyone is told (group commit): `NORMAL` comes with a flush
+/// of the `-wal` file, and a database not in WAL mode keeps SQLite's own `FULL` and gets no
+/// flush. Were the two parted, a `202` could come before its task is on the disk.
+#[test]
+fn group_commit_lowers_the_sync_only_with_a_flush_of_the_log() {
+    let dir = scratch("group-commit");
+    let synchronous = |connection: &Connection| -> i64 {
+        connection
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .expect("synchronous")
+    };
+    // In WAL mode: NORMAL (1), and a flush that flushes the log once there is one.
+    let wal = Connection::open(dir.join("wal.db")).expect("open");
+    configure(&wal, StoreSync::Full).expect("configure");
+    assert_eq!(synchronous(&wal), 2, "FULL before");
+    let mut flush = group_commit(&wal).expect("group commit").expect("a flush");
+    assert_eq!(synchronous(&wal), 1, "NORMAL with the flush");
+    wal.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .expect("a commit");
+    assert!(dir.join("wal.db-wal").exists(), "the log the flush flushes");
+    flush().expect("flushed");
+    // Not in WAL mode: no flush, and SQLite's own FULL stays.
+    let rollback = Connection::open(dir.join("rollback.db")).expect("open");
+    rollback
+        .pragma_update(None, "synchronous", "FULL")
+        .expect("FULL");
+    assert!(group_commit(&rollback).expect("group commit").is_none());
+    assert_eq!(synchronous(&rollback), 2, "FULL stays without a flush");
+    drop((wal, rollback));
+    let _ = std::fs::remove_dir_all(&dir);
+}
