@@ -37,8 +37,8 @@ const FLUSH_FAILED: i32 = 74;
 pub(super) struct Teller {
     sender: Option<mpsc::Sender<Told>>,
     thread: Option<JoinHandle<()>>,
-    /// The flush, when there is no thread and the writer tells itself.
-    inline: Option<(&'static str, Arc<Mutex<Flush>>)>,
+    /// The store's name and its flush, shared with the thread: whoever tells, flushes first.
+    flush: Option<(&'static str, Arc<Mutex<Flush>>)>,
 }
 
 impl Teller {
@@ -46,7 +46,7 @@ impl Teller {
     /// it cannot start, the writer of `store` tells its submitters itself, flushing first.
     pub(super) fn start(store: &'static str, flush: Option<Flush>) -> Self {
         let (sender, receiver) = mpsc::channel::<Told>();
-        let flush = flush.map(|flush| Arc::new(Mutex::new(flush)));
+        let flush = flush.map(|flush| (store, Arc::new(Mutex::new(flush))));
         let theirs = flush.clone();
         let spawned = std::thread::Builder::new()
             .name("store-teller".into())
@@ -56,27 +56,22 @@ impl Teller {
                     while let Ok(more) = receiver.try_recv() {
                         told.extend(more);
                     }
-                    if let Some(flush) = &theirs {
+                    if let Some((store, flush)) = &theirs {
                         flushed(store, flush);
                     }
                     finish(told);
                 }
             });
-        match spawned {
-            Ok(thread) => Self {
-                sender: Some(sender),
-                thread: Some(thread),
-                inline: None,
-            },
-            Err(error) => {
+        let thread = spawned
+            .inspect_err(|error| {
                 tracing::warn!(%error, store, "the store's teller thread did not start; its \
                     writer tells submitters itself");
-                Self {
-                    sender: None,
-                    thread: None,
-                    inline: flush.map(|flush| (store, flush)),
-                }
-            }
+            })
+            .ok();
+        Self {
+            sender: thread.is_some().then_some(sender),
+            thread,
+            flush,
         }
     }
 
@@ -92,7 +87,8 @@ impl Teller {
             },
             None => told,
         };
-        if let Some((store, flush)) = &self.inline {
+        // No thread (it did not start, or is gone): told here, but never before a flush.
+        if let Some((store, flush)) = &self.flush {
             flushed(store, flush);
         }
         finish(told);
@@ -193,6 +189,32 @@ mod tests {
             flushes < BATCHES,
             "batches share flushes: {flushes} for {BATCHES}"
         );
+    }
+
+    /// With no thread (it did not start, or is gone), the writer tells itself, and still
+    /// never before a flush.
+    #[test]
+    fn without_its_thread_a_teller_still_flushes_before_it_tells() {
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let flush: Flush = {
+            let flushes = Arc::clone(&flushes);
+            Box::new(move || {
+                flushes.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        };
+        let teller = Teller {
+            sender: None,
+            thread: None,
+            flush: Some(("test", Arc::new(Mutex::new(flush)))),
+        };
+        let seen = Arc::new(AtomicUsize::new(usize::MAX));
+        let done: super::super::Done = {
+            let (flushes, seen) = (Arc::clone(&flushes), Arc::clone(&seen));
+            Box::new(move |_| seen.store(flushes.load(Ordering::SeqCst), Ordering::SeqCst))
+        };
+        teller.tell_one(Pending::new(Vec::new(), Some(done), 0), Ok(()));
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "told after one flush");
     }
 
     /// Without a flush, batches are told in order, each once.
