@@ -97,8 +97,8 @@ export HTTP_SPAWN_ADMIN_TOKEN=$token
 
 . scripts/debug-host.sh
 # Tasks of at most 3 s, so that a task's event stream ends soon and a kill meets both live and
-# ended tasks.
-start_debug_host --capacity 1000 --max-duration-secs 3
+# ended tasks; waits for a task's end of at most 2 s, within schemathesis's request timeout.
+start_debug_host --capacity 1000 --max-duration-secs 3 --max-wait-secs 2
 
 # schemathesis keeps its caches and example database in the directory it runs in.
 mkdir -p "$WORK_DIR"

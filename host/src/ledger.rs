@@ -363,7 +363,7 @@ type Waiting = HashMap<Pid, Vec<(u64, oneshot::Sender<()>)>>;
 
 /// Who waits for which task's end. Nearly always empty: an end then costs one atomic read.
 #[derive(Debug, Default)]
-struct EndWaiters {
+pub(crate) struct EndWaiters {
     waiting: Mutex<Waiting>,
     /// Waiters registered, kept under the lock.
     count: AtomicUsize,
@@ -377,7 +377,8 @@ impl EndWaiters {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn watch(self: &Arc<Self>, pid: Pid) -> EndWatch {
+    /// A wait for `pid`'s end, which [`EndWaiters::ended`] resolves.
+    pub(crate) fn watch(self: &Arc<Self>, pid: Pid) -> EndWatch {
         let (sender, receiver) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut waiting = self.lock();
@@ -391,7 +392,8 @@ impl EndWaiters {
         }
     }
 
-    fn ended(&self, pid: Pid) {
+    /// `pid` has ended: its waits resolve.
+    pub(crate) fn ended(&self, pid: Pid) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -402,6 +404,14 @@ impl EndWaiters {
                 let _ = sender.send(());
             }
         }
+    }
+
+    /// The tasks waited for now.
+    pub(crate) fn pids(&self) -> Vec<Pid> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        self.lock().keys().copied().collect()
     }
 
     fn forget(&self, pid: Pid, id: u64) {

@@ -670,6 +670,75 @@ async fn names_and_links_reach_across_hosts() {
     assert_eq!(got["end"]["status"], "failed", "{got}");
 }
 
+/// Issue #24: a client waits through any host for the end of a task another host runs: the
+/// host it asks finds the end in the shared store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waits_through_any_host_for_a_task_s_end() {
+    let url = postgres::fresh_database("wait_across");
+    let a = Node::start(&url, "a", &[]).await;
+    let b = Node::start(&url, "b", &[]).await;
+    let b_id = b.id().await;
+    let pid = b.spawn(json!({"name": "there", "duration": 1})).await;
+    wait_running_on(&a, &pid, b_id).await;
+    let asked = std::time::Instant::now();
+    let answer = a
+        .client
+        .get(a.url(&format!("/api/tasks/{pid}/result?wait=20")))
+        .send()
+        .await
+        .expect("asked");
+    assert_eq!(answer.status(), 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    let body: Value = answer.json().await.expect("JSON");
+    assert_eq!(body["status"], "exited", "{body}");
+    assert_eq!(body["exit_code"], 0, "{body}");
+}
+
+/// A task's own send to a task another host holds, by name: the name is looked up in the
+/// store, the message handed to the store for the holder, and the send answered once it is
+/// written, on the sender's scheduler thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_sends_to_a_named_task_on_another_host() {
+    let url = postgres::fresh_database("send_across");
+    let a = Node::start(&url, "a", &[]).await;
+    let b = Node::start(&url, "b", &[]).await;
+    let b_id = b.id().await;
+    let inbox = b
+        .spawn(actor(
+            "inbox",
+            json!([{"op": "register", "name": "inbox"}, {"op": "receive", "timeout_ms": 20_000}]),
+        ))
+        .await;
+    wait_running_on(&a, &inbox, b_id).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while a.get("/api/names/inbox").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never named");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sender = a
+        .run(actor(
+            "sender",
+            json!([{"op": "send", "to": "name:inbox", "body": {"hello": "across"}}]),
+        ))
+        .await;
+    let sender = sender["pid"].as_str().expect("a pid").to_owned();
+    let lines = logged(&a, &sender).await;
+    let sent = lines
+        .iter()
+        .find(|line| line["op"] == "send")
+        .expect("sent");
+    assert_eq!(sent["ok"], true, "{sent}");
+    assert_exited_0(&b.wait_end(&inbox).await);
+    let got = received(&b, &inbox).await;
+    assert_eq!(got["got"], "message", "{got}");
+    assert_eq!(got["sender"], sender.as_str(), "{got}");
+    assert_eq!(got["body"], json!({"hello": "across"}), "{got}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_bytes_that_do_not_match_their_sha256_are_never_run() {
     let url = postgres::fresh_database("damaged");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::postgres;
-use common::process::Binary;
+use common::process::{Binary, threads};
 use common::{module, temp_dir};
 use serde_json::json;
 
@@ -178,16 +178,6 @@ async fn a_database_password_is_never_shown() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("HTTP_SPAWN_STORE"), "{help}");
     assert!(!help.contains(secret), "{help}");
-}
-
-/// The threads of the process `pid`.
-fn threads(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc readable");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Threads:"))
-        .and_then(|count| count.trim().parse().ok())
-        .expect("a Threads: line")
 }
 
 /// Issue #23: an HTTP handler's read of the shared store waits for the database without

@@ -1,9 +1,43 @@
 //! What a running task may ask of the host beyond logging: the host calls of
 //! `http-spawn:worker/host@0.2.0`, as the runtime sees them. The host implements this; the
 //! runtime only forwards a guest's calls, so wasmtime never meets the scheduler or the store.
+//!
+//! A call that may have to ask the store (a pid or a name another host of a cluster may hold)
+//! gives an [`Answer`]: at once where it can, else a future, the code an HTTP handler awaits.
+//! A host alone answers at once, or after a read of its own store; a host of a cluster may
+//! wait for the database. The runtime polls a task's call on the spot (its `calls`): the
+//! contract's calls are synchronous, so a wait holds the task's scheduler thread. The future
+//! is what a contract whose calls can answer later would hand on instead, parking the task
+//! between steps.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use super::EndNotice;
 use crate::model::Pid;
+
+/// The answer to a host call that may wait for the store: at once (the common case, which
+/// costs no allocation), or a future.
+pub enum Answer<'a, T> {
+    Now(T),
+    Later(Pin<Box<dyn Future<Output = T> + Send + 'a>>),
+}
+
+impl<'a, T> Answer<'a, T> {
+    /// The answer a future will give.
+    pub fn later(future: impl Future<Output = T> + Send + 'a) -> Self {
+        Self::Later(Box::pin(future))
+    }
+}
+
+impl<T> std::fmt::Debug for Answer<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Now(_) => "Answer::Now",
+            Self::Later(_) => "Answer::Later",
+        })
+    }
+}
 
 /// Why a message (or a kill) did not reach its task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -68,27 +102,28 @@ pub struct ChildRequest {
     pub monitor: bool,
 }
 
-/// The host as a running task reaches it. Every call answers at once: none waits for room, a
-/// lock held by another thread aside.
+/// The host as a running task reaches it. No call waits for room (a full mailbox, a full
+/// host): it is refused. A call that takes a pid or a name may wait for the store, as its
+/// [`Answer`].
 pub trait Kernel: Send + Sync + std::fmt::Debug {
     /// Puts `body` into the mailbox of `to` (a pid, or `name:<name>`), from task `from`.
-    fn send(&self, from: Pid, to: &str, body: String) -> Result<(), SendError>;
+    fn send(&self, from: Pid, to: String, body: String) -> Answer<'_, Result<(), SendError>>;
     /// Accepts a child of `parent`, under the same admission as HTTP.
-    fn spawn(&self, parent: Pid, child: ChildRequest) -> Result<Pid, ChildError>;
+    fn spawn(&self, parent: Pid, child: ChildRequest) -> Answer<'_, Result<Pid, ChildError>>;
     /// One `down` notice to `watcher` when `target` ends.
-    fn monitor(&self, watcher: Pid, target: &str) -> Result<(), WatchError>;
+    fn monitor(&self, watcher: Pid, target: String) -> Answer<'_, Result<(), WatchError>>;
     /// Links `pid` and `target` both ways.
-    fn link(&self, pid: Pid, target: &str) -> Result<(), WatchError>;
+    fn link(&self, pid: Pid, target: String) -> Answer<'_, Result<(), WatchError>>;
     /// Removes the link between `pid` and `target`.
-    fn unlink(&self, pid: Pid, target: &str) -> Result<(), WatchError>;
+    fn unlink(&self, pid: Pid, target: String) -> Answer<'_, Result<(), WatchError>>;
     /// Kills `target` at the request of task `from`.
-    fn kill(&self, from: Pid, target: &str) -> Result<(), SendError>;
+    fn kill(&self, from: Pid, target: String) -> Answer<'_, Result<(), SendError>>;
     /// Whether `pid` takes abnormal ends of linked tasks as notices.
     fn trap_exits(&self, pid: Pid, on: bool);
     /// Registers `name` for `pid`.
-    fn register(&self, pid: Pid, name: &str) -> Result<(), NameError>;
+    fn register(&self, pid: Pid, name: String) -> Answer<'_, Result<(), NameError>>;
     /// The live task holding `name`, if `caller` reaches it.
-    fn whereis(&self, caller: Pid, name: &str) -> Option<Pid>;
+    fn whereis(&self, caller: Pid, name: String) -> Answer<'_, Option<Pid>>;
 
     /// Tells `linked`, which another host of the cluster holds, of the abnormal end `notice`
     /// of a task linked to it. A host alone has no such tasks.

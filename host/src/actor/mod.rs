@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use kernel::{ChildError, ChildRequest, Kernel, NameError, SendError, WatchError};
+pub use kernel::{Answer, ChildError, ChildRequest, Kernel, NameError, SendError, WatchError};
 pub use scope::{ActorScope, Lineage, Placement};
 pub use tree::SpawnRefusal;
 use tree::Trees;

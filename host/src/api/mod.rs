@@ -17,6 +17,7 @@ mod limits;
 mod observability;
 mod session;
 mod tasks;
+mod wait;
 mod workers;
 
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub struct RequestLimits {
     pub max_message_bytes: usize,
     /// How long an event stream may go without an event.
     pub event_stream_idle: Duration,
+    /// The longest a request may wait for a task's end, in seconds.
+    pub max_wait_secs: u32,
 }
 
 impl RequestLimits {
@@ -80,6 +83,7 @@ impl RequestLimits {
             max_discard_bytes: config.max_discard_bytes,
             read_timeout: Duration::from_secs(config.read_timeout_secs),
             max_message_bytes: config.max_message_bytes,
+            max_wait_secs: config.max_wait_secs,
         }
     }
 }
@@ -162,6 +166,7 @@ fn api_routes(
         .routes(routes!(tasks::spawn_task, tasks::list_tasks))
         .routes(routes!(tasks::get_task, tasks::kill_task))
         .routes(routes!(tasks::get_logs))
+        .routes(routes!(wait::task_result))
         .routes({
             let (schemas, paths, post) = routes!(actors::post_message);
             (

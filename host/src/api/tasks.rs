@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::actors::task_pid;
 use super::error::{AnyRoute, ApiError, ErrorBody, RETRY_AFTER_SECS};
+use super::wait;
 use super::{AppState, RequestLimits};
 use crate::config::is_worker_name;
 use crate::host::{KillError, SpawnError};
@@ -82,14 +83,27 @@ const LATE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 const LATE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Accepts a task and answers at once; the task runs in its own instance.
+///
+/// With `Prefer: wait=N` (RFC 7240), the answer waits up to N seconds (at most
+/// `--max-wait-secs`) for the task to end: `200` with how it ended if it does, else the usual
+/// `202`; both with `Preference-Applied`. Without the header nothing waits.
 #[utoipa::path(post, path = "/api/tasks", tag = "tasks", request_body = TaskRequest,
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1,
         max_length = 255, pattern = "^[!-~]+$",
         description = "1 to 255 bytes of visible ASCII: a repeat with the same body answers the \
-            first pid and starts nothing")),
+            first pid and starts nothing"),
+        ("Prefer" = Option<String>, Header, nullable = false,
+        description = "`wait=N`: wait up to N seconds (at most --max-wait-secs) for the task's \
+            end and answer it with 200; other preferences are ignored")),
     responses(
+        (status = 200, description = "With `Prefer: wait=N`: the task ended within the wait",
+            body = super::wait::TaskResult,
+            headers(("Location" = String, description = "The task's path, `/api/tasks/{pid}`"),
+                ("Preference-Applied" = String, description = "`wait=N`, the wait given"))),
         (status = 202, description = "Accepted; `Location` names the task", body = Spawned,
-            headers(("Location" = String, description = "The task's path, `/api/tasks/{pid}`")),
+            headers(("Location" = String, description = "The task's path, `/api/tasks/{pid}`"),
+                ("Preference-Applied" = String,
+                    description = "With `Prefer: wait=N`: `wait=N`, the wait given")),
             links(
                 ("GetTask" = (operation_id = "get_task",
                     parameters(("pid" = "$response.body#/pid")))),
@@ -157,18 +171,28 @@ pub(super) async fn spawn_task(
         SpawnError::KeyReused(_) => ApiError::Unprocessable(error.to_string()),
         SpawnError::KeyInFlight => ApiError::Conflict(error.to_string()),
     })?;
+    let wait = wait::preferred_wait(&headers, state.limits.max_wait_secs);
+    if let Some(wait) = wait
+        && let Some(ended) = wait::waited(&state, pid, wait).await
+    {
+        return Ok(ended);
+    }
     let body = Spawned {
         pid,
         message: format!("Process {pid} will run for {duration} seconds"),
         name,
         status: Status::Spawned,
     };
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/api/tasks/{pid}"))],
-        Json(body),
-    )
-        .into_response())
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, wait::location(pid));
+    if let Some(wait) = wait {
+        headers.insert(
+            wait::PREFERENCE_APPLIED.clone(),
+            wait::preference_applied(wait),
+        );
+    }
+    Ok(response)
 }
 
 /// A body sent as JSON (`415` otherwise) and read whole within `limit` bytes (`413`).
@@ -577,6 +601,7 @@ mod tests {
             read_timeout: std::time::Duration::from_secs(1),
             max_message_bytes: 1024,
             event_stream_idle: std::time::Duration::from_secs(60),
+            max_wait_secs: 60,
         }
     }
 

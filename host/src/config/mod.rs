@@ -55,6 +55,8 @@ pub const DEFAULT_GUEST_NICE: u8 = 10;
 /// HTTP connections open at once; lowered at start to what the file-descriptor limit allows.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// How long a client may take to send a request's head, or pause while sending its body.
+/// `--max-wait-secs`: a minute, as long as a client may long-poll a task's end.
+const DEFAULT_MAX_WAIT_SECS: u32 = 60;
 pub const DEFAULT_READ_TIMEOUT_SECS: u64 = 10;
 /// Largest request head (request line and headers) accepted; past it, 431. Servers people
 /// trust refuse somewhere between 8 and 16 KiB.
@@ -288,6 +290,12 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub max_connections: usize,
+
+    /// The longest a client may wait for a task's end in one request, in seconds:
+    /// `GET /api/tasks/{pid}/result?wait=` and a submission's `Prefer: wait=`.
+    #[arg(long, env = "HTTP_SPAWN_MAX_WAIT_SECS", default_value_t = DEFAULT_MAX_WAIT_SECS,
+          value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub max_wait_secs: u32,
 
     /// Seconds a client has to send a request's headers (from connecting, or from the end of
     /// its previous request: idle connections close after it too), and the longest it may

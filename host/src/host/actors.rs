@@ -8,7 +8,8 @@ use std::sync::Arc;
 use super::cluster::Watch;
 use super::{Host, KillError, SpawnError};
 use crate::actor::{
-    ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, PutError, SendError, WatchError,
+    Answer, ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, PutError, SendError,
+    WatchError,
 };
 use crate::model::{MAX_TASK_NAME_BYTES, NewTask, Pid, TaskEnd, TaskRecord};
 use crate::store::{Change, Forward, StoreError};
@@ -23,64 +24,68 @@ pub enum Unresolved {
 }
 
 impl Host {
-    /// The pid `target` stands for: a pid, or `name:<name>` for the live task holding it.
-    pub fn resolve(&self, target: &str) -> Result<Pid, Unresolved> {
-        match target.strip_prefix("name:") {
-            Some(name) => self
-                .whereis_name(name)
-                .ok_or_else(|| Unresolved::NoSuchName(name.to_owned())),
-            None => target
-                .parse()
-                .map_err(|()| Unresolved::NotAPid(target.to_owned())),
-        }
-    }
-
-    /// [`Host::resolve`] for an HTTP handler: a name another host of the cluster may hold is
-    /// looked up in the store without holding the thread.
+    /// The pid `target` stands for: a pid, or `name:<name>` for the live task holding it. A
+    /// name another host of the cluster may hold is looked up in the store, awaited without
+    /// holding the thread.
     pub async fn resolve_async(&self, target: &str) -> Result<Pid, Unresolved> {
         let Some(name) = target.strip_prefix("name:") else {
-            return self.resolve(target);
+            return target
+                .parse()
+                .map_err(|()| Unresolved::NotAPid(target.to_owned()));
         };
-        let here = self.actors.whereis(name);
-        let found = match (here, &self.cluster) {
-            (Some(pid), _) => Some(pid),
-            (None, Some(cluster)) => cluster.store.whereis_async(name).await.ok().flatten(),
-            (None, None) => None,
-        };
-        found.ok_or_else(|| Unresolved::NoSuchName(name.to_owned()))
+        self.whereis_name(name)
+            .await
+            .ok_or_else(|| Unresolved::NoSuchName(name.to_owned()))
     }
 
-    /// Puts a message into `to`'s mailbox, from task `sender` or (none) from an HTTP client,
-    /// and wakes `to` if it waits in `receive`. Never waits and never drops: a full mailbox
-    /// refuses.
-    pub fn send(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
-        let sent = self.put(sender, to, body);
-        self.counted(sender.is_some(), sent)
-    }
-
-    /// [`Host::send`] from an HTTP client: a message for a task another host of the cluster
-    /// holds is handed to the store, and its answer awaited, without holding the thread.
+    /// Puts a message into `to`'s mailbox from an HTTP client, and wakes `to` if it waits in
+    /// `receive`. Never drops: a full mailbox refuses. A message for a task another host of
+    /// the cluster holds is handed to the store, and its answer awaited, without holding the
+    /// thread.
     pub async fn send_async(&self, to: Pid, body: String) -> Result<(), SendError> {
-        let sent = async {
-            let bytes = self.sized(&body)?;
-            if let Some(cluster) = self.forwards_to(to)
-                && matches!(cluster.store.holder_async(to).await, Ok(Some(_)))
-            {
-                return match self.written(forwarded_message(to, None, body)).await {
-                    Err(StoreError::NotDelivered) => {
-                        Err(undelivered(cluster.store.holder_async(to).await))
-                    }
-                    written => written.map_err(|_| SendError::Unavailable),
-                };
-            }
-            match self.put_here(None, to, body, bytes) {
-                Ok(()) => Ok(()),
-                Err(PutError::Full) => Err(SendError::MailboxFull),
-                Err(PutError::NotLive) => Err(not_live(self.end_of_async(to).await)),
-            }
-        }
-        .await;
+        let sent = self.deliver(None, to, body).await;
         self.counted(false, sent)
+    }
+
+    /// Puts a message into `to`'s mailbox, from task `sender` or (none) from an HTTP client:
+    /// here, or in a cluster, when another host holds `to` (or it waits in the shared queue),
+    /// handed to the store for that host, and answered once the store has it. The store keeps
+    /// the mailbox's bound for it (as many messages again may wait there), so that a full one
+    /// is refused here as it would be there.
+    async fn deliver(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
+        let bytes = self.sized(&body)?;
+        if let Some(cluster) = self.forwards_to(to)
+            && matches!(cluster.store.holder_async(to).await, Ok(Some(_)))
+        {
+            // Another host holds it, or it waits in the shared queue: the store hands the
+            // message to that host, or to whichever claims it. Its event is published there.
+            return match self.written(forwarded_message(to, sender, body)).await {
+                Err(StoreError::NotDelivered) => {
+                    Err(undelivered(cluster.store.holder_async(to).await))
+                }
+                written => written.map_err(|_| SendError::Unavailable),
+            };
+        }
+        match self.put_local(sender, to, body, bytes) {
+            Some(sent) => sent,
+            None => Err(not_live(self.end_of_async(to).await)),
+        }
+    }
+
+    /// Puts a message of `bytes` into `to`'s mailbox on this host: its answer, or none when
+    /// `to` has no mailbox here (whether it ended or never was, the store says).
+    fn put_local(
+        &self,
+        sender: Option<Pid>,
+        to: Pid,
+        body: String,
+        bytes: usize,
+    ) -> Option<Result<(), SendError>> {
+        match self.put_here(sender, to, body, bytes) {
+            Ok(()) => Some(Ok(())),
+            Err(PutError::Full) => Some(Err(SendError::MailboxFull)),
+            Err(PutError::NotLive) => None,
+        }
     }
 
     /// Counts a message sent, by its sender (a task or an HTTP client) and its result.
@@ -98,33 +103,15 @@ impl Host {
         sent
     }
 
-    fn put(&self, sender: Option<Pid>, to: Pid, body: String) -> Result<(), SendError> {
-        self.put_or_forward(sender, to, body, true)
-    }
-
-    /// Puts a message into `to`'s mailbox here; in a cluster, when `forward` is set and
-    /// another host holds `to` (or it waits in the shared queue), hands it to the store for
-    /// that host and waits until the store has it: the store keeps the mailbox's bound for
-    /// it (as many messages again may wait there), so that a full one is refused here as it
-    /// would be there. A message taken from the store is never forwarded again.
-    pub(super) fn put_or_forward(
+    /// Puts a message the store carried from another host into `to`'s mailbox here: never
+    /// forwarded again. On the cluster's own thread, which may wait for the store.
+    pub(super) fn put_carried(
         &self,
         sender: Option<Pid>,
         to: Pid,
         body: String,
-        forward: bool,
     ) -> Result<(), SendError> {
         let bytes = self.sized(&body)?;
-        if let Some(cluster) = self.forwards_to(to).filter(|_| forward)
-            && matches!(cluster.store.holder(to), Ok(Some(_)))
-        {
-            // Another host holds it, or it waits in the shared queue: the store hands the
-            // message to that host, or to whichever claims it. Its event is published there.
-            return match self.wait_for_store(forwarded_message(to, sender, body)) {
-                Err(StoreError::NotDelivered) => Err(undelivered(cluster.store.holder(to))),
-                written => written.map_err(|_| SendError::Unavailable),
-            };
-        }
         match self.put_here(sender, to, body, bytes) {
             Ok(()) => Ok(()),
             Err(PutError::Full) => Err(SendError::MailboxFull),
@@ -204,21 +191,26 @@ impl Host {
         self.actors.names()
     }
 
-    /// The live task holding `name`: here, or in a cluster on any host.
-    fn whereis_name(&self, name: &str) -> Option<Pid> {
-        self.actors.whereis(name).or_else(|| {
-            let cluster = self.cluster.as_ref()?;
-            cluster.store.whereis(name).ok().flatten()
-        })
+    /// The live task holding `name`: here, or in a cluster on any host (awaited).
+    async fn whereis_name(&self, name: &str) -> Option<Pid> {
+        if let Some(pid) = self.actors.whereis(name) {
+            return Some(pid);
+        }
+        let cluster = self.cluster.as_ref()?;
+        cluster.store.whereis_async(name).await.ok().flatten()
     }
 
-    /// Tells `watcher` at once how `target`, which has no mailbox, ended. A notice it asked for
-    /// itself (`within`) counts against its mailbox's bound (`too_many` when it has no room);
-    /// the `down` of a child it spawned does not.
-    fn down_now(&self, watcher: Pid, target: Pid, within: bool) -> Result<(), WatchError> {
-        let notice = self
-            .end_of(target)
-            .unwrap_or_else(|_| Arc::new(EndNotice::unknown(target)));
+    /// Tells `watcher` at once how `target`, which has no mailbox, ended (as `end` says). A
+    /// notice it asked for itself (`within`) counts against its mailbox's bound (`too_many`
+    /// when it has no room); the `down` of a child it spawned does not.
+    fn down_now(
+        &self,
+        watcher: Pid,
+        target: Pid,
+        end: Result<Arc<EndNotice>, StoreError>,
+        within: bool,
+    ) -> Result<(), WatchError> {
+        let notice = end.unwrap_or_else(|_| Arc::new(EndNotice::unknown(target)));
         let outcome = notice.outcome_str();
         let entry = Entry::Down(notice);
         let put = if within {
@@ -239,13 +231,18 @@ impl Host {
         }
     }
 
-    /// Acts on a link to `target`, which has no mailbox: as if it had been linked before it
-    /// ended abnormally (a notice, or `pid` killed); nothing for a normal end. The notice
-    /// counts against the mailbox's bound as in [`Host::down_now`], when `within`.
-    fn linked_to_ended(&self, pid: Pid, target: Pid, within: bool) -> Result<(), WatchError> {
-        let notice = self
-            .end_of(target)
-            .unwrap_or_else(|_| Arc::new(EndNotice::unknown(target)));
+    /// Acts on a link to `target`, which has no mailbox and ended as `end` says: as if it had
+    /// been linked before it ended abnormally (a notice, or `pid` killed); nothing for a
+    /// normal end. The notice counts against the mailbox's bound as in [`Host::down_now`],
+    /// when `within`.
+    fn linked_to_ended(
+        &self,
+        pid: Pid,
+        target: Pid,
+        end: Result<Arc<EndNotice>, StoreError>,
+        within: bool,
+    ) -> Result<(), WatchError> {
+        let notice = end.unwrap_or_else(|_| Arc::new(EndNotice::unknown(target)));
         if !notice.is_abnormal() {
             return Ok(());
         }
@@ -276,21 +273,11 @@ impl Host {
             Err(PutError::NotLive) => Err(WatchError::BadPid),
         }
     }
-}
 
-impl Kernel for Host {
-    fn send(&self, from: Pid, to: &str, body: String) -> Result<(), SendError> {
-        let to = self.resolve(to).map_err(|unresolved| match unresolved {
-            Unresolved::NotAPid(_) => SendError::BadPid,
-            Unresolved::NoSuchName(_) => SendError::NoSuchProcess,
-        })?;
-        if !self.reaches(from, to) {
-            return Err(SendError::NoSuchProcess);
-        }
-        Host::send(self, Some(from), to, body)
-    }
-
-    fn spawn(&self, parent: Pid, child: ChildRequest) -> Result<Pid, ChildError> {
+    /// Checks and accepts a child of `parent`, charged to its tree: its pid, and whether it
+    /// runs here (else it waits in the cluster's shared queue, watched as another host's task
+    /// as `child` asks).
+    fn accept_child(&self, parent: Pid, child: ChildRequest) -> Result<(Pid, bool), ChildError> {
         let refused = |why: &str| ChildError::Refused(why.to_owned());
         if child.name.trim().is_empty() {
             return Err(refused("the child's name must not be empty"));
@@ -354,74 +341,131 @@ impl Kernel for Host {
             if child.monitor {
                 let _ = self.watch_queued(parent, pid, Watch::Monitor);
             }
-            return Ok(pid);
+            return Ok((pid, false));
         }
-        if child.link {
-            match self.actors.link(parent, pid) {
-                Ok(true) => {}
-                Ok(false) if self.watch_remote(parent, pid, Watch::Link) => {}
-                Ok(false) => {
-                    let _ = self.linked_to_ended(parent, pid, false);
-                }
-                // Too many: the child runs unlinked, and the parent is told by the error.
-                Err(_) => {}
+        Ok((pid, true))
+    }
+}
+
+impl Kernel for Host {
+    fn send(&self, from: Pid, to: String, body: String) -> Answer<'_, Result<(), SendError>> {
+        // The common case needs no store: a pid reached without a walk, on a host alone or
+        // held by this one.
+        if let Ok(pid) = to.parse::<Pid>()
+            && self.reaches_at_once(from, pid) == Some(true)
+            && (self.cluster.is_none() || self.actors.holds(pid))
+        {
+            let put = self
+                .sized(&body)
+                .map(|bytes| self.put_local(Some(from), pid, body, bytes));
+            return match put {
+                Ok(Some(sent)) => Answer::Now(self.counted(true, sent)),
+                Err(too_large) => Answer::Now(self.counted(true, Err(too_large))),
+                Ok(None) => Answer::later(async move {
+                    let sent = Err(not_live(self.end_of_async(pid).await));
+                    self.counted(true, sent)
+                }),
+            };
+        }
+        Answer::later(async move {
+            let to = self.resolve_async(&to).await.map_err(unreached)?;
+            if !self.reaches(from, to).await {
+                return Err(SendError::NoSuchProcess);
             }
-        }
-        if child.monitor
-            && self.actors.monitor(parent, pid) == Ok(false)
-            && !self.watch_remote(parent, pid, Watch::Monitor)
-        {
-            let _ = self.down_now(parent, pid, false);
-        }
-        Ok(pid)
+            let sent = self.deliver(Some(from), to, body).await;
+            self.counted(true, sent)
+        })
     }
 
-    fn monitor(&self, watcher: Pid, target: &str) -> Result<(), WatchError> {
-        let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
-        if !self.reaches(watcher, target) {
-            return Err(WatchError::BadPid);
+    fn spawn(&self, parent: Pid, child: ChildRequest) -> Answer<'_, Result<Pid, ChildError>> {
+        let (link, monitor) = (child.link, child.monitor);
+        let pid = match self.accept_child(parent, child) {
+            Ok((pid, true)) => pid,
+            // Another host runs it: watched from here as such.
+            Ok((pid, false)) => return Answer::Now(Ok(pid)),
+            Err(refused) => return Answer::Now(Err(refused)),
+        };
+        // Too many: the child runs unlinked, and the parent is told by the error.
+        let linked = !link || self.actors.link(parent, pid) != Ok(false);
+        let monitored = !monitor || self.actors.monitor(parent, pid) != Ok(false);
+        if linked && monitored {
+            return Answer::Now(Ok(pid));
         }
-        if !self.actors.monitor(watcher, target)?
-            && !self.watch_remote(watcher, target, Watch::Monitor)
-        {
-            self.down_now(watcher, target, true)?;
-        }
-        Ok(())
+        // No longer live here (it ended at once, or another host took it): the store says.
+        Answer::later(async move {
+            if !linked && !self.watch_remote(parent, pid, Watch::Link).await {
+                let end = self.end_of_async(pid).await;
+                let _ = self.linked_to_ended(parent, pid, end, false);
+            }
+            if !monitored && !self.watch_remote(parent, pid, Watch::Monitor).await {
+                let end = self.end_of_async(pid).await;
+                let _ = self.down_now(parent, pid, end, false);
+            }
+            Ok(pid)
+        })
     }
 
-    fn link(&self, pid: Pid, target: &str) -> Result<(), WatchError> {
-        let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
-        if !self.reaches(pid, target) {
-            return Err(WatchError::BadPid);
-        }
-        if !self.actors.link(pid, target)? && !self.watch_remote(pid, target, Watch::Link) {
-            self.linked_to_ended(pid, target, true)?;
-        }
-        Ok(())
+    fn monitor(&self, watcher: Pid, target: String) -> Answer<'_, Result<(), WatchError>> {
+        Answer::later(async move {
+            let target = self
+                .resolve_async(&target)
+                .await
+                .map_err(|_| WatchError::BadPid)?;
+            if !self.reaches(watcher, target).await {
+                return Err(WatchError::BadPid);
+            }
+            if !self.actors.monitor(watcher, target)?
+                && !self.watch_remote(watcher, target, Watch::Monitor).await
+            {
+                let end = self.end_of_async(target).await;
+                self.down_now(watcher, target, end, true)?;
+            }
+            Ok(())
+        })
     }
 
-    fn unlink(&self, pid: Pid, target: &str) -> Result<(), WatchError> {
-        let target = self.resolve(target).map_err(|_| WatchError::BadPid)?;
-        self.actors.unlink(pid, target);
-        self.unlink_remote(pid, target);
-        Ok(())
+    fn link(&self, pid: Pid, target: String) -> Answer<'_, Result<(), WatchError>> {
+        Answer::later(async move {
+            let target = self
+                .resolve_async(&target)
+                .await
+                .map_err(|_| WatchError::BadPid)?;
+            if !self.reaches(pid, target).await {
+                return Err(WatchError::BadPid);
+            }
+            if !self.actors.link(pid, target)? && !self.watch_remote(pid, target, Watch::Link).await
+            {
+                let end = self.end_of_async(target).await;
+                self.linked_to_ended(pid, target, end, true)?;
+            }
+            Ok(())
+        })
     }
 
-    fn kill(&self, from: Pid, target: &str) -> Result<(), SendError> {
-        let target = self
-            .resolve(target)
-            .map_err(|unresolved| match unresolved {
-                Unresolved::NotAPid(_) => SendError::BadPid,
-                Unresolved::NoSuchName(_) => SendError::NoSuchProcess,
-            })?;
-        if !self.reaches(from, target) {
-            return Err(SendError::NoSuchProcess);
-        }
-        tracing::info!(pid = %target, by = %from, "A task asks to kill another");
-        Host::kill(self, target).map_err(|error| match error {
-            KillError::AlreadyEnded { .. } => SendError::Ended,
-            KillError::NotFound(_) => SendError::NoSuchProcess,
-            KillError::Store(_) => SendError::Unavailable,
+    fn unlink(&self, pid: Pid, target: String) -> Answer<'_, Result<(), WatchError>> {
+        Answer::later(async move {
+            let target = self
+                .resolve_async(&target)
+                .await
+                .map_err(|_| WatchError::BadPid)?;
+            self.actors.unlink(pid, target);
+            self.unlink_remote(pid, target);
+            Ok(())
+        })
+    }
+
+    fn kill(&self, from: Pid, target: String) -> Answer<'_, Result<(), SendError>> {
+        Answer::later(async move {
+            let target = self.resolve_async(&target).await.map_err(unreached)?;
+            if !self.reaches(from, target).await {
+                return Err(SendError::NoSuchProcess);
+            }
+            tracing::info!(pid = %target, by = %from, "A task asks to kill another");
+            self.kill_async(target).await.map_err(|error| match error {
+                KillError::AlreadyEnded { .. } => SendError::Ended,
+                KillError::NotFound(_) => SendError::NoSuchProcess,
+                KillError::Store(_) => SendError::Unavailable,
+            })
         })
     }
 
@@ -429,29 +473,33 @@ impl Kernel for Host {
         self.actors.set_trap_exits(pid, on);
     }
 
-    fn register(&self, pid: Pid, name: &str) -> Result<(), NameError> {
-        self.actors.register(pid, name)?;
-        if let Some(cluster) = &self.cluster {
-            // The whole cluster's, or not at all.
-            match cluster.store.register(name, pid) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.actors.unregister(pid);
-                    return Err(NameError::Taken);
-                }
-                Err(error) => {
-                    tracing::warn!(pid = %pid, name, %error, "a name could not be registered");
-                    self.actors.unregister(pid);
-                    return Err(NameError::Taken);
+    fn register(&self, pid: Pid, name: String) -> Answer<'_, Result<(), NameError>> {
+        Answer::later(async move {
+            self.actors.register(pid, &name)?;
+            if let Some(cluster) = &self.cluster {
+                // The whole cluster's, or not at all.
+                match cluster.store.register(&name, pid).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.actors.unregister(pid);
+                        return Err(NameError::Taken);
+                    }
+                    Err(error) => {
+                        tracing::warn!(pid = %pid, name, %error, "a name could not be registered");
+                        self.actors.unregister(pid);
+                        return Err(NameError::Taken);
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    fn whereis(&self, caller: Pid, name: &str) -> Option<Pid> {
-        self.whereis_name(name)
-            .filter(|&holder| self.reaches(caller, holder))
+    fn whereis(&self, caller: Pid, name: String) -> Answer<'_, Option<Pid>> {
+        Answer::later(async move {
+            let holder = self.whereis_name(&name).await?;
+            self.reaches(caller, holder).await.then_some(holder)
+        })
     }
 
     fn exit_remote(&self, linked: Pid, notice: &EndNotice) {
@@ -501,6 +549,14 @@ fn undelivered(holder: Result<Option<Option<u32>>, StoreError>) -> SendError {
         Ok(Some(_)) => SendError::MailboxFull,
         Ok(None) => SendError::Ended,
         Err(_) => SendError::Unavailable,
+    }
+}
+
+/// The send error for a target that names no task.
+fn unreached(unresolved: Unresolved) -> SendError {
+    match unresolved {
+        Unresolved::NotAPid(_) => SendError::BadPid,
+        Unresolved::NoSuchName(_) => SendError::NoSuchProcess,
     }
 }
 

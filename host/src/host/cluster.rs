@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Host, MAX_HOST_LOSSES};
 use crate::actor::{EndNotice, Entry, Placement, SendError};
 use crate::config::Config;
-use crate::ledger::Ending;
+use crate::ledger::{EndWaiters, EndWatch, Ending};
 use crate::model::{Outcome, Pid, TaskEnd};
 use crate::registry::VersionError;
 use crate::sched::Job;
@@ -57,6 +57,8 @@ pub(crate) struct Cluster {
     /// Monitors this host's tasks hold on tasks other hosts hold (or that wait in the shared
     /// queue), by target.
     remote: Mutex<HashMap<Pid, Remote>>,
+    /// Waits for the ends of tasks that may run on other hosts (`Host::await_end`).
+    ends: Arc<EndWaiters>,
     /// Heartbeats since the last look for strays, and the strays it found.
     strays: Mutex<(u32, HashSet<Pid>)>,
     /// Commands carried out here and not yet deleted from the store (the delete failed):
@@ -167,6 +169,7 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             left: AtomicBool::new(false),
             remote: Mutex::new(HashMap::new()),
+            ends: Arc::default(),
             strays: Mutex::new((0, HashSet::new())),
             delivered: Mutex::new(Vec::new()),
             // The join that just happened set the lease in the database, from a moment after
@@ -356,6 +359,7 @@ impl Host {
             return;
         }
         self.commands(cluster);
+        self.settle_ends(cluster);
         let free = self
             .capacity()
             .saturating_sub(self.live())
@@ -445,7 +449,7 @@ impl Host {
             }
             Command::Message { to, sender, body } => {
                 let body = String::from_utf8_lossy(&body).into_owned();
-                match self.put_or_forward(sender, to, body, false) {
+                match self.put_carried(sender, to, body) {
                     Ok(()) => {}
                     Err(SendError::MailboxFull) => return CarriedOut::Later,
                     // It ended since the look above: its mailbox went with it, as in Erlang.
@@ -595,14 +599,38 @@ impl Host {
         }
     }
 
+    /// Resolves the waits for the ends of tasks that may run on other hosts, for those that
+    /// have ended: one query for them all, each `--cluster-poll`, only while someone waits.
+    fn settle_ends(&self, cluster: &Cluster) {
+        let pids = cluster.ends.pids();
+        if pids.is_empty() {
+            return;
+        }
+        match cluster.store.holders(&pids) {
+            // A task no host holds and none waits for has ended.
+            Ok(holders) => {
+                for pid in pids.into_iter().filter(|pid| !holders.contains_key(pid)) {
+                    cluster.ends.ended(pid);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "looking for ended tasks failed"),
+        }
+    }
+
+    /// A wait for `pid`'s end wherever it runs: resolved by the cluster's poll once the
+    /// store shows it ended.
+    pub(super) fn watch_remote_end(&self, pid: Pid) -> Option<EndWatch> {
+        self.cluster.as_ref().map(|cluster| cluster.ends.watch(pid))
+    }
+
     /// Monitors or links `target`, which another host holds or which waits in the shared
     /// queue, for `watcher`: whether it is such a task (else the caller acts as for an ended
     /// one).
-    pub(super) fn watch_remote(&self, watcher: Pid, target: Pid, how: Watch) -> bool {
+    pub(super) async fn watch_remote(&self, watcher: Pid, target: Pid, how: Watch) -> bool {
         let Some(cluster) = &self.cluster else {
             return false;
         };
-        let holder = match cluster.store.holder(target) {
+        let holder = match cluster.store.holder_async(target).await {
             Ok(Some(holder)) => holder,
             Ok(None) => return false,
             // Not known now: watched as a task of another host, which the next check of the

@@ -213,6 +213,9 @@ impl Host {
             config.max_queue,
             Arc::clone(&ledger),
             Arc::clone(&actors),
+            shared
+                .as_ref()
+                .and_then(|_| tokio::runtime::Handle::try_current().ok()),
         )
         .context("starting the scheduler threads")?;
         let pids = match &shared {
@@ -435,21 +438,8 @@ impl Host {
     }
 
     /// Asks for a task to be killed: at once if it is queued or sleeping, within an epoch
-    /// tick if it is running a step. Its end is recorded as `killed`. For a task's own kill
-    /// of another, on its scheduler thread; an HTTP handler uses [`Host::kill_async`].
-    pub fn kill(&self, pid: Pid) -> Result<(), KillError> {
-        match self.kill_of(pid, self.store.get(pid)?)? {
-            Kill::Forward(batch) => forwarded(self.wait_for_store(batch)),
-            Kill::Here => {
-                self.scheduler.kill(pid);
-                let record = self.store.get(pid)?;
-                self.kill_sent(pid, record);
-                Ok(())
-            }
-        }
-    }
-
-    /// [`Host::kill`] for an HTTP handler: waits for the store without holding the thread.
+    /// tick if it is running a step. Its end is recorded as `killed`. For an HTTP handler or a
+    /// task's own kill of another: waits for the store without holding the thread.
     pub async fn kill_async(&self, pid: Pid) -> Result<(), KillError> {
         match self.kill_of(pid, self.store.get_async(pid).await?)? {
             Kill::Forward(batch) => forwarded(self.written(batch).await),
@@ -494,35 +484,6 @@ impl Host {
         }
     }
 
-    /// Writes `batch` and waits until the store has it (or has refused it). A host of a
-    /// cluster that loses its lease meanwhile stops waiting: its tasks are stopped, and their
-    /// host calls return. On a worker of an async runtime (an HTTP handler), the wait is off it.
-    fn wait_for_store(&self, batch: Vec<Change>) -> Result<(), StoreError> {
-        let (sender, receiver) = std::sync::mpsc::channel();
-        self.store.submit(
-            batch,
-            Some(Box::new(move |result| {
-                let _ = sender.send(result);
-            })),
-        );
-        let wait = || {
-            loop {
-                match receiver.recv_timeout(FENCE_POLL) {
-                    Ok(result) => return result,
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        if let Some(lost) = self.lease_lost() {
-                            return Err(lost);
-                        }
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                        return Err(StoreError::Unavailable("the store stopped writing".into()));
-                    }
-                }
-            }
-        };
-        crate::store::blocking(wait)
-    }
-
     /// Why a wait for the store stops early: this host of a cluster lost its lease (its tasks
     /// are stopped, and what they wait for will not come).
     fn lease_lost(&self) -> Option<StoreError> {
@@ -532,8 +493,9 @@ impl Host {
             .then(|| StoreError::Unavailable("this host has lost its lease in the cluster".into()))
     }
 
-    /// [`Host::wait_for_store`] for a caller on the async runtime (an HTTP handler): waits
-    /// for the store's answer without holding the thread.
+    /// Writes `batch` and waits until the store has it (or has refused it), holding no thread.
+    /// A host of a cluster that loses its lease meanwhile stops waiting: its tasks are
+    /// stopped, and what they wait for will not come.
     async fn written(&self, batch: Vec<Change>) -> Result<(), StoreError> {
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         self.store.submit(
@@ -560,6 +522,44 @@ impl Host {
     /// Resolves once task `pid`'s end is recorded from now on; see [`Ledger::watch_end`].
     pub fn watch_end(&self, pid: Pid) -> EndWatch {
         self.ledger.watch_end(pid)
+    }
+
+    /// Task `pid`'s record once it has ended, or as it stands at `deadline` if it has not by
+    /// then; `None` for no such task. The wait holds no thread: a task's end here wakes it as
+    /// the end is recorded; in a cluster, the end of one another host holds (or that waits in
+    /// the shared queue) is looked for in the store each `--cluster-poll`, one query for every
+    /// wait. A caller that stops waiting (a client gone) leaves nothing behind.
+    pub async fn await_end(
+        &self,
+        pid: Pid,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let mut seen = None;
+        loop {
+            // Listened for before looking, so that an end in between is heard.
+            let mut here = self.ledger.watch_end(pid);
+            let mut there = self.watch_remote_end(pid);
+            let Some(record) = self.get_async(pid).await?.or(seen) else {
+                return Ok(None);
+            };
+            if record.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(Some(record));
+            }
+            seen = Some(record);
+            match &mut there {
+                Some(there) => {
+                    tokio::select! {
+                        _ = here.ended_by(deadline) => {}
+                        _ = there.ended_by(deadline) => {}
+                    }
+                }
+                None => {
+                    here.ended_by(deadline).await;
+                }
+            }
+            // Then looked at again: ended, or the wait is up (a record evicted meanwhile has
+            // ended too, and is answered as last seen).
+        }
     }
 
     /// Shuts down: refuses new tasks at once, gives running ones `grace` to end, kills the

@@ -34,15 +34,14 @@ impl Host {
 
     /// Whether `caller`, a running task, may send to, kill, link to or monitor `target`, or
     /// learn that it holds a name.
-    pub(super) fn reaches(&self, caller: Pid, target: Pid) -> bool {
+    pub(super) async fn reaches(&self, caller: Pid, target: Pid) -> bool {
+        if let Some(reached) = self.reaches_at_once(caller, target) {
+            return reached;
+        }
         let Some((scope, bound, _)) = self.actors.reach(caller) else {
-            // Not a task running here: it makes no calls.
             return false;
         };
-        if caller == target || (scope == ActorScope::Any && bound.is_none()) {
-            return true;
-        }
-        let up = self.ancestry(target);
+        let up = self.ancestry(target).await;
         // Within the subtree that bounds it, whatever its scope.
         if bound.is_some_and(|bound| target != bound && !up.ancestors.contains(&bound)) {
             return false;
@@ -55,14 +54,24 @@ impl Host {
             ActorScope::Descendants => false,
             ActorScope::Tree => {
                 let root = up.root(target);
-                root.is_some() && root == self.ancestry(caller).root(caller)
+                root.is_some() && root == self.ancestry(caller).await.root(caller)
             }
         }
     }
 
+    /// [`Host::reaches`] when it needs no walk up the target's ancestors (a worker reaching
+    /// any task, or a task itself); none when it does.
+    pub(super) fn reaches_at_once(&self, caller: Pid, target: Pid) -> Option<bool> {
+        let Some((scope, bound, _)) = self.actors.reach(caller) else {
+            // Not a task running here: it makes no calls.
+            return Some(false);
+        };
+        (caller == target || (scope == ActorScope::Any && bound.is_none())).then_some(true)
+    }
+
     /// `pid`'s ancestors: from the lineages this host keeps, and where those end, from the
     /// store's records (a task that ended, runs on another host, or was entered after a crash).
-    fn ancestry(&self, pid: Pid) -> Ancestry {
+    async fn ancestry(&self, pid: Pid) -> Ancestry {
         let mut ancestors = Vec::new();
         // The task whose ancestors come next: `pid`, then the last one found.
         let mut at = pid;
@@ -79,7 +88,7 @@ impl Host {
                         None => None,
                     }
                 }
-                None => match self.store.get(at) {
+                None => match self.store.get_async(at).await {
                     Ok(Some(record)) => record.parent,
                     // Unknown, or the store cannot say now: out of reach.
                     _ => {

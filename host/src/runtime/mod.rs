@@ -10,6 +10,7 @@
 
 mod bindings;
 pub(crate) mod cache;
+mod calls;
 mod capture;
 mod embedded;
 mod engine;

@@ -15,9 +15,7 @@ use super::engine::{
     MAX_TABLES_PER_COMPONENT,
 };
 use super::interrupt::Interrupts;
-use crate::actor::{
-    ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, SendError, Wake, WatchError,
-};
+use crate::actor::{EndNotice, Entry, Kernel, Wake};
 use crate::model::{LogSource, Outcome, Pid, Printable, TaskEnd, one_line};
 
 use v2::http_spawn::worker::types as wit;
@@ -153,107 +151,6 @@ impl v1::http_spawn::worker::host::Host for TaskState {
 
 impl wit::Host for TaskState {}
 
-impl v2::http_spawn::worker::host::Host for TaskState {
-    fn log(&mut self, level: Level, message: String) {
-        self.log_line(level, message);
-    }
-
-    fn self_pid(&mut self) -> String {
-        self.pid.to_string()
-    }
-
-    fn send(&mut self, to: String, body: String) -> Result<(), wit::SendError> {
-        // A step sends its share, then waits for its next step: it cannot fill every
-        // mailbox of the host in one go.
-        if self.sends_left == 0 {
-            return Err(wit::SendError::MailboxFull);
-        }
-        self.sends_left -= 1;
-        let kernel = self.kernel().ok_or(wit::SendError::NoSuchProcess)?;
-        kernel.send(self.pid, &to, body).map_err(send_error)
-    }
-
-    fn spawn(&mut self, child: wit::Child) -> Result<String, wit::SpawnError> {
-        let kernel = self.kernel().ok_or(wit::SpawnError::Full)?;
-        let request = ChildRequest {
-            worker: child.worker,
-            name: child.name,
-            duration_secs: child.duration_secs,
-            payload: child.payload,
-            link: child.link,
-            monitor: child.monitor,
-        };
-        match kernel.spawn(self.pid, request) {
-            Ok(pid) => Ok(pid.to_string()),
-            Err(ChildError::Full) => Err(wit::SpawnError::Full),
-            Err(ChildError::ShuttingDown) => Err(wit::SpawnError::ShuttingDown),
-            Err(ChildError::UnknownWorker(name)) => Err(wit::SpawnError::UnknownWorker(name)),
-            Err(ChildError::Refused(why)) => Err(wit::SpawnError::Refused(why)),
-        }
-    }
-
-    fn monitor(&mut self, target: String) -> Result<(), wit::WatchError> {
-        let kernel = self.kernel().ok_or(wit::WatchError::BadPid)?;
-        kernel.monitor(self.pid, &target).map_err(watch_error)
-    }
-
-    fn link(&mut self, target: String) -> Result<(), wit::WatchError> {
-        let kernel = self.kernel().ok_or(wit::WatchError::BadPid)?;
-        kernel.link(self.pid, &target).map_err(watch_error)
-    }
-
-    fn unlink(&mut self, target: String) -> Result<(), wit::WatchError> {
-        let kernel = self.kernel().ok_or(wit::WatchError::BadPid)?;
-        kernel.unlink(self.pid, &target).map_err(watch_error)
-    }
-
-    fn kill(&mut self, target: String) -> Result<(), wit::SendError> {
-        let kernel = self.kernel().ok_or(wit::SendError::NoSuchProcess)?;
-        kernel.kill(self.pid, &target).map_err(send_error)
-    }
-
-    fn trap_exits(&mut self, on: bool) {
-        if let Some(kernel) = self.kernel() {
-            kernel.trap_exits(self.pid, on);
-        }
-    }
-
-    fn register(&mut self, name: String) -> Result<(), wit::NameError> {
-        let kernel = self.kernel().ok_or(wit::NameError::Invalid)?;
-        kernel
-            .register(self.pid, &name)
-            .map_err(|error| match error {
-                NameError::Invalid => wit::NameError::Invalid,
-                NameError::Taken => wit::NameError::Taken,
-                NameError::AlreadyNamed => wit::NameError::AlreadyNamed,
-            })
-    }
-
-    fn whereis(&mut self, name: String) -> Option<String> {
-        let kernel = self.kernel()?;
-        kernel.whereis(self.pid, &name).map(|pid| pid.to_string())
-    }
-}
-
-fn send_error(error: SendError) -> wit::SendError {
-    match error {
-        SendError::NoSuchProcess => wit::SendError::NoSuchProcess,
-        SendError::Ended => wit::SendError::Ended,
-        SendError::MailboxFull => wit::SendError::MailboxFull,
-        SendError::TooLarge => wit::SendError::TooLarge,
-        SendError::BadPid => wit::SendError::BadPid,
-        // The contract has no case for it; like a full mailbox, it may pass if tried later.
-        SendError::Unavailable => wit::SendError::MailboxFull,
-    }
-}
-
-fn watch_error(error: WatchError) -> wit::WatchError {
-    match error {
-        WatchError::BadPid => wit::WatchError::BadPid,
-        WatchError::TooMany => wit::WatchError::TooMany,
-    }
-}
-
 fn end_of(notice: &EndNotice) -> wit::End {
     wit::End {
         pid: notice.pid.to_string(),
@@ -261,6 +158,16 @@ fn end_of(notice: &EndNotice) -> wit::End {
         outcome: notice.outcome_str().to_owned(),
         exit_code: notice.exit_code,
         error: notice.error.clone(),
+    }
+}
+
+/// What a 0.2.0 step asked for.
+fn next_of(next: wit::Next) -> Next {
+    match next {
+        wit::Next::Sleep(ms) => Next::Sleep(ms),
+        wit::Next::Receive(ms) => Next::Receive(ms),
+        wit::Next::Done(code) => Next::Done(code),
+        wit::Next::Failed(message) => Next::Failed(message),
     }
 }
 
@@ -282,17 +189,7 @@ fn wake_of(wake: Wake) -> wit::Wake {
 use wit::Level;
 
 impl TaskState {
-    /// The host, for an actor call; none for a task that is being stopped (killed, or every
-    /// task of its host, which lost its lease), which makes no more of them: one that waits on
-    /// the store would hold the task past its stop, while its next epoch check ends it.
-    fn kernel(&self) -> Option<&Arc<dyn Kernel>> {
-        if self.interrupts.contains(self.pid) {
-            return None;
-        }
-        self.kernel.as_ref()
-    }
-
-    fn log_line(&mut self, level: Level, message: String) {
+    pub(super) fn log_line(&mut self, level: Level, message: String) {
         let source = match level {
             Level::Trace => LogSource::Trace,
             Level::Debug => LogSource::Debug,
@@ -383,6 +280,20 @@ pub struct StartSpec<'a> {
     pub attempt: u32,
 }
 
+impl StartSpec<'_> {
+    /// The spec as the 0.2.0 contract writes it.
+    pub(super) fn wit_spec(&self) -> wit::Spec {
+        wit::Spec {
+            pid: self.pid.to_string(),
+            name: self.name.to_string(),
+            duration_secs: self.duration_secs,
+            payload: self.payload.map(str::to_owned),
+            parent: self.parent.map(|pid| pid.to_string()),
+            attempt: self.attempt,
+        }
+    }
+}
+
 /// The per-task limits and links that are not the worker's: when the task must end, where
 /// kills for it are posted, and the host its actor calls reach.
 #[derive(Debug, Clone)]
@@ -437,19 +348,9 @@ impl Process {
                     .http_spawn_worker_task()
                     .call_start(&mut self.store, &spec)
             }
-            Bindings::V2(bindings) => {
-                let spec = wit::Spec {
-                    pid: spec.pid.to_string(),
-                    name: spec.name.to_string(),
-                    duration_secs: spec.duration_secs,
-                    payload: spec.payload.map(str::to_owned),
-                    parent: spec.parent.map(|pid| pid.to_string()),
-                    attempt: spec.attempt,
-                };
-                bindings
-                    .http_spawn_worker_task()
-                    .call_start(&mut self.store, &spec)
-            }
+            Bindings::V2(bindings) => bindings
+                .http_spawn_worker_task()
+                .call_start(&mut self.store, &spec.wit_spec()),
         };
         self.fuel += spent(&self.store, self.budget);
         match result {
@@ -501,12 +402,7 @@ impl Process {
             Bindings::V2(bindings) => bindings
                 .http_spawn_worker_task()
                 .call_step(&mut self.store, &wake_of(wake))
-                .map(|next| match next {
-                    wit::Next::Sleep(ms) => Next::Sleep(ms),
-                    wit::Next::Receive(ms) => Next::Receive(ms),
-                    wit::Next::Done(code) => Next::Done(code),
-                    wit::Next::Failed(message) => Next::Failed(message),
-                }),
+                .map(next_of),
         };
         self.fuel += spent(&self.store, self.budget);
         result.map_err(|error| classify(&error, &self.store.data().capture, step))

@@ -264,7 +264,10 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts `threads` scheduler threads at niceness `nice`, behind admission for `capacity`
-    /// live tasks and `max_queue` waiting ones, recording what happens in `ledger`.
+    /// live tasks and `max_queue` waiting ones, recording what happens in `ledger`. Given an
+    /// async `runtime`, the threads enter its context (they never run its tasks): on a host of
+    /// a cluster, a task's actor call that waits for the database also waits on the runtime's
+    /// timers, to stop waiting should the host lose its lease.
     pub fn start(
         threads: usize,
         nice: i32,
@@ -272,6 +275,7 @@ impl Scheduler {
         max_queue: usize,
         ledger: Arc<Ledger>,
         actors: Arc<Actors>,
+        runtime: Option<tokio::runtime::Handle>,
     ) -> std::io::Result<Self> {
         let lanes = Arc::new(Lanes {
             lanes: (0..threads.max(1))
@@ -288,11 +292,13 @@ impl Scheduler {
         let mut handles = Vec::new();
         for index in 0..lanes.lanes.len() {
             let thread = SchedulerThread::new(index, Arc::clone(&lanes));
+            let runtime = runtime.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("scheduler-{index}"))
                 .stack_size(THREAD_STACK_BYTES)
                 .spawn(move || {
                     crate::sys::set_thread_nice(nice);
+                    let _context = runtime.as_ref().map(tokio::runtime::Handle::enter);
                     thread.run();
                 })?;
             let inbox = &lanes.lanes[index].inbox;

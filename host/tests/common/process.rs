@@ -191,3 +191,13 @@ impl std::ops::Deref for Binary {
         &self.remote
     }
 }
+
+/// How many threads process `pid` runs, from `/proc/<pid>/status`.
+pub fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc readable");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("a Threads: line")
+}

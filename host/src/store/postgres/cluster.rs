@@ -574,9 +574,10 @@ impl PgStore {
     }
 
     /// Gives `name` to `pid` in the whole cluster, unless a live task holds it: whether it did.
-    pub fn register(&self, name: &str, pid: Pid) -> Result<bool, StoreError> {
+    /// Awaited: the task that asks is parked meanwhile, not its thread.
+    pub fn register(&self, name: &str, pid: Pid) -> Reading<'static, bool> {
         let (name, (boot, seq)) = (name.to_owned(), key(pid));
-        self.query(move |client| async move {
+        self.query_async(move |client| async move {
             let row = client
                 .query_opt(
                     "INSERT INTO names (name, boot, seq) VALUES ($1, $2, $3)
@@ -593,13 +594,7 @@ impl PgStore {
         })
     }
 
-    /// The live task holding `name` in the cluster.
-    pub fn whereis(&self, name: &str) -> Result<Option<Pid>, StoreError> {
-        let name = name.to_owned();
-        self.query(move |client| whereis_in(client, name))
-    }
-
-    /// [`PgStore::whereis`] for an HTTP handler: awaited, holding no thread.
+    /// The live task holding `name` in the cluster: awaited, holding no thread.
     pub fn whereis_async(&self, name: &str) -> Reading<'static, Option<Pid>> {
         let name = name.to_owned();
         self.query_async(move |client| whereis_in(client, name))
@@ -680,12 +675,7 @@ impl PgStore {
     }
 
     /// Which host holds `pid` now: `Some(None)` while it waits in the shared queue, `None` once
-    /// it has ended (or was never accepted).
-    pub fn holder(&self, pid: Pid) -> Result<Option<Option<u32>>, StoreError> {
-        self.query(move |client| holder_in(client, pid))
-    }
-
-    /// [`PgStore::holder`] for an HTTP handler: awaited, holding no thread.
+    /// it has ended (or was never accepted). Awaited, holding no thread.
     pub fn holder_async(&self, pid: Pid) -> Reading<'static, Option<Option<u32>>> {
         self.query_async(move |client| holder_in(client, pid))
     }
