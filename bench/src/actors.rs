@@ -378,6 +378,7 @@ fn messages_vs_tasks(
     );
     let cpu_before = host.cpu_secs();
     let run = runtime.block_on(loadgen::run_plan(Plan {
+        headers: None,
         addr: host.addr,
         connections: CONNECTIONS,
         duration: Duration::from_secs(secs),
@@ -402,12 +403,7 @@ fn messages_vs_tasks(
     let other = run.samples.len() as u64 - accepted - full + run.connect_errors;
     let messages_cpu_us = (host.cpu_secs() - cpu_before) * 1e6 / accepted.max(1) as f64;
     let messages_per_sec = accepted as f64 / run.elapsed.as_secs_f64();
-    let latencies: Vec<u32> = run
-        .samples
-        .iter()
-        .filter(|sample| sample.status != 0)
-        .map(|sample| sample.latency_us)
-        .collect();
+    let latencies = run.latencies_us();
     let messages_p50 = loadgen::percentile_ms(latencies.clone(), 0.5);
     let messages_p99 = loadgen::percentile_ms(latencies, 0.99);
 
@@ -707,6 +703,7 @@ fn spawn_children(
     let (mut accepted, mut refused) = (0, 0);
     while accepted < CHILDREN && begun.elapsed() < PATIENCE {
         let run = runtime.block_on(loadgen::run_plan(Plan {
+            headers: None,
             addr: host.addr,
             connections: CONNECTIONS,
             duration: PATIENCE,

@@ -67,6 +67,7 @@ pub fn percentile_ms(mut latencies_us: Vec<u32>, p: f64) -> f64 {
 pub async fn run(load: Load) -> Outcome {
     let durations = load.durations;
     let plan = Plan {
+        headers: None,
         addr: load.addr,
         connections: load.connections,
         duration: load.duration,
@@ -136,6 +137,8 @@ pub struct Plan {
     pub stop: Option<Arc<AtomicBool>>,
     /// Where each request is posted; `None` posts every one to `/api/tasks`.
     pub target: Option<Targets>,
+    /// Header lines each request carries beside the generator's own, each ending in `\r\n`.
+    pub headers: Option<Arc<str>>,
     pub body: Bodies,
 }
 
@@ -180,6 +183,15 @@ impl Run {
     /// How many answers had `status`.
     pub fn count(&self, status: u16) -> u64 {
         self.samples.iter().filter(|s| s.status == status).count() as u64
+    }
+
+    /// The latency of every request that was answered, in µs.
+    pub fn latencies_us(&self) -> Vec<u32> {
+        self.samples
+            .iter()
+            .filter(|sample| sample.status != 0)
+            .map(|sample| sample.latency_us)
+            .collect()
     }
 }
 
@@ -250,8 +262,9 @@ async fn connection(
             .target
             .as_ref()
             .map_or_else(|| "/api/tasks".to_owned(), |target| target(number));
+        let headers = plan.headers.as_deref().unwrap_or("");
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
             plan.addr,
             body.len()
         );

@@ -37,6 +37,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
     .to_vec();
     let runtime = crate::runtime()?;
     let plan = |addr, duration, stop| Plan {
+        headers: None,
         addr,
         connections: CONNECTIONS,
         duration,

@@ -190,6 +190,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
         let mut host = Host::start(&sub, &host_args, args.host_args.as_deref())?;
         let cpu_before = procfs::cpu_secs(host.pid()).unwrap_or(f64::NAN);
         let plan = Plan {
+            headers: None,
             addr: host.addr,
             connections: CONNECTIONS,
             duration: Duration::from_secs_f64(round_secs),

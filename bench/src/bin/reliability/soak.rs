@@ -90,6 +90,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
     let addr = host.addr;
     let submit = |count: u64| -> Run {
         runtime.block_on(loadgen::run_plan(Plan {
+            headers: None,
             addr,
             connections: CONNECTIONS,
             // A bound, should the host fall far behind the rate.

@@ -57,6 +57,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
     .to_vec();
     let host = Host::start(dir, &host_args, args.host_args.as_deref())?;
     let plan = |duration, count, rate, secs: u64| Plan {
+        headers: None,
         addr: host.addr,
         connections: 16,
         duration,

@@ -151,6 +151,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
         let mut host = Host::start(&sub, &host_args, args.host_args.as_deref())?;
         let watch = Watch::start(host.addr, host.pid());
         let plan = Plan {
+            headers: None,
             addr: host.addr,
             connections: CONNECTIONS,
             duration: Duration::from_secs_f64(round_secs),
