@@ -315,7 +315,10 @@ async fn a_read_only_database_keeps_every_end_until_it_takes_writes_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_answered_202_around_a_sigterm_runs() {
     let dir = temp_dir("faults-sigterm");
-    let mut host = sqlite_host(&dir, &["--capacity", "64"]).await;
+    // The history keeps every task the storm can submit in its 2 s: the oldest ended ones must
+    // not be pruned (the default keeps 10,000) before the test reads them back.
+    let args = ["--capacity", "64", "--max-history", "1000000"];
+    let mut host = sqlite_host(&dir, &args).await;
     let storm = Storm::start(&host.base, None, 16);
     tokio::time::sleep(Duration::from_secs(2)).await;
     host.terminate();
@@ -323,7 +326,7 @@ async fn every_task_answered_202_around_a_sigterm_runs() {
     assert!(status.success(), "{status}");
     let accepted = storm.stop().await;
     assert!(accepted.len() > 100, "load before the SIGTERM");
-    let host = sqlite_host(&dir, &["--capacity", "64"]).await;
+    let host = sqlite_host(&dir, &args).await;
     let mut seen = HashSet::new();
     for pid in &accepted {
         assert!(seen.insert(pid), "{pid} answered twice");
