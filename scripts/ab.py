@@ -3,6 +3,7 @@
 
     scripts/ab.py OLD_BINARY NEW_BINARY [--store memory|sqlite] [--duration N] [--rate R]
                   [--secs S] [--rounds K] [--rust-log FILTER] [--arg FLAG ...]
+                  [--old-worker WASM]
 
 Each round starts each binary in turn (the first swapping every round, so that the machine's
 drift hits both) on a free loopback port with the default worker, `--capacity 20000` and a
@@ -11,7 +12,9 @@ loads it with the bench's own generator (`http-spawn-bench load`: 64 keep-alive 
 unpaced unless `--rate`), waits for every task to end, and reads from /proc the host's CPU (and its store writer thread's) over
 that span. Prints each round and the medians: accepted/s, p50/p99, and host CPU per ended task,
 with new / old and the spread of the round-by-round ratios. Measures, asserts nothing.
-Build the generator first: `cargo build --release -p http-spawn-bench`.
+Build the generator first: `cargo build --release -p http-spawn-bench`. Both run the default
+worker `make build-guest` built, unless `--old-worker` gives the old binary its own (a worker
+built against a contract the old host predates cannot run on it).
 """
 
 import argparse
@@ -67,10 +70,10 @@ def health(port):
         return json.load(answer)
 
 
-def run_once(binary, args, scratch):
+def run_once(binary, worker, args, scratch):
     port = free_port()
     store = "memory" if args.store == "memory" else f"sqlite:{scratch}/tasks-{port}.db"
-    command = [binary, "--listen", f"127.0.0.1:{port}", "--module", WORKER,
+    command = [binary, "--listen", f"127.0.0.1:{port}", "--module", worker,
                "--capacity", "20000", "--store", store,
                "--cache-dir", os.path.join(ROOT, "target/module-cache")] + args.arg
     env = dict(os.environ, RUST_LOG=args.rust_log)
@@ -135,10 +138,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rust-log", default="warn",
                         help="RUST_LOG for both hosts; their console goes to a file")
+    parser.add_argument("--old-worker", default=WORKER,
+                        help="the default worker the old binary runs [default: the built one]")
     parser.add_argument("--arg", action="append", default=[],
                         help="a flag for both hosts (repeat; e.g. --arg=--worker-threads --arg=1)")
     args = parser.parse_args()
-    for needed in (GENERATOR, WORKER, args.old, args.new):
+    for needed in (GENERATOR, WORKER, args.old_worker, args.old, args.new):
         if not os.path.isfile(needed):
             raise SystemExit(f"{needed} is missing")
     scratch = tempfile.mkdtemp(prefix="http-spawn-ab-")
@@ -147,7 +152,8 @@ def main():
         for round_no in range(args.rounds):
             order = ["old", "new"] if round_no % 2 == 0 else ["new", "old"]
             for name in order:
-                result = run_once(getattr(args, name), args, scratch)
+                worker = args.old_worker if name == "old" else WORKER
+                result = run_once(getattr(args, name), worker, args, scratch)
                 results[name].append(result)
                 print(f"round {round_no + 1} {name}: {result['per_sec']}/s accepted "
                       f"({result['accepted']}), p50 {result['p50']} ms, p99 {result['p99']} ms, "
