@@ -22,6 +22,7 @@ build-guest: $(GUEST_DIR)/.target-installed
 	$(CARGO) build -p http-spawn-guest --target $(GUEST_TARGET) --profile guest --lib
 	$(CARGO) build -p http-spawn-report --target $(GUEST_TARGET) --profile guest --lib
 	$(CARGO) build -p http-spawn-supervisor --target $(GUEST_TARGET) --profile guest --lib
+	$(CARGO) build -p http-spawn-kv --target $(GUEST_TARGET) --profile guest --lib
 	$(CARGO) build -p http-spawn-test-workers --target $(GUEST_TARGET) --profile guest --examples
 
 build: build-guest

@@ -199,16 +199,22 @@ fn ping_pong(report: &mut Report, registry: &Path, rounds: u32) -> anyhow::Resul
          inside the pinging guest with its monotonic clock), beside two tokio tasks passing the \
          same strings over `tokio::sync::mpsc` in the bench's process; with as many scheduler \
          threads as runtime threads. With two, the host places the two tasks on different \
-         threads (round robin by pid), so every message wakes the other thread.\n"
+         threads (round robin by pid), so every message wakes the other thread. The calls row: \
+         the same, each round a call (`ctx.call`, answered by the `serve` op's `ctx.reply`) \
+         instead of a message each way.\n"
     ));
     let mut rows = Vec::new();
     let mut results = Vec::new();
     for threads in [2, 1] {
-        let tasks = ping_tasks(registry, threads, rounds)?;
+        let tasks = ping_tasks(registry, threads, rounds, false)?;
+        let calls = ping_tasks(registry, threads, rounds, true)?;
         let tokio = tokio_ping_pong(threads, rounds)?;
         let plural = if threads == 1 { "" } else { "s" };
         rows.push(tasks.row(&format!(
             "two tasks on one host, {threads} scheduler thread{plural}"
+        )));
+        rows.push(calls.row(&format!(
+            "the same with calls, {threads} scheduler thread{plural}"
         )));
         rows.push(tokio.row(&format!(
             "two tokio tasks, mpsc, {threads} runtime thread{plural}"
@@ -221,7 +227,9 @@ fn ping_pong(report: &mut Report, registry: &Path, rounds: u32) -> anyhow::Resul
             String::new(),
             String::new(),
         ]);
-        results.push(json!({"threads": threads, "tasks": tasks.json(), "tokio": tokio.json()}));
+        results.push(json!({
+            "threads": threads, "tasks": tasks.json(), "calls": calls.json(), "tokio": tokio.json(),
+        }));
     }
     report.table(
         &[
@@ -237,23 +245,30 @@ fn ping_pong(report: &mut Report, registry: &Path, rounds: u32) -> anyhow::Resul
     Ok(Value::Array(results))
 }
 
-/// (a) on a fresh host with `threads` scheduler threads: the pinger's own figures.
-fn ping_tasks(registry: &Path, threads: usize, rounds: u32) -> anyhow::Result<PingPong> {
+/// (a) on a fresh host with `threads` scheduler threads: the pinger's own figures, its rounds
+/// messages each way, or calls (`calls`).
+fn ping_tasks(
+    registry: &Path,
+    threads: usize,
+    rounds: u32,
+    calls: bool,
+) -> anyhow::Result<PingPong> {
     let threads = threads.to_string();
     let mut args = host_args(registry);
     args.extend(["--worker-threads", &threads]);
     let host = Server::start("host", &args)?;
+    let answer = if calls { "serve" } else { "echo" };
     let echo = start_actor(
         host.addr,
         "echo",
-        &json!([{"op": "echo", "timeout_ms": 60_000}]),
+        &json!([{"op": answer, "timeout_ms": 60_000}]),
     )?;
     let pinger = start_actor(
         host.addr,
         "ping",
         &json!([
-            {"op": "ping", "to": echo, "rounds": WARM_UP_ROUNDS},
-            {"op": "ping", "to": echo, "rounds": rounds},
+            {"op": "ping", "to": echo, "rounds": WARM_UP_ROUNDS, "call": calls},
+            {"op": "ping", "to": echo, "rounds": rounds, "call": calls},
         ]),
     )?;
     wait_ended(host.addr, &pinger)?;

@@ -21,7 +21,7 @@ use ::http_spawn::EngineLayout;
 wasmtime::component::bindgen!({ world: "worker", path: "../wit" });
 
 use self::http_spawn::worker::types::{
-    Child, Level, NameError, Pid, SendError, SpawnError, WatchError,
+    Child, Level, NameError, Pid, Reply, ReplyError, SendError, SpawnError, WatchError,
 };
 use exports::http_spawn::worker::task::{Next, Spec, Wake};
 
@@ -81,6 +81,14 @@ impl self::http_spawn::worker::host::Host for State {
 
     fn whereis(&mut self, _name: String) -> Option<Pid> {
         None
+    }
+
+    fn call(&mut self, _to: Pid, _body: String, _timeout_ms: u32) -> Result<u64, SendError> {
+        Err(SendError::NoSuchProcess)
+    }
+
+    fn reply(&mut self, _reply_to: u64, _body: String) -> Result<(), ReplyError> {
+        Err(ReplyError::NoSuchCall)
     }
 }
 
@@ -216,7 +224,9 @@ impl Naive {
                 Next::Sleep(_) => Wake::Slept,
                 // No one can send to a lone task: its wait runs out at once.
                 Next::Receive(_) => Wake::Timeout,
-                Next::Done(code) => return Ok(code),
+                // Nor answer a call: none is ever made.
+                Next::Await(ticket) => Wake::Replied((ticket, Reply::Timeout)),
+                Next::Done(done) => return Ok(done.exit_code),
                 Next::Failed(message) => anyhow::bail!(message),
             };
         }

@@ -322,6 +322,7 @@ impl EventBus {
             "outcome": end.outcome,
             "exit_code": end.exit_code,
             "error": end.error,
+            "result": end.result,
             "at": self::at(at),
         });
         published(pid, "exit", &data)
@@ -346,6 +347,7 @@ pub fn exit_data(record: &TaskRecord) -> Value {
         "outcome": record.outcome,
         "exit_code": record.exit_code,
         "error": record.error,
+        "result": record.result,
         "at": record.ended_at.map(at),
     })
 }

@@ -698,6 +698,87 @@ async fn a_client_waits_through_any_host_for_a_task_s_end() {
     assert_eq!(body["exit_code"], 0, "{body}");
 }
 
+/// Issue #24: a result is written to the shared store with the end: a client waiting through
+/// another host gets it, and so does a monitor on another host in its `down`. A call reaches
+/// only the tasks of the host it is made on: one for another host's task is refused, clearly,
+/// over HTTP and to a task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_reaches_every_host_and_a_call_across_hosts_is_refused() {
+    let url = postgres::fresh_database("result_across");
+    let a = Node::start(&url, "a", &[]).await;
+    let b = Node::start(&url, "b", &[]).await;
+    let b_id = b.id().await;
+    let result = json!({"answer": 42, "from": "b"});
+    let there = b
+        .spawn(actor(
+            "there",
+            json!([
+                {"op": "register", "name": "there"},
+                {"op": "receive", "timeout_ms": 20_000},
+                {"op": "exit", "code": 0, "result": result},
+            ]),
+        ))
+        .await;
+    wait_running_on(&a, &there, b_id).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while a.get("/api/names/there").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never named");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = a
+        .client
+        .post(a.url(&format!("/api/tasks/{there}/calls?timeout=2")))
+        .json(&json!({"q": 1}))
+        .send()
+        .await
+        .expect("asked");
+    assert_eq!(refused.status(), 409);
+    let body: Value = refused.json().await.expect("JSON");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another host"),
+        "{body}"
+    );
+    let caller = a
+        .run(actor(
+            "caller",
+            json!([
+                {"op": "monitor", "pid": there},
+                {"op": "call", "to": "name:there", "body": 1, "timeout_ms": 5_000},
+                {"op": "send", "to": "name:there", "body": "go"},
+                {"op": "receive", "timeout_ms": 20_000},
+            ]),
+        ))
+        .await;
+    let caller = caller["pid"].as_str().expect("a pid").to_owned();
+    let lines = logged(&a, &caller).await;
+    let call = lines
+        .iter()
+        .find(|line| line["op"] == "call")
+        .expect("call");
+    assert_eq!(call["error"], "elsewhere", "{call}");
+    let down = lines
+        .iter()
+        .find(|line| line["op"] == "receive")
+        .expect("receive");
+    assert_eq!(down["got"], "down", "{down}");
+    assert_eq!(down["end"]["result"], result, "{down}");
+
+    let answer = a
+        .client
+        .get(a.url(&format!("/api/tasks/{there}/result?wait=20")))
+        .send()
+        .await
+        .expect("asked");
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.expect("JSON");
+    assert_eq!(body["result"], result, "{body}");
+    let (_, record) = a.get(&format!("/api/tasks/{there}")).await;
+    assert_eq!(record["result"], result, "{record}");
+}
+
 /// A task's own send to a task another host holds, by name: the name is looked up in the
 /// store, the message handed to the store for the holder, and the send answered once it is
 /// written, on the sender's scheduler thread.
@@ -1092,7 +1173,7 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
         &url,
         &format!(
             "DROP TABLE log_parts;
-             ALTER TABLE tasks DROP COLUMN log_head, DROP COLUMN log_tail;
+             ALTER TABLE tasks DROP COLUMN log_head, DROP COLUMN log_tail, DROP COLUMN result;
              CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
              CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);
              CREATE INDEX tasks_by_worker ON tasks (worker, spawned_at, boot, seq);

@@ -1,14 +1,17 @@
 //! The worker's side of a task: [`Ctx`], its host calls, and the two futures a worker awaits.
 
+use alloc::collections::VecDeque;
 use alloc::rc::Rc;
 use alloc::string::String;
+use core::cell::Cell;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
 use crate::bindings::http_spawn::worker::host;
 use crate::bindings::http_spawn::worker::types::{
-    Child, End, Level, Message, NameError, SendError, SpawnError, Spec, Wake, WatchError,
+    Child, End, Level, Message, NameError, Reply, ReplyError, SendError, SpawnError, Spec, Wake,
+    WatchError,
 };
 use crate::executor::{Request, Slot};
 
@@ -20,6 +23,10 @@ pub struct Ctx {
     /// Shared with the executor: where [`Sleep`] and [`Receive`] leave their requests and find
     /// their wakes.
     slot: Rc<Slot>,
+    /// Mailbox entries an [`Exec`] took while it waited for its child's end, oldest first:
+    /// the next receives return them before they ask the host. A `Cell`, only ever taken and
+    /// put back, so nothing can panic.
+    stash: Cell<VecDeque<Received>>,
 }
 
 impl core::fmt::Debug for Ctx {
@@ -30,7 +37,11 @@ impl core::fmt::Debug for Ctx {
 
 impl Ctx {
     pub(crate) fn new(spec: Spec, slot: Rc<Slot>) -> Self {
-        Self { spec, slot }
+        Self {
+            spec,
+            slot,
+            stash: Cell::default(),
+        }
     }
 
     /// What the host told the task at start: its pid, name, duration, payload, parent and
@@ -59,6 +70,7 @@ impl Ctx {
     pub fn receive(&self, timeout_ms: u32) -> Receive<'_> {
         Receive {
             slot: &self.slot,
+            stash: &self.stash,
             timeout_ms,
             asked: false,
         }
@@ -74,6 +86,33 @@ impl Ctx {
     /// it; `child.link` and `child.monitor` take effect as it is created.
     pub fn spawn(&self, child: &Child) -> Result<String, SpawnError> {
         host::spawn(child)
+    }
+
+    /// Starts a child task and waits for its end, as Wippy's `process.exec`: its [`End`], with
+    /// its exit code and result. The child is monitored as it is created (whatever
+    /// `child.monitor` says), so its end cannot be missed. Whatever else comes to the mailbox
+    /// meanwhile is kept, in order, for the receives that follow.
+    ///
+    /// ```no_run
+    /// # async fn run(ctx: http_spawn_sdk::Ctx) -> Result<i32, String> {
+    /// let child = http_spawn_sdk::Child {
+    ///     worker: Some("report".into()),
+    ///     name: "q3".into(),
+    ///     duration_secs: 2,
+    ///     payload: None,
+    ///     link: false,
+    ///     monitor: true,
+    /// };
+    /// let end = ctx.exec(&child).await.map_err(|e| format!("not started: {e:?}"))?;
+    /// ctx.info(&format!("the report ended {} with {:?}", end.status, end.result));
+    /// # Ok(0) }
+    /// ```
+    pub fn exec<'a>(&'a self, child: &'a Child) -> Exec<'a> {
+        Exec {
+            ctx: self,
+            child,
+            pid: None,
+        }
     }
 
     /// Watches `pid`: one [`Received::Down`] comes when it ends, at once if it already has (or
@@ -113,6 +152,33 @@ impl Ctx {
     /// The pid of the live task registered under `name`, if any.
     pub fn whereis(&self, name: &str) -> Option<String> {
         host::whereis(name)
+    }
+
+    /// Calls `to` (a pid, or `name:<name>`): sends `body` as a message that asks for an
+    /// answer, and waits at most `timeout_ms` milliseconds for it. Messages that arrive
+    /// meanwhile wait in the mailbox. The call is made when the future is first polled.
+    ///
+    /// ```no_run
+    /// # async fn run(ctx: http_spawn_sdk::Ctx) -> Result<i32, String> {
+    /// let count = ctx
+    ///     .call("name:counter", r#"{"op":"get"}"#, 5_000)
+    ///     .await
+    ///     .map_err(|error| format!("the counter did not answer: {error:?}"))?;
+    /// # Ok(0) }
+    /// ```
+    pub fn call<'a>(&'a self, to: &'a str, body: &'a str, timeout_ms: u32) -> Call<'a> {
+        Call {
+            slot: &self.slot,
+            to,
+            body,
+            timeout_ms,
+            ticket: None,
+        }
+    }
+
+    /// Answers the call `reply_to` (a received [`Message`]'s `reply_to`) with `body`, once.
+    pub fn reply(&self, reply_to: u64, body: &str) -> Result<(), ReplyError> {
+        host::reply(reply_to, body)
     }
 
     /// Records a log line at `level` in the task's log and the host's, tagged with the pid.
@@ -157,6 +223,99 @@ pub enum Received {
     LinkedExit(End),
 }
 
+/// The future of [`Ctx::exec`]: ready with the child's end, or why it did not start.
+#[derive(Debug)]
+#[must_use = "an exec does nothing unless awaited"]
+pub struct Exec<'a> {
+    ctx: &'a Ctx,
+    child: &'a Child,
+    /// The child's pid, once spawned: the next polls expect its `down`.
+    pid: Option<String>,
+}
+
+impl Future for Exec<'_> {
+    type Output = Result<End, SpawnError>;
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        /// Waits as long as a wait can be; the task's deadline ends it first.
+        const FOREVER_MS: u32 = u32::MAX;
+        let request = Request::Receive(FOREVER_MS);
+        let Some(pid) = self.pid.clone() else {
+            let mut child = self.child.clone();
+            child.monitor = true;
+            return match host::spawn(&child) {
+                Ok(pid) => {
+                    self.pid = Some(pid);
+                    self.ctx.slot.ask(request);
+                    Poll::Pending
+                }
+                Err(error) => Poll::Ready(Err(error)),
+            };
+        };
+        let received = match self.ctx.slot.take_wake(request) {
+            Some(Wake::Message(message)) => Received::Message(message),
+            Some(Wake::Down(end)) if end.pid == pid => return Poll::Ready(Ok(end)),
+            Some(Wake::Down(end)) => Received::Down(end),
+            Some(Wake::LinkedExit(end)) => Received::LinkedExit(end),
+            // No wake in this poll (or one it did not ask for, which the executor reports).
+            _ => return Poll::Pending,
+        };
+        let mut stash = self.ctx.stash.take();
+        stash.push_back(received);
+        self.ctx.stash.set(stash);
+        self.ctx.slot.ask(request);
+        Poll::Pending
+    }
+}
+
+/// Why a call brought no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// It did not reach the callee, as a message would not have.
+    NotSent(SendError),
+    /// The callee ended before it answered (or never existed), as `End` says.
+    Ended(End),
+    /// No answer within the call's timeout.
+    Timeout,
+}
+
+/// The future of [`Ctx::call`]: ready with the answer, or why none came.
+#[derive(Debug)]
+#[must_use = "a call does nothing unless awaited"]
+pub struct Call<'a> {
+    slot: &'a Slot,
+    to: &'a str,
+    body: &'a str,
+    timeout_ms: u32,
+    /// The call's ticket, once made: the next poll then expects its answer.
+    ticket: Option<u64>,
+}
+
+impl Future for Call<'_> {
+    type Output = Result<String, CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(ticket) = self.ticket else {
+            return match host::call(self.to, self.body, self.timeout_ms) {
+                Ok(ticket) => {
+                    self.ticket = Some(ticket);
+                    self.slot.ask(Request::Await(ticket));
+                    Poll::Pending
+                }
+                Err(error) => Poll::Ready(Err(CallError::NotSent(error))),
+            };
+        };
+        match self.slot.take_wake(Request::Await(ticket)) {
+            Some(Wake::Replied((_, reply))) => Poll::Ready(match reply {
+                Reply::Answered(answer) => Ok(answer),
+                Reply::Ended(end) => Err(CallError::Ended(end)),
+                Reply::Timeout => Err(CallError::Timeout),
+            }),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 /// The future of [`Ctx::sleep`]: ready once the host has let the time pass.
 #[derive(Debug)]
 #[must_use = "a sleep does nothing unless awaited"]
@@ -186,13 +345,23 @@ impl Future for Sleep<'_> {
 
 /// The future of [`Ctx::receive`]: ready with the mailbox's next entry, or `None` when the
 /// timeout passed first.
-#[derive(Debug)]
 #[must_use = "a receive does nothing unless awaited"]
 pub struct Receive<'a> {
     slot: &'a Slot,
+    /// What an [`Exec`] kept: returned first, without asking the host.
+    stash: &'a Cell<VecDeque<Received>>,
     timeout_ms: u32,
     /// Whether the request went to the slot; the next poll then expects the wake.
     asked: bool,
+}
+
+impl core::fmt::Debug for Receive<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Receive")
+            .field("timeout_ms", &self.timeout_ms)
+            .field("asked", &self.asked)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Future for Receive<'_> {
@@ -201,6 +370,12 @@ impl Future for Receive<'_> {
     fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Received>> {
         let request = Request::Receive(self.timeout_ms);
         if !self.asked {
+            let mut stash = self.stash.take();
+            let kept = stash.pop_front();
+            self.stash.set(stash);
+            if let Some(kept) = kept {
+                return Poll::Ready(Some(kept));
+            }
             self.asked = true;
             self.slot.ask(request);
             return Poll::Pending;

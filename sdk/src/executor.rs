@@ -13,7 +13,7 @@ use core::ptr::null_mut;
 use core::task::{Context, Poll, Waker};
 
 use crate::bindings::http_spawn::worker::types::{Next, Spec, Wake};
-use crate::{Ctx, Exit};
+use crate::{Ctx, Return};
 
 /// What a pending future asked the host for: the step answers it as its `next`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub(crate) enum Request {
     Sleep(u32),
     /// `next::receive(timeout_ms)`.
     Receive(u32),
+    /// `next::await(ticket)`.
+    Await(u64),
 }
 
 impl Request {
@@ -29,6 +31,7 @@ impl Request {
         match self {
             Self::Sleep(ms) => Next::Sleep(ms),
             Self::Receive(timeout_ms) => Next::Receive(timeout_ms),
+            Self::Await(ticket) => Next::Await(ticket),
         }
     }
 
@@ -40,6 +43,7 @@ impl Request {
                 wake,
                 Wake::Message(_) | Wake::Timeout | Wake::Down(_) | Wake::LinkedExit(_)
             ),
+            Self::Await(ticket) => matches!(wake, Wake::Replied((t, _)) if *t == ticket),
         }
     }
 }
@@ -67,7 +71,7 @@ impl Slot {
     pub(crate) fn ask(&self, request: Request) {
         if self.request.replace(Some(request)).is_some() {
             self.fault.set(Some(
-                "the worker awaited two of the SDK's sleeps or receives at once",
+                "the worker awaited two of the SDK's sleeps, receives or calls at once",
             ));
         }
     }
@@ -79,7 +83,7 @@ impl Slot {
             Some(wake) if request.answered_by(&wake) => Some(wake),
             Some(_) => {
                 self.fault.set(Some(
-                    "a sleep or receive was woken by what another one asked for",
+                    "a sleep, receive or call was woken by what another one asked for",
                 ));
                 None
             }
@@ -104,7 +108,7 @@ pub(crate) struct Executor<F> {
     awaiting: Option<Request>,
 }
 
-impl<F: Future<Output = Exit>> Executor<F> {
+impl<T: Return, F: Future<Output = Result<T, String>>> Executor<F> {
     /// Creates the future `run(ctx)` for the task `spec` describes, not yet polled.
     pub(crate) fn new<R>(spec: Spec, run: R) -> Self
     where
@@ -151,9 +155,9 @@ impl<F: Future<Output = Exit>> Executor<F> {
         match poll {
             Poll::Ready(exit) => {
                 self.future = None;
-                match exit {
-                    Ok(code) => Next::Done(code),
-                    Err(message) => Next::Failed(message),
+                match exit.map(Return::done) {
+                    Ok(Ok(done)) => Next::Done(done),
+                    Ok(Err(message)) | Err(message) => Next::Failed(message),
                 }
             }
             Poll::Pending => match request {
@@ -163,7 +167,9 @@ impl<F: Future<Output = Exit>> Executor<F> {
                 }
                 None => {
                     self.future = None;
-                    failed("the worker awaited something other than the SDK's sleep or receive")
+                    failed(
+                        "the worker awaited something other than the SDK's sleep, receive or call",
+                    )
                 }
             },
         }
@@ -185,11 +191,13 @@ fn unasked_wake(wake: &Wake, awaited: Option<Request>) -> Next {
         Wake::Timeout => "timeout",
         Wake::Down(_) => "down",
         Wake::LinkedExit(_) => "linked-exit",
+        Wake::Replied(_) => "replied",
     });
     message.push_str(match awaited {
         None => "` before its first step",
         Some(Request::Sleep(_)) => "` while it slept",
         Some(Request::Receive(_)) => "` while it waited for its mailbox",
+        Some(Request::Await(_)) => "` while it awaited another call",
     });
     Next::Failed(message)
 }
@@ -206,11 +214,12 @@ unsafe impl Sync for Task {}
 static TASK: Task = Task(UnsafeCell::new((null_mut(), None)));
 
 /// The task interface's `start`: runs `plan`, then keeps the future `run(ctx)` for the steps.
-pub fn start<P, R, F>(spec: Spec, plan: P, run: R) -> Result<u32, String>
+pub fn start<P, R, F, T>(spec: Spec, plan: P, run: R) -> Result<u32, String>
 where
     P: FnOnce(&Spec) -> Result<u32, String>,
     R: FnOnce(Ctx) -> F,
-    F: Future<Output = Exit> + 'static,
+    F: Future<Output = Result<T, String>> + 'static,
+    T: Return,
 {
     let steps = plan(&spec)?;
     let executor = Box::into_raw(Box::new(Executor::new(spec, run)));
@@ -226,10 +235,11 @@ where
 
 /// The task interface's `step`. `run` is the worker's `run`, as passed to [`start`]: only its
 /// type is used, to find the executor's.
-pub fn step<R, F>(wake: Wake, run: R) -> Next
+pub fn step<R, F, T>(wake: Wake, run: R) -> Next
 where
     R: FnOnce(Ctx) -> F,
-    F: Future<Output = Exit> + 'static,
+    F: Future<Output = Result<T, String>> + 'static,
+    T: Return,
 {
     let _ = run;
     // SAFETY: see `Task`.
@@ -268,6 +278,7 @@ mod tests {
         Wake::Message(Message {
             sender: None,
             body: body.to_string(),
+            reply_to: None,
         })
     }
 
@@ -278,6 +289,7 @@ mod tests {
             outcome: "exit".to_string(),
             exit_code: Some(0),
             error: None,
+            result: None,
         }
     }
 
@@ -296,7 +308,10 @@ mod tests {
 
     #[track_caller]
     fn assert_done(next: Next, code: i32) {
-        assert!(matches!(next, Next::Done(c) if c == code), "{next:?}");
+        assert!(
+            matches!(&next, Next::Done(done) if done.exit_code == code && done.result.is_none()),
+            "{next:?}"
+        );
     }
 
     #[track_caller]
@@ -323,7 +338,7 @@ mod tests {
 
     #[test]
     fn an_error_fails_the_task_with_its_message() {
-        let mut task = Executor::new(spec(), |_| async { Err("no luck".to_string()) });
+        let mut task = Executor::new(spec(), |_| async { Err::<i32, _>("no luck".to_string()) });
         assert_failed(task.step(Wake::Started), "no luck");
     }
 
@@ -383,7 +398,7 @@ mod tests {
         });
         assert_failed(
             task.step(Wake::Started),
-            "other than the SDK's sleep or receive",
+            "other than the SDK's sleep, receive or call",
         );
     }
 
@@ -409,7 +424,7 @@ mod tests {
         });
         assert_failed(
             task.step(Wake::Started),
-            "two of the SDK's sleeps or receives",
+            "two of the SDK's sleeps, receives or calls",
         );
     }
 

@@ -1,5 +1,5 @@
 //! Write an http-spawn worker as an `async fn`: this crate drives the step protocol of
-//! `wit/worker.wit` (`http-spawn:worker@0.2.0`) for you.
+//! `wit/worker.wit` (`http-spawn:worker@0.3.0`) for you.
 //!
 //! ```no_run
 //! // In the worker's crate (`crate-type = ["cdylib"]`), which starts with
@@ -26,17 +26,17 @@
 //!   progress, its `Err` fails the task before step 1), then creates the future `run(ctx)` and
 //!   keeps it, boxed, in a static cell in the guest's memory. A component instance is
 //!   single-threaded, so one cell holds the one task.
-//! - `step(wake)` puts the wake where the pending [`Sleep`] or [`Receive`] can find it and polls
-//!   the future once, with a waker that does nothing: the host, not a waker, decides when the
-//!   next poll comes.
-//! - A [`Sleep`] or [`Receive`] records its request (`next::sleep(ms)`, `next::receive(ms)`) on
-//!   its first poll and is `Pending`; the step answers that request. On its next poll it takes
-//!   the wake and is `Ready`.
-//! - When the future is `Ready`, the step answers `done(code)` for `Ok(code)` and
-//!   `failed(message)` for `Err(message)`.
+//! - `step(wake)` puts the wake where the pending [`Sleep`], [`Receive`] or [`Call`] can find
+//!   it and polls the future once, with a waker that does nothing: the host, not a waker,
+//!   decides when the next poll comes.
+//! - A [`Sleep`], [`Receive`] or [`Call`] records its request (`next::sleep(ms)`,
+//!   `next::receive(ms)`, `next::await(ticket)`) on its first poll and is `Pending`; the step
+//!   answers that request. On its next poll it takes the wake and is `Ready`.
+//! - When the future is `Ready`, the step answers `done` for `Ok(value)` (an exit code, or a
+//!   result: see [`Return`]) and `failed(message)` for `Err(message)`.
 //!
-//! Only the SDK's own [`Sleep`] and [`Receive`] can be awaited, one at a time: there is no
-//! other event for a future to wait on. A future that is `Pending` without having asked for
+//! Only the SDK's own [`Sleep`], [`Receive`] and [`Call`] can be awaited, one at a time: there
+//! is no other event for a future to wait on. A future that is `Pending` without having asked for
 //! anything fails the task with a message saying so, and so does awaiting two at once (a
 //! `join` or `select` of them). A wake the pending future did not ask for is a host bug, and
 //! fails the task with a message naming both.
@@ -73,6 +73,7 @@ mod arena;
 #[cfg(any(test, all(target_arch = "wasm32", not(feature = "std"))))]
 mod bump;
 mod ctx;
+mod done;
 mod executor;
 pub mod payload;
 pub mod text;
@@ -94,15 +95,22 @@ pub mod bindings {
 use alloc::string::String;
 
 pub use bindings::http_spawn::worker::types::{
-    Child, End, Level, Message, NameError, SendError, SpawnError, Spec, WatchError,
+    Child, Done, End, Level, Message, NameError, ReplyError, SendError, SpawnError, Spec,
+    WatchError,
 };
-pub use ctx::{Ctx, Receive, Received, Sleep};
+pub use ctx::{Call, CallError, Ctx, Exec, Receive, Received, Sleep};
+#[cfg(feature = "json")]
+pub use done::Json;
+pub use done::Return;
 
 /// What a worker returns: `Ok(code)` ends the task with that exit code (0 means success),
-/// `Err(message)` fails it with that message as its error.
+/// `Err(message)` fails it with that message as its error. A worker that returns a result
+/// returns `Result<T, String>` instead, with `T` any [`Return`]: `Json(value)` for a value
+/// written as JSON (exit code 0), or a [`Done`] with both.
 pub type Exit = Result<i32, String>;
 
-/// Exports `run`, an `async fn(Ctx) -> Exit`, as the worker of this component.
+/// Exports `run`, an `async fn(Ctx) -> Result<T, String>` with `T` a [`Return`] (an exit code
+/// as [`Exit`] has it, or a result), as the worker of this component.
 ///
 /// `worker!(run)` plans 0 steps. `worker!(run, plan = plan)` calls
 /// `fn plan(spec: &Spec) -> Result<u32, String>` in `start`: its `Ok` is the number of steps the

@@ -206,6 +206,17 @@ async function main() {
     assert.equal(await page.locator(runningRow(report)).count(), 0);
   });
 
+  await check("a task that returns a result shows it in its exit row", async () => {
+    // The kv actor (guest/kv) returns its entries as its result when its duration is up.
+    const answer = await submit(page, { name: "kv-from-browser", duration: 1, worker: "kv",
+      payload: '{"name": "browser-kv"}' });
+    assert.ok(answer.pid, answer.text);
+    const exit = page.locator(`${exitRow(answer.pid)}[data-status="exited"]`);
+    await exit.waitFor();
+    assert.equal(await exit.locator(testid("exit-result")).textContent(), '{"entries":{}}');
+    assert.equal(await exit.locator(testid("exit-error")).count(), 0);
+  });
+
   await check("the totals and rates update", async () => {
     const count = (id) => page.locator(testid(id)).evaluate((el) => Number(el.textContent.replace(/\D/g, "")));
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="total-ended"]')

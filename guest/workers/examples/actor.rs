@@ -27,25 +27,42 @@
 //! - `spawn {worker?, name, duration?, payload?, payload_bytes?, link?, monitor?}` (a
 //!   `payload_bytes` long payload `{"pad": "xx..."}` instead of `payload`) → `"pid"`, or `"error"`
 //!   (`full`, `shutting_down`, `unknown_worker`, `refused`) and `"detail"`;
+//! - `exec {...spawn's fields}`: spawns the child and waits for its end (`ctx.exec`) → `"end"`
+//!   (as `receive` logs a `down`'s), or spawn's `"error"`; what else arrives meanwhile is kept
+//!   for the receives that follow;
 //! - `spawn_many {count, ...spawn's fields}`, stopping at the first error → `"spawned"`,
 //!   `"pids"`;
 //! - `monitor`, `link`, `unlink`, `kill` `{pid}`; `trap_exits {on}`; `sleep {ms}`;
-//! - `ping {to, rounds}`: sends `{"ping": i}` and waits up to 5 s for any message back, `rounds`
-//!   times (a peer running `echo` answers) → `"rounds"`, and when every round came back, the
+//! - `ping {to, rounds, call?}`: sends `{"ping": i}` and waits up to 5 s for any message back,
+//!   `rounds` times (a peer running `echo` answers); with `call: true`, calls instead, and
+//!   waits for the answer (a peer running `serve` answers) → `"rounds"`, and when every round came back, the
 //!   timings `make bench` reads, from the guest's monotonic clock: `"elapsed_us"` for all
 //!   rounds, and each round trip's `"p50_us"`, `"p99_us"` and `"max_us"`;
 //! - `print {text}`: writes `text` and a newline to stdout as it is, control characters and
 //!   all (its own line is logged after it); `chatter {bytes, count, every_ms}` prints `count`
 //!   lines of `bytes` characters each, one every `every_ms` milliseconds (each in a step of its
 //!   own) → `"printed"`;
-//! - `exit {code}`, `fail {message, repeat?}` (ends the task failed, with `message` repeated
+//! - `call {to, body, timeout_ms}`: calls `to` with `body` (any JSON value, as its JSON text) →
+//!   `"answer"` (parsed as JSON when it is JSON), or `"error"`: `ended` (with `"end"`),
+//!   `timeout`, or why it was not sent;
+//! - `reply {body}`: answers the last call `receive` took (a message whose line has
+//!   `"reply_to"`) with `body` (any JSON value, as its JSON text) → `"error"` on failure
+//!   (`no_such_call`, `too_large`, or `no_call` when none was taken);
+//! - `serve {timeout_ms}`: one line per entry as `receive` logs it, answering each call with
+//!   its own body, until the JSON string `"stop"` comes or a wait times out → `"count"`,
+//!   `"answered"`, `"until"`;
+//! - `exit {code, result?, result_bytes?, raw_result?}`: ends with `code` and, with `result`
+//!   (any JSON value), that result; `result_bytes` makes the result a JSON string that many
+//!   bytes long, `raw_result` returns its text as the result unchecked (JSON or not);
+//!   `fail {message, repeat?}` (ends the task failed, with `message` repeated
 //!   `repeat` times; its line then gives the `"bytes"`), `trap` (aborts: a bare trap).
 //!
 //! Where an op takes a pid, `$self`, `$parent` and `$child` (the last child spawned) stand for
 //! those tasks, and `name:<name>` for a registered one.
 
 use http_spawn_sdk::{
-    Child, Ctx, End, Exit, NameError, Received, SendError, SpawnError, Spec, WatchError,
+    CallError, Child, Ctx, Done, End, NameError, Received, ReplyError, SendError, SpawnError, Spec,
+    WatchError,
 };
 use std::time::{Duration, Instant};
 
@@ -93,6 +110,7 @@ enum Op {
     },
     Spawn(ChildOp),
     SpawnMany(ChildOp),
+    Exec(ChildOp),
     Monitor {
         pid: String,
     },
@@ -114,6 +132,8 @@ enum Op {
     Ping {
         to: String,
         rounds: u32,
+        #[serde(default)]
+        call: bool,
     },
     Print {
         text: String,
@@ -123,8 +143,22 @@ enum Op {
         count: u32,
         every_ms: u32,
     },
+    Call {
+        to: String,
+        body: Value,
+        timeout_ms: u32,
+    },
+    Reply {
+        body: Value,
+    },
+    Serve {
+        timeout_ms: u32,
+    },
     Exit {
         code: i32,
+        result: Option<Value>,
+        result_bytes: Option<usize>,
+        raw_result: Option<String>,
     },
     Fail {
         message: String,
@@ -186,8 +220,9 @@ fn script(spec: &Spec) -> Result<Vec<Op>, String> {
         .map(|(i, op)| {
             let op = Op::deserialize(op).map_err(|e| format!("script[{i}]: {e}"))?;
             match op {
-                Op::Spawn(ChildOp { count: Some(_), .. }) => Err(format!(
-                    "script[{i}]: spawn takes no count (spawn_many does)"
+                Op::Spawn(ChildOp { count: Some(_), .. })
+                | Op::Exec(ChildOp { count: Some(_), .. }) => Err(format!(
+                    "script[{i}]: spawn and exec take no count (spawn_many does)"
                 )),
                 Op::SpawnMany(ChildOp { count: None, .. }) => {
                     Err(format!("script[{i}]: spawn_many needs a count"))
@@ -209,6 +244,7 @@ fn send_error(e: &SendError) -> &'static str {
         SendError::MailboxFull => "mailbox_full",
         SendError::TooLarge => "too_large",
         SendError::BadPid => "bad_pid",
+        SendError::Elsewhere => "elsewhere",
     }
 }
 
@@ -216,6 +252,13 @@ fn watch_error(e: &WatchError) -> &'static str {
     match e {
         WatchError::BadPid => "bad_pid",
         WatchError::TooMany => "too_many",
+    }
+}
+
+fn reply_error(e: &ReplyError) -> &'static str {
+    match e {
+        ReplyError::NoSuchCall => "no_such_call",
+        ReplyError::TooLarge => "too_large",
     }
 }
 
@@ -244,6 +287,7 @@ fn end(end: &End) -> Value {
         "outcome": end.outcome,
         "exit_code": end.exit_code,
         "error": end.error,
+        "result": end.result.as_deref().map(body),
     })
 }
 
@@ -262,7 +306,11 @@ fn entry(received: Option<&Received>) -> Value {
     match received {
         None => json!({"got": "timeout"}),
         Some(Received::Message(m)) => {
-            json!({"got": "message", "sender": m.sender, "body": body(&m.body)})
+            let mut fields = json!({"got": "message", "sender": m.sender, "body": body(&m.body)});
+            if let Some(ticket) = m.reply_to {
+                fields["reply_to"] = ticket.into();
+            }
+            fields
         }
         Some(Received::Down(e)) => json!({"got": "down", "end": end(e)}),
         Some(Received::LinkedExit(e)) => json!({"got": "linked_exit", "end": end(e)}),
@@ -299,6 +347,8 @@ struct Actor {
     ctx: Ctx,
     /// The last child spawned, for `$child`.
     child: Option<String>,
+    /// The ticket of the last call `receive` took, for `reply`.
+    last_call: Option<u64>,
 }
 
 impl Actor {
@@ -387,7 +437,7 @@ impl Actor {
         Outcome::ok(json!({"count": count, "echoed": echoed, "until": until}))
     }
 
-    async fn ping(&self, to: &str, rounds: u32) -> Outcome {
+    async fn ping(&self, to: &str, rounds: u32, call: bool) -> Outcome {
         let to = match self.resolve(to) {
             Ok(to) => to,
             Err(outcome) => return outcome,
@@ -397,6 +447,18 @@ impl Actor {
         for round in 0..rounds {
             let sent_at = Instant::now();
             let ping = json!({"ping": round}).to_string();
+            if call {
+                match self.ctx.call(&to, &ping, PING_TIMEOUT_MS).await {
+                    Ok(_) => round_trips_us.push(micros(sent_at.elapsed())),
+                    Err(e) => {
+                        return Outcome {
+                            ok: false,
+                            fields: json!({"rounds": round, "error": format!("{e:?}")}),
+                        };
+                    }
+                }
+                continue;
+            }
             if let Err(e) = self.ctx.send(&to, &ping) {
                 return Outcome {
                     ok: false,
@@ -430,8 +492,51 @@ impl Actor {
         }))
     }
 
+    async fn serve(&self, timeout_ms: u32) -> Outcome {
+        let (mut count, mut answered) = (0, 0);
+        let until = loop {
+            let Some(received) = self.ctx.receive(timeout_ms).await else {
+                break "timeout";
+            };
+            count += 1;
+            let mut fields = entry(Some(&received));
+            let mut stop = false;
+            if let Received::Message(message) = &received {
+                stop = body(&message.body) == json!("stop");
+                if let Some(ticket) = message.reply_to {
+                    match self.ctx.reply(ticket, &message.body) {
+                        Ok(()) => answered += 1,
+                        Err(e) => fields["reply_error"] = reply_error(&e).into(),
+                    }
+                }
+            }
+            self.log("serve", Outcome::ok(fields));
+            if stop {
+                break "stop";
+            }
+        };
+        Outcome::ok(json!({"count": count, "answered": answered, "until": until}))
+    }
+
+    async fn call(&self, to: &str, body_json: &Value, timeout_ms: u32) -> Outcome {
+        let to = match self.resolve(to) {
+            Ok(to) => to,
+            Err(outcome) => return outcome,
+        };
+        let text = body_json.to_string();
+        match self.ctx.call(&to, &text, timeout_ms).await {
+            Ok(answer) => Outcome::ok(json!({"answer": body(&answer)})),
+            Err(CallError::Ended(e)) => Outcome {
+                ok: false,
+                fields: json!({"error": "ended", "end": end(&e)}),
+            },
+            Err(CallError::Timeout) => Outcome::failed("timeout"),
+            Err(CallError::NotSent(e)) => Outcome::failed(send_error(&e)),
+        }
+    }
+
     /// Runs one op; `Err` ends the task with that exit.
-    async fn run(&mut self, op: &Op) -> Result<Outcome, Exit> {
+    async fn run(&mut self, op: &Op) -> Result<Outcome, Result<Done, String>> {
         let ctx = &self.ctx;
         Ok(match op {
             Op::Register { name } => Outcome::of(ctx.register(name), name_error),
@@ -483,7 +588,13 @@ impl Actor {
                 Outcome::ok(json!({"delivered": delivered, "refused": refused}))
             }
             Op::Receive { timeout_ms } => {
-                Outcome::ok(entry(ctx.receive(*timeout_ms).await.as_ref()))
+                let received = ctx.receive(*timeout_ms).await;
+                if let Some(Received::Message(message)) = &received
+                    && message.reply_to.is_some()
+                {
+                    self.last_call = message.reply_to;
+                }
+                Outcome::ok(entry(received.as_ref()))
             }
             Op::ReceiveAll { timeout_ms } => {
                 let count = self.receive_all("receive_all", *timeout_ms).await;
@@ -497,6 +608,16 @@ impl Actor {
                     fields: spawn_error(&e),
                 },
             },
+            Op::Exec(child) => {
+                let child = child.child();
+                match ctx.exec(&child).await {
+                    Ok(e) => Outcome::ok(json!({"end": end(&e)})),
+                    Err(e) => Outcome {
+                        ok: false,
+                        fields: spawn_error(&e),
+                    },
+                }
+            }
             Op::SpawnMany(child) => {
                 let mut pids = Vec::new();
                 let mut outcome = Outcome::ok(json!({}));
@@ -531,7 +652,7 @@ impl Actor {
                 ctx.sleep(*ms).await;
                 Outcome::ok(json!({}))
             }
-            Op::Ping { to, rounds } => self.ping(to, *rounds).await,
+            Op::Ping { to, rounds, call } => self.ping(to, *rounds, *call).await,
             Op::Print { text } => {
                 println!("{text}");
                 Outcome::ok(json!({}))
@@ -548,9 +669,35 @@ impl Actor {
                 }
                 Outcome::ok(json!({"printed": count}))
             }
-            Op::Exit { code } => {
+            Op::Call {
+                to,
+                body,
+                timeout_ms,
+            } => self.call(to, body, *timeout_ms).await,
+            Op::Reply { body } => match self.last_call {
+                Some(ticket) => Outcome::of(ctx.reply(ticket, &body.to_string()), reply_error),
+                None => Outcome::failed("no_call"),
+            },
+            Op::Serve { timeout_ms } => self.serve(*timeout_ms).await,
+            Op::Exit {
+                code,
+                result,
+                result_bytes,
+                raw_result,
+            } => {
+                let result = match (result, result_bytes, raw_result) {
+                    (Some(value), _, _) => Some(value.to_string()),
+                    (_, Some(bytes), _) => {
+                        Some(format!(r#""{}""#, "r".repeat(bytes.saturating_sub(2))))
+                    }
+                    (_, _, Some(raw)) => Some(raw.clone()),
+                    _ => None,
+                };
                 self.log("exit", Outcome::ok(json!({"code": code})));
-                return Err(Ok(*code));
+                return Err(Ok(Done {
+                    exit_code: *code,
+                    result,
+                }));
             }
             Op::Fail {
                 message,
@@ -589,6 +736,7 @@ fn name(op: &Op) -> &'static str {
         Op::Echo { .. } => "echo",
         Op::Spawn(_) => "spawn",
         Op::SpawnMany(_) => "spawn_many",
+        Op::Exec(_) => "exec",
         Op::Monitor { .. } => "monitor",
         Op::Link { .. } => "link",
         Op::Unlink { .. } => "unlink",
@@ -598,15 +746,22 @@ fn name(op: &Op) -> &'static str {
         Op::Ping { .. } => "ping",
         Op::Print { .. } => "print",
         Op::Chatter { .. } => "chatter",
+        Op::Call { .. } => "call",
+        Op::Reply { .. } => "reply",
+        Op::Serve { .. } => "serve",
         Op::Exit { .. } => "exit",
         Op::Fail { .. } => "fail",
         Op::Trap => "trap",
     }
 }
 
-async fn run(ctx: Ctx) -> Exit {
+async fn run(ctx: Ctx) -> Result<Done, String> {
     let script = script(ctx.spec())?;
-    let mut actor = Actor { ctx, child: None };
+    let mut actor = Actor {
+        ctx,
+        child: None,
+        last_call: None,
+    };
     let spec = actor.ctx.spec();
     let line = json!({
         "pid": spec.pid, "name": spec.name, "parent": spec.parent, "attempt": spec.attempt,
@@ -618,7 +773,10 @@ async fn run(ctx: Ctx) -> Exit {
             Err(exit) => return exit,
         }
     }
-    Ok(0)
+    Ok(Done {
+        exit_code: 0,
+        result: None,
+    })
 }
 
 http_spawn_sdk::worker!(run, plan = plan);

@@ -12,8 +12,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
-use super::EndNotice;
+use super::{EndNotice, ReplyError};
 use crate::model::Pid;
 
 /// The answer to a host call that may wait for the store: at once (the common case, which
@@ -56,6 +57,10 @@ pub enum SendError {
     /// this one now.
     #[error("the task store cannot take the message now")]
     Unavailable,
+    /// A call to a task another host of the cluster holds: calls reach only tasks of the
+    /// caller's host (messages reach every host).
+    #[error("the task runs on another host of the cluster, which calls do not reach")]
+    Elsewhere,
 }
 
 /// Why a child task was not started.
@@ -124,6 +129,17 @@ pub trait Kernel: Send + Sync + std::fmt::Debug {
     fn register(&self, pid: Pid, name: String) -> Answer<'_, Result<(), NameError>>;
     /// The live task holding `name`, if `caller` reaches it.
     fn whereis(&self, caller: Pid, name: String) -> Answer<'_, Option<Pid>>;
+    /// Puts `body` into the mailbox of `to` (a pid, or `name:<name>`) as a call from task
+    /// `from`, to be answered within `timeout`: the ticket `from` awaits it by.
+    fn call(
+        &self,
+        from: Pid,
+        to: String,
+        body: String,
+        timeout: Duration,
+    ) -> Answer<'_, Result<u64, SendError>>;
+    /// Answers the call `ticket` that task `from` took from its mailbox.
+    fn reply(&self, from: Pid, ticket: u64, body: String) -> Result<(), ReplyError>;
 
     /// Tells `linked`, which another host of the cluster holds, of the abnormal end `notice`
     /// of a task linked to it. A host alone has no such tasks.

@@ -20,20 +20,23 @@
 //! another is taken, except names before a shard (in `register`), so there is no lock order to
 //! get wrong.
 
+mod calls;
 mod kernel;
 mod scope;
 mod tree;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use calls::Calls;
+pub use calls::{Awaited, CallError, Caller, Reply, ReplyError, ReplyTo};
 pub use kernel::{Answer, ChildError, ChildRequest, Kernel, NameError, SendError, WatchError};
 pub use scope::{ActorScope, Lineage, Placement};
 pub use tree::SpawnRefusal;
 use tree::Trees;
 
-use crate::model::{ActorState, Outcome, Pid, Status, TaskEnd};
+use crate::model::{ActorState, JsonText, Outcome, Pid, Status, TaskEnd};
 
 /// Entries are spread over this many locks, by pid, so tasks on different scheduler threads
 /// rarely meet on one.
@@ -79,6 +82,8 @@ pub struct EndNotice {
     pub outcome: Option<Outcome>,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
+    /// What it returned, when it exited with a result.
+    pub result: Option<JsonText>,
 }
 
 impl EndNotice {
@@ -90,6 +95,7 @@ impl EndNotice {
             outcome: Some(end.outcome),
             exit_code: end.exit_code,
             error: end.error.clone(),
+            result: end.result.clone(),
         }
     }
 
@@ -101,6 +107,7 @@ impl EndNotice {
             outcome: None,
             exit_code: None,
             error: None,
+            result: None,
         }
     }
 
@@ -131,10 +138,15 @@ impl EndNotice {
 
 /// One entry of a mailbox, taken in order by `receive`. A notice is shared by every mailbox
 /// it goes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Entry {
-    /// A message: from a task, or from an HTTP client (`sender` none).
-    Message { sender: Option<Pid>, body: String },
+    /// A message: from a task, or from an HTTP client (`sender` none); a call when it asks
+    /// for an answer.
+    Message {
+        sender: Option<Pid>,
+        body: String,
+        reply_to: Option<ReplyTo>,
+    },
     /// A task this one monitors ended.
     Down(Arc<EndNotice>),
     /// A task linked to this one ended abnormally, and this one traps exits.
@@ -149,13 +161,14 @@ impl Entry {
                 Entry::Message { body, .. } => body.len(),
                 Entry::Down(notice) | Entry::LinkedExit(notice) => {
                     notice.error.as_ref().map_or(0, String::len)
+                        + notice.result.as_ref().map_or(0, JsonText::len)
                 }
             }
     }
 }
 
 /// What woke a task for a step.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Wake {
     /// The first step after `start`.
     Started,
@@ -165,6 +178,8 @@ pub enum Wake {
     Entry(Entry),
     /// `receive` waited its whole timeout.
     Timeout,
+    /// What came of the call with this ticket, which the task awaited.
+    Replied(u64, Reply),
 }
 
 /// Why a put into a mailbox failed.
@@ -225,6 +240,8 @@ struct Actor {
     monitoring: Vec<Pid>,
     trap_exits: bool,
     name: Option<Arc<str>>,
+    /// Its calls, made and taken, once it has any.
+    calls: Option<Box<Calls>>,
 }
 
 impl Actor {
@@ -248,6 +265,7 @@ impl Actor {
             monitoring: Vec::new(),
             trap_exits: false,
             name: None,
+            calls: None,
         }
     }
 
@@ -278,6 +296,8 @@ pub struct Actors {
     /// What every mailbox holds, in bytes.
     total_bytes: AtomicUsize,
     trees: Trees,
+    /// Answers to calls dropped because nobody waited for them any more.
+    late_replies: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -317,6 +337,7 @@ impl Actors {
             limits,
             total_bytes: AtomicUsize::new(0),
             trees: Trees::new(limits.max_descendants, limits.max_spawns_per_sec),
+            late_replies: AtomicU64::new(0),
         }
     }
 
@@ -394,11 +415,21 @@ impl Actors {
         body: String,
         put: impl FnOnce(),
     ) -> Result<bool, PutError> {
+        let entry = Entry::Message {
+            sender,
+            body,
+            reply_to: None,
+        };
+        self.put_entry(to, entry, put)
+    }
+
+    /// Puts the message `entry` into `to`'s mailbox, as [`Actors::put`] says. Calls the task
+    /// took and has not answered count as messages it holds.
+    fn put_entry(&self, to: Pid, entry: Entry, put: impl FnOnce()) -> Result<bool, PutError> {
         let mut shard = self.shard(to);
         let actor = shard.get_mut(&to).ok_or(PutError::NotLive)?;
-        let entry = Entry::Message { sender, body };
         let bytes = entry.bytes();
-        if actor.messages >= self.limits.max_messages
+        if actor.messages + actor.open_calls() >= self.limits.max_messages
             || actor.bytes + bytes > self.limits.max_mailbox_bytes
             || !self.take_bytes(bytes)
         {
@@ -450,9 +481,10 @@ impl Actors {
     pub fn take(&self, pid: Pid, wait: bool) -> Option<Entry> {
         let mut shard = self.shard(pid);
         let actor = shard.get_mut(&pid)?;
-        let entry = actor.mailbox.pop_front();
-        match &entry {
+        let mut entry = actor.mailbox.pop_front();
+        match &mut entry {
             Some(taken) => {
+                actor.open_call(taken);
                 if let Entry::Message { .. } = taken {
                     actor.messages -= 1;
                 }
@@ -651,7 +683,7 @@ impl Actors {
     /// to be killed (abnormal ends only). `told` is called for each notice while its receiver
     /// cannot take it yet. Returns what the caller must do next.
     pub fn ended(&self, pid: Pid, end: &TaskEnd, mut told: impl FnMut(Told)) -> Aftermath {
-        let Some(actor) = self.shard(pid).remove(&pid) else {
+        let Some(mut actor) = self.shard(pid).remove(&pid) else {
             return Aftermath::default();
         };
         self.total_bytes.fetch_sub(actor.bytes, Ordering::AcqRel);
@@ -678,7 +710,10 @@ impl Actors {
             recent.order.push_back(pid);
             recent.ends.insert(pid, Arc::clone(&notice));
         }
-        let mut aftermath = Aftermath::default();
+        let mut aftermath = Aftermath {
+            wake: self.end_calls(&mut actor, &notice),
+            ..Aftermath::default()
+        };
         for watcher in actor.watchers {
             let mut shard = self.shard(watcher);
             if let Some(watching) = shard.get_mut(&watcher) {
@@ -744,6 +779,7 @@ mod tests {
         Entry::Message {
             sender: None,
             body: body.into(),
+            reply_to: None,
         }
     }
 
@@ -758,8 +794,9 @@ mod tests {
             actors.put(pid, None, "c".into(), || {}),
             Err(PutError::Full)
         );
-        let down = Entry::Down(Arc::new(EndNotice::unknown(Pid::new(1, 9))));
-        assert_eq!(actors.notify(pid, down.clone()), Some(false));
+        let notice = Arc::new(EndNotice::unknown(Pid::new(1, 9)));
+        let down = Entry::Down(Arc::clone(&notice));
+        assert_eq!(actors.notify(pid, Entry::Down(notice)), Some(false));
         assert_eq!(actors.take(pid, true), Some(message("a")));
         assert_eq!(actors.put(pid, None, "c".into(), || {}), Ok(false));
         assert_eq!(actors.take(pid, true), Some(message("b")));

@@ -94,24 +94,35 @@ pub(super) async fn post_message(
     let bytes = text.len();
     match state.host.send_async(pid, text.to_owned()).await {
         Ok(()) => Ok((StatusCode::ACCEPTED, Json(Delivered { pid, bytes })).into_response()),
-        Err(SendError::NoSuchProcess | SendError::BadPid) => {
-            Err(ApiError::NotFound(format!("no task with pid {raw:?}")))
+        Err(error) => Err(sent_error(error, &raw, pid, limit)),
+    }
+}
+
+/// The answer to a message (or a call) that did not reach task `pid` (asked for as `raw`).
+pub(super) fn sent_error(error: SendError, raw: &str, pid: Pid, limit: usize) -> ApiError {
+    match error {
+        SendError::NoSuchProcess | SendError::BadPid => {
+            ApiError::NotFound(format!("no task with pid {raw:?}"))
         }
-        Err(SendError::Ended) => Err(ApiError::Conflict(format!(
-            "task {pid} has ended: nobody reads its mailbox"
-        ))),
-        Err(SendError::TooLarge) => Err(ApiError::PayloadTooLarge { limit }),
-        Err(SendError::MailboxFull) => Err(ApiError::Full {
+        SendError::Ended => {
+            ApiError::Conflict(format!("task {pid} has ended: nobody reads its mailbox"))
+        }
+        SendError::TooLarge => ApiError::PayloadTooLarge { limit },
+        SendError::MailboxFull => ApiError::Full {
             message: format!("the mailbox of task {pid} is full; retry later"),
             retry_after: RETRY_AFTER_SECS,
-        }),
-        Err(SendError::Unavailable) => Err(ApiError::Unavailable {
+        },
+        SendError::Unavailable => ApiError::Unavailable {
             message: format!(
-                "task {pid} runs on another host, and the task store cannot carry the \
-                 message there now; retry later"
+                "task {pid} runs on another host, and the task store cannot carry the message \
+                 there now; retry later"
             ),
             retry_after: RETRY_AFTER_SECS,
-        }),
+        },
+        SendError::Elsewhere => ApiError::Conflict(format!(
+            "task {pid} runs on another host of the cluster: a call reaches only the tasks of \
+             the host it is sent to (send a message instead, or call that host)"
+        )),
     }
 }
 

@@ -295,6 +295,7 @@ impl Followed {
                     outcome: attempt.outcome,
                     exit_code: attempt.exit_code,
                     error: attempt.error.clone(),
+                    result: None,
                 },
                 next_attempt: attempt.attempt + 1,
                 ready_at: attempt.ended_at,

@@ -10,6 +10,7 @@ mod actors;
 mod admin;
 mod auth;
 mod browser;
+mod calls;
 mod cluster;
 mod error;
 mod events;
@@ -169,6 +170,14 @@ fn api_routes(
         .routes(routes!(wait::task_result))
         .routes({
             let (schemas, paths, post) = routes!(actors::post_message);
+            (
+                schemas,
+                paths,
+                post.layer(DefaultBodyLimit::max(max_message_bytes)),
+            )
+        })
+        .routes({
+            let (schemas, paths, post) = routes!(calls::post_call);
             (
                 schemas,
                 paths,

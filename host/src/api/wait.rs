@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::actors::task_pid;
 use super::error::{AnyRoute, ApiError, ErrorBody, RETRY_AFTER_SECS};
-use crate::model::{Outcome, Pid, Status, TaskRecord};
+use crate::model::{JsonText, Outcome, Pid, Status, TaskRecord};
 
 /// How a task ended, or that it has not yet.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -30,6 +30,10 @@ pub(super) struct TaskResult {
     exit_code: Option<i32>,
     /// Why it failed, when it did.
     error: Option<String>,
+    /// What it returned with its exit code, as the JSON it gave; `null` when it returned
+    /// nothing, and until it has ended.
+    #[schema(value_type = Option<Object>)]
+    result: Option<JsonText>,
 }
 
 impl TaskResult {
@@ -40,6 +44,7 @@ impl TaskResult {
             outcome: record.outcome,
             exit_code: record.exit_code,
             error: record.error.clone(),
+            result: record.result.clone(),
         }
     }
 }

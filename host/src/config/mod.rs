@@ -86,6 +86,8 @@ pub const DEFAULT_MAX_DESCENDANTS: usize = 10_000;
 /// host can run, so that one request churns the default history (10,000 ended tasks) in no
 /// less than about two minutes.
 pub const DEFAULT_MAX_SPAWNS_PER_SEC: u32 = 100;
+/// The largest result a task may return (`--max-result-bytes`).
+pub const DEFAULT_MAX_RESULT_BYTES: &str = "1MiB";
 /// Sends of one task in one step (`--max-sends-per-step`).
 pub const DEFAULT_MAX_SENDS_PER_STEP: u32 = 10_000;
 /// Live event streams (SSE) open at once; more get 429.
@@ -264,6 +266,12 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_MAX_SENDS_PER_STEP", default_value_t = DEFAULT_MAX_SENDS_PER_STEP,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sends_per_step: u32,
+
+    /// The largest result a task may return (JSON text, e.g. `64KiB`). A task that returns
+    /// more fails with the outcome `result_too_large`: a result is never cut.
+    #[arg(long, env = "HTTP_SPAWN_MAX_RESULT_BYTES", default_value = DEFAULT_MAX_RESULT_BYTES,
+          value_parser = parse_size_usize)]
+    pub max_result_bytes: usize,
 
     /// Event streams (`/api/events`, `/api/tasks/{pid}/events`) open at once; more get 429.
     /// The dashboard has 32 more of its own.

@@ -4,12 +4,13 @@
 //! the store (how an ended task ended) and the event stream.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::cluster::Watch;
 use super::{Host, KillError, SpawnError};
 use crate::actor::{
-    Answer, ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, PutError, SendError,
-    WatchError,
+    Answer, ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, PutError, ReplyError,
+    SendError, WatchError,
 };
 use crate::model::{MAX_TASK_NAME_BYTES, NewTask, Pid, TaskEnd, TaskRecord};
 use crate::store::{Change, Forward, StoreError};
@@ -92,12 +93,7 @@ impl Host {
     fn counted(&self, from_task: bool, sent: Result<(), SendError>) -> Result<(), SendError> {
         let result = match sent {
             Ok(()) => "delivered",
-            Err(SendError::MailboxFull) => "mailbox_full",
-            Err(SendError::Ended) => "ended",
-            Err(SendError::NoSuchProcess) => "no_such_process",
-            Err(SendError::TooLarge) => "too_large",
-            Err(SendError::BadPid) => "bad_pid",
-            Err(SendError::Unavailable) => "unavailable",
+            Err(error) => super::calls::send_result(error),
         };
         self.metrics().message(from_task, result);
         sent
@@ -120,7 +116,7 @@ impl Host {
     }
 
     /// The bytes of a message's `body`, or why it is refused (larger than a message may be).
-    fn sized(&self, body: &str) -> Result<usize, SendError> {
+    pub(super) fn sized(&self, body: &str) -> Result<usize, SendError> {
         if body.len() > self.actors.limits().max_message_bytes {
             return Err(SendError::TooLarge);
         }
@@ -128,7 +124,7 @@ impl Host {
     }
 
     /// The cluster, if `to` may be held by another of its hosts: it is not held here.
-    fn forwards_to(&self, to: Pid) -> Option<&super::cluster::Cluster> {
+    pub(super) fn forwards_to(&self, to: Pid) -> Option<&super::cluster::Cluster> {
         self.cluster.as_deref().filter(|_| !self.actors.holds(to))
     }
 
@@ -159,7 +155,7 @@ impl Host {
     }
 
     /// [`Host::end_of`] for an HTTP handler: the store is awaited, holding no thread.
-    async fn end_of_async(&self, pid: Pid) -> Result<Arc<EndNotice>, StoreError> {
+    pub(super) async fn end_of_async(&self, pid: Pid) -> Result<Arc<EndNotice>, StoreError> {
         if let Some(notice) = self.actors.recent_end(pid) {
             return Ok(notice);
         }
@@ -502,6 +498,20 @@ impl Kernel for Host {
         })
     }
 
+    fn call(
+        &self,
+        from: Pid,
+        to: String,
+        body: String,
+        timeout: Duration,
+    ) -> Answer<'_, Result<u64, SendError>> {
+        self.call_from_task(from, to, body, timeout)
+    }
+
+    fn reply(&self, from: Pid, ticket: u64, body: String) -> Result<(), ReplyError> {
+        self.reply_from_task(from, ticket, body)
+    }
+
     fn exit_remote(&self, linked: Pid, notice: &EndNotice) {
         self.store.submit(
             vec![Change::Forward {
@@ -526,6 +536,7 @@ fn end_notice(pid: Pid, record: Option<TaskRecord>) -> EndNotice {
             outcome: record.outcome,
             exit_code: record.exit_code,
             error: record.error,
+            result: record.result,
         },
         _ => EndNotice::unknown(pid),
     }
@@ -553,7 +564,7 @@ fn undelivered(holder: Result<Option<Option<u32>>, StoreError>) -> SendError {
 }
 
 /// The send error for a target that names no task.
-fn unreached(unresolved: Unresolved) -> SendError {
+pub(super) fn unreached(unresolved: Unresolved) -> SendError {
     match unresolved {
         Unresolved::NotAPid(_) => SendError::BadPid,
         Unresolved::NoSuchName(_) => SendError::NoSuchProcess,
@@ -561,7 +572,7 @@ fn unreached(unresolved: Unresolved) -> SendError {
 }
 
 /// Why a message for `to`, which has no mailbox here, was refused, as `end` says.
-fn not_live(end: Result<Arc<EndNotice>, StoreError>) -> SendError {
+pub(super) fn not_live(end: Result<Arc<EndNotice>, StoreError>) -> SendError {
     match end {
         Ok(notice) if notice.status.is_some() => SendError::Ended,
         _ => SendError::NoSuchProcess,

@@ -5,6 +5,7 @@
 
 mod actors;
 mod admission;
+mod calls;
 mod cluster;
 mod reach;
 
@@ -31,6 +32,7 @@ use crate::store::{
     StoreError,
 };
 pub use admission::Accepting;
+pub use calls::CallFailed;
 use cluster::Cluster;
 
 /// Host losses after which a task ends `failed`/`host_lost` instead of running again.
@@ -162,6 +164,7 @@ impl Host {
             max_memory_bytes: config.pool_slot_bytes(),
             max_log_bytes: config.max_log_bytes,
             max_sends_per_step: config.max_sends_per_step,
+            max_result_bytes: config.max_result_bytes,
             capacity: config.capacity,
             epoch_interruption: config.epoch_interruption,
             cache_dir: config.module_cache_dir(),
@@ -389,6 +392,7 @@ impl Host {
             metrics::MAILBOXES_BYTES,
             self.actors.mailboxes_bytes() as f64,
         );
+        metrics.total(metrics::CALL_REPLIES_LATE, self.actors.late_replies());
         let stats = self.store.stats();
         metrics.total(metrics::STORE_COMMITS, stats.commits);
         metrics.total(metrics::STORE_BATCHES, stats.batches);

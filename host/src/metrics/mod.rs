@@ -74,6 +74,8 @@ pub const STORE_REFUSED_CHANGES: &str = "http_spawn_store_refused_changes_total"
 pub const CLUSTER_QUEUED: &str = "http_spawn_cluster_queued_tasks";
 pub const MESSAGES: &str = "http_spawn_messages_total";
 pub const MAILBOXES_BYTES: &str = "http_spawn_mailboxes_bytes";
+pub const CALLS: &str = "http_spawn_calls_total";
+pub const CALL_REPLIES_LATE: &str = "http_spawn_call_replies_late_total";
 pub const SPAWNS_REFUSED: &str = "http_spawn_spawns_refused_total";
 pub const TASKS_REFUSED_LATE: &str = "http_spawn_tasks_refused_late_total";
 pub const LOG_LINES_DROPPED: &str = "http_spawn_log_lines_dropped_total";
@@ -139,6 +141,21 @@ pub const METRICS: &[Spec] = &[
         None,
         "Messages sent to task mailboxes, by sender (http or task) and result (delivered, \
          mailbox_full, ended, no_such_process, too_large, bad_pid).",
+    ),
+    spec(
+        CALLS,
+        Kind::Counter,
+        None,
+        "Calls made to tasks, by caller (http or task) and result: sent (a task's call reached \
+         its callee), answered, ended, timeout (an HTTP client's), or why it was not sent \
+         (mailbox_full, ended, no_such_process, too_large, bad_pid, elsewhere).",
+    ),
+    spec(
+        CALL_REPLIES_LATE,
+        Kind::Counter,
+        None,
+        "Answers to calls dropped because nobody waited for them any more: the call had timed \
+         out, its HTTP client had gone, or its calling task had ended.",
     ),
     spec(
         MAILBOXES_BYTES,
@@ -516,6 +533,16 @@ impl Metrics {
         self.counter(
             MESSAGES,
             vec![label("sender", from), label("result", result)],
+            1,
+        );
+    }
+
+    /// A call was made: by a task or an HTTP client (`from_task`), with its `result`.
+    pub fn call(&self, from_task: bool, result: &'static str) {
+        let from = if from_task { "task" } else { "http" };
+        self.counter(
+            CALLS,
+            vec![label("caller", from), label("result", result)],
             1,
         );
     }

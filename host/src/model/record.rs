@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::json::JsonText;
 use super::log::LogLine;
 use super::pid::Pid;
 use super::task::{Outcome, Status, TaskEnd};
@@ -119,6 +120,10 @@ pub struct TaskRecord {
     pub exit_code: Option<i32>,
     pub outcome: Option<Outcome>,
     pub error: Option<String>,
+    /// What the task returned when it exited, as the JSON it gave (`null` when it returned
+    /// nothing, and until it has ended).
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<JsonText>,
     #[serde(serialize_with = "time::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub spawned_at: SystemTime,
@@ -175,6 +180,7 @@ impl TaskRecord {
             exit_code: None,
             outcome: None,
             error: None,
+            result: None,
             spawned_at: SystemTime::now(),
             started_at: None,
             ended_at: None,
@@ -231,6 +237,7 @@ impl TaskRecord {
                 self.outcome = Some(end.outcome);
                 self.exit_code = end.exit_code;
                 self.error.clone_from(&end.error);
+                self.result.clone_from(&end.result);
                 self.ended_at = Some(*at);
                 self.fuel_consumed = *fuel;
             }
@@ -260,6 +267,23 @@ mod tests {
         });
         assert_eq!(record.status, Status::Exited);
         assert_eq!(record.steps, 0);
+    }
+
+    /// `result` is always written: `null` until the task has returned one, then the JSON it
+    /// returned, as it returned it.
+    #[test]
+    fn the_result_is_written_null_or_as_the_json_returned() {
+        let mut record = TaskRecord::spawned(Pid::new(1, 3), "t".into(), 0, "w".into(), "v".into());
+        let json = |record: &TaskRecord| serde_json::to_value(record).expect("serializable");
+        assert_eq!(json(&record)["result"], serde_json::Value::Null);
+        let result = JsonText::parse(r#"{"sum": 42}"#.into()).expect("JSON");
+        record.apply(&TaskEvent::Ended {
+            at: SystemTime::now(),
+            fuel: 1,
+            end: TaskEnd::returned(0, Some(result)),
+            attempt: 1,
+        });
+        assert_eq!(json(&record)["result"], serde_json::json!({ "sum": 42 }));
     }
 
     /// `parent` is always written: `null` for a task submitted over HTTP, never left out.

@@ -1,6 +1,6 @@
 //! A task as a client asks for it, how it may be restarted, and how it ends.
 
-use super::Pid;
+use super::{JsonText, Pid};
 use serde::Serialize;
 
 /// The longest name a task may have, in bytes, whether a client or a task asks for it.
@@ -122,6 +122,10 @@ pub enum Outcome {
     Panic,
     /// Any other trap, or a host call the sandbox refused.
     Trap,
+    /// The guest returned a result larger than the host keeps (`--max-result-bytes`).
+    ResultTooLarge,
+    /// The guest returned a result that is not JSON.
+    BadResult,
     /// The worker could not be instantiated for this task.
     InstantiationFailed,
     /// The task ran past its wall-clock limit.
@@ -136,7 +140,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for parsing.
-    pub(crate) const ALL: [Self; 12] = [
+    pub(crate) const ALL: [Self; 14] = [
         Self::Exit,
         Self::GuestError,
         Self::OutOfFuel,
@@ -144,6 +148,8 @@ impl Outcome {
         Self::StackOverflow,
         Self::Panic,
         Self::Trap,
+        Self::ResultTooLarge,
+        Self::BadResult,
         Self::InstantiationFailed,
         Self::DeadlineExceeded,
         Self::Killed,
@@ -168,6 +174,8 @@ impl Outcome {
             Self::StackOverflow => "stack_overflow",
             Self::Panic => "panic",
             Self::Trap => "trap",
+            Self::ResultTooLarge => "result_too_large",
+            Self::BadResult => "bad_result",
             Self::InstantiationFailed => "instantiation_failed",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Killed => "killed",
@@ -190,16 +198,25 @@ pub struct TaskEnd {
     pub exit_code: Option<i32>,
     /// What went wrong, for people.
     pub error: Option<String>,
+    /// What the guest returned with its exit code, JSON text; none when it returned nothing
+    /// (and for every end but an exit).
+    pub result: Option<JsonText>,
 }
 
 impl TaskEnd {
     /// The guest returned `done(code)`.
     pub fn exited(code: i32) -> Self {
+        Self::returned(code, None)
+    }
+
+    /// The guest returned `done` with `code` and `result`.
+    pub fn returned(code: i32, result: Option<JsonText>) -> Self {
         Self {
             status: Status::Exited,
             outcome: Outcome::Exit,
             exit_code: Some(code),
             error: None,
+            result,
         }
     }
 
@@ -211,6 +228,7 @@ impl TaskEnd {
             outcome,
             exit_code: None,
             error: Some(super::error_text(message)),
+            result: None,
         }
     }
 
@@ -226,6 +244,7 @@ impl TaskEnd {
             outcome: Outcome::Killed,
             exit_code: None,
             error: Some("killed".into()),
+            result: None,
         }
     }
 
@@ -237,6 +256,7 @@ impl TaskEnd {
             outcome: Outcome::LinkedExit,
             exit_code: None,
             error: Some(format!("linked task {linked} ended abnormally ({how})")),
+            result: None,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use super::process::{StartSpec, TaskLimits};
 use super::{LoadError, Module, Next, Sandbox, SandboxConfig, SandboxError, WorkerLimits};
-use crate::actor::Wake;
+use crate::actor::{Reply, Wake};
 use crate::model::{Pid, TaskEnd};
 use std::sync::Arc;
 
@@ -46,6 +46,7 @@ impl Embedded {
             max_memory_bytes: config.max_memory_bytes,
             max_log_bytes: config.max_log_bytes,
             max_sends_per_step: u32::MAX,
+            max_result_bytes: usize::MAX,
             capacity: config.capacity,
             epoch_interruption: config.epoch_interruption,
             cache_dir: None,
@@ -82,7 +83,9 @@ impl Embedded {
                     process.woke();
                 }
                 Next::Receive(_) => wake = Wake::Timeout,
-                Next::Done(code) => return Ok(code),
+                // No other task exists here to answer.
+                Next::Await(ticket) => wake = Wake::Replied(ticket, Reply::Timeout),
+                Next::Done(code, _) => return Ok(code),
                 Next::Failed(message) => return Err(TaskEnd::guest_error(message)),
             }
         }

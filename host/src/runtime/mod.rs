@@ -12,6 +12,7 @@ mod bindings;
 pub(crate) mod cache;
 mod calls;
 mod capture;
+mod contract;
 mod embedded;
 mod engine;
 mod interrupt;
@@ -59,6 +60,7 @@ pub fn bench_engine(
         max_memory_bytes,
         max_log_bytes: 0,
         max_sends_per_step: 0,
+        max_result_bytes: 0,
         capacity,
         epoch_interruption: true,
         cache_dir: None,
@@ -81,6 +83,8 @@ pub struct SandboxConfig {
     pub max_log_bytes: usize,
     /// Messages a task may send in one step; past it a send is refused as to a full mailbox.
     pub max_sends_per_step: u32,
+    /// The largest result a task may return; past it, it fails (`result_too_large`).
+    pub max_result_bytes: usize,
     /// Live instances the pooling allocator is sized for.
     pub capacity: u32,
     /// Whether running steps are checked every epoch tick for kills and deadlines. Without
@@ -125,8 +129,8 @@ pub enum LoadError {
     #[error("the component needs more memory than the worker may have: {0}")]
     MemoryCap(String),
     #[error(
-        "the component fits neither `worker` world: http-spawn:worker@0.2.0 (wit/worker.wit) \
-         nor @0.1.0 (wit/v0.1/worker.wit): {0}"
+        "the component fits no `worker` world: http-spawn:worker@0.3.0 (wit/worker.wit), \
+         @0.2.0 (wit/v0.2/worker.wit) or @0.1.0 (wit/v0.1/worker.wit): {0}"
     )]
     WrongWorld(String),
     #[error("the component failed its smoke run (instantiate and `start`): {0}")]
@@ -220,13 +224,16 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        // The newest contract first; a component that fits neither is told why it does not
-        // fit the newest.
-        let pre = match bindings::v2::WorkerPre::new(pre.clone()) {
-            Ok(pre) => module::Pre::V2(pre),
-            Err(newest) => match bindings::v1::WorkerPre::new(pre) {
-                Ok(pre) => module::Pre::V1(pre),
-                Err(_) => return Err(wrong_world(newest)),
+        // The newest contract first; a component that fits none is told why it does not fit
+        // the newest.
+        let pre = match bindings::v3::WorkerPre::new(pre.clone()) {
+            Ok(pre) => module::Pre::V3(pre),
+            Err(newest) => match bindings::v2::WorkerPre::new(pre.clone()) {
+                Ok(pre) => module::Pre::V2(pre),
+                Err(_) => match bindings::v1::WorkerPre::new(pre) {
+                    Ok(pre) => module::Pre::V1(pre),
+                    Err(_) => return Err(wrong_world(newest)),
+                },
             },
         };
         let module = Module {
@@ -236,6 +243,7 @@ impl Sandbox {
             limits,
             max_log_bytes: self.config.max_log_bytes,
             max_sends_per_step: self.config.max_sends_per_step,
+            max_result_bytes: self.config.max_result_bytes,
             digest,
             origin,
             size: bytes.len(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store};
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::cache::Digest;
 use super::capture::Capture;
 use super::interrupt::Interrupts;
@@ -36,6 +36,7 @@ pub enum Origin {
 pub(super) enum Pre {
     V1(v1::WorkerPre<TaskState>),
     V2(v2::WorkerPre<TaskState>),
+    V3(v3::WorkerPre<TaskState>),
 }
 
 /// A worker component, compiled, checked against the `worker` world, smoke-run and pre-linked:
@@ -47,6 +48,7 @@ pub struct Module {
     pub(super) limits: WorkerLimits,
     pub(super) max_log_bytes: usize,
     pub(super) max_sends_per_step: u32,
+    pub(super) max_result_bytes: usize,
     pub(super) digest: Digest,
     pub(super) origin: Origin,
     pub(super) size: usize,
@@ -84,12 +86,13 @@ impl Module {
         self.size
     }
 
-    /// The version of the worker contract the component was built against: `0.2.0` (actors)
-    /// or `0.1.0` (sleep and finish only).
+    /// The version of the worker contract the component was built against: `0.3.0` (results
+    /// and calls), `0.2.0` (actors) or `0.1.0` (sleep and finish only).
     pub fn contract(&self) -> &'static str {
         match self.pre {
             Pre::V1(_) => "0.1.0",
             Pre::V2(_) => "0.2.0",
+            Pre::V3(_) => "0.3.0",
         }
     }
 
@@ -108,6 +111,7 @@ impl Module {
             host_log_left: self.max_log_bytes,
             max_sends_per_step: self.max_sends_per_step,
             sends_left: self.max_sends_per_step,
+            max_result_bytes: self.max_result_bytes,
             wasi: None,
             kernel: limits.kernel,
         };
@@ -125,6 +129,7 @@ impl Module {
         let instantiated = match &self.pre {
             Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
             Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
+            Pre::V3(pre) => pre.instantiate(&mut store).map(Bindings::V3),
         };
         match instantiated {
             Ok(bindings) => {

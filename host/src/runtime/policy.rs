@@ -7,7 +7,7 @@ use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi::p2::DynPollable;
 
 use super::LoadError;
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::process::{BlockingRefused, TaskState, WASI_IO_POLL};
 
 /// What a worker may import, by interface name without its version: the host's own interface,
@@ -81,6 +81,7 @@ pub(super) fn linker(engine: &Engine) -> wasmtime::Result<Linker<TaskState>> {
     let mut linker = Linker::new(engine);
     v1::Worker::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
     v2::Worker::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
+    v3::Worker::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |state| state)?;
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     // A blocking poll would hold a scheduler thread (and every task on it) for as long as the
     // guest liked. Replace both ways to block with a trap that says what to do instead.

@@ -8,17 +8,16 @@ use std::time::{Duration, Instant};
 use wasmtime::{ResourceLimiter, Store, StoreContextMut, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::capture::Capture;
+use super::contract;
 use super::engine::{
     MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLE_ELEMENTS,
     MAX_TABLES_PER_COMPONENT,
 };
 use super::interrupt::Interrupts;
-use crate::actor::{EndNotice, Entry, Kernel, Wake};
-use crate::model::{LogSource, Outcome, Pid, Printable, TaskEnd, one_line};
-
-use v2::http_spawn::worker::types as wit;
+use crate::actor::{Kernel, Wake};
+use crate::model::{JsonText, LogSource, Outcome, Pid, Printable, TaskEnd, one_line};
 
 /// What a step asks the host to do next, whichever contract the worker was built against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +26,10 @@ pub enum Next {
     Sleep(u32),
     /// Wake on the next mailbox entry, or after this many milliseconds without one.
     Receive(u32),
-    /// Finished with this exit code.
-    Done(i32),
+    /// Wake with what came of the call with this ticket.
+    Await(u64),
+    /// Finished with this exit code, and the result returned with it, if any.
+    Done(i32, Option<JsonText>),
     /// Failed with this message.
     Failed(String),
 }
@@ -37,6 +38,7 @@ pub enum Next {
 pub(super) enum Bindings {
     V1(v1::Worker),
     V2(v2::Worker),
+    V3(v3::Worker),
 }
 
 /// The guest grew its memory past the task's cap.
@@ -89,6 +91,8 @@ pub struct TaskState {
     /// Sends a step may make; `sends_left` counts down the current step's.
     pub(super) max_sends_per_step: u32,
     pub(super) sends_left: u32,
+    /// The largest result the task may return.
+    pub(super) max_result_bytes: usize,
     /// Built on first use: most workers never touch WASI.
     pub(super) wasi: Option<Box<WasiState>>,
     /// The host's actor calls (send, spawn, monitor, ...); none for smoke runs and
@@ -139,73 +143,32 @@ impl v1::http_spawn::worker::host::Host for TaskState {
     fn log(&mut self, level: v1::http_spawn::worker::host::Level, message: String) {
         use v1::http_spawn::worker::host::Level as V1;
         let level = match level {
-            V1::Trace => Level::Trace,
-            V1::Debug => Level::Debug,
-            V1::Info => Level::Info,
-            V1::Warn => Level::Warn,
-            V1::Error => Level::Error,
+            V1::Trace => LogSource::Trace,
+            V1::Debug => LogSource::Debug,
+            V1::Info => LogSource::Info,
+            V1::Warn => LogSource::Warn,
+            V1::Error => LogSource::Error,
         };
         self.log_line(level, message);
     }
 }
 
-impl wit::Host for TaskState {}
+impl v2::http_spawn::worker::types::Host for TaskState {}
 
-fn end_of(notice: &EndNotice) -> wit::End {
-    wit::End {
-        pid: notice.pid.to_string(),
-        status: notice.status_str().to_owned(),
-        outcome: notice.outcome_str().to_owned(),
-        exit_code: notice.exit_code,
-        error: notice.error.clone(),
-    }
-}
-
-/// What a 0.2.0 step asked for.
-fn next_of(next: wit::Next) -> Next {
-    match next {
-        wit::Next::Sleep(ms) => Next::Sleep(ms),
-        wit::Next::Receive(ms) => Next::Receive(ms),
-        wit::Next::Done(code) => Next::Done(code),
-        wit::Next::Failed(message) => Next::Failed(message),
-    }
-}
-
-/// A wake as the 0.2.0 contract writes it.
-fn wake_of(wake: Wake) -> wit::Wake {
-    match wake {
-        Wake::Started => wit::Wake::Started,
-        Wake::Slept => wit::Wake::Slept,
-        Wake::Timeout => wit::Wake::Timeout,
-        Wake::Entry(Entry::Message { sender, body }) => wit::Wake::Message(wit::Message {
-            sender: sender.map(|pid| pid.to_string()),
-            body,
-        }),
-        Wake::Entry(Entry::Down(notice)) => wit::Wake::Down(end_of(&notice)),
-        Wake::Entry(Entry::LinkedExit(notice)) => wit::Wake::LinkedExit(end_of(&notice)),
-    }
-}
-
-use wit::Level;
+impl v3::http_spawn::worker::types::Host for TaskState {}
 
 impl TaskState {
-    pub(super) fn log_line(&mut self, level: Level, message: String) {
-        let source = match level {
-            Level::Trace => LogSource::Trace,
-            Level::Debug => LogSource::Debug,
-            Level::Info => LogSource::Info,
-            Level::Warn => LogSource::Warn,
-            Level::Error => LogSource::Error,
-        };
+    /// Records a line the task logged at `level` (one of the levels of [`LogSource`]).
+    pub(super) fn log_line(&mut self, level: LogSource, message: String) {
         if self.host_log_left > 0 {
             self.host_log(level, &message);
         }
-        self.capture.line(source, message);
+        self.capture.line(level, message);
     }
 
     /// Writes a line of the task's to the host's log, within the task's share of it, with the
     /// task's pid and name.
-    fn host_log(&mut self, level: Level, message: &str) {
+    fn host_log(&mut self, level: LogSource, message: &str) {
         let pid = self.pid;
         let name = Printable(self.name.as_deref().unwrap_or_default());
         if message.len() > self.host_log_left {
@@ -219,11 +182,15 @@ impl TaskState {
         // The host's own log gets the line on one line: a guest must not forge host lines.
         let line = one_line(message);
         match level {
-            Level::Trace => tracing::trace!(target: "guest", %pid, %name, "{line}"),
-            Level::Debug => tracing::debug!(target: "guest", %pid, %name, "{line}"),
-            Level::Info => tracing::info!(target: "guest", %pid, %name, "{line}"),
-            Level::Warn => tracing::warn!(target: "guest", %pid, %name, "{line}"),
-            Level::Error => tracing::error!(target: "guest", %pid, %name, "{line}"),
+            LogSource::Trace => tracing::trace!(target: "guest", %pid, %name, "{line}"),
+            LogSource::Debug => tracing::debug!(target: "guest", %pid, %name, "{line}"),
+            LogSource::Info | LogSource::Stdout => {
+                tracing::info!(target: "guest", %pid, %name, "{line}");
+            }
+            LogSource::Warn | LogSource::Stderr => {
+                tracing::warn!(target: "guest", %pid, %name, "{line}");
+            }
+            LogSource::Error => tracing::error!(target: "guest", %pid, %name, "{line}"),
         }
     }
 }
@@ -278,20 +245,6 @@ pub struct StartSpec<'a> {
     pub payload: Option<&'a str>,
     pub parent: Option<Pid>,
     pub attempt: u32,
-}
-
-impl StartSpec<'_> {
-    /// The spec as the 0.2.0 contract writes it.
-    pub(super) fn wit_spec(&self) -> wit::Spec {
-        wit::Spec {
-            pid: self.pid.to_string(),
-            name: self.name.to_string(),
-            duration_secs: self.duration_secs,
-            payload: self.payload.map(str::to_owned),
-            parent: self.parent.map(|pid| pid.to_string()),
-            attempt: self.attempt,
-        }
-    }
 }
 
 /// The per-task limits and links that are not the worker's: when the task must end, where
@@ -350,7 +303,10 @@ impl Process {
             }
             Bindings::V2(bindings) => bindings
                 .http_spawn_worker_task()
-                .call_start(&mut self.store, &spec.wit_spec()),
+                .call_start(&mut self.store, &contract::v2_spec(spec)),
+            Bindings::V3(bindings) => bindings
+                .http_spawn_worker_task()
+                .call_start(&mut self.store, &contract::v3_spec(spec)),
         };
         self.fuel += spent(&self.store, self.budget);
         match result {
@@ -395,22 +351,33 @@ impl Process {
                     .call_step(&mut self.store)
                     .map(|next| match next {
                         V1::Sleep(ms) => Next::Sleep(ms),
-                        V1::Done(code) => Next::Done(code),
+                        V1::Done(code) => Next::Done(code, None),
                         V1::Failed(message) => Next::Failed(message),
                     })
             }
             Bindings::V2(bindings) => bindings
                 .http_spawn_worker_task()
-                .call_step(&mut self.store, &wake_of(wake))
-                .map(next_of),
+                .call_step(&mut self.store, &contract::v2_wake(wake))
+                .map(contract::v2_next),
+            Bindings::V3(bindings) => {
+                let wake = contract::v3_wake(wake);
+                let next = bindings
+                    .http_spawn_worker_task()
+                    .call_step(&mut self.store, &wake);
+                self.fuel += spent(&self.store, self.budget);
+                return match next {
+                    Ok(next) => contract::v3_next(next, self.store.data().max_result_bytes),
+                    Err(error) => Err(classify(&error, &self.store.data().capture, step)),
+                };
+            }
         };
         self.fuel += spent(&self.store, self.budget);
         result.map_err(|error| classify(&error, &self.store.data().capture, step))
     }
 
-    /// Whether the worker speaks the 0.2.0 contract (it can receive messages).
+    /// Whether the worker speaks the 0.2.0 contract or a later one (it can receive messages).
     pub fn is_actor(&self) -> bool {
-        matches!(self.bindings, Bindings::V2(_))
+        matches!(self.bindings, Bindings::V2(_) | Bindings::V3(_))
     }
 
     /// Fuel burnt so far, instantiation included.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::admission::Permit;
 use super::inbox::{Command, TIMER_SLACK};
 use super::{Job, Lane, Lanes};
-use crate::actor::Wake;
+use crate::actor::{Awaited, Reply, Wake};
 use crate::ledger::{Ending, FreshLogs, Ledger, Progress};
 use crate::model::{Pid, Printable, TaskEnd};
 use crate::runtime::{Next, Process, StartSpec, TaskLimits};
@@ -55,6 +55,9 @@ struct Live {
     /// The task waits in `receive`: its timer is the receive's timeout, and an entry put in
     /// its mailbox wakes it (`Command::Wake`).
     receiving: bool,
+    /// The task awaits the answer to its call with this ticket: its timer is the call's
+    /// deadline, and the answer wakes it (`Command::Wake`).
+    awaiting: Option<u64>,
 }
 
 pub(super) struct SchedulerThread {
@@ -193,6 +196,15 @@ impl SchedulerThread {
                 self.finish(slot, end);
                 continue;
             }
+            if let Some(ticket) = task.awaiting {
+                // The call's deadline: its answer if one raced it in, else `timeout`.
+                let reply = match self.lanes.actors.await_call(task.pid, ticket, false) {
+                    Awaited::Done(reply) => reply,
+                    Awaited::Until(_) | Awaited::NoSuchCall => Reply::Timeout,
+                };
+                self.advance(slot, Wake::Replied(ticket, reply));
+                continue;
+            }
             if task.receiving {
                 // The receive's timeout; an entry that raced it in is taken first.
                 let wake = match self.lanes.actors.take(task.pid, false) {
@@ -211,14 +223,27 @@ impl SchedulerThread {
         }
     }
 
-    /// Steps `pid`, waiting in `receive`, with the entry just put in its mailbox.
+    /// Steps `pid`, waiting in `receive`, with the entry just put in its mailbox; or
+    /// awaiting a call, with its answer.
     fn deliver(&mut self, pid: Pid) {
         let Some(slot) = self.slots.get(&pid).copied() else {
             return;
         };
-        let Some(task) = self.tasks[slot].as_mut().filter(|task| task.receiving) else {
+        let Some(task) = self.tasks[slot].as_mut() else {
             return;
         };
+        if let Some(ticket) = task.awaiting {
+            // Taken here: the wake-up may be stale (the deadline took the call's end).
+            if let Awaited::Done(reply) = self.lanes.actors.await_call(pid, ticket, true) {
+                self.timer_seq += 1;
+                task.wake = self.timer_seq;
+                self.advance(slot, Wake::Replied(ticket, reply));
+            }
+            return;
+        }
+        if !task.receiving {
+            return;
+        }
         // Taken here, not when it was put: a wake-up may be stale (a timeout took the entry).
         if let Some(entry) = self.lanes.actors.take(pid, true) {
             // The receive's timer no longer matches.
@@ -305,6 +330,7 @@ impl SchedulerThread {
             steps,
             wake: 0,
             receiving: false,
+            awaiting: None,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -341,6 +367,7 @@ impl SchedulerThread {
             return;
         }
         task.receiving = false;
+        task.awaiting = None;
         let next = guarded(|| task.process.step(wake));
         let end = match next {
             Ok(Next::Sleep(ms)) => {
@@ -378,7 +405,33 @@ impl SchedulerThread {
                 }
                 return;
             }
-            Ok(Next::Done(code)) => TaskEnd::exited(code),
+            Ok(Next::Await(ticket)) => {
+                self.lanes
+                    .ledger
+                    .stepped(task.pid, woke, task.process.capture().take());
+                self.timer_seq += 1;
+                task.wake = self.timer_seq;
+                // Marked as awaiting under the lock when no answer is there yet, so an answer
+                // from here on sends a wake-up.
+                match self.lanes.actors.await_call(task.pid, ticket, true) {
+                    Awaited::Done(reply) => {
+                        let wake = Wake::Replied(ticket, reply);
+                        self.ready.push_back((slot, self.timer_seq, wake));
+                        return;
+                    }
+                    Awaited::Until(deadline) => {
+                        task.awaiting = Some(ticket);
+                        let at = deadline.min(task.process.deadline());
+                        self.timers.push(Reverse((at, self.timer_seq, slot)));
+                        return;
+                    }
+                    Awaited::NoSuchCall => TaskEnd::guest_error(format!(
+                        "the task awaited call {ticket}, which it does not hold: it never made \
+                         it, or it has taken its answer"
+                    )),
+                }
+            }
+            Ok(Next::Done(code, result)) => TaskEnd::returned(code, result),
             Ok(Next::Failed(message)) => TaskEnd::guest_error(message),
             // Interrupted because every task of the thread stops: ended as they all are.
             Err(end) if end.outcome == crate::model::Outcome::Killed => self.lanes.lanes

@@ -27,6 +27,8 @@ pub fn module(name: &str) -> PathBuf {
         root.join("http_spawn_report.wasm")
     } else if name == "supervisor" {
         root.join("http_spawn_supervisor.wasm")
+    } else if name == "kv" {
+        root.join("http_spawn_kv.wasm")
     } else {
         root.join("examples").join(format!("{name}.wasm"))
     };

@@ -27,7 +27,7 @@ use super::super::{Reading, StoreError};
 use super::{NodeSpec, RECORD_COLUMN_COUNT, unavailable};
 use super::{PgStore, RECORD_COLUMNS, SPEC_COLUMNS, column, key, pid_of, record_of, spec_of};
 use crate::actor::EndNotice;
-use crate::model::{OnHostLoss, Outcome, Pid, TaskEnd, TaskRecord, TaskSpec};
+use crate::model::{JsonText, OnHostLoss, Outcome, Pid, TaskEnd, TaskRecord, TaskSpec};
 
 /// Lost hosts' tasks taken back per reaping transaction.
 const REAP_BATCH: i64 = 500;
@@ -175,6 +175,10 @@ fn notice_of(pid: Pid, body: &[u8]) -> EndNotice {
             .as_i64()
             .and_then(|code| i32::try_from(code).ok()),
         error: text("error"),
+        result: match &value["result"] {
+            serde_json::Value::Null => None,
+            result => JsonText::parse(result.to_string()).ok(),
+        },
     }
 }
 

@@ -35,7 +35,7 @@ use super::{
     Change, Cursor, Done, ListQuery, Page, Reading, Remembered, Store, StoreError, StoreStats,
     StoredVersion, WorkerVersions,
 };
-use crate::model::{LogLine, OnHostLoss, Outcome, Pid, TaskLogs, TaskRecord, TaskSpec};
+use crate::model::{JsonText, LogLine, OnHostLoss, Outcome, Pid, TaskLogs, TaskRecord, TaskSpec};
 use target::Target;
 use writer::Writer;
 
@@ -565,10 +565,10 @@ impl Drop for PgStore {
 const RECORD_COLUMNS: &str = "boot, seq, spawned_at, name, worker, version, status, duration,
     step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts::text,
     logs_dropped_bytes, parent_boot, parent_seq,
-    (SELECT owner FROM runs r WHERE r.boot = tasks.boot AND r.seq = tasks.seq)";
+    (SELECT owner FROM runs r WHERE r.boot = tasks.boot AND r.seq = tasks.seq), result";
 
 /// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
-const RECORD_COLUMN_COUNT: usize = 22;
+const RECORD_COLUMN_COUNT: usize = 23;
 
 fn record_of(row: &Row) -> Result<TaskRecord, StoreError> {
     let pid = pid_of(column(row, 0)?, column(row, 1)?);
@@ -605,6 +605,8 @@ fn record_of(row: &Row) -> Result<TaskRecord, StoreError> {
         _ => None,
     };
     record.node = column::<Option<i32>>(row, 21)?.map(|node| node as u32);
+    // Checked as it came; text that is not JSON (written by hand) reads as no result.
+    record.result = column::<Option<String>>(row, 22)?.and_then(|text| JsonText::parse(text).ok());
     Ok(record)
 }
 

@@ -145,6 +145,7 @@ struct Ends {
     outcomes: Vec<&'static str>,
     exit_codes: Vec<Option<i32>>,
     errors: Vec<Option<String>>,
+    results: Vec<Option<String>>,
     ats: Vec<i64>,
     fuels: Vec<i64>,
     attempt_json: Vec<String>,
@@ -240,6 +241,7 @@ impl<'a> Plan<'a> {
                     Box::new(node),
                     Box::new(ends.tails),
                     Box::new(ends.steps),
+                    Box::new(ends.results),
                 ],
                 Check::Ends(ends.pids),
             );
@@ -476,6 +478,7 @@ impl<'a> Plan<'a> {
                             "outcome": notice.outcome.map(|outcome| outcome.as_str()),
                             "exit_code": notice.exit_code,
                             "error": notice.error,
+                            "result": notice.result,
                         })
                         .to_string();
                         self.push(
@@ -636,6 +639,8 @@ impl<'a> Plan<'a> {
                 ends.outcomes.push(end.outcome.as_str());
                 ends.exit_codes.push(end.exit_code);
                 ends.errors.push(end.error.clone());
+                ends.results
+                    .push(end.result.as_ref().map(|result| result.as_str().to_owned()));
                 ends.ats.push(nanos(*at));
                 ends.fuels.push(*fuel as i64);
                 ends.attempt_json.push(attempt_json(0, end, *at));
@@ -918,9 +923,9 @@ impl Statements {
                             AS tid
                     FROM unnest($1::integer[], $2::bigint[], $3::text[], $4::text[],
                         $5::integer[], $6::text[], $7::bigint[], $8::bigint[], $9::text[],
-                        $10::integer[], $12::bytea[], $13::integer[])
+                        $10::integer[], $12::bytea[], $13::integer[], $14::text[])
                     AS v(boot, seq, status, outcome, exit_code, error, at, fuel, attempt_json,
-                        attempt, tail, step)),
+                        attempt, tail, step, result)),
                  run AS (
                     DELETE FROM runs r
                     WHERE r.ctid = ANY (ARRAY(SELECT run FROM v))
@@ -933,8 +938,8 @@ impl Statements {
                             WHERE c.boot = run.boot AND c.seq = run.seq))
                         FROM run)))
                  UPDATE tasks t SET status = v.status, outcome = v.outcome,
-                    exit_code = v.exit_code, error = v.error, ended_at = v.at, fuel = v.fuel,
-                    ready_at = NULL, log_tail = v.tail, step = COALESCE(v.step, t.step),
+                    exit_code = v.exit_code, error = v.error, result = v.result,
+                    ended_at = v.at, fuel = v.fuel, ready_at = NULL, log_tail = v.tail, step = COALESCE(v.step, t.step),
                     attempts = CASE WHEN jsonb_array_length(t.attempts) > 0
                         THEN t.attempts || jsonb_build_array(
                             jsonb_set(v.attempt_json::jsonb, '{attempt}', to_jsonb(t.attempt)))

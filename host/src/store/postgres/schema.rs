@@ -143,7 +143,7 @@ CREATE INDEX names_by_task ON names (boot, seq);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`, in the transaction that
 /// records the new version.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 2 (issue #23): fewer indexes on `tasks`, as in the SQLite store. Every acceptance wrote
     // each of these, and a start and an end changed `status`, so that neither could be a
     // heap-only update: each wrote a new entry into every index of the table. Lists filtered
@@ -170,6 +170,9 @@ CREATE TABLE log_parts (
 );
 CREATE INDEX log_parts_by_task ON log_parts (boot, seq, id);
 ",
+    // 4 (issue #24): what a task returned, JSON text as it came (not `jsonb`, which would
+    // parse and rewrite it at every write); `NULL` when it returned nothing.
+    "ALTER TABLE tasks ADD COLUMN result TEXT;",
 ];
 
 /// Why the schema could not be brought to this host's version.

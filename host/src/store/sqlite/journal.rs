@@ -25,7 +25,7 @@ use std::ops::Range;
 use std::time::SystemTime;
 
 use super::super::columns::{append_lines, attempts_json, attempts_of, nanos, status_of, time};
-use crate::model::{OnHostLoss, Outcome, Pid, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
+use crate::model::{JsonText, OnHostLoss, Outcome, Pid, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
 
 /// The form written; a value of another form than these two is refused when read.
 const FORM: u8 = 2;
@@ -40,6 +40,9 @@ const PROGRESS: u8 = 2;
 const LOGS: u8 = 3;
 const RESTARTING: u8 = 4;
 const ENDED: u8 = 5;
+/// An end that carries a result: `ENDED`'s body, then the result's text. Its own kind, so a
+/// journal written before results existed reads as it did.
+const RETURNED: u8 = 6;
 
 /// A task's row as the store holds it: its record and what it needs to run again.
 #[derive(Debug, Clone)]
@@ -98,6 +101,7 @@ pub(super) fn put_event(out: &mut Vec<u8>, pid: Pid, event: &TaskEvent) -> Range
         TaskEvent::Progress { .. } => PROGRESS,
         TaskEvent::Logs { .. } => LOGS,
         TaskEvent::Restarting { .. } => RESTARTING,
+        TaskEvent::Ended { end, .. } if end.result.is_some() => RETURNED,
         TaskEvent::Ended { .. } => ENDED,
     };
     out.push(kind);
@@ -148,6 +152,9 @@ pub(super) fn put_event(out: &mut Vec<u8>, pid: Pid, event: &TaskEvent) -> Range
             out.extend_from_slice(&fuel.to_le_bytes());
             put_end(out, end);
             out.extend_from_slice(&attempt.to_le_bytes());
+            if let Some(result) = &end.result {
+                put_str(out, result.as_str());
+            }
         }
     }
     out.len()..out.len()
@@ -348,12 +355,21 @@ impl<'a> Take<'a> {
                 next_attempt: self.u32()?,
                 ready_at: self.time()?,
             },
-            ENDED => TaskEvent::Ended {
-                at: self.time()?,
-                fuel: self.u64()?,
-                end: self.end()?,
-                attempt: self.u32()?,
-            },
+            ENDED | RETURNED => {
+                let (at, fuel, mut end, attempt) =
+                    (self.time()?, self.u64()?, self.end()?, self.u32()?);
+                if kind == RETURNED {
+                    let result = JsonText::parse(self.string()?)
+                        .map_err(|_| "a journal entry's result is not JSON")?;
+                    end.result = Some(result);
+                }
+                TaskEvent::Ended {
+                    at,
+                    fuel,
+                    end,
+                    attempt,
+                }
+            }
             _ => return Err("a journal entry of an unknown kind".into()),
         };
         Ok(Entry::Event { pid, event, lines })
@@ -370,6 +386,7 @@ impl<'a> Take<'a> {
             outcome: self.outcome()?,
             exit_code: self.opt(Self::i32)?,
             error: self.opt(Self::string)?,
+            result: None,
         })
     }
 
@@ -550,6 +567,7 @@ mod tests {
             outcome: Outcome::Trap,
             exit_code: None,
             error: Some("trap é".into()),
+            result: None,
         };
         let events = [
             TaskEvent::Started {
@@ -580,7 +598,11 @@ mod tests {
             TaskEvent::Ended {
                 at: at + Duration::from_millis(3),
                 fuel: 40,
-                end: crate::model::TaskEnd::exited(0),
+                // An end with a result is an entry of its own kind.
+                end: crate::model::TaskEnd::returned(
+                    0,
+                    Some(JsonText::parse(r#"{"é": [1, null]}"#.into()).expect("JSON")),
+                ),
                 attempt: 2,
             },
             // After the end: changes nothing.
@@ -637,6 +659,10 @@ mod tests {
             fold(&mut back, &mut back_lines, &event, &lines);
         }
         assert_eq!(format!("{:?}", back.record), format!("{:?}", held.record));
+        assert_eq!(
+            back.record.result.as_ref().map(JsonText::as_str),
+            Some(r#"{"é": [1, null]}"#)
+        );
         assert_eq!(back.spec, held.spec);
         assert_eq!(back_lines, held_lines);
         let record = &back.record;

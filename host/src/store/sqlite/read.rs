@@ -3,15 +3,15 @@
 use rusqlite::Row;
 
 use super::super::columns::{attempts_of, status_of, time};
-use crate::model::{OnHostLoss, Outcome, Pid, TaskRecord, TaskSpec};
+use crate::model::{JsonText, OnHostLoss, Outcome, Pid, TaskRecord, TaskSpec};
 
 pub(super) const RECORD_COLUMNS: &str =
     "boot, seq, spawned_at, name, worker, version, status, duration,
     step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts,
-    logs_dropped_bytes, parent_boot, parent_seq";
+    logs_dropped_bytes, parent_boot, parent_seq, result";
 
 /// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
-pub(super) const RECORD_COLUMN_COUNT: usize = 21;
+pub(super) const RECORD_COLUMN_COUNT: usize = 22;
 
 /// What a task needs to run again, as [`spec_of`] reads it.
 pub(super) const SPEC_COLUMNS: &str =
@@ -48,6 +48,11 @@ pub(super) fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         (Some(boot), Some(seq)) => Some(Pid::new(boot as u32, seq as u64)),
         _ => None,
     };
+    // The writer checked it as it came; a row that does not hold JSON (written by hand) reads
+    // as no result rather than as a record that cannot be read.
+    record.result = row
+        .get::<_, Option<String>>(21)?
+        .and_then(|text| JsonText::parse(text).ok());
     Ok(record)
 }
 

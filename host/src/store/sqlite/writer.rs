@@ -33,7 +33,7 @@ use super::journal::{self, Entry, Image};
 use super::key;
 use super::read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, SPEC_COLUMNS, record_of, spec_of};
 use super::unwritten::{SLICE, Unwritten};
-use crate::model::{Pid, PidMap, TaskEvent, TaskRecord, TaskSpec};
+use crate::model::{JsonText, Pid, PidMap, TaskEvent, TaskRecord, TaskSpec};
 
 /// Ended tasks deleted per prune, so a large prune never holds the writer long.
 pub(super) const PRUNE_BATCH: i64 = 1000;
@@ -359,16 +359,16 @@ pub(super) fn write_row(
         "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
             duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
             parent_boot, parent_seq, step, steps, exit_code, outcome, error, started_at,
-            ended_at, fuel, attempts, logs_dropped_bytes, ready_at, log, journal_seq)
+            ended_at, fuel, attempts, logs_dropped_bytes, ready_at, log, journal_seq, result)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
          ON CONFLICT (boot, seq) DO UPDATE SET status = excluded.status,
             attempt = excluded.attempt, step = excluded.step, steps = excluded.steps,
             exit_code = excluded.exit_code, outcome = excluded.outcome, error = excluded.error,
             started_at = excluded.started_at, ended_at = excluded.ended_at,
             fuel = excluded.fuel, attempts = excluded.attempts,
             logs_dropped_bytes = excluded.logs_dropped_bytes, ready_at = excluded.ready_at,
-            log = excluded.log, journal_seq = excluded.journal_seq",
+            log = excluded.log, journal_seq = excluded.journal_seq, result = excluded.result",
     )?
     .execute(params![
         boot,
@@ -400,6 +400,7 @@ pub(super) fn write_row(
         spec.ready_at.map(nanos),
         log,
         last,
+        record.result.as_ref().map(JsonText::as_str),
     ])?;
     if !ended && !lines.is_empty() {
         tx.prepare_cached("INSERT INTO log_parts (boot, seq, lines) VALUES (?1, ?2, ?3)")?
