@@ -138,7 +138,7 @@ async fn refused_modules_leave_the_current_version_serving() {
     for (bytes, status, reason) in [
         (b"not wasm at all".to_vec(), 400, "magic number"),
         (core_module, 400, "core wasm module"),
-        (bytes_of("otherworld"), 422, "fits neither `worker` world"),
+        (bytes_of("otherworld"), 422, "fits no `worker` world"),
         (bytes_of("netprobe"), 422, "imports wasi:sockets/"),
     ] {
         let (got, body) = put_module(&app, "default", bytes, Some(TOKEN)).await;
