@@ -180,6 +180,23 @@ async fn a_call_not_answered_ends_in_time_with_what_happened() {
     assert_eq!(body["ended"]["status"], "exited", "{body}");
     assert_eq!(body["ended"]["exit_code"], 3, "{body}");
 
+    // An attempt that fails and is restarted answers the calls it took with its end: the next
+    // attempt knows nothing of them.
+    let mut restarted = actor(
+        "restarted",
+        json!([{"op": "receive", "timeout_ms": 30_000}, {"op": "fail", "message": "again"}]),
+    );
+    restarted["restart"] = json!("on-failure");
+    restarted["max_attempts"] = json!(2);
+    let restarted = app.spawn(restarted).await;
+    app.wait_running(&restarted).await;
+    let (status, _, text) = call_raw(&app, &restarted, "?timeout=20", "3").await;
+    assert_eq!(status, 504, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(body["reason"], "ended", "{body}");
+    assert_eq!(body["ended"]["outcome"], "guest_error", "{body}");
+    assert_eq!(body["ended"]["error"], "again", "{body}");
+
     // Calls still in the mailbox of a task that ends are answered too.
     let sleeper = app
         .spawn(actor("sleeper", json!([{"op": "sleep", "ms": 60_000}])))

@@ -91,7 +91,8 @@ impl Ctx {
     /// Starts a child task and waits for its end, as Wippy's `process.exec`: its [`End`], with
     /// its exit code and result. The child is monitored as it is created (whatever
     /// `child.monitor` says), so its end cannot be missed. Whatever else comes to the mailbox
-    /// meanwhile is kept, in order, for the receives that follow.
+    /// meanwhile is kept, in order, for the receives that follow (at most
+    /// [`MAX_KEPT_ASIDE`] entries: past that the wait ends with [`ExecError::NotAwaited`]).
     ///
     /// ```no_run
     /// # async fn run(ctx: http_spawn_sdk::Ctx) -> Result<i32, String> {
@@ -103,7 +104,7 @@ impl Ctx {
     ///     link: false,
     ///     monitor: true,
     /// };
-    /// let end = ctx.exec(&child).await.map_err(|e| format!("not started: {e:?}"))?;
+    /// let end = ctx.exec(&child).await.map_err(|e| format!("no end: {e:?}"))?;
     /// ctx.info(&format!("the report ended {} with {:?}", end.status, end.result));
     /// # Ok(0) }
     /// ```
@@ -233,8 +234,23 @@ pub struct Exec<'a> {
     pid: Option<String>,
 }
 
+/// Why [`Ctx::exec`] gave no end.
+#[derive(Debug)]
+pub enum ExecError {
+    /// The child was not started.
+    NotStarted(SpawnError),
+    /// The child runs, as this pid, but its end was not awaited: this task watches as many
+    /// tasks as it may, or more entries came meanwhile than it keeps aside
+    /// ([`MAX_KEPT_ASIDE`]); what came is kept for the receives that follow.
+    NotAwaited(String),
+}
+
+/// The mailbox entries an [`Exec`] keeps aside while it waits, at most: as many as a mailbox
+/// holds by default, so that waiting does not lift the bound senders are held to.
+pub const MAX_KEPT_ASIDE: usize = 1_024;
+
 impl Future for Exec<'_> {
-    type Output = Result<End, SpawnError>;
+    type Output = Result<End, ExecError>;
 
     fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
         /// Waits as long as a wait can be; the task's deadline ends it first.
@@ -243,14 +259,18 @@ impl Future for Exec<'_> {
         let Some(pid) = self.pid.clone() else {
             let mut child = self.child.clone();
             child.monitor = true;
-            return match host::spawn(&child) {
-                Ok(pid) => {
-                    self.pid = Some(pid);
-                    self.ctx.slot.ask(request);
-                    Poll::Pending
-                }
-                Err(error) => Poll::Ready(Err(error)),
+            let pid = match host::spawn(&child) {
+                Ok(pid) => pid,
+                Err(error) => return Poll::Ready(Err(ExecError::NotStarted(error))),
             };
+            // Monitored as it was created, unless this task already watches its share: a
+            // second monitor is the same one, and says so.
+            if host::monitor(&pid).is_err() {
+                return Poll::Ready(Err(ExecError::NotAwaited(pid)));
+            }
+            self.pid = Some(pid);
+            self.ctx.slot.ask(request);
+            return Poll::Pending;
         };
         let received = match self.ctx.slot.take_wake(request) {
             Some(Wake::Message(message)) => Received::Message(message),
@@ -262,7 +282,11 @@ impl Future for Exec<'_> {
         };
         let mut stash = self.ctx.stash.take();
         stash.push_back(received);
+        let full = stash.len() >= MAX_KEPT_ASIDE;
         self.ctx.stash.set(stash);
+        if full {
+            return Poll::Ready(Err(ExecError::NotAwaited(pid)));
+        }
         self.ctx.slot.ask(request);
         Poll::Pending
     }

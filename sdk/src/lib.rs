@@ -98,7 +98,7 @@ pub use bindings::http_spawn::worker::types::{
     Child, Done, End, Level, Message, NameError, ReplyError, SendError, SpawnError, Spec,
     WatchError,
 };
-pub use ctx::{Call, CallError, Ctx, Exec, Receive, Received, Sleep};
+pub use ctx::{Call, CallError, Ctx, Exec, ExecError, MAX_KEPT_ASIDE, Receive, Received, Sleep};
 #[cfg(feature = "json")]
 pub use done::Json;
 pub use done::Return;

@@ -99,8 +99,13 @@ async fn run(ctx: Ctx) -> Result<Json<Store>, String> {
         match message.reply_to {
             Some(ticket) => {
                 let answer = store.answer(&message.body).to_string();
-                if let Err(error) = ctx.reply(ticket, &answer) {
-                    ctx.warn(&format!("a reply was not taken: {error:?}"));
+                if ctx.reply(ticket, &answer).is_err() {
+                    // Larger than a message may be (`keys` of a big store): say so instead,
+                    // so that the call does not stay open.
+                    let too_large = r#"{"error": "the answer is larger than a message may be"}"#;
+                    if let Err(error) = ctx.reply(ticket, too_large) {
+                        ctx.warn(&format!("a reply was not taken: {error:?}"));
+                    }
                 }
             }
             None => ctx.info(&format!("a message that is not a call: {}", message.body)),

@@ -61,8 +61,8 @@
 //! those tasks, and `name:<name>` for a registered one.
 
 use http_spawn_sdk::{
-    CallError, Child, Ctx, Done, End, NameError, Received, ReplyError, SendError, SpawnError, Spec,
-    WatchError,
+    CallError, Child, Ctx, Done, End, ExecError, NameError, Received, ReplyError, SendError,
+    SpawnError, Spec, WatchError,
 };
 use std::time::{Duration, Instant};
 
@@ -612,9 +612,13 @@ impl Actor {
                 let child = child.child();
                 match ctx.exec(&child).await {
                     Ok(e) => Outcome::ok(json!({"end": end(&e)})),
-                    Err(e) => Outcome {
+                    Err(ExecError::NotStarted(e)) => Outcome {
                         ok: false,
                         fields: spawn_error(&e),
+                    },
+                    Err(ExecError::NotAwaited(pid)) => Outcome {
+                        ok: false,
+                        fields: json!({"error": "not_awaited", "pid": pid}),
                     },
                 }
             }

@@ -10,14 +10,18 @@
 //!
 //! Nothing a call leaves behind outlives it:
 //! - a callee that ends answers every call it held, open or still in its mailbox, with its
-//!   end;
+//!   end; so does an attempt of it that fails and is restarted, for the calls it had taken;
 //! - a caller's call ends at its deadline: the caller is woken with `timeout`, and an answer
 //!   that comes after is dropped and counted ([`Actors::late_replies`]);
-//! - a caller that ends takes its calls with it: answers to them are dropped and counted.
+//! - a caller that ends takes its calls with it: answers to them are dropped and counted;
+//! - an open call whose caller has given up (its client gone, its deadline past) is forgotten
+//!   when the callee's mailbox needs the room.
 //!
-//! A task holds at most as many calls as its mailbox holds messages
-//! ([`ActorLimits::max_messages`](super::ActorLimits)); calls past their deadline are
-//! forgotten as new ones are made.
+//! Bounds: open calls count as messages against the callee's mailbox; an answer a task has not
+//! yet awaited counts against its own mailbox's bytes and every mailbox's together (an answer
+//! that does not fit is refused to the callee as too large); a task holds at most as many
+//! calls in time as its mailbox holds messages
+//! ([`ActorLimits::max_messages`](super::ActorLimits)).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,7 +30,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::{Actor, Actors, EndNotice, Entry, PutError};
-use crate::model::Pid;
+use crate::model::{Pid, TaskEnd};
 
 /// What came of a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +58,23 @@ impl Reply {
 pub enum Caller {
     /// An HTTP client's request, which holds the receiving end.
     Client(oneshot::Sender<Reply>),
-    /// A task of this host, which knows the call by `ticket`.
-    Task { pid: Pid, ticket: u64 },
+    /// A task of this host, which knows the call by `ticket` and waits for it until
+    /// `deadline`.
+    Task {
+        pid: Pid,
+        ticket: u64,
+        deadline: Instant,
+    },
+}
+
+impl Caller {
+    /// Whether nobody waits for the answer any more.
+    fn gone(&self, now: Instant) -> bool {
+        match self {
+            Self::Client(client) => client.is_closed(),
+            Self::Task { deadline, .. } => *deadline <= now,
+        }
+    }
 }
 
 /// The answer a message asks for, if it is a call.
@@ -75,10 +94,11 @@ impl PartialEq for ReplyTo {
             (Self::Ticket(a), Self::Ticket(b)) => a == b,
             (Self::Caller(Caller::Client(_)), Self::Caller(Caller::Client(_))) => true,
             (
-                Self::Caller(Caller::Task { pid, ticket }),
+                Self::Caller(Caller::Task { pid, ticket, .. }),
                 Self::Caller(Caller::Task {
                     pid: other_pid,
                     ticket: other_ticket,
+                    ..
                 }),
             ) => pid == other_pid && ticket == other_ticket,
             _ => false,
@@ -150,6 +170,14 @@ impl Actor {
         self.calls.as_ref().map_or(0, |calls| calls.open.len())
     }
 
+    /// Forgets the open calls whose callers have given up: room for what comes next.
+    pub(super) fn forget_abandoned_calls(&mut self) {
+        if let Some(calls) = self.calls.as_deref_mut() {
+            let now = Instant::now();
+            calls.open.retain(|(_, caller)| !caller.gone(now));
+        }
+    }
+
     /// Takes a call out of the message `entry`, just taken from the mailbox: its caller goes to
     /// the open calls, and the entry keeps the ticket to answer it under.
     pub(super) fn open_call(&mut self, entry: &mut Entry) {
@@ -174,10 +202,13 @@ impl Actors {
         let actor = shard.get_mut(&caller).ok_or(CallError::NotLive)?;
         let calls = actor.calls();
         let now = Instant::now();
-        calls.made.retain(|(_, deadline)| *deadline > now);
-        if calls.made.len() + calls.answers.len() >= max {
+        let in_time = calls.made.iter().filter(|(_, at)| *at > now).count();
+        if in_time + calls.answers.len() >= max {
             return Err(CallError::TooMany);
         }
+        // Calls past their deadline go (awaited later, they end as `timeout`: see
+        // `await_call`), so that what a task holds stays bounded.
+        calls.made.retain(|(_, at)| *at > now);
         let ticket = calls.ticket();
         calls.made.push((ticket, deadline));
         Ok(ticket)
@@ -235,46 +266,72 @@ impl Actors {
                 .ok_or(ReplyError::NoSuchCall)?;
             calls.open.swap_remove(at).1
         };
-        Ok(self.answer(caller, Reply::Answered(body)))
+        match self.answer(caller, Reply::Answered(body)) {
+            Ok(wake) => Ok(wake),
+            Err(caller) => {
+                // No room for the answer with its caller: the call stays open, for a smaller
+                // answer.
+                if let Some(calls) = self
+                    .shard(callee)
+                    .get_mut(&callee)
+                    .and_then(|actor| actor.calls.as_deref_mut())
+                {
+                    calls.open.push((ticket, caller));
+                }
+                Err(ReplyError::TooLarge)
+            }
+        }
     }
 
-    /// Gives `reply` to `caller`: the task to wake, if it awaits it. An answer nobody waits
-    /// for any more (a client gone, a call past its deadline, a caller ended) is dropped and
-    /// counted.
-    pub(super) fn answer(&self, caller: Caller, reply: Reply) -> Option<Pid> {
-        match caller {
+    /// Gives `reply` to `caller`: `Ok` with the task to wake, if it awaits it. An answer nobody
+    /// waits for any more (a client gone, a call past its deadline, a caller ended) is dropped
+    /// and counted. `Err` hands the caller back when a task's answer does not fit its mailbox's
+    /// bytes, or every mailbox's.
+    pub(super) fn answer(&self, caller: Caller, reply: Reply) -> Result<Option<Pid>, Caller> {
+        let (pid, ticket) = match caller {
             Caller::Client(client) => {
                 if client.send(reply).is_err() {
                     self.late_replies.fetch_add(1, Ordering::Relaxed);
                 }
-                None
+                return Ok(None);
             }
-            Caller::Task { pid, ticket } => {
-                let mut shard = self.shard(pid);
-                let calls = shard
-                    .get_mut(&pid)
-                    .and_then(|actor| actor.calls.as_deref_mut());
-                let made = calls.and_then(|calls| {
-                    let at = calls.made.iter().position(|(made, _)| *made == ticket)?;
-                    Some((calls, at))
-                });
-                // Past its deadline the call stays made, for `await_call` to end as a timeout.
-                let Some((calls, at)) =
-                    made.filter(|(calls, at)| calls.made[*at].1 > Instant::now())
-                else {
-                    self.late_replies.fetch_add(1, Ordering::Relaxed);
-                    return None;
-                };
-                calls.made.swap_remove(at);
-                self.total_bytes.fetch_add(reply.bytes(), Ordering::AcqRel);
-                calls.answers.push((ticket, reply));
-                if calls.awaiting == Some(ticket) {
-                    calls.awaiting = None;
-                    return Some(pid);
-                }
-                None
-            }
+            Caller::Task { pid, ticket, .. } => (pid, ticket),
+        };
+        let mut shard = self.shard(pid);
+        let Some(actor) = shard.get_mut(&pid) else {
+            self.late_replies.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
+        let now = Instant::now();
+        // Past its deadline the call stays made, for `await_call` to end as a timeout.
+        let made = actor.calls.as_deref().and_then(|calls| {
+            calls
+                .made
+                .iter()
+                .position(|(made, at)| *made == ticket && *at > now)
+        });
+        let Some(at) = made else {
+            self.late_replies.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
+        let bytes = reply.bytes();
+        if actor.bytes + bytes > self.limits.max_mailbox_bytes || !self.take_bytes(bytes) {
+            let deadline = actor.calls.as_deref().map_or(now, |calls| calls.made[at].1);
+            return Err(Caller::Task {
+                pid,
+                ticket,
+                deadline,
+            });
         }
+        actor.bytes += bytes;
+        let calls = actor.calls();
+        calls.made.swap_remove(at);
+        calls.answers.push((ticket, reply));
+        if calls.awaiting == Some(ticket) {
+            calls.awaiting = None;
+            return Ok(Some(pid));
+        }
+        Ok(None)
     }
 
     /// What task `pid` finds when it awaits its call `ticket`: the answer if one came (or
@@ -282,19 +339,25 @@ impl Actors {
     /// `wait`, an answer that comes later wakes it.
     pub fn await_call(&self, pid: Pid, ticket: u64, wait: bool) -> Awaited {
         let mut shard = self.shard(pid);
-        let Some(calls) = shard
-            .get_mut(&pid)
-            .and_then(|actor| actor.calls.as_deref_mut())
-        else {
+        let Some(actor) = shard.get_mut(&pid) else {
+            return Awaited::NoSuchCall;
+        };
+        let Some(calls) = actor.calls.as_deref_mut() else {
             return Awaited::NoSuchCall;
         };
         calls.awaiting = None;
         if let Some(at) = calls.answers.iter().position(|(t, _)| *t == ticket) {
             let (_, reply) = calls.answers.swap_remove(at);
+            actor.bytes -= reply.bytes();
             self.total_bytes.fetch_sub(reply.bytes(), Ordering::AcqRel);
             return Awaited::Done(reply);
         }
         let Some(at) = calls.made.iter().position(|(made, _)| *made == ticket) else {
+            // A ticket it was given whose call is over: its answer taken, or timed out and
+            // forgotten to keep what the task holds bounded.
+            if ticket <= calls.last_ticket && calls.open.iter().all(|(open, _)| *open != ticket) {
+                return Awaited::Done(Reply::Timeout);
+            }
             return Awaited::NoSuchCall;
         };
         let deadline = calls.made[at].1;
@@ -308,6 +371,12 @@ impl Actors {
         Awaited::Until(deadline)
     }
 
+    /// Calls `pid` took and has not answered, for tests.
+    #[cfg(test)]
+    fn open_calls_of(&self, pid: Pid) -> usize {
+        self.shard(pid).get(&pid).map_or(0, Actor::open_calls)
+    }
+
     /// Answers to HTTP clients dropped because nobody waited any more, and to tasks whose
     /// call had timed out or who had ended.
     pub fn late_replies(&self) -> u64 {
@@ -319,8 +388,7 @@ impl Actors {
     pub(super) fn end_calls(&self, actor: &mut Actor, notice: &Arc<EndNotice>) -> Vec<Pid> {
         let mut callers = Vec::new();
         if let Some(calls) = actor.calls.take() {
-            let held: usize = calls.answers.iter().map(|(_, reply)| reply.bytes()).sum();
-            self.total_bytes.fetch_sub(held, Ordering::AcqRel);
+            // What its answers held is in the actor's bytes, which its end gives back.
             callers.extend(calls.open.into_iter().map(|(_, caller)| caller));
         }
         for entry in actor.mailbox.drain(..) {
@@ -332,9 +400,45 @@ impl Actors {
                 callers.push(caller);
             }
         }
+        // An `ended` answer holds no bytes: it always fits.
         callers
             .into_iter()
-            .filter_map(|caller| self.answer(caller, Reply::Ended(Arc::clone(notice))))
+            .filter_map(|caller| {
+                self.answer(caller, Reply::Ended(Arc::clone(notice)))
+                    .ok()
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// An attempt of `pid` ended as `end`, and the task runs again, keeping its mailbox: the
+    /// calls the attempt had taken are answered with that end (the next attempt knows nothing
+    /// of them), and the calls it made and their answers are forgotten. Returns the callers to
+    /// wake.
+    pub fn restart_calls(&self, pid: Pid, end: &TaskEnd) -> Vec<Pid> {
+        let open = {
+            let mut shard = self.shard(pid);
+            let Some(actor) = shard.get_mut(&pid) else {
+                return Vec::new();
+            };
+            let Some(calls) = actor.calls.take() else {
+                return Vec::new();
+            };
+            let held: usize = calls.answers.iter().map(|(_, reply)| reply.bytes()).sum();
+            actor.bytes -= held;
+            self.total_bytes.fetch_sub(held, Ordering::AcqRel);
+            calls.open
+        };
+        if open.is_empty() {
+            return Vec::new();
+        }
+        let notice = Arc::new(EndNotice::of(pid, end));
+        open.into_iter()
+            .filter_map(|(_, caller)| {
+                self.answer(caller, Reply::Ended(Arc::clone(&notice)))
+                    .ok()
+                    .flatten()
+            })
             .collect()
     }
 }
@@ -384,6 +488,7 @@ mod tests {
         let task = Caller::Task {
             pid: caller,
             ticket,
+            deadline: later(),
         };
         assert_eq!(
             actors.put_call(callee, Some(caller), "q".into(), task, || {}),
@@ -407,8 +512,8 @@ mod tests {
         );
         assert_eq!(
             actors.await_call(caller, ticket, true),
-            Awaited::NoSuchCall,
-            "the answer is taken once"
+            Awaited::Done(Reply::Timeout),
+            "the answer is taken once; the call is over"
         );
         assert_eq!(actors.late_replies(), 0);
         assert_eq!(actors.mailboxes_bytes(), 0, "nothing is left held");
@@ -424,6 +529,7 @@ mod tests {
         let task = Caller::Task {
             pid: caller,
             ticket,
+            deadline: Instant::now(),
         };
         actors
             .put_call(callee, Some(caller), "q".into(), task, || {})
@@ -435,10 +541,11 @@ mod tests {
             actors.await_call(caller, ticket, false),
             Awaited::Done(Reply::Timeout)
         );
-        // Expired calls do not count against the caller's share.
-        for _ in 0..4 {
-            actors.begin_call(caller, Instant::now()).expect("room");
-        }
+        // Expired calls do not count against the caller's share, and one forgotten to keep
+        // it bounded still ends as a timeout when awaited.
+        let expired: Vec<u64> = (0..4)
+            .map(|_| actors.begin_call(caller, Instant::now()).expect("room"))
+            .collect();
         actors.begin_call(caller, later()).expect("room");
         actors.begin_call(caller, later()).expect("room");
         assert_eq!(
@@ -446,6 +553,85 @@ mod tests {
             Err(CallError::TooMany),
             "at most as many calls as a mailbox holds messages"
         );
+        for ticket in expired {
+            assert_eq!(
+                actors.await_call(caller, ticket, false),
+                Awaited::Done(Reply::Timeout)
+            );
+        }
+        assert_eq!(
+            actors.await_call(caller, 1_000, false),
+            Awaited::NoSuchCall,
+            "a ticket never given"
+        );
+    }
+
+    #[test]
+    fn an_answer_counts_against_the_caller_s_mailbox_until_it_is_taken() {
+        let actors = actors();
+        let (caller, callee) = (Pid::new(1, 1), Pid::new(1, 2));
+        actors.enter(caller);
+        actors.enter(callee);
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let ticket = actors.begin_call(caller, later()).expect("a ticket");
+            let task = Caller::Task {
+                pid: caller,
+                ticket,
+                deadline: later(),
+            };
+            actors
+                .put_call(callee, Some(caller), "q".into(), task, || {})
+                .expect("put");
+            open.push((ticket, take_call(&actors, callee)));
+        }
+        // 4,096 bytes a mailbox: two answers of 16 fit, and are held until awaited.
+        for (_, taken) in &open {
+            assert_eq!(actors.reply(callee, *taken, "a".repeat(16)), Ok(None));
+        }
+        assert_eq!(actors.mailboxes_bytes(), 32);
+        for (ticket, _) in &open {
+            assert_eq!(
+                actors.await_call(caller, *ticket, false),
+                Awaited::Done(Reply::Answered("a".repeat(16)))
+            );
+        }
+        assert_eq!(actors.mailboxes_bytes(), 0);
+    }
+
+    #[test]
+    fn an_open_call_whose_caller_gave_up_makes_room_and_a_restart_answers_the_rest() {
+        let actors = actors();
+        let callee = Pid::new(1, 2);
+        actors.enter(callee);
+        // Two calls taken and open: the mailbox (two messages) has no room.
+        let (gone, answer) = oneshot::channel();
+        actors
+            .put_call(callee, None, "1".into(), Caller::Client(gone), || {})
+            .expect("put");
+        take_call(&actors, callee);
+        let (waiting, mut waits) = oneshot::channel();
+        actors
+            .put_call(callee, None, "2".into(), Caller::Client(waiting), || {})
+            .expect("put");
+        take_call(&actors, callee);
+        assert_eq!(
+            actors.put(callee, None, "m".into(), || {}),
+            Err(PutError::Full)
+        );
+        // The first client goes away: its call is forgotten when room is needed.
+        drop(answer);
+        assert_eq!(actors.put(callee, None, "m".into(), || {}), Ok(false));
+        // A failed attempt, restarted: the call it took is answered with its end.
+        assert_eq!(
+            actors.restart_calls(callee, &TaskEnd::guest_error("no".into())),
+            Vec::<Pid>::new()
+        );
+        match waits.try_recv() {
+            Ok(Reply::Ended(notice)) => assert_eq!(notice.pid, callee),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(actors.open_calls_of(callee), 0);
     }
 
     #[test]
@@ -460,6 +646,7 @@ mod tests {
             let task = Caller::Task {
                 pid: caller,
                 ticket,
+                deadline: later(),
             };
             actors
                 .put_call(callee, Some(caller), "q".into(), task, || {})

@@ -429,6 +429,9 @@ impl Actors {
         let mut shard = self.shard(to);
         let actor = shard.get_mut(&to).ok_or(PutError::NotLive)?;
         let bytes = entry.bytes();
+        if actor.messages + actor.open_calls() >= self.limits.max_messages {
+            actor.forget_abandoned_calls();
+        }
         if actor.messages + actor.open_calls() >= self.limits.max_messages
             || actor.bytes + bytes > self.limits.max_mailbox_bytes
             || !self.take_bytes(bytes)

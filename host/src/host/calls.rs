@@ -158,7 +158,11 @@ impl Host {
                 CallError::TooMany => SendError::MailboxFull,
                 CallError::NotLive => SendError::NoSuchProcess,
             })?;
-        let caller = Caller::Task { pid: from, ticket };
+        let caller = Caller::Task {
+            pid: from,
+            ticket,
+            deadline,
+        };
         match self.put_call_here(Some(from), to, body, caller, bytes) {
             Ok(()) => Ok(ticket),
             Err(error) => {

@@ -11,8 +11,12 @@ use serde_json::value::RawValue;
 pub struct JsonText(Arc<RawValue>);
 
 impl JsonText {
-    /// `text` if it is one JSON value; whitespace around it is allowed, and dropped.
+    /// `text` if it is one JSON value; whitespace around it is allowed, and dropped. Read as
+    /// a value too, once: the raw text's check alone lets through what cannot be read as one (a
+    /// number out of range such as `1e400`, nesting past 128 levels), which would fail later,
+    /// wherever the result is written into other JSON.
     pub fn parse(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::from_str::<serde_json::Value>(&text)?;
         RawValue::from_string(text).map(|raw| Self(Arc::from(raw)))
     }
 
@@ -70,7 +74,8 @@ mod tests {
             serde_json::to_string(&[Some(&text), None]).expect("written"),
             r#"[{"a": [1, 2.50]},null]"#
         );
-        for bad in ["", "{", "1 2", "nul", "[1,]"] {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in ["", "{", "1 2", "nul", "[1,]", "1e400", &deep] {
             assert!(JsonText::parse(bad.into()).is_err(), "{bad:?}");
         }
     }

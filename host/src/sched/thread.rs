@@ -516,6 +516,10 @@ impl SchedulerThread {
         if let Some(logs) = logs {
             self.ledger().logs(pid, logs);
         }
+        // The calls the attempt took are answered with its end; the next knows nothing of them.
+        for caller in self.lanes.actors.restart_calls(pid, &end) {
+            self.lanes.wake(caller);
+        }
         job.attempt += 1;
         let ready_at = SystemTime::now() + wait;
         self.ledger()
