@@ -357,6 +357,8 @@ fn messages_vs_tasks(
          the bench's generator ({CONNECTIONS} keep-alive connections, closed loop, {secs} s \
          each). Tasks: the default worker, duration 0. Messages: `{{\"seq\": n}}` to {SINKS} \
          `actor` tasks in `receive_all`, with --max-mailbox-messages {SINK_MAILBOX_MESSAGES}. \
+         Calls: the same bodies as calls (`POST /api/tasks/{{pid}}/calls?timeout=5`) to {SINKS} \
+         `actor` tasks in `serve`, each answered with its own body (a `200` is an answer). \
          Server CPU is counted until every task has ended or every message has been received.\n"
     ));
     let sinks: Vec<String> = (0..SINKS)
@@ -413,6 +415,7 @@ fn messages_vs_tasks(
         std::thread::sleep(Duration::from_millis(20));
     }
     let drain_secs = drained_at.elapsed().as_secs_f64();
+    let calls = http_calls(runtime, host, secs)?;
     let accepted = run.count(202);
     let full = run.count(429);
     let other = run.samples.len() as u64 - accepted - full + run.connect_errors;
@@ -425,13 +428,13 @@ fn messages_vs_tasks(
     report.table(
         &[
             "request",
-            "accepted/s (202)",
-            "202",
+            "answered/s (202, calls 200)",
+            "202 (calls 200)",
             "429",
             "other",
             "p50 ms",
             "p99 ms",
-            "server CPU µs/202",
+            "server CPU µs/answer",
         ],
         &[
             vec![
@@ -453,6 +456,16 @@ fn messages_vs_tasks(
                 format!("{messages_p50:.2}"),
                 format!("{messages_p99:.2}"),
                 format!("{messages_cpu_us:.1}"),
+            ],
+            vec![
+                "POST /api/tasks/{pid}/calls".into(),
+                format!("{:.0}", calls.per_sec),
+                calls.answered.to_string(),
+                calls.full.to_string(),
+                calls.other.to_string(),
+                format!("{:.2}", calls.p50_ms),
+                format!("{:.2}", calls.p99_ms),
+                format!("{:.1}", calls.cpu_us),
             ],
             vec![
                 "messages ÷ tasks".into(),
@@ -484,7 +497,74 @@ fn messages_vs_tasks(
             "cpu_us_per_accepted": messages_cpu_us, "backlog_at_end": backlog,
             "drain_secs": drain_secs,
         },
+        "calls": {
+            "answered_per_sec": calls.per_sec, "answered": calls.answered,
+            "mailbox_full": calls.full, "other": calls.other, "p50_ms": calls.p50_ms,
+            "p99_ms": calls.p99_ms, "cpu_us_per_answer": calls.cpu_us,
+        },
     }))
+}
+
+/// What the calls of (b) measured.
+struct HttpCalls {
+    per_sec: f64,
+    answered: u64,
+    full: u64,
+    other: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us: f64,
+}
+
+/// (b)'s calls: the generator's requests as calls to {SINKS} `actor` tasks in `serve`, each
+/// answered with its own body.
+fn http_calls(
+    runtime: &tokio::runtime::Runtime,
+    host: &Server,
+    secs: u64,
+) -> anyhow::Result<HttpCalls> {
+    let servers: Vec<String> = (0..SINKS)
+        .map(|i| {
+            start_actor(
+                host.addr,
+                &format!("server-{i}"),
+                &json!([{"op": "serve", "timeout_ms": 60_000}]),
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let targets: Arc<Vec<String>> = Arc::new(
+        servers
+            .iter()
+            .map(|pid| format!("/api/tasks/{pid}/calls?timeout=5"))
+            .collect(),
+    );
+    let cpu_before = host.cpu_secs();
+    let run = runtime.block_on(loadgen::run_plan(Plan {
+        headers: None,
+        addr: host.addr,
+        connections: CONNECTIONS,
+        duration: Duration::from_secs(secs),
+        rate: None,
+        count: None,
+        keep_pids: false,
+        stop: None,
+        target: Some(Arc::new(move |index| {
+            targets[index as usize % targets.len()].clone()
+        })),
+        body: Arc::new(|index| (0, format!("{{\"seq\":{index}}}"))),
+    }));
+    let answered = run.count(200);
+    let full = run.count(429);
+    let latencies = run.latencies_us();
+    Ok(HttpCalls {
+        per_sec: answered as f64 / run.elapsed.as_secs_f64(),
+        answered,
+        full,
+        other: run.samples.len() as u64 - answered - full + run.connect_errors,
+        p50_ms: loadgen::percentile_ms(latencies.clone(), 0.5),
+        p99_ms: loadgen::percentile_ms(latencies, 0.99),
+        cpu_us: (host.cpu_secs() - cpu_before) * 1e6 / answered.max(1) as f64,
+    })
 }
 
 /// Messages waiting in the mailboxes of `pids`, from their records; an error if one of them
@@ -512,14 +592,14 @@ fn memory(report: &mut Report, n: u32) -> anyhow::Result<Value> {
         (
             LiveMode::Wasm,
             "default worker (SDK, no_std)",
-            "0.2.0",
+            "0.3.0",
             "sleep",
             "1 MiB",
         ),
         (
             LiveMode::ActorReceive,
             "`actor` example (SDK, std)",
-            "0.2.0",
+            "0.3.0",
             "receive",
             "16 MiB",
         ),

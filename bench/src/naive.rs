@@ -2,7 +2,7 @@
 //! (on-demand allocation, copy-on-write images, guard pages, signal-based traps), the worker
 //! linked anew for every task (no `InstancePre`) and a WASI context built for every store, as a
 //! first embedding written from wasmtime's examples would do. Fuel is on or off as asked, which
-//! also makes it the fuel benchmark's baseline. It speaks the 0.2.0 contract the benchmarked
+//! also makes it the fuel benchmark's baseline. It speaks the 0.3.0 contract the benchmarked
 //! workers are built against, with the actor calls answered trivially: the workers it runs
 //! (`empty`, `compute`, the default worker) only log.
 //!

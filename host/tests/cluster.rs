@@ -698,12 +698,12 @@ async fn a_client_waits_through_any_host_for_a_task_s_end() {
     assert_eq!(body["exit_code"], 0, "{body}");
 }
 
-/// Issue #24: a result is written to the shared store with the end: a client waiting through
-/// another host gets it, and so does a monitor on another host in its `down`. A call reaches
-/// only the tasks of the host it is made on: one for another host's task is refused, clearly,
-/// over HTTP and to a task.
+/// Issue #24: a call through any host reaches its task on the host that holds it (relayed),
+/// and a result is written to the shared store with the end: a client waiting through another
+/// host gets it, and so does a monitor on another host in its `down`. A task's own call
+/// reaches only the tasks of its host: one for another host's task is refused, clearly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_reaches_every_host_and_a_call_across_hosts_is_refused() {
+async fn a_call_through_any_host_reaches_its_task_and_a_result_every_host() {
     let url = postgres::fresh_database("result_across");
     let a = Node::start(&url, "a", &[]).await;
     let b = Node::start(&url, "b", &[]).await;
@@ -714,7 +714,7 @@ async fn a_result_reaches_every_host_and_a_call_across_hosts_is_refused() {
             "there",
             json!([
                 {"op": "register", "name": "there"},
-                {"op": "receive", "timeout_ms": 20_000},
+                {"op": "serve", "timeout_ms": 20_000},
                 {"op": "exit", "code": 0, "result": result},
             ]),
         ))
@@ -725,29 +725,25 @@ async fn a_result_reaches_every_host_and_a_call_across_hosts_is_refused() {
         assert!(tokio::time::Instant::now() < deadline, "never named");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let refused = a
-        .client
-        .post(a.url(&format!("/api/tasks/{there}/calls?timeout=2")))
-        .json(&json!({"q": 1}))
-        .send()
-        .await
-        .expect("asked");
-    assert_eq!(refused.status(), 409);
-    let body: Value = refused.json().await.expect("JSON");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("another host"),
-        "{body}"
-    );
+    for target in [there.as_str(), "name:there"] {
+        let answer = a
+            .client
+            .post(a.url(&format!("/api/tasks/{target}/calls?timeout=10")))
+            .json(&json!({"q": target}))
+            .send()
+            .await
+            .expect("asked");
+        assert_eq!(answer.status(), 200, "a call through host a");
+        let body: Value = answer.json().await.expect("JSON");
+        assert_eq!(body, json!({"q": target}), "answered on host b");
+    }
     let caller = a
         .run(actor(
             "caller",
             json!([
                 {"op": "monitor", "pid": there},
                 {"op": "call", "to": "name:there", "body": 1, "timeout_ms": 5_000},
-                {"op": "send", "to": "name:there", "body": "go"},
+                {"op": "send", "to": "name:there", "body": "stop"},
                 {"op": "receive", "timeout_ms": 20_000},
             ]),
         ))
@@ -777,6 +773,55 @@ async fn a_result_reaches_every_host_and_a_call_across_hosts_is_refused() {
     assert_eq!(body["result"], result, "{body}");
     let (_, record) = a.get(&format!("/api/tasks/{there}")).await;
     assert_eq!(record["result"], result, "{record}");
+}
+
+/// Issue #24: a call relayed to the host that holds its task, which dies before the task
+/// answers, is answered `504` with the outcome `host_lost`, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_host_dies_before_the_answer_ends_host_lost() {
+    let url = postgres::fresh_database("call_host_lost");
+    let a = Node::start(&url, "a", &[]).await;
+    let mut b = Node::start(&url, "b", &[]).await;
+    let b_id = b.id().await;
+    let taker = b
+        .spawn(actor(
+            "taker",
+            json!([{"op": "receive", "timeout_ms": 30_000}, {"op": "sleep", "ms": 60_000}]),
+        ))
+        .await;
+    wait_running_on(&a, &taker, b_id).await;
+    let call = {
+        let url = a.url(&format!("/api/tasks/{taker}/calls?timeout=30"));
+        let client = a.client.clone();
+        tokio::spawn(async move {
+            let answer = client
+                .post(url)
+                .json(&json!({"q": 1}))
+                .send()
+                .await
+                .expect("asked");
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.expect("JSON"))
+        })
+    };
+    // The task has taken the call when it logs its receive.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !logged(&b, &taker)
+        .await
+        .iter()
+        .any(|line| line["op"] == "receive")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.binary.crash();
+    let (status, body) = call.await.expect("the caller");
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["reason"], "ended", "{body}");
+    assert_eq!(body["ended"]["outcome"], "host_lost", "{body}");
 }
 
 /// A task's own send to a task another host holds, by name: the name is looked up in the

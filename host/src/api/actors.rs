@@ -83,19 +83,30 @@ pub(super) async fn post_message(
 ) -> Result<Response, ApiError> {
     let (raw, pid) = task_pid(&state, path).await?;
     let limit = state.limits.max_message_bytes;
-    let body = json_body(&headers, body, limit)?;
-    if body.len() > limit {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let text = std::str::from_utf8(&body)
-        .ok()
-        .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
-        .ok_or_else(|| ApiError::BadRequest("the message must be JSON".into()))?;
+    let text = message_text(&headers, body, limit, "message")?;
     let bytes = text.len();
-    match state.host.send_async(pid, text.to_owned()).await {
+    match state.host.send_async(pid, text).await {
         Ok(()) => Ok((StatusCode::ACCEPTED, Json(Delivered { pid, bytes })).into_response()),
         Err(error) => Err(sent_error(error, &raw, pid, limit)),
     }
+}
+
+/// A message's (or a call's, as `what` says) body: JSON sent as JSON, at most `limit` bytes.
+pub(super) fn message_text(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+    what: &str,
+) -> Result<String, ApiError> {
+    let body = json_body(headers, body, limit)?;
+    if body.len() > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    std::str::from_utf8(&body)
+        .ok()
+        .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::BadRequest(format!("the {what} must be JSON")))
 }
 
 /// The answer to a message (or a call) that did not reach task `pid` (asked for as `raw`).
@@ -114,14 +125,14 @@ pub(super) fn sent_error(error: SendError, raw: &str, pid: Pid, limit: usize) ->
         },
         SendError::Unavailable => ApiError::Unavailable {
             message: format!(
-                "task {pid} runs on another host, and the task store cannot carry the message \
-                 there now; retry later"
+                "task {pid} cannot be reached now: it runs on another host and the task store \
+                 cannot carry this there, or it waits in the cluster's shared queue; retry later"
             ),
             retry_after: RETRY_AFTER_SECS,
         },
         SendError::Elsewhere => ApiError::Conflict(format!(
-            "task {pid} runs on another host of the cluster: a call reaches only the tasks of \
-             the host it is sent to (send a message instead, or call that host)"
+            "task {pid} is held by another host of the cluster now, which a relayed call does \
+             not follow; call through any host again"
         )),
     }
 }

@@ -12,12 +12,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::actors::{sent_error, task_pid};
+use super::actors::{message_text, sent_error, task_pid};
 use super::error::{AnyRoute, ErrorBody};
-use super::tasks::json_body;
 use super::{ApiError, AppState};
 use crate::actor::EndNotice;
-use crate::host::CallFailed;
+use crate::host::{CallFailed, RELAYED};
 use crate::model::{JsonText, Pid};
 
 /// How long a call waits for its answer when the request does not say, in seconds (at most
@@ -80,9 +79,11 @@ pub(super) struct Unanswered {
 /// as text. `504` when the task ends before it answers (with how it ended) or does not answer
 /// within `timeout`; an answer that comes later is dropped and counted
 /// (`http_spawn_call_replies_late_total`). A task built against 0.2.0 of the worker contract
-/// takes a call as a plain message and cannot answer it. In a cluster, a call reaches only
-/// the tasks of the host it is sent to (`409` for another host's). The wait holds no thread,
-/// and a client that goes away leaves nothing behind.
+/// takes a call as a plain message and cannot answer it. In a cluster, a call through any
+/// host reaches the task on the host that holds it (relayed over HTTP); if that host dies
+/// before the task answers, `504` with the outcome `host_lost`; a task still waiting in the
+/// shared queue answers no call (`503`). The wait holds no thread, and a client that goes away
+/// leaves nothing behind.
 #[utoipa::path(post, path = "/api/tasks/{pid}/calls", tag = "actors",
     params(("pid" = String, Path, description = "The task's pid, or `name:<name>`"), CallParams),
     request_body(content = serde_json::Value, content_type = "application/json",
@@ -91,14 +92,17 @@ pub(super) struct Unanswered {
         (status = 200, description = "The task's answer, as it gave it"),
         (status = 400, description = "The body is not JSON, or a bad `timeout`", body = ErrorBody),
         (status = 404, description = "No such task, or no live task holds that name", body = ErrorBody),
-        (status = 409, description = "The task has ended, or runs on another host of the cluster",
+        (status = 409, description = "The task has ended (or moved to another host meanwhile)",
             body = ErrorBody),
         (status = 413, description = "The call is larger than --max-message-bytes", body = ErrorBody),
         (status = 415, description = "The body is not sent as JSON", body = ErrorBody),
         (status = 429, description = "The task's mailbox is full", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
-        (status = 504, description = "No answer: the task ended first, or the timeout ran out",
-            body = Unanswered),
+        (status = 503, description = "The task waits in the cluster's shared queue, or the store \
+            cannot say which host holds it", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before trying again"))),
+        (status = 504, description = "No answer: the task ended first (its host lost, too), or \
+            the timeout ran out", body = Unanswered),
         AnyRoute))]
 pub(super) async fn post_call(
     State(state): State<AppState>,
@@ -128,16 +132,10 @@ pub(super) async fn post_call(
     }
     let (raw, pid) = task_pid(&state, path).await?;
     let limit = state.limits.max_message_bytes;
-    let body = json_body(&headers, body, limit)?;
-    if body.len() > limit {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let text = std::str::from_utf8(&body)
-        .ok()
-        .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
-        .ok_or_else(|| ApiError::BadRequest("the call must be JSON".into()))?;
+    let text = message_text(&headers, body, limit, "call")?;
     let timeout = Duration::from_secs_f64(timeout);
-    match state.host.call_async(pid, text.to_owned(), timeout).await {
+    let relayed = headers.contains_key(RELAYED);
+    match state.host.call_async(pid, text, timeout, relayed).await {
         Ok(answer) => Ok(answered(answer)),
         Err(CallFailed::NotSent(error)) => Err(sent_error(error, &raw, pid, limit)),
         Err(CallFailed::Ended(notice)) => Ok(unanswered(Unanswered {

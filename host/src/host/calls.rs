@@ -3,8 +3,9 @@
 //! [`Actors`](crate::actor::Actors)' (`actor/calls.rs`); this is where it meets the scheduler
 //! (wake-ups), the event stream and the metrics.
 //!
-//! A call reaches the tasks of the host it is made on. In a cluster, one for a task another
-//! host holds is refused (`elsewhere`): the answer would have to come back through the store,
+//! In a cluster, an HTTP client's call for a task another host holds is relayed to that host
+//! over HTTP (`relay`), and its answer relayed back; a task's own call reaches only the tasks of
+//! its host (`elsewhere` for another's): the answer would have to come back through the store,
 //! which carries messages one way only.
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::sync::oneshot;
 
 use super::Host;
 use super::actors::{not_live, unreached};
+use super::relay::{self, Relayed};
 use crate::actor::{Answer, CallError, Caller, EndNotice, PutError, Reply, ReplyError, SendError};
 use crate::model::Pid;
 
@@ -31,14 +33,16 @@ pub enum CallFailed {
 impl Host {
     /// Calls task `to` with `body` from an HTTP client: its answer, or why none came within
     /// `timeout`. Holds no thread while it waits; a client that goes away takes its wait with
-    /// it, and an answer that comes after is dropped and counted.
+    /// it, and an answer that comes after is dropped and counted. In a cluster, a call for a
+    /// task another host holds goes to that host, unless it was `relayed` here by another.
     pub async fn call_async(
         &self,
         to: Pid,
         body: String,
         timeout: Duration,
+        relayed: bool,
     ) -> Result<String, CallFailed> {
-        let called = self.call_from_client(to, body, timeout).await;
+        let called = self.call_from_client(to, body, timeout, relayed).await;
         let result = match &called {
             Ok(_) => "answered",
             Err(CallFailed::Ended(_)) => "ended",
@@ -54,12 +58,22 @@ impl Host {
         to: Pid,
         body: String,
         timeout: Duration,
+        relayed: bool,
     ) -> Result<String, CallFailed> {
         let bytes = self.sized(&body).map_err(CallFailed::NotSent)?;
-        if let Some(cluster) = self.forwards_to(to)
-            && matches!(cluster.store.holder_async(to).await, Ok(Some(_)))
-        {
-            return Err(CallFailed::NotSent(SendError::Elsewhere));
+        if let Some(cluster) = self.forwards_to(to) {
+            match cluster.store.holder_async(to).await {
+                // Another host holds it: the call goes there, once.
+                Ok(Some(Some(node))) if !relayed => {
+                    return self.relay(cluster, node, to, body, timeout).await;
+                }
+                Ok(Some(Some(_))) => return Err(CallFailed::NotSent(SendError::Elsewhere)),
+                // In the shared queue: no host holds it yet to answer.
+                Ok(Some(None)) | Err(_) => {
+                    return Err(CallFailed::NotSent(SendError::Unavailable));
+                }
+                Ok(None) => {}
+            }
         }
         let (caller, answer) = oneshot::channel();
         match self.put_call_here(None, to, body, Caller::Client(caller), bytes) {
@@ -79,6 +93,31 @@ impl Host {
                     .await
                     .unwrap_or_else(|_| Arc::new(EndNotice::unknown(to))),
             )),
+        }
+    }
+
+    /// Relays the call to host `node`, which holds `to`.
+    async fn relay(
+        &self,
+        cluster: &super::cluster::Cluster,
+        node: u32,
+        to: Pid,
+        body: String,
+        timeout: Duration,
+    ) -> Result<String, CallFailed> {
+        let nodes = cluster
+            .nodes()
+            .await
+            .map_err(|_| CallFailed::NotSent(SendError::Unavailable))?;
+        let Some(holder) = nodes.into_iter().find(|info| info.id == node) else {
+            return Err(CallFailed::NotSent(SendError::Unavailable));
+        };
+        let token = self.relay_token.as_deref();
+        match relay::relay_call(&holder.address, token, to, body, timeout).await {
+            Relayed::Answered(answer) => Ok(answer),
+            Relayed::Ended(notice) => Err(CallFailed::Ended(Arc::new(notice))),
+            Relayed::Timeout => Err(CallFailed::Timeout),
+            Relayed::NotSent(error) => Err(CallFailed::NotSent(error)),
         }
     }
 

@@ -8,6 +8,7 @@ mod admission;
 mod calls;
 mod cluster;
 mod reach;
+mod relay;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -34,6 +35,7 @@ use crate::store::{
 pub use admission::Accepting;
 pub use calls::CallFailed;
 use cluster::Cluster;
+pub use relay::RELAYED;
 
 /// Host losses after which a task ends `failed`/`host_lost` instead of running again.
 const MAX_HOST_LOSSES: u32 = 3;
@@ -109,6 +111,9 @@ pub struct Host {
     leftovers: Arc<Leftovers>,
     /// The largest payload a task may give a child: a request body's bound.
     max_child_payload_bytes: usize,
+    /// The bearer token a call relayed to another host of the cluster carries: this host's
+    /// first API token (a cluster's hosts share theirs), if it has any.
+    relay_token: Option<String>,
 }
 
 /// Tasks a shutdown leaves accepted and unstarted: those waiting for a place, and those whose
@@ -250,6 +255,7 @@ impl Host {
             cluster,
             leftovers,
             max_child_payload_bytes: config.max_body_bytes,
+            relay_token: config.api_tokens.first().cloned(),
         });
         let kernel: Arc<dyn Kernel> = host.clone();
         host.scheduler.connect(Arc::downgrade(&kernel));

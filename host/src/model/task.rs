@@ -102,6 +102,19 @@ impl Status {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Exited | Self::Failed | Self::Killed)
     }
+
+    /// The status called `name`, as [`Status::as_str`] writes it.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Spawned,
+            Self::Running,
+            Self::Exited,
+            Self::Failed,
+            Self::Killed,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == name)
+    }
 }
 
 /// Why a task ended, finer than its [`Status`]: what an operator filters and alerts on.
