@@ -90,7 +90,8 @@ impl Ctx {
 
     /// Starts a child task and waits for its end, as Wippy's `process.exec`: its [`End`], with
     /// its exit code and result. The child is monitored as it is created (whatever
-    /// `child.monitor` says), so its end cannot be missed. Whatever else comes to the mailbox
+    /// `child.monitor` says), so its end cannot be missed; a task that already watches as many
+    /// tasks as the host allows (`--max-watches`) waits until its own deadline instead. Whatever else comes to the mailbox
     /// meanwhile is kept, in order, for the receives that follow (at most
     /// [`MAX_KEPT_ASIDE`] entries: past that the wait ends with [`ExecError::NotAwaited`]).
     ///
@@ -239,9 +240,9 @@ pub struct Exec<'a> {
 pub enum ExecError {
     /// The child was not started.
     NotStarted(SpawnError),
-    /// The child runs, as this pid, but its end was not awaited: this task watches as many
-    /// tasks as it may, or more entries came meanwhile than it keeps aside
-    /// ([`MAX_KEPT_ASIDE`]); what came is kept for the receives that follow.
+    /// The child runs, as this pid, but its end was not awaited: more entries came meanwhile
+    /// than it keeps aside ([`MAX_KEPT_ASIDE`]); what came is kept for the receives that
+    /// follow, and the child's `down` comes as any monitor's.
     NotAwaited(String),
 }
 
@@ -263,11 +264,6 @@ impl Future for Exec<'_> {
                 Ok(pid) => pid,
                 Err(error) => return Poll::Ready(Err(ExecError::NotStarted(error))),
             };
-            // Monitored as it was created, unless this task already watches its share: a
-            // second monitor is the same one, and says so.
-            if host::monitor(&pid).is_err() {
-                return Poll::Ready(Err(ExecError::NotAwaited(pid)));
-            }
             self.pid = Some(pid);
             self.ctx.slot.ask(request);
             return Poll::Pending;

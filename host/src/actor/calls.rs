@@ -288,14 +288,18 @@ impl Actors {
     /// and counted. `Err` hands the caller back when a task's answer does not fit its mailbox's
     /// bytes, or every mailbox's.
     pub(super) fn answer(&self, caller: Caller, reply: Reply) -> Result<Option<Pid>, Caller> {
-        let (pid, ticket) = match caller {
+        let (pid, ticket, deadline) = match caller {
             Caller::Client(client) => {
                 if client.send(reply).is_err() {
                     self.late_replies.fetch_add(1, Ordering::Relaxed);
                 }
                 return Ok(None);
             }
-            Caller::Task { pid, ticket, .. } => (pid, ticket),
+            Caller::Task {
+                pid,
+                ticket,
+                deadline,
+            } => (pid, ticket, deadline),
         };
         let mut shard = self.shard(pid);
         let Some(actor) = shard.get_mut(&pid) else {
@@ -303,20 +307,24 @@ impl Actors {
             return Ok(None);
         };
         let now = Instant::now();
-        // Past its deadline the call stays made, for `await_call` to end as a timeout.
+        // Past its deadline the call stays made, for `await_call` to end as a timeout. The
+        // deadline tells this call from one of another attempt of the task with its ticket.
         let made = actor.calls.as_deref().and_then(|calls| {
             calls
                 .made
                 .iter()
-                .position(|(made, at)| *made == ticket && *at > now)
+                .position(|(made, at)| *made == ticket && *at == deadline && *at > now)
         });
         let Some(at) = made else {
             self.late_replies.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
         let bytes = reply.bytes();
-        if actor.bytes + bytes > self.limits.max_mailbox_bytes || !self.take_bytes(bytes) {
-            let deadline = actor.calls.as_deref().map_or(now, |calls| calls.made[at].1);
+        // An answer that holds nothing (`ended`, `timeout`) always fits, even past a bound that
+        // notices of ends may have overrun.
+        if bytes > 0
+            && (actor.bytes + bytes > self.limits.max_mailbox_bytes || !self.take_bytes(bytes))
+        {
             return Err(Caller::Task {
                 pid,
                 ticket,
@@ -421,9 +429,18 @@ impl Actors {
             let Some(actor) = shard.get_mut(&pid) else {
                 return Vec::new();
             };
-            let Some(calls) = actor.calls.take() else {
+            let Some(calls) = actor.calls.as_deref_mut() else {
                 return Vec::new();
             };
+            // Anew, but for the tickets given out: the next attempt's are new numbers.
+            let last_ticket = calls.last_ticket;
+            let calls = std::mem::replace(
+                calls,
+                Calls {
+                    last_ticket,
+                    ..Calls::default()
+                },
+            );
             let held: usize = calls.answers.iter().map(|(_, reply)| reply.bytes()).sum();
             actor.bytes -= held;
             self.total_bytes.fetch_sub(held, Ordering::AcqRel);
@@ -463,8 +480,11 @@ mod tests {
         })
     }
 
+    /// A deadline a minute away, the same at every call: a task's call and its caller share
+    /// the one its host set.
     fn later() -> Instant {
-        Instant::now() + Duration::from_secs(60)
+        static LATER: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *LATER.get_or_init(|| Instant::now() + Duration::from_secs(60))
     }
 
     /// Takes the next entry of `pid`'s mailbox, which must be a call: its ticket.
@@ -632,6 +652,34 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(actors.open_calls_of(callee), 0);
+    }
+
+    #[test]
+    fn an_answer_meant_for_a_restarted_attempt_s_call_never_answers_the_next_one() {
+        let actors = actors();
+        let (caller, callee) = (Pid::new(1, 1), Pid::new(1, 2));
+        actors.enter(caller);
+        actors.enter(callee);
+        let old = actors.begin_call(caller, later()).expect("a ticket");
+        let task = Caller::Task {
+            pid: caller,
+            ticket: old,
+            deadline: later(),
+        };
+        actors
+            .put_call(callee, Some(caller), "q".into(), task, || {})
+            .expect("put");
+        let taken = take_call(&actors, callee);
+        // The caller's attempt fails and runs again; its next call gets a ticket of its own.
+        actors.restart_calls(caller, &TaskEnd::guest_error("trap".into()));
+        let new = actors.begin_call(caller, later()).expect("a ticket");
+        assert!(new > old, "{new} after {old}");
+        assert_eq!(actors.reply(callee, taken, "stale".into()), Ok(None));
+        assert_eq!(actors.late_replies(), 1, "the old call's answer is late");
+        assert!(matches!(
+            actors.await_call(caller, new, false),
+            Awaited::Until(_)
+        ));
     }
 
     #[test]

@@ -63,6 +63,8 @@ impl Host {
         let bytes = self.sized(&body).map_err(CallFailed::NotSent)?;
         if let Some(cluster) = self.forwards_to(to) {
             match cluster.store.holder_async(to).await {
+                // This host, about to take it or just done with it: the local answer.
+                Ok(Some(Some(node))) if node == cluster.store.node() => {}
                 // Another host holds it: the call goes there, once.
                 Ok(Some(Some(node))) if !relayed => {
                     return self.relay(cluster, node, to, body, timeout).await;
@@ -113,7 +115,10 @@ impl Host {
             return Err(CallFailed::NotSent(SendError::Unavailable));
         };
         let token = self.relay_token.as_deref();
-        match relay::relay_call(&holder.address, token, to, body, timeout).await {
+        // The answer, or a `504` with the task's end: a message and a result, and room for
+        // the JSON around them.
+        let max_answer = self.actors.limits().max_message_bytes + self.max_result_bytes + 65_536;
+        match relay::relay_call(&holder.address, token, to, body, timeout, max_answer).await {
             Relayed::Answered(answer) => Ok(answer),
             Relayed::Ended(notice) => Err(CallFailed::Ended(Arc::new(notice))),
             Relayed::Timeout => Err(CallFailed::Timeout),

@@ -114,6 +114,8 @@ pub struct Host {
     /// The bearer token a call relayed to another host of the cluster carries: this host's
     /// first API token (a cluster's hosts share theirs), if it has any.
     relay_token: Option<String>,
+    /// `--max-result-bytes`: what a relayed answer may carry of a task's end.
+    max_result_bytes: usize,
 }
 
 /// Tasks a shutdown leaves accepted and unstarted: those waiting for a place, and those whose
@@ -256,6 +258,7 @@ impl Host {
             leftovers,
             max_child_payload_bytes: config.max_body_bytes,
             relay_token: config.api_tokens.first().cloned(),
+            max_result_bytes: config.max_result_bytes,
         });
         let kernel: Arc<dyn Kernel> = host.clone();
         host.scheduler.connect(Arc::downgrade(&kernel));

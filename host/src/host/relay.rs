@@ -5,9 +5,10 @@
 //!
 //! A relayed request says so (`X-Http-Spawn-Relayed`): the holder answers it itself and never
 //! relays it again, so a task that moves meanwhile cannot send a call around the cluster. A
-//! holder that cannot be reached, or dies before it answers, leaves the call with its task's
-//! host lost: the caller is told the task ended `host_lost` (its record will say how it goes
-//! on: a rerun elsewhere knows nothing of the call).
+//! holder that cannot be reached answers `503` (nothing was sent); one whose connection breaks
+//! after the call went out died with the call: the caller is told the task ended `host_lost`
+//! (its record will say how it goes on: a rerun elsewhere knows nothing of the call). A holder
+//! alive but slower than the call's timeout (and two seconds) is a `timeout`.
 
 use std::time::Duration;
 
@@ -39,20 +40,43 @@ pub(super) enum Relayed {
     NotSent(SendError),
 }
 
+/// Why a relayed call brought no answer from the holder.
+enum Failure {
+    /// The request never went out (no connection): nothing reached the task.
+    NotSent(String),
+    /// It went out, and the connection broke before the answer: the holder is gone.
+    Broken(String),
+    /// No answer within the call's timeout and the slack: the holder is alive but slow.
+    NoAnswer,
+    /// The answer is larger than any answer can be.
+    TooLarge,
+}
+
 /// Relays the call `body` for `pid` to the host at `address`, with `token` (this host's first
-/// API token, which a cluster's hosts share) when it has one, to be answered within `timeout`.
+/// API token, which a cluster's hosts share) when it has one, to be answered within `timeout`;
+/// an answer's body is read up to `max_answer_bytes`.
 pub(super) async fn relay_call(
     address: &str,
     token: Option<&str>,
     pid: Pid,
     body: String,
     timeout: Duration,
+    max_answer_bytes: usize,
 ) -> Relayed {
-    match exchange(address, token, pid, body, timeout).await {
+    match exchange(address, token, pid, body, timeout, max_answer_bytes).await {
         Ok((status, text)) => answer_of(pid, status, &text),
-        Err(why) => {
-            tracing::warn!(%pid, address, %why, "a call relayed to the task's host got no answer");
+        Err(Failure::NotSent(why)) => {
+            tracing::warn!(%pid, address, %why, "a call could not be relayed to the task's host");
+            Relayed::NotSent(SendError::Unavailable)
+        }
+        Err(Failure::Broken(why)) => {
+            tracing::warn!(%pid, address, %why, "the task's host was lost during a relayed call");
             Relayed::Ended(host_lost(pid))
+        }
+        Err(Failure::NoAnswer) => Relayed::Timeout,
+        Err(Failure::TooLarge) => {
+            tracing::warn!(%pid, address, "a relayed call's answer was larger than any can be");
+            Relayed::NotSent(SendError::Unavailable)
         }
     }
 }
@@ -64,15 +88,17 @@ async fn exchange(
     pid: Pid,
     body: String,
     timeout: Duration,
-) -> Result<(StatusCode, String), String> {
+    max_answer_bytes: usize,
+) -> Result<(StatusCode, String), Failure> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
         .await
-        .map_err(|_| "no connection within 2 s".to_owned())?
-        .map_err(|error| error.to_string())?;
+        .map_err(|_| Failure::NotSent("no connection within 2 s".to_owned()))?
+        .map_err(|error| Failure::NotSent(error.to_string()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|error| error.to_string())?;
-    let driving = tokio::spawn(connection);
+        .map_err(|error| Failure::NotSent(error.to_string()))?;
+    // Driven beside the request, and stopped with it, however this future ends.
+    let driving = AbortOnDrop(tokio::spawn(connection));
     let mut request = Request::post(format!(
         "/api/tasks/{pid}/calls?timeout={}",
         timeout.as_secs_f64()
@@ -85,21 +111,30 @@ async fn exchange(
     }
     let request = request
         .body(Body::from(body))
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| Failure::NotSent(error.to_string()))?;
     let answer = tokio::time::timeout(timeout + ANSWER_SLACK, async {
         let response = sender
             .send_request(request)
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| Failure::Broken(error.to_string()))?;
         let status = response.status();
-        let bytes = axum::body::to_bytes(Body::new(response.into_body()), usize::MAX)
+        let bytes = axum::body::to_bytes(Body::new(response.into_body()), max_answer_bytes)
             .await
-            .map_err(|error| error.to_string())?;
-        Ok::<_, String>((status, String::from_utf8_lossy(&bytes).into_owned()))
+            .map_err(|_| Failure::TooLarge)?;
+        Ok::<_, Failure>((status, String::from_utf8_lossy(&bytes).into_owned()))
     })
     .await;
-    driving.abort();
-    answer.map_err(|_| "no answer in time".to_owned())?
+    drop(driving);
+    answer.map_err(|_| Failure::NoAnswer)?
+}
+
+/// Aborts the task it holds when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The holder's answer as this host gives it.
@@ -117,7 +152,8 @@ fn answer_of(pid: Pid, status: StatusCode, text: &str) -> Relayed {
         StatusCode::NOT_FOUND => Relayed::NotSent(SendError::NoSuchProcess),
         StatusCode::PAYLOAD_TOO_LARGE => Relayed::NotSent(SendError::TooLarge),
         StatusCode::TOO_MANY_REQUESTS => Relayed::NotSent(SendError::MailboxFull),
-        // Ended, or moved on to another host since.
+        // Ended, or moved on to another host since: its message says which.
+        StatusCode::CONFLICT if text.contains("has ended") => Relayed::NotSent(SendError::Ended),
         StatusCode::CONFLICT => Relayed::NotSent(SendError::Elsewhere),
         other => {
             tracing::warn!(%pid, status = %other, "a relayed call was refused by the task's host");
