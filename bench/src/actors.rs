@@ -387,27 +387,12 @@ fn messages_vs_tasks(
     }
     let tasks_cpu_us = (host.cpu_secs() - cpu_before) * 1e6 / tasks.accepted.max(1) as f64;
 
-    let targets: Arc<Vec<String>> = Arc::new(
-        sinks
-            .iter()
-            .map(|pid| format!("/api/tasks/{pid}/messages"))
-            .collect(),
-    );
     let cpu_before = host.cpu_secs();
-    let run = runtime.block_on(loadgen::run_plan(Plan {
-        headers: None,
-        addr: host.addr,
-        connections: CONNECTIONS,
-        duration: Duration::from_secs(secs),
-        rate: None,
-        count: None,
-        keep_pids: false,
-        stop: None,
-        target: Some(Arc::new(move |index| {
-            targets[index as usize % targets.len()].clone()
-        })),
-        body: Arc::new(|index| (0, format!("{{\"seq\":{index}}}"))),
-    }));
+    let paths = sinks
+        .iter()
+        .map(|pid| format!("/api/tasks/{pid}/messages"))
+        .collect();
+    let run = runtime.block_on(loadgen::run_plan(sequenced(host, secs, paths)));
     let backlog = mailboxes(host.addr, &sinks)?;
     let drained_at = Instant::now();
     let deadline = drained_at + PATIENCE;
@@ -506,6 +491,25 @@ fn messages_vs_tasks(
     }))
 }
 
+/// (b)'s load: `{"seq": n}` bodies posted to `paths` in turn, closed loop, for `secs`.
+fn sequenced(host: &Server, secs: u64, paths: Vec<String>) -> Plan {
+    let paths = Arc::new(paths);
+    Plan {
+        headers: None,
+        addr: host.addr,
+        connections: CONNECTIONS,
+        duration: Duration::from_secs(secs),
+        rate: None,
+        count: None,
+        keep_pids: false,
+        stop: None,
+        target: Some(Arc::new(move |index| {
+            paths[index as usize % paths.len()].clone()
+        })),
+        body: Arc::new(|index| (0, format!("{{\"seq\":{index}}}"))),
+    }
+}
+
 /// What the calls of (b) measured.
 struct HttpCalls {
     per_sec: f64,
@@ -533,27 +537,12 @@ fn http_calls(
             )
         })
         .collect::<anyhow::Result<_>>()?;
-    let targets: Arc<Vec<String>> = Arc::new(
-        servers
-            .iter()
-            .map(|pid| format!("/api/tasks/{pid}/calls?timeout=5"))
-            .collect(),
-    );
     let cpu_before = host.cpu_secs();
-    let run = runtime.block_on(loadgen::run_plan(Plan {
-        headers: None,
-        addr: host.addr,
-        connections: CONNECTIONS,
-        duration: Duration::from_secs(secs),
-        rate: None,
-        count: None,
-        keep_pids: false,
-        stop: None,
-        target: Some(Arc::new(move |index| {
-            targets[index as usize % targets.len()].clone()
-        })),
-        body: Arc::new(|index| (0, format!("{{\"seq\":{index}}}"))),
-    }));
+    let paths = servers
+        .iter()
+        .map(|pid| format!("/api/tasks/{pid}/calls?timeout=5"))
+        .collect();
+    let run = runtime.block_on(loadgen::run_plan(sequenced(host, secs, paths)));
     let answered = run.count(200);
     let full = run.count(429);
     let latencies = run.latencies_us();
