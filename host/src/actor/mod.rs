@@ -99,6 +99,26 @@ impl EndNotice {
         }
     }
 
+    /// The notice of `pid`'s end as JSON carries it between hosts (an `exit` command in the
+    /// store, a relayed call's `504`): `{status, outcome, exit_code, error, result}`, any of
+    /// them missing or null.
+    pub fn from_json(pid: Pid, end: &serde_json::Value) -> Self {
+        let text = |field: &str| end[field].as_str();
+        Self {
+            pid,
+            status: text("status").and_then(Status::parse),
+            outcome: text("outcome").and_then(Outcome::parse),
+            exit_code: end["exit_code"]
+                .as_i64()
+                .and_then(|code| i32::try_from(code).ok()),
+            error: text("error").map(str::to_owned),
+            result: match &end["result"] {
+                serde_json::Value::Null => None,
+                result => JsonText::parse(result.to_string()).ok(),
+            },
+        }
+    }
+
     /// The notice for a pid no task has (or the host no longer remembers).
     pub fn unknown(pid: Pid) -> Self {
         Self {

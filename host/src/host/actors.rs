@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::cluster::Watch;
 use super::{Host, KillError, SpawnError};
 use crate::actor::{
-    Answer, ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, PutError, ReplyError,
-    SendError, WatchError,
+    Answer, Caller, ChildError, ChildRequest, EndNotice, Entry, Kernel, NameError, PutError,
+    ReplyError, SendError, WatchError,
 };
 use crate::model::{MAX_TASK_NAME_BYTES, NewTask, Pid, TaskEnd, TaskRecord};
 use crate::store::{Change, Forward, StoreError};
@@ -82,7 +82,7 @@ impl Host {
         body: String,
         bytes: usize,
     ) -> Option<Result<(), SendError>> {
-        match self.put_here(sender, to, body, bytes) {
+        match self.put_here(sender, to, body, None, bytes) {
             Ok(()) => Some(Ok(())),
             Err(PutError::Full) => Some(Err(SendError::MailboxFull)),
             Err(PutError::NotLive) => None,
@@ -108,7 +108,7 @@ impl Host {
         body: String,
     ) -> Result<(), SendError> {
         let bytes = self.sized(&body)?;
-        match self.put_here(sender, to, body, bytes) {
+        match self.put_here(sender, to, body, None, bytes) {
             Ok(()) => Ok(()),
             Err(PutError::Full) => Err(SendError::MailboxFull),
             Err(PutError::NotLive) => Err(not_live(self.end_of(to))),
@@ -128,17 +128,21 @@ impl Host {
         self.cluster.as_deref().filter(|_| !self.actors.holds(to))
     }
 
-    /// Puts a message of `bytes` into `to`'s mailbox on this host, and wakes `to` if it waits
-    /// for one.
-    fn put_here(
+    /// Puts a message of `bytes` into `to`'s mailbox on this host (a call, when `caller` waits
+    /// for its answer), and wakes `to` if it waits for one.
+    pub(super) fn put_here(
         &self,
         sender: Option<Pid>,
         to: Pid,
         body: String,
+        caller: Option<Caller>,
         bytes: usize,
     ) -> Result<(), PutError> {
         let published = || self.events.message(to, sender, bytes);
-        let wake = self.actors.put(to, sender, body, published)?;
+        let wake = match caller {
+            None => self.actors.put(to, sender, body, published),
+            Some(caller) => self.actors.put_call(to, sender, body, caller, published),
+        }?;
         if wake {
             self.scheduler.wake(to);
         }

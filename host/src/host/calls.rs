@@ -78,7 +78,7 @@ impl Host {
             }
         }
         let (caller, answer) = oneshot::channel();
-        match self.put_call_here(None, to, body, Caller::Client(caller), bytes) {
+        match self.put_here(None, to, body, Some(Caller::Client(caller)), bytes) {
             Ok(()) => {}
             Err(PutError::Full) => return Err(CallFailed::NotSent(SendError::MailboxFull)),
             Err(PutError::NotLive) => {
@@ -124,24 +124,6 @@ impl Host {
             Relayed::Timeout => Err(CallFailed::Timeout),
             Relayed::NotSent(error) => Err(CallFailed::NotSent(error)),
         }
-    }
-
-    /// Puts a call of `bytes` into `to`'s mailbox on this host, and wakes `to` if it waits
-    /// for one.
-    fn put_call_here(
-        &self,
-        sender: Option<Pid>,
-        to: Pid,
-        body: String,
-        caller: Caller,
-        bytes: usize,
-    ) -> Result<(), PutError> {
-        let published = || self.events.message(to, sender, bytes);
-        let wake = self.actors.put_call(to, sender, body, caller, published)?;
-        if wake {
-            self.scheduler.wake(to);
-        }
-        Ok(())
     }
 
     /// Task `from`'s call of `to` (a pid, or `name:<name>`): its ticket, at once where no
@@ -207,7 +189,7 @@ impl Host {
             ticket,
             deadline,
         };
-        match self.put_call_here(Some(from), to, body, caller, bytes) {
+        match self.put_here(Some(from), to, body, Some(caller), bytes) {
             Ok(()) => Ok(ticket),
             Err(error) => {
                 self.actors.cancel_call(from, ticket);

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 use crate::actor::{EndNotice, SendError};
-use crate::model::{JsonText, Outcome, Pid, Status};
+use crate::model::{Outcome, Pid, Status};
 
 /// The header that marks a relayed call.
 pub const RELAYED: &str = "x-http-spawn-relayed";
@@ -145,7 +145,7 @@ fn answer_of(pid: Pid, status: StatusCode, text: &str) -> Relayed {
         StatusCode::GATEWAY_TIMEOUT => {
             let body = json();
             match body["reason"].as_str() {
-                Some("ended") => Relayed::Ended(notice_of(pid, &body["ended"])),
+                Some("ended") => Relayed::Ended(EndNotice::from_json(pid, &body["ended"])),
                 _ => Relayed::Timeout,
             }
         }
@@ -160,23 +160,6 @@ fn answer_of(pid: Pid, status: StatusCode, text: &str) -> Relayed {
             Relayed::NotSent(SendError::Unavailable)
         }
     }
-}
-
-/// The end a holder's `504` reports.
-fn notice_of(pid: Pid, ended: &Value) -> EndNotice {
-    let text = |field: &str| ended[field].as_str().map(str::to_owned);
-    let mut notice = EndNotice::unknown(pid);
-    notice.status = text("status").as_deref().and_then(Status::parse);
-    notice.outcome = text("outcome").as_deref().and_then(Outcome::parse);
-    notice.exit_code = ended["exit_code"]
-        .as_i64()
-        .and_then(|code| i32::try_from(code).ok());
-    notice.error = text("error");
-    notice.result = match &ended["result"] {
-        Value::Null => None,
-        result => JsonText::parse(result.to_string()).ok(),
-    };
-    notice
 }
 
 /// The task's host was lost while it held the call.

@@ -343,36 +343,36 @@ impl Process {
     pub fn step(&mut self, wake: Wake) -> Result<Next, TaskEnd> {
         let step = self.store.data().step;
         refuel(&mut self.store, self.budget);
+        // The outer error is the call's (a trap, a kill); the inner, what the step asked for
+        // that ends the task (a result 0.3.0 refuses).
         let result = match &self.bindings {
             Bindings::V1(bindings) => {
                 use v1::exports::http_spawn::worker::task::Next as V1;
                 bindings
                     .http_spawn_worker_task()
                     .call_step(&mut self.store)
-                    .map(|next| match next {
-                        V1::Sleep(ms) => Next::Sleep(ms),
-                        V1::Done(code) => Next::Done(code, None),
-                        V1::Failed(message) => Next::Failed(message),
+                    .map(|next| {
+                        Ok(match next {
+                            V1::Sleep(ms) => Next::Sleep(ms),
+                            V1::Done(code) => Next::Done(code, None),
+                            V1::Failed(message) => Next::Failed(message),
+                        })
                     })
             }
             Bindings::V2(bindings) => bindings
                 .http_spawn_worker_task()
                 .call_step(&mut self.store, &contract::v2_wake(wake))
-                .map(contract::v2_next),
+                .map(|next| Ok(contract::v2_next(next))),
             Bindings::V3(bindings) => {
-                let wake = contract::v3_wake(wake);
-                let next = bindings
+                let max_result_bytes = self.store.data().max_result_bytes;
+                bindings
                     .http_spawn_worker_task()
-                    .call_step(&mut self.store, &wake);
-                self.fuel += spent(&self.store, self.budget);
-                return match next {
-                    Ok(next) => contract::v3_next(next, self.store.data().max_result_bytes),
-                    Err(error) => Err(classify(&error, &self.store.data().capture, step)),
-                };
+                    .call_step(&mut self.store, &contract::v3_wake(wake))
+                    .map(|next| contract::v3_next(next, max_result_bytes))
             }
         };
         self.fuel += spent(&self.store, self.budget);
-        result.map_err(|error| classify(&error, &self.store.data().capture, step))
+        result.unwrap_or_else(|error| Err(classify(&error, &self.store.data().capture, step)))
     }
 
     /// Whether the worker speaks the 0.2.0 contract or a later one (it can receive messages).

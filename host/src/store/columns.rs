@@ -145,13 +145,7 @@ pub(super) fn source_of(name: &str) -> LogSource {
 }
 
 pub(super) fn status_of(name: &str) -> Status {
-    match name {
-        "running" => Status::Running,
-        "exited" => Status::Exited,
-        "failed" => Status::Failed,
-        "killed" => Status::Killed,
-        _ => Status::Spawned,
-    }
+    Status::parse(name).unwrap_or(Status::Spawned)
 }
 
 pub(super) fn attempts_of(json: &str) -> Vec<Attempt> {

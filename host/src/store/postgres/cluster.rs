@@ -22,12 +22,12 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::super::columns::{attempt_json, attempts_of, nanos, status_of};
+use super::super::columns::{attempt_json, attempts_of, nanos};
 use super::super::{Reading, StoreError};
 use super::{NodeSpec, RECORD_COLUMN_COUNT, unavailable};
 use super::{PgStore, RECORD_COLUMNS, SPEC_COLUMNS, column, key, pid_of, record_of, spec_of};
 use crate::actor::EndNotice;
-use crate::model::{JsonText, OnHostLoss, Outcome, Pid, TaskEnd, TaskRecord, TaskSpec};
+use crate::model::{OnHostLoss, Outcome, Pid, TaskEnd, TaskRecord, TaskSpec};
 
 /// Lost hosts' tasks taken back per reaping transaction.
 const REAP_BATCH: i64 = 500;
@@ -166,20 +166,7 @@ fn commands_of(rows: &[tokio_postgres::Row]) -> Result<Vec<(i64, Command)>, Stor
 /// The end notice of task `pid` as an `exit` command carries it.
 fn notice_of(pid: Pid, body: &[u8]) -> EndNotice {
     let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let text = |field: &str| value[field].as_str().map(str::to_owned);
-    EndNotice {
-        pid,
-        status: text("status").as_deref().map(status_of),
-        outcome: text("outcome").as_deref().and_then(Outcome::parse),
-        exit_code: value["exit_code"]
-            .as_i64()
-            .and_then(|code| i32::try_from(code).ok()),
-        error: text("error"),
-        result: match &value["result"] {
-            serde_json::Value::Null => None,
-            result => JsonText::parse(result.to_string()).ok(),
-        },
-    }
+    EndNotice::from_json(pid, &value)
 }
 
 /// Joins the cluster as a new incarnation of `spec.name`: an earlier one of the same name is
