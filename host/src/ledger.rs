@@ -497,6 +497,9 @@ mod tests {
         fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
             self.inner.remembered(key)
         }
+        fn submission(&self, pid: Pid) -> Result<Option<(TaskRecord, TaskSpec)>, StoreError> {
+            self.inner.submission(pid)
+        }
     }
 
     /// Issue #20, item 6: an end published to an open event stream is built from the end
@@ -525,6 +528,7 @@ mod tests {
             max_attempts: 1,
             on_host_loss: crate::model::OnHostLoss::Restart,
             ready_at: None,
+            priority: crate::model::DEFAULT_PRIORITY,
         };
         ledger.accepted(record, spec, None, false, drop);
         let end = TaskEnd::exited(7);

@@ -330,6 +330,9 @@ fn valid_request(
                     deadline,
                     restart: policy,
                     on_host_loss,
+                    run_at: None,
+                    priority: None,
+                    retry_of: None,
                 };
                 (body, task)
             },
@@ -1223,6 +1226,7 @@ proptest! {
                 restart: worker.restart.2.unwrap_or(RestartPolicy::Never),
                 on_host_loss: worker.on_host_loss.unwrap_or(OnHostLoss::Restart),
                 actor_scope: worker.actor_scope.unwrap_or_default(),
+                priority: crate::model::DEFAULT_PRIORITY,
             })
             .collect();
         if !workers.contains_key(DEFAULT_WORKER) {
@@ -1235,6 +1239,7 @@ proptest! {
                 restart: RestartPolicy::Never,
                 on_host_loss: OnHostLoss::Restart,
                 actor_scope: ActorScope::Any,
+                priority: crate::model::DEFAULT_PRIORITY,
             });
             expected.sort_by(|a, b| a.name.cmp(&b.name));
         }

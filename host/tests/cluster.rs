@@ -1218,7 +1218,11 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
         &url,
         &format!(
             "DROP TABLE log_parts;
-             ALTER TABLE tasks DROP COLUMN log_head, DROP COLUMN log_tail, DROP COLUMN result;
+             ALTER TABLE tasks DROP COLUMN log_head, DROP COLUMN log_tail, DROP COLUMN result,
+                DROP COLUMN run_at, DROP COLUMN priority, DROP COLUMN retry_of_boot,
+                DROP COLUMN retry_of_seq;
+             ALTER TABLE runs DROP COLUMN priority;
+             CREATE INDEX runs_queue ON runs (spawned_at, boot, seq) WHERE owner IS NULL;
              CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
              CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);
              CREATE INDEX tasks_by_worker ON tasks (worker, spawned_at, boot, seq);
@@ -1271,4 +1275,99 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
     for pid in old[2..].iter().chain(&new) {
         assert_eq!(b.get(&format!("/api/tasks/{pid}")).await.0, 200, "{pid}");
     }
+}
+
+/// A record's time field as a system time.
+fn time_of(record: &Value, field: &str) -> std::time::SystemTime {
+    let text = record[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field}: {record}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|_| panic!("{field} {text:?}"))
+}
+
+/// POSTs `body` to `path` on `node`: the status and the JSON body.
+async fn post(node: &Remote, path: &str, body: Value) -> (u16, Value) {
+    let answer = node
+        .client
+        .post(node.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.expect("a JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_tasks_wait_in_the_store_the_queue_goes_by_priority_and_retries_reach_any_host() {
+    let url = postgres::fresh_database("scheduling");
+    let a = Node::start(&url, "a", &["--capacity", "1"]).await;
+    let b = Node::start(&url, "b", &["--capacity", "1"]).await;
+
+    // Scheduled through one host: every host shows it waiting, with no host holding it, and
+    // a kill through another ends it at once.
+    let (status, accepted) = post(
+        &a,
+        "/api/tasks",
+        json!({"name": "later", "duration": 0, "delay": 1.5}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "scheduled", "{accepted}");
+    let later = accepted["pid"].as_str().expect("a pid").to_owned();
+    let killed = a
+        .spawn(json!({"name": "never", "duration": 0, "delay": 3600}))
+        .await;
+    let (_, record) = b.get(&format!("/api/tasks/{later}")).await;
+    assert_eq!(record["status"], "scheduled", "{record}");
+    assert!(record.get("node").is_none(), "{record}");
+    let (status, record) = b.kill(&killed).await;
+    assert!(status == 200 || status == 202, "{record}");
+    let record = a.wait_end(&killed).await;
+    assert_eq!(record["status"], "killed", "{record}");
+    assert_eq!(record["started_at"], Value::Null, "{record}");
+    let ended = b.wait_end(&later).await;
+    assert_exited_0(&ended);
+    assert!(
+        time_of(&ended, "started_at") >= time_of(&ended, "run_at"),
+        "{ended}"
+    );
+
+    // Both places taken (b's for longer): what waits in the shared queue starts on a, one
+    // at a time, highest priority first, then in the order accepted.
+    let long = b.spawn(json!({"name": "long", "duration": 8})).await;
+    wait_running_on(&b, &long, b.id().await).await;
+    let short = a.spawn(json!({"name": "short", "duration": 1})).await;
+    wait_running_on(&a, &short, a.id().await).await;
+    let mut waiting = Vec::new();
+    for (name, priority) in [("low", 1), ("plain", 5), ("high", 9)] {
+        let pid = a
+            .spawn(json!({"name": name, "duration": 1, "priority": priority}))
+            .await;
+        waiting.push((name, pid));
+    }
+    let mut started = Vec::new();
+    for (name, pid) in &waiting {
+        let ended = b.wait_end(pid).await;
+        assert_exited_0(&ended);
+        started.push((time_of(&ended, "started_at"), *name));
+    }
+    started.sort();
+    let order: Vec<&str> = started.into_iter().map(|(_, name)| name).collect();
+    assert_eq!(order, ["high", "plain", "low"]);
+
+    // A task that failed on one host is retried through the other.
+    let failed = a
+        .run(json!({"name": "late", "duration": 3, "deadline": 1}))
+        .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let of = failed["pid"].as_str().expect("a pid");
+    let (status, retried) = post(&b, &format!("/api/tasks/{of}/retry"), json!(null)).await;
+    assert_eq!(status, 202, "{retried}");
+    let retry = retried["pid"].as_str().expect("a pid");
+    let ended = a.wait_end(retry).await;
+    assert_eq!(ended["retry_of"], of, "{ended}");
+    assert_eq!(ended["outcome"], "deadline_exceeded", "{ended}");
+    let (_, again) = post(&a, &format!("/api/tasks/{of}/retry"), json!(null)).await;
+    assert_eq!(again["pid"], retry, "{again}");
 }

@@ -16,6 +16,7 @@ mod error;
 mod events;
 mod limits;
 mod observability;
+mod retry;
 mod session;
 mod tasks;
 mod wait;
@@ -66,6 +67,8 @@ pub struct RequestLimits {
     pub event_stream_idle: Duration,
     /// The longest a request may wait for a task's end, in seconds.
     pub max_wait_secs: u32,
+    /// How far ahead a task may be scheduled.
+    pub max_schedule_ahead: Duration,
 }
 
 impl RequestLimits {
@@ -85,6 +88,7 @@ impl RequestLimits {
             read_timeout: Duration::from_secs(config.read_timeout_secs),
             max_message_bytes: config.max_message_bytes,
             max_wait_secs: config.max_wait_secs,
+            max_schedule_ahead: config.max_schedule_ahead,
         }
     }
 }
@@ -167,6 +171,8 @@ fn api_routes(
         .routes(routes!(tasks::spawn_task, tasks::list_tasks))
         .routes(routes!(tasks::get_task, tasks::kill_task))
         .routes(routes!(tasks::get_logs))
+        .routes(routes!(retry::retry_task))
+        .routes(routes!(retry::retry_tasks))
         .routes(routes!(wait::task_result))
         .routes({
             let (schemas, paths, post) = routes!(actors::post_message);

@@ -1,6 +1,6 @@
 //! `/api/tasks`: submit, list, read, kill, and read a task's logs.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -17,7 +17,9 @@ use super::wait;
 use super::{AppState, RequestLimits};
 use crate::config::is_worker_name;
 use crate::host::{KillError, SpawnError};
-use crate::model::{LogLine, NewTask, OnHostLoss, Pid, RestartPolicy, Status, TaskRecord};
+use crate::model::{
+    LogLine, MAX_PRIORITY, NewTask, OnHostLoss, Pid, RestartPolicy, Status, TaskRecord,
+};
 use crate::runtime::Digest;
 use crate::store::{Cursor, IdempotencyKey, ListQuery, Page, StoreError};
 
@@ -54,6 +56,18 @@ pub(super) struct TaskRequest {
     on_host_loss: Option<String>,
     /// Any JSON, handed to the worker as JSON text.
     payload: Option<serde_json::Value>,
+    /// Start no sooner than this (RFC 3339, any offset): the task is accepted at once and
+    /// waits `scheduled`, holding no place, until then. In the past, it is now. At most
+    /// `--max-schedule-ahead` ahead. Not with `delay`.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-24T18:00:00Z")]
+    run_at: Option<String>,
+    /// Start no sooner than this many seconds from now (fractions allowed), as `run_at` does.
+    #[schema(minimum = 0, example = 30)]
+    delay: Option<f64>,
+    /// 0 to 9, higher first: among tasks waiting for a place, the highest priority starts
+    /// first, then the earliest accepted. The worker's `priority` (5 unless set) when absent.
+    #[schema(minimum = 0, maximum = 9)]
+    priority: Option<u8>,
 }
 
 /// The restart policies a request may name, for the document.
@@ -71,10 +85,10 @@ pub(super) enum RestartName {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct Spawned {
     #[schema(value_type = String)]
-    pid: Pid,
-    name: String,
-    status: Status,
-    message: String,
+    pub(super) pid: Pid,
+    pub(super) name: String,
+    pub(super) status: Status,
+    pub(super) message: String,
 }
 
 /// How long a submission waits at most for a scheduler that starts tasks late before it is
@@ -129,14 +143,14 @@ pub(super) async fn spawn_task(
     let body = json_body(&headers, body, state.limits.max_body_bytes)?;
     let key = idempotency_key(&headers, &body)?;
     let task = parse_submission(&body, &state.limits)?;
-    let (name, duration) = (task.name.clone(), task.duration);
+    let (name, duration, run_at) = (task.name.clone(), task.duration, task.run_at);
     // While the scheduler starts tasks late, the request waits (holding no thread) for it to
     // catch up, up to a bound, before it is refused: a client that sends the next request as
     // soon as this one is answered is slowed down instead of answered at once, so that its
     // refusals do not take the CPU the scheduler needs to catch up.
     let waited = std::time::Instant::now();
     let patience = LATE_WAIT.min(state.host.max_start_lag() * 10);
-    while state.host.late().is_some() && waited.elapsed() < patience {
+    while run_at.is_none() && state.host.late().is_some() && waited.elapsed() < patience {
         tokio::time::sleep(LATE_POLL).await;
     }
     // Only a request with a key may have to be asked again (below): only it is copied.
@@ -155,8 +169,48 @@ pub(super) async fn spawn_task(
         },
         Err(error) => Err(error),
     };
-    let pid = spawned.map_err(|error| match error {
-        SpawnError::Full { .. } | SpawnError::Behind { .. } => ApiError::Full {
+    let pid = spawned.map_err(spawn_error)?;
+    let wait = wait::preferred_wait(&headers, state.limits.max_wait_secs);
+    if let Some(wait) = wait
+        && let Some(ended) = wait::waited(&state, pid, wait).await
+    {
+        return Ok(ended);
+    }
+    let body = match run_at {
+        None => Spawned {
+            pid,
+            message: format!("Process {pid} will run for {duration} seconds"),
+            name,
+            status: Status::Spawned,
+        },
+        Some(at) => Spawned {
+            pid,
+            message: format!(
+                "Process {pid} will run for {duration} seconds from {}",
+                crate::model::time::format(at)
+            ),
+            name,
+            status: Status::Scheduled,
+        },
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, wait::location(pid));
+    if let Some(wait) = wait {
+        headers.insert(
+            wait::PREFERENCE_APPLIED.clone(),
+            wait::preference_applied(wait),
+        );
+    }
+    Ok(response)
+}
+
+/// The answer to a submission the host refused.
+pub(super) fn spawn_error(error: SpawnError) -> ApiError {
+    match error {
+        SpawnError::Full { .. }
+        | SpawnError::Behind { .. }
+        | SpawnError::TooManyScheduled { .. } => ApiError::Full {
             message: error.to_string(),
             retry_after: RETRY_AFTER_SECS,
         },
@@ -170,29 +224,7 @@ pub(super) async fn spawn_task(
         SpawnError::Store(error) => error.into(),
         SpawnError::KeyReused(_) => ApiError::Unprocessable(error.to_string()),
         SpawnError::KeyInFlight => ApiError::Conflict(error.to_string()),
-    })?;
-    let wait = wait::preferred_wait(&headers, state.limits.max_wait_secs);
-    if let Some(wait) = wait
-        && let Some(ended) = wait::waited(&state, pid, wait).await
-    {
-        return Ok(ended);
     }
-    let body = Spawned {
-        pid,
-        message: format!("Process {pid} will run for {duration} seconds"),
-        name,
-        status: Status::Spawned,
-    };
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::LOCATION, wait::location(pid));
-    if let Some(wait) = wait {
-        headers.insert(
-            wait::PREFERENCE_APPLIED.clone(),
-            wait::preference_applied(wait),
-        );
-    }
-    Ok(response)
 }
 
 /// A body sent as JSON (`415` otherwise) and read whole within `limit` bytes (`413`).
@@ -331,6 +363,12 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         None | Some(Value::Null) => None,
         Some(payload) => Some(payload.to_string()),
     };
+    let run_at = run_at(
+        fields.remove("run_at"),
+        fields.remove("delay"),
+        limits.max_schedule_ahead,
+    )?;
+    let priority = priority(fields.remove("priority"))?;
     Ok(NewTask {
         name,
         worker,
@@ -339,7 +377,78 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         deadline,
         restart,
         on_host_loss,
+        run_at,
+        priority,
+        retry_of: None,
     })
+}
+
+/// When a submission may start, from its `run_at` (RFC 3339, with any offset) or its `delay`
+/// (seconds, fractions allowed), at most `max_ahead` from now; none for now. A `run_at` in the
+/// past, or a delay of 0, is now.
+fn run_at(
+    at: Option<Value>,
+    delay: Option<Value>,
+    max_ahead: Duration,
+) -> Result<Option<SystemTime>, ApiError> {
+    let bad = |message: String| ApiError::BadRequest(message);
+    let now = SystemTime::now();
+    let ahead = match (at, delay) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => return Ok(None),
+        (Some(at), None | Some(Value::Null)) => {
+            let at = at
+                .as_str()
+                .and_then(crate::model::time::parse_rfc3339)
+                .ok_or_else(|| {
+                    bad("run_at must be an RFC 3339 date and time, e.g.                          \"2026-12-24T18:00:00Z\" or \"2026-12-24T19:00:00+01:00\""
+                        .into())
+                })?;
+            match at.duration_since(now) {
+                Ok(ahead) => ahead,
+                Err(_) => return Ok(None),
+            }
+        }
+        (None | Some(Value::Null), Some(delay)) => delay
+            .as_f64()
+            .filter(|secs| *secs >= 0.0)
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .ok_or_else(|| bad("delay must be a non-negative number of seconds".into()))?,
+        (Some(_), Some(_)) => {
+            return Err(bad("give run_at or delay, not both".into()));
+        }
+    };
+    if ahead > max_ahead {
+        let secs = max_ahead.as_secs();
+        let most = if secs.is_multiple_of(86_400) {
+            format!("{} days", secs / 86_400)
+        } else {
+            format!("{secs} seconds")
+        };
+        return Err(bad(format!(
+            "run_at and delay may be at most {most} ahead (--max-schedule-ahead)"
+        )));
+    }
+    if ahead.is_zero() {
+        return Ok(None);
+    }
+    Ok(Some(now + ahead))
+}
+
+/// A submission's `priority`: a whole number from 0 to 9, higher first.
+fn priority(value: Option<Value>) -> Result<Option<u8>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .and_then(|p| u8::try_from(p).ok())
+            .filter(|p| *p <= MAX_PRIORITY)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "priority must be an integer from 0 to {MAX_PRIORITY} (higher starts first)"
+                ))
+            }),
+    }
 }
 
 /// The optional whole number of seconds in `field`, at most `max`.
@@ -602,6 +711,7 @@ mod tests {
             max_message_bytes: 1024,
             event_stream_idle: std::time::Duration::from_secs(60),
             max_wait_secs: 60,
+            max_schedule_ahead: std::time::Duration::from_secs(86_400),
         }
     }
 
@@ -621,6 +731,9 @@ mod tests {
                 deadline: None,
                 restart: None,
                 on_host_loss: None,
+                run_at: None,
+                priority: None,
+                retry_of: None,
             })
         );
         assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));

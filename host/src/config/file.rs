@@ -49,6 +49,7 @@ pub(super) struct WorkerFile {
     pub(super) restart: RestartPolicy,
     pub(super) on_host_loss: OnHostLoss,
     pub(super) actor_scope: ActorScope,
+    pub(super) priority: u8,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +63,7 @@ struct RawWorkerFile {
     on_host_loss: Option<String>,
     max_attempts: Option<u64>,
     actor_scope: Option<String>,
+    priority: Option<u8>,
 }
 
 impl TryFrom<RawWorkerFile> for WorkerFile {
@@ -87,6 +89,11 @@ impl TryFrom<RawWorkerFile> for WorkerFile {
                 None => ActorScope::Any,
                 Some(name) => ActorScope::parse(name)
                     .ok_or("actor_scope must be \"any\", \"tree\" or \"descendants\"")?,
+            },
+            priority: match raw.priority {
+                None => crate::model::DEFAULT_PRIORITY,
+                Some(p) if p <= crate::model::MAX_PRIORITY => p,
+                Some(_) => return Err("priority must be from 0 to 9".into()),
             },
         })
     }

@@ -70,6 +70,10 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 pub const DEFAULT_DEADLINE_GRACE_SECS: u32 = 30;
 /// Tasks that may wait for a place when every place is taken; more get 429.
 pub const DEFAULT_MAX_QUEUE: usize = 10_000;
+/// Tasks accepted to run later that a host holds at once, by default.
+pub const DEFAULT_MAX_SCHEDULED: usize = 100_000;
+/// How far ahead a task may be scheduled, by default.
+pub const DEFAULT_MAX_SCHEDULE_AHEAD: &str = "365d";
 /// Messages one mailbox holds.
 pub const DEFAULT_MAX_MAILBOX_MESSAGES: usize = 1024;
 /// Largest message body.
@@ -195,6 +199,16 @@ pub struct Config {
     /// Accepted tasks that may wait for a place, first in first out; past it, 429.
     #[arg(long, env = "HTTP_SPAWN_MAX_QUEUE", default_value_t = DEFAULT_MAX_QUEUE)]
     pub max_queue: usize,
+
+    /// Tasks accepted to run later (`run_at`, `delay`) that wait here at once; past it, 429.
+    /// In a cluster, they wait in the shared queue instead, bounded by --max-queue.
+    #[arg(long, env = "HTTP_SPAWN_MAX_SCHEDULED", default_value_t = DEFAULT_MAX_SCHEDULED)]
+    pub max_scheduled: usize,
+
+    /// How far ahead a task may be scheduled (`run_at`, `delay`), e.g. `30d`.
+    #[arg(long, env = "HTTP_SPAWN_MAX_SCHEDULE_AHEAD", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_MAX_SCHEDULE_AHEAD)]
+    pub max_schedule_ahead: Duration,
 
     /// Ended tasks kept for GET /api/tasks/{pid}.
     #[arg(long, env = "HTTP_SPAWN_MAX_HISTORY", default_value_t = DEFAULT_MAX_HISTORY)]
@@ -482,6 +496,8 @@ pub struct WorkerConfig {
     pub on_host_loss: OnHostLoss,
     /// Which tasks its tasks' actor calls reach.
     pub actor_scope: ActorScope,
+    /// The priority of its tasks when a request names none, 0 to 9.
+    pub priority: u8,
 }
 
 /// Where the host keeps what it knows. Its `Debug` shows a database URL without its password
@@ -665,6 +681,7 @@ impl Config {
             restart: RestartPolicy::Never,
             on_host_loss: OnHostLoss::Restart,
             actor_scope: ActorScope::Any,
+            priority: crate::model::DEFAULT_PRIORITY,
         };
         let mut workers: BTreeMap<String, WorkerConfig> = file
             .workers
@@ -681,6 +698,7 @@ impl Config {
                     restart: worker.restart,
                     on_host_loss: worker.on_host_loss,
                     actor_scope: worker.actor_scope,
+                    priority: worker.priority,
                 };
                 (name, resolved)
             })

@@ -315,6 +315,9 @@ impl Host {
             deadline: None,
             restart: None,
             on_host_loss: None,
+            run_at: None,
+            priority: None,
+            retry_of: None,
         };
         // Not waited for: the child starts once its acceptance is recorded, and a crash
         // before that loses the child with its parent's step, which runs again.

@@ -10,9 +10,9 @@ use tokio::sync::oneshot;
 
 use super::{Host, SpawnError};
 use crate::actor::Placement;
-use crate::model::{NewTask, Pid, Printable, TaskEnd, TaskRecord, TaskSpec};
+use crate::model::{NewTask, Pid, Printable, Status, TaskEnd, TaskRecord, TaskSpec};
 use crate::registry::Worker;
-use crate::sched::{Job, Placed, Promise, Refused};
+use crate::sched::{Job, NotScheduled, Placed, Promise, Refused};
 use crate::store::{IdempotencyKey, Remembered, StoreError};
 
 /// What [`Host::hold`] gives a submission: its worker, its key dated, and the key held.
@@ -185,8 +185,13 @@ impl Host {
             deadline,
             restart,
             on_host_loss,
+            run_at,
+            priority,
+            retry_of,
             ..
         } = task;
+        let now = SystemTime::now();
+        let run_at = run_at.filter(|at| *at > now);
         let settings = &worker.settings;
         let deadline_secs = deadline.unwrap_or(duration.saturating_add(self.deadline_grace_secs));
         if !self.store.healthy() {
@@ -199,6 +204,7 @@ impl Host {
         // `--max-start-lag`: taking it would only lengthen the wait of those accepted before it.
         // A task's own spawns are bounded by its tree's budget instead.
         if spawned_by.is_none()
+            && run_at.is_none()
             && let Some(lag) = self.late()
         {
             self.metrics().refused_late();
@@ -207,10 +213,15 @@ impl Host {
                 max_ms: self.max_start_lag.as_millis(),
             });
         }
-        let promise = self.promise()?;
+        // A task to run later takes no place now: it waits among the scheduled tasks here,
+        // or, in a cluster, in the shared queue until it is due, for any host.
+        let (promise, later) = match run_at {
+            Some(_) => (None, self.promise_later()?),
+            None => (self.promise()?, false),
+        };
         // In a cluster, a task with no free place here waits in the shared queue, for any
         // host with one; it holds nothing here.
-        let shared = promise.is_none();
+        let shared = promise.is_none() && !later;
         let pid = self.pids.next();
         let version = worker.current();
         let max_attempts = restart.unwrap_or(settings.restart).max_attempts();
@@ -220,7 +231,8 @@ impl Host {
             deadline_secs,
             max_attempts,
             on_host_loss: on_host_loss.unwrap_or(settings.on_host_loss),
-            ready_at: None,
+            ready_at: run_at,
+            priority: priority.unwrap_or(settings.priority),
         };
         let mut record = TaskRecord::spawned(
             pid,
@@ -230,6 +242,14 @@ impl Host {
             Arc::clone(&version.id),
         );
         record.parent = parent;
+        record.priority = spec.priority;
+        record.retry_of = retry_of;
+        record.run_at = run_at;
+        let mut ready_at = Instant::now();
+        if let Some(at) = run_at {
+            record.status = Status::Scheduled;
+            ready_at += at.duration_since(now).unwrap_or_default();
+        }
         tracing::info!(pid = %pid, name = %Printable(&name), worker = %worker.name,
             duration, "Task process spawned");
         let job = Job {
@@ -241,8 +261,9 @@ impl Host {
             deadline: Duration::from_secs(u64::from(deadline_secs)),
             max_attempts,
             attempt: 1,
-            ready_at: Instant::now(),
+            ready_at,
             parent,
+            priority: spec.priority,
         };
         // Its mailbox exists from acceptance: it can be sent to while it waits for a place. One
         // waiting in a cluster's shared queue gets its mailbox where it runs; messages wait
@@ -285,6 +306,11 @@ impl Host {
                         // Answered 202 as the host began to shut down: it runs all the same.
                         Placed::Refused(job) => leftovers.keep(&job),
                     },
+                    (Ok(()), None) if later => match scheduler.schedule(job, true) {
+                        Ok(()) => tracing::info!(pid = %pid, "Task scheduled"),
+                        // Answered 202 as the host began to shut down: it runs all the same.
+                        Err(job) => leftovers.keep(&job),
+                    },
                     (Ok(()), None) => {
                         tracing::info!(pid = %pid, step = 0,
                             "Task queued in the cluster: every place here is taken");
@@ -293,6 +319,9 @@ impl Host {
                         actors.ended(pid, &TaskEnd::shut_down_before_start(), drop);
                         if let Some(promise) = promise {
                             scheduler.break_promise(promise);
+                        }
+                        if later {
+                            scheduler.break_later();
                         }
                     }
                 }
@@ -343,6 +372,31 @@ impl Host {
                 }
             }
         }
+    }
+
+    /// A place among the tasks scheduled to run later: here (true), or, in a cluster, in the
+    /// shared queue (false), where they wait in the store until due.
+    fn promise_later(&self) -> Result<bool, SpawnError> {
+        if let Some(cluster) = &self.cluster {
+            if !cluster.serving() {
+                return Err(StoreError::Unavailable(
+                    "this host has lost its lease in the cluster and is joining again; retry, \
+                     or use another host"
+                        .into(),
+                )
+                .into());
+            }
+            return Ok(false);
+        }
+        self.scheduler
+            .promise_later()
+            .map(|()| true)
+            .map_err(|refused| match refused {
+                NotScheduled::Full => SpawnError::TooManyScheduled {
+                    max: self.max_scheduled,
+                },
+                NotScheduled::Closed => SpawnError::ShuttingDown,
+            })
     }
 
     /// `--max-start-lag`.

@@ -9,6 +9,7 @@ mod calls;
 mod cluster;
 mod reach;
 mod relay;
+mod retry;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -27,7 +28,7 @@ use crate::model::{
 };
 use crate::registry::{Registry, UnknownWorker};
 use crate::runtime::{Sandbox, SandboxConfig};
-use crate::sched::{Job, Scheduler};
+use crate::sched::{Job, Places, Scheduler};
 use crate::store::{
     Change, Forward, ListQuery, MemoryStore, NodeInfo, NodeSpec, Page, PgStore, SqliteStore, Store,
     StoreError,
@@ -36,6 +37,7 @@ pub use admission::Accepting;
 pub use calls::CallFailed;
 use cluster::Cluster;
 pub use relay::RELAYED;
+pub use retry::{MAX_BULK_RETRY, RetryError, RetryFilter};
 
 /// Host losses after which a task ends `failed`/`host_lost` instead of running again.
 const MAX_HOST_LOSSES: u32 = 3;
@@ -56,6 +58,8 @@ pub enum SpawnError {
          --max-start-lag of {max_ms} ms: it is taking no more until it catches up; retry later"
     )]
     Behind { lag_ms: u128, max_ms: u128 },
+    #[error("{max} tasks wait to run later already (--max-scheduled); retry later")]
+    TooManyScheduled { max: usize },
     #[error("the host is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -100,6 +104,8 @@ pub struct Host {
     idempotency_ttl: Duration,
     /// `--max-start-lag`: zero never refuses for it.
     max_start_lag: Duration,
+    /// `--max-scheduled`.
+    max_scheduled: usize,
     /// Idempotency keys whose first request is being answered.
     keys_in_flight: Arc<Mutex<HashSet<String>>>,
     sandbox: Arc<Sandbox>,
@@ -219,8 +225,11 @@ impl Host {
         let scheduler = Scheduler::start(
             config.worker_threads(),
             i32::from(config.guest_nice),
-            capacity,
-            config.max_queue,
+            Places {
+                capacity,
+                max_queue: config.max_queue,
+                max_scheduled: config.max_scheduled,
+            },
             Arc::clone(&ledger),
             Arc::clone(&actors),
             shared
@@ -250,6 +259,7 @@ impl Host {
             deadline_grace_secs: config.deadline_grace_secs,
             idempotency_ttl: config.idempotency_ttl,
             max_start_lag: config.max_start_lag,
+            max_scheduled: config.max_scheduled,
             keys_in_flight: Arc::default(),
             sandbox,
             workers,
@@ -314,6 +324,8 @@ impl Host {
         let worker = Arc::clone(&record.worker);
         // An attempt that had started was lost with the host.
         let lost = record.status == Status::Running;
+        // One accepted to run later waits for its time again (at once, if it passed).
+        let scheduled = record.status == Status::Scheduled;
         let name: Arc<str> = record.name.as_str().into();
         let end_unstarted = |end: TaskEnd| {
             let ending = Ending::unstarted(end, record.attempt);
@@ -372,7 +384,12 @@ impl Host {
             Placement::root(pid, record.parent, self.scope_of(&worker)),
         );
         let job = Job::again(record, spec, version, attempt, host_losses, ready_at);
-        if let Err(job) = self.scheduler.readmit(job) {
+        let placed = if scheduled {
+            self.scheduler.schedule(job, false)
+        } else {
+            self.scheduler.readmit(job)
+        };
+        if let Err(job) = placed {
             // Recovery runs before admission could close: this is a bug, and the task waits
             // for the next start.
             tracing::error!(pid = %job.pid, "a recovered task found admission closed");
@@ -394,6 +411,7 @@ impl Host {
         let metrics = self.ledger.metrics();
         metrics.gauge(metrics::TASKS_RUNNING, f64::from(self.live()));
         metrics.gauge(metrics::TASKS_QUEUED, self.queued() as f64);
+        metrics.gauge(metrics::TASKS_SCHEDULED, self.scheduler.scheduled() as f64);
         metrics.gauge(metrics::CAPACITY, f64::from(self.capacity()));
         metrics.gauge(metrics::EVENT_SUBSCRIBERS, self.events.subscribers() as f64);
         metrics.total(metrics::LOG_LINES_DROPPED, crate::logging::dropped_lines());

@@ -49,6 +49,7 @@ pub const MEMORY_LIMIT_KILLS: &str = "http_spawn_memory_limit_kills_total";
 pub const FUEL_CONSUMED: &str = "http_spawn_fuel_consumed_total";
 pub const TASKS_RUNNING: &str = "http_spawn_tasks_running";
 pub const TASKS_QUEUED: &str = "http_spawn_tasks_queued";
+pub const TASKS_SCHEDULED: &str = "http_spawn_tasks_scheduled";
 pub const CAPACITY: &str = "http_spawn_capacity";
 pub const TASK_DURATION: &str = "http_spawn_task_duration_seconds";
 pub const SPAWN_TO_START: &str = "http_spawn_spawn_to_start_seconds";
@@ -231,6 +232,12 @@ pub const METRICS: &[Spec] = &[
         Kind::Gauge,
         None,
         "Accepted tasks waiting for a place.",
+    ),
+    spec(
+        TASKS_SCHEDULED,
+        Kind::Gauge,
+        None,
+        "Tasks accepted to run later (run_at, delay) that wait on this host for their time.",
     ),
     spec(
         CAPACITY,

@@ -17,7 +17,8 @@ pub use pid::Pid;
 pub(crate) use pid::{PidMap, Pids};
 pub use record::{ActorState, Attempt, TaskEvent, TaskRecord};
 pub use task::{
-    MAX_TASK_NAME_BYTES, NewTask, OnHostLoss, Outcome, RestartPolicy, Status, TaskEnd, TaskSpec,
+    DEFAULT_PRIORITY, MAX_PRIORITY, MAX_TASK_NAME_BYTES, NewTask, OnHostLoss, Outcome,
+    RestartPolicy, Status, TaskEnd, TaskSpec,
 };
 pub use text::{Printable, error_text, one_line, storable};
 pub use units::{WASM_PAGE_BYTES, parse_memory_size, parse_size};

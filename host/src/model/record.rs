@@ -127,6 +127,16 @@ pub struct TaskRecord {
     #[serde(serialize_with = "time::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub spawned_at: SystemTime,
+    /// When a task accepted to run later may start (`null` for one that could start at once):
+    /// it is `scheduled` until then.
+    #[serde(serialize_with = "time::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub run_at: Option<SystemTime>,
+    /// Its place among waiting tasks, 0 to 9: higher starts first.
+    pub priority: u8,
+    /// The ended task this one runs again, if it is a retry (`POST /api/tasks/{pid}/retry`).
+    #[schema(value_type = Option<String>, example = "6f1c2a9e-1")]
+    pub retry_of: Option<Pid>,
     #[serde(serialize_with = "time::rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<SystemTime>,
@@ -182,6 +192,9 @@ impl TaskRecord {
             error: None,
             result: None,
             spawned_at: SystemTime::now(),
+            run_at: None,
+            priority: super::task::DEFAULT_PRIORITY,
+            retry_of: None,
             started_at: None,
             ended_at: None,
             fuel_consumed: 0,

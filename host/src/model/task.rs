@@ -21,6 +21,12 @@ pub struct NewTask {
     pub restart: Option<RestartPolicy>,
     /// What becomes of the task if the host is lost while it runs; the worker's when absent.
     pub on_host_loss: Option<OnHostLoss>,
+    /// When it may start, if later than now: it waits `scheduled` until then.
+    pub run_at: Option<std::time::SystemTime>,
+    /// Which waiting task starts first, 0 to 9 (higher first); the worker's when absent.
+    pub priority: Option<u8>,
+    /// The ended task this one runs again (`POST /api/tasks/{pid}/retry`).
+    pub retry_of: Option<Pid>,
 }
 
 /// What a task needs, beyond its record, to run again after the host was lost: kept by a
@@ -34,9 +40,16 @@ pub struct TaskSpec {
     pub deadline_secs: u32,
     pub max_attempts: u32,
     pub on_host_loss: OnHostLoss,
-    /// When a restart waiting out its backoff is due.
+    /// When a restart waiting out its backoff is due, or a scheduled task's `run_at`.
     pub ready_at: Option<std::time::SystemTime>,
+    /// Its place among waiting tasks, 0 to 9: higher starts first.
+    pub priority: u8,
 }
+
+/// Priorities run from 0 to 9: higher starts first.
+pub const MAX_PRIORITY: u8 = 9;
+/// A task's priority when neither it nor its worker names one.
+pub const DEFAULT_PRIORITY: u8 = 5;
 
 /// What becomes of a task whose host is lost (a crash, a kill -9, a power cut) while it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, utoipa::ToSchema)]
@@ -74,6 +87,8 @@ impl OnHostLoss {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Accepted to run later (its `run_at`), and not started yet.
+    Scheduled,
     /// Accepted, not yet instantiated.
     Spawned,
     /// Instantiated; between or inside steps.
@@ -90,6 +105,7 @@ impl Status {
     /// The name the API uses.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Spawned => "spawned",
             Self::Running => "running",
             Self::Exited => "exited",
@@ -106,6 +122,7 @@ impl Status {
     /// The status called `name`, as [`Status::as_str`] writes it.
     pub fn parse(name: &str) -> Option<Self> {
         [
+            Self::Scheduled,
             Self::Spawned,
             Self::Running,
             Self::Exited,

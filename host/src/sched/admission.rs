@@ -2,9 +2,10 @@
 //! before anything is instantiated.
 //!
 //! A live task holds a [`Permit`] from the moment it is admitted until its store is dropped.
-//! When every permit is out, new tasks wait in a bounded first-in first-out queue (their status
-//! stays `spawned`); when a live task ends, [`Permit::release`] passes its place straight to the
-//! oldest waiting task and hands that task back to the caller to run. Past the queue, the API
+//! When every permit is out, new tasks wait in a bounded queue (their status stays `spawned`),
+//! ordered by priority, then first in first out; when a live task ends, [`Permit::release`]
+//! passes its place straight to the waiting task of the highest priority that waited longest,
+//! and hands that task back to the caller to run. Past the queue, the API
 //! refuses with `429` and `Retry-After` instead of accepting work the pooling allocator could
 //! not hold.
 
@@ -14,15 +15,76 @@ use std::time::Instant;
 
 use crate::model::Pid;
 
-/// What waits in the queue: anything that knows its pid.
+/// What waits in the queue: anything that knows its pid and its priority.
 pub trait Queued: Send + 'static {
     fn pid(&self) -> Pid;
+    /// 0 to 9: higher leaves the queue first.
+    fn priority(&self) -> u8 {
+        crate::model::DEFAULT_PRIORITY
+    }
+}
+
+/// The wait queue: one first-in first-out line per priority.
+#[derive(Debug)]
+struct Waiting<T> {
+    lines: [VecDeque<T>; crate::model::MAX_PRIORITY as usize + 1],
+    len: usize,
+}
+
+impl<T: Queued> Waiting<T> {
+    fn new() -> Self {
+        Self {
+            lines: std::array::from_fn(|_| VecDeque::new()),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push_back(&mut self, item: T) {
+        let line = usize::from(item.priority()).min(self.lines.len() - 1);
+        self.lines[line].push_back(item);
+        self.len += 1;
+    }
+
+    /// The waiting task of the highest priority that waited longest.
+    fn pop_front(&mut self) -> Option<T> {
+        let item = self.lines.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        self.len -= 1;
+        Some(item)
+    }
+
+    fn remove(&mut self, pid: Pid) -> Option<T> {
+        for line in &mut self.lines {
+            if let Some(index) = line.iter().position(|item| item.pid() == pid) {
+                self.len -= 1;
+                return line.remove(index);
+            }
+        }
+        None
+    }
+
+    /// Every waiting task, in the order they would leave.
+    fn drain(&mut self) -> Vec<T> {
+        self.len = 0;
+        self.lines
+            .iter_mut()
+            .rev()
+            .flat_map(|line| line.drain(..))
+            .collect()
+    }
 }
 
 #[derive(Debug)]
 struct State<T> {
     live: u32,
-    queue: VecDeque<T>,
+    queue: Waiting<T>,
     /// Places in the queue promised to tasks whose acceptance is being recorded.
     promised: usize,
     closed: bool,
@@ -82,7 +144,7 @@ impl<T: Queued> Admission<T> {
         Arc::new(Self {
             state: Mutex::new(State {
                 live: 0,
-                queue: VecDeque::new(),
+                queue: Waiting::new(),
                 promised: 0,
                 closed: false,
             }),
@@ -146,21 +208,19 @@ impl<T: Queued> Admission<T> {
 
     /// Takes `pid` out of the queue, if it waits there.
     pub fn unqueue(&self, pid: Pid) -> Option<T> {
-        let mut state = self.lock();
-        let index = state.queue.iter().position(|item| item.pid() == pid)?;
-        state.queue.remove(index)
+        self.lock().queue.remove(pid)
     }
 
     /// Hands back the waiting tasks; admission stays open.
     pub fn drain(&self) -> Vec<T> {
-        self.lock().queue.drain(..).collect()
+        self.lock().queue.drain()
     }
 
     /// Refuses every new task from now on, and hands back the waiting ones.
     pub fn close(&self) -> Vec<T> {
         let mut state = self.lock();
         state.closed = true;
-        state.queue.drain(..).collect()
+        state.queue.drain()
     }
 
     /// Waits until no task holds a place, or until `deadline`: whether none does.
@@ -200,8 +260,8 @@ impl<T: Queued> Admission<T> {
         self.queue_limit
     }
 
-    /// Gives one place back: to the oldest waiting task unless admission is closed, or frees
-    /// it.
+    /// Gives one place back: to the first waiting task (by priority, then age) unless
+    /// admission is closed, or frees it.
     fn give_back(self: &Arc<Self>) -> Option<(T, Permit<T>)> {
         let mut state = self.lock();
         if !state.closed
@@ -262,18 +322,46 @@ mod tests {
     #[derive(Debug)]
     struct Spec {
         pid: Pid,
+        priority: u8,
     }
 
     impl Queued for Spec {
         fn pid(&self) -> Pid {
             self.pid
         }
+        fn priority(&self) -> u8 {
+            self.priority
+        }
     }
 
     fn spec(seq: u64) -> Spec {
         Spec {
             pid: Pid::new(1, seq),
+            priority: crate::model::DEFAULT_PRIORITY,
         }
+    }
+
+    #[test]
+    fn a_place_goes_to_the_highest_priority_then_the_oldest() {
+        let admission = Admission::<Spec>::new(1, 10);
+        let Ok(Admitted::Now(_, mut permit)) = admit(&admission, spec(1)) else {
+            panic!("the first task runs at once");
+        };
+        for (seq, priority) in [(2, 5), (3, 1), (4, 9), (5, 5), (6, 9)] {
+            let task = Spec {
+                pid: Pid::new(1, seq),
+                priority,
+            };
+            assert!(matches!(admit(&admission, task), Ok(Admitted::Queued)));
+        }
+        assert!(admission.unqueue(Pid::new(1, 5)).is_some());
+        let mut order = Vec::new();
+        while let Some((next, place)) = permit.release() {
+            order.push(next.pid.seq());
+            permit = place;
+        }
+        assert_eq!(order, [4, 6, 2, 3]);
+        assert_eq!((admission.live(), admission.queued()), (0, 0));
     }
 
     /// Reserves and fills at once, as for a task recorded in no time.

@@ -16,6 +16,7 @@
 
 mod admission;
 mod inbox;
+mod later;
 mod thread;
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 pub use admission::Refused;
 use admission::{Admission, Admitted, Permit, Queued, Reservation};
 use inbox::{Command, Inbox};
+use later::Later;
+pub use later::Refused as NotScheduled;
 use thread::SchedulerThread;
 
 use crate::actor::{Actors, Aftermath, Kernel, Told};
@@ -60,6 +63,8 @@ pub struct Job {
     pub ready_at: Instant,
     /// The task that spawned it, if a task did.
     pub parent: Option<Pid>,
+    /// Its place among waiting tasks, 0 to 9: higher starts first.
+    pub priority: u8,
 }
 
 impl Job {
@@ -86,6 +91,7 @@ impl Job {
             attempt,
             ready_at,
             parent: record.parent,
+            priority: spec.priority,
         }
     }
 }
@@ -93,6 +99,9 @@ impl Job {
 impl Queued for Job {
     fn pid(&self) -> Pid {
         self.pid
+    }
+    fn priority(&self) -> u8 {
+        self.priority
     }
 }
 
@@ -110,6 +119,8 @@ struct Lane {
 struct Lanes {
     lanes: Vec<Lane>,
     admission: Arc<Admission<Job>>,
+    /// Tasks accepted to run later, until they are due.
+    later: Arc<Later<Job>>,
     ledger: Arc<Ledger>,
     actors: Arc<Actors>,
     /// The host, for the actor calls of running tasks; set once the host is built (weak: the
@@ -214,7 +225,11 @@ impl Lanes {
     /// Ends `pid` with `end`: at once if it waits in the queue or sleeps; a running step is
     /// stopped within an epoch tick when `interrupt` is set, else when it returns.
     fn kill(&self, pid: Pid, end: TaskEnd, interrupt: bool) {
-        if let Some(job) = self.admission.unqueue(pid) {
+        if let Some(job) = self
+            .admission
+            .unqueue(pid)
+            .or_else(|| self.later.unqueue(pid))
+        {
             self.record_unstarted(&job, end);
             return;
         }
@@ -254,6 +269,14 @@ impl Promise {
     }
 }
 
+/// How many tasks may be live at once, wait for a place, and wait for their time.
+#[derive(Debug, Clone, Copy)]
+pub struct Places {
+    pub capacity: u32,
+    pub max_queue: usize,
+    pub max_scheduled: usize,
+}
+
 /// The handle the host uses to admit tasks and hand them to the scheduler threads; cheap to
 /// clone.
 #[derive(Debug, Clone)]
@@ -263,16 +286,19 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts `threads` scheduler threads at niceness `nice`, behind admission for `capacity`
-    /// live tasks and `max_queue` waiting ones, recording what happens in `ledger`. Given an
+    /// Starts `threads` scheduler threads at niceness `nice`, behind admission for the
+    /// `places` live, waiting and scheduled tasks may take, recording what happens in `ledger`. Given an
     /// async `runtime`, the threads enter its context (they never run its tasks): on a host of
     /// a cluster, a task's actor call that waits for the database also waits on the runtime's
     /// timers, to stop waiting should the host lose its lease.
     pub fn start(
         threads: usize,
         nice: i32,
-        capacity: u32,
-        max_queue: usize,
+        Places {
+            capacity,
+            max_queue,
+            max_scheduled,
+        }: Places,
         ledger: Arc<Ledger>,
         actors: Arc<Actors>,
         runtime: Option<tokio::runtime::Handle>,
@@ -285,6 +311,7 @@ impl Scheduler {
                 })
                 .collect(),
             admission: Admission::new(capacity, max_queue),
+            later: Arc::new(Later::new(max_scheduled)),
             ledger,
             actors,
             kernel: OnceLock::new(),
@@ -307,6 +334,22 @@ impl Scheduler {
             inbox.wake();
             handles.push(handle);
         }
+        // Holds the lanes only while it hands a task on: a host dropped without a shutdown
+        // leaves this thread asleep, holding nothing but the scheduled tasks.
+        let (weak, later) = (Arc::downgrade(&lanes), Arc::clone(&lanes.later));
+        let handle = std::thread::Builder::new()
+            .name("scheduled".into())
+            .spawn(move || {
+                later.run(|job| {
+                    let pid = job.pid;
+                    let admitted = weak.upgrade().map(|lanes| Self::admit(&lanes, job));
+                    if !matches!(admitted, Some(Ok(()))) {
+                        // Admission closes only after this map does (see `close`).
+                        tracing::error!(pid = %pid, "a scheduled task found admission closed");
+                    }
+                });
+            })?;
+        handles.push(handle);
         Ok(Self {
             lanes,
             threads: Arc::new(Mutex::new(handles)),
@@ -359,11 +402,39 @@ impl Scheduler {
     /// shared queue, in the order they were accepted: the queue takes it even past its limit.
     /// Once the scheduler shuts down, it is given back, nothing recorded.
     pub fn readmit(&self, job: Job) -> Result<(), Box<Job>> {
-        match self.lanes.admission.readmit(job) {
-            Ok(Admitted::Now(job, permit)) => self.lanes.of(job.pid).inbox.run(job, permit),
+        Self::admit(&self.lanes, job)
+    }
+
+    fn admit(lanes: &Lanes, job: Job) -> Result<(), Box<Job>> {
+        match lanes.admission.readmit(job) {
+            Ok(Admitted::Now(job, permit)) => lanes.of(job.pid).inbox.run(job, permit),
             Ok(Admitted::Queued) => Ok(()),
             Err(job) => Err(Box::new(job)),
         }
+    }
+
+    /// Promises a task accepted to run later a place among the scheduled ones, before it is
+    /// recorded; or refuses it: `--max-scheduled` wait already, or the host is shutting down.
+    pub fn promise_later(&self) -> Result<(), NotScheduled> {
+        self.lanes.later.promise()
+    }
+
+    /// Gives back a promise of [`Scheduler::promise_later`] whose task was not recorded.
+    pub fn break_later(&self) {
+        self.lanes.later.unpromise();
+    }
+
+    /// Holds a recorded task until its `ready_at`, then admits it as [`Scheduler::readmit`]
+    /// does; `promised` if [`Scheduler::promise_later`] promised it a place (a task recovered
+    /// from the store was not). Once the scheduler shuts down, it is given back.
+    pub fn schedule(&self, job: Job, promised: bool) -> Result<(), Box<Job>> {
+        let due = job.ready_at;
+        self.lanes.later.fill(job, due, promised).map_err(Box::new)
+    }
+
+    /// Tasks accepted to run later, not yet due.
+    pub fn scheduled(&self) -> usize {
+        self.lanes.later.len()
     }
 
     /// Kills `pid`: at once if it waits in the queue or sleeps, within an epoch tick if a step
@@ -393,8 +464,10 @@ impl Scheduler {
     /// Begins a shutdown: refuses new tasks at once, and hands back the tasks waiting for a
     /// place, none of them ended: the caller decides what becomes of them.
     pub fn close(&self) -> Vec<Job> {
-        // Admission first: from here no waiting task is handed to a thread.
-        let waiting = self.lanes.admission.close();
+        // The scheduled tasks first, then admission, which takes those falling due meanwhile:
+        // from here no waiting task is handed to a thread.
+        let mut waiting = self.lanes.later.close();
+        waiting.extend(self.lanes.admission.close());
         for lane in &self.lanes.lanes {
             lane.inbox.close();
             lane.inbox.wake();
@@ -408,7 +481,9 @@ impl Scheduler {
     /// recorded as for a kill, and the store refuses them.
     pub fn stop_all(&self, end: TaskEnd) {
         self.lanes.stop_every_thread(&end);
-        for waiting in self.lanes.admission.drain() {
+        let mut waiting = self.lanes.later.drain();
+        waiting.extend(self.lanes.admission.drain());
+        for waiting in waiting {
             self.lanes.record_unstarted(&waiting, end.clone());
         }
     }

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::{Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats};
-use crate::model::{Pid, TaskEvent, TaskLogs, TaskRecord};
+use crate::model::{Pid, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
 
 /// Shards spread the scheduler threads' updates over several locks.
 const SHARDS: usize = 16;
@@ -19,6 +19,9 @@ const LIST_CHUNK: usize = 512;
 #[derive(Debug)]
 struct Entry {
     record: TaskRecord,
+    /// What it was submitted with, for a retry; without its module digest, which a retry
+    /// does not use.
+    spec: TaskSpec,
     logs: TaskLogs,
 }
 
@@ -65,7 +68,13 @@ impl MemoryStore {
     fn commit(&self, batch: Vec<Change>) {
         for change in batch {
             match change {
-                Change::Accepted { record, key, .. } => {
+                Change::Accepted {
+                    record,
+                    mut spec,
+                    key,
+                    ..
+                } => {
+                    spec.module_sha256 = String::new();
                     if let Some(key) = key {
                         let remembered = Remembered {
                             body_sha256: key.body_sha256,
@@ -74,7 +83,7 @@ impl MemoryStore {
                         };
                         lock(&self.keys).insert(key.key, remembered);
                     }
-                    self.accept(*record);
+                    self.accept(*record, spec);
                 }
                 Change::Event(pid, event) => self.apply(pid, event),
                 // History is bounded by count as tasks end; by age here.
@@ -98,10 +107,11 @@ impl MemoryStore {
         lock(&self.shards[(pid.seq() % SHARDS as u64) as usize])
     }
 
-    fn accept(&self, record: TaskRecord) {
+    fn accept(&self, record: TaskRecord, spec: TaskSpec) {
         let (pid, cursor) = (record.pid, Cursor::of(&record));
         let entry = Entry {
             record,
+            spec,
             logs: TaskLogs::default(),
         };
         let mut shard = self.shard(pid);
@@ -211,6 +221,14 @@ impl Store for MemoryStore {
             .map(|entry| entry.record.clone()))
     }
 
+    fn submission(&self, pid: Pid) -> Result<Option<(TaskRecord, TaskSpec)>, StoreError> {
+        Ok(self
+            .shard(pid)
+            .entries
+            .get(&pid)
+            .map(|entry| (entry.record.clone(), entry.spec.clone())))
+    }
+
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
         Ok(self
             .shard(pid)
@@ -288,6 +306,7 @@ mod tests {
             max_attempts: 1,
             on_host_loss: OnHostLoss::Restart,
             ready_at: None,
+            priority: crate::model::DEFAULT_PRIORITY,
         };
         Change::Accepted {
             record: Box::new(record),

@@ -387,6 +387,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// What an idempotency key was first used for, if the store still remembers it.
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError>;
 
+    /// A task's record with what it was submitted with (its payload, limits and priority),
+    /// if the store still holds it: what a retry runs again. The memory store keeps no
+    /// module digest (a retry runs its worker's current version).
+    fn submission(&self, pid: Pid) -> Result<Option<(TaskRecord, TaskSpec)>, StoreError>;
+
     /// The tasks accepted and not ended, in the order they were accepted, with what each
     /// needs to run again: what a host finds at start after it was lost.
     fn unfinished(&self) -> Result<Vec<(TaskRecord, TaskSpec)>, StoreError> {

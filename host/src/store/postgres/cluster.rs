@@ -218,12 +218,16 @@ impl PgStore {
                         WHERE id = $1 AND state = 'up' AND lease_until > now()
                         RETURNING 1)
                      SELECT (SELECT count(*) FROM beat),
-                        (SELECT count(*) FROM runs WHERE owner IS NULL)",
+                        (SELECT count(*) FROM runs WHERE owner IS NULL
+                            AND (ready_at IS NULL OR ready_at <= $5))",
                 )
                 .await
                 .map_err(unavailable)?;
+            // Tasks scheduled to run later, and restarts waiting out their backoff, are not
+            // waiting for a place yet: they do not count against --max-queue.
+            let now = nanos(SystemTime::now());
             let row = client
-                .query_one(&statement, &[&node, &lease_ms, &live, &queued])
+                .query_one(&statement, &[&node, &lease_ms, &live, &queued, &now])
                 .await
                 .map_err(unavailable)?;
             let held = column::<i64>(&row, 0)? == 1;
@@ -398,7 +402,7 @@ impl PgStore {
                     "UPDATE runs r SET owner = $1
                      FROM (SELECT boot, seq FROM runs
                            WHERE owner IS NULL AND (ready_at IS NULL OR ready_at <= $3)
-                           ORDER BY spawned_at, boot, seq
+                           ORDER BY priority DESC, spawned_at, boot, seq
                            LIMIT $2 FOR UPDATE SKIP LOCKED) c
                      WHERE r.boot = c.boot AND r.seq = c.seq
                         AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND state = 'up'

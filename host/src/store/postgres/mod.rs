@@ -565,10 +565,11 @@ impl Drop for PgStore {
 const RECORD_COLUMNS: &str = "boot, seq, spawned_at, name, worker, version, status, duration,
     step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts::text,
     logs_dropped_bytes, parent_boot, parent_seq,
-    (SELECT owner FROM runs r WHERE r.boot = tasks.boot AND r.seq = tasks.seq), result";
+    (SELECT owner FROM runs r WHERE r.boot = tasks.boot AND r.seq = tasks.seq), result,
+    run_at, priority, retry_of_boot, retry_of_seq";
 
 /// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
-const RECORD_COLUMN_COUNT: usize = 23;
+const RECORD_COLUMN_COUNT: usize = 27;
 
 fn record_of(row: &Row) -> Result<TaskRecord, StoreError> {
     let pid = pid_of(column(row, 0)?, column(row, 1)?);
@@ -607,7 +608,21 @@ fn record_of(row: &Row) -> Result<TaskRecord, StoreError> {
     record.node = column::<Option<i32>>(row, 21)?.map(|node| node as u32);
     // Checked as it came; text that is not JSON (written by hand) reads as no result.
     record.result = column::<Option<String>>(row, 22)?.and_then(|text| JsonText::parse(text).ok());
+    record.run_at = column::<Option<i64>>(row, 23)?.map(time);
+    record.priority = priority_of(column(row, 24)?);
+    record.retry_of = match (
+        column::<Option<i32>>(row, 25)?,
+        column::<Option<i64>>(row, 26)?,
+    ) {
+        (Some(boot), Some(seq)) => Some(pid_of(boot, seq)),
+        _ => None,
+    };
     Ok(record)
+}
+
+/// A priority as a `SMALLINT` column holds it, within 0 to 9.
+fn priority_of(column: i16) -> u8 {
+    u8::try_from(column).map_or(0, |p| p.min(crate::model::MAX_PRIORITY))
 }
 
 fn spec_of(row: &Row, offset: usize) -> Result<TaskSpec, StoreError> {
@@ -619,12 +634,13 @@ fn spec_of(row: &Row, offset: usize) -> Result<TaskSpec, StoreError> {
         on_host_loss: OnHostLoss::parse(&column::<String>(row, offset + 4)?)
             .unwrap_or(OnHostLoss::Restart),
         ready_at: column::<Option<i64>>(row, offset + 5)?.map(time),
+        priority: priority_of(column(row, offset + 6)?),
     })
 }
 
 /// The spec's columns, after [`RECORD_COLUMNS`].
 const SPEC_COLUMNS: &str = "module_sha256, payload, deadline_secs, max_attempts, on_host_loss,
-    ready_at";
+    ready_at, priority";
 
 impl Store for PgStore {
     fn submit(&self, batch: Vec<Change>, done: Option<Done>) {
@@ -651,6 +667,23 @@ impl Store for PgStore {
 
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
         self.query(move |client| read_logs(client, pid))
+    }
+
+    fn submission(&self, pid: Pid) -> Result<Option<(TaskRecord, TaskSpec)>, StoreError> {
+        self.query(move |client| async move {
+            let (boot, seq) = key(pid);
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS}, {SPEC_COLUMNS} FROM tasks WHERE boot = $1 AND seq = $2"
+            );
+            let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
+            let row = client
+                .query_opt(&statement, &[&boot, &seq])
+                .await
+                .map_err(unavailable)?;
+            row.as_ref()
+                .map(|row| Ok((record_of(row)?, spec_of(row, RECORD_COLUMN_COUNT)?)))
+                .transpose()
+        })
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {

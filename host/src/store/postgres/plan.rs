@@ -116,6 +116,10 @@ struct Accepts {
     parent_boots: Vec<Option<i32>>,
     parent_seqs: Vec<Option<i64>>,
     owners: Vec<Option<i32>>,
+    run_ats: Vec<Option<i64>>,
+    priorities: Vec<i16>,
+    retry_boots: Vec<Option<i32>>,
+    retry_seqs: Vec<Option<i64>>,
 }
 
 /// Starts gathered into one statement, until a later change of one of their tasks must
@@ -320,6 +324,10 @@ impl<'a> Plan<'a> {
                 Box::new(a.parent_boots),
                 Box::new(a.parent_seqs),
                 Box::new(a.owners),
+                Box::new(a.run_ats),
+                Box::new(a.priorities),
+                Box::new(a.retry_boots),
+                Box::new(a.retry_seqs),
             ],
             Check::Nothing,
         );
@@ -406,6 +414,7 @@ impl<'a> Plan<'a> {
             } => {
                 let (boot, seq) = key(record.pid);
                 let parent = record.parent.map(key);
+                let retry_of = record.retry_of.map(key);
                 let owner: Option<i32> = (!shared).then_some(node);
                 let Some(idempotency) = idempotency else {
                     let a = &mut self.accepts;
@@ -426,6 +435,10 @@ impl<'a> Plan<'a> {
                     a.parent_boots.push(parent.map(|(boot, _)| boot));
                     a.parent_seqs.push(parent.map(|(_, seq)| seq));
                     a.owners.push(owner);
+                    a.run_ats.push(record.run_at.map(nanos));
+                    a.priorities.push(i16::from(spec.priority));
+                    a.retry_boots.push(retry_of.map(|(boot, _)| boot));
+                    a.retry_seqs.push(retry_of.map(|(_, seq)| seq));
                     return;
                 };
                 let mut params: Vec<Param> = vec![
@@ -452,6 +465,10 @@ impl<'a> Plan<'a> {
                 params.push(Box::new(idempotency.key.clone()));
                 params.push(Box::new(idempotency.body_sha256.clone()));
                 params.push(Box::new(nanos(idempotency.stale_before)));
+                params.push(Box::new(record.run_at.map(nanos)));
+                params.push(Box::new(i16::from(spec.priority)));
+                params.push(Box::new(retry_of.map(|(boot, _)| boot)));
+                params.push(Box::new(retry_of.map(|(_, seq)| seq)));
                 let statement = s.accept_keyed.clone();
                 self.push_head(&statement, params, Check::Keyed(pending));
             }
@@ -788,20 +805,24 @@ impl Statements {
                     SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bigint[], $4::text[],
                         $5::text[], $6::text[], $7::text[], $8::integer[], $9::text[],
                         $10::integer[], $11::integer[], $12::text[], $13::text[], $14::integer[],
-                        $15::integer[], $16::bigint[], $17::integer[])
+                        $15::integer[], $16::bigint[], $17::integer[], $18::bigint[],
+                        $19::smallint[], $20::integer[], $21::bigint[])
                     AS v(boot, seq, spawned_at, name, worker, version, module_sha256, duration,
                         payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
-                        parent_boot, parent_seq, owner)),
+                        parent_boot, parent_seq, owner, run_at, priority, retry_of_boot,
+                        retry_of_seq)),
                  task AS (
                     INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
                         module_sha256, duration, payload, deadline_secs, max_attempts,
-                        on_host_loss, status, attempt, parent_boot, parent_seq)
+                        on_host_loss, status, attempt, parent_boot, parent_seq, run_at,
+                        ready_at, priority, retry_of_boot, retry_of_seq)
                     SELECT boot, seq, spawned_at, name, worker, version, module_sha256, duration,
                         payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
-                        parent_boot, parent_seq
+                        parent_boot, parent_seq, run_at, run_at, priority, retry_of_boot,
+                        retry_of_seq
                     FROM v)
-                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at)
-                 SELECT boot, seq, owner, attempt, spawned_at FROM v",
+                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority)
+                 SELECT boot, seq, owner, attempt, spawned_at, run_at, priority FROM v",
             )
             .await?;
         let accept_keyed = client
@@ -817,14 +838,17 @@ impl Statements {
                  task AS (
                     INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
                         module_sha256, duration, payload, deadline_secs, max_attempts,
-                        on_host_loss, status, attempt, parent_boot, parent_seq)
+                        on_host_loss, status, attempt, parent_boot, parent_seq, run_at,
+                        ready_at, priority, retry_of_boot, retry_of_seq)
                     SELECT $1::integer, $2::bigint, $3::bigint, $4::text, $5::text, $6::text,
                         $7::text, $8::integer, $9::text, $10::integer, $11::integer, $12::text,
-                        $13::text, $14::integer, $15::integer, $16::bigint
+                        $13::text, $14::integer, $15::integer, $16::bigint, $21::bigint,
+                        $21::bigint, $22::smallint, $23::integer, $24::bigint
                     WHERE EXISTS (SELECT 1 FROM key)
-                    RETURNING boot, seq, spawned_at, attempt)
-                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at)
-                 SELECT boot, seq, $17::integer, attempt, spawned_at FROM task",
+                    RETURNING boot, seq, spawned_at, attempt, ready_at, priority)
+                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority)
+                 SELECT boot, seq, $17::integer, attempt, spawned_at, ready_at, priority
+                 FROM task",
             )
             .await?;
         // The statements that write many tasks find each task's rows by key, one at a time,

@@ -143,7 +143,7 @@ CREATE INDEX names_by_task ON names (boot, seq);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`, in the transaction that
 /// records the new version.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 2 (issue #23): fewer indexes on `tasks`, as in the SQLite store. Every acceptance wrote
     // each of these, and a start and an end changed `status`, so that neither could be a
     // heap-only update: each wrote a new entry into every index of the table. Lists filtered
@@ -173,6 +173,15 @@ CREATE INDEX log_parts_by_task ON log_parts (boot, seq, id);
     // 4 (issue #24): what a task returned, JSON text as it came (not `jsonb`, which would
     // parse and rewrite it at every write); `NULL` when it returned nothing.
     "ALTER TABLE tasks ADD COLUMN result TEXT;",
+    // 5 (issue #25): when a task accepted to run later may start, its priority (also in
+    // `runs`, where the shared queue is taken highest first) and the task it retries.
+    "
+ALTER TABLE tasks ADD COLUMN run_at BIGINT, ADD COLUMN priority SMALLINT NOT NULL DEFAULT 5,
+    ADD COLUMN retry_of_boot INTEGER, ADD COLUMN retry_of_seq BIGINT;
+ALTER TABLE runs ADD COLUMN priority SMALLINT NOT NULL DEFAULT 5;
+DROP INDEX IF EXISTS runs_queue;
+CREATE INDEX runs_queue ON runs (priority DESC, spawned_at, boot, seq) WHERE owner IS NULL;
+",
 ];
 
 /// Why the schema could not be brought to this host's version.

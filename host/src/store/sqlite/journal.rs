@@ -25,7 +25,9 @@ use std::ops::Range;
 use std::time::SystemTime;
 
 use super::super::columns::{append_lines, attempts_json, attempts_of, nanos, status_of, time};
-use crate::model::{JsonText, OnHostLoss, Outcome, Pid, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
+use crate::model::{
+    DEFAULT_PRIORITY, JsonText, OnHostLoss, Outcome, Pid, TaskEnd, TaskEvent, TaskRecord, TaskSpec,
+};
 
 /// The form written; a value of another form than these two is refused when read.
 const FORM: u8 = 2;
@@ -43,6 +45,10 @@ const ENDED: u8 = 5;
 /// An end that carries a result: `ENDED`'s body, then the result's text. Its own kind, so a
 /// journal written before results existed reads as it did.
 const RETURNED: u8 = 6;
+/// An image of a task with more than the image's fields (issue #25): when it may start, its
+/// priority and the task it retries, then `IMAGE`'s body. Written only for a task that has
+/// one of them, so a journal written before them reads as it did.
+const IMAGE_SCHEDULED: u8 = 7;
 
 /// A task's row as the store holds it: its record and what it needs to run again.
 #[derive(Debug, Clone)]
@@ -182,7 +188,14 @@ pub(super) fn put(out: &mut Vec<u8>, image: &Image, lines: &[u8]) {
 
 /// Appends the image of a task as `record` and `spec` hold it, with `lines`.
 pub(super) fn put_accepted(out: &mut Vec<u8>, record: &TaskRecord, spec: &TaskSpec, lines: &[u8]) {
-    out.push(IMAGE);
+    if record.run_at.is_none() && record.retry_of.is_none() && spec.priority == DEFAULT_PRIORITY {
+        out.push(IMAGE);
+    } else {
+        out.push(IMAGE_SCHEDULED);
+        put_opt(out, record.run_at, put_time);
+        out.push(spec.priority);
+        put_opt(out, record.retry_of, put_pid);
+    }
     put_image(out, record, spec, lines);
 }
 
@@ -326,6 +339,19 @@ impl<'a> Take<'a> {
         if kind == IMAGE {
             return self.image();
         }
+        if kind == IMAGE_SCHEDULED {
+            let run_at = self.opt(Self::time)?;
+            let [priority] = self.array::<1>()?;
+            let retry_of = self.opt(Self::pid)?;
+            let mut entry = self.image()?;
+            if let Entry::Image { image, .. } = &mut entry {
+                image.record.run_at = run_at;
+                image.record.priority = priority;
+                image.record.retry_of = retry_of;
+                image.spec.priority = priority;
+            }
+            return Ok(entry);
+        }
         let pid = self.pid()?;
         let mut lines = Vec::new();
         let event = match kind {
@@ -422,6 +448,7 @@ impl<'a> Take<'a> {
             max_attempts: self.u32()?,
             on_host_loss: OnHostLoss::parse(&self.string()?).unwrap_or(OnHostLoss::Restart),
             ready_at: self.opt(Self::time)?,
+            priority: DEFAULT_PRIORITY,
         };
         let len = self.u32()? as usize;
         let lines = self.bytes(len)?.to_vec();
@@ -459,6 +486,7 @@ mod tests {
                 max_attempts: 1,
                 on_host_loss: OnHostLoss::Restart,
                 ready_at: None,
+                priority: DEFAULT_PRIORITY,
             },
         }
     }

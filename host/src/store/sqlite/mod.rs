@@ -658,6 +658,33 @@ impl Store for SqliteStore {
         self.logs_via(Via::Wait, pid)
     }
 
+    fn submission(&self, pid: Pid) -> Result<Option<(TaskRecord, TaskSpec)>, StoreError> {
+        // Here first, as for a record.
+        let found = match self.unwritten.held(pid) {
+            Some(held) => Some((held.image.record.clone(), held.image.spec.clone())),
+            None => {
+                let (boot, seq) = key(pid);
+                let sql = format!(
+                    "SELECT {RECORD_COLUMNS}, {SPEC_COLUMNS} FROM tasks WHERE boot = ?1 AND seq = ?2"
+                );
+                self.with(Via::Wait, |reader| {
+                    reader.prepare_cached(&sql).and_then(|mut statement| {
+                        statement
+                            .query_row(params![boot, seq], |row| {
+                                Ok((record_of(row)?, spec_of(row, RECORD_COLUMN_COUNT)?))
+                            })
+                            .optional()
+                    })
+                })
+                .map_err(unavailable)?
+            }
+        };
+        Ok(found.map(|(mut record, spec)| {
+            self.kept.show(std::slice::from_mut(&mut record));
+            (record, spec)
+        }))
+    }
+
     fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         self.list_via(Via::Wait, query)
     }

@@ -8,14 +8,15 @@ use crate::model::{JsonText, OnHostLoss, Outcome, Pid, TaskRecord, TaskSpec};
 pub(super) const RECORD_COLUMNS: &str =
     "boot, seq, spawned_at, name, worker, version, status, duration,
     step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts,
-    logs_dropped_bytes, parent_boot, parent_seq, result";
+    logs_dropped_bytes, parent_boot, parent_seq, result, run_at, priority, retry_of_boot,
+    retry_of_seq";
 
 /// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
-pub(super) const RECORD_COLUMN_COUNT: usize = 22;
+pub(super) const RECORD_COLUMN_COUNT: usize = 26;
 
 /// What a task needs to run again, as [`spec_of`] reads it.
 pub(super) const SPEC_COLUMNS: &str =
-    "module_sha256, payload, deadline_secs, max_attempts, on_host_loss, ready_at";
+    "module_sha256, payload, deadline_secs, max_attempts, on_host_loss, ready_at, priority";
 
 pub(super) fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     let boot: i64 = row.get(0)?;
@@ -53,6 +54,15 @@ pub(super) fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     record.result = row
         .get::<_, Option<String>>(21)?
         .and_then(|text| JsonText::parse(text).ok());
+    record.run_at = row.get::<_, Option<i64>>(22)?.map(time);
+    record.priority = row.get(23)?;
+    record.retry_of = match (
+        row.get::<_, Option<i64>>(24)?,
+        row.get::<_, Option<i64>>(25)?,
+    ) {
+        (Some(boot), Some(seq)) => Some(Pid::new(boot as u32, seq as u64)),
+        _ => None,
+    };
     Ok(record)
 }
 
@@ -65,5 +75,6 @@ pub(super) fn spec_of(row: &Row<'_>, offset: usize) -> rusqlite::Result<TaskSpec
         on_host_loss: OnHostLoss::parse(&row.get::<_, String>(offset + 4)?)
             .unwrap_or(OnHostLoss::Restart),
         ready_at: row.get::<_, Option<i64>>(offset + 5)?.map(time),
+        priority: row.get(offset + 6)?,
     })
 }

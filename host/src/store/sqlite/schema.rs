@@ -82,7 +82,7 @@ CREATE INDEX idempotency_by_age ON idempotency (created_at);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`. Each runs in the
 /// transaction that sets the new version, so a store is migrated whole or not at all.
-const MIGRATIONS: [fn(&Transaction<'_>) -> rusqlite::Result<()>; 4] = [
+const MIGRATIONS: [fn(&Transaction<'_>) -> rusqlite::Result<()>; 5] = [
     // 2: the task that spawned each task (`NULL` for one submitted over HTTP, as every task
     // of version 1 was), and its children listed newest first. Most tasks have no parent, so
     // the index leaves them out.
@@ -116,6 +116,18 @@ ALTER TABLE tasks ADD COLUMN journal_seq INTEGER;
     // 5 (issue #24): what a task returned, JSON text; `NULL` when it returned nothing, as
     // every task before did.
     |tx| tx.execute_batch("ALTER TABLE tasks ADD COLUMN result TEXT;"),
+    // 6 (issue #25): when a task accepted to run later may start, its priority, and the task
+    // it retries; none, 5 and none for every task before.
+    |tx| {
+        tx.execute_batch(
+            "
+ALTER TABLE tasks ADD COLUMN run_at INTEGER;
+ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
+ALTER TABLE tasks ADD COLUMN retry_of_boot INTEGER;
+ALTER TABLE tasks ADD COLUMN retry_of_seq INTEGER;
+",
+        )
+    },
 ];
 
 /// 3 (issue #23): fewer B-trees written per task.

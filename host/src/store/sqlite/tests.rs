@@ -36,6 +36,7 @@ fn ended_task(seq: u64) -> Vec<Change> {
         max_attempts: 1,
         on_host_loss: OnHostLoss::Restart,
         ready_at: None,
+        priority: crate::model::DEFAULT_PRIORITY,
     };
     vec![
         Change::Accepted {

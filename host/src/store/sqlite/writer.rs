@@ -353,15 +353,18 @@ pub(super) fn write_row(
     let Image { record, spec } = image;
     let (boot, seq) = key(record.pid);
     let parent = record.parent.map(key);
+    let retry_of = record.retry_of.map(key);
     let ended = record.status.is_terminal();
     let log = (ended && !lines.is_empty()).then_some(lines);
     tx.prepare_cached(
         "INSERT INTO tasks (boot, seq, spawned_at, name, worker, version, module_sha256,
             duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
             parent_boot, parent_seq, step, steps, exit_code, outcome, error, started_at,
-            ended_at, fuel, attempts, logs_dropped_bytes, ready_at, log, journal_seq, result)
+            ended_at, fuel, attempts, logs_dropped_bytes, ready_at, log, journal_seq, result,
+            run_at, priority, retry_of_boot, retry_of_seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33,
+            ?34)
          ON CONFLICT (boot, seq) DO UPDATE SET status = excluded.status,
             attempt = excluded.attempt, step = excluded.step, steps = excluded.steps,
             exit_code = excluded.exit_code, outcome = excluded.outcome, error = excluded.error,
@@ -401,6 +404,10 @@ pub(super) fn write_row(
         log,
         last,
         record.result.as_ref().map(JsonText::as_str),
+        record.run_at.map(nanos),
+        spec.priority,
+        retry_of.map(|(boot, _)| boot),
+        retry_of.map(|(_, seq)| seq),
     ])?;
     if !ended && !lines.is_empty() {
         tx.prepare_cached("INSERT INTO log_parts (boot, seq, lines) VALUES (?1, ?2, ?3)")?

@@ -1,0 +1,389 @@
+//! Issue #25 over HTTP: tasks that run later (`run_at`, `delay`), priorities in the wait
+//! queue, and retries of ended tasks, on the memory store and across a SIGKILL on SQLite.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::process::Binary;
+use common::{PATIENCE, module, spawn_app, temp_dir};
+use serde_json::{Value, json};
+
+/// A record's time field as a system time.
+fn time(record: &Value, field: &str) -> SystemTime {
+    let text = record[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field}: {record}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|_| panic!("{field} {text:?}"))
+}
+
+/// POSTs `body` to `path` as JSON: the status and the JSON body.
+async fn post(remote: &common::Remote, path: &str, body: Value) -> (u16, Value) {
+    let answer = remote
+        .client
+        .post(remote.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.expect("a JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_later_holding_no_place_until_its_time() {
+    let app = spawn_app("default", &["--capacity", "1"]).await;
+    // Scheduled tasks take no place: with one place, a running task and two scheduled ones.
+    let (status, accepted) = post(
+        &app,
+        "/api/tasks",
+        json!({"name": "later", "duration": 0, "delay": 1.5}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "scheduled", "{accepted}");
+    let later = accepted["pid"].as_str().expect("a pid").to_owned();
+    // In two seconds, written at an offset of +02:00.
+    let asked = SystemTime::now() + Duration::from_secs(2);
+    let utc = humantime::format_rfc3339_millis(asked + Duration::from_secs(7200)).to_string();
+    let run_at = format!("{}+02:00", utc.trim_end_matches('Z'));
+    let (status, accepted) = post(
+        &app,
+        "/api/tasks",
+        json!({"name": "at", "duration": 0, "run_at": run_at}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let at_pid = accepted["pid"].as_str().expect("a pid").to_owned();
+    let running = app.spawn(json!({"name": "now", "duration": 1})).await;
+    app.wait_running(&running).await;
+
+    let (_, record) = app.get(&format!("/api/tasks/{later}")).await;
+    assert_eq!(record["status"], "scheduled", "{record}");
+    assert_eq!(record["started_at"], Value::Null, "{record}");
+    let run_at = time(&record, "run_at");
+    let (_, listed) = app.get("/api/tasks?status=scheduled").await;
+    let pids: Vec<&str> = listed["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|task| task["pid"].as_str())
+        .collect();
+    assert_eq!(pids, [at_pid.as_str(), later.as_str()], "{listed}");
+    assert_eq!(app.metric("http_spawn_tasks_scheduled").await, Some(2.0));
+    assert_eq!(app.metric("http_spawn_tasks_running").await, Some(1.0));
+
+    for pid in [&later, &at_pid] {
+        let ended = app.wait_end(pid).await;
+        assert_eq!(ended["status"], "exited", "{ended}");
+        assert!(
+            time(&ended, "started_at") >= time(&ended, "run_at"),
+            "started before its time: {ended}"
+        );
+    }
+    let (_, record) = app.get(&format!("/api/tasks/{later}")).await;
+    assert_eq!(
+        time(&record, "run_at"),
+        run_at,
+        "run_at stays in the record"
+    );
+    let (_, record) = app.get(&format!("/api/tasks/{at_pid}")).await;
+    let kept = time(&record, "run_at");
+    let off = kept
+        .duration_since(asked)
+        .or_else(|_| asked.duration_since(kept))
+        .expect("a difference");
+    assert!(
+        off < Duration::from_millis(2),
+        "{record}: {kept:?} {asked:?}"
+    );
+    assert_eq!(app.metric("http_spawn_tasks_scheduled").await, Some(0.0));
+
+    // A time past, or a delay of 0, is now.
+    let (status, accepted) = post(
+        &app,
+        "/api/tasks",
+        json!({"name": "past", "duration": 0, "run_at": "2020-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "spawned", "{accepted}");
+    let ended = app.wait_end(accepted["pid"].as_str().expect("a pid")).await;
+    assert_eq!(ended["run_at"], Value::Null, "{ended}");
+    assert_eq!(ended["exit_code"], 0, "{ended}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_task_is_killed_at_once_and_bounded_and_bad_times_are_refused() {
+    let app = spawn_app("default", &["--max-scheduled", "2"]).await;
+    let first = app
+        .spawn(json!({"name": "a", "duration": 0, "delay": 3600}))
+        .await;
+    app.spawn(json!({"name": "b", "duration": 0, "delay": 3600}))
+        .await;
+    let (status, refused) = post(
+        &app,
+        "/api/tasks",
+        json!({"name": "c", "duration": 0, "delay": 3600}),
+    )
+    .await;
+    assert_eq!(status, 429, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--max-scheduled")),
+        "{refused}"
+    );
+    // A task to run now still runs.
+    app.assert_good_task_exits_0().await;
+
+    let (status, killed) = app.kill(&first).await;
+    assert_eq!(status, 200, "{killed}");
+    assert_eq!(killed["status"], "killed", "{killed}");
+    assert_eq!(killed["started_at"], Value::Null, "{killed}");
+    // Its place among the scheduled is free again.
+    app.spawn(json!({"name": "c", "duration": 0, "delay": 3600}))
+        .await;
+
+    for (body, reason) in [
+        (json!({"name": "x", "run_at": "tomorrow"}), "RFC 3339"),
+        (json!({"name": "x", "run_at": 7}), "RFC 3339"),
+        (
+            json!({"name": "x", "run_at": "2026-13-01T00:00:00Z"}),
+            "RFC 3339",
+        ),
+        (json!({"name": "x", "delay": -1}), "non-negative"),
+        (json!({"name": "x", "delay": "5"}), "non-negative"),
+        (
+            json!({"name": "x", "delay": 5, "run_at": "2030-01-01T00:00:00Z"}),
+            "not both",
+        ),
+        (
+            json!({"name": "x", "delay": 400 * 86_400}),
+            "at most 365 days ahead",
+        ),
+        (
+            json!({"name": "x", "run_at": "9999-01-01T00:00:00Z"}),
+            "at most",
+        ),
+        (json!({"name": "x", "priority": 10}), "priority"),
+        (json!({"name": "x", "priority": -1}), "priority"),
+        (json!({"name": "x", "priority": 4.5}), "priority"),
+        (json!({"name": "x", "priority": "9"}), "priority"),
+    ] {
+        let (status, answer) = post(&app, "/api/tasks", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(reason)),
+            "{body}: {answer}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_goes_to_the_highest_priority_first_then_the_oldest() {
+    let app = spawn_app("default", &["--capacity", "1"]).await;
+    let blocker = app.spawn(json!({"name": "blocker", "duration": 1})).await;
+    app.wait_running(&blocker).await;
+    let mut waiting = Vec::new();
+    let tasks = [
+        ("low", Some(1)),
+        ("plain", None),
+        ("high", Some(9)),
+        ("high2", Some(9)),
+    ];
+    for (name, priority) in tasks {
+        // A second each, so that each starts a second after the one before it.
+        let mut body = json!({"name": name, "duration": 1});
+        if let Some(priority) = priority {
+            body["priority"] = json!(priority);
+        }
+        waiting.push((name, app.spawn(body).await));
+    }
+    let mut started = Vec::new();
+    for (name, pid) in &waiting {
+        let ended = app.wait_end(pid).await;
+        let expected = match *name {
+            "low" => 1,
+            "high" | "high2" => 9,
+            _ => 5,
+        };
+        assert_eq!(ended["priority"], expected, "{ended}");
+        started.push((time(&ended, "started_at"), *name));
+    }
+    started.sort();
+    let order: Vec<&str> = started.into_iter().map(|(_, name)| name).collect();
+    assert_eq!(order, ["high", "high2", "plain", "low"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_task_is_retried_once_and_in_bulk_by_filters() {
+    // A worker whose tasks panic, but for those named `good`.
+    let app = spawn_app("panic", &[]).await;
+    let failed = app
+        .run(
+            json!({"name": "panic", "duration": 0, "priority": 7, "payload": {"n": 1},
+            "deadline": 20}),
+        )
+        .await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let of = failed["pid"].as_str().expect("a pid");
+
+    let (status, retried) = post(&app, &format!("/api/tasks/{of}/retry"), json!(null)).await;
+    assert_eq!(status, 202, "{retried}");
+    let retry = retried["pid"].as_str().expect("a pid").to_owned();
+    assert_ne!(retry, of);
+    let ended = app.wait_end(&retry).await;
+    assert_eq!(ended["retry_of"], of, "{ended}");
+    assert_eq!(ended["name"], "panic", "{ended}");
+    assert_eq!(ended["priority"], 7, "{ended}");
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert_eq!(ended["outcome"], "panic", "{ended}");
+    // Asked again: the same retry, nothing new runs.
+    let (status, again) = post(&app, &format!("/api/tasks/{of}/retry"), json!(null)).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["pid"], retry.as_str(), "{again}");
+
+    // A task not ended cannot be retried; an unknown one is not found.
+    let live = app
+        .spawn(json!({"name": "good", "duration": 0, "delay": 3600}))
+        .await;
+    let (status, answer) = post(&app, &format!("/api/tasks/{live}/retry"), json!(null)).await;
+    assert_eq!(status, 409, "{answer}");
+    let (status, answer) = post(&app, "/api/tasks/00000001-999999/retry", json!(null)).await;
+    assert_eq!(status, 404, "{answer}");
+    app.kill(&live).await;
+
+    // In bulk: the failed tasks (by default), newest first. `of` was retried already: its
+    // entry names the same retry.
+    let other = app.run(json!({"name": "panic", "duration": 0})).await;
+    let other = other["pid"].as_str().expect("a pid");
+    let (status, bulk) = post(&app, "/api/tasks/retry", json!({"worker": "default"})).await;
+    assert_eq!(status, 200, "{bulk}");
+    assert_eq!(bulk["count"], 3, "{bulk}");
+    let first = bulk["retried"].as_array().expect("retried").clone();
+    let ofs: Vec<&str> = first.iter().filter_map(|r| r["of"].as_str()).collect();
+    assert_eq!(ofs, [other, retry.as_str(), of], "{bulk}");
+    assert_eq!(first[2]["pid"], retry.as_str(), "{bulk}");
+    assert_eq!(bulk["pids"].as_array().map(Vec::len), Some(3), "{bulk}");
+    for entry in &first {
+        app.wait_end(entry["pid"].as_str().expect("a pid")).await;
+    }
+    // Again: the three retried before answer the same retries; only the two new retries,
+    // which failed too, run again.
+    let (_, twice) = post(&app, "/api/tasks/retry", json!({})).await;
+    assert_eq!(twice["count"], 5, "{twice}");
+    let again: Vec<(String, String)> = twice["retried"]
+        .as_array()
+        .expect("retried")
+        .iter()
+        .map(|r| (r["of"].to_string(), r["pid"].to_string()))
+        .collect();
+    for entry in &first {
+        let pair = (entry["of"].to_string(), entry["pid"].to_string());
+        assert!(again.contains(&pair), "{pair:?} in {twice}");
+    }
+
+    // Filters: killed ones only, by outcome, after a time, and a limit.
+    let (_, killed) = post(&app, "/api/tasks/retry", json!({"status": "killed"})).await;
+    assert_eq!(killed["count"], 1, "{killed}");
+    assert_eq!(killed["retried"][0]["of"], live.as_str(), "{killed}");
+    let good = app
+        .wait_end(killed["pids"][0].as_str().expect("a pid"))
+        .await;
+    assert_eq!(good["status"], "exited", "the retry runs now: {good}");
+    assert_eq!(good["run_at"], Value::Null, "{good}");
+    let (_, limited) = post(
+        &app,
+        "/api/tasks/retry",
+        json!({"outcome": "panic", "limit": 2}),
+    )
+    .await;
+    assert_eq!(limited["count"], 2, "{limited}");
+    let (_, none) = post(&app, "/api/tasks/retry", json!({"outcome": "out_of_fuel"})).await;
+    assert_eq!(none["count"], 0, "{none}");
+    let future = "2100-01-01T00:00:00Z";
+    let (_, none) = post(&app, "/api/tasks/retry", json!({"ended_after": future})).await;
+    assert_eq!(none["count"], 0, "{none}");
+    for (body, reason) in [
+        (json!({"status": "running"}), "status"),
+        (json!({"outcome": "nope"}), "outcome"),
+        (json!({"limit": 0}), "limit"),
+        (json!({"limit": 10_001}), "limit"),
+        (json!({"ended_after": "yesterday"}), "ended_after"),
+        (json!({"worker": 5}), "worker"),
+        (json!([]), "object"),
+    ] {
+        let (status, answer) = post(&app, "/api/tasks/retry", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(reason)),
+            "{body}: {answer}"
+        );
+    }
+}
+
+/// The real binary on the SQLite file `dir/tasks.db`.
+async fn start(dir: &Path) -> Binary {
+    let store = format!("sqlite:{}", dir.join("tasks.db").display());
+    let module = module("default").display().to_string();
+    let argv: Vec<String> = ["--store", &store, "--module", &module, "--capacity", "100"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let host = Binary::spawn(&argv, &[], None);
+    host.ready().await;
+    host
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_task_survives_a_sigkill_and_runs_at_its_time() {
+    let dir = temp_dir("scheduled-crash");
+    let mut host = start(&dir).await;
+    let soon = host
+        .spawn(json!({"name": "soon", "duration": 0, "delay": 3, "priority": 8}))
+        .await;
+    let missed = host
+        .spawn(json!({"name": "missed", "duration": 0, "delay": 0.5}))
+        .await;
+    let far = host
+        .spawn(json!({"name": "far", "duration": 0, "delay": 3600}))
+        .await;
+    // A 202 is on disk: SIGKILL at once, before `missed` is due.
+    host.crash();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let host = start(&dir).await;
+    // Missed while the host was down: it runs at once after the start.
+    let ended = host.wait_end(&missed).await;
+    assert_eq!(ended["status"], "exited", "{ended}");
+    let (_, record) = host.get(&format!("/api/tasks/{soon}")).await;
+    assert_eq!(record["status"], "scheduled", "{record}");
+    assert_eq!(record["priority"], 8, "{record}");
+    let ended = host.wait_end(&soon).await;
+    assert_eq!(ended["status"], "exited", "{ended}");
+    assert!(
+        time(&ended, "started_at") >= time(&ended, "run_at"),
+        "{ended}"
+    );
+    let (_, record) = host.get(&format!("/api/tasks/{far}")).await;
+    assert_eq!(record["status"], "scheduled", "{record}");
+    assert_eq!(host.metric("http_spawn_tasks_scheduled").await, Some(1.0));
+
+    // A retry survives too, with what it retries.
+    let (status, retried) = post(&host, &format!("/api/tasks/{missed}/retry"), json!(null)).await;
+    assert_eq!(status, 202, "{retried}");
+    let retry = retried["pid"].as_str().expect("a pid").to_owned();
+    host.wait_end(&retry).await;
+    let mut host = host;
+    host.stop();
+    let host = start(&dir).await;
+    let (_, record) = host.get(&format!("/api/tasks/{retry}")).await;
+    assert_eq!(record["retry_of"], missed.as_str(), "{record}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    // The far one waits still, and is killed at once.
+    let (status, killed) = host.kill(&far).await;
+    assert_eq!(status, 200, "{killed}");
+    assert_eq!(killed["status"], "killed", "{killed}");
+    assert!(tokio::time::Instant::now() < deadline);
+}
