@@ -201,6 +201,7 @@ impl EventBus {
                     version: &record.version,
                     duration: record.duration,
                     at: at(record.spawned_at),
+                    status: record.status,
                 };
                 one(record.pid, "spawned", json!(data))
             }
@@ -360,6 +361,8 @@ struct Spawned<'a> {
     version: &'a str,
     duration: u32,
     at: String,
+    /// `scheduled` for a task accepted to run later, else `spawned`.
+    status: crate::model::Status,
 }
 
 #[cfg(test)]

@@ -152,6 +152,37 @@ async function main() {
     const exit = page.locator(exitRow(answer.pid));
     assert.equal(await exit.getAttribute("data-status"), "killed");
     assert.match(await page.locator(testid("kill-result")).textContent(), /Killed/);
+
+    // Run again from its exit row: a new task, shown live, that names what it retries.
+    await exit.locator(testid("retry-button")).click();
+    const said = page.locator(`${testid("retry-result")}[data-kind="ok"]`);
+    await said.waitFor();
+    const retry = (await said.textContent()).match(/ as (\S+)$/)?.[1] ?? "";
+    assert.match(retry, PID);
+    await page.locator(runningRow(retry)).waitFor();
+    const record = await page.evaluate(async (pid) => (await fetch(`/api/tasks/${pid}`)).json(), retry);
+    assert.equal(record.retry_of, answer.pid);
+    assert.equal(record.name, "long-from-browser");
+    await page.evaluate(async (pid) => fetch(`/api/tasks/${pid}`, { method: "DELETE" }), retry);
+    await page.locator(runningRow(retry)).waitFor({ state: "detached" });
+
+    // Every failed task again, from the panel's button (none failed here: it says so).
+    await page.locator(testid("retry-failed")).click();
+    await page.waitForFunction(() =>
+      /^Retried \d+ failed/.test(document.querySelector('[data-testid="retry-result"]').textContent));
+  });
+
+  await check("a task scheduled to run later shows as scheduled, then runs", async () => {
+    const pid = await page.evaluate(async () => {
+      const res = await fetch("/api/tasks", {
+        method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name: "later-from-browser", duration: 0, delay: 2 }),
+      });
+      return (await res.json()).pid;
+    });
+    const row = page.locator(`${runningRow(pid)}[data-status="scheduled"]`);
+    await row.waitFor();
+    await page.locator(`${exitRow(pid)}[data-status="exited"]`).waitFor();
   });
 
   await check("the first task's exit row says exited with code 0", async () => {
