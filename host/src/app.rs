@@ -31,6 +31,8 @@ impl App {
     /// builds its router.
     pub fn build(config: &Config) -> anyhow::Result<Self> {
         let host = Host::start(config)?;
+        api::schedules::start(&host, RequestLimits::from_config(config), &config.schedules)
+            .context("starting the schedules")?;
         let router = api::router(
             Arc::clone(&host),
             RequestLimits::from_config(config),

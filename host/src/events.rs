@@ -209,7 +209,8 @@ impl EventBus {
             | Change::Prune { .. }
             | Change::Forward { .. }
             | Change::Module { .. }
-            | Change::Worker { .. } => Vec::new(),
+            | Change::Worker { .. }
+            | Change::Schedule(_) => Vec::new(),
             Change::Event(
                 pid,
                 TaskEvent::Restarting {

@@ -500,6 +500,9 @@ mod tests {
         fn submission(&self, pid: Pid) -> Result<Option<(TaskRecord, TaskSpec)>, StoreError> {
             self.inner.submission(pid)
         }
+        fn schedules(&self) -> Result<Vec<crate::store::StoredSchedule>, StoreError> {
+            self.inner.schedules()
+        }
     }
 
     /// Issue #20, item 6: an end published to an open event stream is built from the end

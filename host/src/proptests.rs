@@ -333,6 +333,7 @@ fn valid_request(
                     run_at: None,
                     priority: None,
                     retry_of: None,
+                    schedule: None,
                 };
                 (body, task)
             },

@@ -1220,7 +1220,8 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
             "DROP TABLE log_parts;
              ALTER TABLE tasks DROP COLUMN log_head, DROP COLUMN log_tail, DROP COLUMN result,
                 DROP COLUMN run_at, DROP COLUMN priority, DROP COLUMN retry_of_boot,
-                DROP COLUMN retry_of_seq;
+                DROP COLUMN retry_of_seq, DROP COLUMN schedule, DROP COLUMN schedule_tick;
+             DROP TABLE schedules;
              ALTER TABLE runs DROP COLUMN priority;
              CREATE INDEX runs_queue ON runs (spawned_at, boot, seq) WHERE owner IS NULL;
              CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
@@ -1370,4 +1371,78 @@ async fn scheduled_tasks_wait_in_the_store_the_queue_goes_by_priority_and_retrie
     assert_eq!(ended["outcome"], "deadline_exceeded", "{ended}");
     let (_, again) = post(&a, &format!("/api/tasks/{of}/retry"), json!(null)).await;
     assert_eq!(again["pid"], retry, "{again}");
+}
+
+/// The tasks schedule `name` created, oldest first, through `node`.
+async fn schedule_tasks(node: &Remote, name: &str) -> Vec<Value> {
+    let (status, page) = node
+        .get(&format!("/api/tasks?schedule={name}&limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let mut tasks = page["tasks"].as_array().expect("tasks").clone();
+    tasks.reverse();
+    tasks
+}
+
+/// Waits until schedule `name` has made `n` tasks, then checks that no tick made two.
+async fn ticks_once_each(node: &Remote, name: &str, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let tasks = schedule_tasks(node, name).await;
+        if tasks.len() >= n {
+            let mut ticks: Vec<&str> = tasks
+                .iter()
+                .map(|task| task["schedule_tick"].as_str().expect("a tick"))
+                .collect();
+            ticks.sort_unstable();
+            ticks.dedup();
+            assert_eq!(ticks.len(), tasks.len(), "a tick fired twice: {tasks:?}");
+            return tasks;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: {} of {n}",
+            tasks.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_host_runs_the_schedules_and_each_tick_fires_once_even_when_a_host_dies() {
+    let url = postgres::fresh_database("cron");
+    let file = r#"
+[schedules.pulse]
+cron = "*/2 * * * * *"
+task = { name = "pulse", duration = 0 }
+"#;
+    let mut a = Node::start_with(&url, "a", &[], file).await;
+    let b = Node::start_with(&url, "b", &[], file).await;
+    let c = Node::start_with(&url, "c", &[], file).await;
+    let (status, created) = post(
+        &b,
+        "/api/schedules",
+        json!({"name": "made", "cron": "* * * * * *", "overlap": "allow",
+            "task": {"name": "made", "duration": 0}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (_, shown) = a.get("/api/schedules/made").await;
+    assert_eq!(shown["cron"], "* * * * * *", "{shown}");
+    let made = ticks_once_each(&c, "made", 4).await;
+    // A pid starts with the id of the host that accepted it: the ticks go to whichever host
+    // saw them first.
+    let accepted_by: HashSet<&str> = made
+        .iter()
+        .filter_map(|task| task["pid"].as_str()?.split('-').next())
+        .collect();
+    assert!(!accepted_by.is_empty(), "{made:?}");
+    let before = ticks_once_each(&c, "pulse", 3).await.len();
+    a.crash();
+    ticks_once_each(&c, "pulse", before + 3).await;
+    ticks_once_each(&b, "made", made.len() + 4).await;
+    for task in schedule_tasks(&b, "made").await {
+        let ended = b.wait_end(task["pid"].as_str().expect("a pid")).await;
+        assert_exited_0(&ended);
+    }
 }

@@ -387,3 +387,282 @@ async fn a_scheduled_task_survives_a_sigkill_and_runs_at_its_time() {
     assert_eq!(killed["status"], "killed", "{killed}");
     assert!(tokio::time::Instant::now() < deadline);
 }
+
+/// The tasks schedule `name` created, oldest first.
+async fn ticked(remote: &common::Remote, name: &str) -> Vec<Value> {
+    let (status, page) = remote
+        .get(&format!("/api/tasks?schedule={name}&limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let mut tasks = page["tasks"].as_array().expect("tasks").clone();
+    tasks.reverse();
+    tasks
+}
+
+/// Waits until schedule `name` has created at least `n` tasks: them, oldest first.
+async fn wait_ticks(remote: &common::Remote, name: &str, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let tasks = ticked(remote, name).await;
+        if tasks.len() >= n {
+            return tasks;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} made {} of {n} tasks",
+            tasks.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each task names its schedule and a tick of its own, and started no sooner than it.
+fn assert_one_task_per_tick(name: &str, tasks: &[Value]) {
+    let mut ticks: Vec<SystemTime> = tasks
+        .iter()
+        .map(|task| {
+            assert_eq!(task["schedule"], name, "{task}");
+            time(task, "schedule_tick")
+        })
+        .collect();
+    let n = ticks.len();
+    ticks.sort();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "a tick fired twice: {tasks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_its_ticks_once_each_and_pauses_resumes_and_goes() {
+    let app = spawn_app("default", &[]).await;
+    let (status, created) = post(
+        &app,
+        "/api/schedules",
+        json!({"name": "every2", "cron": "*/2 * * * * *", "timezone": "Europe/Berlin",
+            "task": {"name": "tick", "duration": 0, "priority": 8}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["overlap"], "skip", "{created}");
+    assert_eq!(created["catch_up"], "latest", "{created}");
+    let next: Vec<SystemTime> = created["next"]
+        .as_array()
+        .expect("next")
+        .iter()
+        .map(|at| humantime::parse_rfc3339(at.as_str().expect("a time")).expect("RFC 3339"))
+        .collect();
+    assert_eq!(next.len(), 5, "{created}");
+    for pair in next.windows(2) {
+        assert_eq!(
+            pair[1].duration_since(pair[0]).ok(),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    let tasks = wait_ticks(&app, "every2", 3).await;
+    assert_one_task_per_tick("every2", &tasks);
+    for task in &tasks {
+        let ended = app.wait_end(task["pid"].as_str().expect("a pid")).await;
+        assert_eq!(ended["exit_code"], 0, "{ended}");
+        assert_eq!(ended["priority"], 8, "{ended}");
+        assert!(
+            time(&ended, "started_at") >= time(&ended, "schedule_tick"),
+            "{ended}"
+        );
+    }
+    let (_, shown) = app.get("/api/schedules/every2").await;
+    assert!(
+        shown["tasks"].as_array().is_some_and(|t| t.len() >= 3),
+        "{shown}"
+    );
+    assert!(shown["last_pid"].is_string(), "{shown}");
+    let (_, all) = app.get("/api/schedules").await;
+    assert_eq!(all["schedules"][0]["name"], "every2", "{all}");
+
+    // Paused: no tick fires, and none of those passed fires on resuming.
+    let (status, paused) = post(&app, "/api/schedules/every2/pause", json!(null)).await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["paused"], true, "{paused}");
+    assert_eq!(paused["next"], json!([]), "{paused}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = ticked(&app, "every2").await.len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        ticked(&app, "every2").await.len(),
+        before,
+        "fired while paused"
+    );
+    let (status, resumed) = post(&app, "/api/schedules/every2/resume", json!(null)).await;
+    assert_eq!(status, 200, "{resumed}");
+    let resumed_at = SystemTime::now();
+    let tasks = wait_ticks(&app, "every2", before + 1).await;
+    assert!(
+        time(&tasks[before], "schedule_tick") + Duration::from_millis(10) >= resumed_at,
+        "a tick passed while paused fired: {}",
+        tasks[before]
+    );
+
+    let answer = app
+        .client
+        .delete(app.url("/api/schedules/every2"))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(answer.status(), 204);
+    let (status, _) = app.get("/api/schedules/every2").await;
+    assert_eq!(status, 404);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gone = ticked(&app, "every2").await.len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        ticked(&app, "every2").await.len(),
+        gone,
+        "fired once removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_skip_waits_for_the_last_task_and_bad_schedules_are_refused() {
+    let app = spawn_app("default", &[]).await;
+    for (name, overlap) in [("skipping", "skip"), ("allowing", "allow")] {
+        let (status, created) = post(
+            &app,
+            "/api/schedules",
+            json!({"name": name, "cron": "* * * * * *", "overlap": overlap,
+                "task": {"name": name, "duration": 3}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+    }
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    for name in ["skipping", "allowing"] {
+        let (_, _) = app
+            .client
+            .post(app.url(&format!("/api/schedules/{name}/pause")))
+            .send()
+            .await
+            .map(|answer| (answer.status(), ()))
+            .expect("request sent");
+    }
+    let skipping = ticked(&app, "skipping").await;
+    let allowing = ticked(&app, "allowing").await;
+    assert_one_task_per_tick("skipping", &skipping);
+    assert_one_task_per_tick("allowing", &allowing);
+    // A 3-s task a second: skip lets one run at a time, allow one a tick.
+    assert!(
+        (1..=2).contains(&skipping.len()),
+        "{} tasks with overlap skip",
+        skipping.len()
+    );
+    assert!(
+        allowing.len() >= 3,
+        "{} tasks with overlap allow",
+        allowing.len()
+    );
+
+    let (status, answer) = post(
+        &app,
+        "/api/schedules",
+        json!({"name": "allowing", "cron": "* * * * *", "task": {"name": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    for (body, reason) in [
+        (json!({"cron": "* * * * *", "task": {"name": "x"}}), "name"),
+        (
+            json!({"name": "a b", "cron": "* * * * *", "task": {"name": "x"}}),
+            "name",
+        ),
+        (
+            json!({"name": "n", "task": {"name": "x"}}),
+            "cron is required",
+        ),
+        (
+            json!({"name": "n", "cron": "61 * * * *", "task": {"name": "x"}}),
+            "cron",
+        ),
+        (
+            json!({"name": "n", "cron": "every minute", "task": {"name": "x"}}),
+            "cron",
+        ),
+        (
+            json!({"name": "n", "cron": "* * * * *", "timezone": "Mars/Olympus", "task": {"name": "x"}}),
+            "timezone",
+        ),
+        (json!({"name": "n", "cron": "* * * * *"}), "task"),
+        (
+            json!({"name": "n", "cron": "* * * * *", "task": {"duration": 1}}),
+            "task: name",
+        ),
+        (
+            json!({"name": "n", "cron": "* * * * *", "task": {"name": "x", "worker": "nope"}}),
+            "task",
+        ),
+        (
+            json!({"name": "n", "cron": "* * * * *", "task": {"name": "x", "delay": 5}}),
+            "run_at or delay",
+        ),
+        (
+            json!({"name": "n", "cron": "* * * * *", "task": {"name": "x"}, "overlap": "queue"}),
+            "overlap",
+        ),
+        (
+            json!({"name": "n", "cron": "* * * * *", "task": {"name": "x"}, "catch_up": "all"}),
+            "catch_up",
+        ),
+        (json!([]), "object"),
+    ] {
+        let (status, answer) = post(&app, "/api/schedules", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(reason)),
+            "{body}: {answer}"
+        );
+    }
+    let (status, _) = app.get("/api/schedules/nope").await;
+    assert_eq!(status, 404);
+    let (status, _) = post(&app, "/api/schedules/nope/pause", json!(null)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_survive_a_sigkill_and_ticks_missed_meanwhile_catch_up_or_not() {
+    let dir = temp_dir("schedules-crash");
+    let mut host = start(&dir).await;
+    for (name, catch_up) in [("latest", "latest"), ("none", "none")] {
+        let (status, created) = post(
+            &host,
+            "/api/schedules",
+            json!({"name": name, "cron": "*/2 * * * * *", "catch_up": catch_up,
+                "task": {"name": name, "duration": 0}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+    }
+    wait_ticks(&host, "latest", 1).await;
+    host.crash();
+    let down = SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let host = start(&dir).await;
+    let up = SystemTime::now();
+    wait_ticks(&host, "latest", 3).await;
+    wait_ticks(&host, "none", 2).await;
+    let latest = ticked(&host, "latest").await;
+    let none = ticked(&host, "none").await;
+    assert_one_task_per_tick("latest", &latest);
+    assert_one_task_per_tick("none", &none);
+    let missed = |tasks: &[Value]| {
+        tasks
+            .iter()
+            .filter(|task| {
+                let tick = time(task, "schedule_tick");
+                tick > down + Duration::from_millis(10) && tick + Duration::from_millis(10) < up
+            })
+            .count()
+    };
+    // Two or three ticks passed while it was down: `latest` fired the last of them once,
+    // `none` none of them.
+    assert_eq!(missed(&latest), 1, "{latest:?}");
+    assert_eq!(missed(&none), 0, "{none:?}");
+    let (_, shown) = host.get("/api/schedules/latest").await;
+    assert_eq!(shown["catch_up"], "latest", "{shown}");
+}

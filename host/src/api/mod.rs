@@ -17,6 +17,7 @@ mod events;
 mod limits;
 mod observability;
 mod retry;
+pub mod schedules;
 mod session;
 mod tasks;
 mod wait;
@@ -173,6 +174,13 @@ fn api_routes(
         .routes(routes!(tasks::get_logs))
         .routes(routes!(retry::retry_task))
         .routes(routes!(retry::retry_tasks))
+        .routes(routes!(
+            schedules::create_schedule,
+            schedules::list_schedules
+        ))
+        .routes(routes!(schedules::get_schedule, schedules::delete_schedule))
+        .routes(routes!(schedules::pause_schedule))
+        .routes(routes!(schedules::resume_schedule))
         .routes(routes!(wait::task_result))
         .routes({
             let (schemas, paths, post) = routes!(actors::post_message);

@@ -380,6 +380,7 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         run_at,
         priority,
         retry_of: None,
+        schedule: None,
     })
 }
 
@@ -523,6 +524,8 @@ pub(super) struct ListParams {
     /// Only the tasks this task spawned, by its pid.
     #[param(example = "6f1c2a9e-1")]
     parent: Option<String>,
+    /// Only the tasks this schedule's ticks created.
+    schedule: Option<String>,
     /// Only tasks accepted before this one: the previous page's `next`, or a task's pid.
     #[param(min_length = 1)]
     before: Option<String>,
@@ -541,7 +544,7 @@ pub(super) async fn list_tasks(
 ) -> Result<Json<Page>, ApiError> {
     let Query(params) = params.map_err(|rejection| {
         ApiError::BadRequest(format!(
-            "{}; status is one of spawned, running, exited, failed, killed, limit is 1 to {MAX_PAGE}",
+            "{}; status is one of scheduled, spawned, running, exited, failed, killed, limit is 1 to {MAX_PAGE}",
             rejection.body_text()
         ))
     })?;
@@ -564,6 +567,7 @@ pub(super) async fn list_tasks(
                 name: params.name,
                 worker: params.worker,
                 parent,
+                schedule: params.schedule,
                 before,
                 limit,
             })
@@ -734,6 +738,7 @@ mod tests {
                 run_at: None,
                 priority: None,
                 retry_of: None,
+                schedule: None,
             })
         );
         assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));

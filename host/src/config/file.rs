@@ -1,5 +1,5 @@
-//! The registry file (`--config http-spawn.toml`): `[server]` settings and `[workers.<name>]`
-//! tables, read strictly, with every error naming its line.
+//! The registry file (`--config http-spawn.toml`): `[server]` settings, `[workers.<name>]` and
+//! `[schedules.<name>]` tables, read strictly, with every error naming its line.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +21,10 @@ pub(super) struct RegistryFile {
     pub(super) server: ServerFile,
     #[serde(default)]
     pub(super) workers: BTreeMap<WorkerName, WorkerFile>,
+    /// `[schedules.<name>]`: checked when the host starts, as `POST /api/schedules` checks
+    /// its body.
+    #[serde(default)]
+    pub(super) schedules: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]

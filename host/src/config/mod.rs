@@ -471,6 +471,10 @@ pub struct Config {
     /// The named workers, resolved from the file and the flags by [`Config::from_args`].
     #[arg(skip)]
     pub workers: Vec<WorkerConfig>,
+
+    /// The registry file's schedules, each as JSON (`{cron, timezone, task, ...}`), by name.
+    #[arg(skip)]
+    pub schedules: Vec<(String, serde_json::Value)>,
 }
 
 /// How log lines are written.
@@ -637,6 +641,14 @@ impl Config {
             None => (PathBuf::new(), RegistryFile::default()),
         };
         let server = file.server;
+        self.schedules = file
+            .schedules
+            .into_iter()
+            .map(|(name, table)| {
+                let json = serde_json::to_value(&table).unwrap_or(serde_json::Value::Null);
+                (name, json)
+            })
+            .collect();
         macro_rules! from_file {
             ($field:ident, $id:literal) => {
                 if let Some(value) = server.$field

@@ -318,6 +318,7 @@ impl Host {
             run_at: None,
             priority: None,
             retry_of: None,
+            schedule: None,
         };
         // Not waited for: the child starts once its acceptance is recorded, and a crash
         // before that loses the child with its parent's step, which runs again.

@@ -118,6 +118,13 @@ impl Host {
         self.admit(task, worker, key, in_flight, None)
     }
 
+    /// Whether the host would take `task` as its worker's limits stand now (its worker known,
+    /// its duration and deadline within them), accepting nothing: a schedule's task is
+    /// checked when the schedule is created.
+    pub fn check_task(&self, task: &NewTask) -> Result<(), SpawnError> {
+        self.check(task).map(drop)
+    }
+
     /// What comes before a submission's key is looked up: the task checked against its
     /// worker's limits (the worker returned), and its key dated and held. Held before the
     /// store is asked: a first request commits its key before it lets go, so a repeat after
@@ -188,6 +195,7 @@ impl Host {
             run_at,
             priority,
             retry_of,
+            schedule,
             ..
         } = task;
         let now = SystemTime::now();
@@ -244,6 +252,10 @@ impl Host {
         record.parent = parent;
         record.priority = spec.priority;
         record.retry_of = retry_of;
+        if let Some((name, tick)) = schedule {
+            record.schedule = Some(name);
+            record.schedule_tick = Some(tick);
+        }
         record.run_at = run_at;
         let mut ready_at = Instant::now();
         if let Some(at) = run_at {

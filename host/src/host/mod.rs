@@ -697,6 +697,12 @@ impl Host {
         Ok(record.map(|record| self.with_actor(record)))
     }
 
+    /// A task's record as the store holds it, waiting on this thread: outside an async
+    /// runtime (the schedules' thread).
+    pub fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
+        self.store.get(pid)
+    }
+
     /// A task's captured log, if the store still holds the task; waiting as
     /// [`Host::list_async`] does.
     pub async fn logs_async(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {

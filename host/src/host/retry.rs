@@ -1,4 +1,5 @@
-//! Retrying ended tasks: a new task from an ended task's stored submission.
+//! Retrying ended tasks: a new task from an ended task's stored submission; and the store's
+//! schedules, whose ticks submit tasks as a client would (see `api::schedules`).
 //!
 //! A retry is a new task, with a pid of its own and `retry_of` naming the task it runs again:
 //! the same name, worker, duration, payload, deadline, restart policy, loss policy and
@@ -16,7 +17,9 @@ use std::time::SystemTime;
 use super::{Accepting, Host, SpawnError};
 use crate::model::{NewTask, Pid, RestartPolicy, Status, TaskRecord, TaskSpec};
 use crate::runtime::Digest;
-use crate::store::{IdempotencyKey, ListQuery, StoreError, blocking};
+use crate::store::{
+    Change, IdempotencyKey, ListQuery, ScheduleChange, StoreError, StoredSchedule, blocking,
+};
 
 /// Why a task could not be retried.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,18 @@ pub const MAX_BULK_RETRY: usize = 10_000;
 const PAGE: usize = 500;
 
 impl Host {
+    /// Every schedule, as the store holds them.
+    pub fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
+        let store = &self.store;
+        blocking(|| store.schedules())
+    }
+
+    /// Writes a schedule's change, and waits until it is written.
+    pub fn change_schedule(&self, change: ScheduleChange) -> Result<(), StoreError> {
+        let store = &self.store;
+        blocking(|| store.wait(vec![Change::Schedule(change)]))
+    }
+
     /// Starts a new task from ended task `pid`'s stored submission (see the module's comment);
     /// the new task's acceptance, to be waited for as a submission's is.
     pub async fn retry(&self, pid: Pid) -> Result<Accepting, RetryError> {
@@ -89,6 +104,7 @@ impl Host {
             name: filter.name.clone(),
             worker: filter.worker.clone(),
             parent: None,
+            schedule: None,
             before: None,
             limit: PAGE,
         };
@@ -144,5 +160,6 @@ fn resubmission(record: TaskRecord, spec: TaskSpec) -> NewTask {
         run_at: None,
         priority: Some(spec.priority),
         retry_of: Some(record.pid),
+        schedule: None,
     }
 }

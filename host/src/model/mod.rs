@@ -6,6 +6,7 @@ mod json;
 mod log;
 mod pid;
 mod record;
+pub mod schedule;
 mod task;
 mod text;
 pub(crate) mod time;

@@ -137,6 +137,12 @@ pub struct TaskRecord {
     /// The ended task this one runs again, if it is a retry (`POST /api/tasks/{pid}/retry`).
     #[schema(value_type = Option<String>, example = "6f1c2a9e-1")]
     pub retry_of: Option<Pid>,
+    /// The schedule whose tick created it, if one did.
+    pub schedule: Option<String>,
+    /// That tick: when the schedule fired.
+    #[serde(serialize_with = "time::rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub schedule_tick: Option<SystemTime>,
     #[serde(serialize_with = "time::rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<SystemTime>,
@@ -195,6 +201,8 @@ impl TaskRecord {
             run_at: None,
             priority: super::task::DEFAULT_PRIORITY,
             retry_of: None,
+            schedule: None,
+            schedule_tick: None,
             started_at: None,
             ended_at: None,
             fuel_consumed: 0,

@@ -27,6 +27,8 @@ pub struct NewTask {
     pub priority: Option<u8>,
     /// The ended task this one runs again (`POST /api/tasks/{pid}/retry`).
     pub retry_of: Option<Pid>,
+    /// The schedule, and its tick, that created it.
+    pub schedule: Option<(String, std::time::SystemTime)>,
 }
 
 /// What a task needs, beyond its record, to run again after the host was lost: kept by a

@@ -26,13 +26,8 @@ pub fn rfc3339_opt<S: Serializer>(
 }
 
 /// An RFC 3339 date and time with any offset (`2026-12-24T18:00:00Z`,
-/// `2026-12-24T19:00:00+01:00`), as a system time; none if it is not one. Times before 1970
-/// read as 1970.
+/// `2026-12-24T19:00:00+01:00`), as a system time; none if it is not one.
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let at = text.parse::<jiff::Timestamp>().ok()?;
-    let Ok(secs) = u64::try_from(at.as_second()) else {
-        return Some(std::time::UNIX_EPOCH);
-    };
-    let nanos = u32::try_from(at.subsec_nanosecond()).unwrap_or(0);
-    std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
+    Some(SystemTime::from(at))
 }

@@ -445,10 +445,12 @@ pub(super) fn cost_bytes(change: &Change) -> usize {
             ..
         } => notice.error.as_ref().map_or(0, String::len),
         Change::Module { bytes, .. } => bytes.len(),
+        Change::Schedule(super::ScheduleChange::Put(schedule)) => schedule.definition.len(),
         Change::Event(..)
         | Change::Prune { .. }
         | Change::Forward { .. }
-        | Change::Worker { .. } => 0,
+        | Change::Worker { .. }
+        | Change::Schedule(_) => 0,
     };
     text + CHANGE_OVERHEAD_BYTES
 }

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use super::{Change, Cursor, Done, ListQuery, Page, Remembered, Store, StoreError, StoreStats};
+use super::{
+    Change, Cursor, Done, ListQuery, Page, Remembered, ScheduleChange, Store, StoreError,
+    StoreStats, StoredSchedule,
+};
 use crate::model::{Pid, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
 
 /// Shards spread the scheduler threads' updates over several locks.
@@ -45,6 +48,8 @@ pub struct MemoryStore {
     keys: Mutex<HashMap<String, Remembered>>,
     /// Batches written, each in place.
     batches: AtomicU64,
+    /// The schedules, by name.
+    schedules: Mutex<std::collections::BTreeMap<String, StoredSchedule>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -62,6 +67,7 @@ impl MemoryStore {
             max_history,
             keys: Mutex::new(HashMap::new()),
             batches: AtomicU64::new(0),
+            schedules: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -97,7 +103,42 @@ impl MemoryStore {
                 }
                 // Nothing outlives the process here, so there is nothing to keep them for; and
                 // no other host to forward to.
+                Change::Schedule(change) => self.schedule(change),
                 Change::Module { .. } | Change::Worker { .. } | Change::Forward { .. } => {}
+            }
+        }
+    }
+
+    fn schedule(&self, change: ScheduleChange) {
+        let mut schedules = lock(&self.schedules);
+        match change {
+            ScheduleChange::Put(schedule) => {
+                let kept = schedules
+                    .get(&schedule.name)
+                    .map(|old| (old.last_tick, old.last_pid));
+                let mut schedule = *schedule;
+                if let Some((last_tick, last_pid)) = kept {
+                    schedule.last_tick = schedule.last_tick.max(last_tick);
+                    schedule.last_pid = last_pid;
+                }
+                schedules.insert(schedule.name.clone(), schedule);
+            }
+            ScheduleChange::Delete(name) => {
+                schedules.remove(&name);
+            }
+            ScheduleChange::Pause { name, paused, from } => {
+                if let Some(schedule) = schedules.get_mut(&name) {
+                    schedule.paused = paused;
+                    schedule.last_tick = schedule.last_tick.max(from);
+                }
+            }
+            ScheduleChange::Ticked { name, tick, pid } => {
+                if let Some(schedule) = schedules.get_mut(&name)
+                    && schedule.last_tick.is_none_or(|last| last < tick)
+                {
+                    schedule.last_tick = Some(tick);
+                    schedule.last_pid = pid.or(schedule.last_pid);
+                }
             }
         }
     }
@@ -207,6 +248,10 @@ impl Store for MemoryStore {
             batches,
             ..StoreStats::default()
         }
+    }
+
+    fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
+        Ok(lock(&self.schedules).values().cloned().collect())
     }
 
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {

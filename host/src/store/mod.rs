@@ -66,6 +66,46 @@ pub enum Change {
         name: String,
         versions: WorkerVersions,
     },
+    /// A schedule created, changed, removed or ticked.
+    Schedule(ScheduleChange),
+}
+
+/// What happens to a schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleChange {
+    /// Created, or its definition replaced (its ticks so far kept).
+    Put(Box<StoredSchedule>),
+    /// Removed; the tasks it created stay.
+    Delete(String),
+    /// Paused or resumed. Resuming also passes over the ticks missed while paused: `from` is
+    /// its last tick then.
+    Pause {
+        name: String,
+        paused: bool,
+        from: Option<SystemTime>,
+    },
+    /// Tick `tick` was handled: it created task `pid`, or (none) it was skipped. A tick
+    /// earlier than the last one handled changes nothing (another host of a cluster was first).
+    Ticked {
+        name: String,
+        tick: SystemTime,
+        pid: Option<Pid>,
+    },
+}
+
+/// A schedule as the store keeps it: its definition as JSON text, which the store does not
+/// read, and where its ticks stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSchedule {
+    pub name: String,
+    /// `{cron, timezone, task, overlap, catch_up}`.
+    pub definition: String,
+    pub paused: bool,
+    pub created_at: SystemTime,
+    /// The latest tick handled (fired or skipped).
+    pub last_tick: Option<SystemTime>,
+    /// The task the latest tick that fired created.
+    pub last_pid: Option<Pid>,
 }
 
 impl Change {
@@ -293,6 +333,8 @@ pub struct ListQuery {
     pub worker: Option<String>,
     /// Only the tasks this task spawned.
     pub parent: Option<Pid>,
+    /// Only the tasks this schedule's ticks created.
+    pub schedule: Option<String>,
     /// Only tasks accepted before this place (the previous page's `next`).
     pub before: Option<Cursor>,
     pub limit: usize,
@@ -310,6 +352,10 @@ impl ListQuery {
             && self
                 .parent
                 .is_none_or(|parent| record.parent == Some(parent))
+            && self
+                .schedule
+                .as_deref()
+                .is_none_or(|schedule| record.schedule.as_deref() == Some(schedule))
     }
 }
 
@@ -391,6 +437,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// if the store still holds it: what a retry runs again. The memory store keeps no
     /// module digest (a retry runs its worker's current version).
     fn submission(&self, pid: Pid) -> Result<Option<(TaskRecord, TaskSpec)>, StoreError>;
+
+    /// Every schedule, by name.
+    fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError>;
 
     /// The tasks accepted and not ended, in the order they were accepted, with what each
     /// needs to run again: what a host finds at start after it was lost.

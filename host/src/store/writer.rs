@@ -506,6 +506,7 @@ impl<'a, B: Backend> Writer<'a, B> {
             }
             Change::Module { .. }
             | Change::Worker { .. }
+            | Change::Schedule(_)
             | Change::Prune { .. }
             | Change::Forward {
                 what: Forward::Message { .. } | Forward::Kill(_),

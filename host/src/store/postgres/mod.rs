@@ -33,7 +33,7 @@ pub use target::shown_unread;
 use super::columns::{attempts_of, lines_of, status_of, time};
 use super::{
     Change, Cursor, Done, ListQuery, Page, Reading, Remembered, Store, StoreError, StoreStats,
-    StoredVersion, WorkerVersions,
+    StoredSchedule, StoredVersion, WorkerVersions,
 };
 use crate::model::{JsonText, LogLine, OnHostLoss, Outcome, Pid, TaskLogs, TaskRecord, TaskSpec};
 use target::Target;
@@ -463,6 +463,9 @@ async fn read_page(
         arg(&mut sql, " AND parent_boot = ?", Box::new(boot));
         arg(&mut sql, " AND parent_seq = ?", Box::new(seq));
     }
+    if let Some(schedule) = query.schedule.clone() {
+        arg(&mut sql, " AND schedule = ?", Box::new(schedule));
+    }
     if let Some(before) = query.before {
         let (boot, seq) = key(before.pid);
         arg(
@@ -566,10 +569,10 @@ const RECORD_COLUMNS: &str = "boot, seq, spawned_at, name, worker, version, stat
     step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts::text,
     logs_dropped_bytes, parent_boot, parent_seq,
     (SELECT owner FROM runs r WHERE r.boot = tasks.boot AND r.seq = tasks.seq), result,
-    run_at, priority, retry_of_boot, retry_of_seq";
+    run_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick";
 
 /// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
-const RECORD_COLUMN_COUNT: usize = 27;
+const RECORD_COLUMN_COUNT: usize = 29;
 
 fn record_of(row: &Row) -> Result<TaskRecord, StoreError> {
     let pid = pid_of(column(row, 0)?, column(row, 1)?);
@@ -617,6 +620,8 @@ fn record_of(row: &Row) -> Result<TaskRecord, StoreError> {
         (Some(boot), Some(seq)) => Some(pid_of(boot, seq)),
         _ => None,
     };
+    record.schedule = column(row, 27)?;
+    record.schedule_tick = column::<Option<i64>>(row, 28)?.map(time);
     Ok(record)
 }
 
@@ -667,6 +672,37 @@ impl Store for PgStore {
 
     fn logs(&self, pid: Pid) -> Result<Option<TaskLogs>, StoreError> {
         self.query(move |client| read_logs(client, pid))
+    }
+
+    fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.query(move |client| async move {
+            let statement = client
+                .prepare_cached(
+                    "SELECT name, definition, paused, created_at, last_tick, last_boot, last_seq
+                     FROM schedules ORDER BY name",
+                )
+                .await
+                .map_err(unavailable)?;
+            let rows = client.query(&statement, &[]).await.map_err(unavailable)?;
+            rows.iter()
+                .map(|row| {
+                    Ok(StoredSchedule {
+                        name: column(row, 0)?,
+                        definition: column(row, 1)?,
+                        paused: column(row, 2)?,
+                        created_at: time(column(row, 3)?),
+                        last_tick: column::<Option<i64>>(row, 4)?.map(time),
+                        last_pid: match (
+                            column::<Option<i32>>(row, 5)?,
+                            column::<Option<i64>>(row, 6)?,
+                        ) {
+                            (Some(boot), Some(seq)) => Some(pid_of(boot, seq)),
+                            _ => None,
+                        },
+                    })
+                })
+                .collect()
+        })
     }
 
     fn submission(&self, pid: Pid) -> Result<Option<(TaskRecord, TaskSpec)>, StoreError> {

@@ -27,7 +27,7 @@ use tokio_postgres::{Client, Statement};
 use super::super::backlog::Chunk;
 use super::super::columns::{append_lines, attempt_json, nanos};
 use super::super::writer::Outcome;
-use super::super::{Change, Forward, StoreError};
+use super::super::{Change, Forward, ScheduleChange, StoreError};
 use super::key;
 use crate::model::{Pid, TaskEvent};
 
@@ -120,6 +120,8 @@ struct Accepts {
     priorities: Vec<i16>,
     retry_boots: Vec<Option<i32>>,
     retry_seqs: Vec<Option<i64>>,
+    schedules: Vec<Option<String>>,
+    schedule_ticks: Vec<Option<i64>>,
 }
 
 /// Starts gathered into one statement, until a later change of one of their tasks must
@@ -328,6 +330,8 @@ impl<'a> Plan<'a> {
                 Box::new(a.priorities),
                 Box::new(a.retry_boots),
                 Box::new(a.retry_seqs),
+                Box::new(a.schedules),
+                Box::new(a.schedule_ticks),
             ],
             Check::Nothing,
         );
@@ -439,6 +443,8 @@ impl<'a> Plan<'a> {
                     a.priorities.push(i16::from(spec.priority));
                     a.retry_boots.push(retry_of.map(|(boot, _)| boot));
                     a.retry_seqs.push(retry_of.map(|(_, seq)| seq));
+                    a.schedules.push(record.schedule.clone());
+                    a.schedule_ticks.push(record.schedule_tick.map(nanos));
                     return;
                 };
                 let mut params: Vec<Param> = vec![
@@ -469,6 +475,8 @@ impl<'a> Plan<'a> {
                 params.push(Box::new(i16::from(spec.priority)));
                 params.push(Box::new(retry_of.map(|(boot, _)| boot)));
                 params.push(Box::new(retry_of.map(|(_, seq)| seq)));
+                params.push(Box::new(record.schedule.clone()));
+                params.push(Box::new(record.schedule_tick.map(nanos)));
                 let statement = s.accept_keyed.clone();
                 self.push_head(&statement, params, Check::Keyed(pending));
             }
@@ -549,6 +557,7 @@ impl<'a> Plan<'a> {
                     Check::Nothing,
                 );
             }
+            Change::Schedule(change) => self.add_schedule(change),
             Change::Module { sha256, bytes } => self.push(
                 &s.module,
                 vec![Box::new(sha256.clone()), Box::new(bytes.clone())],
@@ -572,6 +581,44 @@ impl<'a> Plan<'a> {
                 );
             }
         }
+    }
+
+    fn add_schedule(&mut self, change: &ScheduleChange) {
+        let s = self.statements;
+        let (statement, params): (&Statement, Vec<Param>) = match change {
+            ScheduleChange::Put(schedule) => (
+                &s.schedule_put,
+                vec![
+                    Box::new(schedule.name.clone()),
+                    Box::new(schedule.definition.clone()),
+                    Box::new(schedule.paused),
+                    Box::new(nanos(schedule.created_at)),
+                    Box::new(schedule.last_tick.map(nanos)),
+                ],
+            ),
+            ScheduleChange::Delete(name) => (&s.schedule_delete, vec![Box::new(name.clone())]),
+            ScheduleChange::Pause { name, paused, from } => (
+                &s.schedule_pause,
+                vec![
+                    Box::new(name.clone()),
+                    Box::new(*paused),
+                    Box::new(from.map(nanos)),
+                ],
+            ),
+            ScheduleChange::Ticked { name, tick, pid } => {
+                let pid = pid.map(key);
+                (
+                    &s.schedule_ticked,
+                    vec![
+                        Box::new(name.clone()),
+                        Box::new(nanos(*tick)),
+                        Box::new(pid.map(|(boot, _)| boot)),
+                        Box::new(pid.map(|(_, seq)| seq)),
+                    ],
+                )
+            }
+        };
+        self.push(statement, params, Check::Nothing);
     }
 
     fn add_event(&mut self, pending: usize, pid: Pid, event: &TaskEvent) {
@@ -794,6 +841,10 @@ pub(super) struct Statements {
     prune_keys: Statement,
     module: Statement,
     worker: Statement,
+    schedule_put: Statement,
+    schedule_delete: Statement,
+    schedule_pause: Statement,
+    schedule_ticked: Statement,
 }
 
 impl Statements {
@@ -806,20 +857,21 @@ impl Statements {
                         $5::text[], $6::text[], $7::text[], $8::integer[], $9::text[],
                         $10::integer[], $11::integer[], $12::text[], $13::text[], $14::integer[],
                         $15::integer[], $16::bigint[], $17::integer[], $18::bigint[],
-                        $19::smallint[], $20::integer[], $21::bigint[])
+                        $19::smallint[], $20::integer[], $21::bigint[], $22::text[],
+                        $23::bigint[])
                     AS v(boot, seq, spawned_at, name, worker, version, module_sha256, duration,
                         payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
                         parent_boot, parent_seq, owner, run_at, priority, retry_of_boot,
-                        retry_of_seq)),
+                        retry_of_seq, schedule, schedule_tick)),
                  task AS (
                     INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
                         module_sha256, duration, payload, deadline_secs, max_attempts,
                         on_host_loss, status, attempt, parent_boot, parent_seq, run_at,
-                        ready_at, priority, retry_of_boot, retry_of_seq)
+                        ready_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick)
                     SELECT boot, seq, spawned_at, name, worker, version, module_sha256, duration,
                         payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
                         parent_boot, parent_seq, run_at, run_at, priority, retry_of_boot,
-                        retry_of_seq
+                        retry_of_seq, schedule, schedule_tick
                     FROM v)
                  INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority)
                  SELECT boot, seq, owner, attempt, spawned_at, run_at, priority FROM v",
@@ -839,11 +891,12 @@ impl Statements {
                     INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
                         module_sha256, duration, payload, deadline_secs, max_attempts,
                         on_host_loss, status, attempt, parent_boot, parent_seq, run_at,
-                        ready_at, priority, retry_of_boot, retry_of_seq)
+                        ready_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick)
                     SELECT $1::integer, $2::bigint, $3::bigint, $4::text, $5::text, $6::text,
                         $7::text, $8::integer, $9::text, $10::integer, $11::integer, $12::text,
                         $13::text, $14::integer, $15::integer, $16::bigint, $21::bigint,
-                        $21::bigint, $22::smallint, $23::integer, $24::bigint
+                        $21::bigint, $22::smallint, $23::integer, $24::bigint, $25::text,
+                        $26::bigint
                     WHERE EXISTS (SELECT 1 FROM key)
                     RETURNING boot, seq, spawned_at, attempt, ready_at, priority)
                  INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority)
@@ -1068,6 +1121,32 @@ impl Statements {
                     file_sha256 = EXCLUDED.file_sha256",
             )
             .await?;
+        let schedule_put = client
+            .prepare(
+                "INSERT INTO schedules (name, definition, paused, created_at, last_tick)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (name) DO UPDATE SET definition = EXCLUDED.definition,
+                    paused = EXCLUDED.paused",
+            )
+            .await?;
+        let schedule_delete = client
+            .prepare("DELETE FROM schedules WHERE name = $1")
+            .await?;
+        let schedule_pause = client
+            .prepare(
+                "UPDATE schedules SET paused = $2,
+                    last_tick = GREATEST(last_tick, $3::bigint)
+                 WHERE name = $1",
+            )
+            .await?;
+        // Of two hosts that handled one tick, the first to write it is kept.
+        let schedule_ticked = client
+            .prepare(
+                "UPDATE schedules SET last_tick = $2,
+                    last_boot = COALESCE($3, last_boot), last_seq = COALESCE($4, last_seq)
+                 WHERE name = $1 AND (last_tick IS NULL OR last_tick < $2)",
+            )
+            .await?;
         Ok(Self {
             xid,
             accept,
@@ -1085,6 +1164,10 @@ impl Statements {
             prune_keys,
             module,
             worker,
+            schedule_put,
+            schedule_delete,
+            schedule_pause,
+            schedule_ticked,
         })
     }
 }

@@ -174,10 +174,21 @@ CREATE INDEX log_parts_by_task ON log_parts (boot, seq, id);
     // parse and rewrite it at every write); `NULL` when it returned nothing.
     "ALTER TABLE tasks ADD COLUMN result TEXT;",
     // 5 (issue #25): when a task accepted to run later may start, its priority (also in
-    // `runs`, where the shared queue is taken highest first) and the task it retries.
+    // `runs`, where the shared queue is taken highest first), the task it retries, and the
+    // schedule and tick that created it; the schedules.
     "
 ALTER TABLE tasks ADD COLUMN run_at BIGINT, ADD COLUMN priority SMALLINT NOT NULL DEFAULT 5,
-    ADD COLUMN retry_of_boot INTEGER, ADD COLUMN retry_of_seq BIGINT;
+    ADD COLUMN retry_of_boot INTEGER, ADD COLUMN retry_of_seq BIGINT, ADD COLUMN schedule TEXT,
+    ADD COLUMN schedule_tick BIGINT;
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    paused BOOLEAN NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_tick BIGINT,
+    last_boot INTEGER,
+    last_seq BIGINT
+);
 ALTER TABLE runs ADD COLUMN priority SMALLINT NOT NULL DEFAULT 5;
 DROP INDEX IF EXISTS runs_queue;
 CREATE INDEX runs_queue ON runs (priority DESC, spawned_at, boot, seq) WHERE owner IS NULL;

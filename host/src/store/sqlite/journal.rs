@@ -46,7 +46,8 @@ const ENDED: u8 = 5;
 /// journal written before results existed reads as it did.
 const RETURNED: u8 = 6;
 /// An image of a task with more than the image's fields (issue #25): when it may start, its
-/// priority and the task it retries, then `IMAGE`'s body. Written only for a task that has
+/// priority, the task it retries and the schedule and tick that created it, then `IMAGE`'s
+/// body. Written only for a task that has
 /// one of them, so a journal written before them reads as it did.
 const IMAGE_SCHEDULED: u8 = 7;
 
@@ -188,13 +189,19 @@ pub(super) fn put(out: &mut Vec<u8>, image: &Image, lines: &[u8]) {
 
 /// Appends the image of a task as `record` and `spec` hold it, with `lines`.
 pub(super) fn put_accepted(out: &mut Vec<u8>, record: &TaskRecord, spec: &TaskSpec, lines: &[u8]) {
-    if record.run_at.is_none() && record.retry_of.is_none() && spec.priority == DEFAULT_PRIORITY {
+    if record.run_at.is_none()
+        && record.retry_of.is_none()
+        && record.schedule.is_none()
+        && spec.priority == DEFAULT_PRIORITY
+    {
         out.push(IMAGE);
     } else {
         out.push(IMAGE_SCHEDULED);
         put_opt(out, record.run_at, put_time);
         out.push(spec.priority);
         put_opt(out, record.retry_of, put_pid);
+        put_opt(out, record.schedule.as_deref(), put_str);
+        put_opt(out, record.schedule_tick, put_time);
     }
     put_image(out, record, spec, lines);
 }
@@ -343,11 +350,15 @@ impl<'a> Take<'a> {
             let run_at = self.opt(Self::time)?;
             let [priority] = self.array::<1>()?;
             let retry_of = self.opt(Self::pid)?;
+            let schedule = self.opt(Self::string)?;
+            let schedule_tick = self.opt(Self::time)?;
             let mut entry = self.image()?;
             if let Entry::Image { image, .. } = &mut entry {
                 image.record.run_at = run_at;
                 image.record.priority = priority;
                 image.record.retry_of = retry_of;
+                image.record.schedule = schedule;
+                image.record.schedule_tick = schedule_tick;
                 image.spec.priority = priority;
             }
             return Ok(entry);

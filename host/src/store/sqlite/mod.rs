@@ -37,7 +37,7 @@ use super::teller::Flush;
 use super::writer::{Writer, WriterStats};
 use super::{
     Change, Cursor, Done, ListQuery, Page, Reading, Remembered, Store, StoreError, StoreStats,
-    StoredVersion, WorkerVersions,
+    StoredSchedule, StoredVersion, WorkerVersions,
 };
 use crate::model::{Pid, TaskLogs, TaskRecord, TaskSpec};
 use kept::Kept;
@@ -392,6 +392,9 @@ impl SqliteStore {
             let (boot, seq) = key(parent);
             arg(&mut sql, " AND parent_boot = ?", boot.into());
             arg(&mut sql, " AND parent_seq = ?", seq.into());
+        }
+        if let Some(schedule) = &query.schedule {
+            arg(&mut sql, " AND schedule = ?", schedule.clone().into());
         }
         if let Some(before) = query.before {
             let (boot, seq) = key(before.pid);
@@ -772,6 +775,30 @@ impl Store for SqliteStore {
                     |row| row.get(0),
                 )
                 .optional()
+        })
+        .map_err(unavailable)
+    }
+
+    fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
+        self.read(|reader| {
+            let mut statement = reader.prepare_cached(
+                "SELECT name, definition, paused, created_at, last_tick, last_boot, last_seq
+                 FROM schedules ORDER BY name",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(StoredSchedule {
+                    name: row.get(0)?,
+                    definition: row.get(1)?,
+                    paused: row.get(2)?,
+                    created_at: time(row.get(3)?),
+                    last_tick: row.get::<_, Option<i64>>(4)?.map(time),
+                    last_pid: match (row.get::<_, Option<i64>>(5)?, row.get::<_, Option<i64>>(6)?) {
+                        (Some(boot), Some(seq)) => Some(Pid::new(boot as u32, seq as u64)),
+                        _ => None,
+                    },
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(unavailable)
     }

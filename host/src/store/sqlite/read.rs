@@ -9,10 +9,10 @@ pub(super) const RECORD_COLUMNS: &str =
     "boot, seq, spawned_at, name, worker, version, status, duration,
     step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts,
     logs_dropped_bytes, parent_boot, parent_seq, result, run_at, priority, retry_of_boot,
-    retry_of_seq";
+    retry_of_seq, schedule, schedule_tick";
 
 /// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
-pub(super) const RECORD_COLUMN_COUNT: usize = 26;
+pub(super) const RECORD_COLUMN_COUNT: usize = 28;
 
 /// What a task needs to run again, as [`spec_of`] reads it.
 pub(super) const SPEC_COLUMNS: &str =
@@ -63,6 +63,8 @@ pub(super) fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         (Some(boot), Some(seq)) => Some(Pid::new(boot as u32, seq as u64)),
         _ => None,
     };
+    record.schedule = row.get(26)?;
+    record.schedule_tick = row.get::<_, Option<i64>>(27)?.map(time);
     Ok(record)
 }
 

@@ -116,8 +116,9 @@ ALTER TABLE tasks ADD COLUMN journal_seq INTEGER;
     // 5 (issue #24): what a task returned, JSON text; `NULL` when it returned nothing, as
     // every task before did.
     |tx| tx.execute_batch("ALTER TABLE tasks ADD COLUMN result TEXT;"),
-    // 6 (issue #25): when a task accepted to run later may start, its priority, and the task
-    // it retries; none, 5 and none for every task before.
+    // 6 (issue #25): when a task accepted to run later may start, its priority, the task it
+    // retries, and the schedule and tick that created it (none, 5, none and none for every
+    // task before); the schedules.
     |tx| {
         tx.execute_batch(
             "
@@ -125,6 +126,17 @@ ALTER TABLE tasks ADD COLUMN run_at INTEGER;
 ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
 ALTER TABLE tasks ADD COLUMN retry_of_boot INTEGER;
 ALTER TABLE tasks ADD COLUMN retry_of_seq INTEGER;
+ALTER TABLE tasks ADD COLUMN schedule TEXT;
+ALTER TABLE tasks ADD COLUMN schedule_tick INTEGER;
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    paused INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_tick INTEGER,
+    last_boot INTEGER,
+    last_seq INTEGER
+);
 ",
         )
     },

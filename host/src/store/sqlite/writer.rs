@@ -28,7 +28,7 @@ use super::super::backlog::Chunk;
 use super::super::columns::{attempts_json, nanos};
 use super::super::teller::Flush;
 use super::super::writer::{Backend, Failure, Fault, Outcome};
-use super::super::{Change, IdempotencyKey};
+use super::super::{Change, IdempotencyKey, ScheduleChange};
 use super::journal::{self, Entry, Image};
 use super::key;
 use super::read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, SPEC_COLUMNS, record_of, spec_of};
@@ -333,11 +333,61 @@ fn write_other(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Res
                 versions.file_sha256,
             ])?;
         }
+        Change::Schedule(change) => write_schedule(tx, change)?,
         // One host, no other to forward to: a forward is never made for this store. Tasks'
         // changes are journaled by `commit`.
         Change::Forward { .. } | Change::Accepted { .. } | Change::Event(..) => {}
     }
     Ok(false)
+}
+
+/// A schedule's change: see [`ScheduleChange`].
+fn write_schedule(tx: &rusqlite::Transaction<'_>, change: &ScheduleChange) -> rusqlite::Result<()> {
+    match change {
+        ScheduleChange::Put(schedule) => {
+            tx.prepare_cached(
+                "INSERT INTO schedules (name, definition, paused, created_at, last_tick)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) DO UPDATE SET definition = excluded.definition,
+                    paused = excluded.paused",
+            )?
+            .execute(params![
+                schedule.name,
+                schedule.definition,
+                schedule.paused,
+                nanos(schedule.created_at),
+                schedule.last_tick.map(nanos),
+            ])?;
+        }
+        ScheduleChange::Delete(name) => {
+            tx.prepare_cached("DELETE FROM schedules WHERE name = ?1")?
+                .execute(params![name])?;
+        }
+        ScheduleChange::Pause { name, paused, from } => {
+            tx.prepare_cached(
+                "UPDATE schedules SET paused = ?2,
+                    last_tick = CASE WHEN ?3 IS NULL THEN last_tick
+                        ELSE max(coalesce(last_tick, ?3), ?3) END
+                 WHERE name = ?1",
+            )?
+            .execute(params![name, paused, from.map(nanos)])?;
+        }
+        ScheduleChange::Ticked { name, tick, pid } => {
+            let pid = pid.map(key);
+            tx.prepare_cached(
+                "UPDATE schedules SET last_tick = ?2,
+                    last_boot = coalesce(?3, last_boot), last_seq = coalesce(?4, last_seq)
+                 WHERE name = ?1 AND (last_tick IS NULL OR last_tick < ?2)",
+            )?
+            .execute(params![
+                name,
+                nanos(*tick),
+                pid.map(|(boot, _)| boot),
+                pid.map(|(_, seq)| seq)
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a task's row as `image` holds it, with the lines journaled since it was last
@@ -361,10 +411,10 @@ pub(super) fn write_row(
             duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
             parent_boot, parent_seq, step, steps, exit_code, outcome, error, started_at,
             ended_at, fuel, attempts, logs_dropped_bytes, ready_at, log, journal_seq, result,
-            run_at, priority, retry_of_boot, retry_of_seq)
+            run_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
             ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33,
-            ?34)
+            ?34, ?35, ?36)
          ON CONFLICT (boot, seq) DO UPDATE SET status = excluded.status,
             attempt = excluded.attempt, step = excluded.step, steps = excluded.steps,
             exit_code = excluded.exit_code, outcome = excluded.outcome, error = excluded.error,
@@ -408,6 +458,8 @@ pub(super) fn write_row(
         spec.priority,
         retry_of.map(|(boot, _)| boot),
         retry_of.map(|(_, seq)| seq),
+        record.schedule,
+        record.schedule_tick.map(nanos),
     ])?;
     if !ended && !lines.is_empty() {
         tx.prepare_cached("INSERT INTO log_parts (boot, seq, lines) VALUES (?1, ?2, ?3)")?
