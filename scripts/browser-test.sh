@@ -9,10 +9,12 @@ cd "$(dirname "$0")/.."
 scripts/ensure-chromium.sh
 
 . scripts/debug-host.sh
+# The admin token, for the test's pause and resume of a worker.
+export HTTP_SPAWN_ADMIN_TOKEN=browser-test-admin-token-0123456789abcdef
 start_debug_host --config http-spawn.toml --capacity 1000
 
 status=0
-BASE_URL="$BASE_URL" SCREENSHOT_DIR="${SCREENSHOT_DIR:-$PWD/target/browser}" \
+BASE_URL="$BASE_URL" ADMIN_TOKEN="$HTTP_SPAWN_ADMIN_TOKEN" SCREENSHOT_DIR="${SCREENSHOT_DIR:-$PWD/target/browser}" \
   timeout 90 node tests/browser/dashboard.test.mjs || status=$?
 [ "$status" -eq 0 ] || { echo "host log:" >&2; tail -n 50 "$HOST_LOG" >&2; }
 exit "$status"

@@ -19,6 +19,7 @@ mod actors;
 mod cluster;
 mod naive;
 mod plot;
+mod scheduling;
 mod waits;
 
 use std::collections::BTreeMap;
@@ -50,7 +51,7 @@ struct Args {
     /// Smaller counts and shorter runs, for a quick look.
     #[arg(long, global = true)]
     quick: bool,
-    /// Run only these sections (1-9), e.g. `--only 1,3`; `--only 7` is the actors alone,
+    /// Run only these sections (1-10), e.g. `--only 1,3`; `--only 7` is the actors alone,
     /// `--only 8` the cluster, `--only 9` waiting for a task's end.
     #[arg(long, global = true, value_delimiter = ',')]
     only: Vec<u8>,
@@ -217,6 +218,12 @@ fn all(out: &Path, quick: bool, only: &[u8]) -> anyhow::Result<()> {
     }
     if wanted(9) {
         results.insert("waits".into(), waits::section(&mut report, quick)?);
+    }
+    if wanted(10) {
+        results.insert(
+            "scheduling".into(),
+            scheduling::section(&mut report, quick)?,
+        );
     }
     report.line(&format!(
         "\nbench finished in {:.0} s",

@@ -210,7 +210,8 @@ impl EventBus {
             | Change::Forward { .. }
             | Change::Module { .. }
             | Change::Worker { .. }
-            | Change::Schedule(_) => Vec::new(),
+            | Change::Schedule(_)
+            | Change::WorkerPaused { .. } => Vec::new(),
             Change::Event(
                 pid,
                 TaskEvent::Restarting {

@@ -503,6 +503,9 @@ mod tests {
         fn schedules(&self) -> Result<Vec<crate::store::StoredSchedule>, StoreError> {
             self.inner.schedules()
         }
+        fn paused_workers(&self) -> Result<Vec<String>, StoreError> {
+            self.inner.paused_workers()
+        }
     }
 
     /// Issue #20, item 6: an end published to an open event stream is built from the end

@@ -150,6 +150,8 @@ impl Worker {
             current: VersionInfo::of(&state.current),
             previous: state.previous.as_deref().map(VersionInfo::of),
             last_error: state.last_error.clone(),
+            paused: false,
+            held: 0,
         }
     }
 
@@ -200,6 +202,10 @@ pub struct WorkerInfo {
     pub previous: Option<VersionInfo>,
     /// The last new version refused, until one is accepted.
     pub last_error: Option<Failure>,
+    /// Paused (`POST /api/workers/{name}/pause`): its new tasks wait, not started.
+    pub paused: bool,
+    /// While paused: its tasks waiting on this host for it to be resumed.
+    pub held: usize,
 }
 
 /// A module version as the API shows it.

@@ -1222,6 +1222,7 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
                 DROP COLUMN run_at, DROP COLUMN priority, DROP COLUMN retry_of_boot,
                 DROP COLUMN retry_of_seq, DROP COLUMN schedule, DROP COLUMN schedule_tick;
              DROP TABLE schedules;
+             DROP TABLE paused_workers;
              ALTER TABLE runs DROP COLUMN priority;
              CREATE INDEX runs_queue ON runs (spawned_at, boot, seq) WHERE owner IS NULL;
              CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
@@ -1444,5 +1445,44 @@ task = { name = "pulse", duration = 0 }
     for task in schedule_tasks(&b, "made").await {
         let ended = b.wait_end(task["pid"].as_str().expect("a pid")).await;
         assert_exited_0(&ended);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_paused_through_one_host_is_paused_on_every_host() {
+    let url = postgres::fresh_database("paused");
+    let a = Node::start(&url, "a", &[]).await;
+    let b = Node::start(&url, "b", &[]).await;
+    let answer = a
+        .client
+        .post(a.url("/api/workers/default/pause"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(answer.status(), 200);
+    // b follows at its next heartbeat.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while b.get("/api/workers/default").await.1["paused"] != true {
+        assert!(tokio::time::Instant::now() < deadline, "b never saw the pause");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = b.spawn(json!({"name": "held", "duration": 0})).await;
+    let also = a.spawn(json!({"name": "also", "duration": 0})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for pid in [&held, &also] {
+        let (_, record) = a.get(&format!("/api/tasks/{pid}")).await;
+        assert_eq!(record["status"], "spawned", "{record}");
+    }
+    let answer = b
+        .client
+        .post(b.url("/api/workers/default/resume"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(answer.status(), 200);
+    for pid in [&held, &also] {
+        assert_exited_0(&a.wait_end(pid).await);
     }
 }

@@ -666,3 +666,111 @@ async fn schedules_survive_a_sigkill_and_ticks_missed_meanwhile_catch_up_or_not(
     let (_, shown) = host.get("/api/schedules/latest").await;
     assert_eq!(shown["catch_up"], "latest", "{shown}");
 }
+
+/// POSTs to `path` with the admin token `token`: the status and the JSON body.
+async fn admin_post(remote: &common::Remote, path: &str, token: &str) -> (u16, Value) {
+    let answer = remote
+        .client
+        .post(remote.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request sent");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.expect("a JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_accepts_tasks_and_starts_them_once_resumed() {
+    const TOKEN: &str = "test-admin-token";
+    let app = spawn_app("default", &["--admin-token", TOKEN, "--capacity", "2"]).await;
+    let running = app.spawn(json!({"name": "running", "duration": 2})).await;
+    app.wait_running(&running).await;
+
+    let (status, paused) = admin_post(&app, "/api/workers/default/pause", TOKEN).await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["paused"], true, "{paused}");
+    // Accepted, not started, holding no place: more than the places wait.
+    let mut held = Vec::new();
+    for i in 0..4 {
+        held.push(
+            app.spawn(json!({"name": format!("held{i}"), "duration": 0}))
+                .await,
+        );
+    }
+    let later = app
+        .spawn(json!({"name": "due", "duration": 0, "delay": 0.3}))
+        .await;
+    held.push(later);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for pid in &held {
+        let (_, record) = app.get(&format!("/api/tasks/{pid}")).await;
+        assert!(
+            matches!(record["status"].as_str(), Some("spawned" | "scheduled")),
+            "{record}"
+        );
+    }
+    let (_, worker) = app.get("/api/workers/default").await;
+    assert_eq!(worker["paused"], true, "{worker}");
+    assert_eq!(worker["held"], 5, "{worker}");
+    // The running task goes on; one held is killed at once.
+    let ended = app.wait_end(&running).await;
+    assert_eq!(ended["exit_code"], 0, "{ended}");
+    let (status, killed) = app.kill(&held[0]).await;
+    assert_eq!(status, 200, "{killed}");
+    assert_eq!(killed["status"], "killed", "{killed}");
+
+    let (status, resumed) = admin_post(&app, "/api/workers/default/resume", TOKEN).await;
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["paused"], false, "{resumed}");
+    for pid in &held[1..] {
+        let ended = app.wait_end(pid).await;
+        assert_eq!(ended["exit_code"], 0, "{ended}");
+    }
+    // Admin only, and a worker that exists.
+    let answer = app
+        .client
+        .post(app.url("/api/workers/default/pause"))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(answer.status(), 401);
+    let (status, _) = admin_post(&app, "/api/workers/nope/pause", TOKEN).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_outlives_a_restart() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let dir = temp_dir("paused-restart");
+    let store = format!("sqlite:{}", dir.join("tasks.db").display());
+    let module = module("default").display().to_string();
+    let argv: Vec<String> = [
+        "--store",
+        &store,
+        "--module",
+        &module,
+        "--admin-token",
+        TOKEN,
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let mut host = Binary::spawn(&argv, &[], None);
+    host.ready().await;
+    let (status, _) = admin_post(&host, "/api/workers/default/pause", TOKEN).await;
+    assert_eq!(status, 200);
+    let pid = host.spawn(json!({"name": "held", "duration": 0})).await;
+    host.crash();
+    let host = Binary::spawn(&argv, &[], None);
+    host.ready().await;
+    let (_, worker) = host.get("/api/workers/default").await;
+    assert_eq!(worker["paused"], true, "{worker}");
+    assert_eq!(worker["held"], 1, "{worker}");
+    let (_, record) = host.get(&format!("/api/tasks/{pid}")).await;
+    assert_eq!(record["status"], "spawned", "{record}");
+    let (status, _) = admin_post(&host, "/api/workers/default/resume", TOKEN).await;
+    assert_eq!(status, 200);
+    let ended = host.wait_end(&pid).await;
+    assert_eq!(ended["exit_code"], 0, "{ended}");
+}

@@ -248,6 +248,27 @@ async function main() {
     assert.equal(await exit.locator(testid("exit-error")).count(), 0);
   });
 
+  await check("a paused worker shows as paused, with the tasks it holds, then runs them", async () => {
+    const admin = { authorization: `Bearer ${process.env.ADMIN_TOKEN}` };
+    let res = await fetch(`${BASE_URL}/api/workers/report/pause`, { method: "POST", headers: admin });
+    assert.equal(res.status, 200, await res.text());
+    const pid = await page.evaluate(async () => {
+      const res = await fetch("/api/tasks", {
+        method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name: "held-by-pause", duration: 1, worker: "report" }),
+      });
+      return (await res.json()).pid;
+    });
+    await page.locator(`${runningRow(pid)}[data-status="spawned"]`).waitFor();
+    await page.reload();
+    const tag = page.locator(`${testid("worker-item")}[data-worker="report"] ${testid("worker-paused")}`);
+    await tag.waitFor();
+    assert.equal(await tag.textContent(), "paused · 1 waiting");
+    res = await fetch(`${BASE_URL}/api/workers/report/resume`, { method: "POST", headers: admin });
+    assert.equal(res.status, 200, await res.text());
+    await page.locator(`${exitRow(pid)}[data-status="exited"]`).waitFor({ timeout: WAIT_MS });
+  });
+
   await check("the totals and rates update", async () => {
     const count = (id) => page.locator(testid(id)).evaluate((el) => Number(el.textContent.replace(/\D/g, "")));
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="total-ended"]')

@@ -167,6 +167,8 @@ fn api_routes(
     let admin = OpenApiRouter::new()
         .routes((schemas, paths, install))
         .routes(routes!(workers::rollback_worker))
+        .routes(routes!(workers::pause_worker))
+        .routes(routes!(workers::resume_worker))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let mut guarded = OpenApiRouter::new()
         .routes(routes!(tasks::spawn_task, tasks::list_tasks))

@@ -12,8 +12,15 @@ use serde::Serialize;
 use super::AppState;
 use super::admin::AdminRefusal;
 use super::error::{AnyRoute, ApiError, ErrorBody};
+use crate::host::PauseError;
 use crate::registry::{InstallError, RollbackError, VersionSource, WorkerInfo};
 use crate::runtime::LoadError;
+
+/// `info` with whether its worker is paused here, and how many tasks wait for it.
+fn shown(state: &AppState, mut info: WorkerInfo) -> WorkerInfo {
+    (info.paused, info.held) = state.host.worker_paused(&info.name);
+    info
+}
 
 fn worker_path(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(name)| name)
@@ -38,7 +45,13 @@ pub(super) struct WorkerList {
         AnyRoute))]
 pub(super) async fn list_workers(State(state): State<AppState>) -> Json<WorkerList> {
     Json(WorkerList {
-        workers: state.host.workers().list(),
+        workers: state
+            .host
+            .workers()
+            .list()
+            .into_iter()
+            .map(|info| shown(&state, info))
+            .collect(),
     })
 }
 
@@ -56,7 +69,7 @@ pub(super) async fn get_worker(
         .host
         .workers()
         .get(Some(&name))
-        .map(|worker| Json(worker.info()))
+        .map(|worker| Json(shown(&state, worker.info())))
         .map_err(|unknown| ApiError::NotFound(unknown.to_string()))
 }
 
@@ -122,7 +135,7 @@ pub(super) async fn install_worker(
     match installed {
         Ok(installed) => Ok(Json(InstalledBody {
             changed: installed.changed,
-            worker: installed.worker,
+            worker: shown(&state, installed.worker),
         })),
         Err(InstallError::Unknown(error)) => Err(ApiError::NotFound(error.to_string())),
         Err(InstallError::Refused(error @ LoadError::NotComponent(_))) => {
@@ -166,9 +179,67 @@ pub(super) async fn rollback_worker(
     let rolled_back = tokio::task::spawn_blocking(move || workers.rollback(&name))
         .await
         .map_err(|error| ApiError::Internal(format!("rollback task failed: {error}")))?;
-    rolled_back.map(Json).map_err(|error| match error {
-        RollbackError::Unknown(_) => ApiError::NotFound(error.to_string()),
-        RollbackError::NoPrevious(_) => ApiError::Conflict(error.to_string()),
-        RollbackError::Store(error) => error.into(),
-    })
+    rolled_back
+        .map(|info| Json(shown(&state, info)))
+        .map_err(|error| match error {
+            RollbackError::Unknown(_) => ApiError::NotFound(error.to_string()),
+            RollbackError::NoPrevious(_) => ApiError::Conflict(error.to_string()),
+            RollbackError::Store(error) => error.into(),
+        })
+}
+
+/// `POST /api/workers/{name}/pause` (admin): the worker's new tasks are accepted but do not
+/// start, holding no place, until it is resumed; its running tasks go on. On every host of a
+/// cluster, and across a restart.
+#[utoipa::path(post, path = "/api/workers/{name}/pause", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name", example = "default")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Paused", body = WorkerInfo),
+        AdminRefusal,
+        (status = 404, description = "No such worker", body = ErrorBody),
+        AnyRoute))]
+pub(super) async fn pause_worker(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    set_paused(&state, path, true)
+}
+
+/// `POST /api/workers/{name}/resume` (admin): the tasks a paused worker held start, in the
+/// order they were held, as places free.
+#[utoipa::path(post, path = "/api/workers/{name}/resume", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name", example = "default")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Resumed", body = WorkerInfo),
+        AdminRefusal,
+        (status = 404, description = "No such worker", body = ErrorBody),
+        AnyRoute))]
+pub(super) async fn resume_worker(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    set_paused(&state, path, false)
+}
+
+fn set_paused(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    paused: bool,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    let name = worker_path(path)?;
+    state
+        .host
+        .pause_worker(&name, paused)
+        .map_err(|error| match error {
+            PauseError::Unknown(_) => ApiError::NotFound(error.to_string()),
+            PauseError::Store(error) => error.into(),
+        })?;
+    let worker = state
+        .host
+        .workers()
+        .get(Some(&name))
+        .map_err(|unknown| ApiError::NotFound(unknown.to_string()))?;
+    Ok(Json(shown(state, worker.info())))
 }

@@ -348,6 +348,9 @@ impl Host {
             Err(error) => tracing::warn!(%error, "taking back the tasks of lost hosts failed"),
         }
         self.workers.follow_store();
+        if let Err(error) = self.follow_paused() {
+            tracing::debug!(%error, "reading the paused workers failed");
+        }
         self.check_remote_monitors(cluster);
         self.check_strays(cluster);
     }

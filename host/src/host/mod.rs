@@ -37,7 +37,7 @@ pub use admission::Accepting;
 pub use calls::CallFailed;
 use cluster::Cluster;
 pub use relay::RELAYED;
-pub use retry::{MAX_BULK_RETRY, RetryError, RetryFilter};
+pub use retry::{MAX_BULK_RETRY, PauseError, RetryError, RetryFilter};
 
 /// Host losses after which a task ends `failed`/`host_lost` instead of running again.
 const MAX_HOST_LOSSES: u32 = 3;
@@ -272,6 +272,9 @@ impl Host {
         });
         let kernel: Arc<dyn Kernel> = host.clone();
         host.scheduler.connect(Arc::downgrade(&kernel));
+        // Before recovery: a paused worker's recovered tasks wait too.
+        host.follow_paused()
+            .context("reading the paused workers from the store")?;
         host.recover()?;
         host.join_cluster()
             .context("starting the cluster's heartbeat")?;

@@ -38,6 +38,15 @@ impl From<StoreError> for RetryError {
     }
 }
 
+/// Why a worker could not be paused or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error(transparent)]
+    Unknown(#[from] crate::registry::UnknownWorker),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Which ended tasks a bulk retry runs again: those matching every filter given, newest
 /// first, at most `limit`.
 #[derive(Debug, Clone)]
@@ -63,6 +72,49 @@ impl Host {
     pub fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
         let store = &self.store;
         blocking(|| store.schedules())
+    }
+
+    /// Pauses (`paused`) or resumes worker `name`, on every host of a cluster: a paused
+    /// worker's new tasks are accepted and wait, holding no place, until it is resumed; its
+    /// running tasks go on. Written to the store first, so that it outlives a restart.
+    pub fn pause_worker(&self, name: &str, paused: bool) -> Result<(), PauseError> {
+        let worker = self.workers.get(Some(name))?;
+        let name = worker.name.to_string();
+        let store = &self.store;
+        blocking(|| {
+            store.wait(vec![Change::WorkerPaused {
+                name: name.clone(),
+                paused,
+            }])
+        })?;
+        if paused {
+            self.scheduler.pause(&name);
+        } else {
+            self.scheduler.resume(&name);
+        }
+        Ok(())
+    }
+
+    /// Whether worker `name` is paused here, and how many of its tasks wait for it.
+    pub fn worker_paused(&self, name: &str) -> (bool, usize) {
+        (self.scheduler.is_paused(name), self.scheduler.held(name))
+    }
+
+    /// Follows the paused workers the store holds: at start, and in a cluster at each
+    /// heartbeat (another host paused or resumed one).
+    pub(super) fn follow_paused(&self) -> Result<(), StoreError> {
+        let stored = self.store.paused_workers()?;
+        for name in &stored {
+            if !self.scheduler.is_paused(name) {
+                self.scheduler.pause(name);
+            }
+        }
+        for name in self.scheduler.paused() {
+            if !stored.contains(&name) {
+                self.scheduler.resume(&name);
+            }
+        }
+        Ok(())
     }
 
     /// Writes a schedule's change, and waits until it is written.

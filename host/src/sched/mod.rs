@@ -17,6 +17,7 @@
 mod admission;
 mod inbox;
 mod later;
+mod paused;
 mod thread;
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -28,6 +29,7 @@ use admission::{Admission, Admitted, Permit, Queued, Reservation};
 use inbox::{Command, Inbox};
 use later::Later;
 pub use later::Refused as NotScheduled;
+use paused::Paused;
 use thread::SchedulerThread;
 
 use crate::actor::{Actors, Aftermath, Kernel, Told};
@@ -121,6 +123,8 @@ struct Lanes {
     admission: Arc<Admission<Job>>,
     /// Tasks accepted to run later, until they are due.
     later: Arc<Later<Job>>,
+    /// Paused workers, and the tasks they hold from starting.
+    paused: Paused<Job>,
     ledger: Arc<Ledger>,
     actors: Arc<Actors>,
     /// The host, for the actor calls of running tasks; set once the host is built (weak: the
@@ -229,6 +233,7 @@ impl Lanes {
             .admission
             .unqueue(pid)
             .or_else(|| self.later.unqueue(pid))
+            .or_else(|| self.paused.unqueue(pid))
         {
             self.record_unstarted(&job, end);
             return;
@@ -312,6 +317,7 @@ impl Scheduler {
                 .collect(),
             admission: Admission::new(capacity, max_queue),
             later: Arc::new(Later::new(max_scheduled)),
+            paused: Paused::new(),
             ledger,
             actors,
             kernel: OnceLock::new(),
@@ -437,6 +443,39 @@ impl Scheduler {
         self.lanes.later.len()
     }
 
+    /// Pauses `worker`: its tasks that are about to start wait, holding no place, until it is
+    /// resumed; those running go on.
+    pub fn pause(&self, worker: &str) {
+        self.lanes.paused.pause(worker);
+    }
+
+    /// Resumes `worker`: the tasks it held are admitted again, in the order they were held.
+    pub fn resume(&self, worker: &str) {
+        for job in self.lanes.paused.resume(worker) {
+            if let Err(job) = self.readmit(job) {
+                // The host shuts down meanwhile: it stays accepted (or ends), as a waiting
+                // task does.
+                self.lanes
+                    .record_unstarted(&job, TaskEnd::shut_down_before_start());
+            }
+        }
+    }
+
+    /// Whether `worker` is paused.
+    pub fn is_paused(&self, worker: &str) -> bool {
+        self.lanes.paused.is_paused(worker)
+    }
+
+    /// The paused workers.
+    pub fn paused(&self) -> Vec<String> {
+        self.lanes.paused.workers()
+    }
+
+    /// How many tasks `worker`, paused, holds from starting.
+    pub fn held(&self, worker: &str) -> usize {
+        self.lanes.paused.held(worker)
+    }
+
     /// Kills `pid`: at once if it waits in the queue or sleeps, within an epoch tick if a step
     /// of it runs (when the step returns, without epoch interruption). Its end is recorded as
     /// `killed`. Only the task's own thread is asked.
@@ -468,6 +507,7 @@ impl Scheduler {
         // from here no waiting task is handed to a thread.
         let mut waiting = self.lanes.later.close();
         waiting.extend(self.lanes.admission.close());
+        waiting.extend(self.lanes.paused.close());
         for lane in &self.lanes.lanes {
             lane.inbox.close();
             lane.inbox.wake();
@@ -483,6 +523,7 @@ impl Scheduler {
         self.lanes.stop_every_thread(&end);
         let mut waiting = self.lanes.later.drain();
         waiting.extend(self.lanes.admission.drain());
+        waiting.extend(self.lanes.paused.drain());
         for waiting in waiting {
             self.lanes.record_unstarted(&waiting, end.clone());
         }

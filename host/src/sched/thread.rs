@@ -267,6 +267,16 @@ impl SchedulerThread {
             self.restarts.push((job.ready_at, job, permit));
             return;
         }
+        let job = if self.lanes.paused.is_paused(job.version.worker()) {
+            let worker = Arc::clone(job.version.worker());
+            match self.lanes.paused.hold(&worker, job) {
+                // Held until its worker is resumed: its place goes to the next task.
+                Ok(()) => return self.lanes.release(permit),
+                Err(job) => job,
+            }
+        } else {
+            job
+        };
         let begun = Instant::now();
         let deadline = begun + job.deadline;
         // What a failed `start` burnt and logged, which go with the store.

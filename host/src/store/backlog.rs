@@ -450,6 +450,7 @@ pub(super) fn cost_bytes(change: &Change) -> usize {
         | Change::Prune { .. }
         | Change::Forward { .. }
         | Change::Worker { .. }
+        | Change::WorkerPaused { .. }
         | Change::Schedule(_) => 0,
     };
     text + CHANGE_OVERHEAD_BYTES

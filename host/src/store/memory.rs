@@ -50,6 +50,8 @@ pub struct MemoryStore {
     batches: AtomicU64,
     /// The schedules, by name.
     schedules: Mutex<std::collections::BTreeMap<String, StoredSchedule>>,
+    /// The workers paused.
+    paused: Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,6 +70,7 @@ impl MemoryStore {
             keys: Mutex::new(HashMap::new()),
             batches: AtomicU64::new(0),
             schedules: Mutex::new(std::collections::BTreeMap::new()),
+            paused: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -104,6 +107,14 @@ impl MemoryStore {
                 // Nothing outlives the process here, so there is nothing to keep them for; and
                 // no other host to forward to.
                 Change::Schedule(change) => self.schedule(change),
+                Change::WorkerPaused { name, paused } => {
+                    let mut set = lock(&self.paused);
+                    if paused {
+                        set.insert(name);
+                    } else {
+                        set.remove(&name);
+                    }
+                }
                 Change::Module { .. } | Change::Worker { .. } | Change::Forward { .. } => {}
             }
         }
@@ -252,6 +263,10 @@ impl Store for MemoryStore {
 
     fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
         Ok(lock(&self.schedules).values().cloned().collect())
+    }
+
+    fn paused_workers(&self) -> Result<Vec<String>, StoreError> {
+        Ok(lock(&self.paused).iter().cloned().collect())
     }
 
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {

@@ -68,6 +68,8 @@ pub enum Change {
     },
     /// A schedule created, changed, removed or ticked.
     Schedule(ScheduleChange),
+    /// A worker paused (its new tasks do not start) or resumed, on every host of a cluster.
+    WorkerPaused { name: String, paused: bool },
 }
 
 /// What happens to a schedule.
@@ -440,6 +442,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Every schedule, by name.
     fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError>;
+
+    /// The workers paused, by name.
+    fn paused_workers(&self) -> Result<Vec<String>, StoreError>;
 
     /// The tasks accepted and not ended, in the order they were accepted, with what each
     /// needs to run again: what a host finds at start after it was lost.

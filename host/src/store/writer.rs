@@ -507,6 +507,7 @@ impl<'a, B: Backend> Writer<'a, B> {
             Change::Module { .. }
             | Change::Worker { .. }
             | Change::Schedule(_)
+            | Change::WorkerPaused { .. }
             | Change::Prune { .. }
             | Change::Forward {
                 what: Forward::Message { .. } | Forward::Kill(_),

@@ -674,6 +674,17 @@ impl Store for PgStore {
         self.query(move |client| read_logs(client, pid))
     }
 
+    fn paused_workers(&self) -> Result<Vec<String>, StoreError> {
+        self.query(move |client| async move {
+            let statement = client
+                .prepare_cached("SELECT name FROM paused_workers ORDER BY name")
+                .await
+                .map_err(unavailable)?;
+            let rows = client.query(&statement, &[]).await.map_err(unavailable)?;
+            rows.iter().map(|row| column(row, 0)).collect()
+        })
+    }
+
     fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
         self.query(move |client| async move {
             let statement = client

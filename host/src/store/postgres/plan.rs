@@ -558,6 +558,14 @@ impl<'a> Plan<'a> {
                 );
             }
             Change::Schedule(change) => self.add_schedule(change),
+            Change::WorkerPaused { name, paused } => {
+                let statement = if *paused {
+                    &s.worker_paused
+                } else {
+                    &s.worker_resumed
+                };
+                self.push(statement, vec![Box::new(name.clone())], Check::Nothing);
+            }
             Change::Module { sha256, bytes } => self.push(
                 &s.module,
                 vec![Box::new(sha256.clone()), Box::new(bytes.clone())],
@@ -845,6 +853,8 @@ pub(super) struct Statements {
     schedule_delete: Statement,
     schedule_pause: Statement,
     schedule_ticked: Statement,
+    worker_paused: Statement,
+    worker_resumed: Statement,
 }
 
 impl Statements {
@@ -1147,6 +1157,12 @@ impl Statements {
                  WHERE name = $1 AND (last_tick IS NULL OR last_tick < $2)",
             )
             .await?;
+        let worker_paused = client
+            .prepare("INSERT INTO paused_workers (name) VALUES ($1) ON CONFLICT DO NOTHING")
+            .await?;
+        let worker_resumed = client
+            .prepare("DELETE FROM paused_workers WHERE name = $1")
+            .await?;
         Ok(Self {
             xid,
             accept,
@@ -1168,6 +1184,8 @@ impl Statements {
             schedule_delete,
             schedule_pause,
             schedule_ticked,
+            worker_paused,
+            worker_resumed,
         })
     }
 }

@@ -779,6 +779,16 @@ impl Store for SqliteStore {
         .map_err(unavailable)
     }
 
+    fn paused_workers(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|reader| {
+            let mut statement =
+                reader.prepare_cached("SELECT name FROM paused_workers ORDER BY name")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(unavailable)
+    }
+
     fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
         self.read(|reader| {
             let mut statement = reader.prepare_cached(

@@ -118,7 +118,7 @@ ALTER TABLE tasks ADD COLUMN journal_seq INTEGER;
     |tx| tx.execute_batch("ALTER TABLE tasks ADD COLUMN result TEXT;"),
     // 6 (issue #25): when a task accepted to run later may start, its priority, the task it
     // retries, and the schedule and tick that created it (none, 5, none and none for every
-    // task before); the schedules.
+    // task before); the schedules; the paused workers.
     |tx| {
         tx.execute_batch(
             "
@@ -137,6 +137,7 @@ CREATE TABLE schedules (
     last_boot INTEGER,
     last_seq INTEGER
 );
+CREATE TABLE paused_workers (name TEXT PRIMARY KEY);
 ",
         )
     },

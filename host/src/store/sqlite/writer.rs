@@ -334,6 +334,17 @@ fn write_other(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Res
             ])?;
         }
         Change::Schedule(change) => write_schedule(tx, change)?,
+        Change::WorkerPaused { name, paused: true } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO paused_workers (name) VALUES (?1)")?
+                .execute(params![name])?;
+        }
+        Change::WorkerPaused {
+            name,
+            paused: false,
+        } => {
+            tx.prepare_cached("DELETE FROM paused_workers WHERE name = ?1")?
+                .execute(params![name])?;
+        }
         // One host, no other to forward to: a forward is never made for this store. Tasks'
         // changes are journaled by `commit`.
         Change::Forward { .. } | Change::Accepted { .. } | Change::Event(..) => {}
