@@ -446,6 +446,7 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
             priority: None,
             retry_of: None,
             schedule: None,
+            concurrency_key: None,
         };
         // Past a few hundred thousand tasks stepping each second, the scheduler threads fall
         // behind and the host holds new tasks back (`--max-start-lag`): wait, as a client

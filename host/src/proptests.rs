@@ -334,6 +334,7 @@ fn valid_request(
                     priority: None,
                     retry_of: None,
                     schedule: None,
+                    concurrency_key: None,
                 };
                 (body, task)
             },
@@ -1228,6 +1229,9 @@ proptest! {
                 on_host_loss: worker.on_host_loss.unwrap_or(OnHostLoss::Restart),
                 actor_scope: worker.actor_scope.unwrap_or_default(),
                 priority: crate::model::DEFAULT_PRIORITY,
+                max_running: None,
+                per_key_running: None,
+                rate: None,
             })
             .collect();
         if !workers.contains_key(DEFAULT_WORKER) {
@@ -1241,6 +1245,9 @@ proptest! {
                 on_host_loss: OnHostLoss::Restart,
                 actor_scope: ActorScope::Any,
                 priority: crate::model::DEFAULT_PRIORITY,
+                max_running: None,
+                per_key_running: None,
+                rate: None,
             });
             expected.sort_by(|a, b| a.name.cmp(&b.name));
         }

@@ -152,6 +152,10 @@ impl Worker {
             last_error: state.last_error.clone(),
             paused: false,
             held: 0,
+            max_running: self.settings.max_running,
+            per_key_running: self.settings.per_key_running,
+            rate: self.settings.rate.map(|rate| rate.text()),
+            limited: None,
         }
     }
 
@@ -206,6 +210,22 @@ pub struct WorkerInfo {
     pub paused: bool,
     /// While paused: its tasks waiting on this host for it to be resumed.
     pub held: usize,
+    /// At most this many of its tasks run at once on a host.
+    pub max_running: Option<u32>,
+    /// At most this many of its tasks of one `concurrency_key` run at once on a host.
+    pub per_key_running: Option<u32>,
+    /// At most this many starts per period (per key for tasks with one), e.g. `100/1s`.
+    pub rate: Option<String>,
+    /// With limits: its tasks they count as running here, and those they hold from starting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limited: Option<Limited>,
+}
+
+/// What a worker's limits count on this host.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct Limited {
+    pub running: u32,
+    pub waiting: usize,
 }
 
 /// A module version as the API shows it.

@@ -1220,7 +1220,8 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
             "DROP TABLE log_parts;
              ALTER TABLE tasks DROP COLUMN log_head, DROP COLUMN log_tail, DROP COLUMN result,
                 DROP COLUMN run_at, DROP COLUMN priority, DROP COLUMN retry_of_boot,
-                DROP COLUMN retry_of_seq, DROP COLUMN schedule, DROP COLUMN schedule_tick;
+                DROP COLUMN retry_of_seq, DROP COLUMN schedule, DROP COLUMN schedule_tick,
+                DROP COLUMN concurrency_key;
              DROP TABLE schedules;
              DROP TABLE paused_workers;
              ALTER TABLE runs DROP COLUMN priority;
@@ -1464,7 +1465,10 @@ async fn a_worker_paused_through_one_host_is_paused_on_every_host() {
     // b follows at its next heartbeat.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while b.get("/api/workers/default").await.1["paused"] != true {
-        assert!(tokio::time::Instant::now() < deadline, "b never saw the pause");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never saw the pause"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let held = b.spawn(json!({"name": "held", "duration": 0})).await;

@@ -774,3 +774,183 @@ async fn a_pause_outlives_a_restart() {
     let ended = host.wait_end(&pid).await;
     assert_eq!(ended["exit_code"], 0, "{ended}");
 }
+
+/// A host on a registry file with `workers` (`{module:default}` stands for the default
+/// worker's module).
+async fn with_workers(label: &str, workers: &str) -> common::TestApp {
+    let dir = temp_dir(label);
+    let text = workers.replace("{module:default}", &module("default").display().to_string());
+    let path = dir.join("http-spawn.toml");
+    std::fs::write(&path, text).expect("write the registry file");
+    common::start_app(common::registry_config(&path, &[])).await
+}
+
+/// When each of `tasks` (records) ran: (start, end, its concurrency key).
+fn intervals(tasks: &[Value]) -> Vec<(SystemTime, SystemTime, String)> {
+    tasks
+        .iter()
+        .map(|task| {
+            (
+                time(task, "started_at"),
+                time(task, "ended_at"),
+                task["concurrency_key"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The most of `intervals` (those `keep` keeps) that ran at one moment.
+fn most_at_once(
+    intervals: &[(SystemTime, SystemTime, String)],
+    keep: impl Fn(&str) -> bool,
+) -> usize {
+    intervals
+        .iter()
+        .filter(|(_, _, key)| keep(key))
+        .map(|(start, _, _)| {
+            intervals
+                .iter()
+                .filter(|(s, e, key)| keep(key) && s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_hold_tasks_and_keys_take_turns() {
+    let app = with_workers(
+        "limits",
+        r#"
+[workers.default]
+module = "{module:default}"
+max_running = 3
+per_key_running = 1
+"#,
+    )
+    .await;
+    let mut pids = Vec::new();
+    for (key, n) in [("a", 5), ("b", 2), ("c", 2)] {
+        for i in 0..n {
+            let body = json!({"name": format!("{key}{i}"), "duration": 1, "concurrency_key": key});
+            pids.push(app.spawn(body).await);
+        }
+    }
+    for i in 0..2 {
+        pids.push(
+            app.spawn(json!({"name": format!("free{i}"), "duration": 1}))
+                .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, worker) = app.get("/api/workers/default").await;
+    assert_eq!(worker["max_running"], 3, "{worker}");
+    assert_eq!(worker["per_key_running"], 1, "{worker}");
+    assert_eq!(worker["limited"]["running"], 3, "{worker}");
+    assert_eq!(worker["limited"]["waiting"], 8, "{worker}");
+    // A held task is killed at once.
+    let (status, killed) = app.kill(&pids[4]).await;
+    assert_eq!(status, 200, "{killed}");
+    assert_eq!(killed["status"], "killed", "{killed}");
+    let mut ended = Vec::new();
+    for pid in pids.iter().filter(|pid| **pid != pids[4]) {
+        let record = app.wait_end(pid).await;
+        assert_eq!(record["exit_code"], 0, "{record}");
+        ended.push(record);
+    }
+    let runs = intervals(&ended);
+    assert!(most_at_once(&runs, |_| true) <= 3, "{runs:?}");
+    for key in ["a", "b", "c"] {
+        assert_eq!(most_at_once(&runs, |k| k == key), 1, "key {key}: {runs:?}");
+    }
+    // Round robin: b and c did not wait for a's backlog, which ran last.
+    let last_of = |key: &str| {
+        runs.iter()
+            .filter(|(_, _, k)| k == key)
+            .map(|(start, _, _)| *start)
+            .max()
+    };
+    assert!(last_of("b") < last_of("a"), "{runs:?}");
+    assert!(last_of("c") < last_of("a"), "{runs:?}");
+    let (_, worker) = app.get("/api/workers/default").await;
+    assert_eq!(worker["limited"]["running"], 0, "{worker}");
+    assert_eq!(worker["limited"]["waiting"], 0, "{worker}");
+
+    for (body, reason) in [
+        (
+            json!({"name": "x", "concurrency_key": ""}),
+            "concurrency_key",
+        ),
+        (
+            json!({"name": "x", "concurrency_key": 5}),
+            "concurrency_key",
+        ),
+        (
+            json!({"name": "x", "concurrency_key": "k".repeat(257)}),
+            "concurrency_key",
+        ),
+    ] {
+        let (status, answer) = post(&app, "/api/tasks", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(reason)),
+            "{answer}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_spaces_starts_per_key_and_refuses_nothing() {
+    let app = with_workers(
+        "rate",
+        r#"
+[workers.default]
+module = "{module:default}"
+rate = "4/1s"
+"#,
+    )
+    .await;
+    let (_, worker) = app.get("/api/workers/default").await;
+    assert_eq!(worker["rate"], "4/1s", "{worker}");
+    // Eight without a key: four start at once, then one every 250 ms.
+    let mut pids = Vec::new();
+    for i in 0..8 {
+        pids.push(
+            app.spawn(json!({"name": format!("r{i}"), "duration": 0}))
+                .await,
+        );
+    }
+    // Four of each of two keys: each key its own bucket.
+    let mut keyed = Vec::new();
+    for key in ["x", "y"] {
+        for i in 0..4 {
+            let body = json!({"name": format!("{key}{i}"), "duration": 0, "concurrency_key": key});
+            keyed.push(app.spawn(body).await);
+        }
+    }
+    let mut starts = Vec::new();
+    for pid in &pids {
+        let record = app.wait_end(pid).await;
+        assert_eq!(record["exit_code"], 0, "{record}");
+        starts.push(time(&record, "started_at"));
+    }
+    starts.sort();
+    let span = starts[7].duration_since(starts[0]).expect("in order");
+    assert!(
+        span >= Duration::from_millis(900),
+        "eight starts in {span:?}"
+    );
+    let mut keyed_starts = Vec::new();
+    for pid in &keyed {
+        let record = app.wait_end(pid).await;
+        keyed_starts.push(time(&record, "started_at"));
+    }
+    keyed_starts.sort();
+    let span = keyed_starts[7]
+        .duration_since(keyed_starts[0])
+        .expect("in order");
+    assert!(
+        span < Duration::from_millis(700),
+        "two keys' four starts took {span:?}"
+    );
+}

@@ -94,7 +94,7 @@ pub(super) struct BulkRetried {
         (status = 202, description = "The retry is accepted; `Location` names it", body = Spawned,
             headers(("Location" = String, description = "The retry's path"))),
         (status = 404, description = "No such task", body = ErrorBody),
-        (status = 409, description = "The task has not ended", body = ErrorBody),
+        (status = 409, description = "The task has not ended, or a retry of it is being answered", body = ErrorBody),
         (status = 422, description = "Its worker is gone, or its limits no longer fit it",
             body = ErrorBody),
         (status = 429, description = "Every place and the queue are full", body = ErrorBody,
@@ -160,7 +160,9 @@ pub(super) async fn retry_tasks(
             // Pruned, or retried and ended meanwhile: nothing to say of it.
             Err(RetryError::NotFound(_) | RetryError::NotEnded { .. }) => {}
             Err(RetryError::Spawn(
-                error @ (SpawnError::UnknownWorker(_) | SpawnError::TooLong { .. }),
+                error @ (SpawnError::UnknownWorker(_)
+                | SpawnError::TooLong { .. }
+                | SpawnError::KeyInFlight),
             )) => answer.refused.push(RefusedRetry {
                 of,
                 error: error.to_string(),

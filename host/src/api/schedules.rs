@@ -36,7 +36,7 @@ use crate::model::{NewTask, Pid, TaskRecord, time};
 use crate::runtime::Digest;
 use crate::store::{IdempotencyKey, ListQuery, ScheduleChange, StoreError, StoredSchedule};
 
-/// The most schedules a host keeps; more are refused with `429`.
+/// The most schedules a host keeps; more are refused with `409`.
 pub const MAX_SCHEDULES: usize = 10_000;
 /// Next ticks a schedule's view shows.
 const NEXT_TICKS: usize = 5;
@@ -241,10 +241,9 @@ fn find(state: &AppState, name: &str) -> Result<StoredSchedule, ApiError> {
     responses(
         (status = 201, description = "Created", body = ScheduleView),
         (status = 400, description = "A bad field: the message names it", body = ErrorBody),
-        (status = 409, description = "A schedule of that name exists", body = ErrorBody),
         (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
         (status = 415, description = "Body not sent as application/json", body = ErrorBody),
-        (status = 429, description = "10,000 schedules exist already", body = ErrorBody),
+        (status = 409, description = "A schedule of that name exists, or 10,000 do", body = ErrorBody),
         AnyRoute))]
 pub(super) async fn create_schedule(
     State(state): State<AppState>,
@@ -283,10 +282,9 @@ pub(super) async fn create_schedule(
         )));
     }
     if existing.len() >= MAX_SCHEDULES {
-        return Err(ApiError::Full {
-            message: format!("{MAX_SCHEDULES} schedules exist already"),
-            retry_after: 60,
-        });
+        return Err(ApiError::Conflict(format!(
+            "{MAX_SCHEDULES} schedules exist already: DELETE one first"
+        )));
     }
     let stored = StoredSchedule {
         name,
@@ -497,6 +495,11 @@ fn tick(
         let now = SystemTime::now();
         let base = stored.last_tick.unwrap_or(stored.created_at);
         if let Some(tick) = definition.tab.due(base, now) {
+            // A moment's slack: a tick just due as this host started may be another
+            // host's to record.
+            // A tick another host of a cluster fires as this one starts may look missed
+            // here: with `catch_up = "none"` this host skips it, and the other host's record
+            // of the task it created wins over the skip (see `ScheduleChange::Ticked`).
             fire(host, stored, definition, tick, tick < started);
         }
         let next = definition.tab.next_after(now);

@@ -68,6 +68,10 @@ pub(super) struct TaskRequest {
     /// first, then the earliest accepted. The worker's `priority` (5 unless set) when absent.
     #[schema(minimum = 0, maximum = 9)]
     priority: Option<u8>,
+    /// Any string of 1 to 256 bytes (a tenant's id, say): the key the worker's
+    /// `per_key_running` and `rate` count by. Tasks over a limit wait; they are not refused.
+    #[schema(min_length = 1, max_length = 256)]
+    concurrency_key: Option<String>,
 }
 
 /// The restart policies a request may name, for the document.
@@ -369,6 +373,19 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         limits.max_schedule_ahead,
     )?;
     let priority = priority(fields.remove("priority"))?;
+    let concurrency_key = match fields.remove("concurrency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(key))
+            if !key.is_empty() && key.len() <= MAX_KEY_BYTES && !key.contains('\0') =>
+        {
+            Some(key)
+        }
+        Some(_) => {
+            return Err(bad(format!(
+                "concurrency_key must be a string of 1 to {MAX_KEY_BYTES} bytes, without NUL"
+            )));
+        }
+    };
     Ok(NewTask {
         name,
         worker,
@@ -381,8 +398,12 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         priority,
         retry_of: None,
         schedule: None,
+        concurrency_key,
     })
 }
+
+/// The longest `concurrency_key`, in bytes.
+const MAX_KEY_BYTES: usize = 256;
 
 /// When a submission may start, from its `run_at` (RFC 3339, with any offset) or its `delay`
 /// (seconds, fractions allowed), at most `max_ahead` from now; none for now. A `run_at` in the
@@ -739,6 +760,7 @@ mod tests {
                 priority: None,
                 retry_of: None,
                 schedule: None,
+                concurrency_key: None,
             })
         );
         assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));

@@ -19,6 +19,10 @@ use crate::runtime::LoadError;
 /// `info` with whether its worker is paused here, and how many tasks wait for it.
 fn shown(state: &AppState, mut info: WorkerInfo) -> WorkerInfo {
     (info.paused, info.held) = state.host.worker_paused(&info.name);
+    info.limited = state
+        .host
+        .worker_limited(&info.name)
+        .map(|(running, waiting)| crate::registry::Limited { running, waiting });
     info
 }
 

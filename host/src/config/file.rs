@@ -54,6 +54,9 @@ pub(super) struct WorkerFile {
     pub(super) on_host_loss: OnHostLoss,
     pub(super) actor_scope: ActorScope,
     pub(super) priority: u8,
+    pub(super) max_running: Option<u32>,
+    pub(super) per_key_running: Option<u32>,
+    pub(super) rate: Option<super::Rate>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,9 @@ struct RawWorkerFile {
     max_attempts: Option<u64>,
     actor_scope: Option<String>,
     priority: Option<u8>,
+    max_running: Option<u32>,
+    per_key_running: Option<u32>,
+    rate: Option<String>,
 }
 
 impl TryFrom<RawWorkerFile> for WorkerFile {
@@ -99,6 +105,15 @@ impl TryFrom<RawWorkerFile> for WorkerFile {
                 Some(p) if p <= crate::model::MAX_PRIORITY => p,
                 Some(_) => return Err("priority must be from 0 to 9".into()),
             },
+            max_running: match raw.max_running {
+                Some(0) => return Err("max_running must be at least 1".into()),
+                n => n,
+            },
+            per_key_running: match raw.per_key_running {
+                Some(0) => return Err("per_key_running must be at least 1".into()),
+                n => n,
+            },
+            rate: raw.rate.as_deref().map(super::Rate::parse).transpose()?,
         })
     }
 }

@@ -201,12 +201,13 @@ pub struct Config {
     pub max_queue: usize,
 
     /// Tasks accepted to run later (`run_at`, `delay`) that wait here at once; past it, 429.
-    /// In a cluster, they wait in the shared queue instead, bounded by --max-queue.
+    /// In a cluster, they wait in the shared queue in the database instead, not counted here.
     #[arg(long, env = "HTTP_SPAWN_MAX_SCHEDULED", default_value_t = DEFAULT_MAX_SCHEDULED)]
     pub max_scheduled: usize,
 
-    /// How far ahead a task may be scheduled (`run_at`, `delay`), e.g. `30d`.
-    #[arg(long, env = "HTTP_SPAWN_MAX_SCHEDULE_AHEAD", value_parser = humantime::parse_duration,
+    /// How far ahead a task may be scheduled (`run_at`, `delay`), e.g. `30d`; at most 100
+    /// years.
+    #[arg(long, env = "HTTP_SPAWN_MAX_SCHEDULE_AHEAD", value_parser = schedule_ahead,
           default_value = DEFAULT_MAX_SCHEDULE_AHEAD)]
     pub max_schedule_ahead: Duration,
 
@@ -502,6 +503,48 @@ pub struct WorkerConfig {
     pub actor_scope: ActorScope,
     /// The priority of its tasks when a request names none, 0 to 9.
     pub priority: u8,
+    /// At most this many of its tasks run at once (on each host); the others wait.
+    pub max_running: Option<u32>,
+    /// At most this many of its tasks of one `concurrency_key` run at once; the others wait.
+    pub per_key_running: Option<u32>,
+    /// At most this many of its tasks start per period (per key, for tasks with one).
+    pub rate: Option<Rate>,
+}
+
+/// `--max-schedule-ahead`: a duration of at most 100 years, so that now plus it is a time.
+fn schedule_ahead(text: &str) -> Result<Duration, String> {
+    let ahead = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if ahead > Duration::from_secs(100 * 365 * 86_400) {
+        return Err("at most 100 years".into());
+    }
+    Ok(ahead)
+}
+
+/// Starts per period: `100/1s`, `10/1m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub starts: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// `N/period`, the period as humantime writes one (`1s`, `500ms`, `1m`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad =
+            || format!("rate {text:?} must be starts per period, e.g. \"100/1s\" or \"10/1m\"");
+        let (starts, per) = text.split_once('/').ok_or_else(bad)?;
+        let starts: u32 = starts.trim().parse().map_err(|_| bad())?;
+        let per = humantime::parse_duration(per.trim()).map_err(|_| bad())?;
+        if starts == 0 || per.is_zero() {
+            return Err(bad());
+        }
+        Ok(Self { starts, per })
+    }
+
+    /// As [`Rate::parse`] reads it.
+    pub fn text(&self) -> String {
+        format!("{}/{}", self.starts, humantime::format_duration(self.per))
+    }
 }
 
 /// Where the host keeps what it knows. Its `Debug` shows a database URL without its password
@@ -694,6 +737,9 @@ impl Config {
             on_host_loss: OnHostLoss::Restart,
             actor_scope: ActorScope::Any,
             priority: crate::model::DEFAULT_PRIORITY,
+            max_running: None,
+            per_key_running: None,
+            rate: None,
         };
         let mut workers: BTreeMap<String, WorkerConfig> = file
             .workers
@@ -711,6 +757,9 @@ impl Config {
                     on_host_loss: worker.on_host_loss,
                     actor_scope: worker.actor_scope,
                     priority: worker.priority,
+                    max_running: worker.max_running,
+                    per_key_running: worker.per_key_running,
+                    rate: worker.rate,
                 };
                 (name, resolved)
             })

@@ -319,6 +319,7 @@ impl Host {
             priority: None,
             retry_of: None,
             schedule: None,
+            concurrency_key: None,
         };
         // Not waited for: the child starts once its acceptance is recorded, and a crash
         // before that loses the child with its parent's step, which runs again.

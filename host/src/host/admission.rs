@@ -196,6 +196,7 @@ impl Host {
             priority,
             retry_of,
             schedule,
+            concurrency_key,
             ..
         } = task;
         let now = SystemTime::now();
@@ -252,6 +253,8 @@ impl Host {
         record.parent = parent;
         record.priority = spec.priority;
         record.retry_of = retry_of;
+        let concurrency: Option<Arc<str>> = concurrency_key.as_deref().map(Arc::from);
+        record.concurrency_key = concurrency_key;
         if let Some((name, tick)) = schedule {
             record.schedule = Some(name);
             record.schedule_tick = Some(tick);
@@ -276,6 +279,8 @@ impl Host {
             ready_at,
             parent,
             priority: spec.priority,
+            key: concurrency,
+            counted: (false, false),
         };
         // Its mailbox exists from acceptance: it can be sent to while it waits for a place. One
         // waiting in a cluster's shared queue gets its mailbox where it runs; messages wait
@@ -323,6 +328,9 @@ impl Host {
                         // Answered 202 as the host began to shut down: it runs all the same.
                         Err(job) => leftovers.keep(&job),
                     },
+                    (Ok(()), None) if run_at.is_some() => {
+                        tracing::info!(pid = %pid, "Task scheduled in the cluster's shared queue");
+                    }
                     (Ok(()), None) => {
                         tracing::info!(pid = %pid, step = 0,
                             "Task queued in the cluster: every place here is taken");

@@ -106,6 +106,8 @@ pub struct Host {
     max_start_lag: Duration,
     /// `--max-scheduled`.
     max_scheduled: usize,
+    /// Held while a worker is paused or resumed, so that the store and the scheduler agree.
+    pausing: Mutex<()>,
     /// Idempotency keys whose first request is being answered.
     keys_in_flight: Arc<Mutex<HashSet<String>>>,
     sandbox: Arc<Sandbox>,
@@ -230,6 +232,7 @@ impl Host {
                 max_queue: config.max_queue,
                 max_scheduled: config.max_scheduled,
             },
+            &config.workers,
             Arc::clone(&ledger),
             Arc::clone(&actors),
             shared
@@ -260,6 +263,7 @@ impl Host {
             idempotency_ttl: config.idempotency_ttl,
             max_start_lag: config.max_start_lag,
             max_scheduled: config.max_scheduled,
+            pausing: Mutex::new(()),
             keys_in_flight: Arc::default(),
             sandbox,
             workers,

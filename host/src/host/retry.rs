@@ -80,6 +80,10 @@ impl Host {
     pub fn pause_worker(&self, name: &str, paused: bool) -> Result<(), PauseError> {
         let worker = self.workers.get(Some(name))?;
         let name = worker.name.to_string();
+        let _one_at_a_time = self
+            .pausing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let store = &self.store;
         blocking(|| {
             store.wait(vec![Change::WorkerPaused {
@@ -95,6 +99,12 @@ impl Host {
         Ok(())
     }
 
+    /// How many of worker `name`'s tasks its limits count as running here, and how many they
+    /// hold; none for a worker without limits.
+    pub fn worker_limited(&self, name: &str) -> Option<(u32, usize)> {
+        self.scheduler.limited(name)
+    }
+
     /// Whether worker `name` is paused here, and how many of its tasks wait for it.
     pub fn worker_paused(&self, name: &str) -> (bool, usize) {
         (self.scheduler.is_paused(name), self.scheduler.held(name))
@@ -103,6 +113,10 @@ impl Host {
     /// Follows the paused workers the store holds: at start, and in a cluster at each
     /// heartbeat (another host paused or resumed one).
     pub(super) fn follow_paused(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self
+            .pausing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let stored = self.store.paused_workers()?;
         for name in &stored {
             if !self.scheduler.is_paused(name) {
@@ -213,5 +227,6 @@ fn resubmission(record: TaskRecord, spec: TaskSpec) -> NewTask {
         priority: Some(spec.priority),
         retry_of: Some(record.pid),
         schedule: None,
+        concurrency_key: record.concurrency_key,
     }
 }

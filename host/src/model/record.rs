@@ -137,6 +137,8 @@ pub struct TaskRecord {
     /// The ended task this one runs again, if it is a retry (`POST /api/tasks/{pid}/retry`).
     #[schema(value_type = Option<String>, example = "6f1c2a9e-1")]
     pub retry_of: Option<Pid>,
+    /// Its key for its worker's `per_key_running` and `rate`.
+    pub concurrency_key: Option<String>,
     /// The schedule whose tick created it, if one did.
     pub schedule: Option<String>,
     /// That tick: when the schedule fired.
@@ -201,6 +203,7 @@ impl TaskRecord {
             run_at: None,
             priority: super::task::DEFAULT_PRIORITY,
             retry_of: None,
+            concurrency_key: None,
             schedule: None,
             schedule_tick: None,
             started_at: None,

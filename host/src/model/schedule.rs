@@ -7,7 +7,7 @@
 //! a fixed time that falls in a gap (spring forward) fires once, at the first time after it;
 //! one in an overlap (fall back) fires once, at its first pass. Parsing is croner's.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -65,9 +65,6 @@ impl CatchUp {
         }
     }
 }
-
-/// How far back from now [`CronTab::due`] looks for the latest tick once it has passed many.
-const LOOK_BACK: Duration = Duration::from_secs(60);
 
 /// A cron expression read in a time zone.
 #[derive(Debug, Clone)]
@@ -129,32 +126,12 @@ impl CronTab {
         ticks
     }
 
-    /// The latest tick in `(after, now]`, if any: what is due now.
+    /// The latest tick in `(after, now]`, if any: what is due now, however many passed.
     pub fn due(&self, after: SystemTime, now: SystemTime) -> Option<SystemTime> {
-        let first = self.next_after(after).filter(|tick| *tick <= now)?;
-        // Most often the only one; past a few, the latest is found from just before `now`.
-        let mut latest = first;
-        let mut skipped = 0;
-        while let Some(next) = self.next_after(latest).filter(|tick| *tick <= now) {
-            latest = next;
-            skipped += 1;
-            if skipped == 16 {
-                let near = now.checked_sub(LOOK_BACK).unwrap_or(UNIX_EPOCH).max(latest);
-                return Some(self.latest_between(near, now).unwrap_or(latest));
-            }
-        }
-        Some(latest)
-    }
-
-    /// The latest tick in `(after, now]`, looking back from `now` a window at a time.
-    fn latest_between(&self, after: SystemTime, now: SystemTime) -> Option<SystemTime> {
-        let mut latest = None;
-        let mut at = after;
-        while let Some(next) = self.next_after(at).filter(|tick| *tick <= now) {
-            latest = Some(next);
-            at = next;
-        }
-        latest
+        let end = Timestamp::try_from(now).ok()?.to_zoned(self.zone.clone());
+        let latest = self.cron.find_previous_occurrence(&end, true).ok()?;
+        let latest = SystemTime::from(latest.timestamp());
+        (latest > after).then_some(latest)
     }
 }
 
@@ -254,5 +231,11 @@ mod tests {
             tab.due(after, at("2026-12-07T13:07:10Z")),
             Some(at("2026-12-07T13:07:00Z"))
         );
+        // Two days of an hourly schedule missed: the latest, once.
+        let hourly = CronTab::parse("0 * * * *", "UTC").expect("a cron");
+        let now = at("2026-12-09T10:30:00Z");
+        let latest = hourly.due(at("2026-12-07T10:30:00Z"), now);
+        assert_eq!(latest, Some(at("2026-12-09T10:00:00Z")));
+        assert_eq!(hourly.due(at("2026-12-09T10:00:00Z"), now), None);
     }
 }

@@ -29,6 +29,8 @@ pub struct NewTask {
     pub retry_of: Option<Pid>,
     /// The schedule, and its tick, that created it.
     pub schedule: Option<(String, std::time::SystemTime)>,
+    /// Its key for its worker's `per_key_running` and `rate` (a tenant, say).
+    pub concurrency_key: Option<String>,
 }
 
 /// What a task needs, beyond its record, to run again after the host was lost: kept by a

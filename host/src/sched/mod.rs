@@ -17,6 +17,7 @@
 mod admission;
 mod inbox;
 mod later;
+mod limits;
 mod paused;
 mod thread;
 
@@ -29,6 +30,7 @@ use admission::{Admission, Admitted, Permit, Queued, Reservation};
 use inbox::{Command, Inbox};
 use later::Later;
 pub use later::Refused as NotScheduled;
+use limits::Limits;
 use paused::Paused;
 use thread::SchedulerThread;
 
@@ -67,6 +69,10 @@ pub struct Job {
     pub parent: Option<Pid>,
     /// Its place among waiting tasks, 0 to 9: higher starts first.
     pub priority: u8,
+    /// Its `concurrency_key`, for its worker's limits.
+    pub key: Option<Arc<str>>,
+    /// Whether its worker's limits counted it: as running, and in its rate.
+    pub counted: (bool, bool),
 }
 
 impl Job {
@@ -92,9 +98,29 @@ impl Job {
             max_attempts: spec.max_attempts + host_losses,
             attempt,
             ready_at,
+            key: record.concurrency_key.as_deref().map(Arc::from),
             parent: record.parent,
             priority: spec.priority,
+            counted: (false, false),
         }
+    }
+}
+
+impl limits::Limited for Job {
+    fn pid(&self) -> Pid {
+        self.pid
+    }
+    fn worker(&self) -> &Arc<str> {
+        self.version.worker()
+    }
+    fn key(&self) -> Option<&Arc<str>> {
+        self.key.as_ref()
+    }
+    fn counted(&self) -> (bool, bool) {
+        self.counted
+    }
+    fn count(&mut self, running: bool, rated: bool) {
+        self.counted = (running, rated);
     }
 }
 
@@ -125,6 +151,8 @@ struct Lanes {
     later: Arc<Later<Job>>,
     /// Paused workers, and the tasks they hold from starting.
     paused: Paused<Job>,
+    /// Workers' concurrency and rate limits, and the tasks they hold from starting.
+    limits: Limits<Job>,
     ledger: Arc<Ledger>,
     actors: Arc<Actors>,
     /// The host, for the actor calls of running tasks; set once the host is built (weak: the
@@ -156,6 +184,7 @@ impl Lanes {
 
     /// Records the end of a task that never reached a thread, and forgets any kill of it.
     fn record_unstarted(&self, job: &Job, end: TaskEnd) {
+        self.uncount(job);
         let at = SystemTime::now();
         let ending = Ending::unstarted(end, job.attempt);
         let (pid, interrupts) = (job.pid, self.of(job.pid).interrupts.clone());
@@ -172,6 +201,23 @@ impl Lanes {
             },
         );
         self.follow(pid, aftermath);
+    }
+
+    /// Gives back what `job`'s worker's limits counted of it, counted as running and ending
+    /// now without running (or again): the held tasks that may run now are admitted.
+    fn uncount(&self, job: &Job) {
+        if job.counted.0 {
+            self.release_limits(job.version.worker(), job.key.as_ref());
+        }
+    }
+
+    /// A task of `worker` with `key`, counted as running, has ended: the held tasks that may
+    /// run now are admitted.
+    fn release_limits(&self, worker: &Arc<str>, key: Option<&Arc<str>>) {
+        // Admitted under the limits' lock (see `Lanes::kill`); one admission refuses, the host
+        // shutting down, stays held and is handed back by `close`.
+        self.limits
+            .done(worker, key, |job| Scheduler::admit(self, job));
     }
 
     /// Forgets the actor `pid` that ends, and tells its monitors and the linked tasks that
@@ -229,11 +275,15 @@ impl Lanes {
     /// Ends `pid` with `end`: at once if it waits in the queue or sleeps; a running step is
     /// stopped within an epoch tick when `interrupt` is set, else when it returns.
     fn kill(&self, pid: Pid, end: TaskEnd, interrupt: bool) {
+        // Where a waiting task moves from before where it moves to: the scheduled tasks hand
+        // theirs to admission under their lock, as the paused workers and the limits do, so a
+        // task on its way is found in the second place looked at.
         if let Some(job) = self
-            .admission
+            .later
             .unqueue(pid)
-            .or_else(|| self.later.unqueue(pid))
             .or_else(|| self.paused.unqueue(pid))
+            .or_else(|| self.limits.unqueue(pid))
+            .or_else(|| self.admission.unqueue(pid))
         {
             self.record_unstarted(&job, end);
             return;
@@ -304,6 +354,7 @@ impl Scheduler {
             max_queue,
             max_scheduled,
         }: Places,
+        workers: &[crate::config::WorkerConfig],
         ledger: Arc<Ledger>,
         actors: Arc<Actors>,
         runtime: Option<tokio::runtime::Handle>,
@@ -318,6 +369,7 @@ impl Scheduler {
             admission: Admission::new(capacity, max_queue),
             later: Arc::new(Later::new(max_scheduled)),
             paused: Paused::new(),
+            limits: Limits::new(workers),
             ledger,
             actors,
             kernel: OnceLock::new(),
@@ -451,14 +503,11 @@ impl Scheduler {
 
     /// Resumes `worker`: the tasks it held are admitted again, in the order they were held.
     pub fn resume(&self, worker: &str) {
-        for job in self.lanes.paused.resume(worker) {
-            if let Err(job) = self.readmit(job) {
-                // The host shuts down meanwhile: it stays accepted (or ends), as a waiting
-                // task does.
-                self.lanes
-                    .record_unstarted(&job, TaskEnd::shut_down_before_start());
-            }
-        }
+        // Admitted under the paused workers' lock (see `Lanes::kill`); one admission refuses,
+        // the host shutting down, stays held and is handed back by `close`.
+        self.lanes
+            .paused
+            .resume(worker, |job| Self::admit(&self.lanes, job));
     }
 
     /// Whether `worker` is paused.
@@ -474,6 +523,12 @@ impl Scheduler {
     /// How many tasks `worker`, paused, holds from starting.
     pub fn held(&self, worker: &str) -> usize {
         self.lanes.paused.held(worker)
+    }
+
+    /// How many of `worker`'s tasks its limits count as running here, and how many they hold
+    /// from starting; none for a worker without limits.
+    pub fn limited(&self, worker: &str) -> Option<(u32, usize)> {
+        self.lanes.limits.of(worker)
     }
 
     /// Kills `pid`: at once if it waits in the queue or sleeps, within an epoch tick if a step
@@ -508,6 +563,7 @@ impl Scheduler {
         let mut waiting = self.lanes.later.close();
         waiting.extend(self.lanes.admission.close());
         waiting.extend(self.lanes.paused.close());
+        waiting.extend(self.lanes.limits.drain());
         for lane in &self.lanes.lanes {
             lane.inbox.close();
             lane.inbox.wake();
@@ -524,6 +580,7 @@ impl Scheduler {
         let mut waiting = self.lanes.later.drain();
         waiting.extend(self.lanes.admission.drain());
         waiting.extend(self.lanes.paused.drain());
+        waiting.extend(self.lanes.limits.drain());
         for waiting in waiting {
             self.lanes.record_unstarted(&waiting, end.clone());
         }

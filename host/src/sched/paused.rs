@@ -68,12 +68,22 @@ impl<T: Queued> Paused<T> {
         self.any.store(true, Ordering::Release);
     }
 
-    /// Resumes `worker`: the tasks it held, in the order they were held, to start.
-    pub fn resume(&self, worker: &str) -> Vec<T> {
+    /// Resumes `worker`: each task it held, in the order they were held, to `admit`, under
+    /// the lock (a kill looking here meanwhile finds it admitted). One `admit` gives back (the
+    /// host shutting down) stays held, for [`Paused::close`] to hand back.
+    pub fn resume(&self, worker: &str, mut admit: impl FnMut(T) -> Result<(), Box<T>>) {
         let mut state = self.lock();
         state.paused.remove(worker);
         self.any.store(!state.paused.is_empty(), Ordering::Release);
-        state.held.remove(worker).unwrap_or_default()
+        let mut kept = Vec::new();
+        for item in state.held.remove(worker).unwrap_or_default() {
+            if let Err(item) = admit(item) {
+                kept.push(*item);
+            }
+        }
+        if !kept.is_empty() {
+            state.held.insert(worker.to_owned(), kept);
+        }
     }
 
     /// The paused workers.
@@ -140,7 +150,11 @@ mod tests {
         assert!(paused.hold("other", Item(Pid::new(1, 9))).is_err());
         assert_eq!(paused.held("w"), 3);
         assert!(paused.unqueue(Pid::new(1, 2)).is_some());
-        let resumed: Vec<u64> = paused.resume("w").iter().map(|i| i.0.seq()).collect();
+        let mut resumed = Vec::new();
+        paused.resume("w", |item| {
+            resumed.push(item.0.seq());
+            Ok(())
+        });
         assert_eq!(resumed, [1, 3]);
         assert!(!paused.is_paused("w"));
         paused.pause("w");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::admission::Permit;
 use super::inbox::{Command, TIMER_SLACK};
+use super::limits::Gate;
 use super::{Job, Lane, Lanes};
 use crate::actor::{Awaited, Reply, Wake};
 use crate::ledger::{Ending, FreshLogs, Ledger, Progress};
@@ -40,6 +41,8 @@ fn backoff(pid: Pid, attempt: u32) -> Duration {
 struct Live {
     process: Process,
     permit: Permit<Job>,
+    /// Its worker and key, when its worker's limits counted it as running.
+    limited: Option<(Arc<str>, Option<Arc<str>>)>,
     /// Kept only when the task may be restarted.
     respawn: Option<Box<Job>>,
     pid: Pid,
@@ -277,6 +280,24 @@ impl SchedulerThread {
         } else {
             job
         };
+        let job = match self.lanes.limits.check(job, Instant::now()) {
+            Gate::Go(job) => job,
+            // Over its worker's (or key's) running limit: held until one of them ends, its
+            // place to the next task.
+            Gate::Held => return self.lanes.release(permit),
+            // Over its rate: among the scheduled tasks until its turn.
+            Gate::Until(mut job, due) => {
+                job.ready_at = due;
+                return match self.lanes.later.fill(job, due, false) {
+                    Ok(()) => self.lanes.release(permit),
+                    Err(job) => self.end_unstarted(job, permit, TaskEnd::shut_down_before_start()),
+                };
+            }
+        };
+        let limited = job
+            .counted
+            .0
+            .then(|| (Arc::clone(job.version.worker()), job.key.clone()));
         let begun = Instant::now();
         let deadline = begun + job.deadline;
         // What a failed `start` burnt and logged, which go with the store.
@@ -304,6 +325,12 @@ impl SchedulerThread {
         let (process, steps) = match started {
             Ok(started) => started,
             Err(end) => {
+                // It never ran: what its worker's limits counted of it is given back.
+                if let Some((worker, key)) = &limited {
+                    self.lanes.release_limits(worker, key.as_ref());
+                }
+                let mut job = job;
+                job.counted = (false, false);
                 let (fuel, logs) = spent;
                 let ending = Ending {
                     step: 0,
@@ -332,6 +359,7 @@ impl SchedulerThread {
         let task = Live {
             process,
             permit,
+            limited,
             respawn: (job.attempt < job.max_attempts).then(|| Box::new(job)),
             pid,
             name,
@@ -474,6 +502,7 @@ impl SchedulerThread {
         let Live {
             process,
             permit,
+            limited,
             respawn,
             pid,
             name,
@@ -481,6 +510,9 @@ impl SchedulerThread {
             ..
         } = task;
         drop(process);
+        if let Some((worker, key)) = limited {
+            self.lanes.release_limits(&worker, key.as_ref());
+        }
         let ending = Ending {
             step,
             fuel,
@@ -531,6 +563,8 @@ impl SchedulerThread {
             self.lanes.wake(caller);
         }
         job.attempt += 1;
+        // The next attempt is counted by the limits when it starts.
+        job.counted = (false, false);
         let ready_at = SystemTime::now() + wait;
         self.ledger()
             .restarting(pid, job.version.worker(), fuel, end, job.attempt, ready_at);
@@ -574,7 +608,17 @@ impl SchedulerThread {
         }
         if let Some(index) = self.restarts.iter().position(|(_, job, _)| job.pid == pid) {
             let (_, job, permit) = self.restarts.remove(index);
-            self.end_unstarted(job, permit, end);
+            return self.end_unstarted(job, permit, end);
+        }
+        // Held by its paused worker or its worker's limits as this thread was about to start
+        // it, after the kill looked there.
+        if let Some(job) = lanes
+            .paused
+            .unqueue(pid)
+            .or_else(|| lanes.limits.unqueue(pid))
+            .or_else(|| lanes.later.unqueue(pid))
+        {
+            lanes.record_unstarted(&job, end);
         }
     }
 
@@ -603,6 +647,7 @@ impl SchedulerThread {
     }
 
     fn end_unstarted(&self, job: Job, permit: Permit<Job>, end: TaskEnd) {
+        self.lanes.uncount(&job);
         let ending = Ending::unstarted(end, job.attempt);
         self.record_end(
             permit,

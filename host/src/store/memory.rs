@@ -145,7 +145,9 @@ impl MemoryStore {
             }
             ScheduleChange::Ticked { name, tick, pid } => {
                 if let Some(schedule) = schedules.get_mut(&name)
-                    && schedule.last_tick.is_none_or(|last| last < tick)
+                    && schedule
+                        .last_tick
+                        .is_none_or(|last| last < tick || (last == tick && pid.is_some()))
                 {
                     schedule.last_tick = Some(tick);
                     schedule.last_pid = pid.or(schedule.last_pid);

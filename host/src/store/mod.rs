@@ -87,7 +87,9 @@ pub enum ScheduleChange {
         from: Option<SystemTime>,
     },
     /// Tick `tick` was handled: it created task `pid`, or (none) it was skipped. A tick
-    /// earlier than the last one handled changes nothing (another host of a cluster was first).
+    /// earlier than the last one handled changes nothing (another host of a cluster was first),
+    /// nor does a skip of the last one; the task created by the last one is written over a skip
+    /// of it.
     Ticked {
         name: String,
         tick: SystemTime,

@@ -569,10 +569,10 @@ const RECORD_COLUMNS: &str = "boot, seq, spawned_at, name, worker, version, stat
     step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts::text,
     logs_dropped_bytes, parent_boot, parent_seq,
     (SELECT owner FROM runs r WHERE r.boot = tasks.boot AND r.seq = tasks.seq), result,
-    run_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick";
+    run_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick, concurrency_key";
 
 /// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
-const RECORD_COLUMN_COUNT: usize = 29;
+const RECORD_COLUMN_COUNT: usize = 30;
 
 fn record_of(row: &Row) -> Result<TaskRecord, StoreError> {
     let pid = pid_of(column(row, 0)?, column(row, 1)?);
@@ -622,6 +622,7 @@ fn record_of(row: &Row) -> Result<TaskRecord, StoreError> {
     };
     record.schedule = column(row, 27)?;
     record.schedule_tick = column::<Option<i64>>(row, 28)?.map(time);
+    record.concurrency_key = column(row, 29)?;
     Ok(record)
 }
 

@@ -122,6 +122,7 @@ struct Accepts {
     retry_seqs: Vec<Option<i64>>,
     schedules: Vec<Option<String>>,
     schedule_ticks: Vec<Option<i64>>,
+    keys: Vec<Option<String>>,
 }
 
 /// Starts gathered into one statement, until a later change of one of their tasks must
@@ -332,6 +333,7 @@ impl<'a> Plan<'a> {
                 Box::new(a.retry_seqs),
                 Box::new(a.schedules),
                 Box::new(a.schedule_ticks),
+                Box::new(a.keys),
             ],
             Check::Nothing,
         );
@@ -445,6 +447,7 @@ impl<'a> Plan<'a> {
                     a.retry_seqs.push(retry_of.map(|(_, seq)| seq));
                     a.schedules.push(record.schedule.clone());
                     a.schedule_ticks.push(record.schedule_tick.map(nanos));
+                    a.keys.push(record.concurrency_key.clone());
                     return;
                 };
                 let mut params: Vec<Param> = vec![
@@ -477,6 +480,7 @@ impl<'a> Plan<'a> {
                 params.push(Box::new(retry_of.map(|(_, seq)| seq)));
                 params.push(Box::new(record.schedule.clone()));
                 params.push(Box::new(record.schedule_tick.map(nanos)));
+                params.push(Box::new(record.concurrency_key.clone()));
                 let statement = s.accept_keyed.clone();
                 self.push_head(&statement, params, Check::Keyed(pending));
             }
@@ -868,20 +872,21 @@ impl Statements {
                         $10::integer[], $11::integer[], $12::text[], $13::text[], $14::integer[],
                         $15::integer[], $16::bigint[], $17::integer[], $18::bigint[],
                         $19::smallint[], $20::integer[], $21::bigint[], $22::text[],
-                        $23::bigint[])
+                        $23::bigint[], $24::text[])
                     AS v(boot, seq, spawned_at, name, worker, version, module_sha256, duration,
                         payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
                         parent_boot, parent_seq, owner, run_at, priority, retry_of_boot,
-                        retry_of_seq, schedule, schedule_tick)),
+                        retry_of_seq, schedule, schedule_tick, concurrency_key)),
                  task AS (
                     INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
                         module_sha256, duration, payload, deadline_secs, max_attempts,
                         on_host_loss, status, attempt, parent_boot, parent_seq, run_at,
-                        ready_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick)
+                        ready_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick,
+                        concurrency_key)
                     SELECT boot, seq, spawned_at, name, worker, version, module_sha256, duration,
                         payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
                         parent_boot, parent_seq, run_at, run_at, priority, retry_of_boot,
-                        retry_of_seq, schedule, schedule_tick
+                        retry_of_seq, schedule, schedule_tick, concurrency_key
                     FROM v)
                  INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority)
                  SELECT boot, seq, owner, attempt, spawned_at, run_at, priority FROM v",
@@ -901,12 +906,13 @@ impl Statements {
                     INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
                         module_sha256, duration, payload, deadline_secs, max_attempts,
                         on_host_loss, status, attempt, parent_boot, parent_seq, run_at,
-                        ready_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick)
+                        ready_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick,
+                        concurrency_key)
                     SELECT $1::integer, $2::bigint, $3::bigint, $4::text, $5::text, $6::text,
                         $7::text, $8::integer, $9::text, $10::integer, $11::integer, $12::text,
                         $13::text, $14::integer, $15::integer, $16::bigint, $21::bigint,
                         $21::bigint, $22::smallint, $23::integer, $24::bigint, $25::text,
-                        $26::bigint
+                        $26::bigint, $27::text
                     WHERE EXISTS (SELECT 1 FROM key)
                     RETURNING boot, seq, spawned_at, attempt, ready_at, priority)
                  INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority)
@@ -1149,12 +1155,14 @@ impl Statements {
                  WHERE name = $1",
             )
             .await?;
-        // Of two hosts that handled one tick, the first to write it is kept.
+        // Of two hosts that handled one tick, the first to write it is kept, unless the other
+        // says which task it created (the first skipped it).
         let schedule_ticked = client
             .prepare(
                 "UPDATE schedules SET last_tick = $2,
                     last_boot = COALESCE($3, last_boot), last_seq = COALESCE($4, last_seq)
-                 WHERE name = $1 AND (last_tick IS NULL OR last_tick < $2)",
+                 WHERE name = $1 AND (last_tick IS NULL OR last_tick < $2
+                    OR (last_tick = $2 AND $3::integer IS NOT NULL))",
             )
             .await?;
         let worker_paused = client

@@ -179,7 +179,7 @@ CREATE INDEX log_parts_by_task ON log_parts (boot, seq, id);
     "
 ALTER TABLE tasks ADD COLUMN run_at BIGINT, ADD COLUMN priority SMALLINT NOT NULL DEFAULT 5,
     ADD COLUMN retry_of_boot INTEGER, ADD COLUMN retry_of_seq BIGINT, ADD COLUMN schedule TEXT,
-    ADD COLUMN schedule_tick BIGINT;
+    ADD COLUMN schedule_tick BIGINT, ADD COLUMN concurrency_key TEXT;
 CREATE TABLE schedules (
     name TEXT PRIMARY KEY,
     definition TEXT NOT NULL,

@@ -46,8 +46,8 @@ const ENDED: u8 = 5;
 /// journal written before results existed reads as it did.
 const RETURNED: u8 = 6;
 /// An image of a task with more than the image's fields (issue #25): when it may start, its
-/// priority, the task it retries and the schedule and tick that created it, then `IMAGE`'s
-/// body. Written only for a task that has
+/// priority, the task it retries, the schedule and tick that created it and its concurrency
+/// key, then `IMAGE`'s body. Written only for a task that has
 /// one of them, so a journal written before them reads as it did.
 const IMAGE_SCHEDULED: u8 = 7;
 
@@ -192,6 +192,7 @@ pub(super) fn put_accepted(out: &mut Vec<u8>, record: &TaskRecord, spec: &TaskSp
     if record.run_at.is_none()
         && record.retry_of.is_none()
         && record.schedule.is_none()
+        && record.concurrency_key.is_none()
         && spec.priority == DEFAULT_PRIORITY
     {
         out.push(IMAGE);
@@ -202,6 +203,7 @@ pub(super) fn put_accepted(out: &mut Vec<u8>, record: &TaskRecord, spec: &TaskSp
         put_opt(out, record.retry_of, put_pid);
         put_opt(out, record.schedule.as_deref(), put_str);
         put_opt(out, record.schedule_tick, put_time);
+        put_opt(out, record.concurrency_key.as_deref(), put_str);
     }
     put_image(out, record, spec, lines);
 }
@@ -352,6 +354,7 @@ impl<'a> Take<'a> {
             let retry_of = self.opt(Self::pid)?;
             let schedule = self.opt(Self::string)?;
             let schedule_tick = self.opt(Self::time)?;
+            let concurrency_key = self.opt(Self::string)?;
             let mut entry = self.image()?;
             if let Entry::Image { image, .. } = &mut entry {
                 image.record.run_at = run_at;
@@ -359,6 +362,7 @@ impl<'a> Take<'a> {
                 image.record.retry_of = retry_of;
                 image.record.schedule = schedule;
                 image.record.schedule_tick = schedule_tick;
+                image.record.concurrency_key = concurrency_key;
                 image.spec.priority = priority;
             }
             return Ok(entry);

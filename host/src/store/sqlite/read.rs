@@ -9,10 +9,10 @@ pub(super) const RECORD_COLUMNS: &str =
     "boot, seq, spawned_at, name, worker, version, status, duration,
     step, steps, exit_code, outcome, error, started_at, ended_at, fuel, attempt, attempts,
     logs_dropped_bytes, parent_boot, parent_seq, result, run_at, priority, retry_of_boot,
-    retry_of_seq, schedule, schedule_tick";
+    retry_of_seq, schedule, schedule_tick, concurrency_key";
 
 /// How many columns [`RECORD_COLUMNS`] names: where the columns selected after them start.
-pub(super) const RECORD_COLUMN_COUNT: usize = 28;
+pub(super) const RECORD_COLUMN_COUNT: usize = 29;
 
 /// What a task needs to run again, as [`spec_of`] reads it.
 pub(super) const SPEC_COLUMNS: &str =
@@ -65,6 +65,7 @@ pub(super) fn record_of(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
     };
     record.schedule = row.get(26)?;
     record.schedule_tick = row.get::<_, Option<i64>>(27)?.map(time);
+    record.concurrency_key = row.get(28)?;
     Ok(record)
 }
 

@@ -117,8 +117,8 @@ ALTER TABLE tasks ADD COLUMN journal_seq INTEGER;
     // every task before did.
     |tx| tx.execute_batch("ALTER TABLE tasks ADD COLUMN result TEXT;"),
     // 6 (issue #25): when a task accepted to run later may start, its priority, the task it
-    // retries, and the schedule and tick that created it (none, 5, none and none for every
-    // task before); the schedules; the paused workers.
+    // retries, the schedule and tick that created it and its concurrency key (none, 5, none,
+    // none and none for every task before); the schedules; the paused workers.
     |tx| {
         tx.execute_batch(
             "
@@ -128,6 +128,7 @@ ALTER TABLE tasks ADD COLUMN retry_of_boot INTEGER;
 ALTER TABLE tasks ADD COLUMN retry_of_seq INTEGER;
 ALTER TABLE tasks ADD COLUMN schedule TEXT;
 ALTER TABLE tasks ADD COLUMN schedule_tick INTEGER;
+ALTER TABLE tasks ADD COLUMN concurrency_key TEXT;
 CREATE TABLE schedules (
     name TEXT PRIMARY KEY,
     definition TEXT NOT NULL,

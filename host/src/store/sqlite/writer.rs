@@ -388,7 +388,8 @@ fn write_schedule(tx: &rusqlite::Transaction<'_>, change: &ScheduleChange) -> ru
             tx.prepare_cached(
                 "UPDATE schedules SET last_tick = ?2,
                     last_boot = coalesce(?3, last_boot), last_seq = coalesce(?4, last_seq)
-                 WHERE name = ?1 AND (last_tick IS NULL OR last_tick < ?2)",
+                 WHERE name = ?1 AND (last_tick IS NULL OR last_tick < ?2
+                    OR (last_tick = ?2 AND ?3 IS NOT NULL))",
             )?
             .execute(params![
                 name,
@@ -422,10 +423,11 @@ pub(super) fn write_row(
             duration, payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
             parent_boot, parent_seq, step, steps, exit_code, outcome, error, started_at,
             ended_at, fuel, attempts, logs_dropped_bytes, ready_at, log, journal_seq, result,
-            run_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick)
+            run_at, priority, retry_of_boot, retry_of_seq, schedule, schedule_tick,
+            concurrency_key)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
             ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33,
-            ?34, ?35, ?36)
+            ?34, ?35, ?36, ?37)
          ON CONFLICT (boot, seq) DO UPDATE SET status = excluded.status,
             attempt = excluded.attempt, step = excluded.step, steps = excluded.steps,
             exit_code = excluded.exit_code, outcome = excluded.outcome, error = excluded.error,
@@ -471,6 +473,7 @@ pub(super) fn write_row(
         retry_of.map(|(_, seq)| seq),
         record.schedule,
         record.schedule_tick.map(nanos),
+        record.concurrency_key,
     ])?;
     if !ended && !lines.is_empty() {
         tx.prepare_cached("INSERT INTO log_parts (boot, seq, lines) VALUES (?1, ?2, ?3)")?
