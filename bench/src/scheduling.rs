@@ -9,6 +9,8 @@
 //!     20,000 live sleeping tasks of the default worker.
 //! (c) Priorities: a backlog of priority-5 tasks waiting for one place, then a stream of
 //!     priority-9 tasks: where each priority-9 task started among the backlog's.
+//! (d) Concurrency keys: accepted/s and host CPU per task with 1,000 keys against a worker's
+//!     `per_key_running`, beside the same load with no key on a worker without limits.
 //!
 //! Alone: `./target/release/http-spawn-bench --only 10` (about a minute and a half on 2 cores),
 //! `--quick` for fewer tasks. It needs `make build-guest` and the release host built.
@@ -20,7 +22,7 @@ use http_spawn_bench::loadgen::{self, Plan};
 use http_spawn_bench::procfs::Holdings;
 use serde_json::{Value, json};
 
-use super::{Report, Server, get, post};
+use super::{Report, Server, get, median, post};
 
 /// The generator's connections.
 const CONNECTIONS: usize = 16;
@@ -139,6 +141,29 @@ pub(super) fn section(report: &mut Report, quick: bool) -> anyhow::Result<Value>
         "| {urgent} | {} | {} | {} |",
         order.first_urgent, order.last_urgent, order.backlog_before_last
     ));
+    let keys = keyed(&runtime, quick)?;
+    report.line(&format!(
+        "\n(d) Concurrency keys: duration 0, {CONNECTIONS_KEYED} connections, closed loop, \
+         {} s a round, the setups alternating, medians of {ROUNDS} rounds; one host on the \
+         memory store each. Keyed: the default worker with `per_key_running = 100`, each \
+         task one of 1,000 `concurrency_key`s; plain: no limits, no key.\n",
+        keys.secs
+    ));
+    report.line("| setup | accepted/s | host CPU µs per task |");
+    report.line("|---|---|---|");
+    for (label, (rate, cpu)) in [("plain", keys.plain), ("1,000 keys", keys.keyed)] {
+        report.line(&format!("| {label} | {rate:.0} | {cpu:.1} |"));
+    }
+    report.line(&format!(
+        "| keyed ÷ plain | {:.2}× | {:.2}× |",
+        keys.keyed.0 / keys.plain.0,
+        keys.keyed.1 / keys.plain.1
+    ));
+    figures.insert(
+        "keys".into(),
+        json!({"plain_per_sec": keys.plain.0, "plain_cpu_us": keys.plain.1,
+            "keyed_per_sec": keys.keyed.0, "keyed_cpu_us": keys.keyed.1}),
+    );
     figures.insert(
         "priorities".into(),
         json!({"backlog": backlog, "urgent": urgent, "first_urgent": order.first_urgent,
@@ -346,5 +371,79 @@ fn priorities(backlog: usize, urgent: usize) -> anyhow::Result<Order> {
         first_urgent: places.first().copied().unwrap_or(0),
         last_urgent: last,
         backlog_before_last: last.saturating_sub(places.len()),
+    })
+}
+
+/// Connections and rounds of (d).
+const CONNECTIONS_KEYED: usize = 64;
+const ROUNDS: usize = 3;
+
+/// (d)'s medians: (accepted/s, host CPU µs per task), plain and keyed.
+struct Keys {
+    secs: u64,
+    plain: (f64, f64),
+    keyed: (f64, f64),
+}
+
+fn keyed(runtime: &tokio::runtime::Runtime, quick: bool) -> anyhow::Result<Keys> {
+    let secs = if quick { 2 } else { 4 };
+    let dir = tempdir()?;
+    let file = dir.join("http-spawn.toml");
+    let module = super::guest("default");
+    std::fs::write(
+        &file,
+        format!(
+            "[workers.default]\nmodule = {:?}\nper_key_running = 100\n",
+            module.display().to_string()
+        ),
+    )?;
+    let file = file.display().to_string();
+    let mut plain = (Vec::new(), Vec::new());
+    let mut keyed = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for with_keys in [false, true] {
+            let args: Vec<&str> = if with_keys {
+                vec!["--config", &file]
+            } else {
+                Vec::new()
+            };
+            let server = Server::start("host", &args)?;
+            let cpu = server.cpu_secs();
+            let plan = Plan {
+                headers: None,
+                addr: server.addr,
+                connections: CONNECTIONS_KEYED,
+                duration: Duration::from_secs(secs),
+                rate: None,
+                count: None,
+                keep_pids: false,
+                stop: None,
+                target: None,
+                body: Arc::new(move |index| {
+                    let body = if with_keys {
+                        format!(
+                            "{{\"name\":\"k\",\"duration\":0,\"concurrency_key\":\"tenant-{}\"}}",
+                            index % 1000
+                        )
+                    } else {
+                        "{\"name\":\"k\",\"duration\":0}".to_owned()
+                    };
+                    (0, body)
+                }),
+            };
+            let run = runtime.block_on(loadgen::run_plan(plan));
+            server.drain(Duration::from_secs(30));
+            let accepted = run.count(202) as f64;
+            let figures = if with_keys { &mut keyed } else { &mut plain };
+            figures.0.push(accepted / run.elapsed.as_secs_f64());
+            figures
+                .1
+                .push((server.cpu_secs() - cpu) * 1e6 / accepted.max(1.0));
+        }
+    }
+    Ok(Keys {
+        secs,
+        plain: (median(&mut plain.0), median(&mut plain.1)),
+        keyed: (median(&mut keyed.0), median(&mut keyed.1)),
     })
 }

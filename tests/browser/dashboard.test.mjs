@@ -269,6 +269,19 @@ async function main() {
     await page.locator(`${exitRow(pid)}[data-status="exited"]`).waitFor({ timeout: WAIT_MS });
   });
 
+  await check("a schedule shows with its cron and its next tick", async () => {
+    const made = await page.evaluate(async () => (await fetch("/api/schedules", {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ name: "browser-hourly", cron: "0 * * * *", task: { name: "hourly", duration: 0 } }),
+    })).status);
+    assert.equal(made, 201);
+    const item = page.locator(`${testid("schedule-item")}[data-schedule="browser-hourly"]`);
+    await item.waitFor({ timeout: WAIT_MS });
+    assert.match(await item.locator("code").textContent(), /^0 \* \* \* \*$/);
+    assert.match(await item.locator(testid("schedule-next")).textContent(), /^next \d\d:00:00/);
+    await page.evaluate(async () => fetch("/api/schedules/browser-hourly", { method: "DELETE" }));
+  });
+
   await check("the totals and rates update", async () => {
     const count = (id) => page.locator(testid(id)).evaluate((el) => Number(el.textContent.replace(/\D/g, "")));
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="total-ended"]')

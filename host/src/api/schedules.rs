@@ -239,7 +239,16 @@ fn find(state: &AppState, name: &str) -> Result<StoredSchedule, ApiError> {
 /// the tick (`schedule`, `schedule_tick`).
 #[utoipa::path(post, path = "/api/schedules", tag = "schedules", request_body = ScheduleRequest,
     responses(
-        (status = 201, description = "Created", body = ScheduleView),
+        (status = 201, description = "Created", body = ScheduleView,
+            links(
+                ("GetSchedule" = (operation_id = "get_schedule",
+                    parameters(("name" = "$response.body#/name")))),
+                ("PauseSchedule" = (operation_id = "pause_schedule",
+                    parameters(("name" = "$response.body#/name")))),
+                ("ResumeSchedule" = (operation_id = "resume_schedule",
+                    parameters(("name" = "$response.body#/name")))),
+                ("DeleteSchedule" = (operation_id = "delete_schedule",
+                    parameters(("name" = "$response.body#/name")))))),
         (status = 400, description = "A bad field: the message names it", body = ErrorBody),
         (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
         (status = 415, description = "Body not sent as application/json", body = ErrorBody),
