@@ -13,7 +13,9 @@ use std::time::Duration;
 use common::process::Binary;
 use common::proxy::{Proxy, port_of};
 use common::workers::{actor, logged, messages, registry};
-use common::{PATIENCE, Remote, module, numbered_attempts, postgres, read_events, temp_dir};
+use common::{
+    PATIENCE, Remote, module, numbered_attempts, postgres, read_events, temp_dir, time_of,
+};
 use serde_json::{Value, json};
 
 /// Every host's API token; requests without it get `401`.
@@ -1280,25 +1282,9 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
     }
 }
 
-/// A record's time field as a system time.
-fn time_of(record: &Value, field: &str) -> std::time::SystemTime {
-    let text = record[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("{field}: {record}"));
-    humantime::parse_rfc3339(text).unwrap_or_else(|_| panic!("{field} {text:?}"))
-}
-
 /// POSTs `body` to `path` on `node`: the status and the JSON body.
 async fn post(node: &Remote, path: &str, body: Value) -> (u16, Value) {
-    let answer = node
-        .client
-        .post(node.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = answer.status().as_u16();
-    (status, answer.json().await.expect("a JSON body"))
+    node.post(path, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,6 +211,32 @@ impl Remote {
             .expect("request sent")
     }
 
+    /// POSTs `body` as JSON to `path`: the status and the JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let answer = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.expect("a JSON body"))
+    }
+
+    /// POSTs each body of `cases` to `path` and checks it is refused with `400` and an error
+    /// that says its reason.
+    pub async fn assert_refused(&self, path: &str, cases: &[(Value, &str)]) {
+        for (body, reason) in cases {
+            let (status, answer) = self.post(path, body.clone()).await;
+            assert_eq!(status, 400, "{body}: {answer}");
+            assert!(
+                answer["error"].as_str().is_some_and(|e| e.contains(reason)),
+                "{body}: {answer}"
+            );
+        }
+    }
+
     /// Submits a task that must be accepted, and returns its pid.
     pub async fn spawn(&self, body: Value) -> String {
         let response = self.submit(body).await;
@@ -333,4 +359,12 @@ pub async fn read_events(
             None => return events,
         }
     }
+}
+
+/// A record's time field (RFC 3339) as a system time.
+pub fn time_of(record: &Value, field: &str) -> std::time::SystemTime {
+    let text = record[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field}: {record}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|_| panic!("{field} {text:?}"))
 }
