@@ -1227,6 +1227,7 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
              DROP TABLE schedules;
              DROP TABLE paused_workers;
              ALTER TABLE runs DROP COLUMN priority;
+             DROP INDEX runs_due;
              CREATE INDEX runs_queue ON runs (spawned_at, boot, seq) WHERE owner IS NULL;
              CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
              CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);

@@ -943,3 +943,50 @@ rate = "4/1s"
         "two keys' four starts took {span:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_whose_worker_is_gone_says_why_its_ticks_are_skipped() {
+    let dir = temp_dir("schedule-worker-gone");
+    let store = format!("sqlite:{}", dir.join("tasks.db").display());
+    let with_actor = common::workers::registry(&dir, "");
+    let start = |config: String| {
+        let argv: Vec<String> = ["--store", &store, "--config", &config]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        Binary::spawn(&argv, &[], None)
+    };
+    let mut host = start(with_actor.display().to_string());
+    host.ready().await;
+    let (status, created) = post(
+        &host,
+        "/api/schedules",
+        json!({"name": "acting", "cron": "@daily",
+            "task": {"name": "a", "worker": "actor", "duration": 0}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert!(created.get("error").is_none(), "{created}");
+    host.stop();
+    // Started again without the worker the schedule's task names.
+    let alone = dir.join("alone.toml");
+    std::fs::write(
+        &alone,
+        format!(
+            "[workers.default]\nmodule = {:?}\n",
+            module("default").display().to_string()
+        ),
+    )
+    .expect("write the registry file");
+    let host = start(alone.display().to_string());
+    host.ready().await;
+    let (status, shown) = host.get("/api/schedules/acting").await;
+    assert_eq!(status, 200, "{shown}");
+    assert!(
+        shown["error"].as_str().is_some_and(|e| e.contains("actor")),
+        "{shown}"
+    );
+    let (_, all) = host.get("/api/schedules").await;
+    assert_eq!(all["schedules"][0]["name"], "acting", "{all}");
+    assert!(all["schedules"][0]["error"].is_string(), "{all}");
+}

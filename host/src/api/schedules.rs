@@ -38,6 +38,8 @@ use crate::store::{IdempotencyKey, ListQuery, ScheduleChange, StoreError, Stored
 
 /// The most schedules a host keeps; more are refused with `409`.
 pub const MAX_SCHEDULES: usize = 10_000;
+/// Held while a schedule is created.
+static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Next ticks a schedule's view shows.
 const NEXT_TICKS: usize = 5;
 /// Tasks a schedule's view shows, newest first.
@@ -164,6 +166,49 @@ pub(super) struct ScheduleView {
     /// With `GET /api/schedules/{name}`: the last tasks its ticks created, newest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     tasks: Option<Vec<TaskRecord>>,
+    /// Why its ticks cannot submit their task now (its worker gone, or its limits changed):
+    /// they are skipped until this is mended. Absent while all is well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `stored` as the API shows it, with what stops its ticks, if anything: from its stored
+/// definition as written when the definition no longer checks.
+fn view_of(state: &AppState, stored: &StoredSchedule) -> ScheduleView {
+    match stored_definition(stored, &state.limits) {
+        Ok(definition) => {
+            let mut view = view(stored, &definition);
+            view.error = state
+                .host
+                .check_task(&definition.submission)
+                .err()
+                .map(|error| format!("task: {error}"));
+            view
+        }
+        Err(error) => {
+            let json: Value = serde_json::from_str(&stored.definition).unwrap_or(Value::Null);
+            let text = |field: &str| json[field].as_str().unwrap_or_default().to_owned();
+            ScheduleView {
+                name: stored.name.clone(),
+                cron: text("cron"),
+                timezone: text("timezone"),
+                task: json["task"].clone(),
+                overlap: Overlap::parse(&text("overlap"))
+                    .unwrap_or(Overlap::Skip)
+                    .as_str(),
+                catch_up: CatchUp::parse(&text("catch_up"))
+                    .unwrap_or(CatchUp::Latest)
+                    .as_str(),
+                paused: stored.paused,
+                created_at: time::format(stored.created_at),
+                last_tick: stored.last_tick.map(time::format),
+                last_pid: stored.last_pid,
+                next: Vec::new(),
+                tasks: None,
+                error: Some(error.to_string()),
+            }
+        }
+    }
 }
 
 fn view(stored: &StoredSchedule, definition: &Definition) -> ScheduleView {
@@ -190,6 +235,7 @@ fn view(stored: &StoredSchedule, definition: &Definition) -> ScheduleView {
         last_pid: stored.last_pid,
         next,
         tasks: None,
+        error: None,
     }
 }
 
@@ -284,6 +330,11 @@ pub(super) async fn create_schedule(
         .host
         .check_task(&definition.submission)
         .map_err(|error| bad(format!("task: {error}")))?;
+    // One create at a time, from the look for the name to the write: two requests for one
+    // name get one `201` and one `409` (on one host; see the README for a cluster).
+    let _one_at_a_time = CREATING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let existing = state.host.schedules()?;
     if existing.iter().any(|schedule| schedule.name == name) {
         return Err(ApiError::Conflict(format!(
@@ -319,10 +370,7 @@ pub(super) async fn list_schedules(
         .host
         .schedules()?
         .iter()
-        .filter_map(|stored| {
-            let definition = stored_definition(stored, &state.limits).ok()?;
-            Some(view(stored, &definition))
-        })
+        .map(|stored| view_of(&state, stored))
         .collect();
     Ok(Json(Schedules { schedules }))
 }
@@ -338,8 +386,7 @@ pub(super) async fn get_schedule(
 ) -> Result<Json<ScheduleView>, ApiError> {
     let name = schedule_name(path)?;
     let stored = find(&state, &name)?;
-    let definition = stored_definition(&stored, &state.limits)?;
-    let mut view = view(&stored, &definition);
+    let mut view = view_of(&state, &stored);
     let page = state
         .host
         .list_async(&ListQuery {
@@ -405,8 +452,7 @@ fn set_paused(
         from,
     })?;
     let stored = find(state, &name)?;
-    let definition = stored_definition(&stored, &state.limits)?;
-    Ok(Json(view(&stored, &definition)))
+    Ok(Json(view_of(state, &stored)))
 }
 
 fn schedule_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {

@@ -218,8 +218,8 @@ impl PgStore {
                         WHERE id = $1 AND state = 'up' AND lease_until > now()
                         RETURNING 1)
                      SELECT (SELECT count(*) FROM beat),
-                        (SELECT count(*) FROM runs WHERE owner IS NULL
-                            AND (ready_at IS NULL OR ready_at <= $5))",
+                        (SELECT count(*) FROM runs WHERE owner IS NULL AND ready_at IS NULL)
+                        + (SELECT count(*) FROM runs WHERE owner IS NULL AND ready_at <= $5)",
                 )
                 .await
                 .map_err(unavailable)?;
@@ -399,11 +399,25 @@ impl PgStore {
             let tx = client.transaction().await.map_err(unavailable)?;
             let claimed = tx
                 .query(
-                    "UPDATE runs r SET owner = $1
-                     FROM (SELECT boot, seq FROM runs
-                           WHERE owner IS NULL AND (ready_at IS NULL OR ready_at <= $3)
-                           ORDER BY priority DESC, spawned_at, boot, seq
-                           LIMIT $2 FOR UPDATE SKIP LOCKED) c
+                    // What waits with no time (from its index in order) and what is due (from
+                    // its index by time), each locked as taken, then the first of both by
+                    // priority and age: tasks not yet due are never walked past.
+                    "WITH ready AS (
+                        SELECT boot, seq, priority, spawned_at FROM runs
+                        WHERE owner IS NULL AND ready_at IS NULL
+                        ORDER BY priority DESC, spawned_at, boot, seq
+                        LIMIT $2 FOR UPDATE SKIP LOCKED),
+                     due AS (
+                        SELECT boot, seq, priority, spawned_at FROM runs
+                        WHERE owner IS NULL AND ready_at <= $3
+                        ORDER BY ready_at
+                        LIMIT $2 FOR UPDATE SKIP LOCKED),
+                     c AS (
+                        SELECT boot, seq FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) w
+                        ORDER BY priority DESC, spawned_at, boot, seq
+                        LIMIT $2)
+                     UPDATE runs r SET owner = $1
+                     FROM c
                      WHERE r.boot = c.boot AND r.seq = c.seq
                         AND EXISTS (SELECT 1 FROM nodes WHERE id = $1 AND state = 'up'
                                     AND lease_until > now())
@@ -632,8 +646,8 @@ impl PgStore {
         self.query(move |client| async move {
             let statement = client
                 .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM runs WHERE owner IS NULL
-                        AND (ready_at IS NULL OR ready_at <= $1))",
+                    "SELECT EXISTS (SELECT 1 FROM runs WHERE owner IS NULL AND ready_at IS NULL)
+                        OR EXISTS (SELECT 1 FROM runs WHERE owner IS NULL AND ready_at <= $1)",
                 )
                 .await
                 .map_err(unavailable)?;

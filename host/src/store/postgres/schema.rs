@@ -175,7 +175,9 @@ CREATE INDEX log_parts_by_task ON log_parts (boot, seq, id);
     "ALTER TABLE tasks ADD COLUMN result TEXT;",
     // 5 (issue #25): when a task accepted to run later may start, its priority (also in
     // `runs`, where the shared queue is taken highest first), the task it retries, and the
-    // schedule and tick that created it; the schedules; the paused workers.
+    // schedule and tick that created it; the schedules; the paused workers. The shared queue's
+    // index leaves out what waits for a time (scheduled tasks, restarts in their backoff),
+    // which has an index by that time: a claim never walks past what is not yet due.
     "
 ALTER TABLE tasks ADD COLUMN run_at BIGINT, ADD COLUMN priority SMALLINT NOT NULL DEFAULT 5,
     ADD COLUMN retry_of_boot INTEGER, ADD COLUMN retry_of_seq BIGINT, ADD COLUMN schedule TEXT,
@@ -192,7 +194,9 @@ CREATE TABLE schedules (
 CREATE TABLE paused_workers (name TEXT PRIMARY KEY);
 ALTER TABLE runs ADD COLUMN priority SMALLINT NOT NULL DEFAULT 5;
 DROP INDEX IF EXISTS runs_queue;
-CREATE INDEX runs_queue ON runs (priority DESC, spawned_at, boot, seq) WHERE owner IS NULL;
+CREATE INDEX runs_queue ON runs (priority DESC, spawned_at, boot, seq)
+    WHERE owner IS NULL AND ready_at IS NULL;
+CREATE INDEX runs_due ON runs (ready_at) WHERE owner IS NULL AND ready_at IS NOT NULL;
 ",
 ];
 
