@@ -78,7 +78,8 @@ bench: build-guest
 # SIGKILL under load, then `scripts/fuzz-api.sh long` and the HTTP connection tests where they
 # exist. One line per case with its figures and PASS/FAIL; non-zero exit if any case fails.
 # RELIABILITY_SCALE=0.05 scales its own cases down for a quick look, RELIABILITY_ONLY picks
-# cases (hostile,storm,soak,overload,lag,crash,fuzz-api,http,store-lock); see RELIABILITY.md.
+# cases (hostile,storm,soak,overload,lag,crash,fuzz-api,http,store-lock,schedules); see
+# RELIABILITY.md.
 reliability: build-guest
 	$(CARGO) build --release -p http-spawn -p http-spawn-bench
 	$(CARGO) build -p http-spawn

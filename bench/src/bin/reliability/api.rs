@@ -14,26 +14,36 @@ const PAGE: usize = 1000;
 
 /// GET `path`: the status and the body.
 pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    request(addr, "GET", path)
+}
+
+/// DELETE `path`: the status and the body.
+pub fn delete(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    request(addr, "DELETE", path)
+}
+
+/// `method` on `path`, with no body: the status and the body.
+fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
-        .with_context(|| format!("reading GET {path}"))?;
+        .with_context(|| format!("reading {method} {path}"))?;
     let response = String::from_utf8(response).context("a response that is not UTF-8")?;
     let (head, body) = response
         .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {path}: a response without a head"))?;
+        .with_context(|| format!("{method} {path}: a response without a head"))?;
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|status| status.parse().ok())
-        .with_context(|| format!("GET {path}: no status in {head:?}"))?;
+        .with_context(|| format!("{method} {path}: no status in {head:?}"))?;
     Ok((status, body.to_owned()))
 }
 
@@ -80,6 +90,16 @@ pub struct Record {
     /// Each attempt's end, where the task had more than one or a restart policy.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// When it started, and when it was scheduled to (RFC 3339).
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub run_at: Option<String>,
+    /// The schedule, and its tick, that created it.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub schedule_tick: Option<String>,
 }
 
 impl Record {

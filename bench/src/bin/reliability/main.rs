@@ -12,6 +12,7 @@ mod hostile;
 mod lag;
 mod mixed;
 mod overload;
+mod schedules;
 mod soak;
 mod store_lock;
 mod storm;
@@ -162,7 +163,7 @@ type Case = fn(&Args, &Path) -> anyhow::Result<Verdict>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cases: [(&str, Case); 9] = [
+    let cases: [(&str, Case); 10] = [
         ("hostile", hostile::run),
         ("storm", storm::run),
         ("soak", soak::run),
@@ -172,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         ("fuzz-api", hooks::fuzz_api),
         ("http", hooks::http_tests),
         ("store-lock", store_lock::run),
+        ("schedules", schedules::run),
     ];
     for name in &args.only {
         anyhow::ensure!(
