@@ -19,6 +19,7 @@ mod observability;
 mod retry;
 pub mod schedules;
 mod session;
+mod submission;
 mod tasks;
 mod wait;
 mod workers;
@@ -39,7 +40,8 @@ use utoipa_axum::routes;
 
 pub use browser::BrowserPolicy;
 pub use error::ApiError;
-pub use tasks::{is_json, parse_submission};
+pub use submission::parse_submission;
+pub use tasks::is_json;
 
 use crate::config::Config;
 use crate::host::Host;

@@ -27,7 +27,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::{AnyRoute, ApiError, ErrorBody};
-use super::tasks::{json_body, parse_submission};
+use super::submission::parse_submission;
+use super::tasks::json_body;
 use super::{AppState, RequestLimits};
 use crate::config::is_worker_name;
 use crate::host::{Host, SpawnError};

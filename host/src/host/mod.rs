@@ -7,6 +7,7 @@ mod actors;
 mod admission;
 mod calls;
 mod cluster;
+mod flow;
 mod reach;
 mod relay;
 mod retry;
@@ -36,8 +37,9 @@ use crate::store::{
 pub use admission::Accepting;
 pub use calls::CallFailed;
 use cluster::Cluster;
+pub use flow::PauseError;
 pub use relay::RELAYED;
-pub use retry::{MAX_BULK_RETRY, PauseError, RetryError, RetryFilter};
+pub use retry::{MAX_BULK_RETRY, RetryError, RetryFilter};
 
 /// Host losses after which a task ends `failed`/`host_lost` instead of running again.
 const MAX_HOST_LOSSES: u32 = 3;

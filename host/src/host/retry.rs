@@ -1,5 +1,4 @@
-//! Retrying ended tasks: a new task from an ended task's stored submission; and the store's
-//! schedules, whose ticks submit tasks as a client would (see `api::schedules`).
+//! Retrying ended tasks: a new task from an ended task's stored submission.
 //!
 //! A retry is a new task, with a pid of its own and `retry_of` naming the task it runs again:
 //! the same name, worker, duration, payload, deadline, restart policy, loss policy and
@@ -17,9 +16,7 @@ use std::time::SystemTime;
 use super::{Accepting, Host, SpawnError};
 use crate::model::{NewTask, Pid, RestartPolicy, Status, TaskRecord, TaskSpec};
 use crate::runtime::Digest;
-use crate::store::{
-    Change, IdempotencyKey, ListQuery, ScheduleChange, StoreError, StoredSchedule, blocking,
-};
+use crate::store::{IdempotencyKey, ListQuery, StoreError, blocking};
 
 /// Why a task could not be retried.
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +33,6 @@ impl From<StoreError> for RetryError {
     fn from(error: StoreError) -> Self {
         Self::Spawn(SpawnError::Store(error))
     }
-}
-
-/// Why a worker could not be paused or resumed.
-#[derive(Debug, thiserror::Error)]
-pub enum PauseError {
-    #[error(transparent)]
-    Unknown(#[from] crate::registry::UnknownWorker),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// Which ended tasks a bulk retry runs again: those matching every filter given, newest
@@ -68,75 +56,6 @@ pub const MAX_BULK_RETRY: usize = 10_000;
 const PAGE: usize = 500;
 
 impl Host {
-    /// Every schedule, as the store holds them.
-    pub fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
-        let store = &self.store;
-        blocking(|| store.schedules())
-    }
-
-    /// Pauses (`paused`) or resumes worker `name`, on every host of a cluster: a paused
-    /// worker's new tasks are accepted and wait, holding no place, until it is resumed; its
-    /// running tasks go on. Written to the store first, so that it outlives a restart.
-    pub fn pause_worker(&self, name: &str, paused: bool) -> Result<(), PauseError> {
-        let worker = self.workers.get(Some(name))?;
-        let name = worker.name.to_string();
-        let _one_at_a_time = self
-            .pausing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let store = &self.store;
-        blocking(|| {
-            store.wait(vec![Change::WorkerPaused {
-                name: name.clone(),
-                paused,
-            }])
-        })?;
-        if paused {
-            self.scheduler.pause(&name);
-        } else {
-            self.scheduler.resume(&name);
-        }
-        Ok(())
-    }
-
-    /// How many of worker `name`'s tasks its limits count as running here, and how many they
-    /// hold; none for a worker without limits.
-    pub fn worker_limited(&self, name: &str) -> Option<(u32, usize)> {
-        self.scheduler.limited(name)
-    }
-
-    /// Whether worker `name` is paused here, and how many of its tasks wait for it.
-    pub fn worker_paused(&self, name: &str) -> (bool, usize) {
-        (self.scheduler.is_paused(name), self.scheduler.held(name))
-    }
-
-    /// Follows the paused workers the store holds: at start, and in a cluster at each
-    /// heartbeat (another host paused or resumed one).
-    pub(super) fn follow_paused(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self
-            .pausing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let stored = self.store.paused_workers()?;
-        for name in &stored {
-            if !self.scheduler.is_paused(name) {
-                self.scheduler.pause(name);
-            }
-        }
-        for name in self.scheduler.paused() {
-            if !stored.contains(&name) {
-                self.scheduler.resume(&name);
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes a schedule's change, and waits until it is written.
-    pub fn change_schedule(&self, change: ScheduleChange) -> Result<(), StoreError> {
-        let store = &self.store;
-        blocking(|| store.wait(vec![Change::Schedule(change)]))
-    }
-
     /// Starts a new task from ended task `pid`'s stored submission (see the module's comment);
     /// the new task's acceptance, to be waited for as a submission's is.
     pub async fn retry(&self, pid: Pid) -> Result<Accepting, RetryError> {
