@@ -1,5 +1,6 @@
 //! Issue #25 over HTTP: tasks that run later (`run_at`, `delay`), priorities in the wait
-//! queue, and retries of ended tasks, on the memory store and across a SIGKILL on SQLite.
+//! queue, retries of ended tasks, schedules, paused workers, and concurrency and rate limits,
+//! on the memory store and across SIGKILLs on SQLite (the cluster's in `cluster.rs`).
 
 mod common;
 
@@ -7,28 +8,12 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::process::Binary;
-use common::{PATIENCE, module, spawn_app, temp_dir};
+use common::{PATIENCE, module, spawn_app, temp_dir, time_of as time};
 use serde_json::{Value, json};
-
-/// A record's time field as a system time.
-fn time(record: &Value, field: &str) -> SystemTime {
-    let text = record[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("{field}: {record}"));
-    humantime::parse_rfc3339(text).unwrap_or_else(|_| panic!("{field} {text:?}"))
-}
 
 /// POSTs `body` to `path` as JSON: the status and the JSON body.
 async fn post(remote: &common::Remote, path: &str, body: Value) -> (u16, Value) {
-    let answer = remote
-        .client
-        .post(remote.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = answer.status().as_u16();
-    (status, answer.json().await.expect("a JSON body"))
+    remote.post(path, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
