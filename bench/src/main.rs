@@ -438,15 +438,7 @@ fn live(mode: LiveMode, n: u32, hold: Duration) -> anyhow::Result<LiveResult> {
             name: "sleeper".into(),
             duration: 86_400,
             payload: payload.map(str::to_owned),
-            deadline: None,
-            restart: None,
-            on_host_loss: None,
-            worker: None,
-            run_at: None,
-            priority: None,
-            retry_of: None,
-            schedule: None,
-            concurrency_key: None,
+            ..NewTask::default()
         };
         // Past a few hundred thousand tasks stepping each second, the scheduler threads fall
         // behind and the host holds new tasks back (`--max-start-lag`): wait, as a client

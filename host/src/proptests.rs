@@ -330,11 +330,7 @@ fn valid_request(
                     deadline,
                     restart: policy,
                     on_host_loss,
-                    run_at: None,
-                    priority: None,
-                    retry_of: None,
-                    schedule: None,
-                    concurrency_key: None,
+                    ..NewTask::default()
                 };
                 (body, task)
             },

@@ -14,7 +14,8 @@ use common::process::Binary;
 use common::proxy::{Proxy, port_of};
 use common::workers::{actor, logged, messages, registry};
 use common::{
-    PATIENCE, Remote, module, numbered_attempts, postgres, read_events, temp_dir, time_of,
+    PATIENCE, Remote, assert_one_task_per_tick, module, numbered_attempts, postgres, read_events,
+    temp_dir, time_of,
 };
 use serde_json::{Value, json};
 
@@ -1299,7 +1300,8 @@ async fn scheduled_tasks_wait_in_the_store_the_queue_goes_by_priority_and_retrie
     let (status, accepted) = post(
         &a,
         "/api/tasks",
-        json!({"name": "later", "duration": 0, "delay": 1.5}),
+        json!({"name": "later", "duration": 0, "delay": 1.5, "priority": 7,
+            "concurrency_key": "tenant-1"}),
     )
     .await;
     assert_eq!(status, 202, "{accepted}");
@@ -1310,6 +1312,8 @@ async fn scheduled_tasks_wait_in_the_store_the_queue_goes_by_priority_and_retrie
         .await;
     let (_, record) = b.get(&format!("/api/tasks/{later}")).await;
     assert_eq!(record["status"], "scheduled", "{record}");
+    assert_eq!(record["priority"], 7, "{record}");
+    assert_eq!(record["concurrency_key"], "tenant-1", "{record}");
     assert!(record.get("node").is_none(), "{record}");
     let (status, record) = b.kill(&killed).await;
     assert!(status == 200 || status == 202, "{record}");
@@ -1364,37 +1368,14 @@ async fn scheduled_tasks_wait_in_the_store_the_queue_goes_by_priority_and_retrie
 
 /// The tasks schedule `name` created, oldest first, through `node`.
 async fn schedule_tasks(node: &Remote, name: &str) -> Vec<Value> {
-    let (status, page) = node
-        .get(&format!("/api/tasks?schedule={name}&limit=1000"))
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let mut tasks = page["tasks"].as_array().expect("tasks").clone();
-    tasks.reverse();
-    tasks
+    node.schedule_tasks(name).await
 }
 
 /// Waits until schedule `name` has made `n` tasks, then checks that no tick made two.
 async fn ticks_once_each(node: &Remote, name: &str, n: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let tasks = schedule_tasks(node, name).await;
-        if tasks.len() >= n {
-            let mut ticks: Vec<&str> = tasks
-                .iter()
-                .map(|task| task["schedule_tick"].as_str().expect("a tick"))
-                .collect();
-            ticks.sort_unstable();
-            ticks.dedup();
-            assert_eq!(ticks.len(), tasks.len(), "a tick fired twice: {tasks:?}");
-            return tasks;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name}: {} of {n}",
-            tasks.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let tasks = node.wait_schedule_tasks(name, n).await;
+    assert_one_task_per_tick(name, &tasks);
+    tasks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

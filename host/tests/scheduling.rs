@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::process::Binary;
-use common::{PATIENCE, module, spawn_app, temp_dir, time_of as time};
+use common::{PATIENCE, assert_one_task_per_tick, module, spawn_app, temp_dir, time_of as time};
 use serde_json::{Value, json};
 
 /// POSTs `body` to `path` as JSON: the status and the JSON body.
@@ -321,7 +321,10 @@ async fn a_scheduled_task_survives_a_sigkill_and_runs_at_its_time() {
     let dir = temp_dir("scheduled-crash");
     let mut host = start(&dir).await;
     let soon = host
-        .spawn(json!({"name": "soon", "duration": 0, "delay": 3, "priority": 8}))
+        .spawn(
+            json!({"name": "soon", "duration": 0, "delay": 3, "priority": 8,
+            "concurrency_key": "tenant-1"}),
+        )
         .await;
     let missed = host
         .spawn(json!({"name": "missed", "duration": 0, "delay": 0.5}))
@@ -339,6 +342,7 @@ async fn a_scheduled_task_survives_a_sigkill_and_runs_at_its_time() {
     let (_, record) = host.get(&format!("/api/tasks/{soon}")).await;
     assert_eq!(record["status"], "scheduled", "{record}");
     assert_eq!(record["priority"], 8, "{record}");
+    assert_eq!(record["concurrency_key"], "tenant-1", "{record}");
     let ended = host.wait_end(&soon).await;
     assert_eq!(ended["status"], "exited", "{ended}");
     assert!(
@@ -369,45 +373,12 @@ async fn a_scheduled_task_survives_a_sigkill_and_runs_at_its_time() {
 
 /// The tasks schedule `name` created, oldest first.
 async fn ticked(remote: &common::Remote, name: &str) -> Vec<Value> {
-    let (status, page) = remote
-        .get(&format!("/api/tasks?schedule={name}&limit=1000"))
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let mut tasks = page["tasks"].as_array().expect("tasks").clone();
-    tasks.reverse();
-    tasks
+    remote.schedule_tasks(name).await
 }
 
 /// Waits until schedule `name` has created at least `n` tasks: them, oldest first.
 async fn wait_ticks(remote: &common::Remote, name: &str, n: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let tasks = ticked(remote, name).await;
-        if tasks.len() >= n {
-            return tasks;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} made {} of {n} tasks",
-            tasks.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Each task names its schedule and a tick of its own, and started no sooner than it.
-fn assert_one_task_per_tick(name: &str, tasks: &[Value]) {
-    let mut ticks: Vec<SystemTime> = tasks
-        .iter()
-        .map(|task| {
-            assert_eq!(task["schedule"], name, "{task}");
-            time(task, "schedule_tick")
-        })
-        .collect();
-    let n = ticks.len();
-    ticks.sort();
-    ticks.dedup();
-    assert_eq!(ticks.len(), n, "a tick fired twice: {tasks:?}");
+    remote.wait_schedule_tasks(name, n).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

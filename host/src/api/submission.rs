@@ -302,15 +302,7 @@ mod tests {
                 name: "report".into(),
                 worker: None,
                 duration: 5,
-                payload: None,
-                deadline: None,
-                restart: None,
-                on_host_loss: None,
-                run_at: None,
-                priority: None,
-                retry_of: None,
-                schedule: None,
-                concurrency_key: None,
+                ..NewTask::default()
             })
         );
         assert_eq!(parse(r#"{"name":"report"}"#).map(|s| s.duration), Ok(3));

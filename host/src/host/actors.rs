@@ -312,14 +312,7 @@ impl Host {
             worker: child.worker,
             duration: child.duration_secs,
             payload: child.payload,
-            deadline: None,
-            restart: None,
-            on_host_loss: None,
-            run_at: None,
-            priority: None,
-            retry_of: None,
-            schedule: None,
-            concurrency_key: None,
+            ..NewTask::default()
         };
         // Not waited for: the child starts once its acceptance is recorded, and a crash
         // before that loses the child with its parent's step, which runs again.

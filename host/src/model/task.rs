@@ -6,8 +6,9 @@ use serde::Serialize;
 /// The longest name a task may have, in bytes, whether a client or a task asks for it.
 pub const MAX_TASK_NAME_BYTES: usize = 256;
 
-/// A task as a client asks for it, already validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A task as a client asks for it, already validated. Its `Default` asks for nothing beyond
+/// what a task must have (a name), for the callers that set only the fields they take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewTask {
     pub name: String,
     /// The worker to run; the default one when absent.

@@ -237,6 +237,34 @@ impl Remote {
         }
     }
 
+    /// The tasks schedule `name` created, oldest first.
+    pub async fn schedule_tasks(&self, name: &str) -> Vec<Value> {
+        let (status, page) = self
+            .get(&format!("/api/tasks?schedule={name}&limit=1000"))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let mut tasks = page["tasks"].as_array().expect("tasks").clone();
+        tasks.reverse();
+        tasks
+    }
+
+    /// Waits until schedule `name` has created at least `n` tasks: them, oldest first.
+    pub async fn wait_schedule_tasks(&self, name: &str, n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let tasks = self.schedule_tasks(name).await;
+            if tasks.len() >= n {
+                return tasks;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} made {} of {n} tasks",
+                tasks.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Submits a task that must be accepted, and returns its pid.
     pub async fn spawn(&self, body: Value) -> String {
         let response = self.submit(body).await;
@@ -367,4 +395,19 @@ pub fn time_of(record: &Value, field: &str) -> std::time::SystemTime {
         .as_str()
         .unwrap_or_else(|| panic!("{field}: {record}"));
     humantime::parse_rfc3339(text).unwrap_or_else(|_| panic!("{field} {text:?}"))
+}
+
+/// Each of schedule `name`'s `tasks` names it, and no tick made two of them.
+pub fn assert_one_task_per_tick(name: &str, tasks: &[Value]) {
+    let mut ticks: Vec<std::time::SystemTime> = tasks
+        .iter()
+        .map(|task| {
+            assert_eq!(task["schedule"], name, "{task}");
+            time_of(task, "schedule_tick")
+        })
+        .collect();
+    let n = ticks.len();
+    ticks.sort();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "a tick fired twice: {tasks:?}");
 }
