@@ -158,13 +158,14 @@ impl Ledger {
     /// A task was accepted: once the store has it, counts it and calls `then` with whether it
     /// was recorded. `spec` is what the task needs to run again after a crash; `key`, the
     /// idempotency key its request carried; `shared`, whether it waits in a cluster's shared
-    /// queue rather than on this host.
+    /// queue rather than on this host, and whether it is `limited` there (see
+    /// [`Change::Accepted`]).
     pub fn accepted(
         &self,
         record: TaskRecord,
         spec: TaskSpec,
         key: Option<IdempotencyKey>,
-        shared: bool,
+        (shared, limited): (bool, bool),
         then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) {
         let (pid, worker) = (record.pid, Arc::clone(&record.worker));
@@ -174,6 +175,7 @@ impl Ledger {
             spec,
             key,
             shared,
+            limited,
         }];
         self.write(
             pid,
@@ -536,7 +538,7 @@ mod tests {
             ready_at: None,
             priority: crate::model::DEFAULT_PRIORITY,
         };
-        ledger.accepted(record, spec, None, false, drop);
+        ledger.accepted(record, spec, None, (false, false), drop);
         let end = TaskEnd::exited(7);
         let ending = Ending {
             step: 3,

@@ -210,18 +210,20 @@ pub struct WorkerInfo {
     pub paused: bool,
     /// While paused: its tasks waiting on this host for it to be resumed.
     pub held: usize,
-    /// At most this many of its tasks run at once on a host.
+    /// At most this many of its tasks run at once (in a cluster, on all hosts together).
     pub max_running: Option<u32>,
-    /// At most this many of its tasks of one `concurrency_key` run at once on a host.
+    /// At most this many of its tasks of one `concurrency_key` run at once (in a cluster, on
+    /// all hosts together).
     pub per_key_running: Option<u32>,
     /// At most this many starts per period (per key for tasks with one), e.g. `100/1s`.
     pub rate: Option<String>,
-    /// With limits: its tasks they count as running here, and those they hold from starting.
+    /// With limits: its tasks they count as running, and those they hold from starting (in a
+    /// cluster, on all hosts: those hosts hold, and those waiting in the shared queue).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limited: Option<Limited>,
 }
 
-/// What a worker's limits count on this host.
+/// What a worker's limits count.
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Limited {
     pub running: u32,

@@ -1227,8 +1227,12 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
                 DROP COLUMN concurrency_key;
              DROP TABLE schedules;
              DROP TABLE paused_workers;
+             DROP TABLE limit_keys;
+             ALTER TABLE runs DROP COLUMN limited, DROP COLUMN worker,
+                DROP COLUMN concurrency_key;
+             DROP INDEX IF EXISTS runs_queue;
              ALTER TABLE runs DROP COLUMN priority;
-             DROP INDEX runs_due;
+             DROP INDEX IF EXISTS runs_due;
              CREATE INDEX runs_queue ON runs (spawned_at, boot, seq) WHERE owner IS NULL;
              CREATE INDEX tasks_by_status ON tasks (status, spawned_at, boot, seq);
              CREATE INDEX tasks_by_name ON tasks (name, spawned_at, boot, seq);

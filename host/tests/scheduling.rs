@@ -8,7 +8,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::process::Binary;
-use common::{PATIENCE, assert_one_task_per_tick, module, spawn_app, temp_dir, time_of as time};
+use common::{
+    PATIENCE, assert_one_task_per_tick, intervals, module, most_at_once, spawn_app, temp_dir,
+    time_of as time,
+};
 use serde_json::{Value, json};
 
 /// POSTs `body` to `path` as JSON: the status and the JSON body.
@@ -733,38 +736,6 @@ async fn with_workers(label: &str, workers: &str) -> common::TestApp {
     common::start_app(common::registry_config(&path, &[])).await
 }
 
-/// When each of `tasks` (records) ran: (start, end, its concurrency key).
-fn intervals(tasks: &[Value]) -> Vec<(SystemTime, SystemTime, String)> {
-    tasks
-        .iter()
-        .map(|task| {
-            (
-                time(task, "started_at"),
-                time(task, "ended_at"),
-                task["concurrency_key"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// The most of `intervals` (those `keep` keeps) that ran at one moment.
-fn most_at_once(
-    intervals: &[(SystemTime, SystemTime, String)],
-    keep: impl Fn(&str) -> bool,
-) -> usize {
-    intervals
-        .iter()
-        .filter(|(_, _, key)| keep(key))
-        .map(|(start, _, _)| {
-            intervals
-                .iter()
-                .filter(|(s, e, key)| keep(key) && s <= start && start < e)
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limits_hold_tasks_and_keys_take_turns() {
     let app = with_workers(
@@ -842,6 +813,66 @@ per_key_running = 1
         ],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_a_sigkill_and_what_they_held_runs_after_it() {
+    let dir = temp_dir("limits-crash");
+    let registry = common::workers::registry(
+        &dir,
+        r#"
+[workers.limited]
+module = "{module:default}"
+max_running = 2
+per_key_running = 1
+"#,
+    );
+    let store = format!("sqlite:{}", dir.join("tasks.db").display());
+    let argv: Vec<String> = [
+        "--store",
+        &store,
+        "--config",
+        &registry.display().to_string(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let mut host = Binary::spawn(&argv, &[], None);
+    host.ready().await;
+    let mut pids = Vec::new();
+    for (i, key) in ["a", "a", "a", "b", "b", "c"].into_iter().enumerate() {
+        let body = json!({"name": format!("{key}{i}"), "duration": 2, "worker": "limited",
+            "concurrency_key": key});
+        pids.push(host.spawn(body).await);
+    }
+    let (_, worker) = host.get("/api/workers/limited").await;
+    assert_eq!(worker["limited"]["running"], 2, "{worker}");
+    assert_eq!(worker["limited"]["waiting"], 4, "{worker}");
+    // SIGKILL with two running and four held: after the restart the limits count again from
+    // the tasks recovered, the two lost run again, and no key ever runs two.
+    host.crash();
+    let mut host = Binary::spawn(&argv, &[], None);
+    host.ready().await;
+    let (_, worker) = host.get("/api/workers/limited").await;
+    assert_eq!(worker["limited"]["running"], 2, "{worker}");
+    assert_eq!(worker["limited"]["waiting"], 4, "{worker}");
+    let mut ended = Vec::new();
+    for pid in &pids {
+        let record = host.wait_end(pid).await;
+        assert_eq!(record["exit_code"], 0, "{record}");
+        ended.push(record);
+    }
+    let lost = ended
+        .iter()
+        .filter(|record| record["attempts"][0]["outcome"] == "host_lost")
+        .count();
+    assert_eq!(lost, 2, "{ended:?}");
+    let runs = intervals(&ended);
+    assert!(most_at_once(&runs, |_| true) <= 2, "{runs:?}");
+    for key in ["a", "b", "c"] {
+        assert_eq!(most_at_once(&runs, |k| k == key), 1, "key {key}: {runs:?}");
+    }
+    host.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,11 +17,12 @@ use crate::registry::{InstallError, RollbackError, VersionSource, WorkerInfo};
 use crate::runtime::LoadError;
 
 /// `info` with whether its worker is paused here, and how many tasks wait for it.
-fn shown(state: &AppState, mut info: WorkerInfo) -> WorkerInfo {
+async fn shown(state: &AppState, mut info: WorkerInfo) -> WorkerInfo {
     (info.paused, info.held) = state.host.worker_paused(&info.name);
     info.limited = state
         .host
         .worker_limited(&info.name)
+        .await
         .map(|(running, waiting)| crate::registry::Limited { running, waiting });
     info
 }
@@ -48,15 +49,11 @@ pub(super) struct WorkerList {
                 parameters(("name" = "$response.body#/workers/0/name")))))),
         AnyRoute))]
 pub(super) async fn list_workers(State(state): State<AppState>) -> Json<WorkerList> {
-    Json(WorkerList {
-        workers: state
-            .host
-            .workers()
-            .list()
-            .into_iter()
-            .map(|info| shown(&state, info))
-            .collect(),
-    })
+    let mut workers = Vec::new();
+    for info in state.host.workers().list() {
+        workers.push(shown(&state, info).await);
+    }
+    Json(WorkerList { workers })
 }
 
 /// `GET /api/workers/{name}`.
@@ -69,12 +66,13 @@ pub(super) async fn get_worker(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<WorkerInfo>, ApiError> {
     let name = worker_path(path)?;
-    state
+    let info = state
         .host
         .workers()
         .get(Some(&name))
-        .map(|worker| Json(shown(&state, worker.info())))
-        .map_err(|unknown| ApiError::NotFound(unknown.to_string()))
+        .map_err(|unknown| ApiError::NotFound(unknown.to_string()))?
+        .info();
+    Ok(Json(shown(&state, info).await))
 }
 
 /// An upload's body as the document shows it: raw bytes, not a JSON array of them.
@@ -139,7 +137,7 @@ pub(super) async fn install_worker(
     match installed {
         Ok(installed) => Ok(Json(InstalledBody {
             changed: installed.changed,
-            worker: shown(&state, installed.worker),
+            worker: shown(&state, installed.worker).await,
         })),
         Err(InstallError::Unknown(error)) => Err(ApiError::NotFound(error.to_string())),
         Err(InstallError::Refused(error @ LoadError::NotComponent(_))) => {
@@ -183,13 +181,12 @@ pub(super) async fn rollback_worker(
     let rolled_back = tokio::task::spawn_blocking(move || workers.rollback(&name))
         .await
         .map_err(|error| ApiError::Internal(format!("rollback task failed: {error}")))?;
-    rolled_back
-        .map(|info| Json(shown(&state, info)))
-        .map_err(|error| match error {
-            RollbackError::Unknown(_) => ApiError::NotFound(error.to_string()),
-            RollbackError::NoPrevious(_) => ApiError::Conflict(error.to_string()),
-            RollbackError::Store(error) => error.into(),
-        })
+    let info = rolled_back.map_err(|error| match error {
+        RollbackError::Unknown(_) => ApiError::NotFound(error.to_string()),
+        RollbackError::NoPrevious(_) => ApiError::Conflict(error.to_string()),
+        RollbackError::Store(error) => error.into(),
+    })?;
+    Ok(Json(shown(&state, info).await))
 }
 
 /// `POST /api/workers/{name}/pause` (admin): the worker's new tasks are accepted but do not
@@ -207,7 +204,7 @@ pub(super) async fn pause_worker(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<WorkerInfo>, ApiError> {
-    set_paused(&state, path, true)
+    set_paused(&state, path, true).await
 }
 
 /// `POST /api/workers/{name}/resume` (admin): the tasks a paused worker held start, in the
@@ -224,10 +221,10 @@ pub(super) async fn resume_worker(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<WorkerInfo>, ApiError> {
-    set_paused(&state, path, false)
+    set_paused(&state, path, false).await
 }
 
-fn set_paused(
+async fn set_paused(
     state: &AppState,
     path: Result<Path<String>, PathRejection>,
     paused: bool,
@@ -245,5 +242,5 @@ fn set_paused(
         .workers()
         .get(Some(&name))
         .map_err(|unknown| ApiError::NotFound(unknown.to_string()))?;
-    Ok(Json(shown(state, worker.info())))
+    Ok(Json(shown(state, worker.info()).await))
 }

@@ -503,12 +503,39 @@ pub struct WorkerConfig {
     pub actor_scope: ActorScope,
     /// The priority of its tasks when a request names none, 0 to 9.
     pub priority: u8,
-    /// At most this many of its tasks run at once (on each host); the others wait.
+    /// At most this many of its tasks run at once (in a cluster, on all its hosts together);
+    /// the others wait.
     pub max_running: Option<u32>,
     /// At most this many of its tasks of one `concurrency_key` run at once; the others wait.
     pub per_key_running: Option<u32>,
     /// At most this many of its tasks start per period (per key, for tasks with one).
     pub rate: Option<Rate>,
+}
+
+impl WorkerConfig {
+    /// Its concurrency and rate limits.
+    pub fn limits(&self) -> FlowLimits {
+        FlowLimits {
+            max_running: self.max_running,
+            per_key_running: self.per_key_running,
+            rate: self.rate,
+        }
+    }
+}
+
+/// A worker's concurrency and rate limits; none set, it has none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowLimits {
+    pub max_running: Option<u32>,
+    pub per_key_running: Option<u32>,
+    pub rate: Option<Rate>,
+}
+
+impl FlowLimits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.max_running.is_some() || self.per_key_running.is_some() || self.rate.is_some()
+    }
 }
 
 /// `--max-schedule-ahead`: a duration of at most 100 years, so that now plus it is a time.

@@ -224,13 +224,25 @@ impl Host {
         }
         // A task to run later takes no place now: it waits among the scheduled tasks here,
         // or, in a cluster, in the shared queue until it is due, for any host.
+        // In a cluster, a task of a worker with limits waits in the shared queue whatever
+        // place is free here: its limits are counted there, for all hosts together.
+        let limited = self
+            .cluster
+            .as_ref()
+            .is_some_and(|cluster| cluster.limits_of(&worker.name).any());
         let (promise, later) = match run_at {
             Some(_) => (None, self.promise_later()?),
-            None => (self.promise()?, false),
+            None => (self.promise(limited)?, false),
         };
         // In a cluster, a task with no free place here waits in the shared queue, for any
         // host with one; it holds nothing here.
         let shared = promise.is_none() && !later;
+        if let Some(cluster) = self.cluster.as_ref().filter(|_| limited) {
+            // Claimed from the next poll on (once due, for a task to run later).
+            cluster
+                .limited_waiting
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         let pid = self.pids.next();
         let version = worker.current();
         let max_attempts = restart.unwrap_or(settings.restart).max_attempts();
@@ -312,7 +324,7 @@ impl Host {
         let actors = Arc::clone(&self.actors);
         let leftovers = Arc::clone(&self.leftovers);
         self.ledger
-            .accepted(record, spec, key, shared, move |recorded| {
+            .accepted(record, spec, key, (shared, limited), move |recorded| {
                 drop(in_flight);
                 match (&recorded, promise) {
                     (Ok(()), Some(promise)) => match scheduler.place(promise, job) {
@@ -355,8 +367,9 @@ impl Host {
     }
 
     /// A place (or a place in the queue) for a new task here, or, in a cluster with no free
-    /// place here, `None`: a place in the shared queue, while it has room.
-    fn promise(&self) -> Result<Option<Promise>, SpawnError> {
+    /// place here or for a `limited` task, `None`: a place in the shared queue, while it has
+    /// room.
+    fn promise(&self, limited: bool) -> Result<Option<Promise>, SpawnError> {
         let full = || SpawnError::Full {
             live: self.scheduler.capacity(),
             queued: self.scheduler.queue_limit(),
@@ -380,11 +393,11 @@ impl Host {
             .into());
         }
         match self.scheduler.promise() {
-            Ok(promise) if promise.is_place() => Ok(Some(promise)),
+            Ok(promise) if promise.is_place() && !limited => Ok(Some(promise)),
             Err(Refused::Closed) => Err(SpawnError::ShuttingDown),
             // Waiting is for the cluster's queue: the place promised in this host's is given
             // back as the promise is dropped.
-            Ok(_) | Err(Refused::Full) => {
+            _ => {
                 if cluster.queue_one() {
                     Ok(None)
                 } else {

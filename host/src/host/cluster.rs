@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{Host, MAX_HOST_LOSSES};
 use crate::actor::{EndNotice, Entry, Placement, SendError};
-use crate::config::Config;
+use crate::config::{Config, FlowLimits};
 use crate::ledger::{EndWaiters, EndWatch, Ending};
 use crate::model::{Outcome, Pid, TaskEnd};
 use crate::registry::VersionError;
@@ -66,6 +66,13 @@ pub(crate) struct Cluster {
     delivered: Mutex<Vec<i64>>,
     /// The moment this host must have stopped its tasks by, unless it renews its lease.
     deadline: LeaseDeadline,
+    /// The workers' limits, by worker, as this host counts them in the shared store.
+    pub(super) limits: Arc<HashMap<String, FlowLimits>>,
+    /// Tasks of workers with limits waiting in the shared queue, as last seen (and counted up
+    /// by this host's acceptances since): while there are any, every poll claims them.
+    pub(super) limited_waiting: AtomicU64,
+    /// Turns of the claims of limited tasks: which worker's go first.
+    pub(super) limited_turn: std::sync::atomic::AtomicUsize,
 }
 
 /// The host's own deadline for its lease, and a wake-up for the guard when it moves.
@@ -178,6 +185,16 @@ impl Cluster {
                 at: Mutex::new(joined + config.lease.saturating_sub(config.heartbeat)),
                 moved: Condvar::new(),
             },
+            limits: Arc::new(
+                config
+                    .workers
+                    .iter()
+                    .filter(|worker| worker.limits().any())
+                    .map(|worker| (worker.name.clone(), worker.limits()))
+                    .collect(),
+            ),
+            limited_waiting: AtomicU64::new(0),
+            limited_turn: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -297,11 +314,13 @@ impl Host {
         let sent = Instant::now();
         let margin = cluster.lease.saturating_sub(cluster.heartbeat);
         match cluster.store.heartbeat(live, queued) {
-            Ok((true, waiting)) => {
+            Ok((true, waiting, limited)) => {
                 cluster.deadline.extend(sent + margin);
-                cluster.waiting.store(waiting, Ordering::Release);
+                // Both count against --max-queue.
+                cluster.waiting.store(waiting + limited, Ordering::Release);
+                cluster.limited_waiting.store(limited, Ordering::Release);
             }
-            Ok((false, _)) => {
+            Ok((false, _, _)) => {
                 self.lose_lease(cluster, "its lease expired");
                 let sent = Instant::now();
                 match cluster.store.rejoin() {
@@ -347,6 +366,7 @@ impl Host {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "taking back the tasks of lost hosts failed"),
         }
+        self.prune_limit_keys(cluster);
         self.workers.follow_store();
         if let Err(error) = self.follow_paused() {
             tracing::debug!(%error, "reading the paused workers failed");
@@ -368,6 +388,10 @@ impl Host {
             .saturating_sub(self.live())
             .saturating_sub(u32::try_from(self.queued()).unwrap_or(u32::MAX));
         if free == 0 || cluster.leaving.load(Ordering::Acquire) {
+            return;
+        }
+        let free = free.saturating_sub(self.claim_limited(cluster, free.min(CLAIM_BATCH)));
+        if free == 0 {
             return;
         }
         if cluster.waiting() == 0 {
@@ -468,7 +492,7 @@ impl Host {
 
     /// Runs a task claimed from the shared queue: accepted by any host, or taken back from a
     /// lost one.
-    fn run_claimed(&self, claimed: Claimed) {
+    pub(super) fn run_claimed(&self, claimed: Claimed) {
         let Claimed {
             record,
             spec,

@@ -234,7 +234,12 @@ impl Host {
                 max_queue: config.max_queue,
                 max_scheduled: config.max_scheduled,
             },
-            &config.workers,
+            // In a cluster, the workers' limits are counted in the shared store, for all hosts.
+            if shared.is_some() {
+                &[]
+            } else {
+                &config.workers
+            },
             Arc::clone(&ledger),
             Arc::clone(&actors),
             shared

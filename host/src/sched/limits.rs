@@ -9,6 +9,10 @@
 //! key), counted at once so that nothing overtakes them. Over its rate, it waits among the
 //! scheduled tasks until its turn, its start already counted in the bucket. A worker with no
 //! limits costs one map lookup per start, and none while no worker has any.
+//!
+//! This is a single host's counting. In a cluster, a limited worker's tasks are counted in
+//! the shared store for all hosts together, and claimed under their limits there
+//! (`store::postgres::limits`); this host then counts nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

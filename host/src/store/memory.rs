@@ -375,6 +375,7 @@ mod tests {
             spec,
             key: None,
             shared: false,
+            limited: false,
         }
     }
 

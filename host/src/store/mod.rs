@@ -46,6 +46,9 @@ pub enum Change {
         /// The task waits in a cluster's shared queue for any host with a free place, rather
         /// than on the host that accepted it. Only a shared store has such a queue.
         shared: bool,
+        /// Its worker has limits, counted across the cluster: it waits in the shared queue
+        /// (with `shared`) and starts only under them. Only a shared store counts them.
+        limited: bool,
     },
     /// Something happened to a task (see [`TaskRecord::apply`]).
     Event(Pid, TaskEvent),

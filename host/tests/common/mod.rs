@@ -8,7 +8,7 @@ pub mod proxy;
 pub mod workers;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http_spawn::{App, Config};
 use serde_json::{Value, json};
@@ -410,4 +410,36 @@ pub fn assert_one_task_per_tick(name: &str, tasks: &[Value]) {
     ticks.sort();
     ticks.dedup();
     assert_eq!(ticks.len(), n, "a tick fired twice: {tasks:?}");
+}
+
+/// When each of `tasks` (records) ran its last attempt: (start, end, its concurrency key).
+pub fn intervals(tasks: &[Value]) -> Vec<(SystemTime, SystemTime, String)> {
+    tasks
+        .iter()
+        .map(|task| {
+            (
+                time_of(task, "started_at"),
+                time_of(task, "ended_at"),
+                task["concurrency_key"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The most of `intervals` (those `keep` keeps) that ran at one moment.
+pub fn most_at_once(
+    intervals: &[(SystemTime, SystemTime, String)],
+    keep: impl Fn(&str) -> bool,
+) -> usize {
+    intervals
+        .iter()
+        .filter(|(_, _, key)| keep(key))
+        .map(|(start, _, _)| {
+            intervals
+                .iter()
+                .filter(|(s, e, key)| keep(key) && s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
 }

@@ -198,11 +198,55 @@ pub(super) async fn join(client: &Client, spec: &NodeSpec) -> Result<i32, tokio_
     row.try_get(0)
 }
 
+/// What the tasks `boots`, `seqs` just claimed in `tx` need to run: their records and specs,
+/// in the order accepted, and what was sent to them while they waited.
+pub(super) async fn read_claimed(
+    tx: &tokio_postgres::Transaction<'_>,
+    boots: &[i32],
+    seqs: &[i64],
+) -> Result<Vec<Claimed>, StoreError> {
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS}, {SPEC_COLUMNS} FROM tasks
+         WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))
+         ORDER BY spawned_at, boot, seq"
+    );
+    let rows = tx
+        .query(&sql, &[&boots, &seqs])
+        .await
+        .map_err(unavailable)?;
+    let sent = tx
+        .query(
+            "SELECT id, boot, seq, kind, sender_boot, sender_seq, body FROM commands
+             WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",
+            &[&boots, &seqs],
+        )
+        .await
+        .map_err(unavailable)?;
+    let sent = commands_of(&sent)?;
+    rows.iter()
+        .map(|row| {
+            let record = record_of(row)?;
+            let spec = spec_of(row, RECORD_COLUMN_COUNT)?;
+            let commands = sent
+                .iter()
+                .filter(|(_, command)| command.to() == record.pid)
+                .cloned()
+                .collect();
+            Ok(Claimed {
+                record,
+                spec,
+                commands,
+            })
+        })
+        .collect()
+}
+
 impl PgStore {
     /// Renews this host's lease and says how it is doing; answers whether the lease was still
-    /// held (false: it ran out, and this host must join again), and how many tasks wait in the
-    /// shared queue.
-    pub fn heartbeat(&self, live: u32, queued: usize) -> Result<(bool, u64), StoreError> {
+    /// held (false: it ran out, and this host must join again), how many tasks wait in the
+    /// shared queue, and how many of them are tasks of workers with limits (ready to be
+    /// claimed under them).
+    pub fn heartbeat(&self, live: u32, queued: usize) -> Result<(bool, u64, u64), StoreError> {
         let node = self.shared.node.load(std::sync::atomic::Ordering::Acquire);
         let lease_ms = self.spec.lease.as_millis() as f64;
         let live = i32::try_from(live).unwrap_or(i32::MAX);
@@ -218,8 +262,14 @@ impl PgStore {
                         WHERE id = $1 AND state = 'up' AND lease_until > now()
                         RETURNING 1)
                      SELECT (SELECT count(*) FROM beat),
-                        (SELECT count(*) FROM runs WHERE owner IS NULL AND ready_at IS NULL)
-                        + (SELECT count(*) FROM runs WHERE owner IS NULL AND ready_at <= $5)",
+                        (SELECT count(*) FROM runs
+                            WHERE owner IS NULL AND ready_at IS NULL AND NOT limited)
+                        + (SELECT count(*) FROM runs
+                            WHERE owner IS NULL AND ready_at <= $5 AND NOT limited),
+                        (SELECT count(*) FROM runs
+                            WHERE owner IS NULL AND limited AND ready_at IS NULL)
+                        + (SELECT count(*) FROM runs
+                            WHERE owner IS NULL AND limited AND ready_at <= $5)",
                 )
                 .await
                 .map_err(unavailable)?;
@@ -231,8 +281,8 @@ impl PgStore {
                 .await
                 .map_err(unavailable)?;
             let held = column::<i64>(&row, 0)? == 1;
-            let waiting = column::<i64>(&row, 1)?;
-            Ok((held, u64::try_from(waiting).unwrap_or(0)))
+            let count = |index| column::<i64>(&row, index).map(|n| u64::try_from(n).unwrap_or(0));
+            Ok((held, count(1)?, count(2)?))
         })
     }
 
@@ -404,12 +454,12 @@ impl PgStore {
                     // priority and age: tasks not yet due are never walked past.
                     "WITH ready AS (
                         SELECT boot, seq, priority, spawned_at FROM runs
-                        WHERE owner IS NULL AND ready_at IS NULL
+                        WHERE owner IS NULL AND ready_at IS NULL AND NOT limited
                         ORDER BY priority DESC, spawned_at, boot, seq
                         LIMIT $2 FOR UPDATE SKIP LOCKED),
                      due AS (
                         SELECT boot, seq, priority, spawned_at FROM runs
-                        WHERE owner IS NULL AND ready_at <= $3
+                        WHERE owner IS NULL AND ready_at <= $3 AND NOT limited
                         ORDER BY ready_at
                         LIMIT $2 FOR UPDATE SKIP LOCKED),
                      c AS (
@@ -436,41 +486,9 @@ impl PgStore {
                 boots.push(column::<i32>(row, 0)?);
                 seqs.push(column::<i64>(row, 1)?);
             }
-            let sql = format!(
-                "SELECT {RECORD_COLUMNS}, {SPEC_COLUMNS} FROM tasks
-                 WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))
-                 ORDER BY spawned_at, boot, seq"
-            );
-            let rows = tx
-                .query(&sql, &[&boots, &seqs])
-                .await
-                .map_err(unavailable)?;
-            let sent = tx
-                .query(
-                    "SELECT id, boot, seq, kind, sender_boot, sender_seq, body FROM commands
-                     WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",
-                    &[&boots, &seqs],
-                )
-                .await
-                .map_err(unavailable)?;
+            let claimed = read_claimed(&tx, &boots, &seqs).await?;
             tx.commit().await.map_err(unavailable)?;
-            let sent = commands_of(&sent)?;
-            rows.iter()
-                .map(|row| {
-                    let record = record_of(row)?;
-                    let spec = spec_of(row, RECORD_COLUMN_COUNT)?;
-                    let commands = sent
-                        .iter()
-                        .filter(|(_, command)| command.to() == record.pid)
-                        .cloned()
-                        .collect();
-                    Ok(Claimed {
-                        record,
-                        spec,
-                        commands,
-                    })
-                })
-                .collect()
+            Ok(claimed)
         })
     }
 
@@ -646,8 +664,10 @@ impl PgStore {
         self.query(move |client| async move {
             let statement = client
                 .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM runs WHERE owner IS NULL AND ready_at IS NULL)
-                        OR EXISTS (SELECT 1 FROM runs WHERE owner IS NULL AND ready_at <= $1)",
+                    "SELECT EXISTS (SELECT 1 FROM runs
+                            WHERE owner IS NULL AND ready_at IS NULL AND NOT limited)
+                        OR EXISTS (SELECT 1 FROM runs
+                            WHERE owner IS NULL AND ready_at <= $1 AND NOT limited)",
                 )
                 .await
                 .map_err(unavailable)?;

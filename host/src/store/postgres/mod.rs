@@ -13,6 +13,7 @@
 //! pool of connections; the writer has one connection of its own.
 
 mod cluster;
+mod limits;
 mod plan;
 mod schema;
 mod target;

@@ -123,6 +123,7 @@ struct Accepts {
     schedules: Vec<Option<String>>,
     schedule_ticks: Vec<Option<i64>>,
     keys: Vec<Option<String>>,
+    limited: Vec<bool>,
 }
 
 /// Starts gathered into one statement, until a later change of one of their tasks must
@@ -334,6 +335,7 @@ impl<'a> Plan<'a> {
                 Box::new(a.schedules),
                 Box::new(a.schedule_ticks),
                 Box::new(a.keys),
+                Box::new(a.limited),
             ],
             Check::Nothing,
         );
@@ -417,6 +419,7 @@ impl<'a> Plan<'a> {
                 spec,
                 key: idempotency,
                 shared,
+                limited,
             } => {
                 let (boot, seq) = key(record.pid);
                 let parent = record.parent.map(key);
@@ -448,6 +451,7 @@ impl<'a> Plan<'a> {
                     a.schedules.push(record.schedule.clone());
                     a.schedule_ticks.push(record.schedule_tick.map(nanos));
                     a.keys.push(record.concurrency_key.clone());
+                    a.limited.push(*limited);
                     return;
                 };
                 let mut params: Vec<Param> = vec![
@@ -481,6 +485,7 @@ impl<'a> Plan<'a> {
                 params.push(Box::new(record.schedule.clone()));
                 params.push(Box::new(record.schedule_tick.map(nanos)));
                 params.push(Box::new(record.concurrency_key.clone()));
+                params.push(Box::new(*limited));
                 let statement = s.accept_keyed.clone();
                 self.push_head(&statement, params, Check::Keyed(pending));
             }
@@ -872,11 +877,11 @@ impl Statements {
                         $10::integer[], $11::integer[], $12::text[], $13::text[], $14::integer[],
                         $15::integer[], $16::bigint[], $17::integer[], $18::bigint[],
                         $19::smallint[], $20::integer[], $21::bigint[], $22::text[],
-                        $23::bigint[], $24::text[])
+                        $23::bigint[], $24::text[], $25::boolean[])
                     AS v(boot, seq, spawned_at, name, worker, version, module_sha256, duration,
                         payload, deadline_secs, max_attempts, on_host_loss, status, attempt,
                         parent_boot, parent_seq, owner, run_at, priority, retry_of_boot,
-                        retry_of_seq, schedule, schedule_tick, concurrency_key)),
+                        retry_of_seq, schedule, schedule_tick, concurrency_key, limited)),
                  task AS (
                     INSERT INTO tasks (boot, seq, spawned_at, name, worker, version,
                         module_sha256, duration, payload, deadline_secs, max_attempts,
@@ -888,8 +893,12 @@ impl Statements {
                         parent_boot, parent_seq, run_at, run_at, priority, retry_of_boot,
                         retry_of_seq, schedule, schedule_tick, concurrency_key
                     FROM v)
-                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority)
-                 SELECT boot, seq, owner, attempt, spawned_at, run_at, priority FROM v",
+                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority,
+                    limited, worker, concurrency_key)
+                 SELECT boot, seq, owner, attempt, spawned_at, run_at, priority, limited,
+                    CASE WHEN limited THEN worker END,
+                    CASE WHEN limited THEN coalesce(concurrency_key, '') END
+                 FROM v",
             )
             .await?;
         let accept_keyed = client
@@ -915,8 +924,11 @@ impl Statements {
                         $26::bigint, $27::text
                     WHERE EXISTS (SELECT 1 FROM key)
                     RETURNING boot, seq, spawned_at, attempt, ready_at, priority)
-                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority)
-                 SELECT boot, seq, $17::integer, attempt, spawned_at, ready_at, priority
+                 INSERT INTO runs (boot, seq, owner, attempt, spawned_at, ready_at, priority,
+                    limited, worker, concurrency_key)
+                 SELECT boot, seq, $17::integer, attempt, spawned_at, ready_at, priority,
+                    $28::boolean, CASE WHEN $28::boolean THEN $5::text END,
+                    CASE WHEN $28::boolean THEN coalesce($27::text, '') END
                  FROM task",
             )
             .await?;

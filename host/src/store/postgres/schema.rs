@@ -143,7 +143,7 @@ CREATE INDEX names_by_task ON names (boot, seq);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`, in the transaction that
 /// records the new version.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     // 2 (issue #23): fewer indexes on `tasks`, as in the SQLite store. Every acceptance wrote
     // each of these, and a start and an end changed `status`, so that neither could be a
     // heap-only update: each wrote a new entry into every index of the table. Lists filtered
@@ -197,6 +197,36 @@ DROP INDEX IF EXISTS runs_queue;
 CREATE INDEX runs_queue ON runs (priority DESC, spawned_at, boot, seq)
     WHERE owner IS NULL AND ready_at IS NULL;
 CREATE INDEX runs_due ON runs (ready_at) WHERE owner IS NULL AND ready_at IS NOT NULL;
+",
+    // 6 (issue #25): limits counted across the cluster. A task of a worker with limits is
+    // `limited` in `runs`, with its worker and its concurrency key ('' for none) there: it waits
+    // in a queue of its own, by worker and key, and is claimed only under its worker's limits,
+    // counted from the limited rows that hosts hold. `limit_keys` keeps, by worker and key,
+    // when one last started (keys take turns) and its rate's tokens. The shared queue's
+    // indexes leave the limited tasks out.
+    "
+ALTER TABLE runs ADD COLUMN limited BOOLEAN NOT NULL DEFAULT false, ADD COLUMN worker TEXT,
+    ADD COLUMN concurrency_key TEXT;
+DROP INDEX IF EXISTS runs_queue;
+CREATE INDEX runs_queue ON runs (priority DESC, spawned_at, boot, seq)
+    WHERE owner IS NULL AND ready_at IS NULL AND NOT limited;
+DROP INDEX IF EXISTS runs_due;
+CREATE INDEX runs_due ON runs (ready_at)
+    WHERE owner IS NULL AND ready_at IS NOT NULL AND NOT limited;
+CREATE INDEX runs_limited_queue ON runs (worker, concurrency_key, priority DESC, spawned_at,
+    boot, seq) WHERE owner IS NULL AND limited AND ready_at IS NULL;
+CREATE INDEX runs_limited_due ON runs (ready_at)
+    WHERE owner IS NULL AND limited AND ready_at IS NOT NULL;
+CREATE INDEX runs_limited_running ON runs (worker, concurrency_key)
+    WHERE owner IS NOT NULL AND limited;
+CREATE TABLE limit_keys (
+    worker TEXT NOT NULL,
+    key TEXT NOT NULL,
+    last_start BIGINT NOT NULL,
+    tokens DOUBLE PRECISION,
+    PRIMARY KEY (worker, key)
+);
+CREATE INDEX limit_keys_by_age ON limit_keys (last_start);
 ",
 ];
 

@@ -44,6 +44,7 @@ fn ended_task(seq: u64) -> Vec<Change> {
             spec,
             key: None,
             shared: false,
+            limited: false,
         },
         Change::Event(
             pid,
@@ -1097,11 +1098,13 @@ mod same_as_memory {
                     spec,
                     key,
                     shared,
+                    limited,
                 } => Change::Accepted {
                     record: record.clone(),
                     spec: spec.clone(),
                     key: key.clone(),
                     shared: *shared,
+                    limited: *limited,
                 },
                 Change::Event(pid, event) => Change::Event(*pid, copy_event(event)),
                 _ => unreachable!("only tasks' changes here"),

@@ -1,0 +1,296 @@
+//! Flow control across a cluster (issue #25), on real hosts sharing a fresh PostgreSQL
+//! database: a worker's `max_running` and `per_key_running` hold for all hosts together, also
+//! while one host is killed with SIGKILL and after the others take its tasks over; keys take
+//! turns across hosts; a rate holds for all hosts together; a limited task scheduled for later
+//! starts once due.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::process::Binary;
+use common::workers::registry;
+use common::{PATIENCE, Remote, intervals, most_at_once, postgres, temp_dir, time_of};
+use serde_json::json;
+
+const TOKEN: &str = "cluster-flow-token-0123456789abcd";
+/// Short, so that a lost host's tasks move within a test: heartbeats at a tenth of it.
+const LEASE: &str = "2s";
+const HEARTBEAT: &str = "200ms";
+const POLL: &str = "50ms";
+
+/// Workers with limits: `limited` (4 at once, 2 of a key), `rated` (4 starts a second) and
+/// `turns` (2 at once).
+const LIMITED: &str = r#"
+[workers.limited]
+module = "{module:default}"
+max_running = 4
+per_key_running = 2
+
+[workers.rated]
+module = "{module:default}"
+rate = "4/1s"
+
+[workers.turns]
+module = "{module:default}"
+max_running = 2
+"#;
+
+/// Host `name` of the cluster on the database at `url`.
+async fn node(url: &str, name: &str) -> Binary {
+    let dir = temp_dir("cluster-flow");
+    let argv: Vec<String> = [
+        "--store",
+        url,
+        "--node-name",
+        name,
+        "--config",
+        &registry(&dir, LIMITED).display().to_string(),
+        "--shutdown-grace-secs",
+        "1",
+        "--cluster-poll",
+        POLL,
+        "--lease",
+        LEASE,
+        "--heartbeat",
+        HEARTBEAT,
+        "--capacity",
+        "64",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let host = Binary::spawn(&argv, &[("HTTP_SPAWN_API_TOKEN", TOKEN)], Some(TOKEN));
+    host.ready().await;
+    host
+}
+
+/// The most tasks of worker `limited` the cluster showed running at once, in all and by key,
+/// sampled through whichever of `nodes` answers until `stop` is set. Sound: a task's status is
+/// `running` only while a host holds it, from after its claim until its end (or, its host
+/// lost, until it is taken back), so that each sample sees no more than the store counted.
+async fn sample_running(
+    nodes: Vec<Remote>,
+    stop: Arc<AtomicBool>,
+) -> (usize, HashMap<String, usize>, usize) {
+    let (mut most, mut by_key, mut samples) = (0, HashMap::<String, usize>::new(), 0);
+    while !stop.load(Ordering::Acquire) {
+        let mut page = None;
+        for node in &nodes {
+            let url = node.url("/api/tasks?status=running&worker=limited&limit=100");
+            if let Ok(answer) = node.client.get(url).send().await
+                && answer.status() == 200
+                && let Ok(body) = answer.json::<serde_json::Value>().await
+            {
+                page = Some(body);
+                break;
+            }
+        }
+        let Some(page) = page else {
+            continue;
+        };
+        samples += 1;
+        let tasks = page["tasks"].as_array().expect("tasks");
+        most = most.max(tasks.len());
+        let mut now = HashMap::<String, usize>::new();
+        for task in tasks {
+            let key = task["concurrency_key"].as_str().unwrap_or("").to_owned();
+            *now.entry(key).or_default() += 1;
+        }
+        for (key, n) in now {
+            let seen = by_key.entry(key).or_default();
+            *seen = (*seen).max(n);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (most, by_key, samples)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_for_all_hosts_together_even_when_one_is_killed() {
+    let url = postgres::fresh_database("limits");
+    let mut hosts = vec![
+        node(&url, "a").await,
+        node(&url, "b").await,
+        node(&url, "c").await,
+    ];
+    let (_, worker) = hosts[1].get("/api/workers/limited").await;
+    assert_eq!(worker["max_running"], 4, "{worker}");
+    assert_eq!(worker["per_key_running"], 2, "{worker}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_running(
+        hosts
+            .iter()
+            .map(|host| Remote::with_token(host.base.clone(), TOKEN))
+            .collect(),
+        Arc::clone(&stop),
+    ));
+    // Submitted through all three hosts, each of which has places free: 6 of key a, then 3
+    // of b, 3 of c and 2 without a key.
+    let mut pids = Vec::new();
+    let mut submissions: Vec<(String, Option<&str>)> = Vec::new();
+    for i in 0..6 {
+        submissions.push((format!("a{i}"), Some("a")));
+    }
+    for key in ["b", "c"] {
+        for i in 0..3 {
+            submissions.push((format!("{key}{i}"), Some(key)));
+        }
+    }
+    submissions.push(("free0".into(), None));
+    submissions.push(("free1".into(), None));
+    for (i, (name, key)) in submissions.iter().enumerate() {
+        let mut body = json!({"name": name, "duration": 2, "worker": "limited"});
+        if let Some(key) = key {
+            body["concurrency_key"] = json!(key);
+        }
+        pids.push(hosts[i % 3].spawn(body).await);
+    }
+    // While the first tasks run, the cluster counts them all: at most 4 run, the rest wait.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let running = loop {
+        let (_, worker) = hosts[2].get("/api/workers/limited").await;
+        let (_, page) = hosts[2]
+            .get("/api/tasks?status=running&worker=limited")
+            .await;
+        if worker["limited"]["running"] == 4 && page["tasks"].as_array().map(Vec::len) == Some(4) {
+            assert_eq!(worker["limited"]["waiting"], 10, "{worker}");
+            break page["tasks"].as_array().expect("tasks").clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never 4 running: {worker}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // A host that runs some of them dies with them: they count until the others take them
+    // over, once its lease ran out, and run them again.
+    let mut ids = Vec::new();
+    for host in &hosts {
+        let (_, cluster) = host.get("/api/cluster").await;
+        ids.push(cluster["node"].clone());
+    }
+    let victim = ids
+        .iter()
+        .position(|id| running.iter().any(|task| task["node"] == *id))
+        .expect("a host runs a task");
+    hosts[victim].crash();
+    let survivor = &hosts[(victim + 1) % 3];
+    let mut ended = Vec::new();
+    for pid in &pids {
+        let record = survivor.wait_end(pid).await;
+        assert_eq!(record["exit_code"], 0, "{record}");
+        ended.push(record);
+    }
+    let rerun = ended
+        .iter()
+        .filter(|record| record["attempts"][0]["outcome"] == "host_lost")
+        .count();
+    assert!(rerun >= 1, "no task was lost with its host: {ended:?}");
+    stop.store(true, Ordering::Release);
+    let (most, by_key, samples) = sampler.await.expect("the sampler");
+    assert!(samples >= 100, "{samples} samples");
+    assert!(most <= 4, "{most} ran at once");
+    for (key, n) in &by_key {
+        let max = if key.is_empty() { 4 } else { 2 };
+        assert!(*n <= max, "key {key:?}: {n} at once");
+    }
+    let runs = intervals(&ended);
+    assert!(most_at_once(&runs, |_| true) <= 4, "{runs:?}");
+    for key in ["a", "b", "c"] {
+        assert!(
+            most_at_once(&runs, |k| k == key) <= 2,
+            "key {key}: {runs:?}"
+        );
+    }
+    let (_, worker) = survivor.get("/api/workers/limited").await;
+    assert_eq!(worker["limited"]["running"], 0, "{worker}");
+    assert_eq!(worker["limited"]["waiting"], 0, "{worker}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_holds_for_all_hosts_together_keys_take_turns_and_a_limited_task_can_wait() {
+    let url = postgres::fresh_database("rate");
+    let a = node(&url, "a").await;
+    let b = node(&url, "b").await;
+    let c = node(&url, "c").await;
+    let hosts = [&a, &b, &c];
+    // Twelve at once through three hosts: four start at once, then one every 250 ms, whichever
+    // host starts them (each host counting alone would start all twelve at once).
+    let mut pids = Vec::new();
+    for i in 0..12 {
+        let body = json!({"name": format!("r{i}"), "duration": 0, "worker": "rated"});
+        pids.push(hosts[i % 3].spawn(body).await);
+    }
+    let mut starts = Vec::new();
+    for pid in &pids {
+        let record = c.wait_end(pid).await;
+        assert_eq!(record["exit_code"], 0, "{record}");
+        starts.push(time_of(&record, "started_at"));
+    }
+    starts.sort();
+    let span = starts[11].duration_since(starts[0]).expect("in order");
+    assert!(
+        span >= Duration::from_millis(1_800),
+        "twelve starts in {span:?}"
+    );
+    for (i, start) in starts.iter().enumerate() {
+        let within = starts[i..]
+            .iter()
+            .take_while(|later| {
+                later.duration_since(*start).unwrap_or_default() < Duration::from_millis(400)
+            })
+            .count();
+        assert!(within <= 6, "{within} starts within 400 ms: {starts:?}");
+    }
+
+    // Keys take turns across hosts: with two places, a backlog of four of key a accepted
+    // before two of key b does not make b wait for all of a.
+    let mut blockers = Vec::new();
+    for (i, host) in hosts.iter().take(2).enumerate() {
+        let body = json!({"name": format!("blocker{i}"), "duration": 2, "worker": "turns"});
+        blockers.push(host.spawn(body).await);
+    }
+    let mut turns = Vec::new();
+    for (i, key) in ["a", "a", "a", "a", "b", "b"].into_iter().enumerate() {
+        let body = json!({"name": format!("{key}{i}"), "duration": 1, "worker": "turns",
+            "concurrency_key": key});
+        turns.push(hosts[i % 3].spawn(body).await);
+    }
+    let mut ended = Vec::new();
+    for pid in blockers.iter().chain(&turns) {
+        let record = c.wait_end(pid).await;
+        assert_eq!(record["exit_code"], 0, "{record}");
+        ended.push(record);
+    }
+    let runs = intervals(&ended);
+    assert!(most_at_once(&runs, |_| true) <= 2, "{runs:?}");
+    let last_of = |key: &str| {
+        runs.iter()
+            .filter(|(_, _, k)| k == key)
+            .map(|(start, _, _)| *start)
+            .max()
+    };
+    assert!(last_of("b") < last_of("a"), "{runs:?}");
+
+    // A limited task to run later waits in the store, and starts once due.
+    let (status, accepted) = a
+        .post(
+            "/api/tasks",
+            json!({"name": "later", "duration": 0, "worker": "limited", "delay": 1,
+                "concurrency_key": "k"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "scheduled", "{accepted}");
+    let pid = accepted["pid"].as_str().expect("a pid");
+    let record = b.wait_end(pid).await;
+    assert_eq!(record["exit_code"], 0, "{record}");
+    assert!(
+        time_of(&record, "started_at") >= time_of(&record, "run_at"),
+        "{record}"
+    );
+}
