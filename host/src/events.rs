@@ -211,7 +211,8 @@ impl EventBus {
             | Change::Module { .. }
             | Change::Worker { .. }
             | Change::Schedule(_)
-            | Change::WorkerPaused { .. } => Vec::new(),
+            | Change::WorkerPaused { .. }
+            | Change::WorkerLimits { .. } => Vec::new(),
             Change::Event(
                 pid,
                 TaskEvent::Restarting {

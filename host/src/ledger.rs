@@ -508,6 +508,9 @@ mod tests {
         fn paused_workers(&self) -> Result<Vec<String>, StoreError> {
             self.inner.paused_workers()
         }
+        fn worker_limits(&self) -> Result<Vec<(String, String)>, StoreError> {
+            self.inner.worker_limits()
+        }
     }
 
     /// Issue #20, item 6: an end published to an open event stream is built from the end

@@ -155,6 +155,7 @@ impl Worker {
             max_running: self.settings.max_running,
             per_key_running: self.settings.per_key_running,
             rate: self.settings.rate.map(|rate| rate.text()),
+            limits_from: "file",
             limited: None,
         }
     }
@@ -217,6 +218,9 @@ pub struct WorkerInfo {
     pub per_key_running: Option<u32>,
     /// At most this many starts per period (per key for tasks with one), e.g. `100/1s`.
     pub rate: Option<String>,
+    /// Where the three limits come from: `file` (the registry file) or `api` (`PUT
+    /// /api/workers/{name}/limits`).
+    pub limits_from: &'static str,
     /// With limits: its tasks they count as running, and those they hold from starting (in a
     /// cluster, on all hosts: those hosts hold, and those waiting in the shared queue).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -17,6 +17,7 @@ use common::{PATIENCE, Remote, intervals, most_at_once, postgres, temp_dir, time
 use serde_json::json;
 
 const TOKEN: &str = "cluster-flow-token-0123456789abcd";
+const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 /// Short, so that a lost host's tasks move within a test: heartbeats at a tenth of it.
 const LEASE: &str = "2s";
 const HEARTBEAT: &str = "200ms";
@@ -63,7 +64,11 @@ async fn node(url: &str, name: &str) -> Binary {
     .iter()
     .map(ToString::to_string)
     .collect();
-    let host = Binary::spawn(&argv, &[("HTTP_SPAWN_API_TOKEN", TOKEN)], Some(TOKEN));
+    let env = [
+        ("HTTP_SPAWN_API_TOKEN", TOKEN),
+        ("HTTP_SPAWN_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let host = Binary::spawn(&argv, &env, Some(TOKEN));
     host.ready().await;
     host
 }
@@ -293,4 +298,134 @@ async fn a_rate_holds_for_all_hosts_together_keys_take_turns_and_a_limited_task_
         time_of(&record, "started_at") >= time_of(&record, "run_at"),
         "{record}"
     );
+    // Limits set over the API through one host hold on every host, each following at its
+    // next heartbeat: `rated` now runs one task at a time across the cluster.
+    let answer = a
+        .client
+        .put(a.url("/api/workers/rated/limits"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"max_running": 1}))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(answer.status(), 200);
+    for host in [&b, &c] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (_, worker) = host.get("/api/workers/rated").await;
+            if worker["max_running"] == 1 && worker["limits_from"] == "api" {
+                assert_eq!(worker["rate"], serde_json::Value::Null, "{worker}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never followed: {worker}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut one_at_a_time = Vec::new();
+    for i in 0..3 {
+        let body = json!({"name": format!("one{i}"), "duration": 1, "worker": "rated"});
+        one_at_a_time.push(hosts[i % 3].spawn(body).await);
+    }
+    let mut ended = Vec::new();
+    for pid in &one_at_a_time {
+        let record = c.wait_end(pid).await;
+        assert_eq!(record["exit_code"], 0, "{record}");
+        ended.push(record);
+    }
+    let runs = intervals(&ended);
+    assert_eq!(most_at_once(&runs, |_| true), 1, "{runs:?}");
+    let answer = c
+        .client
+        .delete(c.url("/api/workers/rated/limits"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(answer.status(), 200);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, worker) = a.get("/api/workers/rated").await;
+        if worker["limits_from"] == "file" {
+            assert_eq!(worker["max_running"], serde_json::Value::Null, "{worker}");
+            assert_eq!(worker["rate"], "4/1s", "{worker}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never followed: {worker}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_set_over_the_api_count_the_tasks_already_running_on_every_host() {
+    let url = postgres::fresh_database("limits-api");
+    let a = node(&url, "a").await;
+    let b = node(&url, "b").await;
+    // Two tasks of the default worker (no limits in the file) run, one through each host,
+    // and one waits in the shared queue for a time.
+    let early = [
+        a.spawn(json!({"name": "early0", "duration": 3})).await,
+        b.spawn(json!({"name": "early1", "duration": 3})).await,
+    ];
+    for pid in &early {
+        a.wait_running(pid).await;
+    }
+    let (status, waiting) = a
+        .post(
+            "/api/tasks",
+            json!({"name": "due", "duration": 1, "delay": 0.5}),
+        )
+        .await;
+    assert_eq!(status, 202, "{waiting}");
+    let answer = b
+        .client
+        .put(b.url("/api/workers/default/limits"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"max_running": 1}))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(answer.status(), 200);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, worker) = a.get("/api/workers/default").await;
+        if worker["max_running"] == 1 {
+            // Both running tasks count, though accepted before the limit.
+            assert_eq!(worker["limited"]["running"], 2, "{worker}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never followed: {worker}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let later = [
+        a.spawn(json!({"name": "later0", "duration": 1})).await,
+        b.spawn(json!({"name": "later1", "duration": 1})).await,
+    ];
+    let mut ended = Vec::new();
+    for pid in early.iter().chain(&later).chain(std::iter::once(
+        &waiting["pid"].as_str().expect("a pid").to_owned(),
+    )) {
+        let record = b.wait_end(pid).await;
+        assert_eq!(record["exit_code"], 0, "{record}");
+        ended.push(record);
+    }
+    // Nothing started until both early tasks had ended; then one at a time.
+    let runs = intervals(&ended);
+    let early_end = runs[..2]
+        .iter()
+        .map(|(_, end, _)| *end)
+        .max()
+        .expect("ends");
+    for (start, _, _) in &runs[2..] {
+        assert!(*start >= early_end, "{runs:?}");
+    }
+    assert_eq!(most_at_once(&runs[2..], |_| true), 1, "{runs:?}");
 }

@@ -816,66 +816,6 @@ per_key_running = 1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_hold_across_a_sigkill_and_what_they_held_runs_after_it() {
-    let dir = temp_dir("limits-crash");
-    let registry = common::workers::registry(
-        &dir,
-        r#"
-[workers.limited]
-module = "{module:default}"
-max_running = 2
-per_key_running = 1
-"#,
-    );
-    let store = format!("sqlite:{}", dir.join("tasks.db").display());
-    let argv: Vec<String> = [
-        "--store",
-        &store,
-        "--config",
-        &registry.display().to_string(),
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    let mut host = Binary::spawn(&argv, &[], None);
-    host.ready().await;
-    let mut pids = Vec::new();
-    for (i, key) in ["a", "a", "a", "b", "b", "c"].into_iter().enumerate() {
-        let body = json!({"name": format!("{key}{i}"), "duration": 2, "worker": "limited",
-            "concurrency_key": key});
-        pids.push(host.spawn(body).await);
-    }
-    let (_, worker) = host.get("/api/workers/limited").await;
-    assert_eq!(worker["limited"]["running"], 2, "{worker}");
-    assert_eq!(worker["limited"]["waiting"], 4, "{worker}");
-    // SIGKILL with two running and four held: after the restart the limits count again from
-    // the tasks recovered, the two lost run again, and no key ever runs two.
-    host.crash();
-    let mut host = Binary::spawn(&argv, &[], None);
-    host.ready().await;
-    let (_, worker) = host.get("/api/workers/limited").await;
-    assert_eq!(worker["limited"]["running"], 2, "{worker}");
-    assert_eq!(worker["limited"]["waiting"], 4, "{worker}");
-    let mut ended = Vec::new();
-    for pid in &pids {
-        let record = host.wait_end(pid).await;
-        assert_eq!(record["exit_code"], 0, "{record}");
-        ended.push(record);
-    }
-    let lost = ended
-        .iter()
-        .filter(|record| record["attempts"][0]["outcome"] == "host_lost")
-        .count();
-    assert_eq!(lost, 2, "{ended:?}");
-    let runs = intervals(&ended);
-    assert!(most_at_once(&runs, |_| true) <= 2, "{runs:?}");
-    for key in ["a", "b", "c"] {
-        assert_eq!(most_at_once(&runs, |k| k == key), 1, "key {key}: {runs:?}");
-    }
-    host.stop();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_spaces_starts_per_key_and_refuses_nothing() {
     let app = with_workers(
         "rate",

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::AppState;
 use super::admin::AdminRefusal;
 use super::error::{AnyRoute, ApiError, ErrorBody};
+use crate::config::FlowLimits;
 use crate::host::PauseError;
 use crate::registry::{InstallError, RollbackError, VersionSource, WorkerInfo};
 use crate::runtime::LoadError;
@@ -19,6 +20,12 @@ use crate::runtime::LoadError;
 /// `info` with whether its worker is paused here, and how many tasks wait for it.
 async fn shown(state: &AppState, mut info: WorkerInfo) -> WorkerInfo {
     (info.paused, info.held) = state.host.worker_paused(&info.name);
+    if let Ok((limits, set)) = state.host.worker_limits(&info.name) {
+        info.max_running = limits.max_running;
+        info.per_key_running = limits.per_key_running;
+        info.rate = limits.rate.map(|rate| rate.text());
+        info.limits_from = if set { "api" } else { "file" };
+    }
     info.limited = state
         .host
         .worker_limited(&info.name)
@@ -241,6 +248,93 @@ async fn set_paused(
         .host
         .workers()
         .get(Some(&name))
+        .map_err(|unknown| ApiError::NotFound(unknown.to_string()))?;
+    Ok(Json(shown(state, worker.info()).await))
+}
+
+/// What `PUT /api/workers/{name}/limits` takes: each limit, or null (or left out) for none.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "documents the body, which is read as JSON and checked by hand"
+)]
+pub(super) struct LimitsRequest {
+    /// At most this many of the worker's tasks run at once (in a cluster, on all hosts
+    /// together); at least 1.
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    max_running: Option<u32>,
+    /// At most this many of its tasks of one `concurrency_key` run at once; at least 1.
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    per_key_running: Option<u32>,
+    /// At most this many starts per period (per key for tasks with one): `N/period`.
+    #[schema(example = "100/1s")]
+    rate: Option<String>,
+}
+
+/// `PUT /api/workers/{name}/limits` (admin): sets the worker's concurrency and rate limits,
+/// all three at once (one left out or null: none), over those of its registry file. On every
+/// host of a cluster, and across a restart. Tasks held that the new limits leave room for
+/// start; tasks already running go on and are counted.
+#[utoipa::path(put, path = "/api/workers/{name}/limits", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name", example = "default")),
+    request_body = LimitsRequest,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Set", body = WorkerInfo),
+        (status = 400, description = "A bad field: the message names it", body = ErrorBody),
+        AdminRefusal,
+        (status = 404, description = "No such worker", body = ErrorBody),
+        (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
+        (status = 415, description = "Body not sent as application/json", body = ErrorBody),
+        AnyRoute))]
+pub(super) async fn set_limits(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    let name = worker_path(path)?;
+    let body = super::tasks::json_body(&headers, body, state.limits.max_body_bytes)?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::BadRequest(format!("invalid JSON: {error}")))?;
+    let limits = FlowLimits::from_value(&value).map_err(ApiError::BadRequest)?;
+    change_limits(&state, &name, Some(limits)).await
+}
+
+/// `DELETE /api/workers/{name}/limits` (admin): the worker's limits are its registry file's
+/// again, on every host of a cluster.
+#[utoipa::path(delete, path = "/api/workers/{name}/limits", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name", example = "default")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Back to the registry file's", body = WorkerInfo),
+        AdminRefusal,
+        (status = 404, description = "No such worker", body = ErrorBody),
+        AnyRoute))]
+pub(super) async fn unset_limits(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    let name = worker_path(path)?;
+    change_limits(&state, &name, None).await
+}
+
+async fn change_limits(
+    state: &AppState,
+    name: &str,
+    limits: Option<FlowLimits>,
+) -> Result<Json<WorkerInfo>, ApiError> {
+    state
+        .host
+        .set_worker_limits(name, limits)
+        .map_err(|error| match error {
+            PauseError::Unknown(_) => ApiError::NotFound(error.to_string()),
+            PauseError::Store(error) => error.into(),
+        })?;
+    let worker = state
+        .host
+        .workers()
+        .get(Some(name))
         .map_err(|unknown| ApiError::NotFound(unknown.to_string()))?;
     Ok(Json(shown(state, worker.info()).await))
 }

@@ -536,6 +536,55 @@ impl FlowLimits {
     pub fn any(&self) -> bool {
         self.max_running.is_some() || self.per_key_running.is_some() || self.rate.is_some()
     }
+
+    /// As the store keeps limits set over the API: `{"max_running": 4, "per_key_running":
+    /// null, "rate": "100/1s"}`.
+    pub fn to_json(self) -> String {
+        serde_json::json!({
+            "max_running": self.max_running,
+            "per_key_running": self.per_key_running,
+            "rate": self.rate.map(|rate| rate.text()),
+        })
+        .to_string()
+    }
+
+    /// Limits from `value`, an object with any of `max_running` and `per_key_running` (at least
+    /// 1, or null) and `rate` (`"N/period"`, or null), and nothing else; why not, naming the
+    /// field.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, String> {
+        let object = value
+            .as_object()
+            .ok_or("limits must be a JSON object with max_running, per_key_running and rate")?;
+        if let Some(unknown) = object
+            .keys()
+            .find(|key| !["max_running", "per_key_running", "rate"].contains(&key.as_str()))
+        {
+            return Err(format!(
+                "unknown field {unknown:?}: limits take max_running, per_key_running and rate"
+            ));
+        }
+        let count = |field: &str| -> Result<Option<u32>, String> {
+            match object.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(value) => value
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n >= 1)
+                    .map(Some)
+                    .ok_or_else(|| format!("{field} must be a whole number from 1, or null")),
+            }
+        };
+        let rate = match object.get("rate") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(text)) => Some(Rate::parse(text)?),
+            Some(_) => return Err("rate must be a string such as \"100/1s\", or null".into()),
+        };
+        Ok(Self {
+            max_running: count("max_running")?,
+            per_key_running: count("per_key_running")?,
+            rate,
+        })
+    }
 }
 
 /// `--max-schedule-ahead`: a duration of at most 100 years, so that now plus it is a time.
@@ -564,6 +613,9 @@ impl Rate {
         let per = humantime::parse_duration(per.trim()).map_err(|_| bad())?;
         if starts == 0 || per.is_zero() {
             return Err(bad());
+        }
+        if per > Duration::from_secs(366 * 86_400) {
+            return Err(format!("rate {text:?}: the period may be at most a year"));
         }
         Ok(Self { starts, per })
     }

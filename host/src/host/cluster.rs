@@ -67,7 +67,7 @@ pub(crate) struct Cluster {
     /// The moment this host must have stopped its tasks by, unless it renews its lease.
     deadline: LeaseDeadline,
     /// The workers' limits, by worker, as this host counts them in the shared store.
-    pub(super) limits: Arc<HashMap<String, FlowLimits>>,
+    pub(super) limits: Mutex<Arc<HashMap<String, FlowLimits>>>,
     /// Tasks of workers with limits waiting in the shared queue, as last seen (and counted up
     /// by this host's acceptances since): while there are any, every poll claims them.
     pub(super) limited_waiting: AtomicU64,
@@ -185,14 +185,14 @@ impl Cluster {
                 at: Mutex::new(joined + config.lease.saturating_sub(config.heartbeat)),
                 moved: Condvar::new(),
             },
-            limits: Arc::new(
+            limits: Mutex::new(Arc::new(
                 config
                     .workers
                     .iter()
                     .filter(|worker| worker.limits().any())
                     .map(|worker| (worker.name.clone(), worker.limits()))
                     .collect(),
-            ),
+            )),
             limited_waiting: AtomicU64::new(0),
             limited_turn: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -368,6 +368,9 @@ impl Host {
         }
         self.prune_limit_keys(cluster);
         self.workers.follow_store();
+        if let Err(error) = self.follow_limits() {
+            tracing::debug!(%error, "reading the workers' limits failed");
+        }
         if let Err(error) = self.follow_paused() {
             tracing::debug!(%error, "reading the paused workers failed");
         }

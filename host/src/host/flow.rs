@@ -2,12 +2,14 @@
 //! host of a cluster, what a worker's limits count here, and the store's schedules, whose
 //! ticks submit tasks as a client would (see `api::schedules`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::Host;
 use super::cluster::Cluster;
 use crate::config::FlowLimits;
+use crate::registry::UnknownWorker;
 use crate::store::{Change, ScheduleChange, StoreError, StoredSchedule, blocking};
 
 /// Why a worker could not be paused or resumed.
@@ -77,10 +79,7 @@ impl Host {
             return 0;
         }
         let turn = cluster.limited_turn.fetch_add(1, Ordering::Relaxed);
-        match cluster
-            .store
-            .claim_limited(Arc::clone(&cluster.limits), asked, turn)
-        {
+        match cluster.store.claim_limited(cluster.limits(), asked, turn) {
             Ok(claimed) => {
                 let got = claimed.len() as u32;
                 for task in claimed {
@@ -98,6 +97,99 @@ impl Host {
     /// Whether worker `name` is paused here, and how many of its tasks wait for it.
     pub fn worker_paused(&self, name: &str) -> (bool, usize) {
         (self.scheduler.is_paused(name), self.scheduler.held(name))
+    }
+
+    /// Worker `name`'s limits now, and whether they were set over the API (rather than by its
+    /// registry file).
+    pub fn worker_limits(&self, name: &str) -> Result<(FlowLimits, bool), UnknownWorker> {
+        let worker = self.workers.get(Some(name))?;
+        let overrides = self
+            .limit_overrides
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(match overrides.get(&*worker.name) {
+            Some(limits) => (*limits, true),
+            None => (worker.settings.limits(), false),
+        })
+    }
+
+    /// Sets worker `name`'s limits (`None`: back to its registry file's), on every host of a
+    /// cluster: written to the store first, so that they outlive a restart; the other hosts
+    /// follow at their next heartbeat. Tasks held that they now leave room for start; tasks
+    /// running go on, counted.
+    pub fn set_worker_limits(
+        &self,
+        name: &str,
+        limits: Option<FlowLimits>,
+    ) -> Result<(), PauseError> {
+        let worker = self.workers.get(Some(name))?;
+        let name = worker.name.to_string();
+        let mut overrides = self
+            .limit_overrides
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let store = &self.store;
+        blocking(|| {
+            store.wait(vec![Change::WorkerLimits {
+                name: name.clone(),
+                limits,
+            }])
+        })?;
+        match limits {
+            Some(limits) => overrides.insert(name.clone(), limits),
+            None => overrides.remove(&name),
+        };
+        self.apply_limits(&name, limits.unwrap_or_else(|| worker.settings.limits()));
+        Ok(())
+    }
+
+    /// Counts worker `name`'s tasks under `limits` from now on: here, or in a cluster in the
+    /// shared store.
+    fn apply_limits(&self, name: &str, limits: FlowLimits) {
+        match &self.cluster {
+            Some(cluster) => cluster.set_limits(name, limits),
+            None => self.scheduler.set_limits(name, limits),
+        }
+    }
+
+    /// Follows the workers' limits set over the API that the store holds: at start, and in a
+    /// cluster at each heartbeat (another host set some). Limits the store holds that this
+    /// host cannot read (written by a newer host) are left as they are, with a warning.
+    pub(super) fn follow_limits(&self) -> Result<(), StoreError> {
+        let stored: HashMap<String, String> = self.store.worker_limits()?.into_iter().collect();
+        let mut overrides = self
+            .limit_overrides
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let names: Vec<String> = stored.keys().chain(overrides.keys()).cloned().collect();
+        for name in names {
+            let want = match stored.get(&name) {
+                None => None,
+                Some(text) => match serde_json::from_str(text)
+                    .map_err(|error| error.to_string())
+                    .and_then(|value| FlowLimits::from_value(&value))
+                {
+                    Ok(limits) => Some(limits),
+                    Err(error) => {
+                        tracing::warn!(worker = %name, %error, "the store holds limits for a \
+                            worker that this host cannot read; they are left as they are");
+                        continue;
+                    }
+                },
+            };
+            if overrides.get(&name).copied() == want {
+                continue;
+            }
+            let Ok(worker) = self.workers.get(Some(&name)) else {
+                continue;
+            };
+            match want {
+                Some(limits) => overrides.insert(name.clone(), limits),
+                None => overrides.remove(&name),
+            };
+            self.apply_limits(&name, want.unwrap_or_else(|| worker.settings.limits()));
+        }
+        Ok(())
     }
 
     /// Follows the paused workers the store holds: at start, and in a cluster at each
@@ -132,11 +224,11 @@ impl Host {
     /// Forgets in the store the keys of limited workers idle for an hour (or their longest
     /// rate period): what a key that never ran has, its turn and full tokens.
     pub(super) fn prune_limit_keys(&self, cluster: &Cluster) {
-        if cluster.limits.is_empty() {
+        let limits = cluster.limits();
+        if limits.is_empty() {
             return;
         }
-        let idle = cluster
-            .limits
+        let idle = limits
             .values()
             .filter_map(|limits| limits.rate.map(|rate| rate.per))
             .fold(std::time::Duration::from_secs(3_600), std::cmp::max);
@@ -147,8 +239,33 @@ impl Host {
 }
 
 impl Cluster {
+    /// The workers' limits, as this host counts them in the shared store.
+    pub(crate) fn limits(&self) -> Arc<HashMap<String, FlowLimits>> {
+        Arc::clone(
+            &self
+                .limits
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
     /// Worker `name`'s limits, as this host counts them in the shared store.
     pub(crate) fn limits_of(&self, name: &str) -> FlowLimits {
-        self.limits.get(name).copied().unwrap_or_default()
+        self.limits().get(name).copied().unwrap_or_default()
+    }
+
+    /// Sets worker `name`'s limits here: its tasks are claimed under them from now on.
+    fn set_limits(&self, name: &str, limits: FlowLimits) {
+        let mut current = self
+            .limits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = HashMap::clone(&current);
+        if limits.any() {
+            map.insert(name.to_owned(), limits);
+        } else {
+            map.remove(name);
+        }
+        *current = Arc::new(map);
     }
 }

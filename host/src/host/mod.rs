@@ -12,7 +12,7 @@ mod reach;
 mod relay;
 mod retry;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -110,6 +110,9 @@ pub struct Host {
     max_scheduled: usize,
     /// Held while a worker is paused or resumed, so that the store and the scheduler agree.
     pausing: Mutex<()>,
+    /// Workers' limits set over the API, as this host follows them from the store (a worker
+    /// missing has its registry file's); held while they change.
+    limit_overrides: Mutex<HashMap<String, crate::config::FlowLimits>>,
     /// Idempotency keys whose first request is being answered.
     keys_in_flight: Arc<Mutex<HashSet<String>>>,
     sandbox: Arc<Sandbox>,
@@ -235,11 +238,7 @@ impl Host {
                 max_scheduled: config.max_scheduled,
             },
             // In a cluster, the workers' limits are counted in the shared store, for all hosts.
-            if shared.is_some() {
-                &[]
-            } else {
-                &config.workers
-            },
+            shared.is_none().then_some(config.workers.as_slice()),
             Arc::clone(&ledger),
             Arc::clone(&actors),
             shared
@@ -271,6 +270,7 @@ impl Host {
             max_start_lag: config.max_start_lag,
             max_scheduled: config.max_scheduled,
             pausing: Mutex::new(()),
+            limit_overrides: Mutex::new(HashMap::new()),
             keys_in_flight: Arc::default(),
             sandbox,
             workers,
@@ -286,6 +286,8 @@ impl Host {
         // Before recovery: a paused worker's recovered tasks wait too.
         host.follow_paused()
             .context("reading the paused workers from the store")?;
+        host.follow_limits()
+            .context("reading the workers' limits from the store")?;
         host.recover()?;
         host.join_cluster()
             .context("starting the cluster's heartbeat")?;

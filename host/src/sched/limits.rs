@@ -7,8 +7,9 @@
 //! limit, it is held here, by key; when a task of the worker ends, the held tasks that may now
 //! run are handed back, round robin between keys (one key's backlog never starves another
 //! key), counted at once so that nothing overtakes them. Over its rate, it waits among the
-//! scheduled tasks until its turn, its start already counted in the bucket. A worker with no
-//! limits costs one map lookup per start, and none while no worker has any.
+//! scheduled tasks until its turn, its start already counted in the bucket. Every worker's
+//! running tasks are counted (a lock and a map lookup per start and per end), so that limits
+//! set over the API while tasks run count those already running.
 //!
 //! This is a single host's counting. In a cluster, a limited worker's tasks are counted in
 //! the shared store for all hosts together, and claimed under their limits there
@@ -18,8 +19,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::config::{Rate, WorkerConfig};
+use crate::config::{FlowLimits, Rate, WorkerConfig};
 use crate::model::Pid;
+
+/// The longest a task waits for its rate's turn: as long as the longest wait for a time
+/// (`--max-schedule-ahead` is at most 100 years).
+const FURTHEST_TURN: Duration = Duration::from_secs(100 * 366 * 86_400);
 
 /// What a task about to start may do.
 #[derive(Debug)]
@@ -57,37 +62,71 @@ struct Gauge<T> {
     buckets: HashMap<Option<Arc<str>>, (f64, Instant)>,
 }
 
-/// The limits of every worker that has any.
+impl<T> Gauge<T> {
+    fn new(limits: FlowLimits) -> Self {
+        Self {
+            max_running: limits.max_running,
+            per_key: limits.per_key_running,
+            rate: limits.rate,
+            running: 0,
+            by_key: HashMap::new(),
+            held: HashMap::new(),
+            turns: VecDeque::new(),
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn limited(&self) -> bool {
+        self.max_running.is_some() || self.per_key.is_some() || self.rate.is_some()
+    }
+}
+
+/// Every worker's running tasks, and the limits of those that have any.
 #[derive(Debug)]
 pub struct Limits<T> {
     workers: Mutex<HashMap<Arc<str>, Gauge<T>>>,
-    any: bool,
+    /// False on a host of a cluster, where the shared store counts: nothing is counted here.
+    on: bool,
 }
 
 impl<T: Limited> Limits<T> {
-    /// The limits `workers` set; none for a worker without any.
-    pub fn new(workers: &[WorkerConfig]) -> Self {
+    /// The limits `workers` set (none for a worker without any), counting every worker's
+    /// tasks; or, given none (a host of a cluster), nothing counted here.
+    pub fn new(workers: Option<&[WorkerConfig]>) -> Self {
         let map: HashMap<Arc<str>, Gauge<T>> = workers
+            .unwrap_or_default()
             .iter()
-            .filter(|w| w.max_running.is_some() || w.per_key_running.is_some() || w.rate.is_some())
-            .map(|w| {
-                let gauge = Gauge {
-                    max_running: w.max_running,
-                    per_key: w.per_key_running,
-                    rate: w.rate,
-                    running: 0,
-                    by_key: HashMap::new(),
-                    held: HashMap::new(),
-                    turns: VecDeque::new(),
-                    buckets: HashMap::new(),
-                };
-                (Arc::from(w.name.as_str()), gauge)
-            })
+            .map(|w| (Arc::from(w.name.as_str()), Gauge::new(w.limits())))
             .collect();
         Self {
-            any: !map.is_empty(),
+            on: workers.is_some(),
             workers: Mutex::new(map),
         }
+    }
+
+    /// Sets `worker`'s limits to `limits` (none: it has none); the held tasks they now leave
+    /// room for are handed to `admit`, as [`Limits::done`] does.
+    pub fn set(
+        &self,
+        worker: &Arc<str>,
+        limits: FlowLimits,
+        admit: impl FnMut(T) -> Result<(), Box<T>>,
+    ) {
+        if !self.on {
+            return;
+        }
+        let mut workers = self.lock();
+        let gauge = workers
+            .entry(Arc::clone(worker))
+            .or_insert_with(|| Gauge::new(FlowLimits::default()));
+        gauge.max_running = limits.max_running;
+        gauge.per_key = limits.per_key_running;
+        if gauge.rate != limits.rate {
+            // A new rate starts with full buckets; starts already promised keep their turn.
+            gauge.buckets.clear();
+        }
+        gauge.rate = limits.rate;
+        hand_out(gauge, admit);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Gauge<T>>> {
@@ -98,10 +137,15 @@ impl<T: Limited> Limits<T> {
 
     /// Decides whether `item` starts now, at `now`.
     pub fn check(&self, mut item: T, now: Instant) -> Gate<T> {
-        if !self.any {
+        if !self.on {
             return Gate::Go(item);
         }
         let mut workers = self.lock();
+        if !workers.contains_key(item.worker()) {
+            // A worker uploaded since the start: counted from its first task on.
+            let worker = Arc::clone(item.worker());
+            workers.insert(worker, Gauge::new(FlowLimits::default()));
+        }
         let Some(gauge) = workers.get_mut(item.worker()) else {
             return Gate::Go(item);
         };
@@ -135,7 +179,11 @@ impl<T: Limited> Limits<T> {
             *tokens -= 1.0;
             if *tokens < 0.0 {
                 item.count(false, true);
-                let wait = Duration::from_secs_f64(-*tokens * per_token);
+                // Bounded: a rate's period is at most a year (see `Rate::parse`), but the
+                // starts promised before this one may be many.
+                let wait = Duration::try_from_secs_f64(-*tokens * per_token)
+                    .unwrap_or(Duration::MAX)
+                    .min(FURTHEST_TURN);
                 return Gate::Until(item, now + wait);
             }
         }
@@ -155,7 +203,7 @@ impl<T: Limited> Limits<T> {
         &self,
         worker: &Arc<str>,
         key: Option<&Arc<str>>,
-        mut admit: impl FnMut(T) -> Result<(), Box<T>>,
+        admit: impl FnMut(T) -> Result<(), Box<T>>,
     ) {
         let mut workers = self.lock();
         let Some(gauge) = workers.get_mut(worker) else {
@@ -170,55 +218,7 @@ impl<T: Limited> Limits<T> {
                 gauge.by_key.remove(key);
             }
         }
-        // Round robin between keys: each key with held tasks gets a turn, while there is room.
-        let mut passed = 0;
-        while passed < gauge.turns.len() && gauge.max_running.is_none_or(|max| gauge.running < max)
-        {
-            let Some(key) = gauge.turns.pop_front() else {
-                break;
-            };
-            let room = key.as_ref().is_none_or(|key| {
-                gauge
-                    .per_key
-                    .is_none_or(|max| gauge.by_key.get(key).copied().unwrap_or(0) < max)
-            });
-            let queue = gauge.held.get_mut(&key);
-            let next = if room {
-                queue.and_then(VecDeque::pop_front)
-            } else {
-                None
-            };
-            match next {
-                Some(mut item) => {
-                    item.count(true, true);
-                    match admit(item) {
-                        Ok(()) => {
-                            gauge.running += 1;
-                            if let Some(key) = &key {
-                                *gauge.by_key.entry(Arc::clone(key)).or_default() += 1;
-                            }
-                            passed = 0;
-                        }
-                        Err(item) => {
-                            // Admission is closed: it stays held, and nothing more is tried.
-                            let mut item = *item;
-                            item.count(false, false);
-                            gauge.held.entry(key.clone()).or_default().push_front(item);
-                            if !gauge.turns.contains(&key) {
-                                gauge.turns.push_front(key);
-                            }
-                            return;
-                        }
-                    }
-                }
-                None => passed += 1,
-            }
-            if gauge.held.get(&key).is_some_and(|queue| !queue.is_empty()) {
-                gauge.turns.push_back(key);
-            } else {
-                gauge.held.remove(&key);
-            }
-        }
+        hand_out(gauge, admit);
     }
 
     /// Takes `pid` out, if it is held.
@@ -250,8 +250,61 @@ impl<T: Limited> Limits<T> {
     /// How many of `worker`'s tasks run and wait here.
     pub fn of(&self, worker: &str) -> Option<(u32, usize)> {
         let workers = self.lock();
-        let gauge = workers.get(worker)?;
+        let gauge = workers.get(worker).filter(|gauge| gauge.limited())?;
         Some((gauge.running, gauge.held.values().map(VecDeque::len).sum()))
+    }
+}
+
+/// Hands the held tasks `gauge` leaves room for to `admit`, counted, round robin between keys
+/// (each key with held tasks gets a turn, while there is room). One `admit` gives back (the
+/// host shutting down) stays held, uncounted, and nothing more is tried.
+fn hand_out<T: Limited>(gauge: &mut Gauge<T>, mut admit: impl FnMut(T) -> Result<(), Box<T>>) {
+    let mut passed = 0;
+    while passed < gauge.turns.len() && gauge.max_running.is_none_or(|max| gauge.running < max) {
+        let Some(key) = gauge.turns.pop_front() else {
+            break;
+        };
+        let room = key.as_ref().is_none_or(|key| {
+            gauge
+                .per_key
+                .is_none_or(|max| gauge.by_key.get(key).copied().unwrap_or(0) < max)
+        });
+        let queue = gauge.held.get_mut(&key);
+        let next = if room {
+            queue.and_then(VecDeque::pop_front)
+        } else {
+            None
+        };
+        match next {
+            Some(mut item) => {
+                item.count(true, true);
+                match admit(item) {
+                    Ok(()) => {
+                        gauge.running += 1;
+                        if let Some(key) = &key {
+                            *gauge.by_key.entry(Arc::clone(key)).or_default() += 1;
+                        }
+                        passed = 0;
+                    }
+                    Err(item) => {
+                        // Admission is closed: it stays held, and nothing more is tried.
+                        let mut item = *item;
+                        item.count(false, false);
+                        gauge.held.entry(key.clone()).or_default().push_front(item);
+                        if !gauge.turns.contains(&key) {
+                            gauge.turns.push_front(key);
+                        }
+                        return;
+                    }
+                }
+            }
+            None => passed += 1,
+        }
+        if gauge.held.get(&key).is_some_and(|queue| !queue.is_empty()) {
+            gauge.turns.push_back(key);
+        } else {
+            gauge.held.remove(&key);
+        }
     }
 }
 
@@ -293,7 +346,7 @@ mod tests {
         config.max_running = max_running;
         config.per_key_running = per_key;
         config.rate = rate.map(|rate| Rate::parse(rate).expect("a rate"));
-        Limits::new(&[config])
+        Limits::new(Some(&[config]))
     }
 
     fn item(seq: u64, key: &str) -> Item {

@@ -342,8 +342,9 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts `threads` scheduler threads at niceness `nice`, behind admission for the
-    /// `places` live, waiting and scheduled tasks may take, recording what happens in `ledger`. Given an
-    /// async `runtime`, the threads enter its context (they never run its tasks): on a host of
+    /// `places` live, waiting and scheduled tasks may take, under the limits of `workers` (none
+    /// on a host of a cluster, whose shared store counts them), recording what happens in
+    /// `ledger`. Given an async `runtime`, the threads enter its context (they never run its tasks): on a host of
     /// a cluster, a task's actor call that waits for the database also waits on the runtime's
     /// timers, to stop waiting should the host lose its lease.
     pub fn start(
@@ -354,7 +355,7 @@ impl Scheduler {
             max_queue,
             max_scheduled,
         }: Places,
-        workers: &[crate::config::WorkerConfig],
+        workers: Option<&[crate::config::WorkerConfig]>,
         ledger: Arc<Ledger>,
         actors: Arc<Actors>,
         runtime: Option<tokio::runtime::Handle>,
@@ -529,6 +530,15 @@ impl Scheduler {
     /// from starting; none for a worker without limits.
     pub fn limited(&self, worker: &str) -> Option<(u32, usize)> {
         self.lanes.limits.of(worker)
+    }
+
+    /// Sets `worker`'s limits (none: it has none); the tasks held that they now leave room for
+    /// start, round robin between keys, as places free.
+    pub fn set_limits(&self, worker: &str, limits: crate::config::FlowLimits) {
+        let lanes = &self.lanes;
+        lanes.limits.set(&Arc::from(worker), limits, |job| {
+            Scheduler::admit(lanes, job)
+        });
     }
 
     /// Kills `pid`: at once if it waits in the queue or sleeps, within an epoch tick if a step

@@ -451,6 +451,7 @@ pub(super) fn cost_bytes(change: &Change) -> usize {
         | Change::Forward { .. }
         | Change::Worker { .. }
         | Change::WorkerPaused { .. }
+        | Change::WorkerLimits { .. }
         | Change::Schedule(_) => 0,
     };
     text + CHANGE_OVERHEAD_BYTES

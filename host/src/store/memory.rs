@@ -52,6 +52,8 @@ pub struct MemoryStore {
     schedules: Mutex<std::collections::BTreeMap<String, StoredSchedule>>,
     /// The workers paused.
     paused: Mutex<std::collections::BTreeSet<String>>,
+    /// The workers' limits set over the API, as JSON.
+    limits: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -71,6 +73,7 @@ impl MemoryStore {
             batches: AtomicU64::new(0),
             schedules: Mutex::new(std::collections::BTreeMap::new()),
             paused: Mutex::new(std::collections::BTreeSet::new()),
+            limits: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -114,6 +117,13 @@ impl MemoryStore {
                     } else {
                         set.remove(&name);
                     }
+                }
+                Change::WorkerLimits { name, limits } => {
+                    let mut map = lock(&self.limits);
+                    match limits {
+                        Some(limits) => map.insert(name, limits.to_json()),
+                        None => map.remove(&name),
+                    };
                 }
                 Change::Module { .. } | Change::Worker { .. } | Change::Forward { .. } => {}
             }
@@ -269,6 +279,13 @@ impl Store for MemoryStore {
 
     fn paused_workers(&self) -> Result<Vec<String>, StoreError> {
         Ok(lock(&self.paused).iter().cloned().collect())
+    }
+
+    fn worker_limits(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(lock(&self.limits)
+            .iter()
+            .map(|(name, limits)| (name.clone(), limits.clone()))
+            .collect())
     }
 
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {

@@ -73,6 +73,14 @@ pub enum Change {
     Schedule(ScheduleChange),
     /// A worker paused (its new tasks do not start) or resumed, on every host of a cluster.
     WorkerPaused { name: String, paused: bool },
+    /// Worker `name`'s limits set over the API, or none: back to its registry file's. Kept
+    /// as [`FlowLimits::to_json`](crate::config::FlowLimits::to_json) writes them. A shared
+    /// store also counts from then on, under limits, the worker's tasks that hosts hold or
+    /// that wait in its queue.
+    WorkerLimits {
+        name: String,
+        limits: Option<crate::config::FlowLimits>,
+    },
 }
 
 /// What happens to a schedule.
@@ -450,6 +458,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The workers paused, by name.
     fn paused_workers(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The workers' limits set over the API, by name, as [`Change::WorkerLimits`] wrote them.
+    fn worker_limits(&self) -> Result<Vec<(String, String)>, StoreError>;
 
     /// The tasks accepted and not ended, in the order they were accepted, with what each
     /// needs to run again: what a host finds at start after it was lost.

@@ -508,6 +508,7 @@ impl<'a, B: Backend> Writer<'a, B> {
             | Change::Worker { .. }
             | Change::Schedule(_)
             | Change::WorkerPaused { .. }
+            | Change::WorkerLimits { .. }
             | Change::Prune { .. }
             | Change::Forward {
                 what: Forward::Message { .. } | Forward::Kill(_),

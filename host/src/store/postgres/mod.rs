@@ -687,6 +687,19 @@ impl Store for PgStore {
         })
     }
 
+    fn worker_limits(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.query(move |client| async move {
+            let statement = client
+                .prepare_cached("SELECT name, limits FROM worker_limits ORDER BY name")
+                .await
+                .map_err(unavailable)?;
+            let rows = client.query(&statement, &[]).await.map_err(unavailable)?;
+            rows.iter()
+                .map(|row| Ok((column(row, 0)?, column(row, 1)?)))
+                .collect()
+        })
+    }
+
     fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
         self.query(move |client| async move {
             let statement = client

@@ -575,6 +575,22 @@ impl<'a> Plan<'a> {
                 };
                 self.push(statement, vec![Box::new(name.clone())], Check::Nothing);
             }
+            Change::WorkerLimits { name, limits } => match limits {
+                Some(limits) => self.push(
+                    &s.worker_limits_set,
+                    vec![
+                        Box::new(name.clone()),
+                        Box::new(limits.to_json()),
+                        Box::new(limits.any()),
+                    ],
+                    Check::Nothing,
+                ),
+                None => self.push(
+                    &s.worker_limits_unset,
+                    vec![Box::new(name.clone())],
+                    Check::Nothing,
+                ),
+            },
             Change::Module { sha256, bytes } => self.push(
                 &s.module,
                 vec![Box::new(sha256.clone()), Box::new(bytes.clone())],
@@ -864,6 +880,8 @@ pub(super) struct Statements {
     schedule_ticked: Statement,
     worker_paused: Statement,
     worker_resumed: Statement,
+    worker_limits_set: Statement,
+    worker_limits_unset: Statement,
 }
 
 impl Statements {
@@ -1183,6 +1201,23 @@ impl Statements {
         let worker_resumed = client
             .prepare("DELETE FROM paused_workers WHERE name = $1")
             .await?;
+        // A worker given limits has its tasks counted under them from now on, those hosts hold
+        // and those waiting alike: their rows become limited.
+        let worker_limits_set = client
+            .prepare(
+                "WITH kept AS (
+                    INSERT INTO worker_limits (name, limits) VALUES ($1, $2)
+                    ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits)
+                 UPDATE runs r SET limited = true, worker = t.worker,
+                    concurrency_key = coalesce(t.concurrency_key, '')
+                 FROM tasks t
+                 WHERE $3::boolean AND NOT r.limited AND t.boot = r.boot AND t.seq = r.seq
+                    AND t.worker = $1",
+            )
+            .await?;
+        let worker_limits_unset = client
+            .prepare("DELETE FROM worker_limits WHERE name = $1")
+            .await?;
         Ok(Self {
             xid,
             accept,
@@ -1206,6 +1241,8 @@ impl Statements {
             schedule_ticked,
             worker_paused,
             worker_resumed,
+            worker_limits_set,
+            worker_limits_unset,
         })
     }
 }

@@ -789,6 +789,16 @@ impl Store for SqliteStore {
         .map_err(unavailable)
     }
 
+    fn worker_limits(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|reader| {
+            let mut statement =
+                reader.prepare_cached("SELECT name, limits FROM worker_limits ORDER BY name")?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<rusqlite::Result<Vec<(String, String)>>>()
+        })
+        .map_err(unavailable)
+    }
+
     fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
         self.read(|reader| {
             let mut statement = reader.prepare_cached(

@@ -82,7 +82,7 @@ CREATE INDEX idempotency_by_age ON idempotency (created_at);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`. Each runs in the
 /// transaction that sets the new version, so a store is migrated whole or not at all.
-const MIGRATIONS: [fn(&Transaction<'_>) -> rusqlite::Result<()>; 5] = [
+const MIGRATIONS: [fn(&Transaction<'_>) -> rusqlite::Result<()>; 6] = [
     // 2: the task that spawned each task (`NULL` for one submitted over HTTP, as every task
     // of version 1 was), and its children listed newest first. Most tasks have no parent, so
     // the index leaves them out.
@@ -140,6 +140,13 @@ CREATE TABLE schedules (
 );
 CREATE TABLE paused_workers (name TEXT PRIMARY KEY);
 ",
+        )
+    },
+    // 7 (issue #25): workers' limits set over the API (`PUT /api/workers/{name}/limits`), as
+    // JSON; a worker without a row has its registry file's.
+    |tx| {
+        tx.execute_batch(
+            "CREATE TABLE worker_limits (name TEXT PRIMARY KEY, limits TEXT NOT NULL);",
         )
     },
 ];

@@ -345,6 +345,20 @@ fn write_other(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Res
             tx.prepare_cached("DELETE FROM paused_workers WHERE name = ?1")?
                 .execute(params![name])?;
         }
+        Change::WorkerLimits {
+            name,
+            limits: Some(limits),
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO worker_limits (name, limits) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET limits = excluded.limits",
+            )?
+            .execute(params![name, limits.to_json()])?;
+        }
+        Change::WorkerLimits { name, limits: None } => {
+            tx.prepare_cached("DELETE FROM worker_limits WHERE name = ?1")?
+                .execute(params![name])?;
+        }
         // One host, no other to forward to: a forward is never made for this store. Tasks'
         // changes are journaled by `commit`.
         Change::Forward { .. } | Change::Accepted { .. } | Change::Event(..) => {}
