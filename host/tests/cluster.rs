@@ -10,23 +10,18 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use common::cluster::{ADMIN_TOKEN, spawn_host};
 use common::process::Binary;
 use common::proxy::{Proxy, port_of};
-use common::workers::{actor, logged, messages, registry};
+use common::workers::{actor, logged, messages};
 use common::{
     PATIENCE, Remote, assert_one_task_per_tick, module, numbered_attempts, postgres, read_events,
-    temp_dir, time_of,
+    time_of,
 };
 use serde_json::{Value, json};
 
 /// Every host's API token; requests without it get `401`.
 const TOKEN: &str = "cluster-test-token-0123456789abcdef";
-/// The admin token, for worker uploads and rollbacks.
-const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
-/// Short, so that a lost host's tasks move within a test: heartbeats at a tenth of it.
-const LEASE: &str = "2s";
-const HEARTBEAT: &str = "200ms";
-const POLL: &str = "50ms";
 
 /// One host of the cluster: the real binary (see [`Binary`]), with its name.
 struct Node {
@@ -40,7 +35,8 @@ impl Node {
         Self::start_with(url, name, args, "").await
     }
 
-    /// [`Node::start`], with `workers` added to its registry file (see [`registry`]).
+    /// [`Node::start`], with `workers` added to its registry file (see
+    /// [`common::workers::registry`]).
     async fn start_with(url: &str, name: &str, args: &[&str], workers: &str) -> Self {
         let node = Self::spawn_with(url, name, args, workers);
         node.binary.ready().await;
@@ -52,38 +48,8 @@ impl Node {
     }
 
     fn spawn_with(url: &str, name: &str, args: &[&str], workers: &str) -> Self {
-        let mut argv: Vec<String> = ["--store", url, "--node-name", name, "--config"]
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        argv.push(
-            registry(&temp_dir("cluster"), workers)
-                .display()
-                .to_string(),
-        );
-        argv.extend(
-            [
-                "--shutdown-grace-secs",
-                "1",
-                "--lease",
-                LEASE,
-                "--heartbeat",
-                HEARTBEAT,
-                "--cluster-poll",
-                POLL,
-            ]
-            .map(String::from),
-        );
-        if !args.contains(&"--capacity") {
-            argv.extend(["--capacity", "64"].map(String::from));
-        }
-        argv.extend(args.iter().map(ToString::to_string));
-        let env = [
-            ("HTTP_SPAWN_API_TOKEN", TOKEN),
-            ("HTTP_SPAWN_ADMIN_TOKEN", ADMIN_TOKEN),
-        ];
         Self {
-            binary: Binary::spawn(&argv, &env, Some(TOKEN)),
+            binary: spawn_host(url, name, TOKEN, workers, args),
             name: name.to_owned(),
         }
     }

@@ -9,19 +9,15 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::cluster::{ADMIN_TOKEN, start_host};
 use common::postgres::{execute as sql, key_of};
 use common::process::Binary;
 use common::proxy::{Proxy, port_of};
-use common::workers::{Storm, actor, logged, registry};
-use common::{PATIENCE, Remote, module, postgres, temp_dir};
+use common::workers::{Storm, actor, logged};
+use common::{PATIENCE, Remote, module, postgres};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "cluster-faults-token-0123456789ab";
-const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
-/// Short, so that a lost host's tasks move within a test: heartbeats at a tenth of it.
-const LEASE: &str = "2s";
-const HEARTBEAT: &str = "200ms";
-const POLL: &str = "50ms";
 
 /// The registry file: the default worker, the scriptable actor, and `spin`, whose step spins
 /// on a fuel budget that lasts far longer than any test.
@@ -34,36 +30,7 @@ fuel_per_step = 1000000000000000
 
 /// Host `name` of the cluster on the database at `url`, with `args` added.
 async fn node(url: &str, name: &str, args: &[&str]) -> Binary {
-    let dir = temp_dir("cluster-faults");
-    let mut argv: Vec<String> = [
-        "--store",
-        url,
-        "--node-name",
-        name,
-        "--config",
-        &registry(&dir, SPIN).display().to_string(),
-        "--shutdown-grace-secs",
-        "1",
-        "--cluster-poll",
-        POLL,
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    if !args.contains(&"--lease") {
-        argv.extend(["--lease", LEASE, "--heartbeat", HEARTBEAT].map(String::from));
-    }
-    if !args.contains(&"--capacity") {
-        argv.extend(["--capacity", "64"].map(String::from));
-    }
-    argv.extend(args.iter().map(ToString::to_string));
-    let env = [
-        ("HTTP_SPAWN_API_TOKEN", TOKEN),
-        ("HTTP_SPAWN_ADMIN_TOKEN", ADMIN_TOKEN),
-    ];
-    let host = Binary::spawn(&argv, &env, Some(TOKEN));
-    host.ready().await;
-    host
+    start_host(url, name, TOKEN, SPIN, args).await
 }
 
 /// Its id in the cluster.

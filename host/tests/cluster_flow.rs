@@ -11,17 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::cluster::{ADMIN_TOKEN, start_host};
 use common::process::Binary;
-use common::workers::registry;
-use common::{PATIENCE, Remote, intervals, most_at_once, postgres, temp_dir, time_of};
+use common::{PATIENCE, Remote, intervals, most_at_once, postgres, time_of};
 use serde_json::json;
 
 const TOKEN: &str = "cluster-flow-token-0123456789abcd";
-const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
-/// Short, so that a lost host's tasks move within a test: heartbeats at a tenth of it.
-const LEASE: &str = "2s";
-const HEARTBEAT: &str = "200ms";
-const POLL: &str = "50ms";
 
 /// Workers with limits: `limited` (4 at once, 2 of a key), `rated` (4 starts a second) and
 /// `turns` (2 at once).
@@ -42,35 +37,7 @@ max_running = 2
 
 /// Host `name` of the cluster on the database at `url`.
 async fn node(url: &str, name: &str) -> Binary {
-    let dir = temp_dir("cluster-flow");
-    let argv: Vec<String> = [
-        "--store",
-        url,
-        "--node-name",
-        name,
-        "--config",
-        &registry(&dir, LIMITED).display().to_string(),
-        "--shutdown-grace-secs",
-        "1",
-        "--cluster-poll",
-        POLL,
-        "--lease",
-        LEASE,
-        "--heartbeat",
-        HEARTBEAT,
-        "--capacity",
-        "64",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    let env = [
-        ("HTTP_SPAWN_API_TOKEN", TOKEN),
-        ("HTTP_SPAWN_ADMIN_TOKEN", ADMIN_TOKEN),
-    ];
-    let host = Binary::spawn(&argv, &env, Some(TOKEN));
-    host.ready().await;
-    host
+    start_host(url, name, TOKEN, LIMITED, &[]).await
 }
 
 /// The most tasks of worker `limited` the cluster showed running at once, in all and by key,
@@ -184,12 +151,7 @@ async fn limits_hold_for_all_hosts_together_even_when_one_is_killed() {
         .expect("a host runs a task");
     hosts[victim].crash();
     let survivor = &hosts[(victim + 1) % 3];
-    let mut ended = Vec::new();
-    for pid in &pids {
-        let record = survivor.wait_end(pid).await;
-        assert_eq!(record["exit_code"], 0, "{record}");
-        ended.push(record);
-    }
+    let ended = survivor.wait_exits_0(&pids).await;
     let rerun = ended
         .iter()
         .filter(|record| record["attempts"][0]["outcome"] == "host_lost")
@@ -265,12 +227,7 @@ async fn a_rate_holds_for_all_hosts_together_keys_take_turns_and_a_limited_task_
             "concurrency_key": key});
         turns.push(hosts[i % 3].spawn(body).await);
     }
-    let mut ended = Vec::new();
-    for pid in blockers.iter().chain(&turns) {
-        let record = c.wait_end(pid).await;
-        assert_eq!(record["exit_code"], 0, "{record}");
-        ended.push(record);
-    }
+    let ended = c.wait_exits_0(blockers.iter().chain(&turns)).await;
     let runs = intervals(&ended);
     assert!(most_at_once(&runs, |_| true) <= 2, "{runs:?}");
     let last_of = |key: &str| {
@@ -329,12 +286,7 @@ async fn a_rate_holds_for_all_hosts_together_keys_take_turns_and_a_limited_task_
         let body = json!({"name": format!("one{i}"), "duration": 1, "worker": "rated"});
         one_at_a_time.push(hosts[i % 3].spawn(body).await);
     }
-    let mut ended = Vec::new();
-    for pid in &one_at_a_time {
-        let record = c.wait_end(pid).await;
-        assert_eq!(record["exit_code"], 0, "{record}");
-        ended.push(record);
-    }
+    let ended = c.wait_exits_0(&one_at_a_time).await;
     let runs = intervals(&ended);
     assert_eq!(most_at_once(&runs, |_| true), 1, "{runs:?}");
     let answer = c

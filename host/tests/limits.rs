@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::process::Binary;
-use common::{Remote, intervals, most_at_once, temp_dir};
+use common::{PATIENCE, Remote, intervals, most_at_once, temp_dir};
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -30,6 +30,23 @@ fn args(dir: &std::path::Path, more: &str) -> Vec<String> {
     .iter()
     .map(ToString::to_string)
     .collect()
+}
+
+/// Waits until worker `name`'s limits count `running` tasks and hold `waiting` (a task answered
+/// `202` reaches its limits on its scheduler thread a moment later).
+async fn wait_limited(remote: &Remote, name: &str, running: u64, waiting: u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, worker) = remote.get(&format!("/api/workers/{name}")).await;
+        if worker["limited"]["running"] == running && worker["limited"]["waiting"] == waiting {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {running} running and {waiting} waiting: {worker}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn start(argv: &[String]) -> Binary {
@@ -61,7 +78,7 @@ async fn admin(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_hold_across_a_sigkill_and_what_they_held_runs_after_it() {
     let dir = temp_dir("limits-crash");
-    let registry = common::workers::registry(
+    let argv = args(
         &dir,
         r#"
 [workers.limited]
@@ -70,40 +87,20 @@ max_running = 2
 per_key_running = 1
 "#,
     );
-    let store = format!("sqlite:{}", dir.join("tasks.db").display());
-    let argv: Vec<String> = [
-        "--store",
-        &store,
-        "--config",
-        &registry.display().to_string(),
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    let mut host = Binary::spawn(&argv, &[], None);
-    host.ready().await;
+    let mut host = start(&argv).await;
     let mut pids = Vec::new();
     for (i, key) in ["a", "a", "a", "b", "b", "c"].into_iter().enumerate() {
         let body = json!({"name": format!("{key}{i}"), "duration": 2, "worker": "limited",
             "concurrency_key": key});
         pids.push(host.spawn(body).await);
     }
-    let (_, worker) = host.get("/api/workers/limited").await;
-    assert_eq!(worker["limited"]["running"], 2, "{worker}");
-    assert_eq!(worker["limited"]["waiting"], 4, "{worker}");
+    wait_limited(&host, "limited", 2, 4).await;
     // SIGKILL with two running and four held: after the restart the limits count again from
     // the tasks recovered, the two lost run again, and no key ever runs two.
     host.crash();
     let mut host = start(&argv).await;
-    let (_, worker) = host.get("/api/workers/limited").await;
-    assert_eq!(worker["limited"]["running"], 2, "{worker}");
-    assert_eq!(worker["limited"]["waiting"], 4, "{worker}");
-    let mut ended = Vec::new();
-    for pid in &pids {
-        let record = host.wait_end(pid).await;
-        assert_eq!(record["exit_code"], 0, "{record}");
-        ended.push(record);
-    }
+    wait_limited(&host, "limited", 2, 4).await;
+    let ended = host.wait_exits_0(&pids).await;
     let lost = ended
         .iter()
         .filter(|record| record["attempts"][0]["outcome"] == "host_lost")
@@ -154,15 +151,8 @@ async fn limits_set_over_the_api_count_what_runs_release_what_they_held_and_outl
         let body = json!({"name": format!("later{i}"), "duration": 1, "concurrency_key": key});
         later.push(host.spawn(body).await);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, worker) = host.get("/api/workers/default").await;
-    assert_eq!(worker["limited"]["waiting"], 3, "{worker}");
-    let mut ended = Vec::new();
-    for pid in running.iter().chain(&later) {
-        let record = host.wait_end(pid).await;
-        assert_eq!(record["exit_code"], 0, "{record}");
-        ended.push(record);
-    }
+    wait_limited(&host, "default", 3, 3).await;
+    let ended = host.wait_exits_0(running.iter().chain(&later)).await;
     let runs = intervals(&ended[3..]);
     assert!(most_at_once(&runs, |_| true) <= 2, "{runs:?}");
     assert_eq!(most_at_once(&runs, |k| k == "k"), 1, "{runs:?}");
@@ -192,10 +182,7 @@ async fn limits_set_over_the_api_count_what_runs_release_what_they_held_and_outl
                 .await,
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, worker) = host.get("/api/workers/default").await;
-    assert_eq!(worker["limited"]["running"], 1, "{worker}");
-    assert_eq!(worker["limited"]["waiting"], 2, "{worker}");
+    wait_limited(&host, "default", 1, 2).await;
     let (status, unset) = admin(
         &host,
         reqwest::Method::DELETE,

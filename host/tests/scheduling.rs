@@ -771,12 +771,9 @@ per_key_running = 1
     let (status, killed) = app.kill(&pids[4]).await;
     assert_eq!(status, 200, "{killed}");
     assert_eq!(killed["status"], "killed", "{killed}");
-    let mut ended = Vec::new();
-    for pid in pids.iter().filter(|pid| **pid != pids[4]) {
-        let record = app.wait_end(pid).await;
-        assert_eq!(record["exit_code"], 0, "{record}");
-        ended.push(record);
-    }
+    let ended = app
+        .wait_exits_0(pids.iter().filter(|pid| **pid != pids[4]))
+        .await;
     let runs = intervals(&ended);
     assert!(most_at_once(&runs, |_| true) <= 3, "{runs:?}");
     for key in ["a", "b", "c"] {

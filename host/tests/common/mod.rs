@@ -2,6 +2,7 @@
 
 #![allow(dead_code, reason = "each test binary uses only some helpers")]
 
+pub mod cluster;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
@@ -263,6 +264,17 @@ impl Remote {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits for each of `pids` to end, each exited 0: their records, in order.
+    pub async fn wait_exits_0<'a>(&self, pids: impl IntoIterator<Item = &'a String>) -> Vec<Value> {
+        let mut ended = Vec::new();
+        for pid in pids {
+            let record = self.wait_end(pid).await;
+            assert_eq!(record["exit_code"], 0, "{record}");
+            ended.push(record);
+        }
+        ended
     }
 
     /// Submits a task that must be accepted, and returns its pid.
