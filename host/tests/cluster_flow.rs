@@ -40,6 +40,19 @@ async fn node(url: &str, name: &str) -> Binary {
     start_host(url, name, TOKEN, LIMITED, &[]).await
 }
 
+/// `PUT`s `limits` to `path` on `node` with the admin token; it must be taken.
+async fn put_limits(node: &Remote, path: &str, limits: serde_json::Value) {
+    let answer = node
+        .client
+        .put(node.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&limits)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(answer.status(), 200, "{path}");
+}
+
 /// The most tasks of worker `limited` the cluster showed running at once, in all and by key,
 /// sampled through whichever of `nodes` answers until `stop` is set. Sound: a task's status is
 /// `running` only while a host holds it, from after its claim until its end (or, its host
@@ -192,12 +205,12 @@ async fn a_rate_holds_for_all_hosts_together_keys_take_turns_and_a_limited_task_
         let body = json!({"name": format!("r{i}"), "duration": 0, "worker": "rated"});
         pids.push(hosts[i % 3].spawn(body).await);
     }
-    let mut starts = Vec::new();
-    for pid in &pids {
-        let record = c.wait_end(pid).await;
-        assert_eq!(record["exit_code"], 0, "{record}");
-        starts.push(time_of(&record, "started_at"));
-    }
+    let mut starts: Vec<_> = c
+        .wait_exits_0(&pids)
+        .await
+        .iter()
+        .map(|record| time_of(record, "started_at"))
+        .collect();
     starts.sort();
     let span = starts[11].duration_since(starts[0]).expect("in order");
     assert!(
@@ -257,15 +270,7 @@ async fn a_rate_holds_for_all_hosts_together_keys_take_turns_and_a_limited_task_
     );
     // Limits set over the API through one host hold on every host, each following at its
     // next heartbeat: `rated` now runs one task at a time across the cluster.
-    let answer = a
-        .client
-        .put(a.url("/api/workers/rated/limits"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"max_running": 1}))
-        .send()
-        .await
-        .expect("request sent");
-    assert_eq!(answer.status(), 200);
+    put_limits(&a, "/api/workers/rated/limits", json!({"max_running": 1})).await;
     for host in [&b, &c] {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
@@ -334,15 +339,7 @@ async fn limits_set_over_the_api_count_the_tasks_already_running_on_every_host()
         )
         .await;
     assert_eq!(status, 202, "{waiting}");
-    let answer = b
-        .client
-        .put(b.url("/api/workers/default/limits"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"max_running": 1}))
-        .send()
-        .await
-        .expect("request sent");
-    assert_eq!(answer.status(), 200);
+    put_limits(&b, "/api/workers/default/limits", json!({"max_running": 1})).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let (_, worker) = a.get("/api/workers/default").await;
