@@ -100,6 +100,11 @@ pub struct Record {
     pub schedule: Option<String>,
     #[serde(default)]
     pub schedule_tick: Option<String>,
+    /// When it ended (RFC 3339), and its concurrency key.
+    #[serde(default)]
+    pub ended_at: Option<String>,
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
 }
 
 impl Record {

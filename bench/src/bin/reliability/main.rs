@@ -10,6 +10,7 @@ mod hooks;
 mod host;
 mod hostile;
 mod lag;
+mod limits;
 mod mixed;
 mod overload;
 mod schedules;
@@ -33,7 +34,7 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Run only these cases (comma-separated): hostile, storm, soak, overload, lag, crash,
-    /// fuzz-api, http, store-lock.
+    /// fuzz-api, http, store-lock, schedules, limits.
     #[arg(long, env = "RELIABILITY_ONLY", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Submissions per second in the hostile case (both its loads); the storm case takes at
@@ -163,7 +164,7 @@ type Case = fn(&Args, &Path) -> anyhow::Result<Verdict>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cases: [(&str, Case); 10] = [
+    let cases: [(&str, Case); 11] = [
         ("hostile", hostile::run),
         ("storm", storm::run),
         ("soak", soak::run),
@@ -174,6 +175,7 @@ fn main() -> anyhow::Result<()> {
         ("http", hooks::http_tests),
         ("store-lock", store_lock::run),
         ("schedules", schedules::run),
+        ("limits", limits::run),
     ];
     for name in &args.only {
         anyhow::ensure!(
