@@ -2,7 +2,8 @@
 //! database: a worker's `max_running` and `per_key_running` hold for all hosts together, also
 //! while one host is killed with SIGKILL and after the others take its tasks over; keys take
 //! turns across hosts; a rate holds for all hosts together; a limited task scheduled for later
-//! starts once due.
+//! starts once due; limits set over the API through one host hold on all, counting the tasks
+//! already running; a paused worker's limited tasks wait.
 
 mod common;
 
@@ -377,4 +378,21 @@ async fn limits_set_over_the_api_count_the_tasks_already_running_on_every_host()
         assert!(*start >= early_end, "{runs:?}");
     }
     assert_eq!(most_at_once(&runs[2..], |_| true), 1, "{runs:?}");
+    // A paused worker's limited tasks are not claimed: they wait in the store until it is
+    // resumed.
+    let pause = |node: &Binary, what: &'static str| {
+        let request = node
+            .client
+            .post(node.url(&format!("/api/workers/default/{what}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send();
+        async move { request.await.expect("request sent").status().as_u16() }
+    };
+    assert_eq!(pause(&a, "pause").await, 200);
+    let held = b.spawn(json!({"name": "held", "duration": 0})).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, record) = a.get(&format!("/api/tasks/{held}")).await;
+    assert_eq!(record["status"], "spawned", "{record}");
+    assert_eq!(pause(&b, "resume").await, 200);
+    a.wait_exits_0([&held]).await;
 }

@@ -395,6 +395,9 @@ impl Host {
         match self.scheduler.promise() {
             Ok(promise) if promise.is_place() && !limited => Ok(Some(promise)),
             Err(Refused::Closed) => Err(SpawnError::ShuttingDown),
+            // Held by its limits, it takes no place in the shared queue either, as on one
+            // host: limited tasks are bounded by the store alone, as scheduled ones are.
+            _ if limited => Ok(None),
             // Waiting is for the cluster's queue: the place promised in this host's is given
             // back as the promise is dropped.
             _ => {

@@ -66,8 +66,12 @@ pub(crate) struct Cluster {
     delivered: Mutex<Vec<i64>>,
     /// The moment this host must have stopped its tasks by, unless it renews its lease.
     deadline: LeaseDeadline,
-    /// The workers' limits, by worker, as this host counts them in the shared store.
+    /// The workers' limits, by worker, as this host follows them: those of its registry file,
+    /// or those set over the API. They decide which tasks it accepts as limited.
     pub(super) limits: Mutex<Arc<HashMap<String, FlowLimits>>>,
+    /// Those of its registry file alone: a claim reads the ones set over the API from the
+    /// store itself.
+    pub(super) file_limits: Arc<HashMap<String, FlowLimits>>,
     /// Tasks of workers with limits waiting in the shared queue, as last seen (and counted up
     /// by this host's acceptances since): while there are any, every poll claims them.
     pub(super) limited_waiting: AtomicU64,
@@ -165,6 +169,14 @@ pub(super) enum Watch {
 impl Cluster {
     /// The cluster's side of a host that joined it at `joined` (when it asked to).
     pub(crate) fn new(store: Arc<PgStore>, config: &Config, joined: Instant) -> Self {
+        let file_limits: Arc<HashMap<String, FlowLimits>> = Arc::new(
+            config
+                .workers
+                .iter()
+                .filter(|worker| worker.limits().any())
+                .map(|worker| (worker.name.clone(), worker.limits()))
+                .collect(),
+        );
         Self {
             store,
             heartbeat: config.heartbeat,
@@ -185,14 +197,8 @@ impl Cluster {
                 at: Mutex::new(joined + config.lease.saturating_sub(config.heartbeat)),
                 moved: Condvar::new(),
             },
-            limits: Mutex::new(Arc::new(
-                config
-                    .workers
-                    .iter()
-                    .filter(|worker| worker.limits().any())
-                    .map(|worker| (worker.name.clone(), worker.limits()))
-                    .collect(),
-            )),
+            limits: Mutex::new(Arc::clone(&file_limits)),
+            file_limits,
             limited_waiting: AtomicU64::new(0),
             limited_turn: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -316,8 +322,9 @@ impl Host {
         match cluster.store.heartbeat(live, queued) {
             Ok((true, waiting, limited)) => {
                 cluster.deadline.extend(sent + margin);
-                // Both count against --max-queue.
-                cluster.waiting.store(waiting + limited, Ordering::Release);
+                // Limited tasks are not counted against --max-queue: held by their limits,
+                // they take no place, as on one host.
+                cluster.waiting.store(waiting, Ordering::Release);
                 cluster.limited_waiting.store(limited, Ordering::Release);
             }
             Ok((false, _, _)) => {

@@ -76,10 +76,25 @@ impl Host {
     /// any wait there: each starts here. How many were claimed.
     pub(super) fn claim_limited(&self, cluster: &Cluster, asked: u32) -> u32 {
         if cluster.limited_waiting.load(Ordering::Acquire) == 0 {
-            return 0;
+            // Another host may have queued one, or one may have fallen due, since this
+            // host's heartbeat counted them: while any worker has limits, one probe tells.
+            if cluster.limits().is_empty() {
+                return 0;
+            }
+            match cluster.store.limited_queue_waiting() {
+                Ok(true) => cluster.limited_waiting.store(1, Ordering::Release),
+                Ok(false) => return 0,
+                Err(error) => {
+                    tracing::debug!(%error, "looking at the limited tasks waiting failed");
+                    return 0;
+                }
+            }
         }
         let turn = cluster.limited_turn.fetch_add(1, Ordering::Relaxed);
-        match cluster.store.claim_limited(cluster.limits(), asked, turn) {
+        match cluster
+            .store
+            .claim_limited(Arc::clone(&cluster.file_limits), asked, turn)
+        {
             Ok(claimed) => {
                 let got = claimed.len() as u32;
                 for task in claimed {
@@ -128,18 +143,25 @@ impl Host {
             .limit_overrides
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let file = worker.settings.limits();
+        let before = overrides.get(&name).copied().unwrap_or(file);
+        // Applied before the write: a task this host accepts meanwhile is already limited
+        // when the write marks the worker's tasks in a cluster.
+        self.apply_limits(&name, limits.unwrap_or(file));
         let store = &self.store;
-        blocking(|| {
+        if let Err(error) = blocking(|| {
             store.wait(vec![Change::WorkerLimits {
                 name: name.clone(),
                 limits,
             }])
-        })?;
+        }) {
+            self.apply_limits(&name, before);
+            return Err(error.into());
+        }
         match limits {
             Some(limits) => overrides.insert(name.clone(), limits),
             None => overrides.remove(&name),
         };
-        self.apply_limits(&name, limits.unwrap_or_else(|| worker.settings.limits()));
         Ok(())
     }
 
@@ -156,11 +178,12 @@ impl Host {
     /// cluster at each heartbeat (another host set some). Limits the store holds that this
     /// host cannot read (written by a newer host) are left as they are, with a warning.
     pub(super) fn follow_limits(&self) -> Result<(), StoreError> {
-        let stored: HashMap<String, String> = self.store.worker_limits()?.into_iter().collect();
+        // Read under the lock a `PUT` here holds across its write: never older than it.
         let mut overrides = self
             .limit_overrides
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stored: HashMap<String, String> = self.store.worker_limits()?.into_iter().collect();
         let names: Vec<String> = stored.keys().chain(overrides.keys()).cloned().collect();
         for name in names {
             let want = match stored.get(&name) {

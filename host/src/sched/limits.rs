@@ -221,14 +221,23 @@ impl<T: Limited> Limits<T> {
         hand_out(gauge, admit);
     }
 
-    /// Takes `pid` out, if it is held.
+    /// Takes `pid` out, if it is held; a key left with nothing held loses its turn.
     pub fn unqueue(&self, pid: Pid) -> Option<T> {
         let mut workers = self.lock();
         for gauge in workers.values_mut() {
-            for queue in gauge.held.values_mut() {
+            let mut found = None;
+            for (key, queue) in &mut gauge.held {
                 if let Some(index) = queue.iter().position(|item| item.pid() == pid) {
-                    return queue.remove(index);
+                    found = Some((key.clone(), queue.remove(index), queue.is_empty()));
+                    break;
                 }
+            }
+            if let Some((key, item, emptied)) = found {
+                if emptied {
+                    gauge.held.remove(&key);
+                    gauge.turns.retain(|turn| *turn != key);
+                }
+                return item;
             }
         }
         None
@@ -259,6 +268,8 @@ impl<T: Limited> Limits<T> {
 /// (each key with held tasks gets a turn, while there is room). One `admit` gives back (the
 /// host shutting down) stays held, uncounted, and nothing more is tried.
 fn hand_out<T: Limited>(gauge: &mut Gauge<T>, mut admit: impl FnMut(T) -> Result<(), Box<T>>) {
+    // Keys passed over in a row since the last admission: once every key in turn has been,
+    // none has room.
     let mut passed = 0;
     while passed < gauge.turns.len() && gauge.max_running.is_none_or(|max| gauge.running < max) {
         let Some(key) = gauge.turns.pop_front() else {
@@ -269,13 +280,12 @@ fn hand_out<T: Limited>(gauge: &mut Gauge<T>, mut admit: impl FnMut(T) -> Result
                 .per_key
                 .is_none_or(|max| gauge.by_key.get(key).copied().unwrap_or(0) < max)
         });
-        let queue = gauge.held.get_mut(&key);
         let next = if room {
-            queue.and_then(VecDeque::pop_front)
+            gauge.held.get_mut(&key).and_then(VecDeque::pop_front)
         } else {
             None
         };
-        match next {
+        let admitted = match next {
             Some(mut item) => {
                 item.count(true, true);
                 match admit(item) {
@@ -284,26 +294,29 @@ fn hand_out<T: Limited>(gauge: &mut Gauge<T>, mut admit: impl FnMut(T) -> Result
                         if let Some(key) = &key {
                             *gauge.by_key.entry(Arc::clone(key)).or_default() += 1;
                         }
-                        passed = 0;
+                        true
                     }
                     Err(item) => {
                         // Admission is closed: it stays held, and nothing more is tried.
                         let mut item = *item;
                         item.count(false, false);
                         gauge.held.entry(key.clone()).or_default().push_front(item);
-                        if !gauge.turns.contains(&key) {
-                            gauge.turns.push_front(key);
-                        }
+                        gauge.turns.push_front(key);
                         return;
                     }
                 }
             }
-            None => passed += 1,
-        }
+            None => false,
+        };
         if gauge.held.get(&key).is_some_and(|queue| !queue.is_empty()) {
             gauge.turns.push_back(key);
+            passed = if admitted { 0 } else { passed + 1 };
         } else {
+            // Nothing left held of it: it leaves the turns, which shrink by one.
             gauge.held.remove(&key);
+            if admitted {
+                passed = 0;
+            }
         }
     }
 }
@@ -379,6 +392,50 @@ mod tests {
         }
         assert_eq!(order, [2, 4, 5, 3], "a, b, c, then a again");
         assert!(limits.unqueue(Pid::new(1, 9)).is_none());
+    }
+
+    #[test]
+    fn a_held_task_killed_does_not_stall_the_keys_after_it() {
+        let limits = limits(Some(1), None, None);
+        let now = Instant::now();
+        assert!(matches!(limits.check(item(1, "r"), now), Gate::Go(_)));
+        assert!(matches!(limits.check(item(2, "a"), now), Gate::Held));
+        assert!(matches!(limits.check(item(3, "b"), now), Gate::Held));
+        assert!(
+            limits.unqueue(Pid::new(1, 2)).is_some(),
+            "a's task is killed"
+        );
+        let mut admitted = Vec::new();
+        limits.done(&Arc::from("default"), Some(&Arc::from("r")), |item| {
+            admitted.push(item.pid.seq());
+            Ok(())
+        });
+        assert_eq!(admitted, [3], "b's task starts as r's ends");
+    }
+
+    #[test]
+    fn limits_set_later_count_what_runs_and_release_what_they_held() {
+        let limits = limits(None, None, None);
+        let now = Instant::now();
+        for seq in 1..=3 {
+            assert!(matches!(limits.check(item(seq, ""), now), Gate::Go(_)));
+        }
+        let worker: Arc<str> = Arc::from("default");
+        let tight = FlowLimits {
+            max_running: Some(2),
+            ..FlowLimits::default()
+        };
+        limits.set(&worker, tight, |_| panic!("nothing is held"));
+        assert_eq!(limits.of("default"), Some((3, 0)));
+        assert!(matches!(limits.check(item(4, ""), now), Gate::Held));
+        limits.done(&worker, None, |_| panic!("three still ran: no room"));
+        let mut admitted = Vec::new();
+        limits.set(&worker, FlowLimits::default(), |item| {
+            admitted.push(item.pid.seq());
+            Ok(())
+        });
+        assert_eq!(admitted, [4], "no limits: what was held starts");
+        assert_eq!(limits.of("default"), None, "no limits shown");
     }
 
     #[test]

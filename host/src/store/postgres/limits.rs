@@ -55,11 +55,14 @@ impl Key {
 
 impl PgStore {
     /// Takes up to `count` limited tasks from the shared queue for this host, as their
-    /// workers' `limits` leave room (a worker missing from `limits` has none: its tasks go in
-    /// turn). `turn` rotates which worker goes first from one call to the next.
+    /// workers' limits leave room: those set over the API, read here from the store (so that
+    /// no host claims under limits it has not followed yet), else those of this host's
+    /// registry file, `file` (a worker in neither has none: its tasks go in turn). A paused
+    /// worker's tasks are left waiting. `turn` rotates which worker goes first from one call
+    /// to the next.
     pub fn claim_limited(
         &self,
-        limits: Arc<HashMap<String, FlowLimits>>,
+        file: Arc<HashMap<String, FlowLimits>>,
         count: u32,
         turn: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
@@ -113,12 +116,54 @@ impl PgStore {
                 .iter()
                 .map(|row| column::<String>(row, 0))
                 .collect::<Result<Vec<_>, _>>()?;
+            if !workers.is_empty() {
+                let paused = tx
+                    .query("SELECT name FROM paused_workers", &[])
+                    .await
+                    .map_err(unavailable)?
+                    .iter()
+                    .map(|row| column::<String>(row, 0))
+                    .collect::<Result<std::collections::HashSet<_>, _>>()?;
+                workers.retain(|worker| !paused.contains(worker));
+            }
             if workers.is_empty() {
                 tx.commit().await.map_err(unavailable)?;
                 return Ok(Vec::new());
             }
             let first = turn % workers.len();
             workers.rotate_left(first);
+            let mut limits: HashMap<String, FlowLimits> = HashMap::clone(&file);
+            for row in tx
+                .query(
+                    "SELECT name, limits FROM worker_limits WHERE name = ANY($1)",
+                    &[&workers],
+                )
+                .await
+                .map_err(unavailable)?
+            {
+                let name: String = column(&row, 0)?;
+                let text: String = column(&row, 1)?;
+                match serde_json::from_str(&text)
+                    .map_err(|error| error.to_string())
+                    .and_then(|value| FlowLimits::from_value(&value))
+                {
+                    Ok(set) => {
+                        limits.insert(name, set);
+                    }
+                    // Written by a newer host: its tasks wait for a host that can read it.
+                    Err(error) => {
+                        tracing::warn!(worker = %name, %error, "a worker's limits in the \
+                            store cannot be read here; its tasks are left to other hosts");
+                        limits.insert(
+                            name,
+                            FlowLimits {
+                                max_running: Some(0),
+                                ..FlowLimits::default()
+                            },
+                        );
+                    }
+                }
+            }
             let (mut boots, mut seqs) = (Vec::new(), Vec::new());
             let mut left = count;
             for worker in &workers {
@@ -160,6 +205,26 @@ impl PgStore {
                 u32::try_from(running).unwrap_or(u32::MAX),
                 usize::try_from(waiting).unwrap_or(0),
             ))
+        })
+    }
+
+    /// Whether any limited task waits in the shared queue ready to start, or due to.
+    pub fn limited_queue_waiting(&self) -> Result<bool, StoreError> {
+        self.query(move |client| async move {
+            let statement = client
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM runs
+                            WHERE owner IS NULL AND limited AND ready_at IS NULL)
+                        OR EXISTS (SELECT 1 FROM runs
+                            WHERE owner IS NULL AND limited AND ready_at <= $1)",
+                )
+                .await
+                .map_err(unavailable)?;
+            let row = client
+                .query_one(&statement, &[&nanos(SystemTime::now())])
+                .await
+                .map_err(unavailable)?;
+            column(&row, 0)
         })
     }
 
