@@ -218,6 +218,7 @@ async fn limits_set_over_the_api_count_what_runs_release_what_they_held_and_outl
         (json!({"max_running": 0}), "max_running"),
         (json!({"per_key_running": -1}), "per_key_running"),
         (json!({"max_running": "2"}), "max_running"),
+        (json!({"max_running": 1_000_001}), "max_running"),
         (json!({"rate": "fast"}), "rate"),
         (json!({"rate": 5}), "rate"),
         (json!({"rate": "1/2years"}), "at most a year"),

@@ -261,10 +261,10 @@ async fn set_paused(
 pub(super) struct LimitsRequest {
     /// At most this many of the worker's tasks run at once (in a cluster, on all hosts
     /// together); at least 1.
-    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     max_running: Option<u32>,
     /// At most this many of its tasks of one `concurrency_key` run at once; at least 1.
-    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     per_key_running: Option<u32>,
     /// At most this many starts per period (per key for tasks with one): `N/period`.
     #[schema(example = "100/1s")]

@@ -523,6 +523,9 @@ impl WorkerConfig {
     }
 }
 
+/// The most `max_running` or `per_key_running` set over the API may be.
+pub const MAX_LIMIT: u32 = 1_000_000;
+
 /// A worker's concurrency and rate limits; none set, it has none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowLimits {
@@ -548,9 +551,9 @@ impl FlowLimits {
         .to_string()
     }
 
-    /// Limits from `value`, an object with any of `max_running` and `per_key_running` (at least
-    /// 1, or null) and `rate` (`"N/period"`, or null), and nothing else; why not, naming the
-    /// field.
+    /// Limits from `value`, an object with any of `max_running` and `per_key_running` (1 to
+    /// [`MAX_LIMIT`], or null) and `rate` (`"N/period"`, or null), and nothing else; why not,
+    /// naming the field.
     pub fn from_value(value: &serde_json::Value) -> Result<Self, String> {
         let object = value
             .as_object()
@@ -569,9 +572,11 @@ impl FlowLimits {
                 Some(value) => value
                     .as_u64()
                     .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| *n >= 1)
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
                     .map(Some)
-                    .ok_or_else(|| format!("{field} must be a whole number from 1, or null")),
+                    .ok_or_else(|| {
+                        format!("{field} must be a whole number from 1 to {MAX_LIMIT}, or null")
+                    }),
             }
         };
         let rate = match object.get("rate") {
