@@ -13,10 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http_spawn_bench::loadgen::{self, Plan, Run};
-
 use crate::api;
-use crate::host::Host;
+use crate::kills::{self, Stream, Streamed};
 use crate::{Args, DRAIN_PATIENCE, Verdict, guest, progress};
 
 /// Submissions per second: more than the 12 a second the limits let run.
@@ -31,37 +29,24 @@ const DOWN: Duration = Duration::from_secs(2);
 pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
     let phase = Duration::from_secs_f64(args.scaled(3.0, 1.5));
     let module = guest("default").display().to_string();
-    let file = dir.join("http-spawn.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[workers.default]\nmodule = {module:?}\n\n\
-             [workers.limited]\nmodule = {module:?}\nmax_running = {MAX_RUNNING}\n\
-             per_key_running = {PER_KEY}\n"
+    let registry = format!(
+        "[workers.default]\nmodule = {module:?}\n\n\
+         [workers.limited]\nmodule = {module:?}\nmax_running = {MAX_RUNNING}\n\
+         per_key_running = {PER_KEY}\n"
+    );
+    progress(
+        "limits",
+        &format!(
+            "{RATE}/s one-second tasks over {KEYS} keys, at most {MAX_RUNNING} running and \
+             {PER_KEY} of a key; two SIGKILLs, {DOWN:?} down each"
         ),
-    )?;
-    let store = dir.join("tasks.db");
-    let host_args: Vec<String> = [
-        "--config",
-        &file.display().to_string(),
-        "--store",
-        &format!("sqlite:{}", store.display()),
-        "--max-history",
-        "1000000",
-    ]
-    .map(String::from)
-    .to_vec();
-    let runtime = crate::runtime()?;
-    let plan = |addr, duration| Plan {
-        headers: None,
-        addr,
+    );
+    let Streamed { runs, mut host, .. } = Stream {
+        registry,
+        rate: RATE,
         connections: CONNECTIONS,
-        duration,
-        rate: Some(RATE),
-        count: None,
-        keep_pids: true,
-        stop: None,
-        target: None,
+        phase,
+        down: DOWN,
         body: Arc::new(|index| {
             // One in nine without a key.
             let key = if index % 9 == 0 {
@@ -74,38 +59,13 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
                 format!("{{\"name\":\"limited\",\"duration\":1,\"worker\":\"limited\"{key}}}"),
             )
         }),
-    };
-    progress(
-        "limits",
-        &format!(
-            "{RATE}/s one-second tasks over {KEYS} keys, at most {MAX_RUNNING} running and \
-             {PER_KEY} of a key; two SIGKILLs, {DOWN:?} down each"
-        ),
-    );
-    let mut runs: Vec<Run> = Vec::new();
-    let mut host = Host::start(dir, &host_args, args.host_args.as_deref())?;
-    for _ in 0..2 {
-        runs.push(runtime.block_on(loadgen::run_plan(plan(host.addr, phase))));
-        host.crash()?;
-        std::thread::sleep(DOWN);
-        host = Host::start(dir, &host_args, args.host_args.as_deref())?;
     }
-    runs.push(runtime.block_on(loadgen::run_plan(plan(host.addr, phase))));
+    .run(args, dir)?;
     let begun = Instant::now();
     host.wait_idle(DRAIN_PATIENCE)?;
 
     let mut verdict = Verdict::default();
-    let others: usize = runs
-        .iter()
-        .flat_map(|run| &run.samples)
-        .filter(|s| !matches!(s.status, 0 | 202))
-        .count();
-    verdict.check(others == 0, || format!("{others} answers other than 202"));
-    let accepted: Vec<&str> = runs
-        .iter()
-        .flat_map(|run| &run.samples)
-        .filter_map(|s| s.pid.as_deref())
-        .collect();
+    let accepted = kills::accepted(&runs, &mut verdict);
     let records = api::list_tasks(host.addr, accepted.len() + 1_000)?;
     let by_pid: std::collections::HashMap<&str, &api::Record> =
         records.iter().map(|r| (r.pid.as_str(), r)).collect();

@@ -9,6 +9,7 @@ mod crash;
 mod hooks;
 mod host;
 mod hostile;
+mod kills;
 mod lag;
 mod limits;
 mod mixed;

@@ -11,10 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http_spawn_bench::loadgen::{self, Plan, Run};
-
 use crate::api;
-use crate::host::Host;
+use crate::kills::{self, Stream, Streamed};
 use crate::{Args, DRAIN_PATIENCE, Verdict, guest, progress};
 
 /// Submissions per second.
@@ -28,39 +26,27 @@ const LONGEST_DELAY: Duration = Duration::from_millis(3_500);
 pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
     let phase = Duration::from_secs_f64(args.scaled(4.0, 2.0));
     let module = guest("default").display().to_string();
-    let file = dir.join("http-spawn.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[workers.default]\nmodule = {module:?}\n\n\
-             [schedules.second]\ncron = \"* * * * * *\"\noverlap = \"allow\"\n\
-             catch_up = \"latest\"\ntask = {{ name = \"second\", duration = 0 }}\n\n\
-             [schedules.pair]\ncron = \"*/2 * * * * *\"\noverlap = \"allow\"\n\
-             catch_up = \"none\"\ntask = {{ name = \"pair\", duration = 0 }}\n"
-        ),
-    )?;
-    let store = dir.join("tasks.db");
-    let host_args: Vec<String> = [
-        "--config",
-        &file.display().to_string(),
-        "--store",
-        &format!("sqlite:{}", store.display()),
-        "--max-history",
-        "1000000",
-    ]
-    .map(String::from)
-    .to_vec();
-    let runtime = crate::runtime()?;
-    let plan = |addr, duration| Plan {
-        headers: None,
-        addr,
+    let registry = format!(
+        "[workers.default]\nmodule = {module:?}\n\n\
+         [schedules.second]\ncron = \"* * * * * *\"\noverlap = \"allow\"\n\
+         catch_up = \"latest\"\ntask = {{ name = \"second\", duration = 0 }}\n\n\
+         [schedules.pair]\ncron = \"*/2 * * * * *\"\noverlap = \"allow\"\n\
+         catch_up = \"none\"\ntask = {{ name = \"pair\", duration = 0 }}\n"
+    );
+    progress(
+        "schedules",
+        &format!("{RATE}/s scheduled 0.5-3 s ahead; two SIGKILLs, {DOWN:?} down each"),
+    );
+    let Streamed {
+        runs,
+        mut host,
+        downtimes,
+    } = Stream {
+        registry,
+        rate: RATE,
         connections: CONNECTIONS,
-        duration,
-        rate: Some(RATE),
-        count: None,
-        keep_pids: true,
-        stop: None,
-        target: None,
+        phase,
+        down: DOWN,
         body: Arc::new(|index| {
             let delay = 0.5 + (index % 26) as f64 * 0.1;
             (
@@ -68,24 +54,8 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
                 format!("{{\"name\":\"later\",\"duration\":0,\"delay\":{delay}}}"),
             )
         }),
-    };
-    progress(
-        "schedules",
-        &format!("{RATE}/s scheduled 0.5-3 s ahead; two SIGKILLs, {DOWN:?} down each"),
-    );
-    let mut runs: Vec<Run> = Vec::new();
-    let mut downtimes: Vec<(SystemTime, SystemTime)> = Vec::new();
-    let mut host = Host::start(dir, &host_args, args.host_args.as_deref())?;
-    for _ in 0..2 {
-        runs.push(runtime.block_on(loadgen::run_plan(plan(host.addr, phase))));
-        host.crash()?;
-        let killed = SystemTime::now();
-        std::thread::sleep(DOWN);
-        let starting = SystemTime::now();
-        downtimes.push((killed, starting));
-        host = Host::start(dir, &host_args, args.host_args.as_deref())?;
     }
-    runs.push(runtime.block_on(loadgen::run_plan(plan(host.addr, phase))));
+    .run(args, dir)?;
     // No more ticks; then every scheduled task's time passes.
     for name in ["second", "pair"] {
         let (status, body) = crate::api::delete(host.addr, &format!("/api/schedules/{name}"))?;
@@ -96,17 +66,7 @@ pub fn run(args: &Args, dir: &Path) -> anyhow::Result<Verdict> {
     host.wait_idle(DRAIN_PATIENCE)?;
 
     let mut verdict = Verdict::default();
-    let others: usize = runs
-        .iter()
-        .flat_map(|run| &run.samples)
-        .filter(|s| !matches!(s.status, 0 | 202))
-        .count();
-    verdict.check(others == 0, || format!("{others} answers other than 202"));
-    let accepted: Vec<&str> = runs
-        .iter()
-        .flat_map(|run| &run.samples)
-        .filter_map(|s| s.pid.as_deref())
-        .collect();
+    let accepted = kills::accepted(&runs, &mut verdict);
     let records = api::list_tasks(host.addr, accepted.len() + 100_000)?;
     let by_pid: HashMap<&str, &api::Record> = records.iter().map(|r| (r.pid.as_str(), r)).collect();
     let at = |text: &Option<String>| {
