@@ -97,6 +97,18 @@ impl Verdict {
         }
     }
 
+    /// A criterion that `found` is empty; else a miss: how many were `what`, and the first
+    /// three.
+    pub fn none<T: std::fmt::Debug>(&mut self, found: &[T], what: &str) {
+        self.check(found.is_empty(), || {
+            format!(
+                "{} {what}, e.g. {:?}",
+                found.len(),
+                &found[..found.len().min(3)]
+            )
+        });
+    }
+
     pub fn skip(reason: impl Into<String>) -> Self {
         Self {
             figures: vec![reason.into()],
