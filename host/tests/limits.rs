@@ -197,6 +197,39 @@ async fn limits_set_over_the_api_count_what_runs_release_what_they_held_and_outl
         host.wait_running(pid).await;
     }
 
+    // A new rate checks again at once the tasks waiting for a turn under the old one.
+    let (status, _) = admin(
+        &host,
+        reqwest::Method::PUT,
+        "/api/workers/default/limits",
+        Some(json!({"rate": "1/1h"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut rated = Vec::new();
+    for i in 0..3 {
+        rated.push(
+            host.spawn(json!({"name": format!("rated{i}"), "duration": 0}))
+                .await,
+        );
+    }
+    // One starts; the other two wait an hour and two.
+    host.wait_end(&rated[0]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for pid in &rated[1..] {
+        let (_, record) = host.get(&format!("/api/tasks/{pid}")).await;
+        assert_eq!(record["status"], "spawned", "{record}");
+    }
+    let (status, _) = admin(
+        &host,
+        reqwest::Method::PUT,
+        "/api/workers/default/limits",
+        Some(json!({"rate": "10/1s"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    host.wait_exits_0(&rated[1..]).await;
+
     // Limits set over the API outlive a restart.
     let (status, _) = admin(
         &host,

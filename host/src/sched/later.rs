@@ -107,6 +107,26 @@ impl<T: Queued> Later<T> {
         state.due.remove(&(due, pid))
     }
 
+    /// Makes due at `now` the tasks that `pick` picks (it may change them as it looks); how
+    /// many. Walks every task waiting: for a rare change, not a task's way.
+    pub fn hurry(&self, mut pick: impl FnMut(&mut T) -> bool, now: Instant) -> usize {
+        let mut state = self.lock();
+        let keys: Vec<(Instant, Pid)> = state.due.keys().copied().collect();
+        let mut hurried = 0;
+        for key in keys {
+            let picked = state.due.get_mut(&key).is_some_and(&mut pick);
+            if picked && let Some(item) = state.due.remove(&key) {
+                state.at.insert(key.1, now);
+                state.due.insert((now, key.1), item);
+                hurried += 1;
+            }
+        }
+        if hurried > 0 {
+            self.changed.notify_one();
+        }
+        hurried
+    }
+
     /// Tasks waiting for their time.
     pub fn len(&self) -> usize {
         self.lock().due.len()
@@ -210,5 +230,35 @@ mod tests {
         assert_eq!(left[0].0.seq(), 3);
         thread.join().expect("the thread ends once closed");
         assert_eq!(later.promise(), Err(Refused::Closed));
+    }
+
+    #[test]
+    fn hurried_tasks_fall_due_at_once_and_the_others_keep_their_time() {
+        let later = Arc::new(Later::<Item>::new(10));
+        let now = Instant::now();
+        for seq in 1..=3 {
+            later
+                .fill(
+                    Item(Pid::new(1, seq)),
+                    now + Duration::from_secs(3_600),
+                    false,
+                )
+                .expect("open");
+        }
+        assert_eq!(later.hurry(|item| item.0.seq() != 2, now), 2);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let thread = {
+            let later = Arc::clone(&later);
+            std::thread::spawn(move || later.run(|item| sender.send(item.0.seq()).expect("open")))
+        };
+        let mut got: Vec<u64> = (0..2)
+            .map(|_| receiver.recv_timeout(Duration::from_secs(5)).expect("due"))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [1, 3]);
+        let left = later.close();
+        assert_eq!(left.len(), 1, "the one not picked waits its hour");
+        assert_eq!(left[0].0.seq(), 2);
+        thread.join().expect("the thread ends once closed");
     }
 }

@@ -105,15 +105,15 @@ impl<T: Limited> Limits<T> {
     }
 
     /// Sets `worker`'s limits to `limits` (none: it has none); the held tasks they now leave
-    /// room for are handed to `admit`, as [`Limits::done`] does.
+    /// room for are handed to `admit`, as [`Limits::done`] does. Whether its rate changed.
     pub fn set(
         &self,
         worker: &Arc<str>,
         limits: FlowLimits,
         admit: impl FnMut(T) -> Result<(), Box<T>>,
-    ) {
+    ) -> bool {
         if !self.on {
-            return;
+            return false;
         }
         let mut workers = self.lock();
         let gauge = workers
@@ -121,12 +121,15 @@ impl<T: Limited> Limits<T> {
             .or_insert_with(|| Gauge::new(FlowLimits::default()));
         gauge.max_running = limits.max_running;
         gauge.per_key = limits.per_key_running;
-        if gauge.rate != limits.rate {
-            // A new rate starts with full buckets; starts already promised keep their turn.
+        let rate_changed = gauge.rate != limits.rate;
+        if rate_changed {
+            // A new rate starts with full buckets (the tasks waiting for a turn under the old
+            // one are checked again: see `Scheduler::set_limits`).
             gauge.buckets.clear();
         }
         gauge.rate = limits.rate;
         hand_out(gauge, admit);
+        rate_changed
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Gauge<T>>> {
@@ -425,15 +428,16 @@ mod tests {
             max_running: Some(2),
             ..FlowLimits::default()
         };
-        limits.set(&worker, tight, |_| panic!("nothing is held"));
+        assert!(!limits.set(&worker, tight, |_| panic!("nothing is held")));
         assert_eq!(limits.of("default"), Some((3, 0)));
         assert!(matches!(limits.check(item(4, ""), now), Gate::Held));
         limits.done(&worker, None, |_| panic!("three still ran: no room"));
         let mut admitted = Vec::new();
-        limits.set(&worker, FlowLimits::default(), |item| {
+        let rate_changed = limits.set(&worker, FlowLimits::default(), |item| {
             admitted.push(item.pid.seq());
             Ok(())
         });
+        assert!(!rate_changed);
         assert_eq!(admitted, [4], "no limits: what was held starts");
         assert_eq!(limits.of("default"), None, "no limits shown");
     }

@@ -533,12 +533,29 @@ impl Scheduler {
     }
 
     /// Sets `worker`'s limits (none: it has none); the tasks held that they now leave room for
-    /// start, round robin between keys, as places free.
+    /// start, round robin between keys, as places free. A new rate checks again, at once, the
+    /// tasks waiting for a turn under the old one.
     pub fn set_limits(&self, worker: &str, limits: crate::config::FlowLimits) {
         let lanes = &self.lanes;
-        lanes.limits.set(&Arc::from(worker), limits, |job| {
-            Scheduler::admit(lanes, job)
-        });
+        let worker: Arc<str> = Arc::from(worker);
+        let rate_changed = lanes
+            .limits
+            .set(&worker, limits, |job| Scheduler::admit(lanes, job));
+        if rate_changed {
+            let now = Instant::now();
+            lanes.later.hurry(
+                |job| {
+                    // Waiting for its turn: counted in the rate, not yet running.
+                    let turn = job.version.worker() == &worker && job.counted == (false, true);
+                    if turn {
+                        job.counted = (false, false);
+                        job.ready_at = now;
+                    }
+                    turn
+                },
+                now,
+            );
+        }
     }
 
     /// Kills `pid`: at once if it waits in the queue or sleeps, within an epoch tick if a step
