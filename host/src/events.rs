@@ -212,7 +212,8 @@ impl EventBus {
             | Change::Worker { .. }
             | Change::Schedule(_)
             | Change::WorkerPaused { .. }
-            | Change::WorkerLimits { .. } => Vec::new(),
+            | Change::WorkerLimits { .. }
+            | Change::Checkpoint(_) => Vec::new(),
             Change::Event(
                 pid,
                 TaskEvent::Restarting {

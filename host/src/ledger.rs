@@ -13,7 +13,9 @@ use tokio::sync::oneshot;
 
 use crate::events::{EventBus, Published};
 use crate::metrics::Metrics;
-use crate::model::{LogLine, Pid, Printable, TaskEnd, TaskEvent, TaskRecord, TaskSpec};
+use crate::model::{
+    LogLine, Pid, Printable, StoredCheckpoint, TaskEnd, TaskEvent, TaskRecord, TaskSpec,
+};
 use crate::store::{Change, Done, IdempotencyKey, Store, StoreError};
 
 /// Counters of what the host has done since it started.
@@ -160,23 +162,32 @@ impl Ledger {
     /// idempotency key its request carried; `shared`, whether it waits in a cluster's shared
     /// queue rather than on this host, and whether it is `limited` there (see
     /// [`Change::Accepted`]).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "what an acceptance writes: the task, what it runs again from, its key, its \
+                  queue, its own checkpoint policy, and what follows"
+    )]
     pub fn accepted(
         &self,
         record: TaskRecord,
         spec: TaskSpec,
         key: Option<IdempotencyKey>,
         (shared, limited): (bool, bool),
+        checkpoint: Option<StoredCheckpoint>,
         then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) {
         let (pid, worker) = (record.pid, Arc::clone(&record.worker));
         let (metrics, counts) = (Arc::clone(&self.metrics), Arc::clone(&self.counts));
-        let batch = vec![Change::Accepted {
+        let mut batch = vec![Change::Accepted {
             record: Box::new(record),
             spec,
             key,
             shared,
             limited,
         }];
+        // The task's own policy is kept from its acceptance, in the same write: after a
+        // crash, it checkpoints as it asked.
+        batch.extend(checkpoint.map(|row| Change::Checkpoint(Box::new(row))));
         self.write(
             pid,
             batch,
@@ -229,6 +240,21 @@ impl Ledger {
     /// The task woke for step `step` of `steps`, having burnt `fuel` in all.
     pub fn progress(&self, pid: Pid, woke: Progress) {
         self.write(pid, vec![Change::Event(pid, woke.event())], None);
+    }
+
+    /// A task's checkpoint row changed: an image taken, refused or dropped, a resumption.
+    pub fn checkpoint(&self, row: StoredCheckpoint) {
+        self.write(row.pid, vec![Change::Checkpoint(Box::new(row))], None);
+    }
+
+    /// The task resumed from its checkpoint: its row with the resumption, and its progress
+    /// back at the checkpoint's step.
+    pub fn resumed(&self, pid: Pid, row: StoredCheckpoint, at: Progress) {
+        let batch = vec![
+            Change::Event(pid, at.event()),
+            Change::Checkpoint(Box::new(row)),
+        ];
+        self.write(pid, batch, None);
     }
 
     /// The task logged or printed `logs` since they were last recorded.
@@ -511,6 +537,12 @@ mod tests {
         fn worker_limits(&self) -> Result<Vec<(String, String)>, StoreError> {
             self.inner.worker_limits()
         }
+        fn checkpoint(
+            &self,
+            pid: Pid,
+        ) -> Result<Option<crate::model::StoredCheckpoint>, StoreError> {
+            self.inner.checkpoint(pid)
+        }
     }
 
     /// Issue #20, item 6: an end published to an open event stream is built from the end
@@ -541,7 +573,7 @@ mod tests {
             ready_at: None,
             priority: crate::model::DEFAULT_PRIORITY,
         };
-        ledger.accepted(record, spec, None, (false, false), drop);
+        ledger.accepted(record, spec, None, (false, false), None, drop);
         let end = TaskEnd::exited(7);
         let ending = Ending {
             step: 3,

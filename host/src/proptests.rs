@@ -1228,6 +1228,7 @@ proptest! {
                 max_running: None,
                 per_key_running: None,
                 rate: None,
+                checkpoint: crate::model::CheckpointPolicy::Off,
             })
             .collect();
         if !workers.contains_key(DEFAULT_WORKER) {
@@ -1244,6 +1245,7 @@ proptest! {
                 max_running: None,
                 per_key_running: None,
                 rate: None,
+                checkpoint: crate::model::CheckpointPolicy::Off,
             });
             expected.sort_by(|a, b| a.name.cmp(&b.name));
         }

@@ -176,7 +176,8 @@ async fn admin_endpoints_need_the_token() {
 
     let app = spawn_app(
         "default",
-        &["--admin-token", TOKEN, "--max-module-bytes", "20000"],
+        // Above the report worker's size (about 23 KB), far below the default.
+        &["--admin-token", TOKEN, "--max-module-bytes", "30000"],
     )
     .await;
     let response = app
@@ -196,7 +197,7 @@ async fn admin_endpoints_need_the_token() {
     assert_eq!(status, 403);
     let (status, _) = rollback(&app, "default", Some("wrong")).await;
     assert_eq!(status, 403);
-    let (status, body) = put_module(&app, "default", vec![0; 20_001], Some(TOKEN)).await;
+    let (status, body) = put_module(&app, "default", vec![0; 30_001], Some(TOKEN)).await;
     assert_eq!(status, 413, "over --max-module-bytes: {body}");
     let response = app
         .client

@@ -163,3 +163,9 @@ pub unsafe extern "C" fn cabi_realloc(
     }
     block
 }
+
+/// One past the last byte the arena has handed out: the end of the heap in use.
+pub(crate) fn top() -> usize {
+    // SAFETY: within this call only, on the instance's one thread.
+    unsafe { ARENA.bump() }.top
+}

@@ -72,6 +72,8 @@ extern crate std;
 mod arena;
 #[cfg(any(test, all(target_arch = "wasm32", not(feature = "std"))))]
 mod bump;
+#[doc(hidden)]
+pub mod checkpoint;
 mod ctx;
 mod done;
 mod executor;
@@ -83,7 +85,7 @@ pub mod text;
 /// [`worker!`] exports the task interface.
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "worker",
+        world: "checkpointed",
         path: "../wit",
         // `worker!` expands in the worker's crate, which reaches the generated export macros
         // through `$crate::bindings`.
@@ -139,6 +141,28 @@ macro_rules! worker {
                 }
             }
 
+            impl $crate::__private::CheckpointGuest for Worker {
+                fn locate()
+                -> ::core::result::Result<$crate::__private::Extent, $crate::__private::String>
+                {
+                    $crate::__private::checkpoint::locate()
+                }
+
+                fn read(at: u32) -> $crate::__private::Chunk {
+                    $crate::__private::checkpoint::read(at)
+                }
+
+                fn prepare(
+                    extent: $crate::__private::Extent,
+                ) -> ::core::result::Result<(), $crate::__private::String> {
+                    $crate::__private::checkpoint::prepare(extent)
+                }
+
+                fn write(at: u32, chunk: $crate::__private::Chunk) {
+                    $crate::__private::checkpoint::write(at, chunk)
+                }
+            }
+
             $crate::bindings::export! { Worker with_types_in $crate::bindings }
         };
     };
@@ -147,8 +171,12 @@ macro_rules! worker {
 /// What [`worker!`] expands to refers to; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::bindings::exports::http_spawn::worker::checkpoint::{
+        Chunk, Extent, Guest as CheckpointGuest,
+    };
     pub use crate::bindings::exports::http_spawn::worker::task::Guest;
     pub use crate::bindings::http_spawn::worker::types::{Next, Wake};
+    pub use crate::checkpoint;
     pub use crate::executor::{start, step};
     pub use alloc::string::String;
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::RequestLimits;
 use super::error::ApiError;
 use crate::config::is_worker_name;
-use crate::model::{MAX_PRIORITY, NewTask, OnHostLoss, RestartPolicy};
+use crate::model::{CheckpointPolicy, MAX_PRIORITY, NewTask, OnHostLoss, RestartPolicy};
 
 /// The seed's duration when a request names none.
 const DEFAULT_DURATION_SECS: u32 = 3;
@@ -59,6 +59,11 @@ pub(super) struct TaskRequest {
     /// `per_key_running` and `rate` count by. Tasks over a limit wait; they are not refused.
     #[schema(min_length = 1, max_length = 256)]
     concurrency_key: Option<String>,
+    /// `off`, `every step` or `every <duration>` (`every 30s`): when the task's state is
+    /// checkpointed between steps, so that it resumes there if its host is lost. Its worker's
+    /// policy (`off` unless set) when absent.
+    #[schema(example = "every step")]
+    checkpoint: Option<String>,
 }
 
 /// The restart policies a request may name, for the document.
@@ -160,6 +165,11 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
             )));
         }
     };
+    let checkpoint = match fields.remove("checkpoint") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(policy)) => Some(CheckpointPolicy::parse(&policy).map_err(bad)?),
+        Some(other) => Some(CheckpointPolicy::parse(&other.to_string()).map_err(bad)?),
+    };
     Ok(NewTask {
         name,
         worker,
@@ -173,6 +183,7 @@ pub fn parse_submission(body: &[u8], limits: &RequestLimits) -> Result<NewTask, 
         retry_of: None,
         schedule: None,
         concurrency_key,
+        checkpoint,
     })
 }
 

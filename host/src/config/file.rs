@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::StoreLocation;
 use super::{ConfigError, is_worker_name};
 use crate::actor::ActorScope;
-use crate::model::{OnHostLoss, RestartPolicy, parse_memory_size};
+use crate::model::{CheckpointPolicy, OnHostLoss, RestartPolicy, parse_memory_size};
 
 /// The registry file: `[server]` and `[workers.<name>]` tables. Unknown keys are errors, so a
 /// typo is reported, with its line, instead of silently ignored.
@@ -57,6 +57,7 @@ pub(super) struct WorkerFile {
     pub(super) max_running: Option<u32>,
     pub(super) per_key_running: Option<u32>,
     pub(super) rate: Option<super::Rate>,
+    pub(super) checkpoint: CheckpointPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +75,7 @@ struct RawWorkerFile {
     max_running: Option<u32>,
     per_key_running: Option<u32>,
     rate: Option<String>,
+    checkpoint: Option<String>,
 }
 
 impl TryFrom<RawWorkerFile> for WorkerFile {
@@ -114,6 +116,12 @@ impl TryFrom<RawWorkerFile> for WorkerFile {
                 n => n,
             },
             rate: raw.rate.as_deref().map(super::Rate::parse).transpose()?,
+            checkpoint: raw
+                .checkpoint
+                .as_deref()
+                .map(CheckpointPolicy::parse)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }

@@ -22,7 +22,7 @@ use file::{RegistryFile, WorkerName};
 use std::time::Duration;
 
 use crate::actor::ActorScope;
-use crate::model::{OnHostLoss, RestartPolicy, parse_memory_size, parse_size};
+use crate::model::{CheckpointPolicy, OnHostLoss, RestartPolicy, parse_memory_size, parse_size};
 use crate::store::StoreSync;
 
 /// The worker tasks get when a request names none; always configured.
@@ -510,6 +510,8 @@ pub struct WorkerConfig {
     pub per_key_running: Option<u32>,
     /// At most this many of its tasks start per period (per key, for tasks with one).
     pub rate: Option<Rate>,
+    /// When its tasks are checkpointed between steps, when a request names nothing.
+    pub checkpoint: CheckpointPolicy,
 }
 
 impl WorkerConfig {
@@ -824,6 +826,7 @@ impl Config {
             max_running: None,
             per_key_running: None,
             rate: None,
+            checkpoint: CheckpointPolicy::Off,
         };
         let mut workers: BTreeMap<String, WorkerConfig> = file
             .workers
@@ -844,6 +847,7 @@ impl Config {
                     max_running: worker.max_running,
                     per_key_running: worker.per_key_running,
                     rate: worker.rate,
+                    checkpoint: worker.checkpoint,
                 };
                 (name, resolved)
             })

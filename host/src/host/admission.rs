@@ -197,6 +197,7 @@ impl Host {
             retry_of,
             schedule,
             concurrency_key,
+            checkpoint,
             ..
         } = task;
         let now = SystemTime::now();
@@ -293,7 +294,14 @@ impl Host {
             priority: spec.priority,
             key: concurrency,
             counted: (false, false),
+            checkpoint: (
+                checkpoint.unwrap_or(settings.checkpoint),
+                checkpoint.is_some(),
+            ),
+            resume: None,
         };
+        let own_checkpoint =
+            checkpoint.map(|policy| crate::model::StoredCheckpoint::policy(pid, policy, 1));
         // Its mailbox exists from acceptance: it can be sent to while it waits for a place. One
         // waiting in a cluster's shared queue gets its mailbox where it runs; messages wait
         // for it in the store.
@@ -323,8 +331,13 @@ impl Host {
         let scheduler = self.scheduler.clone();
         let actors = Arc::clone(&self.actors);
         let leftovers = Arc::clone(&self.leftovers);
-        self.ledger
-            .accepted(record, spec, key, (shared, limited), move |recorded| {
+        self.ledger.accepted(
+            record,
+            spec,
+            key,
+            (shared, limited),
+            own_checkpoint,
+            move |recorded| {
                 drop(in_flight);
                 match (&recorded, promise) {
                     (Ok(()), Some(promise)) => match scheduler.place(promise, job) {
@@ -358,7 +371,8 @@ impl Host {
                     }
                 }
                 let _ = sender.send(recorded);
-            });
+            },
+        );
         Ok(Accepting {
             pid,
             recorded: Some(receiver),

@@ -544,7 +544,18 @@ impl Host {
         };
         let attempt = record.attempt;
         let placement = Placement::root(pid, record.parent, self.scope_of(&record.worker));
-        let job = Job::again(record, spec, version, attempt, host_losses, Instant::now());
+        // Its worker's checkpoint policy: a task's own policy, and resuming a task another
+        // host checkpointed, do not yet reach a host that claims it (issue #26).
+        let checkpoint = (self.checkpoint_of(&record.worker), false);
+        let job = Job::again(
+            record,
+            spec,
+            version,
+            attempt,
+            host_losses,
+            Instant::now(),
+            checkpoint,
+        );
         if cluster_leaving(self) {
             // Claimed as the host began to shut down: another host runs it.
             self.give_back(pid);

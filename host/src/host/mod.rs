@@ -25,11 +25,12 @@ use crate::events::{EventBus, StreamLimits, StreamRefused, Subscription};
 use crate::ledger::{EndWatch, Ending, Ledger, Totals};
 use crate::metrics::{self, Metrics};
 use crate::model::{
-    OnHostLoss, Outcome, Pid, Pids, Status, TaskEnd, TaskLogs, TaskRecord, TaskSpec,
+    OnHostLoss, Outcome, Pid, Pids, Status, StoredCheckpoint, TaskEnd, TaskLogs, TaskRecord,
+    TaskSpec,
 };
 use crate::registry::{Registry, UnknownWorker};
-use crate::runtime::{Sandbox, SandboxConfig};
-use crate::sched::{Job, Places, Scheduler};
+use crate::runtime::{Image, Sandbox, SandboxConfig};
+use crate::sched::{Job, Places, Resume, Scheduler};
 use crate::store::{
     Change, Forward, ListQuery, MemoryStore, NodeInfo, NodeSpec, Page, PgStore, SqliteStore, Store,
     StoreError,
@@ -310,10 +311,11 @@ impl Host {
         if unfinished.is_empty() {
             return Ok(());
         }
-        let (mut rerun, mut failed, mut waiting) = (0u64, 0u64, 0u64);
+        let (mut rerun, mut resumed, mut failed, mut waiting) = (0u64, 0u64, 0u64, 0u64);
         for (record, spec) in unfinished {
             match self.recover_task(record, spec) {
                 Recovered::Rerun => rerun += 1,
+                Recovered::Resumed => resumed += 1,
                 Recovered::Failed => failed += 1,
                 Recovered::Waiting => waiting += 1,
             }
@@ -326,11 +328,11 @@ impl Host {
             .wait(Vec::new())
             .context("writing what recovery decided")?;
         tracing::warn!(
-            rerun, failed, waiting,
+            rerun, resumed, failed, waiting,
             took = ?begun.elapsed(),
-            "recovered the tasks a lost host left unfinished: those that were running run again \
-             from the start (or ended failed, host_lost, where on_host_loss is fail); those \
-             waiting wait again, in order"
+            "recovered the tasks a lost host left unfinished: those that were running resume \
+             from their checkpoint if they have one, or run again from the start (or ended \
+             failed, host_lost, where on_host_loss is fail); those waiting wait again, in order"
         );
         Ok(())
     }
@@ -376,9 +378,23 @@ impl Host {
                 return Recovered::Failed;
             }
         };
+        // Its checkpoint row: its own policy, and the image to resume it from.
+        let row = self.store.checkpoint(pid).unwrap_or_else(|error| {
+            tracing::warn!(pid = %pid, %error, "a recovered task's checkpoint could not be read; \
+                it runs as if it had none");
+            None
+        });
+        let checkpoint = match row.as_ref().and_then(|row| row.policy) {
+            Some(policy) => (policy, true),
+            None => (self.checkpoint_of(&worker), false),
+        };
+        let resume = if lost { resumable(row, &record) } else { None };
         let mut attempt = record.attempt;
         let mut ready_at = Instant::now();
-        if lost {
+        if resume.is_some() {
+            // The same attempt goes on from its checkpoint: no new attempt.
+            host_losses -= 1;
+        } else if lost {
             attempt += 1;
             let end = TaskEnd::host_lost(record.attempt);
             self.ledger.restarting(
@@ -399,7 +415,17 @@ impl Host {
             pid,
             Placement::root(pid, record.parent, self.scope_of(&worker)),
         );
-        let job = Job::again(record, spec, version, attempt, host_losses, ready_at);
+        let resumed = resume.is_some();
+        let mut job = Job::again(
+            record,
+            spec,
+            version,
+            attempt,
+            host_losses,
+            ready_at,
+            checkpoint,
+        );
+        job.resume = resume;
         let placed = if scheduled {
             self.scheduler.schedule(job, false)
         } else {
@@ -410,7 +436,9 @@ impl Host {
             // for the next start.
             tracing::error!(pid = %job.pid, "a recovered task found admission closed");
         }
-        if lost {
+        if resumed {
+            Recovered::Resumed
+        } else if lost {
             Recovered::Rerun
         } else {
             Recovered::Waiting
@@ -709,8 +737,27 @@ impl Host {
     /// A task's record, if the store still holds it, with its mailbox, links and monitors
     /// while it is live; waiting as [`Host::list_async`] does.
     pub async fn get_async(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {
-        let record = self.store.get_async(pid).await?;
-        Ok(record.map(|record| self.with_actor(record)))
+        let Some(record) = self.store.get_async(pid).await? else {
+            return Ok(None);
+        };
+        let mut record = self.with_actor(record);
+        let policy = self.checkpoint_of(&record.worker);
+        let row = match self.store.checkpoint_async(pid).await {
+            Ok(row) => row,
+            Err(error) => {
+                tracing::warn!(pid = %pid, %error, "a task's checkpoint row could not be read");
+                None
+            }
+        };
+        record.checkpoint = match row {
+            Some(row) => Some(Box::new(row.view(policy))),
+            None if !policy.is_off() => {
+                let row = StoredCheckpoint::policy(pid, policy, record.attempt);
+                Some(Box::new(row.view(policy)))
+            }
+            None => None,
+        };
+        Ok(Some(record))
     }
 
     /// A task's record as the store holds it, waiting on this thread: outside an async
@@ -750,10 +797,38 @@ impl Host {
 enum Recovered {
     /// Its attempt was lost with the host; it runs again.
     Rerun,
+    /// Its attempt was lost with the host; it resumes from its checkpoint.
+    Resumed,
     /// It ends: `on_host_loss` is `fail`, or its module is gone.
     Failed,
     /// It had not started (or waited out a backoff); it waits again.
     Waiting,
+}
+
+/// What a task whose attempt was lost resumes from: its checkpoint row's image, if it has one
+/// of that attempt that reads back, and it has not resumed so often that it may be what brings
+/// its host down.
+fn resumable(row: Option<StoredCheckpoint>, record: &TaskRecord) -> Option<Box<Resume>> {
+    let row = row.filter(|row| row.attempt == record.attempt)?;
+    if row.resumes >= MAX_HOST_LOSSES {
+        tracing::warn!(pid = %record.pid, resumes = row.resumes,
+            "a task resumed from its checkpoint as often as its host may be lost; it runs \
+             again from its start instead");
+        return None;
+    }
+    let image = row.taken.as_ref()?.image.as_ref()?;
+    match Image::decode(image) {
+        Ok(image) => Some(Box::new(Resume {
+            image,
+            row,
+            steps: record.steps,
+        })),
+        Err(reason) => {
+            tracing::warn!(pid = %record.pid, %reason,
+                "a task's checkpoint does not read back; it runs again from its start");
+            None
+        }
+    }
 }
 
 /// A store opened: as the host uses it, and, when it is shared, as the cluster does.

@@ -32,6 +32,15 @@ impl Host {
             .map_or(ActorScope::Any, |worker| worker.settings.actor_scope)
     }
 
+    /// Worker `worker`'s checkpoint policy (`off` for a worker this host does not know).
+    pub(super) fn checkpoint_of(&self, worker: &str) -> crate::model::CheckpointPolicy {
+        self.workers
+            .get(Some(worker))
+            .map_or(crate::model::CheckpointPolicy::Off, |worker| {
+                worker.settings.checkpoint
+            })
+    }
+
     /// Whether `caller`, a running task, may send to, kill, link to or monitor `target`, or
     /// learn that it holds a name.
     pub(super) async fn reaches(&self, caller: Pid, target: Pid) -> bool {

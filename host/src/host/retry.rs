@@ -74,8 +74,13 @@ impl Host {
             body_sha256: Digest::of(text.as_bytes()).hex(),
             stale_before: std::time::UNIX_EPOCH,
         };
+        // The task's own checkpoint policy, if it named one, goes with it.
+        let checkpoint = store
+            .checkpoint_async(pid)
+            .await?
+            .and_then(|row| row.policy);
         Ok(self
-            .spawn_async(resubmission(record, spec), Some(key))
+            .spawn_async(resubmission(record, spec, checkpoint), Some(key))
             .await?)
     }
 
@@ -126,7 +131,11 @@ fn matches(record: &TaskRecord, filter: &RetryFilter) -> bool {
 }
 
 /// The submission a task was accepted with, as a new task that retries it.
-fn resubmission(record: TaskRecord, spec: TaskSpec) -> NewTask {
+fn resubmission(
+    record: TaskRecord,
+    spec: TaskSpec,
+    checkpoint: Option<crate::model::CheckpointPolicy>,
+) -> NewTask {
     let restart = if spec.max_attempts <= 1 {
         RestartPolicy::Never
     } else {
@@ -147,5 +156,6 @@ fn resubmission(record: TaskRecord, spec: TaskSpec) -> NewTask {
         retry_of: Some(record.pid),
         schedule: None,
         concurrency_key: record.concurrency_key,
+        checkpoint,
     }
 }

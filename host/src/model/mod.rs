@@ -2,6 +2,7 @@
 //! task's pid, what a client asks for, how a task ends, the events of its life and the record
 //! they fold into, its log lines, and how times and sizes are written.
 
+mod checkpoint;
 mod json;
 mod log;
 mod pid;
@@ -12,6 +13,7 @@ mod text;
 pub(crate) mod time;
 mod units;
 
+pub use checkpoint::{CheckpointPolicy, CheckpointView, Resumed, StoredCheckpoint, Taken, Waiting};
 pub use json::JsonText;
 pub use log::{LogLine, LogSource, TaskLogs};
 pub use pid::Pid;

@@ -162,6 +162,10 @@ pub struct TaskRecord {
     /// once the task has ended (and in the store's own copy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<Box<ActorState>>,
+    /// Its checkpoints (issue #26): its policy, the latest taken, its resumptions. Read with
+    /// the record of one task, not in lists; absent for a task that takes none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Box<super::CheckpointView>>,
     /// In a cluster, the id of the host that holds the task now (see `GET /api/cluster`);
     /// absent while it waits in the shared queue, once it has ended, and on a host alone.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -187,6 +191,7 @@ impl TaskRecord {
             pid,
             parent: None,
             actor: None,
+            checkpoint: None,
             node: None,
             name,
             worker,

@@ -32,6 +32,8 @@ pub struct NewTask {
     pub schedule: Option<(String, std::time::SystemTime)>,
     /// Its key for its worker's `per_key_running` and `rate` (a tenant, say).
     pub concurrency_key: Option<String>,
+    /// When it is checkpointed between steps; the worker's policy when absent.
+    pub checkpoint: Option<super::CheckpointPolicy>,
 }
 
 /// What a task needs, beyond its record, to run again after the host was lost: kept by a

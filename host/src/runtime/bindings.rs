@@ -15,3 +15,9 @@ pub mod v2 {
 pub mod v3 {
     wasmtime::component::bindgen!({ world: "worker", path: "../wit" });
 }
+
+/// The optional `checkpoint` interface of `wit/worker.wit`, looked up in a 0.3.0 worker that
+/// exports it (the SDK's workers do): see `runtime/checkpoint.rs`.
+pub mod checkpoint {
+    wasmtime::component::bindgen!({ world: "checkpoint-only", path: "../wit" });
+}

@@ -12,6 +12,7 @@ mod bindings;
 pub(crate) mod cache;
 mod calls;
 mod capture;
+mod checkpoint;
 mod contract;
 mod embedded;
 mod engine;
@@ -27,6 +28,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 pub use cache::{CacheError, Digest};
+pub use checkpoint::Image;
 pub use embedded::{Embedded, EmbeddedConfig, EmbeddedError};
 pub use interrupt::Interrupts;
 pub use module::{Module, Origin};
@@ -226,8 +228,14 @@ impl Sandbox {
             .map_err(wrong_world)?;
         // The newest contract first; a component that fits none is told why it does not fit
         // the newest.
-        let pre = match bindings::v3::WorkerPre::new(pre.clone()) {
-            Ok(pre) => module::Pre::V3(pre),
+        let pre = match bindings::v3::WorkerIndices::new(&pre) {
+            Ok(indices) => module::Pre::V3 {
+                checkpoint: bindings::checkpoint::CheckpointOnlyIndices::new(&pre)
+                    .ok()
+                    .map(Arc::new),
+                pre,
+                indices,
+            },
             Err(newest) => match bindings::v2::WorkerPre::new(pre.clone()) {
                 Ok(pre) => module::Pre::V2(pre),
                 Err(_) => match bindings::v1::WorkerPre::new(pre) {

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store};
 
+use super::bindings::checkpoint::CheckpointOnlyIndices;
 use super::bindings::{v1, v2, v3};
 use super::cache::Digest;
 use super::capture::Capture;
+use super::checkpoint::{Image, Refused};
 use super::interrupt::Interrupts;
 use super::process::{
     Bindings, Process, StartSpec, TaskLimits, TaskState, classify, on_epoch_tick, refuel, spent,
@@ -36,7 +38,12 @@ pub enum Origin {
 pub(super) enum Pre {
     V1(v1::WorkerPre<TaskState>),
     V2(v2::WorkerPre<TaskState>),
-    V3(v3::WorkerPre<TaskState>),
+    V3 {
+        pre: wasmtime::component::InstancePre<TaskState>,
+        indices: v3::WorkerIndices,
+        /// Its `checkpoint` interface, if it exports one.
+        checkpoint: Option<Arc<CheckpointOnlyIndices>>,
+    },
 }
 
 /// A worker component, compiled, checked against the `worker` world, smoke-run and pre-linked:
@@ -92,7 +99,7 @@ impl Module {
         match self.pre {
             Pre::V1(_) => "0.1.0",
             Pre::V2(_) => "0.2.0",
-            Pre::V3(_) => "0.3.0",
+            Pre::V3 { .. } => "0.3.0",
         }
     }
 
@@ -126,10 +133,21 @@ impl Module {
         let mut store = self.new_store(pid, limits);
         let budget = self.limits.fuel_per_step;
         refuel(&mut store, budget);
+        let mut instance_checkpoint = None;
         let instantiated = match &self.pre {
             Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
             Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
-            Pre::V3(pre) => pre.instantiate(&mut store).map(Bindings::V3),
+            Pre::V3 {
+                pre,
+                indices,
+                checkpoint,
+            } => pre.instantiate(&mut store).and_then(|instance| {
+                let bindings = indices.load(&mut store, &instance)?;
+                instance_checkpoint = checkpoint
+                    .as_ref()
+                    .map(|indices| (Arc::clone(indices), instance));
+                Ok(Bindings::V3(bindings))
+            }),
         };
         match instantiated {
             Ok(bindings) => {
@@ -137,6 +155,7 @@ impl Module {
                 Ok(Process {
                     store,
                     bindings,
+                    checkpoint: instance_checkpoint,
                     budget,
                     fuel,
                 })
@@ -149,6 +168,38 @@ impl Module {
                 Err(end)
             }
         }
+    }
+
+    /// Whether its worker exports the `checkpoint` interface: its tasks can be checkpointed
+    /// between steps (unless one holds host resources at the time).
+    pub fn checkpointable(&self) -> bool {
+        matches!(
+            &self.pre,
+            Pre::V3 {
+                checkpoint: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// A fresh instance of the module with `image`, a checkpoint of one of its tasks, written
+    /// back: the task as it was between steps `steps_done` and the next, with its `name`. It
+    /// goes on with `step`. An error says why the image could not be put back: the caller
+    /// runs the task from its start instead.
+    pub fn resume(
+        &self,
+        pid: Pid,
+        limits: TaskLimits,
+        image: &Image,
+        name: &Arc<str>,
+        steps_done: u32,
+    ) -> Result<Process, Refused> {
+        let mut process = self
+            .instantiate(pid, limits)
+            .map_err(|end| Refused(end.error.unwrap_or_else(|| end.outcome.as_str().into())))?;
+        process.store.data_mut().name = Some(Arc::clone(name));
+        process.restore(image, steps_done)?;
+        Ok(process)
     }
 
     /// Instantiates the module and calls `start` once, as for a task of duration 0, so a

@@ -105,6 +105,13 @@ pub(super) struct WasiState {
     table: ResourceTable,
 }
 
+impl WasiState {
+    /// Whether the guest holds no WASI resource (no stream, no pollable) now.
+    pub(super) fn table_is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
 impl std::fmt::Debug for TaskState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskState")
@@ -271,6 +278,11 @@ impl TaskLimits {
 pub struct Process {
     pub(super) store: Store<TaskState>,
     pub(super) bindings: Bindings,
+    /// Its worker's `checkpoint` interface and the instance to call it on, if it exports one.
+    pub(super) checkpoint: Option<(
+        Arc<super::bindings::checkpoint::CheckpointOnlyIndices>,
+        wasmtime::component::Instance,
+    )>,
     pub(super) budget: u64,
     pub(super) fuel: u64,
 }
@@ -378,6 +390,12 @@ impl Process {
     /// Whether the worker speaks the 0.2.0 contract or a later one (it can receive messages).
     pub fn is_actor(&self) -> bool {
         matches!(self.bindings, Bindings::V2(_) | Bindings::V3(_))
+    }
+
+    /// Counts `fuel` burnt before this instance: by the attempt it goes on with, resumed from
+    /// a checkpoint.
+    pub fn count_fuel(&mut self, fuel: u64) {
+        self.fuel = self.fuel.saturating_add(fuel);
     }
 
     /// Fuel burnt so far, instantiation included.

@@ -36,7 +36,7 @@ use thread::SchedulerThread;
 
 use crate::actor::{Actors, Aftermath, Kernel, Told};
 use crate::ledger::{Ending, Ledger};
-use crate::model::{Pid, TaskEnd, TaskRecord, TaskSpec};
+use crate::model::{CheckpointPolicy, Pid, StoredCheckpoint, TaskEnd, TaskRecord, TaskSpec};
 use crate::registry::Version;
 use crate::runtime::Interrupts;
 
@@ -73,6 +73,20 @@ pub struct Job {
     pub key: Option<Arc<str>>,
     /// Whether its worker's limits counted it: as running, and in its rate.
     pub counted: (bool, bool),
+    /// When it is checkpointed between steps, and whether that is its own policy (kept in
+    /// its checkpoint row) rather than its worker's.
+    pub checkpoint: (CheckpointPolicy, bool),
+    /// The checkpoint to resume it from instead of starting it, after its host was lost.
+    pub resume: Option<Box<Resume>>,
+}
+
+/// A task to resume from a checkpoint: its image, and its checkpoint row as it stood.
+#[derive(Debug)]
+pub struct Resume {
+    pub image: crate::runtime::Image,
+    pub row: StoredCheckpoint,
+    /// The steps it planned, as its record says.
+    pub steps: u32,
 }
 
 impl Job {
@@ -87,6 +101,7 @@ impl Job {
         attempt: u32,
         host_losses: u32,
         ready_at: Instant,
+        checkpoint: (CheckpointPolicy, bool),
     ) -> Self {
         Self {
             pid: record.pid,
@@ -102,6 +117,8 @@ impl Job {
             parent: record.parent,
             priority: spec.priority,
             counted: (false, false),
+            checkpoint,
+            resume: None,
         }
     }
 }

@@ -14,7 +14,9 @@ use super::limits::Gate;
 use super::{Job, Lane, Lanes};
 use crate::actor::{Awaited, Reply, Wake};
 use crate::ledger::{Ending, FreshLogs, Ledger, Progress};
-use crate::model::{Pid, Printable, TaskEnd};
+use crate::model::{
+    CheckpointPolicy, Pid, Printable, Resumed, StoredCheckpoint, Taken, TaskEnd, Waiting,
+};
 use crate::runtime::{Next, Process, StartSpec, TaskLimits};
 
 /// How many new tasks a scheduler takes in before it looks at its timers again, so a burst of
@@ -61,6 +63,16 @@ struct Live {
     /// The task awaits the answer to its call with this ticket: its timer is the call's
     /// deadline, and the answer wakes it (`Command::Wake`).
     awaiting: Option<u64>,
+    /// Its checkpoints, when its policy takes any.
+    checkpointing: Option<Box<Checkpointing>>,
+}
+
+/// A task's checkpoints while it runs: its policy, when the last was taken, and its row as
+/// last written (its latest image in it, so a refusal written later keeps it).
+struct Checkpointing {
+    policy: CheckpointPolicy,
+    last: Option<Instant>,
+    row: StoredCheckpoint,
 }
 
 pub(super) struct SchedulerThread {
@@ -280,7 +292,7 @@ impl SchedulerThread {
         } else {
             job
         };
-        let job = match self.lanes.limits.check(job, Instant::now()) {
+        let mut job = match self.lanes.limits.check(job, Instant::now()) {
             Gate::Go(job) => job,
             // Over its worker's (or key's) running limit: held until one of them ends, its
             // place to the next task.
@@ -302,12 +314,41 @@ impl SchedulerThread {
         let deadline = begun + job.deadline;
         // What a failed `start` burnt and logged, which go with the store.
         let mut spent = (0, None);
+        let resume = job.resume.take();
+        let limits = TaskLimits {
+            deadline,
+            interrupts,
+            kernel: self.lanes.kernel.get().and_then(std::sync::Weak::upgrade),
+        };
+        // A task whose host was lost goes on from its checkpoint, if it has one that can be
+        // put back; if not, it starts again.
+        let mut resume_refused = None;
+        if let Some(resume) = resume {
+            let taken = resume
+                .row
+                .taken
+                .as_ref()
+                .map_or((0, 0), |t| (t.step, t.fuel));
+            let module = &job.version.module;
+            let put_back = guarded(|| {
+                module
+                    .resume(pid, limits.clone(), &resume.image, &job.name, taken.0)
+                    .map_err(|refused| TaskEnd::host_error(&refused.0))
+            });
+            match put_back {
+                Ok(mut process) => {
+                    process.count_fuel(taken.1);
+                    return self.resumed(job, permit, limited, process, *resume, begun);
+                }
+                Err(end) => {
+                    let reason = end.error.unwrap_or_default();
+                    tracing::warn!(pid = %pid, %reason,
+                        "a task's checkpoint could not be put back; it starts again");
+                    resume_refused = Some((reason, resume.row));
+                }
+            }
+        }
         let started = guarded(|| {
-            let limits = TaskLimits {
-                deadline,
-                interrupts,
-                kernel: self.lanes.kernel.get().and_then(std::sync::Weak::upgrade),
-            };
             let mut process = job.version.module.instantiate(pid, limits)?;
             let spec = StartSpec {
                 pid,
@@ -354,8 +395,27 @@ impl SchedulerThread {
             process.capture().take(),
         );
         tracing::debug!(pid = %pid, steps, attempt = job.attempt, "Task started");
-        let attempt = job.attempt;
-        let name = Arc::clone(&job.name);
+        let checkpointing = checkpointing(&job, resume_refused);
+        let slot = self.place(job, permit, limited, process, steps, begun, checkpointing);
+        self.advance(slot, Wake::Started);
+    }
+
+    /// Makes `process` a live task of this thread; its slot.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "what a live task is made of, started or resumed"
+    )]
+    fn place(
+        &mut self,
+        job: Job,
+        permit: Permit<Job>,
+        limited: Option<(Arc<str>, Option<Arc<str>>)>,
+        process: Process,
+        steps: u32,
+        begun: Instant,
+        checkpointing: Option<Box<Checkpointing>>,
+    ) -> usize {
+        let (pid, attempt, name) = (job.pid, job.attempt, Arc::clone(&job.name));
         let task = Live {
             process,
             permit,
@@ -369,6 +429,7 @@ impl SchedulerThread {
             wake: 0,
             receiving: false,
             awaiting: None,
+            checkpointing,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -381,7 +442,136 @@ impl SchedulerThread {
             }
         };
         self.slots.insert(pid, slot);
-        self.advance(slot, Wake::Started);
+        slot
+    }
+
+    /// Goes on with a task put back from its checkpoint (`process`): its step count and fuel
+    /// as they were then, its resumption recorded, and the wait it was in given back, from
+    /// the absolute time it ends.
+    fn resumed(
+        &mut self,
+        job: Job,
+        permit: Permit<Job>,
+        limited: Option<(Arc<str>, Option<Arc<str>>)>,
+        process: Process,
+        resume: crate::sched::Resume,
+        begun: Instant,
+    ) {
+        let pid = job.pid;
+        let crate::sched::Resume { row, .. } = resume;
+        let mut row = row;
+        let Some(taken) = row.taken.clone() else {
+            return;
+        };
+        let now = SystemTime::now();
+        row.resumes += 1;
+        row.resumed = Some(Resumed {
+            from_step: taken.step,
+            at: now,
+            lost: now.duration_since(taken.at).unwrap_or_default(),
+        });
+        row.refused = None;
+        let steps = resume.steps;
+        self.ledger().resumed(
+            pid,
+            row.clone(),
+            Progress {
+                step: taken.step,
+                steps,
+                fuel: process.fuel(),
+            },
+        );
+        tracing::info!(pid = %pid, step = taken.step, lost = ?now.duration_since(taken.at).unwrap_or_default(),
+            "Task resumed from its checkpoint");
+        let policy = job.checkpoint.0;
+        let checkpointing = Box::new(Checkpointing {
+            policy,
+            last: Some(Instant::now()),
+            row,
+        });
+        let slot = self.place(
+            job,
+            permit,
+            limited,
+            process,
+            steps,
+            begun,
+            Some(checkpointing),
+        );
+        let in_time = |until: SystemTime| {
+            Instant::now() + until.duration_since(SystemTime::now()).unwrap_or_default()
+        };
+        self.timer_seq += 1;
+        let seq = self.timer_seq;
+        let Some(task) = self.tasks[slot].as_mut() else {
+            return;
+        };
+        task.wake = seq;
+        let deadline = task.process.deadline();
+        match taken.waiting {
+            Waiting::Sleep { until } => {
+                self.timers
+                    .push(Reverse((in_time(until).min(deadline), seq, slot)));
+            }
+            Waiting::Receive { until } => {
+                // Its mailbox went with the lost host; anything sent since is taken.
+                match self.lanes.actors.take(pid, true) {
+                    Some(entry) => self.ready.push_back((slot, seq, Wake::Entry(entry))),
+                    None => {
+                        task.receiving = true;
+                        self.timers
+                            .push(Reverse((in_time(until).min(deadline), seq, slot)));
+                    }
+                }
+            }
+            // The call went with the lost host: it never gets its answer.
+            Waiting::Await { ticket, .. } => {
+                self.ready
+                    .push_back((slot, seq, Wake::Replied(ticket, Reply::Timeout)));
+            }
+        }
+    }
+
+    /// Takes a checkpoint of the task in `slot`, which has just stepped and now waits as
+    /// `waiting` says, if its policy says one is due.
+    fn checkpoint_if_due(&mut self, slot: usize, waiting: Waiting) {
+        let Some(task) = self.tasks[slot].as_mut() else {
+            return;
+        };
+        let Some(checkpointing) = task.checkpointing.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        if !checkpointing.policy.due(checkpointing.last, now) {
+            return;
+        }
+        checkpointing.last = Some(now);
+        let row = &mut checkpointing.row;
+        match task.process.checkpoint() {
+            Ok(image) => {
+                let image: Arc<[u8]> = image.encode().into();
+                row.attempt = task.attempt;
+                row.refused = None;
+                row.taken = Some(Taken {
+                    step: task.process.steps_done(),
+                    at: SystemTime::now(),
+                    fuel: task.process.fuel(),
+                    waiting,
+                    bytes: image.len() as u64,
+                    image: Some(image),
+                });
+            }
+            Err(refused) => {
+                if row.refused.as_deref() == Some(refused.0.as_str()) {
+                    return;
+                }
+                tracing::info!(pid = %task.pid, reason = %refused,
+                    "Task not checkpointed; if its host is lost, it runs again from its last \
+                     checkpoint, or from its start");
+                row.refused = Some(refused.0);
+            }
+        }
+        self.lanes.ledger.checkpoint(row.clone());
     }
 
     /// Runs one step of the task in `slot`, told what woke it, then files its wake-up (a
@@ -419,7 +609,8 @@ impl SchedulerThread {
                 self.timer_seq += 1;
                 task.wake = self.timer_seq;
                 self.timers.push(Reverse((at, self.timer_seq, slot)));
-                return;
+                let until = system_time(at);
+                return self.checkpoint_if_due(slot, Waiting::Sleep { until });
             }
             Ok(Next::Receive(ms)) => {
                 self.lanes
@@ -439,6 +630,8 @@ impl SchedulerThread {
                             .min(task.process.deadline());
                         task.receiving = true;
                         self.timers.push(Reverse((at, self.timer_seq, slot)));
+                        let until = system_time(at);
+                        return self.checkpoint_if_due(slot, Waiting::Receive { until });
                     }
                 }
                 return;
@@ -461,7 +654,8 @@ impl SchedulerThread {
                         task.awaiting = Some(ticket);
                         let at = deadline.min(task.process.deadline());
                         self.timers.push(Reverse((at, self.timer_seq, slot)));
-                        return;
+                        let until = system_time(at);
+                        return self.checkpoint_if_due(slot, Waiting::Await { ticket, until });
                     }
                     Awaited::NoSuchCall => TaskEnd::guest_error(format!(
                         "the task awaited call {ticket}, which it does not hold: it never made \
@@ -507,9 +701,17 @@ impl SchedulerThread {
             pid,
             name,
             attempt,
+            checkpointing,
             ..
         } = task;
         drop(process);
+        // Its image is of no use once the attempt is over; what it was stays in its row.
+        if let Some(mut checkpointing) = checkpointing
+            && let Some(taken) = checkpointing.row.taken.as_mut()
+        {
+            taken.image = None;
+            self.lanes.ledger.checkpoint(checkpointing.row);
+        }
         if let Some((worker, key)) = limited {
             self.lanes.release_limits(&worker, key.as_ref());
         }
@@ -683,6 +885,50 @@ impl SchedulerThread {
             });
         self.lanes.follow(pid, aftermath);
     }
+}
+
+/// The wall-clock time of `at`, a moment of this process's monotonic clock.
+fn system_time(at: Instant) -> SystemTime {
+    let now = Instant::now();
+    if at >= now {
+        SystemTime::now() + (at - now)
+    } else {
+        SystemTime::now() - (now - at)
+    }
+}
+
+/// The checkpoints of a task started (not resumed) from `job`: none if its policy takes none.
+/// `refused` is why its checkpoint could not be put back, when that is why it starts again.
+fn checkpointing(
+    job: &Job,
+    refused: Option<(String, StoredCheckpoint)>,
+) -> Option<Box<Checkpointing>> {
+    let (policy, own) = job.checkpoint;
+    let mut row = match refused {
+        Some((reason, mut row)) => {
+            row.taken = None;
+            row.refused = Some(format!("its checkpoint could not be put back: {reason}"));
+            row
+        }
+        None => StoredCheckpoint {
+            pid: job.pid,
+            policy: own.then_some(policy),
+            attempt: job.attempt,
+            taken: None,
+            refused: None,
+            resumes: 0,
+            resumed: None,
+        },
+    };
+    row.attempt = job.attempt;
+    if policy.is_off() {
+        return None;
+    }
+    Some(Box::new(Checkpointing {
+        policy,
+        last: None,
+        row,
+    }))
 }
 
 /// Runs guest-facing host code so that a bug in it ends one task, recorded, instead of taking

@@ -445,6 +445,11 @@ pub(super) fn cost_bytes(change: &Change) -> usize {
             ..
         } => notice.error.as_ref().map_or(0, String::len),
         Change::Module { bytes, .. } => bytes.len(),
+        Change::Checkpoint(row) => row
+            .taken
+            .as_ref()
+            .and_then(|taken| taken.image.as_ref())
+            .map_or(0, |image| image.len()),
         Change::Schedule(super::ScheduleChange::Put(schedule)) => schedule.definition.len(),
         Change::Event(..)
         | Change::Prune { .. }

@@ -3,10 +3,14 @@
 //! name, the attempts before the current one as a JSON array, and log lines written together
 //! as one value ([`lines_blob`]).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::StoreError;
-use crate::model::{Attempt, LogLine, LogSource, Outcome, Status, TaskEnd};
+use crate::model::{
+    Attempt, CheckpointPolicy, LogLine, LogSource, Outcome, Pid, Resumed, Status, StoredCheckpoint,
+    Taken, TaskEnd, Waiting,
+};
 
 pub(super) fn nanos(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |since| {
@@ -169,6 +173,97 @@ pub(super) fn attempts_of(json: &str) -> Vec<Attempt> {
         .collect()
 }
 
+/// A checkpoint's row without its image, as the `meta` column holds it: JSON, times as
+/// nanoseconds since the Unix epoch.
+pub(super) fn checkpoint_meta(row: &StoredCheckpoint) -> String {
+    let taken = row.taken.as_ref().map(|taken| {
+        let (kind, ticket) = match taken.waiting {
+            Waiting::Sleep { .. } => ("sleep", None),
+            Waiting::Receive { .. } => ("receive", None),
+            Waiting::Await { ticket, .. } => ("await", Some(ticket)),
+        };
+        serde_json::json!({
+            "step": taken.step,
+            "at": nanos(taken.at),
+            "fuel": taken.fuel,
+            "waiting": kind,
+            "ticket": ticket,
+            "until": nanos(taken.waiting.until()),
+            "bytes": taken.bytes,
+        })
+    });
+    serde_json::json!({
+        "policy": row.policy.map(|policy| policy.to_string()),
+        "attempt": row.attempt,
+        "taken": taken,
+        "refused": row.refused,
+        "resumes": row.resumes,
+        "resumed": row.resumed.map(|resumed| serde_json::json!({
+            "from_step": resumed.from_step,
+            "at": nanos(resumed.at),
+            "lost_ns": u64::try_from(resumed.lost.as_nanos()).unwrap_or(u64::MAX),
+        })),
+    })
+    .to_string()
+}
+
+/// A checkpoint's row from its `meta` column and its image; `None` if `meta` does not read as
+/// [`checkpoint_meta`] writes it.
+pub(super) fn checkpoint_of(
+    pid: Pid,
+    meta: &str,
+    image: Option<Vec<u8>>,
+) -> Option<StoredCheckpoint> {
+    let meta: serde_json::Value = serde_json::from_str(meta).ok()?;
+    let u64_of = |value: &serde_json::Value| value.as_u64();
+    let u32_of = |value: &serde_json::Value| value.as_u64().and_then(|n| u32::try_from(n).ok());
+    let time_of = |value: &serde_json::Value| value.as_i64().map(time);
+    let policy = match meta.get("policy") {
+        Some(serde_json::Value::String(policy)) => Some(CheckpointPolicy::parse(policy).ok()?),
+        _ => None,
+    };
+    let taken = match meta.get("taken") {
+        Some(taken @ serde_json::Value::Object(_)) => {
+            let until = time_of(&taken["until"])?;
+            let waiting = match taken["waiting"].as_str()? {
+                "sleep" => Waiting::Sleep { until },
+                "receive" => Waiting::Receive { until },
+                "await" => Waiting::Await {
+                    ticket: u64_of(&taken["ticket"])?,
+                    until,
+                },
+                _ => return None,
+            };
+            Some(Taken {
+                step: u32_of(&taken["step"])?,
+                at: time_of(&taken["at"])?,
+                fuel: u64_of(&taken["fuel"])?,
+                waiting,
+                image: image.map(Arc::from),
+                bytes: u64_of(&taken["bytes"])?,
+            })
+        }
+        _ => None,
+    };
+    let resumed = match meta.get("resumed") {
+        Some(resumed @ serde_json::Value::Object(_)) => Some(Resumed {
+            from_step: u32_of(&resumed["from_step"])?,
+            at: time_of(&resumed["at"])?,
+            lost: Duration::from_nanos(u64_of(&resumed["lost_ns"])?),
+        }),
+        _ => None,
+    };
+    Some(StoredCheckpoint {
+        pid,
+        policy,
+        attempt: u32_of(&meta["attempt"])?,
+        taken,
+        refused: meta["refused"].as_str().map(str::to_owned),
+        resumes: u32_of(&meta["resumes"])?,
+        resumed,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +312,47 @@ mod tests {
         let read = attempts_of(&attempts_json(&attempts));
         // Every field, as `Debug` shows them.
         assert_eq!(format!("{read:?}"), format!("{attempts:?}"));
+    }
+
+    #[test]
+    fn a_checkpoint_row_reads_back_as_written() {
+        use crate::model::{CheckpointPolicy, Resumed, StoredCheckpoint, Taken, Waiting};
+        let at = time(nanos(SystemTime::now()));
+        let row = StoredCheckpoint {
+            pid: Pid::new(3, 9),
+            policy: Some(CheckpointPolicy::Every(Duration::from_secs(30))),
+            attempt: 2,
+            taken: Some(Taken {
+                step: 4,
+                at,
+                fuel: 77,
+                waiting: Waiting::Await {
+                    ticket: 5,
+                    until: at,
+                },
+                image: Some(Arc::from(&b"image"[..])),
+                bytes: 5,
+            }),
+            refused: Some("why".into()),
+            resumes: 1,
+            resumed: Some(Resumed {
+                from_step: 3,
+                at,
+                lost: Duration::from_millis(1500),
+            }),
+        };
+        let meta = checkpoint_meta(&row);
+        assert_eq!(
+            checkpoint_of(row.pid, &meta, Some(b"image".to_vec())),
+            Some(row.clone())
+        );
+        let mut bare = StoredCheckpoint::policy(row.pid, CheckpointPolicy::EveryStep, 1);
+        bare.policy = None;
+        assert_eq!(
+            checkpoint_of(bare.pid, &checkpoint_meta(&bare), None),
+            Some(bare)
+        );
+        assert_eq!(checkpoint_of(row.pid, "{}", None), None);
+        assert_eq!(checkpoint_of(row.pid, "not json", None), None);
     }
 }

@@ -10,7 +10,7 @@ use super::{
     Change, Cursor, Done, ListQuery, Page, Remembered, ScheduleChange, Store, StoreError,
     StoreStats, StoredSchedule,
 };
-use crate::model::{Pid, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
+use crate::model::{Pid, StoredCheckpoint, TaskEvent, TaskLogs, TaskRecord, TaskSpec};
 
 /// Shards spread the scheduler threads' updates over several locks.
 const SHARDS: usize = 16;
@@ -26,6 +26,8 @@ struct Entry {
     /// does not use.
     spec: TaskSpec,
     logs: TaskLogs,
+    /// Its checkpoint row, if it has one.
+    checkpoint: Option<Box<StoredCheckpoint>>,
 }
 
 /// One shard: its tasks by pid, and the same tasks in listing order, under one lock.
@@ -125,6 +127,11 @@ impl MemoryStore {
                         None => map.remove(&name),
                     };
                 }
+                Change::Checkpoint(row) => {
+                    if let Some(entry) = self.shard(row.pid).entries.get_mut(&row.pid) {
+                        entry.checkpoint = Some(row);
+                    }
+                }
                 Change::Module { .. } | Change::Worker { .. } | Change::Forward { .. } => {}
             }
         }
@@ -177,6 +184,7 @@ impl MemoryStore {
             record,
             spec,
             logs: TaskLogs::default(),
+            checkpoint: None,
         };
         let mut shard = self.shard(pid);
         shard.entries.insert(pid, entry);
@@ -290,6 +298,14 @@ impl Store for MemoryStore {
 
     fn remembered(&self, key: &str) -> Result<Option<Remembered>, StoreError> {
         Ok(lock(&self.keys).get(key).cloned())
+    }
+
+    fn checkpoint(&self, pid: Pid) -> Result<Option<StoredCheckpoint>, StoreError> {
+        Ok(self
+            .shard(pid)
+            .entries
+            .get(&pid)
+            .and_then(|entry| entry.checkpoint.as_deref().cloned()))
     }
 
     fn get(&self, pid: Pid) -> Result<Option<TaskRecord>, StoreError> {

@@ -81,6 +81,11 @@ pub enum Change {
         name: String,
         limits: Option<crate::config::FlowLimits>,
     },
+    /// A task's checkpoint row, written over whole (issue #26): its own policy at its
+    /// acceptance, its latest image between two steps, its image dropped at its end, a
+    /// resumption. A checkpoint the store cannot write is lost, not retried: the task keeps
+    /// its earlier one, or runs again from its start if its host is lost.
+    Checkpoint(Box<crate::model::StoredCheckpoint>),
 }
 
 /// What happens to a schedule.
@@ -461,6 +466,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The workers' limits set over the API, by name, as [`Change::WorkerLimits`] wrote them.
     fn worker_limits(&self) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// A task's checkpoint row, with its image if it still has one (see
+    /// [`Change::Checkpoint`]).
+    fn checkpoint(&self, pid: Pid) -> Result<Option<crate::model::StoredCheckpoint>, StoreError>;
+    /// [`Store::checkpoint`], as [`Store::get_async`] is to [`Store::get`].
+    fn checkpoint_async(&self, pid: Pid) -> Reading<'_, Option<crate::model::StoredCheckpoint>> {
+        Box::pin(std::future::ready(self.checkpoint(pid)))
+    }
 
     /// The tasks accepted and not ended, in the order they were accepted, with what each
     /// needs to run again: what a host finds at start after it was lost.

@@ -505,6 +505,7 @@ impl<'a, B: Backend> Writer<'a, B> {
                 }
             }
             Change::Module { .. }
+            | Change::Checkpoint(_)
             | Change::Worker { .. }
             | Change::Schedule(_)
             | Change::WorkerPaused { .. }

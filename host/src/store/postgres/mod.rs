@@ -31,12 +31,14 @@ pub use cluster::{Claimed, Command, NodeInfo};
 pub use schema::SchemaError;
 pub use target::shown_unread;
 
-use super::columns::{attempts_of, lines_of, status_of, time};
+use super::columns::{attempts_of, checkpoint_of, lines_of, status_of, time};
 use super::{
     Change, Cursor, Done, ListQuery, Page, Reading, Remembered, Store, StoreError, StoreStats,
     StoredSchedule, StoredVersion, WorkerVersions,
 };
-use crate::model::{JsonText, LogLine, OnHostLoss, Outcome, Pid, TaskLogs, TaskRecord, TaskSpec};
+use crate::model::{
+    JsonText, LogLine, OnHostLoss, Outcome, Pid, StoredCheckpoint, TaskLogs, TaskRecord, TaskSpec,
+};
 use target::Target;
 use writer::Writer;
 
@@ -684,6 +686,26 @@ impl Store for PgStore {
                 .map_err(unavailable)?;
             let rows = client.query(&statement, &[]).await.map_err(unavailable)?;
             rows.iter().map(|row| column(row, 0)).collect()
+        })
+    }
+
+    fn checkpoint(&self, pid: Pid) -> Result<Option<StoredCheckpoint>, StoreError> {
+        self.query(move |client| async move {
+            let statement = client
+                .prepare_cached("SELECT meta, image FROM checkpoints WHERE boot = $1 AND seq = $2")
+                .await
+                .map_err(unavailable)?;
+            let (boot, seq) = key(pid);
+            let row = client
+                .query_opt(&statement, &[&boot, &seq])
+                .await
+                .map_err(unavailable)?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let meta: String = column(&row, 0)?;
+            let image: Option<Vec<u8>> = column(&row, 1)?;
+            Ok(checkpoint_of(pid, &meta, image))
         })
     }
 

@@ -25,7 +25,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::super::backlog::Chunk;
-use super::super::columns::{append_lines, attempt_json, nanos};
+use super::super::columns::{append_lines, attempt_json, checkpoint_meta, nanos};
 use super::super::writer::Outcome;
 use super::super::{Change, Forward, ScheduleChange, StoreError};
 use super::key;
@@ -591,6 +591,24 @@ impl<'a> Plan<'a> {
                     Check::Nothing,
                 ),
             },
+            Change::Checkpoint(row) => {
+                let (boot, seq) = key(row.pid);
+                let image = row
+                    .taken
+                    .as_ref()
+                    .and_then(|taken| taken.image.as_deref())
+                    .map(<[u8]>::to_vec);
+                self.push(
+                    &s.checkpoint,
+                    vec![
+                        Box::new(boot),
+                        Box::new(seq),
+                        Box::new(checkpoint_meta(row)),
+                        Box::new(image),
+                    ],
+                    Check::Nothing,
+                );
+            }
             Change::Module { sha256, bytes } => self.push(
                 &s.module,
                 vec![Box::new(sha256.clone()), Box::new(bytes.clone())],
@@ -882,6 +900,7 @@ pub(super) struct Statements {
     worker_resumed: Statement,
     worker_limits_set: Statement,
     worker_limits_unset: Statement,
+    checkpoint: Statement,
 }
 
 impl Statements {
@@ -1130,7 +1149,9 @@ impl Statements {
                         ELSE 0 END),
                  lines AS (DELETE FROM logs WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)),
                  parts AS (
-                    DELETE FROM log_parts WHERE (boot, seq) IN (SELECT boot, seq FROM doomed))
+                    DELETE FROM log_parts WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)),
+                 kept AS (
+                    DELETE FROM checkpoints WHERE (boot, seq) IN (SELECT boot, seq FROM doomed))
                  DELETE FROM tasks WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)",
             )
             .await?;
@@ -1218,6 +1239,13 @@ impl Statements {
         let worker_limits_unset = client
             .prepare("DELETE FROM worker_limits WHERE name = $1")
             .await?;
+        let checkpoint = client
+            .prepare(
+                "INSERT INTO checkpoints (boot, seq, meta, image) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (boot, seq) DO UPDATE SET meta = EXCLUDED.meta,
+                    image = EXCLUDED.image",
+            )
+            .await?;
         Ok(Self {
             xid,
             accept,
@@ -1243,6 +1271,7 @@ impl Statements {
             worker_resumed,
             worker_limits_set,
             worker_limits_unset,
+            checkpoint,
         })
     }
 }

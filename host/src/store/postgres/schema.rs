@@ -143,7 +143,7 @@ CREATE INDEX names_by_task ON names (boot, seq);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`, in the transaction that
 /// records the new version.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     // 2 (issue #23): fewer indexes on `tasks`, as in the SQLite store. Every acceptance wrote
     // each of these, and a start and an end changed `status`, so that neither could be a
     // heap-only update: each wrote a new entry into every index of the table. Lists filtered
@@ -231,6 +231,16 @@ CREATE INDEX limit_keys_by_age ON limit_keys (last_start);
     // 7 (issue #25): workers' limits set over the API (`PUT /api/workers/{name}/limits`), as
     // JSON, for every host; a worker without a row has its registry file's.
     "CREATE TABLE worker_limits (name TEXT PRIMARY KEY, limits TEXT NOT NULL);",
+    // 8 (issue #26): each task's checkpoint row, written over whole: its own policy, its
+    // latest image between two steps (dropped at its end), its resumptions. `meta` is JSON
+    // (`columns::checkpoint_meta`).
+    "CREATE TABLE checkpoints (
+    boot INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
+    meta TEXT NOT NULL,
+    image BYTEA,
+    PRIMARY KEY (boot, seq)
+);",
 ];
 
 /// Why the schema could not be brought to this host's version.

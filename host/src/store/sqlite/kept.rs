@@ -13,6 +13,9 @@
 //!   yet written (at most the flush interval's), as it loses their progress: those tasks run
 //!   again from the start.
 //!
+//! A task's checkpoint (issue #26) is written with its kept lines and progress before it, so
+//! that a task resumed from it keeps the lines of the steps it does not run again.
+//!
 //! Reads show what is kept here beside what is written ([`Kept::show`],
 //! [`Kept::lines`]), so that the API sees a running task's progress and lines at once.
 
@@ -105,7 +108,7 @@ impl Kept {
                         | TaskEvent::Logs { .. }
                         | TaskEvent::Ended { .. }
                         | TaskEvent::Restarting { .. }
-                )
+                ) | Change::Checkpoint(_)
             )
         });
         if !touches {
@@ -168,6 +171,22 @@ impl Kept {
                         kept.extend(held.take_lines(pid, &mut state.bytes));
                     }
                     kept.push(Change::Event(pid, event));
+                }
+                // A checkpoint is written with what the task did up to it: a task resumed from
+                // it does not log again the lines of the steps before it.
+                Change::Checkpoint(row) => {
+                    if let Some(held) = state.tasks.get_mut(&row.pid) {
+                        kept.extend(held.take_lines(row.pid, &mut state.bytes));
+                        if let Some((step, fuel)) = held.progress {
+                            let progress = TaskEvent::Progress {
+                                step,
+                                steps: 0,
+                                fuel,
+                            };
+                            kept.push(Change::Event(row.pid, progress));
+                        }
+                    }
+                    kept.push(Change::Checkpoint(row));
                 }
                 change => kept.push(change),
             }

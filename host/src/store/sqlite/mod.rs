@@ -32,14 +32,14 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::backlog::Backlog;
-use super::columns::{lines_of, time, unavailable};
+use super::columns::{checkpoint_of, lines_of, time, unavailable};
 use super::teller::Flush;
 use super::writer::{Writer, WriterStats};
 use super::{
     Change, Cursor, Done, ListQuery, Page, Reading, Remembered, Store, StoreError, StoreStats,
     StoredSchedule, StoredVersion, WorkerVersions,
 };
-use crate::model::{Pid, TaskLogs, TaskRecord, TaskSpec};
+use crate::model::{Pid, StoredCheckpoint, TaskLogs, TaskRecord, TaskSpec};
 use kept::Kept;
 use read::{RECORD_COLUMN_COUNT, RECORD_COLUMNS, SPEC_COLUMNS, record_of, spec_of};
 use schema::{SCHEMA_VERSION, classify_open_error, migrate};
@@ -787,6 +787,29 @@ impl Store for SqliteStore {
             rows.collect::<rusqlite::Result<Vec<String>>>()
         })
         .map_err(unavailable)
+    }
+
+    fn checkpoint(&self, pid: Pid) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let (boot, seq) = key(pid);
+        let row = self
+            .read(|reader| {
+                reader
+                    .prepare_cached(
+                        "SELECT meta, image FROM checkpoints WHERE boot = ?1 AND seq = ?2",
+                    )?
+                    .query_row(params![boot, seq], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
+                    })
+                    .optional()
+            })
+            .map_err(unavailable)?;
+        Ok(row.and_then(|(meta, image)| {
+            let read = checkpoint_of(pid, &meta, image);
+            if read.is_none() {
+                tracing::warn!(pid = %pid, "a checkpoint row does not read; it is passed over");
+            }
+            read
+        }))
     }
 
     fn worker_limits(&self) -> Result<Vec<(String, String)>, StoreError> {

@@ -82,7 +82,7 @@ CREATE INDEX idempotency_by_age ON idempotency (created_at);
 
 /// `MIGRATIONS[i]` takes the schema from version `i + 1` to `i + 2`. Each runs in the
 /// transaction that sets the new version, so a store is migrated whole or not at all.
-const MIGRATIONS: [fn(&Transaction<'_>) -> rusqlite::Result<()>; 6] = [
+const MIGRATIONS: [fn(&Transaction<'_>) -> rusqlite::Result<()>; 7] = [
     // 2: the task that spawned each task (`NULL` for one submitted over HTTP, as every task
     // of version 1 was), and its children listed newest first. Most tasks have no parent, so
     // the index leaves them out.
@@ -147,6 +147,20 @@ CREATE TABLE paused_workers (name TEXT PRIMARY KEY);
     |tx| {
         tx.execute_batch(
             "CREATE TABLE worker_limits (name TEXT PRIMARY KEY, limits TEXT NOT NULL);",
+        )
+    },
+    // 8 (issue #26): each task's checkpoint row, written over whole: its own policy, its
+    // latest image between two steps (dropped at its end), its resumptions. `meta` is JSON
+    // (`columns::checkpoint_meta`).
+    |tx| {
+        tx.execute_batch(
+            "CREATE TABLE checkpoints (
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    image BLOB,
+    PRIMARY KEY (boot, seq)
+);",
         )
     },
 ];

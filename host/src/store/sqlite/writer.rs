@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::super::backlog::Chunk;
-use super::super::columns::{attempts_json, nanos};
+use super::super::columns::{attempts_json, checkpoint_meta, nanos};
 use super::super::teller::Flush;
 use super::super::writer::{Backend, Failure, Fault, Outcome};
 use super::super::{Change, IdempotencyKey, ScheduleChange};
@@ -359,6 +359,16 @@ fn write_other(tx: &rusqlite::Transaction<'_>, change: &Change) -> rusqlite::Res
             tx.prepare_cached("DELETE FROM worker_limits WHERE name = ?1")?
                 .execute(params![name])?;
         }
+        Change::Checkpoint(row) => {
+            let (boot, seq) = key(row.pid);
+            let image = row.taken.as_ref().and_then(|taken| taken.image.as_deref());
+            tx.prepare_cached(
+                "INSERT INTO checkpoints (boot, seq, meta, image) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (boot, seq) DO UPDATE SET meta = excluded.meta,
+                     image = excluded.image",
+            )?
+            .execute(params![boot, seq, checkpoint_meta(row), image])?;
+        }
         // One host, no other to forward to: a forward is never made for this store. Tasks'
         // changes are journaled by `commit`.
         Change::Forward { .. } | Change::Accepted { .. } | Change::Event(..) => {}
@@ -669,6 +679,10 @@ fn prune(
         .execute(params![excess, nanos(ended_before), PRUNE_BATCH])?;
     tx.prepare_cached("DELETE FROM log_parts WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
         .execute([])?;
+    tx.prepare_cached(
+        "DELETE FROM checkpoints WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)",
+    )?
+    .execute([])?;
     tx.prepare_cached("DELETE FROM tasks WHERE (boot, seq) IN (SELECT boot, seq FROM doomed)")?
         .execute([])?;
     tx.prepare_cached("DELETE FROM doomed")?.execute([])?;

@@ -1,0 +1,456 @@
+//! Checkpoints: a task's state read out of its instance between two steps, and written back
+//! into a fresh instance of the same module, so that the task resumes where it was.
+//!
+//! Between two steps a task is stackless: no frame of its guest is live, and its whole state is
+//! its linear memory past its stack (its data and heap). The worker exports the optional
+//! `checkpoint` interface of `wit/worker.wit` (the SDK's workers do), which says where that
+//! range lies and moves it in 120-byte chunks through calls that allocate nothing in the guest.
+//! wasmtime offers no way to read a component's inner memory outside its debugging mode
+//! (`Config::guest_debug`, which instruments every operator of every module), so the guest
+//! lends a hand: an SDK worker pays nothing for it until a checkpoint is taken.
+//!
+//! What a checkpoint cannot carry it refuses, with the reason, and the task runs again from its
+//! start as without one: a worker that does not export the interface (built without the SDK,
+//! or against contract 0.1.0 or 0.2.0), and a task that holds host resources (WASI streams) at
+//! the time, whose handles would mean nothing in another instance.
+//!
+//! The image a checkpoint gives is `hsck`, a version byte, the extent (start, end, zeroed-from,
+//! as little-endian u32s) and the bytes from start to end.
+
+use super::bindings::checkpoint::CheckpointOnly;
+use super::bindings::checkpoint::exports::http_spawn::worker::checkpoint::{Chunk, Extent};
+use super::process::{Process, refuel, spent};
+
+/// Bytes in one chunk: 15 words.
+const CHUNK_BYTES: u32 = 120;
+
+/// The image's magic and version.
+const MAGIC: &[u8; 4] = b"hsck";
+const VERSION: u8 = 1;
+const HEADER_BYTES: usize = 4 + 1 + 3 * 4;
+
+/// A task's state as a checkpoint keeps it: where it lies in linear memory, and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    start: u32,
+    end: u32,
+    zeroed_from: u32,
+    bytes: Vec<u8>,
+}
+
+impl Image {
+    /// The image as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_BYTES + self.bytes.len());
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        for word in [self.start, self.end, self.zeroed_from] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    /// An image read back from the store; an error says what is wrong with it.
+    pub fn decode(stored: &[u8]) -> Result<Self, String> {
+        if stored.len() < HEADER_BYTES || &stored[..4] != MAGIC {
+            return Err("not a checkpoint image".into());
+        }
+        if stored[4] != VERSION {
+            return Err(format!("checkpoint image version {} is unknown", stored[4]));
+        }
+        let word = |at: usize| {
+            let mut bytes = [0u8; 4];
+            bytes.copy_from_slice(&stored[at..at + 4]);
+            u32::from_le_bytes(bytes)
+        };
+        let (start, end, zeroed_from) = (word(5), word(9), word(13));
+        let bytes = stored[HEADER_BYTES..].to_vec();
+        if end < start || (end - start) as usize != bytes.len() {
+            return Err("the checkpoint image is cut short or inconsistent".into());
+        }
+        Ok(Self {
+            start,
+            end,
+            zeroed_from,
+            bytes,
+        })
+    }
+
+    /// Bytes of guest state it holds.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether it holds no state at all.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn extent(&self) -> Extent {
+        Extent {
+            start: self.start,
+            end: self.end,
+            zeroed_from: self.zeroed_from,
+        }
+    }
+}
+
+/// Why a task's state cannot be taken, or put back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl Process {
+    /// The checkpoint interface of this task's instance, if its worker exports one.
+    fn checkpoint_guest(&mut self) -> Result<CheckpointOnly, Refused> {
+        let Some((indices, instance)) = self.checkpoint.as_ref() else {
+            return Err(Refused(
+                "its worker does not export http-spawn:worker/checkpoint (build it with \
+                 http-spawn-sdk on contract 0.3.0)"
+                    .into(),
+            ));
+        };
+        let (indices, instance) = (indices.clone(), *instance);
+        indices
+            .load(&mut self.store, &instance)
+            .map_err(|error| Refused(format!("its checkpoint interface is unusable: {error:#}")))
+    }
+
+    /// Reads the task's state out, between two steps: an image that [`Module::resume`]
+    /// (`super::Module`) puts back into a fresh instance. The reads burn fuel like a step.
+    pub fn checkpoint(&mut self) -> Result<Image, Refused> {
+        if let Some(wasi) = &self.store.data().wasi
+            && !wasi.table_is_empty()
+        {
+            return Err(Refused(
+                "it holds host resources (WASI streams) that a checkpoint cannot carry".into(),
+            ));
+        }
+        let guest = self.checkpoint_guest()?;
+        let guest = guest.http_spawn_worker_checkpoint();
+        refuel(&mut self.store, self.budget);
+        let result = (|| {
+            let extent = match guest.call_locate(&mut self.store) {
+                Ok(Ok(extent)) => extent,
+                Ok(Err(reason)) => return Err(Refused(reason)),
+                Err(error) => return Err(Refused(format!("its `locate` failed: {error:#}"))),
+            };
+            let max = self.store.data().max_memory_bytes;
+            if extent.end < extent.start || (extent.end - extent.start) as usize > max {
+                return Err(Refused(format!(
+                    "its `locate` gave an extent that cannot be: {}..{}",
+                    extent.start, extent.end
+                )));
+            }
+            let mut bytes = Vec::with_capacity((extent.end - extent.start) as usize);
+            let mut at = extent.start;
+            while at < extent.end {
+                let chunk = guest
+                    .call_read(&mut self.store, at)
+                    .map_err(|error| Refused(format!("its `read` failed: {error:#}")))?;
+                bytes.extend_from_slice(&chunk_bytes(&chunk));
+                at = at.saturating_add(CHUNK_BYTES);
+            }
+            bytes.truncate((extent.end - extent.start) as usize);
+            Ok(Image {
+                start: extent.start,
+                end: extent.end,
+                zeroed_from: extent.zeroed_from,
+                bytes,
+            })
+        })();
+        self.fuel += spent(&self.store, self.budget);
+        result
+    }
+
+    /// Writes `image` into this fresh instance, which has run neither `start` nor a step, and
+    /// sets the steps it had done: it goes on from there with `step`.
+    pub(super) fn restore(&mut self, image: &Image, steps_done: u32) -> Result<(), Refused> {
+        let guest = self.checkpoint_guest()?;
+        let guest = guest.http_spawn_worker_checkpoint();
+        refuel(&mut self.store, self.budget);
+        let result = (|| {
+            match guest.call_prepare(&mut self.store, image.extent()) {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Err(Refused(reason)),
+                Err(error) => return Err(Refused(format!("its `prepare` failed: {error:#}"))),
+            }
+            for (i, bytes) in image.bytes.chunks(CHUNK_BYTES as usize).enumerate() {
+                let at = image.start + i as u32 * CHUNK_BYTES;
+                // A fresh instance's memory is zero from `zeroed_from` on.
+                if at >= image.zeroed_from && bytes.iter().all(|&byte| byte == 0) {
+                    continue;
+                }
+                guest
+                    .call_write(&mut self.store, at, to_chunk(bytes))
+                    .map_err(|error| Refused(format!("its `write` failed: {error:#}")))?;
+            }
+            Ok(())
+        })();
+        self.fuel += spent(&self.store, self.budget);
+        result?;
+        self.store.data_mut().step = steps_done;
+        Ok(())
+    }
+}
+
+fn chunk_bytes(chunk: &Chunk) -> [u8; CHUNK_BYTES as usize] {
+    let words = [
+        chunk.w0, chunk.w1, chunk.w2, chunk.w3, chunk.w4, chunk.w5, chunk.w6, chunk.w7, chunk.w8,
+        chunk.w9, chunk.w10, chunk.w11, chunk.w12, chunk.w13, chunk.w14,
+    ];
+    let mut bytes = [0u8; CHUNK_BYTES as usize];
+    for (i, word) in words.iter().enumerate() {
+        bytes[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+    }
+    bytes
+}
+
+/// Up to 120 bytes as a chunk, zero-padded.
+fn to_chunk(bytes: &[u8]) -> Chunk {
+    let mut padded = [0u8; CHUNK_BYTES as usize];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&padded[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    Chunk {
+        w0: word(0),
+        w1: word(1),
+        w2: word(2),
+        w3: word(3),
+        w4: word(4),
+        w5: word(5),
+        w6: word(6),
+        w7: word(7),
+        w8: word(8),
+        w9: word(9),
+        w10: word(10),
+        w11: word(11),
+        w12: word(12),
+        w13: word(13),
+        w14: word(14),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The differential test: for each worker and every point between two steps, a task
+    //! checkpointed there, dropped and resumed in a fresh instance does what the uninterrupted
+    //! task does, step for step: the same requests, log lines, result and exit.
+
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::actor::Wake;
+    use crate::model::Pid;
+    use crate::runtime::{
+        Module, Next, Sandbox, SandboxConfig, StartSpec, TaskLimits, WorkerLimits,
+    };
+
+    fn sandbox() -> Sandbox {
+        Sandbox::new(SandboxConfig {
+            max_memory_bytes: 16 << 20,
+            max_log_bytes: 64 << 10,
+            max_sends_per_step: 100,
+            max_result_bytes: 1 << 20,
+            capacity: 16,
+            epoch_interruption: false,
+            cache_dir: None,
+        })
+        .expect("sandbox")
+    }
+
+    fn guest(file: &str) -> Vec<u8> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/guest");
+        let path = dir.join(file);
+        std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build the guests first: make build-guest)",
+                path.display()
+            )
+        })
+    }
+
+    fn load(sandbox: &Sandbox, file: &str) -> Module {
+        let limits = WorkerLimits {
+            fuel_per_step: 1_000_000_000,
+            max_memory_bytes: 16 << 20,
+        };
+        sandbox
+            .load(&Arc::from(file), &guest(file), limits)
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+    }
+
+    /// What a task did, step by step: each step's request and the lines it logged.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Transcript(Vec<String>);
+
+    impl Transcript {
+        fn note(&mut self, process: &Process, what: String) {
+            let (lines, _) = process.capture().take();
+            for line in lines {
+                self.0
+                    .push(format!("log {:?} {}", line.source, line.message));
+            }
+            self.0.push(what);
+        }
+    }
+
+    const NAME: &str = "differential";
+
+    fn spec<'a>(name: &'a Arc<str>, payload: Option<&'a str>, duration: u32) -> StartSpec<'a> {
+        StartSpec {
+            pid: Pid::new(7, 1),
+            name,
+            duration_secs: duration,
+            payload,
+            parent: None,
+            attempt: 1,
+        }
+    }
+
+    /// Steps `process` from `wake` until it ends or `stop_after` more steps have run; returns
+    /// the wake for the next step, or `None` once it ended.
+    fn drive(
+        process: &mut Process,
+        mut wake: Wake,
+        transcript: &mut Transcript,
+        stop_after: Option<usize>,
+    ) -> Option<Wake> {
+        let mut steps = 0;
+        loop {
+            if stop_after == Some(steps) {
+                return Some(wake);
+            }
+            steps += 1;
+            let next = process.step(wake);
+            transcript.note(process, format!("{next:?}"));
+            wake = match next {
+                Ok(Next::Sleep(_)) => {
+                    process.woke();
+                    Wake::Slept
+                }
+                Ok(Next::Receive(_)) => Wake::Timeout,
+                Ok(Next::Await(_)) | Ok(Next::Done(..)) | Ok(Next::Failed(_)) | Err(_) => {
+                    return None;
+                }
+            };
+        }
+    }
+
+    fn uninterrupted(module: &Module, payload: Option<&str>, duration: u32) -> (Transcript, usize) {
+        let name: Arc<str> = Arc::from(NAME);
+        let mut transcript = Transcript::default();
+        let mut process = module
+            .instantiate(Pid::new(7, 1), TaskLimits::unlimited())
+            .expect("instantiate");
+        let planned = process.start(&spec(&name, payload, duration));
+        transcript.note(&process, format!("start {planned:?}"));
+        let before = transcript.0.len();
+        drive(&mut process, Wake::Started, &mut transcript, None);
+        let steps = transcript
+            .0
+            .iter()
+            .skip(before)
+            .filter(|l| !l.starts_with("log "))
+            .count();
+        (transcript, steps)
+    }
+
+    /// Runs `k` steps, checkpoints, drops the instance, resumes a fresh one from the image and
+    /// runs it to its end. `Err` if the checkpoint was refused.
+    fn interrupted(
+        module: &Module,
+        payload: Option<&str>,
+        duration: u32,
+        k: usize,
+    ) -> Result<Transcript, Refused> {
+        let name: Arc<str> = Arc::from(NAME);
+        let mut transcript = Transcript::default();
+        let mut process = module
+            .instantiate(Pid::new(7, 1), TaskLimits::unlimited())
+            .expect("instantiate");
+        let planned = process.start(&spec(&name, payload, duration));
+        transcript.note(&process, format!("start {planned:?}"));
+        let Some(wake) = drive(&mut process, Wake::Started, &mut transcript, Some(k)) else {
+            panic!("ended before step {k}");
+        };
+        let image = Image::decode(&process.checkpoint()?.encode()).expect("decodes");
+        let steps = process.steps_done();
+        drop(process);
+        let mut resumed = module
+            .resume(
+                Pid::new(7, 1),
+                TaskLimits::unlimited(),
+                &image,
+                &name,
+                steps,
+            )
+            .expect("resumes");
+        assert_eq!(resumed.steps_done(), steps);
+        drive(&mut resumed, wake, &mut transcript, None);
+        Ok(transcript)
+    }
+
+    /// Every worker that can be checkpointed gives, resumed after any step, what it gives
+    /// uninterrupted; the others are refused with a reason.
+    #[test]
+    fn a_resumed_task_does_what_an_uninterrupted_one_does() {
+        let sandbox = sandbox();
+        let cases: &[(&str, Option<&str>, u32)] = &[
+            ("http_spawn_guest.wasm", None, 4),
+            ("http_spawn_guest.wasm", Some(r#"{"exit_code": 3}"#), 2),
+            ("http_spawn_report.wasm", Some(r#"{"rows": 50}"#), 2),
+            ("examples/exit7.wasm", None, 0),
+            ("examples/empty.wasm", None, 0),
+            (
+                "examples/actor.wasm",
+                Some(
+                    r#"{"script": [{"op": "sleep", "ms": 1}, {"op": "receive", "timeout_ms": 5},
+                        {"op": "register", "name": "me"}, {"op": "sleep", "ms": 1},
+                        {"op": "receive", "timeout_ms": 1}]}"#,
+                ),
+                0,
+            ),
+            ("http_spawn_kv.wasm", None, 0),
+            (
+                "examples/actor.wasm",
+                Some(r#"{"script": [{"op": "print", "text": "out"}, {"op": "sleep", "ms": 1}]}"#),
+                0,
+            ),
+        ];
+        let mut checked = 0;
+        for &(file, payload, duration) in cases {
+            let module = load(&sandbox, file);
+            let (expected, steps) = uninterrupted(&module, payload, duration);
+            for k in 1..steps {
+                match interrupted(&module, payload, duration, k) {
+                    Ok(transcript) => {
+                        assert_eq!(
+                            transcript, expected,
+                            "{file} resumed after step {k} of {steps}"
+                        );
+                        checked += 1;
+                    }
+                    Err(refused) => {
+                        eprintln!("{file}: refused after step {k}: {refused}");
+                        assert!(!refused.0.is_empty());
+                    }
+                }
+            }
+            eprintln!(
+                "{file}: {steps} steps, {}",
+                if module.checkpointable() {
+                    "checkpointable"
+                } else {
+                    "not checkpointable"
+                }
+            );
+        }
+        assert!(checked > 8, "only {checked} resumptions compared");
+    }
+}

@@ -1,0 +1,191 @@
+//! Checkpoints end to end (issue #26): a task checkpointed between steps resumes where it was
+//! after its host is SIGKILLed and started again, with its pid, its attempt and the state in
+//! its memory; a task without a checkpoint, or whose worker cannot be checkpointed, runs again
+//! from its start as before; policies are checked and shown in the task's record.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::Binary;
+use common::workers::messages;
+use common::{PATIENCE, Remote, spawn_app, temp_dir};
+use serde_json::{Value, json};
+
+/// The real binary on the SQLite file in `dir`, with the default worker, the actor and `more`
+/// in its registry file: its arguments, to start it again.
+fn args(dir: &std::path::Path, more: &str) -> Vec<String> {
+    let registry = common::workers::registry(dir, more);
+    let store = format!("sqlite:{}", dir.join("tasks.db").display());
+    [
+        "--store",
+        &store,
+        "--config",
+        &registry.display().to_string(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect()
+}
+
+async fn start(argv: &[String]) -> Binary {
+    let host = Binary::spawn(argv, &[], None);
+    host.ready().await;
+    host
+}
+
+/// Waits until task `pid`'s record satisfies `ready`; the record.
+async fn wait_for(remote: &Remote, pid: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, record) = remote.get(&format!("/api/tasks/{pid}")).await;
+        if ready(&record) {
+            return record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {what}: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many of `lines` are exactly `line`.
+fn count(lines: &[String], line: &str) -> usize {
+    lines.iter().filter(|l| *l == line).count()
+}
+
+/// Whether a record shows an attempt its host lost.
+fn lost_an_attempt(record: &Value) -> bool {
+    record["attempts"]
+        .as_array()
+        .is_some_and(|attempts| attempts.iter().any(|a| a["outcome"] == "host_lost"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_task_resumes_at_its_step_after_a_sigkill() {
+    let dir = temp_dir("checkpoint-crash");
+    let argv = args(
+        &dir,
+        r#"
+[workers.legacy]
+module = "{module:legacy}"
+max_memory = "16MiB"
+checkpoint = "every step"
+"#,
+    );
+    let mut host = start(&argv).await;
+    // The default worker keeps its loop's counter in its future, in its linear memory.
+    let counter = host
+        .spawn(json!({"name": "counter", "duration": 6, "checkpoint": "every step"}))
+        .await;
+    let plain = host.spawn(json!({"name": "plain", "duration": 6})).await;
+    // A worker of contract 0.1.0 exports no checkpoint interface.
+    let old = host
+        .spawn(json!({"name": "old", "worker": "legacy", "duration": 4}))
+        .await;
+    let before = wait_for(&host, &counter, "a checkpoint at step 3", |record| {
+        record["checkpoint"]["step"].as_u64() >= Some(3)
+    })
+    .await;
+    assert_eq!(before["checkpoint"]["policy"], "every step", "{before}");
+    assert_eq!(before["checkpoint"]["waiting"], "sleep", "{before}");
+    assert!(before["checkpoint"]["bytes"].as_u64() > Some(0), "{before}");
+    let refused = wait_for(&host, &old, "its checkpoint refused", |record| {
+        record["checkpoint"]["refused"].is_string()
+    })
+    .await;
+    assert_eq!(refused["checkpoint"]["policy"], "every step", "{refused}");
+    assert!(
+        refused["checkpoint"]["refused"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("does not export")),
+        "{refused}"
+    );
+    let (_, unchecked) = host.get(&format!("/api/tasks/{plain}")).await;
+    assert!(unchecked.get("checkpoint").is_none(), "{unchecked}");
+    host.crash();
+
+    let mut host = start(&argv).await;
+    let record = host.wait_end(&counter).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["exit_code"], 0, "{record}");
+    assert_eq!(record["step"], 6, "{record}");
+    assert_eq!(record["attempt"], 1, "the same attempt went on: {record}");
+    assert!(!lost_an_attempt(&record), "{record}");
+    let checkpoint = &record["checkpoint"];
+    assert_eq!(checkpoint["resumes"], 1, "{record}");
+    let from = checkpoint["resumed_from_step"]
+        .as_u64()
+        .expect("resumed from a step");
+    assert!((3..6).contains(&from), "{record}");
+    assert!(checkpoint["lost_ms"].as_u64().is_some(), "{record}");
+    assert!(checkpoint["resumed_at"].is_string(), "{record}");
+    let lines = messages(&host, &counter).await;
+    assert_eq!(
+        count(&lines, "Worker started steps=6"),
+        1,
+        "it did not start again: {lines:?}"
+    );
+    assert_eq!(count(&lines, "Worker done, exiting"), 1, "{lines:?}");
+    for step in 1..=6 {
+        let line = format!("Worker progress step={step} total=6");
+        let seen = count(&lines, &line);
+        // Up to its checkpoint, each step ran once; after it, a step the crash cut short
+        // runs again (at least once).
+        if step <= from {
+            assert_eq!(seen, 1, "{line}: {lines:?}");
+        } else {
+            assert!(seen >= 1, "{line}: {lines:?}");
+        }
+    }
+
+    // Without a checkpoint, tasks run again from their start, as a new attempt.
+    for pid in [&plain, &old] {
+        let record = host.wait_end(pid).await;
+        assert_eq!(record["status"], "exited", "{record}");
+        assert!(lost_an_attempt(&record), "{record}");
+        assert_eq!(record["attempt"], 2, "{record}");
+    }
+    // (The lines its first attempt logged in its last seconds went with the host.)
+    let lines = messages(&host, &plain).await;
+    assert!(count(&lines, "Worker started steps=6") >= 1, "{lines:?}");
+    host.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_policies_are_checked_and_shown() {
+    let app = spawn_app("default", &[]).await;
+    for bad in [
+        json!("sometimes"),
+        json!("every 0s"),
+        json!(5),
+        json!("every 8 days"),
+    ] {
+        let (status, body) = app
+            .post("/api/tasks", json!({"name": "t", "checkpoint": bad}))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("checkpoint")),
+            "{body}"
+        );
+    }
+    // The first checkpoint is taken at the first wait, the next not before 30 s.
+    let pid = app
+        .spawn(json!({"name": "t", "duration": 2, "checkpoint": "every 30s"}))
+        .await;
+    let record = app.wait_end(&pid).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    let checkpoint = &record["checkpoint"];
+    assert_eq!(checkpoint["policy"], "every 30s", "{record}");
+    assert_eq!(checkpoint["step"], 0, "{record}");
+    assert_eq!(checkpoint["resumes"], 0, "{record}");
+    assert!(checkpoint["bytes"].as_u64() > Some(0), "{record}");
+
+    let pid = app.spawn(json!({"name": "t", "duration": 0})).await;
+    let record = app.wait_end(&pid).await;
+    assert!(record.get("checkpoint").is_none(), "{record}");
+}
