@@ -189,3 +189,76 @@ async fn checkpoint_policies_are_checked_and_shown() {
     let record = app.wait_end(&pid).await;
     assert!(record.get("checkpoint").is_none(), "{record}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_hands_checkpointed_tasks_on_to_the_next_start() {
+    let dir = temp_dir("checkpoint-shutdown");
+    let mut argv = args(&dir, "");
+    argv.extend(["--shutdown-grace-secs", "0"].map(String::from));
+    let mut host = start(&argv).await;
+    // Its only checkpoint before the shutdown is its first, at step 0: the one it resumes
+    // from is taken as the host shuts down.
+    let handed = host
+        .spawn(json!({"name": "handed", "duration": 6, "checkpoint": "every 1h"}))
+        .await;
+    let plain = host.spawn(json!({"name": "plain", "duration": 6})).await;
+    let before = wait_for(&host, &handed, "step 2", |record| {
+        record["step"].as_u64() >= Some(2)
+    })
+    .await;
+    assert_eq!(before["checkpoint"]["step"], 0, "{before}");
+    host.terminate();
+    assert!(host.wait_exit().success(), "a clean exit");
+
+    let mut host = start(&argv).await;
+    let record = host.wait_end(&handed).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["exit_code"], 0, "{record}");
+    assert_eq!(record["attempt"], 1, "{record}");
+    assert!(!lost_an_attempt(&record), "{record}");
+    let checkpoint = &record["checkpoint"];
+    assert_eq!(checkpoint["resumes"], 1, "{record}");
+    assert_eq!(checkpoint["handed_over"], true, "{record}");
+    assert!(
+        checkpoint["resumed_from_step"].as_u64() >= Some(2),
+        "{record}"
+    );
+    // Handed on between two steps, with its lines: no step ran twice, none was lost.
+    let lines = messages(&host, &handed).await;
+    assert_eq!(count(&lines, "Worker started steps=6"), 1, "{lines:?}");
+    for step in 1..=6 {
+        let line = format!("Worker progress step={step} total=6");
+        assert_eq!(count(&lines, &line), 1, "{line}: {lines:?}");
+    }
+    // A task that takes no checkpoints is killed at the shutdown, as before.
+    let (_, record) = host.get(&format!("/api/tasks/{plain}")).await;
+    assert_eq!(record["status"], "killed", "{record}");
+    host.stop();
+
+    // Switched off, a task that takes checkpoints is killed too.
+    let dir = temp_dir("checkpoint-shutdown-off");
+    let mut argv = args(&dir, "");
+    argv.extend(
+        [
+            "--shutdown-grace-secs",
+            "0",
+            "--checkpoint-on-shutdown",
+            "false",
+        ]
+        .map(String::from),
+    );
+    let mut host = start(&argv).await;
+    let pid = host
+        .spawn(json!({"name": "killed", "duration": 6, "checkpoint": "every step"}))
+        .await;
+    wait_for(&host, &pid, "step 1", |record| {
+        record["step"].as_u64() >= Some(1)
+    })
+    .await;
+    host.terminate();
+    assert!(host.wait_exit().success(), "a clean exit");
+    let mut host = start(&argv).await;
+    let (_, record) = host.get(&format!("/api/tasks/{pid}")).await;
+    assert_eq!(record["status"], "killed", "{record}");
+    host.stop();
+}

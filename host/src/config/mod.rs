@@ -224,6 +224,14 @@ pub struct Config {
     #[arg(long, env = "HTTP_SPAWN_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
 
+    /// On SIGTERM or ctrl-c, once the grace is over: a task whose checkpoint policy is not
+    /// `off` and that waits between two steps is checkpointed and handed on, not killed. It
+    /// stays running in the store and resumes there when the host starts again (on a durable
+    /// store, on a host alone). With `false`, it is killed like the others.
+    #[arg(long, env = "HTTP_SPAWN_CHECKPOINT_ON_SHUTDOWN", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub checkpoint_on_shutdown: bool,
+
     /// Check running steps every 2 ms for kills and deadlines (epoch interruption). With
     /// `false`, a kill or deadline lands when the step returns (within its fuel budget) and
     /// loop-heavy guest code runs faster; see BENCHMARKS.md.

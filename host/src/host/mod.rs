@@ -130,6 +130,8 @@ pub struct Host {
     relay_token: Option<String>,
     /// `--max-result-bytes`: what a relayed answer may carry of a task's end.
     max_result_bytes: usize,
+    /// `--checkpoint-on-shutdown`.
+    checkpoint_on_shutdown: bool,
 }
 
 /// Tasks a shutdown leaves accepted and unstarted: those waiting for a place, and those whose
@@ -281,6 +283,7 @@ impl Host {
             max_child_payload_bytes: config.max_body_bytes,
             relay_token: config.api_tokens.first().cloned(),
             max_result_bytes: config.max_result_bytes,
+            checkpoint_on_shutdown: config.checkpoint_on_shutdown,
         });
         let kernel: Arc<dyn Kernel> = host.clone();
         host.scheduler.connect(Arc::downgrade(&kernel));
@@ -661,7 +664,11 @@ impl Host {
         // After the waiting tasks' ends are published, before the grace period: open streams
         // must not hold up the HTTP server's shutdown.
         self.events.close();
-        self.scheduler.finish(grace);
+        // On a host alone with a durable store, tasks that take checkpoints are handed on to
+        // the host's next start rather than killed once the grace is over.
+        let hand_over =
+            self.checkpoint_on_shutdown && self.store.durable() && self.cluster.is_none();
+        self.scheduler.finish(grace, hand_over);
         // Every end is submitted by now; wait until the store has them all, and every
         // acceptance is answered.
         if let Err(error) = self.store.wait(Vec::new()) {
@@ -810,7 +817,8 @@ enum Recovered {
 /// its host down.
 fn resumable(row: Option<StoredCheckpoint>, record: &TaskRecord) -> Option<Box<Resume>> {
     let row = row.filter(|row| row.attempt == record.attempt)?;
-    if row.resumes >= MAX_HOST_LOSSES {
+    let handed_over = row.taken.as_ref().is_some_and(|taken| taken.handed_over);
+    if row.resumes >= MAX_HOST_LOSSES && !handed_over {
         tracing::warn!(pid = %record.pid, resumes = row.resumes,
             "a task resumed from its checkpoint as often as its host may be lost; it runs \
              again from its start instead");

@@ -137,6 +137,9 @@ pub struct Taken {
     /// The image (see `runtime::Image`), or none once the task has ended: its size stays.
     pub image: Option<Arc<[u8]>>,
     pub bytes: u64,
+    /// Taken as its host shut down, to hand the task on: resuming from it is no sign that
+    /// the task brings its host down.
+    pub handed_over: bool,
 }
 
 /// A resumption from a checkpoint.
@@ -172,6 +175,7 @@ impl StoredCheckpoint {
             taken_at: taken.map(|taken| taken.at),
             bytes: taken.map(|taken| taken.bytes),
             waiting: taken.map(|taken| taken.waiting.kind()),
+            handed_over: taken.is_some_and(|taken| taken.handed_over),
             refused: self.refused.clone(),
             resumes: self.resumes,
             resumed_from_step: self.resumed.map(|resumed| resumed.from_step),
@@ -197,6 +201,8 @@ pub struct CheckpointView {
     pub bytes: Option<u64>,
     /// What the task waited for then: `sleep`, `receive` or `await`.
     pub waiting: Option<&'static str>,
+    /// Whether it was taken as the host shut down, to hand the task on.
+    pub handed_over: bool,
     /// Why the latest checkpoint due was not taken (the task then runs again from its start
     /// if its host is lost, or from an earlier checkpoint).
     pub refused: Option<String>,

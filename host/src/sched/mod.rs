@@ -175,6 +175,9 @@ struct Lanes {
     /// The host, for the actor calls of running tasks; set once the host is built (weak: the
     /// host owns the scheduler).
     kernel: OnceLock<Weak<dyn Kernel>>,
+    /// Set as the host shuts down to hand tasks that take checkpoints on (see
+    /// [`Scheduler::finish`]).
+    hand_over: std::sync::atomic::AtomicBool,
 }
 
 impl Lanes {
@@ -391,6 +394,7 @@ impl Scheduler {
             ledger,
             actors,
             kernel: OnceLock::new(),
+            hand_over: std::sync::atomic::AtomicBool::new(false),
         });
         let mut handles = Vec::new();
         for index in 0..lanes.lanes.len() {
@@ -632,12 +636,21 @@ impl Scheduler {
 
     /// Ends a shutdown begun by [`Scheduler::close`]: gives running tasks `grace` to end,
     /// kills the rest, and returns once every task's end is recorded and the threads are gone.
-    pub fn finish(&self, grace: Duration) {
+    ///
+    /// With `hand_over`, a task that takes checkpoints and waits between two steps when the
+    /// grace is over is checkpointed and let go without an end: it resumes from there when a
+    /// host starts on the store again.
+    pub fn finish(&self, grace: Duration, hand_over: bool) {
         if !self.lanes.admission.wait_idle(Instant::now() + grace) {
             tracing::warn!(
                 remaining = self.live(),
-                "grace period over; killing the remaining tasks"
+                hand_over,
+                "grace period over; handing on the remaining tasks that take checkpoints, \
+                 killing the others"
             );
+            self.lanes
+                .hand_over
+                .store(hand_over, std::sync::atomic::Ordering::Release);
             self.lanes.stop_every_thread(&TaskEnd::killed());
         }
         let threads = std::mem::take(

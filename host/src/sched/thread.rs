@@ -73,6 +73,8 @@ struct Checkpointing {
     policy: CheckpointPolicy,
     last: Option<Instant>,
     row: StoredCheckpoint,
+    /// What the task waits for now, between two steps; none while it is about to step.
+    waiting: Option<Waiting>,
 }
 
 pub(super) struct SchedulerThread {
@@ -488,6 +490,7 @@ impl SchedulerThread {
             policy,
             last: Some(Instant::now()),
             row,
+            waiting: None,
         });
         let slot = self.place(
             job,
@@ -508,6 +511,11 @@ impl SchedulerThread {
         };
         task.wake = seq;
         let deadline = task.process.deadline();
+        if let Some(checkpointing) = task.checkpointing.as_mut()
+            && !matches!(taken.waiting, Waiting::Await { .. })
+        {
+            checkpointing.waiting = Some(taken.waiting);
+        }
         match taken.waiting {
             Waiting::Sleep { until } => {
                 self.timers
@@ -541,6 +549,7 @@ impl SchedulerThread {
         let Some(checkpointing) = task.checkpointing.as_mut() else {
             return;
         };
+        checkpointing.waiting = Some(waiting);
         let now = Instant::now();
         if !checkpointing.policy.due(checkpointing.last, now) {
             return;
@@ -559,6 +568,7 @@ impl SchedulerThread {
                     waiting,
                     bytes: image.len() as u64,
                     image: Some(image),
+                    handed_over: false,
                 });
             }
             Err(refused) => {
@@ -596,6 +606,9 @@ impl SchedulerThread {
         }
         task.receiving = false;
         task.awaiting = None;
+        if let Some(checkpointing) = task.checkpointing.as_mut() {
+            checkpointing.waiting = None;
+        }
         let next = guarded(|| task.process.step(wake));
         let end = match next {
             Ok(Next::Sleep(ms)) => {
@@ -840,12 +853,86 @@ impl SchedulerThread {
             self.end_unstarted(job, permit, end.clone());
         }
         let live: Vec<usize> = self.slots.values().copied().collect();
+        let hand_over = self
+            .lanes
+            .hand_over
+            .load(std::sync::atomic::Ordering::Acquire);
         for slot in live {
+            if hand_over && self.hand_over(slot) {
+                continue;
+            }
             self.finish(slot, end.clone());
         }
         self.timers.clear();
         self.ready.clear();
         self.lane().interrupts.stopped_all();
+    }
+
+    /// Checkpoints the task in `slot`, which waits between two steps, and lets it go without
+    /// an end, as its host shuts down: it stays running in the store and resumes from this
+    /// checkpoint when a host starts on the store again. False, and nothing done, if it takes
+    /// no checkpoints, is about to step, or its checkpoint is refused: it is killed instead.
+    fn hand_over(&mut self, slot: usize) -> bool {
+        let Some(task) = self.tasks[slot].as_mut() else {
+            return false;
+        };
+        let Some(checkpointing) = task.checkpointing.as_mut() else {
+            return false;
+        };
+        let Some(waiting) = checkpointing.waiting else {
+            return false;
+        };
+        let image = match task.process.checkpoint() {
+            Ok(image) => image,
+            Err(refused) => {
+                tracing::info!(pid = %task.pid, reason = %refused,
+                    "Task not handed on: its checkpoint was refused; it is killed");
+                return false;
+            }
+        };
+        let image: Arc<[u8]> = image.encode().into();
+        let row = &mut checkpointing.row;
+        row.attempt = task.attempt;
+        row.refused = None;
+        row.taken = Some(Taken {
+            step: task.process.steps_done(),
+            at: SystemTime::now(),
+            fuel: task.process.fuel(),
+            waiting,
+            bytes: image.len() as u64,
+            image: Some(image),
+            handed_over: true,
+        });
+        let row = row.clone();
+        let Some(task) = self.tasks[slot].take() else {
+            return false;
+        };
+        self.slots.remove(&task.pid);
+        self.free.push(slot);
+        let Live {
+            process,
+            permit,
+            limited,
+            pid,
+            attempt,
+            ..
+        } = task;
+        // Whatever it logged since its last step goes before its checkpoint.
+        self.ledger().logs(pid, process.capture().take());
+        self.ledger().checkpoint(row);
+        drop(process);
+        if let Some((worker, key)) = limited {
+            self.lanes.release_limits(&worker, key.as_ref());
+        }
+        self.lanes.release(permit);
+        // Its mailbox goes with this host, as a waiting task's does; the task keeps its place
+        // in the store, running.
+        self.lanes
+            .actors
+            .ended(pid, &TaskEnd::host_lost(attempt), drop);
+        self.lane().interrupts.remove(pid);
+        tracing::info!(pid = %pid, "Task checkpointed and handed on to the host's next start");
+        true
     }
 
     fn end_unstarted(&self, job: Job, permit: Permit<Job>, end: TaskEnd) {
@@ -928,6 +1015,7 @@ fn checkpointing(
         policy,
         last: None,
         row,
+        waiting: None,
     }))
 }
 

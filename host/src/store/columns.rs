@@ -190,6 +190,7 @@ pub(super) fn checkpoint_meta(row: &StoredCheckpoint) -> String {
             "ticket": ticket,
             "until": nanos(taken.waiting.until()),
             "bytes": taken.bytes,
+            "handed_over": taken.handed_over,
         })
     });
     serde_json::json!({
@@ -241,6 +242,7 @@ pub(super) fn checkpoint_of(
                 waiting,
                 image: image.map(Arc::from),
                 bytes: u64_of(&taken["bytes"])?,
+                handed_over: taken["handed_over"].as_bool().unwrap_or(false),
             })
         }
         _ => None,
@@ -332,6 +334,7 @@ mod tests {
                 },
                 image: Some(Arc::from(&b"image"[..])),
                 bytes: 5,
+                handed_over: true,
             }),
             refused: Some("why".into()),
             resumes: 1,
