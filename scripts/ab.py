@@ -3,7 +3,7 @@
 
     scripts/ab.py OLD_BINARY NEW_BINARY [--store memory|sqlite] [--duration N] [--rate R]
                   [--secs S] [--rounds K] [--rust-log FILTER] [--arg FLAG ...]
-                  [--old-worker WASM]
+                  [--old-worker WASM] [--new-arg FLAG ...]
 
 Each round starts each binary in turn (the first swapping every round, so that the machine's
 drift hits both) on a free loopback port with the default worker, `--capacity 20000` and a
@@ -14,7 +14,8 @@ that span. Prints each round and the medians: accepted/s, p50/p99, and host CPU 
 with new / old and the spread of the round-by-round ratios. Measures, asserts nothing.
 Build the generator first: `cargo build --release -p http-spawn-bench`. Both run the default
 worker `make build-guest` built, unless `--old-worker` gives the old binary its own (a worker
-built against a contract the old host predates cannot run on it).
+built against a contract the old host predates cannot run on it). `--new-arg` adds flags to the
+new side only: the same binary twice, with and without a setting, measures what it costs.
 """
 
 import argparse
@@ -70,12 +71,12 @@ def health(port):
         return json.load(answer)
 
 
-def run_once(binary, worker, args, scratch):
+def run_once(binary, worker, args, scratch, extra=()):
     port = free_port()
     store = "memory" if args.store == "memory" else f"sqlite:{scratch}/tasks-{port}.db"
     command = [binary, "--listen", f"127.0.0.1:{port}", "--module", worker,
                "--capacity", "20000", "--store", store,
-               "--cache-dir", os.path.join(ROOT, "target/module-cache")] + args.arg
+               "--cache-dir", os.path.join(ROOT, "target/module-cache")] + args.arg + list(extra)
     env = dict(os.environ, RUST_LOG=args.rust_log)
     # The console to a file, as a service manager takes it; removed with the scratch directory.
     console = open(os.path.join(scratch, f"console-{port}.log"), "w")
@@ -142,6 +143,8 @@ def main():
                         help="the default worker the old binary runs [default: the built one]")
     parser.add_argument("--arg", action="append", default=[],
                         help="a flag for both hosts (repeat; e.g. --arg=--worker-threads --arg=1)")
+    parser.add_argument("--new-arg", action="append", default=[],
+                        help="a flag for the new host only (repeat)")
     args = parser.parse_args()
     for needed in (GENERATOR, WORKER, args.old_worker, args.old, args.new):
         if not os.path.isfile(needed):
@@ -153,7 +156,8 @@ def main():
             order = ["old", "new"] if round_no % 2 == 0 else ["new", "old"]
             for name in order:
                 worker = args.old_worker if name == "old" else WORKER
-                result = run_once(getattr(args, name), worker, args, scratch)
+                extra = args.new_arg if name == "new" else []
+                result = run_once(getattr(args, name), worker, args, scratch, extra)
                 results[name].append(result)
                 print(f"round {round_no + 1} {name}: {result['per_sec']}/s accepted "
                       f"({result['accepted']}), p50 {result['p50']} ms, p99 {result['p99']} ms, "

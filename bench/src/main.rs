@@ -13,9 +13,14 @@
 //! 7. actors: task-to-task messages, `POST …/messages`, memory per task waiting in `receive`,
 //!    one task spawning 10,000 children (see actors.rs);
 //! 8. cluster: one, two and three hosts on one PostgreSQL beside one host on SQLite, what each
-//!    task costs the database, kills and messages across hosts (see cluster.rs).
+//!    task costs the database, kills and messages across hosts (see cluster.rs);
+//! 9. waiting for a task's end (see waits.rs); 10. scheduling and flow control (see
+//!    scheduling.rs);
+//! 11. checkpoints: capture and restore, and the seed load with each policy (see
+//!     checkpoints.rs).
 
 mod actors;
+mod checkpoints;
 mod cluster;
 mod naive;
 mod plot;
@@ -51,8 +56,8 @@ struct Args {
     /// Smaller counts and shorter runs, for a quick look.
     #[arg(long, global = true)]
     quick: bool,
-    /// Run only these sections (1-10), e.g. `--only 1,3`; `--only 7` is the actors alone,
-    /// `--only 8` the cluster, `--only 9` waiting for a task's end.
+    /// Run only these sections (1-11), e.g. `--only 1,3`; `--only 7` is the actors alone,
+    /// `--only 8` the cluster, `--only 9` waiting for a task's end, `--only 11` checkpoints.
     #[arg(long, global = true, value_delimiter = ',')]
     only: Vec<u8>,
 }
@@ -223,6 +228,12 @@ fn all(out: &Path, quick: bool, only: &[u8]) -> anyhow::Result<()> {
         results.insert(
             "scheduling".into(),
             scheduling::section(&mut report, quick)?,
+        );
+    }
+    if wanted(11) {
+        results.insert(
+            "checkpoints".into(),
+            checkpoints::section(&mut report, quick)?,
         );
     }
     report.line(&format!(

@@ -50,7 +50,7 @@ pub use config::{Config, ConfigError, LogFormat};
 pub use host::{Accepting, Host, KillError, SpawnError};
 pub use ledger::Totals;
 pub use model::{NewTask, Outcome, Pid, RestartPolicy, Status, TaskEnd, TaskRecord};
-pub use runtime::{Embedded, EmbeddedConfig, EmbeddedError, EngineLayout};
 #[doc(hidden)]
-pub use runtime::{bench_engine, bench_guest_runs};
+pub use runtime::{CheckpointFigures, bench_checkpoints, bench_engine, bench_guest_runs};
+pub use runtime::{Embedded, EmbeddedConfig, EmbeddedError, EngineLayout};
 pub use store::{IdempotencyKey, StoreError};

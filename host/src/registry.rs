@@ -147,6 +147,8 @@ impl Worker {
             restart: self.settings.restart.as_str(),
             max_attempts: self.settings.restart.max_attempts(),
             actor_scope: self.settings.actor_scope.as_str(),
+            checkpoint: self.settings.checkpoint.to_string(),
+            checkpointable: state.current.module.checkpointable(),
             current: VersionInfo::of(&state.current),
             previous: state.previous.as_deref().map(VersionInfo::of),
             last_error: state.last_error.clone(),
@@ -203,6 +205,12 @@ pub struct WorkerInfo {
     pub max_attempts: u32,
     /// Which tasks its tasks' actor calls reach: `any`, `tree` or `descendants`.
     pub actor_scope: &'static str,
+    /// When its tasks are checkpointed when a request names nothing: `off`, `every step` or
+    /// `every <duration>`.
+    pub checkpoint: String,
+    /// Whether its current version can be checkpointed: it exports the `checkpoint`
+    /// interface of `wit/worker.wit` (the SDK's workers do).
+    pub checkpointable: bool,
     pub current: VersionInfo,
     pub previous: Option<VersionInfo>,
     /// The last new version refused, until one is accepted.

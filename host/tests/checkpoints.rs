@@ -173,15 +173,24 @@ async fn checkpoint_policies_are_checked_and_shown() {
             "{body}"
         );
     }
-    // The first checkpoint is taken at the first wait, the next not before 30 s.
+    // `every <duration>` counts from the start: none in a task shorter than that.
     let pid = app
-        .spawn(json!({"name": "t", "duration": 2, "checkpoint": "every 30s"}))
+        .spawn(json!({"name": "t", "duration": 1, "checkpoint": "every 30s"}))
         .await;
     let record = app.wait_end(&pid).await;
     assert_eq!(record["status"], "exited", "{record}");
     let checkpoint = &record["checkpoint"];
     assert_eq!(checkpoint["policy"], "every 30s", "{record}");
-    assert_eq!(checkpoint["step"], 0, "{record}");
+    assert!(checkpoint["step"].is_null(), "{record}");
+    // Every 500 ms: after each step from the first past half a second on (steps 1 and 2; the
+    // third ends the task).
+    let pid = app
+        .spawn(json!({"name": "t", "duration": 3, "checkpoint": "every 500ms"}))
+        .await;
+    let record = app.wait_end(&pid).await;
+    let checkpoint = &record["checkpoint"];
+    assert_eq!(checkpoint["policy"], "every 500ms", "{record}");
+    assert_eq!(checkpoint["step"], 2, "{record}");
     assert_eq!(checkpoint["resumes"], 0, "{record}");
     assert!(checkpoint["bytes"].as_u64() > Some(0), "{record}");
 
@@ -196,8 +205,8 @@ async fn a_shutdown_hands_checkpointed_tasks_on_to_the_next_start() {
     let mut argv = args(&dir, "");
     argv.extend(["--shutdown-grace-secs", "0"].map(String::from));
     let mut host = start(&argv).await;
-    // Its only checkpoint before the shutdown is its first, at step 0: the one it resumes
-    // from is taken as the host shuts down.
+    // It takes no checkpoint before the shutdown (its first would come after an hour): the
+    // one it resumes from is taken as the host shuts down.
     let handed = host
         .spawn(json!({"name": "handed", "duration": 6, "checkpoint": "every 1h"}))
         .await;
@@ -206,7 +215,7 @@ async fn a_shutdown_hands_checkpointed_tasks_on_to_the_next_start() {
         record["step"].as_u64() >= Some(2)
     })
     .await;
-    assert_eq!(before["checkpoint"]["step"], 0, "{before}");
+    assert!(before["checkpoint"]["step"].is_null(), "{before}");
     host.terminate();
     assert!(host.wait_exit().success(), "a clean exit");
 

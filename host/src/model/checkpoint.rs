@@ -14,8 +14,8 @@ use super::time;
 const MAX_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// When a task is checkpointed: never (`off`), after every step that leaves it waiting
-/// (`every step`), or after such a step once `every <duration>` has passed since the last one
-/// (`every 30s`).
+/// (`every step`), or after such a step once `every <duration>` has passed since the last one,
+/// or since the attempt started (`every 30s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CheckpointPolicy {
     #[default]

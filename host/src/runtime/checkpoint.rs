@@ -15,7 +15,8 @@
 //! the time, whose handles would mean nothing in another instance.
 //!
 //! The image a checkpoint gives is `hsck`, a version byte, the extent (start, end, zeroed-from,
-//! as little-endian u32s) and the bytes from start to end.
+//! as little-endian u32s), then the bytes from start to end in 120-byte chunks: a bitmap of
+//! the chunks that are not all zero, and those chunks. A `std` worker's heap is mostly zeros.
 
 use super::bindings::checkpoint::CheckpointOnly;
 use super::bindings::checkpoint::exports::http_spawn::worker::checkpoint::{Chunk, Extent};
@@ -39,15 +40,25 @@ pub struct Image {
 }
 
 impl Image {
-    /// The image as stored.
+    /// The image as stored: its zero chunks left out.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_BYTES + self.bytes.len());
+        let chunks: Vec<&[u8]> = self.bytes.chunks(CHUNK_BYTES as usize).collect();
+        let mut bitmap = vec![0u8; chunks.len().div_ceil(8)];
+        let mut kept = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            if chunk.iter().any(|&byte| byte != 0) {
+                bitmap[i / 8] |= 1 << (i % 8);
+                kept.extend_from_slice(chunk);
+            }
+        }
+        let mut out = Vec::with_capacity(HEADER_BYTES + bitmap.len() + kept.len());
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         for word in [self.start, self.end, self.zeroed_from] {
             out.extend_from_slice(&word.to_le_bytes());
         }
-        out.extend_from_slice(&self.bytes);
+        out.extend_from_slice(&bitmap);
+        out.extend_from_slice(&kept);
         out
     }
 
@@ -65,9 +76,29 @@ impl Image {
             u32::from_le_bytes(bytes)
         };
         let (start, end, zeroed_from) = (word(5), word(9), word(13));
-        let bytes = stored[HEADER_BYTES..].to_vec();
-        if end < start || (end - start) as usize != bytes.len() {
-            return Err("the checkpoint image is cut short or inconsistent".into());
+        let cut = || "the checkpoint image is cut short or inconsistent".to_owned();
+        let len = end.checked_sub(start).ok_or_else(cut)? as usize;
+        let chunk = CHUNK_BYTES as usize;
+        let count = len.div_ceil(chunk);
+        let rest = &stored[HEADER_BYTES..];
+        if rest.len() < count.div_ceil(8) {
+            return Err(cut());
+        }
+        let (bitmap, mut kept) = rest.split_at(count.div_ceil(8));
+        let mut bytes = vec![0u8; len];
+        for i in 0..count {
+            if bitmap[i / 8] & (1 << (i % 8)) == 0 {
+                continue;
+            }
+            let size = chunk.min(len - i * chunk);
+            if kept.len() < size {
+                return Err(cut());
+            }
+            bytes[i * chunk..i * chunk + size].copy_from_slice(&kept[..size]);
+            kept = &kept[size..];
+        }
+        if !kept.is_empty() {
+            return Err(cut());
         }
         Ok(Self {
             start,
@@ -193,6 +224,95 @@ impl Process {
         self.store.data_mut().step = steps_done;
         Ok(())
     }
+}
+
+/// What `make bench` measures of checkpoints, in-process (see [`bench_checkpoints`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointFigures {
+    /// Guest state in an image, and the image as stored (with its header).
+    pub image_bytes: usize,
+    pub stored_bytes: usize,
+    /// Each round's instantiate + `start` + first step: a task's start, the baseline.
+    pub start_ns: Vec<u64>,
+    /// Each round's checkpoint of the task, waiting after its first step, to stored bytes.
+    pub capture_ns: Vec<u64>,
+    /// Each round's resumption from those bytes: decode, instantiate, write back.
+    pub restore_ns: Vec<u64>,
+}
+
+/// For `make bench`: `rounds` tasks of the worker in `bytes` (memory cap `max_memory_bytes`,
+/// started with `payload` and `duration`), each started and stepped once, checkpointed,
+/// dropped and resumed, each phase timed.
+#[doc(hidden)]
+pub fn bench_checkpoints(
+    bytes: &[u8],
+    max_memory_bytes: usize,
+    payload: Option<&str>,
+    duration: u32,
+    rounds: usize,
+) -> anyhow::Result<CheckpointFigures> {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::{Sandbox, SandboxConfig, StartSpec, TaskLimits, WorkerLimits};
+    use crate::actor::Wake;
+    use crate::model::Pid;
+
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_memory_bytes,
+        max_log_bytes: 64 << 10,
+        max_sends_per_step: 100,
+        max_result_bytes: 1 << 20,
+        capacity: 64,
+        epoch_interruption: true,
+        cache_dir: None,
+    })?;
+    let worker: Arc<str> = Arc::from("bench");
+    let limits = WorkerLimits {
+        fuel_per_step: 100_000_000,
+        max_memory_bytes,
+    };
+    let module = sandbox.load(&worker, bytes, limits)?;
+    let name: Arc<str> = Arc::from("checkpointed");
+    let mut figures = CheckpointFigures::default();
+    for round in 0..rounds {
+        let pid = Pid::new(1, round as u64 + 1);
+        let begun = Instant::now();
+        let mut process = module
+            .instantiate(pid, TaskLimits::unlimited())
+            .map_err(|end| anyhow::anyhow!("instantiate: {end:?}"))?;
+        let spec = StartSpec {
+            pid,
+            name: &name,
+            duration_secs: duration,
+            payload,
+            parent: None,
+            attempt: 1,
+        };
+        process
+            .start(&spec)
+            .map_err(|end| anyhow::anyhow!("start: {end:?}"))?;
+        process
+            .step(Wake::Started)
+            .map_err(|end| anyhow::anyhow!("step: {end:?}"))?;
+        let started = Instant::now();
+        let stored = process.checkpoint()?.encode();
+        let captured = Instant::now();
+        drop(process);
+        let image = Image::decode(&stored).map_err(|reason| anyhow::anyhow!(reason))?;
+        let before = Instant::now();
+        let resumed = module.resume(pid, TaskLimits::unlimited(), &image, &name, 0)?;
+        let restored = Instant::now();
+        drop(resumed);
+        let ns = |from: Instant, to: Instant| to.duration_since(from).as_nanos() as u64;
+        figures.start_ns.push(ns(begun, started));
+        figures.capture_ns.push(ns(started, captured));
+        figures.restore_ns.push(ns(before, restored));
+        figures.image_bytes = image.len();
+        figures.stored_bytes = stored.len();
+    }
+    Ok(figures)
 }
 
 fn chunk_bytes(chunk: &Chunk) -> [u8; CHUNK_BYTES as usize] {
@@ -394,6 +514,28 @@ mod tests {
         assert_eq!(resumed.steps_done(), steps);
         drive(&mut resumed, wake, &mut transcript, None);
         Ok(transcript)
+    }
+
+    #[test]
+    fn an_image_leaves_its_zero_chunks_out_and_reads_back_whole() {
+        let mut bytes = vec![0u8; 1000];
+        bytes[5] = 1;
+        bytes[999] = 9;
+        let image = Image {
+            start: 2048,
+            end: 3048,
+            zeroed_from: 2500,
+            bytes,
+        };
+        let stored = image.encode();
+        assert_eq!(stored.len(), HEADER_BYTES + 2 + 120 + 40);
+        assert_eq!(Image::decode(&stored), Ok(image));
+        for cut in [0, 4, HEADER_BYTES, stored.len() - 1] {
+            assert!(Image::decode(&stored[..cut]).is_err(), "{cut}");
+        }
+        let mut longer = stored.clone();
+        longer.push(0);
+        assert!(Image::decode(&longer).is_err());
     }
 
     /// Every worker that can be checkpointed gives, resumed after any step, what it gives

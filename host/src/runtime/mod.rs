@@ -29,6 +29,8 @@ use wasmtime::component::{Component, Linker};
 
 pub use cache::{CacheError, Digest};
 pub use checkpoint::Image;
+#[doc(hidden)]
+pub use checkpoint::{CheckpointFigures, bench_checkpoints};
 pub use embedded::{Embedded, EmbeddedConfig, EmbeddedError};
 pub use interrupt::Interrupts;
 pub use module::{Module, Origin};

@@ -1011,9 +1011,11 @@ fn checkpointing(
     if policy.is_off() {
         return None;
     }
+    // `every <duration>` counts from the attempt's start: a task shorter than that takes
+    // none, and loses no more than that if its host is lost.
     Some(Box::new(Checkpointing {
         policy,
-        last: None,
+        last: Some(Instant::now()),
         row,
         waiting: None,
     }))
