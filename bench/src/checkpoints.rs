@@ -3,7 +3,8 @@
 //!
 //! (a) In-process: a task of the default worker (`no_std`, 1 MiB cap) and of the `actor` test
 //!     worker (`std`, 16 MiB cap), each started and stepped once, then checkpointed, dropped
-//!     and resumed: the image's bytes (raw guest state, and as stored), capture and restore
+//!     and resumed: the image's bytes (the guest's state, the part of it that differs from a
+//!     fresh instance's, and the image as stored), capture and restore
 //!     µs (p50, p99), beside a task's start (instantiate, `start`, first step).
 //! (b) The seed load (durations 1-5 s, closed loop, 64 connections) on SQLite `full` with the
 //!     default worker's policy `off`, `every 30s` and `every step`, in rotating order: accepted
@@ -52,6 +53,7 @@ pub(super) fn section(report: &mut Report, quick: bool) -> anyhow::Result<Value>
         rows.push(vec![
             label.to_owned(),
             figures.image_bytes.to_string(),
+            figures.kept_bytes.to_string(),
             figures.stored_bytes.to_string(),
             format!("{:.1}", row[0]),
             format!("{:.1}", row[1]),
@@ -63,6 +65,7 @@ pub(super) fn section(report: &mut Report, quick: bool) -> anyhow::Result<Value>
             name.to_owned(),
             json!({
                 "image_bytes": figures.image_bytes,
+                "kept_bytes": figures.kept_bytes,
                 "stored_bytes": figures.stored_bytes,
                 "start_p50_us": row[0],
                 "capture_p50_us": row[1],
@@ -76,6 +79,7 @@ pub(super) fn section(report: &mut Report, quick: bool) -> anyhow::Result<Value>
         &[
             "worker",
             "state bytes",
+            "differing from a fresh instance",
             "stored bytes",
             "start p50 µs (baseline)",
             "capture p50 µs",

@@ -18,8 +18,10 @@
 //! as little-endian u32s), then the bytes from start to end in 120-byte chunks: a bitmap of
 //! the chunks that are not all zero, and those chunks. A `std` worker's heap is mostly zeros.
 
-use super::bindings::checkpoint::CheckpointOnly;
+use std::sync::{Arc, OnceLock};
+
 use super::bindings::checkpoint::exports::http_spawn::worker::checkpoint::{Chunk, Extent};
+use super::bindings::checkpoint::{CheckpointOnly, CheckpointOnlyIndices};
 use super::process::{Process, refuel, spent};
 
 /// Bytes in one chunk: 15 words.
@@ -30,35 +32,76 @@ const MAGIC: &[u8; 4] = b"hsck";
 const VERSION: u8 = 1;
 const HEADER_BYTES: usize = 4 + 1 + 3 * 4;
 
-/// A task's state as a checkpoint keeps it: where it lies in linear memory, and its bytes.
+/// What a module that exports the checkpoint interface needs to checkpoint its tasks: the
+/// interface's place in its instances, and its state as a fresh instance holds it (the
+/// pristine state), which images leave out: a fresh instance already holds it.
+pub(super) struct Support {
+    pub(super) indices: CheckpointOnlyIndices,
+    pristine: OnceLock<Vec<u8>>,
+}
+
+impl Support {
+    pub(super) fn new(indices: CheckpointOnlyIndices) -> Arc<Self> {
+        Arc::new(Self {
+            indices,
+            pristine: OnceLock::new(),
+        })
+    }
+
+    /// Learns the pristine state from `fresh`, an instance that has run nothing. Without it,
+    /// images keep every chunk below the module's zeroed data, and every non-zero one above.
+    pub(super) fn learn(&self, fresh: &mut Process) {
+        match fresh.read_state() {
+            Ok((_, bytes)) => {
+                let _ = self.pristine.set(bytes);
+            }
+            Err(refused) => tracing::debug!(%refused, "a module's pristine state was not read"),
+        }
+    }
+
+    /// Whether chunk `index` of a state, `chunk`, differs from a fresh instance's.
+    fn differs(&self, index: usize, chunk: &[u8], start: u32, zeroed_from: u32) -> bool {
+        let at = index * CHUNK_BYTES as usize;
+        match self.pristine.get() {
+            Some(pristine) => chunk
+                .iter()
+                .enumerate()
+                .any(|(i, &byte)| byte != pristine.get(at + i).copied().unwrap_or(0)),
+            None => (start as usize + at) < zeroed_from as usize || chunk.iter().any(|&b| b != 0),
+        }
+    }
+}
+
+/// A task's state as a checkpoint keeps it: where it lies in linear memory, and the chunks of
+/// it that differ from a fresh instance's, by their index from its start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     start: u32,
     end: u32,
     zeroed_from: u32,
-    bytes: Vec<u8>,
+    chunks: Vec<(u32, Vec<u8>)>,
 }
 
 impl Image {
-    /// The image as stored: its zero chunks left out.
+    /// The image as stored: a bitmap of the chunks it keeps, and those chunks.
     pub fn encode(&self) -> Vec<u8> {
-        let chunks: Vec<&[u8]> = self.bytes.chunks(CHUNK_BYTES as usize).collect();
-        let mut bitmap = vec![0u8; chunks.len().div_ceil(8)];
-        let mut kept = Vec::new();
-        for (i, chunk) in chunks.iter().enumerate() {
-            if chunk.iter().any(|&byte| byte != 0) {
-                bitmap[i / 8] |= 1 << (i % 8);
-                kept.extend_from_slice(chunk);
-            }
+        let count = self.chunk_count();
+        let mut bitmap = vec![0u8; count.div_ceil(8)];
+        let kept: usize = self.chunks.iter().map(|(_, bytes)| bytes.len()).sum();
+        for (index, _) in &self.chunks {
+            let i = *index as usize;
+            bitmap[i / 8] |= 1 << (i % 8);
         }
-        let mut out = Vec::with_capacity(HEADER_BYTES + bitmap.len() + kept.len());
+        let mut out = Vec::with_capacity(HEADER_BYTES + bitmap.len() + kept);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         for word in [self.start, self.end, self.zeroed_from] {
             out.extend_from_slice(&word.to_le_bytes());
         }
         out.extend_from_slice(&bitmap);
-        out.extend_from_slice(&kept);
+        for (_, bytes) in &self.chunks {
+            out.extend_from_slice(bytes);
+        }
         out
     }
 
@@ -85,7 +128,7 @@ impl Image {
             return Err(cut());
         }
         let (bitmap, mut kept) = rest.split_at(count.div_ceil(8));
-        let mut bytes = vec![0u8; len];
+        let mut chunks = Vec::new();
         for i in 0..count {
             if bitmap[i / 8] & (1 << (i % 8)) == 0 {
                 continue;
@@ -94,7 +137,7 @@ impl Image {
             if kept.len() < size {
                 return Err(cut());
             }
-            bytes[i * chunk..i * chunk + size].copy_from_slice(&kept[..size]);
+            chunks.push((i as u32, kept[..size].to_vec()));
             kept = &kept[size..];
         }
         if !kept.is_empty() {
@@ -104,18 +147,22 @@ impl Image {
             start,
             end,
             zeroed_from,
-            bytes,
+            chunks,
         })
     }
 
-    /// Bytes of guest state it holds.
+    /// Bytes of guest state it stands for.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        (self.end - self.start) as usize
     }
 
-    /// Whether it holds no state at all.
+    /// Whether it stands for no state at all.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.end == self.start
+    }
+
+    fn chunk_count(&self) -> usize {
+        self.len().div_ceil(CHUNK_BYTES as usize)
     }
 
     fn extent(&self) -> Extent {
@@ -134,31 +181,25 @@ pub struct Refused(pub String);
 
 impl Process {
     /// The checkpoint interface of this task's instance, if its worker exports one.
-    fn checkpoint_guest(&mut self) -> Result<CheckpointOnly, Refused> {
-        let Some((indices, instance)) = self.checkpoint.as_ref() else {
+    fn checkpoint_guest(&mut self) -> Result<(CheckpointOnly, Arc<Support>), Refused> {
+        let Some((support, instance)) = self.checkpoint.as_ref() else {
             return Err(Refused(
                 "its worker does not export http-spawn:worker/checkpoint (build it with \
                  http-spawn-sdk on contract 0.3.0)"
                     .into(),
             ));
         };
-        let (indices, instance) = (indices.clone(), *instance);
-        indices
+        let (support, instance) = (Arc::clone(support), *instance);
+        let guest = support
+            .indices
             .load(&mut self.store, &instance)
-            .map_err(|error| Refused(format!("its checkpoint interface is unusable: {error:#}")))
+            .map_err(|error| Refused(format!("its checkpoint interface is unusable: {error:#}")))?;
+        Ok((guest, support))
     }
 
-    /// Reads the task's state out, between two steps: an image that [`Module::resume`]
-    /// (`super::Module`) puts back into a fresh instance. The reads burn fuel like a step.
-    pub fn checkpoint(&mut self) -> Result<Image, Refused> {
-        if let Some(wasi) = &self.store.data().wasi
-            && !wasi.table_is_empty()
-        {
-            return Err(Refused(
-                "it holds host resources (WASI streams) that a checkpoint cannot carry".into(),
-            ));
-        }
-        let guest = self.checkpoint_guest()?;
+    /// The guest's state now: where it lies, and its bytes. The reads burn fuel like a step.
+    fn read_state(&mut self) -> Result<(Extent, Vec<u8>), Refused> {
+        let (guest, _) = self.checkpoint_guest()?;
         let guest = guest.http_spawn_worker_checkpoint();
         refuel(&mut self.store, self.budget);
         let result = (|| {
@@ -184,21 +225,42 @@ impl Process {
                 at = at.saturating_add(CHUNK_BYTES);
             }
             bytes.truncate((extent.end - extent.start) as usize);
-            Ok(Image {
-                start: extent.start,
-                end: extent.end,
-                zeroed_from: extent.zeroed_from,
-                bytes,
-            })
+            Ok((extent, bytes))
         })();
         self.fuel += spent(&self.store, self.budget);
         result
     }
 
+    /// Reads the task's state out, between two steps: an image that [`Module::resume`]
+    /// (`super::Module`) puts back into a fresh instance.
+    pub fn checkpoint(&mut self) -> Result<Image, Refused> {
+        if let Some(wasi) = &self.store.data().wasi
+            && !wasi.table_is_empty()
+        {
+            return Err(Refused(
+                "it holds host resources (WASI streams) that a checkpoint cannot carry".into(),
+            ));
+        }
+        let (_, support) = self.checkpoint_guest()?;
+        let (extent, bytes) = self.read_state()?;
+        let chunks = bytes
+            .chunks(CHUNK_BYTES as usize)
+            .enumerate()
+            .filter(|(i, chunk)| support.differs(*i, chunk, extent.start, extent.zeroed_from))
+            .map(|(i, chunk)| (i as u32, chunk.to_vec()))
+            .collect();
+        Ok(Image {
+            start: extent.start,
+            end: extent.end,
+            zeroed_from: extent.zeroed_from,
+            chunks,
+        })
+    }
+
     /// Writes `image` into this fresh instance, which has run neither `start` nor a step, and
     /// sets the steps it had done: it goes on from there with `step`.
     pub(super) fn restore(&mut self, image: &Image, steps_done: u32) -> Result<(), Refused> {
-        let guest = self.checkpoint_guest()?;
+        let (guest, _) = self.checkpoint_guest()?;
         let guest = guest.http_spawn_worker_checkpoint();
         refuel(&mut self.store, self.budget);
         let result = (|| {
@@ -207,12 +269,9 @@ impl Process {
                 Ok(Err(reason)) => return Err(Refused(reason)),
                 Err(error) => return Err(Refused(format!("its `prepare` failed: {error:#}"))),
             }
-            for (i, bytes) in image.bytes.chunks(CHUNK_BYTES as usize).enumerate() {
-                let at = image.start + i as u32 * CHUNK_BYTES;
-                // A fresh instance's memory is zero from `zeroed_from` on.
-                if at >= image.zeroed_from && bytes.iter().all(|&byte| byte == 0) {
-                    continue;
-                }
+            // Every other chunk is as a fresh instance holds it.
+            for (index, bytes) in &image.chunks {
+                let at = image.start + index * CHUNK_BYTES;
                 guest
                     .call_write(&mut self.store, at, to_chunk(bytes))
                     .map_err(|error| Refused(format!("its `write` failed: {error:#}")))?;
@@ -230,8 +289,10 @@ impl Process {
 #[doc(hidden)]
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointFigures {
-    /// Guest state in an image, and the image as stored (with its header).
+    /// Guest state in an image, the part of it that differs from a fresh instance's, and the
+    /// image as stored (those chunks, a bitmap and a header).
     pub image_bytes: usize,
+    pub kept_bytes: usize,
     pub stored_bytes: usize,
     /// Each round's instantiate + `start` + first step: a task's start, the baseline.
     pub start_ns: Vec<u64>,
@@ -301,6 +362,7 @@ pub fn bench_checkpoints(
         let captured = Instant::now();
         drop(process);
         let image = Image::decode(&stored).map_err(|reason| anyhow::anyhow!(reason))?;
+        figures.kept_bytes = image.chunks.iter().map(|(_, bytes)| bytes.len()).sum();
         let before = Instant::now();
         let resumed = module.resume(pid, TaskLimits::unlimited(), &image, &name, 0)?;
         let restored = Instant::now();
@@ -517,15 +579,12 @@ mod tests {
     }
 
     #[test]
-    fn an_image_leaves_its_zero_chunks_out_and_reads_back_whole() {
-        let mut bytes = vec![0u8; 1000];
-        bytes[5] = 1;
-        bytes[999] = 9;
+    fn an_image_reads_back_as_written_and_refuses_a_cut_one() {
         let image = Image {
             start: 2048,
             end: 3048,
             zeroed_from: 2500,
-            bytes,
+            chunks: vec![(0, vec![1; 120]), (8, vec![9; 40])],
         };
         let stored = image.encode();
         assert_eq!(stored.len(), HEADER_BYTES + 2 + 120 + 40);

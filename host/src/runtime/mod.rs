@@ -234,7 +234,7 @@ impl Sandbox {
             Ok(indices) => module::Pre::V3 {
                 checkpoint: bindings::checkpoint::CheckpointOnlyIndices::new(&pre)
                     .ok()
-                    .map(Arc::new),
+                    .map(checkpoint::Support::new),
                 pre,
                 indices,
             },
@@ -259,6 +259,7 @@ impl Sandbox {
             size: bytes.len(),
         };
         module.smoke_run()?;
+        module.learn_pristine();
         if origin == Origin::Compiled
             && let Some(cache) = &self.cache
         {

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store};
 
-use super::bindings::checkpoint::CheckpointOnlyIndices;
 use super::bindings::{v1, v2, v3};
 use super::cache::Digest;
 use super::capture::Capture;
-use super::checkpoint::{Image, Refused};
+use super::checkpoint::{Image, Refused, Support};
 use super::interrupt::Interrupts;
 use super::process::{
     Bindings, Process, StartSpec, TaskLimits, TaskState, classify, on_epoch_tick, refuel, spent,
@@ -42,7 +41,7 @@ pub(super) enum Pre {
         pre: wasmtime::component::InstancePre<TaskState>,
         indices: v3::WorkerIndices,
         /// Its `checkpoint` interface, if it exports one.
-        checkpoint: Option<Arc<CheckpointOnlyIndices>>,
+        checkpoint: Option<Arc<Support>>,
     },
 }
 
@@ -200,6 +199,18 @@ impl Module {
         process.store.data_mut().name = Some(Arc::clone(name));
         process.restore(image, steps_done)?;
         Ok(process)
+    }
+
+    /// Learns what a fresh instance of the module holds, which its checkpoints leave out.
+    pub(super) fn learn_pristine(&self) {
+        if let Pre::V3 {
+            checkpoint: Some(support),
+            ..
+        } = &self.pre
+            && let Ok(mut fresh) = self.instantiate(Pid::new(0, 0), TaskLimits::unlimited())
+        {
+            support.learn(&mut fresh);
+        }
     }
 
     /// Instantiates the module and calls `start` once, as for a task of duration 0, so a

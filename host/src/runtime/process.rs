@@ -280,7 +280,7 @@ pub struct Process {
     pub(super) bindings: Bindings,
     /// Its worker's `checkpoint` interface and the instance to call it on, if it exports one.
     pub(super) checkpoint: Option<(
-        Arc<super::bindings::checkpoint::CheckpointOnlyIndices>,
+        Arc<super::checkpoint::Support>,
         wasmtime::component::Instance,
     )>,
     pub(super) budget: u64,
