@@ -1,12 +1,14 @@
 //! Checkpoints end to end (issue #26): a task checkpointed between steps resumes where it was
 //! after its host is SIGKILLed and started again, with its pid, its attempt and the state in
 //! its memory; a task without a checkpoint, or whose worker cannot be checkpointed, runs again
-//! from its start as before; policies are checked and shown in the task's record.
+//! from its start as before; policies are checked and shown in the task's record; a shutdown
+//! hands a task on; in a cluster, another host resumes a task its host lost or handed on.
 
 mod common;
 
 use std::time::Duration;
 
+use common::cluster::start_host;
 use common::process::Binary;
 use common::workers::messages;
 use common::{PATIENCE, Remote, spawn_app, temp_dir};
@@ -270,4 +272,65 @@ async fn a_shutdown_hands_checkpointed_tasks_on_to_the_next_start() {
     let (_, record) = host.get(&format!("/api/tasks/{pid}")).await;
     assert_eq!(record["status"], "killed", "{record}");
     host.stop();
+}
+
+/// Every cluster host's API token.
+const TOKEN: &str = "checkpoint-test-token-0123456789ab";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_host_of_a_cluster_resumes_a_checkpointed_task_its_host_lost_or_handed_on() {
+    let url = common::postgres::fresh_database("checkpoints");
+    let a = start_host(&url, "a", TOKEN, "", &[]).await;
+    let mut b = start_host(&url, "b", TOKEN, "", &[]).await;
+    let (_, cluster) = a.get("/api/cluster").await;
+    let a_id = cluster["node"].as_u64().expect("a node id");
+    // Accepted by b, which has room: it runs there.
+    let crashed = b
+        .spawn(json!({"name": "crashed", "duration": 6, "checkpoint": "every step"}))
+        .await;
+    let before = wait_for(&a, &crashed, "a checkpoint at step 2", |record| {
+        record["checkpoint"]["step"].as_u64() >= Some(2)
+    })
+    .await;
+    assert_ne!(before["node"], a_id, "{before}");
+    b.crash();
+    // a takes it back once b's lease has run out, and resumes it from b's checkpoint.
+    let record = a.wait_end(&crashed).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["exit_code"], 0, "{record}");
+    assert_eq!(record["attempt"], 1, "{record}");
+    assert!(!lost_an_attempt(&record), "{record}");
+    assert_eq!(record["checkpoint"]["resumes"], 1, "{record}");
+    let from = record["checkpoint"]["resumed_from_step"]
+        .as_u64()
+        .expect("resumed from a step");
+    assert!(from >= 2, "{record}");
+    let lines = messages(&a, &crashed).await;
+    assert_eq!(count(&lines, "Worker started steps=6"), 1, "{lines:?}");
+    for step in 1..=from {
+        let line = format!("Worker progress step={step} total=6");
+        assert_eq!(count(&lines, &line), 1, "{line}: {lines:?}");
+    }
+
+    // A host that shuts down hands its task on: another resumes it once it has left.
+    let mut c = start_host(&url, "c", TOKEN, "", &[]).await;
+    let handed = c
+        .spawn(json!({"name": "handed", "duration": 6, "checkpoint": "every 1h"}))
+        .await;
+    wait_for(&a, &handed, "step 2", |record| {
+        record["step"].as_u64() >= Some(2)
+    })
+    .await;
+    c.terminate();
+    assert!(c.wait_exit().success(), "a clean exit");
+    let record = a.wait_end(&handed).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["attempt"], 1, "{record}");
+    assert_eq!(record["checkpoint"]["handed_over"], true, "{record}");
+    let lines = messages(&a, &handed).await;
+    assert_eq!(count(&lines, "Worker started steps=6"), 1, "{lines:?}");
+    for step in 1..=6 {
+        let line = format!("Worker progress step={step} total=6");
+        assert_eq!(count(&lines, &line), 1, "{line}: {lines:?}");
+    }
 }

@@ -1195,6 +1195,7 @@ async fn a_database_of_schema_version_1_is_migrated_with_its_tasks_and_lines() {
              DROP TABLE paused_workers;
              DROP TABLE limit_keys;
              DROP TABLE worker_limits;
+             DROP TABLE checkpoints;
              ALTER TABLE runs DROP COLUMN limited, DROP COLUMN worker,
                 DROP COLUMN concurrency_key;
              DROP INDEX IF EXISTS runs_queue;

@@ -226,8 +226,9 @@ pub struct Config {
 
     /// On SIGTERM or ctrl-c, once the grace is over: a task whose checkpoint policy is not
     /// `off` and that waits between two steps is checkpointed and handed on, not killed. It
-    /// stays running in the store and resumes there when the host starts again (on a durable
-    /// store, on a host alone). With `false`, it is killed like the others.
+    /// stays running in the store and resumes when the host starts again, or, in a cluster, at
+    /// once on another host (with a durable store). With `false`, it is killed like the
+    /// others.
     #[arg(long, env = "HTTP_SPAWN_CHECKPOINT_ON_SHUTDOWN", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub checkpoint_on_shutdown: bool,

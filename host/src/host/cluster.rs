@@ -507,6 +507,7 @@ impl Host {
             record,
             spec,
             commands,
+            checkpoint: row,
         } = claimed;
         let pid = record.pid;
         let host_losses = record
@@ -544,10 +545,18 @@ impl Host {
         };
         let attempt = record.attempt;
         let placement = Placement::root(pid, record.parent, self.scope_of(&record.worker));
-        // Its worker's checkpoint policy: a task's own policy, and resuming a task another
-        // host checkpointed, do not yet reach a host that claims it (issue #26).
-        let checkpoint = (self.checkpoint_of(&record.worker), false);
-        let job = Job::again(
+        // Its own checkpoint policy, or its worker's; a task taken back from a lost host is
+        // still running, and goes on from its checkpoint.
+        let checkpoint = match row.as_ref().and_then(|row| row.policy) {
+            Some(policy) => (policy, true),
+            None => (self.checkpoint_of(&record.worker), false),
+        };
+        let resume = if record.status == crate::model::Status::Running {
+            super::resumable(row, &record)
+        } else {
+            None
+        };
+        let mut job = Job::again(
             record,
             spec,
             version,
@@ -556,6 +565,7 @@ impl Host {
             Instant::now(),
             checkpoint,
         );
+        job.resume = resume;
         if cluster_leaving(self) {
             // Claimed as the host began to shut down: another host runs it.
             self.give_back(pid);

@@ -664,10 +664,10 @@ impl Host {
         // After the waiting tasks' ends are published, before the grace period: open streams
         // must not hold up the HTTP server's shutdown.
         self.events.close();
-        // On a host alone with a durable store, tasks that take checkpoints are handed on to
-        // the host's next start rather than killed once the grace is over.
-        let hand_over =
-            self.checkpoint_on_shutdown && self.store.durable() && self.cluster.is_none();
+        // With a durable store, tasks that take checkpoints are handed on rather than killed
+        // once the grace is over: to the host's next start, or, in a cluster, to the host that
+        // takes back this one's tasks once it has left.
+        let hand_over = self.checkpoint_on_shutdown && self.store.durable();
         self.scheduler.finish(grace, hand_over);
         // Every end is submitted by now; wait until the store has them all, and every
         // acceptance is answered.

@@ -22,12 +22,12 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::super::columns::{attempt_json, attempts_of, nanos};
+use super::super::columns::{attempt_json, attempts_of, checkpoint_of, nanos};
 use super::super::{Reading, StoreError};
-use super::{NodeSpec, RECORD_COLUMN_COUNT, unavailable};
+use super::{NodeSpec, RECORD_COLUMN_COUNT, SPEC_COLUMN_COUNT, unavailable};
 use super::{PgStore, RECORD_COLUMNS, SPEC_COLUMNS, column, key, pid_of, record_of, spec_of};
 use crate::actor::EndNotice;
-use crate::model::{OnHostLoss, Outcome, Pid, TaskEnd, TaskRecord, TaskSpec};
+use crate::model::{OnHostLoss, Outcome, Pid, StoredCheckpoint, TaskEnd, TaskRecord, TaskSpec};
 
 /// Lost hosts' tasks taken back per reaping transaction.
 const REAP_BATCH: i64 = 500;
@@ -117,6 +117,9 @@ pub struct Claimed {
     pub record: TaskRecord,
     pub spec: TaskSpec,
     pub commands: Vec<(i64, Command)>,
+    /// Its checkpoint row, if it has one: its own policy, and the image a task taken back from
+    /// a lost host resumes from.
+    pub checkpoint: Option<StoredCheckpoint>,
 }
 
 impl Command {
@@ -206,7 +209,10 @@ pub(super) async fn read_claimed(
     seqs: &[i64],
 ) -> Result<Vec<Claimed>, StoreError> {
     let sql = format!(
-        "SELECT {RECORD_COLUMNS}, {SPEC_COLUMNS} FROM tasks
+        "SELECT {RECORD_COLUMNS}, {SPEC_COLUMNS},
+            (SELECT meta FROM checkpoints c WHERE c.boot = tasks.boot AND c.seq = tasks.seq),
+            (SELECT image FROM checkpoints c WHERE c.boot = tasks.boot AND c.seq = tasks.seq)
+         FROM tasks
          WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))
          ORDER BY spawned_at, boot, seq"
     );
@@ -232,10 +238,19 @@ pub(super) async fn read_claimed(
                 .filter(|(_, command)| command.to() == record.pid)
                 .cloned()
                 .collect();
+            let at = RECORD_COLUMN_COUNT + SPEC_COLUMN_COUNT;
+            let checkpoint = column::<Option<String>>(row, at)?.and_then(|meta| {
+                checkpoint_of(
+                    record.pid,
+                    &meta,
+                    column::<Option<Vec<u8>>>(row, at + 1).ok()?,
+                )
+            });
             Ok(Claimed {
                 record,
                 spec,
                 commands,
+                checkpoint,
             })
         })
         .collect()
@@ -335,8 +350,9 @@ impl PgStore {
             let rows = tx
                 .query(
                     "SELECT r.boot, r.seq, t.status, t.attempt, t.attempts::text,
-                        t.on_host_loss, t.fuel
+                        t.on_host_loss, t.fuel, c.meta, c.image IS NOT NULL
                      FROM runs r JOIN tasks t ON t.boot = r.boot AND t.seq = r.seq
+                        LEFT JOIN checkpoints c ON c.boot = r.boot AND c.seq = r.seq
                      WHERE r.owner IN (SELECT id FROM nodes WHERE state <> 'up')
                      ORDER BY r.spawned_at
                      LIMIT $1
@@ -348,8 +364,12 @@ impl PgStore {
             let now = SystemTime::now();
             let mut reaped = Vec::with_capacity(rows.len());
             // Decided here, written in a few statements over arrays, whatever the batch's size.
-            let (mut waiting, mut rerun, mut failed) =
-                (Batch::default(), Batch::default(), Batch::default());
+            let (mut waiting, mut rerun, mut failed, mut resumed) = (
+                Batch::default(),
+                Batch::default(),
+                Batch::default(),
+                Batch::default(),
+            );
             for row in &rows {
                 let (boot, seq): (i32, i64) = (column(row, 0)?, column(row, 1)?);
                 let pid = pid_of(boot, seq);
@@ -365,29 +385,46 @@ impl PgStore {
                     + u32::from(started);
                 let end = TaskEnd::host_lost(attempt);
                 let entry = attempt_json(attempt, &end, now);
-                let ended =
-                    started && (on_host_loss == OnHostLoss::Fail || losses >= max_host_losses);
-                let batch = match (started, ended) {
-                    (false, _) => &mut waiting,
-                    (true, true) => &mut failed,
-                    (true, false) => &mut rerun,
+                // A task with a checkpoint of this attempt goes on from it, on whichever host
+                // claims it: the same attempt, still running.
+                let resumable = started
+                    && on_host_loss == OnHostLoss::Restart
+                    && column::<bool>(row, 8)?
+                    && column::<Option<String>>(row, 7)?
+                        .and_then(|meta| checkpoint_of(pid, &meta, None))
+                        .is_some_and(|row| {
+                            row.attempt == attempt
+                                && row.taken.as_ref().is_some_and(|taken| {
+                                    taken.handed_over || row.resumes < max_host_losses
+                                })
+                        });
+                let ended = started
+                    && !resumable
+                    && (on_host_loss == OnHostLoss::Fail || losses >= max_host_losses);
+                let batch = match (started, ended, resumable) {
+                    (false, _, _) => &mut waiting,
+                    (true, _, true) => &mut resumed,
+                    (true, true, false) => &mut failed,
+                    (true, false, false) => &mut rerun,
                 };
                 batch.push(boot, seq, attempt as i32 + 1, entry, end);
                 reaped.push(Reaped {
                     pid,
-                    lost: started,
+                    lost: started && !resumable,
                     ended,
                 });
             }
-            tx.execute(
-                "UPDATE runs SET owner = NULL
-                 WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",
-                &[&waiting.boots, &waiting.seqs],
-            )
-            .await
-            .map_err(unavailable)?;
+            for back in [&waiting, &resumed] {
+                tx.execute(
+                    "UPDATE runs SET owner = NULL
+                     WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",
+                    &[&back.boots, &back.seqs],
+                )
+                .await
+                .map_err(unavailable)?;
+            }
             // A task that had started lost its actor with its host: its name goes with it.
-            for lost in [&rerun, &failed] {
+            for lost in [&rerun, &failed, &resumed] {
                 tx.execute(
                     "DELETE FROM names
                      WHERE (boot, seq) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",

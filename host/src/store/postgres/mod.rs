@@ -651,6 +651,9 @@ fn spec_of(row: &Row, offset: usize) -> Result<TaskSpec, StoreError> {
 const SPEC_COLUMNS: &str = "module_sha256, payload, deadline_secs, max_attempts, on_host_loss,
     ready_at, priority";
 
+/// How many columns [`SPEC_COLUMNS`] names.
+const SPEC_COLUMN_COUNT: usize = 7;
+
 impl Store for PgStore {
     fn submit(&self, batch: Vec<Change>, done: Option<Done>) {
         self.writer.submit(batch, done);
