@@ -334,3 +334,93 @@ async fn another_host_of_a_cluster_resumes_a_checkpointed_task_its_host_lost_or_
         assert_eq!(count(&lines, &line), 1, "{line}: {lines:?}");
     }
 }
+
+/// `POST path` with the admin token: the status and the JSON answer.
+async fn admin_post(remote: &Remote, path: &str) -> (u16, Value) {
+    let answer = remote
+        .client
+        .post(remote.url(path))
+        .bearer_auth(common::cluster::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("request sent");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.expect("a JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_host_hands_its_checkpointed_tasks_to_the_others_under_load() {
+    let url = common::postgres::fresh_database("drain");
+    let a = start_host(&url, "a", TOKEN, "", &[]).await;
+    let b = start_host(&url, "b", TOKEN, "", &[]).await;
+    let c = start_host(&url, "c", TOKEN, "", &[]).await;
+    let node_of = |cluster: &Value| cluster["node"].as_u64().expect("a node id");
+    let b_id = node_of(&b.get("/api/cluster").await.1);
+    // Accepted by b, which has room: they run there.
+    let mut checkpointed = Vec::new();
+    for i in 0..6 {
+        let body = json!({"name": format!("moved{i}"), "duration": 5, "checkpoint": "every step"});
+        checkpointed.push(b.spawn(body).await);
+    }
+    let mut plain = Vec::new();
+    for i in 0..2 {
+        plain.push(
+            b.spawn(json!({"name": format!("stays{i}"), "duration": 4}))
+                .await,
+        );
+    }
+    for pid in &checkpointed {
+        wait_for(&a, pid, "a checkpoint", |record| {
+            record["checkpoint"]["step"].as_u64() >= Some(1)
+        })
+        .await;
+    }
+    // Refused where it cannot be done.
+    assert_eq!(
+        admin_post(&a, "/api/cluster/nodes/nobody/drain").await.0,
+        404
+    );
+    // Asked through a, done by b.
+    let (status, drained) = admin_post(&a, "/api/cluster/nodes/b/drain").await;
+    assert_eq!(status, 200, "{drained}");
+    assert_eq!(drained["handed_over"], 6, "{drained}");
+    assert!(drained["running"].as_u64() >= Some(2), "{drained}");
+    // A task accepted through the drained host runs on another.
+    let later = b.spawn(json!({"name": "later", "duration": 1})).await;
+    let record = a.wait_end(&later).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_ne!(record["node"], b_id, "{record}");
+
+    for pid in &checkpointed {
+        let record = c.wait_end(pid).await;
+        assert_eq!(record["status"], "exited", "{record}");
+        assert_eq!(record["attempt"], 1, "{record}");
+        assert!(!lost_an_attempt(&record), "{record}");
+        assert_eq!(record["checkpoint"]["resumes"], 1, "{record}");
+        let lines = messages(&a, pid).await;
+        assert_eq!(count(&lines, "Worker started steps=5"), 1, "{lines:?}");
+        for step in 1..=5 {
+            let line = format!("Worker progress step={step} total=5");
+            assert_eq!(count(&lines, &line), 1, "{line}: {lines:?}");
+        }
+    }
+    // Tasks that take no checkpoints end where they ran.
+    for pid in &plain {
+        let record = a.wait_end(pid).await;
+        assert_eq!(record["status"], "exited", "{record}");
+        assert_eq!(record["attempt"], 1, "{record}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_alone_cannot_be_drained() {
+    let app = spawn_app("default", &["--admin-token", common::cluster::ADMIN_TOKEN]).await;
+    let (status, body) = admin_post(&app, "/api/cluster/nodes/x/drain").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not one of a cluster")),
+        "{body}"
+    );
+}

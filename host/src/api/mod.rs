@@ -172,6 +172,7 @@ fn api_routes(
         .routes(routes!(workers::pause_worker))
         .routes(routes!(workers::resume_worker))
         .routes(routes!(workers::set_limits, workers::unset_limits))
+        .routes(routes!(cluster::drain_node))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let mut guarded = OpenApiRouter::new()
         .routes(routes!(tasks::spawn_task, tasks::list_tasks))

@@ -406,6 +406,13 @@ impl Host {
             )
             .into());
         }
+        // A drained host takes no new task of its own: it waits in the shared queue.
+        if self.draining() {
+            return match self.scheduler.promise() {
+                Err(Refused::Closed) => Err(SpawnError::ShuttingDown),
+                _ => Ok(None),
+            };
+        }
         match self.scheduler.promise() {
             Ok(promise) if promise.is_place() && !limited => Ok(Some(promise)),
             Err(Refused::Closed) => Err(SpawnError::ShuttingDown),

@@ -54,6 +54,9 @@ pub(crate) struct Cluster {
     leaving: AtomicBool,
     /// Set once every task of the host has ended: the threads stop.
     left: AtomicBool,
+    /// Set when the host is drained (`POST /api/cluster/nodes/{name}/drain`): it claims
+    /// nothing more, and the tasks accepted here wait in the shared queue for other hosts.
+    draining: AtomicBool,
     /// Monitors this host's tasks hold on tasks other hosts hold (or that wait in the shared
     /// queue), by target.
     remote: Mutex<HashMap<Pid, Remote>>,
@@ -187,6 +190,7 @@ impl Cluster {
             serving: AtomicBool::new(true),
             leaving: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             remote: Mutex::new(HashMap::new()),
             ends: Arc::default(),
             strays: Mutex::new((0, HashSet::new())),
@@ -890,6 +894,87 @@ fn lease_guard(host: &Weak<Host>, interval: Duration) {
 
 impl Host {
     /// Claims nothing more: the host begins to shut down.
+    /// Drains this host: it claims nothing more, new tasks accepted here wait in the shared
+    /// queue for the other hosts, and every task it runs that takes checkpoints and waits
+    /// between two steps is checkpointed and handed to the shared queue, where another host
+    /// claims it and resumes it. Tasks that take none, and tasks in a step, go on here to their
+    /// end. `None` for a host alone.
+    pub fn drain(&self) -> Option<Drained> {
+        let cluster = self.cluster.as_ref()?;
+        cluster.draining.store(true, Ordering::Release);
+        cluster.leaving.store(true, Ordering::Release);
+        let handed = self.scheduler.hand_over_all(Duration::from_secs(10));
+        // Their checkpoints are written before another host may claim them.
+        if let Err(error) = self.store.wait(Vec::new()) {
+            tracing::error!(%error, "the drained tasks' checkpoints were not written; they are \
+                taken back with this host's tasks when it is lost or leaves");
+            return Some(Drained {
+                handed_over: 0,
+                running: self.live(),
+            });
+        }
+        let handed_over = match cluster.store.hand_back(&handed) {
+            Ok(count) => count,
+            Err(error) => {
+                tracing::error!(%error, "the drained tasks could not be put back in the shared \
+                    queue; they are taken back when this host is lost or leaves");
+                0
+            }
+        };
+        tracing::warn!(
+            handed_over,
+            running = self.live(),
+            "drained: tasks that take checkpoints are handed to the other hosts; the others end \
+             here; new tasks wait in the shared queue"
+        );
+        Some(Drained {
+            handed_over,
+            running: self.live(),
+        })
+    }
+
+    /// Drains host `name` of this host's cluster: this one, or another, asked over HTTP with the
+    /// admin `token` this request carried (a request `relayed` here is never relayed again).
+    pub async fn drain_node(
+        self: &Arc<Self>,
+        name: &str,
+        token: Option<&str>,
+        relayed: bool,
+    ) -> Result<DrainAnswer, DrainError> {
+        let Some((_, own)) = self.node() else {
+            return Err(DrainError::NotClustered);
+        };
+        if own == name {
+            let host = Arc::clone(self);
+            let drained = tokio::task::spawn_blocking(move || host.drain())
+                .await
+                .map_err(|error| DrainError::Unreachable(error.to_string()))?
+                .ok_or(DrainError::NotClustered)?;
+            return Ok(DrainAnswer::Here(drained));
+        }
+        if relayed {
+            return Err(DrainError::NotHere(name.to_owned()));
+        }
+        let nodes = self.nodes().await.map_err(DrainError::Store)?;
+        let Some(node) = nodes.iter().find(|node| node.name == name) else {
+            return Err(DrainError::NoSuchNode(name.to_owned()));
+        };
+        if node.state != "up" {
+            return Err(DrainError::NotUp(name.to_owned(), node.state.clone()));
+        }
+        let (status, body) = super::relay::relay_drain(&node.address, name, token)
+            .await
+            .map_err(DrainError::Unreachable)?;
+        Ok(DrainAnswer::Relayed(status.as_u16(), body))
+    }
+
+    /// Whether this host is drained.
+    pub(super) fn draining(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|cluster| cluster.draining.load(Ordering::Acquire))
+    }
+
     pub(super) fn stop_claiming(&self) {
         if let Some(cluster) = &self.cluster {
             cluster.leaving.store(true, Ordering::Release);
@@ -953,4 +1038,40 @@ impl Host {
             tracing::warn!(%error, "could not mark this host as left; its lease expires instead");
         }
     }
+}
+
+/// What came of a drain.
+#[derive(Debug)]
+pub enum DrainAnswer {
+    /// This host was drained.
+    Here(Drained),
+    /// The host named answered with this status and body.
+    Relayed(u16, String),
+}
+
+/// Why a host could not be drained.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("this host is not one of a cluster: there is no other host to hand its tasks to")]
+    NotClustered,
+    #[error("no host of the cluster is named {0:?}")]
+    NoSuchNode(String),
+    #[error("host {0:?} is {1}, not up")]
+    NotUp(String, String),
+    #[error("this host is not {0:?}: a drain relayed here is not relayed again")]
+    NotHere(String),
+    #[error("host could not be reached: {0}")]
+    Unreachable(String),
+    #[error(transparent)]
+    Store(crate::store::StoreError),
+}
+
+/// What draining a host did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Drained {
+    /// Tasks checkpointed here and handed to the shared queue, for another host to resume.
+    pub handed_over: u64,
+    /// Tasks still live here: those that take no checkpoints (or were in a step), which end
+    /// here.
+    pub running: u32,
 }

@@ -38,6 +38,7 @@ use crate::store::{
 pub use admission::Accepting;
 pub use calls::CallFailed;
 use cluster::Cluster;
+pub use cluster::{DrainAnswer, DrainError, Drained};
 pub use flow::PauseError;
 pub use relay::RELAYED;
 pub use retry::{MAX_BULK_RETRY, RetryError, RetryFilter};

@@ -63,7 +63,8 @@ pub(super) async fn relay_call(
     timeout: Duration,
     max_answer_bytes: usize,
 ) -> Relayed {
-    match exchange(address, token, pid, body, timeout, max_answer_bytes).await {
+    let path = format!("/api/tasks/{pid}/calls?timeout={}", timeout.as_secs_f64());
+    match exchange(address, token, &path, body, timeout, max_answer_bytes).await {
         Ok((status, text)) => answer_of(pid, status, &text),
         Err(Failure::NotSent(why)) => {
             tracing::warn!(%pid, address, %why, "a call could not be relayed to the task's host");
@@ -85,7 +86,7 @@ pub(super) async fn relay_call(
 async fn exchange(
     address: &str,
     token: Option<&str>,
-    pid: Pid,
+    path: &str,
     body: String,
     timeout: Duration,
     max_answer_bytes: usize,
@@ -99,13 +100,10 @@ async fn exchange(
         .map_err(|error| Failure::NotSent(error.to_string()))?;
     // Driven beside the request, and stopped with it, however this future ends.
     let driving = AbortOnDrop(tokio::spawn(connection));
-    let mut request = Request::post(format!(
-        "/api/tasks/{pid}/calls?timeout={}",
-        timeout.as_secs_f64()
-    ))
-    .header(header::HOST, address)
-    .header(header::CONTENT_TYPE, "application/json")
-    .header(RELAYED, "1");
+    let mut request = Request::post(path)
+        .header(header::HOST, address)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(RELAYED, "1");
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -127,6 +125,33 @@ async fn exchange(
     drop(driving);
     answer.map_err(|_| Failure::NoAnswer)?
 }
+
+/// Asks host `name`, at `address`, to drain itself (`POST /api/cluster/nodes/{name}/drain`),
+/// with the admin `token` the request here carried: its status and body, or why there was none.
+pub(super) async fn relay_drain(
+    address: &str,
+    name: &str,
+    token: Option<&str>,
+) -> Result<(StatusCode, String), String> {
+    let path = format!("/api/cluster/nodes/{name}/drain");
+    exchange(
+        address,
+        token,
+        &path,
+        String::new(),
+        DRAIN_TIMEOUT,
+        64 << 10,
+    )
+    .await
+    .map_err(|failure| match failure {
+        Failure::NotSent(why) | Failure::Broken(why) => why,
+        Failure::NoAnswer => "no answer in time".to_owned(),
+        Failure::TooLarge => "an answer too large".to_owned(),
+    })
+}
+
+/// How long a drained host may take to answer: it checkpoints its tasks first.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Aborts the task it holds when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

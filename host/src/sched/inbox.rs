@@ -31,6 +31,9 @@ pub(super) enum Command {
     /// End every task this thread holds so: killed at the end of a graceful shutdown, or
     /// `host_lost` when a host of a cluster lost its lease.
     KillAll(TaskEnd),
+    /// Checkpoint and let go, without an end, every task of this thread that takes
+    /// checkpoints and waits between two steps; send their pids (a host being drained).
+    HandOver(std::sync::mpsc::Sender<Vec<Pid>>),
 }
 
 /// A scheduler thread's intake: new tasks, and what the thread is doing, so that submitters

@@ -664,6 +664,27 @@ impl Scheduler {
         }
     }
 
+    /// Checkpoints and lets go, without an end, every task that takes checkpoints and waits
+    /// between two steps, on every thread: their pids, once each thread has done so (within
+    /// `wait`). A task in a step goes on here.
+    pub fn hand_over_all(&self, wait: Duration) -> Vec<Pid> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        for lane in &self.lanes.lanes {
+            lane.inbox.kill(Command::HandOver(sender.clone()));
+        }
+        drop(sender);
+        let deadline = Instant::now() + wait;
+        let mut handed = Vec::new();
+        for _ in &self.lanes.lanes {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(pids) => handed.extend(pids),
+                Err(_) => break,
+            }
+        }
+        handed
+    }
+
     /// Tasks holding a place now: running, sleeping or waiting out a restart's backoff.
     pub fn live(&self) -> u32 {
         self.lanes.admission.live()

@@ -128,6 +128,17 @@ impl SchedulerThread {
             Command::Kill(pid, end) => self.kill(pid, end),
             Command::Wake(pid) => self.deliver(pid),
             Command::KillAll(end) => self.kill_all(&end),
+            Command::HandOver(handed) => {
+                let live: Vec<usize> = self.slots.values().copied().collect();
+                let pids: Vec<Pid> = live
+                    .into_iter()
+                    .filter_map(|slot| {
+                        let pid = self.tasks[slot].as_ref()?.pid;
+                        self.hand_over(slot).then_some(pid)
+                    })
+                    .collect();
+                let _ = handed.send(pids);
+            }
         }
     }
 
@@ -843,7 +854,10 @@ impl SchedulerThread {
             .drain(..)
             .filter_map(|command| match command {
                 Command::Run(job, permit, _) => Some((job, permit)),
-                Command::Kill(..) | Command::Wake(_) | Command::KillAll(_) => None,
+                Command::Kill(..)
+                | Command::Wake(_)
+                | Command::KillAll(_)
+                | Command::HandOver(_) => None,
             })
             .collect();
         let restarting = std::mem::take(&mut self.restarts)
@@ -931,7 +945,7 @@ impl SchedulerThread {
             .actors
             .ended(pid, &TaskEnd::host_lost(attempt), drop);
         self.lane().interrupts.remove(pid);
-        tracing::info!(pid = %pid, "Task checkpointed and handed on to the host's next start");
+        tracing::info!(pid = %pid, "Task checkpointed and handed on");
         true
     }
 
