@@ -424,3 +424,78 @@ async fn a_host_alone_cannot_be_drained() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_a_cluster_under_load_runs_no_step_twice() {
+    let url = common::postgres::fresh_database("rolling");
+    let names = ["a", "b", "c"];
+    let mut hosts: Vec<(&str, Binary)> = Vec::new();
+    for name in names {
+        hosts.push((name, start_host(&url, name, TOKEN, "", &[]).await));
+    }
+    let mut pids = Vec::new();
+    for (round, name) in names.iter().enumerate() {
+        // Work on every host, then this one stopped (SIGTERM) and started again.
+        for (at, host) in &hosts {
+            for i in 0..4 {
+                let body = json!({"name": format!("{at}{round}-{i}"), "duration": 4,
+                                  "checkpoint": "every step"});
+                pids.push(host.spawn(body).await);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let index = hosts
+            .iter()
+            .position(|(at, _)| at == name)
+            .expect("the host");
+        let (_, mut stopping) = hosts.remove(index);
+        stopping.terminate();
+        assert!(stopping.wait_exit().success(), "{name}: a clean exit");
+        hosts.push((name, start_host(&url, name, TOKEN, "", &[]).await));
+    }
+    let reader = &hosts[0].1;
+    let mut resumed = 0;
+    for pid in &pids {
+        let record = reader.wait_end(pid).await;
+        assert_eq!(record["status"], "exited", "{record}");
+        assert_eq!(record["exit_code"], 0, "{record}");
+        assert_eq!(record["attempt"], 1, "{record}");
+        assert!(!lost_an_attempt(&record), "{record}");
+        resumed += record["checkpoint"]["resumes"].as_u64().unwrap_or(0);
+        let lines = messages(reader, pid).await;
+        assert_eq!(count(&lines, "Worker started steps=4"), 1, "{lines:?}");
+        for step in 1..=4 {
+            let line = format!("Worker progress step={step} total=4");
+            assert_eq!(count(&lines, &line), 1, "{pid} {line}: {lines:?}");
+        }
+    }
+    assert!(resumed > 0, "the restarts came while tasks ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_holding_a_call_is_not_checkpointed_and_says_why() {
+    // The actor test worker, as the default worker here.
+    let app = spawn_app("actor", &[]).await;
+    let callee = app
+        .spawn(
+            json!({"name": "callee", "duration": 0, "payload": {"script": [
+            {"op": "receive", "timeout_ms": 5000}]}}),
+        )
+        .await;
+    let caller = app
+        .spawn(
+            json!({"name": "caller", "duration": 0, "checkpoint": "every step",
+            "payload": {"script": [{"op": "call", "to": callee, "body": 1, "timeout_ms": 1000}]}}),
+        )
+        .await;
+    let record = app.wait_end(&caller).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    let checkpoint = &record["checkpoint"];
+    assert!(checkpoint["step"].is_null(), "{record}");
+    assert!(
+        checkpoint["refused"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("call")),
+        "{record}"
+    );
+}

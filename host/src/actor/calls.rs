@@ -214,6 +214,17 @@ impl Actors {
         Ok(ticket)
     }
 
+    /// How many calls task `pid` holds, made (answered or not) or taken and not answered:
+    /// host state that a checkpoint of the task does not carry.
+    pub fn calls_held(&self, pid: Pid) -> usize {
+        self.shard(pid)
+            .get(&pid)
+            .and_then(|actor| actor.calls.as_deref())
+            .map_or(0, |calls| {
+                calls.made.len() + calls.answers.len() + calls.open.len()
+            })
+    }
+
     /// Forgets the call `ticket` of `caller`, which never reached its callee.
     pub fn cancel_call(&self, caller: Pid, ticket: u64) {
         if let Some(calls) = self

@@ -551,10 +551,7 @@ impl Host {
         let placement = Placement::root(pid, record.parent, self.scope_of(&record.worker));
         // Its own checkpoint policy, or its worker's; a task taken back from a lost host is
         // still running, and goes on from its checkpoint.
-        let checkpoint = match row.as_ref().and_then(|row| row.policy) {
-            Some(policy) => (policy, true),
-            None => (self.checkpoint_of(&record.worker), false),
-        };
+        let checkpoint = self.checkpoint_policy(row.as_ref(), &record.worker);
         let resume = if record.status == crate::model::Status::Running {
             super::resumable(row, &record)
         } else {
@@ -903,7 +900,8 @@ impl Host {
         let cluster = self.cluster.as_ref()?;
         cluster.draining.store(true, Ordering::Release);
         cluster.leaving.store(true, Ordering::Release);
-        let handed = self.scheduler.hand_over_all(Duration::from_secs(10));
+        // A thread takes the command between two steps; a step is bounded by its fuel.
+        let handed = self.scheduler.hand_over_all(Duration::from_secs(60));
         // Their checkpoints are written before another host may claim them.
         if let Err(error) = self.store.wait(Vec::new()) {
             tracing::error!(%error, "the drained tasks' checkpoints were not written; they are \
@@ -956,7 +954,12 @@ impl Host {
             return Err(DrainError::NotHere(name.to_owned()));
         }
         let nodes = self.nodes().await.map_err(DrainError::Store)?;
-        let Some(node) = nodes.iter().find(|node| node.name == name) else {
+        // A host started again under its name has a row of its own, up, beside the old ones.
+        let Some(node) = nodes
+            .iter()
+            .filter(|node| node.name == name)
+            .max_by_key(|node| (node.state == "up", node.id))
+        else {
             return Err(DrainError::NoSuchNode(name.to_owned()));
         };
         if node.state != "up" {

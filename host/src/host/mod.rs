@@ -362,9 +362,23 @@ impl Host {
         if lost {
             host_losses += 1;
         }
+        // Its checkpoint row: its own policy, and the image to resume it from.
+        let row = self.store.checkpoint(pid).unwrap_or_else(|error| {
+            tracing::warn!(pid = %pid, %error, "a recovered task's checkpoint could not be read; \
+                it runs as if it had none");
+            None
+        });
+        // Handed on at a shutdown, it was not lost: it goes on whatever `on_host_loss` says.
+        let handed_over = row.as_ref().is_some_and(|row| {
+            row.attempt == record.attempt
+                && row.taken.as_ref().is_some_and(|taken| taken.handed_over)
+        });
         // A task whose attempts keep going down with their host may be what brings it down:
         // it is not run again without end.
-        if lost && (spec.on_host_loss == OnHostLoss::Fail || host_losses >= MAX_HOST_LOSSES) {
+        if lost
+            && !handed_over
+            && (spec.on_host_loss == OnHostLoss::Fail || host_losses >= MAX_HOST_LOSSES)
+        {
             end_unstarted(TaskEnd::host_lost(record.attempt));
             return Recovered::Failed;
         }
@@ -382,16 +396,7 @@ impl Host {
                 return Recovered::Failed;
             }
         };
-        // Its checkpoint row: its own policy, and the image to resume it from.
-        let row = self.store.checkpoint(pid).unwrap_or_else(|error| {
-            tracing::warn!(pid = %pid, %error, "a recovered task's checkpoint could not be read; \
-                it runs as if it had none");
-            None
-        });
-        let checkpoint = match row.as_ref().and_then(|row| row.policy) {
-            Some(policy) => (policy, true),
-            None => (self.checkpoint_of(&worker), false),
-        };
+        let checkpoint = self.checkpoint_policy(row.as_ref(), &worker);
         let resume = if lost { resumable(row, &record) } else { None };
         let mut attempt = record.attempt;
         let mut ready_at = Instant::now();
@@ -819,8 +824,8 @@ enum Recovered {
 fn resumable(row: Option<StoredCheckpoint>, record: &TaskRecord) -> Option<Box<Resume>> {
     let row = row.filter(|row| row.attempt == record.attempt)?;
     let handed_over = row.taken.as_ref().is_some_and(|taken| taken.handed_over);
-    if row.resumes >= MAX_HOST_LOSSES && !handed_over {
-        tracing::warn!(pid = %record.pid, resumes = row.resumes,
+    if row.crash_resumes >= MAX_HOST_LOSSES && !handed_over {
+        tracing::warn!(pid = %record.pid, resumes = row.crash_resumes,
             "a task resumed from its checkpoint as often as its host may be lost; it runs \
              again from its start instead");
         return None;
@@ -831,6 +836,7 @@ fn resumable(row: Option<StoredCheckpoint>, record: &TaskRecord) -> Option<Box<R
             image,
             row,
             steps: record.steps,
+            started_at: record.started_at,
         })),
         Err(reason) => {
             tracing::warn!(pid = %record.pid, %reason,

@@ -41,6 +41,19 @@ impl Host {
             })
     }
 
+    /// A task's checkpoint policy, and whether it is its own: the one its checkpoint row keeps
+    /// from its acceptance, else its worker's.
+    pub(super) fn checkpoint_policy(
+        &self,
+        row: Option<&crate::model::StoredCheckpoint>,
+        worker: &str,
+    ) -> (crate::model::CheckpointPolicy, bool) {
+        match row.and_then(|row| row.policy) {
+            Some(policy) => (policy, true),
+            None => (self.checkpoint_of(worker), false),
+        }
+    }
+
     /// Whether `caller`, a running task, may send to, kill, link to or monitor `target`, or
     /// learn that it holds a name.
     pub(super) async fn reaches(&self, caller: Pid, target: Pid) -> bool {

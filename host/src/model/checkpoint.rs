@@ -121,6 +121,9 @@ pub struct StoredCheckpoint {
     pub refused: Option<String>,
     /// Times the task resumed from a checkpoint.
     pub resumes: u32,
+    /// Of those, the resumptions after its host was lost (not handed on): past a few, the
+    /// task may be what brings its host down, and it runs again from its start instead.
+    pub crash_resumes: u32,
     /// The latest resumption, if any.
     pub resumed: Option<Resumed>,
 }
@@ -162,6 +165,7 @@ impl StoredCheckpoint {
             taken: None,
             refused: None,
             resumes: 0,
+            crash_resumes: 0,
             resumed: None,
         }
     }

@@ -28,7 +28,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 pub use cache::{CacheError, Digest};
-pub use checkpoint::Image;
+pub use checkpoint::{Image, Refused};
 #[doc(hidden)]
 pub use checkpoint::{CheckpointFigures, bench_checkpoints};
 pub use embedded::{Embedded, EmbeddedConfig, EmbeddedError};

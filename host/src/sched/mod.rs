@@ -87,6 +87,8 @@ pub struct Resume {
     pub row: StoredCheckpoint,
     /// The steps it planned, as its record says.
     pub steps: u32,
+    /// When its attempt started: its wall-clock limit counts from then.
+    pub started_at: Option<std::time::SystemTime>,
 }
 
 impl Job {
@@ -651,7 +653,15 @@ impl Scheduler {
             self.lanes
                 .hand_over
                 .store(hand_over, std::sync::atomic::Ordering::Release);
-            self.lanes.stop_every_thread(&TaskEnd::killed());
+            if hand_over {
+                // A step under way ends first, so that its task can be handed on after it,
+                // rather than be stopped within it and killed: steps are bounded by their fuel.
+                for lane in &self.lanes.lanes {
+                    lane.inbox.kill(Command::KillAll(TaskEnd::killed()));
+                }
+            } else {
+                self.lanes.stop_every_thread(&TaskEnd::killed());
+            }
         }
         let threads = std::mem::take(
             &mut *self

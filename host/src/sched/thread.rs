@@ -343,9 +343,17 @@ impl SchedulerThread {
                 .as_ref()
                 .map_or((0, 0), |t| (t.step, t.fuel));
             let module = &job.version.module;
+            // The attempt goes on: its wall-clock limit counts from its start, not from now.
+            let mut limits = limits.clone();
+            if let Some(started) = resume.started_at {
+                let until = (started + job.deadline)
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                limits.deadline = Instant::now() + until;
+            }
             let put_back = guarded(|| {
                 module
-                    .resume(pid, limits.clone(), &resume.image, &job.name, taken.0)
+                    .resume(pid, limits, &resume.image, &job.name, taken.0)
                     .map_err(|refused| TaskEnd::host_error(&refused.0))
             });
             match put_back {
@@ -357,7 +365,12 @@ impl SchedulerThread {
                     let reason = end.error.unwrap_or_default();
                     tracing::warn!(pid = %pid, %reason,
                         "a task's checkpoint could not be put back; it starts again");
-                    resume_refused = Some((reason, resume.row));
+                    // Its image goes, and its row says why, at once: whatever the policy.
+                    let mut row = resume.row;
+                    row.taken = None;
+                    row.refused = Some(format!("its checkpoint could not be put back: {reason}"));
+                    self.ledger().checkpoint(row.clone());
+                    resume_refused = Some(row);
                 }
             }
         }
@@ -474,10 +487,19 @@ impl SchedulerThread {
         let crate::sched::Resume { row, .. } = resume;
         let mut row = row;
         let Some(taken) = row.taken.clone() else {
-            return;
+            // Never so (a resumption needs an image); ended rather than lost if it were.
+            let worker = Arc::clone(job.version.worker());
+            let ending = Ending::unstarted(
+                TaskEnd::host_error("a task resumed from a checkpoint without an image"),
+                job.attempt,
+            );
+            return self.record_end(permit, pid, &worker, &job.name, ending, None);
         };
         let now = SystemTime::now();
         row.resumes += 1;
+        if !taken.handed_over {
+            row.crash_resumes += 1;
+        }
         row.resumed = Some(Resumed {
             from_step: taken.step,
             at: now,
@@ -497,9 +519,13 @@ impl SchedulerThread {
         tracing::info!(pid = %pid, step = taken.step, lost = ?now.duration_since(taken.at).unwrap_or_default(),
             "Task resumed from its checkpoint");
         let policy = job.checkpoint.0;
+        // `every <duration>` counts from the checkpoint it resumed from.
+        let since = SystemTime::now()
+            .duration_since(taken.at)
+            .unwrap_or_default();
         let checkpointing = Box::new(Checkpointing {
             policy,
-            last: Some(Instant::now()),
+            last: Instant::now().checked_sub(since),
             row,
             waiting: None,
         });
@@ -522,15 +548,12 @@ impl SchedulerThread {
         };
         task.wake = seq;
         let deadline = task.process.deadline();
-        if let Some(checkpointing) = task.checkpointing.as_mut()
-            && !matches!(taken.waiting, Waiting::Await { .. })
-        {
-            checkpointing.waiting = Some(taken.waiting);
-        }
+        let mut waiting = None;
         match taken.waiting {
             Waiting::Sleep { until } => {
                 self.timers
                     .push(Reverse((in_time(until).min(deadline), seq, slot)));
+                waiting = Some(taken.waiting);
             }
             Waiting::Receive { until } => {
                 // Its mailbox went with the lost host; anything sent since is taken.
@@ -540,6 +563,7 @@ impl SchedulerThread {
                         task.receiving = true;
                         self.timers
                             .push(Reverse((in_time(until).min(deadline), seq, slot)));
+                        waiting = Some(taken.waiting);
                     }
                 }
             }
@@ -548,6 +572,9 @@ impl SchedulerThread {
                 self.ready
                     .push_back((slot, seq, Wake::Replied(ticket, Reply::Timeout)));
             }
+        }
+        if let Some(checkpointing) = task.checkpointing.as_mut() {
+            checkpointing.waiting = waiting;
         }
     }
 
@@ -567,21 +594,8 @@ impl SchedulerThread {
         }
         checkpointing.last = Some(now);
         let row = &mut checkpointing.row;
-        match task.process.checkpoint() {
-            Ok(image) => {
-                let image: Arc<[u8]> = image.encode().into();
-                row.attempt = task.attempt;
-                row.refused = None;
-                row.taken = Some(Taken {
-                    step: task.process.steps_done(),
-                    at: SystemTime::now(),
-                    fuel: task.process.fuel(),
-                    waiting,
-                    bytes: image.len() as u64,
-                    image: Some(image),
-                    handed_over: false,
-                });
-            }
+        match checkpoint_of(&self.lanes.actors, task.pid, &mut task.process) {
+            Ok(image) => taken(row, &task.process, task.attempt, &image, waiting, false),
             Err(refused) => {
                 if row.refused.as_deref() == Some(refused.0.as_str()) {
                     return;
@@ -607,6 +621,10 @@ impl SchedulerThread {
         let Some(task) = self.tasks[slot].as_mut() else {
             return;
         };
+        // About to step (or to end): no longer waiting as its last checkpoint says.
+        if let Some(checkpointing) = task.checkpointing.as_mut() {
+            checkpointing.waiting = None;
+        }
         if self.lanes.lanes[self.index].interrupts.contains(task.pid) {
             // A kill of it is on its way to this thread, which ends it there: not one more
             // step.
@@ -617,9 +635,6 @@ impl SchedulerThread {
         }
         task.receiving = false;
         task.awaiting = None;
-        if let Some(checkpointing) = task.checkpointing.as_mut() {
-            checkpointing.waiting = None;
-        }
         let next = guarded(|| task.process.step(wake));
         let end = match next {
             Ok(Next::Sleep(ms)) => {
@@ -729,8 +744,11 @@ impl SchedulerThread {
             ..
         } = task;
         drop(process);
-        // Its image is of no use once the attempt is over; what it was stays in its row.
+        // Its image is of no use once the attempt is over; what it was stays in its row. Not
+        // when this host lost the task with its lease: the host that takes it back resumes it
+        // from that image.
         if let Some(mut checkpointing) = checkpointing
+            && end.outcome != crate::model::Outcome::HostLost
             && let Some(taken) = checkpointing.row.taken.as_mut()
         {
             taken.image = None;
@@ -896,27 +914,16 @@ impl SchedulerThread {
         let Some(waiting) = checkpointing.waiting else {
             return false;
         };
-        let image = match task.process.checkpoint() {
+        let image = match checkpoint_of(&self.lanes.actors, task.pid, &mut task.process) {
             Ok(image) => image,
             Err(refused) => {
                 tracing::info!(pid = %task.pid, reason = %refused,
-                    "Task not handed on: its checkpoint was refused; it is killed");
+                    "Task not handed on: its checkpoint was refused");
                 return false;
             }
         };
-        let image: Arc<[u8]> = image.encode().into();
         let row = &mut checkpointing.row;
-        row.attempt = task.attempt;
-        row.refused = None;
-        row.taken = Some(Taken {
-            step: task.process.steps_done(),
-            at: SystemTime::now(),
-            fuel: task.process.fuel(),
-            waiting,
-            bytes: image.len() as u64,
-            image: Some(image),
-            handed_over: true,
-        });
+        taken(row, &task.process, task.attempt, &image, waiting, true);
         let row = row.clone();
         let Some(task) = self.tasks[slot].take() else {
             return false;
@@ -988,6 +995,46 @@ impl SchedulerThread {
     }
 }
 
+/// A checkpoint of task `pid`'s `process`, between two steps; refused while the task holds
+/// calls, made or taken, which live in the host (`actors`) and would not be carried.
+fn checkpoint_of(
+    actors: &crate::actor::Actors,
+    pid: Pid,
+    process: &mut Process,
+) -> Result<crate::runtime::Image, crate::runtime::Refused> {
+    let held = actors.calls_held(pid);
+    if held > 0 {
+        return Err(crate::runtime::Refused(format!(
+            "it holds {held} call(s), made or taken, which a checkpoint does not carry"
+        )));
+    }
+    process.checkpoint()
+}
+
+/// Makes `image`, just taken of `process` (attempt `attempt`) waiting as `waiting`, the latest
+/// checkpoint in `row`.
+fn taken(
+    row: &mut StoredCheckpoint,
+    process: &Process,
+    attempt: u32,
+    image: &crate::runtime::Image,
+    waiting: Waiting,
+    handed_over: bool,
+) {
+    let image: Arc<[u8]> = image.encode().into();
+    row.attempt = attempt;
+    row.refused = None;
+    row.taken = Some(Taken {
+        step: process.steps_done(),
+        at: SystemTime::now(),
+        fuel: process.fuel(),
+        waiting,
+        bytes: image.len() as u64,
+        image: Some(image),
+        handed_over,
+    });
+}
+
 /// The wall-clock time of `at`, a moment of this process's monotonic clock.
 fn system_time(at: Instant) -> SystemTime {
     let now = Instant::now();
@@ -1000,17 +1047,10 @@ fn system_time(at: Instant) -> SystemTime {
 
 /// The checkpoints of a task started (not resumed) from `job`: none if its policy takes none.
 /// `refused` is why its checkpoint could not be put back, when that is why it starts again.
-fn checkpointing(
-    job: &Job,
-    refused: Option<(String, StoredCheckpoint)>,
-) -> Option<Box<Checkpointing>> {
+fn checkpointing(job: &Job, refused: Option<StoredCheckpoint>) -> Option<Box<Checkpointing>> {
     let (policy, own) = job.checkpoint;
     let mut row = match refused {
-        Some((reason, mut row)) => {
-            row.taken = None;
-            row.refused = Some(format!("its checkpoint could not be put back: {reason}"));
-            row
-        }
+        Some(row) => row,
         None => StoredCheckpoint {
             pid: job.pid,
             policy: own.then_some(policy),
@@ -1018,6 +1058,7 @@ fn checkpointing(
             taken: None,
             refused: None,
             resumes: 0,
+            crash_resumes: 0,
             resumed: None,
         },
     };

@@ -199,6 +199,7 @@ pub(super) fn checkpoint_meta(row: &StoredCheckpoint) -> String {
         "taken": taken,
         "refused": row.refused,
         "resumes": row.resumes,
+        "crash_resumes": row.crash_resumes,
         "resumed": row.resumed.map(|resumed| serde_json::json!({
             "from_step": resumed.from_step,
             "at": nanos(resumed.at),
@@ -262,6 +263,7 @@ pub(super) fn checkpoint_of(
         taken,
         refused: meta["refused"].as_str().map(str::to_owned),
         resumes: u32_of(&meta["resumes"])?,
+        crash_resumes: u32_of(&meta["crash_resumes"]).unwrap_or(0),
         resumed,
     })
 }
@@ -338,6 +340,7 @@ mod tests {
             }),
             refused: Some("why".into()),
             resumes: 1,
+            crash_resumes: 1,
             resumed: Some(Resumed {
                 from_step: 3,
                 at,

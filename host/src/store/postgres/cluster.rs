@@ -387,15 +387,17 @@ impl PgStore {
                 let entry = attempt_json(attempt, &end, now);
                 // A task with a checkpoint of this attempt goes on from it, on whichever host
                 // claims it: the same attempt, still running.
+                // One its host handed on at a shutdown goes on whatever `on_host_loss` says.
                 let resumable = started
-                    && on_host_loss == OnHostLoss::Restart
                     && column::<bool>(row, 8)?
                     && column::<Option<String>>(row, 7)?
                         .and_then(|meta| checkpoint_of(pid, &meta, None))
                         .is_some_and(|row| {
                             row.attempt == attempt
                                 && row.taken.as_ref().is_some_and(|taken| {
-                                    taken.handed_over || row.resumes < max_host_losses
+                                    taken.handed_over
+                                        || (on_host_loss == OnHostLoss::Restart
+                                            && row.crash_resumes < max_host_losses)
                                 })
                         });
                 let ended = started
