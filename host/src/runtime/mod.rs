@@ -28,9 +28,9 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 pub use cache::{CacheError, Digest};
-pub use checkpoint::{Image, Refused};
 #[doc(hidden)]
 pub use checkpoint::{CheckpointFigures, bench_checkpoints};
+pub use checkpoint::{Image, Refused};
 pub use embedded::{Embedded, EmbeddedConfig, EmbeddedError};
 pub use interrupt::Interrupts;
 pub use module::{Module, Origin};
