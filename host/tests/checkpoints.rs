@@ -478,8 +478,9 @@ async fn a_task_holding_a_call_is_not_checkpointed_and_says_why() {
     let app = spawn_app("actor", &[]).await;
     let callee = app
         .spawn(
+            // It sleeps: the call waits in its mailbox, unanswered, until the caller gives up.
             json!({"name": "callee", "duration": 0, "payload": {"script": [
-            {"op": "receive", "timeout_ms": 5000}]}}),
+            {"op": "sleep", "ms": 5000}]}}),
         )
         .await;
     let caller = app
