@@ -500,3 +500,38 @@ async fn a_task_holding_a_call_is_not_checkpointed_and_says_why() {
         "{record}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_task_has_its_name_back() {
+    let dir = temp_dir("checkpoint-name");
+    let argv = args(&dir, "");
+    let mut host = start(&argv).await;
+    let pid = host
+        .spawn(json!({"name": "named", "worker": "actor", "duration": 0,
+            "checkpoint": "every step", "payload": {"script": [
+                {"op": "register", "name": "keeper"}, {"op": "trap_exits", "on": true},
+                {"op": "sleep", "ms": 1500}, {"op": "sleep", "ms": 1500}]}}))
+        .await;
+    wait_for(&host, &pid, "a checkpoint", |record| {
+        record["checkpoint"]["step"].is_u64()
+    })
+    .await;
+    host.crash();
+
+    let mut host = start(&argv).await;
+    let record = wait_for(&host, &pid, "resumed", |record| {
+        record["checkpoint"]["resumes"] == 1
+    })
+    .await;
+    assert_eq!(record["attempt"], 1, "{record}");
+    let (status, holder) = host.get("/api/names/keeper").await;
+    assert_eq!(status, 200, "{holder}");
+    assert_eq!(holder["pid"], pid.as_str(), "{holder}");
+    let (_, live) = host.get(&format!("/api/tasks/{pid}")).await;
+    if live["status"] == "running" {
+        assert_eq!(live["actor"]["trap_exits"], true, "{live}");
+    }
+    let record = host.wait_end(&pid).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    host.stop();
+}

@@ -143,6 +143,10 @@ pub struct Taken {
     /// Taken as its host shut down, to hand the task on: resuming from it is no sign that
     /// the task brings its host down.
     pub handed_over: bool,
+    /// The name the task had registered then, given back when it resumes (if still free).
+    pub name: Option<String>,
+    /// Whether it trapped exits then.
+    pub trap_exits: bool,
 }
 
 /// A resumption from a checkpoint.

@@ -22,7 +22,7 @@ use crate::actor::{
 use crate::model::LogSource;
 
 /// The answer, waited for on this thread if it must be.
-fn answer<T>(answer: Answer<'_, T>) -> T {
+pub(crate) fn answer<T>(answer: Answer<'_, T>) -> T {
     match answer {
         Answer::Now(answer) => answer,
         Answer::Later(future) => now(future),

@@ -28,6 +28,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 pub use cache::{CacheError, Digest};
+pub(crate) use calls::answer as answer_now;
 #[doc(hidden)]
 pub use checkpoint::{CheckpointFigures, bench_checkpoints};
 pub use checkpoint::{Image, Refused};

@@ -538,6 +538,16 @@ impl SchedulerThread {
             begun,
             Some(checkpointing),
         );
+        // Its name and whether it traps exits, as they were: a name taken meanwhile stays
+        // with whoever took it.
+        self.lanes.actors.set_trap_exits(pid, taken.trap_exits);
+        if let Some(name) = taken.name.clone()
+            && let Some(kernel) = self.lanes.kernel.get().and_then(std::sync::Weak::upgrade)
+            && let Err(error) = crate::runtime::answer_now(kernel.register(pid, name.clone()))
+        {
+            tracing::warn!(pid = %pid, name, ?error,
+                "a resumed task's name could not be registered again");
+        }
         let in_time = |until: SystemTime| {
             Instant::now() + until.duration_since(SystemTime::now()).unwrap_or_default()
         };
@@ -595,7 +605,18 @@ impl SchedulerThread {
         checkpointing.last = Some(now);
         let row = &mut checkpointing.row;
         match checkpoint_of(&self.lanes.actors, task.pid, &mut task.process) {
-            Ok(image) => taken(row, &task.process, task.attempt, &image, waiting, false),
+            Ok(image) => {
+                let actor = self.lanes.actors.info(task.pid);
+                taken(
+                    row,
+                    &task.process,
+                    task.attempt,
+                    &image,
+                    waiting,
+                    actor,
+                    false,
+                );
+            }
             Err(refused) => {
                 if row.refused.as_deref() == Some(refused.0.as_str()) {
                     return;
@@ -923,7 +944,16 @@ impl SchedulerThread {
             }
         };
         let row = &mut checkpointing.row;
-        taken(row, &task.process, task.attempt, &image, waiting, true);
+        let actor = self.lanes.actors.info(task.pid);
+        taken(
+            row,
+            &task.process,
+            task.attempt,
+            &image,
+            waiting,
+            actor,
+            true,
+        );
         let row = row.clone();
         let Some(task) = self.tasks[slot].take() else {
             return false;
@@ -1013,14 +1043,20 @@ fn checkpoint_of(
 
 /// Makes `image`, just taken of `process` (attempt `attempt`) waiting as `waiting`, the latest
 /// checkpoint in `row`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "what a checkpoint is made of: the task, its image, its wait and its actor"
+)]
 fn taken(
     row: &mut StoredCheckpoint,
     process: &Process,
     attempt: u32,
     image: &crate::runtime::Image,
     waiting: Waiting,
+    actor: Option<crate::model::ActorState>,
     handed_over: bool,
 ) {
+    let (name, trap_exits) = actor.map_or((None, false), |actor| (actor.name, actor.trap_exits));
     let image: Arc<[u8]> = image.encode().into();
     row.attempt = attempt;
     row.refused = None;
@@ -1032,6 +1068,8 @@ fn taken(
         bytes: image.len() as u64,
         image: Some(image),
         handed_over,
+        name,
+        trap_exits,
     });
 }
 

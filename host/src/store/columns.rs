@@ -191,6 +191,8 @@ pub(super) fn checkpoint_meta(row: &StoredCheckpoint) -> String {
             "until": nanos(taken.waiting.until()),
             "bytes": taken.bytes,
             "handed_over": taken.handed_over,
+            "name": taken.name,
+            "trap_exits": taken.trap_exits,
         })
     });
     serde_json::json!({
@@ -244,6 +246,8 @@ pub(super) fn checkpoint_of(
                 image: image.map(Arc::from),
                 bytes: u64_of(&taken["bytes"])?,
                 handed_over: taken["handed_over"].as_bool().unwrap_or(false),
+                name: taken["name"].as_str().map(str::to_owned),
+                trap_exits: taken["trap_exits"].as_bool().unwrap_or(false),
             })
         }
         _ => None,
@@ -337,6 +341,8 @@ mod tests {
                 image: Some(Arc::from(&b"image"[..])),
                 bytes: 5,
                 handed_over: true,
+                name: Some("cache".into()),
+                trap_exits: true,
             }),
             refused: Some("why".into()),
             resumes: 1,
