@@ -502,15 +502,22 @@ async fn a_task_holding_a_call_is_not_checkpointed_and_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resumed_task_has_its_name_back() {
+async fn a_resumed_task_has_its_name_and_monitors_back() {
     let dir = temp_dir("checkpoint-name");
     let argv = args(&dir, "");
     let mut host = start(&argv).await;
+    // Runs again from its start after the crash (no checkpoint), and ends a few seconds later.
+    let target = host
+        .spawn(json!({"name": "target", "worker": "actor", "duration": 0,
+            "payload": {"script": [{"op": "sleep", "ms": 3000}]}}))
+        .await;
     let pid = host
         .spawn(json!({"name": "named", "worker": "actor", "duration": 0,
             "checkpoint": "every step", "payload": {"script": [
                 {"op": "register", "name": "keeper"}, {"op": "trap_exits", "on": true},
-                {"op": "sleep", "ms": 1500}, {"op": "sleep", "ms": 1500}]}}))
+                {"op": "monitor", "pid": target},
+                {"op": "sleep", "ms": 1500}, {"op": "sleep", "ms": 1500},
+                {"op": "receive", "timeout_ms": 20000}]}}))
         .await;
     wait_for(&host, &pid, "a checkpoint", |record| {
         record["checkpoint"]["step"].is_u64()
@@ -533,5 +540,13 @@ async fn a_resumed_task_has_its_name_back() {
     }
     let record = host.wait_end(&pid).await;
     assert_eq!(record["status"], "exited", "{record}");
+    // Monitored again as it resumed: the target's end reached it.
+    let lines = common::workers::logged(&host, &pid).await;
+    let received = lines
+        .iter()
+        .find(|line| line["op"] == "receive")
+        .expect("a receive line");
+    assert_eq!(received["got"], "down", "{lines:?}");
+    assert_eq!(received["end"]["pid"], target.as_str(), "{lines:?}");
     host.stop();
 }

@@ -691,6 +691,14 @@ impl Actors {
         })
     }
 
+    /// The tasks `pid` monitors, still live as far as it knows.
+    pub fn monitoring(&self, pid: Pid) -> Vec<Pid> {
+        self.shard(pid)
+            .get(&pid)
+            .map(|actor| actor.monitoring.clone())
+            .unwrap_or_default()
+    }
+
     /// How `pid` ended, if it ended recently enough to be remembered here.
     pub fn recent_end(&self, pid: Pid) -> Option<Arc<EndNotice>> {
         self.recent(pid).ends.get(&pid).cloned()

@@ -147,6 +147,10 @@ pub struct Taken {
     pub name: Option<String>,
     /// Whether it trapped exits then.
     pub trap_exits: bool,
+    /// The tasks it was linked to, and those it monitored, then: linked and monitored again
+    /// when it resumes (one that ended meanwhile sends its exit, or its `down`, at once).
+    pub links: Vec<Pid>,
+    pub monitors: Vec<Pid>,
 }
 
 /// A resumption from a checkpoint.

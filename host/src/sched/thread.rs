@@ -541,12 +541,29 @@ impl SchedulerThread {
         // Its name and whether it traps exits, as they were: a name taken meanwhile stays
         // with whoever took it.
         self.lanes.actors.set_trap_exits(pid, taken.trap_exits);
-        if let Some(name) = taken.name.clone()
-            && let Some(kernel) = self.lanes.kernel.get().and_then(std::sync::Weak::upgrade)
-            && let Err(error) = crate::runtime::answer_now(kernel.register(pid, name.clone()))
-        {
-            tracing::warn!(pid = %pid, name, ?error,
-                "a resumed task's name could not be registered again");
+        if let Some(kernel) = self.lanes.kernel.get().and_then(std::sync::Weak::upgrade) {
+            if let Some(name) = taken.name.clone()
+                && let Err(error) = crate::runtime::answer_now(kernel.register(pid, name.clone()))
+            {
+                tracing::warn!(pid = %pid, name, ?error,
+                    "a resumed task's name could not be registered again");
+            }
+            // Linked and monitored again: a task that ended meanwhile sends its exit or its
+            // `down` now, as it would have then.
+            for linked in &taken.links {
+                let linked = linked.to_string();
+                if let Err(error) = crate::runtime::answer_now(kernel.link(pid, linked.clone())) {
+                    tracing::debug!(pid = %pid, linked, ?error, "a resumed task's link not made");
+                }
+            }
+            for watched in &taken.monitors {
+                let watched = watched.to_string();
+                if let Err(error) = crate::runtime::answer_now(kernel.monitor(pid, watched.clone()))
+                {
+                    tracing::debug!(pid = %pid, watched, ?error,
+                        "a resumed task's monitor not set");
+                }
+            }
         }
         let in_time = |until: SystemTime| {
             Instant::now() + until.duration_since(SystemTime::now()).unwrap_or_default()
@@ -606,7 +623,7 @@ impl SchedulerThread {
         let row = &mut checkpointing.row;
         match checkpoint_of(&self.lanes.actors, task.pid, &mut task.process) {
             Ok(image) => {
-                let actor = self.lanes.actors.info(task.pid);
+                let actor = actor_of(&self.lanes.actors, task.pid);
                 taken(
                     row,
                     &task.process,
@@ -944,7 +961,7 @@ impl SchedulerThread {
             }
         };
         let row = &mut checkpointing.row;
-        let actor = self.lanes.actors.info(task.pid);
+        let actor = actor_of(&self.lanes.actors, task.pid);
         taken(
             row,
             &task.process,
@@ -1025,6 +1042,16 @@ impl SchedulerThread {
     }
 }
 
+/// What a checkpoint keeps of task `pid` as an actor: its state, and the tasks it monitors.
+fn actor_of(
+    actors: &crate::actor::Actors,
+    pid: Pid,
+) -> Option<(crate::model::ActorState, Vec<Pid>)> {
+    actors
+        .info(pid)
+        .map(|state| (state, actors.monitoring(pid)))
+}
+
 /// A checkpoint of task `pid`'s `process`, between two steps; refused while the task holds
 /// calls, made or taken, which live in the host (`actors`) and would not be carried.
 fn checkpoint_of(
@@ -1053,10 +1080,13 @@ fn taken(
     attempt: u32,
     image: &crate::runtime::Image,
     waiting: Waiting,
-    actor: Option<crate::model::ActorState>,
+    actor: Option<(crate::model::ActorState, Vec<Pid>)>,
     handed_over: bool,
 ) {
-    let (name, trap_exits) = actor.map_or((None, false), |actor| (actor.name, actor.trap_exits));
+    let (name, trap_exits, links, monitors) = actor.map_or(
+        (None, false, Vec::new(), Vec::new()),
+        |(actor, monitors)| (actor.name, actor.trap_exits, actor.links, monitors),
+    );
     let image: Arc<[u8]> = image.encode().into();
     row.attempt = attempt;
     row.refused = None;
@@ -1070,6 +1100,8 @@ fn taken(
         handed_over,
         name,
         trap_exits,
+        links,
+        monitors,
     });
 }
 

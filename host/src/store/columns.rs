@@ -193,6 +193,8 @@ pub(super) fn checkpoint_meta(row: &StoredCheckpoint) -> String {
             "handed_over": taken.handed_over,
             "name": taken.name,
             "trap_exits": taken.trap_exits,
+            "links": taken.links.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "monitors": taken.monitors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })
     });
     serde_json::json!({
@@ -209,6 +211,18 @@ pub(super) fn checkpoint_meta(row: &StoredCheckpoint) -> String {
         })),
     })
     .to_string()
+}
+
+/// Pids written as an array of their text; none when absent (a row written before them),
+/// `None` if one does not read.
+fn pids_of(value: &serde_json::Value) -> Option<Vec<Pid>> {
+    match value {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str()?.parse().ok())
+            .collect(),
+        _ => Some(Vec::new()),
+    }
 }
 
 /// A checkpoint's row from its `meta` column and its image; `None` if `meta` does not read as
@@ -248,6 +262,8 @@ pub(super) fn checkpoint_of(
                 handed_over: taken["handed_over"].as_bool().unwrap_or(false),
                 name: taken["name"].as_str().map(str::to_owned),
                 trap_exits: taken["trap_exits"].as_bool().unwrap_or(false),
+                links: pids_of(&taken["links"])?,
+                monitors: pids_of(&taken["monitors"])?,
             })
         }
         _ => None,
@@ -343,6 +359,8 @@ mod tests {
                 handed_over: true,
                 name: Some("cache".into()),
                 trap_exits: true,
+                links: vec![Pid::new(3, 1)],
+                monitors: vec![Pid::new(3, 2), Pid::new(4, 7)],
             }),
             refused: Some("why".into()),
             resumes: 1,
