@@ -524,7 +524,8 @@ mod tests {
         }
     }
 
-    fn uninterrupted(module: &Module, payload: Option<&str>, duration: u32) -> (Transcript, usize) {
+    /// A task of `module` instantiated and started, with its transcript so far.
+    fn started(module: &Module, payload: Option<&str>, duration: u32) -> (Process, Transcript) {
         let name: Arc<str> = Arc::from(NAME);
         let mut transcript = Transcript::default();
         let mut process = module
@@ -532,6 +533,11 @@ mod tests {
             .expect("instantiate");
         let planned = process.start(&spec(&name, payload, duration));
         transcript.note(&process, format!("start {planned:?}"));
+        (process, transcript)
+    }
+
+    fn uninterrupted(module: &Module, payload: Option<&str>, duration: u32) -> (Transcript, usize) {
+        let (mut process, mut transcript) = started(module, payload, duration);
         let before = transcript.0.len();
         drive(&mut process, Wake::Started, &mut transcript, None);
         let steps = transcript
@@ -552,12 +558,7 @@ mod tests {
         k: usize,
     ) -> Result<Transcript, Refused> {
         let name: Arc<str> = Arc::from(NAME);
-        let mut transcript = Transcript::default();
-        let mut process = module
-            .instantiate(Pid::new(7, 1), TaskLimits::unlimited())
-            .expect("instantiate");
-        let planned = process.start(&spec(&name, payload, duration));
-        transcript.note(&process, format!("start {planned:?}"));
+        let (mut process, mut transcript) = started(module, payload, duration);
         let Some(wake) = drive(&mut process, Wake::Started, &mut transcript, Some(k)) else {
             panic!("ended before step {k}");
         };
