@@ -317,6 +317,21 @@ async fn another_host_of_a_cluster_resumes_a_checkpointed_task_its_host_lost_or_
     let handed = c
         .spawn(json!({"name": "handed", "duration": 6, "checkpoint": "every 1h"}))
         .await;
+    // With what its mailbox holds: sent while it sleeps, taken on the host that resumes it.
+    let keeper = c
+        .spawn(json!({"name": "keeper", "worker": "actor", "duration": 0,
+            "checkpoint": "every 1h", "payload": {"script": [
+                {"op": "sleep", "ms": 4000},
+                {"op": "receive", "timeout_ms": 20000},
+                {"op": "receive", "timeout_ms": 500}]}}))
+        .await;
+    let (status, answer) = c
+        .post(
+            &format!("/api/tasks/{keeper}/messages"),
+            json!({"kept": true}),
+        )
+        .await;
+    assert!(status == 202 || status == 200, "{status} {answer}");
     wait_for(&a, &handed, "step 2", |record| {
         record["step"].as_u64() >= Some(2)
     })
@@ -333,6 +348,18 @@ async fn another_host_of_a_cluster_resumes_a_checkpointed_task_its_host_lost_or_
         let line = format!("Worker progress step={step} total=6");
         assert_eq!(count(&lines, &line), 1, "{line}: {lines:?}");
     }
+    let record = a.wait_end(&keeper).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["checkpoint"]["handed_over"], true, "{record}");
+    let lines = common::workers::logged(&a, &keeper).await;
+    assert_eq!(
+        received(&lines),
+        [
+            "message {\"kept\":true} from null".to_owned(),
+            "Some(\"timeout\")".to_owned()
+        ],
+        "{lines:?}"
+    );
 }
 
 /// `POST path` with the admin token: the status and the JSON answer.
@@ -549,4 +576,81 @@ async fn a_resumed_task_has_its_name_and_monitors_back() {
     assert_eq!(received["got"], "down", "{lines:?}");
     assert_eq!(received["end"]["pid"], target.as_str(), "{lines:?}");
     host.stop();
+}
+
+/// The entries a task's `receive` lines say it got, as `got` and what it got: a message's
+/// body, a `down`'s pid.
+fn received(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|line| line["op"] == "receive")
+        .map(|line| match line["got"].as_str() {
+            Some("message") => format!("message {} from {}", line["body"], line["sender"]),
+            Some("down") => format!("down {}", line["end"]["pid"].as_str().unwrap_or("?")),
+            got => format!("{got:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_carries_the_mailbox_across_a_crash_and_a_hand_over() {
+    let dir = temp_dir("checkpoint-mailbox");
+    let mut argv = args(&dir, "");
+    argv.extend(["--shutdown-grace-secs", "0"].map(String::from));
+    for (policy, how) in [("every step", "crash"), ("every 1h", "hand over")] {
+        let mut host = start(&argv).await;
+        let target = host
+            .spawn(json!({"name": "target", "worker": "actor", "duration": 0,
+                "payload": {"script": [{"op": "sleep", "ms": 200}]}}))
+            .await;
+        // Its mailbox fills while it sleeps; it receives only after the host is gone.
+        let pid = host
+            .spawn(json!({"name": "keeper", "worker": "actor", "duration": 0,
+                "checkpoint": policy, "payload": {"script": [
+                    {"op": "monitor", "pid": target},
+                    {"op": "sleep", "ms": 2500}, {"op": "sleep", "ms": 2500},
+                    {"op": "receive", "timeout_ms": 20000},
+                    {"op": "receive", "timeout_ms": 20000},
+                    {"op": "receive", "timeout_ms": 20000},
+                    {"op": "receive", "timeout_ms": 500}]}}))
+            .await;
+        host.wait_end(&target).await;
+        for n in 1..=2 {
+            let (status, answer) = host
+                .post(&format!("/api/tasks/{pid}/messages"), json!({"n": n}))
+                .await;
+            assert!(status == 202 || status == 200, "{how}: {status} {answer}");
+        }
+        if how == "crash" {
+            // The checkpoint after its second step holds the `down` and both messages.
+            wait_for(&host, &pid, "a checkpoint of its mailbox", |record| {
+                record["checkpoint"]["mailbox"] == 3
+            })
+            .await;
+            host.crash();
+        } else {
+            host.terminate();
+            assert!(host.wait_exit().success(), "a clean exit");
+        }
+
+        let mut host = start(&argv).await;
+        let record = host.wait_end(&pid).await;
+        assert_eq!(record["status"], "exited", "{how}: {record}");
+        assert_eq!(record["checkpoint"]["resumes"], 1, "{how}: {record}");
+        assert_eq!(record["attempt"], 1, "{how}: {record}");
+        // Each entry once, in the order it came, and nothing more (the monitor, whose
+        // target had ended, is not set again).
+        let lines = common::workers::logged(&host, &pid).await;
+        assert_eq!(
+            received(&lines),
+            [
+                format!("down {target}"),
+                "message {\"n\":1} from null".to_owned(),
+                "message {\"n\":2} from null".to_owned(),
+                "Some(\"timeout\")".to_owned(),
+            ],
+            "{how}: {lines:?}"
+        );
+        host.stop();
+    }
 }

@@ -7,7 +7,7 @@
 //! when it is accepted (so it can be sent to while it waits for a place) and removed when its
 //! end is recorded; between attempts of a restarted task it stays, mailbox and all. Mailboxes
 //! live in memory only: a task run again after a crash starts with an empty one, as an Erlang
-//! process does.
+//! process does, unless it resumes from a checkpoint, which carries its mailbox (`carry`).
 //!
 //! What one task may make the host hold is bounded here, per task and in all: a mailbox holds
 //! at most `max_messages` messages and `max_mailbox_bytes` bytes of messages and notices, all
@@ -21,6 +21,7 @@
 //! get wrong.
 
 mod calls;
+mod carry;
 mod kernel;
 mod scope;
 mod tree;

@@ -151,6 +151,50 @@ pub struct Taken {
     /// when it resumes (one that ended meanwhile sends its exit, or its `down`, at once).
     pub links: Vec<Pid>,
     pub monitors: Vec<Pid>,
+    /// What its mailbox held then, oldest first, put back when it resumes. Calls waiting
+    /// there are not carried: whoever waits for their answer is on the host they were made on.
+    pub mailbox: Vec<Carried>,
+}
+
+/// An entry of a task's mailbox as a checkpoint carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub kind: CarriedKind,
+    /// A message's sender (none: an HTTP client), or the task whose end a notice tells.
+    pub from: Option<Pid>,
+    /// A message's body, or a notice's end as JSON (`{status, outcome, exit_code, error,
+    /// result}`).
+    pub body: String,
+}
+
+/// What kind of mailbox entry a [`Carried`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CarriedKind {
+    Message,
+    /// A monitored task's end.
+    Down,
+    /// A linked task's abnormal end, trapped.
+    LinkedExit,
+}
+
+impl CarriedKind {
+    /// Its name, as the store writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Down => "down",
+            Self::LinkedExit => "linked_exit",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "message" => Some(Self::Message),
+            "down" => Some(Self::Down),
+            "linked_exit" => Some(Self::LinkedExit),
+            _ => None,
+        }
+    }
 }
 
 /// A resumption from a checkpoint.
@@ -187,6 +231,7 @@ impl StoredCheckpoint {
             taken_at: taken.map(|taken| taken.at),
             bytes: taken.map(|taken| taken.bytes),
             waiting: taken.map(|taken| taken.waiting.kind()),
+            mailbox: taken.map(|taken| taken.mailbox.len()),
             handed_over: taken.is_some_and(|taken| taken.handed_over),
             refused: self.refused.clone(),
             resumes: self.resumes,
@@ -213,6 +258,8 @@ pub struct CheckpointView {
     pub bytes: Option<u64>,
     /// What the task waited for then: `sleep`, `receive` or `await`.
     pub waiting: Option<&'static str>,
+    /// Entries its mailbox held then, carried with it.
+    pub mailbox: Option<usize>,
     /// Whether it was taken as the host shut down, to hand the task on.
     pub handed_over: bool,
     /// Why the latest checkpoint due was not taken (the task then runs again from its start

@@ -13,7 +13,10 @@ mod text;
 pub(crate) mod time;
 mod units;
 
-pub use checkpoint::{CheckpointPolicy, CheckpointView, Resumed, StoredCheckpoint, Taken, Waiting};
+pub use checkpoint::{
+    Carried, CarriedKind, CheckpointPolicy, CheckpointView, Resumed, StoredCheckpoint, Taken,
+    Waiting,
+};
 pub use json::JsonText;
 pub use log::{LogLine, LogSource, TaskLogs};
 pub use pid::Pid;

@@ -15,7 +15,7 @@ use super::{Job, Lane, Lanes};
 use crate::actor::{Awaited, Reply, Wake};
 use crate::ledger::{Ending, FreshLogs, Ledger, Progress};
 use crate::model::{
-    CheckpointPolicy, Pid, Printable, Resumed, StoredCheckpoint, Taken, TaskEnd, Waiting,
+    Carried, CheckpointPolicy, Pid, Printable, Resumed, StoredCheckpoint, Taken, TaskEnd, Waiting,
 };
 use crate::runtime::{Next, Process, StartSpec, TaskLimits};
 
@@ -538,6 +538,9 @@ impl SchedulerThread {
             begun,
             Some(checkpointing),
         );
+        // Its mailbox as it was, before whatever was sent to it since: a `receive` below
+        // takes from it.
+        self.lanes.actors.restore(pid, taken.mailbox.clone());
         // Its name and whether it traps exits, as they were: a name taken meanwhile stays
         // with whoever took it.
         self.lanes.actors.set_trap_exits(pid, taken.trap_exits);
@@ -583,7 +586,7 @@ impl SchedulerThread {
                 waiting = Some(taken.waiting);
             }
             Waiting::Receive { until } => {
-                // Its mailbox went with the lost host; anything sent since is taken.
+                // Its mailbox as the checkpoint carried it, then what was sent since.
                 match self.lanes.actors.take(pid, true) {
                     Some(entry) => self.ready.push_back((slot, seq, Wake::Entry(entry))),
                     None => {
@@ -1042,14 +1045,21 @@ impl SchedulerThread {
     }
 }
 
-/// What a checkpoint keeps of task `pid` as an actor: its state, and the tasks it monitors.
-fn actor_of(
-    actors: &crate::actor::Actors,
-    pid: Pid,
-) -> Option<(crate::model::ActorState, Vec<Pid>)> {
-    actors
-        .info(pid)
-        .map(|state| (state, actors.monitoring(pid)))
+/// What a checkpoint keeps of a task as an actor.
+struct ActorPart {
+    state: crate::model::ActorState,
+    /// The tasks it monitors.
+    monitors: Vec<Pid>,
+    mailbox: Vec<Carried>,
+}
+
+/// What a checkpoint keeps of task `pid` as an actor.
+fn actor_of(actors: &crate::actor::Actors, pid: Pid) -> Option<ActorPart> {
+    actors.info(pid).map(|state| ActorPart {
+        state,
+        monitors: actors.monitoring(pid),
+        mailbox: actors.carried(pid),
+    })
 }
 
 /// A checkpoint of task `pid`'s `process`, between two steps; refused while the task holds
@@ -1080,13 +1090,19 @@ fn taken(
     attempt: u32,
     image: &crate::runtime::Image,
     waiting: Waiting,
-    actor: Option<(crate::model::ActorState, Vec<Pid>)>,
+    actor: Option<ActorPart>,
     handed_over: bool,
 ) {
-    let (name, trap_exits, links, monitors) = actor.map_or(
-        (None, false, Vec::new(), Vec::new()),
-        |(actor, monitors)| (actor.name, actor.trap_exits, actor.links, monitors),
-    );
+    let (name, trap_exits, links, monitors, mailbox) =
+        actor.map_or((None, false, Vec::new(), Vec::new(), Vec::new()), |actor| {
+            (
+                actor.state.name,
+                actor.state.trap_exits,
+                actor.state.links,
+                actor.monitors,
+                actor.mailbox,
+            )
+        });
     let image: Arc<[u8]> = image.encode().into();
     row.attempt = attempt;
     row.refused = None;
@@ -1102,6 +1118,7 @@ fn taken(
         trap_exits,
         links,
         monitors,
+        mailbox,
     });
 }
 

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::StoreError;
 use crate::model::{
-    Attempt, CheckpointPolicy, LogLine, LogSource, Outcome, Pid, Resumed, Status, StoredCheckpoint,
-    Taken, TaskEnd, Waiting,
+    Attempt, Carried, CarriedKind, CheckpointPolicy, LogLine, LogSource, Outcome, Pid, Resumed,
+    Status, StoredCheckpoint, Taken, TaskEnd, Waiting,
 };
 
 pub(super) fn nanos(at: SystemTime) -> i64 {
@@ -195,6 +195,11 @@ pub(super) fn checkpoint_meta(row: &StoredCheckpoint) -> String {
             "trap_exits": taken.trap_exits,
             "links": taken.links.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "monitors": taken.monitors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "mailbox": taken.mailbox.iter().map(|entry| serde_json::json!({
+                "kind": entry.kind.as_str(),
+                "from": entry.from.map(|from| from.to_string()),
+                "body": entry.body,
+            })).collect::<Vec<_>>(),
         })
     });
     serde_json::json!({
@@ -223,6 +228,27 @@ fn pids_of(value: &serde_json::Value) -> Option<Vec<Pid>> {
             .collect(),
         _ => Some(Vec::new()),
     }
+}
+
+/// A mailbox written as an array of `{kind, from, body}`; empty when absent (a row written
+/// before mailboxes were carried), `None` if an entry does not read.
+fn mailbox_of(value: &serde_json::Value) -> Option<Vec<Carried>> {
+    let serde_json::Value::Array(entries) = value else {
+        return Some(Vec::new());
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            Some(Carried {
+                kind: CarriedKind::parse(entry["kind"].as_str()?)?,
+                from: match &entry["from"] {
+                    serde_json::Value::Null => None,
+                    from => Some(from.as_str()?.parse().ok()?),
+                },
+                body: entry["body"].as_str()?.to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// A checkpoint's row from its `meta` column and its image; `None` if `meta` does not read as
@@ -264,6 +290,7 @@ pub(super) fn checkpoint_of(
                 trap_exits: taken["trap_exits"].as_bool().unwrap_or(false),
                 links: pids_of(&taken["links"])?,
                 monitors: pids_of(&taken["monitors"])?,
+                mailbox: mailbox_of(&taken["mailbox"])?,
             })
         }
         _ => None,
@@ -361,6 +388,18 @@ mod tests {
                 trap_exits: true,
                 links: vec![Pid::new(3, 1)],
                 monitors: vec![Pid::new(3, 2), Pid::new(4, 7)],
+                mailbox: vec![
+                    Carried {
+                        kind: CarriedKind::Message,
+                        from: None,
+                        body: "{\"n\": \"é\"}".into(),
+                    },
+                    Carried {
+                        kind: CarriedKind::Down,
+                        from: Some(Pid::new(3, 2)),
+                        body: "{\"status\":\"exited\"}".into(),
+                    },
+                ],
             }),
             refused: Some("why".into()),
             resumes: 1,

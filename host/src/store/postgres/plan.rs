@@ -507,14 +507,7 @@ impl<'a> Plan<'a> {
                     ),
                     Forward::Exit { from, notice } => {
                         let from = key(*from);
-                        let body = serde_json::json!({
-                            "status": notice.status.map(|status| status.as_str()),
-                            "outcome": notice.outcome.map(|outcome| outcome.as_str()),
-                            "exit_code": notice.exit_code,
-                            "error": notice.error,
-                            "result": notice.result,
-                        })
-                        .to_string();
+                        let body = notice.to_json().to_string();
                         self.push(
                             &s.forward_exit,
                             vec![
