@@ -654,3 +654,107 @@ async fn a_checkpoint_carries_the_mailbox_across_a_crash_and_a_hand_over() {
         host.stop();
     }
 }
+
+/// The notices a task's log says it got: `down` or `linked_exit`, the pid and how it ended.
+fn told(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|line| line["got"] == "down" || line["got"] == "linked_exit")
+        .map(|line| {
+            let end = &line["end"];
+            format!(
+                "{} {} {} {}",
+                line["got"].as_str().unwrap_or("?"),
+                end["pid"].as_str().unwrap_or("?"),
+                end["outcome"].as_str().unwrap_or("?"),
+                end["exit_code"]
+            )
+        })
+        .collect()
+}
+
+/// A task that monitors `target` and waits for its `down`, then for nothing (so a second
+/// `down` would show).
+fn watcher(target: &str, checkpoint: &str) -> Value {
+    json!({"name": "watcher", "worker": "actor", "duration": 0, "checkpoint": checkpoint,
+        "payload": {"script": [{"op": "monitor", "pid": target},
+            {"op": "receive", "timeout_ms": 30000}, {"op": "receive", "timeout_ms": 1000}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_handed_on_at_a_shutdown_is_still_monitored_when_both_resume() {
+    let dir = temp_dir("checkpoint-watched");
+    let mut argv = args(&dir, "");
+    argv.extend(["--shutdown-grace-secs", "0"].map(String::from));
+    let mut host = start(&argv).await;
+    let target = host
+        .spawn(json!({"name": "target", "worker": "actor", "duration": 0,
+            "checkpoint": "every 1h", "payload": {"script": [{"op": "sleep", "ms": 3000}]}}))
+        .await;
+    let watching = host.spawn(watcher(&target, "every 1h")).await;
+    wait_for(&host, &watching, "monitoring", |record| {
+        record["actor"]["monitors"] == 1
+    })
+    .await;
+    host.terminate();
+    assert!(host.wait_exit().success(), "a clean exit");
+
+    let mut host = start(&argv).await;
+    let record = host.wait_end(&watching).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["checkpoint"]["resumes"], 1, "{record}");
+    let target_record = host.wait_end(&target).await;
+    assert_eq!(target_record["checkpoint"]["resumes"], 1, "{target_record}");
+    // Told once, of the real end, not of the shutdown.
+    let lines = common::workers::logged(&host, &watching).await;
+    assert_eq!(told(&lines), [format!("down {target} exit 0")], "{lines:?}");
+    host.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_task_stays_monitored_and_linked_from_the_host_it_left() {
+    let url = common::postgres::fresh_database("drain_watch");
+    let a = start_host(&url, "a", TOKEN, "", &[]).await;
+    let b = start_host(&url, "b", TOKEN, "", &[]).await;
+    // On b: a task that moves, and one that stays and monitors it.
+    let target = b
+        .spawn(json!({"name": "target", "worker": "actor", "duration": 0,
+            "checkpoint": "every step", "payload": {"script": [
+                {"op": "sleep", "ms": 2000}, {"op": "sleep", "ms": 1000},
+                {"op": "exit", "code": 3}]}}))
+        .await;
+    let watching = b.spawn(watcher(&target, "off")).await;
+    let linked = b
+        .spawn(json!({"name": "linked", "worker": "actor", "duration": 0,
+            "payload": {"script": [{"op": "trap_exits", "on": true},
+                {"op": "link", "pid": target},
+                {"op": "receive", "timeout_ms": 30000}, {"op": "receive", "timeout_ms": 1000}]}}))
+        .await;
+    wait_for(&b, &watching, "monitoring", |record| {
+        record["actor"]["monitors"] == 1
+    })
+    .await;
+    wait_for(&b, &linked, "linked", |record| {
+        record["actor"]["links"]
+            .as_array()
+            .is_some_and(|links| links.len() == 1)
+    })
+    .await;
+    let (status, drained) = admin_post(&a, "/api/cluster/nodes/b/drain").await;
+    assert_eq!(status, 200, "{drained}");
+    assert_eq!(drained["handed_over"], 1, "{drained}");
+    let record = a.wait_end(&target).await;
+    assert_eq!(record["exit_code"], 3, "{record}");
+    assert_eq!(record["checkpoint"]["resumes"], 1, "{record}");
+    // The tasks still on b were told of the end where the task went on, and of no other.
+    for (pid, got) in [(&watching, "down"), (&linked, "linked_exit")] {
+        let record = a.wait_end(pid).await;
+        assert_eq!(record["status"], "exited", "{record}");
+        let lines = common::workers::logged(&a, pid).await;
+        assert_eq!(
+            told(&lines),
+            [format!("{got} {target} exit 3")],
+            "{lines:?}"
+        );
+    }
+}

@@ -71,7 +71,66 @@ impl Entry {
     }
 }
 
+/// What must follow a task's leaving this host with its checkpoint.
+#[derive(Debug, Default)]
+pub struct Moved {
+    /// Callers of the calls still in its mailbox, answered that the task was lost to them, to
+    /// wake.
+    pub wake: Vec<Pid>,
+    /// Tasks here that monitor it, and tasks here linked to it: in a cluster they watch it
+    /// where it goes on (a task here learns of its end as of any task of another host's).
+    pub watchers: Vec<Pid>,
+    pub links: Vec<Pid>,
+}
+
 impl Actors {
+    /// Forgets task `pid`, which leaves this host with its checkpoint (handed on at a shutdown
+    /// or a drain) and goes on elsewhere: unlike [`Actors::ended`], nobody is told it ended.
+    /// The tasks here that monitor it or are linked to it keep it in their lists, so their
+    /// own checkpoints carry it, and a check of another host's task settles what they are
+    /// told; it is linked and monitors again where it resumes. Calls in its mailbox cannot
+    /// follow it: their callers are answered `host_lost`.
+    pub fn moved(&self, pid: Pid, attempt: u32) -> Moved {
+        let Some(mut actor) = self.leave(pid) else {
+            return Moved::default();
+        };
+        let notice = Arc::new(EndNotice::of(
+            pid,
+            &crate::model::TaskEnd::host_lost(attempt),
+        ));
+        let wake = self.end_calls(&mut actor, &notice);
+        // The monitors it held go with it, made again where it resumes.
+        for target in actor.monitoring {
+            if let Some(watched) = self.shard(target).get_mut(&target) {
+                super::forget_one(&mut watched.watchers, pid);
+            }
+        }
+        Moved {
+            wake,
+            watchers: actor.watchers,
+            links: actor.links,
+        }
+    }
+
+    /// Counts `target`, a task of another host (or of the cluster's queue) that `watcher`
+    /// monitors from afar, among the tasks it monitors, so that its checkpoint carries it.
+    pub fn monitor_remote(&self, watcher: Pid, target: Pid) {
+        if let Some(actor) = self.shard(watcher).get_mut(&watcher)
+            && !actor.monitoring.contains(&target)
+        {
+            actor.monitoring.push(target);
+        }
+    }
+
+    /// Tells `watcher` of the end of `notice.pid`, which it monitored from afar: a `down`,
+    /// past the bound, and the monitor forgotten. `Some(true)`: it must be woken.
+    pub fn down_remote(&self, watcher: Pid, notice: Arc<EndNotice>) -> Option<bool> {
+        let mut shard = self.shard(watcher);
+        let actor = shard.get_mut(&watcher)?;
+        super::forget_one(&mut actor.monitoring, notice.pid);
+        Some(actor.notify(Entry::Down(notice), &self.total_bytes))
+    }
+
     /// What task `pid`'s mailbox holds, oldest first, as its checkpoint carries it.
     pub fn carried(&self, pid: Pid) -> Vec<Carried> {
         self.shard(pid).get(&pid).map_or_else(Vec::new, |actor| {
@@ -173,5 +232,49 @@ mod tests {
         // What it held is counted, and given back as it is taken.
         assert_eq!(other.mailboxes_bytes(), 0);
         assert_eq!(other.restore(pid(9), Vec::new()), None);
+    }
+
+    #[test]
+    fn a_task_that_moves_is_still_watched_and_linked_and_its_callers_are_answered() {
+        let actors = limited();
+        let (task, watcher, linked, watched) = (pid(1), pid(2), pid(3), pid(4));
+        for each in [task, watcher, linked, watched] {
+            actors.enter(each);
+        }
+        assert_eq!(actors.monitor(watcher, task), Ok(true));
+        assert_eq!(actors.link(linked, task), Ok(true));
+        assert_eq!(actors.monitor(task, watched), Ok(true));
+        assert_eq!(actors.register(task, "mover"), Ok(()));
+        let (client, mut answer) = tokio::sync::oneshot::channel();
+        let caller = crate::actor::Caller::Client(client);
+        assert_eq!(
+            actors.put_call(task, None, "q".into(), caller, || {}),
+            Ok(false)
+        );
+
+        let moved = actors.moved(task, 1);
+        assert_eq!(moved.watchers, [watcher]);
+        assert_eq!(moved.links, [linked]);
+        assert!(!actors.holds(task));
+        assert_eq!(actors.whereis("mover"), None);
+        // Nobody was told it ended; they keep it, for their own checkpoints.
+        assert_eq!(actors.monitoring(watcher), [task]);
+        assert!(actors.linked(linked, task));
+        assert_eq!(actors.take(watcher, false), None);
+        assert_eq!(actors.take(linked, false), None);
+        // What it monitored forgets it; the call in its mailbox is answered.
+        actors.ended(watched, &TaskEnd::exited(0), drop);
+        assert_eq!(actors.take(task, false), None);
+        match answer.try_recv() {
+            Ok(crate::actor::Reply::Ended(end)) => {
+                assert_eq!(end.outcome, Some(Outcome::HostLost));
+            }
+            other => panic!("the caller got {other:?}"),
+        }
+        // Told from afar of its end, a watcher forgets the monitor.
+        let end = Arc::new(EndNotice::of(task, &TaskEnd::exited(0)));
+        assert_eq!(actors.down_remote(watcher, end), Some(false));
+        assert!(actors.monitoring(watcher).is_empty());
+        assert!(matches!(actors.take(watcher, false), Some(Entry::Down(_))));
     }
 }

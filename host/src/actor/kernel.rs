@@ -144,4 +144,9 @@ pub trait Kernel: Send + Sync + std::fmt::Debug {
     /// Tells `linked`, which another host of the cluster holds, of the abnormal end `notice`
     /// of a task linked to it. A host alone has no such tasks.
     fn exit_remote(&self, _linked: Pid, _notice: &EndNotice) {}
+
+    /// Task `pid` left this host with its checkpoint, to go on elsewhere; `watchers` here
+    /// monitor it and `links` here are linked to it. In a cluster they watch it as a task of
+    /// another host; a host alone has nowhere for it to go but its next start.
+    fn moved(&self, _pid: Pid, _watchers: &[Pid], _links: &[Pid]) {}
 }

@@ -710,14 +710,10 @@ impl Actors {
         self.total_bytes.load(Ordering::Relaxed)
     }
 
-    /// Forgets a task that ends, and tells its monitors and linked tasks: each monitor gets
-    /// its `down`; each linked task either gets a `linked-exit` notice (it traps exits) or is
-    /// to be killed (abnormal ends only). `told` is called for each notice while its receiver
-    /// cannot take it yet. Returns what the caller must do next.
-    pub fn ended(&self, pid: Pid, end: &TaskEnd, mut told: impl FnMut(Told)) -> Aftermath {
-        let Some(mut actor) = self.shard(pid).remove(&pid) else {
-            return Aftermath::default();
-        };
+    /// Removes task `pid`'s entry as it leaves this host: what its mailbox held given back to
+    /// the total, its place in its tree and its name freed. The entry, to settle the rest.
+    fn leave(&self, pid: Pid) -> Option<Actor> {
+        let actor = self.shard(pid).remove(&pid)?;
         self.total_bytes.fetch_sub(actor.bytes, Ordering::AcqRel);
         if actor.root != pid {
             let root_live = self.holds(actor.root);
@@ -731,6 +727,17 @@ impl Actors {
                 names.remove(name);
             }
         }
+        Some(actor)
+    }
+
+    /// Forgets a task that ends, and tells its monitors and linked tasks: each monitor gets
+    /// its `down`; each linked task either gets a `linked-exit` notice (it traps exits) or is
+    /// to be killed (abnormal ends only). `told` is called for each notice while its receiver
+    /// cannot take it yet. Returns what the caller must do next.
+    pub fn ended(&self, pid: Pid, end: &TaskEnd, mut told: impl FnMut(Told)) -> Aftermath {
+        let Some(mut actor) = self.leave(pid) else {
+            return Aftermath::default();
+        };
         let notice = Arc::new(EndNotice::of(pid, end));
         {
             let mut recent = self.recent(pid);

@@ -514,6 +514,15 @@ impl Kernel for Host {
         self.reply_from_task(from, ticket, body)
     }
 
+    fn moved(&self, pid: Pid, watchers: &[Pid], links: &[Pid]) {
+        for watcher in watchers {
+            self.watch_queued(*watcher, pid, Watch::Monitor);
+        }
+        for linked in links {
+            self.watch_queued(*linked, pid, Watch::Link);
+        }
+    }
+
     fn exit_remote(&self, linked: Pid, notice: &EndNotice) {
         self.store.submit(
             vec![Change::Forward {

@@ -726,7 +726,10 @@ impl Host {
             unseen: 0,
         });
         match how {
-            Watch::Monitor => entry.watchers.push(watcher),
+            Watch::Monitor => {
+                self.actors.monitor_remote(watcher, target);
+                entry.watchers.push(watcher);
+            }
             Watch::Link if !entry.links.contains(&watcher) => entry.links.push(watcher),
             Watch::Link => {}
         }
@@ -829,11 +832,7 @@ impl Host {
                     continue;
                 }
                 self.events.down(watcher, target, notice.outcome_str());
-                if self
-                    .actors
-                    .notify(watcher, Entry::Down(Arc::clone(&notice)))
-                    == Some(true)
-                {
+                if self.actors.down_remote(watcher, Arc::clone(&notice)) == Some(true) {
                     self.scheduler.wake(watcher);
                 }
             }

@@ -316,12 +316,28 @@ impl Host {
             return Ok(());
         }
         let (mut rerun, mut resumed, mut failed, mut waiting) = (0u64, 0u64, 0u64, 0u64);
+        // Every recovered task has its mailbox before any runs, so that a task resumed from
+        // its checkpoint links to and monitors again the others as it was, whichever comes
+        // first.
+        let mut placing = Vec::new();
         for (record, spec) in unfinished {
-            match self.recover_task(record, spec) {
+            match self.recover_task(record, spec, &mut placing) {
                 Recovered::Rerun => rerun += 1,
                 Recovered::Resumed => resumed += 1,
                 Recovered::Failed => failed += 1,
                 Recovered::Waiting => waiting += 1,
+            }
+        }
+        for (job, scheduled) in placing {
+            let placed = if scheduled {
+                self.scheduler.schedule(job, false)
+            } else {
+                self.scheduler.readmit(job)
+            };
+            if let Err(job) = placed {
+                // Recovery runs before admission could close: this is a bug, and the task
+                // waits for the next start.
+                tracing::error!(pid = %job.pid, "a recovered task found admission closed");
             }
         }
         // What recovery decided (a new attempt, an end) is in the store before the API
@@ -341,7 +357,14 @@ impl Host {
         Ok(())
     }
 
-    fn recover_task(&self, record: TaskRecord, spec: TaskSpec) -> Recovered {
+    /// Decides what comes of one task the store holds unfinished: ended, or entered and
+    /// pushed onto `placing` (with whether it waits for its time) to be placed.
+    fn recover_task(
+        &self,
+        record: TaskRecord,
+        spec: TaskSpec,
+        placing: &mut Vec<(Job, bool)>,
+    ) -> Recovered {
         let pid = record.pid;
         let worker = Arc::clone(&record.worker);
         // An attempt that had started was lost with the host.
@@ -435,16 +458,7 @@ impl Host {
             checkpoint,
         );
         job.resume = resume;
-        let placed = if scheduled {
-            self.scheduler.schedule(job, false)
-        } else {
-            self.scheduler.readmit(job)
-        };
-        if let Err(job) = placed {
-            // Recovery runs before admission could close: this is a bug, and the task waits
-            // for the next start.
-            tracing::error!(pid = %job.pid, "a recovered task found admission closed");
-        }
+        placing.push((job, scheduled));
         if resumed {
             Recovered::Resumed
         } else if lost {

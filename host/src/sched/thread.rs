@@ -996,11 +996,16 @@ impl SchedulerThread {
             self.lanes.release_limits(&worker, key.as_ref());
         }
         self.lanes.release(permit);
-        // Its mailbox goes with this host, as a waiting task's does; the task keeps its place
+        // It goes on elsewhere, its mailbox, links and monitors with it: nobody here is told
+        // it ended; those watching it from here watch it where it goes. It keeps its place
         // in the store, running.
-        self.lanes
-            .actors
-            .ended(pid, &TaskEnd::host_lost(attempt), drop);
+        let moved = self.lanes.actors.moved(pid, attempt);
+        for woken in moved.wake {
+            self.lanes.wake(woken);
+        }
+        if let Some(kernel) = self.lanes.kernel.get().and_then(std::sync::Weak::upgrade) {
+            kernel.moved(pid, &moved.watchers, &moved.links);
+        }
         self.lane().interrupts.remove(pid);
         tracing::info!(pid = %pid, "Task checkpointed and handed on");
         true

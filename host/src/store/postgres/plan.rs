@@ -591,6 +591,9 @@ impl<'a> Plan<'a> {
                     .as_ref()
                     .and_then(|taken| taken.image.as_deref())
                     .map(<[u8]>::to_vec);
+                // Fenced as the task's other writes are: a host that lost the task to
+                // another (its lease ran out) writes over no checkpoint of the new holder's.
+                // Written while no host holds it (accepted, handed on) or once it ended.
                 self.push(
                     &s.checkpoint,
                     vec![
@@ -598,8 +601,9 @@ impl<'a> Plan<'a> {
                         Box::new(seq),
                         Box::new(checkpoint_meta(row)),
                         Box::new(image),
+                        Box::new(self.node),
                     ],
-                    Check::Nothing,
+                    Check::Fenced,
                 );
             }
             Change::Module { sha256, bytes } => self.push(
@@ -1234,7 +1238,10 @@ impl Statements {
             .await?;
         let checkpoint = client
             .prepare(
-                "INSERT INTO checkpoints (boot, seq, meta, image) VALUES ($1, $2, $3, $4)
+                "INSERT INTO checkpoints (boot, seq, meta, image)
+                 SELECT $1, $2, $3, $4
+                 WHERE NOT EXISTS (SELECT 1 FROM runs
+                    WHERE boot = $1 AND seq = $2 AND owner IS NOT NULL AND owner <> $5)
                  ON CONFLICT (boot, seq) DO UPDATE SET meta = EXCLUDED.meta,
                     image = EXCLUDED.image",
             )
