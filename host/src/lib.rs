@@ -28,6 +28,7 @@
 mod actor;
 mod api;
 mod app;
+pub mod cli;
 mod config;
 mod events;
 mod host;

@@ -1,11 +1,19 @@
-//! The `http-spawn` binary: parse the configuration, install logging, bind, serve until ctrl-c
-//! or SIGTERM.
+//! The `http-spawn` binary: with a client subcommand (`ps`, `spawn`, `logs`, ...), talk to a
+//! host (`http_spawn::cli`); otherwise (no subcommand, or `serve`) parse the configuration,
+//! install logging, bind, serve until ctrl-c or SIGTERM.
+
+use std::ffi::OsString;
 
 use anyhow::Context as _;
 use http_spawn::{Config, ConfigError};
 
 fn main() -> anyhow::Result<()> {
-    let config = match Config::from_args(std::env::args_os()) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if http_spawn::cli::is_client(&args) {
+        std::process::exit(http_spawn::cli::run(args));
+    }
+    let args = http_spawn::cli::serve_flags(&args).unwrap_or(args);
+    let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(ConfigError::Args(error)) => error.exit(),
         Err(error) => {

@@ -147,7 +147,14 @@ pub const CACHE_OFF: &str = "off";
 
 /// A WebAssembly-sandboxed task host: every task runs in its own wasmtime instance.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "http-spawn", version, about)]
+#[command(
+    name = "http-spawn",
+    version,
+    about,
+    after_help = "Client subcommands talk to a running host: spawn, ps, get, logs, kill, send, \
+                  call, events, workers, schedules, cluster, health, top, completions. See \
+                  `http-spawn help`."
+)]
 pub struct Config {
     /// Address the HTTP API listens on.
     #[arg(long, env = "HTTP_SPAWN_LISTEN", default_value = DEFAULT_LISTEN)]
