@@ -608,7 +608,7 @@ async fn a_checkpoint_carries_the_mailbox_across_a_crash_and_a_hand_over() {
             .spawn(json!({"name": "keeper", "worker": "actor", "duration": 0,
                 "checkpoint": policy, "payload": {"script": [
                     {"op": "monitor", "pid": target},
-                    {"op": "sleep", "ms": 2500}, {"op": "sleep", "ms": 2500},
+                    {"op": "sleep", "ms": 4000}, {"op": "sleep", "ms": 4000},
                     {"op": "receive", "timeout_ms": 20000},
                     {"op": "receive", "timeout_ms": 20000},
                     {"op": "receive", "timeout_ms": 20000},
@@ -689,7 +689,7 @@ async fn a_task_handed_on_at_a_shutdown_is_still_monitored_when_both_resume() {
     let mut host = start(&argv).await;
     let target = host
         .spawn(json!({"name": "target", "worker": "actor", "duration": 0,
-            "checkpoint": "every 1h", "payload": {"script": [{"op": "sleep", "ms": 3000}]}}))
+            "checkpoint": "every 1h", "payload": {"script": [{"op": "sleep", "ms": 6000}]}}))
         .await;
     let watching = host.spawn(watcher(&target, "every 1h")).await;
     wait_for(&host, &watching, "monitoring", |record| {
@@ -720,7 +720,7 @@ async fn a_drained_task_stays_monitored_and_linked_from_the_host_it_left() {
     let target = b
         .spawn(json!({"name": "target", "worker": "actor", "duration": 0,
             "checkpoint": "every step", "payload": {"script": [
-                {"op": "sleep", "ms": 2000}, {"op": "sleep", "ms": 1000},
+                {"op": "sleep", "ms": 4000}, {"op": "sleep", "ms": 2000},
                 {"op": "exit", "code": 3}]}}))
         .await;
     let watching = b.spawn(watcher(&target, "off")).await;

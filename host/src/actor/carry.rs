@@ -71,9 +71,35 @@ impl Entry {
     }
 }
 
+/// What a checkpoint carries of a task as an actor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carriage {
+    pub name: Option<String>,
+    pub trap_exits: bool,
+    /// The tasks linked to it, and those it monitors.
+    pub links: Vec<Pid>,
+    pub monitors: Vec<Pid>,
+    /// What its mailbox holds, oldest first, calls left out.
+    pub mailbox: Vec<Carried>,
+}
+
+impl Carriage {
+    fn of(actor: &super::Actor) -> Self {
+        Self {
+            name: actor.name.as_deref().map(str::to_owned),
+            trap_exits: actor.trap_exits,
+            links: actor.links.clone(),
+            monitors: actor.monitoring.clone(),
+            mailbox: actor.mailbox.iter().filter_map(Entry::carried).collect(),
+        }
+    }
+}
+
 /// What must follow a task's leaving this host with its checkpoint.
 #[derive(Debug, Default)]
 pub struct Moved {
+    /// What its checkpoint carries of it, as it left.
+    pub carriage: Carriage,
     /// Callers of the calls still in its mailbox, answered that the task was lost to them, to
     /// wake.
     pub wake: Vec<Pid>,
@@ -94,6 +120,7 @@ impl Actors {
         let Some(mut actor) = self.leave(pid) else {
             return Moved::default();
         };
+        let carriage = Carriage::of(&actor);
         let notice = Arc::new(EndNotice::of(
             pid,
             &crate::model::TaskEnd::host_lost(attempt),
@@ -106,6 +133,7 @@ impl Actors {
             }
         }
         Moved {
+            carriage,
             wake,
             watchers: actor.watchers,
             links: actor.links,
@@ -131,11 +159,9 @@ impl Actors {
         Some(actor.notify(Entry::Down(notice), &self.total_bytes))
     }
 
-    /// What task `pid`'s mailbox holds, oldest first, as its checkpoint carries it.
-    pub fn carried(&self, pid: Pid) -> Vec<Carried> {
-        self.shard(pid).get(&pid).map_or_else(Vec::new, |actor| {
-            actor.mailbox.iter().filter_map(Entry::carried).collect()
-        })
+    /// What a checkpoint of task `pid` carries of it as an actor; none if it is not live here.
+    pub fn carriage(&self, pid: Pid) -> Option<Carriage> {
+        self.shard(pid).get(&pid).map(Carriage::of)
     }
 
     /// Puts `carried`, what task `pid`'s mailbox held at the checkpoint it resumes from, back
@@ -200,7 +226,7 @@ mod tests {
             &TaskEnd::failed(Outcome::Trap, "boom".into()),
             drop,
         );
-        let carried = actors.carried(task);
+        let carried = actors.carriage(task).expect("live").mailbox;
         assert_eq!(carried.len(), 3, "{carried:?}");
         assert_eq!(carried[0].kind, CarriedKind::Message);
         assert_eq!(carried[0].from, Some(sender));
@@ -253,6 +279,10 @@ mod tests {
         );
 
         let moved = actors.moved(task, 1);
+        assert_eq!(moved.carriage.name.as_deref(), Some("mover"));
+        assert_eq!(moved.carriage.monitors, [watched]);
+        // The call waiting in its mailbox is not carried.
+        assert_eq!(moved.carriage.mailbox, []);
         assert_eq!(moved.watchers, [watcher]);
         assert_eq!(moved.links, [linked]);
         assert!(!actors.holds(task));

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use calls::Calls;
 pub use calls::{Awaited, CallError, Caller, Reply, ReplyError, ReplyTo};
+pub use carry::Carriage;
 pub use kernel::{Answer, ChildError, ChildRequest, Kernel, NameError, SendError, WatchError};
 pub use scope::{ActorScope, Lineage, Placement};
 pub use tree::SpawnRefusal;
@@ -693,6 +694,7 @@ impl Actors {
     }
 
     /// The tasks `pid` monitors, still live as far as it knows.
+    #[cfg(test)]
     pub fn monitoring(&self, pid: Pid) -> Vec<Pid> {
         self.shard(pid)
             .get(&pid)

@@ -18,7 +18,7 @@
 //! Both only poll: no `NOTIFY` on any write (it would serialise every commit). A kill or a
 //! message for a task on another host therefore waits up to one `--cluster-poll` there.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -64,6 +64,10 @@ pub(crate) struct Cluster {
     ends: Arc<EndWaiters>,
     /// Heartbeats since the last look for strays, and the strays it found.
     strays: Mutex<(u32, HashSet<Pid>)>,
+    /// The linked exits told here lately, `(to, from)`, oldest first: one comes both as a
+    /// command from the host where `from` ended and from this host's own check of the tasks it
+    /// watches on others, and is told once.
+    exits_told: Mutex<ExitsTold>,
     /// Commands carried out here and not yet deleted from the store (the delete failed):
     /// never carried out twice.
     delivered: Mutex<Vec<i64>>,
@@ -158,6 +162,12 @@ struct Remote {
     unseen: u32,
 }
 
+/// Linked exits remembered, so that one that comes two ways is told once.
+const EXITS_REMEMBERED: usize = 4096;
+
+/// The linked exits told lately, `(to, from)`: in order, and to look up.
+type ExitsTold = (VecDeque<(Pid, Pid)>, HashSet<(Pid, Pid)>);
+
 /// Checks of the remote watches a task may be unseen for (its acceptance not yet written)
 /// before its watchers are told it does not exist.
 const UNSEEN_CHECKS: u32 = 5;
@@ -170,6 +180,26 @@ pub(super) enum Watch {
 }
 
 impl Cluster {
+    /// Whether the exit of `from` is news to `to`: true once per pair (as far as the last
+    /// [`EXITS_REMEMBERED`] go).
+    fn first_exit(&self, to: Pid, from: Pid) -> bool {
+        let mut told = self
+            .exits_told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (order, set) = &mut *told;
+        if !set.insert((to, from)) {
+            return false;
+        }
+        order.push_back((to, from));
+        if order.len() > EXITS_REMEMBERED
+            && let Some(oldest) = order.pop_front()
+        {
+            set.remove(&oldest);
+        }
+        true
+    }
+
     /// The cluster's side of a host that joined it at `joined` (when it asked to).
     pub(crate) fn new(store: Arc<PgStore>, config: &Config, joined: Instant) -> Self {
         let file_limits: Arc<HashMap<String, FlowLimits>> = Arc::new(
@@ -194,6 +224,7 @@ impl Cluster {
             remote: Mutex::new(HashMap::new()),
             ends: Arc::default(),
             strays: Mutex::new((0, HashSet::new())),
+            exits_told: Mutex::new((VecDeque::new(), HashSet::new())),
             delivered: Mutex::new(Vec::new()),
             // The join that just happened set the lease in the database, from a moment after
             // this host asked for it.
@@ -751,6 +782,11 @@ impl Host {
         if !notice.is_abnormal() {
             return;
         }
+        if let Some(cluster) = &self.cluster
+            && !cluster.first_exit(to, from)
+        {
+            return;
+        }
         let Some(trapping) = self.actors.traps_exits(to) else {
             return;
         };
@@ -792,11 +828,29 @@ impl Host {
         let Ok(holders) = cluster.store.holders(&pids) else {
             return;
         };
+        // The hosts that held a task that has moved since: lost, or still up (a drain) or gone
+        // after handing their tasks back (a shutdown).
+        let moved_from: Vec<u32> = targets
+            .iter()
+            .filter_map(|(pid, was)| match (was, holders.get(pid)) {
+                (Some(was), Some(now)) if *now != Some(*was) => Some(*was),
+                _ => None,
+            })
+            .collect();
+        let lost = if moved_from.is_empty() {
+            HashSet::new()
+        } else {
+            match cluster.store.lost_nodes(&moved_from) {
+                Ok(lost) => lost,
+                Err(_) => return,
+            }
+        };
         for (target, was) in targets {
             let notice = match holders.get(&target) {
-                // Still held where it was, or claimed from the queue: live.
-                Some(now) if *now == was || was.is_none() => {
-                    if was.is_none()
+                // Still held where it was, or claimed from the queue, or handed on by a host
+                // that is not lost (a drain, a shutdown): live, held where it is now.
+                Some(now) if *now == was || was.is_none_or(|was| !lost.contains(&was)) => {
+                    if *now != was
                         && let Some(remote) = cluster.remote().get_mut(&target)
                     {
                         remote.holder = *now;
@@ -1008,9 +1062,14 @@ impl Host {
                     back when this host's lease expires");
             }
         }
+        // They go on elsewhere: nobody here is told they ended, and those watching them from
+        // here watch them where they go.
         for job in waiting {
-            self.actors
-                .ended(job.pid, &TaskEnd::host_lost(job.attempt), drop);
+            let moved = self.actors.moved(job.pid, job.attempt);
+            for caller in moved.wake {
+                self.scheduler.wake(caller);
+            }
+            crate::actor::Kernel::moved(self, job.pid, &moved.watchers, &moved.links);
         }
     }
 

@@ -12,10 +12,10 @@ use super::admission::Permit;
 use super::inbox::{Command, TIMER_SLACK};
 use super::limits::Gate;
 use super::{Job, Lane, Lanes};
-use crate::actor::{Awaited, Reply, Wake};
+use crate::actor::{Awaited, Carriage, Reply, Wake};
 use crate::ledger::{Ending, FreshLogs, Ledger, Progress};
 use crate::model::{
-    Carried, CheckpointPolicy, Pid, Printable, Resumed, StoredCheckpoint, Taken, TaskEnd, Waiting,
+    CheckpointPolicy, Pid, Printable, Resumed, StoredCheckpoint, Taken, TaskEnd, Waiting,
 };
 use crate::runtime::{Next, Process, StartSpec, TaskLimits};
 
@@ -626,7 +626,7 @@ impl SchedulerThread {
         let row = &mut checkpointing.row;
         match checkpoint_of(&self.lanes.actors, task.pid, &mut task.process) {
             Ok(image) => {
-                let actor = actor_of(&self.lanes.actors, task.pid);
+                let actor = self.lanes.actors.carriage(task.pid);
                 taken(
                     row,
                     &task.process,
@@ -963,15 +963,20 @@ impl SchedulerThread {
                 return false;
             }
         };
+        // It leaves this host's actors first, so that nothing put in its mailbox from now
+        // on is accepted and then left out of its checkpoint (a send now finds it gone, as
+        // for any task another host holds). It goes on elsewhere, its mailbox, links and
+        // monitors with it: nobody here is told it ended; those watching it from here watch
+        // it where it goes.
+        let moved = self.lanes.actors.moved(task.pid, task.attempt);
         let row = &mut checkpointing.row;
-        let actor = actor_of(&self.lanes.actors, task.pid);
         taken(
             row,
             &task.process,
             task.attempt,
             &image,
             waiting,
-            actor,
+            Some(moved.carriage),
             true,
         );
         let row = row.clone();
@@ -985,7 +990,6 @@ impl SchedulerThread {
             permit,
             limited,
             pid,
-            attempt,
             ..
         } = task;
         // Whatever it logged since its last step goes before its checkpoint.
@@ -996,10 +1000,7 @@ impl SchedulerThread {
             self.lanes.release_limits(&worker, key.as_ref());
         }
         self.lanes.release(permit);
-        // It goes on elsewhere, its mailbox, links and monitors with it: nobody here is told
-        // it ended; those watching it from here watch it where it goes. It keeps its place
-        // in the store, running.
-        let moved = self.lanes.actors.moved(pid, attempt);
+        // It keeps its place in the store, running.
         for woken in moved.wake {
             self.lanes.wake(woken);
         }
@@ -1050,23 +1051,6 @@ impl SchedulerThread {
     }
 }
 
-/// What a checkpoint keeps of a task as an actor.
-struct ActorPart {
-    state: crate::model::ActorState,
-    /// The tasks it monitors.
-    monitors: Vec<Pid>,
-    mailbox: Vec<Carried>,
-}
-
-/// What a checkpoint keeps of task `pid` as an actor.
-fn actor_of(actors: &crate::actor::Actors, pid: Pid) -> Option<ActorPart> {
-    actors.info(pid).map(|state| ActorPart {
-        state,
-        monitors: actors.monitoring(pid),
-        mailbox: actors.carried(pid),
-    })
-}
-
 /// A checkpoint of task `pid`'s `process`, between two steps; refused while the task holds
 /// calls, made or taken, which live in the host (`actors`) and would not be carried.
 fn checkpoint_of(
@@ -1095,19 +1079,16 @@ fn taken(
     attempt: u32,
     image: &crate::runtime::Image,
     waiting: Waiting,
-    actor: Option<ActorPart>,
+    actor: Option<Carriage>,
     handed_over: bool,
 ) {
-    let (name, trap_exits, links, monitors, mailbox) =
-        actor.map_or((None, false, Vec::new(), Vec::new(), Vec::new()), |actor| {
-            (
-                actor.state.name,
-                actor.state.trap_exits,
-                actor.state.links,
-                actor.monitors,
-                actor.mailbox,
-            )
-        });
+    let Carriage {
+        name,
+        trap_exits,
+        links,
+        monitors,
+        mailbox,
+    } = actor.unwrap_or_default();
     let image: Arc<[u8]> = image.encode().into();
     row.attempt = attempt;
     row.refused = None;

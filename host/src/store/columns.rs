@@ -231,14 +231,15 @@ fn pids_of(value: &serde_json::Value) -> Option<Vec<Pid>> {
 }
 
 /// A mailbox written as an array of `{kind, from, body}`; empty when absent (a row written
-/// before mailboxes were carried), `None` if an entry does not read.
-fn mailbox_of(value: &serde_json::Value) -> Option<Vec<Carried>> {
+/// before mailboxes were carried). An entry that does not read (a kind a newer version wrote)
+/// is left out rather than the whole checkpoint.
+fn mailbox_of(value: &serde_json::Value) -> Vec<Carried> {
     let serde_json::Value::Array(entries) = value else {
-        return Some(Vec::new());
+        return Vec::new();
     };
-    entries
+    let read: Vec<Carried> = entries
         .iter()
-        .map(|entry| {
+        .filter_map(|entry| {
             Some(Carried {
                 kind: CarriedKind::parse(entry["kind"].as_str()?)?,
                 from: match &entry["from"] {
@@ -248,7 +249,14 @@ fn mailbox_of(value: &serde_json::Value) -> Option<Vec<Carried>> {
                 body: entry["body"].as_str()?.to_owned(),
             })
         })
-        .collect()
+        .collect();
+    if read.len() < entries.len() {
+        tracing::warn!(
+            left_out = entries.len() - read.len(),
+            "entries of a checkpoint's mailbox that do not read are left out"
+        );
+    }
+    read
 }
 
 /// A checkpoint's row from its `meta` column and its image; `None` if `meta` does not read as
@@ -290,7 +298,7 @@ pub(super) fn checkpoint_of(
                 trap_exits: taken["trap_exits"].as_bool().unwrap_or(false),
                 links: pids_of(&taken["links"])?,
                 monitors: pids_of(&taken["monitors"])?,
-                mailbox: mailbox_of(&taken["mailbox"])?,
+                mailbox: mailbox_of(&taken["mailbox"]),
             })
         }
         _ => None,

@@ -16,7 +16,7 @@
 //!   carried out, whichever host that is (one that claims the task and hands it back leaves
 //!   them for the next). A task's end deletes its commands.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -738,6 +738,24 @@ impl PgStore {
                         column::<Option<i32>>(row, 2)?.map(|owner| owner as u32),
                     ))
                 })
+                .collect()
+        })
+    }
+
+    /// Which of the hosts `ids` are lost (their lease ran out, or a new incarnation replaced
+    /// them), rather than up or gone after handing back their tasks.
+    pub fn lost_nodes(&self, ids: &[u32]) -> Result<HashSet<u32>, StoreError> {
+        let ids: Vec<i32> = ids.iter().map(|id| *id as i32).collect();
+        self.query(move |client| async move {
+            let rows = client
+                .query(
+                    "SELECT id FROM nodes WHERE id = ANY($1::integer[]) AND state = 'lost'",
+                    &[&ids],
+                )
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|row| Ok(column::<i32>(row, 0)? as u32))
                 .collect()
         })
     }
