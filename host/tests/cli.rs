@@ -97,7 +97,8 @@ async fn tasks_are_spawned_listed_read_followed_and_killed() {
     let pid = ok(&url, &["spawn", "demo", "--duration", "2"]).await;
     let pid = pid.trim().to_owned();
     assert!(!pid.is_empty() && !pid.contains(' '), "{pid:?}");
-    let ps = ok(&url, &["ps"]).await;
+    // Running, or about to: listed among all of them.
+    let ps = ok(&url, &["ps", "--all"]).await;
     let header = ps.lines().next().unwrap_or("");
     for column in ["PID", "NAME", "WORKER", "STATUS", "STEP", "AGE"] {
         assert!(header.contains(column), "{ps}");
@@ -260,7 +261,7 @@ async fn messages_calls_events_workers_schedules_and_the_cluster() {
         ok(&url, &["send", receiver, r#"{"hi":1}"#]).await.trim(),
         receiver
     );
-    ok(&url, &["spawn", "after", "--duration", "0", "--wait"]).await;
+    host.wait_end(receiver).await;
     let lines = common::workers::logged(&host, receiver).await;
     assert!(
         lines
@@ -290,41 +291,49 @@ async fn messages_calls_events_workers_schedules_and_the_cluster() {
     assert_eq!(answer["ping"], true, "{answer}");
     fails(&url, &["send", "name:nobody", "1"], 1, "error: 404: ").await;
 
-    // Every task's events as they happen, until interrupted.
+    // Every task's events as they happen, until interrupted: tasks are submitted until one
+    // is seen from its `spawned` to its `exit` (the client's subscription takes a moment).
     let mut events = client(&url);
     events.args(["-o", "json", "events"]).stdout(Stdio::piped());
     let mut events = events.spawn().expect("events runs");
-    let mut out = events.stdout.take().expect("its stdout");
+    let out = events.stdout.take().expect("its stdout");
     let reader = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut buffer = [0u8; 4096];
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            match out.read(&mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&buffer[..n]),
-            }
-            if String::from_utf8_lossy(&seen).contains("\"event\":\"exit\"") {
-                break;
+        use std::io::BufRead as _;
+        let mut kinds: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let event: Value = serde_json::from_str(&line).expect("a JSON line");
+            let pid = event["data"]["pid"].as_str().unwrap_or("").to_owned();
+            let seen = kinds.entry(pid.clone()).or_default();
+            seen.push(event["event"].as_str().unwrap_or("").to_owned());
+            if seen.first().map(String::as_str) == Some("spawned")
+                && seen.last().map(String::as_str) == Some("exit")
+            {
+                return (pid, seen.clone());
             }
         }
-        String::from_utf8_lossy(&seen).into_owned()
+        (String::new(), Vec::new())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = ok(&url, &["spawn", "watched", "--duration", "0"]).await;
-    let seen = tokio::task::spawn_blocking(move || reader.join().expect("joined"))
-        .await
-        .expect("joined");
+    let deadline = Instant::now() + PATIENCE;
+    let mut submitted = Vec::new();
+    while !reader.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "no task seen from spawned to exit"
+        );
+        submitted.push(
+            ok(&url, &["spawn", "watched", "--duration", "0"])
+                .await
+                .trim()
+                .to_owned(),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let _ = events.kill();
     let _ = events.wait();
-    let kinds: Vec<Value> = seen
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .filter(|event: &Value| event["data"]["pid"] == pid.trim())
-        .map(|event| event["event"].clone())
-        .collect();
-    assert!(kinds.contains(&Value::from("spawned")), "{seen}");
-    assert!(kinds.contains(&Value::from("exit")), "{seen}");
+    let (pid, kinds) = reader.join().expect("joined");
+    assert!(submitted.contains(&pid), "{pid}: {submitted:?}");
+    assert!(kinds.contains(&"started".to_owned()), "{kinds:?}");
 
     // Workers: listed, deployed, rolled back, paused and resumed (admin).
     let workers = ok(&url, &["workers", "ls"]).await;
@@ -484,7 +493,7 @@ fn in_a_terminal(url: &str, args: &str, ready: &str, keys: &[u8]) -> (Option<i32
 async fn top_and_logs_follow_draw_in_a_terminal_and_exit_cleanly() {
     let host = host().await;
     let url = host.base.clone();
-    let pid = ok(&url, &["spawn", "shown", "--duration", "2"]).await;
+    let pid = ok(&url, &["spawn", "shown", "--duration", "60"]).await;
     let pid = pid.trim().to_owned();
     let top_url = url.clone();
     let (code, drawn) = tokio::task::spawn_blocking(move || {
@@ -501,6 +510,9 @@ async fn top_and_logs_follow_draw_in_a_terminal_and_exit_cleanly() {
         "{drawn:?}"
     );
 
+    ok(&url, &["kill", &pid]).await;
+    let pid = ok(&url, &["spawn", "followed", "--duration", "2"]).await;
+    let pid = pid.trim().to_owned();
     let (code, drawn) = tokio::task::spawn_blocking(move || {
         in_a_terminal(&url, &format!("logs -f {pid}"), "", b"")
     })

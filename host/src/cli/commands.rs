@@ -1,6 +1,6 @@
 //! What each client subcommand does: the requests it makes and what it prints.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, Subcommand};
@@ -267,7 +267,13 @@ async fn spawn(client: &Client, format: Format, args: SpawnArgs) -> Result<i32, 
         return Ok(0);
     };
     // `--wait` alone waits for as long as the task takes.
-    let until = (wait > 0.0).then(|| Instant::now() + Duration::from_secs_f64(wait));
+    let until = if wait > 0.0 {
+        Some(Instant::now() + seconds("--wait", wait)?)
+    } else if wait == 0.0 {
+        None
+    } else {
+        return Err(Failure::new("--wait must be a number of seconds"));
+    };
     let end = match wait_for_end(client, &pid, until).await {
         Ok(end) => end,
         Err(failure) => {
@@ -288,14 +294,17 @@ async fn wait_for_end(
     pid: &str,
     until: Option<Instant>,
 ) -> Result<Value, Failure> {
+    // Waits the host holds, as long as its `--max-wait-secs` allows; a host that allows none
+    // is asked again every half second.
+    let mut longest = WAIT_CHUNK;
     loop {
-        let left = until.map_or(WAIT_CHUNK, |until| {
+        let left = until.map_or(longest, |until| {
             until.saturating_duration_since(Instant::now())
         });
         // Whole seconds, as the host takes them: a fraction left is waited as a second.
-        let chunk = Duration::from_secs(left.min(WAIT_CHUNK).as_secs_f64().ceil() as u64);
+        let chunk = Duration::from_secs(left.min(longest).as_secs_f64().ceil() as u64);
         let path = format!("{}?wait={}", task_path(pid, "/result"), chunk.as_secs());
-        let (status, end) = client
+        let answer = client
             .json_within(
                 Method::GET,
                 &path,
@@ -303,11 +312,30 @@ async fn wait_for_end(
                 Auth::Api,
                 chunk + Duration::from_secs(30),
             )
-            .await?;
+            .await;
+        let (status, end) = match answer {
+            Ok(answer) => answer,
+            Err(failure) if failure.message.starts_with("400: ") && !longest.is_zero() => {
+                longest = Duration::ZERO;
+                continue;
+            }
+            Err(failure) => return Err(failure),
+        };
         if status == StatusCode::OK || until.is_some_and(|until| Instant::now() >= until) {
             return Ok(end);
         }
+        if chunk.is_zero() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
+}
+
+/// `secs` (a flag's value) as a duration, or why it is not one.
+pub fn seconds(flag: &str, secs: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|duration| duration.as_secs() <= 366 * 24 * 3600)
+        .ok_or_else(|| Failure::new(format!("{flag} must be a number of seconds up to a year")))
 }
 
 /// The exit code `spawn --wait` leaves with for the task's end `end`.
@@ -419,24 +447,32 @@ async fn logs(client: &Client, format: Format, pid: &str, follow: bool) -> Resul
     let (_, logs) = client
         .json(Method::GET, &task_path(pid, "/logs"), None, Auth::Api)
         .await?;
-    let mut seen = HashSet::new();
-    let print_once = |line: &Value, seen: &mut HashSet<(String, String)>| {
-        let key = (output::text(&line["at"]), output::text(&line["message"]));
-        if seen.insert(key) {
-            match format {
-                Format::Json => println!("{line}"),
-                Format::Table => print_line(line),
-            }
-        }
+    let show = |line: &Value| match format {
+        Format::Json => println!("{line}"),
+        Format::Table => print_line(line),
+    };
+    // The lines read, each once: a line the stream brings again is one of them, matched once
+    // (a task may log the same line twice in a millisecond).
+    let mut read: HashMap<(String, String, String), usize> = HashMap::new();
+    let key = |line: &Value| {
+        (
+            output::text(&line["at"]),
+            output::text(&line["source"]),
+            output::text(&line["message"]),
+        )
     };
     for line in logs["lines"].as_array().into_iter().flatten() {
-        print_once(line, &mut seen);
+        show(line);
+        *read.entry(key(line)).or_default() += 1;
     }
     let mut act = |event: SseEvent| -> bool {
         match event.event.as_str() {
             "log" => {
                 if let Ok(line) = serde_json::from_str::<Value>(&event.data) {
-                    print_once(&line, &mut seen);
+                    match read.get_mut(&key(&line)) {
+                        Some(count) if *count > 0 => *count -= 1,
+                        _ => show(&line),
+                    }
                 }
                 true
             }
@@ -460,7 +496,9 @@ async fn logs(client: &Client, format: Format, pid: &str, follow: bool) -> Resul
             }
         }
     }
-    Ok(0)
+    Err(Failure::new(format!(
+        "the host closed the stream before task {pid} ended"
+    )))
 }
 
 /// Follows the SSE stream at `path`, calling `act` with each event until it says to stop or
@@ -512,7 +550,8 @@ async fn call(
     timeout: f64,
 ) -> Result<i32, Failure> {
     let body = json_argument("call", message)?;
-    if !(timeout.is_finite() && timeout > 0.0) {
+    let within = seconds("--timeout", timeout)?;
+    if within.is_zero() {
         return Err(Failure::new(
             "--timeout must be a positive number of seconds",
         ));
@@ -523,7 +562,7 @@ async fn call(
             Method::POST,
             &path,
             Auth::Api,
-            Some(Duration::from_secs_f64(timeout) + Duration::from_secs(30)),
+            Some(within + Duration::from_secs(30)),
         )
         .json(&body);
     let answer = client.send(request).await?;

@@ -66,10 +66,10 @@ pub async fn run(client: &Client, args: TopArgs) -> Result<i32, Failure> {
             "top draws on a terminal; for scripts, use `health` or `ps` with -o json",
         ));
     }
-    if !(args.interval.is_finite() && args.interval >= 0.1) {
+    let interval = super::commands::seconds("--interval", args.interval)?;
+    if interval < Duration::from_millis(100) {
         return Err(Failure::new("--interval must be at least 0.1 seconds"));
     }
-    let interval = Duration::from_secs_f64(args.interval);
     // Keys are read on a thread of their own: a key ends the wait for the next refresh.
     let (keys, mut quit) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -94,7 +94,11 @@ pub async fn run(client: &Client, args: TopArgs) -> Result<i32, Failure> {
     let mut last: Option<Last> = None;
     let mut drawn = 0u64;
     loop {
-        let frame = frame(client, &mut last).await;
+        // A key quits even while the host is slow to answer.
+        let frame = tokio::select! {
+            frame = frame(client, &mut last) => frame,
+            _ = quit.recv() => break,
+        };
         draw(&frame);
         drawn += 1;
         if args.iterations.is_some_and(|n| drawn >= n) {
