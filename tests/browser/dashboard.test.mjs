@@ -69,6 +69,19 @@ async function submit(page, { name, duration, payload = "", worker = "default" }
   return { pid: await result.getAttribute("data-pid"), text: await result.textContent() };
 }
 
+/** A full-page screenshot of `page` as `name` in SCREENSHOT_DIR. */
+async function shoot(page, name) {
+  await mkdir(SCREENSHOT_DIR, { recursive: true });
+  const file = path.join(SCREENSHOT_DIR, name);
+  // Rows skip rendering while out of view (content-visibility), and a full-page capture does
+  // not scroll: make the viewport as tall as the page, and let two frames paint it.
+  const height = await page.evaluate(() => document.documentElement.scrollHeight);
+  await page.setViewportSize({ width: 1360, height: Math.max(900, height) });
+  await page.evaluate(() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done))));
+  await page.screenshot({ path: file, fullPage: true });
+  console.log(`# screenshot: ${path.resolve(file)}`);
+}
+
 async function main() {
   browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: WAIT_MS });
   const page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
@@ -306,22 +319,91 @@ async function main() {
   await page.waitForSelector(`${testid("exit-row")}[data-status="exited"] .code-bad`);
   await page.waitForTimeout(1500);
 
+  await check("the cluster panel stays hidden on a host alone", async () => {
+    await page.waitForTimeout(200);
+    assert.equal(await page.locator(testid("cluster-panel")).isHidden(), true);
+  });
+
+  await check("the dashboard's screenshot is saved", async () => {
+    await shoot(page, "dashboard.png");
+  });
+
+  const post = (body) => page.evaluate(async (body) => {
+    const res = await fetch("/api/tasks", {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+    });
+    return (await res.json()).pid;
+  }, body);
+
+  let sup;
+  await check("a pid links to the task's page: record, actor state and children", async () => {
+    sup = await post({ name: "sup", worker: "supervisor", duration: 30, payload: {
+      strategy: "one_for_one", intensity: 3, period_secs: 5, children: [{ name: "kid", duration: 30 }] } });
+    assert.match(sup ?? "", PID);
+    await page.setViewportSize({ width: 1360, height: 900 });
+    await page.locator(`${runningRow(sup)} ${testid("pid-link")}`).click();
+    await page.waitForURL(`${BASE_URL}/tasks/${sup}`);
+    assert.equal(await page.locator(testid("task-pid")).textContent(), sup);
+    assert.equal(await page.locator(testid("task-name")).textContent(), "sup");
+    await page.locator(`${testid("task-status")} [data-status="running"]`).waitFor();
+    await page.locator(testid("actor-panel")).waitFor();
+    const child = page.locator(`${testid("child-row")}`).filter({ hasText: "kid" });
+    await child.waitFor();
+    // The child's page names its parent, as a link back.
+    await child.locator(testid("pid-link")).click();
+    await page.waitForURL(/\/tasks\/[0-9a-f]+-[0-9a-f]+$/);
+    assert.equal(await page.locator(testid("task-name")).textContent(), "kid");
+    assert.equal(await page.locator(`${testid("task-parent")} a`).textContent(), sup);
+    await page.evaluate(async (pid) => fetch(`/api/tasks/${pid}`, { method: "DELETE" }), sup);
+  });
+
+  await check("the task page follows its log and events live until it ends", async () => {
+    const pid = await post({ name: "followed", duration: 3 });
+    await page.goto(`${BASE_URL}/tasks/${pid}`);
+    const lines = page.locator(testid("log-line"));
+    await lines.filter({ hasText: "Worker progress step=1 total=3" }).waitFor();
+    await page.locator(`${testid("task-status")} [data-status="exited"]`).waitFor();
+    await lines.filter({ hasText: "Worker done, exiting" }).waitFor();
+    const text = await lines.allTextContents();
+    for (const line of ["Worker started steps=3", "Worker progress step=1 total=3", "Worker progress step=2 total=3",
+      "Worker progress step=3 total=3", "Worker done, exiting"]) {
+      assert.equal(text.filter((t) => t.endsWith(line)).length, 1, `${line} once: ${text.join(" | ")}`);
+    }
+    assert.equal(await page.locator(testid("task-exit-code")).textContent(), "0");
+    await page.locator(`${testid("event-row")}[data-kind="progress"]`).first().waitFor();
+    await page.locator(`${testid("event-row")}[data-kind="exit"]`).waitFor();
+    await shoot(page, "task.png");
+  });
+
+  await check("the task list filters and pages as the API does", async () => {
+    await page.evaluate(async () => {
+      for (let i = 0; i < 55; i++) {
+        await fetch("/api/tasks", {
+          method: "POST", headers: { "content-type": "application/json" },
+          body: JSON.stringify({ name: "many", duration: 0 }),
+        });
+      }
+    });
+    await page.goto(`${BASE_URL}/tasks?name=many`);
+    const rows = page.locator(testid("list-row"));
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="list-row"]').length === 50);
+    await page.locator(testid("next-page")).click();
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="list-row"]').length === 55);
+    assert.equal(await page.locator(testid("next-page")).isHidden(), true);
+    assert.deepEqual(new Set(await rows.locator("td:nth-child(2)").allTextContents()), new Set(["many"]));
+    // The form's filters land in the address.
+    await page.locator(testid("filter-name")).fill("kid");
+    await page.locator(testid("filter-apply")).click();
+    await page.waitForURL(/\/tasks\?name=kid$/);
+    await rows.first().waitFor();
+    assert.deepEqual(new Set(await rows.locator("td:nth-child(2)").allTextContents()), new Set(["kid"]));
+    await shoot(page, "tasks.png");
+  });
+
   await check("no page error and no console error", async () => {
     assert.deepEqual(pageErrors, []);
   });
 
-  await check("a full-page screenshot is saved", async () => {
-    await mkdir(SCREENSHOT_DIR, { recursive: true });
-    const file = path.join(SCREENSHOT_DIR, "dashboard.png");
-    // Rows skip rendering while out of view (content-visibility), and a full-page capture does
-    // not scroll: make the viewport as tall as the page, and let two frames paint it.
-    const height = await page.evaluate(() => document.documentElement.scrollHeight);
-    await page.setViewportSize({ width: 1360, height: Math.max(900, height) });
-    await page.evaluate(() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done))));
-    assert.ok(await page.locator(testid("exit-row")).first().isVisible());
-    await page.screenshot({ path: file, fullPage: true });
-    console.log(`# screenshot: ${path.resolve(file)}`);
-  });
 }
 
 let failed = 0;

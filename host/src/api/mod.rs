@@ -213,7 +213,10 @@ fn api_routes(
         .routes(routes!(cluster::get_cluster))
         .routes(routes!(auth::sign_in));
     // The dashboard checks the token itself: a browser without one gets the sign-in page.
-    let mut page = OpenApiRouter::new().routes(routes!(observability::dashboard));
+    let mut page = OpenApiRouter::new()
+        .routes(routes!(observability::dashboard))
+        .routes(routes!(observability::task_list_page))
+        .routes(routes!(observability::task_page));
     if let Some(tokens) = &state.api {
         auth::require_in_document(guarded.get_openapi_mut(), &ApiRefusal::responses());
         auth::require_in_document(page.get_openapi_mut(), &PageRefusal::responses());

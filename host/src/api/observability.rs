@@ -86,6 +86,11 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
         }
         None => std::borrow::Cow::Borrowed(DASHBOARD_HTML),
     };
+    html(page)
+}
+
+/// A page of the dashboard as it is sent: HTML, checked again at every load.
+fn html(page: std::borrow::Cow<'static, str>) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -95,4 +100,37 @@ pub(super) async fn dashboard(State(state): State<AppState>, headers: HeaderMap)
         page,
     )
         .into_response()
+}
+
+/// The dashboard's task pages (the list and one task), one self-contained page that reads the
+/// address it was loaded at.
+const TASK_HTML: &str = include_str!("dashboard/task.html");
+
+/// The task pages, guarded as the dashboard is: the sign-in page (`401`) to a browser that
+/// did not sign in on a host with API tokens.
+fn task_html(state: &AppState, headers: &HeaderMap) -> Response {
+    if let Some(access) = &state.api
+        && let Err(refusal) = auth::check(access, headers)
+    {
+        return auth::sign_in_page(refusal);
+    }
+    html(std::borrow::Cow::Borrowed(TASK_HTML))
+}
+
+/// The dashboard's list of tasks, with the API's filters and paging.
+#[utoipa::path(get, path = "/tasks", tag = "observability",
+    responses((status = 200, description = "The task list page", content_type = "text/html",
+        body = String), AnyRoute))]
+pub(super) async fn task_list_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    task_html(&state, &headers)
+}
+
+/// The dashboard's page of one task: its record, attempts, actor state, children, its log
+/// followed live and its events.
+#[utoipa::path(get, path = "/tasks/{pid}", tag = "observability",
+    params(("pid" = String, Path, description = "The task's pid, or `name:<name>`")),
+    responses((status = 200, description = "The task page", content_type = "text/html",
+        body = String), AnyRoute))]
+pub(super) async fn task_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    task_html(&state, &headers)
 }
