@@ -190,19 +190,10 @@ impl Actors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actor::ActorLimits;
     use crate::model::{Outcome, TaskEnd};
 
     fn limited() -> Actors {
-        Actors::new(ActorLimits {
-            max_messages: 8,
-            max_message_bytes: 1024,
-            max_mailbox_bytes: 4096,
-            max_mailboxes_bytes: 6144,
-            max_watches: 4,
-            max_descendants: 4,
-            max_spawns_per_sec: 1,
-        })
+        crate::actor::tests::actors(8)
     }
 
     fn pid(n: u64) -> Pid {

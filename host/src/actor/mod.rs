@@ -804,7 +804,8 @@ impl Actors {
 mod tests {
     use super::*;
 
-    fn actors(max_messages: usize) -> Actors {
+    /// Actors with small bounds, `max_messages` messages a mailbox.
+    pub(super) fn actors(max_messages: usize) -> Actors {
         Actors::new(ActorLimits {
             max_messages,
             max_message_bytes: 1024,

@@ -485,16 +485,8 @@ async fn logs(client: &Client, format: Format, pid: &str, follow: bool) -> Resul
             return Ok(0);
         }
     }
-    while let Some(bytes) = stream
-        .chunk()
-        .await
-        .map_err(|error| client.unreached(&error))?
-    {
-        for event in parser.feed(&bytes) {
-            if !act(event) {
-                return Ok(0);
-            }
-        }
+    if pump(client, &mut stream, &mut parser, act).await? {
+        return Ok(0);
     }
     Err(Failure::new(format!(
         "the host closed the stream before task {pid} ended"
@@ -506,11 +498,22 @@ async fn logs(client: &Client, format: Format, pid: &str, follow: bool) -> Resul
 async fn follow(
     client: &Client,
     path: &str,
-    mut act: impl FnMut(SseEvent) -> bool,
+    act: impl FnMut(SseEvent) -> bool,
 ) -> Result<(), Failure> {
     let request = client.request(Method::GET, path, Auth::Api, None);
     let mut stream = client.send(request).await?;
-    let mut parser = SseParser::default();
+    pump(client, &mut stream, &mut SseParser::default(), act).await?;
+    Ok(())
+}
+
+/// Reads `stream` through `parser`, calling `act` with each event: true once `act` says to
+/// stop, false if the stream ends first.
+async fn pump(
+    client: &Client,
+    stream: &mut reqwest::Response,
+    parser: &mut SseParser,
+    mut act: impl FnMut(SseEvent) -> bool,
+) -> Result<bool, Failure> {
     while let Some(bytes) = stream
         .chunk()
         .await
@@ -518,11 +521,11 @@ async fn follow(
     {
         for event in parser.feed(&bytes) {
             if !act(event) {
-                return Ok(());
+                return Ok(true);
             }
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// An event of `/api/events`: one line for people, `{event, data}` for scripts.
