@@ -964,6 +964,9 @@ impl Host {
                 running: self.live(),
             });
         }
+        // What was delivered to them from the store is in their checkpoints: deleted before
+        // another host may claim them and read it again.
+        self.ack_delivered(cluster);
         let handed_over = match cluster.store.hand_back(&handed) {
             Ok(count) => count,
             Err(error) => {
@@ -1090,8 +1093,30 @@ impl Host {
         }
     }
 
+    /// Deletes from the store the commands carried out here and not yet deleted (those of a
+    /// task just claimed wait for the next poll): a task handed on carries them in its
+    /// checkpoint, and the host that resumes it must not carry them out again.
+    pub(super) fn ack_delivered(&self, cluster: &Cluster) {
+        let mut delivered = cluster
+            .delivered
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if delivered.is_empty() {
+            return;
+        }
+        match cluster.store.ack_commands(&delivered) {
+            Ok(()) => delivered.clear(),
+            Err(error) => {
+                tracing::warn!(%error, "the commands carried out here could not be                 deleted; a task handed on may get them twice")
+            }
+        }
+    }
+
     /// Marks this host as gone, once every task it ran has ended.
     pub(super) fn left_cluster(&self) {
+        if let Some(cluster) = &self.cluster {
+            self.ack_delivered(cluster);
+        }
         if let Some(cluster) = &self.cluster
             && !cluster.left.swap(true, Ordering::AcqRel)
             && let Err(error) = cluster.store.leave()
