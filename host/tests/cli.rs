@@ -442,6 +442,34 @@ async fn messages_calls_events_workers_schedules_and_the_cluster() {
 /// Runs `args` as a client of `url` in a pty, `keys` written to it once its output contains
 /// `ready`: the exit code and everything it drew.
 fn in_a_terminal(url: &str, args: &str, ready: &str, keys: &[u8]) -> (Option<i32>, String) {
+    let keys = keys.to_vec();
+    in_a_terminal_then(url, args, ready, move |stdin| {
+        stdin.write_all(&keys).expect("keys written");
+        stdin.flush().expect("flushed");
+    })
+}
+
+/// The process whose arguments are `args` (NUL-separated, as /proc has them), if one runs.
+fn process_with(args: &str) -> Option<i32> {
+    let wanted = args.replace(' ', "\0");
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let entry = entry.ok()?;
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline)
+            .contains(&wanted)
+            .then_some(pid)
+    })
+}
+
+/// [`in_a_terminal`], doing `then` with its stdin once its output contains `ready`.
+fn in_a_terminal_then(
+    url: &str,
+    args: &str,
+    ready: &str,
+    then: impl FnOnce(&mut std::process::ChildStdin),
+) -> (Option<i32>, String) {
+    let mut then = Some(then);
     let line = format!("{} {args}", env!("CARGO_BIN_EXE_http-spawn"));
     let mut script = Command::new("script");
     script
@@ -465,15 +493,14 @@ fn in_a_terminal(url: &str, args: &str, ready: &str, keys: &[u8]) -> (Option<i32
     });
     let mut seen = Vec::new();
     let deadline = Instant::now() + PATIENCE;
-    let mut sent = keys.is_empty();
     loop {
         if let Ok(bytes) = drawn.recv_timeout(Duration::from_millis(50)) {
             seen.extend(bytes);
         }
-        if !sent && String::from_utf8_lossy(&seen).contains(ready) {
-            stdin.write_all(keys).expect("keys written");
-            stdin.flush().expect("flushed");
-            sent = true;
+        if String::from_utf8_lossy(&seen).contains(ready)
+            && let Some(then) = then.take()
+        {
+            then(&mut stdin);
         }
         if let Some(status) = child.try_wait().expect("waited") {
             while let Ok(bytes) = drawn.recv_timeout(Duration::from_millis(200)) {
@@ -509,6 +536,20 @@ async fn top_and_logs_follow_draw_in_a_terminal_and_exit_cleanly() {
         drawn.contains("\x1b[?1049h") && drawn.contains("\x1b[?1049l"),
         "{drawn:?}"
     );
+
+    // SIGTERM ends it as `q` does, its screen given back.
+    let top_url = url.clone();
+    let (code, drawn) = tokio::task::spawn_blocking(move || {
+        in_a_terminal_then(&top_url, "top --interval 0.3", "started/s", |_| {
+            let top = process_with("top --interval 0.3").expect("top runs");
+            // SAFETY: kill takes a pid and a signal number.
+            assert_eq!(unsafe { libc::kill(top, libc::SIGTERM) }, 0);
+        })
+    })
+    .await
+    .expect("joined");
+    assert_eq!(code, Some(0), "{drawn}");
+    assert!(drawn.contains("\x1b[?1049l"), "{drawn:?}");
 
     ok(&url, &["kill", &pid]).await;
     let pid = ok(&url, &["spawn", "followed", "--duration", "2"]).await;

@@ -53,6 +53,30 @@ impl Drop for Screen {
     }
 }
 
+/// The signals that end `top` as `q` does.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
+        }
+    }
+}
+
+fn stop_signals() -> Result<StopSignals, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let failed = |error: std::io::Error| Failure::new(format!("the signal handlers: {error}"));
+    Ok(StopSignals {
+        terminate: signal(SignalKind::terminate()).map_err(failed)?,
+        hangup: signal(SignalKind::hangup()).map_err(failed)?,
+    })
+}
+
 /// What the last refresh read, to turn totals into rates.
 struct Last {
     at: Instant,
@@ -90,6 +114,8 @@ pub async fn run(client: &Client, args: TopArgs) -> Result<i32, Failure> {
             }
         }
     });
+    // SIGTERM and SIGHUP (a closed terminal) end it as `q` does, so the terminal is given back.
+    let mut stop = stop_signals()?;
     let screen = Screen::enter()?;
     let mut last: Option<Last> = None;
     let mut drawn = 0u64;
@@ -98,6 +124,7 @@ pub async fn run(client: &Client, args: TopArgs) -> Result<i32, Failure> {
         let frame = tokio::select! {
             frame = frame(client, &mut last) => frame,
             _ = quit.recv() => break,
+            () = stop.wait() => break,
         };
         draw(&frame);
         drawn += 1;
@@ -107,6 +134,7 @@ pub async fn run(client: &Client, args: TopArgs) -> Result<i32, Failure> {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = quit.recv() => break,
+            () = stop.wait() => break,
         }
     }
     drop(screen);
