@@ -2,7 +2,7 @@
 // (Debian's, driven by playwright-core). Run by scripts/browser-test.sh, or by hand:
 //   BASE_URL=http://127.0.0.1:8080 node tests/browser/dashboard.test.mjs
 // The host must run with http-spawn.toml's workers (`default` and `report`: four steps a second).
-// Bounded: every wait has a timeout and the whole run gives up after 75 s. Exits non-zero on
+// Bounded: every wait has a timeout and the whole run gives up after 140 s. Exits non-zero on
 // any failed check, any uncaught page error and any console error.
 
 import assert from "node:assert/strict";
@@ -14,7 +14,7 @@ const BASE_URL = (process.env.BASE_URL ?? "").replace(/\/+$/, "");
 const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR || "target/browser";
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const WAIT_MS = 15_000;
-const OVERALL_MS = 75_000;
+const OVERALL_MS = 140_000;
 // Without the background-networking flags Chromium keeps dialling out, which this closed
 // network refuses.
 const CHROMIUM_ARGS = [
@@ -320,7 +320,8 @@ async function main() {
   await page.waitForTimeout(1500);
 
   await check("the cluster panel stays hidden on a host alone", async () => {
-    await page.waitForTimeout(200);
+    // Once the page has read /api/cluster and found no cluster.
+    await page.locator(`${testid("cluster-panel")}[data-clustered="false"]`).waitFor({ state: "attached" });
     assert.equal(await page.locator(testid("cluster-panel")).isHidden(), true);
   });
 
@@ -343,6 +344,7 @@ async function main() {
     await page.setViewportSize({ width: 1360, height: 900 });
     await page.locator(`${runningRow(sup)} ${testid("pid-link")}`).click();
     await page.waitForURL(`${BASE_URL}/tasks/${sup}`);
+    await page.locator(testid("task-name")).waitFor();
     assert.equal(await page.locator(testid("task-pid")).textContent(), sup);
     assert.equal(await page.locator(testid("task-name")).textContent(), "sup");
     await page.locator(`${testid("task-status")} [data-status="running"]`).waitFor();
@@ -350,23 +352,34 @@ async function main() {
     const child = page.locator(`${testid("child-row")}`).filter({ hasText: "kid" });
     await child.waitFor();
     // The child's page names its parent, as a link back.
+    const href = await child.locator(testid("pid-link")).getAttribute("href");
     await child.locator(testid("pid-link")).click();
-    await page.waitForURL(/\/tasks\/[0-9a-f]+-[0-9a-f]+$/);
-    assert.equal(await page.locator(testid("task-name")).textContent(), "kid");
+    await page.waitForURL(`${BASE_URL}${href}`);
+    await page.locator(testid("task-name")).filter({ hasText: "kid" }).waitFor();
     assert.equal(await page.locator(`${testid("task-parent")} a`).textContent(), sup);
     await page.evaluate(async (pid) => fetch(`/api/tasks/${pid}`, { method: "DELETE" }), sup);
   });
 
+  await check("a task's page by its registered name shows it under its pid", async () => {
+    const pid = await post({ name: "kv-named", worker: "kv", duration: 5, payload: { name: "page-kv" } });
+    await page.waitForFunction(async () => (await fetch("/api/names/page-kv")).ok);
+    await page.goto(`${BASE_URL}/tasks/name:page-kv`);
+    await page.waitForURL(`${BASE_URL}/tasks/${pid}`);
+    await page.locator(testid("task-name")).filter({ hasText: "kv-named" }).waitFor();
+    assert.equal(await page.locator(testid("actor-name")).textContent(), "page-kv");
+    await page.evaluate(async (pid) => fetch(`/api/tasks/${pid}`, { method: "DELETE" }), pid);
+  });
+
   await check("the task page follows its log and events live until it ends", async () => {
-    const pid = await post({ name: "followed", duration: 3 });
+    const pid = await post({ name: "followed", duration: 5 });
     await page.goto(`${BASE_URL}/tasks/${pid}`);
     const lines = page.locator(testid("log-line"));
-    await lines.filter({ hasText: "Worker progress step=1 total=3" }).waitFor();
+    await lines.filter({ hasText: "Worker progress step=1 total=5" }).waitFor();
     await page.locator(`${testid("task-status")} [data-status="exited"]`).waitFor();
     await lines.filter({ hasText: "Worker done, exiting" }).waitFor();
     const text = await lines.allTextContents();
-    for (const line of ["Worker started steps=3", "Worker progress step=1 total=3", "Worker progress step=2 total=3",
-      "Worker progress step=3 total=3", "Worker done, exiting"]) {
+    for (const line of ["Worker started steps=5", "Worker progress step=1 total=5", "Worker progress step=3 total=5",
+      "Worker progress step=5 total=5", "Worker done, exiting"]) {
       assert.equal(text.filter((t) => t.endsWith(line)).length, 1, `${line} once: ${text.join(" | ")}`);
     }
     assert.equal(await page.locator(testid("task-exit-code")).textContent(), "0");
@@ -376,21 +389,26 @@ async function main() {
   });
 
   await check("the task list filters and pages as the API does", async () => {
-    await page.evaluate(async () => {
+    const many = `many-${Date.now()}`;
+    const statuses = await page.evaluate(async (name) => {
+      const statuses = [];
       for (let i = 0; i < 55; i++) {
-        await fetch("/api/tasks", {
+        const res = await fetch("/api/tasks", {
           method: "POST", headers: { "content-type": "application/json" },
-          body: JSON.stringify({ name: "many", duration: 0 }),
+          body: JSON.stringify({ name, duration: 0 }),
         });
+        statuses.push(res.status);
       }
-    });
-    await page.goto(`${BASE_URL}/tasks?name=many`);
+      return statuses;
+    }, many);
+    assert.deepEqual(new Set(statuses), new Set([202]));
+    await page.goto(`${BASE_URL}/tasks?name=${many}`);
     const rows = page.locator(testid("list-row"));
     await page.waitForFunction(() => document.querySelectorAll('[data-testid="list-row"]').length === 50);
     await page.locator(testid("next-page")).click();
     await page.waitForFunction(() => document.querySelectorAll('[data-testid="list-row"]').length === 55);
     assert.equal(await page.locator(testid("next-page")).isHidden(), true);
-    assert.deepEqual(new Set(await rows.locator("td:nth-child(2)").allTextContents()), new Set(["many"]));
+    assert.deepEqual(new Set(await rows.locator("td:nth-child(2)").allTextContents()), new Set([many]));
     // The form's filters land in the address.
     await page.locator(testid("filter-name")).fill("kid");
     await page.locator(testid("filter-apply")).click();
