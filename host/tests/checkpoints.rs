@@ -362,17 +362,9 @@ async fn another_host_of_a_cluster_resumes_a_checkpointed_task_its_host_lost_or_
     );
 }
 
-/// `POST path` with the admin token: the status and the JSON answer.
+/// `POST path` with the cluster tests' admin token: the status and the JSON answer.
 async fn admin_post(remote: &Remote, path: &str) -> (u16, Value) {
-    let answer = remote
-        .client
-        .post(remote.url(path))
-        .bearer_auth(common::cluster::ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("request sent");
-    let status = answer.status().as_u16();
-    (status, answer.json().await.expect("a JSON body"))
+    remote.admin_post(path, common::cluster::ADMIN_TOKEN).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -757,4 +749,48 @@ async fn a_drained_task_stays_monitored_and_linked_from_the_host_it_left() {
             "{lines:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_for_a_queued_task_is_received_once_after_a_claim_and_a_drain() {
+    let url = common::postgres::fresh_database("drain_commands");
+    let a = start_host(&url, "a", TOKEN, "", &[]).await;
+    // b takes its commands every 3 s: those carried out as it claims a task are deleted only
+    // at its next poll, after the drain below.
+    let b = start_host(&url, "b", TOKEN, "", &["--cluster-poll", "3s"]).await;
+    // Drained, a puts what it accepts in the shared queue.
+    let (status, drained) = admin_post(&a, "/api/cluster/nodes/a/drain").await;
+    assert_eq!(status, 200, "{drained}");
+    let pid = a
+        .spawn(json!({"name": "kept", "worker": "actor", "duration": 0,
+            "checkpoint": "every 1h", "payload": {"script": [
+                {"op": "sleep", "ms": 3000},
+                {"op": "receive", "timeout_ms": 20000},
+                {"op": "receive", "timeout_ms": 1000}]}}))
+        .await;
+    let (status, answer) = a
+        .post(&format!("/api/tasks/{pid}/messages"), json!({"once": true}))
+        .await;
+    assert!(status == 202 || status == 200, "{status} {answer}");
+    // b claims it, with the message; drained at once, it hands it on with the message in
+    // its checkpoint.
+    wait_for(&a, &pid, "running", |record| record["status"] == "running").await;
+    let (status, drained) = admin_post(&a, "/api/cluster/nodes/b/drain").await;
+    assert_eq!(status, 200, "{drained}");
+    assert_eq!(drained["handed_over"], 1, "{drained}");
+    // c resumes it: the message comes once, from the checkpoint, not again from the store.
+    let c = start_host(&url, "c", TOKEN, "", &[]).await;
+    let record = c.wait_end(&pid).await;
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["checkpoint"]["resumes"], 1, "{record}");
+    let lines = common::workers::logged(&c, &pid).await;
+    assert_eq!(
+        received(&lines),
+        [
+            "message {\"once\":true} from null".to_owned(),
+            "Some(\"timeout\")".to_owned()
+        ],
+        "{lines:?}"
+    );
+    drop(b);
 }

@@ -618,19 +618,6 @@ async fn schedules_survive_a_sigkill_and_ticks_missed_meanwhile_catch_up_or_not(
     assert_eq!(shown["catch_up"], "latest", "{shown}");
 }
 
-/// POSTs to `path` with the admin token `token`: the status and the JSON body.
-async fn admin_post(remote: &common::Remote, path: &str, token: &str) -> (u16, Value) {
-    let answer = remote
-        .client
-        .post(remote.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("request sent");
-    let status = answer.status().as_u16();
-    (status, answer.json().await.expect("a JSON body"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_accepts_tasks_and_starts_them_once_resumed() {
     const TOKEN: &str = "test-admin-token";
@@ -638,7 +625,7 @@ async fn a_paused_worker_accepts_tasks_and_starts_them_once_resumed() {
     let running = app.spawn(json!({"name": "running", "duration": 2})).await;
     app.wait_running(&running).await;
 
-    let (status, paused) = admin_post(&app, "/api/workers/default/pause", TOKEN).await;
+    let (status, paused) = app.admin_post("/api/workers/default/pause", TOKEN).await;
     assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["paused"], true, "{paused}");
     // Accepted, not started, holding no place: more than the places wait.
@@ -671,7 +658,7 @@ async fn a_paused_worker_accepts_tasks_and_starts_them_once_resumed() {
     assert_eq!(status, 200, "{killed}");
     assert_eq!(killed["status"], "killed", "{killed}");
 
-    let (status, resumed) = admin_post(&app, "/api/workers/default/resume", TOKEN).await;
+    let (status, resumed) = app.admin_post("/api/workers/default/resume", TOKEN).await;
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(resumed["paused"], false, "{resumed}");
     for pid in &held[1..] {
@@ -686,7 +673,7 @@ async fn a_paused_worker_accepts_tasks_and_starts_them_once_resumed() {
         .await
         .expect("request sent");
     assert_eq!(answer.status(), 401);
-    let (status, _) = admin_post(&app, "/api/workers/nope/pause", TOKEN).await;
+    let (status, _) = app.admin_post("/api/workers/nope/pause", TOKEN).await;
     assert_eq!(status, 404);
 }
 
@@ -709,7 +696,7 @@ async fn a_pause_outlives_a_restart() {
     .collect();
     let mut host = Binary::spawn(&argv, &[], None);
     host.ready().await;
-    let (status, _) = admin_post(&host, "/api/workers/default/pause", TOKEN).await;
+    let (status, _) = host.admin_post("/api/workers/default/pause", TOKEN).await;
     assert_eq!(status, 200);
     let pid = host.spawn(json!({"name": "held", "duration": 0})).await;
     host.crash();
@@ -720,7 +707,7 @@ async fn a_pause_outlives_a_restart() {
     assert_eq!(worker["held"], 1, "{worker}");
     let (_, record) = host.get(&format!("/api/tasks/{pid}")).await;
     assert_eq!(record["status"], "spawned", "{record}");
-    let (status, _) = admin_post(&host, "/api/workers/default/resume", TOKEN).await;
+    let (status, _) = host.admin_post("/api/workers/default/resume", TOKEN).await;
     assert_eq!(status, 200);
     let ended = host.wait_end(&pid).await;
     assert_eq!(ended["exit_code"], 0, "{ended}");

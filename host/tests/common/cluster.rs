@@ -14,7 +14,8 @@ pub const POLL: &str = "50ms";
 
 /// Starts host `name` on the database at `url`, requests carrying `token`, with `workers`
 /// added to its registry file (see [`registry`]) and `args` added to its flags (its own
-/// `--lease` or `--capacity` replacing the defaults); does not wait for it to answer.
+/// `--lease`, `--capacity` or `--cluster-poll` replacing the defaults); does not wait for it
+/// to answer.
 pub fn spawn_host(url: &str, name: &str, token: &str, workers: &str, args: &[&str]) -> Binary {
     let file = registry(&temp_dir("cluster"), workers);
     let mut argv: Vec<String> = [
@@ -26,12 +27,13 @@ pub fn spawn_host(url: &str, name: &str, token: &str, workers: &str, args: &[&st
         &file.display().to_string(),
         "--shutdown-grace-secs",
         "1",
-        "--cluster-poll",
-        POLL,
     ]
     .iter()
     .map(ToString::to_string)
     .collect();
+    if !args.contains(&"--cluster-poll") {
+        argv.extend(["--cluster-poll", POLL].map(String::from));
+    }
     if !args.contains(&"--lease") {
         argv.extend(["--lease", LEASE, "--heartbeat", HEARTBEAT].map(String::from));
     }

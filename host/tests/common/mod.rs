@@ -212,6 +212,19 @@ impl Remote {
             .expect("request sent")
     }
 
+    /// POSTs to `path` with the admin token `token`: the status and the JSON body.
+    pub async fn admin_post(&self, path: &str, token: &str) -> (u16, Value) {
+        let answer = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.expect("a JSON body"))
+    }
+
     /// POSTs `body` as JSON to `path`: the status and the JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let answer = self
